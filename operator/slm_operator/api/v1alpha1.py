@@ -1,0 +1,783 @@
+"""The slm.io/v1alpha1 API: GPUPool (cluster-scoped), SLMDeployment and FineTuneJob (namespaced).
+
+These pydantic models are the single source of the CRD schemas in ``crds/`` (``make crds``). Each
+cross-field rule exists twice: as a CEL ``x-kubernetes-validations`` entry that the API server enforces,
+and as a Python validator with the same message that the offline CLI (``slm-operator plan``) enforces.
+``tests/test_api_invalid.py`` and the end-to-end suite check both with the same invalid manifests.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from slm_operator.api.base import (
+    CONDITIONS_FIELD,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    QUANTITY,
+    ApiModel,
+    Condition,
+    LabelSelector,
+    LocalObjectReference,
+    ObjectMeta,
+    cel,
+    k8s,
+)
+from slm_operator.api.quantity import QuantityError, quantity_bytes
+
+# ---------------------------------------------------------------------------------------------- enums
+
+
+class Mechanism(StrEnum):
+    """How a replica shares a GPU."""
+
+    MIG = "MIG"  # a MIG slice: hard memory and compute isolation
+    MPS = "MPS"  # an MPS client with a pinned-memory cap: memory-capped, compute shared
+    TIME_SLICING = "TimeSlicing"  # time-sliced GPU: no isolation
+    EXCLUSIVE = "Exclusive"  # a whole GPU
+
+
+class QoSTier(StrEnum):
+    """Quality-of-service tier of an SLMDeployment, highest first."""
+
+    GUARANTEED = "Guaranteed"
+    BURSTABLE = "Burstable"
+    BEST_EFFORT = "BestEffort"
+
+
+class Quantization(StrEnum):
+    BF16 = "BF16"
+    FP16 = "FP16"
+    FP8 = "FP8"
+    INT8 = "INT8"
+    INT4 = "INT4"
+
+
+class ReservationPurpose(StrEnum):
+    LLM_FALLBACK = "LLMFallback"
+
+
+class LendTo(StrEnum):
+    BEST_EFFORT = "BestEffort"
+    NONE = "None"
+
+
+class SegmentPurpose(StrEnum):
+    FINE_TUNING = "FineTuning"
+
+
+class RepartitionPolicy(StrEnum):
+    WHEN_IDLE = "WhenIdle"  # change a GPU's MIG layout only when no replica runs on it
+    ALLOWED = "Allowed"  # may drain a GPU's replicas to repartition it when that frees a whole GPU
+
+
+class FineTuneMethod(StrEnum):
+    LORA = "LoRA"
+    QLORA = "QLoRA"
+    FULL = "Full"
+
+
+class PIIClass(StrEnum):
+    EMAIL = "Email"
+    PHONE_NUMBER = "PhoneNumber"
+    CREDIT_CARD = "CreditCard"
+    API_KEY = "APIKey"
+    IP_ADDRESS = "IPAddress"
+    IBAN = "IBAN"
+    US_SSN = "USSocialSecurityNumber"
+    URL = "URL"
+
+
+MIG_PROFILE_PATTERN = r"^[1-8]g\.[0-9]+gb(\+me|\+me\.all|-me|\+gfx)?$"
+DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$"
+
+
+def _unique(items: list[Any] | None, what: str) -> None:
+    names = [i.name for i in items or []]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique; '{dup[0]}' appears more than once")
+
+
+def _quantity_field(value: str | None, field: str, minimum: int) -> str | None:
+    if value is None:
+        return value
+    try:
+        n = quantity_bytes(value)
+    except QuantityError as exc:
+        raise ValueError(f"`{field}` {exc}") from None
+    if n < minimum:
+        raise ValueError(f"`{field}` must be at least {minimum >> 20}Mi")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- GPUPool
+
+
+class MPSSettings(ApiModel):
+    """MPS sharing limits for the pool's GPUs."""
+
+    max_clients_per_gpu: int = Field(
+        default=8,
+        alias="maxClientsPerGPU",
+        ge=2,
+        le=48,
+        description="Most MPS clients (replicas) on one GPU. Each client gets an equal memory cap of "
+        "GPU memory / clients, as the device plugin's MPS daemon sets it; 48 is the hardware limit.",
+    )
+
+
+class TimeSlicingSettings(ApiModel):
+    """Time-slicing limits for the pool's GPUs (BestEffort replicas only)."""
+
+    max_replicas_per_gpu: int = Field(
+        default=8, alias="maxReplicasPerGPU", ge=2, le=64, description="Most time-sliced replicas on one GPU."
+    )
+    memory_oversubscription_percent: int = Field(
+        default=100,
+        ge=100,
+        le=400,
+        description="How far the memory estimates of BestEffort replicas on one time-sliced GPU may "
+        "add up, in percent of its memory (100 = no oversubscription). Only BestEffort may oversubscribe.",
+    )
+
+
+class MIGSettings(ApiModel):
+    repartition: RepartitionPolicy = Field(
+        default=RepartitionPolicy.WHEN_IDLE,
+        description="`WhenIdle`: change a GPU's MIG layout only when no replica runs on it. `Allowed`: "
+        "the operator may drain a GPU's replicas (one deployment's replica at a time) to repartition it "
+        "when that frees a whole GPU.",
+    )
+
+
+ALL_MECHANISMS = [Mechanism.MIG, Mechanism.MPS, Mechanism.TIME_SLICING, Mechanism.EXCLUSIVE]
+
+
+class SharingPolicy(ApiModel):
+    """How the pool's GPUs may be shared."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.timeSlicing) || self.timeSlicing.memoryOversubscriptionPercent <= 100 || "
+                "self.mechanisms.exists(m, m == 'TimeSlicing')",
+                "`timeSlicing.memoryOversubscriptionPercent` may only exceed 100 when `mechanisms` lists 'TimeSlicing'",
+                field_path=".timeSlicing.memoryOversubscriptionPercent",
+            )
+        )
+    )
+
+    mechanisms: list[Mechanism] = Field(
+        default_factory=lambda: list(ALL_MECHANISMS),
+        min_length=1,
+        max_length=4,
+        json_schema_extra=k8s(list_type="set"),
+        description="Sharing mechanisms the planner may use: `MIG` (hard isolation), `MPS` (memory-capped "
+        "processes), `TimeSlicing` (no isolation, BestEffort only) and `Exclusive` (whole GPUs).",
+    )
+    mig: MIGSettings = Field(default_factory=MIGSettings, description="MIG repartitioning policy.")
+    mps: MPSSettings = Field(default_factory=MPSSettings, description="MPS limits.")
+    time_slicing: TimeSlicingSettings = Field(
+        default_factory=TimeSlicingSettings, description="Time-slicing limits."
+    )
+
+    @field_validator("mechanisms")
+    @classmethod
+    def _unique_mechanisms(cls, v: list[Mechanism]) -> list[Mechanism]:
+        if len(set(v)) != len(v):
+            raise ValueError("`mechanisms` must not list a mechanism twice")
+        return v
+
+    @model_validator(mode="after")
+    def _oversubscription(self) -> SharingPolicy:
+        if (
+            self.time_slicing.memory_oversubscription_percent > 100
+            and Mechanism.TIME_SLICING not in self.mechanisms
+        ):
+            raise ValueError(
+                "`timeSlicing.memoryOversubscriptionPercent` may only exceed 100 when `mechanisms` lists 'TimeSlicing'"
+            )
+        return self
+
+
+class Reservation(ApiModel):
+    """Whole GPUs kept free of Guaranteed and Burstable replicas, e.g. for an LLM fallback."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the reservation.")
+    purpose: ReservationPurpose = Field(description="What the GPUs are kept for.")
+    gpus: int = Field(ge=0, le=100000, description="Number of whole GPUs to keep.")
+    lend_to: LendTo = Field(
+        default=LendTo.NONE,
+        description="`BestEffort`: idle reserved GPUs may hold BestEffort replicas, which are evicted first "
+        "when the reservation's workload needs the GPU. `None`: never lent.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="PriorityClass of the workload that claims the reservation (default: the chart's "
+        "LLM-fallback class). Pods with it preempt lent BestEffort replicas.",
+    )
+
+
+class Segment(ApiModel):
+    """Whole GPUs set aside from inference packing, e.g. for fine-tuning jobs."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the segment.")
+    purpose: SegmentPurpose = Field(description="What the GPUs are set aside for.")
+    gpus: int = Field(ge=0, le=100000, description="Number of whole GPUs in the segment.")
+
+
+class GPUPoolSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.reservations) || !has(self.segments) || "
+                "self.reservations.all(r, !self.segments.exists(s, s.name == r.name))",
+                "a reservation and a segment must not share a name: rename one `segments[].name`",
+                field_path=".segments",
+            )
+        )
+    )
+
+    node_selector: LabelSelector = Field(description="Nodes that belong to the pool.")
+    sharing: SharingPolicy = Field(default_factory=SharingPolicy, description="How GPUs may be shared.")
+    reservations: list[Reservation] | None = Field(
+        default=None,
+        max_length=16,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Whole GPUs kept free of Guaranteed and Burstable replicas (LLM fallback).",
+    )
+    segments: list[Segment] | None = Field(
+        default=None,
+        max_length=16,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Whole GPUs kept out of inference packing (fine-tuning).",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> GPUPoolSpec:
+        _unique(self.reservations, "`reservations`")
+        _unique(self.segments, "`segments`")
+        seg = {s.name for s in self.segments or []}
+        for r in self.reservations or []:
+            if r.name in seg:
+                raise ValueError(
+                    "a reservation and a segment must not share a name: rename one `segments[].name`"
+                )
+        return self
+
+
+class ReservationStatus(ApiModel):
+    name: str = Field(max_length=63)
+    gpus: int = Field(ge=0, description="GPUs held for the reservation.")
+    in_use: int = Field(default=0, ge=0, description="Reserved GPUs used by the reservation's own workload.")
+    lent: int = Field(default=0, ge=0, description="Reserved GPUs lent to BestEffort replicas.")
+
+
+class NodeSource(StrEnum):
+    LABELS = "Labels"
+    AGENT = "Agent"
+
+
+class PoolNodeStatus(ApiModel):
+    name: str = Field(max_length=253)
+    product: str = Field(default="", max_length=128, description="GPU model (catalog key).")
+    gpus: int = Field(default=0, ge=0)
+    inventory_source: NodeSource = Field(
+        default=NodeSource.LABELS,
+        description="Where the GPU inventory came from: the node agent's NVML report or GPU feature "
+        "discovery labels.",
+    )
+    sharing: str = Field(default="None", max_length=32, description="Node-wide sharing mode in the plan.")
+    mig_config: str = Field(default="", max_length=253, description="mig-parted config the plan selects.")
+    mig_config_state: str = Field(default="", max_length=32, description="`nvidia.com/mig.config.state`.")
+
+
+class GPUPoolStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    nodes: int = Field(default=0, ge=0, description="Nodes selected by the pool.")
+    gpus_total: int = Field(default=0, ge=0)
+    gpus_used: int = Field(default=0, ge=0, description="GPUs holding at least one replica.")
+    gpus_reserved: int = Field(default=0, ge=0)
+    gpus_segment: int = Field(default=0, ge=0)
+    gpus_by_mode: dict[str, int] | None = Field(
+        default=None, json_schema_extra={"maxProperties": 16}, description="GPUs per mode in the plan."
+    )
+    memory_total: str = Field(default="0", max_length=32, description="Memory of all GPUs (quantity).")
+    memory_allocated: str = Field(default="0", max_length=32, description="Memory held by replicas' shares.")
+    memory_stranded: str = Field(
+        default="0",
+        max_length=32,
+        description="Memory on used GPUs that no replica can use (see docs/plan-format.md).",
+    )
+    replicas_placed: int = Field(default=0, ge=0)
+    replicas_unplaced: int = Field(default=0, ge=0)
+    reservations: list[ReservationStatus] | None = Field(
+        default=None, max_length=16, json_schema_extra=k8s(list_type="map", list_map_keys=["name"])
+    )
+    node_status: list[PoolNodeStatus] | None = Field(
+        default=None, max_length=5000, json_schema_extra=k8s(list_type="map", list_map_keys=["name"])
+    )
+    conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
+
+
+# ---------------------------------------------------------------------------------------------- SLMDeployment
+
+
+class ModelArchitectureSpec(ApiModel):
+    """Architecture facts of a model the built-in catalog does not know (from its config.json)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "self.kvHeads <= self.attentionHeads",
+                "`kvHeads` must not exceed `attentionHeads`",
+                field_path=".kvHeads",
+            )
+        )
+    )
+
+    parameters: int = Field(ge=1_000_000, le=1_000_000_000_000, description="Total parameter count.")
+    layers: int = Field(ge=1, le=1024, description="Transformer layers (`num_hidden_layers`).")
+    hidden_size: int = Field(ge=64, le=65536, description="`hidden_size`.")
+    attention_heads: int = Field(ge=1, le=1024, description="`num_attention_heads`.")
+    kv_heads: int = Field(ge=1, le=1024, description="`num_key_value_heads` (KV cache heads).")
+    head_dim: int = Field(ge=8, le=1024, description="`head_dim` (often hidden_size / attention_heads).")
+    max_context_tokens: int = Field(
+        default=131072, ge=256, le=10_485_760, description="`max_position_embeddings`."
+    )
+
+    @model_validator(mode="after")
+    def _kv(self) -> ModelArchitectureSpec:
+        if self.kv_heads > self.attention_heads:
+            raise ValueError("`kvHeads` must not exceed `attentionHeads`")
+        return self
+
+
+class ModelSpec(ApiModel):
+    """Which model to serve and the load each replica must hold."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.architecture) || self.maxContextTokens <= self.architecture.maxContextTokens",
+                "`maxContextTokens` must not exceed `architecture.maxContextTokens`",
+                field_path=".maxContextTokens",
+            )
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Catalog name (e.g. `qwen2.5-3b-instruct`) or Hugging Face id of the model; a model "
+        "the catalog does not know needs `architecture`.",
+    )
+    quantization: Quantization = Field(default=Quantization.BF16, description="Weight precision.")
+    max_context_tokens: int = Field(
+        default=4096, ge=256, le=1_048_576, description="Longest sequence (prompt + output) per request."
+    )
+    max_concurrent_sequences: int = Field(
+        default=8, ge=1, le=1024, description="Sequences each replica serves at once (KV cache for all)."
+    )
+    architecture: ModelArchitectureSpec | None = Field(
+        default=None, description="Architecture of a model the catalog does not know."
+    )
+
+    @model_validator(mode="after")
+    def _context(self) -> ModelSpec:
+        if self.architecture and self.max_context_tokens > self.architecture.max_context_tokens:
+            raise ValueError("`maxContextTokens` must not exceed `architecture.maxContextTokens`")
+        return self
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field(default="", max_length=4096)
+
+
+class RuntimeSpec(ApiModel):
+    """The serving container (vLLM's OpenAI-compatible server by default)."""
+
+    image: str = Field(
+        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512, description="Container image."
+    )
+    args: list[Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra=k8s(list_type="atomic"),
+        description="Extra arguments appended after the ones derived from the share "
+        "(`--gpu-memory-utilization`, `--max-model-len`, `--max-num-seqs`).",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the server.")
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Extra environment variables.",
+    )
+
+    @model_validator(mode="after")
+    def _env(self) -> RuntimeSpec:
+        _unique(self.env, "`env`")
+        return self
+
+
+class ResourceOverrides(ApiModel):
+    gpu_memory: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=QUANTITY,
+        json_schema_extra=k8s(
+            cel(
+                "isQuantity(self) && quantity(self).compareTo(quantity('256Mi')) >= 0",
+                "`gpuMemory` must be a quantity of at least 256Mi, e.g. '20Gi'",
+            )
+        ),
+        description="GPU memory per replica, overriding the estimate from model facts (e.g. `20Gi`).",
+    )
+
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_memory(cls, v: str | None) -> str | None:
+        return _quantity_field(v, "gpuMemory", 256 << 20)
+
+
+class ShareOverride(ApiModel):
+    """Pin the share instead of letting the planner choose."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.migProfile) || self.mechanism == 'MIG'",
+                "`migProfile` may only be set when `mechanism` is 'MIG'",
+                field_path=".migProfile",
+            )
+        )
+    )
+
+    mechanism: Mechanism = Field(description="Sharing mechanism for every replica.")
+    mig_profile: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=MIG_PROFILE_PATTERN,
+        description="MIG profile, e.g. `1g.10gb` (must exist on the pool's GPU model).",
+    )
+
+    @model_validator(mode="after")
+    def _profile(self) -> ShareOverride:
+        if self.mig_profile and self.mechanism is not Mechanism.MIG:
+            raise ValueError("`migProfile` may only be set when `mechanism` is 'MIG'")
+        return self
+
+
+class SLMDeploymentSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "self.qos != 'Guaranteed' || !has(self.share) || "
+                "self.share.mechanism == 'MIG' || self.share.mechanism == 'Exclusive'",
+                "a Guaranteed deployment needs hard isolation: `share.mechanism` must be 'MIG' or "
+                "'Exclusive'",
+                field_path=".share.mechanism",
+            ),
+            cel(
+                "self.qos == 'BestEffort' || !has(self.share) || self.share.mechanism != 'TimeSlicing'",
+                "only BestEffort deployments may be time-sliced: set `qos: BestEffort` or another "
+                "`share.mechanism`",
+                field_path=".share.mechanism",
+            ),
+        )
+    )
+
+    pool_ref: LocalObjectReference = Field(description="The GPUPool whose GPUs serve this deployment.")
+    model: ModelSpec = Field(description="The model and the load each replica must hold.")
+    replicas: int = Field(default=1, ge=0, le=10000, description="Desired replicas.")
+    qos: QoSTier = Field(
+        default=QoSTier.BURSTABLE,
+        description="`Guaranteed`: hard isolation (MIG slice or whole GPU), never preempted by lower tiers. "
+        "`Burstable`: MIG or an MPS share with a memory cap. `BestEffort`: may be time-sliced, oversubscribed "
+        "and lent reserved GPUs; yields first under pressure.",
+    )
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Serving container.")
+    resources: ResourceOverrides | None = Field(default=None, description="Overrides of the estimate.")
+    share: ShareOverride | None = Field(default=None, description="Pin the share mechanism or MIG profile.")
+    suspend: bool = Field(
+        default=False,
+        description="Scale to zero and free the shares while keeping the object (as `Job.spec.suspend`).",
+    )
+
+    @model_validator(mode="after")
+    def _tier_rules(self) -> SLMDeploymentSpec:
+        if (
+            self.qos is QoSTier.GUARANTEED
+            and self.share
+            and self.share.mechanism not in (Mechanism.MIG, Mechanism.EXCLUSIVE)
+        ):
+            raise ValueError(
+                "a Guaranteed deployment needs hard isolation: `share.mechanism` must be 'MIG' or 'Exclusive'"
+            )
+        if (
+            self.qos is not QoSTier.BEST_EFFORT
+            and self.share
+            and self.share.mechanism is Mechanism.TIME_SLICING
+        ):
+            raise ValueError(
+                "only BestEffort deployments may be time-sliced: set `qos: BestEffort` or another "
+                "`share.mechanism`"
+            )
+        return self
+
+
+class ResolvedShare(ApiModel):
+    mechanism: Mechanism | None = None
+    mig_profile: str | None = Field(default=None, max_length=32)
+    memory: str = Field(default="0", max_length=32, description="GPU memory of the share (quantity).")
+    mps_memory_limit: str | None = Field(default=None, max_length=32, description="MPS pinned memory cap.")
+
+
+class MemoryEstimateStatus(ApiModel):
+    weights: str = Field(default="0", max_length=32)
+    kv_cache: str = Field(default="0", max_length=32)
+    overhead: str = Field(default="0", max_length=32)
+    total: str = Field(default="0", max_length=32)
+    source: str = Field(
+        default="Catalog", max_length=32, description="`Catalog`, `Architecture` or `Override`."
+    )
+
+
+class ReplicaPlacementStatus(ApiModel):
+    replica: int = Field(ge=0, description="Replica ordinal.")
+    node: str = Field(default="", max_length=253)
+    gpu: int = Field(default=-1, ge=-1, description="GPU index on the node (-1 when unplaced).")
+    mechanism: str = Field(default="", max_length=32)
+    mig_profile: str | None = Field(default=None, max_length=32)
+    pod: str = Field(default="", max_length=253)
+    state: str = Field(default="", max_length=32, description="Placed, Pending, Running, Unplaced, Yielded.")
+    reason: str = Field(default="", max_length=128)
+
+
+class SLMDeploymentStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    replicas: int = Field(default=0, ge=0, description="Replicas that exist (pods).")
+    ready_replicas: int = Field(default=0, ge=0)
+    placed_replicas: int = Field(default=0, ge=0)
+    selector: str = Field(default="", max_length=1024, description="Label selector of the pods (scale).")
+    share: ResolvedShare | None = None
+    share_summary: str = Field(default="", max_length=64, description="Short share text, e.g. 'MIG 1g.10gb'.")
+    estimate: MemoryEstimateStatus | None = None
+    placements: list[ReplicaPlacementStatus] | None = Field(
+        default=None, max_length=10000, json_schema_extra=k8s(list_type="map", list_map_keys=["replica"])
+    )
+    explanation: str = Field(default="", max_length=4096, description="Why the planner chose this share.")
+    endpoint: str = Field(default="", max_length=512, description="In-cluster URL of the Service.")
+    conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
+
+
+# ---------------------------------------------------------------------------------------------- FineTuneJob
+
+
+class PVCLocation(ApiModel):
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="PVC name.")
+    path: str = Field(
+        default="",
+        max_length=1024,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        json_schema_extra=k8s(cel("!self.split('/').exists(p, p == '..')", "`path` must not contain '..'")),
+        description="Relative path inside the volume.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_parent(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError("`path` must not contain '..'")
+        return v
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    key: str | None = Field(
+        default=None, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key (default: every key)."
+    )
+
+
+class DatasetSource(ApiModel):
+    """Where the usage data comes from (JSON lines of prompt/response records)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "[has(self.configMapRef), has(self.pvc)].filter(x, x).size() == 1",
+                "exactly one of `configMapRef` or `pvc` must be set",
+            )
+        )
+    )
+
+    config_map_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap with the records.")
+    pvc: PVCLocation | None = Field(default=None, description="A file or folder on a PVC.")
+
+    @model_validator(mode="after")
+    def _one(self) -> DatasetSource:
+        if (self.config_map_ref is None) == (self.pvc is None):
+            raise ValueError("exactly one of `configMapRef` or `pvc` must be set")
+        return self
+
+
+class Sanitization(ApiModel):
+    redact: list[PIIClass] = Field(
+        default_factory=lambda: [
+            PIIClass.EMAIL,
+            PIIClass.PHONE_NUMBER,
+            PIIClass.CREDIT_CARD,
+            PIIClass.API_KEY,
+        ],
+        max_length=16,
+        json_schema_extra=k8s(list_type="set"),
+        description="PII classes replaced by placeholders before any record reaches training.",
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _set(cls, v: list[PIIClass]) -> list[PIIClass]:
+        if len(set(v)) != len(v):
+            raise ValueError("`redact` must not list a class twice")
+        return v
+
+
+class Hyperparameters(ApiModel):
+    epochs: int = Field(default=3, ge=1, le=100)
+    learning_rate: str = Field(
+        default="2e-4", max_length=32, pattern=DECIMAL_PATTERN, description="Learning rate (decimal string)."
+    )
+    lora_rank: int | None = Field(
+        default=None, ge=1, le=1024, description="LoRA rank (LoRA and QLoRA; default 16)."
+    )
+    lora_alpha: int | None = Field(
+        default=None, ge=1, le=4096, description="LoRA alpha (LoRA and QLoRA; default 2 x rank)."
+    )
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    max_sequence_tokens: int = Field(default=4096, ge=128, le=1_048_576)
+
+
+class OutputLocation(ApiModel):
+    pvc: PVCLocation = Field(description="Where the adapter or weights are written.")
+
+
+class EvaluationGate(ApiModel):
+    min_score_percent: int = Field(
+        default=0, ge=0, le=100, description="Least evaluation score (percent) required to promote."
+    )
+
+
+class PromoteSpec(ApiModel):
+    slm_deployment_ref: LocalObjectReference = Field(description="SLMDeployment rolled onto the new weights.")
+    evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "self.method != 'Full' || !has(self.hyperparameters) || "
+                "(!has(self.hyperparameters.loraRank) && !has(self.hyperparameters.loraAlpha))",
+                "`hyperparameters.loraRank` and `loraAlpha` may only be set when `method` is 'LoRA' or 'QLoRA'",
+                field_path=".hyperparameters.loraRank",
+            )
+        )
+    )
+
+    pool_ref: LocalObjectReference = Field(description="GPUPool that holds the fine-tuning segment.")
+    segment: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Segment of the pool.")
+    base_model: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", description="Model to adapt."
+    )
+    method: FineTuneMethod = Field(default=FineTuneMethod.LORA, description="LoRA, QLoRA or Full.")
+    dataset: DatasetSource = Field(description="Usage data to learn from.")
+    sanitization: Sanitization = Field(default_factory=Sanitization, description="PII removal.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    output: OutputLocation = Field(description="Where the result goes.")
+    promote: PromoteSpec | None = Field(default=None, description="Deployment to roll onto the result.")
+    gpus: int = Field(default=1, ge=1, le=64, description="Whole GPUs of the segment the job uses.")
+    image: str = Field(
+        default="ghcr.io/slm-operator/finetune:v0.1.0",
+        min_length=1,
+        max_length=512,
+        description="Trainer image.",
+    )
+    backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of the training Job.")
+    active_deadline_seconds: int = Field(default=86400, ge=60, le=2_592_000)
+
+    @model_validator(mode="after")
+    def _lora(self) -> FineTuneJobSpec:
+        hp = self.hyperparameters
+        if self.method is FineTuneMethod.FULL and (hp.lora_rank is not None or hp.lora_alpha is not None):
+            raise ValueError(
+                "`hyperparameters.loraRank` and `loraAlpha` may only be set when `method` is 'LoRA' or 'QLoRA'"
+            )
+        return self
+
+
+class FineTuneJobStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    job_name: str = Field(default="", max_length=253)
+    start_time: str | None = Field(default=None, max_length=64, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(
+        default=None, max_length=64, json_schema_extra={"format": "date-time"}
+    )
+    artifact: str = Field(default="", max_length=1024, description="`pvc://claim/path` of the result.")
+    conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+
+class Resource(ApiModel):
+    """A top-level custom resource: apiVersion, kind, metadata, spec, status."""
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SCOPE: ClassVar[str] = "Namespaced"
+
+    api_version: Literal["slm.io/v1alpha1"] = "slm.io/v1alpha1"
+    metadata: ObjectMeta
+
+
+class GPUPool(Resource):
+    """A set of GPU nodes, how their GPUs may be shared, and what is reserved."""
+
+    KIND = "GPUPool"
+    PLURAL = "gpupools"
+    SCOPE = "Cluster"
+    kind: Literal["GPUPool"] = "GPUPool"
+    spec: GPUPoolSpec
+    status: GPUPoolStatus | None = None
+
+
+class SLMDeployment(Resource):
+    """A small language model served by N replicas on shares of a pool's GPUs."""
+
+    KIND = "SLMDeployment"
+    PLURAL = "slmdeployments"
+    kind: Literal["SLMDeployment"] = "SLMDeployment"
+    spec: SLMDeploymentSpec
+    status: SLMDeploymentStatus | None = None
+
+
+class FineTuneJob(Resource):
+    """Adapt an SLM on sanitised usage data on a pool's fine-tuning segment, then promote it."""
+
+    KIND = "FineTuneJob"
+    PLURAL = "finetunejobs"
+    kind: Literal["FineTuneJob"] = "FineTuneJob"
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+
+KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (GPUPool, SLMDeployment, FineTuneJob)}

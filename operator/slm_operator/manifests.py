@@ -1,0 +1,117 @@
+"""Read slm.io objects and v1 Nodes from YAML files and folders (for the offline CLI and the tests).
+
+Errors name the file, the document and the object, and say which field is wrong, so a user can fix the
+manifest without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from slm_operator import API_VERSION
+from slm_operator.api.v1alpha1 import KINDS, FineTuneJob, GPUPool, Resource, SLMDeployment
+
+
+class ManifestError(Exception):
+    """A manifest could not be read or is invalid."""
+
+
+@dataclass
+class Manifests:
+    """Everything read from the given paths, by kind."""
+
+    pools: list[GPUPool] = field(default_factory=list)
+    deployments: list[SLMDeployment] = field(default_factory=list)
+    finetune_jobs: list[FineTuneJob] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``spec.replicas: Input should be greater than or equal to 0``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def parse_object(doc: dict[str, Any]) -> Resource:
+    """Validate one slm.io document into its model; raises ValueError with the fields named."""
+    kind = doc.get("kind")
+    if doc.get("apiVersion") != API_VERSION or kind not in KINDS:
+        raise ValueError(f"not an {API_VERSION} object (apiVersion={doc.get('apiVersion')!r}, kind={kind!r})")
+    try:
+        return KINDS[kind].model_validate(doc)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc)) from None
+
+
+def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            yield from sorted(
+                f for f in path.rglob("*") if f.suffix in (".yaml", ".yml", ".json") and f.is_file()
+            )
+        elif path.exists():
+            yield path
+        else:
+            raise ManifestError(f"{path}: no such file or folder")
+
+
+def _documents(data: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(data, dict) and data.get("kind", "").endswith("List") and "items" in data:
+        for item in data["items"] or []:
+            yield from _documents(item)
+    elif isinstance(data, dict):
+        yield data
+    elif data is not None:
+        raise ValueError("a manifest must be a mapping (an object with apiVersion and kind)")
+
+
+def load_manifests(paths: Iterable[str | Path]) -> Manifests:
+    """Read GPUPools, SLMDeployments, FineTuneJobs and Nodes; other kinds are kept aside."""
+    out = Manifests()
+    for path in _files(paths):
+        try:
+            text = path.read_text()
+            raw_docs = list(yaml.safe_load_all(text))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path}: cannot read: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        for n, raw in enumerate(raw_docs, 1):
+            try:
+                docs = list(_documents(raw))
+            except ValueError as exc:
+                raise ManifestError(f"{path} (document {n}): {exc}") from None
+            for doc in docs:
+                kind = doc.get("kind")
+                name = (doc.get("metadata") or {}).get("name", "<no name>")
+                where = f"{path} (document {n}, {kind} {name})"
+                if doc.get("apiVersion") == API_VERSION:
+                    try:
+                        obj = parse_object(doc)
+                    except ValueError as exc:
+                        raise ManifestError(f"{where}: {exc}") from None
+                    if isinstance(obj, GPUPool):
+                        out.pools.append(obj)
+                    elif isinstance(obj, SLMDeployment):
+                        out.deployments.append(obj)
+                    elif isinstance(obj, FineTuneJob):
+                        out.finetune_jobs.append(obj)
+                elif kind == "Node" and doc.get("apiVersion") == "v1":
+                    if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+                        raise ManifestError(f"{where}: a Node needs `metadata.name`")
+                    out.nodes.append(doc)
+                else:
+                    out.other.append(doc)
+    return out
