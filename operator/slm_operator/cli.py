@@ -78,6 +78,42 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from slm_operator.controllers.main import run
+
+    return run(args)
+
+
+def _cmd_sanitize(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from slm_operator.sanitize import PATTERNS, sanitize_records
+
+    classes = [c.strip() for c in args.redact.split(",") if c.strip()]
+    unknown = sorted(set(classes) - set(PATTERNS))
+    if unknown:
+        raise CliError(f"unknown PII classes {unknown}; known: {', '.join(PATTERNS)}")
+    src = Path(args.input)
+    files = sorted(f for f in src.rglob("*") if f.is_file() and not f.name.startswith(".")) if src.is_dir() else [src]
+    if not files or not all(f.exists() for f in files):
+        raise CliError(f"{src}: no input records")
+    counts: Counter[str] = Counter()
+    records = 0
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for f in files:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                for line in sanitize_records(fh, classes, counts):
+                    out.write(line + "\n")
+                    records += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
+    print(f"sanitised {records} records from {len(files)} files; redacted {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm-operator",
@@ -106,6 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser(
+        "run",
+        help="run the operator (reconciles GPUPool, SLMDeployment and FineTuneJob)",
+        description="Reconcile GPUPools, SLMDeployments and FineTuneJobs against the cluster of the in-cluster "
+        "service account or the kubeconfig. With --leader-elect several replicas run and one is active.",
+    )
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument("--namespace", default="slm-system", help="namespace of the operator (its Lease)")
+    p.add_argument("--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles")
+    p.add_argument("--nvidia-namespace", default="gpu-operator", help="namespace of the NVIDIA GPU Operator")
+    p.add_argument("--mig-configmap", default="slm-mig-parted-config", help="mig-parted ConfigMap mig-manager reads")
+    p.add_argument(
+        "--device-plugin-configmap", default="slm-device-plugin-config", help="device-plugin config ConfigMap"
+    )
+    p.add_argument("--priority-class-guaranteed", default="slm-guaranteed")
+    p.add_argument("--priority-class-burstable", default="slm-burstable")
+    p.add_argument("--priority-class-besteffort", default="slm-besteffort")
+    p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
+    p.add_argument("--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)")
+    p.add_argument("--operator-image", default="ghcr.io/slm-operator/slm-operator:0.1.0", help="image of the sanitize step")
+    p.add_argument("--health-listen", default="127.0.0.1:8080", help="host:port of /healthz ('' disables)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "sanitize",
+        help="redact PII from JSON-lines usage records (the FineTuneJob's first step)",
+    )
+    p.add_argument("--input", required=True, help="file or folder of JSON-lines records")
+    p.add_argument("--output", default="-", help="output file (default stdout)")
+    p.add_argument("--redact", default="Email,PhoneNumber,CreditCard,APIKey", help="comma-separated PII classes")
+    p.set_defaults(func=_cmd_sanitize)
     return parser
 
 

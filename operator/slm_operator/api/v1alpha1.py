@@ -335,8 +335,9 @@ class ModelArchitectureSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
             cel(
-                "self.kvHeads <= self.attentionHeads",
-                "`kvHeads` must not exceed `attentionHeads`",
+                "self.attentionHeads % self.kvHeads == 0",
+                "`kvHeads` must divide `attentionHeads` (grouped-query attention shares each KV head among "
+                "attentionHeads / kvHeads query heads)",
                 field_path=".kvHeads",
             )
         )
@@ -354,8 +355,11 @@ class ModelArchitectureSpec(ApiModel):
 
     @model_validator(mode="after")
     def _kv(self) -> ModelArchitectureSpec:
-        if self.kv_heads > self.attention_heads:
-            raise ValueError("`kvHeads` must not exceed `attentionHeads`")
+        if self.attention_heads % self.kv_heads:
+            raise ValueError(
+                "`kvHeads` must divide `attentionHeads` (grouped-query attention shares each KV head among "
+                "attentionHeads / kvHeads query heads)"
+            )
         return self
 
 
@@ -654,7 +658,7 @@ class Sanitization(ApiModel):
 class Hyperparameters(ApiModel):
     epochs: int = Field(default=3, ge=1, le=100)
     learning_rate: str = Field(
-        default="2e-4", max_length=32, pattern=DECIMAL_PATTERN, description="Learning rate (decimal string)."
+        default="0.0002", max_length=32, pattern=DECIMAL_PATTERN, description="Learning rate (decimal string)."
     )
     lora_rank: int | None = Field(
         default=None, ge=1, le=1024, description="LoRA rank (LoRA and QLoRA; default 16)."
