@@ -6,6 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+PY_PATHS := operator tests tests_gpu e2e bench hack
+# The pure core: no kopf, kubernetes or pynvml (tests/test_purity.py), type-checked strictly.
+PURE_CORE := $(addprefix operator/slm_operator/,api catalog planner render status sizing.py inventory.py \
+  reconcile.py manifests.py report.py sanitize.py)
 
 ##@ General
 .PHONY: help
@@ -26,15 +30,14 @@ install: $(STAMP) ## Create .venv and install the project with its dev extras
 ##@ Development
 .PHONY: fmt
 fmt: $(STAMP) ## Format the code (ruff format + ruff check --fix)
-	$(BIN)/ruff format operator tests e2e bench
-	$(BIN)/ruff check --fix operator tests e2e bench
+	$(BIN)/ruff format $(PY_PATHS)
+	$(BIN)/ruff check --fix $(PY_PATHS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff on everything, mypy --strict on the pure core
-	$(BIN)/ruff check operator tests e2e bench
-	$(BIN)/ruff format --check operator tests e2e bench
-	$(BIN)/mypy --strict operator/slm_operator/api operator/slm_operator/catalog operator/slm_operator/sizing.py \
-	  operator/slm_operator/planner
+	$(BIN)/ruff check $(PY_PATHS)
+	$(BIN)/ruff format --check $(PY_PATHS)
+	$(BIN)/mypy --strict $(PURE_CORE) operator/slm_operator/agent operator/slm_operator/metrics.py
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ and docs/api.md from the pydantic models
@@ -50,13 +53,37 @@ verify: crds ## Regenerate everything generated and fail on any difference from 
 
 ##@ Tests
 .PHONY: test
-test: test-unit ## Run every test tier (unit, property and end-to-end)
+test: test-unit test-e2e ## Run every test tier (unit, property and end-to-end)
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Unit and property tests (no cluster)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
 
-##@ Demo
+.PHONY: test-e2e
+test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)
+	$(BIN)/python -m pytest -q -m e2e -p no:cacheprovider --timeout=900 e2e
+
+.PHONY: test-gpu
+test-gpu: $(STAMP) ## The node agent against a real NVIDIA GPU, read-only (skips without one; not part of test)
+	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests_gpu
+
+.PHONY: k8s-bin
+k8s-bin: ## Build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm from Go modules (cached)
+	@bash e2e/cluster/build.sh
+
+##@ Local cluster and demo
+.PHONY: cluster-up
+cluster-up: k8s-bin ## Start the local control plane with simulated GPU nodes (prints the kubeconfig path)
+	@bash e2e/cluster/up.sh slm
+
+.PHONY: cluster-down
+cluster-down: ## Stop and remove the local control plane
+	@bash e2e/cluster/down.sh slm
+
 .PHONY: demo
-demo: $(STAMP) ## Show what slm-operator does (see README)
-	@bash hack/demo.sh
+demo: $(STAMP) ## Cluster + CRDs + operator + examples/, then show the placement (leaves it running)
+	@VENV=$(VENV) bash hack/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Stop the demo (operator, simulator, cluster)
+	@bash hack/demo-down.sh

@@ -3,13 +3,14 @@
 Sub-commands: ``crds`` (print or write the CRDs), ``estimate`` (GPU memory of a model and the smallest
 share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the operator), ``agent``
 (the NVML node agent). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
-2 bad input (message on stderr, no traceback).
+2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its help).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,10 +79,138 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from slm_operator.inventory import (
+        DemandError,
+        InventoryError,
+        demand_for,
+        node_inventory,
+        pool_nodes,
+        pool_policy,
+        size_deployment,
+    )
+    from slm_operator.manifests import ManifestError, load_manifests
+    from slm_operator.planner import plan_pool
+    from slm_operator.report import render_table
+
+    try:
+        m = load_manifests(args.filename)
+    except ManifestError as exc:
+        raise CliError(str(exc)) from None
+    if not m.pools:
+        raise CliError("no GPUPool in the given manifests: a plan needs at least one pool")
+    plans = []
+    problems: list[str] = []
+    unplaced = 0
+    for pool in sorted(m.pools, key=lambda p: p.metadata.name):
+        inventories = []
+        for node in pool_nodes(pool, m.nodes):
+            try:
+                inventories.append(node_inventory(node, {})[0])
+            except InventoryError as exc:
+                where = m.sources.get(f"Node/{node['metadata']['name']}", "")
+                raise CliError(
+                    f"{where}: GPUPool {pool.metadata.name} selects this node, but {exc}"
+                ) from None
+        demands = []
+        for dep in sorted(m.deployments, key=lambda d: (d.metadata.namespace or "", d.metadata.name)):
+            if dep.spec.pool_ref.name != pool.metadata.name:
+                continue
+            try:
+                demands.append(demand_for(dep, size_deployment(dep)))
+            except DemandError as exc:
+                problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
+        if args.optimize:
+            from slm_operator.planner import optimize_pool
+
+            plan = optimize_pool(pool_policy(pool), inventories, demands, time_budget_s=args.time_budget)
+        else:
+            plan = plan_pool(pool_policy(pool), inventories, demands)
+        unplaced += plan.pool.replicas_unplaced
+        plans.append(plan)
+    orphans = sorted(
+        f"{d.metadata.namespace}/{d.metadata.name}"
+        for d in m.deployments
+        if d.spec.pool_ref.name not in {p.metadata.name for p in m.pools}
+    )
+    problems += [f"{o}: PoolNotFound: its GPUPool is not in the given manifests" for o in orphans]
+    if args.output == "json":
+        doc = {
+            "pools": [p.model_dump(mode="json", by_alias=True) for p in plans],
+            "problems": problems,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        for plan in plans:
+            print(render_table(plan))
+        for p in problems:
+            print(f"not planned: {p}")
+    return EXIT_UNPLACED if unplaced or problems else EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    """Placement per GPU as the cluster has it: replica pods (their placement) and pool status."""
+    from slm_operator.controllers.kube import Kube, load_config
+    from slm_operator.inventory import PLACEMENT_ANNOTATION, POOL_LABEL
+
+    kube = Kube(load_config(args.kubeconfig))
+    pools = kube.list("slm.io/v1alpha1", "GPUPool")
+    pods = kube.list("v1", "Pod", label_selector=POOL_LABEL)
+    nodes = {n["metadata"]["name"]: n for n in kube.list("v1", "Node")}
+    for pool in sorted(pools, key=lambda p: p["metadata"]["name"]):
+        name = pool["metadata"]["name"]
+        st = pool.get("status") or {}
+        print(
+            f"GPUPool {name}: {st.get('gpusUsed', 0)}/{st.get('gpusTotal', 0)} GPUs used, "
+            f"{st.get('replicasPlaced', 0)} replicas placed, {st.get('replicasUnplaced', 0)} unplaced, "
+            f"stranded {st.get('memoryStranded', '0')}"
+        )
+        rows: dict[tuple[str, int], list[str]] = {}
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("labels", {}).get(POOL_LABEL) != name:
+                continue
+            rec = json.loads(meta.get("annotations", {}).get(PLACEMENT_ANNOTATION, "{}"))
+            share = rec.get("migProfile") or rec.get("mechanism", "?")
+            phase = (pod.get("status") or {}).get("phase", "?")
+            rows.setdefault((rec.get("node", "?"), int(rec.get("gpu", -1))), []).append(
+                f"{meta['namespace']}/{meta['labels'].get('slm.io/deployment')}#{meta['labels'].get('slm.io/replica')}"
+                f" [{share}, {meta['labels'].get('slm.io/qos')}, {phase}]"
+            )
+        for node_st in st.get("nodeStatus") or []:
+            n = nodes.get(node_st["name"], {})
+            labels = n.get("metadata", {}).get("labels", {})
+            roles = json.loads(
+                n.get("metadata", {}).get("annotations", {}).get("slm.io/gpu-roles", "{}") or "{}"
+            )
+            print(
+                f"  node {node_st['name']} ({node_st.get('product')}, {node_st.get('gpus')} GPUs): "
+                f"mig.config={labels.get('nvidia.com/mig.config', '-')} ({labels.get('nvidia.com/mig.config.state', '-')}), "
+                f"device-plugin.config={labels.get('nvidia.com/device-plugin.config', '-')}, "
+                f"inventory from {node_st.get('inventorySource')}"
+            )
+            for i in range(int(node_st.get("gpus") or 0)):
+                tenants = rows.get((node_st["name"], i), [])
+                role = roles.get(str(i))
+                what = "; ".join(tenants) if tenants else (f"[{role}]" if role else "free")
+                print(f"    GPU {i}: {what}")
+        print()
+    return EXIT_OK
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from slm_operator.controllers.main import run
 
     return run(args)
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from slm_operator.agent.run import AgentConfigError, run
+
+    try:
+        return run(args)
+    except AgentConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_sanitize(args: argparse.Namespace) -> int:
@@ -94,7 +223,11 @@ def _cmd_sanitize(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"unknown PII classes {unknown}; known: {', '.join(PATTERNS)}")
     src = Path(args.input)
-    files = sorted(f for f in src.rglob("*") if f.is_file() and not f.name.startswith(".")) if src.is_dir() else [src]
+    files = (
+        sorted(f for f in src.rglob("*") if f.is_file() and not f.name.startswith("."))
+        if src.is_dir()
+        else [src]
+    )
     if not files or not all(f.exists() for f in files):
         raise CliError(f"{src}: no input records")
     counts: Counter[str] = Counter()
@@ -144,16 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_estimate)
 
     p = sub.add_parser(
+        "plan",
+        help="plan offline: which share and GPU every replica of the given manifests gets",
+        description="Read GPUPool, SLMDeployment and v1 Node manifests (files or folders, e.g. examples/ or the "
+        "output of `kubectl get nodes -o yaml`), plan every pool and print the placement per GPU and a summary. "
+        "Exit codes: 0 every replica placed, 1 something could not be placed (the output says why), 2 bad input.",
+    )
+    p.add_argument(
+        "-f", "--filename", action="append", required=True, help="manifest file or folder (repeatable)"
+    )
+    p.add_argument(
+        "-o", "--output", choices=["table", "json"], default="table", help="JSON: see docs/plan-format.md"
+    )
+    p.add_argument("--optimize", action="store_true", help="use the exact CP-SAT solver within --time-budget")
+    p.add_argument("--time-budget", type=float, default=10.0, help="seconds for --optimize (default 10)")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("show", help="print the placement per GPU of a running cluster (pods and pool status)")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser(
         "run",
         help="run the operator (reconciles GPUPool, SLMDeployment and FineTuneJob)",
         description="Reconcile GPUPools, SLMDeployments and FineTuneJobs against the cluster of the in-cluster "
         "service account or the kubeconfig. With --leader-elect several replicas run and one is active.",
     )
-    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
     p.add_argument("--namespace", default="slm-system", help="namespace of the operator (its Lease)")
-    p.add_argument("--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles")
+    p.add_argument(
+        "--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles"
+    )
     p.add_argument("--nvidia-namespace", default="gpu-operator", help="namespace of the NVIDIA GPU Operator")
-    p.add_argument("--mig-configmap", default="slm-mig-parted-config", help="mig-parted ConfigMap mig-manager reads")
+    p.add_argument(
+        "--mig-configmap", default="slm-mig-parted-config", help="mig-parted ConfigMap mig-manager reads"
+    )
     p.add_argument(
         "--device-plugin-configmap", default="slm-device-plugin-config", help="device-plugin config ConfigMap"
     )
@@ -161,9 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority-class-burstable", default="slm-burstable")
     p.add_argument("--priority-class-besteffort", default="slm-besteffort")
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
-    p.add_argument("--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)")
-    p.add_argument("--operator-image", default="ghcr.io/slm-operator/slm-operator:0.1.0", help="image of the sanitize step")
+    p.add_argument(
+        "--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)"
+    )
+    p.add_argument(
+        "--operator-image",
+        default="ghcr.io/slm-operator/slm-operator:0.1.0",
+        help="image of the sanitize step",
+    )
     p.add_argument("--health-listen", default="127.0.0.1:8080", help="host:port of /healthz ('' disables)")
+    p.add_argument(
+        "--metrics-listen", default="127.0.0.1:9090", help="host:port of the Prometheus metrics ('' disables)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)
 
@@ -173,8 +342,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="file or folder of JSON-lines records")
     p.add_argument("--output", default="-", help="output file (default stdout)")
-    p.add_argument("--redact", default="Email,PhoneNumber,CreditCard,APIKey", help="comma-separated PII classes")
+    p.add_argument(
+        "--redact", default="Email,PhoneNumber,CreditCard,APIKey", help="comma-separated PII classes"
+    )
     p.set_defaults(func=_cmd_sanitize)
+
+    p = sub.add_parser(
+        "agent",
+        help="GPU node agent: read the GPUs through NVML, annotate the Node, serve Prometheus metrics",
+        description="Read every GPU of this node through NVML (read-only: it never changes a GPU setting), publish "
+        "the inventory on the Node (annotation slm.io/gpu-inventory, only when it changed) and serve Prometheus "
+        "metrics. Exit codes: 0 stopped, 2 bad input, 3 no usable NVIDIA driver (--no-driver=exit, or --once), "
+        "4 --once could not list the GPUs.",
+    )
+    p.add_argument(
+        "--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
+    p.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME", ""),
+        help="this node (default $NODE_NAME, downward API)",
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:9400",
+        help="host:port of /metrics ('' disables; the chart passes 0.0.0.0:9400)",
+    )
+    p.add_argument("--interval-seconds", type=float, default=15.0, help="NVML poll interval (default 15)")
+    p.add_argument(
+        "--no-driver",
+        choices=["exit", "idle"],
+        default="idle",
+        help="without an NVIDIA driver: exit with code 3, or idle (serve slm_agent_nvml_up 0 and retry; default)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="read the GPUs once, print the inventory JSON on stdout, exit"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_agent)
     return parser
 
 

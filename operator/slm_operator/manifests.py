@@ -31,6 +31,8 @@ class Manifests:
     finetune_jobs: list[FineTuneJob] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
+    #: "kind/name" -> "file (document n)", to name the source of a problem found later.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -97,6 +99,7 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                 kind = doc.get("kind")
                 name = (doc.get("metadata") or {}).get("name", "<no name>")
                 where = f"{path} (document {n}, {kind} {name})"
+                out.sources[f"{kind}/{name}"] = f"{path} (document {n})"
                 if doc.get("apiVersion") == API_VERSION:
                     try:
                         obj = parse_object(doc)

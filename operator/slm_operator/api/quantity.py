@@ -71,9 +71,11 @@ def format_bytes(n: int) -> str:
     """Bytes as the shortest exact binary quantity when there is one, else Mi rounded up (``19968Mi``)."""
     if n == 0:
         return "0"
-    for suffix, size in (("Ti", 1 << 40), ("Gi", GiB), ("Mi", MiB), ("Ki", 1 << 10)):
+    for suffix, size in (("Ti", 1 << 40), ("Gi", GiB), ("Mi", MiB)):
         if n % size == 0:
             return f"{n // size}{suffix}"
+    if n < MiB:
+        return f"{-(-n // 1024)}Ki"
     return f"{-(-n // MiB)}Mi"
 
 

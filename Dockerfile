@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The slm-operator image: the operator (`slm-operator run`), the GPU node agent (`slm-operator agent`) and the
+# FineTuneJob sanitize step (`slm-operator sanitize`) all run from it.
+#
+#   docker build -t ghcr.io/slm-operator/slm-operator:0.1.0 .
+#
+# Stage 1 builds the project's wheel and the wheels of its dependencies; stage 2 installs them into a slim
+# Python image without compilers, pip caches or the sources, and runs as the non-root user 65532.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml ./
+COPY operator/ ./operator/
+RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", "."]
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="slm-operator" \
+      org.opencontainers.image.description="Packs small language models onto MIG slices, MPS shares and time-sliced GPUs" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# Only the wheels built above, no index: the image holds exactly what stage 1 resolved. The bind mount keeps
+# the wheels out of the image's layers.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator"]
+# The chart mounts an emptyDir on /tmp and makes the root filesystem read-only.
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080 9090 9400
+ENTRYPOINT ["slm-operator"]
+CMD ["run"]

@@ -1,0 +1,318 @@
+"""Packing benchmark: slm-operator's planner versus what users do today, on the same workloads in one run.
+
+    python -m bench.packing            # pools of 10, 100, 1,000 and 10,000 GPUs (< 10 minutes on 2 cores)
+    python -m bench.packing --quick    # pools of 10, 100 and 1,000 GPUs, fewer exact instances
+
+Every (pool, method) runs in its own subprocess, so that planning time and peak memory are measured alone:
+``planSeconds`` is wall time of the method only (the workload is generated before the clock starts) and
+``peakMemoryMiB`` is the growth of the subprocess's peak RSS (``resource.getrusage``) during the method.
+Rows go to the JSON file named by ``BENCH_OUT`` (default ``bench/out/results.json``); docs/benchmarks.md
+explains every column and records the measured numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import Workload, agentic_mix, change_demands
+
+POOLS = (10, 100, 1000, 10000)
+QUICK_POOLS = (10, 100, 1000)
+METHODS = (
+    "slm-operator",
+    "whole-gpu",
+    "static-mig-balanced",
+    "time-slicing-4",
+    "memory-binpack",
+    "lower-bound",
+)
+#: small pools where the exact solver can prove optimality: (GPUs, replicas per GPU)
+EXACT_POOLS = ((4, 2.0), (8, 2.0))
+SEED = 1
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _legal_violations(w: Workload, plan: Any) -> int:
+    from slm_operator.planner import check_plan
+
+    return len(check_plan(plan, w.policy, w.nodes, w.demands))
+
+
+def run_one(pool: int, method: str, seed: int, replicas_per_gpu: float, exact_budget: float) -> dict[str, Any]:
+    """Run one method on one workload in this process; returns a result row."""
+    from slm_operator.planner import baselines, plan_pool
+
+    w = agentic_mix(pool, seed=seed, replicas_per_gpu=replicas_per_gpu)
+    base_rss = _rss_mib()
+    base_peak = _peak_mib()
+    row: dict[str, Any] = {
+        "workload": w.name,
+        "seed": seed,
+        "poolGPUs": pool,
+        "method": method,
+        "replicasTotal": w.replicas,
+        "deployments": len(w.demands),
+    }
+    t0 = time.perf_counter()
+    if method == "slm-operator":
+        plan = plan_pool(w.policy, w.nodes, w.demands)
+        dt = time.perf_counter() - t0
+        row.update(
+            gpusUsed=plan.pool.gpus_used,
+            replicasPlaced=plan.pool.replicas_placed,
+            memoryUsedGpusBytes=plan.pool.memory_used_gpus_bytes,
+            memoryAllocatedBytes=plan.pool.memory_allocated_bytes,
+            memoryStrandedBytes=plan.pool.memory_stranded_bytes,
+            gpusByMode=plan.pool.gpus_by_mode,
+        )
+        peak = _peak_mib()
+        row["violations"] = _legal_violations(w, plan)
+    elif method == "exact":
+        from slm_operator.planner.exact import solve_exact
+
+        res = solve_exact(w.policy, w.nodes, w.demands, time_budget_s=exact_budget, workers=1)
+        dt = time.perf_counter() - t0
+        peak = _peak_mib()
+        plan = res.plan
+        row.update(
+            gpusUsed=plan.pool.gpus_used,
+            replicasPlaced=plan.pool.replicas_placed,
+            memoryUsedGpusBytes=plan.pool.memory_used_gpus_bytes,
+            memoryAllocatedBytes=plan.pool.memory_allocated_bytes,
+            status=res.status,
+            optimal=plan.optimal,
+            violations=_legal_violations(w, plan),
+        )
+    elif method == "lower-bound":
+        lb = baselines.lower_bound(w.policy, w.nodes, w.demands)
+        dt = time.perf_counter() - t0
+        peak = _peak_mib()
+        row.update(
+            gpusUsed=lb.gpus,
+            replicasPlaced=w.replicas if lb.feasible else None,
+            lpValue=round(lb.lp_value, 3),
+            memoryBound=lb.memory_bound,
+            computeBound=lb.compute_bound,
+            slotBound=lb.slot_bound,
+            feasible=lb.feasible,
+        )
+    else:
+        fn = {
+            "whole-gpu": baselines.whole_gpu,
+            "static-mig-balanced": baselines.static_mig_balanced,
+            "time-slicing-4": baselines.time_slicing,
+            "memory-binpack": baselines.memory_binpack,
+        }[method]
+        r = fn(w.policy, w.nodes, w.demands)
+        dt = time.perf_counter() - t0
+        peak = _peak_mib()
+        row.update(
+            gpusUsed=r.gpus_used,
+            replicasPlaced=r.replicas_placed,
+            violations=r.violations,
+            memoryUsedGpusBytes=r.memory_used_gpus_bytes,
+            memoryAllocatedBytes=r.memory_allocated_bytes,
+        )
+        if method == "whole-gpu":
+            row["gpusNeeded"] = baselines.whole_gpu_needed(w.demands, w.nodes)
+    row["planSeconds"] = round(dt, 4)
+    row["peakMemoryMiB"] = round(max(0.0, peak - max(base_peak, base_rss)), 1)
+    return row
+
+
+def run_incremental(pool: int, seed: int) -> dict[str, Any]:
+    """Re-plan time after one deployment changes, and replicas of other deployments moved by a 10% change."""
+    from slm_operator.planner import apply_plan, plan_pool
+
+    w = agentic_mix(pool, seed=seed)
+    plan1 = plan_pool(w.policy, w.nodes, w.demands)
+    nodes2 = apply_plan(w.nodes, plan1)
+    cur = plan1.placements()
+    # one deployment scales up by one replica (the smallest change the operator reacts to)
+    k = len(w.demands) // 2
+    one = list(w.demands)
+    one[k] = one[k].model_copy(update={"replicas": one[k].replicas + 1})
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        plan_one = plan_pool(w.policy, nodes2, one, cur)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    moved_one = sum(1 for d in plan_one.deployments if d.deployment != one[k].deployment for _ in d.moved)
+    # 10% of the deployments change (scale, delete, add)
+    changed = change_demands(w.demands, 0.10, seed=seed + 100)
+    before = {d.deployment: d for d in w.demands}
+    after = {d.deployment: d for d in changed}
+    same = {key for key in before if key in after and before[key] == after[key]}
+    t0 = time.perf_counter()
+    plan2 = plan_pool(w.policy, nodes2, changed, cur)
+    t_ten = time.perf_counter() - t0
+    running_other = sum(1 for c in cur if c.deployment in same)
+    moved_other = sum(
+        1 for e in plan2.pool.evictions if e.deployment in same
+    )
+    return {
+        "workload": w.name,
+        "poolGPUs": pool,
+        "method": "slm-operator-incremental",
+        "oneChangeReplanSeconds": round(times[len(times) // 2], 4),
+        "oneChangeOtherReplicasMoved": moved_one,
+        "tenPercentReplanSeconds": round(t_ten, 4),
+        "tenPercentChangedDeployments": len(w.demands) - len(same),
+        "otherRunningReplicas": running_other,
+        "otherReplicasMoved": moved_other,
+        "otherReplicasMovedPercent": round(100 * moved_other / max(1, running_other), 3),
+        "gpusUsedBefore": plan1.pool.gpus_used,
+        "gpusUsedAfter": plan2.pool.gpus_used,
+    }
+
+
+def _subprocess(args: list[str], timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.packing", *args]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "operator"), env.get("PYTHONPATH", "")]))
+    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    return f"{a / b:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="pools of 10, 100 and 1,000 GPUs only")
+    ap.add_argument("--pools", type=str, default="", help="comma-separated pool sizes (overrides the defaults)")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--exact-budget", type=float, default=30.0, help="CP-SAT seconds per exact instance")
+    ap.add_argument("--one", nargs=5, metavar=("POOL", "METHOD", "SEED", "RPG", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument("--incremental", nargs=2, metavar=("POOL", "SEED"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        pool, method, seed, rpg, budget = args.one
+        print(json.dumps(run_one(int(pool), method, int(seed), float(rpg), float(budget))))
+        return 0
+    if args.incremental:
+        print(json.dumps(run_incremental(int(args.incremental[0]), int(args.incremental[1]))))
+        return 0
+    pools = tuple(int(p) for p in args.pools.split(",")) if args.pools else (QUICK_POOLS if args.quick else POOLS)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for pool in pools:
+        for method in METHODS:
+            row = _subprocess(["--one", str(pool), method, str(args.seed), "5.0", "0"], timeout=600)
+            rows.append(row)
+            print(f"  {pool:>6} GPUs  {method:<22} {row.get('gpusUsed')!s:>6} GPUs  "
+                  f"{row.get('replicasPlaced')!s:>6}/{row['replicasTotal']} placed  {row['planSeconds']:.3f}s",
+                  file=sys.stderr)
+        if pool == 10:
+            row = _subprocess(["--one", "10", "exact", str(args.seed), "5.0", str(args.exact_budget)], timeout=600)
+            rows.append(row)
+    # small pools where the optimum is known
+    seeds = (1, 2, 3) if args.quick else (1, 2, 3, 4, 5)
+    for pool, rpg in EXACT_POOLS:
+        for seed in seeds:
+            for method in ("slm-operator", "exact", "lower-bound"):
+                row = _subprocess(["--one", str(pool), method, str(seed), str(rpg), str(args.exact_budget)], timeout=600)
+                row["workload"] = f"agentic-mix-small-{pool}"
+                rows.append(row)
+    inc_pool = 1000 if 1000 in pools else max(pools)
+    inc = _subprocess(["--incremental", str(inc_pool), str(args.seed)], timeout=600)
+    rows.append(inc)
+    total = time.perf_counter() - started
+    out = Path(os.environ.get("BENCH_OUT", "bench/out/results.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "command": " ".join(["python -m bench.packing", *(argv if argv is not None else sys.argv[1:])]),
+        "seconds": round(total, 1),
+    }
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(report(rows, meta))
+    return 0
+
+
+def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# packing benchmark ({meta['machine']}; {meta['seconds']} s)", ""]
+    by: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if "method" in r and r.get("method") != "slm-operator-incremental":
+            by.setdefault((r["workload"], r["poolGPUs"], r.get("seed", SEED)), {})[r["method"]] = r
+    hdr = f"{'workload':<24} {'GPUs':>6} {'method':<22} {'used':>6} {'placed':>13} {'viol':>5} {'util':>6} {'sec':>8} {'MiB':>7}"
+    lines.append(hdr)
+    for (wl, pool, seed), methods in sorted(by.items(), key=lambda t: (t[0][1], t[0][0], t[0][2])):
+        for name, r in methods.items():
+            util = (
+                f"{r['memoryAllocatedBytes'] / r['memoryUsedGpusBytes']:.2f}"
+                if r.get("memoryUsedGpusBytes")
+                else "-"
+            )
+            placed = f"{r.get('replicasPlaced')}/{r['replicasTotal']}"
+            lines.append(
+                f"{wl + ('' if seed == SEED else f' s{seed}'):<24} {pool:>6} {name:<22} {r.get('gpusUsed')!s:>6} "
+                f"{placed:>13} {r.get('violations', '-')!s:>5} {util:>6} {r['planSeconds']:>8.3f} "
+                f"{r['peakMemoryMiB']:>7.1f}"
+            )
+    lines.append("")
+    lines.append("ratios (slm-operator GPUs used / other; whole-gpu: GPUs it needs for every replica / slm-operator)")
+    for (wl, pool, seed), m in sorted(by.items(), key=lambda t: (t[0][1], t[0][0], t[0][2])):
+        s = m.get("slm-operator")
+        if not s:
+            continue
+        parts = [f"{wl}{'' if seed == SEED else f' s{seed}'}:"]
+        lb = m.get("lower-bound")
+        if lb:
+            parts.append(f"vs LB {_ratio(s['gpusUsed'], lb['gpusUsed'])}")
+        ex = m.get("exact")
+        if ex:
+            tag = "" if ex.get("optimal") else " (not proven optimal)"
+            parts.append(f"vs exact {_ratio(s['gpusUsed'], ex['gpusUsed'])}{tag}, placed {s['replicasPlaced']}/{ex['replicasPlaced']}")
+        wg = m.get("whole-gpu")
+        if wg:
+            parts.append(f"whole-gpu needs {wg.get('gpusNeeded')} = {_ratio(wg.get('gpusNeeded'), s['gpusUsed'])}x")
+        for b in ("static-mig-balanced", "time-slicing-4", "memory-binpack"):
+            if b in m:
+                o = m[b]
+                parts.append(
+                    f"{b} {_ratio(s['gpusUsed'], o['gpusUsed'])} ({o['replicasPlaced']}/{o['replicasTotal']} placed, "
+                    f"{o.get('violations', 0)} illegal)"
+                )
+        lines.append("  " + "; ".join(parts))
+    for r in rows:
+        if r.get("method") == "slm-operator-incremental":
+            lines.append("")
+            lines.append(
+                f"incremental at {r['poolGPUs']} GPUs: one deployment +1 replica re-planned in "
+                f"{r['oneChangeReplanSeconds'] * 1000:.1f} ms ({r['oneChangeOtherReplicasMoved']} other replicas moved); "
+                f"10% of deployments changed ({r['tenPercentChangedDeployments']}): re-plan "
+                f"{r['tenPercentReplanSeconds'] * 1000:.0f} ms, {r['otherReplicasMoved']} of {r['otherRunningReplicas']} "
+                f"other running replicas moved ({r['otherReplicasMovedPercent']}%)"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+{{/* Chart name (nameOverride or the chart's name), at most 63 characters. */}}
+{{- define "slm-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name: <release>-<chart>, or the release name when it already contains the chart name. */}}
+{{- define "slm-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* <fullname>-<suffix>, at most 63 characters. */}}
+{{- define "slm-operator.componentName" -}}
+{{- printf "%s-%s" (include "slm-operator.fullname" .root | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix }}
+{{- end }}
+
+{{- define "slm-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "slm-operator.labels" -}}
+helm.sh/chart: {{ include "slm-operator.chart" . }}
+app.kubernetes.io/name: {{ include "slm-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: slm-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of a component: include "slm-operator.selectorLabels" (dict "root" $ "component" "operator") */}}
+{{- define "slm-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "slm-operator.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Labels of a component's objects. */}}
+{{- define "slm-operator.componentLabels" -}}
+{{ include "slm-operator.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* repository:tag or repository@digest. .image (the agent's) may leave fields empty to inherit from .Values.image;
+it inherits the digest only when it sets neither repository nor tag. */}}
+{{- define "slm-operator.imageRef" -}}
+{{- $base := .root.Values.image -}}
+{{- $img := default dict .image -}}
+{{- $repo := default $base.repository $img.repository -}}
+{{- $tag := default (default .root.Chart.AppVersion $base.tag) $img.tag -}}
+{{- $digest := $img.digest -}}
+{{- if and (not $digest) (not $img.tag) (not $img.repository) -}}
+{{- $digest = $base.digest -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $repo $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end }}
+
+{{- define "slm-operator.image" -}}
+{{- include "slm-operator.imageRef" (dict "root" .) }}
+{{- end }}
+
+{{- define "slm-operator.agentImage" -}}
+{{- include "slm-operator.imageRef" (dict "root" . "image" .Values.agent.image) }}
+{{- end }}
+
+{{- define "slm-operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "slm-operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "slm-operator.agentServiceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create }}
+{{- default (include "slm-operator.componentName" (dict "root" . "suffix" "agent")) .Values.agent.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Annotations of the CRDs: keep on uninstall (Helm and Argo CD) plus crds.annotations. */}}
+{{- define "slm-operator.crdAnnotations" -}}
+{{- $a := dict }}
+{{- if .Values.crds.keep }}
+{{- $_ := set $a "helm.sh/resource-policy" "keep" }}
+{{- $_ := set $a "argocd.argoproj.io/sync-options" "Prune=false,Delete=false" }}
+{{- end }}
+{{- $a = merge (deepCopy (default dict .Values.crds.annotations)) $a }}
+{{- if $a }}
+{{- toYaml $a }}
+{{- end }}
+{{- end }}
+
+{{/* The Lease the operator holds with --leader-elect (controllers/leader.py). */}}
+{{- define "slm-operator.leaseName" -}}
+slm-operator-leader
+{{- end }}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Starts a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# the kwok controller, all bound to 127.0.0.1) with kwokctl's binary runtime, then creates the simulated GPU
+# nodes of e2e/nodes/. Usage: e2e/cluster/up.sh [NAME]   (default NAME: slm)
+# Idempotent: on a running cluster it only reports it. The kubeconfig path is printed on the last line.
+set -euo pipefail
+NAME=${1:-slm}
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+"$here/build.sh" >&2
+# shellcheck source=env.sh
+. "$here/env.sh"
+
+if cluster_ready; then
+  echo "cluster $NAME is already running ($(kc get nodes --no-headers 2>/dev/null | wc -l) nodes)" >&2
+  echo "$KUBECONFIG_PATH"
+  exit 0
+fi
+if [ -d "$KWOK_CLUSTER_DIR" ]; then  # left over (stopped, crashed): start from scratch
+  echo "removing stale cluster $NAME" >&2
+  "$here/down.sh" "$NAME" >&2
+fi
+mkdir -p "$CLUSTER_DIR"
+start=$(date +%s)
+
+wait_ready() {  # kube-apiserver /readyz ok within $1 seconds
+  local deadline=$(($(date +%s) + $1))
+  until [ "$(kc get --raw /readyz 2>/dev/null)" = ok ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+# kwokctl picks ports by scanning down from 32767, so two clusters created at the same time collide; give it
+# six random free loopback ports instead (and retry once with new ones if a component still fails to start).
+free_ports() {
+  python3 -c 'import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))'
+}
+create() {
+  read -r p_api p_etcd p_peer p_kcm p_sched p_kwok < <(free_ports)
+  cat >"$CLUSTER_DIR/kwokctl.yaml" <<YAML
+kind: KwokctlConfiguration
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeApiserverBinary: $BIN/kube-apiserver
+  kubeControllerManagerBinary: $BIN/kube-controller-manager
+  kubeSchedulerBinary: $BIN/kube-scheduler
+  kwokControllerBinary: $BIN/kwok
+  etcdBinary: $BIN/etcd
+  kubectlBinary: $BIN/kubectl
+  kubeApiserverPort: $p_api
+  etcdPort: $p_etcd
+  etcdPeerPort: $p_peer
+  kubeControllerManagerPort: $p_kcm
+  kubeSchedulerPort: $p_sched
+  kwokControllerPort: $p_kwok
+  cacheDir: $CLUSTER_DIR/kwok/cache
+  disableQPSLimits: true
+  quietPull: true
+componentsPatches:
+- name: etcd
+  extraArgs:
+  - key: unsafe-no-fsync
+    value: "true"
+YAML
+  kwokctl --config "$CLUSTER_DIR/kwokctl.yaml" create cluster --name "$NAME" --runtime binary \
+    --kubeconfig "$KUBECONFIG_PATH" --timeout 100s --wait 90s >&2 && wait_ready 30
+}
+for attempt in 1 2; do
+  if create; then break; fi
+  echo "cluster $NAME did not come up (attempt $attempt); component logs: $KWOK_CLUSTER_DIR/logs" >&2
+  tail -n 3 "$KWOK_CLUSTER_DIR"/logs/*.log >&2 || true
+  [ $attempt -lt 2 ] || exit 1
+  "$here/down.sh" "$NAME" >&2
+  mkdir -p "$CLUSTER_DIR"
+done
+
+deadline=$(($(date +%s) + 60))
+until kc -n default get serviceaccount default >/dev/null 2>&1; do  # created by kube-controller-manager
+  [ "$(date +%s)" -lt $deadline ] || { echo "no default ServiceAccount after 60s" >&2; exit 1; }
+  sleep 0.5
+done
+kc create -f "$repo/e2e/nodes/" >&2
+kc wait --for=condition=Ready node --all --timeout=60s >&2
+
+bad=$(ss -ltnpH 2>/dev/null | awk -v pids="$(cluster_pids | paste -sd '|' -)" '
+  pids != "" && $0 ~ ("pid=(" pids "),") && $4 !~ /^127\.0\.0\.1:/ {print $4, $6}')
+if [ -n "$bad" ]; then
+  echo "cluster components listen outside 127.0.0.1:" >&2; echo "$bad" >&2; exit 1
+fi
+echo "cluster $NAME up in $(($(date +%s) - start))s; kubectl --kubeconfig $KUBECONFIG_PATH get nodes" >&2
+echo "$KUBECONFIG_PATH"

@@ -1,0 +1,383 @@
+"""Fixtures of the e2e suite: a real control plane (e2e/cluster/up.sh) plus the NVIDIA-stack simulator.
+
+* ``cluster`` (session): brings the cluster up (``SLM_E2E_REUSE=1`` reuses/keeps a running one, by default the
+  cluster ``slm``; otherwise a fresh ``slm-e2e`` is created and deleted at the end; ``SLM_E2E_CLUSTER`` picks
+  the name, ``SLM_E2E_KEEP=1`` keeps it), starts ``python -m e2e.nvsim`` as a subprocess and yields a
+  :class:`Cluster` (kubeconfig path, API clients, helpers).
+* ``ns``: a fresh namespace per test; afterwards its pods are deleted (and waited for) and the namespace is
+  deleted (kube-controller-manager's namespace controller finishes that in the background).
+* ``gpu_nodes``: for tests that change node configs: afterwards deletes the test's pods and puts every GPU
+  node back to ``all-disabled`` / no sharing (and removes the simulator ConfigMaps).
+
+On a test failure the simulator's log, the namespace's events and the GPU nodes' events are printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "e2e" / "cluster"
+GPU_OPERATOR_NS = "gpu-operator"
+MIG_CONFIG_MAP = "slm-mig-parted-config"
+DP_CONFIG_MAP = "slm-device-plugin-config"
+MIG_CONFIG = "nvidia.com/mig.config"
+MIG_STATE = "nvidia.com/mig.config.state"
+DP_CONFIG = "nvidia.com/device-plugin.config"
+# the simulated fleet (e2e/nodes/*.yaml): name -> (physical GPUs, MIG-capable)
+GPU_NODES = {
+    "gpu-h100-0": (8, True),
+    "gpu-h100-1": (8, True),
+    "gpu-a100-0": (8, True),
+    "gpu-l4-0": (4, False),
+    "gpu-l4-1": (4, False),
+}
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+        except ApiException as e:  # transient (e.g. 404 before creation): keep polling
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class LabelRecorder:
+    """Records every value a node label takes, from a watch started before the change is made."""
+
+    core: client.CoreV1Api
+    node: str
+    key: str
+    values: list[str | None] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> LabelRecorder:
+        node = self.core.read_node(self.node)
+        self.values.append((node.metadata.labels or {}).get(self.key))
+        rv = node.metadata.resource_version
+        threading.Thread(target=self._run, args=(rv,), daemon=True).start()
+        self._started.wait(5)
+        return self
+
+    def _run(self, rv: str) -> None:
+        w = watch.Watch()
+        self._started.set()
+        while not self._stop.is_set():
+            try:
+                for ev in w.stream(
+                    self.core.list_node,
+                    field_selector=f"metadata.name={self.node}",
+                    resource_version=rv,
+                    timeout_seconds=5,
+                ):
+                    rv = ev["object"].metadata.resource_version
+                    value = (ev["object"].metadata.labels or {}).get(self.key)
+                    if value != self.values[-1]:
+                        self.values.append(value)
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.1)
+
+    def stop(self) -> list[str | None]:
+        self._stop.set()
+        return self.values
+
+
+@dataclass
+class Cluster:
+    name: str
+    kubeconfig: str
+    bin_dir: Path
+    api: client.ApiClient
+    sim_log: Path
+    core: client.CoreV1Api = field(init=False)
+    apps: client.AppsV1Api = field(init=False)
+    sim: subprocess.Popen[bytes] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+
+    # ---- the simulator process -------------------------------------------------------------------------------
+
+    def start_simulator(self) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        cmd = [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", self.kubeconfig, "--namespace", GPU_OPERATOR_NS,
+               "--apply-delay-seconds", "1", "--resync-seconds", "20"]  # fmt: skip
+        with self.sim_log.open("a") as log:
+            self.sim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_simulator(self, kill: bool = False) -> None:
+        if self.sim is None:
+            return
+        if kill:
+            self.sim.kill()
+        else:
+            self.sim.terminate()
+        try:
+            self.sim.wait(10)
+        except subprocess.TimeoutExpired:
+            self.sim.kill()
+            self.sim.wait()
+        self.sim = None
+
+    # ---- helpers used by the tests ---------------------------------------------------------------------------
+
+    def kubectl(self, *args: str) -> str:
+        cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+    def node(self, name: str) -> client.V1Node:
+        return self.core.read_node(name)
+
+    def labels(self, name: str) -> dict[str, str]:
+        return dict(self.node(name).metadata.labels or {})
+
+    def annotations(self, name: str) -> dict[str, str]:
+        return dict(self.node(name).metadata.annotations or {})
+
+    def nvidia_resources(self, name: str) -> dict[str, int]:
+        """nvidia.com/* allocatable of a node (capacity must agree)."""
+        status = self.node(name).status
+        alloc = {k: int(v) for k, v in (status.allocatable or {}).items() if k.startswith("nvidia.com/")}
+        cap = {k: int(v) for k, v in (status.capacity or {}).items() if k.startswith("nvidia.com/")}
+        assert alloc == cap, f"{name}: allocatable {alloc} != capacity {cap}"
+        return alloc
+
+    def nonzero_resources(self, name: str) -> dict[str, int]:
+        """nvidia.com/* resources the device plugin advertises (a resource it stopped advertising stays at 0)."""
+        return {k: v for k, v in self.nvidia_resources(name).items() if v}
+
+    def set_labels(self, name: str, labels: dict[str, str | None]) -> None:
+        self.core.patch_node(name, {"metadata": {"labels": labels}})
+
+    def record_label(self, name: str, key: str) -> LabelRecorder:
+        return LabelRecorder(self.core, name, key).start()
+
+    def put_config_map(self, name: str, data: dict[str, str], namespace: str = GPU_OPERATOR_NS) -> None:
+        body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, namespace=namespace), data=data)
+        try:
+            self.core.create_namespaced_config_map(namespace, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.replace_namespaced_config_map(name, namespace, body)
+
+    def node_events(self, name: str) -> list[client.CoreV1Event]:
+        sel = f"involvedObject.kind=Node,involvedObject.name={name}"
+        return self.core.list_event_for_all_namespaces(field_selector=sel).items
+
+    def wait_node_event(
+        self, name: str, reason: str, contains: str = "", timeout: float = 20
+    ) -> client.CoreV1Event:
+        def find() -> client.CoreV1Event | None:
+            for ev in self.node_events(name):
+                if ev.reason == reason and contains in (ev.message or ""):
+                    return ev
+            return None
+
+        return wait_for(find, timeout, f"event {reason} on node {name} containing {contains!r}")
+
+    def wait_mig_state(self, name: str, config_name: str, state: str, timeout: float = 30) -> dict[str, str]:
+        """Wait until mig-manager finished with ``config_name`` (observed annotation) in ``state``."""
+
+        def done() -> dict[str, str] | None:
+            node = self.node(name)
+            labels = node.metadata.labels or {}
+            observed = (node.metadata.annotations or {}).get("nvsim.slm.io/mig-config-observed", "")
+            if labels.get(MIG_STATE) == state and f'"name":"{config_name}"' in observed:
+                return labels
+            return None
+
+        return wait_for(done, timeout, f"{name}: mig config {config_name} -> {state}")
+
+    def pod(
+        self,
+        namespace: str,
+        name: str,
+        limits: dict[str, str],
+        node: str | None = None,
+    ) -> client.V1Pod:
+        spec = client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image="registry.invalid/slm/never-pulled:1",  # kwok never pulls images
+                    resources=client.V1ResourceRequirements(limits=limits, requests=limits),
+                )
+            ],
+            node_selector={"kubernetes.io/hostname": node} if node else None,
+            termination_grace_period_seconds=0,
+        )
+        body = client.V1Pod(metadata=client.V1ObjectMeta(name=name, namespace=namespace), spec=spec)
+        return self.core.create_namespaced_pod(namespace, body)
+
+    def wait_pod_running(self, namespace: str, name: str, timeout: float = 30) -> client.V1Pod:
+        def running() -> client.V1Pod | None:
+            pod = self.core.read_namespaced_pod(name, namespace)
+            return pod if pod.status.phase == "Running" else None
+
+        return wait_for(running, timeout, f"pod {namespace}/{name} Running")
+
+    def delete_pods(self, namespace: str, timeout: float = 30) -> None:
+        """Delete the namespace's workloads and pods and wait until no pod is left."""
+        with contextlib.suppress(ApiException):
+            self.apps.delete_collection_namespaced_replica_set(namespace)
+
+        def gone() -> bool:
+            if not self.core.list_namespaced_pod(namespace).items:
+                return True
+            self.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+            return False
+
+        wait_for(gone, timeout, f"pods of {namespace} deleted", interval=0.2)
+
+    def reset_gpu_nodes(self, timeout: float = 60) -> None:
+        """Every GPU node back to all-disabled MIG / default device-plugin config, simulator ConfigMaps gone."""
+        for cm in (MIG_CONFIG_MAP, DP_CONFIG_MAP):
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespaced_config_map(cm, GPU_OPERATOR_NS)
+        for name, (_, mig) in GPU_NODES.items():
+            labels: dict[str, str | None] = {DP_CONFIG: None}
+            if mig:
+                labels[MIG_CONFIG] = "all-disabled"
+            self.set_labels(name, labels)
+        for name, (gpus, mig) in GPU_NODES.items():
+            if mig:
+                self.wait_mig_state(name, "all-disabled", "success", timeout)
+
+            def baseline(name: str = name, gpus: int = gpus) -> bool:
+                res = self.nvidia_resources(name)
+                return res.get("nvidia.com/gpu") == gpus and all(
+                    v == 0 for k, v in res.items() if k != "nvidia.com/gpu"
+                )
+
+            wait_for(baseline, timeout, f"{name} back to {gpus} whole GPUs")
+
+    def diagnostics(self, namespace: str | None) -> str:
+        out = ["", "===== nvsim log (last 80 lines) ====="]
+        with contextlib.suppress(OSError):
+            out += self.sim_log.read_text().splitlines()[-80:]
+        if namespace:
+            out.append(f"===== events in namespace {namespace} =====")
+            with contextlib.suppress(ApiException):
+                for ev in self.core.list_namespaced_event(namespace).items:
+                    out.append(
+                        f"{ev.type} {ev.reason} {ev.involved_object.kind}/{ev.involved_object.name}: {ev.message}"
+                    )
+        out.append("===== GPU node events =====")
+        for name in GPU_NODES:
+            with contextlib.suppress(ApiException):
+                for ev in self.node_events(name):
+                    out.append(f"{name}: {ev.type} {ev.reason}: {ev.message}")
+        return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    rep = getattr(request.node, "rep_call", None)
+    return bool(rep and rep.failed)
+
+
+def _print_diagnostics_once(request: pytest.FixtureRequest, cluster: Cluster, namespace: str | None) -> None:
+    if _failed(request) and not getattr(request.node, "_e2e_diagnostics", False):
+        request.node._e2e_diagnostics = True
+        print(cluster.diagnostics(namespace))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    reuse = os.environ.get("SLM_E2E_REUSE") == "1"
+    name = os.environ.get("SLM_E2E_CLUSTER") or ("slm" if reuse else "slm-e2e")
+    keep = reuse or os.environ.get("SLM_E2E_KEEP") == "1"
+    if not reuse:
+        subprocess.run([str(SCRIPTS / "down.sh"), name], check=True)
+    up = subprocess.run([str(SCRIPTS / "up.sh"), name], check=True, stdout=subprocess.PIPE, text=True)
+    kubeconfig = up.stdout.strip().splitlines()[-1]
+    bin_dir = Path(
+        subprocess.run(
+            [str(SCRIPTS / "bin-dir.sh")], check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    api = config.new_client_from_config(config_file=kubeconfig)
+
+    sim_log = tmp_path_factory.mktemp("nvsim") / "nvsim.log"
+    c = Cluster(name=name, kubeconfig=kubeconfig, bin_dir=bin_dir, api=api, sim_log=sim_log)
+    c.start_simulator()
+    try:
+        # the simulator has looked at every GPU node once it wrote its device-plugin status annotation
+        for node in GPU_NODES:
+            wait_for(
+                lambda node=node: "nvsim.slm.io/device-plugin-status" in c.annotations(node),
+                30,
+                f"nvsim to reconcile {node}",
+            )
+        if reuse:
+            c.reset_gpu_nodes()
+        yield c
+    finally:
+        c.stop_simulator()
+        api.close()
+        if not keep:
+            subprocess.run([str(SCRIPTS / "down.sh"), name], check=False)
+
+
+@pytest.fixture
+def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # pods need the namespace's default ServiceAccount (ServiceAccount admission); KCM creates it
+    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 30, f"{name}/default SA")
+    yield name
+    _print_diagnostics_once(request, cluster, name)
+    # pods first (kwok's pod-delete stage is fast), so no test sees another test's pods on a node; the
+    # namespace itself is left to the namespace controller (its deletion takes ~5 s, nobody waits for it)
+    cluster.delete_pods(name)
+    cluster.core.delete_namespace(name, grace_period_seconds=0)
+
+
+@pytest.fixture
+def gpu_nodes(cluster: Cluster, ns: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    yield cluster
+    _print_diagnostics_once(request, cluster, ns)
+    cluster.delete_pods(ns)
+    cluster.reset_gpu_nodes()

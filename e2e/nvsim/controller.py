@@ -1,0 +1,621 @@
+"""The simulator's Kubernetes side: plays mig-manager, the device plugin's config-manager and GFD per node.
+
+All state lives in the cluster (node labels/annotations, ConfigMaps), so the simulator can be restarted at any
+time. Annotations it owns on a node:
+
+* ``nvsim.slm.io/hardware``            the node's GPUs (product, count, PCI id, default MIG strategy); written
+                                       once from the GFD labels when the node manifest does not carry it.
+* ``nvsim.slm.io/mig-layout``          the simulated hardware state: per GPU the MIG mode and its instances
+                                       with their placements (JSON list, one entry per GPU).
+* ``nvsim.slm.io/mig-config-observed`` the last mig.config value (+ content hash) mig-manager finished with.
+* ``nvsim.slm.io/mig-config-pending``  the config being applied while the state label is ``pending``.
+* ``nvsim.slm.io/device-plugin-config`` the device-plugin config in effect (config-manager's copy).
+* ``nvsim.slm.io/device-plugin-status`` ``ok`` or why the simulated device plugin is not serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from slm_operator.catalog import gpu_by_product
+
+from . import deviceplugin as dp
+from . import migparted as mp
+
+log = logging.getLogger("nvsim")
+
+MIG_CONFIG = "nvidia.com/mig.config"
+MIG_STATE = "nvidia.com/mig.config.state"
+DP_CONFIG = "nvidia.com/device-plugin.config"
+MIG_MANAGER_DEPLOY = "nvidia.com/gpu.deploy.mig-manager"
+GPU_PRESENT = "nvidia.com/gpu.present"
+# mig-manager pauses these operands while it reconfigures (mig-parted pkg/mig/reconfigure, facts section 3.2)
+PAUSABLE = tuple(
+    f"nvidia.com/gpu.deploy.{c}"
+    for c in ("device-plugin", "gpu-feature-discovery", "dcgm-exporter", "dcgm", "nvsm", "client")
+)
+PAUSED = "paused-for-mig-change"
+
+ANN = "nvsim.slm.io/"
+HARDWARE = ANN + "hardware"
+LAYOUT = ANN + "mig-layout"
+MIG_OBSERVED = ANN + "mig-config-observed"
+MIG_PENDING = ANN + "mig-config-pending"
+DP_STATE = ANN + "device-plugin-config"
+DP_STATUS = ANN + "device-plugin-status"
+
+MIG_COMPONENT = "nvsim/nvidia-mig-manager"
+DP_COMPONENT = "nvsim/nvidia-device-plugin"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str = "gpu-operator"
+    mig_config_map: str = "slm-mig-parted-config"
+    mig_config_key: str = "config.yaml"
+    device_plugin_config_map: str = "slm-device-plugin-config"
+    apply_delay_seconds: float = 1.0
+    resync_seconds: int = 30
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _base_product(label: str) -> str:
+    base = label.removesuffix("-SHARED")
+    cut = base.find("-MIG-")
+    return base[:cut] if cut > 0 else base
+
+
+class _Queue:
+    """Node names with a due time; ``add`` keeps the earliest."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: dict[str, float] = {}
+
+    def add(self, name: str, delay: float = 0.0) -> None:
+        due = time.monotonic() + delay
+        with self._cv:
+            if name not in self._due or due < self._due[name]:
+                self._due[name] = due
+                self._cv.notify()
+
+    def get(self, stop: threading.Event) -> str | None:
+        with self._cv:
+            while not stop.is_set():
+                if self._due:
+                    name, due = min(self._due.items(), key=lambda kv: kv[1])
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        del self._due[name]
+                        return name
+                    self._cv.wait(min(wait, 1.0))
+                else:
+                    self._cv.wait(1.0)
+        return None
+
+
+class Simulator:
+    def __init__(self, api: client.ApiClient, settings: Settings) -> None:
+        self.core = client.CoreV1Api(api)
+        self.s = settings
+        self.queue = _Queue()
+        self.stop = threading.Event()
+        self.nodes: set[str] = set()
+        self._unknown_products: set[str] = set()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # loops
+
+    def run(self) -> None:
+        self._ensure_namespace()
+        threads = [
+            threading.Thread(target=self._watch_nodes, name="watch-nodes", daemon=True),
+            threading.Thread(target=self._watch_config_maps, name="watch-configmaps", daemon=True),
+            threading.Thread(target=self._work, name="worker", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        log.info(
+            "started: namespace=%s mig-config=%s[%s] device-plugin-config=%s apply-delay=%ss",
+            self.s.namespace,
+            self.s.mig_config_map,
+            self.s.mig_config_key,
+            self.s.device_plugin_config_map,
+            self.s.apply_delay_seconds,
+        )
+        while not self.stop.wait(0.5):
+            pass
+        log.info("stopped")
+
+    def _ensure_namespace(self) -> None:
+        try:
+            self.core.read_namespace(self.s.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            body = client.V1Namespace(metadata=client.V1ObjectMeta(name=self.s.namespace))
+            try:
+                self.core.create_namespace(body)
+                log.info("created namespace %s", self.s.namespace)
+            except ApiException as e2:
+                if e2.status != 409:
+                    raise
+
+    def _watch_nodes(self) -> None:
+        while not self.stop.is_set():
+            try:
+                nodes = self.core.list_node()
+                self.nodes = {n.metadata.name for n in nodes.items}
+                for name in self.nodes:  # resync
+                    self.queue.add(name)
+                stream = watch.Watch().stream(
+                    self.core.list_node,
+                    resource_version=nodes.metadata.resource_version,
+                    timeout_seconds=self.s.resync_seconds,
+                    _request_timeout=self.s.resync_seconds + 15,
+                )
+                for ev in stream:
+                    name = ev["object"].metadata.name
+                    if ev["type"] == "DELETED":
+                        self.nodes.discard(name)
+                    else:
+                        self.nodes.add(name)
+                        self.queue.add(name)
+                    if self.stop.is_set():
+                        return
+            except ApiException as e:
+                if e.status != 410:
+                    log.warning("node watch: %s %s", e.status, e.reason)
+                    self.stop.wait(1)
+            except Exception as e:  # connection drops etc.: relist
+                log.warning("node watch: %s", e)
+                self.stop.wait(1)
+
+    def _watch_config_maps(self) -> None:
+        names = {self.s.mig_config_map, self.s.device_plugin_config_map}
+        while not self.stop.is_set():
+            try:
+                cms = self.core.list_namespaced_config_map(self.s.namespace)
+                stream = watch.Watch().stream(
+                    self.core.list_namespaced_config_map,
+                    self.s.namespace,
+                    resource_version=cms.metadata.resource_version,
+                    timeout_seconds=self.s.resync_seconds,
+                    _request_timeout=self.s.resync_seconds + 15,
+                )
+                for ev in stream:
+                    if ev["object"].metadata.name in names:
+                        log.info(
+                            "configmap %s/%s %s", self.s.namespace, ev["object"].metadata.name, ev["type"]
+                        )
+                        for name in list(self.nodes):
+                            self.queue.add(name)
+                    if self.stop.is_set():
+                        return
+            except ApiException as e:
+                if e.status != 410:
+                    log.warning("configmap watch: %s %s", e.status, e.reason)
+                    self.stop.wait(1)
+            except Exception as e:
+                log.warning("configmap watch: %s", e)
+                self.stop.wait(1)
+
+    def _work(self) -> None:
+        while True:
+            name = self.queue.get(self.stop)
+            if name is None:
+                return
+            try:
+                again = self.reconcile(name)
+            except ApiException as e:
+                log.warning("%s: API error %s %s; retrying", name, e.status, e.reason)
+                again = 1.0
+            except Exception:
+                log.exception("%s: reconcile failed; retrying", name)
+                again = 2.0
+            if again is not None:
+                self.queue.add(name, again)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # reconcile
+
+    def reconcile(self, name: str) -> float | None:
+        """Bring one node's labels/status in line with its selected configs. Returns seconds until the next
+        look (a pending MIG change), or None."""
+        try:
+            node = self.core.read_node(name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        labels: dict[str, str] = dict(node.metadata.labels or {})
+        ann: dict[str, str] = dict(node.metadata.annotations or {})
+        label_patch: dict[str, str | None] = {}
+        ann_patch: dict[str, str | None] = {}
+        events: list[tuple[str, str, str, str]] = []  # (type, reason, message, component)
+
+        found = self._hardware(name, labels, ann, ann_patch)
+        if found is None:
+            return None
+        hw, default_strategy = found
+        layout = self._layout(name, ann, hw)
+        mig_text, dp_data = self._config_maps()
+        sharing, dp_error = self._select_device_plugin_config(name, labels, ann, dp_data, ann_patch, events)
+
+        again = None
+        if labels.get(MIG_MANAGER_DEPLOY) == "true" and labels.get(MIG_CONFIG):
+            again, layout = self._mig_manager(
+                node, hw, default_strategy, labels, ann, layout, (sharing, dp_error), mig_text,
+                label_patch, ann_patch, events,
+            )  # fmt: skip
+
+        view = dp.node_view(hw, layout, sharing, default_strategy, dp_error)
+        status = view.problem or "ok"
+        if ann.get(DP_STATUS) != status:
+            ann_patch[DP_STATUS] = status
+            if view.problem:
+                events.append(("Warning", "DevicePluginFailed", view.problem, DP_COMPONENT))
+                log.info("%s: device plugin not serving: %s", name, view.problem)
+            elif DP_STATUS in ann:
+                log.info("%s: device plugin serving again", name)
+        self._publish(node, labels, ann, view, label_patch, ann_patch)
+        for ev in events:
+            self._event(node, *ev)
+        return again
+
+    def _hardware(
+        self, name: str, labels: Mapping[str, str], ann: Mapping[str, str], ann_patch: dict[str, str | None]
+    ) -> tuple[mp.GpuHardware, str] | None:
+        raw = _json(ann.get(HARDWARE))
+        if raw is None:
+            if labels.get(GPU_PRESENT) != "true" or "nvidia.com/gpu.product" not in labels:
+                return None
+            model = gpu_by_product(labels["nvidia.com/gpu.product"])
+            if model is None:
+                raw = {"product": _base_product(labels["nvidia.com/gpu.product"])}
+            else:
+                raw = {
+                    "product": _base_product(labels["nvidia.com/gpu.product"]),
+                    "gpus": int(labels.get("nvidia.com/gpu.count", "0")),
+                    "pci_device_id": model.pci_device_ids[0],
+                    "mig_strategy": labels.get(
+                        "nvidia.com/mig.strategy", "mixed" if model.mig_capable else "none"
+                    ),
+                }
+                ann_patch[HARDWARE] = _dump(raw)
+                log.info("%s: recorded hardware %s", name, ann_patch[HARDWARE])
+        model = gpu_by_product(str(raw.get("product", "")))
+        if model is None or not raw.get("gpus"):
+            if name not in self._unknown_products:
+                self._unknown_products.add(name)
+                log.warning("%s: GPU product %r not in the catalog (or no GPUs); ignoring node", name, raw)
+            return None
+        hw = mp.GpuHardware(
+            model=model,
+            product=str(raw["product"]),
+            gpus=int(raw["gpus"]),
+            pci_device_id=str(raw.get("pci_device_id") or model.pci_device_ids[0]).lower(),
+            pci_subsystem_id=raw.get("pci_subsystem_id"),
+        )
+        strategy = raw.get("mig_strategy") or ("mixed" if model.mig_capable else "none")
+        return hw, strategy
+
+    def _layout(self, name: str, ann: Mapping[str, str], hw: mp.GpuHardware) -> list[mp.GpuLayout]:
+        text = ann.get(LAYOUT)
+        if text:
+            try:
+                return mp.layout_from_json(text, hw.gpus)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("%s: ignoring unreadable %s annotation: %s", name, LAYOUT, e)
+        return mp.all_disabled_layout(hw.gpus)
+
+    def _config_maps(self) -> tuple[str | None, dict[str, str] | None]:
+        def read(cm: str) -> dict[str, str] | None:
+            try:
+                return dict(self.core.read_namespaced_config_map(cm, self.s.namespace).data or {})
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+
+        mig = read(self.s.mig_config_map)
+        return (mig or {}).get(self.s.mig_config_key), read(self.s.device_plugin_config_map)
+
+    # ---- device plugin config-manager -----------------------------------------------------------------------
+
+    def _select_device_plugin_config(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        ann: Mapping[str, str],
+        data: Mapping[str, str] | None,
+        ann_patch: dict[str, str | None],
+        events: list[tuple[str, str, str, str]],
+    ) -> tuple[dp.SharingConfig | None, str | None]:
+        default = {"label": None, "key": None, "hash": None, "config": None, "error": None, "missing": None}
+        prev = _json(ann.get(DP_STATE)) or default
+        want = labels.get(DP_CONFIG)
+        where = f"ConfigMap {self.s.namespace}/{self.s.device_plugin_config_map}"
+        if want is None:
+            new = default
+            if prev.get("key") is not None:
+                log.info("%s: device-plugin.config label removed -> default config (no sharing)", name)
+        elif data is None or want not in data:
+            new = {**prev, "label": want, "missing": want}
+            if prev.get("missing") != want:
+                msg = (
+                    f"device-plugin config {want!r} is not a key of {where}; "
+                    f"keeping the previous config ({prev.get('key') or 'default'})"
+                )
+                log.info("%s: %s", name, msg)
+                events.append(("Warning", "UnknownDevicePluginConfig", msg, DP_COMPONENT))
+        else:
+            digest = hashlib.sha256(data[want].encode()).hexdigest()[:16]
+            if prev.get("key") == want and prev.get("hash") == digest:
+                new = {**prev, "label": want, "missing": None}
+            else:
+                try:
+                    cfg = dp.parse_config_file(data[want])
+                    new = {**default, "label": want, "key": want, "hash": digest, "config": cfg.to_json()}
+                    log.info("%s: device-plugin config %r applied: %s", name, want, _dump(cfg.to_json()))
+                    events.append(
+                        (
+                            "Normal",
+                            "DevicePluginConfigApplied",
+                            f"config {want!r}: {cfg.strategy}",
+                            DP_COMPONENT,
+                        )
+                    )
+                except dp.DevicePluginConfigError as e:
+                    new = {
+                        **default,
+                        "label": want,
+                        "key": want,
+                        "hash": digest,
+                        "error": f"config {want!r}: {e}",
+                    }
+                    log.info("%s: device-plugin config %r invalid: %s", name, want, e)
+        if new != prev:
+            ann_patch[DP_STATE] = _dump(new)
+        sharing = dp.SharingConfig.from_json(new["config"]) if new.get("config") else None
+        return sharing, new.get("error")
+
+    # ---- mig-manager ------------------------------------------------------------------------------------------
+
+    def _resolve_mig_config(
+        self, wanted: str, hw: mp.GpuHardware, text: str | None
+    ) -> tuple[list[mp.MigSpec] | None, str | None]:
+        custom: dict[str, list[mp.MigSpec]] = {}
+        error = None
+        if text is not None:
+            try:
+                custom = mp.parse_config_file(text)
+            except mp.MigConfigError as e:
+                error = str(e)
+        if wanted in custom:
+            return custom[wanted], None
+        builtins = mp.builtin_configs(hw.model)
+        if wanted in builtins:
+            return builtins[wanted], None
+        where = f"ConfigMap {self.s.namespace}/{self.s.mig_config_map}[{self.s.mig_config_key}]"
+        if error:
+            return None, f"{where} is invalid: {error}"
+        return None, f"unknown MIG config {wanted!r}: not in {where} and not one of {sorted(builtins)}"
+
+    def _mig_manager(
+        self,
+        node: client.V1Node,
+        hw: mp.GpuHardware,
+        default_strategy: str,
+        labels: Mapping[str, str],
+        ann: Mapping[str, str],
+        layout: list[mp.GpuLayout],
+        dp_selection: tuple[dp.SharingConfig | None, str | None],
+        mig_text: str | None,
+        label_patch: dict[str, str | None],
+        ann_patch: dict[str, str | None],
+        events: list[tuple[str, str, str, str]],
+    ) -> tuple[float | None, list[mp.GpuLayout]]:
+        name = node.metadata.name
+        wanted = labels[MIG_CONFIG]
+        state = labels.get(MIG_STATE)
+        observed = _json(ann.get(MIG_OBSERVED)) or {}
+        pending = _json(ann.get(MIG_PENDING)) or {}
+        specs, error = self._resolve_mig_config(wanted, hw, mig_text)
+        target = {"name": wanted, "hash": mp.specs_hash(specs)}
+        fresh = (
+            observed.get("name") != wanted
+            or state not in ("success", "failed")
+            or (state == "failed" and observed.get("hash") != target["hash"])
+        )
+        if not fresh:
+            return None, layout
+
+        def finish(result: str, message: str, new_layout: list[mp.GpuLayout] | None = None) -> None:
+            label_patch[MIG_STATE] = result
+            for key in PAUSABLE:
+                if labels.get(key) == PAUSED:
+                    label_patch[key] = "true"
+            ann_patch[MIG_OBSERVED] = _dump(target)
+            ann_patch[MIG_PENDING] = None
+            if new_layout is not None:
+                ann_patch[LAYOUT] = mp.layout_to_json(new_layout)
+            log.info("%s: mig.config=%s -> %s: %s", name, wanted, result, message)
+            if result == "failed":
+                events.append(("Warning", "MigConfigFailed", f"{wanted}: {message}", MIG_COMPONENT))
+            else:
+                events.append(("Normal", "MigConfigApplied", f"{wanted}: {message}", MIG_COMPONENT))
+
+        if specs is None:  # `nvidia-mig-parted assert --valid-config` fails: failed, no pending
+            finish("failed", str(error))
+            return None, layout
+        plan: list[mp.GpuLayout] | None
+        try:
+            plan = mp.plan_layout(specs, hw, layout)
+            problem = None
+        except mp.MigConfigError as e:
+            plan, problem = None, str(e)
+        if plan is not None and all(a.same_config(b) for a, b in zip(plan, layout, strict=True)):
+            finish("success", "already applied")
+            return None, layout
+
+        now = time.time()
+        if state != "pending" or pending.get("name") != wanted or pending.get("hash") != target["hash"]:
+            label_patch[MIG_STATE] = "pending"
+            for key in PAUSABLE:
+                if labels.get(key) not in (None, "false", PAUSED):
+                    label_patch[key] = PAUSED
+            ann_patch[MIG_PENDING] = _dump({**target, "since": now})
+            log.info("%s: mig.config=%s -> pending", name, wanted)
+            return self.s.apply_delay_seconds, layout
+        remaining = float(pending.get("since", 0)) + self.s.apply_delay_seconds - now
+        if remaining > 0:
+            return remaining, layout
+
+        if plan is None:
+            finish("failed", str(problem))
+            return None, layout
+        new_view = dp.node_view(hw, plan, dp_selection[0], default_strategy, dp_selection[1])
+        used = self._used_resources(name)
+        short = {
+            r: (u, new_view.resources.get(r, 0)) for r, u in used.items() if u > new_view.resources.get(r, 0)
+        }
+        if short:
+            what = ", ".join(f"{r}: {u} in use, {n} after the change" for r, (u, n) in sorted(short.items()))
+            finish("failed", f"refusing to destroy devices in use by pods on the node ({what})")
+            return None, layout
+        summary = "; ".join(
+            f"GPU {g.index}: "
+            + (",".join(f"{d.profile}@{d.start}" for d in g.devices) if g.mig_enabled else "MIG off")
+            for g in plan
+            if not g.same_config(layout[g.index])
+        )
+        finish("success", summary or "no change", plan)
+        return None, plan
+
+    def _used_resources(self, node_name: str) -> dict[str, int]:
+        """nvidia.com/* resources requested by pods bound to the node that have not terminated."""
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node_name}")
+        used: dict[str, int] = {}
+        for pod in pods.items:
+            if (pod.status and pod.status.phase) in ("Succeeded", "Failed"):
+                continue
+            want: dict[str, int] = {}
+            for c in pod.spec.containers or []:
+                for r, q in _extended(c).items():
+                    want[r] = want.get(r, 0) + q
+            for c in pod.spec.init_containers or []:
+                for r, q in _extended(c).items():
+                    want[r] = max(want.get(r, 0), q)
+            for r, q in want.items():
+                used[r] = used.get(r, 0) + q
+        return used
+
+    # ---- writing ----------------------------------------------------------------------------------------------
+
+    def _publish(
+        self,
+        node: client.V1Node,
+        labels: Mapping[str, str],
+        ann: Mapping[str, str],
+        view: dp.NodeView,
+        label_patch: Mapping[str, str | None],
+        ann_patch: Mapping[str, str | None],
+    ) -> None:
+        """Status first (through the status subresource), then labels/annotations, each only when changed."""
+        name = node.metadata.name
+        capacity = dict((node.status and node.status.capacity) or {})
+        allocatable = dict((node.status and node.status.allocatable) or {})
+        desired = {r: str(n) for r, n in view.resources.items()}
+        for r in set(capacity) | set(allocatable):
+            if r.startswith("nvidia.com/") and r not in desired:
+                desired[r] = "0"  # the kubelet keeps a resource whose plugin stopped advertising it at 0
+        changed = {r: v for r, v in desired.items() if capacity.get(r) != v or allocatable.get(r) != v}
+        if changed:
+            self.core.patch_node_status(name, {"status": {"capacity": changed, "allocatable": changed}})
+            log.info("%s: status %s", name, " ".join(f"{r}={v}" for r, v in sorted(changed.items())))
+
+        want: dict[str, str | None] = dict(view.labels)
+        for key in labels:
+            if key.startswith("nvidia.com/mig-") and key not in want:
+                want[key] = None
+        want.update(label_patch)
+        label_changes = {
+            k: v for k, v in want.items() if labels.get(k) != v and not (v is None and k not in labels)
+        }
+        ann_changes = {
+            k: v for k, v in ann_patch.items() if ann.get(k) != v and not (v is None and k not in ann)
+        }
+        if label_changes or ann_changes:
+            self.core.patch_node(name, {"metadata": {"labels": label_changes, "annotations": ann_changes}})
+            shown = {k: v for k, v in label_changes.items() if not k.startswith("nvidia.com/mig-")}
+            extra = len(label_changes) - len(shown)
+            log.info(
+                "%s: labels %s%s%s",
+                name,
+                " ".join(f"{k}={v}" for k, v in sorted(shown.items(), key=lambda kv: kv[0])) or "-",
+                f" (+{extra} nvidia.com/mig-* labels)" if extra else "",
+                f"; annotations {sorted(ann_changes)}" if ann_changes else "",
+            )
+
+    def _event(self, node: client.V1Node, type_: str, reason: str, message: str, component: str) -> None:
+        now = datetime.now(UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{node.metadata.name}.", namespace="default"),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Node", name=node.metadata.name, uid=node.metadata.uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            source=client.V1EventSource(component=component, host=node.metadata.name),
+            reporting_component=component,
+            reporting_instance=node.metadata.name,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self.core.create_namespaced_event("default", body)
+        except ApiException as e:
+            log.warning(
+                "%s: could not record event %s: %s %s", node.metadata.name, reason, e.status, e.reason
+            )
+
+
+def _extended(container: client.V1Container) -> dict[str, int]:
+    res = container.resources
+    if res is None:
+        return {}
+    merged = {**(res.requests or {}), **(res.limits or {})}  # extended resources: request == limit
+    out: dict[str, int] = {}
+    for r, q in merged.items():
+        if r.startswith("nvidia.com/"):
+            try:
+                out[r] = int(str(q))
+            except ValueError:
+                continue
+    return out

@@ -1,0 +1,319 @@
+"""The NVIDIA-stack simulator follows the GPU Operator's protocols (mig-manager, device-plugin config-manager, GFD)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from .conftest import DP_CONFIG, DP_CONFIG_MAP, MIG_CONFIG, MIG_CONFIG_MAP, MIG_STATE, Cluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+H100 = "gpu-h100-0"
+H100_B = "gpu-h100-1"
+A100 = "gpu-a100-0"
+L4 = "gpu-l4-0"
+
+MIG_CONFIGS = textwrap.dedent(
+    """\
+    version: v1
+    mig-configs:
+      # GPUs 0-3: 2x 2g.20gb (slices 0-1, 2-3) + 1x 3g.40gb (slices 4-7) = 7 compute slices; GPUs 4-7 whole
+      e2e-h100-mixed:
+        - device-filter: "0x233010DE"
+          devices: [0, 1, 2, 3]
+          mig-enabled: true
+          mig-devices: {"3g.40gb": 1, "2g.20gb": 2}
+        - devices: [4, 5, 6, 7]
+          mig-enabled: false
+      # two 4g.40gb would both need memory slices 0-3 (4g only starts at 0)
+      e2e-h100-overlap:
+        - devices: all
+          mig-enabled: true
+          mig-devices: {"4g.40gb": 2}
+      # 3g + 3g fill all 8 memory slices: no room for a 1g
+      e2e-h100-too-big:
+        - devices: all
+          mig-enabled: true
+          mig-devices: {"3g.40gb": 2, "1g.10gb": 1}
+      # 1g.5gb is an A100-40GB profile
+      e2e-foreign-profile:
+        - devices: [0]
+          mig-enabled: true
+          mig-devices: {"1g.5gb": 7}
+      e2e-out-of-range:
+        - devices: [8]
+          mig-enabled: true
+          mig-devices: {"1g.10gb": 7}
+    """
+)
+
+TIME_SLICING_4 = textwrap.dedent(
+    """\
+    version: v1
+    flags: {migStrategy: mixed}
+    sharing:
+      timeSlicing:
+        renameByDefault: true
+        resources:
+          - name: nvidia.com/gpu
+            replicas: 4
+    """
+)
+
+MPS_2 = textwrap.dedent(
+    """\
+    version: v1
+    flags: {migStrategy: none}
+    sharing:
+      mps:
+        resources:
+          - name: nvidia.com/gpu
+            replicas: 2
+    """
+)
+
+
+def _layout(cluster: Cluster, node: str) -> list[dict]:
+    return json.loads(cluster.annotations(node)["nvsim.slm.io/mig-layout"])
+
+
+def test_legal_mig_config_goes_pending_then_success(gpu_nodes: Cluster, ns: str) -> None:
+    c = gpu_nodes
+    c.put_config_map(MIG_CONFIG_MAP, {"config.yaml": MIG_CONFIGS})
+    rec = c.record_label(H100, MIG_STATE)
+    c.set_labels(H100, {MIG_CONFIG: "e2e-h100-mixed"})
+    labels = c.wait_mig_state(H100, "e2e-h100-mixed", "success")
+    assert rec.stop()[-2:] == ["pending", "success"]
+
+    assert c.nonzero_resources(H100) == {
+        "nvidia.com/gpu": 4,
+        "nvidia.com/mig-3g.40gb": 4,
+        "nvidia.com/mig-2g.20gb": 8,
+    }
+    assert labels["nvidia.com/mig-2g.20gb.count"] == "8"
+    assert labels["nvidia.com/mig-3g.40gb.count"] == "4"
+    assert labels["nvidia.com/mig-3g.40gb.slices.gi"] == "3"
+    assert labels["nvidia.com/mig-3g.40gb.memory"] == "40448"
+    assert labels["nvidia.com/gpu.deploy.device-plugin"] == "true"  # un-paused after the change
+    layout = _layout(c, H100)
+    assert [g["mig"] for g in layout] == [True] * 4 + [False] * 4
+    assert sorted((d["profile"], d["start"]) for d in layout[0]["devices"]) == [
+        ("2g.20gb", 0),
+        ("2g.20gb", 2),
+        ("3g.40gb", 4),
+    ]
+
+    c.pod(ns, "mig-pod", {"nvidia.com/mig-2g.20gb": "1"})
+    assert c.wait_pod_running(ns, "mig-pod").spec.node_name == H100
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ("e2e-h100-overlap", "exceeds the maximum of 1"),
+        ("e2e-h100-too-big", "no legal placement"),
+        ("e2e-foreign-profile", "does not exist on H100-80GB"),
+        ("e2e-out-of-range", "out of range"),
+    ],
+)
+def test_illegal_mig_config_fails_and_keeps_capacity(gpu_nodes: Cluster, config: str, reason: str) -> None:
+    c = gpu_nodes
+    c.put_config_map(MIG_CONFIG_MAP, {"config.yaml": MIG_CONFIGS})
+    before = c.nvidia_resources(H100)
+    rec = c.record_label(H100, MIG_STATE)
+    c.set_labels(H100, {MIG_CONFIG: config})
+    c.wait_mig_state(H100, config, "failed")
+    assert rec.stop()[-2:] == ["pending", "failed"]
+    c.wait_node_event(H100, "MigConfigFailed", reason)
+    assert c.nvidia_resources(H100) == before
+    assert all(not g["mig"] for g in _layout(c, H100))
+
+
+def test_unknown_mig_config_name_fails(gpu_nodes: Cluster) -> None:
+    c = gpu_nodes
+    c.set_labels(H100, {MIG_CONFIG: "no-such-config"})
+    c.wait_mig_state(H100, "no-such-config", "failed")
+    c.wait_node_event(H100, "MigConfigFailed", "unknown MIG config 'no-such-config'")
+    assert c.nonzero_resources(H100) == {"nvidia.com/gpu": 8}
+
+
+def test_builtin_all_balanced_on_a100(gpu_nodes: Cluster) -> None:
+    c = gpu_nodes
+    c.set_labels(A100, {MIG_CONFIG: "all-balanced"})
+    c.wait_mig_state(A100, "all-balanced", "success")
+    assert c.nonzero_resources(A100) == {
+        "nvidia.com/mig-1g.5gb": 16,
+        "nvidia.com/mig-2g.10gb": 8,
+        "nvidia.com/mig-3g.20gb": 8,
+    }
+    # back to all-disabled: the MIG resources stay at 0, as the kubelet keeps them
+    c.set_labels(A100, {MIG_CONFIG: "all-disabled"})
+    labels = c.wait_mig_state(A100, "all-disabled", "success")
+    resources = c.nvidia_resources(A100)
+    assert {k: v for k, v in resources.items() if v} == {"nvidia.com/gpu": 8}
+    assert resources["nvidia.com/mig-1g.5gb"] == resources["nvidia.com/mig-3g.20gb"] == 0
+    assert not [k for k in labels if k.startswith("nvidia.com/mig-")]
+
+
+def test_mig_change_refused_while_devices_in_use(gpu_nodes: Cluster, ns: str) -> None:
+    c = gpu_nodes
+    c.pod(ns, "whole-gpus", {"nvidia.com/gpu": "2"}, node=H100_B)
+    c.wait_pod_running(ns, "whole-gpus")
+    c.set_labels(H100_B, {MIG_CONFIG: "all-1g.10gb"})
+    c.wait_mig_state(H100_B, "all-1g.10gb", "failed")
+    c.wait_node_event(H100_B, "MigConfigFailed", "nvidia.com/gpu: 2 in use, 0 after the change")
+    assert c.nonzero_resources(H100_B) == {"nvidia.com/gpu": 8}
+
+    # a layout that keeps enough whole GPUs is fine
+    c.put_config_map(
+        MIG_CONFIG_MAP,
+        {
+            "config.yaml": "version: v1\nmig-configs:\n  six-small:\n"
+            "    - {devices: [2, 3, 4, 5, 6, 7], mig-enabled: true, mig-devices: {1g.10gb: 7}}\n"
+        },
+    )
+    c.set_labels(H100_B, {MIG_CONFIG: "six-small"})
+    c.wait_mig_state(H100_B, "six-small", "success")
+    assert c.nonzero_resources(H100_B) == {"nvidia.com/gpu": 2, "nvidia.com/mig-1g.10gb": 42}
+
+
+def test_time_slicing_renamed_and_back(gpu_nodes: Cluster) -> None:
+    c = gpu_nodes
+    c.put_config_map(DP_CONFIG_MAP, {"ts-4": TIME_SLICING_4, "mps-2": MPS_2})
+    c.set_labels(H100_B, {DP_CONFIG: "ts-4"})
+
+    def shared() -> bool:
+        resources = c.nvidia_resources(H100_B)
+        return resources["nvidia.com/gpu"] == 0 and c.nonzero_resources(H100_B) == {
+            "nvidia.com/gpu.shared": 32
+        }
+
+    wait_for(shared, 20, "nvidia.com/gpu.shared=32")
+    # GFD's labels follow the device plugin's resources (separate components, separate updates)
+    labels = wait_for(
+        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "4" and lab, 20, "gpu.replicas=4"
+    )
+    assert labels["nvidia.com/gpu.sharing-strategy"] == "time-slicing"
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"  # renamed: no -SHARED suffix
+
+    # an unknown key keeps the previous config (config-manager skips it) and warns
+    c.set_labels(H100_B, {DP_CONFIG: "no-such-key"})
+    c.wait_node_event(H100_B, "UnknownDevicePluginConfig", "no-such-key")
+    assert shared()
+
+    c.set_labels(H100_B, {DP_CONFIG: None})
+    wait_for(
+        lambda: (
+            c.nvidia_resources(H100_B).get("nvidia.com/gpu.shared") == 0
+            and c.nonzero_resources(H100_B) == {"nvidia.com/gpu": 8}
+        ),
+        20,
+        "back to 8 whole GPUs",
+    )
+    labels = wait_for(
+        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "1" and lab, 20, "gpu.replicas=1"
+    )
+    assert labels["nvidia.com/gpu.sharing-strategy"] == "none"
+
+
+def test_time_slicing_pods_share_gpus(gpu_nodes: Cluster, ns: str) -> None:
+    c = gpu_nodes
+    c.put_config_map(DP_CONFIG_MAP, {"ts-4": TIME_SLICING_4})
+    c.set_labels(L4, {DP_CONFIG: "ts-4"})
+    wait_for(lambda: c.nvidia_resources(L4).get("nvidia.com/gpu.shared") == 16, 20, "16 shared L4 GPUs")
+    for i in range(5):
+        c.pod(ns, f"shared-{i}", {"nvidia.com/gpu.shared": "1"})
+    for i in range(5):
+        assert c.wait_pod_running(ns, f"shared-{i}").spec.node_name == L4
+
+
+def test_mps_refused_with_mig_enabled(gpu_nodes: Cluster) -> None:
+    c = gpu_nodes
+    c.put_config_map(DP_CONFIG_MAP, {"mps-2": MPS_2})
+    c.set_labels(A100, {MIG_CONFIG: "all-balanced"})
+    c.wait_mig_state(A100, "all-balanced", "success")
+    c.set_labels(A100, {DP_CONFIG: "mps-2"})
+    c.wait_node_event(A100, "DevicePluginFailed", "MPS is not supported on devices with MIG enabled")
+    wait_for(lambda: not any(c.nvidia_resources(A100).values()), 20, "all A100 GPU resources at 0")
+    assert c.labels(A100)["nvidia.com/mps.capable"] == "false"
+
+    c.set_labels(A100, {DP_CONFIG: None})
+    wait_for(lambda: c.nvidia_resources(A100).get("nvidia.com/mig-1g.5gb") == 16, 20, "MIG resources back")
+
+
+def test_mps_on_whole_gpus(gpu_nodes: Cluster) -> None:
+    c = gpu_nodes
+    c.put_config_map(DP_CONFIG_MAP, {"mps-2": MPS_2})
+    c.set_labels(L4, {DP_CONFIG: "mps-2"})
+    wait_for(lambda: c.nonzero_resources(L4) == {"nvidia.com/gpu": 8}, 20, "8 MPS shares on the L4 node")
+    labels = wait_for(
+        lambda: (lab := c.labels(L4))["nvidia.com/mps.capable"] == "true" and lab, 20, "mps.capable=true"
+    )
+    assert labels["nvidia.com/gpu.sharing-strategy"] == "mps"
+    assert labels["nvidia.com/gpu.replicas"] == "2"
+    assert labels["nvidia.com/gpu.product"] == "NVIDIA-L4-SHARED"
+
+
+def test_simulator_state_survives_restart(gpu_nodes: Cluster) -> None:
+    """The hardware layout lives in the node annotation: a config already applied is not redone."""
+    c = gpu_nodes
+    c.set_labels(A100, {MIG_CONFIG: "all-1g.5gb"})
+    c.wait_mig_state(A100, "all-1g.5gb", "success")
+    layout = _layout(c, A100)
+    # clearing the state label makes mig-manager look again (as after a restart): already applied -> success
+    rec = c.record_label(A100, MIG_STATE)
+    c.set_labels(A100, {MIG_STATE: None})
+    c.wait_mig_state(A100, "all-1g.5gb", "success")
+    assert "pending" not in rec.stop()
+    assert _layout(c, A100) == layout
+    assert c.nvidia_resources(A100)["nvidia.com/mig-1g.5gb"] == 56
+
+
+def test_simulator_killed_while_pending_finishes_after_restart(gpu_nodes: Cluster) -> None:
+    """All simulator state is in the cluster: a MIG change interrupted in 'pending' completes after a restart."""
+    c = gpu_nodes
+    c.set_labels(H100_B, {MIG_CONFIG: "all-balanced"})
+    wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 10, "state pending")
+    c.stop_simulator(kill=True)
+    try:
+        assert c.labels(H100_B)[MIG_STATE] == "pending"
+    finally:
+        c.start_simulator()
+    c.wait_mig_state(H100_B, "all-balanced", "success")
+    assert c.nonzero_resources(H100_B) == {
+        "nvidia.com/mig-1g.10gb": 16,
+        "nvidia.com/mig-2g.20gb": 8,
+        "nvidia.com/mig-3g.40gb": 8,
+    }
+
+
+def test_config_map_fix_retries_failed_config(gpu_nodes: Cluster) -> None:
+    """A failed config is retried when its content changes; a successful one is not re-applied."""
+    c = gpu_nodes
+
+    def configs(devices: str) -> dict[str, str]:
+        text = f"version: v1\nmig-configs:\n  e2e-fixable:\n    - {{devices: all, mig-enabled: true, mig-devices: {devices}}}\n"
+        return {"config.yaml": text}
+
+    c.put_config_map(MIG_CONFIG_MAP, configs('{"4g.40gb": 2}'))
+    c.set_labels(H100, {MIG_CONFIG: "e2e-fixable"})
+    c.wait_mig_state(H100, "e2e-fixable", "failed")
+    c.put_config_map(MIG_CONFIG_MAP, configs('{"4g.40gb": 1, "3g.40gb": 1}'))
+    wait_for(
+        lambda: c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8},
+        20,
+        "4g+3g",
+    )
+    c.wait_mig_state(H100, "e2e-fixable", "success")
+    # content change while in success: mig-manager only acts on label changes, so the layout stays
+    c.put_config_map(MIG_CONFIG_MAP, configs('{"1g.10gb": 7}'))
+    # sync point: another node picking up the new content (after its 1 s pending) shows the simulator has
+    # processed the ConfigMap change, and with it the re-queued gpu-h100-0
+    c.set_labels(H100_B, {MIG_CONFIG: "e2e-fixable"})
+    c.wait_mig_state(H100_B, "e2e-fixable", "success")
+    assert c.nonzero_resources(H100_B) == {"nvidia.com/mig-1g.10gb": 56}
+    assert c.labels(H100)[MIG_STATE] == "success"
+    assert c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8}

@@ -1,0 +1,580 @@
+"""slm-operator against a real control plane: placement, scaling, tier pressure, reservations, bad input,
+crash-restart convergence, deletion and fine-tuning. The operator runs as a real process (e2e/operator.py);
+the NVIDIA stack is the simulator of e2e/nvsim (NVIDIA's label/ConfigMap protocol)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e.conftest import Cluster, wait_for
+from e2e.operator import (
+    GROUP,
+    VERSION,
+    Operator,
+    condition,
+    custom,
+    delete_quietly,
+    get_dep,
+    is_true,
+    placement,
+    replica_pods,
+)
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+CONVERGE = 120.0
+
+
+def scrape(url: str) -> dict[str, Any]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)} | {
+        s.name: f for f in text_string_to_metric_families(text) for s in f.samples
+    }
+
+
+def kubectl_apply(cluster: Cluster, docs: list[dict[str, Any]] | str, namespace: str | None = None) -> str:
+    text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
+    cmd = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-"]
+    if namespace:
+        cmd += ["-n", namespace]
+    r = subprocess.run(cmd, input=text, capture_output=True, text=True)
+    if r.returncode:
+        raise AssertionError(f"kubectl apply failed: {r.stderr}")
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Operator]:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "priorityclasses.yaml"))
+    for ns in ("gpu-operator", "slm-system"):
+        subprocess.run(
+            [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "create", "namespace", ns],
+            capture_output=True,
+        )
+    op = Operator(kubeconfig=cluster.kubeconfig, log_dir=tmp_path_factory.mktemp("operator"))
+    op.start()
+    yield op
+    op.stop()
+    if request.session.testsfailed:
+        print(op.logs()[-30000:])
+
+
+@pytest.fixture
+def pools(
+    cluster: Cluster, operator: Operator, gpu_nodes: Cluster, request: pytest.FixtureRequest
+) -> Iterator[list[str]]:
+    """Names of the GPUPools a test creates; deleted afterwards (their nodes are restored), logs on failure."""
+    names: list[str] = []
+    yield names
+    if getattr(request.node, "rep_call", None) and request.node.rep_call.failed:
+        print(operator.logs()[-30000:])
+    co = custom(cluster.api)
+    for name in names:
+        delete_quietly(co.delete_cluster_custom_object, GROUP, VERSION, "gpupools", name)
+    for name in names:
+        wait_for(lambda name=name: _absent(co, name), 60, f"GPUPool {name} deleted (finalizer ran)")
+
+
+def _absent(co: client.CustomObjectsApi, name: str) -> bool:
+    try:
+        co.get_cluster_custom_object(GROUP, VERSION, "gpupools", name)
+    except client.exceptions.ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def pool(name: str, node: str | None = None, product: str | None = None, **spec: Any) -> dict[str, Any]:
+    labels = {"kubernetes.io/hostname": node} if node else {"nvidia.com/gpu.product": product}
+    return {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "GPUPool",
+        "metadata": {"name": name},
+        "spec": {"nodeSelector": {"matchLabels": labels}, **spec},
+    }
+
+
+def dep(name: str, pool_name: str, model_name: str, replicas: int, qos: str, **spec: Any) -> dict[str, Any]:
+    model_spec = {"name": model_name, **spec.pop("model", {})}
+    return {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "poolRef": {"name": pool_name},
+            "model": model_spec,
+            "replicas": replicas,
+            "qos": qos,
+            **spec,
+        },
+    }
+
+
+def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = CONVERGE) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = get_dep(cluster.api, ns, name)
+        desired = obj["spec"]["replicas"]
+        pods = replica_pods(cluster.core, ns, name)
+        running = [p for p in pods if p.status.phase == "Running"]
+        if is_true(obj, "Ready") and len(running) == desired == len(pods):
+            return obj
+        return None
+
+    return wait_for(ready, timeout, f"{ns}/{name} Ready with every pod Running", interval=0.5)
+
+
+def assert_pods_where_planned(cluster: Cluster, ns: str) -> None:
+    """Every replica pod runs on the node its placement names, requesting the planned share; none Pending."""
+    for p in replica_pods(cluster.core, ns):
+        rec = placement(p)
+        assert p.status.phase == "Running", (p.metadata.name, p.status.phase)
+        assert p.spec.node_name == rec["node"], (p.metadata.name, p.spec.node_name, rec)
+        limits = p.spec.containers[0].resources.limits
+        if rec["mechanism"] == "MIG":
+            assert limits == {f"nvidia.com/mig-{rec['migProfile']}": "1"}
+        elif rec["mechanism"] in ("MPS", "TimeSlicing"):
+            assert limits == {"nvidia.com/gpu.shared": "1"}
+        else:
+            assert limits == {"nvidia.com/gpu": "1"}
+
+
+def assert_no_overcommit(cluster: Cluster) -> None:
+    """What the pods request on each node fits what the (simulated) device plugin advertises."""
+    used: dict[str, Counter[str]] = {}
+    for p in cluster.core.list_pod_for_all_namespaces().items:
+        if not p.spec.node_name or p.status.phase in ("Succeeded", "Failed"):
+            continue
+        for c in p.spec.containers:
+            for k, v in ((c.resources and c.resources.limits) or {}).items():
+                if k.startswith("nvidia.com/"):
+                    used.setdefault(p.spec.node_name, Counter())[k] += int(v)
+    for node, counts in used.items():
+        alloc = cluster.nvidia_resources(node)
+        for k, v in counts.items():
+            assert v <= alloc.get(k, 0), f"{node}: {k} {v} requested > {alloc.get(k, 0)} allocatable"
+
+
+# ------------------------------------------------------------------------------------------- 1. examples
+
+
+def test_examples_are_placed_where_the_plan_says(
+    cluster: Cluster, operator: Operator, pools: list[str]
+) -> None:
+    pools += ["h100", "l4"]
+    docs = [
+        d for f in sorted((REPO / "examples").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d
+    ]
+    try:
+        kubectl_apply(cluster, docs)
+        co = custom(cluster.api)
+        for ns in ("agents", "support"):
+            for d in co.list_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments")["items"]:
+                wait_ready(cluster, ns, d["metadata"]["name"])
+            assert_pods_where_planned(cluster, ns)
+        assert_no_overcommit(cluster)
+        out = cluster.kubectl("get", "slm", "-A", "-o", "wide")
+        assert "slmdeployment.slm.io/invoice-extractor" in out and "gpupool.slm.io/h100" in out
+        pool_obj = co.get_cluster_custom_object(GROUP, VERSION, "gpupools", "h100")
+        assert is_true(pool_obj, "Ready"), pool_obj.get("status")
+        assert pool_obj["status"]["gpusReserved"] == 2 and pool_obj["status"]["gpusSegment"] == 1
+        # The operator's metrics, scraped over HTTP, agree with the cluster.
+        families = scrape(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+        placed = {
+            (smp.labels["namespace"], smp.labels["deployment"]): smp.value
+            for smp in families["slm_replicas_placed"].samples
+        }
+        for ns in ("agents", "support"):
+            for d in co.list_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments")["items"]:
+                assert placed[(ns, d["metadata"]["name"])] == d["status"]["placedReplicas"]
+        gpus = {
+            smp.labels["mode"]: smp.value
+            for smp in families["slm_pool_gpus"].samples
+            if smp.labels["pool"] == "h100"
+        }
+        assert gpus["Reserved"] == 2 and gpus["Segment"] == 1 and sum(gpus.values()) == 16
+        # The Service of each deployment exists and selects its pods.
+        svc = cluster.core.read_namespaced_service("invoice-extractor", "agents")
+        assert svc.spec.selector == {"slm.io/deployment": "invoice-extractor"}
+    finally:
+        for ns in ("agents", "support"):
+            delete_quietly(cluster.core.delete_namespace, ns)
+        for ns in ("agents", "support"):
+            wait_for(
+                lambda ns=ns: not [n for n in cluster.core.list_namespace().items if n.metadata.name == ns],
+                90,
+                f"namespace {ns} gone",
+            )
+
+
+# ------------------------------------------------------------------------------------------- 2. scaling
+
+
+def test_scale_repacks_without_moving_other_deployments(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    pools.append(f"scale-{ns}")
+    kubectl_apply(cluster, [pool(pools[0], node="gpu-h100-0", sharing={"mechanisms": ["MIG", "Exclusive"]})])
+    kubectl_apply(
+        cluster,
+        [
+            dep("router", pools[0], "qwen2.5-0.5b-instruct", 2, "Burstable"),
+            dep(
+                "extractor",
+                pools[0],
+                "qwen2.5-3b-instruct",
+                2,
+                "Guaranteed",
+                model={"maxContextTokens": 8192},
+            ),
+        ],
+        ns,
+    )
+    wait_ready(cluster, ns, "router")
+    wait_ready(cluster, ns, "extractor")
+    before = {p.metadata.name for p in replica_pods(cluster.core, ns, "extractor")}
+    cluster.kubectl("scale", "-n", ns, "slmdeployment/router", "--replicas=5")
+    wait_ready(cluster, ns, "router")
+    assert {p.metadata.name for p in replica_pods(cluster.core, ns, "extractor")} == before
+    cluster.kubectl("scale", "-n", ns, "slmdeployment/router", "--replicas=1")
+    wait_for(lambda: len(replica_pods(cluster.core, ns, "router")) == 1, CONVERGE, "router scaled down to 1")
+    wait_ready(cluster, ns, "router")
+    assert {p.metadata.name for p in replica_pods(cluster.core, ns, "extractor")} == before
+    assert_pods_where_planned(cluster, ns)
+    assert_no_overcommit(cluster)
+    # the scale subresource reports the replicas and the selector
+    scale = cluster.kubectl(
+        "get", "-n", ns, "--raw", f"/apis/slm.io/v1alpha1/namespaces/{ns}/slmdeployments/router/scale"
+    )
+    assert json.loads(scale)["status"]["selector"] == "slm.io/deployment=router"
+
+
+# ------------------------------------------------------------------------------------------- 3. tier pressure
+
+
+def test_besteffort_yields_to_guaranteed(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    pools.append(f"tiers-{ns}")
+    # One L4 node (4 x 24 GB, no MIG): whole GPUs only, so capacity is easy to exhaust.
+    kubectl_apply(cluster, [pool(pools[0], node="gpu-l4-0", sharing={"mechanisms": ["Exclusive"]})])
+    kubectl_apply(cluster, [dep("batch", pools[0], "qwen2.5-1.5b-instruct", 4, "BestEffort")], ns)
+    wait_ready(cluster, ns, "batch")
+    kubectl_apply(cluster, [dep("critical", pools[0], "qwen2.5-1.5b-instruct", 2, "Guaranteed")], ns)
+    wait_ready(cluster, ns, "critical")
+
+    def yielded() -> dict[str, Any] | None:
+        obj = get_dep(cluster.api, ns, "batch")
+        placed = condition(obj, "Placed")
+        return (
+            obj
+            if placed and placed["status"] == "False" and placed["reason"] == "PreemptedByHigherTier"
+            else None
+        )
+
+    obj = wait_for(yielded, CONVERGE, "BestEffort deployment reports it yielded")
+    assert obj["status"]["placedReplicas"] == 2
+    assert (
+        "Guaranteed" in condition(obj, "Placed")["message"] or "higher" in condition(obj, "Placed")["message"]
+    )
+    wait_for(lambda: len(replica_pods(cluster.core, ns, "batch")) == 2, CONVERGE, "two BestEffort pods left")
+    events = cluster.core.list_namespaced_event(ns).items
+    assert any(e.reason in ("Unplaceable", "Yielded") and e.involved_object.name == "batch" for e in events)
+    assert_no_overcommit(cluster)
+
+
+# ------------------------------------------------------------------------------------------- 4. reservations
+
+
+def test_llm_fallback_reclaims_lent_gpus(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    pools.append(f"llm-{ns}")
+    kubectl_apply(
+        cluster,
+        [
+            pool(
+                pools[0],
+                node="gpu-l4-1",
+                sharing={"mechanisms": ["Exclusive"]},
+                reservations=[{"name": "llm", "purpose": "LLMFallback", "gpus": 2, "lendTo": "BestEffort"}],
+            )
+        ],
+    )
+    kubectl_apply(
+        cluster,
+        [
+            dep("guaranteed", pools[0], "qwen2.5-1.5b-instruct", 2, "Guaranteed"),
+            dep("spare", pools[0], "qwen2.5-1.5b-instruct", 2, "BestEffort"),
+        ],
+        ns,
+    )
+    wait_ready(cluster, ns, "guaranteed")
+    wait_ready(cluster, ns, "spare")
+    roles = json.loads(cluster.annotations("gpu-l4-1")["slm.io/gpu-roles"])
+    reserved = {int(i) for i, r in roles.items() if r == "llm"}
+    assert len(reserved) == 2
+    for p in replica_pods(cluster.core, ns, "guaranteed"):
+        assert placement(p)["gpu"] not in reserved, "a Guaranteed replica sits on a reserved GPU"
+    lent = [p for p in replica_pods(cluster.core, ns, "spare") if placement(p)["gpu"] in reserved]
+    assert lent, "the BestEffort replicas borrow the idle reserved GPUs"
+    # The LLM fallback arrives: its PriorityClass lets the scheduler preempt a lent BestEffort replica.
+    llm = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="llm-fallback", namespace=ns),
+        spec=client.V1PodSpec(
+            priority_class_name="slm-llm-fallback",
+            node_selector={"kubernetes.io/hostname": "gpu-l4-1"},
+            containers=[
+                client.V1Container(
+                    name="llm", image="registry.invalid/llm:1",
+                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "2"}, requests={"nvidia.com/gpu": "2"}),
+                )
+            ],
+            termination_grace_period_seconds=0,
+        ),
+    )  # fmt: skip
+    cluster.core.create_namespaced_pod(ns, llm)
+    cluster.wait_pod_running(ns, "llm-fallback", timeout=CONVERGE)
+
+    def reclaimed() -> bool:
+        spare = replica_pods(cluster.core, ns, "spare")
+        return all(placement(p)["gpu"] not in reserved for p in spare)
+
+    wait_for(reclaimed, CONVERGE, "lent BestEffort replicas left the reserved GPUs")
+
+    def unplaced() -> dict[str, Any] | None:
+        c = condition(get_dep(cluster.api, ns, "spare"), "Placed")
+        return c if c and c["status"] == "False" else None
+
+    c = wait_for(unplaced, CONVERGE, "the BestEffort deployment reports it lost the borrowed GPUs")
+    assert c["reason"] in (
+        "ReservationClaimed",
+        "ReservedCapacity",
+        "InsufficientCapacity",
+        "PreemptedByHigherTier",
+    ), c
+    assert reclaimed()
+    assert all(p.status.phase == "Running" for p in replica_pods(cluster.core, ns, "guaranteed"))
+    pool_obj = custom(cluster.api).get_cluster_custom_object(GROUP, VERSION, "gpupools", pools[0])
+    wait_for(
+        lambda: (
+            custom(cluster.api).get_cluster_custom_object(GROUP, VERSION, "gpupools", pools[0])["status"][
+                "reservations"
+            ][0]["inUse"]
+            == 2
+        ),
+        CONVERGE,
+        "pool status shows the reservation in use",
+    )
+    assert pool_obj["status"]["reservations"][0]["name"] == "llm"
+    cluster.core.delete_namespaced_pod("llm-fallback", ns, grace_period_seconds=0)
+
+
+# ------------------------------------------------------------------------------------------- 5. bad input
+
+
+def test_invalid_manifests_are_rejected_by_the_api_server(
+    cluster: Cluster, operator: Operator, ns: str
+) -> None:
+    cases = yaml.safe_load((REPO / "tests" / "data" / "invalid-manifests.yaml").read_text())
+    assert len(cases) >= 25
+    for case in cases:
+        manifest = case["manifest"]
+        cmd = [
+            str(cluster.bin_dir / "kubectl"),
+            "--kubeconfig",
+            cluster.kubeconfig,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ]
+        if manifest["kind"] != "GPUPool":
+            cmd += ["-n", ns]
+        r = subprocess.run(cmd, input=json.dumps(manifest), capture_output=True, text=True)
+        assert r.returncode != 0, f"{case['name']}: accepted"
+        assert case["field"] in r.stderr, f"{case['name']}: {r.stderr}"
+
+
+def test_model_no_gpu_can_hold_is_unplaced_with_a_reason(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    pools.append(f"big-{ns}")
+    kubectl_apply(cluster, [pool(pools[0], node="gpu-l4-0")])
+    kubectl_apply(
+        cluster,
+        [
+            dep(
+                "huge",
+                pools[0],
+                "llama-3.1-8b-instruct",
+                1,
+                "Burstable",
+                model={"maxContextTokens": 131072, "maxConcurrentSequences": 16},
+            )
+        ],
+        ns,
+    )
+
+    def unplaced() -> dict[str, Any] | None:
+        c = condition(get_dep(cluster.api, ns, "huge"), "Placed")
+        return c if c and c["status"] == "False" else None
+
+    c = wait_for(unplaced, CONVERGE, "Placed=False")
+    assert c["reason"] == "NoShareFits", c
+    assert "GiB" in c["message"] or "GPU" in c["message"]
+    assert operator.proc is not None and operator.proc.poll() is None, "the operator keeps running"
+    assert replica_pods(cluster.core, ns, "huge") == []
+
+
+# ------------------------------------------------------------------------------------------- 6. crash and restart
+
+
+def test_sigkill_mid_reconcile_converges(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    pools.append(f"crash-{ns}")
+    kubectl_apply(
+        cluster,
+        [
+            pool(
+                pools[0], product="NVIDIA-H100-80GB-HBM3", sharing={"mechanisms": ["MIG", "MPS", "Exclusive"]}
+            )
+        ],
+    )
+    models = [
+        "qwen2.5-0.5b-instruct",
+        "qwen2.5-1.5b-instruct",
+        "llama-3.2-1b-instruct",
+        "smollm2-1.7b-instruct",
+    ]
+    tiers = ["Guaranteed", "Burstable", "BestEffort"]
+    docs = [dep(f"d{i:02d}", pools[0], models[i % 4], 1 + i % 2, tiers[i % 3]) for i in range(50)]
+    kubectl_apply(cluster, docs, ns)
+    wait_for(lambda: len(replica_pods(cluster.core, ns)) >= 5, CONVERGE, "the operator started creating pods")
+    operator.kill(signal.SIGKILL)
+    operator.start()
+    for i in range(50):
+        wait_ready(cluster, ns, f"d{i:02d}", timeout=240)
+    pods = replica_pods(cluster.core, ns)
+    keys = Counter(
+        (p.metadata.labels["slm.io/deployment"], p.metadata.labels["slm.io/replica"]) for p in pods
+    )
+    assert all(v == 1 for v in keys.values()), "a replica has two pods"
+    assert sum(keys.values()) == sum(1 + i % 2 for i in range(50))
+    assert_pods_where_planned(cluster, ns)
+    assert_no_overcommit(cluster)
+    # ConfigMaps name exactly the configs the nodes use; no orphaned entries.
+    cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
+    configs = set(yaml.safe_load(cm.data["config.yaml"])["mig-configs"])
+    used = {cluster.labels(n).get("nvidia.com/mig.config") for n in ("gpu-h100-0", "gpu-h100-1")}
+    assert used <= configs and {c for c in configs if c.startswith("slm-")} <= used
+
+
+# ------------------------------------------------------------------------------------------- 7. deletion
+
+
+def test_deleting_deployment_and_pool_cleans_up(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    name = f"del-{ns}"
+    pools.append(name)
+    before = cluster.labels("gpu-l4-0")
+    kubectl_apply(cluster, [pool(name, node="gpu-l4-0", sharing={"mechanisms": ["MPS"]})])
+    kubectl_apply(cluster, [dep("tagger", name, "gemma-2-2b-it", 2, "Burstable")], ns)
+    wait_ready(cluster, ns, "tagger")
+    assert cluster.labels("gpu-l4-0").get("nvidia.com/gpu.sharing-strategy") == "mps"
+    custom(cluster.api).delete_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments", "tagger")
+    wait_for(lambda: replica_pods(cluster.core, ns, "tagger") == [], CONVERGE, "owned pods garbage-collected")
+    wait_for(
+        lambda: (
+            not [s for s in cluster.core.list_namespaced_service(ns).items if s.metadata.name == "tagger"]
+        ),
+        CONVERGE,
+        "owned Service gone",
+    )
+    custom(cluster.api).delete_cluster_custom_object(GROUP, VERSION, "gpupools", name)
+
+    def restored() -> bool:
+        labels = cluster.labels("gpu-l4-0")
+        return all(
+            labels.get(k) == before.get(k)
+            for k in ("nvidia.com/device-plugin.config", "nvidia.com/mig.config")
+        ) and ("slm.io/original-labels" not in cluster.annotations("gpu-l4-0"))
+
+    wait_for(restored, CONVERGE, "node labels restored after the pool is deleted")
+
+
+# ------------------------------------------------------------------------------------------- 8. fine-tuning
+
+
+def test_finetunejob_runs_on_the_segment(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    name = f"ft-{ns}"
+    pools.append(name)
+    kubectl_apply(
+        cluster,
+        [pool(name, node="gpu-h100-1", segments=[{"name": "finetune", "purpose": "FineTuning", "gpus": 1}])],
+    )
+    kubectl_apply(
+        cluster,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "calls"},
+                "data": {"calls.jsonl": '{"prompt": "mail a@b.example"}\n'},
+            },
+            dep("extractor", name, "qwen2.5-3b-instruct", 1, "Guaranteed"),
+            {
+                "apiVersion": "slm.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "lora"},
+                "spec": {
+                    "poolRef": {"name": name},
+                    "segment": "finetune",
+                    "baseModel": "qwen2.5-3b-instruct",
+                    "dataset": {"configMapRef": {"name": "calls"}},
+                    "output": {"pvc": {"claimName": "adapters", "path": "extractor/v1"}},
+                    "promote": {"slmDeploymentRef": {"name": "extractor"}},
+                },
+            },
+        ],
+        ns,
+    )
+    batch = client.BatchV1Api(cluster.api)
+    job = wait_for(lambda: batch.read_namespaced_job("lora-train", ns), CONVERGE, "training Job created")
+    terms = job.spec.template.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
+    assert terms[0].match_fields[0].values == ["gpu-h100-1"]
+    assert job.spec.template.spec.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
+    assert job.spec.template.spec.init_containers[0].args[0] == "sanitize"
+    co = custom(cluster.api)
+
+    def status_follows() -> dict[str, Any] | None:
+        obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", "lora")
+        return obj if condition(obj, "Trained") else None
+
+    obj = wait_for(status_follows, CONVERGE, "FineTuneJob conditions set")
+    assert obj["status"]["jobName"] == "lora-train"
+    assert {c["type"] for c in obj["status"]["conditions"]} >= {
+        "Sanitized",
+        "Trained",
+        "Evaluated",
+        "Promoted",
+        "Failed",
+    }

@@ -1,0 +1,96 @@
+"""``slm-operator run``: leader election, then kopf with the handlers of :mod:`handlers`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import kopf
+
+from slm_operator import metrics
+from slm_operator.controllers import handlers
+from slm_operator.controllers.kube import Kube, load_config
+from slm_operator.controllers.leader import LeaderElector
+from slm_operator.controllers.pools import PoolReconciler
+from slm_operator.render import OperatorConfig
+
+log = logging.getLogger("slm_operator")
+
+
+def run(args: Any) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kopf logs every handler success at INFO; keep the operator's own decisions readable.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("kopf.activities").setLevel(logging.WARNING)
+    api = load_config(args.kubeconfig)
+    kube = Kube(api)
+    cfg = OperatorConfig(
+        nvidia_namespace=args.nvidia_namespace,
+        mig_configmap=args.mig_configmap,
+        device_plugin_configmap=args.device_plugin_configmap,
+        priority_classes={
+            "Guaranteed": args.priority_class_guaranteed,
+            "Burstable": args.priority_class_burstable,
+            "BestEffort": args.priority_class_besteffort,
+        },
+        llm_fallback_priority_class=args.priority_class_llm_fallback,
+    )
+    if args.metrics_listen:
+        metrics.serve(args.metrics_listen)
+    handlers.State.kube = kube
+    handlers.State.cfg = cfg
+    handlers.State.reconciler = PoolReconciler(kube, cfg)
+    handlers.State.operator_image = args.operator_image
+    handlers.State.finetune_priority_class = args.priority_class_finetune or None
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    elector = None
+    if args.leader_elect:
+        elector = LeaderElector(kube, args.namespace, identity=os.environ.get("POD_NAME") or None)
+        if not elector.acquire(stop):
+            return 0
+    loop = asyncio.new_event_loop()
+    stop_flag: asyncio.Event | None = None
+
+    async def main() -> None:
+        nonlocal stop_flag
+        stop_flag = asyncio.Event()
+
+        def watch_stop() -> None:
+            stop.wait()
+            loop.call_soon_threadsafe(stop_flag.set)  # type: ignore[union-attr]
+
+        threading.Thread(target=watch_stop, daemon=True).start()
+        await kopf.operator(
+            clusterwide=True,
+            stop_flag=stop_flag,
+            liveness_endpoint=f"http://{args.health_listen}/healthz" if args.health_listen else None,
+        )
+
+    lost = threading.Event()
+    if elector is not None:
+
+        def on_lost() -> None:
+            lost.set()
+            stop.set()
+
+        elector.keep_renewing(on_lost)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        if elector is not None and not lost.is_set():
+            elector.release()
+        loop.close()
+    if lost.is_set():
+        log.error("leadership lost; exiting so that a fresh process stands by")
+        return 1
+    return 0

@@ -1,0 +1,344 @@
+"""Turn Kubernetes objects into planner inputs (pure: plain dicts and API models in, planner models out).
+
+* Nodes describe their GPUs through GPU feature discovery labels (``nvidia.com/gpu.product``,
+  ``nvidia.com/gpu.count``), their MIG layout through the mig-parted config named by ``nvidia.com/mig.config``
+  and their sharing mode through ``nvidia.com/gpu.sharing-strategy`` / ``nvidia.com/gpu.replicas``. When the
+  node agent has published an NVML inventory (annotation ``slm.io/gpu-inventory``), it wins.
+* GPUPools become a :class:`PoolPolicy`; SLMDeployments become :class:`Demand` (sized from the catalog, the
+  given architecture or the explicit ``resources.gpuMemory``); replica pods become :class:`CurrentPlacement`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from slm_operator.api.quantity import quantity_bytes
+from slm_operator.api.v1alpha1 import GPUPool, LendTo, RepartitionPolicy, SLMDeployment
+from slm_operator.catalog import GpuModel, ModelArchitecture, gpu_by_key, gpu_by_product, slm_by_name
+from slm_operator.planner.model import (
+    CurrentPlacement,
+    Demand,
+    GpuInventory,
+    MigInstance,
+    NodeInventory,
+    PoolPolicy,
+    Reservation,
+    Segment,
+    ShareRequest,
+)
+from slm_operator.sizing import MemoryEstimate, Quantization, estimate_memory
+
+# Labels and annotations of NVIDIA's protocol and of slm-operator.
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+COUNT_LABEL = "nvidia.com/gpu.count"
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+MIG_STATE_LABEL = "nvidia.com/mig.config.state"
+DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
+SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+AGENT_INVENTORY_ANNOTATION = "slm.io/gpu-inventory"
+GPU_ROLES_ANNOTATION = "slm.io/gpu-roles"
+POOL_LABEL = "slm.io/pool"
+DEPLOYMENT_LABEL = "slm.io/deployment"
+REPLICA_LABEL = "slm.io/replica"
+PLACEMENT_ANNOTATION = "slm.io/placement"
+
+
+class InventoryError(ValueError):
+    """A node selected by a pool cannot be understood (e.g. a GPU product the catalog does not know)."""
+
+
+class DemandError(ValueError):
+    """An SLMDeployment cannot be sized; ``reason`` is the condition reason to report."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _labels(node: Mapping[str, Any]) -> dict[str, str]:
+    return dict((node.get("metadata") or {}).get("labels") or {})
+
+
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    return str(node["metadata"]["name"])
+
+
+def node_gpu_model(node: Mapping[str, Any]) -> GpuModel:
+    product = _labels(node).get(PRODUCT_LABEL)
+    if not product:
+        raise InventoryError(
+            f"node {node_name(node)} has no `{PRODUCT_LABEL}` label (is GPU feature discovery running?)"
+        )
+    gpu = gpu_by_product(product)
+    if gpu is None:
+        raise InventoryError(
+            f"node {node_name(node)}: GPU product {product!r} is not in the catalog "
+            "(see `slm-operator estimate --help` for the GPUs it knows)"
+        )
+    return gpu
+
+
+def node_gpu_count(node: Mapping[str, Any]) -> int:
+    labels = _labels(node)
+    if labels.get(COUNT_LABEL, "").isdigit():
+        return int(labels[COUNT_LABEL])
+    cap = (node.get("status") or {}).get("capacity") or {}
+    if str(cap.get("nvidia.com/gpu", "")).isdigit():
+        return int(cap["nvidia.com/gpu"])
+    raise InventoryError(
+        f"node {node_name(node)}: cannot tell how many GPUs it has (no `{COUNT_LABEL}` label)"
+    )
+
+
+def builtin_mig_layout(gpu: GpuModel, name: str) -> dict[str, int] | None:
+    """The per-GPU layout of mig-manager's generated named configs, or None for an unknown name."""
+    if name in ("all-disabled", ""):
+        return None
+    if name == "all-enabled":
+        return {}
+    if name == "all-balanced":
+        return dict(gpu.all_balanced)
+    if name.startswith("all-"):
+        wanted = name[4:]
+        for p in gpu.mig_profiles:
+            if p.name.replace("+", ".") == wanted:
+                return {p.name: p.max_count}
+    raise KeyError(name)
+
+
+def mig_layout_from_config(
+    gpu: GpuModel, count: int, config_name: str, mig_configs: Mapping[str, Any]
+) -> list[dict[str, int] | None]:
+    """Per GPU index: None (MIG disabled) or the profile counts, as the named mig-parted config sets them."""
+    if config_name in mig_configs:
+        layout: list[dict[str, int] | None] = [None] * count
+        for entry in mig_configs[config_name] or []:
+            devices = entry.get("devices", "all")
+            indices = range(count) if devices == "all" else [int(i) for i in devices if int(i) < count]
+            for i in indices:
+                layout[i] = dict(entry.get("mig-devices") or {}) if entry.get("mig-enabled") else None
+        return layout
+    try:
+        one = builtin_mig_layout(gpu, config_name)
+    except KeyError:
+        return [None] * count
+    return [dict(one) if one is not None else None for _ in range(count)]
+
+
+def _agent_gpus(node: Mapping[str, Any], gpu: GpuModel) -> list[GpuInventory] | None:
+    raw = _annotations(node).get(AGENT_INVENTORY_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        if doc.get("version", 1) != 1:  # a newer agent's format: trust the labels instead
+            return None
+        out = []
+        for g in doc.get("gpus", []):
+            if g.get("error") or "migEnabled" not in g:  # the agent could not read this GPU completely
+                return None
+            instances = tuple(
+                MigInstance(profile=m["profile"], start=m.get("start")) for m in g.get("migInstances", [])
+            )
+            out.append(
+                GpuInventory(
+                    index=int(g["index"]),
+                    model=gpu.key,
+                    mig_enabled=bool(g.get("migEnabled")),
+                    mig_instances=instances,
+                    used_memory_bytes=g.get("memoryUsedBytes"),
+                )
+            )
+        return out or None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def node_inventory(node: Mapping[str, Any], mig_configs: Mapping[str, Any]) -> tuple[NodeInventory, str]:
+    """The planner's view of one node and where it came from (``Agent`` or ``Labels``)."""
+    gpu = node_gpu_model(node)
+    labels = _labels(node)
+    roles: dict[str, str] = {}
+    try:
+        roles = json.loads(_annotations(node).get(GPU_ROLES_ANNOTATION) or "{}")
+    except ValueError:
+        roles = {}
+    source = "Agent"
+    gpus = _agent_gpus(node, gpu)
+    if gpus is None:
+        source = "Labels"
+        count = node_gpu_count(node)
+        layout = mig_layout_from_config(gpu, count, labels.get(MIG_CONFIG_LABEL, "all-disabled"), mig_configs)
+        gpus = []
+        for i, lay in enumerate(layout):
+            instances: list[MigInstance] = []
+            for profile, n in sorted((lay or {}).items()):
+                instances += [MigInstance(profile=profile)] * int(n)
+            gpus.append(
+                GpuInventory(
+                    index=i, model=gpu.key, mig_enabled=lay is not None, mig_instances=tuple(instances)
+                )
+            )
+    gpus = [g.model_copy(update={"assigned_to": roles.get(str(g.index))}) for g in gpus]
+    strategy = labels.get(SHARING_STRATEGY_LABEL, "none")
+    sharing = {"mps": "MPS", "time-slicing": "TimeSlicing"}.get(strategy, "None")
+    replicas = int(labels[REPLICAS_LABEL]) if labels.get(REPLICAS_LABEL, "").isdigit() else None
+    schedulable = not (node.get("spec") or {}).get("unschedulable", False)
+    inv = NodeInventory(
+        name=node_name(node),
+        gpus=tuple(gpus),
+        sharing=sharing,
+        sharing_replicas=replicas if sharing != "None" and replicas and replicas >= 2 else None,
+        schedulable=schedulable,
+    )
+    return inv, source
+
+
+def pool_nodes(pool: GPUPool, nodes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The nodes a pool selects, sorted by name."""
+    return sorted(
+        (n for n in nodes if pool.spec.node_selector.matches(_labels(n))), key=lambda n: node_name(n)
+    )
+
+
+def pool_policy(pool: GPUPool, claimed: Mapping[str, int] | None = None) -> PoolPolicy:
+    spec = pool.spec
+    return PoolPolicy(
+        name=pool.metadata.name,
+        allowed_mechanisms=tuple(m.value for m in spec.sharing.mechanisms),
+        mps_max_clients_per_gpu=spec.sharing.mps.max_clients_per_gpu,
+        ts_max_replicas_per_gpu=spec.sharing.time_slicing.max_replicas_per_gpu,
+        memory_oversubscription_percent=spec.sharing.time_slicing.memory_oversubscription_percent,
+        reservations=tuple(
+            Reservation(
+                name=r.name,
+                gpus=r.gpus,
+                lend_to="BestEffort" if r.lend_to is LendTo.BEST_EFFORT else None,
+                claimed=min(r.gpus, (claimed or {}).get(r.name, 0)),
+            )
+            for r in spec.reservations or []
+        ),
+        segments=tuple(Segment(name=s.name, gpus=s.gpus) for s in spec.segments or []),
+        repartition="Allowed" if spec.sharing.mig.repartition is RepartitionPolicy.ALLOWED else "Never",
+    )
+
+
+def deployment_key(dep: SLMDeployment) -> str:
+    return f"{dep.metadata.namespace or 'default'}/{dep.metadata.name}"
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How much GPU memory one replica needs, and where the figure comes from."""
+
+    memory_bytes: int
+    source: str  # Catalog | Architecture | Override
+    estimate: MemoryEstimate | None
+    model_name: str
+
+
+def size_deployment(dep: SLMDeployment) -> Sizing:
+    """Memory per replica: ``resources.gpuMemory`` if given, else the estimate from model facts."""
+    spec = dep.spec
+    model = slm_by_name(spec.model.name)
+    arch: ModelArchitecture | None = None
+    source = "Catalog"
+    if spec.model.architecture is not None:
+        a = spec.model.architecture
+        try:
+            arch = ModelArchitecture(
+                parameters=a.parameters,
+                layers=a.layers,
+                hidden_size=a.hidden_size,
+                attention_heads=a.attention_heads,
+                kv_heads=a.kv_heads,
+                head_dim=a.head_dim,
+                max_context_tokens=a.max_context_tokens,
+            )
+        except ValueError as exc:
+            raise DemandError("InvalidArchitecture", f"`spec.model.architecture`: {exc}") from None
+        source = "Architecture"
+    elif model is not None:
+        arch = model.architecture
+    override = spec.resources.gpu_memory if spec.resources else None
+    estimate: MemoryEstimate | None = None
+    if arch is not None:
+        try:
+            estimate = estimate_memory(
+                arch,
+                Quantization(spec.model.quantization.value),
+                spec.model.max_context_tokens,
+                spec.model.max_concurrent_sequences,
+            )
+        except ValueError as exc:
+            if override is None:
+                raise DemandError("InvalidModelSettings", f"`spec.model`: {exc}") from None
+    if override is not None:
+        return Sizing(
+            quantity_bytes(override), "Override", estimate, model.name if model else spec.model.name
+        )
+    if estimate is None:
+        raise DemandError(
+            "UnknownModel",
+            f"model {spec.model.name!r} is not in the catalog: give `spec.model.architecture` (from the model's "
+            "config.json) or `spec.resources.gpuMemory`",
+        )
+    return Sizing(estimate.total_bytes, source, estimate, model.name if model else spec.model.name)
+
+
+def demand_for(dep: SLMDeployment, sizing: Sizing) -> Demand:
+    spec = dep.spec
+    share = None
+    if spec.share is not None:
+        share = ShareRequest(mechanism=spec.share.mechanism.value, mig_profile=spec.share.mig_profile)
+    return Demand(
+        deployment=deployment_key(dep),
+        tier=spec.qos.value,
+        replicas=0 if spec.suspend else spec.replicas,
+        memory_bytes=sizing.memory_bytes,
+        share=share,
+        order_key=dep.metadata.creation_timestamp or "",
+    )
+
+
+def current_placements(pods: Iterable[Mapping[str, Any]]) -> list[CurrentPlacement]:
+    """Running replicas of the pool, from the placement annotation slm-operator puts on every replica pod.
+
+    Pods that are terminating, finished or not yet bound by the scheduler still hold their share: the plan
+    must count them until they are gone.
+    """
+    out: dict[tuple[str, int], CurrentPlacement] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            continue
+        raw = (meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION)
+        if not raw:
+            continue
+        try:
+            p = json.loads(raw)
+            cp = CurrentPlacement(
+                deployment=p["deployment"],
+                ordinal=int(p["ordinal"]),
+                node=p["node"],
+                gpu_index=int(p["gpu"]),
+                mechanism=p["mechanism"],
+                mig_profile=p.get("migProfile"),
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        out.setdefault((cp.deployment, cp.ordinal), cp)
+    return [out[k] for k in sorted(out)]
+
+
+def gpu_model_of(key: str) -> GpuModel:
+    return gpu_by_key(key)

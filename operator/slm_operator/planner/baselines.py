@@ -1,0 +1,318 @@
+"""Baselines for the packing benchmark (what users do today) and a lower bound on GPUs.
+
+Every baseline works on the same inputs as the planner (policy, nodes, demands), keeps reservations and
+segments out of the pool the same way (the planner's choice of GPUs is reused), and returns a small
+:class:`BaselineResult`; placements are not legal plans in general (the result says which rules they break).
+
+* ``whole_gpu``: one whole GPU per replica (the smallest GPU that holds it).
+* ``static_mig_balanced``: the GPU Operator's static ``all-balanced`` MIG layout on every MIG-capable GPU,
+  replicas first-fit by memory onto the smallest instance that holds them; whole GPUs elsewhere.
+* ``time_slicing``: uniform time-slicing with 4 replicas per GPU, first-fit; a replica whose memory does
+  not fit (sum of estimates above the GPU's memory) is a failure.
+* ``memory_binpack``: first-fit decreasing on memory only, ignoring MIG geometry, tiers and node modes.
+* ``lower_bound``: a volume bound per dimension (memory, MIG compute slices for replicas that need hard
+  isolation, replica slots per GPU), solved as a small LP over the pool's GPU models (heterogeneous pools:
+  the LP decides how many GPUs of each model to use and which replicas go to which model). A replica's
+  footprint in the memory dimension is the smallest it can have over the shares it may use: memory slices / 8
+  for MIG, 1 / (most equal MPS clients that each hold it) for MPS, estimate / (memory x oversubscription) for
+  time-slicing, 1 for a whole GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from slm_operator.catalog import gpu_by_key
+from slm_operator.planner.mig import fitting_profiles, geometry
+from slm_operator.planner.model import TIER_RANK, Demand, NodeInventory, PoolPolicy
+from slm_operator.planner.state import ROLE_POOL, build_context, mps_nmax
+
+
+@dataclass
+class BaselineResult:
+    method: str
+    gpus_used: int
+    replicas_placed: int
+    replicas_total: int
+    #: placed replicas whose share breaks a rule (tier isolation, memory, mechanism not allowed)
+    violations: int = 0
+    memory_used_gpus_bytes: int = 0
+    memory_allocated_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _pool_gpus(policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> list[tuple[str, int, str, int]]:
+    """(node, index, model key, memory bytes) of the GPUs available to inference packing, sorted."""
+    ctx = build_context(policy, nodes, ())
+    return [
+        (g.node.name, g.index, g.key, g.mem)
+        for g in ctx.gpus
+        if g.role == ROLE_POOL and g.node.schedulable
+    ]
+
+
+def _replicas(demands: Sequence[Demand]) -> list[tuple[int, Demand]]:
+    """Every replica as (ordinal, demand), largest first (ties: priority order)."""
+    reps = [(o, d) for d in demands for o in range(d.replicas)]
+    reps.sort(key=lambda t: (-t[1].memory_bytes, TIER_RANK[t[1].tier], t[1].order_key, t[1].deployment, t[0]))
+    return reps
+
+
+def whole_gpu(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]) -> BaselineResult:
+    gpus = sorted(_pool_gpus(policy, nodes), key=lambda g: (g[3], g[0], g[1]))
+    free = list(gpus)
+    placed = used_mem = alloc = 0
+    reps = _replicas(demands)
+    for _, d in reps:
+        for i, g in enumerate(free):
+            if g[3] >= d.memory_bytes:
+                free.pop(i)
+                placed += 1
+                used_mem += g[3]
+                alloc += d.memory_bytes
+                break
+    viol = 0 if "Exclusive" in policy.allowed_mechanisms else placed
+    return BaselineResult("whole-gpu", placed, placed, len(reps), viol, used_mem, alloc)
+
+
+def whole_gpu_needed(demands: Sequence[Demand], nodes: Sequence[NodeInventory]) -> int:
+    """GPUs the whole-GPU baseline needs to place every replica that fits some GPU of the pool."""
+    biggest = max((gpu_by_key(g.model).memory_bytes for n in nodes for g in n.gpus), default=0)
+    return sum(d.replicas for d in demands if d.memory_bytes <= biggest)
+
+
+def static_mig_balanced(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> BaselineResult:
+    # instances: (usable bytes, gpu id) ; whole GPUs for non-MIG parts
+    slots: list[tuple[int, int, str]] = []
+    gpu_mem: dict[int, int] = {}
+    for gid, (_, _, key, mem) in enumerate(_pool_gpus(policy, nodes)):
+        gpu_mem[gid] = mem
+        model = gpu_by_key(key)
+        if model.mig_capable and model.all_balanced:
+            for name, count in sorted(model.all_balanced.items()):
+                p = model.profile(name)
+                slots.extend([(p.memory_bytes, gid, "MIG")] * count)
+        else:
+            slots.append((mem, gid, "Exclusive"))
+    slots.sort(key=lambda s: (s[0], s[1]))
+    taken = [False] * len(slots)
+    used: set[int] = set()
+    placed = viol = alloc = 0
+    reps = _replicas(demands)
+    import bisect
+
+    sizes = [s[0] for s in slots]
+    for _, d in reps:
+        i = bisect.bisect_left(sizes, d.memory_bytes)
+        while i < len(slots) and taken[i]:
+            i += 1
+        if i < len(slots):
+            taken[i] = True
+            used.add(slots[i][1])
+            placed += 1
+            alloc += d.memory_bytes
+            if slots[i][2] not in policy.allowed_mechanisms:
+                viol += 1
+    return BaselineResult(
+        "static-mig-balanced", len(used), placed, len(reps), viol, sum(gpu_mem[g] for g in used), alloc
+    )
+
+
+def time_slicing(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand], replicas_per_gpu: int = 4
+) -> BaselineResult:
+    gpus = _pool_gpus(policy, nodes)
+    count = [0] * len(gpus)
+    used_b = [0] * len(gpus)
+    placed = viol = alloc = 0
+    # first-fit in arrival order (what a scheduler does with identical shared resources)
+    reps = [(o, d) for d in sorted(demands, key=lambda d: (d.order_key, d.deployment)) for o in range(d.replicas)]
+    open_upto = 0
+    for _, d in reps:
+        for i in range(len(gpus)):
+            if count[i] < replicas_per_gpu and used_b[i] + d.memory_bytes <= gpus[i][3]:
+                count[i] += 1
+                used_b[i] += d.memory_bytes
+                placed += 1
+                alloc += d.memory_bytes
+                open_upto = max(open_upto, i + 1)
+                if d.tier != "BestEffort" or "TimeSlicing" not in policy.allowed_mechanisms:
+                    viol += 1
+                break
+    used = [i for i in range(len(gpus)) if count[i]]
+    return BaselineResult(
+        f"time-slicing-{replicas_per_gpu}", len(used), placed, len(reps), viol, sum(gpus[i][3] for i in used), alloc
+    )
+
+
+def memory_binpack(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> BaselineResult:
+    """First-fit decreasing on memory only; GPUs opened largest first."""
+    gpus = sorted(_pool_gpus(policy, nodes), key=lambda g: (-g[3], g[0], g[1]))
+    left: list[int] = []
+    placed = viol = alloc = 0
+    reps = _replicas(demands)
+    nxt = 0
+    for _, d in reps:
+        s = d.memory_bytes
+        for i, rem in enumerate(left):
+            if rem >= s:
+                left[i] -= s
+                break
+        else:
+            while nxt < len(gpus) and gpus[nxt][3] < s:
+                nxt += 1  # skipped GPUs stay unused (too small for the largest remaining replicas)
+            if nxt >= len(gpus):
+                continue
+            left.append(gpus[nxt][3] - s)
+            nxt += 1
+        placed += 1
+        alloc += s
+        if d.tier != "BestEffort":
+            viol += 1  # shares memory without isolation or caps
+    return BaselineResult("memory-binpack", len(left), placed, len(reps), viol, 0, alloc)
+
+
+@dataclass
+class LowerBound:
+    gpus: int
+    lp_value: float
+    #: simple single-dimension bounds (largest GPUs first), for reference
+    memory_bound: int
+    compute_bound: int
+    slot_bound: int
+    feasible: bool
+
+
+def lower_bound(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]) -> LowerBound:
+    """LP volume bound: min sum_m x_m subject to, for every GPU model m and dimension d,
+    sum_c y[c,m] * f[c,m,d] <= x_m, sum_m y[c,m] = count_c, x_m <= available_m. f is the smallest footprint of
+    one replica of class c on one GPU of model m in dimension d over the shares it may use (memory: estimate /
+    GPU memory, or memory slices / slices for Guaranteed; compute: MIG compute slices / 7 for Guaranteed;
+    slots: 1 / most replicas a GPU can hold). ceil(LP optimum) is a valid lower bound on GPUs used."""
+    gpus = _pool_gpus(policy, nodes)
+    avail: dict[str, int] = {}
+    for _, _, key, _ in gpus:
+        avail[key] = avail.get(key, 0) + 1
+    models = sorted(avail)
+    allowed = set(policy.allowed_mechanisms)
+    slot_cap = max(
+        7 if "MIG" in allowed else 1,
+        policy.mps_max_clients_per_gpu if "MPS" in allowed else 1,
+        policy.ts_max_replicas_per_gpu if "TimeSlicing" in allowed else 1,
+    )
+    classes: dict[tuple[str, int], int] = {}
+    for d in demands:
+        if d.replicas:
+            k = (d.tier, d.memory_bytes)
+            classes[k] = classes.get(k, 0) + d.replicas
+    foot: dict[tuple[tuple[str, int], str], tuple[float, float, float]] = {}
+    for c in sorted(classes):
+        tier, size = c
+        for m in models:
+            model = gpu_by_key(m)
+            geo = geometry(m)
+            f = _footprint(tier, size, model.memory_bytes, m, geo is not None, allowed, policy, slot_cap)
+            if f is not None:
+                foot[(c, m)] = f
+    simple_mem = _simple_bound(classes, foot, avail, 0)
+    simple_cmp = _simple_bound(classes, foot, avail, 1)
+    simple_slot = _simple_bound(classes, foot, avail, 2)
+    try:
+        from ortools.linear_solver import pywraplp
+    except ImportError:  # pragma: no cover - ortools is a dev dependency
+        b = max(simple_mem, simple_cmp, simple_slot)
+        return LowerBound(b, float(b), simple_mem, simple_cmp, simple_slot, True)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    x = {m: solver.NumVar(0, avail[m], f"x_{m}") for m in models}
+    y = {}
+    cons: dict[tuple[str, int], list[object]] = {}
+    unplaceable = 0
+    for c, cnt in sorted(classes.items()):
+        ms = [m for m in models if (c, m) in foot]
+        if not ms:
+            unplaceable += cnt
+            continue
+        for m in ms:
+            y[(c, m)] = solver.NumVar(0, cnt, "")
+        solver.Add(sum(y[(c, m)] for m in ms) == cnt)
+    for m in models:
+        for dim in range(3):
+            terms = [y[(c, m)] * foot[(c, m)][dim] for c in sorted(classes) if (c, m) in y and foot[(c, m)][dim] > 0]
+            if terms:
+                solver.Add(sum(terms) <= x[m])
+    solver.Minimize(sum(x.values()))
+    status = solver.Solve()
+    if status != pywraplp.Solver.OPTIMAL:
+        total = sum(avail.values())
+        return LowerBound(total, float(total), simple_mem, simple_cmp, simple_slot, False)
+    val = solver.Objective().Value()
+    del cons
+    return LowerBound(
+        max(math.ceil(val - 1e-6), simple_mem, simple_cmp, simple_slot),
+        val,
+        simple_mem,
+        simple_cmp,
+        simple_slot,
+        True,
+    )
+
+
+def _footprint(
+    tier: str,
+    size: int,
+    mem: int,
+    key: str,
+    mig_capable: bool,
+    allowed: set[str],
+    policy: PoolPolicy,
+    slot_cap: int,
+) -> tuple[float, float, float] | None:
+    """Smallest (memory, compute, slot) fraction of one GPU a replica can occupy, or None if it cannot go there."""
+    mechs = {"Guaranteed": {"MIG", "Exclusive"}, "Burstable": {"MIG", "MPS", "Exclusive"}}.get(
+        tier, {"MIG", "MPS", "TimeSlicing", "Exclusive"}
+    ) & allowed
+    model = gpu_by_key(key)
+    options: list[tuple[float, float, float]] = []
+    if "MIG" in mechs and mig_capable:
+        for pi in fitting_profiles(key, size):
+            p = model.mig_profiles[pi]
+            options.append(
+                (
+                    p.memory_slices / model.memory_slices,
+                    p.compute_slices / model.compute_slices if tier == "Guaranteed" else 0.0,
+                    1 / slot_cap,
+                )
+            )
+    if "MPS" in mechs:
+        # N clients per GPU each need size <= mem / N, so N <= n_max(size): a client occupies >= 1 / n_max
+        n = mps_nmax(model.memory_mib, size, min(policy.mps_max_clients_per_gpu, model.mps_max_clients))
+        if n >= 2:
+            options.append((1 / n, 0.0, 1 / slot_cap))
+    if "TimeSlicing" in mechs and size <= mem * policy.memory_oversubscription_percent // 100:
+        options.append((size / (mem * policy.memory_oversubscription_percent / 100), 0.0, 1 / slot_cap))
+    if "Exclusive" in mechs and size <= mem:
+        options.append((1.0, 1.0, 1.0))
+    if not options:
+        return None
+    return (min(o[0] for o in options), min(o[1] for o in options), min(o[2] for o in options))
+
+
+def _simple_bound(
+    classes: dict[tuple[str, int], int],
+    foot: dict[tuple[tuple[str, int], str], tuple[float, float, float]],
+    avail: dict[str, int],
+    dim: int,
+) -> int:
+    """One dimension, every replica at its smallest footprint over the models, GPUs counted largest first."""
+    need = 0.0
+    for c, cnt in classes.items():
+        fs = [f[dim] for (cc, _), f in foot.items() if cc == c]
+        if fs:
+            need += cnt * min(fs)
+    return math.ceil(need - 1e-6)

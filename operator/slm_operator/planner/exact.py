@@ -1,0 +1,559 @@
+"""Exact planning with OR-Tools CP-SAT for small pools: a test oracle and ``plan_pool(..., optimize=True)``.
+
+The model (docs/planner.md explains the choices):
+
+* per GPU a mode (MIG, MPS, time-slicing, whole GPU, unused); per node at most one of MPS / time-slicing, and
+  for MPS one clients-per-GPU value N out of 2..limit (a boolean per candidate);
+* MIG: one optional instance per (profile, legal start) with "at most one instance per memory slice",
+  compute slices, max counts and one ``+me``; replicas take instances of a profile whose usable memory holds
+  them (counts per profile);
+* MPS: clients per GPU <= N and no client with an estimate above GPU memory / N;
+  time-slicing: replicas per GPU <= the node's replicas, sum of estimates <= memory x oversubscription;
+* tiers, allowed mechanisms, explicit shares, reservations (BestEffort may borrow lendable reserved GPUs whole)
+  and the current placement (running replicas: frozen layouts under ``repartition: Never``).
+
+Objective, lexicographic through weights: replicas placed by tier (Guaranteed first), running replicas kept
+(by tier, interleaved so a move is only worth placing a higher tier), replicas of a deployment sharing a GPU,
+whole GPUs for Burstable/BestEffort and borrowed GPUs, GPUs used, then wasted memory (share memory minus
+estimate, in GiB). The heuristic plan is the solution hint; ortools is imported only here and only when used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slm_operator.planner.assemble import build_plan
+from slm_operator.planner.heuristic import Packer, run_heuristic
+from slm_operator.planner.mig import fitting_profiles
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
+from slm_operator.planner.state import (
+    K_EX,
+    K_MIG,
+    K_MPS,
+    K_TS,
+    M_FREE,
+    M_MPS,
+    M_NONE,
+    M_TS,
+    ROLE_POOL,
+    ROLE_RESERVED,
+    TIER_MECHS,
+    Context,
+    Gpu,
+    Rep,
+    _ts_n,
+    attach,
+    build_context,
+    mps_cap,
+)
+
+GiB = 1 << 30
+#: instances larger than this (replicas x candidate GPUs) go to the heuristic
+MAX_PAIRS = 2500
+MAX_GPUS = 48
+
+
+@dataclass
+class ExactResult:
+    plan: Plan
+    status: str  # "OPTIMAL", "FEASIBLE", "FALLBACK: <why>"
+    objective: int | None
+    heuristic_objective: int | None
+
+
+def optimize_pool(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: Iterable[CurrentPlacement] = (),
+    *,
+    time_budget_s: float = 10.0,
+    workers: int = 1,
+) -> Plan:
+    """The exact plan when CP-SAT finds one within the budget, else the heuristic plan."""
+    return solve_exact(policy, nodes, demands, current, time_budget_s=time_budget_s, workers=workers).plan
+
+
+def _heuristic(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand], cur: list[CurrentPlacement]
+) -> Context:
+    return run_heuristic(policy, nodes, demands, cur)
+
+
+def solve_exact(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: Iterable[CurrentPlacement] = (),
+    *,
+    time_budget_s: float = 10.0,
+    workers: int = 1,
+    hint: bool = True,
+) -> ExactResult:
+    cur = list(current)
+    hctx = _heuristic(policy, nodes, demands, cur)
+    heur_plan = build_plan(hctx)
+    try:
+        from ortools.sat.python import cp_model
+    except ImportError:  # pragma: no cover - ortools is a dev/solver extra
+        return ExactResult(heur_plan, "FALLBACK: ortools is not installed", None, None)
+    ctx = build_context(policy, nodes, demands, cur)
+    pins, frozen, node_modes = _unpin(ctx)
+    gpus = [g for g in ctx.gpus if g.node.schedulable and (g.role == ROLE_POOL or (g.role == ROLE_RESERVED and g.lendable))]
+    gpus += [g for g in ctx.gpus if not g.node.schedulable and g.role == ROLE_POOL and g.gid in {p[0].gid for p in pins.values()}]
+    reps = ctx.reps
+    if len(gpus) > MAX_GPUS or len(gpus) * max(1, len(reps)) > MAX_PAIRS:
+        return ExactResult(heur_plan, f"FALLBACK: too large ({len(reps)} replicas x {len(gpus)} GPUs)", None, None)
+    b = _Builder(ctx, gpus, pins, frozen, node_modes, cp_model)
+    b.build()
+    h_obj = None
+    if hint:
+        h_obj = b.hint_from(hctx)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.1, float(time_budget_s))
+    solver.parameters.num_search_workers = max(1, workers)
+    solver.parameters.random_seed = 0
+    status = solver.Solve(b.m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return ExactResult(heur_plan, "FALLBACK: no solution within the time budget", None, h_obj)
+    obj = int(round(solver.ObjectiveValue()))
+    if h_obj is not None and obj > h_obj:
+        return ExactResult(heur_plan, "FALLBACK: heuristic plan is better", obj, h_obj)
+    b.apply(solver)
+    optimal = status == cp_model.OPTIMAL
+    plan = build_plan(ctx, solver="exact", optimal=optimal)
+    return ExactResult(plan, "OPTIMAL" if optimal else "FEASIBLE", obj, h_obj)
+
+
+Pins = dict[int, tuple[Gpu, str, int]]
+Frozen = dict[int, tuple[int, ...]]
+NodeModes = dict[int, tuple[str, int]]
+
+
+def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
+    """Detach the pinned replicas; return their placement by id(rep) (the exact model decides again), the
+    frozen MIG layouts by GPU id and the node modes of the pinned state."""
+    pins: dict[int, tuple[Gpu, str, int]] = {}
+    for r in ctx.reps:
+        if r.pinned and r.gpu is not None:
+            pins[id(r)] = (r.gpu, r.mech or K_EX, r.prof)
+    frozen = {g.gid: g.frozen for g in ctx.gpus}
+    node_n = {n.pos: (n.mode, n.n) for n in ctx.nodes}
+    for r in ctx.reps:
+        if r.gpu is not None:
+            g = r.gpu
+            g.reps.remove(r)
+            r.gpu = None
+            r.mech = None
+            r.prof = -1
+    for g in ctx.gpus:
+        g.reps = []
+        g.deps = {}
+        g.st = 0
+        g.ts_used = 0
+        g.free_inst = []
+        g.mode = None
+        g.frozen = None
+    for n in ctx.nodes:
+        n.deps = {}
+        n.used = 0
+        n.whole = sum(1 for g in n.gpus if g.role != ROLE_POOL)
+        n.mode = M_NONE if n.whole else M_FREE
+        n.n = 0
+        n.fixed = False
+    return pins, {gid: f for gid, f in frozen.items() if f is not None}, node_n
+
+
+class _Builder:
+    def __init__(
+        self, ctx: Context, gpus: list[Gpu], pins: Pins, frozen: Frozen, node_modes: NodeModes, cp_model: Any
+    ) -> None:
+        self.ctx = ctx
+        self.gpus = gpus
+        self.pins = pins
+        self.cp = cp_model
+        self.m = cp_model.CpModel()  # type: ignore[attr-defined]
+        self.frozen = frozen
+        self.node_n = node_modes
+        self.x: dict[tuple[int, int, str, int], object] = {}  # (rep idx, gid, mech, prof) -> bool var
+        self.y: dict[tuple[int, int, int], object] = {}  # (gid, prof, start)
+        self.mode: dict[tuple[int, str], object] = {}
+        self.nv: dict[tuple[int, int], object] = {}  # (node pos, N) MPS clients per GPU
+        self.nmode: dict[tuple[int, str], object] = {}
+        self.used: dict[int, object] = {}
+        self.placed: dict[int, object] = {}
+        self.stay: dict[int, object] = {}
+
+    # -------------------------------------------------------------------------------------------- model
+    def build(self) -> None:
+        ctx, m = self.ctx, self.m
+        policy = ctx.policy
+        pos_nodes = sorted({g.node.pos for g in self.gpus})
+        node_of = {n.pos: n for n in ctx.nodes}
+        for p in pos_nodes:
+            node = node_of[p]
+            for k in ("MPS", "TS"):
+                self.nmode[(p, k)] = m.NewBoolVar(f"n{p}_{k}")
+            m.Add(self.nmode[(p, "MPS")] + self.nmode[(p, "TS")] <= 1)
+            if node.whole:  # reserved / segment GPUs need sharing None
+                m.Add(self.nmode[(p, "MPS")] == 0)
+                m.Add(self.nmode[(p, "TS")] == 0)
+            limit = min(policy.mps_max_clients_per_gpu, min(g.model.mps_max_clients for g in node.gpus))
+            ks = list(range(2, limit + 1))
+            for k in ks:
+                self.nv[(p, k)] = m.NewBoolVar(f"nv{p}_{k}")
+            m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, "MPS")])
+        for g in self.gpus:
+            pool = g.role == ROLE_POOL
+            for k in (K_MIG, K_MPS, K_TS, K_EX):
+                if not pool and k != K_EX:
+                    continue
+                if k == K_MIG and g.geo is None:
+                    continue
+                self.mode[(g.gid, k)] = m.NewBoolVar(f"g{g.gid}_{k}")
+            m.Add(sum(v for (gid, _), v in self.mode.items() if gid == g.gid) <= 1)
+            p = g.node.pos
+            if (g.gid, K_MPS) in self.mode:
+                m.Add(self.mode[(g.gid, K_MPS)] <= self.nmode[(p, "MPS")])
+            if (g.gid, K_TS) in self.mode:
+                m.Add(self.mode[(g.gid, K_TS)] <= self.nmode[(p, "TS")])
+            if (g.gid, K_MIG) in self.mode:
+                m.Add(self.mode[(g.gid, K_MIG)] + self.nmode[(p, "MPS")] <= 1)
+            m.Add(self.mode[(g.gid, K_EX)] + self.nmode[(p, "MPS")] + self.nmode[(p, "TS")] <= 1)
+            if pool and g.geo is not None:
+                geo = g.geo
+                for pi, prof in enumerate(geo.profiles):
+                    for s in prof.starts:
+                        v = m.NewBoolVar(f"y{g.gid}_{pi}_{s}")
+                        self.y[(g.gid, pi, s)] = v
+                        m.Add(v <= self.mode[(g.gid, K_MIG)])
+                    m.Add(sum(self.y[(g.gid, pi, s)] for s in prof.starts) <= prof.max_count)
+                for sl in range(geo.memory_slices):
+                    cover = [
+                        self.y[(g.gid, pi, s)]
+                        for pi, prof in enumerate(geo.profiles)
+                        for s in prof.starts
+                        if s <= sl < s + prof.memory_slices
+                    ]
+                    m.Add(sum(cover) <= 1)
+                m.Add(
+                    sum(prof.compute_slices * self.y[(g.gid, pi, s)] for pi, prof in enumerate(geo.profiles) for s in prof.starts)
+                    <= geo.compute_slices
+                )
+                m.Add(
+                    sum(self.y[(g.gid, pi, s)] for pi, prof in enumerate(geo.profiles) if prof.media_extensions for s in prof.starts)
+                    <= 1
+                )
+        # replicas
+        for ri, r in enumerate(ctx.reps):
+            self._rep_vars(ri, r)
+        # capacity links
+        for g in self.gpus:
+            gid = g.gid
+            xs = [(key, v) for key, v in self.x.items() if key[1] == gid]
+            if g.geo is not None and g.role == ROLE_POOL:
+                for pi, prof in enumerate(g.geo.profiles):
+                    use = [v for (ri, _, k, p), v in xs if k == K_MIG and p == pi]
+                    if use:
+                        m.Add(sum(use) <= sum(self.y[(gid, pi, s)] for s in prof.starts))
+            mps = [(key, v) for key, v in xs if key[2] == K_MPS]
+            if mps:
+                p = g.node.pos
+                for _, v in mps:
+                    m.Add(v <= self.mode[(gid, K_MPS)])
+                ks = [k for (pp, k) in self.nv if pp == p]
+                m.Add(sum(v for _, v in mps) <= sum(k * self.nv[(p, k)] for k in ks))
+                for (ri, _, _, _), v in mps:
+                    size = ctx.reps[ri].dep.size
+                    for k in ks:
+                        if mps_cap(g.mem_mib, k) < size:
+                            m.Add(v + self.nv[(p, k)] <= 1)
+            ts = [(key, v) for key, v in xs if key[2] == K_TS]
+            if ts:
+                for _, v in ts:
+                    m.Add(v <= self.mode[(gid, K_TS)])
+                m.Add(sum(v for _, v in ts) <= _ts_n(ctx, g.node))
+                cap_mib = (g.mem * ctx.ts_factor // 100) >> 20
+                m.Add(sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts) <= cap_mib)
+            ex = [v for key, v in xs if key[2] == K_EX]
+            if ex:
+                m.Add(sum(ex) <= self.mode[(gid, K_EX)])
+            u = m.NewBoolVar(f"u{gid}")
+            self.used[gid] = u
+            for _, v in xs:
+                m.Add(v <= u)
+            if xs:
+                m.Add(u <= sum(v for _, v in xs))
+            else:
+                m.Add(u == 0)
+        self._frozen_constraints()
+        self._symmetry()
+        self._objective()
+
+    def _symmetry(self) -> None:
+        """Interchangeable GPUs (same node and model, nothing running) are used in index order, and identical
+        nodes (same models, nothing running, no reservation) in name order: cuts symmetric search."""
+        ctx, m = self.ctx, self.m
+        pinned_gpus = {p[0].gid for p in self.pins.values()}
+        sig_nodes: dict[tuple[object, ...], list[int]] = {}
+        for node in ctx.nodes:
+            free = [g for g in node.gpus if g.gid in self.used and g.gid not in pinned_gpus and g.role == ROLE_POOL]
+            by_model: dict[str, list[Gpu]] = {}
+            for g in free:
+                by_model.setdefault(g.key, []).append(g)
+            for lst in by_model.values():
+                for a, b2 in zip(lst, lst[1:], strict=False):
+                    m.Add(self.used[a.gid] >= self.used[b2.gid])
+            if len(free) == len(node.gpus) and node.schedulable and not node.whole:
+                sig = tuple(g.key for g in node.gpus)
+                sig_nodes.setdefault(sig, []).append(node.pos)
+        node_of = {n.pos: n for n in ctx.nodes}
+        for poss in sig_nodes.values():
+            for a, b2 in zip(poss, poss[1:], strict=False):
+                ua = sum(self.used[g.gid] for g in node_of[a].gpus)
+                ub = sum(self.used[g.gid] for g in node_of[b2].gpus)
+                m.Add(ua >= ub)
+
+    def _rep_vars(self, ri: int, r: Rep) -> None:
+        ctx, m = self.ctx, self.m
+        dep = r.dep
+        mechs = TIER_MECHS[dep.rank] & ctx.allowed
+        if dep.mech is not None:
+            mechs = mechs & {dep.mech}
+        opts: list[object] = []
+        limit = ctx.policy.mps_max_clients_per_gpu
+        for g in self.gpus:
+            if g.role != ROLE_POOL:
+                # lendable reserved GPU: BestEffort borrows it whole
+                if dep.rank == 2 and dep.mech in (None, K_EX) and dep.profile is None and g.mem >= dep.size:
+                    self._x(ri, g, K_EX, -1, opts)
+                continue
+            if not g.node.schedulable and not (id(r) in self.pins and self.pins[id(r)][0] is g):
+                continue
+            if K_MIG in mechs and g.geo is not None:
+                if dep.profile is not None:
+                    pis = [g.geo.index[dep.profile]] if dep.profile in g.geo.index else []
+                    pis = [p for p in pis if g.geo.profiles[p].memory_bytes >= dep.size]
+                else:
+                    pis = list(fitting_profiles(g.key, dep.size))
+                for pi in pis:
+                    self._x(ri, g, K_MIG, pi, opts)
+            if K_MPS in mechs and mps_cap(g.mem_mib, 2) >= dep.size and min(limit, g.model.mps_max_clients) >= 2:
+                self._x(ri, g, K_MPS, -1, opts)
+            if K_TS in mechs and dep.size <= g.mem * ctx.ts_factor // 100:
+                self._x(ri, g, K_TS, -1, opts)
+            if K_EX in mechs and dep.size <= g.mem:
+                self._x(ri, g, K_EX, -1, opts)
+        pl = m.NewBoolVar(f"placed{ri}")
+        if opts:
+            m.Add(sum(opts) == pl)  # type: ignore[arg-type]
+        else:
+            m.Add(pl == 0)
+        self.placed[ri] = pl
+        pin = self.pins.get(id(r))
+        if pin is not None:
+            g, mech, prof = pin
+            key = (ri, g.gid, mech, prof)
+            if key in self.x:
+                self.stay[ri] = self.x[key]
+
+    def _x(self, ri: int, g: Gpu, mech: str, prof: int, opts: list[object]) -> None:
+        v = self.m.NewBoolVar(f"x{ri}_{g.gid}_{mech}_{prof}")
+        self.x[(ri, g.gid, mech, prof)] = v
+        opts.append(v)
+
+    def _frozen_constraints(self) -> None:
+        """Under ``repartition: Never`` a GPU keeps its layout while any of its running replicas stays there;
+        an MPS node keeps its clients per GPU while any MPS client stays."""
+        ctx, m = self.ctx, self.m
+        if ctx.policy.may_repartition:
+            return
+        by_gpu: dict[int, list[object]] = {}
+        mps_node: dict[int, list[object]] = {}
+        for ri, v in self.stay.items():
+            r = ctx.reps[ri]
+            g, mech, _ = self.pins[id(r)]
+            by_gpu.setdefault(g.gid, []).append(v)
+            if mech == K_MPS:
+                mps_node.setdefault(g.node.pos, []).append(v)
+        for gid, vs in by_gpu.items():
+            fz = self.frozen.get(gid)
+            g = ctx.gpus[gid]
+            if fz is None or g.geo is None:
+                continue
+            for v in vs:
+                for pi, prof in enumerate(g.geo.profiles):
+                    m.Add(sum(self.y[(gid, pi, s)] for s in prof.starts) == fz[pi]).OnlyEnforceIf(v)  # type: ignore[attr-defined]
+        for pos, vs in mps_node.items():
+            mode, n = self.node_n.get(pos, (M_FREE, 0))
+            if mode == M_MPS and (pos, n) in self.nv:
+                for v in vs:
+                    m.Add(self.nv[(pos, n)] == 1).OnlyEnforceIf(v)  # type: ignore[attr-defined]
+
+    def _weights(self) -> dict[str, int]:
+        """Level weights, bottom up, each larger than the most all lower levels can add up to: wasted GiB,
+        (repartition Allowed: moved running replicas), GPUs used, whole-GPU/borrow penalties, co-location,
+        then (Never: moved BestEffort) placed BestEffort, (moved Burstable) placed Burstable, (moved
+        Guaranteed) placed Guaranteed."""
+        ctx = self.ctx
+        n_rep = len(ctx.reps) + 1
+        n_pin = len(self.stay) + 1
+        waste_max = sum(math.ceil(g.mem / GiB) for g in self.gpus) + 1
+        w: dict[str, int] = {"waste": 1}
+        allowed = ctx.policy.may_repartition
+        if allowed:
+            w["move"] = waste_max
+            w["gpu"] = waste_max * n_pin
+        else:
+            w["gpu"] = waste_max
+        w["pen"] = w["gpu"] * (len(self.gpus) + 1)
+        w["coloc"] = w["pen"] * n_rep
+        top = w["coloc"] * n_rep
+        for rank in (2, 1, 0):
+            if not allowed:
+                w[f"move{rank}"] = top
+                top *= n_rep
+            w[f"place{rank}"] = top
+            top *= n_rep
+        if allowed:
+            for rank in (0, 1, 2):
+                w[f"move{rank}"] = w["move"]
+        return w
+
+    def _objective(self) -> None:
+        ctx, m = self.ctx, self.m
+        w = self._weights()
+        terms: list[Any] = []
+        for ri, r in enumerate(ctx.reps):
+            terms.append(w[f"place{r.dep.rank}"] * (1 - self.placed[ri]))
+        for ri, v in self.stay.items():
+            terms.append(w[f"move{ctx.reps[ri].dep.rank}"] * (1 - v))
+        # co-location of one deployment's replicas
+        by_dep_gpu: dict[tuple[int, int], list[Any]] = {}
+        for (ri, gid, _, _), v in self.x.items():
+            by_dep_gpu.setdefault((ctx.reps[ri].dep.did, gid), []).append(v)
+        for vs in by_dep_gpu.values():
+            if len(vs) > 1:
+                c = m.NewIntVar(0, len(vs), "")
+                m.Add(c >= sum(vs) - 1)
+                terms.append(w["coloc"] * c)
+        for (ri, gid, mech, prof), v in self.x.items():
+            r = ctx.reps[ri]
+            g = ctx.gpus[gid]
+            if _penalised(ctx, g, r, mech):
+                terms.append(w["pen"] * v)
+            waste = _waste(g, mech, prof, r.dep.size)
+            if waste:
+                terms.append(waste * v)
+        for u in self.used.values():
+            terms.append(w["gpu"] * u)
+        m.Minimize(sum(terms))
+
+    # -------------------------------------------------------------------------------------------- hint / result
+    def hint_from(self, hctx: Context) -> int | None:
+        """Give the heuristic plan as a solution hint; return its objective value under this model."""
+        by_key = {(r.dep.key, r.ordinal): i for i, r in enumerate(self.ctx.reps)}
+        chosen: dict[tuple[int, int, str, int], int] = {}
+        for r in hctx.reps:
+            if r.gpu is None:
+                continue
+            ri = by_key[(r.dep.key, r.ordinal)]
+            chosen[(ri, r.gpu.gid, r.mech or K_EX, r.prof)] = 1
+        for key, v in self.x.items():
+            self.m.AddHint(v, chosen.get(key, 0))  # type: ignore[attr-defined]
+        # objective of the hint under the same weights
+        w = self._weights()
+        total = 0
+        used: set[int] = set()
+        per_dep_gpu: dict[tuple[int, int], int] = {}
+        for ri, r in enumerate(self.ctx.reps):
+            keys = [k for k in chosen if k[0] == ri]
+            if not keys:
+                total += w[f"place{r.dep.rank}"]
+            else:
+                if keys[0] not in self.x:
+                    return None  # the heuristic did something this model does not express
+                _, gid, mech, prof = keys[0]
+                used.add(gid)
+                per_dep_gpu[(r.dep.did, gid)] = per_dep_gpu.get((r.dep.did, gid), 0) + 1
+                g = self.ctx.gpus[gid]
+                if _penalised(self.ctx, g, r, mech):
+                    total += w["pen"]
+                total += _waste(g, mech, prof, r.dep.size)
+            if ri in self.stay:
+                pin = self.pins[id(r)]
+                if (ri, pin[0].gid, pin[1], pin[2]) not in chosen:
+                    total += w[f"move{r.dep.rank}"]
+        total += sum(w["coloc"] * (c - 1) for c in per_dep_gpu.values() if c > 1)
+        total += w["gpu"] * len(used)
+        return total
+
+    def apply(self, solver: object) -> None:
+        """Write the solution into the context (node modes, GPU modes, replicas)."""
+        ctx = self.ctx
+        val = solver.Value  # type: ignore[attr-defined]
+        for (pos, k), v in self.nmode.items():
+            if val(v):
+                node = next(n for n in ctx.nodes if n.pos == pos)
+                if k == "MPS":
+                    node.mode = M_MPS
+                    node.n = next(kk for (pp, kk), vv in self.nv.items() if pp == pos and val(vv))
+                else:
+                    node.mode = M_TS
+                    node.n = _ts_n(ctx, node)
+        chosen = sorted((key for key, v in self.x.items() if val(v)), key=lambda k: (k[1], k[0]))
+        for ri, gid, mech, prof in chosen:
+            r = ctx.reps[ri]
+            g = ctx.gpus[gid]
+            if mech == K_MIG and g.mode != K_MIG:
+                g.mode = K_MIG
+                g.st = 0
+                fz = self.frozen.get(gid)
+                if fz is not None and not ctx.policy.may_repartition and any(
+                    self.stay.get(rj) is not None and val(self.stay[rj]) and self.pins[id(ctx.reps[rj])][0] is g
+                    for rj in self.stay
+                ):
+                    g.frozen = fz
+                    g.free_inst = list(fz)
+            if g.node.mode == M_FREE:
+                g.node.mode = M_NONE
+            attach(ctx, r, g, mech, prof)
+        for ri, r in enumerate(ctx.reps):
+            pin = self.pins.get(id(r))
+            if pin is not None and (r.gpu is not pin[0] or r.mech != pin[1] or r.prof != pin[2]):
+                r.evicted = "Defragmentation" if (ctx.policy.may_repartition and r.gpu is not None) else "PreemptedByHigherTier"
+                r.evict_msg = "the exact solver moved it" if r.gpu is not None else "yielded to a higher tier"
+        p = Packer(ctx)
+        for r in ctx.reps:
+            if r.gpu is None and r.unplaced is None:
+                o = p.opts(r.dep)
+                r.unplaced = o.reason or p._capacity_reason(r)
+
+
+def _penalised(ctx: Context, g: Gpu, r: Rep, mech: str) -> bool:
+    """A borrowed reserved GPU, or a whole GPU for Burstable/BestEffort that could share (last resort)."""
+    if mech != K_EX:
+        return False
+    if g.role != ROLE_POOL:
+        return True
+    dep = r.dep
+    if dep.rank == 0:
+        return False
+    mechs = TIER_MECHS[dep.rank] & ctx.allowed
+    if dep.mech is not None:
+        mechs &= {dep.mech}
+    return bool(mechs & {K_MIG, K_MPS, K_TS})
+
+
+def _waste(g: Gpu, mech: str, prof: int, size: int) -> int:
+    if mech == K_MIG and g.geo is not None:
+        return max(0, (g.geo.profiles[prof].memory_bytes - size)) // GiB
+    if mech == K_EX:
+        return max(0, g.mem - size) // GiB
+    return 0
+
+
+__all__ = ["ExactResult", "optimize_pool", "solve_exact"]

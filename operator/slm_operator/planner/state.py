@@ -1,0 +1,712 @@
+"""Mutable working state shared by the heuristic and the exact solver.
+
+``build_context`` turns the frozen inputs into nodes, GPUs, deployments and replicas (all sorted, so nothing
+depends on dict or set iteration order of the caller), chooses the GPUs of reservations and segments, and
+classifies the current placements into replicas that stay (pinned) and replicas that must move (evictions).
+The solvers then attach replicas to GPUs with :func:`attach` and ``assemble.build_plan`` turns the result into
+a :class:`~slm_operator.planner.model.Plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from slm_operator.catalog import GpuModel, gpu_by_key
+from slm_operator.planner.mig import Counts, MigGeometry, fitting_profiles, geometry
+from slm_operator.planner.model import (
+    TIER_RANK,
+    CurrentPlacement,
+    Demand,
+    NodeInventory,
+    PoolPolicy,
+)
+
+MiB = 1 << 20
+
+# node modes
+M_FREE = ""  # no constraint yet
+M_NONE = "NONE"  # device-plugin sharing off (MIG and whole GPUs)
+M_MPS = "MPS"
+M_TS = "TS"
+
+# replica mechanisms (internal spelling)
+K_MIG = "MIG"
+K_MPS = "MPS"
+K_TS = "TS"
+K_EX = "EX"
+MECH_OUT = {K_MIG: "MIG", K_MPS: "MPS", K_TS: "TimeSlicing", K_EX: "Exclusive"}
+MECH_IN = {"MIG": K_MIG, "MPS": K_MPS, "TimeSlicing": K_TS, "Exclusive": K_EX}
+
+ROLE_POOL = "pool"
+ROLE_RESERVED = "reserved"
+ROLE_SEGMENT = "segment"
+
+TIER_MECHS: dict[int, frozenset[str]] = {
+    0: frozenset({K_MIG, K_EX}),
+    1: frozenset({K_MIG, K_MPS, K_EX}),
+    2: frozenset({K_MIG, K_MPS, K_TS, K_EX}),
+}
+
+
+class Dep:
+    __slots__ = (
+        "did",
+        "key",
+        "tier",
+        "rank",
+        "size",
+        "gib",
+        "replicas",
+        "mech",
+        "profile",
+        "order",
+        "reps",
+        "demand",
+    )
+
+    def __init__(self, did: int, d: Demand) -> None:
+        self.did = did
+        self.key = d.deployment
+        self.tier = d.tier
+        self.rank = TIER_RANK[d.tier]
+        self.size = d.memory_bytes
+        self.gib = round(d.memory_bytes / (1 << 30), 2)
+        self.replicas = d.replicas
+        self.mech: str | None = MECH_IN[d.share.mechanism] if d.share and d.share.mechanism else None
+        self.profile: str | None = d.share.mig_profile if d.share else None
+        if self.profile is not None:
+            self.mech = K_MIG
+        self.order = d.order_key
+        self.demand = d
+        self.reps: list[Rep] = []
+
+    def class_key(self) -> tuple[int, int, str | None, str | None]:
+        return (self.rank, self.size, self.mech, self.profile)
+
+
+class Rep:
+    __slots__ = (
+        "dep",
+        "ordinal",
+        "gpu",
+        "mech",
+        "prof",
+        "cur",
+        "cur_gpu",
+        "pinned",
+        "evicted",
+        "evict_msg",
+        "unplaced",
+        "borrowed",
+        "out",
+    )
+
+    def __init__(self, dep: Dep, ordinal: int) -> None:
+        self.dep = dep
+        self.ordinal = ordinal
+        self.gpu: Gpu | None = None
+        self.mech: str | None = None
+        self.prof = -1
+        self.cur: CurrentPlacement | None = None
+        self.cur_gpu: Gpu | None = None
+        self.pinned = False
+        self.evicted: str | None = None  # eviction reason code
+        self.evict_msg = ""
+        self.unplaced: tuple[str, str] | None = None
+        self.borrowed = False
+        self.out: tuple[str, str] | None = None  # (share summary, "node/gpu") for the plan output
+
+    def sort_key(self) -> tuple[int, str, str, int]:
+        return (self.dep.rank, self.dep.order, self.dep.key, self.ordinal)
+
+
+class Node:
+    __slots__ = (
+        "name",
+        "pos",
+        "inv",
+        "schedulable",
+        "gpus",
+        "mode",
+        "n",
+        "fixed",
+        "whole",
+        "used",
+        "deps",
+        "free",
+        "ix",
+    )
+
+    def __init__(self, pos: int, inv: NodeInventory) -> None:
+        self.name = inv.name
+        self.pos = pos
+        self.inv = inv
+        self.schedulable = inv.schedulable
+        self.gpus: list[Gpu] = []
+        self.mode = M_FREE
+        self.n = 0  # MPS clients or time-slicing replicas per GPU
+        self.fixed = False  # mode pinned by running replicas
+        self.whole = 0  # GPUs that need node sharing None (Exclusive, Reserved, Segment)
+        self.used = 0  # GPUs holding replicas
+        self.deps: dict[int, int] = {}
+        #: free pool GPUs by model key, ascending index (only on schedulable nodes)
+        self.free: dict[str, list[Gpu]] = {}
+        self.ix: list[tuple[object, ...]] = []
+
+
+class Gpu:
+    __slots__ = (
+        "gid",
+        "node",
+        "index",
+        "inv",
+        "model",
+        "key",
+        "geo",
+        "mem",
+        "mem_mib",
+        "role",
+        "group",
+        "lendable",
+        "claimed",
+        "mode",
+        "reps",
+        "st",
+        "frozen",
+        "free_inst",
+        "ts_used",
+        "deps",
+        "inv_counts",
+        "ix",
+    )
+
+    def __init__(self, gid: int, node: Node, inv_gpu: object, model: GpuModel) -> None:
+        from slm_operator.planner.model import GpuInventory
+
+        assert isinstance(inv_gpu, GpuInventory)
+        self.gid = gid
+        self.node = node
+        self.index = inv_gpu.index
+        self.inv = inv_gpu
+        self.model = model
+        self.key = model.key
+        self.geo: MigGeometry | None = geometry(model.key)
+        self.mem = model.memory_bytes
+        self.mem_mib = model.memory_mib
+        self.role = ROLE_POOL
+        self.group: str | None = None
+        self.lendable = False
+        self.claimed = False
+        self.mode: str | None = None  # None (free), K_MIG, K_MPS, K_TS, K_EX
+        self.reps: list[Rep] = []
+        self.st = 0  # MIG state of the used instances
+        self.frozen: Counts | None = None  # MIG layout that must not change
+        self.free_inst: list[int] = []  # free instances per profile of a frozen layout
+        self.ts_used = 0
+        self.deps: dict[int, int] = {}
+        self.inv_counts: Counts | None = None  # inventory MIG layout when legal
+        self.ix: tuple[object, ...] | None = None
+
+    @property
+    def mig_capable(self) -> bool:
+        return self.geo is not None
+
+
+def mps_cap(gpu_mem_mib: int, n: int) -> int:
+    """Per-client pinned-memory cap in bytes with ``n`` MPS clients per GPU (whole MiB, as the daemon sets it)."""
+    return (gpu_mem_mib // n) * MiB
+
+
+def mps_nmax(mem_mib: int, size: int, limit: int) -> int:
+    """Most MPS clients per GPU whose equal caps each hold ``size`` (0 when fewer than 2)."""
+    n = min(limit, (mem_mib * MiB) // size)
+    while n >= 2 and mps_cap(mem_mib, n) < size:
+        n -= 1
+    return n if n >= 2 else 0
+
+
+@dataclass
+class Context:
+    policy: PoolPolicy
+    nodes: list[Node]
+    gpus: list[Gpu]
+    deps: list[Dep]
+    reps: list[Rep]  # every desired replica, priority order
+    node_by_name: dict[str, Node]
+    gpu_at: dict[tuple[str, int], Gpu]
+    models: dict[str, GpuModel]
+    ts_factor: int  # memory oversubscription percent for BestEffort on time-sliced GPUs
+    allowed: frozenset[str]
+    #: replicas whose current placement could not be kept, with reason; filled by classify_current
+    displaced: list[Rep] = field(default_factory=list)
+    #: current placements that refer to no desired replica (scaled down or deleted)
+    dropped: int = 0
+    #: running replicas by the gid of their current GPU
+    running: dict[int, list[Rep]] = field(default_factory=dict)
+    #: per-class explanation fragments (assemble)
+    text_cache: dict[object, list[str]] = field(default_factory=dict)
+    #: equal output shares are one object (assemble)
+    share_cache: dict[object, object] = field(default_factory=dict)
+
+    def ts_capacity(self, gpu: Gpu) -> int:
+        return gpu.mem * self.ts_factor // 100
+
+
+def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: str, prof: int = -1) -> None:
+    """Put ``rep`` on ``gpu`` with mechanism ``mech`` (MIG profile index ``prof``). No legality checks."""
+    rep.gpu = gpu
+    rep.mech = mech
+    rep.prof = prof
+    node = gpu.node
+    if not gpu.reps:
+        node.used += 1
+    gpu.reps.append(rep)
+    did = rep.dep.did
+    gpu.deps[did] = gpu.deps.get(did, 0) + 1
+    node.deps[did] = node.deps.get(did, 0) + 1
+    if gpu.role == ROLE_POOL:
+        if mech == K_MIG:
+            gpu.mode = K_MIG
+            assert gpu.geo is not None
+            gpu.st = gpu.geo.add[gpu.st][prof]
+            if gpu.frozen is not None:
+                gpu.free_inst[prof] -= 1
+        elif mech == K_MPS:
+            gpu.mode = K_MPS
+        elif mech == K_TS:
+            gpu.mode = K_TS
+            gpu.ts_used += rep.dep.size
+        else:
+            gpu.mode = K_EX
+            node.whole += 1
+    else:
+        gpu.mode = K_EX
+        rep.borrowed = gpu.role == ROLE_RESERVED
+
+
+def detach(ctx: Context, rep: Rep) -> Gpu:
+    """Take ``rep`` off its GPU (the reverse of :func:`attach`)."""
+    gpu = rep.gpu
+    assert gpu is not None
+    node = gpu.node
+    gpu.reps.remove(rep)
+    did = rep.dep.did
+    gpu.deps[did] -= 1
+    if not gpu.deps[did]:
+        del gpu.deps[did]
+    node.deps[did] -= 1
+    if not node.deps[did]:
+        del node.deps[did]
+    if rep.mech == K_MIG:
+        geo = gpu.geo
+        assert geo is not None
+        counts = list(geo.states[gpu.st])
+        counts[rep.prof] -= 1
+        gpu.st = geo.state_id[tuple(counts)]
+        if gpu.frozen is not None:
+            gpu.free_inst[rep.prof] += 1
+    elif rep.mech == K_TS:
+        gpu.ts_used -= rep.dep.size
+    elif rep.mech == K_EX and gpu.role == ROLE_POOL:
+        node.whole -= 1
+    if not gpu.reps:
+        node.used -= 1
+        if gpu.role == ROLE_POOL and gpu.frozen is None:
+            gpu.mode = None
+            gpu.st = 0
+        elif gpu.role != ROLE_POOL:
+            gpu.mode = None
+    rep.gpu = None
+    rep.mech = None
+    rep.prof = -1
+    rep.borrowed = False
+    return gpu
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def build_context(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: Iterable[CurrentPlacement] = (),
+) -> Context:
+    models: dict[str, GpuModel] = {}
+    node_list: list[Node] = []
+    gpu_list: list[Gpu] = []
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate node name in the inventory")
+    for pos, inv in enumerate(sorted(nodes, key=lambda n: n.name)):
+        node = Node(pos, inv)
+        node_list.append(node)
+        for g in sorted(inv.gpus, key=lambda g: g.index):
+            try:
+                model = models.get(g.model) or gpu_by_key(g.model)
+            except KeyError:
+                raise ValueError(f"node {inv.name} GPU {g.index}: unknown GPU model {g.model!r}") from None
+            models[g.model] = model
+            gpu = Gpu(len(gpu_list), node, g, model)
+            gpu_list.append(gpu)
+            node.gpus.append(gpu)
+            if gpu.geo is not None and g.mig_enabled:
+                try:
+                    counts = gpu.geo.counts_of([i.profile for i in g.mig_instances])
+                except KeyError:
+                    counts = None
+                if counts is not None and gpu.geo.state_of(counts) >= 0:
+                    gpu.inv_counts = counts
+    keys = [d.deployment for d in demands]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate deployment key in the demands")
+    ordered = sorted(demands, key=lambda d: (TIER_RANK[d.tier], d.order_key, d.deployment))
+    deps = [Dep(i, d) for i, d in enumerate(ordered)]
+    reps: list[Rep] = []
+    for dep in deps:
+        for o in range(dep.replicas):
+            r = Rep(dep, o)
+            dep.reps.append(r)
+            reps.append(r)
+    ctx = Context(
+        policy=policy,
+        nodes=node_list,
+        gpus=gpu_list,
+        deps=deps,
+        reps=reps,
+        node_by_name={n.name: n for n in node_list},
+        gpu_at={(g.node.name, g.index): g for g in gpu_list},
+        models=models,
+        ts_factor=policy.memory_oversubscription_percent,
+        allowed=frozenset(MECH_IN[m] for m in policy.allowed_mechanisms),
+    )
+    current_list = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
+    _bind_current(ctx, current_list)
+    _select_groups(ctx)
+    _classify_current(ctx)
+    for node in ctx.nodes:
+        _refresh_free(node)
+    return ctx
+
+
+def _refresh_free(node: Node) -> None:
+    node.free = {}
+    if not node.schedulable:
+        return
+    for g in node.gpus:
+        if g.role == ROLE_POOL and not g.reps and g.frozen is None:
+            node.free.setdefault(g.key, []).append(g)
+
+
+def _bind_current(ctx: Context, current: list[CurrentPlacement]) -> None:
+    by_dep = {d.key: d for d in ctx.deps}
+    seen: set[tuple[str, int]] = set()
+    for c in current:
+        dep = by_dep.get(c.deployment)
+        if dep is None or c.ordinal >= dep.replicas or (c.deployment, c.ordinal) in seen:
+            ctx.dropped += 1
+            continue
+        seen.add((c.deployment, c.ordinal))
+        rep = dep.reps[c.ordinal]
+        rep.cur = c
+        rep.cur_gpu = ctx.gpu_at.get((c.node, c.gpu_index))
+        if rep.cur_gpu is not None:
+            ctx.running.setdefault(rep.cur_gpu.gid, []).append(rep)
+
+
+def _severity(ctx: Context, gpu: Gpu, group: str) -> tuple[int, int]:
+    """How disruptive it is to give ``gpu`` to a reservation or segment: (worst tier class, replicas)."""
+    worst = 0
+    count = 0
+    for r in _running_on(ctx, gpu):
+        if r.dep.rank == 2 and r.cur is not None and r.cur.mechanism == "Exclusive" and gpu.inv.assigned_to == group:
+            continue  # a borrower of this very reservation
+        worst = max(worst, 3 - r.dep.rank)
+        count += 1
+    node = gpu.node
+    if node.inv.sharing != "None":
+        for other in node.gpus:
+            if other is gpu:
+                continue
+            for r in _running_on(ctx, other):
+                if r.cur is not None and r.cur.mechanism in ("MPS", "TimeSlicing"):
+                    worst = max(worst, 3 - r.dep.rank)
+                    count += 1
+    return worst, count
+
+
+def _running_on(ctx: Context, gpu: Gpu) -> list[Rep]:
+    return ctx.running.get(gpu.gid, [])
+
+
+def _select_groups(ctx: Context) -> None:
+    """Choose the GPUs of each reservation, then each segment (policy order), least disruptive first."""
+    groups: list[tuple[str, str, int]] = [(r.name, ROLE_RESERVED, r.gpus) for r in ctx.policy.reservations]
+    groups += [(s.name, ROLE_SEGMENT, s.gpus) for s in ctx.policy.segments]
+    for name, role, want in groups:
+        if want <= 0:
+            continue
+        cands = [g for g in ctx.gpus if g.role == ROLE_POOL and g.node.schedulable]
+        cands.sort(
+            key=lambda g: (
+                *_severity(ctx, g, name),
+                0 if g.inv.assigned_to == name else 1,
+                -g.mem,
+                -g.node.pos,
+                -g.index,
+            )
+        )
+        for g in cands[:want]:
+            g.role = role
+            g.group = name
+            g.node.whole += 1
+            g.node.mode = M_NONE
+    for res in ctx.policy.reservations:
+        mine = [g for g in ctx.gpus if g.role == ROLE_RESERVED and g.group == res.name]
+        # claimed GPUs: those without a borrower first, so that running borrowers stay where they can
+        mine.sort(key=lambda g: (1 if ctx.running.get(g.gid) else 0, g.node.pos, g.index))
+        for i, g in enumerate(mine):
+            g.claimed = i < res.claimed
+            g.lendable = res.lend_to == "BestEffort" and not g.claimed
+
+
+def _classify_current(ctx: Context) -> None:
+    """Pin the running replicas that can stay; the others become displaced (re-placed by the solver)."""
+    repartition = ctx.policy.may_repartition
+    running = [r for r in ctx.reps if r.cur is not None]
+    running.sort(key=Rep.sort_key)
+    # per node: the MPS clients per GPU the running replicas need, and per GPU the running MIG profiles
+    mps_n: dict[int, int] = {}
+    for node in ctx.nodes:
+        inv = node.inv
+        reps_here = [r for r in running if r.cur_gpu is not None and r.cur_gpu.node is node]
+        limit = min([ctx.policy.mps_max_clients_per_gpu] + [g.model.mps_max_clients for g in node.gpus])
+        if inv.sharing == "MPS" and inv.sharing_replicas and inv.sharing_replicas >= 2:
+            mps_n[node.pos] = min(inv.sharing_replicas, limit)
+        else:
+            sizes = [r.dep.size for r in reps_here if r.cur is not None and r.cur.mechanism == "MPS"]
+            if sizes:
+                n = min(mps_nmax(g.mem_mib, max(sizes), limit) for g in node.gpus) or 2
+                mps_n[node.pos] = n
+    for r in running:
+        c = r.cur
+        gpu = r.cur_gpu
+        assert c is not None
+        if gpu is None:
+            _displace(ctx, r, None, f"GPU {c.node}/{c.gpu_index} is no longer in the pool")
+            continue
+        dep = r.dep
+        mech = MECH_IN[c.mechanism]
+        if gpu.role == ROLE_SEGMENT:
+            _displace(ctx, r, "SegmentCapacity", f"GPU {gpu.node.name}/{gpu.index} now belongs to segment {gpu.group}")
+            continue
+        if gpu.role == ROLE_RESERVED:
+            if dep.rank == 2 and mech == K_EX and gpu.lendable:
+                continue  # a borrower: re-decided after packing (prefers to stay)
+            if gpu.claimed and dep.rank == 2:
+                _displace(ctx, r, "ReservationClaimed", f"reservation {gpu.group} claimed GPU {gpu.node.name}/{gpu.index}")
+            else:
+                _displace(ctx, r, "ReservedCapacity", f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}")
+            continue
+        if mech not in ctx.allowed or mech not in TIER_MECHS[dep.rank] or (dep.mech and dep.mech != mech):
+            _displace(ctx, r, "MechanismNotAllowed", f"{c.mechanism} is no longer allowed for this replica")
+            continue
+        prof = -1
+        if mech == K_MIG:
+            geo = gpu.geo
+            if geo is None or c.mig_profile is None or c.mig_profile not in geo.index:
+                _displace(ctx, r, "LayoutConflict", f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}")
+                continue
+            prof = geo.index[c.mig_profile]
+            if dep.profile is not None and dep.profile != c.mig_profile:
+                _displace(ctx, r, "MechanismNotAllowed", f"the share override asks for MIG {dep.profile}")
+                continue
+            if geo.profiles[prof].memory_bytes < dep.size:
+                _displace(ctx, r, "ShareNoLongerFits", f"MIG {c.mig_profile} no longer holds the estimate")
+                continue
+        if not _can_pin(ctx, r, gpu, mech, prof, mps_n, repartition):
+            continue
+        _pin(ctx, r, gpu, mech, prof, mps_n, repartition)
+
+
+def _displace(ctx: Context, r: Rep, reason: str | None, msg: str) -> None:
+    r.evicted = reason
+    r.evict_msg = msg
+    ctx.displaced.append(r)
+
+
+def _can_pin(
+    ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool
+) -> bool:
+    node = gpu.node
+    size = r.dep.size
+    where = f"{node.name}/{gpu.index}"
+    if mech == K_EX:
+        if gpu.reps or node.mode in (M_MPS, M_TS) or gpu.frozen is not None:
+            _displace(ctx, r, "LayoutConflict", f"GPU {where} can not stay a whole GPU")
+            return False
+        if size > gpu.mem:
+            _displace(ctx, r, "ShareNoLongerFits", f"GPU {where} no longer holds the estimate")
+            return False
+        return True
+    if mech == K_MIG:
+        if node.mode == M_MPS or (gpu.mode not in (None, K_MIG)):
+            _displace(ctx, r, "LayoutConflict", f"GPU {where} can not keep MIG")
+            return False
+        geo = gpu.geo
+        assert geo is not None
+        if gpu.frozen is None and not repartition:
+            # the running layout is frozen: the inventory layout when it holds every running profile here
+            want = [0] * len(geo.profiles)
+            for o in _running_on(ctx, gpu):
+                if o.cur is not None and o.cur.mechanism == "MIG" and o.cur.mig_profile in geo.index:
+                    want[geo.index[o.cur.mig_profile]] += 1
+            inv = gpu.inv_counts
+            if inv is not None and all(a <= b for a, b in zip(want, inv, strict=True)):
+                frozen = inv
+            else:
+                frozen = tuple(want)
+                if geo.state_of(frozen) < 0:
+                    frozen = None  # conflicting running profiles: keep the higher-priority ones below
+            if frozen is not None:
+                gpu.frozen = frozen
+                gpu.free_inst = list(frozen)
+                gpu.mode = K_MIG
+                # used instances are added by attach()
+        if gpu.frozen is not None:
+            if gpu.free_inst[prof] <= 0:
+                _displace(ctx, r, "LayoutConflict", f"GPU {where}: no free MIG {geo.profiles[prof].name} instance")
+                return False
+            return True
+        if geo.add[gpu.st][prof] < 0:
+            _displace(ctx, r, "LayoutConflict", f"GPU {where}: MIG {geo.profiles[prof].name} does not fit the layout")
+            return False
+        return True
+    if mech == K_MPS:
+        n = mps_n.get(node.pos, 0)
+        if node.whole or gpu.mode not in (None, K_MPS) or node.mode in (M_TS, M_NONE) or n < 2:
+            _displace(ctx, r, "LayoutConflict", f"node {node.name} can not keep MPS")
+            return False
+        if any(g.mode == K_MIG for g in node.gpus):
+            _displace(ctx, r, "LayoutConflict", f"node {node.name} has MIG GPUs; MPS is impossible there")
+            return False
+        if mps_cap(gpu.mem_mib, n) < size:
+            _displace(ctx, r, "ShareNoLongerFits", f"the MPS cap on node {node.name} no longer holds the estimate")
+            return False
+        if len(gpu.reps) >= n:
+            _displace(ctx, r, "LayoutConflict", f"GPU {where} has no free MPS client")
+            return False
+        return True
+    # time-slicing
+    if node.mode in (M_MPS,) or gpu.mode not in (None, K_TS) or (node.mode == M_NONE and node.whole):
+        _displace(ctx, r, "LayoutConflict", f"node {node.name} can not keep time-slicing")
+        return False
+    n = _ts_n(ctx, node)
+    if len(gpu.reps) >= n or gpu.ts_used + size > ctx.ts_capacity(gpu):
+        _displace(ctx, r, "LayoutConflict", f"GPU {where} has no room for another time-sliced replica")
+        return False
+    return True
+
+
+def _ts_n(ctx: Context, node: Node) -> int:
+    if node.mode == M_TS and node.n:
+        return node.n
+    inv = node.inv
+    limit = ctx.policy.ts_max_replicas_per_gpu
+    if inv.sharing == "TimeSlicing" and inv.sharing_replicas and inv.sharing_replicas >= 2:
+        return min(inv.sharing_replicas, limit)
+    return limit
+
+
+def _pin(ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool) -> None:
+    node = gpu.node
+    if mech == K_MPS:
+        node.mode = M_MPS
+        node.n = mps_n[node.pos]
+    elif mech == K_TS:
+        node.n = _ts_n(ctx, node)
+        node.mode = M_TS
+    elif node.mode == M_FREE:
+        node.mode = M_NONE
+    node.fixed = True
+    r.pinned = True
+    attach(ctx, r, gpu, mech, prof)
+
+
+def class_fits(ctx: Context, dep: Dep) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str], set[str]]:
+    """Share options of a deployment per GPU model present in the pool:
+    (MIG fitting profile indices, MPS max clients, time-slicing models, whole-GPU models)."""
+    rank = dep.rank
+    size = dep.size
+    mechs = TIER_MECHS[rank] & ctx.allowed
+    if dep.mech is not None:
+        mechs = mechs & {dep.mech}
+    mig: dict[str, tuple[int, ...]] = {}
+    mps: dict[str, int] = {}
+    ts: set[str] = set()
+    ex: set[str] = set()
+    for key, model in sorted(ctx.models.items()):
+        geo = geometry(key)
+        if K_MIG in mechs and geo is not None:
+            if dep.profile is not None:
+                if dep.profile in geo.index:
+                    pi = geo.index[dep.profile]
+                    if geo.profiles[pi].memory_bytes >= size:
+                        mig[key] = (pi,)
+            else:
+                fits = fitting_profiles(key, size)
+                if fits:
+                    mig[key] = fits
+        if K_MPS in mechs:
+            n = mps_nmax(model.memory_mib, size, min(ctx.policy.mps_max_clients_per_gpu, model.mps_max_clients))
+            if n >= 2:
+                mps[key] = n
+        if K_TS in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:
+            ts.add(key)
+        if K_EX in mechs and size <= model.memory_bytes:
+            ex.add(key)
+    return mig, mps, ts, ex
+
+
+def unfit_reason(ctx: Context, dep: Dep) -> tuple[str, str]:
+    """Why a deployment has no share option at all in this pool."""
+    rank = dep.rank
+    tier_m = TIER_MECHS[rank]
+    gib = dep.size / (1 << 30)
+    if dep.mech is not None and dep.mech not in tier_m:
+        return (
+            "MechanismNotAllowed",
+            f"the share override asks for {MECH_OUT[dep.mech]}, which the {dep.tier} tier may not use",
+        )
+    if dep.mech is not None and dep.mech not in ctx.allowed:
+        return ("MechanismNotAllowed", f"the pool does not allow {MECH_OUT[dep.mech]}")
+    if not (tier_m & ctx.allowed):
+        return ("MechanismNotAllowed", f"the pool allows none of the mechanisms the {dep.tier} tier may use")
+    usable = tier_m & ctx.allowed
+    if dep.mech is not None:
+        usable &= {dep.mech}
+    if not any(m.mig_capable for m in ctx.models.values()):
+        usable -= {K_MIG}
+    if not usable:
+        names = ", ".join(sorted(MECH_OUT[k] for k in tier_m & ctx.allowed))
+        return (
+            "MechanismNotAllowed",
+            f"the only mechanisms the pool allows for {dep.tier} ({names}) need MIG, and no GPU in the pool is MIG-capable",
+        )
+    biggest = max((m.memory_bytes for m in ctx.models.values()), default=0)
+    if dep.size > biggest:
+        return (
+            "NoShareFits",
+            f"the {gib:.1f} GiB estimate is larger than any GPU in the pool "
+            f"(largest {biggest / (1 << 30):.1f} GiB)",
+        )
+    if dep.profile is not None:
+        return (
+            "NoShareFits",
+            f"no GPU in the pool has a MIG {dep.profile} profile that holds the {gib:.1f} GiB estimate",
+        )
+    return (
+        "NoShareFits",
+        f"no share the pool allows for {dep.tier} holds the {gib:.1f} GiB estimate",
+    )

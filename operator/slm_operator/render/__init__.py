@@ -1,0 +1,394 @@
+"""Pure builders of the objects slm-operator creates from a plan (no Kubernetes client here).
+
+* per node: a mig-parted config (``nvidia.com/mig.config``) and a device-plugin sharing config
+  (``nvidia.com/device-plugin.config``), both content-addressed so identical nodes share one entry of the
+  ConfigMaps the NVIDIA GPU Operator reads;
+* per replica: a Pod pinned to the planned node that requests the planned share
+  (``nvidia.com/mig-<profile>``, ``nvidia.com/gpu.shared`` or ``nvidia.com/gpu``), with the tier's
+  PriorityClass, MPS limits in its environment, and vLLM flags derived from the share;
+* per SLMDeployment: a Service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from slm_operator import API_VERSION
+from slm_operator.api.v1alpha1 import QoSTier, SLMDeployment
+from slm_operator.catalog import GpuModel, gpu_by_key
+from slm_operator.inventory import (
+    DEPLOYMENT_LABEL,
+    PLACEMENT_ANNOTATION,
+    POOL_LABEL,
+    REPLICA_LABEL,
+    Sizing,
+    deployment_key,
+)
+from slm_operator.planner.model import NodePlan, ReplicaPlacement
+from slm_operator.sizing import MAX_NUM_BATCHED_TOKENS
+
+MANAGED_BY = "slm-operator"
+QOS_LABEL = "slm.io/qos"
+SPEC_HASH_ANNOTATION = "slm.io/spec-hash"
+ADAPTER_ANNOTATION = "slm.io/promoted-adapter"
+NVIDIA_VENDOR = "10de"
+EXCLUSIVE_CONFIG = "slm-exclusive"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Names the operator uses; the Helm chart sets them (see charts/slm-operator/values.yaml)."""
+
+    nvidia_namespace: str = "gpu-operator"
+    mig_configmap: str = "slm-mig-parted-config"
+    device_plugin_configmap: str = "slm-device-plugin-config"
+    priority_classes: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "Guaranteed": "slm-guaranteed",
+            "Burstable": "slm-burstable",
+            "BestEffort": "slm-besteffort",
+        }
+    )
+    llm_fallback_priority_class: str = "slm-llm-fallback"
+    field_manager: str = "slm-operator"
+    replica_cpu: str = "1"
+    replica_memory: str = "8Gi"
+
+
+def _hash(obj: Any, n: int = 10) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
+
+
+# ------------------------------------------------------------------------------------------ node configs
+
+
+def mig_parted_entries(plan: NodePlan, gpu: GpuModel) -> list[dict[str, Any]]:
+    """The mig-parted ``mig-configs`` entry for one node: GPUs with the same layout grouped, PCI-filtered."""
+    groups: dict[str, list[int]] = {}
+    layouts: dict[str, tuple[bool, dict[str, int]]] = {}
+    for dev in sorted(plan.mig_layout, key=lambda d: d.index):
+        devices = {k: v for k, v in sorted(dev.devices.items()) if v > 0}
+        key = json.dumps([dev.mig_enabled, devices], sort_keys=True)
+        groups.setdefault(key, []).append(dev.index)
+        layouts[key] = (dev.mig_enabled, devices)
+    filters = [f"{pci}{NVIDIA_VENDOR}".upper().replace("0X", "0x") for pci in gpu.pci_device_ids]
+    out = []
+    for key in sorted(groups, key=lambda k: groups[k][0]):
+        enabled, devices = layouts[key]
+        entry: dict[str, Any] = {"device-filter": filters, "devices": groups[key], "mig-enabled": enabled}
+        if enabled:
+            entry["mig-devices"] = devices
+        out.append(entry)
+    return out
+
+
+def mig_config_name(entries: list[dict[str, Any]]) -> str:
+    """Content-addressed config name, so nodes with the same layout share one entry."""
+    if all(not e["mig-enabled"] for e in entries):
+        return "all-disabled"
+    return f"slm-{_hash(entries)}"
+
+
+def device_plugin_config(plan: NodePlan) -> tuple[str, dict[str, Any]]:
+    """(name, config) of the device plugin's per-node sharing config.
+
+    MIG resources use the ``mixed`` strategy (``nvidia.com/mig-<profile>``). Time-slicing and MPS rename the
+    shared GPUs to ``nvidia.com/gpu.shared`` and refuse requests above one, so a replica can never take two
+    shares by mistake. MPS is never combined with MIG (the device plugin refuses it; the planner never asks).
+    """
+    if plan.sharing == "None" or not plan.replicas_per_gpu:
+        return EXCLUSIVE_CONFIG, {"version": "v1", "flags": {"migStrategy": "mixed"}}
+    key = "mps" if plan.sharing == "MPS" else "timeSlicing"
+    cfg = {
+        "version": "v1",
+        "flags": {"migStrategy": "none" if plan.sharing == "MPS" else "mixed"},
+        "sharing": {
+            key: {
+                "renameByDefault": True,
+                "failRequestsGreaterThanOne": True,
+                "resources": [{"name": "nvidia.com/gpu", "replicas": plan.replicas_per_gpu}],
+            }
+        },
+    }
+    prefix = "slm-mps" if plan.sharing == "MPS" else "slm-ts"
+    return f"{prefix}-{plan.replicas_per_gpu}", cfg
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What one node should look like: the two NVIDIA selector labels and the config entries they name."""
+
+    node: str
+    mig_config: str
+    mig_entries: list[dict[str, Any]] | None  # None for the built-in all-disabled
+    device_plugin_config: str
+    device_plugin_entry: dict[str, Any]
+    mig_capable: bool = True
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The selector labels to set; mig-manager only runs on MIG-capable nodes, so others get no MIG label."""
+        out = {"nvidia.com/device-plugin.config": self.device_plugin_config}
+        if self.mig_capable:
+            out["nvidia.com/mig.config"] = self.mig_config
+        return out
+
+
+def node_config(plan: NodePlan, gpu_model_key: str, mig_capable: bool) -> NodeConfig:
+    gpu = gpu_by_key(gpu_model_key)
+    dp_name, dp_cfg = device_plugin_config(plan)
+    if not mig_capable or not plan.mig_layout:
+        return NodeConfig(plan.name, "all-disabled", None, dp_name, dp_cfg, mig_capable)
+    entries = mig_parted_entries(plan, gpu)
+    name = mig_config_name(entries)
+    return NodeConfig(
+        plan.name, name, None if name == "all-disabled" else entries, dp_name, dp_cfg, mig_capable
+    )
+
+
+def mig_parted_document(configs: Mapping[str, list[dict[str, Any]]]) -> str:
+    """The ``config.yaml`` mig-manager reads: ``version: v1`` and every named config in use."""
+    named: dict[str, Any] = {"all-disabled": [{"devices": "all", "mig-enabled": False}]}
+    named.update({k: configs[k] for k in sorted(configs)})
+    return yaml.safe_dump({"version": "v1", "mig-configs": named}, sort_keys=False)
+
+
+def device_plugin_documents(configs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
+    """ConfigMap data for the device plugin: one key per config name (always including the exclusive one)."""
+    out = {
+        EXCLUSIVE_CONFIG: yaml.safe_dump(
+            {"version": "v1", "flags": {"migStrategy": "mixed"}}, sort_keys=False
+        )
+    }
+    for name in sorted(configs):
+        out[name] = yaml.safe_dump(configs[name], sort_keys=False)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ workloads
+
+
+def share_resource(p: ReplicaPlacement) -> str:
+    """The extended resource a replica requests for its share."""
+    if p.share.mechanism == "MIG":
+        assert p.share.mig_profile
+        return "nvidia.com/mig-" + p.share.mig_profile.replace("+", ".")
+    if p.share.mechanism in ("MPS", "TimeSlicing"):
+        return "nvidia.com/gpu.shared"
+    return "nvidia.com/gpu"
+
+
+def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memory_bytes: int) -> list[str]:
+    """vLLM flags derived from the share: the memory fraction vLLM may take is what the plan gave it."""
+    spec = dep.spec
+    if p.share.mechanism == "TimeSlicing":
+        # No isolation: vLLM sees the whole GPU; let it take only the memory the plan counted for it.
+        util = max(0.05, min(0.95, sizing.memory_bytes / gpu_memory_bytes))
+    else:
+        # A MIG slice, an MPS cap (cudaMemGetInfo reports the cap) or a whole GPU: the estimate may nearly
+        # fill a slice, so allow at least the estimate plus 2% (vLLM's default 0.9 would be too tight).
+        share = p.share.memory_bytes or gpu_memory_bytes
+        util = min(0.98, max(0.9, sizing.memory_bytes / share + 0.02))
+    args = [
+        "--model",
+        sizing.model_name,
+        "--served-model-name",
+        dep.metadata.name,
+        "--port",
+        str(spec.runtime.port),
+        "--max-model-len",
+        str(spec.model.max_context_tokens),
+        "--max-num-seqs",
+        str(spec.model.max_concurrent_sequences),
+        "--gpu-memory-utilization",
+        f"{util:.2f}",
+        "--max-num-batched-tokens",
+        str(MAX_NUM_BATCHED_TOKENS),  # the token budget the sizing assumed for activations
+    ]
+    if spec.model.quantization.value == "FP8":
+        args += ["--quantization", "fp8"]
+    adapter = (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION)
+    if adapter:
+        args += [
+            "--enable-lora",
+            "--lora-modules",
+            f"{dep.metadata.name}-ft=/adapters/{adapter.split('/', 1)[-1]}",
+        ]
+    return args + list(spec.runtime.args or [])
+
+
+def placement_record(p: ReplicaPlacement, node: str, gpu_index: int) -> dict[str, Any]:
+    return {
+        "deployment": p.deployment,
+        "ordinal": p.ordinal,
+        "node": node,
+        "gpu": gpu_index,
+        "mechanism": p.share.mechanism,
+        "migProfile": p.share.mig_profile,
+        "memoryBytes": p.share.memory_bytes,
+    }
+
+
+def owner_reference(dep: SLMDeployment) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SLMDeployment",
+        "name": dep.metadata.name,
+        "uid": dep.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_name(dep: SLMDeployment, ordinal: int, record: Mapping[str, Any], spec_hash: str) -> str:
+    suffix = _hash([record, spec_hash], 5)
+    return f"{dep.metadata.name[:45]}-{ordinal}-{suffix}"
+
+
+def deployment_spec_hash(dep: SLMDeployment) -> str:
+    """Changes when something that needs a new pod changes (model, runtime, promoted adapter)."""
+    spec = dep.spec
+    return _hash(
+        [
+            spec.model.model_dump(mode="json"),
+            spec.runtime.model_dump(mode="json"),
+            (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION),
+        ],
+        8,
+    )
+
+
+def replica_pod(
+    dep: SLMDeployment,
+    p: ReplicaPlacement,
+    node: str,
+    gpu_index: int,
+    gpu_model_key: str,
+    pool: str,
+    sizing: Sizing,
+    cfg: OperatorConfig,
+) -> dict[str, Any]:
+    """The Pod of one replica, pinned to its node and share."""
+    spec = dep.spec
+    record = placement_record(p, node, gpu_index)
+    spec_hash = deployment_spec_hash(dep)
+    gpu = gpu_by_key(gpu_model_key)
+    env = [
+        {"name": "SLM_DEPLOYMENT", "value": deployment_key(dep)},
+        {"name": "SLM_REPLICA", "value": str(p.ordinal)},
+    ]
+    if p.share.mechanism == "MPS" and p.share.mps_memory_limit_bytes:
+        env.append(
+            {
+                "name": "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+                "value": f"0={p.share.mps_memory_limit_bytes >> 20}M",
+            }
+        )
+        if p.share.mps_active_thread_percentage:
+            env.append(
+                {
+                    "name": "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+                    "value": str(p.share.mps_active_thread_percentage),
+                }
+            )
+    env += [e.model_dump(mode="json") for e in spec.runtime.env or []]
+    labels = {
+        "app.kubernetes.io/name": dep.metadata.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "slm-server",
+        DEPLOYMENT_LABEL: dep.metadata.name,
+        REPLICA_LABEL: str(p.ordinal),
+        POOL_LABEL: pool,
+        QOS_LABEL: spec.qos.value,
+    }
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    adapter = (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION)
+    if adapter and adapter.startswith("pvc://"):
+        claim = adapter[len("pvc://") :].split("/", 1)[0]
+        volumes.append({"name": "adapters", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "adapters", "mountPath": "/adapters", "readOnly": True})
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": spec.runtime.image,
+        "args": vllm_args(dep, p, sizing, gpu.memory_bytes),
+        "ports": [{"name": "http", "containerPort": spec.runtime.port, "protocol": "TCP"}],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": cfg.replica_cpu, "memory": cfg.replica_memory, share_resource(p): "1"},
+            "limits": {share_resource(p): "1"},
+        },
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
+    }
+    if mounts:
+        container["volumeMounts"] = mounts
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(dep, p.ordinal, record, spec_hash),
+            "namespace": dep.metadata.namespace or "default",
+            "labels": labels,
+            "annotations": {
+                PLACEMENT_ANNOTATION: json.dumps(record, sort_keys=True),
+                SPEC_HASH_ANNOTATION: spec_hash,
+            },
+            "ownerReferences": [owner_reference(dep)],
+        },
+        "spec": {
+            "priorityClassName": cfg.priority_classes[spec.qos.value],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+                        ]
+                    }
+                }
+            },
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [container],
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            "restartPolicy": "Always",
+        },
+    }
+    if volumes:
+        pod["spec"]["volumes"] = volumes
+    if spec.qos is QoSTier.GUARANTEED:
+        pod["spec"]["preemptionPolicy"] = "PreemptLowerPriority"
+    return pod
+
+
+def service(dep: SLMDeployment) -> dict[str, Any]:
+    """ClusterIP Service in front of the replicas (OpenAI-compatible HTTP on the runtime port)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": dep.metadata.name,
+            "namespace": dep.metadata.namespace or "default",
+            "labels": {
+                "app.kubernetes.io/name": dep.metadata.name,
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+            },
+            "ownerReferences": [owner_reference(dep)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {DEPLOYMENT_LABEL: dep.metadata.name},
+            "ports": [
+                {"name": "http", "port": dep.spec.runtime.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def endpoint(dep: SLMDeployment) -> str:
+    return f"http://{dep.metadata.name}.{dep.metadata.namespace or 'default'}.svc:{dep.spec.runtime.port}/v1"

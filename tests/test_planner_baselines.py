@@ -1,0 +1,83 @@
+"""Baselines and the lower bound used by the benchmark."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from test_planner_support import demand, node
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
+
+from bench.workloads import agentic_mix  # noqa: E402
+from slm_operator.planner import PoolPolicy, Reservation, plan_pool
+from slm_operator.planner.baselines import (
+    lower_bound,
+    memory_binpack,
+    static_mig_balanced,
+    time_slicing,
+    whole_gpu,
+    whole_gpu_needed,
+)
+
+POLICY = PoolPolicy(name="pool")
+
+
+def test_whole_gpu_uses_one_gpu_per_replica() -> None:
+    nodes = [node("n0", "L4", 4)]
+    r = whole_gpu(POLICY, nodes, [demand("t/a", "Burstable", 6, 5)])
+    assert (r.gpus_used, r.replicas_placed, r.replicas_total) == (4, 4, 6)
+    assert whole_gpu_needed([demand("t/a", "Burstable", 6, 5), demand("t/x", "Burstable", 1, 500)], nodes) == 6
+
+
+def test_static_all_balanced_layout() -> None:
+    # H100 all-balanced = 2 x 1g.10gb + 1g... 2g.20gb + 3g.40gb: four instances per GPU
+    nodes = [node("n0", "H100-80GB", 1)]
+    r = static_mig_balanced(POLICY, nodes, [demand("t/a", "Burstable", 6, 5)])
+    assert r.replicas_placed == 4 and r.gpus_used == 1
+
+
+def test_time_slicing_baseline_counts_failures_and_violations() -> None:
+    nodes = [node("n0", "L4", 1)]
+    r = time_slicing(POLICY, nodes, [demand("t/g", "Guaranteed", 5, 5)])
+    assert r.replicas_placed == 4  # 4 per GPU and 20 GiB <= 22.5 GiB
+    assert r.violations == 4  # Guaranteed must not be time-sliced
+
+
+def test_memory_binpack_ignores_geometry() -> None:
+    nodes = [node("n0", "H100-80GB", 1)]
+    r = memory_binpack(POLICY, nodes, [demand("t/a", "Guaranteed", 8, 9)])
+    assert r.replicas_placed == 8 and r.gpus_used == 1  # 72 GiB of 79.6, no MIG geometry
+
+
+def test_reserved_gpus_are_excluded_from_baselines() -> None:
+    policy = PoolPolicy(name="p", reservations=(Reservation(name="llm", gpus=3),))
+    nodes = [node("n0", "L4", 4)]
+    assert whole_gpu(policy, nodes, [demand("t/a", "Burstable", 6, 5)]).replicas_placed == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lower_bound_is_below_the_plan(seed: int) -> None:
+    w = agentic_mix(100, seed=seed)
+    lb = lower_bound(w.policy, w.nodes, w.demands)
+    plan = plan_pool(w.policy, w.nodes, w.demands)
+    assert lb.feasible
+    assert plan.pool.replicas_unplaced == 0
+    assert lb.gpus <= plan.pool.gpus_used
+    assert max(lb.memory_bound, lb.compute_bound, lb.slot_bound) <= lb.gpus
+
+
+def test_lower_bound_is_below_the_optimum_on_small_pools() -> None:
+    exact = pytest.importorskip("slm_operator.planner.exact")
+    cases = [
+        ([node("n0", "H100-80GB", 2)], [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)]),
+        (
+            [node("n0", "A100-40GB", 2), node("n1", "L4", 2)],
+            [demand("t/b", "Burstable", 3, 6), demand("t/g", "Guaranteed", 2, 4)],
+        ),
+    ]
+    for nodes, demands in cases:
+        res = exact.solve_exact(POLICY, nodes, demands, time_budget_s=20)
+        assert res.status == "OPTIMAL"
+        assert lower_bound(POLICY, nodes, demands).gpus <= res.plan.pool.gpus_used

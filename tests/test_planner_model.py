@@ -1,0 +1,119 @@
+"""Planner input/output models: JSON form, validation, helpers, optimise mode."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+from test_planner_support import demand, node
+
+from slm_operator.planner import (
+    Plan,
+    PoolPolicy,
+    Reservation,
+    Segment,
+    ShareRequest,
+    apply_plan,
+    check_plan,
+    plan_pool,
+)
+
+POLICY = PoolPolicy(name="pool")
+
+
+def _plan() -> Plan:
+    nodes = [node("n0", "H100-80GB", 2), node("n1", "L4", 2)]
+    demands = [demand("t/g", "Guaranteed", 2, 8), demand("t/b", "Burstable", 3, 4), demand("t/e", "BestEffort", 2, 3)]
+    return plan_pool(POLICY, nodes, demands)
+
+
+def test_json_uses_camel_case_aliases() -> None:
+    data = _plan().model_dump(mode="json", by_alias=True)
+    assert {"pool", "nodes", "gpus", "deployments", "solver"} <= set(data)
+    assert {"gpusUsed", "gpusTotal", "memoryAllocatedBytes", "memoryStrandedBytes", "evictions"} <= set(data["pool"])
+    gpu = next(g for g in data["gpus"] if g["replicas"])
+    assert {"node", "index", "product", "mode", "migInstances", "replicas", "reconfigure"} <= set(gpu)
+    rep = gpu["replicas"][0]
+    assert {"deployment", "ordinal", "qos", "memoryGiB", "memoryBytes", "share"} <= set(rep)
+    assert {"mechanism", "migProfile", "mpsMemoryLimitBytes", "memoryBytes"} <= set(rep["share"])
+    dep = data["deployments"][0]
+    assert {"desired", "placed", "unplaced", "moved", "explanation", "shareSummary"} <= set(dep)
+    assert {"sharing", "replicasPerGpu", "migLayout"} <= set(data["nodes"][0])
+    json.dumps(data)
+
+
+def test_plan_round_trips_through_validation() -> None:
+    plan = _plan()
+    data = plan.model_dump(mode="json", by_alias=True)
+    again = Plan.model_validate(data)
+    assert again == plan
+    assert again.model_dump(mode="json", by_alias=True) == data
+
+
+def test_inputs_accept_camel_case() -> None:
+    p = PoolPolicy.model_validate(
+        {
+            "name": "x",
+            "allowedMechanisms": ["MPS", "MIG"],
+            "mpsMaxClientsPerGpu": 4,
+            "reservations": [{"name": "llm", "gpus": 1, "lendTo": "BestEffort"}],
+        }
+    )
+    assert p.allowed_mechanisms == ("MIG", "MPS")
+    assert p.reservations[0].lend_to == "BestEffort"
+
+
+def test_input_validation() -> None:
+    with pytest.raises(ValidationError):
+        PoolPolicy(name="x", mps_max_clients_per_gpu=49)
+    with pytest.raises(ValidationError):
+        PoolPolicy(name="x", memory_oversubscription_percent=99)
+    with pytest.raises(ValidationError):
+        PoolPolicy(name="x", reservations=(Reservation(name="a", gpus=1),), segments=(Segment(name="a", gpus=1),))
+    with pytest.raises(ValidationError):
+        ShareRequest(mechanism="MPS", mig_profile="1g.10gb")
+    with pytest.raises(ValidationError):
+        node("n", "L4", 1).model_copy(update={}).model_validate({"name": "n", "gpus": [{"index": 0, "model": "L4"}] * 2})
+
+
+def test_placements_and_apply_plan_feed_the_next_plan() -> None:
+    nodes = [node("n0", "H100-80GB", 2)]
+    demands = [demand("t/g", "Guaranteed", 2, 8)]
+    plan = plan_pool(POLICY, nodes, demands)
+    cur = plan.placements()
+    assert [(c.deployment, c.ordinal, c.mechanism) for c in cur] == [("t/g", 0, "MIG"), ("t/g", 1, "MIG")]
+    after = apply_plan(nodes, plan)
+    used = [g for g in after[0].gpus if g.mig_enabled]
+    assert used and all(g.mig_instances for g in used)
+    again = plan_pool(POLICY, after, demands, cur)
+    assert not any(g.reconfigure for g in again.gpus)
+
+
+def test_explanation_mentions_the_share_and_the_tier_rule() -> None:
+    plan = _plan()
+    d = plan.deployment("t/g")
+    assert d is not None
+    assert "MIG" in d.explanation and "hard isolation" in d.explanation
+
+
+def test_pool_memory_accounting_adds_up() -> None:
+    p = _plan().pool
+    assert p.memory_used_gpus_bytes == p.memory_allocated_bytes + p.memory_free_bytes + p.memory_stranded_bytes
+
+
+def test_optimize_mode_returns_an_exact_plan_on_small_pools() -> None:
+    pytest.importorskip("ortools")
+    nodes = [node("n0", "H100-80GB", 1), node("n1", "A100-40GB", 1)]
+    demands = [demand("t/g", "Guaranteed", 2, 8), demand("t/e", "BestEffort", 2, 3)]
+    plan = plan_pool(POLICY, nodes, demands, optimize=True, time_budget_s=20)
+    assert plan.solver == "exact" and plan.optimal is True
+    assert check_plan(plan, POLICY, nodes, demands) == []
+
+
+def test_optimize_mode_falls_back_to_the_heuristic_on_large_pools() -> None:
+    pytest.importorskip("ortools")
+    nodes = [node(f"n{i}", "H100-80GB", 8) for i in range(10)]
+    demands = [demand(f"t/d{i}", "Burstable", 4, 5) for i in range(30)]
+    plan = plan_pool(POLICY, nodes, demands, optimize=True, time_budget_s=1)
+    assert plan.solver == "heuristic"

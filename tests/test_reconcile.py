@@ -1,0 +1,277 @@
+"""The operator's decisions for a pool, without a cluster: what it writes, in which order, and when it waits."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slm_operator.inventory import (
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    MIG_CONFIG_LABEL,
+    MIG_STATE_LABEL,
+    PLACEMENT_ANNOTATION,
+    REPLICAS_LABEL,
+    SHARING_STRATEGY_LABEL,
+)
+from slm_operator.manifests import load_manifests
+from slm_operator.reconcile import ORIGINAL_LABELS_ANNOTATION, Decisions, World, decide, restore_labels
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = "2026-11-26T10:00:00Z"
+
+
+def _world(
+    pool_name: str = "h100",
+    pods: list[dict[str, Any]] | None = None,
+    nodes: Any = None,
+    mig_configs: dict[str, Any] | None = None,
+) -> World:
+    m = load_manifests([ROOT / "examples"])
+    pool = next(p for p in m.pools if p.metadata.name == pool_name)
+    deps = [d for d in m.deployments if d.spec.pool_ref.name == pool_name]
+    for i, d in enumerate(deps):
+        d.metadata.uid = f"uid-{i}"
+        d.metadata.generation = 1
+        d.metadata.creation_timestamp = f"2026-11-26T09:{i:02d}:00Z"
+    return World(
+        pool=pool,
+        nodes=nodes if nodes is not None else copy.deepcopy(m.nodes),
+        deployments=deps,
+        pods=pods or [],
+        foreign_gpu_pods=[],
+        mig_configs=mig_configs or {},
+        now=NOW,
+    )
+
+
+def _apply_node_configs(world: World, d: Decisions) -> list[dict[str, Any]]:
+    """What the NVIDIA GPU Operator does with the labels: apply the config and report it (GFD labels)."""
+    nodes = copy.deepcopy(world.nodes)
+    for n in nodes:
+        name = n["metadata"]["name"]
+        if name not in d.node_labels:
+            continue
+        labels = n["metadata"]["labels"]
+        labels.update(d.node_labels[name])
+        labels[MIG_STATE_LABEL] = "success"
+        entry = d.device_plugin_entries[labels[DEVICE_PLUGIN_CONFIG_LABEL]].get("sharing") or {}
+        if "mps" in entry or "timeSlicing" in entry:
+            res = (entry.get("mps") or entry.get("timeSlicing"))["resources"][0]
+            labels[SHARING_STRATEGY_LABEL] = "mps" if "mps" in entry else "time-slicing"
+            labels[REPLICAS_LABEL] = str(res["replicas"])
+        else:
+            labels[SHARING_STRATEGY_LABEL] = "none"
+            labels[REPLICAS_LABEL] = "1"
+        n["metadata"].setdefault("annotations", {}).update(d.node_annotations.get(name, {}))
+    return nodes
+
+
+def _running(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = copy.deepcopy(pods)
+    for p in out:
+        rec = json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])
+        p["spec"]["nodeName"] = rec["node"]
+        p["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    return out
+
+
+def _converge(pool: str = "h100") -> tuple[World, Decisions]:
+    """Three passes: configure nodes, create pods, observe them running (the ConfigMap holds the configs)."""
+    w = _world(pool)
+    d1 = decide(w)
+    configs = dict(d1.mig_entries)
+    w2 = _world(pool, nodes=_apply_node_configs(w, d1), mig_configs=configs)
+    d2 = decide(w2)
+    w3 = _world(pool, pods=_running(d2.pods_create), nodes=w2.nodes, mig_configs=configs)
+    return w3, decide(w3)
+
+
+def test_first_pass_configures_nodes_and_waits_before_creating_pods() -> None:
+    w = _world()
+    d = decide(w)
+    assert d.plan is not None and d.plan.pool.replicas_unplaced == 0
+    assert set(d.node_labels) == {"gpu-h100-0", "gpu-h100-1"}
+    for labels in d.node_labels.values():
+        assert set(labels) == {MIG_CONFIG_LABEL, DEVICE_PLUGIN_CONFIG_LABEL}
+    # MIG entries named by the labels are in the ConfigMap content, legal for mig-parted's schema.
+    for labels in d.node_labels.values():
+        name = labels[MIG_CONFIG_LABEL]
+        if name != "all-disabled":
+            for entry in d.mig_entries[name]:
+                assert entry["device-filter"] == ["0x233010DE", "0x233110DE", "0x232210DE", "0x232410DE"]
+                assert isinstance(entry["devices"], list) and isinstance(entry["mig-enabled"], bool)
+    assert d.pods_create == [], "no pod before the node reports the new configuration"
+    assert d.waiting
+    # The labels the pool found are recorded so that deleting the pool can put them back.
+    original = json.loads(d.node_annotations["gpu-h100-0"][ORIGINAL_LABELS_ANNOTATION])
+    assert original == {MIG_CONFIG_LABEL: "all-disabled", DEVICE_PLUGIN_CONFIG_LABEL: None}
+    st = d.deployment_statuses["agents/invoice-extractor"]
+    progressing = next(c for c in st.conditions or [] if c.type == "Progressing")
+    assert progressing.status.value == "True" and progressing.reason == "WaitingForNodeReconfiguration"
+
+
+def test_pods_follow_the_plan_once_nodes_are_configured() -> None:
+    w = _world()
+    d1 = decide(w)
+    w2 = _world(nodes=_apply_node_configs(w, d1), mig_configs=dict(d1.mig_entries))
+    d2 = decide(w2)
+    assert d2.node_labels == {}
+    placed = sum(dp.placed for dp in d2.plan.deployments)  # type: ignore[union-attr]
+    assert len(d2.pods_create) == placed == 18
+    for pod in d2.pods_create:
+        rec = json.loads(pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])
+        spec = pod["spec"]
+        term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"
+        ]
+        assert term[0]["matchFields"][0]["values"] == [rec["node"]]
+        limits = spec["containers"][0]["resources"]["limits"]
+        if rec["mechanism"] == "MIG":
+            assert limits == {f"nvidia.com/mig-{rec['migProfile']}": "1"}
+        elif rec["mechanism"] in ("MPS", "TimeSlicing"):
+            assert limits == {"nvidia.com/gpu.shared": "1"}
+        else:
+            assert limits == {"nvidia.com/gpu": "1"}
+        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        assert ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT" in env) == (rec["mechanism"] == "MPS")
+        assert spec["priorityClassName"].startswith("slm-")
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "SLMDeployment"
+    qos = {p["metadata"]["labels"]["slm.io/qos"] for p in d2.pods_create}
+    assert qos == {"Guaranteed", "Burstable", "BestEffort"}
+
+
+def test_converged_pool_is_left_alone_and_reports_ready() -> None:
+    w, d = _converge()
+    assert d.pods_create == [] and d.pods_delete == [] and d.node_labels == {}
+    assert not d.waiting
+    for key, st in d.deployment_statuses.items():
+        ready = next(c for c in st.conditions or [] if c.type == "Ready")
+        assert ready.status.value == "True", key
+        assert all(c.observed_generation == 1 for c in st.conditions or [])
+    assert d.pool_status is not None and d.pool_status.gpus_used >= 1
+
+
+def test_decisions_are_deterministic() -> None:
+    w, _ = _converge()
+    a, b = decide(w), decide(copy.deepcopy(w))
+    assert a.plan == b.plan and a.pods_create == b.pods_create and a.node_labels == b.node_labels
+
+
+def test_scale_down_deletes_only_that_deployment() -> None:
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "intent-router")
+    dep.spec.replicas = 2
+    d = decide(w)
+    deleted = {(ns, name) for ns, name, _ in d.pods_delete}
+    assert deleted and all(name.startswith("intent-router-") for _, name in deleted)
+    assert len(deleted) == 2
+    assert d.pods_create == []
+
+
+def test_suspend_frees_every_share() -> None:
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "tool-caller")
+    dep.spec.suspend = True
+    d = decide(w)
+    assert {n for _, n, _ in d.pods_delete} == {
+        p["metadata"]["name"] for p in w.pods if p["metadata"]["labels"]["slm.io/deployment"] == "tool-caller"
+    }
+    st = d.deployment_statuses["agents/tool-caller"]
+    ready = next(c for c in st.conditions or [] if c.type == "Ready")
+    assert ready.reason == "Suspended"
+
+
+def test_unknown_model_becomes_a_condition() -> None:
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "summarizer")
+    dep.spec.model.name = "acme/secret-model"
+    d = decide(w)
+    st = d.deployment_statuses["agents/summarizer"]
+    placed = next(c for c in st.conditions or [] if c.type == "Placed")
+    assert placed.status.value == "False" and placed.reason == "UnknownModel"
+    assert "`spec.model.architecture`" in placed.message
+    assert any(e.reason == "Unplaceable" for e in d.events)
+
+
+def test_labels_wait_for_pods_to_drain() -> None:
+    from slm_operator.api.v1alpha1 import Mechanism
+
+    w, _ = _converge()
+    # MIG is no longer allowed: the MIG replicas must leave before the nodes' MIG layouts may change.
+    w.pool.spec.sharing.mechanisms = [Mechanism.EXCLUSIVE, Mechanism.MPS, Mechanism.TIME_SLICING]
+    d = decide(w)
+    mig_pods = {
+        p["metadata"]["name"]
+        for p in w.pods
+        if json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["mechanism"] == "MIG"
+    }
+    assert mig_pods and mig_pods <= {n for _, n, _ in d.pods_delete}
+    nodes_with_mig = {json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["node"] for p in w.pods if p["metadata"]["name"] in mig_pods}
+    assert not (nodes_with_mig & set(d.node_labels)), "a node is relabelled while its pods still run"
+    assert d.waiting
+    # Once the pods are gone, the labels change.
+    remaining = [p for p in w.pods if p["metadata"]["name"] not in {n for _, n, _ in d.pods_delete}]
+    w2 = _world(pods=remaining, nodes=w.nodes, mig_configs=w.mig_configs)
+    w2.pool.spec.sharing.mechanisms = w.pool.spec.sharing.mechanisms
+    d2 = decide(w2)
+    assert nodes_with_mig & set(d2.node_labels)
+
+
+def test_restore_labels_gives_back_what_the_pool_found() -> None:
+    node = {
+        "metadata": {
+            "name": "n",
+            "annotations": {
+                ORIGINAL_LABELS_ANNOTATION: json.dumps(
+                    {MIG_CONFIG_LABEL: "all-balanced", DEVICE_PLUGIN_CONFIG_LABEL: None}
+                )
+            },
+        }
+    }
+    assert restore_labels(node) == {MIG_CONFIG_LABEL: "all-balanced", DEVICE_PLUGIN_CONFIG_LABEL: None}
+    assert restore_labels({"metadata": {"name": "n"}}) == {}
+
+
+@pytest.mark.parametrize("pool", ["l4"])
+def test_mps_pods_get_memory_caps(pool: str) -> None:
+    w = _world(pool)
+    d1 = decide(w)
+    d2 = decide(_world(pool, nodes=_apply_node_configs(w, d1)))
+    mps = [
+        p
+        for p in d2.pods_create
+        if json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["mechanism"] == "MPS"
+    ]
+    assert mps
+    for p in mps:
+        env = {e["name"]: e["value"] for e in p["spec"]["containers"][0]["env"]}
+        assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"].startswith("0=") and env[
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
+        ].endswith("M")
+
+
+def test_new_adapter_rolls_one_replica_at_a_time() -> None:
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "invoice-extractor")
+    dep.metadata.annotations = {"slm.io/promoted-adapter": "pvc://adapters/extractor/v1"}
+    d = decide(w)
+    rolled = [(n, r) for _, n, r in d.pods_delete if n.startswith("invoice-extractor-")]
+    assert len(rolled) == 1 and rolled[0][1] == "RollingUpdate"
+    assert d.waiting
+    # While the replacement is not ready, nothing else of that deployment is touched.
+    gone = rolled[0][0]
+    pods = [p for p in w.pods if p["metadata"]["name"] != gone]
+    w2 = _world(pods=pods, nodes=w.nodes, mig_configs=w.mig_configs)
+    for x in w2.deployments:  # the status the previous pass wrote
+        x.status = d.deployment_statuses[f"{x.metadata.namespace}/{x.metadata.name}"]
+    next(
+        x for x in w2.deployments if x.metadata.name == "invoice-extractor"
+    ).metadata.annotations = dep.metadata.annotations
+    d2 = decide(w2)
+    new = [p for p in d2.pods_create if p["metadata"]["labels"]["slm.io/deployment"] == "invoice-extractor"]
+    assert len(new) == 1
+    assert not [n for _, n, _ in d2.pods_delete if n.startswith("invoice-extractor-")]
