@@ -44,12 +44,22 @@ crds: $(STAMP) ## Regenerate crds/ and docs/api.md from the pydantic models
 	$(BIN)/slm-operator crds --output-dir crds
 	$(BIN)/python -m slm_operator.api.apidoc > docs/api.md
 
+.PHONY: chart-crds
+chart-crds: crds ## Copy crds/ into charts/slm-operator/templates/crds/ (installed, kept, upgraded by Helm)
+	$(BIN)/python hack/sync_chart_crds.py
+
+.PHONY: argocd-cm
+argocd-cm: $(STAMP) ## Regenerate deploy/argocd/argocd-cm.yaml from the health.lua files
+	$(BIN)/python hack/gen_argocd_cm.py
+
+GENERATED := crds docs/api.md charts/slm-operator/templates/crds deploy/argocd/argocd-cm.yaml
+
 .PHONY: verify
-verify: crds ## Regenerate everything generated and fail on any difference from what is committed
-	@git diff --exit-code -- crds docs/api.md || \
-	  { echo "generated files are out of date: run 'make crds' and commit the result"; exit 1; }
-	@test -z "$$(git status --porcelain -- crds docs/api.md)" || \
-	  { echo "untracked generated files: run 'make crds' and commit the result"; exit 1; }
+verify: crds chart-crds argocd-cm ## Regenerate everything generated and fail on any difference from what is committed
+	@git diff --exit-code -- $(GENERATED) || \
+	  { echo "generated files are out of date: run 'make crds chart-crds argocd-cm' and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
+	  { echo "untracked generated files: run 'make crds chart-crds argocd-cm' and commit the result"; exit 1; }
 
 ##@ Tests
 .PHONY: test
@@ -62,6 +72,10 @@ test-unit: $(STAMP) ## Unit and property tests (no cluster)
 .PHONY: test-e2e
 test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)
 	$(BIN)/python -m pytest -q -m e2e -p no:cacheprovider --timeout=900 e2e
+
+.PHONY: bench-e2e
+bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
+	$(BIN)/python bench/e2e_scale.py
 
 .PHONY: test-gpu
 test-gpu: $(STAMP) ## The node agent against a real NVIDIA GPU, read-only (skips without one; not part of test)

@@ -56,7 +56,9 @@ def _legal_violations(w: Workload, plan: Any) -> int:
     return len(check_plan(plan, w.policy, w.nodes, w.demands))
 
 
-def run_one(pool: int, method: str, seed: int, replicas_per_gpu: float, exact_budget: float) -> dict[str, Any]:
+def run_one(
+    pool: int, method: str, seed: int, replicas_per_gpu: float, exact_budget: float
+) -> dict[str, Any]:
     """Run one method on one workload in this process; returns a result row."""
     from slm_operator.planner import baselines, plan_pool
 
@@ -72,9 +74,11 @@ def run_one(pool: int, method: str, seed: int, replicas_per_gpu: float, exact_bu
         "deployments": len(w.demands),
     }
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if method == "slm-operator":
         plan = plan_pool(w.policy, w.nodes, w.demands)
         dt = time.perf_counter() - t0
+        row["planCpuSeconds"] = round(time.process_time() - c0, 4)
         row.update(
             gpusUsed=plan.pool.gpus_used,
             replicasPlaced=plan.pool.replicas_placed,
@@ -134,13 +138,17 @@ def run_one(pool: int, method: str, seed: int, replicas_per_gpu: float, exact_bu
         if method == "whole-gpu":
             row["gpusNeeded"] = baselines.whole_gpu_needed(w.demands, w.nodes)
     row["planSeconds"] = round(dt, 4)
+    # CPU time of the method (wall time above includes waiting for a CPU on a shared machine); for the exact
+    # solver and the slm-operator row it also includes check_plan, so it is only reported for baselines
+    if method not in ("exact", "slm-operator"):
+        row["planCpuSeconds"] = round(time.process_time() - c0, 4)
     row["peakMemoryMiB"] = round(max(0.0, peak - max(base_peak, base_rss)), 1)
     return row
 
 
 def run_incremental(pool: int, seed: int) -> dict[str, Any]:
     """Re-plan time after one deployment changes, and replicas of other deployments moved by a 10% change."""
-    from slm_operator.planner import apply_plan, plan_pool
+    from slm_operator.planner import IncrementalPlanner, apply_plan, plan_pool
 
     w = agentic_mix(pool, seed=seed)
     plan1 = plan_pool(w.policy, w.nodes, w.demands)
@@ -150,13 +158,19 @@ def run_incremental(pool: int, seed: int) -> dict[str, Any]:
     k = len(w.demands) // 2
     one = list(w.demands)
     one[k] = one[k].model_copy(update={"replicas": one[k].replicas + 1})
-    times = []
-    for _ in range(5):
+    stateless = []
+    for _ in range(3):
         t0 = time.perf_counter()
         plan_one = plan_pool(w.policy, nodes2, one, cur)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    moved_one = sum(1 for d in plan_one.deployments if d.deployment != one[k].deployment for _ in d.moved)
+        stateless.append(time.perf_counter() - t0)
+    moved_one = sum(len(d.moved) for d in plan_one.deployments if d.deployment != one[k].deployment)
+    incremental = []
+    for _ in range(3):
+        planner = IncrementalPlanner(w.policy, w.nodes, w.demands)
+        t0 = time.perf_counter()
+        inc_plan = planner.update(one)
+        incremental.append(time.perf_counter() - t0)
+    same_result = inc_plan.pool.gpus_used == plan_one.pool.gpus_used
     # 10% of the deployments change (scale, delete, add)
     changed = change_demands(w.demands, 0.10, seed=seed + 100)
     before = {d.deployment: d for d in w.demands}
@@ -166,22 +180,30 @@ def run_incremental(pool: int, seed: int) -> dict[str, Any]:
     plan2 = plan_pool(w.policy, nodes2, changed, cur)
     t_ten = time.perf_counter() - t0
     running_other = sum(1 for c in cur if c.deployment in same)
-    moved_other = sum(
-        1 for e in plan2.pool.evictions if e.deployment in same
-    )
+    moved_other = sum(1 for e in plan2.pool.evictions if e.deployment in same)
+    planner = IncrementalPlanner(w.policy, w.nodes, w.demands)
+    t0 = time.perf_counter()
+    inc2 = planner.update(changed)
+    t_ten_inc = time.perf_counter() - t0
+    moved_other_inc = sum(1 for e in inc2.pool.evictions if e.deployment in same)
     return {
         "workload": w.name,
         "poolGPUs": pool,
         "method": "slm-operator-incremental",
-        "oneChangeReplanSeconds": round(times[len(times) // 2], 4),
+        "oneChangeReplanSeconds": round(min(incremental), 4),
+        "oneChangeStatelessReplanSeconds": round(min(stateless), 4),
         "oneChangeOtherReplicasMoved": moved_one,
+        "oneChangeSameResultAsStateless": same_result,
         "tenPercentReplanSeconds": round(t_ten, 4),
+        "tenPercentIncrementalSeconds": round(t_ten_inc, 4),
         "tenPercentChangedDeployments": len(w.demands) - len(same),
         "otherRunningReplicas": running_other,
         "otherReplicasMoved": moved_other,
+        "otherReplicasMovedIncremental": moved_other_inc,
         "otherReplicasMovedPercent": round(100 * moved_other / max(1, running_other), 3),
         "gpusUsedBefore": plan1.pool.gpus_used,
         "gpusUsedAfter": plan2.pool.gpus_used,
+        "gpusUsedAfterIncremental": inc2.pool.gpus_used,
     }
 
 
@@ -189,7 +211,9 @@ def _subprocess(args: list[str], timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.packing", *args]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "operator"), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(root), str(root / "operator"), env.get("PYTHONPATH", "")])
+    )
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
@@ -205,10 +229,14 @@ def _ratio(a: float | None, b: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="pools of 10, 100 and 1,000 GPUs only")
-    ap.add_argument("--pools", type=str, default="", help="comma-separated pool sizes (overrides the defaults)")
+    ap.add_argument(
+        "--pools", type=str, default="", help="comma-separated pool sizes (overrides the defaults)"
+    )
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--exact-budget", type=float, default=30.0, help="CP-SAT seconds per exact instance")
-    ap.add_argument("--one", nargs=5, metavar=("POOL", "METHOD", "SEED", "RPG", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--one", nargs=5, metavar=("POOL", "METHOD", "SEED", "RPG", "BUDGET"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--incremental", nargs=2, metavar=("POOL", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -218,25 +246,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.incremental:
         print(json.dumps(run_incremental(int(args.incremental[0]), int(args.incremental[1]))))
         return 0
-    pools = tuple(int(p) for p in args.pools.split(",")) if args.pools else (QUICK_POOLS if args.quick else POOLS)
+    pools = (
+        tuple(int(p) for p in args.pools.split(",")) if args.pools else (QUICK_POOLS if args.quick else POOLS)
+    )
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for pool in pools:
         for method in METHODS:
             row = _subprocess(["--one", str(pool), method, str(args.seed), "5.0", "0"], timeout=600)
             rows.append(row)
-            print(f"  {pool:>6} GPUs  {method:<22} {row.get('gpusUsed')!s:>6} GPUs  "
-                  f"{row.get('replicasPlaced')!s:>6}/{row['replicasTotal']} placed  {row['planSeconds']:.3f}s",
-                  file=sys.stderr)
+            print(
+                f"  {pool:>6} GPUs  {method:<22} {row.get('gpusUsed')!s:>6} GPUs  "
+                f"{row.get('replicasPlaced')!s:>6}/{row['replicasTotal']} placed  {row['planSeconds']:.3f}s",
+                file=sys.stderr,
+            )
         if pool == 10:
-            row = _subprocess(["--one", "10", "exact", str(args.seed), "5.0", str(args.exact_budget)], timeout=600)
+            row = _subprocess(
+                ["--one", "10", "exact", str(args.seed), "5.0", str(args.exact_budget)], timeout=600
+            )
             rows.append(row)
     # small pools where the optimum is known
     seeds = (1, 2, 3) if args.quick else (1, 2, 3, 4, 5)
     for pool, rpg in EXACT_POOLS:
         for seed in seeds:
             for method in ("slm-operator", "exact", "lower-bound"):
-                row = _subprocess(["--one", str(pool), method, str(seed), str(rpg), str(args.exact_budget)], timeout=600)
+                row = _subprocess(
+                    ["--one", str(pool), method, str(seed), str(rpg), str(args.exact_budget)], timeout=600
+                )
                 row["workload"] = f"agentic-mix-small-{pool}"
                 rows.append(row)
     inc_pool = 1000 if 1000 in pools else max(pools)
@@ -247,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "loadAverage": [round(x, 2) for x in os.getloadavg()],
         "command": " ".join(["python -m bench.packing", *(argv if argv is not None else sys.argv[1:])]),
         "seconds": round(total, 1),
     }
@@ -256,12 +293,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [f"# packing benchmark ({meta['machine']}; {meta['seconds']} s)", ""]
+    lines = [
+        f"# packing benchmark ({meta['machine']}; {meta['seconds']} s; load average at the end "
+        f"{meta.get('loadAverage')})",
+        "",
+    ]
     by: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
     for r in rows:
         if "method" in r and r.get("method") != "slm-operator-incremental":
             by.setdefault((r["workload"], r["poolGPUs"], r.get("seed", SEED)), {})[r["method"]] = r
-    hdr = f"{'workload':<24} {'GPUs':>6} {'method':<22} {'used':>6} {'placed':>13} {'viol':>5} {'util':>6} {'sec':>8} {'MiB':>7}"
+    hdr = (
+        f"{'workload':<24} {'GPUs':>6} {'method':<22} {'used':>6} {'placed':>13} {'viol':>5} {'util':>6} "
+        f"{'sec':>8} {'cpu s':>8} {'MiB':>7}"
+    )
     lines.append(hdr)
     for (wl, pool, seed), methods in sorted(by.items(), key=lambda t: (t[0][1], t[0][0], t[0][2])):
         for name, r in methods.items():
@@ -274,25 +318,31 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append(
                 f"{wl + ('' if seed == SEED else f' s{seed}'):<24} {pool:>6} {name:<22} {r.get('gpusUsed')!s:>6} "
                 f"{placed:>13} {r.get('violations', '-')!s:>5} {util:>6} {r['planSeconds']:>8.3f} "
-                f"{r['peakMemoryMiB']:>7.1f}"
+                f"{r.get('planCpuSeconds', float('nan')):>8.3f} {r['peakMemoryMiB']:>7.1f}"
             )
     lines.append("")
-    lines.append("ratios (slm-operator GPUs used / other; whole-gpu: GPUs it needs for every replica / slm-operator)")
-    for (wl, pool, seed), m in sorted(by.items(), key=lambda t: (t[0][1], t[0][0], t[0][2])):
+    lines.append(
+        "ratios (slm-operator GPUs used / other; whole-gpu: GPUs it needs for every replica / slm-operator)"
+    )
+    for (wl, _pool, seed), m in sorted(by.items(), key=lambda t: (t[0][1], t[0][0], t[0][2])):
         s = m.get("slm-operator")
         if not s:
             continue
-        parts = [f"{wl}{'' if seed == SEED else f' s{seed}'}:"]
+        parts = [f"{wl}{'' if seed == SEED else f' s{seed}'}"]
         lb = m.get("lower-bound")
         if lb:
             parts.append(f"vs LB {_ratio(s['gpusUsed'], lb['gpusUsed'])}")
         ex = m.get("exact")
         if ex:
             tag = "" if ex.get("optimal") else " (not proven optimal)"
-            parts.append(f"vs exact {_ratio(s['gpusUsed'], ex['gpusUsed'])}{tag}, placed {s['replicasPlaced']}/{ex['replicasPlaced']}")
+            parts.append(
+                f"vs exact {_ratio(s['gpusUsed'], ex['gpusUsed'])}{tag}, placed {s['replicasPlaced']}/{ex['replicasPlaced']}"
+            )
         wg = m.get("whole-gpu")
         if wg:
-            parts.append(f"whole-gpu needs {wg.get('gpusNeeded')} = {_ratio(wg.get('gpusNeeded'), s['gpusUsed'])}x")
+            parts.append(
+                f"whole-gpu needs {wg.get('gpusNeeded')} = {_ratio(wg.get('gpusNeeded'), s['gpusUsed'])}x"
+            )
         for b in ("static-mig-balanced", "time-slicing-4", "memory-binpack"):
             if b in m:
                 o = m[b]
@@ -306,10 +356,16 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             lines.append("")
             lines.append(
                 f"incremental at {r['poolGPUs']} GPUs: one deployment +1 replica re-planned in "
-                f"{r['oneChangeReplanSeconds'] * 1000:.1f} ms ({r['oneChangeOtherReplicasMoved']} other replicas moved); "
-                f"10% of deployments changed ({r['tenPercentChangedDeployments']}): re-plan "
-                f"{r['tenPercentReplanSeconds'] * 1000:.0f} ms, {r['otherReplicasMoved']} of {r['otherRunningReplicas']} "
-                f"other running replicas moved ({r['otherReplicasMovedPercent']}%)"
+                f"{r['oneChangeReplanSeconds'] * 1000:.1f} ms with IncrementalPlanner.update "
+                f"({r['oneChangeStatelessReplanSeconds'] * 1000:.0f} ms with plan_pool(current=...); "
+                f"{r['oneChangeOtherReplicasMoved']} other replicas moved)"
+            )
+            lines.append(
+                f"  10% of deployments changed ({r['tenPercentChangedDeployments']}): plan_pool re-plan "
+                f"{r['tenPercentReplanSeconds'] * 1000:.0f} ms (incremental {r['tenPercentIncrementalSeconds'] * 1000:.0f} ms), "
+                f"{r['otherReplicasMoved']} of {r['otherRunningReplicas']} other running replicas moved "
+                f"({r['otherReplicasMovedPercent']}%; incremental: {r['otherReplicasMovedIncremental']}); "
+                f"GPUs {r['gpusUsedBefore']} -> {r['gpusUsedAfter']} (incremental {r['gpusUsedAfterIncremental']})"
             )
     return "\n".join(lines)
 

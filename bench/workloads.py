@@ -143,7 +143,7 @@ def change_demands(demands: tuple[Demand, ...], fraction: float, seed: int) -> t
             delta = rng.choice((-2, -1, 1, 2))
             out[j] = d.model_copy(update={"replicas": max(0, d.replicas + delta)})
     kept = [d for j, d in enumerate(out) if j not in removed]
-    base = len(demands) + 10_000
+    base = 1_000_000 + 10_000 * seed
     for k in range(len(removed)):
         kept.append(random_demand(rng, base + k))
     return tuple(kept)

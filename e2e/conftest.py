@@ -38,7 +38,7 @@ DP_CONFIG_MAP = "slm-device-plugin-config"
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_STATE = "nvidia.com/mig.config.state"
 DP_CONFIG = "nvidia.com/device-plugin.config"
-# the simulated fleet (e2e/nodes/*.yaml): name -> (physical GPUs, MIG-capable)
+# the simulated fleet (examples/nodes/*.yaml): name -> (physical GPUs, MIG-capable)
 GPU_NODES = {
     "gpu-h100-0": (8, True),
     "gpu-h100-1": (8, True),

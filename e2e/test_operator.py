@@ -59,20 +59,61 @@ def kubectl_apply(cluster: Cluster, docs: list[dict[str, Any]] | str, namespace:
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Operator]:
+    """slm-operator as a real process, authenticated as the Helm chart's ServiceAccount (least privilege), not
+    as an admin: the chart's RBAC, ServiceAccount and PriorityClasses are installed with `helm install`."""
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "priorityclasses.yaml"))
     for ns in ("gpu-operator", "slm-system"):
         subprocess.run(
             [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "create", "namespace", ns],
             capture_output=True,
         )
-    op = Operator(kubeconfig=cluster.kubeconfig, log_dir=tmp_path_factory.mktemp("operator"))
+    helm = [str(cluster.bin_dir / "helm"), "--kubeconfig", cluster.kubeconfig]
+    subprocess.run(
+        [*helm, "upgrade", "--install", "slm", str(REPO / "charts" / "slm-operator"), "--namespace", "slm-system",
+         "--set", "crds.enabled=false", "--set", "agent.enabled=false", "--set", "operator.replicas=1"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    log_dir = tmp_path_factory.mktemp("operator")
+    token = cluster.kubectl("-n", "slm-system", "create", "token", "slm-slm-operator", "--duration=4h").strip()
+    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    sa_kubeconfig = log_dir / "operator-kubeconfig"
+    sa_kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": admin["clusters"],
+                "users": [{"name": "slm-operator", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "slm-operator"}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    op = Operator(kubeconfig=cluster.kubeconfig, log_dir=log_dir, kubeconfig_override=str(sa_kubeconfig))
     op.start()
     yield op
     op.stop()
     if request.session.testsfailed:
         print(op.logs()[-30000:])
+    subprocess.run([*helm, "uninstall", "slm", "--namespace", "slm-system"], capture_output=True)
+
+
+def test_operator_runs_as_the_charts_service_account(cluster: Cluster, operator: Operator) -> None:
+    sa = "system:serviceaccount:slm-system:slm-slm-operator"
+    assert cluster.kubectl("auth", "can-i", "patch", "nodes", "--as", sa).strip() == "yes"
+    for verb, what in (("get", "secrets"), ("delete", "nodes"), ("create", "clusterrolebindings")):
+        r = subprocess.run(
+            [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "auth", "can-i", verb, what, "--as", sa],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert r.stdout.strip() == "no", (verb, what)
+    assert operator.kubeconfig_override and "token" in Path(operator.kubeconfig_override).read_text()
+    wait_for(
+        lambda: "slm-operator-leader" in cluster.kubectl("-n", "slm-system", "get", "lease", "-o", "name"),
+        60,
+        "the operator took the Lease under its ServiceAccount",
+    )
 
 
 @pytest.fixture
@@ -567,7 +608,7 @@ def test_finetunejob_runs_on_the_segment(
 
     def status_follows() -> dict[str, Any] | None:
         obj = co.get_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", "lora")
-        return obj if condition(obj, "Trained") else None
+        return obj if condition(obj, "Trained") and (obj.get("status") or {}).get("jobName") else None
 
     obj = wait_for(status_follows, CONVERGE, "FineTuneJob conditions set")
     assert obj["status"]["jobName"] == "lora-train"

@@ -492,7 +492,7 @@ def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert _args(c)["--operator-image"] == c["image"], "the sanitize step runs the operator's image"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     pdb = one(objs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]

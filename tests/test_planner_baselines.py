@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from test_planner_support import demand, node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
 
-from bench.workloads import agentic_mix  # noqa: E402
+from bench.workloads import agentic_mix
+
 from slm_operator.planner import PoolPolicy, Reservation, plan_pool
 from slm_operator.planner.baselines import (
     lower_bound,
@@ -28,7 +30,9 @@ def test_whole_gpu_uses_one_gpu_per_replica() -> None:
     nodes = [node("n0", "L4", 4)]
     r = whole_gpu(POLICY, nodes, [demand("t/a", "Burstable", 6, 5)])
     assert (r.gpus_used, r.replicas_placed, r.replicas_total) == (4, 4, 6)
-    assert whole_gpu_needed([demand("t/a", "Burstable", 6, 5), demand("t/x", "Burstable", 1, 500)], nodes) == 6
+    assert (
+        whole_gpu_needed([demand("t/a", "Burstable", 6, 5), demand("t/x", "Burstable", 1, 500)], nodes) == 6
+    )
 
 
 def test_static_all_balanced_layout() -> None:
@@ -59,7 +63,7 @@ def test_reserved_gpus_are_excluded_from_baselines() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_lower_bound_is_below_the_plan(seed: int) -> None:
-    w = agentic_mix(100, seed=seed)
+    w = agentic_mix(100, seed=seed, replicas_per_gpu=3.5)
     lb = lower_bound(w.policy, w.nodes, w.demands)
     plan = plan_pool(w.policy, w.nodes, w.demands)
     assert lb.feasible
@@ -71,7 +75,10 @@ def test_lower_bound_is_below_the_plan(seed: int) -> None:
 def test_lower_bound_is_below_the_optimum_on_small_pools() -> None:
     exact = pytest.importorskip("slm_operator.planner.exact")
     cases = [
-        ([node("n0", "H100-80GB", 2)], [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)]),
+        (
+            [node("n0", "H100-80GB", 2)],
+            [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)],
+        ),
         (
             [node("n0", "A100-40GB", 2), node("n1", "L4", 2)],
             [demand("t/b", "Burstable", 3, 6), demand("t/g", "Guaranteed", 2, 4)],

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from pydantic import ValidationError
-from test_planner_support import demand, node
 
 from slm_operator.planner import (
     Plan,
@@ -18,20 +17,27 @@ from slm_operator.planner import (
     check_plan,
     plan_pool,
 )
+from test_planner_support import demand, node
 
 POLICY = PoolPolicy(name="pool")
 
 
 def _plan() -> Plan:
     nodes = [node("n0", "H100-80GB", 2), node("n1", "L4", 2)]
-    demands = [demand("t/g", "Guaranteed", 2, 8), demand("t/b", "Burstable", 3, 4), demand("t/e", "BestEffort", 2, 3)]
+    demands = [
+        demand("t/g", "Guaranteed", 2, 8),
+        demand("t/b", "Burstable", 3, 4),
+        demand("t/e", "BestEffort", 2, 3),
+    ]
     return plan_pool(POLICY, nodes, demands)
 
 
 def test_json_uses_camel_case_aliases() -> None:
     data = _plan().model_dump(mode="json", by_alias=True)
     assert {"pool", "nodes", "gpus", "deployments", "solver"} <= set(data)
-    assert {"gpusUsed", "gpusTotal", "memoryAllocatedBytes", "memoryStrandedBytes", "evictions"} <= set(data["pool"])
+    assert {"gpusUsed", "gpusTotal", "memoryAllocatedBytes", "memoryStrandedBytes", "evictions"} <= set(
+        data["pool"]
+    )
     gpu = next(g for g in data["gpus"] if g["replicas"])
     assert {"node", "index", "product", "mode", "migInstances", "replicas", "reconfigure"} <= set(gpu)
     rep = gpu["replicas"][0]
@@ -70,11 +76,15 @@ def test_input_validation() -> None:
     with pytest.raises(ValidationError):
         PoolPolicy(name="x", memory_oversubscription_percent=99)
     with pytest.raises(ValidationError):
-        PoolPolicy(name="x", reservations=(Reservation(name="a", gpus=1),), segments=(Segment(name="a", gpus=1),))
+        PoolPolicy(
+            name="x", reservations=(Reservation(name="a", gpus=1),), segments=(Segment(name="a", gpus=1),)
+        )
     with pytest.raises(ValidationError):
         ShareRequest(mechanism="MPS", mig_profile="1g.10gb")
     with pytest.raises(ValidationError):
-        node("n", "L4", 1).model_copy(update={}).model_validate({"name": "n", "gpus": [{"index": 0, "model": "L4"}] * 2})
+        node("n", "L4", 1).model_copy(update={}).model_validate(
+            {"name": "n", "gpus": [{"index": 0, "model": "L4"}] * 2}
+        )
 
 
 def test_placements_and_apply_plan_feed_the_next_plan() -> None:
@@ -99,7 +109,9 @@ def test_explanation_mentions_the_share_and_the_tier_rule() -> None:
 
 def test_pool_memory_accounting_adds_up() -> None:
     p = _plan().pool
-    assert p.memory_used_gpus_bytes == p.memory_allocated_bytes + p.memory_free_bytes + p.memory_stranded_bytes
+    assert (
+        p.memory_used_gpus_bytes == p.memory_allocated_bytes + p.memory_free_bytes + p.memory_stranded_bytes
+    )
 
 
 def test_optimize_mode_returns_an_exact_plan_on_small_pools() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_planner_support import as_json, demand, legal, node, replan, where
 
 from slm_operator.planner import (
     CurrentPlacement,
@@ -17,6 +16,7 @@ from slm_operator.planner import (
     plan_pool,
 )
 from slm_operator.planner.model import GiB
+from test_planner_support import as_json, demand, legal, node, replan, where
 
 POLICY = PoolPolicy(name="pool")
 
@@ -36,15 +36,19 @@ def test_guaranteed_preempts_best_effort_when_the_pool_is_full() -> None:
     plan1 = legal(POLICY, nodes, [be])
     assert _placed(plan1, "team/be") == 16  # 8 time-sliced replicas per GPU
     g = demand("team/g", "Guaranteed", 2, 9, order_key="z")
-    _, cur, plan2 = replan(POLICY, nodes, plan1, [be, g])
+    _, _cur, plan2 = replan(POLICY, nodes, plan1, [be, g])
     assert _placed(plan2, "team/g") == 2
-    assert all(r.share.mechanism == "MIG" for gp in plan2.gpus for r in gp.replicas if r.deployment == "team/g")
+    assert all(
+        r.share.mechanism == "MIG" for gp in plan2.gpus for r in gp.replicas if r.deployment == "team/g"
+    )
     be2 = plan2.deployment("team/be")
     assert be2 is not None and be2.placed < 16
     assert {u.reason for u in be2.unplaced} == {"PreemptedByHigherTier"}
     assert all("team/g" in u.message for u in be2.unplaced)
     ev = plan2.pool.evictions
-    assert ev and {e.reason for e in ev} == {"PreemptedByHigherTier"} and {e.qos for e in ev} == {"BestEffort"}
+    assert (
+        ev and {e.reason for e in ev} == {"PreemptedByHigherTier"} and {e.qos for e in ev} == {"BestEffort"}
+    )
 
 
 def test_lower_tier_never_displaces_higher_tier() -> None:
@@ -111,7 +115,7 @@ def test_claimed_reservation_evicts_borrowers_first() -> None:
     plan1 = legal(policy, nodes, demands)
     assert sum(1 for g in plan1.gpus if g.reservation and g.replicas) == 2
     claimed = PoolPolicy(name="p", reservations=(res.model_copy(update={"claimed": 2}),))
-    nodes2, cur, plan2 = replan(claimed, nodes, plan1, demands)
+    _nodes2, _cur, plan2 = replan(claimed, nodes, plan1, demands)
     assert not any(g.replicas for g in plan2.gpus if g.reservation)
     reasons = {e.reason for e in plan2.pool.evictions}
     assert reasons == {"ReservationClaimed"}
@@ -173,7 +177,9 @@ def test_scale_up_and_down_moves_no_other_replica() -> None:
         demand("t/e1", "BestEffort", 5, 3),
     ]
     plan1 = legal(POLICY, nodes, demands)
-    changed = [d.model_copy(update={"replicas": d.replicas + 2}) if d.deployment == "t/b1" else d for d in demands]
+    changed = [
+        d.model_copy(update={"replicas": d.replicas + 2}) if d.deployment == "t/b1" else d for d in demands
+    ]
     changed = [d.model_copy(update={"replicas": 1}) if d.deployment == "t/g1" else d for d in changed]
     _, _, plan2 = replan(POLICY, nodes, plan1, changed)
     before, after = where(plan1), where(plan2)
@@ -187,9 +193,12 @@ def test_scale_up_and_down_moves_no_other_replica() -> None:
 
 def test_unchanged_inputs_move_nothing_and_keep_layouts() -> None:
     nodes = [node("n0", "H100-80GB", 8), node("n1", "H200-141GB", 8)]
-    demands = [demand(f"t/d{i}", ("Guaranteed", "Burstable", "BestEffort")[i % 3], 1 + i % 4, 2 + 3 * i) for i in range(9)]
+    demands = [
+        demand(f"t/d{i}", ("Guaranteed", "Burstable", "BestEffort")[i % 3], 1 + i % 4, 2 + 3 * i)
+        for i in range(9)
+    ]
     plan1 = legal(POLICY, nodes, demands)
-    nodes2, _, plan2 = replan(POLICY, nodes, plan1, demands)
+    _nodes2, _, plan2 = replan(POLICY, nodes, plan1, demands)
     assert where(plan1) == where(plan2)
     assert not any(g.reconfigure for g in plan2.gpus)
     assert not any(n.mig_changed or n.sharing_changed for n in plan2.nodes)
@@ -243,7 +252,9 @@ def test_guaranteed_gets_hard_isolation_only() -> None:
 
 
 def test_oversubscription_only_for_best_effort() -> None:
-    policy = PoolPolicy(name="p", memory_oversubscription_percent=200, allowed_mechanisms=("TimeSlicing", "MIG"))
+    policy = PoolPolicy(
+        name="p", memory_oversubscription_percent=200, allowed_mechanisms=("TimeSlicing", "MIG")
+    )
     nodes = [node("n0", "L4", 1)]
     plan = legal(policy, nodes, [demand("t/e", "BestEffort", 3, 14)])
     assert _placed(plan, "t/e") == 3  # 42 GiB of estimates on a 22.5 GiB GPU at 200 %
@@ -275,7 +286,9 @@ def test_mechanism_not_allowed() -> None:
 def test_explicit_share_overrides_are_honoured() -> None:
     nodes = [node("n0", "H100-80GB", 3), node("n1", "H100-80GB", 3)]
     demands = [
-        demand("t/pinned-mig", "Guaranteed", 2, 5, share=ShareRequest(mechanism="MIG", mig_profile="3g.40gb")),
+        demand(
+            "t/pinned-mig", "Guaranteed", 2, 5, share=ShareRequest(mechanism="MIG", mig_profile="3g.40gb")
+        ),
         demand("t/pinned-mps", "Burstable", 2, 5, share=ShareRequest(mechanism="MPS")),
         demand("t/pinned-ex", "BestEffort", 1, 5, share=ShareRequest(mechanism="Exclusive")),
     ]
@@ -342,7 +355,13 @@ def test_check_plan_catches_a_broken_plan() -> None:
     gpu = plan.gpus[0]
     bad_share = gpu.replicas[0].share.model_copy(update={"mechanism": "MPS", "mig_profile": None})
     bad = plan.model_copy(
-        update={"gpus": (gpu.model_copy(update={"replicas": (gpu.replicas[0].model_copy(update={"share": bad_share}),)}),)}
+        update={
+            "gpus": (
+                gpu.model_copy(
+                    update={"replicas": (gpu.replicas[0].model_copy(update={"share": bad_share}),)}
+                ),
+            )
+        }
     )
     v = check_plan(bad, POLICY, nodes, demands)
     assert any("Guaranteed may not use MPS" in x for x in v)

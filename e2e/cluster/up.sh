@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 # the kwok controller, all bound to 127.0.0.1) with kwokctl's binary runtime, then creates the simulated GPU
-# nodes of e2e/nodes/. Usage: e2e/cluster/up.sh [NAME]   (default NAME: slm)
+# nodes of examples/nodes/. Usage: e2e/cluster/up.sh [NAME]   (default NAME: slm)
 # Idempotent: on a running cluster it only reports it. The kubeconfig path is printed on the last line.
 set -euo pipefail
 NAME=${1:-slm}
@@ -84,7 +84,7 @@ until kc -n default get serviceaccount default >/dev/null 2>&1; do  # created by
   [ "$(date +%s)" -lt $deadline ] || { echo "no default ServiceAccount after 60s" >&2; exit 1; }
   sleep 0.5
 done
-kc create -f "$repo/e2e/nodes/" >&2
+kc create -f "$repo/examples/nodes/" >&2
 kc wait --for=condition=Ready node --all --timeout=60s >&2
 
 bad=$(ss -ltnpH 2>/dev/null | awk -v pids="$(cluster_pids | paste -sd '|' -)" '

@@ -156,6 +156,12 @@ class OperatorMetrics:
             ["reason", "tier"],
             registry=r,
         )
+        self.api_requests = Counter(
+            "slm_api_requests",
+            "Kubernetes API calls the operator made, by verb",
+            ["verb"],
+            registry=r,
+        )
         self.api_errors = Counter(
             "slm_api_errors",
             "Failed Kubernetes API calls by verb and HTTP status code",
@@ -272,6 +278,9 @@ class OperatorMetrics:
     def count_api_error(self, verb: str, code: int | str) -> None:
         self.api_errors.labels(verb, str(code)).inc()
 
+    def count_api_request(self, verb: str) -> None:
+        self.api_requests.labels(verb).inc()
+
 
 METRICS = OperatorMetrics(REGISTRY)
 
@@ -308,6 +317,10 @@ def count_plan_eviction(eviction: Eviction) -> None:
 
 def count_api_error(verb: str, code: int | str) -> None:
     METRICS.count_api_error(verb, code)
+
+
+def count_api_request(verb: str) -> None:
+    METRICS.count_api_request(verb)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

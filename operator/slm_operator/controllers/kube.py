@@ -52,6 +52,7 @@ def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         def inner(*args: Any, **kw: Any) -> T:
+            metrics.count_api_request(verb)
             try:
                 return fn(*args, **kw)
             except ApiException as exc:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kopf
@@ -19,6 +20,41 @@ from slm_operator.controllers.pools import PoolReconciler
 from slm_operator.render import OperatorConfig
 
 log = logging.getLogger("slm_operator")
+
+
+class Health:
+    """``/healthz`` and ``/readyz`` from process start, for the leader and for a replica standing by.
+
+    A standby replica is healthy and ready (it is ready to take over); a leader is healthy while its kopf loop
+    runs. Serving this before the Lease is won keeps the kubelet from restarting standby replicas.
+    """
+
+    def __init__(self) -> None:
+        self.state = "starting"
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        health = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                ok = health.state in ("standby", "leading")
+                if self.path not in ("/healthz", "/readyz"):
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                body = f"{health.state}\n".encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # probes every few seconds: keep the log quiet
+                return
+
+        server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+        threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
 
 
 def run(args: Any) -> int:
@@ -42,6 +78,9 @@ def run(args: Any) -> int:
         },
         llm_fallback_priority_class=args.priority_class_llm_fallback,
     )
+    health = Health()
+    if args.health_listen:
+        health.serve(args.health_listen)
     if args.metrics_listen:
         metrics.serve(args.metrics_listen)
     handlers.State.kube = kube
@@ -56,8 +95,10 @@ def run(args: Any) -> int:
     elector = None
     if args.leader_elect:
         elector = LeaderElector(kube, args.namespace, identity=os.environ.get("POD_NAME") or None)
+        health.state = "standby"
         if not elector.acquire(stop):
             return 0
+    health.state = "leading"
     loop = asyncio.new_event_loop()
     stop_flag: asyncio.Event | None = None
 
@@ -70,11 +111,7 @@ def run(args: Any) -> int:
             loop.call_soon_threadsafe(stop_flag.set)  # type: ignore[union-attr]
 
         threading.Thread(target=watch_stop, daemon=True).start()
-        await kopf.operator(
-            clusterwide=True,
-            stop_flag=stop_flag,
-            liveness_endpoint=f"http://{args.health_listen}/healthz" if args.health_listen else None,
-        )
+        await kopf.operator(clusterwide=True, stop_flag=stop_flag)
 
     lost = threading.Event()
     if elector is not None:
@@ -87,6 +124,7 @@ def run(args: Any) -> int:
     try:
         loop.run_until_complete(main())
     finally:
+        health.state = "stopping"
         if elector is not None and not lost.is_set():
             elector.release()
         loop.close()

@@ -6,10 +6,13 @@ docs/planner.md for the algorithm and docs/plan-format.md for every output field
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import gc
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from slm_operator.planner.assemble import build_plan
 from slm_operator.planner.heuristic import run_heuristic
+from slm_operator.planner.incremental import IncrementalPlanner
 from slm_operator.planner.invariants import check_plan
 from slm_operator.planner.model import (
     CurrentPlacement,
@@ -49,7 +52,24 @@ def plan_pool(
         from slm_operator.planner.exact import optimize_pool
 
         return optimize_pool(policy, nodes, demands, current, time_budget_s=time_budget_s)
-    return build_plan(run_heuristic(policy, nodes, demands, current))
+    with gc_paused():
+        return build_plan(run_heuristic(policy, nodes, demands, current))
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one planning pass.
+
+    A pass allocates ~10^5-10^6 small objects; every few hundred allocations the collector would scan all
+    of them again (at 10,000 GPUs that was a third of the planning time). Nothing a pass allocates needs the
+    collector while it runs; it is re-enabled (if it was enabled) afterwards and collects later as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def apply_plan(nodes: Sequence[NodeInventory], plan: Plan) -> tuple[NodeInventory, ...]:
@@ -70,7 +90,11 @@ def apply_plan(nodes: Sequence[NodeInventory], plan: Plan) -> tuple[NodeInventor
                 gpus.append(g)
                 continue
             enabled = layout.mig_enabled if layout is not None else False
-            inst = tuple(MigInstance(profile=i.profile, start=i.start) for i in gp.mig_instances) if enabled else ()
+            inst = (
+                tuple(MigInstance(profile=i.profile, start=i.start) for i in gp.mig_instances)
+                if enabled
+                else ()
+            )
             gpus.append(
                 g.model_copy(
                     update={
@@ -82,7 +106,9 @@ def apply_plan(nodes: Sequence[NodeInventory], plan: Plan) -> tuple[NodeInventor
             )
         sharing = np.sharing if np is not None else node.sharing
         reps = np.replicas_per_gpu if np is not None else node.sharing_replicas
-        out.append(node.model_copy(update={"gpus": tuple(gpus), "sharing": sharing, "sharing_replicas": reps}))
+        out.append(
+            node.model_copy(update={"gpus": tuple(gpus), "sharing": sharing, "sharing_replicas": reps})
+        )
     return tuple(out)
 
 
@@ -93,6 +119,7 @@ __all__ = [
     "Eviction",
     "GpuInventory",
     "GpuPlan",
+    "IncrementalPlanner",
     "MigInstance",
     "NodeInventory",
     "NodePlan",

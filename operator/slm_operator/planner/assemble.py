@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from slm_operator.planner.mig import Counts, complete, place, starts_legal
 from slm_operator.planner.model import (
-    GiB,
     DeploymentPlan,
     Eviction,
-    GpuMode,
+    GiB,
     GpuPlan,
     MigDeviceLayout,
     MigInstancePlan,
@@ -44,7 +44,7 @@ from slm_operator.planner.state import (
     mps_cap,
 )
 
-_DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], int]] = {}
+_DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], tuple[str, ...], set[str]]] = {}
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,13 +57,19 @@ def _new(cls: type[M], **kw: Any) -> M:
     hit = _DEFAULTS.get(cls)
     if hit is None:
         fields = cls.model_fields
-        defaults = {n: f.get_default(call_default_factory=True) for n, f in fields.items() if not f.is_required()}
-        hit = _DEFAULTS[cls] = (defaults, len(fields))
-    defaults, n_fields = hit
-    values = kw if len(kw) == n_fields else {**defaults, **kw}
+        defaults = {
+            n: f.get_default(call_default_factory=True) for n, f in fields.items() if not f.is_required()
+        }
+        hit = _DEFAULTS[cls] = (defaults, tuple(fields), set(fields))
+    defaults, names, all_set = hit
+    if len(kw) != len(names) or next(iter(kw)) != names[0]:
+        # fields in declaration order, as validation would store them (the JSON keeps that order)
+        kw = {n: kw[n] if n in kw else defaults[n] for n in names}
+    values = kw
     obj = cls.__new__(cls)
     _set(obj, "__dict__", values)
-    _set(obj, "__pydantic_fields_set__", set(kw))
+    # every field has a value (defaults filled in); the set is shared and never mutated (frozen models)
+    _set(obj, "__pydantic_fields_set__", all_set)
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
@@ -152,7 +158,9 @@ def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | N
     if mech == K_MIG:
         assert gpu.geo is not None
         prof = gpu.geo.profiles[r.prof]
-        share = _new(Share, mechanism="MIG", mig_profile=prof.name, mig_start=start, memory_bytes=prof.memory_bytes)
+        share = _new(
+            Share, mechanism="MIG", mig_profile=prof.name, mig_start=start, memory_bytes=prof.memory_bytes
+        )
     elif mech == K_MPS:
         n = sharing_n or gpu.node.n
         cap = mps_cap(gpu.mem_mib, n)
@@ -165,7 +173,9 @@ def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | N
             memory_bytes=cap,
         )
     elif mech == K_TS:
-        share = _new(Share, mechanism="TimeSlicing", replicas_per_gpu=sharing_n or gpu.node.n, memory_bytes=gpu.mem)
+        share = _new(
+            Share, mechanism="TimeSlicing", replicas_per_gpu=sharing_n or gpu.node.n, memory_bytes=gpu.mem
+        )
     else:
         share = _new(Share, mechanism="Exclusive", memory_bytes=gpu.mem)
     ctx.share_cache[key] = share
@@ -182,71 +192,132 @@ def _summary(share: Share, borrowed: bool) -> str:
     return "Exclusive (borrowed)" if borrowed else "Exclusive"
 
 
-def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = None) -> Plan:
-    node_plans: list[NodePlan] = []
-    gpu_plans: list[GpuPlan] = []
-    summaries: dict[int, str] = {}
-    mem_total = mem_used = allocated = share_mem = free_mem = stranded = 0
-    by_mode: dict[str, int] = {}
-    gpus_used = 0
-    for node in ctx.nodes:
+@dataclass(slots=True)
+class _GpuStats:
+    used: bool
+    mem: int
+    allocated: int
+    share: int
+    free: int
+    stranded: int
+    mode: str
+
+
+class PlanBuilder:
+    """Builds the plan from the working state, node by node and deployment by deployment, and keeps the parts:
+    an incremental re-plan rebuilds only the nodes and deployments it touched and reuses the rest (all output
+    objects are frozen)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.summaries: dict[int, str] = {}
+        self.node_plans: dict[int, NodePlan] = {}
+        self.gpu_plans: dict[int, GpuPlan] = {}
+        self.gpu_stats: dict[int, _GpuStats] = {}
+        self.dep_plans: dict[str, tuple[DeploymentPlan, list[Eviction], int]] = {}
+
+    def build_all(self) -> None:
+        for node in self.ctx.nodes:
+            self.build_node(node)
+        for dep in self.ctx.deps:
+            self.build_dep(dep)
+
+    def build_node(self, node: Node) -> None:
+        ctx = self.ctx
         sharing, n = _node_sharing(ctx, node)
         layout: list[MigDeviceLayout] = []
         mig_changed = False
         node_used = 0
         for gpu in node.gpus:
-            counts = _mig_counts(gpu, sharing)
-            inst_plans: list[MigInstancePlan] = []
-            rep_start: dict[int, int] = {}
-            geo = gpu.geo
-            if counts is not None:
-                assert geo is not None
-                pairs = _starts(gpu, counts)
-                mig_reps = sorted(
-                    (r for r in gpu.reps if r.mech == K_MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)
-                )
-                pool_by_prof: dict[int, list[Rep]] = {}
-                for r in mig_reps:
-                    pool_by_prof.setdefault(r.prof, []).append(r)
-                for pi, s in pairs:
-                    lst = pool_by_prof.get(pi)
-                    if lst:
-                        r = lst.pop(0)
-                        rep_start[id(r)] = s
-                        inst_plans.append(
-                            _new(MigInstancePlan, 
-                                profile=geo.profiles[pi].name, start=s, deployment=r.dep.key, ordinal=r.ordinal
-                            )
+            plan, lay, stats = self._gpu(gpu, sharing, n)
+            self.gpu_plans[gpu.gid] = plan
+            self.gpu_stats[gpu.gid] = stats
+            if lay is not None:
+                layout.append(lay)
+            mig_changed = mig_changed or plan.reconfigure
+            node_used += stats.used
+        inv = node.inv
+        inv_n = inv.sharing_replicas if inv.sharing != "None" else None
+        self.node_plans[node.pos] = _new(
+            NodePlan,
+            name=node.name,
+            sharing=sharing,
+            replicas_per_gpu=n,
+            mig_layout=tuple(layout),
+            sharing_changed=(sharing != inv.sharing) or (sharing != "None" and n != inv_n),
+            mig_changed=mig_changed,
+            gpus_used=node_used,
+        )
+
+    def _gpu(
+        self, gpu: Gpu, sharing: NodeSharing, n: int | None
+    ) -> tuple[GpuPlan, MigDeviceLayout | None, _GpuStats]:
+        ctx = self.ctx
+        node = gpu.node
+        counts = _mig_counts(gpu, sharing)
+        inst_plans: list[MigInstancePlan] = []
+        rep_start: dict[int, int] = {}
+        geo = gpu.geo
+        lay: MigDeviceLayout | None = None
+        if counts is not None:
+            assert geo is not None
+            pairs = _starts(gpu, counts)
+            pool_by_prof: dict[int, list[Rep]] = {}
+            for r in sorted(
+                (r for r in gpu.reps if r.mech == K_MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)
+            ):
+                pool_by_prof.setdefault(r.prof, []).append(r)
+            for pi, s in pairs:
+                lst = pool_by_prof.get(pi)
+                if lst:
+                    r = lst.pop(0)
+                    rep_start[id(r)] = s
+                    inst_plans.append(
+                        _new(
+                            MigInstancePlan,
+                            profile=geo.profiles[pi].name,
+                            start=s,
+                            deployment=r.dep.key,
+                            ordinal=r.ordinal,
                         )
-                    else:
-                        inst_plans.append(_new(MigInstancePlan, profile=geo.profiles[pi].name, start=s))
-                layout.append(_new(MigDeviceLayout, index=gpu.index, mig_enabled=True, devices=geo.names(counts)))
-            elif geo is not None:
-                layout.append(_new(MigDeviceLayout, index=gpu.index, mig_enabled=False))
-            inv_enabled = gpu.inv.mig_enabled
-            if counts is None:
-                reconf = inv_enabled
-            else:
-                reconf = not inv_enabled or gpu.inv_counts != counts
-            mig_changed = mig_changed or reconf
-            # mode
-            mode: GpuMode
-            if gpu.role == ROLE_SEGMENT:
-                mode = "Segment"
-            elif gpu.role == ROLE_RESERVED:
-                mode = "Reserved"
-            elif not gpu.reps:
-                mode = "Free"
-            else:
-                mode = {K_MIG: "MIG", K_MPS: "MPS", K_TS: "TimeSlicing", K_EX: "Exclusive"}[gpu.mode or K_EX]  # type: ignore[assignment]
-            replicas: list[ReplicaPlacement] = []
-            where = f"{node.name}/{gpu.index}"
-            g_alloc = g_free = g_strand = g_share = 0
-            reps_sorted = gpu.reps if len(gpu.reps) < 2 else sorted(gpu.reps, key=_rep_order)
-            for r in reps_sorted:
-                dep = r.dep
-                share = _share(ctx, gpu, r, n, rep_start.get(id(r)) if rep_start else None)
-                rp = _new(
+                    )
+                else:  # a spare instance: equal ones are one shared frozen object
+                    key = ("spare", geo.model_key, pi, s)
+                    spare = ctx.share_cache.get(key)
+                    if spare is None:
+                        spare = ctx.share_cache[key] = _new(
+                            MigInstancePlan, profile=geo.profiles[pi].name, start=s
+                        )
+                    inst_plans.append(spare)
+            lay_key = ("layout", geo.model_key, gpu.index, counts)
+            lay = ctx.share_cache.get(lay_key)
+            if lay is None:
+                lay = ctx.share_cache[lay_key] = _new(
+                    MigDeviceLayout, index=gpu.index, mig_enabled=True, devices=geo.names(counts)
+                )
+        elif geo is not None:
+            lay = _new(MigDeviceLayout, index=gpu.index, mig_enabled=False)
+        inv_enabled = gpu.inv.mig_enabled
+        reconf = inv_enabled if counts is None else (not inv_enabled or gpu.inv_counts != counts)
+        mode: str
+        if gpu.role == ROLE_SEGMENT:
+            mode = "Segment"
+        elif gpu.role == ROLE_RESERVED:
+            mode = "Reserved"
+        elif not gpu.reps:
+            mode = "Free"
+        else:
+            mode = _MODE_OUT[gpu.mode or K_EX]
+        replicas: list[ReplicaPlacement] = []
+        where = f"{node.name}/{gpu.index}"
+        g_alloc = g_free = g_strand = g_share = 0
+        summaries = self.summaries
+        reps_sorted = gpu.reps if len(gpu.reps) < 2 else sorted(gpu.reps, key=_rep_order)
+        for r in reps_sorted:
+            dep = r.dep
+            share = _share(ctx, gpu, r, n, rep_start.get(id(r)) if rep_start else None)
+            replicas.append(
+                _new(
                     ReplicaPlacement,
                     deployment=dep.key,
                     ordinal=r.ordinal,
@@ -257,88 +328,107 @@ def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = N
                     borrowed=r.borrowed,
                     moved=r.cur is not None and _moved(r),
                 )
-                replicas.append(rp)
-                summ = summaries.get(id(share))
-                if summ is None or r.borrowed:
-                    summ = _summary(share, r.borrowed)
-                    if not r.borrowed:
-                        summaries[id(share)] = summ
-                r.out = (summ, where)
-                g_alloc += dep.size
-                g_share += dep.size if share.mechanism == "TimeSlicing" else share.memory_bytes
-            if gpu.reps:
-                g_free, g_strand = _free_stranded(ctx, gpu, counts, n)
-                gpus_used += 1
-                node_used += 1
-                mem_used += gpu.mem
-                allocated += g_alloc
-                share_mem += g_share
-                free_mem += g_free
-                stranded += g_strand
-            mem_total += gpu.mem
-            by_mode[mode] = by_mode.get(mode, 0) + 1
-            gpu_plans.append(
-                _new(GpuPlan, 
-                    node=node.name,
-                    index=gpu.index,
-                    product=gpu.key,
-                    mode=mode,
-                    mig_instances=tuple(inst_plans),
-                    reservation=gpu.group if gpu.role == ROLE_RESERVED else None,
-                    segment=gpu.group if gpu.role == ROLE_SEGMENT else None,
-                    replicas=tuple(replicas),
-                    memory_bytes=gpu.mem,
-                    allocated_bytes=g_alloc,
-                    free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == ROLE_POOL else 0),
-                    stranded_bytes=g_strand,
-                    reconfigure=reconf,
-                )
             )
-        inv = node.inv
-        inv_n = inv.sharing_replicas if inv.sharing != "None" else None
-        node_plans.append(
-            _new(NodePlan, 
-                name=node.name,
-                sharing=sharing,
-                replicas_per_gpu=n,
-                mig_layout=tuple(layout),
-                sharing_changed=(sharing != inv.sharing) or (sharing != "None" and n != inv_n),
-                mig_changed=mig_changed,
-                gpus_used=node_used,
-            )
+            summ = summaries.get(id(share))
+            if summ is None or r.borrowed:
+                summ = _summary(share, r.borrowed)
+                if not r.borrowed:
+                    summaries[id(share)] = summ
+            r.out = (summ, where)
+            g_alloc += dep.size
+            g_share += dep.size if share.mechanism == "TimeSlicing" else share.memory_bytes
+        if gpu.reps:
+            g_free, g_strand = _free_stranded(ctx, gpu, counts, n)
+        plan = _new(
+            GpuPlan,
+            node=node.name,
+            index=gpu.index,
+            product=gpu.key,
+            mode=mode,
+            mig_instances=tuple(inst_plans),
+            reservation=gpu.group if gpu.role == ROLE_RESERVED else None,
+            segment=gpu.group if gpu.role == ROLE_SEGMENT else None,
+            replicas=tuple(replicas),
+            memory_bytes=gpu.mem,
+            allocated_bytes=g_alloc,
+            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == ROLE_POOL else 0),
+            stranded_bytes=g_strand,
+            reconfigure=reconf,
         )
-    deployments, evictions, moved_total = _deployments(ctx)
-    desired = sum(d.replicas for d in ctx.deps)
-    placed = sum(1 for r in ctx.reps if r.gpu is not None)
-    pool = _new(PoolPlan, 
-        name=ctx.policy.name,
-        gpus_total=len(ctx.gpus),
-        gpus_used=gpus_used,
-        gpus_free=sum(1 for g in ctx.gpus if g.role == ROLE_POOL and not g.reps),
-        gpus_reserved=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED),
-        gpus_segment=sum(1 for g in ctx.gpus if g.role == ROLE_SEGMENT),
-        gpus_borrowed=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED and g.reps),
-        gpus_by_mode=dict(sorted(by_mode.items())),
-        memory_total_bytes=mem_total,
-        memory_used_gpus_bytes=mem_used,
-        memory_allocated_bytes=allocated,
-        memory_share_bytes=share_mem,
-        memory_free_bytes=free_mem,
-        memory_stranded_bytes=stranded,
-        replicas_desired=desired,
-        replicas_placed=placed,
-        replicas_unplaced=desired - placed,
-        replicas_moved=moved_total,
-        evictions=tuple(evictions),
-    )
-    return _new(Plan, 
-        pool=pool,
-        nodes=tuple(node_plans),
-        gpus=tuple(gpu_plans),
-        deployments=tuple(deployments),
-        solver=solver,  # type: ignore[arg-type]
-        optimal=optimal,
-    )
+        stats = _GpuStats(bool(gpu.reps), gpu.mem, g_alloc, g_share, g_free, g_strand, mode)
+        return plan, lay, stats
+
+    def build_dep(self, dep: Dep) -> None:
+        self.dep_plans[dep.key] = _deployment(self.ctx, dep)
+
+    def drop_dep(self, key: str) -> None:
+        self.dep_plans.pop(key, None)
+
+    def plan(self, solver: str = "heuristic", optimal: bool | None = None) -> Plan:
+        ctx = self.ctx
+        gpus_used = mem_total = mem_used = allocated = share_mem = free_mem = stranded = 0
+        by_mode: dict[str, int] = {}
+        for st in self.gpu_stats.values():
+            mem_total += st.mem
+            by_mode[st.mode] = by_mode.get(st.mode, 0) + 1
+            if st.used:
+                gpus_used += 1
+                mem_used += st.mem
+                allocated += st.allocated
+                share_mem += st.share
+                free_mem += st.free
+                stranded += st.stranded
+        deployments: list[DeploymentPlan] = []
+        evictions: list[Eviction] = []
+        moved_total = 0
+        for key in sorted(self.dep_plans):
+            dp, ev, mv = self.dep_plans[key]
+            deployments.append(dp)
+            evictions.extend(ev)
+            moved_total += mv
+        desired = sum(d.replicas for d in ctx.deps)
+        placed = sum(dp.placed for dp in deployments)
+        pool = _new(
+            PoolPlan,
+            name=ctx.policy.name,
+            gpus_total=len(ctx.gpus),
+            gpus_used=gpus_used,
+            gpus_free=sum(1 for g in ctx.gpus if g.role == ROLE_POOL and not g.reps),
+            gpus_reserved=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED),
+            gpus_segment=sum(1 for g in ctx.gpus if g.role == ROLE_SEGMENT),
+            gpus_borrowed=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED and g.reps),
+            gpus_by_mode=dict(sorted(by_mode.items())),
+            memory_total_bytes=mem_total,
+            memory_used_gpus_bytes=mem_used,
+            memory_allocated_bytes=allocated,
+            memory_share_bytes=share_mem,
+            memory_free_bytes=free_mem,
+            memory_stranded_bytes=stranded,
+            replicas_desired=desired,
+            replicas_placed=placed,
+            replicas_unplaced=desired - placed,
+            replicas_moved=moved_total,
+            evictions=tuple(evictions),
+        )
+        return _new(
+            Plan,
+            pool=pool,
+            nodes=tuple(self.node_plans[n.pos] for n in ctx.nodes),
+            gpus=tuple(self.gpu_plans[g.gid] for g in ctx.gpus),
+            deployments=tuple(deployments),
+            solver=solver,
+            optimal=optimal,
+        )
+
+
+_MODE_OUT = {K_MIG: "MIG", K_MPS: "MPS", K_TS: "TimeSlicing", K_EX: "Exclusive"}
+
+
+def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = None) -> Plan:
+    """The plan of a solved context."""
+    b = PlanBuilder(ctx)
+    b.build_all()
+    return b.plan(solver, optimal)
 
 
 def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None) -> tuple[int, int]:
@@ -395,74 +485,71 @@ def _rep_order(r: Rep) -> tuple[str, int]:
     return (r.dep.key, r.ordinal)
 
 
-def _deployments(ctx: Context) -> tuple[list[DeploymentPlan], list[Eviction], int]:
-    out: list[DeploymentPlan] = []
+def _deployment(ctx: Context, dep: Dep) -> tuple[DeploymentPlan, list[Eviction], int]:
+    """One deployment's plan, its evictions and how many of its replicas moved."""
+    unplaced: list[UnplacedReplica] = []
+    moved: list[MovedReplica] = []
     evictions: list[Eviction] = []
-    moved_total = 0
-    for dep in sorted(ctx.deps, key=lambda d: d.key):
-        unplaced: list[UnplacedReplica] = []
-        moved: list[MovedReplica] = []
-        shares: dict[str, int] = {}
-        where: set[str] = set()
-        nodes: set[str] = set()
-        for r in dep.reps:
-            if r.gpu is None:
-                code, msg = r.unplaced or ("InsufficientCapacity", "no GPU has room")
-                unplaced.append(_new(UnplacedReplica, ordinal=r.ordinal, reason=code, message=msg))  # type: ignore[arg-type]
-            else:
-                assert r.out is not None
-                s, w = r.out
-                shares[s] = shares.get(s, 0) + 1
-                where.add(w)
-                nodes.add(r.gpu.node.name)
-            c = r.cur
-            if c is None:
-                continue
-            if r.gpu is not None and _moved(r):
-                reason = _move_reason(r)
-                moved.append(
-                    _new(MovedReplica, 
-                        ordinal=r.ordinal,
-                        from_node=c.node,
-                        from_gpu=c.gpu_index,
-                        to_node=r.gpu.node.name,
-                        to_gpu=r.gpu.index,
-                        reason=reason,
-                    )
+    shares: dict[str, int] = {}
+    where: set[str] = set()
+    nodes: set[str] = set()
+    for r in dep.reps:
+        if r.gpu is None:
+            code, msg = r.unplaced or ("InsufficientCapacity", "no GPU has room")
+            unplaced.append(_new(UnplacedReplica, ordinal=r.ordinal, reason=code, message=msg))
+        else:
+            assert r.out is not None
+            s, w = r.out
+            shares[s] = shares.get(s, 0) + 1
+            where.add(w)
+            nodes.add(r.gpu.node.name)
+        c = r.cur
+        if c is None:
+            continue
+        is_moved = r.gpu is not None and _moved(r)
+        if is_moved and r.gpu is not None:
+            moved.append(
+                _new(
+                    MovedReplica,
+                    ordinal=r.ordinal,
+                    from_node=c.node,
+                    from_gpu=c.gpu_index,
+                    to_node=r.gpu.node.name,
+                    to_gpu=r.gpu.index,
+                    reason=_move_reason(r),
                 )
-                moved_total += 1
-            if r.cur_gpu is not None and (r.gpu is None or _moved(r)):
-                reason = _move_reason(r)
-                evictions.append(
-                    _new(Eviction, 
-                        deployment=dep.key,
-                        ordinal=r.ordinal,
-                        qos=dep.tier,  # type: ignore[arg-type]
-                        node=c.node,
-                        gpu_index=c.gpu_index,
-                        reason=reason,  # type: ignore[arg-type]
-                        message=r.evict_msg or _default_msg(reason),
-                        to_node=r.gpu.node.name if r.gpu is not None else None,
-                        to_gpu=r.gpu.index if r.gpu is not None else None,
-                    )
-                )
-        placed = dep.replicas - len(unplaced)
-        summary = ", ".join(k if v == placed else f"{k} x{v}" for k, v in sorted(shares.items()))
-        out.append(
-            _new(DeploymentPlan, 
-                deployment=dep.key,
-                qos=dep.tier,  # type: ignore[arg-type]
-                memory_bytes=dep.size,
-                desired=dep.replicas,
-                placed=placed,
-                unplaced=tuple(unplaced),
-                moved=tuple(moved),
-                share_summary=summary,
-                explanation=explain(ctx, dep, placed, shares, len(where), len(nodes), unplaced),
             )
-        )
-    evictions.sort(key=lambda e: (e.deployment, e.ordinal))
-    return out, evictions, moved_total
+        if r.cur_gpu is not None and (r.gpu is None or is_moved):
+            reason = _move_reason(r)
+            evictions.append(
+                _new(
+                    Eviction,
+                    deployment=dep.key,
+                    ordinal=r.ordinal,
+                    qos=dep.tier,
+                    node=c.node,
+                    gpu_index=c.gpu_index,
+                    reason=reason,
+                    message=r.evict_msg or _default_msg(reason),
+                    to_node=r.gpu.node.name if r.gpu is not None else None,
+                    to_gpu=r.gpu.index if r.gpu is not None else None,
+                )
+            )
+    placed = dep.replicas - len(unplaced)
+    summary = ", ".join(k if v == placed else f"{k} x{v}" for k, v in sorted(shares.items()))
+    plan = _new(
+        DeploymentPlan,
+        deployment=dep.key,
+        qos=dep.tier,
+        memory_bytes=dep.size,
+        desired=dep.replicas,
+        placed=placed,
+        unplaced=tuple(unplaced),
+        moved=tuple(moved),
+        share_summary=summary,
+        explanation=explain(ctx, dep, placed, shares, len(where), len(nodes), unplaced),
+    )
+    return plan, evictions, len(moved)
 
 
 def _default_msg(reason: str) -> str:
@@ -494,7 +581,28 @@ def explain(
         )
     else:
         parts.append(f"No replica placed (estimate {est} per replica).")
-    parts.append(_TIER_RULE[dep.rank])
+    parts.append(_class_text(ctx, dep))
+    if unplaced:
+        reasons: dict[str, list[int]] = {}
+        msgs: dict[str, str] = {}
+        for u in unplaced:
+            reasons.setdefault(u.reason, []).append(u.ordinal)
+            msgs.setdefault(u.reason, u.message)
+        for code, ords in sorted(reasons.items()):
+            parts.append(
+                f"{len(ords)} replica{'s' if len(ords) != 1 else ''} not placed ({code}): {msgs[code]}."
+            )
+    return " ".join(parts)
+
+
+def _class_text(ctx: Context, dep: Dep) -> str:
+    """The part of the explanation that only depends on the replica class (cached): the tier's rule, the
+    pinned share, the shares that hold the estimate per GPU model, mechanisms the pool does not allow."""
+    key = ("text", *dep.class_key())
+    hit = ctx.text_cache.get(key)
+    if hit is not None:
+        return hit[0]
+    parts = [_TIER_RULE[dep.rank]]
     if dep.mech is not None:
         what = f"MIG {dep.profile}" if dep.profile else MECH_OUT[dep.mech]
         parts.append(f"The deployment pins its share to {what}, so no other share was considered.")
@@ -509,15 +617,9 @@ def explain(
     missing = sorted(MECH_OUT[k] for k in TIER_MECHS[dep.rank] - ctx.allowed)
     if missing:
         parts.append(f"The pool does not allow {', '.join(missing)}.")
-    if unplaced:
-        reasons: dict[str, list[int]] = {}
-        msgs: dict[str, str] = {}
-        for u in unplaced:
-            reasons.setdefault(u.reason, []).append(u.ordinal)
-            msgs.setdefault(u.reason, u.message)
-        for code, ords in sorted(reasons.items()):
-            parts.append(f"{len(ords)} replica{'s' if len(ords) != 1 else ''} not placed ({code}): {msgs[code]}.")
-    return " ".join(parts)
+    text = " ".join(parts)
+    ctx.text_cache[key] = [text]
+    return text
 
 
 def _alternatives(ctx: Context, dep: Dep) -> list[str]:

@@ -47,9 +47,7 @@ def _pool_gpus(policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> list[tuple
     """(node, index, model key, memory bytes) of the GPUs available to inference packing, sorted."""
     ctx = build_context(policy, nodes, ())
     return [
-        (g.node.name, g.index, g.key, g.mem)
-        for g in ctx.gpus
-        if g.role == ROLE_POOL and g.node.schedulable
+        (g.node.name, g.index, g.key, g.mem) for g in ctx.gpus if g.role == ROLE_POOL and g.node.schedulable
     ]
 
 
@@ -60,19 +58,52 @@ def _replicas(demands: Sequence[Demand]) -> list[tuple[int, Demand]]:
     return reps
 
 
-def whole_gpu(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]) -> BaselineResult:
+class _FirstFit:
+    """Leftmost position whose value is >= x, with point updates (a max segment tree): first fit in
+    O(log n) per replica."""
+
+    def __init__(self, values: list[int]) -> None:
+        n = 1
+        while n < max(1, len(values)):
+            n *= 2
+        self.n = n
+        self.t = [-1] * (2 * n)
+        for i, v in enumerate(values):
+            self.t[n + i] = v
+        for i in range(n - 1, 0, -1):
+            self.t[i] = max(self.t[2 * i], self.t[2 * i + 1])
+
+    def find(self, x: int) -> int:
+        if self.t[1] < x:
+            return -1
+        i = 1
+        while i < self.n:
+            i = 2 * i if self.t[2 * i] >= x else 2 * i + 1
+        return i - self.n
+
+    def set(self, pos: int, v: int) -> None:
+        i = pos + self.n
+        self.t[i] = v
+        i //= 2
+        while i:
+            self.t[i] = max(self.t[2 * i], self.t[2 * i + 1])
+            i //= 2
+
+
+def whole_gpu(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> BaselineResult:
     gpus = sorted(_pool_gpus(policy, nodes), key=lambda g: (g[3], g[0], g[1]))
-    free = list(gpus)
+    ff = _FirstFit([g[3] for g in gpus])  # smallest GPU that holds the replica (sorted by memory)
     placed = used_mem = alloc = 0
     reps = _replicas(demands)
     for _, d in reps:
-        for i, g in enumerate(free):
-            if g[3] >= d.memory_bytes:
-                free.pop(i)
-                placed += 1
-                used_mem += g[3]
-                alloc += d.memory_bytes
-                break
+        i = ff.find(d.memory_bytes)
+        if i >= 0:
+            ff.set(i, -1)
+            placed += 1
+            used_mem += gpus[i][3]
+            alloc += d.memory_bytes
     viol = 0 if "Exclusive" in policy.allowed_mechanisms else placed
     return BaselineResult("whole-gpu", placed, placed, len(reps), viol, used_mem, alloc)
 
@@ -86,7 +117,7 @@ def whole_gpu_needed(demands: Sequence[Demand], nodes: Sequence[NodeInventory]) 
 def static_mig_balanced(
     policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
 ) -> BaselineResult:
-    # instances: (usable bytes, gpu id) ; whole GPUs for non-MIG parts
+    # instances: (usable bytes, gpu id); whole GPUs for non-MIG parts
     slots: list[tuple[int, int, str]] = []
     gpu_mem: dict[int, int] = {}
     for gid, (_, _, key, mem) in enumerate(_pool_gpus(policy, nodes)):
@@ -99,19 +130,14 @@ def static_mig_balanced(
         else:
             slots.append((mem, gid, "Exclusive"))
     slots.sort(key=lambda s: (s[0], s[1]))
-    taken = [False] * len(slots)
+    ff = _FirstFit([s[0] for s in slots])  # the smallest free instance that holds the replica
     used: set[int] = set()
     placed = viol = alloc = 0
     reps = _replicas(demands)
-    import bisect
-
-    sizes = [s[0] for s in slots]
     for _, d in reps:
-        i = bisect.bisect_left(sizes, d.memory_bytes)
-        while i < len(slots) and taken[i]:
-            i += 1
-        if i < len(slots):
-            taken[i] = True
+        i = ff.find(d.memory_bytes)
+        if i >= 0:
+            ff.set(i, -1)
             used.add(slots[i][1])
             placed += 1
             alloc += d.memory_bytes
@@ -125,27 +151,36 @@ def static_mig_balanced(
 def time_slicing(
     policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand], replicas_per_gpu: int = 4
 ) -> BaselineResult:
+    """Uniform time-slicing: every GPU shared by ``replicas_per_gpu``; replicas arrive in creation order and
+    take the first GPU with a free slot and room for their memory."""
     gpus = _pool_gpus(policy, nodes)
     count = [0] * len(gpus)
-    used_b = [0] * len(gpus)
+    left = [g[3] for g in gpus]
+    ff = _FirstFit(list(left))
     placed = viol = alloc = 0
-    # first-fit in arrival order (what a scheduler does with identical shared resources)
-    reps = [(o, d) for d in sorted(demands, key=lambda d: (d.order_key, d.deployment)) for o in range(d.replicas)]
-    open_upto = 0
+    reps = [
+        (o, d) for d in sorted(demands, key=lambda d: (d.order_key, d.deployment)) for o in range(d.replicas)
+    ]
     for _, d in reps:
-        for i in range(len(gpus)):
-            if count[i] < replicas_per_gpu and used_b[i] + d.memory_bytes <= gpus[i][3]:
-                count[i] += 1
-                used_b[i] += d.memory_bytes
-                placed += 1
-                alloc += d.memory_bytes
-                open_upto = max(open_upto, i + 1)
-                if d.tier != "BestEffort" or "TimeSlicing" not in policy.allowed_mechanisms:
-                    viol += 1
-                break
+        i = ff.find(d.memory_bytes)
+        if i < 0:
+            continue
+        count[i] += 1
+        left[i] -= d.memory_bytes
+        ff.set(i, left[i] if count[i] < replicas_per_gpu else -1)
+        placed += 1
+        alloc += d.memory_bytes
+        if d.tier != "BestEffort" or "TimeSlicing" not in policy.allowed_mechanisms:
+            viol += 1
     used = [i for i in range(len(gpus)) if count[i]]
     return BaselineResult(
-        f"time-slicing-{replicas_per_gpu}", len(used), placed, len(reps), viol, sum(gpus[i][3] for i in used), alloc
+        f"time-slicing-{replicas_per_gpu}",
+        len(used),
+        placed,
+        len(reps),
+        viol,
+        sum(gpus[i][3] for i in used),
+        alloc,
     )
 
 
@@ -154,28 +189,31 @@ def memory_binpack(
 ) -> BaselineResult:
     """First-fit decreasing on memory only; GPUs opened largest first."""
     gpus = sorted(_pool_gpus(policy, nodes), key=lambda g: (-g[3], g[0], g[1]))
-    left: list[int] = []
+    ff = _FirstFit([0] * len(gpus))  # room of opened GPUs, in opening order
+    left = [0] * len(gpus)
+    opened = 0
     placed = viol = alloc = 0
     reps = _replicas(demands)
     nxt = 0
     for _, d in reps:
         s = d.memory_bytes
-        for i, rem in enumerate(left):
-            if rem >= s:
-                left[i] -= s
-                break
-        else:
+        i = ff.find(s)
+        if i < 0:
             while nxt < len(gpus) and gpus[nxt][3] < s:
                 nxt += 1  # skipped GPUs stay unused (too small for the largest remaining replicas)
             if nxt >= len(gpus):
                 continue
-            left.append(gpus[nxt][3] - s)
+            i = opened
+            left[i] = gpus[nxt][3]
+            opened += 1
             nxt += 1
+        left[i] -= s
+        ff.set(i, left[i])
         placed += 1
         alloc += s
         if d.tier != "BestEffort":
             viol += 1  # shares memory without isolation or caps
-    return BaselineResult("memory-binpack", len(left), placed, len(reps), viol, 0, alloc)
+    return BaselineResult("memory-binpack", opened, placed, len(reps), viol, 0, alloc)
 
 
 @dataclass
@@ -200,7 +238,7 @@ def lower_bound(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Seq
     for _, _, key, _ in gpus:
         avail[key] = avail.get(key, 0) + 1
     models = sorted(avail)
-    allowed = set(policy.allowed_mechanisms)
+    allowed: set[str] = set(policy.allowed_mechanisms)
     slot_cap = max(
         7 if "MIG" in allowed else 1,
         policy.mps_max_clients_per_gpu if "MPS" in allowed else 1,
@@ -243,7 +281,11 @@ def lower_bound(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Seq
         solver.Add(sum(y[(c, m)] for m in ms) == cnt)
     for m in models:
         for dim in range(3):
-            terms = [y[(c, m)] * foot[(c, m)][dim] for c in sorted(classes) if (c, m) in y and foot[(c, m)][dim] > 0]
+            terms = [
+                y[(c, m)] * foot[(c, m)][dim]
+                for c in sorted(classes)
+                if (c, m) in y and foot[(c, m)][dim] > 0
+            ]
             if terms:
                 solver.Add(sum(terms) <= x[m])
     solver.Minimize(sum(x.values()))

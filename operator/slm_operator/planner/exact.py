@@ -20,6 +20,7 @@ estimate, in GiB). The heuristic plan is the solution hint; ortools is imported 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -102,11 +103,21 @@ def solve_exact(
         return ExactResult(heur_plan, "FALLBACK: ortools is not installed", None, None)
     ctx = build_context(policy, nodes, demands, cur)
     pins, frozen, node_modes = _unpin(ctx)
-    gpus = [g for g in ctx.gpus if g.node.schedulable and (g.role == ROLE_POOL or (g.role == ROLE_RESERVED and g.lendable))]
-    gpus += [g for g in ctx.gpus if not g.node.schedulable and g.role == ROLE_POOL and g.gid in {p[0].gid for p in pins.values()}]
+    gpus = [
+        g
+        for g in ctx.gpus
+        if g.node.schedulable and (g.role == ROLE_POOL or (g.role == ROLE_RESERVED and g.lendable))
+    ]
+    gpus += [
+        g
+        for g in ctx.gpus
+        if not g.node.schedulable and g.role == ROLE_POOL and g.gid in {p[0].gid for p in pins.values()}
+    ]
     reps = ctx.reps
     if len(gpus) > MAX_GPUS or len(gpus) * max(1, len(reps)) > MAX_PAIRS:
-        return ExactResult(heur_plan, f"FALLBACK: too large ({len(reps)} replicas x {len(gpus)} GPUs)", None, None)
+        return ExactResult(
+            heur_plan, f"FALLBACK: too large ({len(reps)} replicas x {len(gpus)} GPUs)", None, None
+        )
     b = _Builder(ctx, gpus, pins, frozen, node_modes, cp_model)
     b.build()
     h_obj = None
@@ -119,7 +130,7 @@ def solve_exact(
     status = solver.Solve(b.m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult(heur_plan, "FALLBACK: no solution within the time budget", None, h_obj)
-    obj = int(round(solver.ObjectiveValue()))
+    obj = round(solver.ObjectiveValue())
     if h_obj is not None and obj > h_obj:
         return ExactResult(heur_plan, "FALLBACK: heuristic plan is better", obj, h_obj)
     b.apply(solver)
@@ -175,17 +186,18 @@ class _Builder:
         self.gpus = gpus
         self.pins = pins
         self.cp = cp_model
-        self.m = cp_model.CpModel()  # type: ignore[attr-defined]
+        self.m: Any = cp_model.CpModel()
         self.frozen = frozen
         self.node_n = node_modes
-        self.x: dict[tuple[int, int, str, int], object] = {}  # (rep idx, gid, mech, prof) -> bool var
-        self.y: dict[tuple[int, int, int], object] = {}  # (gid, prof, start)
-        self.mode: dict[tuple[int, str], object] = {}
-        self.nv: dict[tuple[int, int], object] = {}  # (node pos, N) MPS clients per GPU
-        self.nmode: dict[tuple[int, str], object] = {}
-        self.used: dict[int, object] = {}
-        self.placed: dict[int, object] = {}
-        self.stay: dict[int, object] = {}
+        # CP-SAT variables and expressions are typed Any (ortools ships no type stubs)
+        self.x: dict[tuple[int, int, str, int], Any] = {}  # (rep idx, gid, mech, prof) -> bool var
+        self.y: dict[tuple[int, int, int], Any] = {}  # (gid, prof, start)
+        self.mode: dict[tuple[int, str], Any] = {}
+        self.nv: dict[tuple[int, int], Any] = {}  # (node pos, N) MPS clients per GPU
+        self.nmode: dict[tuple[int, str], Any] = {}
+        self.used: dict[int, Any] = {}
+        self.placed: dict[int, Any] = {}
+        self.stay: dict[int, Any] = {}
 
     # -------------------------------------------------------------------------------------------- model
     def build(self) -> None:
@@ -195,8 +207,8 @@ class _Builder:
         node_of = {n.pos: n for n in ctx.nodes}
         for p in pos_nodes:
             node = node_of[p]
-            for k in ("MPS", "TS"):
-                self.nmode[(p, k)] = m.NewBoolVar(f"n{p}_{k}")
+            for kind in ("MPS", "TS"):
+                self.nmode[(p, kind)] = m.NewBoolVar(f"n{p}_{kind}")
             m.Add(self.nmode[(p, "MPS")] + self.nmode[(p, "TS")] <= 1)
             if node.whole:  # reserved / segment GPUs need sharing None
                 m.Add(self.nmode[(p, "MPS")] == 0)
@@ -208,12 +220,12 @@ class _Builder:
             m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, "MPS")])
         for g in self.gpus:
             pool = g.role == ROLE_POOL
-            for k in (K_MIG, K_MPS, K_TS, K_EX):
-                if not pool and k != K_EX:
+            for kind in (K_MIG, K_MPS, K_TS, K_EX):
+                if not pool and kind != K_EX:
                     continue
-                if k == K_MIG and g.geo is None:
+                if kind == K_MIG and g.geo is None:
                     continue
-                self.mode[(g.gid, k)] = m.NewBoolVar(f"g{g.gid}_{k}")
+                self.mode[(g.gid, kind)] = m.NewBoolVar(f"g{g.gid}_{kind}")
             m.Add(sum(v for (gid, _), v in self.mode.items() if gid == g.gid) <= 1)
             p = g.node.pos
             if (g.gid, K_MPS) in self.mode:
@@ -240,11 +252,20 @@ class _Builder:
                     ]
                     m.Add(sum(cover) <= 1)
                 m.Add(
-                    sum(prof.compute_slices * self.y[(g.gid, pi, s)] for pi, prof in enumerate(geo.profiles) for s in prof.starts)
+                    sum(
+                        prof.compute_slices * self.y[(g.gid, pi, s)]
+                        for pi, prof in enumerate(geo.profiles)
+                        for s in prof.starts
+                    )
                     <= geo.compute_slices
                 )
                 m.Add(
-                    sum(self.y[(g.gid, pi, s)] for pi, prof in enumerate(geo.profiles) if prof.media_extensions for s in prof.starts)
+                    sum(
+                        self.y[(g.gid, pi, s)]
+                        for pi, prof in enumerate(geo.profiles)
+                        if prof.media_extensions
+                        for s in prof.starts
+                    )
                     <= 1
                 )
         # replicas
@@ -277,7 +298,10 @@ class _Builder:
                     m.Add(v <= self.mode[(gid, K_TS)])
                 m.Add(sum(v for _, v in ts) <= _ts_n(ctx, g.node))
                 cap_mib = (g.mem * ctx.ts_factor // 100) >> 20
-                m.Add(sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts) <= cap_mib)
+                m.Add(
+                    sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts)
+                    <= cap_mib
+                )
             ex = [v for key, v in xs if key[2] == K_EX]
             if ex:
                 m.Add(sum(ex) <= self.mode[(gid, K_EX)])
@@ -300,21 +324,25 @@ class _Builder:
         pinned_gpus = {p[0].gid for p in self.pins.values()}
         sig_nodes: dict[tuple[object, ...], list[int]] = {}
         for node in ctx.nodes:
-            free = [g for g in node.gpus if g.gid in self.used and g.gid not in pinned_gpus and g.role == ROLE_POOL]
+            free = [
+                g
+                for g in node.gpus
+                if g.gid in self.used and g.gid not in pinned_gpus and g.role == ROLE_POOL
+            ]
             by_model: dict[str, list[Gpu]] = {}
             for g in free:
                 by_model.setdefault(g.key, []).append(g)
             for lst in by_model.values():
-                for a, b2 in zip(lst, lst[1:], strict=False):
+                for a, b2 in itertools.pairwise(lst):
                     m.Add(self.used[a.gid] >= self.used[b2.gid])
             if len(free) == len(node.gpus) and node.schedulable and not node.whole:
                 sig = tuple(g.key for g in node.gpus)
                 sig_nodes.setdefault(sig, []).append(node.pos)
         node_of = {n.pos: n for n in ctx.nodes}
         for poss in sig_nodes.values():
-            for a, b2 in zip(poss, poss[1:], strict=False):
-                ua = sum(self.used[g.gid] for g in node_of[a].gpus)
-                ub = sum(self.used[g.gid] for g in node_of[b2].gpus)
+            for pa, pb in itertools.pairwise(poss):
+                ua = sum(self.used[g.gid] for g in node_of[pa].gpus)
+                ub = sum(self.used[g.gid] for g in node_of[pb].gpus)
                 m.Add(ua >= ub)
 
     def _rep_vars(self, ri: int, r: Rep) -> None:
@@ -323,7 +351,7 @@ class _Builder:
         mechs = TIER_MECHS[dep.rank] & ctx.allowed
         if dep.mech is not None:
             mechs = mechs & {dep.mech}
-        opts: list[object] = []
+        opts: list[Any] = []
         limit = ctx.policy.mps_max_clients_per_gpu
         for g in self.gpus:
             if g.role != ROLE_POOL:
@@ -341,7 +369,11 @@ class _Builder:
                     pis = list(fitting_profiles(g.key, dep.size))
                 for pi in pis:
                     self._x(ri, g, K_MIG, pi, opts)
-            if K_MPS in mechs and mps_cap(g.mem_mib, 2) >= dep.size and min(limit, g.model.mps_max_clients) >= 2:
+            if (
+                K_MPS in mechs
+                and mps_cap(g.mem_mib, 2) >= dep.size
+                and min(limit, g.model.mps_max_clients) >= 2
+            ):
                 self._x(ri, g, K_MPS, -1, opts)
             if K_TS in mechs and dep.size <= g.mem * ctx.ts_factor // 100:
                 self._x(ri, g, K_TS, -1, opts)
@@ -349,7 +381,7 @@ class _Builder:
                 self._x(ri, g, K_EX, -1, opts)
         pl = m.NewBoolVar(f"placed{ri}")
         if opts:
-            m.Add(sum(opts) == pl)  # type: ignore[arg-type]
+            m.Add(sum(opts) == pl)
         else:
             m.Add(pl == 0)
         self.placed[ri] = pl
@@ -360,7 +392,7 @@ class _Builder:
             if key in self.x:
                 self.stay[ri] = self.x[key]
 
-    def _x(self, ri: int, g: Gpu, mech: str, prof: int, opts: list[object]) -> None:
+    def _x(self, ri: int, g: Gpu, mech: str, prof: int, opts: list[Any]) -> None:
         v = self.m.NewBoolVar(f"x{ri}_{g.gid}_{mech}_{prof}")
         self.x[(ri, g.gid, mech, prof)] = v
         opts.append(v)
@@ -386,12 +418,12 @@ class _Builder:
                 continue
             for v in vs:
                 for pi, prof in enumerate(g.geo.profiles):
-                    m.Add(sum(self.y[(gid, pi, s)] for s in prof.starts) == fz[pi]).OnlyEnforceIf(v)  # type: ignore[attr-defined]
+                    m.Add(sum(self.y[(gid, pi, s)] for s in prof.starts) == fz[pi]).OnlyEnforceIf(v)
         for pos, vs in mps_node.items():
             mode, n = self.node_n.get(pos, (M_FREE, 0))
             if mode == M_MPS and (pos, n) in self.nv:
                 for v in vs:
-                    m.Add(self.nv[(pos, n)] == 1).OnlyEnforceIf(v)  # type: ignore[attr-defined]
+                    m.Add(self.nv[(pos, n)] == 1).OnlyEnforceIf(v)
 
     def _weights(self) -> dict[str, int]:
         """Level weights, bottom up, each larger than the most all lower levels can add up to: wasted GiB,
@@ -463,7 +495,7 @@ class _Builder:
             ri = by_key[(r.dep.key, r.ordinal)]
             chosen[(ri, r.gpu.gid, r.mech or K_EX, r.prof)] = 1
         for key, v in self.x.items():
-            self.m.AddHint(v, chosen.get(key, 0))  # type: ignore[attr-defined]
+            self.m.AddHint(v, chosen.get(key, 0))
         # objective of the hint under the same weights
         w = self._weights()
         total = 0
@@ -491,10 +523,10 @@ class _Builder:
         total += w["gpu"] * len(used)
         return total
 
-    def apply(self, solver: object) -> None:
+    def apply(self, solver: Any) -> None:
         """Write the solution into the context (node modes, GPU modes, replicas)."""
         ctx = self.ctx
-        val = solver.Value  # type: ignore[attr-defined]
+        val = solver.Value
         for (pos, k), v in self.nmode.items():
             if val(v):
                 node = next(n for n in ctx.nodes if n.pos == pos)
@@ -512,19 +544,29 @@ class _Builder:
                 g.mode = K_MIG
                 g.st = 0
                 fz = self.frozen.get(gid)
-                if fz is not None and not ctx.policy.may_repartition and any(
-                    self.stay.get(rj) is not None and val(self.stay[rj]) and self.pins[id(ctx.reps[rj])][0] is g
-                    for rj in self.stay
+                if (
+                    fz is not None
+                    and not ctx.policy.may_repartition
+                    and any(
+                        self.stay.get(rj) is not None
+                        and val(self.stay[rj])
+                        and self.pins[id(ctx.reps[rj])][0] is g
+                        for rj in self.stay
+                    )
                 ):
                     g.frozen = fz
                     g.free_inst = list(fz)
             if g.node.mode == M_FREE:
                 g.node.mode = M_NONE
             attach(ctx, r, g, mech, prof)
-        for ri, r in enumerate(ctx.reps):
+        for r in ctx.reps:
             pin = self.pins.get(id(r))
             if pin is not None and (r.gpu is not pin[0] or r.mech != pin[1] or r.prof != pin[2]):
-                r.evicted = "Defragmentation" if (ctx.policy.may_repartition and r.gpu is not None) else "PreemptedByHigherTier"
+                r.evicted = (
+                    "Defragmentation"
+                    if (ctx.policy.may_repartition and r.gpu is not None)
+                    else "PreemptedByHigherTier"
+                )
                 r.evict_msg = "the exact solver moved it" if r.gpu is not None else "yielded to a higher tier"
         p = Packer(ctx)
         for r in ctx.reps:

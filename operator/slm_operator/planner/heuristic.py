@@ -4,24 +4,26 @@ Order: tiers by priority (Guaranteed, Burstable, BestEffort); within a tier, lar
 sizes interleave deployments (ordinal first) so that the replicas of one deployment land on different GPUs.
 Running replicas are pinned first (``state.build_context``), so a plan with ``current`` only places the delta.
 
-For one replica the packer tries, in order:
+For one replica the packer tries, in order (docs/planner.md section 4 has the details):
 
 1. *zero cost*: a share on a GPU that already holds replicas, best fit. Holes first (a legal MIG instance
    on an open MIG GPU, a free instance of a frozen layout, a free MPS client slot whose cap holds the
    estimate), least wasted memory first; then room on a time-sliced GPU (best fit by free memory).
-2. *a new GPU*: the option with the most replicas of this size per GPU (MIG profile, MPS clients,
-   time-slicing replicas, whole GPU), ties to the GPU model with less memory; on a node that already has
-   that mode (and MPS clients per GPU) before a fresh node.
-3. BestEffort and Burstable: a whole GPU (last resort).
-4. the same GPU as another replica of the deployment (spread is relaxed only when nothing else fits).
-5. Guaranteed and Burstable: preempt lower-tier running replicas (BestEffort first, fewest first).
+2. fewer MPS clients per GPU on a node, when that lets it fit on a GPU already in use.
+3. *a new GPU*: the option with the most replicas of this size per GPU (MIG profile, MPS clients,
+   time-slicing replicas, whole GPU; densities within 15 % of the best count as equal), ties to the GPU model
+   with less memory; on a node that already has that mode (and MPS clients per GPU) before a fresh node.
+4. Burstable and BestEffort: a whole GPU (last resort).
+5. second pass over the tier: the same GPU as another replica of the deployment, then (Guaranteed and
+   Burstable) preemption of lower-tier replicas (BestEffort first, fewest first).
 
-Afterwards unplaced BestEffort replicas borrow lendable reserved GPUs (whole GPUs).
+Then a consolidation pass empties lightly used GPUs where it can, and unplaced BestEffort replicas borrow
+lendable reserved GPUs (whole GPUs). ``run_heuristic`` keeps the best of a few variants (section 4.3).
 
 Open capacity is indexed so that each step is a few dictionary lookups: open MIG GPUs by (model, layout
-state), frozen MIG layouts by (model, free profile), MPS GPUs with free clients by (model, clients per GPU)
-with a sorted list of caps, time-sliced GPUs by (model, free-memory bucket), and nodes with free GPUs by
-(mode, model).
+state) with the accepting states per (model, profile) kept sorted, frozen MIG layouts by (model, free
+profile), MPS GPUs with free clients by (model, clients per GPU) with a sorted list of caps, time-sliced GPUs
+by (model, free-memory bucket), and nodes with free GPUs by (mode, model).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from slm_operator.planner.mig import geometry
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy
 from slm_operator.planner.state import (
     K_EX,
@@ -59,6 +61,9 @@ from slm_operator.planner.state import (
 
 _BUCKET_SHIFT = 28  # 256 MiB buckets of free time-slicing memory
 _SCAN = 8  # candidates looked at when preferring a node without the deployment
+_CONSOLIDATE_MAX = 256  # least loaded GPUs the consolidation pass tries to empty
+#: pools up to this many GPUs are packed with a few variants of the heuristic and the best plan is kept
+PORTFOLIO_MAX_GPUS = 512
 _KIND_ORDER = {K_MIG: 0, K_TS: 1, K_MPS: 2, K_EX: 3}
 #: BestEffort prefers time-slicing on ties: its leftover memory stays usable by other replicas
 _KIND_ORDER_BE = {K_TS: 0, K_MPS: 1, K_MIG: 2, K_EX: 3}
@@ -81,9 +86,18 @@ class Opts:
 
 class Packer:
     def __init__(
-        self, ctx: Context, mps_density_pct: int = 75, spread: str | None = None, consolidate: bool = True
+        self,
+        ctx: Context,
+        mps_density_pct: int = 75,
+        spread: str | None = None,
+        consolidate: bool = True,
+        rank_mode: str = "tolerant",
     ) -> None:
         self.ctx = ctx
+        self.rank_mode = rank_mode
+        #: nodes and deployments changed since the caller started recording (incremental re-plans)
+        self.touched_nodes: set[int] | None = None
+        self.touched_deps: set[str] = set()
         self.consolidate_pass = consolidate
         self.spread = spread or ctx.policy.spread_nodes
         self.ts_limit = ctx.policy.ts_max_replicas_per_gpu
@@ -91,17 +105,20 @@ class Packer:
         self.mps_epoch = 0
         self.mps_fail: dict[tuple[int, bool], int] = {}
         self.mig_open: dict[str, dict[int, dict[int, Gpu]]] = {}
-        self.mig_ver: dict[str, int] = {}
-        self.mig_cache: dict[tuple[str, int], tuple[int, list[int]]] = {}
+        #: per (model, profile): non-empty open layout states that accept the profile, as sorted
+        #: (-memory slices after adding it, state): the fullest result first
+        self.acc: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.mig_frozen: dict[tuple[str, int], dict[int, Gpu]] = {}
         self.mps_open: dict[tuple[str, int], dict[int, Gpu]] = {}
         self.mps_keys: list[tuple[int, str, int]] = []
         self.ts_open: dict[str, dict[int, dict[int, Gpu]]] = {}
         self.ts_bk: dict[str, list[int]] = {}
-        self.nodes_ix: dict[tuple[object, ...], dict[int, Node]] = {}
+        self.nodes_ix: dict[tuple[Any, ...], dict[int, Node]] = {}
         self.opts_cache: dict[tuple[int, int, str | None, str | None], Opts] = {}
         self.reserved_models: dict[str, int] = {}
-        self.prof_mem = {m: tuple(p.memory_bytes for p in model.mig_profiles) for m, model in ctx.models.items()}
+        self.prof_mem = {
+            m: tuple(p.memory_bytes for p in model.mig_profiles) for m, model in ctx.models.items()
+        }
         self.tscap = [ctx.ts_capacity(g) for g in ctx.gpus]
         self.frozen_models: dict[str, int] = {}
         for g in ctx.gpus:
@@ -121,33 +138,31 @@ class Packer:
         kind = ix[0]
         if kind == K_MIG:
             m, st = ix[1], ix[2]
-            assert isinstance(m, str) and isinstance(st, int)
             d = self.mig_open[m][st]
             del d[g.gid]
             if not d:
                 del self.mig_open[m][st]
-            self.mig_ver[m] = self.mig_ver.get(m, 0) + 1
+                geo = g.geo
+                assert geo is not None
+                for p, nxt in enumerate(geo.add[st]):
+                    if nxt >= 0:
+                        lst = self.acc[(m, p)]
+                        del lst[bisect_left(lst, (-geo.slices[nxt], st))]
         elif kind == "MIGF":
             m = ix[1]
-            assert isinstance(m, str)
             self.frozen_models[m] -= 1
             for p in ix[2:]:
-                assert isinstance(p, int)
                 d = self.mig_frozen[(m, p)]
                 del d[g.gid]
         elif kind == K_MPS:
             key = (ix[1], ix[2])
-            d = self.mps_open[key]  # type: ignore[index]
+            d = self.mps_open[key]
             del d[g.gid]
             if not d:
-                del self.mps_open[key]  # type: ignore[arg-type]
-                cap = ix[3]
-                assert isinstance(cap, int)
-                i = bisect_left(self.mps_keys, (cap, ix[1], ix[2]))  # type: ignore[arg-type]
-                del self.mps_keys[i]
+                del self.mps_open[key]
+                del self.mps_keys[bisect_left(self.mps_keys, (ix[3], ix[1], ix[2]))]
         elif kind == K_TS:
             m, b = ix[1], ix[2]
-            assert isinstance(m, str) and isinstance(b, int)
             d = self.ts_open[m][b]
             del d[g.gid]
             if not d:
@@ -172,9 +187,16 @@ class Packer:
                     self.frozen_models[m] = self.frozen_models.get(m, 0) + 1
                     g.ix = ("MIGF", m, *ps)
             elif g.reps and not geo.maximal[g.st]:
-                self.mig_open.setdefault(m, {}).setdefault(g.st, {})[g.gid] = g
-                self.mig_ver[m] = self.mig_ver.get(m, 0) + 1
-                g.ix = (K_MIG, m, g.st)
+                per = self.mig_open.setdefault(m, {})
+                st = g.st
+                d = per.get(st)
+                if d is None:
+                    d = per[st] = {}
+                    for p, nxt in enumerate(geo.add[st]):
+                        if nxt >= 0:
+                            insort(self.acc.setdefault((m, p), []), (-geo.slices[nxt], st))
+                d[g.gid] = g
+                g.ix = (K_MIG, m, st)
         elif mode == K_MPS:
             self.mps_epoch += 1
             n = g.node.n
@@ -187,18 +209,17 @@ class Packer:
                     insort(self.mps_keys, (cap, m, n))
                 d[g.gid] = g
                 g.ix = (K_MPS, m, n, cap)
-        elif mode == K_TS:
-            if len(g.reps) < g.node.n:
-                free = self.tscap[g.gid] - g.ts_used
-                if free > 0:
-                    b = free >> _BUCKET_SHIFT
-                    per = self.ts_open.setdefault(m, {})
-                    d = per.get(b)
-                    if d is None:
-                        d = per[b] = {}
-                        insort(self.ts_bk.setdefault(m, []), b)
-                    d[g.gid] = g
-                    g.ix = (K_TS, m, b)
+        elif mode == K_TS and len(g.reps) < g.node.n:
+            free = self.tscap[g.gid] - g.ts_used
+            if free > 0:
+                b = free >> _BUCKET_SHIFT
+                per = self.ts_open.setdefault(m, {})
+                d = per.get(b)
+                if d is None:
+                    d = per[b] = {}
+                    insort(self.ts_bk.setdefault(m, []), b)
+                d[g.gid] = g
+                g.ix = (K_TS, m, b)
 
     def _index_node(self, n: Node) -> None:
         ix = self.nodes_ix
@@ -251,7 +272,9 @@ class Packer:
                 d = min(prof.max_count, geo.compute_slices // prof.compute_slices)
                 if d > best_d:
                     best_p, best_d = p, d
-            news.append(((-best_d, ctx.models[m].memory_mib, korder[K_MIG], m), (K_MIG, m, best_p, best_d, True)))
+            news.append(
+                ((-best_d, ctx.models[m].memory_mib, korder[K_MIG], m), (K_MIG, m, best_p, best_d, True))
+            )
         for m, nmax in mps.items():
             news.append(((-nmax, ctx.models[m].memory_mib, korder[K_MPS], m), (K_MPS, m, nmax, nmax, True)))
         for m in ts:
@@ -266,31 +289,21 @@ class Packer:
                 news.append(((-1, ctx.models[m].memory_mib, korder[K_EX], m), (K_EX, m, 0, 1, True)))
             else:
                 ex_last.append(m)
-        news.sort(key=lambda t: t[0])
+        if self.rank_mode == "memory" and dep.rank == 0:
+            # Guaranteed: least GPU memory per replica first (keeps large GPUs for memory-bound tiers)
+            news.sort(key=lambda t: (ctx.models[t[1][1]].memory_mib / t[1][3], t[0]))
+        elif self.rank_mode == "tolerant":
+            # densities within 15 % of the best count as equal: then the GPU model with less memory
+            top = max((t[1][3] for t in news), default=1)
+            news.sort(key=lambda t: (t[1][3] < 0.85 * top, t[0][1] if t[1][3] >= 0.85 * top else 0, t[0]))
+        else:
+            news.sort(key=lambda t: t[0])
         reason = None if (news or ex_last) else unfit_reason(ctx, dep)
         o = Opts(mig, mps, tuple(sorted(ts)), ex, [t[1] for t in news], ex_last, reason)
         self.opts_cache[key] = o
         return o
 
     # ------------------------------------------------------------------------------------------ search
-
-    def _accepting(self, m: str, p: int) -> list[int]:
-        """Open MIG layout states of model ``m`` that can take profile ``p``, fullest result first."""
-        ver = self.mig_ver.get(m, 0)
-        hit = self.mig_cache.get((m, p))
-        if hit is not None and hit[0] == ver:
-            return hit[1]
-        opened = self.mig_open.get(m, {})
-        geo = geometry(m)
-        states: list[int] = []
-        if geo is not None and opened:
-            add = geo.add
-            sl = geo.slices
-            cand = [(sl[add[st][p]], st) for st in opened if add[st][p] >= 0]
-            cand.sort(key=lambda t: (-t[0], t[1]))
-            states = [st for _, st in cand]
-        self.mig_cache[(m, p)] = (ver, states)
-        return states
 
     def _pick(self, gpus: dict[int, Gpu], did: int, same_ok: bool) -> tuple[Gpu | None, int]:
         """First GPU without the deployment, preferring a node without it; (gpu, node-has-deployment)."""
@@ -326,14 +339,13 @@ class Packer:
                 if best_key is not None and (best_key[0] == 0 or not pref) and best_key[2] < waste:
                     break
                 found = False
-                if opened:
-                    for st in self._accepting(m, p):
-                        g, nh = self._pick(opened[st], did, same_ok)
+                acc = self.acc.get((m, p)) if opened else None
+                if acc:
+                    for neg_fill, st in acc:
+                        g, nh = self._pick(opened[st], did, same_ok)  # type: ignore[index]
                         if g is None:
                             continue
-                        geo = g.geo
-                        assert geo is not None
-                        key = (nh if pref else 0, 0, waste, -geo.slices[geo.add[st][p]])
+                        key = (nh if pref else 0, 0, waste, neg_fill)
                         if best_key is None or key < best_key:
                             best, best_key = (g, K_MIG, p), key
                         found = True
@@ -431,8 +443,9 @@ class Packer:
                 opened = self.nodes_ix.get(key)
                 if not opened:
                     continue
-                seen = 0
-                for n in opened.values():
+                for seen, n in enumerate(opened.values()):
+                    if seen >= _SCAN:
+                        break
                     have = n.deps.get(did, 0)
                     cand = (n, n.n if kind == K_MPS else param)
                     if not have or ignored:
@@ -442,9 +455,6 @@ class Packer:
                             soft = cand
                     elif hard is None:
                         hard = cand
-                    seen += 1
-                    if seen >= _SCAN:
-                        break
             return None
 
         hit = scan(keys)
@@ -469,7 +479,6 @@ class Packer:
         """Open a new GPU with the best available option. ``Required`` spread looks through every option
         for a node without the deployment before it accepts one that has it; ``Preferred`` only within an
         option (fresh nodes count), so spreading never costs packing density."""
-        did = r.dep.did
         required = self.spread == "Required"
         fallback: tuple[Node, tuple[str, str, int, int, bool]] | None = None
         for opt in news:
@@ -506,15 +515,23 @@ class Packer:
             g.mode = K_MIG
             g.st = 0
         attach(self.ctx, r, g, kind, param if kind == K_MIG else -1)
+        self._touch(r, g)
         self._index_gpu(g)
         self._index_node(node)
 
+    def _touch(self, r: Rep, g: Gpu) -> None:
+        if self.touched_nodes is not None:
+            self.touched_nodes.add(g.node.pos)
+            self.touched_deps.add(r.dep.key)
+
     def _put(self, r: Rep, g: Gpu, mech: str, prof: int) -> None:
         attach(self.ctx, r, g, mech, prof)
+        self._touch(r, g)
         self._index_gpu(g)
 
     def _remove(self, q: Rep) -> None:
         g = detach(self.ctx, q)
+        self._touch(q, g)
         node = g.node
         if not g.reps and g.role == ROLE_POOL:
             if g.frozen is not None:  # nothing runs on it any more: the layout may change again
@@ -526,11 +543,11 @@ class Packer:
                 lst = node.free.setdefault(g.key, [])
                 lst.append(g)
                 lst.sort(key=lambda x: x.index)
-            if node.used == 0 and not node.fixed and not node.whole and not any(
-                x.role != ROLE_POOL for x in node.gpus
-            ):
+            if node.used == 0 and not node.whole and not any(x.role != ROLE_POOL for x in node.gpus):
+                # nothing runs on the node any more: its sharing mode is free to change
                 node.mode = M_FREE
                 node.n = 0
+                node.fixed = False
             self._index_node(node)
         self._index_gpu(g)
 
@@ -558,7 +575,7 @@ class Packer:
         best: tuple[tuple[int, int, int], Node, Gpu, int] | None = None
         # GPUs with free slots and a cap below the estimate (those with a larger cap were zero-cost already)
         hi = bisect_left(self.mps_keys, (size,))
-        for cap, m, n in self.mps_keys[:hi]:
+        for _cap, m, n in self.mps_keys[:hi]:
             n_new = min(o.mps.get(m, 0), limit)
             if n_new < 2 or n_new >= n:
                 continue
@@ -589,6 +606,8 @@ class Packer:
             return False
         _, node, g, n_new = best
         node.n = n_new
+        if self.touched_nodes is not None:
+            self.touched_nodes.add(node.pos)
         for x in node.gpus:
             self._index_gpu(x)
         if not g.reps:
@@ -612,7 +631,7 @@ class Packer:
         ]
         cands.sort(key=lambda g: (len(g.reps), sum(r.dep.size for r in g.reps) / g.mem, g.gid))
         freed = 0
-        for g in cands:
+        for g in cands[:_CONSOLIDATE_MAX]:
             if not g.reps or len(g.reps) > 4:
                 continue
             reps = sorted(g.reps, key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
@@ -648,6 +667,25 @@ class Packer:
                 self._index_gpu(x)
             self._index_node(node)
         return freed
+
+    def _respread(self) -> None:
+        """After consolidation freed GPUs: replicas that share a GPU with another replica of their deployment
+        (placed that way as a last resort) try again without sharing."""
+        for r in self.ctx.reps:
+            g = r.gpu
+            if g is None or r.pinned or g.deps.get(r.dep.did, 0) < 2:
+                continue
+            old = (g, r.mech or K_EX, r.prof)
+            self._remove(r)
+            if not self.place(r):
+                og, mech, prof = old
+                if not og.reps and og in og.node.free.get(og.key, []):
+                    og.node.free[og.key].remove(og)
+                    if mech == K_MIG:
+                        og.mode = K_MIG
+                        og.st = 0
+                    self._index_node(og.node)
+                self._put(r, og, mech, prof)
 
     # ------------------------------------------------------------------------------------------ preemption
 
@@ -761,8 +799,14 @@ class Packer:
             later = [r for r in queue if not self.place(r)]
             for r in later:
                 self.place(r, last_resort=True)
-        if self.consolidate_pass:
-            self.consolidate()
+        if self.consolidate_pass and self.consolidate():
+            # freed GPUs: spread again and give replicas that found no room another chance
+            self._respread()
+            waiting = [r for r in ctx.reps if r.gpu is None and r.unplaced is None]
+            waiting.sort(key=lambda r: (r.dep.rank, -r.dep.size, r.ordinal, r.dep.order, r.dep.key))
+            for r in waiting:
+                if not self.place(r):
+                    self.place(r, last_resort=True)
         self._borrow()
         for r in ctx.reps:
             if r.gpu is None and r.unplaced is None:
@@ -791,6 +835,7 @@ class Packer:
             g = r.cur_gpu
             if g is not None and g in lend and g.mem >= r.dep.size:
                 attach(ctx, r, g, K_EX)
+                self._touch(r, g)
                 lend.remove(g)
         for r in want:
             if r.gpu is not None:
@@ -798,6 +843,7 @@ class Packer:
             for g in lend:
                 if g.mem >= r.dep.size:
                     attach(ctx, r, g, K_EX)
+                    self._touch(r, g)
                     lend.remove(g)
                     break
 
@@ -808,14 +854,14 @@ class Packer:
         if r.evicted in ("ReservedCapacity", "ReservationClaimed", "SegmentCapacity"):
             return ("ReservedCapacity", f"{r.evict_msg}; no other GPU has room")
         o = self.opts(dep)
-        if self.reserved_models and any(
-            mem >= dep.size for m, mem in self.reserved_models.items()
-        ):
+        if self.reserved_models and any(mem >= dep.size for m, mem in self.reserved_models.items()):
             n_res = sum(1 for g in self.ctx.gpus if g.role != ROLE_POOL)
             return (
                 "ReservedCapacity",
                 f"the pool's unreserved GPUs are full; {n_res} GPUs are held by reservations or segments"
-                + (" (BestEffort may borrow only lendable, unclaimed reserved GPUs)" if dep.rank == 2 else ""),
+                + (
+                    " (BestEffort may borrow only lendable, unclaimed reserved GPUs)" if dep.rank == 2 else ""
+                ),
             )
         kinds = sorted({MECH_OUT[k] for k, *_ in o.news} | ({"Exclusive"} if o.ex_last else set()))
         higher = " after higher tiers were placed" if dep.rank > 0 else ""
@@ -851,16 +897,27 @@ def run_heuristic(
     demands: Sequence[Demand],
     current: Iterable[CurrentPlacement] = (),
 ) -> Context:
-    """Pack; when replicas stay unplaced for lack of capacity, pack again without node spread (spread is
-    relaxed only when it makes a replica unplaceable) and keep the better plan."""
+    """Pack, and keep the best of a few variants (by unplaced replicas per tier, then replicas moved, then GPUs
+    used; the first variant wins ties, so the result stays deterministic):
+
+    * when replicas stay unplaced for lack of capacity: the same without node spread (spread is relaxed only
+      when it makes a replica unplaceable);
+    * pools up to ``PORTFOLIO_MAX_GPUS``: Guaranteed ranked by GPU memory per replica, strict density order
+      (no tolerance), and MPS nodes reused down to half the best density. Small pools have few nodes, so the
+      greedy's node-level choices matter more there, and each pass costs milliseconds."""
     cur = list(current)
     ctx = build_context(policy, nodes, demands, cur)
     Packer(ctx).run()
-    if policy.spread_nodes != "Ignored":
-        first = _score(ctx)
-        if any(first[:3]):
-            alt = build_context(policy, nodes, demands, cur)
-            Packer(alt, spread="Ignored").run()
-            if _score(alt) < first:
-                return alt
-    return ctx
+    best, best_score = ctx, _score(ctx)
+    variants: list[dict[str, Any]] = []
+    if policy.spread_nodes != "Ignored" and any(best_score[:3]):
+        variants.append({"spread": "Ignored"})
+    if len(ctx.gpus) <= PORTFOLIO_MAX_GPUS:
+        variants += [{"rank_mode": "memory"}, {"rank_mode": "density"}, {"mps_density_pct": 50}]
+    for kw in variants:
+        alt = build_context(policy, nodes, demands, cur)
+        Packer(alt, **kw).run()
+        score = _score(alt)
+        if score < best_score:
+            best, best_score = alt, score
+    return best

@@ -28,7 +28,13 @@ _TIER_MECHS = {
     "Burstable": {"MIG", "MPS", "Exclusive"},
     "BestEffort": {"MIG", "MPS", "TimeSlicing", "Exclusive"},
 }
-_UNPLACED = {"InsufficientCapacity", "NoShareFits", "MechanismNotAllowed", "PreemptedByHigherTier", "ReservedCapacity"}
+_UNPLACED = {
+    "InsufficientCapacity",
+    "NoShareFits",
+    "MechanismNotAllowed",
+    "PreemptedByHigherTier",
+    "ReservedCapacity",
+}
 
 
 def check_plan(
@@ -268,7 +274,9 @@ def _check_deployments(
         ords = {o for (k, o) in placed if k == dp.deployment}
         un = {u.ordinal for u in dp.unplaced}
         if ords & un or (ords | un) != set(range(d.replicas)) or len(dp.unplaced) != len(un):
-            v.append(f"deployment {dp.deployment}: placed {sorted(ords)} / unplaced {sorted(un)} inconsistent")
+            v.append(
+                f"deployment {dp.deployment}: placed {sorted(ords)} / unplaced {sorted(un)} inconsistent"
+            )
         if dp.placed != len(ords):
             v.append(f"deployment {dp.deployment}: placed {dp.placed} != {len(ords)}")
         for u in dp.unplaced:
@@ -357,9 +365,7 @@ def _check_needed(
     v: list[str] = []
     running = {(c.deployment, c.ordinal, c.node, c.gpu_index, c.mechanism) for c in current}
     node_plan = {n.name: n for n in plan.nodes}
-    all_free = {
-        n.name: all(g.mode == "Free" for g in plan.gpus if g.node == n.name) for n in plan.nodes
-    }
+    all_free = {n.name: all(g.mode == "Free" for g in plan.gpus if g.node == n.name) for n in plan.nodes}
     free = [
         g
         for g in plan.gpus
@@ -384,7 +390,9 @@ def _check_needed(
                 continue
             for f in free:
                 if _could_host(f, node_plan[f.node], all_free[f.node], d, policy):
-                    v.append(f"replica {r.deployment}#{r.ordinal} {why} although GPU {f.node}/{f.index} is free")
+                    v.append(
+                        f"replica {r.deployment}#{r.ordinal} {why} although GPU {f.node}/{f.index} is free"
+                    )
                     break
     return v
 
@@ -422,7 +430,9 @@ def _check_pressure(plan: Plan, demand: dict[str, Demand], policy: PoolPolicy) -
                 elif s.mechanism == "MPS" and s.memory_bytes >= d.memory_bytes:
                     ok = "MPS" in mechs and (d.share is None or d.share.mechanism in (None, "MPS"))
                 elif s.mechanism == "Exclusive" and model.memory_bytes >= d.memory_bytes and not r.borrowed:
-                    ok = "Exclusive" in mechs and (d.share is None or d.share.mechanism in (None, "Exclusive"))
+                    ok = "Exclusive" in mechs and (
+                        d.share is None or d.share.mechanism in (None, "Exclusive")
+                    )
                 if ok:
                     v.append(
                         f"{d.tier} {dp.deployment}#{u.ordinal} unplaced while {r.qos} "
@@ -455,7 +465,9 @@ def _check_moves(
             and (c.mechanism != "MIG" or now[1].share.mig_profile == c.mig_profile)
         )
         if not same and k not in evicted:
-            v.append(f"running replica {c.deployment}#{c.ordinal} moved or yielded without an eviction record")
+            v.append(
+                f"running replica {c.deployment}#{c.ordinal} moved or yielded without an eviction record"
+            )
         if now is not None and now[1].moved == same:
             v.append(f"replica {c.deployment}#{c.ordinal}: moved flag wrong")
     return v

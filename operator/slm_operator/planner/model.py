@@ -38,6 +38,7 @@ EvictionReason = Literal[
     "Defragmentation",
     "ReturnBorrowedGPU",
     "LayoutConflict",
+    "DeploymentChanged",
 ]
 
 ALL_MECHANISMS: tuple[Mechanism, ...] = ("Exclusive", "MIG", "MPS", "TimeSlicing")

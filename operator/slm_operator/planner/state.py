@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from slm_operator.catalog import GpuModel, gpu_by_key
 from slm_operator.planner.mig import Counts, MigGeometry, fitting_profiles, geometry
@@ -51,18 +52,18 @@ TIER_MECHS: dict[int, frozenset[str]] = {
 
 class Dep:
     __slots__ = (
-        "did",
-        "key",
-        "tier",
-        "rank",
-        "size",
-        "gib",
-        "replicas",
-        "mech",
-        "profile",
-        "order",
-        "reps",
         "demand",
+        "did",
+        "gib",
+        "key",
+        "mech",
+        "order",
+        "profile",
+        "rank",
+        "replicas",
+        "reps",
+        "size",
+        "tier",
     )
 
     def __init__(self, did: int, d: Demand) -> None:
@@ -87,19 +88,19 @@ class Dep:
 
 class Rep:
     __slots__ = (
-        "dep",
-        "ordinal",
-        "gpu",
-        "mech",
-        "prof",
+        "borrowed",
         "cur",
         "cur_gpu",
-        "pinned",
-        "evicted",
+        "dep",
         "evict_msg",
-        "unplaced",
-        "borrowed",
+        "evicted",
+        "gpu",
+        "mech",
+        "ordinal",
         "out",
+        "pinned",
+        "prof",
+        "unplaced",
     )
 
     def __init__(self, dep: Dep, ordinal: int) -> None:
@@ -123,19 +124,19 @@ class Rep:
 
 class Node:
     __slots__ = (
-        "name",
-        "pos",
-        "inv",
-        "schedulable",
+        "deps",
+        "fixed",
+        "free",
         "gpus",
+        "inv",
+        "ix",
         "mode",
         "n",
-        "fixed",
-        "whole",
+        "name",
+        "pos",
+        "schedulable",
         "used",
-        "deps",
-        "free",
-        "ix",
+        "whole",
     )
 
     def __init__(self, pos: int, inv: NodeInventory) -> None:
@@ -152,33 +153,33 @@ class Node:
         self.deps: dict[int, int] = {}
         #: free pool GPUs by model key, ascending index (only on schedulable nodes)
         self.free: dict[str, list[Gpu]] = {}
-        self.ix: list[tuple[object, ...]] = []
+        self.ix: list[tuple[Any, ...]] = []
 
 
 class Gpu:
     __slots__ = (
+        "claimed",
+        "deps",
+        "free_inst",
+        "frozen",
+        "geo",
         "gid",
-        "node",
+        "group",
         "index",
         "inv",
-        "model",
-        "key",
-        "geo",
-        "mem",
-        "mem_mib",
-        "role",
-        "group",
-        "lendable",
-        "claimed",
-        "mode",
-        "reps",
-        "st",
-        "frozen",
-        "free_inst",
-        "ts_used",
-        "deps",
         "inv_counts",
         "ix",
+        "key",
+        "lendable",
+        "mem",
+        "mem_mib",
+        "mode",
+        "model",
+        "node",
+        "reps",
+        "role",
+        "st",
+        "ts_used",
     )
 
     def __init__(self, gid: int, node: Node, inv_gpu: object, model: GpuModel) -> None:
@@ -206,7 +207,7 @@ class Gpu:
         self.ts_used = 0
         self.deps: dict[int, int] = {}
         self.inv_counts: Counts | None = None  # inventory MIG layout when legal
-        self.ix: tuple[object, ...] | None = None
+        self.ix: tuple[Any, ...] | None = None
 
     @property
     def mig_capable(self) -> bool:
@@ -247,7 +248,7 @@ class Context:
     #: per-class explanation fragments (assemble)
     text_cache: dict[object, list[str]] = field(default_factory=dict)
     #: equal output shares are one object (assemble)
-    share_cache: dict[object, object] = field(default_factory=dict)
+    share_cache: dict[object, Any] = field(default_factory=dict)
 
     def ts_capacity(self, gpu: Gpu) -> int:
         return gpu.mem * self.ts_factor // 100
@@ -420,7 +421,12 @@ def _severity(ctx: Context, gpu: Gpu, group: str) -> tuple[int, int]:
     worst = 0
     count = 0
     for r in _running_on(ctx, gpu):
-        if r.dep.rank == 2 and r.cur is not None and r.cur.mechanism == "Exclusive" and gpu.inv.assigned_to == group:
+        if (
+            r.dep.rank == 2
+            and r.cur is not None
+            and r.cur.mechanism == "Exclusive"
+            and gpu.inv.assigned_to == group
+        ):
             continue  # a borrower of this very reservation
         worst = max(worst, 3 - r.dep.rank)
         count += 1
@@ -499,15 +505,27 @@ def _classify_current(ctx: Context) -> None:
         dep = r.dep
         mech = MECH_IN[c.mechanism]
         if gpu.role == ROLE_SEGMENT:
-            _displace(ctx, r, "SegmentCapacity", f"GPU {gpu.node.name}/{gpu.index} now belongs to segment {gpu.group}")
+            _displace(
+                ctx,
+                r,
+                "SegmentCapacity",
+                f"GPU {gpu.node.name}/{gpu.index} now belongs to segment {gpu.group}",
+            )
             continue
         if gpu.role == ROLE_RESERVED:
             if dep.rank == 2 and mech == K_EX and gpu.lendable:
                 continue  # a borrower: re-decided after packing (prefers to stay)
             if gpu.claimed and dep.rank == 2:
-                _displace(ctx, r, "ReservationClaimed", f"reservation {gpu.group} claimed GPU {gpu.node.name}/{gpu.index}")
+                _displace(
+                    ctx,
+                    r,
+                    "ReservationClaimed",
+                    f"reservation {gpu.group} claimed GPU {gpu.node.name}/{gpu.index}",
+                )
             else:
-                _displace(ctx, r, "ReservedCapacity", f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}")
+                _displace(
+                    ctx, r, "ReservedCapacity", f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}"
+                )
             continue
         if mech not in ctx.allowed or mech not in TIER_MECHS[dep.rank] or (dep.mech and dep.mech != mech):
             _displace(ctx, r, "MechanismNotAllowed", f"{c.mechanism} is no longer allowed for this replica")
@@ -516,7 +534,12 @@ def _classify_current(ctx: Context) -> None:
         if mech == K_MIG:
             geo = gpu.geo
             if geo is None or c.mig_profile is None or c.mig_profile not in geo.index:
-                _displace(ctx, r, "LayoutConflict", f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}")
+                _displace(
+                    ctx,
+                    r,
+                    "LayoutConflict",
+                    f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}",
+                )
                 continue
             prof = geo.index[c.mig_profile]
             if dep.profile is not None and dep.profile != c.mig_profile:
@@ -560,8 +583,9 @@ def _can_pin(
             # the running layout is frozen: the inventory layout when it holds every running profile here
             want = [0] * len(geo.profiles)
             for o in _running_on(ctx, gpu):
-                if o.cur is not None and o.cur.mechanism == "MIG" and o.cur.mig_profile in geo.index:
-                    want[geo.index[o.cur.mig_profile]] += 1
+                prof_name = o.cur.mig_profile if o.cur is not None and o.cur.mechanism == "MIG" else None
+                if prof_name is not None and prof_name in geo.index:
+                    want[geo.index[prof_name]] += 1
             inv = gpu.inv_counts
             if inv is not None and all(a <= b for a, b in zip(want, inv, strict=True)):
                 frozen = inv
@@ -576,11 +600,18 @@ def _can_pin(
                 # used instances are added by attach()
         if gpu.frozen is not None:
             if gpu.free_inst[prof] <= 0:
-                _displace(ctx, r, "LayoutConflict", f"GPU {where}: no free MIG {geo.profiles[prof].name} instance")
+                _displace(
+                    ctx, r, "LayoutConflict", f"GPU {where}: no free MIG {geo.profiles[prof].name} instance"
+                )
                 return False
             return True
         if geo.add[gpu.st][prof] < 0:
-            _displace(ctx, r, "LayoutConflict", f"GPU {where}: MIG {geo.profiles[prof].name} does not fit the layout")
+            _displace(
+                ctx,
+                r,
+                "LayoutConflict",
+                f"GPU {where}: MIG {geo.profiles[prof].name} does not fit the layout",
+            )
             return False
         return True
     if mech == K_MPS:
@@ -592,7 +623,9 @@ def _can_pin(
             _displace(ctx, r, "LayoutConflict", f"node {node.name} has MIG GPUs; MPS is impossible there")
             return False
         if mps_cap(gpu.mem_mib, n) < size:
-            _displace(ctx, r, "ShareNoLongerFits", f"the MPS cap on node {node.name} no longer holds the estimate")
+            _displace(
+                ctx, r, "ShareNoLongerFits", f"the MPS cap on node {node.name} no longer holds the estimate"
+            )
             return False
         if len(gpu.reps) >= n:
             _displace(ctx, r, "LayoutConflict", f"GPU {where} has no free MPS client")
@@ -619,7 +652,9 @@ def _ts_n(ctx: Context, node: Node) -> int:
     return limit
 
 
-def _pin(ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool) -> None:
+def _pin(
+    ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool
+) -> None:
     node = gpu.node
     if mech == K_MPS:
         node.mode = M_MPS
@@ -634,7 +669,9 @@ def _pin(ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, 
     attach(ctx, r, gpu, mech, prof)
 
 
-def class_fits(ctx: Context, dep: Dep) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str], set[str]]:
+def class_fits(
+    ctx: Context, dep: Dep
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str], set[str]]:
     """Share options of a deployment per GPU model present in the pool:
     (MIG fitting profile indices, MPS max clients, time-slicing models, whole-GPU models)."""
     rank = dep.rank
@@ -659,7 +696,9 @@ def class_fits(ctx: Context, dep: Dep) -> tuple[dict[str, tuple[int, ...]], dict
                 if fits:
                     mig[key] = fits
         if K_MPS in mechs:
-            n = mps_nmax(model.memory_mib, size, min(ctx.policy.mps_max_clients_per_gpu, model.mps_max_clients))
+            n = mps_nmax(
+                model.memory_mib, size, min(ctx.policy.mps_max_clients_per_gpu, model.mps_max_clients)
+            )
             if n >= 2:
                 mps[key] = n
         if K_TS in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:

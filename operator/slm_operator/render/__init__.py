@@ -58,7 +58,8 @@ class OperatorConfig:
     llm_fallback_priority_class: str = "slm-llm-fallback"
     field_manager: str = "slm-operator"
     replica_cpu: str = "1"
-    replica_memory: str = "8Gi"
+    #: Host memory a replica requests on top of its weights (the server loads the weights through host RAM).
+    replica_memory_overhead_bytes: int = 2 << 30
 
 
 def _hash(obj: Any, n: int = 10) -> str:
@@ -223,6 +224,12 @@ def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memor
     return args + list(spec.runtime.args or [])
 
 
+def host_memory(sizing: Sizing, cfg: OperatorConfig) -> str:
+    """Host RAM a replica requests: its weights (loaded through host memory) plus a fixed overhead, in Mi."""
+    weights = sizing.estimate.weights_bytes if sizing.estimate else sizing.memory_bytes // 2
+    return f"{-(-(weights + cfg.replica_memory_overhead_bytes) // (1 << 20))}Mi"
+
+
 def placement_record(p: ReplicaPlacement, node: str, gpu_index: int) -> dict[str, Any]:
     return {
         "deployment": p.deployment,
@@ -321,7 +328,7 @@ def replica_pod(
         "ports": [{"name": "http", "containerPort": spec.runtime.port, "protocol": "TCP"}],
         "env": env,
         "resources": {
-            "requests": {"cpu": cfg.replica_cpu, "memory": cfg.replica_memory, share_resource(p): "1"},
+            "requests": {"cpu": cfg.replica_cpu, "memory": host_memory(sizing, cfg), share_resource(p): "1"},
             "limits": {share_resource(p): "1"},
         },
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},

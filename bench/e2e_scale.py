@@ -1,0 +1,190 @@
+"""make bench-e2e: end-to-end scale figures on the local control plane (a benchmark, not a test).
+
+Applies 200 SLMDeployments at once to a fresh cluster (2 x 8 H100, 1 x 8 A100, 2 x 4 L4 simulated GPUs; three
+GPUPools) with slm-operator and the NVIDIA simulator running, and reports: the time from `kubectl apply` to every
+replica pod Running, the operator's peak memory (VmHWM), and Kubernetes API requests per planning pass (from the
+operator's own metrics). Writes JSON to $BENCH_OUT (default bench/out/e2e.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from e2e.operator import free_port  # noqa: E402
+
+MODELS = ["qwen2.5-0.5b-instruct", "smollm2-360m-instruct", "llama-3.2-1b-instruct", "qwen2.5-1.5b-instruct"]
+TIERS = ["Guaranteed", "Burstable", "BestEffort"]
+
+
+def sh(*cmd: str, **kw: Any) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def manifests(n: int) -> list[dict[str, Any]]:
+    pools = [
+        ("bench-h100", "NVIDIA-H100-80GB-HBM3", ["MIG", "MPS", "TimeSlicing", "Exclusive"]),
+        ("bench-a100", "NVIDIA-A100-SXM4-40GB", ["MIG", "MPS", "TimeSlicing", "Exclusive"]),
+        ("bench-l4", "NVIDIA-L4", ["MPS", "TimeSlicing", "Exclusive"]),
+    ]
+    docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}]
+    for name, product, mech in pools:
+        docs.append(
+            {
+                "apiVersion": "slm.io/v1alpha1",
+                "kind": "GPUPool",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeSelector": {"matchLabels": {"nvidia.com/gpu.product": product}},
+                    "sharing": {"mechanisms": mech, "mps": {"maxClientsPerGPU": 16}},
+                },
+            }
+        )
+    for i in range(n):
+        pool = pools[(0, 0, 0, 1, 2)[i % 5]][0]  # 60% on the 16 H100s, 20% each on the 8 A100s and the 8 L4s
+        docs.append(
+            {
+                "apiVersion": "slm.io/v1alpha1",
+                "kind": "SLMDeployment",
+                "metadata": {"name": f"agent-{i:03d}", "namespace": "bench"},
+                "spec": {
+                    "poolRef": {"name": pool},
+                    "model": {
+                        "name": MODELS[i % len(MODELS)],
+                        "maxContextTokens": 2048,
+                        "maxConcurrentSequences": 4,
+                    },
+                    "replicas": 1,
+                    # Guaranteed needs hard isolation: a whole L4 (no MIG) per replica, so L4 takes the shareable tiers
+                    "qos": TIERS[i % 3] if pool != "bench-l4" else TIERS[1 + i % 2],
+                },
+            }
+        )
+    return docs
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "slm_api_requests_total":
+                out["requests"] = out.get("requests", 0.0) + s.value
+            if s.name == "slm_reconcile_duration_seconds_count" and s.labels.get("resource") == "GPUPool":
+                out["passes"] = out.get("passes", 0.0) + s.value
+    return out
+
+
+def main() -> int:
+    n = int(os.environ.get("BENCH_DEPLOYMENTS", "200"))
+    out_path = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out" / "e2e.json"))
+    name = "bench-e2e"
+    bin_dir = Path(sh(str(REPO / "e2e/cluster/bin-dir.sh")).strip())
+    sh(str(REPO / "e2e/cluster/down.sh"), name)
+    kubeconfig = sh(str(REPO / "e2e/cluster/up.sh"), name).strip().splitlines()[-1]
+    kc = [str(bin_dir / "kubectl"), "--kubeconfig", kubeconfig]
+    procs: list[subprocess.Popen[bytes]] = []
+    log_dir = Path(kubeconfig).parent
+    try:
+        sh(*kc, "apply", "-f", str(REPO / "crds"))
+        sh(*kc, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        sh(*kc, "apply", "-f", str(REPO / "deploy/priorityclasses.yaml"))
+        for ns in ("gpu-operator", "slm-system"):
+            sh(*kc, "create", "namespace", ns)
+        env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'operator'}"}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", kubeconfig, "--namespace", "gpu-operator"],
+                cwd=REPO, env=env, stdout=(log_dir / "nvsim.log").open("wb"), stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+        port = free_port()
+        op = subprocess.Popen(
+            [sys.executable, "-m", "slm_operator", "run", "--kubeconfig", kubeconfig, "--namespace", "slm-system",
+             "--metrics-listen", f"127.0.0.1:{port}", "--health-listen", ""],
+            cwd=REPO, env={**env, "SLM_RESYNC_SECONDS": "30"},
+            stdout=(log_dir / "operator.log").open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        procs.append(op)
+        time.sleep(3)
+        docs = manifests(n)
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [*kc, "apply", "-f", "-"], input=yaml.safe_dump_all(docs), capture_output=True, text=True
+        )
+        if r.returncode:
+            raise SystemExit(f"kubectl apply failed: {r.stderr}")
+        applied = time.monotonic() - t0
+        deadline = t0 + 900
+        running = placed_now = 0
+        stable_since = time.monotonic()
+        last = (-1, -1)
+        while time.monotonic() < deadline:
+            pods = json.loads(sh(*kc, "get", "pods", "-n", "bench", "-l", "slm.io/pool", "-o", "json"))[
+                "items"
+            ]
+            running = sum(
+                1
+                for p in pods
+                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+            )
+            deps_now = json.loads(sh(*kc, "get", "slmdeployments", "-n", "bench", "-o", "json"))["items"]
+            placed_now = sum((d.get("status") or {}).get("placedReplicas", 0) for d in deps_now)
+            if running >= n:
+                break
+            if (running, placed_now) != last:
+                last, stable_since = (running, placed_now), time.monotonic()
+            elif running == placed_now > 0 and time.monotonic() - stable_since > 20:
+                break  # every placed replica runs and nothing changes any more: the rest does not fit
+            time.sleep(1)
+        # time until the last change (the final 20 s of watching nothing happen are not counted)
+        elapsed = (time.monotonic() if running >= n else stable_since) - t0
+        status = Path(f"/proc/{op.pid}/status").read_text()
+        hwm_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        m = scrape(port)
+        deps = json.loads(sh(*kc, "get", "slmdeployments", "-n", "bench", "-o", "json"))["items"]
+        placed = sum((d.get("status") or {}).get("placedReplicas", 0) for d in deps)
+        row = {
+            "deployments": n,
+            "replicasPlaced": placed,
+            "podsRunning": running,
+            "applySeconds": round(applied, 2),
+            "secondsToAllPlacedRunning": round(elapsed, 1),
+            "operatorPeakMemoryMiB": round(hwm_kib / 1024, 1),
+            "apiRequests": int(m.get("requests", 0)),
+            "planningPasses": int(m.get("passes", 0)),
+            "apiRequestsPerPass": round(m.get("requests", 0) / max(1.0, m.get("passes", 1.0)), 1),
+        }
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(row, indent=2) + "\n")
+        print(json.dumps(row, indent=2))
+        if running < n:
+            print(
+                f"{running}/{n} replicas Running: the rest did not fit (placed {placed}); see the SLMDeployments status"
+            )
+        return 0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sh(str(REPO / "e2e/cluster/down.sh"), name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
