@@ -75,7 +75,9 @@ def operator(
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     log_dir = tmp_path_factory.mktemp("operator")
-    token = cluster.kubectl("-n", "slm-system", "create", "token", "slm-slm-operator", "--duration=4h").strip()
+    token = cluster.kubectl(
+        "-n", "slm-system", "create", "token", "slm-slm-operator", "--duration=4h"
+    ).strip()
     admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
     sa_kubeconfig = log_dir / "operator-kubeconfig"
     sa_kubeconfig.write_text(
@@ -85,7 +87,12 @@ def operator(
                 "kind": "Config",
                 "clusters": admin["clusters"],
                 "users": [{"name": "slm-operator", "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": admin["clusters"][0]["name"], "user": "slm-operator"}}],
+                "contexts": [
+                    {
+                        "name": "sa",
+                        "context": {"cluster": admin["clusters"][0]["name"], "user": "slm-operator"},
+                    }
+                ],
                 "current-context": "sa",
             }
         )

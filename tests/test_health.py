@@ -17,7 +17,9 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize(("state", "code"), [("standby", 200), ("leading", 200), ("starting", 503), ("stopping", 503)])
+@pytest.mark.parametrize(
+    ("state", "code"), [("standby", 200), ("leading", 200), ("starting", 503), ("stopping", 503)]
+)
 def test_health_endpoints_follow_the_replica_state(state: str, code: int) -> None:
     port = _port()
     h = Health()

@@ -145,7 +145,7 @@ def test_pods_follow_the_plan_once_nodes_are_configured() -> None:
 
 
 def test_converged_pool_is_left_alone_and_reports_ready() -> None:
-    w, d = _converge()
+    _, d = _converge()
     assert d.pods_create == [] and d.pods_delete == [] and d.node_labels == {}
     assert not d.waiting
     for key, st in d.deployment_statuses.items():
@@ -210,7 +210,11 @@ def test_labels_wait_for_pods_to_drain() -> None:
         if json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["mechanism"] == "MIG"
     }
     assert mig_pods and mig_pods <= {n for _, n, _ in d.pods_delete}
-    nodes_with_mig = {json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["node"] for p in w.pods if p["metadata"]["name"] in mig_pods}
+    nodes_with_mig = {
+        json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["node"]
+        for p in w.pods
+        if p["metadata"]["name"] in mig_pods
+    }
     assert not (nodes_with_mig & set(d.node_labels)), "a node is relabelled while its pods still run"
     assert d.waiting
     # Once the pods are gone, the labels change.

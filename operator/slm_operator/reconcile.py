@@ -18,8 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.api.v1alpha1 import GPUPool, PoolNodeStatus, SLMDeployment, SLMDeploymentStatus
-from slm_operator.api.v1alpha1 import GPUPoolStatus
+from slm_operator.api.v1alpha1 import (
+    GPUPool,
+    GPUPoolStatus,
+    PoolNodeStatus,
+    SLMDeployment,
+    SLMDeploymentStatus,
+)
 from slm_operator.catalog import gpu_by_key
 from slm_operator.inventory import (
     DEPLOYMENT_LABEL,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from slm_operator.planner.model import GiB, Plan
 
-
 TIER = {"Guaranteed": "G", "Burstable": "B", "BestEffort": "BE"}
 
 

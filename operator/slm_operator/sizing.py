@@ -31,15 +31,6 @@ class Quantization(StrEnum):
     INT8 = "INT8"
     INT4 = "INT4"
 
-    @classmethod
-    def _missing_(cls, value: object) -> Quantization | None:  # accept "bf16", " int4 "
-        if isinstance(value, str):
-            wanted = value.strip().upper()
-            for member in cls:
-                if member.value == wanted:
-                    return member
-        return None
-
 
 # --- constants (justified in docs/sizing.md) -------------------------------------------------------------------
 

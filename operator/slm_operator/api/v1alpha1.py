@@ -27,6 +27,7 @@ from slm_operator.api.base import (
     k8s,
 )
 from slm_operator.api.quantity import QuantityError, quantity_bytes
+from slm_operator.sizing import Quantization
 
 # ---------------------------------------------------------------------------------------------- enums
 
@@ -46,14 +47,6 @@ class QoSTier(StrEnum):
     GUARANTEED = "Guaranteed"
     BURSTABLE = "Burstable"
     BEST_EFFORT = "BestEffort"
-
-
-class Quantization(StrEnum):
-    BF16 = "BF16"
-    FP16 = "FP16"
-    FP8 = "FP8"
-    INT8 = "INT8"
-    INT4 = "INT4"
 
 
 class ReservationPurpose(StrEnum):
@@ -658,7 +651,10 @@ class Sanitization(ApiModel):
 class Hyperparameters(ApiModel):
     epochs: int = Field(default=3, ge=1, le=100)
     learning_rate: str = Field(
-        default="0.0002", max_length=32, pattern=DECIMAL_PATTERN, description="Learning rate (decimal string)."
+        default="0.0002",
+        max_length=32,
+        pattern=DECIMAL_PATTERN,
+        description="Learning rate (decimal string).",
     )
     lora_rank: int | None = Field(
         default=None, ge=1, le=1024, description="LoRA rank (LoRA and QLoRA; default 16)."

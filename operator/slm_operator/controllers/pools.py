@@ -324,7 +324,9 @@ def _configmap(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any
 
 def _strip(raw: dict[str, Any]) -> dict[str, Any]:
     """Keep what the models know: apiVersion, kind, metadata, spec, status."""
-    out: dict[str, Any] = {k: raw[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in raw}
+    out: dict[str, Any] = {
+        k: raw[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in raw
+    }
     meta = dict(out.get("metadata") or {})
     meta.pop("managedFields", None)
     out["metadata"] = meta

@@ -187,7 +187,7 @@ def finetune_status(
     where = f"on segment {ftj.spec.segment} ({', '.join(segment_nodes)})"
     # The sanitize init container must finish before training starts: a running or finished trainer means
     # the data was sanitised.
-    if complete or active and jst.get("ready"):
+    if complete or (active and jst.get("ready")):
         conds = set_condition(
             conds,
             SANITIZED,

@@ -7,7 +7,6 @@ does), so a resync that observes nothing new writes an identical status and the 
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
