@@ -31,6 +31,7 @@ from e2e.operator import (
     placement,
     replica_pods,
 )
+from tests.test_argocd_health import health as argocd_health
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,9 @@ def operator(
             [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "create", "namespace", ns],
             capture_output=True,
         )
+    cluster.kubectl(
+        "apply", "-f", str(REPO / "e2e" / "cluster" / "volumes.yaml")
+    )  # PVs for the examples' PVC
     helm = [str(cluster.bin_dir / "helm"), "--kubeconfig", cluster.kubeconfig]
     subprocess.run(
         [*helm, "upgrade", "--install", "slm", str(REPO / "charts" / "slm-operator"), "--namespace", "slm-system",
@@ -255,6 +259,21 @@ def test_examples_are_placed_where_the_plan_says(
             if smp.labels["pool"] == "h100"
         }
         assert gpus["Reserved"] == 2 and gpus["Segment"] == 1 and sum(gpus.values()) == 16
+        # Argo CD's view: the shipped Lua health checks, run on the real objects, call them Healthy.
+        real = [("GPUPool", co.get_cluster_custom_object(GROUP, VERSION, "gpupools", "h100"))]
+        real += [("SLMDeployment", get_dep(cluster.api, "agents", "invoice-extractor"))]
+
+        def trained() -> dict[str, Any] | None:
+            ftj = co.get_namespaced_custom_object(
+                GROUP, VERSION, "agents", "finetunejobs", "extractor-lora-1"
+            )
+            return ftj if is_true(ftj, "Promoted") else None
+
+        real += [("FineTuneJob", wait_for(trained, CONVERGE, "the example FineTuneJob trained and promoted"))]
+        for kind, obj in real:
+            verdict = argocd_health(kind, obj)
+            assert verdict["status"] == "Healthy", (kind, verdict)
+        wait_ready(cluster, "agents", "invoice-extractor")  # rolled onto the adapter, one replica at a time
         # The Service of each deployment exists and selects its pods.
         svc = cluster.core.read_namespaced_service("invoice-extractor", "agents")
         assert svc.spec.selector == {"slm.io/deployment": "invoice-extractor"}
@@ -531,6 +550,30 @@ def test_sigkill_mid_reconcile_converges(
     configs = set(yaml.safe_load(cm.data["config.yaml"])["mig-configs"])
     used = {cluster.labels(n).get("nvidia.com/mig.config") for n in ("gpu-h100-0", "gpu-h100-1")}
     assert used <= configs and {c for c in configs if c.startswith("slm-")} <= used
+
+
+def test_only_one_replica_is_active_and_a_standby_takes_over(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str, tmp_path: Path
+) -> None:
+    standby = Operator(
+        kubeconfig=cluster.kubeconfig, log_dir=tmp_path, kubeconfig_override=operator.kubeconfig_override
+    )
+    standby.start()
+    try:
+        wait_for(lambda: "standing by" in standby.logs(), 60, "the second replica stands by")
+        pools.append(f"ha-{ns}")
+        kubectl_apply(cluster, [pool(pools[0], node="gpu-l4-0", sharing={"mechanisms": ["MPS"]})])
+        kubectl_apply(cluster, [dep("router", pools[0], "qwen2.5-0.5b-instruct", 1, "Burstable")], ns)
+        wait_ready(cluster, ns, "router")
+        assert "created pod" not in standby.logs(), "the standby replica reconciled"
+        operator.kill(signal.SIGKILL)  # the leader dies without releasing the Lease
+        cluster.kubectl("scale", "-n", ns, "slmdeployment/router", "--replicas=3")
+        wait_ready(cluster, ns, "router", timeout=CONVERGE)
+        assert "became leader" in standby.logs()
+    finally:
+        standby.stop()
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()  # the module's operator, for the tests after this one
 
 
 # ------------------------------------------------------------------------------------------- 7. deletion

@@ -12,7 +12,6 @@ from test_planner_support import demand, node
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
 
 from bench.workloads import agentic_mix
-
 from slm_operator.planner import PoolPolicy, Reservation, plan_pool
 from slm_operator.planner.baselines import (
     lower_bound,

@@ -162,7 +162,9 @@ def test_context_limit_rejected() -> None:
 
 def test_quantization_strings() -> None:
     assert [q.value for q in Quantization] == ["BF16", "FP16", "FP8", "INT8", "INT4"]
-    assert Quantization("BF16") is Quantization.BF16  # the spelling of the API (and its CRD enum), nothing else
+    assert (
+        Quantization("BF16") is Quantization.BF16
+    )  # the spelling of the API (and its CRD enum), nothing else
     assert Quantization.FP8 == "FP8"
     with pytest.raises(ValueError):
         Quantization("int3")
