@@ -73,19 +73,24 @@ test-unit: $(STAMP) ## Unit and property tests (no cluster)
 test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)
 	$(BIN)/python -m pytest -q -m e2e -p no:cacheprovider --timeout=900 e2e
 
-.PHONY: bench-e2e
-bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
-	$(BIN)/python bench/e2e_scale.py
-
 .PHONY: test-gpu
 test-gpu: $(STAMP) ## The node agent against a real NVIDIA GPU, read-only (skips without one; not part of test)
 	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests_gpu
 
+##@ Benchmarks
+.PHONY: bench
+bench: $(STAMP) ## Packing benchmark: GPUs used vs lower bound, exact optimum and baselines (docs/benchmarks.md)
+	$(BIN)/python -m bench.packing
+
+.PHONY: bench-e2e
+bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
+	$(BIN)/python bench/e2e_scale.py
+
+##@ Local cluster and demo
 .PHONY: k8s-bin
 k8s-bin: ## Build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm from Go modules (cached)
 	@bash e2e/cluster/build.sh
 
-##@ Local cluster and demo
 .PHONY: cluster-up
 cluster-up: k8s-bin ## Start the local control plane with simulated GPU nodes (prints the kubeconfig path)
 	@bash e2e/cluster/up.sh slm
