@@ -20,6 +20,7 @@ from slm_operator.api.v1alpha1 import (
     SLMDeployment,
 )
 from slm_operator.manifests import load_manifests
+from tests.structural import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,44 +136,6 @@ def test_quantity_bytes_and_format() -> None:
         parse_quantity("20 GB")
 
 
-def _walk(schema: dict, value: object, path: str = "") -> list[str]:
-    """A small validator for the structural schema subset we generate (types, enums, bounds, required)."""
-    errs: list[str] = []
-    t = schema.get("type")
-    if t == "object" and isinstance(value, dict):
-        for req in schema.get("required", []):
-            if req not in value:
-                errs.append(f"{path}.{req}: required")
-        props = schema.get("properties")
-        for k, v in value.items():
-            if props is not None:
-                if k not in props:
-                    errs.append(f"{path}.{k}: unknown")
-                else:
-                    errs += _walk(props[k], v, f"{path}.{k}")
-            elif "additionalProperties" in schema:
-                errs += _walk(schema["additionalProperties"], v, f"{path}.{k}")
-    elif t == "array" and isinstance(value, list):
-        errs += [e for i, v in enumerate(value) for e in _walk(schema["items"], v, f"{path}[{i}]")]
-        if len(value) > schema.get("maxItems", 10**9):
-            errs.append(f"{path}: too many items")
-    elif t == "string":
-        if not isinstance(value, str):
-            errs.append(f"{path}: not a string")
-        elif "enum" in schema and value not in schema["enum"]:
-            errs.append(f"{path}: not in enum")
-        elif len(value) > schema.get("maxLength", 10**9):
-            errs.append(f"{path}: too long")
-    elif t == "integer":
-        if not isinstance(value, int) or isinstance(value, bool):
-            errs.append(f"{path}: not an integer")
-        elif not schema.get("minimum", -(10**18)) <= value <= schema.get("maximum", 10**18):
-            errs.append(f"{path}: out of bounds")
-    elif t == "boolean" and not isinstance(value, bool):
-        errs.append(f"{path}: not a boolean")
-    return errs
-
-
 def test_generated_schema_accepts_every_example_round_tripped() -> None:
     m = load_manifests([ROOT / "examples"])
     objs = [*m.pools, *m.deployments, *m.finetune_jobs]
@@ -181,6 +144,6 @@ def test_generated_schema_accepts_every_example_round_tripped() -> None:
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         dumped = obj.to_k8s()
         dumped["metadata"] = {"name": obj.metadata.name}
-        assert _walk(schema, dumped) == [], obj.metadata.name
+        assert validate(dumped, schema) == [], obj.metadata.name
         # and the dump parses back to the same object
         assert type(obj).model_validate(dumped).spec == obj.spec

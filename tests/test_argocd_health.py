@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from tests.structural import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGOCD = ROOT / "deploy" / "argocd"
@@ -185,44 +186,6 @@ def test_any_object_gets_a_status_and_a_message(kind: str) -> None:
 # ------------------------------------------------------------------------------------------- fixtures vs CRDs
 
 
-def _validate(value: Any, schema: dict[str, Any], path: str, errors: list[str]) -> None:
-    """The parts of structural-schema validation that matter for fixtures: fields, types, enums, required."""
-    t = schema.get("type")
-    if t == "object":
-        if not isinstance(value, dict):
-            errors.append(f"{path}: want object")
-            return
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for k, v in value.items():
-            if props is not None and k in props:
-                _validate(v, props[k], f"{path}.{k}", errors)
-            elif isinstance(extra, dict):
-                _validate(v, extra, f"{path}.{k}", errors)
-            elif props is not None and not schema.get("x-kubernetes-preserve-unknown-fields"):
-                errors.append(f"{path}.{k}: unknown field")
-        for k in schema.get("required", []):
-            if k not in value:
-                errors.append(f"{path}.{k}: required")
-    elif t == "array":
-        if not isinstance(value, list):
-            errors.append(f"{path}: want array")
-            return
-        for i, v in enumerate(value):
-            _validate(v, schema.get("items", {}), f"{path}[{i}]", errors)
-    elif t == "string":
-        if not isinstance(value, str):
-            errors.append(f"{path}: want string, got {value!r}")
-        elif "enum" in schema and value not in schema["enum"]:
-            errors.append(f"{path}: {value!r} not in {schema['enum']}")
-        elif "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
-    elif t == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
-        errors.append(f"{path}: want integer, got {value!r}")
-    elif t == "boolean" and not isinstance(value, bool):
-        errors.append(f"{path}: want boolean, got {value!r}")
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_fixtures_are_valid_objects_of_the_crds(kind: str) -> None:
     crd = next(
@@ -235,8 +198,7 @@ def test_fixtures_are_valid_objects_of_the_crds(kind: str) -> None:
     for path in sorted((ARGOCD / "slm.io" / kind / "testdata").glob("*.yaml")):
         obj = yaml.safe_load(path.read_text())
         assert obj["apiVersion"] == f"{crd['spec']['group']}/{version['name']}" and obj["kind"] == kind
-        errors: list[str] = []
-        _validate({k: v for k, v in obj.items() if k in ("spec", "status")}, schema, "", errors)
+        errors = validate({k: v for k, v in obj.items() if k in ("spec", "status")}, schema)
         assert not errors, f"{kind}/testdata/{path.name}:\n" + "\n".join(errors)
 
 
