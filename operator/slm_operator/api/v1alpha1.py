@@ -672,7 +672,11 @@ class OutputLocation(ApiModel):
 
 class EvaluationGate(ApiModel):
     min_score_percent: int = Field(
-        default=0, ge=0, le=100, description="Least evaluation score (percent) required to promote."
+        default=0,
+        ge=0,
+        le=100,
+        description="Least evaluation score (percent) required to promote; the trainer reports its score as "
+        'the termination message of its `train` container (`{"evalScorePercent": N}`). 0 disables the gate.',
     )
 
 

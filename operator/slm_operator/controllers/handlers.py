@@ -22,7 +22,13 @@ from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.pools import PoolReconciler, _strip, now_rfc3339
 from slm_operator.inventory import AGENT_INVENTORY_ANNOTATION, GPU_ROLES_ANNOTATION, POOL_LABEL
 from slm_operator.render import ADAPTER_ANNOTATION, OperatorConfig
-from slm_operator.render.finetune import finetune_job, finetune_status, job_name
+from slm_operator.render.finetune import (
+    evaluation_score,
+    finetune_job,
+    finetune_status,
+    job_name,
+    promotion_allowed,
+)
 
 log = logging.getLogger("slm_operator.handlers")
 
@@ -281,16 +287,18 @@ def finetune_reconcile(body: kopf.Body, **_: Any) -> None:
         kube.create(finetune_job(ftj, nodes, State.operator_image, State.finetune_priority_class))
         job = kube.get("batch/v1", "Job", job_name(ftj), ns)
     promoted = False
+    score = None
     if job is not None and ftj.spec.promote is not None:
         complete = any(
             c.get("type") == "Complete" and c.get("status") == "True"
             for c in (job.get("status") or {}).get("conditions") or []
         )
-        gate = ftj.spec.promote.evaluation.min_score_percent
+        if complete and ftj.spec.promote.evaluation.min_score_percent > 0:
+            score = evaluation_score(kube.list("v1", "Pod", ns, label_selector=f"job-name={job_name(ftj)}"))
         target = ftj.spec.promote.slm_deployment_ref.name
         artifact = f"pvc://{ftj.spec.output.pvc.claim_name}/{ftj.spec.output.pvc.path}".rstrip("/")
         dep = kube.get(API_VERSION, "SLMDeployment", target, ns)
-        if complete and gate == 0 and dep is not None:
+        if promotion_allowed(ftj, complete, score) and dep is not None:
             if (dep["metadata"].get("annotations") or {}).get(ADAPTER_ANNOTATION) != artifact:
                 kube.merge_patch(
                     API_VERSION,
@@ -303,7 +311,9 @@ def finetune_reconcile(body: kopf.Body, **_: Any) -> None:
                     dep, "Normal", "Promoted", f"rolling onto {artifact} from FineTuneJob {ftj.metadata.name}"
                 )
             promoted = True
-    st = finetune_status(ftj, job=job, segment_nodes=nodes, problem=problem, promoted=promoted, now=now)
+    st = finetune_status(
+        ftj, job=job, segment_nodes=nodes, problem=problem, promoted=promoted, now=now, score=score
+    )
     new = st.to_k8s()
     if (ftj.status.to_k8s() if ftj.status else None) != new:
         kube.apply(

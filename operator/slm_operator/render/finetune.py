@@ -8,6 +8,7 @@ plan gave to the segment and requests whole GPUs (``nvidia.com/gpu``), with the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -149,6 +150,34 @@ def finetune_job(
     }
 
 
+def evaluation_score(pods: Sequence[Mapping[str, Any]]) -> int | None:
+    """The trainer's evaluation score, from its termination message (``{"evalScorePercent": N}``, written to
+    ``/dev/termination-log`` by the trainer image when it finishes); None when no finished pod reports one."""
+    best: int | None = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != "train":
+                continue
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode") != 0 or not term.get("message"):
+                continue
+            try:
+                score = json.loads(term["message"]).get("evalScorePercent")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(score, int | float) and not isinstance(score, bool):
+                best = int(score) if best is None else max(best, int(score))
+    return best
+
+
+def promotion_allowed(ftj: FineTuneJob, complete: bool, score: int | None) -> bool:
+    """Promote once training completed and the evaluation gate (if any) is met."""
+    if ftj.spec.promote is None or not complete:
+        return False
+    gate = ftj.spec.promote.evaluation.min_score_percent
+    return gate == 0 or (score is not None and score >= gate)
+
+
 def _job_condition(job: Mapping[str, Any] | None, type_: str) -> bool:
     for c in ((job or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":
@@ -164,6 +193,7 @@ def finetune_status(
     problem: tuple[str, str] | None,
     promoted: bool,
     now: str,
+    score: int | None = None,
 ) -> FineTuneJobStatus:
     """Mirror the Job into the FineTuneJob's conditions (Sanitized, Trained, Evaluated, Promoted, Failed)."""
     old = ftj.status or FineTuneJobStatus()
@@ -218,13 +248,28 @@ def finetune_status(
             conds = set_condition(
                 conds, EVALUATED, True, "NoGate", "no evaluation gate (minScorePercent 0)", gen, now
             )
-        else:
+        elif score is None:
             conds = set_condition(
                 conds,
                 EVALUATED,
                 None,
                 "AwaitingScore",
-                f"waiting for an evaluation score of at least {gate}%",
+                f"the trainer reported no evaluation score (termination message evalScorePercent); "
+                f"{gate}% is needed to promote",
+                gen,
+                now,
+            )
+        elif score >= gate:
+            conds = set_condition(
+                conds, EVALUATED, True, "GatePassed", f"evaluation score {score}% >= {gate}%", gen, now
+            )
+        else:
+            conds = set_condition(
+                conds,
+                EVALUATED,
+                False,
+                "BelowGate",
+                f"evaluation score {score}% < {gate}%: not promoted",
                 gen,
                 now,
             )
