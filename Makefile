@@ -63,7 +63,7 @@ verify: crds chart-crds argocd-cm ## Regenerate everything generated and fail on
 
 ##@ Tests
 .PHONY: test
-test: test-unit test-e2e ## Run every test tier (unit, property and end-to-end)
+test: k8s-bin test-unit test-e2e ## Run every test tier (unit, property and end-to-end); builds the binaries first
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Unit and property tests (no cluster)
