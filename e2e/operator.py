@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,6 @@ class Operator:
                 out.append(f"----- operator run {i} -----\n" + p.read_text(errors="replace")[-20000:])
         return "\n".join(out)
 
-    def lease_free(self) -> None:
-        """After a SIGKILL the old Lease is still held until it expires; the e2e lets the new run take it."""
-
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
@@ -118,16 +114,3 @@ def delete_quietly(fn: Any, *args: Any, **kw: Any) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
-
-
-def wait_gone(check: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            check()
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
-        time.sleep(0.2)
-    raise AssertionError("object still there")

@@ -17,7 +17,7 @@ from typing import Any
 
 from slm_operator.api.quantity import quantity_bytes
 from slm_operator.api.v1alpha1 import GPUPool, LendTo, RepartitionPolicy, SLMDeployment
-from slm_operator.catalog import GpuModel, ModelArchitecture, gpu_by_key, gpu_by_product, slm_by_name
+from slm_operator.catalog import GpuModel, ModelArchitecture, gpu_by_product, slm_by_name
 from slm_operator.planner.model import (
     CurrentPlacement,
     Demand,
@@ -338,7 +338,3 @@ def current_placements(pods: Iterable[Mapping[str, Any]]) -> list[CurrentPlaceme
             continue
         out.setdefault((cp.deployment, cp.ordinal), cp)
     return [out[k] for k in sorted(out)]
-
-
-def gpu_model_of(key: str) -> GpuModel:
-    return gpu_by_key(key)

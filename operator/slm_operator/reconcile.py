@@ -14,7 +14,7 @@ the cluster safe live here too, so they are unit-tested without a cluster:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,9 +139,9 @@ def claimed_reservations(world: World, node_names: set[str]) -> dict[str, int]:
     return out
 
 
-def _node_ready_for(node: Mapping[str, Any], cfg: NodeConfig, needs: str) -> str | None:
-    """None when the node applies ``cfg`` for a share of kind ``needs`` (MIG/MPS/TimeSlicing/Exclusive);
-    otherwise why the replica must wait."""
+def _node_ready_for(node: Mapping[str, Any], cfg: NodeConfig) -> str | None:
+    """None when the node reports ``cfg`` as applied (its MIG layout and its sharing mode); otherwise why a
+    replica planned there must wait."""
     labels = _meta(node).get("labels") or {}
     name = _meta(node).get("name")
     if cfg.mig_capable:
@@ -344,8 +344,8 @@ def decide(world: World) -> Decisions:
             continue
         rec = json.loads(pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])
         target = d.node_configs.get(rec["node"])
-        why = None if target is None else _node_ready_for(node_by_name[rec["node"]], target, rec["mechanism"])
-        if target is not None and name_in(rec["node"], d.node_labels):
+        why = None if target is None else _node_ready_for(node_by_name[rec["node"]], target)
+        if target is not None and rec["node"] in d.node_labels:
             why = why or f"node {rec['node']}: configuration is being changed"
         if why:
             waiting_by_dep.setdefault(rkey[0], {})[rkey[1]] = why
@@ -428,10 +428,6 @@ def desired_deployments(desired: Mapping[tuple[str, int], Any]) -> set[str]:
     return {k[0] for k in desired}
 
 
-def name_in(name: str, mapping: Mapping[str, Any]) -> bool:
-    return name in mapping
-
-
 def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Event]:
     """Events for decisions users care about: placed, unplaceable (on a change of the Placed condition)."""
     old = {c.type: c for c in (dep.status.conditions if dep.status and dep.status.conditions else [])}
@@ -469,11 +465,3 @@ def restore_labels(node: Mapping[str, Any]) -> dict[str, str | None]:
     except ValueError:
         return {}
     return original
-
-
-def pool_of_deployment(dep: SLMDeployment) -> str:
-    return dep.spec.pool_ref.name
-
-
-def deployments_of_pool(pool: str, deployments: Sequence[SLMDeployment]) -> list[SLMDeployment]:
-    return [d for d in deployments if d.spec.pool_ref.name == pool]

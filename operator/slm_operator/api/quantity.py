@@ -77,8 +77,3 @@ def format_bytes(n: int) -> str:
     if n < MiB:
         return f"{-(-n // 1024)}Ki"
     return f"{-(-n // MiB)}Mi"
-
-
-def format_gib(n: int) -> str:
-    """Bytes as a human GiB figure with one decimal (display only)."""
-    return f"{n / GiB:.1f}Gi"

@@ -340,7 +340,3 @@ def _uid(world: World, namespace: str | None, name: str) -> str | None:
     if world.pool.metadata.name == name:
         return world.pool.metadata.uid
     return None
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
