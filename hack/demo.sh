@@ -10,7 +10,7 @@ export SLM_CLUSTER_DIR=${SLM_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-op
 BIN=$(e2e/cluster/bin-dir.sh)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/6 control-plane binaries (first build: 10-20 minutes on 2 cores; cached in $BIN)"
+step "1/6 control-plane binaries (first build: about 15 minutes on 2 cores; cached in $BIN)"
 e2e/cluster/build.sh
 
 step "2/6 local cluster '$NAME' (etcd, kube-apiserver, controller-manager, scheduler, kwok; all on 127.0.0.1)"
