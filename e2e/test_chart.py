@@ -25,6 +25,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -513,6 +514,49 @@ sys.stdout.write(yaml.safe_dump_all(out))
 """
 
 
+def _crds_left(ext: client.ApiextensionsV1Api, names: list[str]) -> list[str]:
+    """The CRDs of ``names`` that still exist, each with its finalizers and Terminating condition (so that a
+    timeout says where the apiserver's CRD finalizer is stuck)."""
+    left = []
+    for n in names:
+        try:
+            crd = ext.read_custom_resource_definition(n)
+        except ApiException as e:
+            if e.status == 404:
+                continue
+            raise
+        term = [c for c in crd.status.conditions or [] if c.type == "Terminating"]
+        left.append(
+            f"{n} finalizers={crd.metadata.finalizers} deleting={bool(crd.metadata.deletion_timestamp)} "
+            + (f"Terminating={term[0].status}/{term[0].reason}: {term[0].message}" if term else "")
+        )
+    return left
+
+
+def _wait_serving(cluster: Cluster, group: str, plurals: list[str]) -> None:
+    """Wait until the API server serves every CRD's instances: right after a CRD is created or changed its
+    storage is "(re)initializing", and a CRD deleted before that makes the apiserver's CRD finalizer fail and
+    back off exponentially (observed in CI: over 60 s before the CRDs went)."""
+    objects = client.CustomObjectsApi(cluster.api)
+    for plural in plurals:
+        wait_for(
+            lambda plural=plural: objects.list_cluster_custom_object(group, "v1alpha1", plural) is not None,
+            60,
+            f"{plural}.{group} served",
+        )
+
+
+def _wait_crds_gone(
+    ext: client.ApiextensionsV1Api, names: list[str], what: str, timeout: float = 180
+) -> None:
+    # The apiserver's CRD finalizer lists and deletes the instances first; it took over 60 s once under load.
+    deadline = time.monotonic() + timeout
+    while left := _crds_left(ext, names):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; left: {left}")
+        time.sleep(0.2)
+
+
 def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: Path) -> None:
     """Templated CRDs are upgraded by `helm upgrade`, kept on uninstall with crds.keep, removed without."""
     ns = make_namespace(cluster)
@@ -521,7 +565,8 @@ def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: 
     renderer = tmp_path / "post-render.py"
     renderer.write_text(POST_RENDERER.format(python=sys.executable, group=group))
     renderer.chmod(renderer.stat().st_mode | stat.S_IXUSR)
-    names = [f"{p}.{group}" for p in ("gpupools", "slmdeployments", "finetunejobs")]
+    plurals = ["gpupools", "slmdeployments", "finetunejobs"]
+    names = [f"{p}.{group}" for p in plurals]
 
     def install(release: str, *extra: str, revision: str = "") -> None:
         helm(
@@ -546,25 +591,19 @@ def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: 
             crd = ext.read_custom_resource_definition(n)
             assert crd.metadata.labels["e2e.slm.io/revision"] == "v2", "helm upgrade upgraded the CRD"
             assert crd.spec.versions[0].additional_printer_columns[-1].description == "v2"
+        _wait_serving(cluster, group, plurals)
         helm("uninstall", "kept", "--namespace", ns, "--wait")
         for n in names:
             assert _exists(ext.read_custom_resource_definition, n), f"{n} kept on uninstall (crds.keep=true)"
         for n in names:
             ext.delete_custom_resource_definition(n)
-        wait_for(
-            lambda: not any(_exists(ext.read_custom_resource_definition, n) for n in names),
-            60,
-            "CRDs deleted",
-        )
+        _wait_crds_gone(ext, names, "CRDs deleted")
 
         install("dropped", "--set", "crds.keep=false")
         assert all(_exists(ext.read_custom_resource_definition, n) for n in names)
+        _wait_serving(cluster, group, plurals)
         helm("uninstall", "dropped", "--namespace", ns, "--wait")
-        wait_for(
-            lambda: not any(_exists(ext.read_custom_resource_definition, n) for n in names),
-            60,
-            "CRDs removed on uninstall with crds.keep=false",
-        )
+        _wait_crds_gone(ext, names, "CRDs removed on uninstall with crds.keep=false")
     finally:
         for n in names:
             with contextlib.suppress(ApiException):
