@@ -201,7 +201,7 @@ class Cluster:
         return self.core.list_event_for_all_namespaces(field_selector=sel).items
 
     def wait_node_event(
-        self, name: str, reason: str, contains: str = "", timeout: float = 20
+        self, name: str, reason: str, contains: str = "", timeout: float = 60
     ) -> client.CoreV1Event:
         def find() -> client.CoreV1Event | None:
             for ev in self.node_events(name):
@@ -211,7 +211,7 @@ class Cluster:
 
         return wait_for(find, timeout, f"event {reason} on node {name} containing {contains!r}")
 
-    def wait_mig_state(self, name: str, config_name: str, state: str, timeout: float = 30) -> dict[str, str]:
+    def wait_mig_state(self, name: str, config_name: str, state: str, timeout: float = 90) -> dict[str, str]:
         """Wait until mig-manager finished with ``config_name`` (observed annotation) in ``state``."""
 
         def done() -> dict[str, str] | None:
@@ -245,7 +245,7 @@ class Cluster:
         body = client.V1Pod(metadata=client.V1ObjectMeta(name=name, namespace=namespace), spec=spec)
         return self.core.create_namespaced_pod(namespace, body)
 
-    def wait_pod_running(self, namespace: str, name: str, timeout: float = 30) -> client.V1Pod:
+    def wait_pod_running(self, namespace: str, name: str, timeout: float = 90) -> client.V1Pod:
         def running() -> client.V1Pod | None:
             pod = self.core.read_namespaced_pod(name, namespace)
             return pod if pod.status.phase == "Running" else None
@@ -348,7 +348,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for node in GPU_NODES:
             wait_for(
                 lambda node=node: "nvsim.slm.io/device-plugin-status" in c.annotations(node),
-                30,
+                90,
                 f"nvsim to reconcile {node}",
             )
         if reuse:
@@ -366,7 +366,7 @@ def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # pods need the namespace's default ServiceAccount (ServiceAccount admission); KCM creates it
-    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 30, f"{name}/default SA")
+    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 90, f"{name}/default SA")
     yield name
     _print_diagnostics_once(request, cluster, name)
     # pods first (kwok's pod-delete stage is fast), so no test sees another test's pods on a node; the

@@ -148,7 +148,7 @@ def test_agent_annotates_its_node_and_serves_matching_metrics(
     log = tmp_path / "agent.log"
     proc = _agent(cluster, log, port, FLEET)
     try:
-        raw = wait_for(lambda: cluster.annotations(NODE).get(ANNOTATION), 30, f"{ANNOTATION} on {NODE}")
+        raw = wait_for(lambda: cluster.annotations(NODE).get(ANNOTATION), 90, f"{ANNOTATION} on {NODE}")
         assert raw == expected.annotation_json()
         doc = json.loads(raw)
         assert len(doc["gpus"]) == 8 and doc["node"] == NODE
@@ -170,7 +170,7 @@ def test_agent_annotates_its_node_and_serves_matching_metrics(
             s = _scrape(port)
             return s if len(_find(s, "slm_gpu_share_memory_bytes")) == 2 else None
 
-        samples = wait_for(scraped, 30, "metrics with both replica shares")
+        samples = wait_for(scraped, 90, "metrics with both replica shares")
         assert _find(samples, "slm_agent_nvml_up", node=NODE) == {frozenset({("node", NODE)}): 1.0}
         assert list(_find(samples, "slm_agent_gpus", node=NODE).values()) == [8.0]
         for g in expected.gpus:

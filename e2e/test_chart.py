@@ -104,7 +104,7 @@ def unique_priority_classes(prefix: str) -> list[str]:
 def make_namespace(cluster: Cluster, labels: dict[str, str] | None = None) -> str:
     name = f"e2e-chart-{uuid.uuid4().hex[:8]}"
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 30, f"{name}/default SA")
+    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 90, f"{name}/default SA")
     return name
 
 
@@ -372,7 +372,7 @@ def test_install_upgrade_uninstall(cluster: Cluster, helm: Helm, nvidia_ns: str)
                     c.type == "Established" and c.status == "True"
                     for c in ext.read_custom_resource_definition(crd).status.conditions or []
                 ),
-                30,
+                90,
                 f"CRD {crd} Established",
             )
             if installs_crds:
@@ -582,7 +582,7 @@ def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: 
                     c.type == "Established" and c.status == "True"
                     for c in ext.read_custom_resource_definition(n).status.conditions or []
                 ),
-                30,
+                90,
                 f"{n} Established",
             )
             assert "e2e.slm.io/revision" not in ext.read_custom_resource_definition(n).metadata.labels

@@ -54,7 +54,7 @@ def test_too_many_gpus_stay_pending(cluster: Cluster, ns: str) -> None:
         cond = {c.type: c for c in pod.status.conditions or []}.get("PodScheduled")
         return pod.status.phase == "Pending" and cond is not None and cond.reason == "Unschedulable"
 
-    wait_for(unschedulable, 30, "PodScheduled=False/Unschedulable")
+    wait_for(unschedulable, 90, "PodScheduled=False/Unschedulable")
 
     def failed_scheduling() -> str | None:
         for ev in cluster.core.list_namespaced_event(ns).items:
@@ -62,7 +62,7 @@ def test_too_many_gpus_stay_pending(cluster: Cluster, ns: str) -> None:
                 return ev.message
         return None
 
-    message = wait_for(failed_scheduling, 30, "FailedScheduling event")
+    message = wait_for(failed_scheduling, 90, "FailedScheduling event")
     assert "nvidia.com/gpu" in message
     assert cluster.core.read_namespaced_pod("nine-gpus", ns).spec.node_name is None
 
@@ -96,11 +96,11 @@ def test_controllers_run(cluster: Cluster, ns: str) -> None:
         pods = cluster.core.list_namespaced_pod(ns, label_selector="app=rs-gpu").items
         return len(pods) == 2 and all(p.status.phase == "Running" for p in pods)
 
-    wait_for(two_running, 30, "2 ReplicaSet pods Running")
+    wait_for(two_running, 90, "2 ReplicaSet pods Running")
     cluster.apps.delete_namespaced_replica_set("rs-gpu", ns, propagation_policy="Background")
     wait_for(
         lambda: not cluster.core.list_namespaced_pod(ns, label_selector="app=rs-gpu").items,
-        30,
+        90,
         "garbage collection of the ReplicaSet's pods",
     )
 

@@ -191,10 +191,10 @@ def test_time_slicing_renamed_and_back(gpu_nodes: Cluster) -> None:
             "nvidia.com/gpu.shared": 32
         }
 
-    wait_for(shared, 20, "nvidia.com/gpu.shared=32")
+    wait_for(shared, 60, "nvidia.com/gpu.shared=32")
     # GFD's labels follow the device plugin's resources (separate components, separate updates)
     labels = wait_for(
-        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "4" and lab, 20, "gpu.replicas=4"
+        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "4" and lab, 60, "gpu.replicas=4"
     )
     assert labels["nvidia.com/gpu.sharing-strategy"] == "time-slicing"
     assert labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"  # renamed: no -SHARED suffix
@@ -210,11 +210,11 @@ def test_time_slicing_renamed_and_back(gpu_nodes: Cluster) -> None:
             c.nvidia_resources(H100_B).get("nvidia.com/gpu.shared") == 0
             and c.nonzero_resources(H100_B) == {"nvidia.com/gpu": 8}
         ),
-        20,
+        60,
         "back to 8 whole GPUs",
     )
     labels = wait_for(
-        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "1" and lab, 20, "gpu.replicas=1"
+        lambda: (lab := c.labels(H100_B))["nvidia.com/gpu.replicas"] == "1" and lab, 60, "gpu.replicas=1"
     )
     assert labels["nvidia.com/gpu.sharing-strategy"] == "none"
 
@@ -223,7 +223,7 @@ def test_time_slicing_pods_share_gpus(gpu_nodes: Cluster, ns: str) -> None:
     c = gpu_nodes
     c.put_config_map(DP_CONFIG_MAP, {"ts-4": TIME_SLICING_4})
     c.set_labels(L4, {DP_CONFIG: "ts-4"})
-    wait_for(lambda: c.nvidia_resources(L4).get("nvidia.com/gpu.shared") == 16, 20, "16 shared L4 GPUs")
+    wait_for(lambda: c.nvidia_resources(L4).get("nvidia.com/gpu.shared") == 16, 60, "16 shared L4 GPUs")
     for i in range(5):
         c.pod(ns, f"shared-{i}", {"nvidia.com/gpu.shared": "1"})
     for i in range(5):
@@ -237,20 +237,20 @@ def test_mps_refused_with_mig_enabled(gpu_nodes: Cluster) -> None:
     c.wait_mig_state(A100, "all-balanced", "success")
     c.set_labels(A100, {DP_CONFIG: "mps-2"})
     c.wait_node_event(A100, "DevicePluginFailed", "MPS is not supported on devices with MIG enabled")
-    wait_for(lambda: not any(c.nvidia_resources(A100).values()), 20, "all A100 GPU resources at 0")
+    wait_for(lambda: not any(c.nvidia_resources(A100).values()), 60, "all A100 GPU resources at 0")
     assert c.labels(A100)["nvidia.com/mps.capable"] == "false"
 
     c.set_labels(A100, {DP_CONFIG: None})
-    wait_for(lambda: c.nvidia_resources(A100).get("nvidia.com/mig-1g.5gb") == 16, 20, "MIG resources back")
+    wait_for(lambda: c.nvidia_resources(A100).get("nvidia.com/mig-1g.5gb") == 16, 60, "MIG resources back")
 
 
 def test_mps_on_whole_gpus(gpu_nodes: Cluster) -> None:
     c = gpu_nodes
     c.put_config_map(DP_CONFIG_MAP, {"mps-2": MPS_2})
     c.set_labels(L4, {DP_CONFIG: "mps-2"})
-    wait_for(lambda: c.nonzero_resources(L4) == {"nvidia.com/gpu": 8}, 20, "8 MPS shares on the L4 node")
+    wait_for(lambda: c.nonzero_resources(L4) == {"nvidia.com/gpu": 8}, 60, "8 MPS shares on the L4 node")
     labels = wait_for(
-        lambda: (lab := c.labels(L4))["nvidia.com/mps.capable"] == "true" and lab, 20, "mps.capable=true"
+        lambda: (lab := c.labels(L4))["nvidia.com/mps.capable"] == "true" and lab, 60, "mps.capable=true"
     )
     assert labels["nvidia.com/gpu.sharing-strategy"] == "mps"
     assert labels["nvidia.com/gpu.replicas"] == "2"
@@ -276,7 +276,7 @@ def test_simulator_killed_while_pending_finishes_after_restart(gpu_nodes: Cluste
     """All simulator state is in the cluster: a MIG change interrupted in 'pending' completes after a restart."""
     c = gpu_nodes
     c.set_labels(H100_B, {MIG_CONFIG: "all-balanced"})
-    wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 10, "state pending")
+    wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 30, "state pending")
     c.stop_simulator(kill=True)
     try:
         assert c.labels(H100_B)[MIG_STATE] == "pending"
@@ -304,7 +304,7 @@ def test_config_map_fix_retries_failed_config(gpu_nodes: Cluster) -> None:
     c.put_config_map(MIG_CONFIG_MAP, configs('{"4g.40gb": 1, "3g.40gb": 1}'))
     wait_for(
         lambda: c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8},
-        20,
+        60,
         "4g+3g",
     )
     c.wait_mig_state(H100, "e2e-fixable", "success")
