@@ -508,6 +508,41 @@ def test_model_no_gpu_can_hold_is_unplaced_with_a_reason(
     assert replica_pods(cluster.core, ns, "huge") == []
 
 
+def test_a_pod_the_scheduler_refuses_is_explained_and_recovers(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """The planner does not know a node's taints: when the real kube-scheduler refuses the planned node, the
+    status quotes it (Progressing=PodUnschedulable, the replica's reason), and the pod starts once the user
+    removes the taint; the operator neither deletes the pod nor re-plans it elsewhere meanwhile."""
+    node = "gpu-l4-1"
+    taint = {"key": "e2e.slm.io/maintenance", "value": "true", "effect": "NoSchedule"}
+    pools.append(f"taint-{ns}")
+    cluster.core.patch_node(node, {"spec": {"taints": [taint]}})
+    try:
+        kubectl_apply(cluster, [pool(pools[0], node=node)])
+        kubectl_apply(cluster, [dep("tagger", pools[0], "qwen2.5-0.5b-instruct", 1, "Burstable")], ns)
+
+        def refused() -> dict[str, Any] | None:
+            c = condition(get_dep(cluster.api, ns, "tagger"), "Progressing")
+            return c if c and c["reason"] == "PodUnschedulable" else None
+
+        c = wait_for(refused, CONVERGE, "Progressing=PodUnschedulable")
+        assert "the pod of replica 0 cannot be scheduled on its planned node" in c["message"], c
+        assert "untolerated taint" in c["message"], "the scheduler's own words"
+        placement = get_dep(cluster.api, ns, "tagger")["status"]["placements"][0]
+        assert placement["state"] == "Pending" and placement["reason"].startswith("unschedulable:"), placement
+        pods = replica_pods(cluster.core, ns, "tagger")
+        assert len(pods) == 1
+        first = pods[0].metadata.uid
+    finally:
+        cluster.core.patch_node(node, {"spec": {"taints": None}})
+    obj = wait_ready(cluster, ns, "tagger")
+    assert condition(obj, "Progressing")["reason"] == "Complete"  # type: ignore[index]
+    assert [p.metadata.uid for p in replica_pods(cluster.core, ns, "tagger")] == [first], (
+        "the same pod started"
+    )
+
+
 # ------------------------------------------------------------------------------------------- 6. crash and restart
 
 

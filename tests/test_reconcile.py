@@ -279,3 +279,32 @@ def test_new_adapter_rolls_one_replica_at_a_time() -> None:
     new = [p for p in d2.pods_create if p["metadata"]["labels"]["slm.io/deployment"] == "invoice-extractor"]
     assert len(new) == 1
     assert not [n for _, n, _ in d2.pods_delete if n.startswith("invoice-extractor-")]
+
+
+def test_a_pod_the_scheduler_cannot_place_is_explained_in_the_status() -> None:
+    """The plan gave the replica a share, but a taint (or host memory) keeps its pod Pending: the status says
+    which replica and quotes the scheduler, instead of a bare "RollingOut"."""
+    w, _ = _converge()
+    message = "0/5 nodes are available: 1 node(s) had untolerated taint {maintenance: true}."
+    victim = next(p for p in w.pods if p["metadata"]["labels"]["slm.io/deployment"] == "invoice-extractor")
+    ordinal = int(victim["metadata"]["labels"]["slm.io/replica"])
+    victim["spec"].pop("nodeName")
+    victim["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ],
+    }
+    d = decide(w)
+    assert d.pods_create == [] and d.pods_delete == [], "the operator does not fight the scheduler"
+    st = d.deployment_statuses["agents/invoice-extractor"]
+    progressing = next(c for c in st.conditions or [] if c.type == "Progressing")
+    assert progressing.status.value == "True" and progressing.reason == "PodUnschedulable"
+    assert f"the pod of replica {ordinal} cannot be scheduled on its planned node" in progressing.message
+    assert message in progressing.message
+    placement = next(p for p in st.placements or [] if p.replica == ordinal)
+    assert placement.state == "Pending" and placement.reason.startswith("unschedulable: 0/5 nodes")
+    ready = next(c for c in st.conditions or [] if c.type == "Ready")
+    assert ready.status.value == "False" and ready.reason == "PartiallyReady"
+    others = d.deployment_statuses["agents/tool-caller"]
+    assert next(c for c in others.conditions or [] if c.type == "Progressing").reason == "Complete"

@@ -82,6 +82,21 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+def _unschedulable(pod: Mapping[str, Any]) -> str:
+    """The scheduler's message when it could not place the pod (``PodScheduled=False``, reason
+    ``Unschedulable``: a taint, host CPU or memory, a cordoned node), else ""."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return ""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            return str(c.get("message") or "the scheduler found no node for the pod")
+    return ""
+
+
 def deployment_status(
     dep: SLMDeployment,
     *,
@@ -148,6 +163,7 @@ def deployment_status(
             placements.append(ReplicaPlacementStatus(replica=u.ordinal, state="Unplaced", reason=u.reason))
     st.placed_replicas = placed
     # Per-replica placement from the pods (what is really there), or the wait reason.
+    unschedulable: dict[int, str] = {}
     for p in live:
         meta = p.get("metadata") or {}
         ordinal = int(meta.get("labels", {}).get("slm.io/replica", "-1"))
@@ -158,6 +174,9 @@ def deployment_status(
         except ValueError:
             rec = {}
         phase = (p.get("status") or {}).get("phase", "Pending")
+        why = _unschedulable(p)
+        if why:
+            unschedulable.setdefault(ordinal, why)
         placements.append(
             ReplicaPlacementStatus(
                 replica=ordinal,
@@ -167,6 +186,7 @@ def deployment_status(
                 mig_profile=rec.get("migProfile"),
                 pod=meta.get("name", ""),
                 state="Running" if _pod_ready(p) else phase,
+                reason=f"unschedulable: {why}"[:128] if why else "",
             )
         )
     for ordinal, why in waiting.items():
@@ -229,6 +249,16 @@ def deployment_status(
         msg = (
             next(iter(waiting.values()), "") if waiting else f"{ready}/{min(desired, placed)} replicas ready"
         )
+        if unschedulable and not waiting:
+            # The plan gave the replica a share, but the scheduler cannot put its pod on the planned node (a
+            # taint, host CPU or memory): say so in the scheduler's words, it is for the user to act on.
+            ordinal, sched_msg = min(unschedulable.items())
+            why = "PodUnschedulable"
+            msg = (
+                f"{ready}/{min(desired, placed)} replicas ready; the pod of replica {ordinal}"
+                + (f" and {len(unschedulable) - 1} more" if len(unschedulable) > 1 else "")
+                + f" cannot be scheduled on its planned node: {sched_msg}"
+            )
         conds = set_condition(conds, PROGRESSING, True, why, msg, gen, now)
     else:
         conds = set_condition(conds, PROGRESSING, False, "Complete", f"{ready} replicas ready", gen, now)
