@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from slm_operator.catalog import gpu_by_key
 from slm_operator.planner.mig import fitting_profiles, geometry
@@ -303,6 +304,108 @@ def lower_bound(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Seq
         simple_slot,
         True,
     )
+
+
+@dataclass
+class LayoutBound:
+    gpus: int
+    lp_value: float
+    feasible: bool
+
+
+def layout_bound(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> LayoutBound:
+    """A tighter LP bound that knows MIG geometry (a configuration LP): a GPU in MIG mode holds one legal
+    layout, so it is counted as one of the *maximal* legal layouts of its model (every legal layout is part of
+    a maximal one) and offers that layout's instances; replicas on MIG use instances of profiles that hold
+    them. GPUs not in MIG mode are counted by volume as in :func:`lower_bound`, with each replica taking one
+    kind of share (an MPS client: 1 / n_max of the memory and 1 / the client limit of the slots; a time-sliced
+    replica: its estimate / (memory x oversubscription) and 1 / the replica limit; a whole GPU: all of it).
+
+    min sum_m (sum_L z[m,L] + w[m]) subject to
+      sum_{m,share} y[c,m,share] = count_c                          (every replica gets a share)
+      sum_c y[c,m,p] <= sum_L z[m,L] * L[p]                         (MIG instances of profile p on model m)
+      sum_{c,o} y[c,m,o] * f[c,m,o,d] <= w[m]   for each dimension d  (non-MIG GPUs by volume)
+      sum_L z[m,L] + w[m] <= GPUs of model m
+
+    Every legal plan is a feasible point, so ceil(LP optimum) is a valid lower bound; it is at least as tight
+    as the volume bound on MIG because a layout such as 7 x 1g.10gb leaves a memory slice no instance can use
+    (the volume bound counts eight 1g.10gb per H100; none fits eight)."""
+    gpus = _pool_gpus(policy, nodes)
+    avail: dict[str, int] = {}
+    for _, _, key, _ in gpus:
+        avail[key] = avail.get(key, 0) + 1
+    models = sorted(avail)
+    allowed: set[str] = set(policy.allowed_mechanisms)
+    classes: dict[tuple[str, int], int] = {}
+    for d in demands:
+        if d.replicas:
+            k = (d.tier, d.memory_bytes)
+            classes[k] = classes.get(k, 0) + d.replicas
+    try:
+        from ortools.linear_solver import pywraplp
+    except ImportError:  # pragma: no cover - ortools is a dev dependency
+        return LayoutBound(0, 0.0, False)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    w = {m: solver.NumVar(0, avail[m], f"w_{m}") for m in models}
+    z: dict[str, list[tuple[tuple[int, ...], Any]]] = {}
+    for m in models:
+        geo = geometry(m)
+        if geo is None or "MIG" not in allowed:
+            continue
+        z[m] = [(st, solver.NumVar(0, avail[m], "")) for i, st in enumerate(geo.states) if geo.maximal[i]]
+        solver.Add(w[m] + sum(v for _, v in z[m]) <= avail[m])
+    mig_load: dict[tuple[str, int], list[Any]] = {}
+    vol_load: dict[tuple[str, int], list[Any]] = {}
+    for c, cnt in sorted(classes.items()):
+        tier, size = c
+        mechs = {"Guaranteed": {"MIG", "Exclusive"}, "Burstable": {"MIG", "MPS", "Exclusive"}}.get(
+            tier, {"MIG", "MPS", "TimeSlicing", "Exclusive"}
+        ) & allowed
+        ys = []
+        for m in models:
+            if "MIG" in mechs and m in z:
+                for pi in fitting_profiles(m, size):
+                    y = solver.NumVar(0, cnt, "")
+                    ys.append(y)
+                    mig_load.setdefault((m, pi), []).append(y)
+            for f in _shares(size, m, mechs, policy):
+                y = solver.NumVar(0, cnt, "")
+                ys.append(y)
+                for dim in range(3):
+                    if f[dim] > 0:
+                        vol_load.setdefault((m, dim), []).append(y * f[dim])
+        if ys:
+            solver.Add(sum(ys) == cnt)
+    for (m, pi), terms in mig_load.items():
+        solver.Add(sum(terms) <= sum(v * st[pi] for st, v in z[m] if st[pi]))
+    for (m, _), terms in vol_load.items():
+        solver.Add(sum(terms) <= w[m])
+    solver.Minimize(sum(w.values()) + sum(v for lst in z.values() for _, v in lst))
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return LayoutBound(sum(avail.values()), float(sum(avail.values())), False)
+    val = solver.Objective().Value()
+    return LayoutBound(math.ceil(val - 1e-6), val, True)
+
+
+def _shares(size: int, key: str, mechs: set[str], policy: PoolPolicy) -> list[tuple[float, float, float]]:
+    """(memory, compute, slot) fractions of one non-MIG GPU of model ``key`` for each kind of share a replica
+    of ``size`` may take there (see :func:`layout_bound`)."""
+    model = gpu_by_key(key)
+    mem = model.memory_bytes
+    out: list[tuple[float, float, float]] = []
+    if "MPS" in mechs:
+        limit = min(policy.mps_max_clients_per_gpu, model.mps_max_clients)
+        n = mps_nmax(model.memory_mib, size, limit)
+        if n >= 2:
+            out.append((1 / n, 0.0, 1 / limit))
+    oversub = policy.memory_oversubscription_percent
+    if "TimeSlicing" in mechs and size * 100 <= mem * oversub:
+        out.append((size * 100 / (mem * oversub), 0.0, 1 / policy.ts_max_replicas_per_gpu))
+    if "Exclusive" in mechs and size <= mem:
+        out.append((1.0, 1.0, 1.0))
+    return out
 
 
 def _footprint(
