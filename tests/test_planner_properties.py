@@ -135,6 +135,23 @@ def test_every_plan_respects_every_invariant(
 
 
 @SETTINGS
+@given(pool(), policy(), demands(max_deps=10), st.booleans())
+def test_the_packer_respects_every_invariant_with_and_without_mig_layout_targets(
+    nodes: list[NodeInventory], pol: PoolPolicy, dem: list[Demand], targets: bool
+) -> None:
+    """``plan_pool`` keeps the best of several packer variants; check the main variant (MIG layout targets on)
+    and the one without targets on their own, so that the portfolio cannot hide a broken variant."""
+    from slm_operator.planner.assemble import build_plan
+    from slm_operator.planner.heuristic import Packer
+    from slm_operator.planner.state import build_context
+
+    ctx = build_context(pol, nodes, dem, [])
+    Packer(ctx, mig_targets=targets).run()
+    plan = build_plan(ctx)
+    assert check_plan(plan, pol, nodes, dem) == []
+
+
+@SETTINGS
 @given(pool(), policy(), demands(), st.randoms(use_true_random=False))
 def test_plan_is_deterministic(
     nodes: list[NodeInventory], pol: PoolPolicy, dem: list[Demand], rnd: random.Random

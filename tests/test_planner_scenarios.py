@@ -219,6 +219,52 @@ def test_reservation_avoids_running_replicas_and_evicts_only_when_it_must() -> N
     assert plan.deployment("t/b").unplaced[0].reason == "ReservedCapacity"  # type: ignore[union-attr]
 
 
+# ------------------------------------------------------------------------------------------------ MIG layouts
+
+
+def _mig_gpus(policy: PoolPolicy, nodes, demands, **packer_kw):  # type: ignore[no-untyped-def]
+    from slm_operator.planner.assemble import build_plan
+    from slm_operator.planner.heuristic import Packer
+    from slm_operator.planner.state import build_context
+
+    ctx = build_context(policy, nodes, demands, [])
+    Packer(ctx, **packer_kw).run()
+    plan = build_plan(ctx)
+    assert check_plan(plan, policy, nodes, demands) == []
+    return plan
+
+
+def test_mig_profiles_mix_on_a_gpu_instead_of_filling_gpus_one_profile_at_a_time() -> None:
+    """4 replicas that need 1g.20gb and 24 that fit 1g.10gb: largest first alone gives one GPU of 4 x 1g.20gb
+    (half its compute idle) and 4 GPUs of 1g.10gb (7 per GPU): 5 GPUs. The tier's layout targets mix them as
+    1g.20gb + 6 x 1g.10gb: 4 GPUs, every memory and compute slice in use."""
+    nodes = [node("n0", "H100-80GB", 8)]
+    demands = [demand(f"t/m{i}", "Guaranteed", 1, 15) for i in range(4)]
+    demands += [demand(f"t/s{i:02d}", "Guaranteed", 1, 8) for i in range(24)]
+    plan = legal(POLICY, nodes, demands)
+    assert plan.pool.replicas_unplaced == 0
+    assert plan.pool.gpus_used == 4
+    for g in plan.gpus:
+        if g.replicas:
+            assert sorted(i.profile for i in g.mig_instances) == ["1g.10gb"] * 6 + ["1g.20gb"], g
+    one_at_a_time = _mig_gpus(POLICY, nodes, demands, mig_targets=False)
+    assert one_at_a_time.pool.gpus_used == 5
+    assert _mig_gpus(POLICY, nodes, demands).pool.gpus_used == 4
+
+
+def test_layout_targets_only_guide_the_first_pass() -> None:
+    """A GPU whose target is complete takes nothing more while the tier's first pass runs; replicas that find no
+    room then (a one-GPU pool: 1g.20gb + 6 x 1g.10gb is the target, a 2-replica deployment cannot share it in
+    the first pass) get the second pass without targets, like before."""
+    nodes = [node("n0", "H100-80GB", 1)]
+    demands = [demand("t/m", "Guaranteed", 1, 15), demand("t/pair", "Guaranteed", 2, 8)]
+    demands += [demand(f"t/s{i}", "Guaranteed", 1, 8) for i in range(4)]
+    plan = legal(POLICY, nodes, demands)
+    assert plan.pool.replicas_unplaced == 0 and plan.pool.gpus_used == 1
+    (gpu,) = [g for g in plan.gpus if g.replicas]
+    assert sorted(i.profile for i in gpu.mig_instances) == ["1g.10gb"] * 6 + ["1g.20gb"]
+
+
 # ------------------------------------------------------------------------------------------------ node modes
 
 

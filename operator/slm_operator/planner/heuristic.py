@@ -3,6 +3,9 @@
 Order: tiers by priority (Guaranteed, Burstable, BestEffort); within a tier, largest estimate first; equal
 sizes interleave deployments (ordinal first) so that the replicas of one deployment land on different GPUs.
 Running replicas are pinned first (``state.build_context``), so a plan with ``current`` only places the delta.
+Before a tier is placed, its MIG demand is turned into layout targets for the GPUs it will open (a greedy
+cover by maximal legal layouts, ``Packer._plan_targets``), so that profiles mix on a GPU instead of filling
+GPUs one profile at a time.
 
 For one replica the packer tries, in order (docs/planner.md section 4 has the details):
 
@@ -21,7 +24,7 @@ Then a consolidation pass empties lightly used GPUs where it can, and unplaced B
 lendable reserved GPUs (whole GPUs). ``run_heuristic`` keeps the best of a few variants (section 4.3).
 
 Open capacity is indexed so that each step is a few dictionary lookups: open MIG GPUs by (model, layout
-state) with the accepting states per (model, profile) kept sorted, frozen MIG layouts by (model, free
+state, layout target) with the accepting groups per (model, profile) kept sorted, frozen MIG layouts by (model, free
 profile), MPS GPUs with free clients by (model, clients per GPU) with a sorted list of caps, time-sliced GPUs
 by (model, free-memory bucket), and nodes with free GPUs by (mode, model).
 """
@@ -33,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from slm_operator.planner.mig import Counts, MigGeometry, geometry
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy
 from slm_operator.planner.state import (
     K_EX,
@@ -61,6 +65,7 @@ from slm_operator.planner.state import (
 
 _BUCKET_SHIFT = 28  # 256 MiB buckets of free time-slicing memory
 _SCAN = 8  # candidates looked at when preferring a node without the deployment
+_TARGET_STRIDE = 1 << 16  # open MIG layouts are keyed by target id * stride + layout state
 _CONSOLIDATE_MAX = 256  # least loaded GPUs the consolidation pass tries to empty
 #: pools up to this many GPUs are packed with a few variants of the heuristic and the best plan is kept
 PORTFOLIO_MAX_GPUS = 512
@@ -92,9 +97,17 @@ class Packer:
         spread: str | None = None,
         consolidate: bool = True,
         rank_mode: str = "tolerant",
+        mig_targets: bool = True,
     ) -> None:
         self.ctx = ctx
         self.rank_mode = rank_mode
+        self.mig_targets = mig_targets
+        #: MIG layout targets of the tier being placed (see ``_plan_targets``): per model, [layout, copies
+        #: left] in order; per GPU opened for one, its target id; the layout of each target id (id 0: none)
+        self.target_pool: dict[str, list[list[Any]]] = {}
+        self.mig_target: dict[int, int] = {}
+        self.target_layouts: list[Counts] = [()]
+        self.target_ids: dict[Counts, int] = {}
         #: nodes and deployments changed since the caller started recording (incremental re-plans)
         self.touched_nodes: set[int] | None = None
         self.touched_deps: set[str] = set()
@@ -137,17 +150,16 @@ class Packer:
         g.ix = None
         kind = ix[0]
         if kind == K_MIG:
-            m, st = ix[1], ix[2]
-            d = self.mig_open[m][st]
+            m, sk = ix[1], ix[2]
+            d = self.mig_open[m][sk]
             del d[g.gid]
             if not d:
-                del self.mig_open[m][st]
+                del self.mig_open[m][sk]
                 geo = g.geo
                 assert geo is not None
-                for p, nxt in enumerate(geo.add[st]):
-                    if nxt >= 0:
-                        lst = self.acc[(m, p)]
-                        del lst[bisect_left(lst, (-geo.slices[nxt], st))]
+                for p, nxt in self._accepts(geo, sk):
+                    lst = self.acc[(m, p)]
+                    del lst[bisect_left(lst, (-geo.slices[nxt], sk))]
         elif kind == "MIGF":
             m = ix[1]
             self.frozen_models[m] -= 1
@@ -188,15 +200,16 @@ class Packer:
                     g.ix = ("MIGF", m, *ps)
             elif g.reps and not geo.maximal[g.st]:
                 per = self.mig_open.setdefault(m, {})
-                st = g.st
-                d = per.get(st)
+                # open layouts are grouped by (state, layout target): a GPU with a target accepts only what
+                # its target still has room for
+                sk = self.mig_target.get(g.gid, 0) * _TARGET_STRIDE + g.st
+                d = per.get(sk)
                 if d is None:
-                    d = per[st] = {}
-                    for p, nxt in enumerate(geo.add[st]):
-                        if nxt >= 0:
-                            insort(self.acc.setdefault((m, p), []), (-geo.slices[nxt], st))
+                    d = per[sk] = {}
+                    for p, nxt in self._accepts(geo, sk):
+                        insort(self.acc.setdefault((m, p), []), (-geo.slices[nxt], sk))
                 d[g.gid] = g
-                g.ix = (K_MIG, m, st)
+                g.ix = (K_MIG, m, sk)
         elif mode == K_MPS:
             self.mps_epoch += 1
             n = g.node.n
@@ -252,6 +265,91 @@ class Packer:
             for key in keys:
                 ix.setdefault(key, {})[n.pos] = n
             n.ix.extend(keys)
+
+    def _accepts(self, geo: MigGeometry, sk: int) -> list[tuple[int, int]]:
+        """(profile, next state) pairs an open layout group ``sk`` (target id * stride + state) accepts."""
+        tid, st = divmod(sk, _TARGET_STRIDE)
+        row = geo.add[st]
+        if not tid:
+            return [(p, nxt) for p, nxt in enumerate(row) if nxt >= 0]
+        have = geo.states[st]
+        want = self.target_layouts[tid]
+        return [(p, nxt) for p, nxt in enumerate(row) if nxt >= 0 and have[p] < want[p]]
+
+    # ------------------------------------------------------------------------------------------ MIG targets
+
+    def _plan_targets(self, queue: list[Rep]) -> None:
+        """Choose the MIG layouts for the GPUs this tier will open, from the tier's whole demand.
+
+        Placing largest first, replicas of one MIG profile would fill GPUs by themselves: 4 x 1g.20gb uses all 8
+        memory slices of an H100 but 4 of its 7 compute slices, 7 x 1g.10gb all compute slices but 7 memory
+        slices, where 1g.20gb + 6 x 1g.10gb uses both. So before the tier is placed, the replicas are counted per
+        (GPU model, profile they would open a GPU with), and a greedy cover picks maximal legal layouts that fill
+        the most of a GPU (memory and compute slices) with that demand. A GPU opened for a profile takes the
+        next such layout that contains it as its target and accepts only what the target still has room for;
+        the targets are dropped when the tier's first pass is over (the tier's last-resort pass, later tiers
+        and consolidation fill whatever is left)."""
+        self.target_pool = {}
+        per_dep: dict[int, list[Any]] = {}
+        for r in queue:
+            e = per_dep.get(r.dep.did)
+            if e is None:
+                per_dep[r.dep.did] = [r.dep, 1]
+            else:
+                e[1] += 1
+        demand: dict[str, list[int]] = {}
+        for dep, n in per_dep.values():
+            o = self.opts(dep)
+            if o.reason is not None or not o.news or o.news[0][0] != K_MIG:
+                continue
+            m, p = o.news[0][1], o.news[0][2]
+            counts = demand.setdefault(m, [0] * len(self.ctx.models[m].mig_profiles))
+            counts[p] += n
+        for m, rem in sorted(demand.items()):
+            geo = geometry(m)
+            assert geo is not None
+            weight = [
+                pr.memory_slices / geo.memory_slices + pr.compute_slices / geo.compute_slices
+                for pr in geo.profiles
+            ]
+            layouts = [st for i, st in enumerate(geo.states) if geo.maximal[i]]
+            pool: list[list[Any]] = []
+            while any(rem):
+                best: Counts | None = None
+                best_v = 0.0
+                for lay in layouts:
+                    v = sum(min(c, rem[p]) * weight[p] for p, c in enumerate(lay) if c)
+                    if v > best_v + 1e-9:
+                        best, best_v = lay, v
+                if best is None:
+                    break
+                copies = min((rem[p] // c for p, c in enumerate(best) if c and rem[p] >= c), default=1)
+                copies = max(1, copies)
+                for p, c in enumerate(best):
+                    rem[p] = max(0, rem[p] - c * copies)
+                pool.append([best, copies])
+            self.target_pool[m] = pool
+
+    def _take_target(self, g: Gpu, prof: int) -> None:
+        """Give a GPU opened for MIG profile ``prof`` the next layout target of its model that contains it."""
+        self.mig_target.pop(g.gid, None)
+        for entry in self.target_pool.get(g.key, ()):
+            lay, left = entry
+            if left > 0 and lay[prof] > 0:
+                entry[1] = left - 1
+                tid = self.target_ids.get(lay)
+                if tid is None:
+                    tid = self.target_ids[lay] = len(self.target_layouts)
+                    self.target_layouts.append(lay)
+                self.mig_target[g.gid] = tid
+                return
+
+    def _drop_targets(self) -> None:
+        self.target_pool = {}
+        targeted = [self.ctx.gpus[gid] for gid in self.mig_target]
+        self.mig_target = {}
+        for g in targeted:
+            self._index_gpu(g)
 
     # ------------------------------------------------------------------------------------------ options
 
@@ -514,6 +612,7 @@ class Packer:
         if kind == K_MIG:
             g.mode = K_MIG
             g.st = 0
+            self._take_target(g, param)
         attach(self.ctx, r, g, kind, param if kind == K_MIG else -1)
         self._touch(r, g)
         self._index_gpu(g)
@@ -796,7 +895,11 @@ class Packer:
         for rank in (0, 1, 2):
             queue = [r for r in ctx.reps if r.dep.rank == rank and r.gpu is None and r.unplaced is None]
             queue.sort(key=lambda r: (-r.dep.size, r.ordinal, r.dep.order, r.dep.key))
+            if self.mig_targets:
+                self._plan_targets(queue)
             later = [r for r in queue if not self.place(r)]
+            if self.mig_targets:
+                self._drop_targets()
             for r in later:
                 self.place(r, last_resort=True)
         if self.consolidate_pass and self.consolidate():
@@ -903,8 +1006,9 @@ def run_heuristic(
     * when replicas stay unplaced for lack of capacity: the same without node spread (spread is relaxed only
       when it makes a replica unplaceable);
     * pools up to ``PORTFOLIO_MAX_GPUS``: Guaranteed ranked by GPU memory per replica, strict density order
-      (no tolerance), and MPS nodes reused down to half the best density. Small pools have few nodes, so the
-      greedy's node-level choices matter more there, and each pass costs milliseconds."""
+      (no tolerance), MPS nodes reused down to half the best density, and MIG layouts chosen replica by replica
+      (no layout targets). Small pools have few nodes, so the greedy's node-level choices matter more there,
+      and each pass costs milliseconds."""
     cur = list(current)
     ctx = build_context(policy, nodes, demands, cur)
     Packer(ctx).run()
@@ -913,7 +1017,12 @@ def run_heuristic(
     if policy.spread_nodes != "Ignored" and any(best_score[:3]):
         variants.append({"spread": "Ignored"})
     if len(ctx.gpus) <= PORTFOLIO_MAX_GPUS:
-        variants += [{"rank_mode": "memory"}, {"rank_mode": "density"}, {"mps_density_pct": 50}]
+        variants += [
+            {"rank_mode": "memory"},
+            {"rank_mode": "density"},
+            {"mps_density_pct": 50},
+            {"mig_targets": False},
+        ]
     for kw in variants:
         alt = build_context(policy, nodes, demands, cur)
         Packer(alt, **kw).run()
