@@ -1005,10 +1005,11 @@ def run_heuristic(
 
     * when replicas stay unplaced for lack of capacity: the same without node spread (spread is relaxed only
       when it makes a replica unplaceable);
-    * pools up to ``PORTFOLIO_MAX_GPUS``: Guaranteed ranked by GPU memory per replica, strict density order
-      (no tolerance), MPS nodes reused down to half the best density, and MIG layouts chosen replica by replica
-      (no layout targets). Small pools have few nodes, so the greedy's node-level choices matter more there,
-      and each pass costs milliseconds."""
+    * pools up to ``PORTFOLIO_MAX_GPUS``, all with MIG layouts chosen replica by replica (no layout targets,
+      as the packer was before targets; targets can cost a small pool a replica): the main variant, Guaranteed
+      ranked by GPU memory per replica, strict density order (no tolerance), and MPS nodes reused down to half
+      the best density. Small pools have few nodes, so the greedy's node-level choices matter more there, and
+      each pass costs milliseconds."""
     cur = list(current)
     ctx = build_context(policy, nodes, demands, cur)
     Packer(ctx).run()
@@ -1017,12 +1018,15 @@ def run_heuristic(
     if policy.spread_nodes != "Ignored" and any(best_score[:3]):
         variants.append({"spread": "Ignored"})
     if len(ctx.gpus) <= PORTFOLIO_MAX_GPUS:
+        # the variants without MIG layout targets keep every plan the packer made before targets existed
         variants += [
-            {"rank_mode": "memory"},
-            {"rank_mode": "density"},
-            {"mps_density_pct": 50},
             {"mig_targets": False},
+            {"rank_mode": "memory", "mig_targets": False},
+            {"rank_mode": "density", "mig_targets": False},
+            {"mps_density_pct": 50, "mig_targets": False},
         ]
+        if variants[0].get("spread") == "Ignored":
+            variants.append({"spread": "Ignored", "mig_targets": False})
     for kw in variants:
         alt = build_context(policy, nodes, demands, cur)
         Packer(alt, **kw).run()
