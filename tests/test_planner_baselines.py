@@ -72,49 +72,34 @@ def test_lower_bound_is_below_the_plan(seed: int) -> None:
     assert max(lb.memory_bound, lb.compute_bound, lb.slot_bound) <= lb.gpus
 
 
-def test_lower_bound_is_below_the_optimum_on_small_pools() -> None:
-    exact = pytest.importorskip("slm_operator.planner.exact")
-    cases = [
-        (
-            [node("n0", "H100-80GB", 2)],
-            [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)],
-        ),
-        (
-            [node("n0", "A100-40GB", 2), node("n1", "L4", 2)],
-            [demand("t/b", "Burstable", 3, 6), demand("t/g", "Guaranteed", 2, 4)],
-        ),
-    ]
-    for nodes, demands in cases:
-        res = exact.solve_exact(POLICY, nodes, demands, time_budget_s=20)
-        assert res.status == "OPTIMAL"
-        assert lower_bound(POLICY, nodes, demands).gpus <= res.plan.pool.gpus_used
+BOUND_CASES = [
+    (
+        [node("n0", "H100-80GB", 2)],
+        [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)],
+    ),
+    (
+        [node("n0", "A100-40GB", 2), node("n1", "L4", 2)],
+        [demand("t/b", "Burstable", 3, 6), demand("t/g", "Guaranteed", 2, 4)],
+    ),
+    # 3 x 1g.20gb + 2 x 1g.10gb: 8 memory and 5 compute slices, but no H100 layout holds them all (1g.10gb
+    # cannot start at slice 7); the optimum is 2 GPUs, both LPs say 1 (a fractional mix of layouts fits)
+    (
+        [node("n0", "H100-80GB", 2)],
+        [demand(f"t/m{i}", "Guaranteed", 1, 15) for i in range(3)]
+        + [demand(f"t/s{i}", "Guaranteed", 1, 8) for i in range(2)],
+    ),
+]
 
 
-def test_layout_bound_is_valid_and_at_least_the_volume_bound() -> None:
-    """The MIG-geometry-aware LP never exceeds the proven optimum and is never looser than the volume LP."""
+@pytest.mark.parametrize("case", range(len(BOUND_CASES)))
+def test_bounds_are_below_the_optimum_on_small_pools(case: int) -> None:
+    """Both LP bounds never exceed the proven optimum; the MIG-geometry-aware one is never looser."""
     exact = pytest.importorskip("slm_operator.planner.exact")
-    cases = [
-        # 3 x 1g.20gb + 2 x 1g.10gb: 8 memory and 5 compute slices, but no H100 layout holds them all (1g.10gb
-        # cannot start at slice 7); the optimum is 2 GPUs, both LPs say 1 (a fractional mix of layouts fits)
-        (
-            [node("n0", "H100-80GB", 2)],
-            [demand(f"t/m{i}", "Guaranteed", 1, 15) for i in range(3)]
-            + [demand(f"t/s{i}", "Guaranteed", 1, 8) for i in range(2)],
-        ),
-        (
-            [node("n0", "H100-80GB", 2)],
-            [demand("t/g", "Guaranteed", 5, 9), demand("t/e", "BestEffort", 4, 12)],
-        ),
-        (
-            [node("n0", "A100-40GB", 2), node("n1", "L4", 2)],
-            [demand("t/b", "Burstable", 3, 6), demand("t/g", "Guaranteed", 2, 4)],
-        ),
-    ]
-    for nodes, demands in cases:
-        res = exact.solve_exact(POLICY, nodes, demands, time_budget_s=20)
-        assert res.status == "OPTIMAL" and res.plan.pool.replicas_unplaced == 0
-        lay = layout_bound(POLICY, nodes, demands)
-        vol = lower_bound(POLICY, nodes, demands)
-        assert lay.feasible
-        assert lay.lp_value >= vol.lp_value - 1e-6
-        assert lay.gpus <= res.plan.pool.gpus_used
+    nodes, demands = BOUND_CASES[case]
+    res = exact.solve_exact(POLICY, nodes, demands, time_budget_s=20)
+    assert res.status == "OPTIMAL" and res.plan.pool.replicas_unplaced == 0
+    vol = lower_bound(POLICY, nodes, demands)
+    lay = layout_bound(POLICY, nodes, demands)
+    assert vol.gpus <= res.plan.pool.gpus_used
+    assert lay.feasible and lay.gpus <= res.plan.pool.gpus_used
+    assert lay.lp_value >= vol.lp_value - 1e-6

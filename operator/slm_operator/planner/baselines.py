@@ -217,6 +217,21 @@ def memory_binpack(
     return BaselineResult("memory-binpack", opened, placed, len(reps), viol, 0, alloc)
 
 
+def _bound_inputs(
+    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> tuple[dict[str, int], set[str], dict[tuple[str, int], int]]:
+    """What both LP bounds start from: pool GPUs per model, allowed mechanisms, replicas per (tier, size)."""
+    avail: dict[str, int] = {}
+    for _, _, key, _ in _pool_gpus(policy, nodes):
+        avail[key] = avail.get(key, 0) + 1
+    classes: dict[tuple[str, int], int] = {}
+    for d in demands:
+        if d.replicas:
+            k = (d.tier, d.memory_bytes)
+            classes[k] = classes.get(k, 0) + d.replicas
+    return avail, set(policy.allowed_mechanisms), classes
+
+
 @dataclass
 class LowerBound:
     gpus: int
@@ -234,22 +249,13 @@ def lower_bound(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Seq
     one replica of class c on one GPU of model m in dimension d over the shares it may use (memory: estimate /
     GPU memory, or memory slices / slices for Guaranteed; compute: MIG compute slices / 7 for Guaranteed;
     slots: 1 / most replicas a GPU can hold). ceil(LP optimum) is a valid lower bound on GPUs used."""
-    gpus = _pool_gpus(policy, nodes)
-    avail: dict[str, int] = {}
-    for _, _, key, _ in gpus:
-        avail[key] = avail.get(key, 0) + 1
+    avail, allowed, classes = _bound_inputs(policy, nodes, demands)
     models = sorted(avail)
-    allowed: set[str] = set(policy.allowed_mechanisms)
     slot_cap = max(
         7 if "MIG" in allowed else 1,
         policy.mps_max_clients_per_gpu if "MPS" in allowed else 1,
         policy.ts_max_replicas_per_gpu if "TimeSlicing" in allowed else 1,
     )
-    classes: dict[tuple[str, int], int] = {}
-    for d in demands:
-        if d.replicas:
-            k = (d.tier, d.memory_bytes)
-            classes[k] = classes.get(k, 0) + d.replicas
     foot: dict[tuple[tuple[str, int], str], tuple[float, float, float]] = {}
     for c in sorted(classes):
         tier, size = c
@@ -332,17 +338,8 @@ def layout_bound(
     Every legal plan is a feasible point, so ceil(LP optimum) is a valid lower bound; it is at least as tight
     as the volume bound on MIG because a layout such as 7 x 1g.10gb leaves a memory slice no instance can use
     (the volume bound counts eight 1g.10gb per H100; none fits eight)."""
-    gpus = _pool_gpus(policy, nodes)
-    avail: dict[str, int] = {}
-    for _, _, key, _ in gpus:
-        avail[key] = avail.get(key, 0) + 1
+    avail, allowed, classes = _bound_inputs(policy, nodes, demands)
     models = sorted(avail)
-    allowed: set[str] = set(policy.allowed_mechanisms)
-    classes: dict[tuple[str, int], int] = {}
-    for d in demands:
-        if d.replicas:
-            k = (d.tier, d.memory_bytes)
-            classes[k] = classes.get(k, 0) + d.replicas
     try:
         from ortools.linear_solver import pywraplp
     except ImportError:  # pragma: no cover - ortools is a dev dependency
