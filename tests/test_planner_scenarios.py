@@ -265,6 +265,31 @@ def test_layout_targets_only_guide_the_first_pass() -> None:
     assert sorted(i.profile for i in gpu.mig_instances) == ["1g.10gb"] * 6 + ["1g.20gb"]
 
 
+def test_a_target_slot_takes_a_smaller_instance_rather_than_none() -> None:
+    """A GPU's layout target names instances; a replica that needs less than a free target slot may take it (a
+    1g.10gb replica in a 1g.20gb slot), never more, and a GPU whose instances do not match its target takes
+    nothing more while the targets apply."""
+    from slm_operator.planner.heuristic import _target_room
+    from slm_operator.planner.mig import geometry
+
+    geo = geometry("H100-80GB")
+    assert geo is not None
+
+    def counts(**names: int) -> tuple[int, ...]:
+        return geo.counts_of([n.replace("_", ".") for n, c in names.items() for _ in range(c)])
+
+    def room(want: tuple[int, ...], have: tuple[int, ...]) -> set[str]:
+        return {geo.profiles[p].name for p in _target_room("H100-80GB", want, have)}
+
+    mixed = counts(**{"1g_20gb": 1, "1g_10gb": 6})
+    assert room(mixed, counts()) == {"1g.10gb", "1g.20gb"}
+    assert room(mixed, counts(**{"1g_20gb": 1, "1g_10gb": 5})) == {"1g.10gb"}
+    assert room(mixed, counts(**{"1g_10gb": 7})) == set(), "the 1g.20gb slot already took a 1g.10gb"
+    four = counts(**{"1g_20gb": 4})
+    assert room(four, counts(**{"1g_20gb": 3})) == {"1g.10gb", "1g.20gb"}
+    assert room(four, counts(**{"3g_40gb": 1})) == set()
+
+
 # ------------------------------------------------------------------------------------------------ node modes
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from slm_operator.planner.mig import Counts, MigGeometry, geometry
@@ -72,6 +73,37 @@ PORTFOLIO_MAX_GPUS = 512
 _KIND_ORDER = {K_MIG: 0, K_TS: 1, K_MPS: 2, K_EX: 3}
 #: BestEffort prefers time-slicing on ties: its leftover memory stays usable by other replicas
 _KIND_ORDER_BE = {K_TS: 0, K_MPS: 1, K_MIG: 2, K_EX: 3}
+
+
+@lru_cache(maxsize=16384)
+def _target_room(model_key: str, want: Counts, have: Counts) -> frozenset[int]:
+    """Profiles a GPU with layout target ``want`` may still take while it holds ``have``.
+
+    An instance may fill a target slot of its own profile or of a profile at least as large in memory and
+    compute slices (a replica that needs 1g.10gb takes a 1g.20gb slot rather than a bigger instance elsewhere;
+    ``+me`` profiles only their own slots).
+    The instances held are matched to slots largest first, each to the smallest slot that holds it; what the
+    remaining slots hold is accepted. Nothing is accepted when the instances held do not match the target."""
+    geo = geometry(model_key)
+    assert geo is not None
+    size = [(pr.memory_slices, pr.compute_slices) for pr in geo.profiles]
+    slots = sorted((size[q], q) for q, c in enumerate(want) for _ in range(c))
+    held = sorted((size[p] for p, c in enumerate(have) for _ in range(c)), reverse=True)
+    for mem, cmp in held:
+        for i, ((smem, scmp), _q) in enumerate(slots):
+            if smem >= mem and scmp >= cmp:
+                del slots[i]
+                break
+        else:
+            return frozenset()
+    return frozenset(
+        p
+        for p, (mem, cmp) in enumerate(size)
+        if any(
+            q == p or (smem >= mem and scmp >= cmp and not geo.profiles[p].media_extensions)
+            for (smem, scmp), q in slots
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -272,9 +304,8 @@ class Packer:
         row = geo.add[st]
         if not tid:
             return [(p, nxt) for p, nxt in enumerate(row) if nxt >= 0]
-        have = geo.states[st]
-        want = self.target_layouts[tid]
-        return [(p, nxt) for p, nxt in enumerate(row) if nxt >= 0 and have[p] < want[p]]
+        room = _target_room(geo.model_key, self.target_layouts[tid], geo.states[st])
+        return [(p, nxt) for p, nxt in enumerate(row) if nxt >= 0 and p in room]
 
     # ------------------------------------------------------------------------------------------ MIG targets
 
