@@ -37,6 +37,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from e2e.conftest import GPU_NODES, GPU_OPERATOR_NS, Cluster, wait_for
+from tests.structural import validate
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -196,77 +197,7 @@ class OpenAPI:
         if found is None:
             return [f"{obj['apiVersion']} {obj['kind']} is not served by the API server"]
         doc, schema = found
-        errors: list[str] = []
-        _check(obj, schema, doc, f"{obj['kind']}/{obj['metadata']['name']}", errors)
-        return errors
-
-
-def _resolve(schema: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema:
-        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
-    return schema
-
-
-def _check(value: Any, schema: dict[str, Any], doc: dict[str, Any], path: str, errors: list[str]) -> None:
-    """Types, enums, required and unknown fields (the server's Strict field validation), recursively."""
-    schema = _resolve(schema, doc)
-    for sub in schema.get("allOf", []):
-        _check(value, sub, doc, path, errors)
-    if schema.get("x-kubernetes-int-or-string"):
-        if not isinstance(value, int | str) or isinstance(value, bool):
-            errors.append(f"{path}: want integer or string, got {value!r}")
-        return
-    alternatives = schema.get("oneOf") or schema.get("anyOf")
-    if alternatives:
-        if not any(not _errors(value, alt, doc, path) for alt in alternatives):
-            errors.append(f"{path}: {value!r} matches none of {alternatives}")
-        return
-    t = schema.get("type")
-    if t == "object" or "properties" in schema:
-        if not isinstance(value, dict):
-            errors.append(f"{path}: want object, got {type(value).__name__}")
-            return
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        for k, v in value.items():
-            if k in props:
-                _check(v, props[k], doc, f"{path}.{k}", errors)
-            elif isinstance(extra, dict):
-                _check(v, extra, doc, f"{path}.{k}", errors)
-            elif not (
-                extra is True
-                or schema.get("x-kubernetes-preserve-unknown-fields")
-                or (not props and extra is None)
-            ):
-                errors.append(f"{path}.{k}: unknown field")
-        for k in schema.get("required", []):
-            if k not in value:
-                errors.append(f"{path}.{k}: required")
-    elif t == "array":
-        if not isinstance(value, list):
-            errors.append(f"{path}: want array, got {type(value).__name__}")
-            return
-        for i, v in enumerate(value):
-            _check(v, schema.get("items", {}), doc, f"{path}[{i}]", errors)
-    elif t == "string":
-        if not isinstance(value, str):
-            errors.append(f"{path}: want string, got {value!r}")
-        elif "enum" in schema and value not in schema["enum"]:
-            errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
-    elif t == "integer":
-        if not isinstance(value, int) or isinstance(value, bool):
-            errors.append(f"{path}: want integer, got {value!r}")
-    elif t == "number":
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            errors.append(f"{path}: want number, got {value!r}")
-    elif t == "boolean" and not isinstance(value, bool):
-        errors.append(f"{path}: want boolean, got {value!r}")
-
-
-def _errors(value: Any, schema: dict[str, Any], doc: dict[str, Any], path: str) -> list[str]:
-    out: list[str] = []
-    _check(value, schema, doc, path, out)
-    return out
+        return validate(obj, schema, f"{obj['kind']}/{obj['metadata']['name']}", doc)
 
 
 @pytest.fixture(scope="module")
@@ -335,6 +266,17 @@ def _pods(cluster: Cluster, namespace: str, component: str) -> list[client.V1Pod
     ]
 
 
+def _wait_established(ext: client.ApiextensionsV1Api, name: str) -> None:
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(name).status.conditions or []
+        ),
+        90,
+        f"CRD {name} Established",
+    )
+
+
 def _exists(fn: Any, *args: Any) -> bool:
     try:
         fn(*args)
@@ -367,14 +309,7 @@ def test_install_upgrade_uninstall(cluster: Cluster, helm: Helm, nvidia_ns: str)
 
         # the CRDs are there and Established (installed by this release, or by someone before)
         for crd in SLM_CRDS:
-            wait_for(
-                lambda crd=crd: any(
-                    c.type == "Established" and c.status == "True"
-                    for c in ext.read_custom_resource_definition(crd).status.conditions or []
-                ),
-                90,
-                f"CRD {crd} Established",
-            )
+            _wait_established(ext, crd)
             if installs_crds:
                 meta = ext.read_custom_resource_definition(crd).metadata
                 assert meta.annotations["helm.sh/resource-policy"] == "keep"
@@ -577,14 +512,7 @@ def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: 
     try:
         install("kept")
         for n in names:
-            wait_for(
-                lambda n=n: any(
-                    c.type == "Established" and c.status == "True"
-                    for c in ext.read_custom_resource_definition(n).status.conditions or []
-                ),
-                90,
-                f"{n} Established",
-            )
+            _wait_established(ext, n)
             assert "e2e.slm.io/revision" not in ext.read_custom_resource_definition(n).metadata.labels
         install("kept", revision="v2")
         for n in names:

@@ -335,9 +335,10 @@ def layout_bound(
       sum_{c,o} y[c,m,o] * f[c,m,o,d] <= w[m]   for each dimension d  (non-MIG GPUs by volume)
       sum_L z[m,L] + w[m] <= GPUs of model m
 
-    Every legal plan is a feasible point, so ceil(LP optimum) is a valid lower bound; it is at least as tight
-    as the volume bound on MIG because a layout such as 7 x 1g.10gb leaves a memory slice no instance can use
-    (the volume bound counts eight 1g.10gb per H100; none fits eight)."""
+    Every legal plan is a feasible point, so ceil(LP optimum) is a valid lower bound. It is at least as tight
+    as the volume bound: a layout bounds memory and compute slices together, and the volume bound charges
+    compute slices to Guaranteed replicas only (it lets eight Burstable 1g.10gb instances share an H100, where
+    no layout holds more than seven)."""
     avail, allowed, classes = _bound_inputs(policy, nodes, demands)
     models = sorted(avail)
     try:
