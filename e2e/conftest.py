@@ -78,10 +78,13 @@ class LabelRecorder:
     _stop: threading.Event = field(default_factory=threading.Event)
     _started: threading.Event = field(default_factory=threading.Event)
 
+    _seen: int = 0
+
     def start(self) -> LabelRecorder:
         node = self.core.read_node(self.node)
         self.values.append((node.metadata.labels or {}).get(self.key))
         rv = node.metadata.resource_version
+        self._seen = int(rv)
         threading.Thread(target=self._run, args=(rv,), daemon=True).start()
         self._started.wait(5)
         return self
@@ -101,6 +104,7 @@ class LabelRecorder:
                     value = (ev["object"].metadata.labels or {}).get(self.key)
                     if value != self.values[-1]:
                         self.values.append(value)
+                    self._seen = int(rv)
                     if self._stop.is_set():
                         return
             except Exception:
@@ -108,7 +112,17 @@ class LabelRecorder:
                     return
                 time.sleep(0.1)
 
-    def stop(self) -> list[str | None]:
+    def stop(self, timeout: float = 60) -> list[str | None]:
+        """Stop once the watch has caught up with the node as it is now, and return the values seen.
+
+        A poll can see a label change before the watch delivers it (CI saw ``['success', 'pending']``
+        where the node already said ``failed``), so stopping at once could drop the last values.
+        """
+        # etcd-backed resourceVersions are increasing integers; the tests run against etcd
+        now = int(self.core.read_node(self.node).metadata.resource_version)
+        wait_for(
+            lambda: self._seen >= now, timeout, f"label watch on {self.node} reaching resourceVersion {now}"
+        )
         self._stop.set()
         return self.values
 
@@ -130,13 +144,13 @@ class Cluster:
 
     # ---- the simulator process -------------------------------------------------------------------------------
 
-    def start_simulator(self) -> None:
+    def start_simulator(self, apply_delay: float = 1) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
         cmd = [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", self.kubeconfig, "--namespace", GPU_OPERATOR_NS,
-               "--apply-delay-seconds", "1", "--resync-seconds", "20"]  # fmt: skip
+               "--apply-delay-seconds", str(apply_delay), "--resync-seconds", "20"]  # fmt: skip
         with self.sim_log.open("a") as log:
             self.sim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -202,11 +202,10 @@ def test_agent_annotates_its_node_and_serves_matching_metrics(
         }
         assert shares == {"chat": big.memory_bytes, "sum": h100.memory_bytes}
 
-        # nothing changed: no further writes of the annotation
-        rv = cluster.node(NODE).metadata.resource_version
+        # nothing changed: no further writes of the annotation (the agent's own count; the Node's
+        # resourceVersion would also move with writes by kwok, the simulator or the controller-manager)
         time.sleep(INTERVAL * 4)
         assert cluster.annotations(NODE)[ANNOTATION] == raw
-        assert cluster.node(NODE).metadata.resource_version == rv
         ok = _find(_scrape(port), "slm_agent_inventory_publishes_total", node=NODE, result="ok")
         assert list(ok.values()) == [1.0]
         assert log.read_text().count("published the GPU inventory") == 1

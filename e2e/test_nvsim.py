@@ -275,12 +275,16 @@ def test_simulator_state_survives_restart(gpu_nodes: Cluster) -> None:
 def test_simulator_killed_while_pending_finishes_after_restart(gpu_nodes: Cluster) -> None:
     """All simulator state is in the cluster: a MIG change interrupted in 'pending' completes after a restart."""
     c = gpu_nodes
-    c.set_labels(H100_B, {MIG_CONFIG: "all-balanced"})
-    wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 30, "state pending")
-    c.stop_simulator(kill=True)
+    # a long pending phase, so the kill lands inside it however slowly this machine runs the poll
+    c.stop_simulator()
+    c.start_simulator(apply_delay=10)
     try:
+        c.set_labels(H100_B, {MIG_CONFIG: "all-balanced"})
+        wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 30, "state pending")
+        c.stop_simulator(kill=True)
         assert c.labels(H100_B)[MIG_STATE] == "pending"
     finally:
+        c.stop_simulator(kill=True)  # a no-op once killed
         c.start_simulator()
     c.wait_mig_state(H100_B, "all-balanced", "success")
     assert c.nonzero_resources(H100_B) == {

@@ -580,11 +580,20 @@ def test_sigkill_mid_reconcile_converges(
     assert sum(keys.values()) == sum(1 + i % 2 for i in range(50))
     assert_pods_where_planned(cluster, ns)
     assert_no_overcommit(cluster)
+
     # ConfigMaps name exactly the configs the nodes use; no orphaned entries.
-    cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
-    configs = set(yaml.safe_load(cm.data["config.yaml"])["mig-configs"])
-    used = {cluster.labels(n).get("nvidia.com/mig.config") for n in ("gpu-h100-0", "gpu-h100-1")}
-    assert used <= configs and {c for c in configs if c.startswith("slm-")} <= used
+    # (pruning an entry no node uses any more may trail the last pod starting, hence the wait)
+    def configs_match() -> tuple[set[str], set[str]] | None:
+        cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
+        configs = set(yaml.safe_load(cm.data["config.yaml"])["mig-configs"])
+        used = {cluster.labels(n).get("nvidia.com/mig.config") for n in ("gpu-h100-0", "gpu-h100-1")}
+        return (
+            (used, configs)
+            if used <= configs and {c for c in configs if c.startswith("slm-")} <= used
+            else None
+        )
+
+    wait_for(configs_match, CONVERGE, "the MIG ConfigMap holds exactly the configs the nodes use")
 
 
 def test_only_one_replica_is_active_and_a_standby_takes_over(
@@ -623,7 +632,12 @@ def test_deleting_deployment_and_pool_cleans_up(
     kubectl_apply(cluster, [pool(name, node="gpu-l4-0", sharing={"mechanisms": ["MPS"]})])
     kubectl_apply(cluster, [dep("tagger", name, "gemma-2-2b-it", 2, "Burstable")], ns)
     wait_ready(cluster, ns, "tagger")
-    assert cluster.labels("gpu-l4-0").get("nvidia.com/gpu.sharing-strategy") == "mps"
+    # GFD's labels follow the device plugin's resources (separate components): the pods may run first
+    wait_for(
+        lambda: cluster.labels("gpu-l4-0").get("nvidia.com/gpu.sharing-strategy") == "mps",
+        CONVERGE,
+        "GFD labels the node's sharing strategy mps",
+    )
     custom(cluster.api).delete_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments", "tagger")
     wait_for(lambda: replica_pods(cluster.core, ns, "tagger") == [], CONVERGE, "owned pods garbage-collected")
     wait_for(
