@@ -129,3 +129,35 @@ def test_optimize_mode_falls_back_to_the_heuristic_on_large_pools() -> None:
     demands = [demand(f"t/d{i}", "Burstable", 4, 5) for i in range(30)]
     plan = plan_pool(POLICY, nodes, demands, optimize=True, time_budget_s=1)
     assert plan.solver == "heuristic"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_planning_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    """plan_pool pauses the cyclic collector while it runs: the operator's process gets it back as it was,
+    and cyclic garbage made during a pass is still collected afterwards."""
+    import gc
+    import weakref
+
+    from slm_operator.planner import gc_paused
+
+    class Cycle:
+        me: object = None
+
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with gc_paused():
+            c = Cycle()
+            c.me = c
+            ref = weakref.ref(c)
+            del c
+            assert not gc.isenabled()
+            plan = _plan()
+        assert gc.isenabled() is enabled
+        assert plan.deployments and ref() is not None  # kept alive by its own cycle only
+        gc.collect()
+        assert ref() is None
+        plan_pool(POLICY, [node("n0", "L4", 1)], [demand("t/x", "Burstable", 1, 2)])
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
