@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,9 +201,15 @@ def test_agent_annotates_its_node_and_serves_matching_metrics(
         }
         assert shares == {"chat": big.memory_bytes, "sum": h100.memory_bytes}
 
-        # nothing changed: no further writes of the annotation (the agent's own count; the Node's
-        # resourceVersion would also move with writes by kwok, the simulator or the controller-manager)
-        time.sleep(INTERVAL * 4)
+        # nothing changed: after three more inventory reads, no further writes of the annotation (the agent's
+        # own count; the Node's resourceVersion also moves with writes by kwok, the simulator or the KCM)
+        def last_read() -> float:
+            found = _find(_scrape(port), "slm_agent_last_read_timestamp_seconds", node=NODE)
+            return max(found.values(), default=0.0)
+
+        seen = last_read()
+        for _ in range(3):
+            seen = wait_for(lambda s=seen: (t := last_read()) > s and t, 60, "another inventory read")
         assert cluster.annotations(NODE)[ANNOTATION] == raw
         ok = _find(_scrape(port), "slm_agent_inventory_publishes_total", node=NODE, result="ok")
         assert list(ok.values()) == [1.0]
