@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests explore new random examples on every local run. .ci/run sets SLM_HYPOTHESIS_PROFILE=ci: a
+# fixed sequence of examples, so that every landing is judged on the same ones. A counterexample found
+# locally is kept in .hypothesis/ and replayed first there.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("SLM_HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -628,7 +628,7 @@ def test_daemon_without_driver_idles_then_starts_when_the_driver_appears(
             )
         )
         t.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # returns once the agent got there; headroom for a loaded machine
         while nvml.init_calls < 5 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert t.is_alive() and nvml.init_calls >= 5  # idling and retrying
