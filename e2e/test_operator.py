@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.conftest import Cluster, wait_for
+from e2e.conftest import MIG_STATE, Cluster, wait_for
 from e2e.operator import (
     GROUP,
     VERSION,
@@ -618,6 +618,52 @@ def test_only_one_replica_is_active_and_a_standby_takes_over(
         standby.stop()
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start()  # the module's operator, for the tests after this one
+
+
+def test_disallowing_mig_drains_before_the_layout_changes(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """Editing a pool so that MIG is no longer allowed moves the MIG replicas to MPS: the operator deletes
+    them first and relabels the node only once they are gone (the simulated mig-manager, like the real one,
+    fails a change while the MIG devices are in use), then turns MPS on and starts the replicas again."""
+    node = "gpu-h100-1"
+    name = f"repart-{ns}"
+    pools.append(name)
+    kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG", "Exclusive"]})])
+    kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
+    wait_ready(cluster, ns, "router")
+    assert {placement(p)["mechanism"] for p in replica_pods(cluster.core, ns, "router")} == {"MIG"}
+    assert cluster.labels(node)[MIG_STATE] == "success"
+    rec = cluster.record_label(node, MIG_STATE)
+    cluster.kubectl(
+        "patch",
+        "gpupool",
+        name,
+        "--type=merge",
+        "-p",
+        '{"spec":{"sharing":{"mechanisms":["MPS","Exclusive"]}}}',
+    )
+
+    def on_mps() -> dict[str, Any] | None:
+        obj = get_dep(cluster.api, ns, "router")
+        pods = replica_pods(cluster.core, ns, "router")
+        done = (
+            is_true(obj, "Ready")
+            and len(pods) == 2
+            and all(p.status.phase == "Running" and placement(p)["mechanism"] == "MPS" for p in pods)
+        )
+        return obj if done else None
+
+    wait_for(on_mps, 2 * CONVERGE, "router Ready again on MPS shares", interval=0.5)
+    states = rec.stop()
+    assert "failed" not in states, f"the node was relabelled while MIG devices were in use: {states}"
+    assert states[-2:] == ["pending", "success"], states
+    labels = cluster.labels(node)
+    assert labels["nvidia.com/gpu.sharing-strategy"] == "mps"
+    assert cluster.nvidia_resources(node).get("nvidia.com/gpu.shared", 0) > 0
+    assert not [k for k, v in cluster.nvidia_resources(node).items() if k.startswith("nvidia.com/mig-") and v]
+    assert_pods_where_planned(cluster, ns)
+    assert_no_overcommit(cluster)
 
 
 # ------------------------------------------------------------------------------------------- 7. deletion
