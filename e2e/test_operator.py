@@ -658,8 +658,8 @@ def test_disallowing_mig_drains_before_the_layout_changes(
     states = rec.stop()
     assert "failed" not in states, f"the node was relabelled while MIG devices were in use: {states}"
     assert states[-2:] == ["pending", "success"], states
-    labels = cluster.labels(node)
-    assert labels["nvidia.com/gpu.sharing-strategy"] == "mps"
+    # read once on purpose: the operator creates a replica pod only after GFD reports the sharing strategy
+    assert cluster.labels(node)["nvidia.com/gpu.sharing-strategy"] == "mps"
     assert cluster.nvidia_resources(node).get("nvidia.com/gpu.shared", 0) > 0
     assert not [k for k, v in cluster.nvidia_resources(node).items() if k.startswith("nvidia.com/mig-") and v]
     assert_pods_where_planned(cluster, ns)
@@ -678,12 +678,8 @@ def test_deleting_deployment_and_pool_cleans_up(
     kubectl_apply(cluster, [pool(name, node="gpu-l4-0", sharing={"mechanisms": ["MPS"]})])
     kubectl_apply(cluster, [dep("tagger", name, "gemma-2-2b-it", 2, "Burstable")], ns)
     wait_ready(cluster, ns, "tagger")
-    # GFD's labels follow the device plugin's resources (separate components): the pods may run first
-    wait_for(
-        lambda: cluster.labels("gpu-l4-0").get("nvidia.com/gpu.sharing-strategy") == "mps",
-        CONVERGE,
-        "GFD labels the node's sharing strategy mps",
-    )
+    # read once on purpose: the operator creates a replica pod only after GFD reports the sharing strategy
+    assert cluster.labels("gpu-l4-0").get("nvidia.com/gpu.sharing-strategy") == "mps"
     custom(cluster.api).delete_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments", "tagger")
     wait_for(lambda: replica_pods(cluster.core, ns, "tagger") == [], CONVERGE, "owned pods garbage-collected")
     wait_for(
