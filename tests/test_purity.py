@@ -8,7 +8,18 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "operator" / "slm_operator"
-PURE = ["api", "catalog", "planner", "render", "status", "sizing.py", "manifests.py", "inventory.py"]
+PURE = [
+    "api",
+    "catalog",
+    "planner",
+    "render",
+    "status",
+    "sizing.py",
+    "manifests.py",
+    "inventory.py",
+    "contract.py",
+    "views.py",
+]
 FORBIDDEN = {"kopf", "kubernetes", "pynvml"}
 
 

@@ -9,16 +9,17 @@ from typing import Any
 
 import pytest
 
-from slm_operator.inventory import (
+from slm_operator.contract import (
     DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
     MIG_CONFIG_LABEL,
-    MIG_STATE_LABEL,
+    MIG_CONFIG_STATE_LABEL,
+    ORIGINAL_LABELS_ANNOTATION,
     PLACEMENT_ANNOTATION,
-    REPLICAS_LABEL,
     SHARING_STRATEGY_LABEL,
 )
 from slm_operator.manifests import load_manifests
-from slm_operator.reconcile import ORIGINAL_LABELS_ANNOTATION, Decisions, World, decide, restore_labels
+from slm_operator.reconcile import Decisions, World, decide, restore_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-26T10:00:00Z"
@@ -57,15 +58,15 @@ def _apply_node_configs(world: World, d: Decisions) -> list[dict[str, Any]]:
             continue
         labels = n["metadata"]["labels"]
         labels.update(d.node_labels[name])
-        labels[MIG_STATE_LABEL] = "success"
+        labels[MIG_CONFIG_STATE_LABEL] = "success"
         entry = d.device_plugin_entries[labels[DEVICE_PLUGIN_CONFIG_LABEL]].get("sharing") or {}
         if "mps" in entry or "timeSlicing" in entry:
             res = (entry.get("mps") or entry.get("timeSlicing"))["resources"][0]
             labels[SHARING_STRATEGY_LABEL] = "mps" if "mps" in entry else "time-slicing"
-            labels[REPLICAS_LABEL] = str(res["replicas"])
+            labels[GPU_REPLICAS_LABEL] = str(res["replicas"])
         else:
             labels[SHARING_STRATEGY_LABEL] = "none"
-            labels[REPLICAS_LABEL] = "1"
+            labels[GPU_REPLICAS_LABEL] = "1"
         n["metadata"].setdefault("annotations", {}).update(d.node_annotations.get(name, {}))
     return nodes
 

@@ -1,7 +1,3 @@
 """slm-operator: run fleets of small language models on fractions of GPUs."""
 
 __version__ = "0.1.0"
-
-GROUP = "slm.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"

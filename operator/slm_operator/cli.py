@@ -150,11 +150,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     """Placement per GPU as the cluster has it: replica pods (their placement) and pool status."""
+    from slm_operator.contract import (
+        API_VERSION,
+        DEPLOYMENT_LABEL,
+        DEVICE_PLUGIN_CONFIG_LABEL,
+        GPU_ROLES_ANNOTATION,
+        MIG_CONFIG_LABEL,
+        MIG_CONFIG_STATE_LABEL,
+        POOL_LABEL,
+        QOS_LABEL,
+        REPLICA_LABEL,
+    )
     from slm_operator.controllers.kube import Kube, load_config
-    from slm_operator.inventory import PLACEMENT_ANNOTATION, POOL_LABEL
+    from slm_operator.views import NodeView, PodView
 
     kube = Kube(load_config(args.kubeconfig))
-    pools = kube.list("slm.io/v1alpha1", "GPUPool")
+    pools = kube.list(API_VERSION, "GPUPool")
     pods = kube.list("v1", "Pod", label_selector=POOL_LABEL)
     nodes = {n["metadata"]["name"]: n for n in kube.list("v1", "Node")}
     for pool in sorted(pools, key=lambda p: p["metadata"]["name"]):
@@ -166,27 +177,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"stranded {st.get('memoryStranded', '0')}"
         )
         rows: dict[tuple[str, int], list[str]] = {}
-        for pod in pods:
-            meta = pod["metadata"]
-            if meta.get("labels", {}).get(POOL_LABEL) != name:
+        for pod in map(PodView, pods):
+            rec = pod.placement
+            if pod.labels.get(POOL_LABEL) != name or rec is None:
                 continue
-            rec = json.loads(meta.get("annotations", {}).get(PLACEMENT_ANNOTATION, "{}"))
-            share = rec.get("migProfile") or rec.get("mechanism", "?")
-            phase = (pod.get("status") or {}).get("phase", "?")
-            rows.setdefault((rec.get("node", "?"), int(rec.get("gpu", -1))), []).append(
-                f"{meta['namespace']}/{meta['labels'].get('slm.io/deployment')}#{meta['labels'].get('slm.io/replica')}"
-                f" [{share}, {meta['labels'].get('slm.io/qos')}, {phase}]"
+            rows.setdefault((rec.node, rec.gpu), []).append(
+                f"{pod.namespace}/{pod.labels.get(DEPLOYMENT_LABEL)}#{pod.labels.get(REPLICA_LABEL)}"
+                f" [{rec.mig_profile or rec.mechanism}, {pod.labels.get(QOS_LABEL)}, {pod.phase or '?'}]"
             )
         for node_st in st.get("nodeStatus") or []:
-            n = nodes.get(node_st["name"], {})
-            labels = n.get("metadata", {}).get("labels", {})
-            roles = json.loads(
-                n.get("metadata", {}).get("annotations", {}).get("slm.io/gpu-roles", "{}") or "{}"
-            )
+            node = NodeView(nodes.get(node_st["name"], {}))
+            roles = json.loads(node.annotations.get(GPU_ROLES_ANNOTATION) or "{}")
             print(
                 f"  node {node_st['name']} ({node_st.get('product')}, {node_st.get('gpus')} GPUs): "
-                f"mig.config={labels.get('nvidia.com/mig.config', '-')} ({labels.get('nvidia.com/mig.config.state', '-')}), "
-                f"device-plugin.config={labels.get('nvidia.com/device-plugin.config', '-')}, "
+                f"mig.config={node.labels.get(MIG_CONFIG_LABEL, '-')} ({node.labels.get(MIG_CONFIG_STATE_LABEL, '-')}), "
+                f"device-plugin.config={node.labels.get(DEVICE_PLUGIN_CONFIG_LABEL, '-')}, "
                 f"inventory from {node_st.get('inventorySource')}"
             )
             for i in range(int(node_st.get("gpus") or 0)):

@@ -18,6 +18,16 @@ from typing import Any
 from slm_operator.api.quantity import quantity_bytes
 from slm_operator.api.v1alpha1 import GPUPool, LendTo, RepartitionPolicy, SLMDeployment
 from slm_operator.catalog import GpuModel, ModelArchitecture, gpu_by_product, slm_by_name
+from slm_operator.contract import (
+    GPU_COUNT_LABEL,
+    GPU_INVENTORY_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    GPU_REPLICAS_LABEL,
+    GPU_RESOURCE,
+    GPU_ROLES_ANNOTATION,
+    MIG_CONFIG_LABEL,
+    SHARING_STRATEGY_LABEL,
+)
 from slm_operator.planner.model import (
     CurrentPlacement,
     Demand,
@@ -30,21 +40,9 @@ from slm_operator.planner.model import (
     ShareRequest,
 )
 from slm_operator.sizing import MemoryEstimate, Quantization, estimate_memory
+from slm_operator.views import PodView
 
 # Labels and annotations of NVIDIA's protocol and of slm-operator.
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-COUNT_LABEL = "nvidia.com/gpu.count"
-MIG_CONFIG_LABEL = "nvidia.com/mig.config"
-MIG_STATE_LABEL = "nvidia.com/mig.config.state"
-DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
-SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
-REPLICAS_LABEL = "nvidia.com/gpu.replicas"
-AGENT_INVENTORY_ANNOTATION = "slm.io/gpu-inventory"
-GPU_ROLES_ANNOTATION = "slm.io/gpu-roles"
-POOL_LABEL = "slm.io/pool"
-DEPLOYMENT_LABEL = "slm.io/deployment"
-REPLICA_LABEL = "slm.io/replica"
-PLACEMENT_ANNOTATION = "slm.io/placement"
 
 
 class InventoryError(ValueError):
@@ -72,10 +70,10 @@ def node_name(node: Mapping[str, Any]) -> str:
 
 
 def node_gpu_model(node: Mapping[str, Any]) -> GpuModel:
-    product = _labels(node).get(PRODUCT_LABEL)
+    product = _labels(node).get(GPU_PRODUCT_LABEL)
     if not product:
         raise InventoryError(
-            f"node {node_name(node)} has no `{PRODUCT_LABEL}` label (is GPU feature discovery running?)"
+            f"node {node_name(node)} has no `{GPU_PRODUCT_LABEL}` label (is GPU feature discovery running?)"
         )
     gpu = gpu_by_product(product)
     if gpu is None:
@@ -88,13 +86,13 @@ def node_gpu_model(node: Mapping[str, Any]) -> GpuModel:
 
 def node_gpu_count(node: Mapping[str, Any]) -> int:
     labels = _labels(node)
-    if labels.get(COUNT_LABEL, "").isdigit():
-        return int(labels[COUNT_LABEL])
+    if labels.get(GPU_COUNT_LABEL, "").isdigit():
+        return int(labels[GPU_COUNT_LABEL])
     cap = (node.get("status") or {}).get("capacity") or {}
-    if str(cap.get("nvidia.com/gpu", "")).isdigit():
-        return int(cap["nvidia.com/gpu"])
+    if str(cap.get(GPU_RESOURCE, "")).isdigit():
+        return int(cap[GPU_RESOURCE])
     raise InventoryError(
-        f"node {node_name(node)}: cannot tell how many GPUs it has (no `{COUNT_LABEL}` label)"
+        f"node {node_name(node)}: cannot tell how many GPUs it has (no `{GPU_COUNT_LABEL}` label)"
     )
 
 
@@ -134,7 +132,7 @@ def mig_layout_from_config(
 
 
 def _agent_gpus(node: Mapping[str, Any], gpu: GpuModel) -> list[GpuInventory] | None:
-    raw = _annotations(node).get(AGENT_INVENTORY_ANNOTATION)
+    raw = _annotations(node).get(GPU_INVENTORY_ANNOTATION)
     if not raw:
         return None
     try:
@@ -190,7 +188,7 @@ def node_inventory(node: Mapping[str, Any], mig_configs: Mapping[str, Any]) -> t
     gpus = [g.model_copy(update={"assigned_to": roles.get(str(g.index))}) for g in gpus]
     strategy = labels.get(SHARING_STRATEGY_LABEL, "none")
     sharing = {"mps": "MPS", "time-slicing": "TimeSlicing"}.get(strategy, "None")
-    replicas = int(labels[REPLICAS_LABEL]) if labels.get(REPLICAS_LABEL, "").isdigit() else None
+    replicas = int(labels[GPU_REPLICAS_LABEL]) if labels.get(GPU_REPLICAS_LABEL, "").isdigit() else None
     schedulable = not (node.get("spec") or {}).get("unschedulable", False)
     inv = NodeInventory(
         name=node_name(node),
@@ -316,25 +314,19 @@ def current_placements(pods: Iterable[Mapping[str, Any]]) -> list[CurrentPlaceme
     must count them until they are gone.
     """
     out: dict[tuple[str, int], CurrentPlacement] = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
+    for pod in map(PodView, pods):
+        rec = pod.placement
+        if pod.finished or rec is None:
             continue
-        raw = (meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION)
-        if not raw:
-            continue
-        try:
-            p = json.loads(raw)
-            cp = CurrentPlacement(
-                deployment=p["deployment"],
-                ordinal=int(p["ordinal"]),
-                node=p["node"],
-                gpu_index=int(p["gpu"]),
-                mechanism=p["mechanism"],
-                mig_profile=p.get("migProfile"),
-            )
-        except (ValueError, KeyError, TypeError):
-            continue
-        out.setdefault((cp.deployment, cp.ordinal), cp)
+        out.setdefault(
+            (rec.deployment, rec.ordinal),
+            CurrentPlacement(
+                deployment=rec.deployment,
+                ordinal=rec.ordinal,
+                node=rec.node,
+                gpu_index=rec.gpu,
+                mechanism=rec.mechanism,
+                mig_profile=rec.mig_profile,
+            ),
+        )
     return [out[k] for k in sorted(out)]

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from slm_operator import API_VERSION
 from slm_operator.api.v1alpha1 import KINDS, FineTuneJob, GPUPool, Resource, SLMDeployment
+from slm_operator.contract import API_VERSION
 
 
 class ManifestError(Exception):

@@ -26,15 +26,18 @@ from slm_operator.api.v1alpha1 import (
     SLMDeploymentStatus,
 )
 from slm_operator.catalog import gpu_by_key
-from slm_operator.inventory import (
+from slm_operator.contract import (
     DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
-    MIG_STATE_LABEL,
+    MIG_CONFIG_STATE_LABEL,
+    ORIGINAL_LABELS_ANNOTATION,
     PLACEMENT_ANNOTATION,
-    REPLICAS_LABEL,
     SHARING_STRATEGY_LABEL,
+)
+from slm_operator.inventory import (
     DemandError,
     InventoryError,
     Sizing,
@@ -57,8 +60,7 @@ from slm_operator.render import (
     service,
 )
 from slm_operator.status import deployment_status, pool_status
-
-ORIGINAL_LABELS_ANNOTATION = "slm.io/original-labels"
+from slm_operator.views import PodView
 
 
 @dataclass
@@ -106,34 +108,15 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
-def _live(pod: Mapping[str, Any]) -> bool:
-    return not _meta(pod).get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
-        "Succeeded",
-        "Failed",
-    )
-
-
-def _gpu_requests(pod: Mapping[str, Any]) -> int:
-    total = 0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        lim = ((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
-        if lim is not None and str(lim).isdigit():
-            total += int(lim)
-    return total
-
-
 def claimed_reservations(world: World, node_names: set[str]) -> dict[str, int]:
     """Reserved GPUs taken by pods of the reservation's PriorityClass (the LLM fallback) on the pool's nodes."""
     out: dict[str, int] = {}
     for r in world.pool.spec.reservations or []:
         cls = r.priority_class_name or world.cfg.llm_fallback_priority_class
         n = sum(
-            _gpu_requests(p)
-            for p in world.foreign_gpu_pods
-            if ((p.get("spec") or {}).get("nodeName") or (p.get("status") or {}).get("nominatedNodeName"))
-            in node_names
-            and (p.get("spec") or {}).get("priorityClassName") == cls
-            and _live(p)
+            p.whole_gpus
+            for p in map(PodView, world.foreign_gpu_pods)
+            if p.node_name in node_names and p.priority_class == cls and p.live
         )
         out[r.name] = n
     return out
@@ -147,7 +130,7 @@ def _node_ready_for(node: Mapping[str, Any], cfg: NodeConfig) -> str | None:
     if cfg.mig_capable:
         if labels.get(MIG_CONFIG_LABEL, "all-disabled") != cfg.mig_config:
             return f"node {name}: waiting for mig-manager to pick up MIG config {cfg.mig_config}"
-        state = labels.get(MIG_STATE_LABEL)
+        state = labels.get(MIG_CONFIG_STATE_LABEL)
         if state == "failed":
             return f"node {name}: mig-manager failed to apply MIG config {cfg.mig_config} (nvidia.com/mig.config.state=failed)"
         if state != "success":
@@ -161,7 +144,7 @@ def _node_ready_for(node: Mapping[str, Any], cfg: NodeConfig) -> str | None:
     if want != "none":
         share_cfg = entry.get("mps") or entry.get("timeSlicing") or {}
         replicas = share_cfg["resources"][0]["replicas"]
-        if labels.get(REPLICAS_LABEL) != str(replicas):
+        if labels.get(GPU_REPLICAS_LABEL) != str(replicas):
             return f"node {name}: waiting for the device plugin to advertise {replicas} replicas per GPU"
     return None
 
@@ -192,7 +175,7 @@ def decide(world: World) -> Decisions:
                 gpus=len(inv.gpus),
                 inventory_source=source,
                 mig_config=labels.get(MIG_CONFIG_LABEL, ""),
-                mig_config_state=labels.get(MIG_STATE_LABEL, ""),
+                mig_config_state=labels.get(MIG_CONFIG_STATE_LABEL, ""),
             )
         )
     # Demands
@@ -275,12 +258,13 @@ def decide(world: World) -> Decisions:
             )
     existing: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for pod in world.pods:
-        meta = _meta(pod)
-        try:
-            rec = json.loads((meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION, ""))
-            rkey = (rec["deployment"], int(rec["ordinal"]))
-        except (ValueError, KeyError, TypeError):
-            rkey = (f"{meta.get('namespace')}/{(meta.get('labels') or {}).get(DEPLOYMENT_LABEL, '')}", -1)
+        view = PodView(pod)
+        rec = view.placement
+        rkey = (
+            (rec.deployment, rec.ordinal)
+            if rec
+            else (f"{view.namespace}/{view.labels.get(DEPLOYMENT_LABEL, '')}", -1)
+        )
         existing.setdefault(rkey, []).append(pod)
 
     # Delete pods that are not wanted as they are (scale-down, yield, move, changed spec).
@@ -301,7 +285,7 @@ def decide(world: World) -> Decisions:
                 reason: str = ev.reason if ev else ("ScaledDown" if rkey not in desired else "Replaced")
                 if reason == "Replaced" and _same_placement(pod, desired[rkey]):
                     others = [k for k in desired if k[0] == rkey[0] and k != rkey]
-                    ready_others = [k for k in others if any(_ready(p) for p in existing.get(k, []))]
+                    ready_others = [k for k in others if any(PodView(p).ready for p in existing.get(k, []))]
                     if rkey[0] in rolling or len(ready_others) < len(others):
                         d.waiting = True
                         continue
@@ -310,11 +294,10 @@ def decide(world: World) -> Decisions:
                 d.pods_delete.append((str(ident[0]), str(ident[1]), reason))
             elif rkey[0] in desired_deployments(desired):
                 rolling.add(rkey[0])
-            node = (pod.get("spec") or {}).get("nodeName") or json.loads(
-                (meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION, "{}") or "{}"
-            ).get("node")
-            if node:
-                draining_nodes.add(node)
+            view = PodView(pod)
+            pod_node = view.bound_node or (view.placement.node if view.placement else "")
+            if pod_node:
+                draining_nodes.add(pod_node)
 
     # Node labels: change a node's configuration only once nothing it would take away is still running.
     waiting_nodes: list[str] = []
@@ -342,11 +325,11 @@ def decide(world: World) -> Decisions:
             )
             d.waiting = True
             continue
-        rec = json.loads(pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])
-        target = d.node_configs.get(rec["node"])
-        why = None if target is None else _node_ready_for(node_by_name[rec["node"]], target)
-        if target is not None and rec["node"] in d.node_labels:
-            why = why or f"node {rec['node']}: configuration is being changed"
+        node_name = PodView(pod).placement.node  # type: ignore[union-attr]  # rendered by replica_pod
+        target = d.node_configs.get(node_name)
+        why = None if target is None else _node_ready_for(node_by_name[node_name], target)
+        if target is not None and node_name in d.node_labels:
+            why = why or f"node {node_name}: configuration is being changed"
         if why:
             waiting_by_dep.setdefault(rkey[0], {})[rkey[1]] = why
             d.waiting = True
@@ -406,15 +389,6 @@ def decide(world: World) -> Decisions:
             )
         )
     return d
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    if not _live(pod):
-        return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (pod.get("status") or {}).get("conditions") or []
-    )
 
 
 def _same_placement(pod: Mapping[str, Any], want: Mapping[str, Any]) -> bool:

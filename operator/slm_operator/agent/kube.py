@@ -12,10 +12,9 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes import config as _config
 
-from slm_operator.agent.pods import DEPLOYMENT_LABEL
+from slm_operator.contract import DEPLOYMENT_LABEL, GPU_INVENTORY_ANNOTATION
 
 log = logging.getLogger("slm_operator.agent")
-INVENTORY_ANNOTATION = "slm.io/gpu-inventory"
 config: Any = _config  # its loaders are untyped
 
 
@@ -50,7 +49,7 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
 class NodeAnnotationPublisher:
     """Writes ``slm.io/gpu-inventory`` on one Node with a merge patch that touches only that annotation."""
 
-    def __init__(self, api: client.ApiClient, node: str, annotation: str = INVENTORY_ANNOTATION) -> None:
+    def __init__(self, api: client.ApiClient, node: str, annotation: str = GPU_INVENTORY_ANNOTATION) -> None:
         self.core = client.CoreV1Api(api)
         self.node = node
         self.annotation = annotation

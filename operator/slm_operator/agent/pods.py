@@ -12,17 +12,13 @@ as pods, or exactly as many of them run processes.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.agent.model import Inventory
-
-DEPLOYMENT_LABEL = "slm.io/deployment"
-QOS_LABEL = "slm.io/qos"
-REPLICA_LABEL = "slm.io/replica"
-PLACEMENT_ANNOTATION = "slm.io/placement"
+from slm_operator.contract import DEPLOYMENT_LABEL, QOS_LABEL
+from slm_operator.views import PodView
 
 
 @dataclass(frozen=True)
@@ -47,34 +43,21 @@ class PodShare:
 
 def pod_share(pod: Mapping[str, Any], node: str) -> PodShare | None:
     """The share of one pod (a dict in the API's JSON form), or None if it holds none on ``node``."""
-    meta = pod.get("metadata") or {}
-    phase = (pod.get("status") or {}).get("phase")
-    if phase in ("Succeeded", "Failed"):
+    view = PodView(pod)
+    rec = view.placement
+    if view.finished or rec is None or rec.node != node:
         return None
-    labels = meta.get("labels") or {}
-    raw = (meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION)
-    if not raw:
-        return None
-    try:
-        p = json.loads(raw)
-        if p.get("node") != node:
-            return None
-        key = str(p.get("deployment") or "")
-        namespace = str(meta.get("namespace") or (key.split("/", 1)[0] if "/" in key else "default"))
-        name = str(labels.get(DEPLOYMENT_LABEL) or key.split("/", 1)[-1])
-        ordinal = p.get("ordinal", labels.get(REPLICA_LABEL, 0))
-        memory = p.get("memoryBytes")
-        return PodShare(
-            pod=str(meta.get("name") or ""),
-            owner=Owner(namespace=namespace, deployment=name, tier=str(labels.get(QOS_LABEL) or "")),
-            replica=int(ordinal),
-            gpu=int(p["gpu"]),
-            mechanism=str(p["mechanism"]),
-            mig_profile=p.get("migProfile") or None,
-            memory_bytes=int(memory) if memory is not None else None,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+    namespace = view.namespace or (rec.deployment.split("/", 1)[0] if "/" in rec.deployment else "default")
+    name = view.labels.get(DEPLOYMENT_LABEL) or rec.deployment.split("/", 1)[-1]
+    return PodShare(
+        pod=view.name,
+        owner=Owner(namespace=namespace, deployment=name, tier=view.labels.get(QOS_LABEL) or ""),
+        replica=rec.ordinal,
+        gpu=rec.gpu,
+        mechanism=rec.mechanism,
+        mig_profile=rec.mig_profile,
+        memory_bytes=rec.memory_bytes,
+    )
 
 
 def pod_shares(pods: Iterable[Mapping[str, Any]], node: str) -> list[PodShare]:

@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slm_operator.contract import MIG_RESOURCE_PREFIX, NVIDIA_PREFIX, mig_resource
+
 MiB = 1 << 20
 _PACKAGE = "slm_operator.catalog"
 
@@ -85,7 +87,7 @@ class MigProfile(BaseModel):
     @property
     def resource_name(self) -> str:
         """Extended-resource name the device plugin's ``mixed`` strategy advertises ('+' becomes '.')."""
-        return "nvidia.com/mig-" + self.name.replace("+", ".")
+        return mig_resource(self.name)
 
     def slots(self, start: int) -> frozenset[int]:
         """Memory slices occupied when placed at ``start``."""
@@ -236,7 +238,14 @@ class GpuModel(BaseModel):
     def profile(self, name: str) -> MigProfile:
         """The MIG profile called ``name``; also accepts the resource forms ``mig-1g.10gb.me`` and
         ``nvidia.com/mig-1g.10gb``. Raises KeyError when this GPU has no such profile."""
-        wanted = name.strip().lower().removeprefix("nvidia.com/").removeprefix("mig-").replace("+", ".")
+        wanted = (
+            name.strip()
+            .lower()
+            .removeprefix(MIG_RESOURCE_PREFIX)
+            .removeprefix(NVIDIA_PREFIX)
+            .removeprefix("mig-")
+            .replace("+", ".")
+        )
         for p in self.mig_profiles:
             if p.name.replace("+", ".") == wanted:
                 return p

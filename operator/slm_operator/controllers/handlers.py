@@ -16,12 +16,22 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from slm_operator import API_VERSION
 from slm_operator.api.v1alpha1 import FineTuneJob, GPUPool, SLMDeployment
+from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    API_VERSION,
+    FINALIZER,
+    GPU_INVENTORY_ANNOTATION,
+    GPU_RESOURCE,
+    GPU_ROLES_ANNOTATION,
+    GROUP,
+    NVIDIA_PREFIX,
+    POOL_LABEL,
+    VERSION,
+)
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.pools import PoolReconciler, _strip, now_rfc3339
-from slm_operator.inventory import AGENT_INVENTORY_ANNOTATION, GPU_ROLES_ANNOTATION, POOL_LABEL
-from slm_operator.render import ADAPTER_ANNOTATION, OperatorConfig
+from slm_operator.render import OperatorConfig
 from slm_operator.render.finetune import (
     evaluation_score,
     finetune_job,
@@ -32,7 +42,7 @@ from slm_operator.render.finetune import (
 
 log = logging.getLogger("slm_operator.handlers")
 
-GROUP, VERSION = API_VERSION.split("/")
+
 RESYNC_SECONDS = float(os.environ.get("SLM_RESYNC_SECONDS", "30"))
 RETRY_SECONDS = 1.0
 DEBOUNCE_SECONDS = 0.3
@@ -73,10 +83,10 @@ def _changed(key: str, fingerprint: Any) -> bool:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = "slm.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="slm.io")
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="slm.io", key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True  # one active replica is ensured by our Lease (controllers/leader.py)
@@ -189,12 +199,12 @@ def _layout_only(raw: str | None) -> Any:
 def node_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith("nvidia.com/")}
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(NVIDIA_PREFIX)}
     fp = [
         type,
         labels,
-        _layout_only((meta.get("annotations") or {}).get(AGENT_INVENTORY_ANNOTATION)),
-        {k: v for k, v in (status.get("allocatable") or {}).items() if k.startswith("nvidia.com/")},
+        _layout_only((meta.get("annotations") or {}).get(GPU_INVENTORY_ANNOTATION)),
+        {k: v for k, v in (status.get("allocatable") or {}).items() if k.startswith(NVIDIA_PREFIX)},
         (body.get("spec") or {}).get("unschedulable"),
     ]
     if _changed(f"node/{meta.get('name')}", fp):
@@ -221,7 +231,7 @@ def _holds_whole_gpus(body: kopf.Body, **_: Any) -> bool:
     if POOL_LABEL in (body.get("metadata", {}).get("labels") or {}):
         return False
     for c in (body.get("spec") or {}).get("containers") or []:
-        if "nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {}):
+        if GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}):
             return True
     return False
 

@@ -16,7 +16,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from slm_operator import API_VERSION, metrics
+from slm_operator import metrics
+from slm_operator.contract import API_VERSION
 
 log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")

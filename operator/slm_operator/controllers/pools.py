@@ -11,19 +11,23 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from slm_operator import API_VERSION, metrics
+from slm_operator import metrics
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment, SLMDeploymentStatus
-from slm_operator.controllers.kube import Kube, retry_on_conflict
-from slm_operator.inventory import (
+from slm_operator.contract import (
+    API_VERSION,
+    APP_MANAGED_BY_LABEL,
+    DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
     GPU_ROLES_ANNOTATION,
+    MANAGED_BY,
     MIG_CONFIG_LABEL,
+    ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
-    deployment_key,
-    pool_nodes,
-    pool_policy,
+    REPLICA_LABEL,
 )
-from slm_operator.reconcile import ORIGINAL_LABELS_ANNOTATION, Decisions, World, decide, restore_labels
+from slm_operator.controllers.kube import Kube, retry_on_conflict
+from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
+from slm_operator.reconcile import Decisions, World, decide, restore_labels
 from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig, device_plugin_documents, mig_parted_document
 from slm_operator.status import PLACED, READY, set_condition
 
@@ -128,9 +132,7 @@ class PoolReconciler:
                 continue
             meta = records.get((ns, name), {})
             labels = meta.get("labels") or {}
-            ev = evictions.get(
-                (f"{ns}/{labels.get('slm.io/deployment')}", int(labels.get("slm.io/replica", -1)))
-            )
+            ev = evictions.get((f"{ns}/{labels.get(DEPLOYMENT_LABEL)}", int(labels.get(REPLICA_LABEL, -1))))
             if ev is not None:
                 metrics.count_plan_eviction(ev)
         deps_by_name = {(x.metadata.namespace, x.metadata.name): x for x in world.deployments}
@@ -140,7 +142,7 @@ class PoolReconciler:
                 if self.kube.create(pod) is not None:
                     log.info("created pod %s/%s", meta["namespace"], meta["name"])
             except ApiException as exc:  # e.g. a missing PriorityClass: report it, keep reconciling the rest
-                dep_name = meta["labels"].get("slm.io/deployment", "")
+                dep_name = meta["labels"].get(DEPLOYMENT_LABEL, "")
                 log.warning("cannot create pod %s/%s: %s", meta["namespace"], meta["name"], _message(exc))
                 dep = deps_by_name.get((meta["namespace"], dep_name))
                 if dep is not None:
@@ -316,7 +318,7 @@ def _configmap(name: str, namespace: str, data: dict[str, str]) -> dict[str, Any
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "slm-operator"},
+            "labels": {APP_MANAGED_BY_LABEL: MANAGED_BY},
         },
         "data": data,
     }

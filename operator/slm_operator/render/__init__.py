@@ -19,24 +19,33 @@ from typing import Any
 
 import yaml
 
-from slm_operator import API_VERSION
 from slm_operator.api.v1alpha1 import QoSTier, SLMDeployment
 from slm_operator.catalog import GpuModel, gpu_by_key
-from slm_operator.inventory import (
+from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    API_VERSION,
+    APP_COMPONENT_LABEL,
+    APP_MANAGED_BY_LABEL,
+    APP_NAME_LABEL,
     DEPLOYMENT_LABEL,
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_RESOURCE,
+    GPU_TAINT_KEY,
+    MANAGED_BY,
+    MIG_CONFIG_LABEL,
     PLACEMENT_ANNOTATION,
     POOL_LABEL,
+    QOS_LABEL,
     REPLICA_LABEL,
-    Sizing,
-    deployment_key,
+    SHARED_GPU_RESOURCE,
+    SPEC_HASH_ANNOTATION,
+    PlacementRecord,
+    mig_resource,
 )
+from slm_operator.inventory import Sizing, deployment_key
 from slm_operator.planner.model import NodePlan, ReplicaPlacement
 from slm_operator.sizing import MAX_NUM_BATCHED_TOKENS
 
-MANAGED_BY = "slm-operator"
-QOS_LABEL = "slm.io/qos"
-SPEC_HASH_ANNOTATION = "slm.io/spec-hash"
-ADAPTER_ANNOTATION = "slm.io/promoted-adapter"
 NVIDIA_VENDOR = "10de"
 EXCLUSIVE_CONFIG = "slm-exclusive"
 
@@ -113,7 +122,7 @@ def device_plugin_config(plan: NodePlan) -> tuple[str, dict[str, Any]]:
             key: {
                 "renameByDefault": True,
                 "failRequestsGreaterThanOne": True,
-                "resources": [{"name": "nvidia.com/gpu", "replicas": plan.replicas_per_gpu}],
+                "resources": [{"name": GPU_RESOURCE, "replicas": plan.replicas_per_gpu}],
             }
         },
     }
@@ -135,9 +144,9 @@ class NodeConfig:
     @property
     def labels(self) -> dict[str, str]:
         """The selector labels to set; mig-manager only runs on MIG-capable nodes, so others get no MIG label."""
-        out = {"nvidia.com/device-plugin.config": self.device_plugin_config}
+        out = {DEVICE_PLUGIN_CONFIG_LABEL: self.device_plugin_config}
         if self.mig_capable:
-            out["nvidia.com/mig.config"] = self.mig_config
+            out[MIG_CONFIG_LABEL] = self.mig_config
         return out
 
 
@@ -179,10 +188,10 @@ def share_resource(p: ReplicaPlacement) -> str:
     """The extended resource a replica requests for its share."""
     if p.share.mechanism == "MIG":
         assert p.share.mig_profile
-        return "nvidia.com/mig-" + p.share.mig_profile.replace("+", ".")
+        return mig_resource(p.share.mig_profile)
     if p.share.mechanism in ("MPS", "TimeSlicing"):
-        return "nvidia.com/gpu.shared"
-    return "nvidia.com/gpu"
+        return SHARED_GPU_RESOURCE
+    return GPU_RESOURCE
 
 
 def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memory_bytes: int) -> list[str]:
@@ -230,16 +239,16 @@ def host_memory(sizing: Sizing, cfg: OperatorConfig) -> str:
     return f"{-(-(weights + cfg.replica_memory_overhead_bytes) // (1 << 20))}Mi"
 
 
-def placement_record(p: ReplicaPlacement, node: str, gpu_index: int) -> dict[str, Any]:
-    return {
-        "deployment": p.deployment,
-        "ordinal": p.ordinal,
-        "node": node,
-        "gpu": gpu_index,
-        "mechanism": p.share.mechanism,
-        "migProfile": p.share.mig_profile,
-        "memoryBytes": p.share.memory_bytes,
-    }
+def placement_record(p: ReplicaPlacement, node: str, gpu_index: int) -> PlacementRecord:
+    return PlacementRecord(
+        deployment=p.deployment,
+        ordinal=p.ordinal,
+        node=node,
+        gpu=gpu_index,
+        mechanism=p.share.mechanism,
+        mig_profile=p.share.mig_profile,
+        memory_bytes=p.share.memory_bytes,
+    )
 
 
 def owner_reference(dep: SLMDeployment) -> dict[str, Any]:
@@ -253,8 +262,8 @@ def owner_reference(dep: SLMDeployment) -> dict[str, Any]:
     }
 
 
-def pod_name(dep: SLMDeployment, ordinal: int, record: Mapping[str, Any], spec_hash: str) -> str:
-    suffix = _hash([record, spec_hash], 5)
+def pod_name(dep: SLMDeployment, ordinal: int, record: PlacementRecord, spec_hash: str) -> str:
+    suffix = _hash([record.to_dict(), spec_hash], 5)
     return f"{dep.metadata.name[:45]}-{ordinal}-{suffix}"
 
 
@@ -306,9 +315,9 @@ def replica_pod(
             )
     env += [e.model_dump(mode="json") for e in spec.runtime.env or []]
     labels = {
-        "app.kubernetes.io/name": dep.metadata.name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/component": "slm-server",
+        APP_NAME_LABEL: dep.metadata.name,
+        APP_MANAGED_BY_LABEL: MANAGED_BY,
+        APP_COMPONENT_LABEL: "slm-server",
         DEPLOYMENT_LABEL: dep.metadata.name,
         REPLICA_LABEL: str(p.ordinal),
         POOL_LABEL: pool,
@@ -343,7 +352,7 @@ def replica_pod(
             "namespace": dep.metadata.namespace or "default",
             "labels": labels,
             "annotations": {
-                PLACEMENT_ANNOTATION: json.dumps(record, sort_keys=True),
+                PLACEMENT_ANNOTATION: record.to_annotation(),
                 SPEC_HASH_ANNOTATION: spec_hash,
             },
             "ownerReferences": [owner_reference(dep)],
@@ -359,7 +368,7 @@ def replica_pod(
                     }
                 }
             },
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [container],
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
@@ -382,8 +391,8 @@ def service(dep: SLMDeployment) -> dict[str, Any]:
             "name": dep.metadata.name,
             "namespace": dep.metadata.namespace or "default",
             "labels": {
-                "app.kubernetes.io/name": dep.metadata.name,
-                "app.kubernetes.io/managed-by": MANAGED_BY,
+                APP_NAME_LABEL: dep.metadata.name,
+                APP_MANAGED_BY_LABEL: MANAGED_BY,
             },
             "ownerReferences": [owner_reference(dep)],
         },

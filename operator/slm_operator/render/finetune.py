@@ -12,8 +12,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slm_operator import API_VERSION
 from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, FineTuneMethod
+from slm_operator.contract import (
+    API_VERSION,
+    APP_MANAGED_BY_LABEL,
+    FINETUNE_JOB_LABEL,
+    GPU_RESOURCE,
+    GPU_TAINT_KEY,
+    MANAGED_BY,
+)
 from slm_operator.status import set_condition
 
 SANITIZED = "Sanitized"
@@ -21,7 +28,6 @@ TRAINED = "Trained"
 EVALUATED = "Evaluated"
 PROMOTED = "Promoted"
 FAILED = "Failed"
-JOB_LABEL = "slm.io/finetunejob"
 
 
 def job_name(ftj: FineTuneJob) -> str:
@@ -81,7 +87,7 @@ def finetune_job(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "affinity": affinity,
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
         "initContainers": [
             {
                 "name": "sanitize",
@@ -107,8 +113,8 @@ def finetune_job(
                 "image": spec.image,
                 "args": args,
                 "resources": {
-                    "limits": {"nvidia.com/gpu": str(spec.gpus)},
-                    "requests": {"nvidia.com/gpu": str(spec.gpus)},
+                    "limits": {GPU_RESOURCE: str(spec.gpus)},
+                    "requests": {GPU_RESOURCE: str(spec.gpus)},
                 },
                 "volumeMounts": [
                     {"name": "work", "mountPath": "/work", "readOnly": True},
@@ -130,7 +136,7 @@ def finetune_job(
         "metadata": {
             "name": job_name(ftj),
             "namespace": ftj.metadata.namespace or "default",
-            "labels": {JOB_LABEL: ftj.metadata.name, "app.kubernetes.io/managed-by": "slm-operator"},
+            "labels": {FINETUNE_JOB_LABEL: ftj.metadata.name, APP_MANAGED_BY_LABEL: MANAGED_BY},
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
@@ -145,7 +151,7 @@ def finetune_job(
         "spec": {
             "backoffLimit": spec.backoff_limit,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "template": {"metadata": {"labels": {JOB_LABEL: ftj.metadata.name}}, "spec": pod_spec},
+            "template": {"metadata": {"labels": {FINETUNE_JOB_LABEL: ftj.metadata.name}}, "spec": pod_spec},
         },
     }
 

@@ -6,7 +6,6 @@ does), so a resync that observes nothing new writes an identical status and the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,8 +22,10 @@ from slm_operator.api.v1alpha1 import (
     SLMDeployment,
     SLMDeploymentStatus,
 )
-from slm_operator.inventory import DEPLOYMENT_LABEL, Sizing
+from slm_operator.contract import DEPLOYMENT_LABEL, REPLICA_LABEL
+from slm_operator.inventory import Sizing
 from slm_operator.planner.model import DeploymentPlan, Plan
+from slm_operator.views import PodView
 
 MAX_MESSAGE = 1024
 
@@ -73,15 +74,6 @@ def condition(conditions: Iterable[Condition] | None, type_: str) -> Condition |
     return next((c for c in conditions or [] if c.type == type_), None)
 
 
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return bool(c.get("status") == "True")
-    return False
-
-
 def _unschedulable(pod: Mapping[str, Any]) -> str:
     """The scheduler's message when it could not place the pod (``PodScheduled=False``, reason
     ``Unschedulable``: a taint, host CPU or memory, a cordoned node), else ""."""
@@ -122,7 +114,7 @@ def deployment_status(
         if (p.get("metadata") or {}).get("labels", {}).get(DEPLOYMENT_LABEL) == dep.metadata.name
     ]
     live = [p for p in mine if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    ready = sum(1 for p in live if _pod_ready(p))
+    ready = sum(1 for p in live if PodView(p).ready)
     st = SLMDeploymentStatus(
         observed_generation=gen,
         replicas=len(live),
@@ -155,37 +147,28 @@ def deployment_status(
         placed = plan.placed
         st.explanation = plan.explanation
         st.share_summary = plan.share_summary[:64]
-        pods_by_ordinal: dict[int, Mapping[str, Any]] = {}
-        for p in live:
-            ordinal = int((p.get("metadata") or {}).get("labels", {}).get("slm.io/replica", "-1"))
-            pods_by_ordinal.setdefault(ordinal, p)
         for u in plan.unplaced:
             placements.append(ReplicaPlacementStatus(replica=u.ordinal, state="Unplaced", reason=u.reason))
     st.placed_replicas = placed
     # Per-replica placement from the pods (what is really there), or the wait reason.
     unschedulable: dict[int, str] = {}
-    for p in live:
-        meta = p.get("metadata") or {}
-        ordinal = int(meta.get("labels", {}).get("slm.io/replica", "-1"))
+    for pod in map(PodView, live):
+        ordinal = int(pod.labels.get(REPLICA_LABEL, "-1"))
         if ordinal < 0 or any(x.replica == ordinal for x in placements):
             continue
-        try:
-            rec = json.loads(meta.get("annotations", {}).get("slm.io/placement", "{}"))
-        except ValueError:
-            rec = {}
-        phase = (p.get("status") or {}).get("phase", "Pending")
-        why = _unschedulable(p)
+        rec = pod.placement
+        why = _unschedulable(pod.obj)
         if why:
             unschedulable.setdefault(ordinal, why)
         placements.append(
             ReplicaPlacementStatus(
                 replica=ordinal,
-                node=rec.get("node", ""),
-                gpu=int(rec.get("gpu", -1)),
-                mechanism=rec.get("mechanism", ""),
-                mig_profile=rec.get("migProfile"),
-                pod=meta.get("name", ""),
-                state="Running" if _pod_ready(p) else phase,
+                node=rec.node if rec else "",
+                gpu=rec.gpu if rec else -1,
+                mechanism=rec.mechanism if rec else "",
+                mig_profile=rec.mig_profile if rec else None,
+                pod=pod.name,
+                state="Running" if pod.ready else (pod.phase or "Pending"),
                 reason=f"unschedulable: {why}"[:128] if why else "",
             )
         )

@@ -1,0 +1,146 @@
+"""The operator's contract with the cluster: every label, annotation and resource name it reads or writes.
+
+Two vocabularies meet on a node and a pod:
+
+* ``slm.io/*``: what slm-operator writes (and its node agent publishes) and reads back on the next pass;
+* ``nvidia.com/*``: the NVIDIA GPU Operator's protocol, written by GPU feature discovery (GFD), mig-manager and
+  the device plugin, or written by slm-operator for them to act on. ``shared/facts/gpu-sharing.md`` cites the
+  upstream source of each one.
+
+Nothing else in the package spells these strings; a new label, annotation or resource name goes here first
+(``docs/contributing.md``). The one structured value, the replica's placement, is :class:`PlacementRecord`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+# ------------------------------------------------------------------------------------------ the API group
+GROUP: Final = "slm.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+FINALIZER: Final = f"{GROUP}/finalizer"
+FIELD_MANAGER: Final = "slm-operator"
+MANAGED_BY: Final = "slm-operator"
+
+# ------------------------------------------------------------------------------------------ slm.io labels
+POOL_LABEL: Final = "slm.io/pool"  # on replica pods (and pool-owned objects): the GPUPool
+DEPLOYMENT_LABEL: Final = "slm.io/deployment"  # on replica pods: the SLMDeployment's name
+REPLICA_LABEL: Final = "slm.io/replica"  # on replica pods: the replica's ordinal
+QOS_LABEL: Final = "slm.io/qos"  # on replica pods: the tier
+FINETUNE_JOB_LABEL: Final = "slm.io/finetunejob"  # on fine-tuning Jobs and their pods
+
+# ------------------------------------------------------------------------------------------ slm.io annotations
+PLACEMENT_ANNOTATION: Final = "slm.io/placement"  # on replica pods: PlacementRecord as JSON
+SPEC_HASH_ANNOTATION: Final = "slm.io/spec-hash"  # on replica pods: what needs a new pod (model, runtime…)
+ADAPTER_ANNOTATION: Final = "slm.io/promoted-adapter"  # on SLMDeployments: the adapter a FineTuneJob promoted
+GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
+GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
+ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over
+
+# ------------------------------------------------------------------------------------------ Kubernetes labels
+APP_NAME_LABEL: Final = "app.kubernetes.io/name"
+APP_MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+APP_COMPONENT_LABEL: Final = "app.kubernetes.io/component"
+
+# ------------------------------------------------------------------------------------------ nvidia.com
+NVIDIA_PREFIX: Final = "nvidia.com/"
+GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"  # GFD
+GPU_COUNT_LABEL: Final = "nvidia.com/gpu.count"  # GFD
+SHARING_STRATEGY_LABEL: Final = "nvidia.com/gpu.sharing-strategy"  # GFD: none | mps | time-slicing
+GPU_REPLICAS_LABEL: Final = "nvidia.com/gpu.replicas"  # GFD: shares advertised per GPU
+MIG_CONFIG_LABEL: Final = "nvidia.com/mig.config"  # written by slm-operator, read by mig-manager
+MIG_CONFIG_STATE_LABEL: Final = "nvidia.com/mig.config.state"  # mig-manager: see MigConfigState
+DEVICE_PLUGIN_CONFIG_LABEL: Final = "nvidia.com/device-plugin.config"  # slm-operator -> device plugin
+MIG_DISABLED_CONFIG: Final = "all-disabled"  # mig-parted's config with MIG off: a node without the label
+
+GPU_RESOURCE: Final = "nvidia.com/gpu"  # a whole GPU (also the taint key GPU nodes carry)
+SHARED_GPU_RESOURCE: Final = "nvidia.com/gpu.shared"  # an MPS or time-slicing share (renamed by the plugin)
+MIG_RESOURCE_PREFIX: Final = "nvidia.com/mig-"  # + profile, ``mixed`` strategy: nvidia.com/mig-1g.10gb
+GPU_TAINT_KEY: Final = GPU_RESOURCE
+
+
+class MigConfigState(StrEnum):
+    """Values of ``nvidia.com/mig.config.state`` (mig-parted ``pkg/mig/reconfigure/reconfigure.go``)."""
+
+    PENDING = "pending"
+    REBOOTING = "rebooting"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+
+class SharingStrategy(StrEnum):
+    """Values of ``nvidia.com/gpu.sharing-strategy`` (GFD)."""
+
+    NONE = "none"
+    MPS = "mps"
+    TIME_SLICING = "time-slicing"
+
+
+def mig_resource(profile: str) -> str:
+    """The extended resource of a MIG profile under the ``mixed`` strategy (``1g.10gb+me`` -> ``…1g.10gb.me``)."""
+    return MIG_RESOURCE_PREFIX + profile.replace("+", ".")
+
+
+# ------------------------------------------------------------------------------------------ placement record
+@dataclass(frozen=True, slots=True)
+class PlacementRecord:
+    """Where a replica pod's share is: the ``slm.io/placement`` annotation on every replica pod.
+
+    The operator writes it when it renders the pod and reads it back to know what runs where (the planner's
+    current placement, the status, the per-GPU view); the node agent reads it to attribute GPU memory. The
+    JSON keys are part of the contract: ``deployment`` ("namespace/name"), ``ordinal``, ``node``, ``gpu``,
+    ``mechanism``, ``migProfile``, ``memoryBytes``.
+    """
+
+    deployment: str
+    ordinal: int
+    node: str
+    gpu: int
+    mechanism: str
+    mig_profile: str | None = None
+    memory_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment,
+            "ordinal": self.ordinal,
+            "node": self.node,
+            "gpu": self.gpu,
+            "mechanism": self.mechanism,
+            "migProfile": self.mig_profile,
+            "memoryBytes": self.memory_bytes,
+        }
+
+    def to_annotation(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_annotation(cls, raw: str | None) -> PlacementRecord | None:
+        """The record in ``raw``, or None when it is absent or not a record (never raises)."""
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            memory = data.get("memoryBytes")
+            return cls(
+                deployment=str(data["deployment"]),
+                ordinal=int(data["ordinal"]),
+                node=str(data["node"]),
+                gpu=int(data["gpu"]),
+                mechanism=str(data["mechanism"]),
+                mig_profile=data.get("migProfile") or None,
+                memory_bytes=int(memory) if memory is not None else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PlacementRecord | None:
+        """The record on a pod (a dict in the API's JSON form), or None."""
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        return cls.from_annotation(annotations.get(PLACEMENT_ANNOTATION))
