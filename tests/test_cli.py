@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,3 +124,34 @@ def test_help_lists_every_command() -> None:
     r = run("--help")
     for cmd in ("crds", "estimate", "plan", "show", "run", "agent", "sanitize"):
         assert cmd in r.stdout
+
+
+def test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heuristic() -> None:
+    heuristic = json.loads(run("plan", "-f", "examples/", "-o", "json").stdout)
+    r = run("plan", "-f", "examples/", "-o", "json", "--optimize", "--time-budget", "2")
+    assert r.returncode == 0, r.stderr
+    optimized = json.loads(r.stdout)
+    used = {p["pool"]["name"]: p["pool"]["gpusUsed"] for p in heuristic["pools"]}
+    for p in optimized["pools"]:
+        assert p["pool"]["replicasUnplaced"] == 0
+        assert p["pool"]["gpusUsed"] <= used[p["pool"]["name"]]
+
+
+def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slm_operator import cli
+    from slm_operator.planner import exact
+
+    budgets: list[float] = []
+    real = exact.optimize_pool
+
+    def spy(*args: Any, time_budget_s: float, **kw: Any) -> Any:
+        budgets.append(time_budget_s)
+        return real(*args, time_budget_s=time_budget_s, **kw)
+
+    monkeypatch.setattr(exact, "optimize_pool", spy)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["plan", "-f", str(ROOT / "examples"), "--optimize", "--time-budget", "0.5"]) == 0
+        assert budgets == [0.5, 0.5]  # one call per pool (h100, l4)
+        budgets.clear()
+        assert cli.main(["plan", "-f", str(ROOT / "examples")]) == 0
+    assert budgets == []  # without --optimize the heuristic plans alone

@@ -120,12 +120,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 demands.append(demand_for(dep, size_deployment(dep)))
             except DemandError as exc:
                 problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
-        if args.optimize:
-            from slm_operator.planner import optimize_pool
-
-            plan = optimize_pool(pool_policy(pool), inventories, demands, time_budget_s=args.time_budget)
-        else:
-            plan = plan_pool(pool_policy(pool), inventories, demands)
+        plan = plan_pool(
+            pool_policy(pool), inventories, demands, optimize=args.optimize, time_budget_s=args.time_budget
+        )
         unplaced += plan.pool.replicas_unplaced
         plans.append(plan)
     orphans = sorted(
