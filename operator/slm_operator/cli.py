@@ -14,12 +14,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from slm_operator import __version__
 
 EXIT_OK = 0
 EXIT_UNPLACED = 1
 EXIT_BAD_INPUT = 2
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers() returns
 
 
 class CliError(Exception):
@@ -244,18 +247,13 @@ def _cmd_sanitize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slm-operator",
-        description="Run fleets of small language models on fractions of GPUs (MIG, MPS, time-slicing).",
-    )
-    parser.add_argument("--version", action="version", version=f"slm-operator {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_crds_parser(sub: Subparsers) -> None:
     p = sub.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
     p.add_argument("-o", "--output-dir", help="write one file per CRD into this folder instead of stdout")
     p.set_defaults(func=_cmd_crds)
 
+
+def _add_estimate_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "estimate",
         help="GPU memory one replica of a model needs and the smallest share per GPU model",
@@ -273,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_estimate)
 
+
+def _add_plan_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "plan",
         help="plan offline: which share and GPU every replica of the given manifests gets",
@@ -290,10 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds for --optimize (default 10)")
     p.set_defaults(func=_cmd_plan)
 
+
+def _add_show_parser(sub: Subparsers) -> None:
     p = sub.add_parser("show", help="print the placement per GPU of a running cluster (pods and pool status)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
     p.set_defaults(func=_cmd_show)
 
+
+def _add_run_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run",
         help="run the operator (reconciles GPUPool, SLMDeployment and FineTuneJob)",
@@ -333,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)
 
+
+def _add_sanitize_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "sanitize",
         help="redact PII from JSON-lines usage records (the FineTuneJob's first step)",
@@ -344,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_sanitize)
 
+
+def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
         help="GPU node agent: read the GPUs through NVML, annotate the Node, serve Prometheus metrics",
@@ -377,6 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_agent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slm-operator",
+        description="Run fleets of small language models on fractions of GPUs (MIG, MPS, time-slicing).",
+    )
+    parser.add_argument("--version", action="version", version=f"slm-operator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_crds_parser(sub)
+    _add_estimate_parser(sub)
+    _add_plan_parser(sub)
+    _add_show_parser(sub)
+    _add_run_parser(sub)
+    _add_sanitize_parser(sub)
+    _add_agent_parser(sub)
     return parser
 
 
