@@ -1,0 +1,1 @@
+"""Every label, annotation and resource name the operator reads or writes."""
