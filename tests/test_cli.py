@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+
+from slm_operator.contract import PLACEMENT_ANNOTATION, PlacementRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +131,516 @@ def test_help_lists_every_command() -> None:
     r = run("--help")
     for cmd in ("crds", "estimate", "plan", "show", "run", "agent", "sanitize"):
         assert cmd in r.stdout
+
+
+def test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heuristic() -> None:
+    heuristic = json.loads(run("plan", "-f", "examples/", "-o", "json").stdout)
+    r = run("plan", "-f", "examples/", "-o", "json", "--optimize", "--time-budget", "2")
+    assert r.returncode == 0, r.stderr
+    optimized = json.loads(r.stdout)
+    used = {p["pool"]["name"]: p["pool"]["gpusUsed"] for p in heuristic["pools"]}
+    for p in optimized["pools"]:
+        assert p["pool"]["replicasUnplaced"] == 0
+        assert p["pool"]["gpusUsed"] <= used[p["pool"]["name"]]
+
+
+def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slm_operator import cli
+    from slm_operator.planner import exact
+
+    budgets: list[float] = []
+    real = exact.optimize_pool
+
+    def spy(*args: Any, time_budget_s: float, **kw: Any) -> Any:
+        budgets.append(time_budget_s)
+        return real(*args, time_budget_s=time_budget_s, **kw)
+
+    monkeypatch.setattr(exact, "optimize_pool", spy)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["plan", "-f", str(ROOT / "examples"), "--optimize", "--time-budget", "0.5"]) == 0
+        assert budgets == [0.5, 0.5]  # one call per pool (h100, l4)
+        budgets.clear()
+        assert cli.main(["plan", "-f", str(ROOT / "examples")]) == 0
+    assert budgets == []  # without --optimize the heuristic plans alone
+
+
+# --- every advertised flag ------------------------------------------------------------------------------------
+# FLAG_TESTS maps each (command, option) that `--help` advertises to the tests that show its effect; the first
+# test below fails when a flag is added to the parser without a test here, or a test is listed for a flag that
+# no longer exists.
+
+ARCH = {
+    "parameters": 3085938688,
+    "layers": 36,
+    "hiddenSize": 2048,
+    "attentionHeads": 16,
+    "kvHeads": 2,
+    "headDim": 128,
+    "maxContextTokens": 32768,
+}
+
+
+def _parser_flags() -> set[tuple[str, str]]:
+    import argparse
+
+    from slm_operator.cli import build_parser
+
+    parser = build_parser()
+    flags = {("", o) for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        flags |= {(name, o) for a in p._actions for o in a.option_strings if o.startswith("--")}
+        flags |= {(name, a.dest) for a in p._actions if not a.option_strings}  # positionals
+    return flags
+
+
+def in_process(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from slm_operator import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_advertised_flag_has_a_test() -> None:
+    assert set(FLAG_TESTS) == _parser_flags()
+    names = set(globals())
+    for flag, tests in FLAG_TESTS.items():
+        assert tests and all(t in names for t in tests), f"{flag}: {tests}"
+
+
+def test_version_and_missing_command() -> None:
+    from slm_operator import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"slm-operator {__version__}"
+    r = run()
+    assert r.returncode == 2 and "required: COMMAND" in r.stderr
+    r = run("frobnicate")
+    assert r.returncode == 2 and "invalid choice: 'frobnicate'" in r.stderr
+
+
+def test_every_command_help_lists_its_flags_with_exit_code_0() -> None:
+    flags = _parser_flags()
+    for cmd in sorted({c for c, _ in flags if c}):
+        r = run(cmd, "--help")
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert r.stdout.startswith(f"usage: slm-operator {cmd}")
+        for c, flag in flags:
+            if c == cmd:
+                assert flag in r.stdout, (cmd, flag)
+    for cmd in ("plan", "agent"):  # the commands with more than "0 ok, 2 bad input" document their codes
+        assert "Exit codes" in " ".join(run(cmd, "--help").stdout.split())
+
+
+# crds
+
+
+def test_crds_prints_every_crd_or_writes_one_file_each(tmp_path: Path) -> None:
+    r = run("crds")
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    names = sorted(d["metadata"]["name"] for d in docs)
+    assert names == ["finetunejobs.slm.io", "gpupools.slm.io", "slmdeployments.slm.io"]
+    assert {d["kind"] for d in docs} == {"CustomResourceDefinition"}
+    out = tmp_path / "new" / "crds"
+    r = run("crds", "--output-dir", str(out))
+    assert r.returncode == 0 and r.stdout == ""
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))  # what `make crds` commits
+    for name in written:
+        assert (out / name).read_text() == (ROOT / "crds" / name).read_text()
+
+
+# estimate
+
+
+def _estimate(*args: str) -> dict[str, Any]:
+    r = run("estimate", *args, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, Any] = json.loads(r.stdout)
+    return doc
+
+
+def test_estimate_json_output_and_default_context() -> None:
+    doc = _estimate("qwen2.5-3b-instruct")
+    assert set(doc) == {"model", "estimate", "shares"} and doc["model"] == "qwen2.5-3b-instruct"
+    est = doc["estimate"]
+    assert est["context_tokens"] == 4096 and est["concurrency"] == 8 and est["quantization"] == "BF16"
+    assert est["total_bytes"] == est["weights_bytes"] + est["kv_cache_bytes"] + est["overhead_bytes"]
+    h100 = next(s for s in doc["shares"] if s["gpu"] == "H100-80GB")
+    assert h100["mig_profile"] == "1g.10gb" and h100["whole_gpu_fits"]
+    table = run("estimate", "qwen2.5-3b-instruct", "--output", "table").stdout
+    assert table.startswith("qwen2.5-3b-instruct  BF16  context 4096  concurrency 8")
+    assert "smallest MIG" in table
+    r = run("estimate", "qwen2.5-3b-instruct", "-o", "yaml")
+    assert r.returncode == 2 and "invalid choice: 'yaml'" in r.stderr
+
+
+def test_estimate_quantization_shrinks_the_weights() -> None:
+    bf16 = _estimate("llama-3.1-8b-instruct")["estimate"]
+    int4 = _estimate("llama-3.1-8b-instruct", "--quantization", "INT4")["estimate"]
+    assert int4["quantization"] == "INT4" and int4["weights_bytes"] < bf16["weights_bytes"] / 2
+    assert int4["kv_cache_bytes"] == bf16["kv_cache_bytes"]  # the KV cache stays 16-bit
+    assert "INT4" in run("estimate", "llama-3.1-8b-instruct", "-q", "INT4").stdout.splitlines()[0]
+    r = run("estimate", "llama-3.1-8b-instruct", "-q", "INT3")
+    assert r.returncode == 2 and "invalid choice: 'INT3'" in r.stderr
+
+
+def test_estimate_context_and_concurrency_scale_the_kv_cache() -> None:
+    est = _estimate("qwen2.5-3b-instruct", "--context", "8192", "--concurrency", "4")["estimate"]
+    assert est["context_tokens"] == 8192 and est["concurrency"] == 4
+    assert est["kv_cache_bytes"] == est["kv_bytes_per_token"] * 8192 * 4
+    r = run("estimate", "qwen2.5-3b-instruct", "-c", "40000")
+    assert r.returncode == 2
+    assert (
+        "--context 40000 exceeds the model's maximum context of 32768 tokens: pass at most 32768" in r.stderr
+    )
+    r = run("estimate", "qwen2.5-3b-instruct", "-n", "0")
+    assert r.returncode == 2 and "--concurrency" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_estimate_sizes_an_unknown_model_from_its_architecture_as_an_slmdeployment(tmp_path: Path) -> None:
+    from slm_operator.api.v1alpha1 import SLMDeployment
+    from slm_operator.inventory import size_deployment
+
+    r = run("estimate", "my-org/my-3b")
+    assert r.returncode == 2 and "unknown model 'my-org/my-3b'" in r.stderr and "--architecture" in r.stderr
+    doc = _estimate("my-org/my-3b", "-c", "8192", "-q", "FP8", "--architecture", json.dumps(ARCH))
+    dep = SLMDeployment.model_validate(
+        {
+            "metadata": {"name": "d", "namespace": "n"},
+            "spec": {
+                "poolRef": {"name": "p"},
+                "model": {
+                    "name": "my-org/my-3b",
+                    "quantization": "FP8",
+                    "maxContextTokens": 8192,
+                    "architecture": ARCH,
+                },
+            },
+        }
+    )
+    sizing = size_deployment(dep)  # what the operator reserves for the same SLMDeployment
+    assert sizing.source == "Architecture" and sizing.estimate is not None
+    assert doc["model"] == "my-org/my-3b" and doc["estimate"] == sizing.estimate.model_dump(mode="json")
+    # a file (YAML) gives the same; without -c the context is min(4096, maxContextTokens)
+    f = tmp_path / "arch.yaml"
+    f.write_text(yaml.safe_dump({**ARCH, "maxContextTokens": 2048}))
+    assert _estimate("my-org/my-3b", "-a", str(f))["estimate"]["context_tokens"] == 2048
+
+
+def test_estimate_architecture_errors_say_what_to_pass(tmp_path: Path) -> None:
+    def err(*args: str) -> str:
+        r = run("estimate", "my-org/my-3b", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr
+
+    assert "kvHeads: Field required" in err(
+        "-a", json.dumps({k: v for k, v in ARCH.items() if k != "kvHeads"})
+    )
+    assert "`kvHeads` must divide `attentionHeads`" in err("-a", json.dumps({**ARCH, "kvHeads": 3}))
+    assert "--architecture: layers: Input should be greater than or equal to 1" in err(
+        "-a", json.dumps({**ARCH, "layers": 0})
+    )
+    assert "is neither a file nor a JSON/YAML object" in err("-a", str(tmp_path / "missing.yaml"))
+    assert "not readable as JSON or YAML" in err("-a", "{parameters: [")
+    assert "exceeds the architecture's maxContextTokens of 32768 tokens" in err(
+        "-a", json.dumps(ARCH), "-c", "40000"
+    )
+
+
+# plan
+
+
+def test_plan_needs_a_filename_and_reads_every_one_given() -> None:
+    r = run("plan")
+    assert r.returncode == 2 and "-f/--filename" in r.stderr
+    r = run("plan", "-f", "examples/10-pools.yaml")
+    assert r.returncode == 0 and "GPUPool h100" in r.stdout and "replicas placed 0/0" in r.stdout
+    r = run(
+        "plan",
+        "--filename",
+        "examples/10-pools.yaml",
+        "--filename",
+        "examples/nodes/",
+        "-f",
+        "examples/20-slmdeployments.yaml",
+    )
+    assert r.returncode == 0 and "unplaced 0" in r.stdout
+
+
+# show
+
+
+class FakeKube:
+    """The three lists `show` reads, as the API returns them."""
+
+    def __init__(self, api: Any) -> None:
+        assert api == "api-from-/my/kubeconfig"
+
+    def list(self, api_version: str, kind: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        placement = PlacementRecord("agents/extractor", 0, "gpu-node-1", 0, "MIG", "1g.10gb", 10 << 30)
+        return {
+            "GPUPool": [
+                {
+                    "metadata": {"name": "h100"},
+                    "status": {
+                        "gpusUsed": 1, "gpusTotal": 2, "replicasPlaced": 1, "replicasUnplaced": 0,
+                        "memoryStranded": "0",
+                        "nodeStatus": [{"name": "gpu-node-1", "product": "H100-80GB", "gpus": 2, "inventorySource": "Agent"}],
+                    },
+                }
+            ],
+            "Pod": [
+                {
+                    "metadata": {
+                        "namespace": "agents",
+                        "labels": {"slm.io/pool": "h100", "slm.io/deployment": "extractor", "slm.io/replica": "0", "slm.io/qos": "Guaranteed"},
+                        "annotations": {PLACEMENT_ANNOTATION: placement.to_annotation()},
+                    },
+                    "status": {"phase": "Running"},
+                }
+            ],
+            "Node": [{"metadata": {"name": "gpu-node-1", "labels": {"nvidia.com/mig.config": "slm-gpu-node-1"}}}],
+        }[kind]  # fmt: skip
+
+
+def test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slm_operator.controllers import kube
+
+    monkeypatch.setattr(kube, "load_config", lambda path: f"api-from-{path}")
+    monkeypatch.setattr(kube, "Kube", FakeKube)
+    code, out, _ = in_process("show", "--kubeconfig", "/my/kubeconfig", capsys=capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "GPUPool h100: 1/2 GPUs used, 1 replicas placed, 0 unplaced, stranded 0"
+    assert "node gpu-node-1 (H100-80GB, 2 GPUs): mig.config=slm-gpu-node-1" in lines[1]
+    assert lines[2] == "    GPU 0: agents/extractor#0 [1g.10gb, Guaranteed, Running]"
+    assert lines[3] == "    GPU 1: free"
+
+
+# run
+
+
+RUN_FLAGS = {
+    "--kubeconfig": ("kubeconfig", "/k"),
+    "--namespace": ("namespace", "ops"),
+    "--nvidia-namespace": ("nvidia_namespace", "nv"),
+    "--mig-configmap": ("mig_configmap", "mig-cm"),
+    "--device-plugin-configmap": ("device_plugin_configmap", "dp-cm"),
+    "--priority-class-guaranteed": ("priority_class_guaranteed", "pc-g"),
+    "--priority-class-burstable": ("priority_class_burstable", "pc-b"),
+    "--priority-class-besteffort": ("priority_class_besteffort", "pc-be"),
+    "--priority-class-llm-fallback": ("priority_class_llm_fallback", "pc-llm"),
+    "--priority-class-finetune": ("priority_class_finetune", "pc-ft"),
+    "--operator-image": ("operator_image", "registry.example/slm:1"),
+    "--health-listen": ("health_listen", "0.0.0.0:8081"),
+    "--metrics-listen": ("metrics_listen", ""),
+    "--log-level": ("log_level", "debug"),
+}
+
+
+def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No cluster: the operator's entry point is replaced by a spy; the chart's flags are checked by
+    tests/test_chart.py, the operator itself by the e2e suite."""
+    from slm_operator.controllers import main as operator_main
+
+    seen: list[Any] = []
+    monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 1)  # 1: leadership lost
+    argv = [x for flag, (_, value) in RUN_FLAGS.items() for x in (flag, value)]
+    code, _, _ = in_process("run", *argv, "--leader-elect", capsys=capsys)
+    assert code == 1
+    assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
+    assert seen[0].leader_elect is True
+    seen.clear()
+    monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
+    assert in_process("run", capsys=capsys)[0] == 0
+    defaults = seen[0]
+    assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
+    assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")
+    assert (defaults.priority_class_guaranteed, defaults.priority_class_finetune) == ("slm-guaranteed", "")
+    r = run("run", "--log-level", "verbose")
+    assert r.returncode == 2 and "invalid choice: 'verbose'" in r.stderr
+
+
+# sanitize
+
+
+def test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "day2").mkdir(parents=True)
+    (src / "day1.jsonl").write_text(json.dumps({"prompt": "mail jane@corp.example from 10.2.3.4"}) + "\n")
+    (src / "day2" / "calls.jsonl").write_text(json.dumps({"prompt": "key sk-abcdefghijklmnopqrstuv"}) + "\n")
+    (src / ".hidden").write_text("not a record\n")
+    out = tmp_path / "clean.jsonl"
+    r = run("sanitize", "--input", str(src), "--output", str(out))
+    assert r.returncode == 0 and r.stdout == ""
+    assert "sanitised 2 records from 2 files" in r.stderr
+    text = out.read_text()
+    assert "jane@corp.example" not in text and "sk-abcdef" not in text  # Email and APIKey by default
+    assert "10.2.3.4" in text  # IPAddress is not a default class
+    r = run("sanitize", "--input", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "no input records" in r.stderr
+    r = run("sanitize")
+    assert r.returncode == 2 and "--input" in r.stderr
+
+
+# agent (no GPU, no cluster: SLM_AGENT_FAKE_FLEET picks a fake fleet, or "none" for a node without a driver)
+
+
+def agent(*args: str, fleet: str = "none", **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", "KUBECONFIG")}
+    environ.update(SLM_AGENT_FAKE_FLEET=fleet, **env)
+    return subprocess.run(
+        [sys.executable, "-m", "slm_operator", "agent", *args],
+        capture_output=True, text=True, cwd=ROOT, env=environ, timeout=60,
+    )  # fmt: skip
+
+
+def test_agent_once_prints_the_inventory_or_exits_3_without_a_driver() -> None:
+    r = agent("--once", "--node-name", "gpu-node-7", fleet="l4")
+    assert r.returncode == 0, r.stderr
+    inv = json.loads(r.stdout)
+    assert inv["node"] == "gpu-node-7" and inv["gpus"] and inv["gpus"][0]["product"] == "NVIDIA-L4"
+    r = agent("--once", fleet="l4", NODE_NAME="from-downward-api")
+    assert json.loads(r.stdout)["node"] == "from-downward-api"
+    r = agent("--once", "--node-name", "gpu-node-7")
+    assert r.returncode == 3 and r.stdout == ""
+    assert (
+        "no usable NVIDIA driver on node gpu-node-7" in r.stderr
+        and "exiting with code 3 (--once)" in r.stderr
+    )
+
+
+def test_agent_bad_input_exits_2_and_no_driver_exit_exits_3(tmp_path: Path) -> None:
+    r = agent()
+    assert r.returncode == 2 and "pass --node-name or set $NODE_NAME" in r.stderr
+    r = agent("--node-name", "n", "--interval-seconds", "0")
+    assert r.returncode == 2 and "--interval-seconds must be greater than 0" in r.stderr
+    r = agent("--node-name", "n", "--no-driver", "exit")
+    assert r.returncode == 3 and "exiting with code 3 (--no-driver=exit)" in r.stderr
+    r = agent("--node-name", "n", "--no-driver", "retry")
+    assert r.returncode == 2 and "invalid choice: 'retry'" in r.stderr
+    r = agent("--node-name", "n", "--kubeconfig", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no Kubernetes configuration" in r.stderr
+    r = agent("--node-name", "n", "--kubeconfig", _kubeconfig(tmp_path), "--listen", "no-port")
+    assert r.returncode == 2 and "--listen 'no-port'" in r.stderr
+    r = agent("--once", "--log-level", "loud")
+    assert r.returncode == 2 and "invalid choice: 'loud'" in r.stderr
+
+
+def _kubeconfig(tmp_path: Path) -> str:
+    """A kubeconfig for a server that is never contacted (the agent idles: no driver, no API call)."""
+    cfg = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environ = {k: v for k, v in os.environ.items() if k not in ("NODE_NAME", "KUBECONFIG")}
+    environ["SLM_AGENT_FAKE_FLEET"] = "none"
+    argv = ["--node-name", "n", "--kubeconfig", _kubeconfig(tmp_path), "--listen", f"127.0.0.1:{port}"]
+    argv += ["--interval-seconds", "0.2", "--log-level", "debug"]  # --no-driver idle is the default
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slm_operator", "agent", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=environ,
+    )  # fmt: skip
+    try:
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "slm_agent_nvml_up{" not in body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    body = resp.read().decode()
+            except OSError:
+                time.sleep(0.2)
+        assert 'slm_agent_nvml_up{node="n"} 0.0' in body
+        time.sleep(0.5)  # a few --interval-seconds: NVML is retried
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "idling: metrics report slm_agent_nvml_up 0 and NVML is retried every 0.2s" in err
+    assert "DEBUG" in err and "NVML still unavailable" in err
+
+
+FLAG_TESTS: dict[tuple[str, str], list[str]] = {
+    ("", "--help"): ["test_help_lists_every_command"],
+    ("", "--version"): ["test_version_and_missing_command"],
+    ("crds", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("crds", "--output-dir"): ["test_crds_prints_every_crd_or_writes_one_file_each"],
+    ("estimate", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("estimate", "model"): ["test_estimate_prints_the_breakdown_and_the_smallest_shares"],
+    ("estimate", "--quantization"): ["test_estimate_quantization_shrinks_the_weights"],
+    ("estimate", "--context"): ["test_estimate_context_and_concurrency_scale_the_kv_cache"],
+    ("estimate", "--concurrency"): ["test_estimate_context_and_concurrency_scale_the_kv_cache"],
+    ("estimate", "--architecture"): [
+        "test_estimate_sizes_an_unknown_model_from_its_architecture_as_an_slmdeployment",
+        "test_estimate_architecture_errors_say_what_to_pass",
+    ],
+    ("estimate", "--output"): ["test_estimate_json_output_and_default_context"],
+    ("plan", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("plan", "--filename"): [
+        "test_plan_needs_a_filename_and_reads_every_one_given",
+        "test_bad_input_names_the_file_and_object_with_exit_code_2",
+    ],
+    ("plan", "--output"): ["test_plan_of_the_examples_places_everything"],
+    ("plan", "--optimize"): [
+        "test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heuristic"
+    ],
+    ("plan", "--time-budget"): ["test_plan_time_budget_reaches_the_exact_solver"],
+    ("show", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("show", "--kubeconfig"): ["test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig"],
+    ("run", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    **{
+        ("run", f): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"] for f in RUN_FLAGS
+    },
+    ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
+    ("sanitize", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("sanitize", "--input"): [
+        "test_sanitize_redacts_the_requested_classes",
+        "test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes",
+    ],
+    ("sanitize", "--output"): ["test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes"],
+    ("sanitize", "--redact"): [
+        "test_sanitize_redacts_the_requested_classes",
+        "test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes",
+    ],
+    ("agent", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("agent", "--kubeconfig"): ["test_agent_bad_input_exits_2_and_no_driver_exit_exits_3"],
+    ("agent", "--node-name"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],
+    ("agent", "--listen"): [
+        "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
+        "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",
+    ],
+    ("agent", "--interval-seconds"): [
+        "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
+        "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",
+    ],
+    ("agent", "--no-driver"): [
+        "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",
+        "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
+    ],
+    ("agent", "--once"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],
+    ("agent", "--log-level"): [
+        "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
+        "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",
+    ],
+}

@@ -14,12 +14,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from slm_operator import __version__
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from slm_operator.api.v1alpha1 import SLMDeployment
 
 EXIT_OK = 0
 EXIT_UNPLACED = 1
 EXIT_BAD_INPUT = 2
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers() returns
 
 
 class CliError(Exception):
@@ -39,25 +47,123 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: ``--architecture`` takes the fields of an SLMDeployment's ``spec.model.architecture`` (docs/api.md).
+ARCHITECTURE_FIELDS = (
+    "parameters, layers, hiddenSize, attentionHeads, kvHeads, headDim and optionally maxContextTokens"
+)
+ARCHITECTURE_EXAMPLE = (
+    "--architecture '{parameters: 3085938688, layers: 36, hiddenSize: 2048, attentionHeads: 16, kvHeads: 2, "
+    "headDim: 128, maxContextTokens: 32768}'"
+)
+#: Where the estimate's SLMDeployment fields come from on the command line, for error messages.
+_ESTIMATE_FLAGS = {
+    "name": "MODEL",
+    "quantization": "--quantization",
+    "maxContextTokens": "--context",
+    "maxConcurrentSequences": "--concurrency",
+    "architecture": "--architecture",
+}
+
+
+def _read_architecture(text: str) -> dict[str, Any]:
+    """``--architecture``: a file, or inline JSON/YAML, holding the fields of ``spec.model.architecture``."""
+    import yaml
+
+    path = Path(text)
+    try:
+        data = yaml.safe_load(path.read_text() if path.is_file() else text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"--architecture {text!r}: not readable as JSON or YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise CliError(
+            f"--architecture {text!r} is neither a file nor a JSON/YAML object: give {ARCHITECTURE_FIELDS}, "
+            f"inline or in a file, e.g. {ARCHITECTURE_EXAMPLE}"
+        )
+    return data
+
+
+def _estimate_deployment(args: argparse.Namespace, architecture: dict[str, Any] | None) -> SLMDeployment:
+    """The SLMDeployment whose sizing ``estimate`` prints: the same validation and sizing as the operator's."""
+    from pydantic import ValidationError
+
+    from slm_operator.api.v1alpha1 import ModelArchitectureSpec, SLMDeployment
+    from slm_operator.catalog import slm_by_name
+
+    if architecture is not None:
+        try:
+            max_context = ModelArchitectureSpec.model_validate(architecture).max_context_tokens
+        except ValidationError as exc:
+            raise CliError(
+                f"--architecture: {_validation_message(exc)}; give {ARCHITECTURE_FIELDS}"
+            ) from None
+    else:
+        model = slm_by_name(args.model)
+        assert model is not None  # checked by the caller
+        max_context = model.architecture.max_context_tokens
+    if args.context > max_context:
+        facts = (
+            "the architecture's maxContextTokens"
+            if architecture is not None
+            else "the model's maximum context"
+        )
+        raise CliError(
+            f"--context {args.context} exceeds {facts} of {max_context} tokens: pass at most {max_context}"
+        )
+    model_spec: dict[str, Any] = {
+        "name": args.model,
+        "quantization": args.quantization,
+        "maxContextTokens": args.context or min(max_context, 4096),
+        "maxConcurrentSequences": args.concurrency,
+    }
+    if architecture is not None:
+        model_spec["architecture"] = architecture
+    doc = {
+        "metadata": {"name": "estimate", "namespace": "default"},
+        "spec": {"poolRef": {"name": "estimate"}, "model": model_spec},
+    }
+    try:
+        return SLMDeployment.model_validate(doc)
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Pydantic errors of the estimate's SLMDeployment, named by the flag that sets the field."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"] if x not in ("spec", "model")]
+        where = " ".join([_ESTIMATE_FLAGS.get(loc[0], loc[0]), *loc[1:]]) if loc else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from slm_operator.catalog import slm_by_name, slm_models
-    from slm_operator.sizing import Quantization, estimate_memory, smallest_shares
+    from slm_operator.inventory import DemandError, size_deployment
+    from slm_operator.sizing import smallest_shares
 
-    model = slm_by_name(args.model)
-    if model is None:
+    architecture = _read_architecture(args.architecture) if args.architecture else None
+    if architecture is None and slm_by_name(args.model) is None:
         known = ", ".join(m.name for m in slm_models())
-        raise CliError(f"unknown model {args.model!r}; the catalog knows: {known}")
-    context = args.context or min(model.architecture.max_context_tokens, 4096)
+        raise CliError(
+            f"unknown model {args.model!r}; the catalog knows: {known}. For another model pass its config.json "
+            f"facts as --architecture ({ARCHITECTURE_FIELDS}), e.g. {ARCHITECTURE_EXAMPLE}"
+        )
+    dep = _estimate_deployment(args, architecture)
     try:
-        est = estimate_memory(model.architecture, Quantization(args.quantization), context, args.concurrency)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+        sizing = size_deployment(dep)
+    except DemandError as exc:
+        raise CliError(str(exc).removeprefix("`spec.model`: ")) from None
+    est = sizing.estimate
+    assert est is not None  # no resources.gpuMemory override: the figure is the estimate
+    context = est.context_tokens
     shares = smallest_shares(est.total_bytes)
     if args.output == "json":
         print(
             json.dumps(
                 {
-                    "model": model.name,
+                    "model": sizing.model_name,
                     "estimate": est.model_dump(mode="json"),
                     "shares": [s.model_dump(mode="json") for s in shares],
                 },
@@ -66,7 +172,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     gib = 1 << 30
-    print(f"{model.name}  {args.quantization}  context {context}  concurrency {args.concurrency}")
+    print(f"{sizing.model_name}  {args.quantization}  context {context}  concurrency {args.concurrency}")
     print(f"  weights   {est.weights_bytes / gib:8.2f} GiB")
     print(f"  KV cache  {est.kv_cache_bytes / gib:8.2f} GiB  ({est.kv_bytes_per_token} bytes/token)")
     print(f"  overhead  {est.overhead_bytes / gib:8.2f} GiB")
@@ -120,12 +226,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 demands.append(demand_for(dep, size_deployment(dep)))
             except DemandError as exc:
                 problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
-        if args.optimize:
-            from slm_operator.planner import optimize_pool
-
-            plan = optimize_pool(pool_policy(pool), inventories, demands, time_budget_s=args.time_budget)
-        else:
-            plan = plan_pool(pool_policy(pool), inventories, demands)
+        plan = plan_pool(
+            pool_policy(pool), inventories, demands, optimize=args.optimize, time_budget_s=args.time_budget
+        )
         unplaced += plan.pool.replicas_unplaced
         plans.append(plan)
     orphans = sorted(
@@ -252,25 +355,24 @@ def _cmd_sanitize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="slm-operator",
-        description="Run fleets of small language models on fractions of GPUs (MIG, MPS, time-slicing).",
-    )
-    parser.add_argument("--version", action="version", version=f"slm-operator {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_crds_parser(sub: Subparsers) -> None:
     p = sub.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
     p.add_argument("-o", "--output-dir", help="write one file per CRD into this folder instead of stdout")
     p.set_defaults(func=_cmd_crds)
 
+
+def _add_estimate_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "estimate",
         help="GPU memory one replica of a model needs and the smallest share per GPU model",
         description="Estimate weights + KV cache + runtime overhead of one replica (see docs/sizing.md) "
         "and print the smallest MIG profile, whole-GPU fit and MPS copies per catalog GPU.",
     )
-    p.add_argument("model", help="catalog name or Hugging Face id, e.g. qwen2.5-3b-instruct")
+    p.add_argument(
+        "model",
+        help="catalog name or Hugging Face id, e.g. qwen2.5-3b-instruct; "
+        "a model the catalog does not know needs --architecture",
+    )
     p.add_argument("-q", "--quantization", default="BF16", choices=["BF16", "FP16", "FP8", "INT8", "INT4"])
     p.add_argument(
         "-c", "--context", type=int, default=0, help="max context tokens (default min(4096, model max))"
@@ -278,9 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-n", "--concurrency", type=int, default=8, help="concurrent sequences per replica (default 8)"
     )
+    p.add_argument(
+        "-a",
+        "--architecture",
+        metavar="FILE|JSON",
+        help="the model's facts from its config.json, as an SLMDeployment's spec.model.architecture takes them "
+        f"({ARCHITECTURE_FIELDS}; docs/api.md): inline JSON/YAML or a file holding it, e.g. "
+        f"{ARCHITECTURE_EXAMPLE.replace('%', '%%')}. Needed for a model the catalog does not know; "
+        "for a catalog model it replaces the catalog's facts, as in an SLMDeployment",
+    )
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_estimate)
 
+
+def _add_plan_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "plan",
         help="plan offline: which share and GPU every replica of the given manifests gets",
@@ -298,10 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds for --optimize (default 10)")
     p.set_defaults(func=_cmd_plan)
 
+
+def _add_show_parser(sub: Subparsers) -> None:
     p = sub.add_parser("show", help="print the placement per GPU of a running cluster (pods and pool status)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or in-cluster)")
     p.set_defaults(func=_cmd_show)
 
+
+def _add_run_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run",
         help="run the operator (reconciles GPUPool, SLMDeployment and FineTuneJob)",
@@ -341,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)
 
+
+def _add_sanitize_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "sanitize",
         help="redact PII from JSON-lines usage records (the FineTuneJob's first step)",
@@ -352,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_sanitize)
 
+
+def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
         help="GPU node agent: read the GPUs through NVML, annotate the Node, serve Prometheus metrics",
@@ -385,6 +506,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_agent)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slm-operator",
+        description="Run fleets of small language models on fractions of GPUs (MIG, MPS, time-slicing).",
+    )
+    parser.add_argument("--version", action="version", version=f"slm-operator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_crds_parser(sub)
+    _add_estimate_parser(sub)
+    _add_plan_parser(sub)
+    _add_show_parser(sub)
+    _add_run_parser(sub)
+    _add_sanitize_parser(sub)
+    _add_agent_parser(sub)
     return parser
 
 

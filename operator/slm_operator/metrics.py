@@ -48,7 +48,7 @@ def split_deployment(key: str) -> tuple[str, str]:
 class OperatorMetrics:
     """Every operator metric, registered in ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:  # long: declarative metric table
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.reconcile_duration = Histogram(

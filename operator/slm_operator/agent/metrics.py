@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from slm_operator.agent.model import Inventory
-from slm_operator.agent.pods import PodShare, attribute_mig
+from slm_operator.agent.model import GpuInfo, Inventory, MigInstanceInfo
+from slm_operator.agent.pods import Owner, PodShare, attribute_mig
 
 GPU_LABELS = ["node", "gpu", "uuid"]
 MIG_LABELS = [*GPU_LABELS, "mig_uuid", "profile", "start", "gi", "namespace", "deployment", "tier"]
@@ -52,136 +52,127 @@ class GpuCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             inv, shares, up, last = self._inventory, self._shares, self._nvml_up, self._last_read
-        node = self.node
-        m_up = GaugeMetricFamily(
-            "slm_agent_nvml_up", "1 if NVML (the NVIDIA driver) answers on this node", labels=["node"]
-        )
-        m_up.add_metric([node], 1.0 if up else 0.0)
-        yield m_up
-        m_gpus = GaugeMetricFamily("slm_agent_gpus", "GPUs NVML reports on this node", labels=["node"])
-        m_gpus.add_metric([node], float(len(inv.gpus)) if inv else 0.0)
-        yield m_gpus
-        if last is not None:
-            m_last = GaugeMetricFamily(
-                "slm_agent_last_read_timestamp_seconds",
-                "Unix time of the last complete NVML read",
-                labels=["node"],
-            )
-            m_last.add_metric([node], last)
-            yield m_last
+        yield from _agent_families(self.node, inv, up, last)
         if inv is None:
             return
-        info = GaugeMetricFamily(
+        families = _GpuFamilies()
+        owners = attribute_mig(inv, shares)
+        uuids: dict[int, str] = {}
+        for g in inv.gpus:
+            uuids[g.index] = _s(g.uuid)
+            labels = [self.node, str(g.index), _s(g.uuid)]
+            families.add_gpu(labels, g, _s(inv.driver_version))
+            for pos, m in enumerate(g.mig_instances or ()):
+                families.add_mig(labels, m, owners.get((g.index, pos)))
+        for share in shares:
+            if share.memory_bytes is not None and share.gpu in uuids:
+                families.add_share(self.node, uuids[share.gpu], share)
+        yield from families.all()
+
+
+def _agent_families(node: str, inv: Inventory | None, up: bool, last: float | None) -> Iterator[Metric]:
+    """The agent's own state: NVML up, GPUs seen, time of the last complete read (once there was one)."""
+    m_up = GaugeMetricFamily(
+        "slm_agent_nvml_up", "1 if NVML (the NVIDIA driver) answers on this node", labels=["node"]
+    )
+    m_up.add_metric([node], 1.0 if up else 0.0)
+    yield m_up
+    m_gpus = GaugeMetricFamily("slm_agent_gpus", "GPUs NVML reports on this node", labels=["node"])
+    m_gpus.add_metric([node], float(len(inv.gpus)) if inv else 0.0)
+    yield m_gpus
+    if last is not None:
+        m_last = GaugeMetricFamily(
+            "slm_agent_last_read_timestamp_seconds",
+            "Unix time of the last complete NVML read",
+            labels=["node"],
+        )
+        m_last.add_metric([node], last)
+        yield m_last
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: float | None, scale: float = 1.0) -> None:
+    """One sample, unless NVML did not report the value (a missing series, not a made-up 0)."""
+    if value is not None:
+        family.add_metric(labels, float(value) / scale)
+
+
+class _GpuFamilies:
+    """The per-GPU, per-MIG-instance and per-share gauges of one scrape, filled GPU by GPU."""
+
+    def __init__(self) -> None:
+        self.info = GaugeMetricFamily(
             "slm_gpu_info",
             "Always 1: identity of a GPU (NVML name, GFD product label, catalog model, PCI device id, driver)",
             labels=[*GPU_LABELS, "name", "product", "model", "pci_device_id", "driver_version"],
         )
-        err = GaugeMetricFamily(
+        self.err = GaugeMetricFamily(
             "slm_gpu_error", "1 if the last NVML read of this GPU failed in part", labels=GPU_LABELS
         )
-        mem_total = GaugeMetricFamily(
+        self.mem_total = GaugeMetricFamily(
             "slm_gpu_memory_total_bytes", "GPU framebuffer memory", labels=GPU_LABELS
         )
-        mem_used = GaugeMetricFamily(
+        self.mem_used = GaugeMetricFamily(
             "slm_gpu_memory_used_bytes", "GPU framebuffer memory in use", labels=GPU_LABELS
         )
-        util = GaugeMetricFamily(
+        self.util = GaugeMetricFamily(
             "slm_gpu_utilization_ratio",
             "Fraction of the last sample period a kernel ran (NVML; absent on MIG-enabled GPUs)",
             labels=GPU_LABELS,
         )
-        mem_busy = GaugeMetricFamily(
+        self.mem_busy = GaugeMetricFamily(
             "slm_gpu_memory_busy_ratio",
             "Fraction of the last sample period device memory was read or written (absent on MIG GPUs)",
             labels=GPU_LABELS,
         )
-        mig_mode = GaugeMetricFamily(
+        self.mig_mode = GaugeMetricFamily(
             "slm_gpu_mig_mode",
             "1 if MIG mode is enabled; state=current now, state=pending after the next GPU reset",
             labels=[*GPU_LABELS, "state"],
         )
-        procs = GaugeMetricFamily("slm_gpu_processes", "Compute processes on the GPU", labels=GPU_LABELS)
-        mig_total = GaugeMetricFamily(
+        self.procs = GaugeMetricFamily("slm_gpu_processes", "Compute processes on the GPU", labels=GPU_LABELS)
+        self.mig_total = GaugeMetricFamily(
             "slm_gpu_mig_memory_total_bytes", "Memory of a MIG instance", labels=MIG_LABELS
         )
-        mig_used = GaugeMetricFamily(
+        self.mig_used = GaugeMetricFamily(
             "slm_gpu_mig_memory_used_bytes", "Memory in use in a MIG instance", labels=MIG_LABELS
         )
-        mig_procs = GaugeMetricFamily(
+        self.mig_procs = GaugeMetricFamily(
             "slm_gpu_mig_processes", "Compute processes in a MIG instance", labels=MIG_LABELS
         )
-        share_mem = GaugeMetricFamily(
+        self.share_mem = GaugeMetricFamily(
             "slm_gpu_share_memory_bytes",
             "GPU memory of the share an SLMDeployment replica holds (from the pod's slm.io/placement)",
             labels=SHARE_LABELS,
         )
-        owners = attribute_mig(inv, shares)
-        uuids: dict[int, str] = {}
-        for g in inv.gpus:
-            labels = [node, str(g.index), _s(g.uuid)]
-            uuids[g.index] = _s(g.uuid)
-            info.add_metric(
-                [
-                    *labels,
-                    _s(g.name),
-                    _s(g.product),
-                    _s(g.model),
-                    _s(g.pci_device_id),
-                    _s(inv.driver_version),
-                ],
-                1.0,
-            )
-            err.add_metric(labels, 1.0 if g.error else 0.0)
-            if g.memory_total_bytes is not None:
-                mem_total.add_metric(labels, float(g.memory_total_bytes))
-            if g.memory_used_bytes is not None:
-                mem_used.add_metric(labels, float(g.memory_used_bytes))
-            if g.utilization_gpu_percent is not None:
-                util.add_metric(labels, g.utilization_gpu_percent / 100)
-            if g.utilization_memory_percent is not None:
-                mem_busy.add_metric(labels, g.utilization_memory_percent / 100)
-            if g.mig_enabled is not None:
-                mig_mode.add_metric([*labels, "current"], 1.0 if g.mig_enabled else 0.0)
-                mig_mode.add_metric([*labels, "pending"], 1.0 if (g.mig_pending or False) else 0.0)
-            if g.process_count is not None:
-                procs.add_metric(labels, float(g.process_count))
-            for pos, m in enumerate(g.mig_instances or ()):
-                o = owners.get((g.index, pos))
-                ml = [
-                    *labels,
-                    _s(m.uuid),
-                    m.profile,
-                    _s(m.start),
-                    _s(m.gi_id),
-                    o.namespace if o else "",
-                    o.deployment if o else "",
-                    o.tier if o else "",
-                ]
-                if m.memory_total_bytes is not None:
-                    mig_total.add_metric(ml, float(m.memory_total_bytes))
-                if m.memory_used_bytes is not None:
-                    mig_used.add_metric(ml, float(m.memory_used_bytes))
-                if m.process_count is not None:
-                    mig_procs.add_metric(ml, float(m.process_count))
-        for s in shares:
-            if s.memory_bytes is None or s.gpu not in uuids:
-                continue
-            share_mem.add_metric(
-                [
-                    node,
-                    str(s.gpu),
-                    uuids[s.gpu],
-                    s.owner.namespace,
-                    s.owner.deployment,
-                    s.owner.tier,
-                    str(s.replica),
-                    s.mechanism,
-                    _s(s.mig_profile),
-                ],
-                float(s.memory_bytes),
-            )
-        yield from (info, err, mem_total, mem_used, util, mem_busy, mig_mode, procs)
-        yield from (mig_total, mig_used, mig_procs, share_mem)
+
+    def add_gpu(self, labels: list[str], g: GpuInfo, driver_version: str) -> None:
+        identity = [_s(g.name), _s(g.product), _s(g.model), _s(g.pci_device_id), driver_version]
+        self.info.add_metric([*labels, *identity], 1.0)
+        self.err.add_metric(labels, 1.0 if g.error else 0.0)
+        _add(self.mem_total, labels, g.memory_total_bytes)
+        _add(self.mem_used, labels, g.memory_used_bytes)
+        _add(self.util, labels, g.utilization_gpu_percent, scale=100)
+        _add(self.mem_busy, labels, g.utilization_memory_percent, scale=100)
+        if g.mig_enabled is not None:
+            self.mig_mode.add_metric([*labels, "current"], 1.0 if g.mig_enabled else 0.0)
+            self.mig_mode.add_metric([*labels, "pending"], 1.0 if (g.mig_pending or False) else 0.0)
+        _add(self.procs, labels, g.process_count)
+
+    def add_mig(self, labels: list[str], m: MigInstanceInfo, owner: Owner | None) -> None:
+        ml = [*labels, _s(m.uuid), m.profile, _s(m.start), _s(m.gi_id)]
+        ml += [owner.namespace, owner.deployment, owner.tier] if owner else ["", "", ""]
+        _add(self.mig_total, ml, m.memory_total_bytes)
+        _add(self.mig_used, ml, m.memory_used_bytes)
+        _add(self.mig_procs, ml, m.process_count)
+
+    def add_share(self, node: str, gpu_uuid: str, s: PodShare) -> None:
+        o = s.owner
+        labels = [node, str(s.gpu), gpu_uuid, o.namespace, o.deployment, o.tier, str(s.replica), s.mechanism]
+        _add(self.share_mem, [*labels, _s(s.mig_profile)], s.memory_bytes)
+
+    def all(self) -> Iterator[Metric]:
+        yield from (self.info, self.err, self.mem_total, self.mem_used, self.util, self.mem_busy)
+        yield from (self.mig_mode, self.procs, self.mig_total, self.mig_used, self.mig_procs, self.share_mem)
 
 
 class AgentMetrics:

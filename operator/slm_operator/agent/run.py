@@ -192,16 +192,9 @@ def run_daemon(
         if not initialised:
             metrics.gpus.set_nvml_up(False)
             start_server()
-            while not initialised:
-                if stop.wait(interval):
-                    return EXIT_OK
-                try:
-                    nvml.init()
-                except NvmlError as again:
-                    log.debug("NVML still unavailable: %s", again)
-                    continue
-                initialised = True
-                log.info("NVML is available now")
+            if not _wait_for_nvml(nvml, stop, interval):
+                return EXIT_OK
+            initialised = True
         start_server()
         agent = Agent(nvml=nvml, node=node, metrics=metrics, publisher=publisher, pods=pods)
         log.info("agent of node %s: polling NVML every %gs", node, interval)
@@ -215,6 +208,19 @@ def run_daemon(
         if server is not None:
             server.shutdown()
             server.server_close()
+
+
+def _wait_for_nvml(nvml: Nvml, stop: threading.Event, interval: float) -> bool:
+    """``--no-driver=idle``: retry NVML every ``interval`` until it answers (True) or ``stop`` is set (False)."""
+    while not stop.wait(interval):
+        try:
+            nvml.init()
+        except NvmlError as again:
+            log.debug("NVML still unavailable: %s", again)
+            continue
+        log.info("NVML is available now")
+        return True
+    return False
 
 
 def run(args: Any) -> int:

@@ -183,12 +183,7 @@ class GpuModel(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> GpuModel:
         where = f"GPU {self.key}"
-        if not _CC.match(self.compute_capability):
-            raise ValueError(f"{where}: compute_capability {self.compute_capability!r} is not 'X.Y'")
-        major, minor = (int(x) for x in self.compute_capability.split("."))
-        expected_clients = 48 if (major, minor) >= (7, 5) else 16
-        if self.mps_max_clients != expected_clients:
-            raise ValueError(f"{where}: mps_max_clients must be {expected_clients} for CC {major}.{minor}")
+        self._check_mps_clients(where)
         if not self.mig_capable:
             if self.memory_slices or self.compute_slices or self.mig_profiles or self.all_balanced:
                 raise ValueError(f"{where}: a non-MIG GPU has no slices, profiles or all_balanced layout")
@@ -206,22 +201,40 @@ class GpuModel(BaseModel):
         by_slices: dict[int, int] = {}
         for p in self.mig_profiles:
             pw = f"{where} profile {p.name}"
-            if p.compute_slices > self.compute_slices:
-                raise ValueError(f"{pw}: more compute slices than the GPU")
-            if p.starts[-1] + p.memory_slices > self.memory_slices:
-                raise ValueError(f"{pw}: placement beyond memory slice {self.memory_slices - 1}")
-            if p.memory_mib >= self.memory_mib:
-                raise ValueError(f"{pw}: usable memory must be less than the GPU's")
-            expected = 1 if p.media_extensions else max_non_overlapping(p)
-            if p.max_count != expected:
-                raise ValueError(f"{pw}: max_count {p.max_count} != {expected} (from the placements)")
-            if p.max_count * p.compute_slices > self.compute_slices:
-                raise ValueError(f"{pw}: max_count exceeds the compute slices")
+            self._check_profile(p, pw)
             if by_slices.setdefault(p.memory_slices, p.memory_mib) != p.memory_mib:
                 raise ValueError(f"{pw}: profiles with the same memory slices must have the same memory")
         for (_, small), (_, big) in pairwise(sorted(by_slices.items())):
             if big <= small:
                 raise ValueError(f"{where}: profile memory must grow with memory slices")
+        self._check_all_balanced(where, names)
+        return self
+
+    def _check_mps_clients(self, where: str) -> None:
+        """The compute capability is 'X.Y' and MPS's client limit is the one for it (48 from 7.5 on, else 16)."""
+        if not _CC.match(self.compute_capability):
+            raise ValueError(f"{where}: compute_capability {self.compute_capability!r} is not 'X.Y'")
+        major, minor = (int(x) for x in self.compute_capability.split("."))
+        expected_clients = 48 if (major, minor) >= (7, 5) else 16
+        if self.mps_max_clients != expected_clients:
+            raise ValueError(f"{where}: mps_max_clients must be {expected_clients} for CC {major}.{minor}")
+
+    def _check_profile(self, p: MigProfile, pw: str) -> None:
+        """One MIG profile fits the GPU and its max_count follows from its placements."""
+        if p.compute_slices > self.compute_slices:
+            raise ValueError(f"{pw}: more compute slices than the GPU")
+        if p.starts[-1] + p.memory_slices > self.memory_slices:
+            raise ValueError(f"{pw}: placement beyond memory slice {self.memory_slices - 1}")
+        if p.memory_mib >= self.memory_mib:
+            raise ValueError(f"{pw}: usable memory must be less than the GPU's")
+        expected = 1 if p.media_extensions else max_non_overlapping(p)
+        if p.max_count != expected:
+            raise ValueError(f"{pw}: max_count {p.max_count} != {expected} (from the placements)")
+        if p.max_count * p.compute_slices > self.compute_slices:
+            raise ValueError(f"{pw}: max_count exceeds the compute slices")
+
+    def _check_all_balanced(self, where: str, names: list[str]) -> None:
+        """The all_balanced layout names known, non-+me profiles and is a legal layout."""
         for name in self.all_balanced:
             if name not in names:
                 raise ValueError(f"{where}: all_balanced names unknown profile {name!r}")
@@ -229,7 +242,6 @@ class GpuModel(BaseModel):
                 raise ValueError(f"{where}: all_balanced must not use +me profiles")
         if find_layout(self, self.all_balanced) is None:
             raise ValueError(f"{where}: all_balanced {self.all_balanced} is not a legal layout")
-        return self
 
     @property
     def memory_bytes(self) -> int:
