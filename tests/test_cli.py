@@ -370,6 +370,23 @@ def test_plan_needs_a_filename_and_reads_every_one_given() -> None:
     assert r.returncode == 0 and "unplaced 0" in r.stdout
 
 
+def test_plan_reads_a_file_named_twice_once_and_refuses_an_object_defined_twice(tmp_path: Path) -> None:
+    # a folder and a file inside it: the same file, read once, the same plan as the folder alone
+    alone = run("plan", "-f", "examples/", "-o", "json")
+    both = run("plan", "-f", "examples/", "-f", "examples/nodes/l4.yaml", "-o", "json")
+    assert both.returncode == 0, both.stderr
+    assert json.loads(both.stdout) == json.loads(alone.stdout)
+    # the same Node in two files is a mistake in the input, named as such
+    copy = tmp_path / "again.yaml"
+    copy.write_text((ROOT / "examples/nodes/l4.yaml").read_text())
+    r = run("plan", "-f", "examples/", "-f", str(copy))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (
+        f"{copy} (document 1, Node gpu-l4-0): Node gpu-l4-0 is also defined in examples/nodes/l4.yaml"
+        in r.stderr
+    )
+
+
 # show
 
 

@@ -57,16 +57,22 @@ def parse_object(doc: dict[str, Any]) -> Resource:
 
 
 def _files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Each file once, in the order given, also when a folder and a file inside it are both named."""
+    seen: set[Path] = set()
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            yield from sorted(
+            found = sorted(
                 f for f in path.rglob("*") if f.suffix in (".yaml", ".yml", ".json") and f.is_file()
             )
         elif path.exists():
-            yield path
+            found = [path]
         else:
             raise ManifestError(f"{path}: no such file or folder")
+        for f in found:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                yield f
 
 
 def _documents(data: Any) -> Iterator[dict[str, Any]]:
@@ -82,6 +88,7 @@ def _documents(data: Any) -> Iterator[dict[str, Any]]:
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
     """Read GPUPools, SLMDeployments, FineTuneJobs and Nodes; other kinds are kept aside."""
     out = Manifests()
+    seen_objects: dict[str, str] = {}  # "Kind namespace/name" -> where it was first read
     for path in _files(paths):
         try:
             text = path.read_text()
@@ -99,7 +106,15 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                 kind = doc.get("kind")
                 name = (doc.get("metadata") or {}).get("name", "<no name>")
                 where = f"{path} (document {n}, {kind} {name})"
-                out.sources[f"{kind}/{name}"] = f"{path} (document {n})"
+                key = f"{kind}/{name}"
+                namespace = (doc.get("metadata") or {}).get("namespace")
+                ident = f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+                if ident in seen_objects:
+                    raise ManifestError(
+                        f"{where}: {ident} is also defined in {seen_objects[ident]}: give each object once"
+                    )
+                seen_objects[ident] = f"{path} (document {n})"
+                out.sources[key] = f"{path} (document {n})"
                 if doc.get("apiVersion") == API_VERSION:
                     try:
                         obj = parse_object(doc)
