@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from slm_operator.planner.assemble import build_plan
+from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.mig import Counts, MigGeometry, geometry
-from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
 from slm_operator.planner.state import (
     K_EX,
     K_MIG,
@@ -1065,3 +1067,14 @@ def run_heuristic(
         if score < best_score:
             best, best_score = alt, score
     return best
+
+
+def heuristic_plan(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: Iterable[CurrentPlacement] = (),
+) -> Plan:
+    """The heuristic's plan (``plan_pool`` without ``optimize``), with the garbage collector paused."""
+    with gc_paused():
+        return build_plan(run_heuristic(policy, nodes, demands, current))

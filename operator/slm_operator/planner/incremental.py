@@ -1,14 +1,18 @@
 """Incremental re-planning: keep the packer's state between passes and re-place only what changed.
 
-``plan_pool(..., current=...)`` is the stateless way to re-plan: it rebuilds the whole working state from the
-inputs, pins every running replica and places the delta; its cost is dominated by rebuilding the state and the
-output (about 0.2 s at 1,000 GPUs). :class:`IncrementalPlanner` is the fast path for the operator's reconcile
-loop: it keeps the working state of the last plan (as if that plan had been applied: its replicas are running
-and pinned, MIG layouts are frozen under ``repartition: Never``) and, for a new list of demands, takes off the
-replicas of deleted or scaled-down deployments, re-places deployments whose tier, size or share changed,
-places new replicas with the same heuristic (including preemption of lower tiers and borrowing), and rebuilds
-only the nodes and deployments it touched. Pool policy or inventory changes need a new planner (or
-``plan_pool``); the operator also runs ``plan_pool`` on its periodic resync.
+``plan_pool(..., current=...)`` is the stateless way to re-plan, and the one the operator uses: every
+reconcile pass calls it with the replicas observed running. It rebuilds the whole working state from the
+inputs, pins every running replica and places the delta; its cost is dominated by rebuilding the state and
+the output (about 0.1-0.2 s at 1,000 GPUs).
+
+:class:`IncrementalPlanner` keeps the working state of the last plan as if that plan had been applied (its
+replicas running and pinned, MIG layouts frozen under ``repartition: Never``) and, for a new list of demands,
+takes off the replicas of deleted or scaled-down deployments, re-places deployments whose tier, size or share
+changed, places new replicas with the same packer (preemption of lower tiers and borrowing included), and
+rebuilds only the nodes and deployments it touched. It serves the incremental re-plans of the CLI and the
+benchmark. It is a candidate for the operator once the operator can verify that the observed world equals the
+last applied plan: it trusts its own state and never looks at the cluster again. Pool policy or inventory
+changes need a new planner.
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from slm_operator.planner.assemble import PlanBuilder, _mig_counts, _node_sharing
-from slm_operator.planner.heuristic import Packer
-from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
+from slm_operator.planner.gc_pause import gc_paused
+from slm_operator.planner.heuristic import Packer, heuristic_plan
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
 from slm_operator.planner.state import K_MIG, MECH_OUT, Dep, Rep, build_context
 
 _RETRY = ("InsufficientCapacity", "ReservedCapacity", "PreemptedByHigherTier")
 
 
 class IncrementalPlanner:
-    """Plans one pool, then re-plans demand changes incrementally (see the module docstring)."""
+    """Plans one pool, then re-plans demand changes incrementally (see the module docstring: the operator
+    calls ``plan_pool``; this planner serves the CLI and the benchmark)."""
 
     def __init__(
         self,
@@ -33,9 +39,7 @@ class IncrementalPlanner:
         demands: Sequence[Demand],
         current: Iterable[CurrentPlacement] = (),
     ) -> None:
-        from slm_operator.planner import apply_plan, plan_pool
-
-        first = plan_pool(policy, nodes, demands, current)
+        first = heuristic_plan(policy, nodes, demands, current)
         self.policy = policy
         self.nodes = apply_plan(nodes, first)
         ctx = build_context(policy, self.nodes, demands, first.placements())
@@ -52,8 +56,6 @@ class IncrementalPlanner:
     def update(self, demands: Sequence[Demand]) -> Plan:
         """Re-plan for a new list of demands; returns the new plan (``moved`` and ``evictions`` are relative to
         the previous plan)."""
-        from slm_operator.planner import gc_paused
-
         with gc_paused():
             return self._update(demands)
 
