@@ -42,17 +42,6 @@ from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.mig import Counts, MigGeometry, geometry
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
 from slm_operator.planner.state import (
-    K_EX,
-    K_MIG,
-    K_MPS,
-    K_TS,
-    M_FREE,
-    M_MPS,
-    M_NONE,
-    M_TS,
-    MECH_OUT,
-    ROLE_POOL,
-    ROLE_RESERVED,
     Context,
     Dep,
     Gpu,
@@ -65,16 +54,28 @@ from slm_operator.planner.state import (
     mps_cap,
     unfit_reason,
 )
+from slm_operator.planner.vocabulary import (
+    CAPACITY_REASONS,
+    EvictionReason,
+    GpuRole,
+    Mechanism,
+    NodeMode,
+    UnplacedReason,
+)
 
+#: evictions that gave the replica's GPU to a reservation or segment
+_GROUP_EVICTIONS = frozenset(
+    {EvictionReason.RESERVED_CAPACITY, EvictionReason.RESERVATION_CLAIMED, EvictionReason.SEGMENT_CAPACITY}
+)
 _BUCKET_SHIFT = 28  # 256 MiB buckets of free time-slicing memory
 _SCAN = 8  # candidates looked at when preferring a node without the deployment
 _TARGET_STRIDE = 1 << 16  # open MIG layouts are keyed by target id * stride + layout state
 _CONSOLIDATE_MAX = 256  # least loaded GPUs the consolidation pass tries to empty
 #: pools up to this many GPUs are packed with a few variants of the heuristic and the best plan is kept
 PORTFOLIO_MAX_GPUS = 512
-_KIND_ORDER = {K_MIG: 0, K_TS: 1, K_MPS: 2, K_EX: 3}
+_KIND_ORDER = {Mechanism.MIG: 0, Mechanism.TIME_SLICING: 1, Mechanism.MPS: 2, Mechanism.EXCLUSIVE: 3}
 #: BestEffort prefers time-slicing on ties: its leftover memory stays usable by other replicas
-_KIND_ORDER_BE = {K_TS: 0, K_MPS: 1, K_MIG: 2, K_EX: 3}
+_KIND_ORDER_BE = {Mechanism.TIME_SLICING: 0, Mechanism.MPS: 1, Mechanism.MIG: 2, Mechanism.EXCLUSIVE: 3}
 
 
 @lru_cache(maxsize=16384)
@@ -120,7 +121,7 @@ class Opts:
     news: list[tuple[str, str, int, int, bool]]
     #: whole GPU only as a last resort (Burstable, BestEffort)
     ex_last: list[str]
-    reason: tuple[str, str] | None
+    reason: tuple[UnplacedReason, str] | None
 
 
 class Packer:
@@ -169,7 +170,7 @@ class Packer:
         self.tscap = [ctx.ts_capacity(g) for g in ctx.gpus]
         self.frozen_models: dict[str, int] = {}
         for g in ctx.gpus:
-            if g.role != ROLE_POOL:
+            if g.role != GpuRole.POOL:
                 self.reserved_models[g.key] = max(self.reserved_models.get(g.key, 0), g.mem)
             self._index_gpu(g)
         for n in ctx.nodes:
@@ -183,7 +184,7 @@ class Packer:
             return
         g.ix = None
         kind = ix[0]
-        if kind == K_MIG:
+        if kind == Mechanism.MIG:
             m, sk = ix[1], ix[2]
             d = self.mig_open[m][sk]
             del d[g.gid]
@@ -200,14 +201,14 @@ class Packer:
             for p in ix[2:]:
                 d = self.mig_frozen[(m, p)]
                 del d[g.gid]
-        elif kind == K_MPS:
+        elif kind == Mechanism.MPS:
             key = (ix[1], ix[2])
             d = self.mps_open[key]
             del d[g.gid]
             if not d:
                 del self.mps_open[key]
                 del self.mps_keys[bisect_left(self.mps_keys, (ix[3], ix[1], ix[2]))]
-        elif kind == K_TS:
+        elif kind == Mechanism.TIME_SLICING:
             m, b = ix[1], ix[2]
             d = self.ts_open[m][b]
             del d[g.gid]
@@ -218,11 +219,11 @@ class Packer:
 
     def _index_gpu(self, g: Gpu) -> None:
         self._unindex_gpu(g)
-        if g.role != ROLE_POOL or not g.node.schedulable:
+        if g.role != GpuRole.POOL or not g.node.schedulable:
             return
         mode = g.mode
         m = g.key
-        if mode == K_MIG:
+        if mode == Mechanism.MIG:
             geo = g.geo
             assert geo is not None
             if g.frozen is not None:
@@ -243,8 +244,8 @@ class Packer:
                     for p, nxt in self._accepts(geo, sk):
                         insort(self.acc.setdefault((m, p), []), (-geo.slices[nxt], sk))
                 d[g.gid] = g
-                g.ix = (K_MIG, m, sk)
-        elif mode == K_MPS:
+                g.ix = (Mechanism.MIG, m, sk)
+        elif mode == Mechanism.MPS:
             self.mps_epoch += 1
             n = g.node.n
             if len(g.reps) < n:
@@ -255,8 +256,8 @@ class Packer:
                     d = self.mps_open[key] = {}
                     insort(self.mps_keys, (cap, m, n))
                 d[g.gid] = g
-                g.ix = (K_MPS, m, n, cap)
-        elif mode == K_TS and len(g.reps) < g.node.n:
+                g.ix = (Mechanism.MPS, m, n, cap)
+        elif mode == Mechanism.TIME_SLICING and len(g.reps) < g.node.n:
             free = self.tscap[g.gid] - g.ts_used
             if free > 0:
                 b = free >> _BUCKET_SHIFT
@@ -266,7 +267,7 @@ class Packer:
                     d = per[b] = {}
                     insort(self.ts_bk.setdefault(m, []), b)
                 d[g.gid] = g
-                g.ix = (K_TS, m, b)
+                g.ix = (Mechanism.TIME_SLICING, m, b)
 
     def _index_node(self, n: Node) -> None:
         ix = self.nodes_ix
@@ -282,20 +283,20 @@ class Packer:
                 continue
             mig_ok = free[0].geo is not None
             keys: list[tuple[object, ...]] = []
-            if n.mode == M_FREE:
+            if n.mode == NodeMode.FREE:
                 keys.append(("FRESH", m))
-            elif n.mode == M_NONE:
+            elif n.mode == NodeMode.NONE:
                 if mig_ok:
-                    keys.append((K_MIG, m))
-                keys.append((K_EX, m))
+                    keys.append((Mechanism.MIG, m))
+                keys.append((Mechanism.EXCLUSIVE, m))
                 if not n.whole:
-                    keys.append((K_TS, m))
-            elif n.mode == M_TS:
+                    keys.append((Mechanism.TIME_SLICING, m))
+            elif n.mode == NodeMode.TIME_SLICING:
                 if mig_ok:
-                    keys.append((K_MIG, m))
-                keys.append((K_TS, m))
+                    keys.append((Mechanism.MIG, m))
+                keys.append((Mechanism.TIME_SLICING, m))
             else:
-                keys.append((K_MPS, m, n.n))
+                keys.append((Mechanism.MPS, m, n.n))
             for key in keys:
                 ix.setdefault(key, {})[n.pos] = n
             n.ix.extend(keys)
@@ -333,7 +334,7 @@ class Packer:
         demand: dict[str, list[int]] = {}
         for dep, n in per_dep.values():
             o = self.opts(dep)
-            if o.reason is not None or not o.news or o.news[0][0] != K_MIG:
+            if o.reason is not None or not o.news or o.news[0][0] != Mechanism.MIG:
                 continue
             m, p = o.news[0][1], o.news[0][2]
             counts = demand.setdefault(m, [0] * len(self.ctx.models[m].mig_profiles))
@@ -404,20 +405,38 @@ class Packer:
                 if d > best_d:
                     best_p, best_d = p, d
             news.append(
-                ((-best_d, ctx.models[m].memory_mib, korder[K_MIG], m), (K_MIG, m, best_p, best_d, True))
+                (
+                    (-best_d, ctx.models[m].memory_mib, korder[Mechanism.MIG], m),
+                    (Mechanism.MIG, m, best_p, best_d, True),
+                )
             )
         for m, nmax in mps.items():
-            news.append(((-nmax, ctx.models[m].memory_mib, korder[K_MPS], m), (K_MPS, m, nmax, nmax, True)))
+            news.append(
+                (
+                    (-nmax, ctx.models[m].memory_mib, korder[Mechanism.MPS], m),
+                    (Mechanism.MPS, m, nmax, nmax, True),
+                )
+            )
         for m in ts:
             cap = ctx.models[m].memory_bytes * ctx.ts_factor // 100
             d = min(self.ts_limit, cap // dep.size)
             if d >= 1:
-                news.append(((-d, ctx.models[m].memory_mib, korder[K_TS], m), (K_TS, m, 0, d, True)))
+                news.append(
+                    (
+                        (-d, ctx.models[m].memory_mib, korder[Mechanism.TIME_SLICING], m),
+                        (Mechanism.TIME_SLICING, m, 0, d, True),
+                    )
+                )
         ex_last: list[str] = []
         shared = bool(mig or mps or ts)
         for m in sorted(ex, key=lambda k: (ctx.models[k].memory_mib, k)):
             if dep.rank == 0 or not shared:
-                news.append(((-1, ctx.models[m].memory_mib, korder[K_EX], m), (K_EX, m, 0, 1, True)))
+                news.append(
+                    (
+                        (-1, ctx.models[m].memory_mib, korder[Mechanism.EXCLUSIVE], m),
+                        (Mechanism.EXCLUSIVE, m, 0, 1, True),
+                    )
+                )
             else:
                 ex_last.append(m)
         if self.rank_mode == "memory" and dep.rank == 0:
@@ -478,7 +497,7 @@ class Packer:
                             continue
                         key = (nh if pref else 0, 0, waste, neg_fill)
                         if best_key is None or key < best_key:
-                            best, best_key = (g, K_MIG, p), key
+                            best, best_key = (g, Mechanism.MIG, p), key
                         found = True
                         if nh == 0 or not pref:
                             break
@@ -488,7 +507,7 @@ class Packer:
                     if g is not None:
                         key = (nh if pref else 0, 0, waste, 0)
                         if best_key is None or key < best_key:
-                            best, best_key = (g, K_MIG, p), key
+                            best, best_key = (g, Mechanism.MIG, p), key
                         found = True
                 if found:
                     break
@@ -510,7 +529,7 @@ class Packer:
                     continue
                 key = (nh if pref else 0, 0, waste, 0)
                 if best_key is None or key < best_key:
-                    best, best_key = (g, K_MPS, -1), key
+                    best, best_key = (g, Mechanism.MPS, -1), key
                 looked += 1
                 if nh == 0 or not pref or looked >= _SCAN:
                     break
@@ -533,7 +552,7 @@ class Packer:
                         nh = 1 if did in g.node.deps else 0
                         key = (nh if pref else 0, 1, free - size, 0)
                         if best_key is None or key < best_key:
-                            best, best_key = (g, K_TS, -1), key
+                            best, best_key = (g, Mechanism.TIME_SLICING, -1), key
                         if nh == 0 or not pref:
                             done = True
                             break
@@ -559,11 +578,11 @@ class Packer:
         required = self.spread == "Required"
         ignored = self.spread == "Ignored"
         per_node = max(1, (dep.replicas + 1) // 2)
-        if kind == K_MPS:
+        if kind == Mechanism.MPS:
             lo = max(2, -(-param * self.mps_density_pct // 100))
-            keys: list[tuple[object, ...]] = [(K_MPS, m, n) for n in range(param, lo - 1, -1)]
+            keys: list[tuple[object, ...]] = [(Mechanism.MPS, m, n) for n in range(param, lo - 1, -1)]
             # open MPS nodes with even fewer clients per GPU: only when no fresh node is left
-            worse: list[tuple[object, ...]] = [(K_MPS, m, n) for n in range(lo - 1, 1, -1)]
+            worse: list[tuple[object, ...]] = [(Mechanism.MPS, m, n) for n in range(lo - 1, 1, -1)]
         else:
             keys = [(kind, m)]
             worse = []
@@ -578,7 +597,7 @@ class Packer:
                     if seen >= _SCAN:
                         break
                     have = n.deps.get(did, 0)
-                    cand = (n, n.n if kind == K_MPS else param)
+                    cand = (n, n.n if kind == Mechanism.MPS else param)
                     if not have or ignored:
                         return cand
                     if have < per_node and not required:
@@ -633,20 +652,20 @@ class Packer:
         kind, m, param, _, _ = opt
         free = node.free[m]
         g = free.pop(0)
-        if node.mode == M_FREE:
-            if kind == K_MPS:
-                node.mode, node.n = M_MPS, param
-            elif kind == K_TS:
-                node.mode, node.n = M_TS, self.ts_limit
+        if node.mode == NodeMode.FREE:
+            if kind == Mechanism.MPS:
+                node.mode, node.n = NodeMode.MPS, param
+            elif kind == Mechanism.TIME_SLICING:
+                node.mode, node.n = NodeMode.TIME_SLICING, self.ts_limit
             else:
-                node.mode = M_NONE
-        elif kind == K_TS and node.mode == M_NONE:
-            node.mode, node.n = M_TS, self.ts_limit
-        if kind == K_MIG:
-            g.mode = K_MIG
+                node.mode = NodeMode.NONE
+        elif kind == Mechanism.TIME_SLICING and node.mode == NodeMode.NONE:
+            node.mode, node.n = NodeMode.TIME_SLICING, self.ts_limit
+        if kind == Mechanism.MIG:
+            g.mode = Mechanism.MIG
             g.st = 0
             self._take_target(g, param)
-        attach(self.ctx, r, g, kind, param if kind == K_MIG else -1)
+        attach(self.ctx, r, g, kind, param if kind == Mechanism.MIG else -1)
         self._touch(r, g)
         self._index_gpu(g)
         self._index_node(node)
@@ -656,7 +675,7 @@ class Packer:
             self.touched_nodes.add(g.node.pos)
             self.touched_deps.add(r.dep.key)
 
-    def _put(self, r: Rep, g: Gpu, mech: str, prof: int) -> None:
+    def _put(self, r: Rep, g: Gpu, mech: Mechanism, prof: int) -> None:
         attach(self.ctx, r, g, mech, prof)
         self._touch(r, g)
         self._index_gpu(g)
@@ -665,7 +684,7 @@ class Packer:
         g = detach(self.ctx, q)
         self._touch(q, g)
         node = g.node
-        if not g.reps and g.role == ROLE_POOL:
+        if not g.reps and g.role == GpuRole.POOL:
             if g.frozen is not None:  # nothing runs on it any more: the layout may change again
                 g.frozen = None
                 g.free_inst = []
@@ -675,9 +694,9 @@ class Packer:
                 lst = node.free.setdefault(g.key, [])
                 lst.append(g)
                 lst.sort(key=lambda x: x.index)
-            if node.used == 0 and not node.whole and not any(x.role != ROLE_POOL for x in node.gpus):
+            if node.used == 0 and not node.whole and not any(x.role != GpuRole.POOL for x in node.gpus):
                 # nothing runs on the node any more: its sharing mode is free to change
-                node.mode = M_FREE
+                node.mode = NodeMode.FREE
                 node.n = 0
                 node.fixed = False
             self._index_node(node)
@@ -700,7 +719,7 @@ class Packer:
         def most(node: Node) -> int:
             v = most_cache.get(node.pos)
             if v is None:
-                v = max((len(g.reps) for g in node.gpus if g.mode == K_MPS), default=0)
+                v = max((len(g.reps) for g in node.gpus if g.mode == Mechanism.MPS), default=0)
                 most_cache[node.pos] = v
             return v
 
@@ -725,7 +744,7 @@ class Packer:
             for m, nmax in o.mps.items():
                 n_new = min(nmax, limit)
                 for n in range(n_new + 1, limit + 1):
-                    for node in self.nodes_ix.get((K_MPS, m, n), {}).values():
+                    for node in self.nodes_ix.get((Mechanism.MPS, m, n), {}).values():
                         if most(node) > n_new:
                             continue
                         g = node.free[m][0]
@@ -744,7 +763,7 @@ class Packer:
             self._index_gpu(x)
         if not g.reps:
             node.free[g.key].remove(g)
-        self._put(r, g, K_MPS, -1)
+        self._put(r, g, Mechanism.MPS, -1)
         self._index_node(node)
         self.mps_epoch += 1
         return True
@@ -759,7 +778,7 @@ class Packer:
         cands = [
             g
             for g in ctx.gpus
-            if g.role == ROLE_POOL and g.reps and g.node.schedulable and not any(r.pinned for r in g.reps)
+            if g.role == GpuRole.POOL and g.reps and g.node.schedulable and not any(r.pinned for r in g.reps)
         ]
         cands.sort(key=lambda g: (len(g.reps), sum(r.dep.size for r in g.reps) / g.mem, g.gid))
         freed = 0
@@ -767,7 +786,7 @@ class Packer:
             if not g.reps or len(g.reps) > 4:
                 continue
             reps = sorted(g.reps, key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
-            old = [(r, r.mech or K_EX, r.prof) for r in reps]
+            old = [(r, r.mech or Mechanism.EXCLUSIVE, r.prof) for r in reps]
             node = g.node
             node_state = (node.mode, node.n)
             for r in reps:
@@ -791,8 +810,8 @@ class Packer:
                 node.free[g.key].remove(g)
             node.mode, node.n = node_state
             for r, mech, prof in old:
-                if mech == K_MIG and g.mode != K_MIG:
-                    g.mode = K_MIG
+                if mech == Mechanism.MIG and g.mode != Mechanism.MIG:
+                    g.mode = Mechanism.MIG
                     g.st = 0
                 self._put(r, g, mech, prof)
             for x in node.gpus:
@@ -807,14 +826,14 @@ class Packer:
             g = r.gpu
             if g is None or r.pinned or g.deps.get(r.dep.did, 0) < 2:
                 continue
-            old = (g, r.mech or K_EX, r.prof)
+            old = (g, r.mech or Mechanism.EXCLUSIVE, r.prof)
             self._remove(r)
             if not self.place(r):
                 og, mech, prof = old
                 if not og.reps and og in og.node.free.get(og.key, []):
                     og.node.free[og.key].remove(og)
-                    if mech == K_MIG:
-                        og.mode = K_MIG
+                    if mech == Mechanism.MIG:
+                        og.mode = Mechanism.MIG
                         og.st = 0
                     self._index_node(og.node)
                 self._put(r, og, mech, prof)
@@ -827,7 +846,7 @@ class Packer:
         did = r.dep.did
         best: tuple[tuple[int, int, int], Gpu, list[Rep], str, int] | None = None
         for g in self.ctx.gpus:
-            if g.role != ROLE_POOL or not g.reps or not g.node.schedulable or did in g.deps:
+            if g.role != GpuRole.POOL or not g.reps or not g.node.schedulable or did in g.deps:
                 continue
             lower = [q for q in g.reps if q.dep.rank > rank]
             if not lower:
@@ -837,10 +856,10 @@ class Packer:
             node = g.node
             cands: list[tuple[list[Rep], str, int]] = []
             fits = o.mig.get(m, ())
-            if g.mode == K_MIG and fits:
+            if g.mode == Mechanism.MIG and fits:
                 for q in lower:
                     if q.prof in fits:
-                        cands.append(([q], K_MIG, q.prof))
+                        cands.append(([q], Mechanism.MIG, q.prof))
                         break
                 if g.frozen is None:
                     geo = g.geo
@@ -853,18 +872,18 @@ class Packer:
                         st = geo.state_id[tuple(counts)]
                         p_ok = next((p for p in fits if geo.add[st][p] >= 0), -1)
                         if p_ok >= 0:
-                            cands.append((list(gone), K_MIG, p_ok))
+                            cands.append((list(gone), Mechanism.MIG, p_ok))
                             break
-            elif g.mode == K_MPS and m in o.mps and mps_cap(g.mem_mib, node.n) >= size:
-                cands.append(([lower[0]], K_MPS, -1))
-            elif g.mode == K_EX and m in o.ex:
-                cands.append(([lower[0]], K_EX, -1))
+            elif g.mode == Mechanism.MPS and m in o.mps and mps_cap(g.mem_mib, node.n) >= size:
+                cands.append(([lower[0]], Mechanism.MPS, -1))
+            elif g.mode == Mechanism.EXCLUSIVE and m in o.ex:
+                cands.append(([lower[0]], Mechanism.EXCLUSIVE, -1))
             if len(lower) == len(g.reps):
                 # the whole GPU can be freed
-                if fits and node.mode != M_MPS:
-                    cands.append((list(lower), K_MIG, -2))
-                elif m in o.ex and node.mode in (M_NONE, M_FREE):
-                    cands.append((list(lower), K_EX, -1))
+                if fits and node.mode != NodeMode.MPS:
+                    cands.append((list(lower), Mechanism.MIG, -2))
+                elif m in o.ex and node.mode in (NodeMode.NONE, NodeMode.FREE):
+                    cands.append((list(lower), Mechanism.EXCLUSIVE, -1))
             for evict, mech, prof in cands:
                 key = (-min(q.dep.rank for q in evict), len(evict), g.gid)
                 if best is None or key < best[0]:
@@ -874,23 +893,23 @@ class Packer:
         _, g, evict, mech, prof = best
         for q in evict:
             self._remove(q)
-            q.evicted = "PreemptedByHigherTier"
+            q.evicted = EvictionReason.PREEMPTED_BY_HIGHER_TIER
             q.evict_msg = f"yielded to {r.dep.tier} deployment {r.dep.key}"
         if prof == -2:  # the GPU is free now: open it as a MIG GPU with the best profile
             fits = o.mig[g.key]
             node = g.node
             if g in node.free.get(g.key, []):
                 node.free[g.key].remove(g)
-            g.mode = K_MIG
+            g.mode = Mechanism.MIG
             g.st = 0
-            self._put(r, g, K_MIG, fits[0])
+            self._put(r, g, Mechanism.MIG, fits[0])
             self._index_node(node)
             return True
         if not g.reps and g in g.node.free.get(g.key, []):
             g.node.free[g.key].remove(g)
             self._index_node(g.node)
-            if mech == K_MIG:
-                g.mode = K_MIG
+            if mech == Mechanism.MIG:
+                g.mode = Mechanism.MIG
                 g.st = 0
         self._put(r, g, mech, prof)
         return True
@@ -916,7 +935,9 @@ class Packer:
                 return True
             if o.mps and self._lower_mps(r, o):
                 return True
-            return bool(o.ex_last and self._new(r, o, [(K_EX, m, 0, 1, True) for m in o.ex_last]))
+            return bool(
+                o.ex_last and self._new(r, o, [(Mechanism.EXCLUSIVE, m, 0, 1, True) for m in o.ex_last])
+            )
         c = self._zero(r, o, True)
         if c is not None:
             self._put(r, *c)
@@ -953,7 +974,7 @@ class Packer:
         lend = [
             g
             for g in ctx.gpus
-            if g.role == ROLE_RESERVED and g.lendable and g.node.schedulable and not g.reps
+            if g.role == GpuRole.RESERVED and g.lendable and g.node.schedulable and not g.reps
         ]
         if not lend:
             return
@@ -963,14 +984,14 @@ class Packer:
             if r.dep.rank == 2
             and r.gpu is None
             and r.unplaced is None
-            and r.dep.mech in (None, K_EX)
+            and r.dep.mech in (None, Mechanism.EXCLUSIVE)
             and r.dep.profile is None
         ]
         # replicas already on a lent GPU keep it
         for r in want:
             g = r.cur_gpu
             if g is not None and g in lend and g.mem >= r.dep.size:
-                attach(ctx, r, g, K_EX)
+                attach(ctx, r, g, Mechanism.EXCLUSIVE)
                 self._touch(r, g)
                 lend.remove(g)
         for r in want:
@@ -978,37 +999,37 @@ class Packer:
                 continue
             for g in lend:
                 if g.mem >= r.dep.size:
-                    attach(ctx, r, g, K_EX)
+                    attach(ctx, r, g, Mechanism.EXCLUSIVE)
                     self._touch(r, g)
                     lend.remove(g)
                     break
 
-    def _capacity_reason(self, r: Rep) -> tuple[str, str]:
+    def _capacity_reason(self, r: Rep) -> tuple[UnplacedReason, str]:
         dep = r.dep
-        if r.evicted == "PreemptedByHigherTier":
-            return ("PreemptedByHigherTier", f"was running; {r.evict_msg} and no other GPU has room")
-        if r.evicted in ("ReservedCapacity", "ReservationClaimed", "SegmentCapacity"):
-            return ("ReservedCapacity", f"{r.evict_msg}; no other GPU has room")
+        if r.evicted == EvictionReason.PREEMPTED_BY_HIGHER_TIER:
+            return (
+                UnplacedReason.PREEMPTED_BY_HIGHER_TIER,
+                f"was running; {r.evict_msg} and no other GPU has room",
+            )
+        if r.evicted in _GROUP_EVICTIONS:
+            return (UnplacedReason.RESERVED_CAPACITY, f"{r.evict_msg}; no other GPU has room")
         o = self.opts(dep)
         if self.reserved_models and any(mem >= dep.size for m, mem in self.reserved_models.items()):
-            n_res = sum(1 for g in self.ctx.gpus if g.role != ROLE_POOL)
+            n_res = sum(1 for g in self.ctx.gpus if g.role != GpuRole.POOL)
             return (
-                "ReservedCapacity",
+                UnplacedReason.RESERVED_CAPACITY,
                 f"the pool's unreserved GPUs are full; {n_res} GPUs are held by reservations or segments"
                 + (
                     " (BestEffort may borrow only lendable, unclaimed reserved GPUs)" if dep.rank == 2 else ""
                 ),
             )
-        kinds = sorted({MECH_OUT[k] for k, *_ in o.news} | ({"Exclusive"} if o.ex_last else set()))
+        kinds = sorted({k for k, *_ in o.news} | ({"Exclusive"} if o.ex_last else set()))
         higher = " after higher tiers were placed" if dep.rank > 0 else ""
         return (
-            "InsufficientCapacity",
+            UnplacedReason.INSUFFICIENT_CAPACITY,
             f"no GPU in the pool has room for a {' or '.join(kinds)} share of "
             f"{dep.size / (1 << 30):.1f} GiB{higher}",
         )
-
-
-_SOFT = ("InsufficientCapacity", "ReservedCapacity", "PreemptedByHigherTier")
 
 
 def _score(ctx: Context) -> tuple[int, ...]:
@@ -1017,7 +1038,7 @@ def _score(ctx: Context) -> tuple[int, ...]:
     moved = 0
     for r in ctx.reps:
         if r.gpu is None:
-            if r.unplaced is None or r.unplaced[0] in _SOFT:
+            if r.unplaced is None or r.unplaced[0] in CAPACITY_REASONS:
                 un[r.dep.rank] += 1
             if r.cur_gpu is not None:
                 moved += 1

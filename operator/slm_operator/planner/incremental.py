@@ -23,9 +23,12 @@ from slm_operator.planner.assemble import PlanBuilder, _mig_counts, _node_sharin
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import Packer, heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
-from slm_operator.planner.state import K_MIG, MECH_OUT, Dep, Rep, build_context
-
-_RETRY = ("InsufficientCapacity", "ReservedCapacity", "PreemptedByHigherTier")
+from slm_operator.planner.state import (
+    Dep,
+    Rep,
+    build_context,
+)
+from slm_operator.planner.vocabulary import CAPACITY_REASONS, EvictionReason, Mechanism
 
 
 class IncrementalPlanner:
@@ -123,7 +126,11 @@ class IncrementalPlanner:
         # replicas left unplaced for lack of capacity are tried again, as plan_pool would
         queued = {id(r) for r in fresh}
         for r in ctx.reps:
-            if r.gpu is None and id(r) not in queued and (r.unplaced is None or r.unplaced[0] in _RETRY):
+            if (
+                r.gpu is None
+                and id(r) not in queued
+                and (r.unplaced is None or r.unplaced[0] in CAPACITY_REASONS)
+            ):
                 fresh.append(r)
                 pk.touched_deps.add(r.dep.key)
         self._place(fresh)
@@ -152,7 +159,7 @@ class IncrementalPlanner:
             r = Rep(dep, o)
             if o < len(old_reps) and old_reps[o].cur is not None:  # report the move of what was running
                 r.cur, r.cur_gpu = old_reps[o].cur, old_reps[o].cur_gpu
-                r.evicted = "DeploymentChanged"
+                r.evicted = EvictionReason.DEPLOYMENT_CHANGED
                 r.evict_msg = "the deployment's tier, memory or share changed"
             dep.reps.append(r)
         return dep
@@ -168,7 +175,11 @@ class IncrementalPlanner:
             # replicas of lower tiers preempted by this tier are placed again with their tier
             queued = {id(r) for r in fresh}
             for r in self.ctx.reps:
-                if r.gpu is None and r.evicted == "PreemptedByHigherTier" and id(r) not in queued:
+                if (
+                    r.gpu is None
+                    and r.evicted == EvictionReason.PREEMPTED_BY_HIGHER_TIER
+                    and id(r) not in queued
+                ):
                     fresh.append(r)
         pk._borrow()
         for r in fresh:
@@ -188,7 +199,7 @@ class IncrementalPlanner:
             if node.used:
                 node.fixed = True
             for g in node.gpus:
-                if freeze and g.mode == K_MIG and g.frozen is None and g.reps:
+                if freeze and g.mode == Mechanism.MIG and g.frozen is None and g.reps:
                     counts = _mig_counts(g, sharing)
                     if counts is not None:
                         used = g.geo.states[g.st] if g.geo is not None else counts
@@ -215,9 +226,9 @@ class IncrementalPlanner:
                     ordinal=r.ordinal,
                     node=g.node.name,
                     gpu_index=g.index,
-                    mechanism=MECH_OUT[r.mech or "EX"],
+                    mechanism=(r.mech or Mechanism.EXCLUSIVE),
                     mig_profile=g.geo.profiles[r.prof].name
-                    if r.mech == K_MIG and g.geo is not None
+                    if r.mech == Mechanism.MIG and g.geo is not None
                     else None,
                 )
                 r.cur_gpu = g
@@ -229,9 +240,9 @@ def _current_matches(r: Rep) -> bool:
     g = r.gpu
     if c is None or g is None:
         return False
-    if MECH_OUT[r.mech or "EX"] != c.mechanism:
+    if (r.mech or Mechanism.EXCLUSIVE) != c.mechanism:
         return False
-    if r.mech == K_MIG and g.geo is not None:
+    if r.mech == Mechanism.MIG and g.geo is not None:
         return c.mig_profile == g.geo.profiles[r.prof].name
     return True
 
