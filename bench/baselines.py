@@ -49,7 +49,9 @@ def _pool_gpus(policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> list[tuple
     """(node, index, model key, memory bytes) of the GPUs available to inference packing, sorted."""
     ctx = build_context(policy, nodes, ())
     return [
-        (g.node.name, g.index, g.key, g.mem) for g in ctx.gpus if g.role == GpuRole.POOL and g.node.schedulable
+        (g.node.name, g.index, g.key, g.mem)
+        for g in ctx.gpus
+        if g.role == GpuRole.POOL and g.node.schedulable
     ]
 
 

@@ -115,7 +115,7 @@ def _mig_counts(gpu: Gpu, sharing: NodeSharing) -> Counts | None:
     if gpu.mode == Mechanism.MIG:
         if gpu.frozen is not None:
             return gpu.frozen
-        used = geo.states[gpu.st]
+        used = geo.states[gpu.mig_state]
         inv = gpu.inv_counts
         if inv is not None and all(u <= i for u, i in zip(used, inv, strict=True)):
             return inv
@@ -434,7 +434,7 @@ def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None)
     if gpu.mode == Mechanism.MIG and counts is not None:
         geo = gpu.geo
         assert geo is not None
-        used = list(geo.states[gpu.st])
+        used = list(geo.states[gpu.mig_state])
         all_usable = sum(c * geo.profiles[i].memory_bytes for i, c in enumerate(counts))
         spare = sum((c - used[i]) * geo.profiles[i].memory_bytes for i, c in enumerate(counts))
         slice_bytes = mem // geo.memory_slices

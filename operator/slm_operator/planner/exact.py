@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.planner.assemble import build_plan
-from slm_operator.planner.heuristic import Packer, run_heuristic
+from slm_operator.planner.heuristic import run_heuristic
 from slm_operator.planner.mig import fitting_profiles
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
+from slm_operator.planner.packer import Packer
 from slm_operator.planner.state import (
     Context,
     Gpu,
@@ -160,7 +161,7 @@ def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
     for g in ctx.gpus:
         g.reps = []
         g.deps = {}
-        g.st = 0
+        g.mig_state = 0
         g.ts_used = 0
         g.free_inst = []
         g.mode = None
@@ -204,8 +205,8 @@ class _Builder:
         node_of = {n.pos: n for n in ctx.nodes}
         for p in pos_nodes:
             node = node_of[p]
-            for kind in (NodeMode.MPS, NodeMode.TIME_SLICING):
-                self.nmode[(p, kind)] = m.NewBoolVar(f"n{p}_{kind}")
+            for node_mode in (NodeMode.MPS, NodeMode.TIME_SLICING):
+                self.nmode[(p, node_mode)] = m.NewBoolVar(f"n{p}_{node_mode}")
             m.Add(self.nmode[(p, NodeMode.MPS)] + self.nmode[(p, NodeMode.TIME_SLICING)] <= 1)
             if node.whole:  # reserved / segment GPUs need sharing None
                 m.Add(self.nmode[(p, NodeMode.MPS)] == 0)
@@ -473,7 +474,7 @@ class _Builder:
         # co-location of one deployment's replicas
         by_dep_gpu: dict[tuple[int, int], list[Any]] = {}
         for (ri, gid, _, _), v in self.x.items():
-            by_dep_gpu.setdefault((ctx.reps[ri].dep.did, gid), []).append(v)
+            by_dep_gpu.setdefault((ctx.reps[ri].dep.uid, gid), []).append(v)
         for vs in by_dep_gpu.values():
             if len(vs) > 1:
                 c = m.NewIntVar(0, len(vs), "")
@@ -514,10 +515,10 @@ class _Builder:
                 total += w[f"place{r.dep.rank}"]
             else:
                 if keys[0] not in self.x:
-                    return None  # the heuristic did something this model does not express
+                    return None  # the heuristic uid something this model does not express
                 _, gid, mech, prof = keys[0]
                 used.add(gid)
-                per_dep_gpu[(r.dep.did, gid)] = per_dep_gpu.get((r.dep.did, gid), 0) + 1
+                per_dep_gpu[(r.dep.uid, gid)] = per_dep_gpu.get((r.dep.uid, gid), 0) + 1
                 g = self.ctx.gpus[gid]
                 if _penalised(self.ctx, g, r, mech):
                     total += w["pen"]
@@ -549,7 +550,7 @@ class _Builder:
             g = ctx.gpus[gid]
             if mech == Mechanism.MIG and g.mode != Mechanism.MIG:
                 g.mode = Mechanism.MIG
-                g.st = 0
+                g.mig_state = 0
                 fz = self.frozen.get(gid)
                 if (
                     fz is not None
@@ -578,8 +579,8 @@ class _Builder:
         p = Packer(ctx)
         for r in ctx.reps:
             if r.gpu is None and r.unplaced is None:
-                o = p.opts(r.dep)
-                r.unplaced = o.reason or p._capacity_reason(r)
+                o = p.share_options(r.dep)
+                r.unplaced = o.reason or p.capacity_reason(r)
 
 
 def _penalised(ctx: Context, g: Gpu, r: Rep, mech: Mechanism) -> bool:
