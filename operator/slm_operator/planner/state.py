@@ -18,6 +18,7 @@ from slm_operator.planner.mig import Counts, MigGeometry, fitting_profiles, geom
 from slm_operator.planner.model import (
     CurrentPlacement,
     Demand,
+    GpuInventory,
     NodeInventory,
     PoolPolicy,
 )
@@ -185,10 +186,7 @@ class Gpu:
         "ts_used",
     )
 
-    def __init__(self, gid: int, node: Node, inv_gpu: object, model: GpuModel) -> None:
-        from slm_operator.planner.model import GpuInventory
-
-        assert isinstance(inv_gpu, GpuInventory)
+    def __init__(self, gid: int, node: Node, inv_gpu: GpuInventory, model: GpuModel) -> None:
         self.gid = gid
         self.node = node
         self.index = inv_gpu.index
