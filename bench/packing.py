@@ -98,7 +98,8 @@ def run_one(
     pool: int, method: str, seed: int, replicas_per_gpu: float, exact_budget: float
 ) -> dict[str, Any]:
     """Run one method on one workload in this process; returns a result row."""
-    from slm_operator.planner import baselines, plan_pool
+    from bench import baselines
+    from slm_operator.planner import plan_pool
 
     w = agentic_mix(pool, seed=seed, replicas_per_gpu=replicas_per_gpu)
     base_rss = _rss_mib()

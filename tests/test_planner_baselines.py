@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-from test_planner_support import demand, node
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds bench/
-
-from bench.workloads import agentic_mix
-from slm_operator.planner import PoolPolicy, Reservation, plan_pool
-from slm_operator.planner.baselines import (
+from bench.baselines import (
     layout_bound,
     lower_bound,
     memory_binpack,
@@ -22,6 +13,9 @@ from slm_operator.planner.baselines import (
     whole_gpu,
     whole_gpu_needed,
 )
+from bench.workloads import agentic_mix
+from slm_operator.planner import PoolPolicy, Reservation, plan_pool
+from test_planner_support import demand, node
 
 POLICY = PoolPolicy(name="pool")
 

@@ -161,3 +161,18 @@ def test_planning_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> 
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_the_planner_vocabulary_spells_values_as_the_api_does() -> None:
+    """A value crosses the planner's boundary unchanged: its enums equal the API's and model.py's literals."""
+    from typing import get_args
+
+    from slm_operator.api import v1alpha1 as api
+    from slm_operator.planner import model
+    from slm_operator.planner.vocabulary import EvictionReason, Mechanism, NodeMode, Tier, UnplacedReason
+
+    assert {m.value for m in Mechanism} == {m.value for m in api.Mechanism} == set(get_args(model.Mechanism))
+    assert [t.value for t in Tier] == [t.value for t in api.QoSTier] == list(get_args(model.Tier))
+    assert {m.value for m in NodeMode} - {"Free"} == set(get_args(model.NodeSharing))
+    assert {r.value for r in EvictionReason} == set(get_args(model.EvictionReason))
+    assert {r.value for r in UnplacedReason} == set(get_args(model.UnplacedReason))

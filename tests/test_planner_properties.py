@@ -142,11 +142,11 @@ def test_the_packer_respects_every_invariant_with_and_without_mig_layout_targets
     """``plan_pool`` keeps the best of several packer variants; check the main variant (MIG layout targets on)
     and the one without targets on their own, so that the portfolio cannot hide a broken variant."""
     from slm_operator.planner.assemble import build_plan
-    from slm_operator.planner.heuristic import Packer
+    from slm_operator.planner.packer import Packer, PackerOptions
     from slm_operator.planner.state import build_context
 
     ctx = build_context(pol, nodes, dem, [])
-    Packer(ctx, mig_targets=targets).run()
+    Packer(ctx, PackerOptions(mig_targets=targets)).run()
     plan = build_plan(ctx)
     assert check_plan(plan, pol, nodes, dem) == []
 

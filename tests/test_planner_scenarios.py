@@ -224,11 +224,11 @@ def test_reservation_avoids_running_replicas_and_evicts_only_when_it_must() -> N
 
 def _mig_gpus(policy: PoolPolicy, nodes, demands, **packer_kw):  # type: ignore[no-untyped-def]
     from slm_operator.planner.assemble import build_plan
-    from slm_operator.planner.heuristic import Packer
+    from slm_operator.planner.packer import Packer, PackerOptions
     from slm_operator.planner.state import build_context
 
     ctx = build_context(policy, nodes, demands, [])
-    Packer(ctx, **packer_kw).run()
+    Packer(ctx, PackerOptions(**packer_kw)).run()
     plan = build_plan(ctx)
     assert check_plan(plan, policy, nodes, demands) == []
     return plan
@@ -269,8 +269,8 @@ def test_a_target_slot_takes_a_smaller_instance_rather_than_none() -> None:
     """A GPU's layout target names instances; a replica that needs less than a free target slot may take it (a
     1g.10gb replica in a 1g.20gb slot), never more, and a GPU whose instances do not match its target takes
     nothing more while the targets apply."""
-    from slm_operator.planner.heuristic import _target_room
     from slm_operator.planner.mig import geometry
+    from slm_operator.planner.targets import target_room
 
     geo = geometry("H100-80GB")
     assert geo is not None
@@ -279,7 +279,7 @@ def test_a_target_slot_takes_a_smaller_instance_rather_than_none() -> None:
         return geo.counts_of([n.replace("_", ".") for n, c in names.items() for _ in range(c)])
 
     def room(want: tuple[int, ...], have: tuple[int, ...]) -> set[str]:
-        return {geo.profiles[p].name for p in _target_room("H100-80GB", want, have)}
+        return {geo.profiles[p].name for p in target_room("H100-80GB", want, have)}
 
     mixed = counts(**{"1g_20gb": 1, "1g_10gb": 6})
     assert room(mixed, counts()) == {"1g.10gb", "1g.20gb"}

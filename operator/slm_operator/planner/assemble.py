@@ -25,16 +25,6 @@ from slm_operator.planner.model import (
     UnplacedReplica,
 )
 from slm_operator.planner.state import (
-    K_EX,
-    K_MIG,
-    K_MPS,
-    K_TS,
-    MECH_IN,
-    MECH_OUT,
-    ROLE_POOL,
-    ROLE_RESERVED,
-    ROLE_SEGMENT,
-    TIER_MECHS,
     Context,
     Dep,
     Gpu,
@@ -43,6 +33,24 @@ from slm_operator.planner.state import (
     class_fits,
     mps_cap,
 )
+from slm_operator.planner.vocabulary import (
+    TIER_MECHANISMS,
+    EvictionReason,
+    GpuRole,
+    Mechanism,
+    Tier,
+    UnplacedReason,
+)
+
+# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
+# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
+_MIG = Mechanism.MIG
+_MPS = Mechanism.MPS
+_TIME_SLICING = Mechanism.TIME_SLICING
+_EXCLUSIVE = Mechanism.EXCLUSIVE
+_POOL = GpuRole.POOL
+_RESERVED = GpuRole.RESERVED
+_SEGMENT = GpuRole.SEGMENT
 
 _DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], tuple[str, ...], set[str]]] = {}
 
@@ -78,11 +86,11 @@ def _new(cls: type[M], **kw: Any) -> M:
 _set = object.__setattr__
 
 
-_TIER_RULE = {
-    0: "Guaranteed replicas get hard isolation only: a MIG slice or a whole GPU.",
-    1: "Burstable replicas get a MIG slice or an MPS client whose memory cap holds the estimate "
+_TIER_RULE: dict[Tier, str] = {
+    Tier.GUARANTEED: "Guaranteed replicas get hard isolation only: a MIG slice or a whole GPU.",
+    Tier.BURSTABLE: "Burstable replicas get a MIG slice or an MPS client whose memory cap holds the estimate "
     "(a whole GPU only when nothing smaller fits).",
-    2: "BestEffort replicas may also be time-sliced, may borrow lendable reserved GPUs, and yield first "
+    Tier.BEST_EFFORT: "BestEffort replicas may also be time-sliced, may borrow lendable reserved GPUs, and yield first "
     "under pressure.",
 }
 
@@ -92,13 +100,13 @@ def _gib(n: int) -> str:
 
 
 def _node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
-    pool = [g for g in node.gpus if g.role == ROLE_POOL]
-    if any(g.mode == K_TS for g in pool):
+    pool = [g for g in node.gpus if g.role == _POOL]
+    if any(g.mode == _TIME_SLICING for g in pool):
         return "TimeSlicing", node.n
-    if any(g.mode == K_MPS for g in pool):
+    if any(g.mode == _MPS for g in pool):
         return "MPS", node.n
-    whole = any(g.role != ROLE_POOL or g.mode == K_EX for g in node.gpus)
-    mig = any(g.mode == K_MIG for g in pool)
+    whole = any(g.role != _POOL or g.mode == _EXCLUSIVE for g in node.gpus)
+    mig = any(g.mode == _MIG for g in pool)
     inv = node.inv
     if inv.sharing == "TimeSlicing" and not whole:
         n = inv.sharing_replicas or ctx.policy.ts_max_replicas_per_gpu
@@ -112,12 +120,12 @@ def _node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
 def _mig_counts(gpu: Gpu, sharing: NodeSharing) -> Counts | None:
     """The planned MIG layout of a GPU, or None when MIG is disabled on it."""
     geo = gpu.geo
-    if geo is None or gpu.role != ROLE_POOL:
+    if geo is None or gpu.role != _POOL:
         return None
-    if gpu.mode == K_MIG:
+    if gpu.mode == _MIG:
         if gpu.frozen is not None:
             return gpu.frozen
-        used = geo.states[gpu.st]
+        used = geo.states[gpu.mig_state]
         inv = gpu.inv_counts
         if inv is not None and all(u <= i for u, i in zip(used, inv, strict=True)):
             return inv
@@ -146,22 +154,22 @@ def _starts(gpu: Gpu, counts: Counts) -> list[tuple[int, int]]:
 def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | None) -> Share:
     """The replica's share (equal shares are one shared frozen object)."""
     mech = r.mech
-    if mech == K_MIG:
+    if mech == _MIG:
         key: tuple[object, ...] = (gpu.key, mech, r.prof, start)
-    elif mech == K_EX:
+    elif mech == _EXCLUSIVE:
         key = (gpu.key, mech)
     else:
         key = (gpu.key, mech, sharing_n or gpu.node.n)
     hit = ctx.share_cache.get(key)
     if hit is not None:
         return hit  # type: ignore[no-any-return]
-    if mech == K_MIG:
+    if mech == _MIG:
         assert gpu.geo is not None
         prof = gpu.geo.profiles[r.prof]
         share = _new(
             Share, mechanism="MIG", mig_profile=prof.name, mig_start=start, memory_bytes=prof.memory_bytes
         )
-    elif mech == K_MPS:
+    elif mech == _MPS:
         n = sharing_n or gpu.node.n
         cap = mps_cap(gpu.mem_mib, n)
         share = _new(
@@ -172,7 +180,7 @@ def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | N
             replicas_per_gpu=n,
             memory_bytes=cap,
         )
-    elif mech == K_TS:
+    elif mech == _TIME_SLICING:
         share = _new(
             Share, mechanism="TimeSlicing", replicas_per_gpu=sharing_n or gpu.node.n, memory_bytes=gpu.mem
         )
@@ -264,7 +272,7 @@ class PlanBuilder:
             pairs = _starts(gpu, counts)
             pool_by_prof: dict[int, list[Rep]] = {}
             for r in sorted(
-                (r for r in gpu.reps if r.mech == K_MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)
+                (r for r in gpu.reps if r.mech == _MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)
             ):
                 pool_by_prof.setdefault(r.prof, []).append(r)
             for pi, s in pairs:
@@ -300,14 +308,14 @@ class PlanBuilder:
         inv_enabled = gpu.inv.mig_enabled
         reconf = inv_enabled if counts is None else (not inv_enabled or gpu.inv_counts != counts)
         mode: str
-        if gpu.role == ROLE_SEGMENT:
+        if gpu.role == _SEGMENT:
             mode = "Segment"
-        elif gpu.role == ROLE_RESERVED:
+        elif gpu.role == _RESERVED:
             mode = "Reserved"
         elif not gpu.reps:
             mode = "Free"
         else:
-            mode = _MODE_OUT[gpu.mode or K_EX]
+            mode = gpu.mode or _EXCLUSIVE
         replicas: list[ReplicaPlacement] = []
         where = f"{node.name}/{gpu.index}"
         g_alloc = g_free = g_strand = g_share = 0
@@ -346,12 +354,12 @@ class PlanBuilder:
             product=gpu.key,
             mode=mode,
             mig_instances=tuple(inst_plans),
-            reservation=gpu.group if gpu.role == ROLE_RESERVED else None,
-            segment=gpu.group if gpu.role == ROLE_SEGMENT else None,
+            reservation=gpu.group if gpu.role == _RESERVED else None,
+            segment=gpu.group if gpu.role == _SEGMENT else None,
             replicas=tuple(replicas),
             memory_bytes=gpu.mem,
             allocated_bytes=g_alloc,
-            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == ROLE_POOL else 0),
+            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == _POOL else 0),
             stranded_bytes=g_strand,
             reconfigure=reconf,
         )
@@ -393,10 +401,10 @@ class PlanBuilder:
             name=ctx.policy.name,
             gpus_total=len(ctx.gpus),
             gpus_used=gpus_used,
-            gpus_free=sum(1 for g in ctx.gpus if g.role == ROLE_POOL and not g.reps),
-            gpus_reserved=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED),
-            gpus_segment=sum(1 for g in ctx.gpus if g.role == ROLE_SEGMENT),
-            gpus_borrowed=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED and g.reps),
+            gpus_free=sum(1 for g in ctx.gpus if g.role == _POOL and not g.reps),
+            gpus_reserved=sum(1 for g in ctx.gpus if g.role == _RESERVED),
+            gpus_segment=sum(1 for g in ctx.gpus if g.role == _SEGMENT),
+            gpus_borrowed=sum(1 for g in ctx.gpus if g.role == _RESERVED and g.reps),
             gpus_by_mode=dict(sorted(by_mode.items())),
             memory_total_bytes=mem_total,
             memory_used_gpus_bytes=mem_used,
@@ -421,9 +429,6 @@ class PlanBuilder:
         )
 
 
-_MODE_OUT = {K_MIG: "MIG", K_MPS: "MPS", K_TS: "TimeSlicing", K_EX: "Exclusive"}
-
-
 def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = None) -> Plan:
     """The plan of a solved context."""
     b = PlanBuilder(ctx)
@@ -434,12 +439,12 @@ def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = N
 def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None) -> tuple[int, int]:
     """(free, stranded) bytes of a used GPU; see docs/plan-format.md for the definitions."""
     mem = gpu.mem
-    if gpu.role != ROLE_POOL or gpu.mode == K_EX:
+    if gpu.role != _POOL or gpu.mode == _EXCLUSIVE:
         return 0, sum(mem - r.dep.size for r in gpu.reps)
-    if gpu.mode == K_MIG and counts is not None:
+    if gpu.mode == _MIG and counts is not None:
         geo = gpu.geo
         assert geo is not None
-        used = list(geo.states[gpu.st])
+        used = list(geo.states[gpu.mig_state])
         all_usable = sum(c * geo.profiles[i].memory_bytes for i, c in enumerate(counts))
         spare = sum((c - used[i]) * geo.profiles[i].memory_bytes for i, c in enumerate(counts))
         slice_bytes = mem // geo.memory_slices
@@ -448,7 +453,7 @@ def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None)
         internal = sum(geo.profiles[r.prof].memory_bytes - r.dep.size for r in gpu.reps)
         overhead = max(0, mem - all_usable - free_slices * slice_bytes)
         return free, internal + overhead
-    if gpu.mode == K_MPS:
+    if gpu.mode == _MPS:
         nn = n or gpu.node.n
         cap = mps_cap(gpu.mem_mib, nn)
         free = (nn - len(gpu.reps)) * cap
@@ -465,20 +470,20 @@ def _moved(r: Rep) -> bool:
     if c is None or r.gpu is None:
         return False
     g = r.gpu
-    if c.node != g.node.name or c.gpu_index != g.index or MECH_IN[c.mechanism] != r.mech:
+    if c.node != g.node.name or c.gpu_index != g.index or c.mechanism != r.mech:
         return True
-    if r.mech == K_MIG:
+    if r.mech == _MIG:
         assert g.geo is not None
         return c.mig_profile != g.geo.profiles[r.prof].name
     return False
 
 
-def _move_reason(r: Rep) -> str:
+def _move_reason(r: Rep) -> EvictionReason:
     if r.evicted:
         return r.evicted
-    if r.cur_gpu is not None and r.cur_gpu.role == ROLE_RESERVED:
-        return "ReturnBorrowedGPU"
-    return "LayoutConflict"
+    if r.cur_gpu is not None and r.cur_gpu.role == _RESERVED:
+        return EvictionReason.RETURN_BORROWED_GPU
+    return EvictionReason.LAYOUT_CONFLICT
 
 
 def _rep_order(r: Rep) -> tuple[str, int]:
@@ -495,7 +500,7 @@ def _deployment(ctx: Context, dep: Dep) -> tuple[DeploymentPlan, list[Eviction],
     nodes: set[str] = set()
     for r in dep.reps:
         if r.gpu is None:
-            code, msg = r.unplaced or ("InsufficientCapacity", "no GPU has room")
+            code, msg = r.unplaced or (UnplacedReason.INSUFFICIENT_CAPACITY, "no GPU has room")
             unplaced.append(_new(UnplacedReplica, ordinal=r.ordinal, reason=code, message=msg))
         else:
             assert r.out is not None
@@ -552,11 +557,14 @@ def _deployment(ctx: Context, dep: Dep) -> tuple[DeploymentPlan, list[Eviction],
     return plan, evictions, len(moved)
 
 
-def _default_msg(reason: str) -> str:
-    return {
-        "ReturnBorrowedGPU": "a BestEffort replica on a lent reserved GPU moves back into the pool",
-        "LayoutConflict": "the GPU's layout can not keep this replica",
-    }.get(reason, reason)
+_DEFAULT_MESSAGES: dict[str, str] = {
+    EvictionReason.RETURN_BORROWED_GPU: "a BestEffort replica on a lent reserved GPU moves back into the pool",
+    EvictionReason.LAYOUT_CONFLICT: "the GPU's layout can not keep this replica",
+}
+
+
+def _default_msg(reason: EvictionReason) -> str:
+    return _DEFAULT_MESSAGES.get(reason, reason)
 
 
 def explain(
@@ -602,9 +610,9 @@ def _class_text(ctx: Context, dep: Dep) -> str:
     hit = ctx.text_cache.get(key)
     if hit is not None:
         return hit[0]
-    parts = [_TIER_RULE[dep.rank]]
+    parts = [_TIER_RULE[dep.tier]]
     if dep.mech is not None:
-        what = f"MIG {dep.profile}" if dep.profile else MECH_OUT[dep.mech]
+        what = f"MIG {dep.profile}" if dep.profile else dep.mech
         parts.append(f"The deployment pins its share to {what}, so no other share was considered.")
     alts = _alternatives(ctx, dep)
     if alts and dep.mech is None:
@@ -614,7 +622,7 @@ def _class_text(ctx: Context, dep: Dep) -> str:
             + ". The planner fills free capacity on GPUs already in use first, then opens the share with the "
             "most replicas per GPU, so that whole GPUs stay free."
         )
-    missing = sorted(MECH_OUT[k] for k in TIER_MECHS[dep.rank] - ctx.allowed)
+    missing = sorted(k for k in TIER_MECHANISMS[dep.tier] - ctx.allowed)
     if missing:
         parts.append(f"The pool does not allow {', '.join(missing)}.")
     text = " ".join(parts)

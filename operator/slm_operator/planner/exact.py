@@ -27,21 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.planner.assemble import build_plan
-from slm_operator.planner.heuristic import Packer, run_heuristic
+from slm_operator.planner.heuristic import run_heuristic
 from slm_operator.planner.mig import fitting_profiles
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
+from slm_operator.planner.packer import Packer
 from slm_operator.planner.state import (
-    K_EX,
-    K_MIG,
-    K_MPS,
-    K_TS,
-    M_FREE,
-    M_MPS,
-    M_NONE,
-    M_TS,
-    ROLE_POOL,
-    ROLE_RESERVED,
-    TIER_MECHS,
     Context,
     Gpu,
     Rep,
@@ -49,6 +39,14 @@ from slm_operator.planner.state import (
     attach,
     build_context,
     mps_cap,
+)
+from slm_operator.planner.vocabulary import (
+    TIER_MECHANISMS,
+    EvictionReason,
+    GpuRole,
+    Mechanism,
+    NodeMode,
+    Tier,
 )
 
 GiB = 1 << 30
@@ -106,12 +104,12 @@ def solve_exact(
     gpus = [
         g
         for g in ctx.gpus
-        if g.node.schedulable and (g.role == ROLE_POOL or (g.role == ROLE_RESERVED and g.lendable))
+        if g.node.schedulable and (g.role == GpuRole.POOL or (g.role == GpuRole.RESERVED and g.lendable))
     ]
     gpus += [
         g
         for g in ctx.gpus
-        if not g.node.schedulable and g.role == ROLE_POOL and g.gid in {p[0].gid for p in pins.values()}
+        if not g.node.schedulable and g.role == GpuRole.POOL and g.gid in {p[0].gid for p in pins.values()}
     ]
     reps = ctx.reps
     if len(gpus) > MAX_GPUS or len(gpus) * max(1, len(reps)) > MAX_PAIRS:
@@ -139,18 +137,18 @@ def solve_exact(
     return ExactResult(plan, "OPTIMAL" if optimal else "FEASIBLE", obj, h_obj)
 
 
-Pins = dict[int, tuple[Gpu, str, int]]
+Pins = dict[int, tuple[Gpu, Mechanism, int]]
 Frozen = dict[int, tuple[int, ...]]
-NodeModes = dict[int, tuple[str, int]]
+NodeModes = dict[int, tuple[NodeMode, int]]
 
 
 def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
     """Detach the pinned replicas; return their placement by id(rep) (the exact model decides again), the
     frozen MIG layouts by GPU id and the node modes of the pinned state."""
-    pins: dict[int, tuple[Gpu, str, int]] = {}
+    pins: Pins = {}
     for r in ctx.reps:
         if r.pinned and r.gpu is not None:
-            pins[id(r)] = (r.gpu, r.mech or K_EX, r.prof)
+            pins[id(r)] = (r.gpu, r.mech or Mechanism.EXCLUSIVE, r.prof)
     frozen = {g.gid: g.frozen for g in ctx.gpus}
     node_n = {n.pos: (n.mode, n.n) for n in ctx.nodes}
     for r in ctx.reps:
@@ -163,7 +161,7 @@ def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
     for g in ctx.gpus:
         g.reps = []
         g.deps = {}
-        g.st = 0
+        g.mig_state = 0
         g.ts_used = 0
         g.free_inst = []
         g.mode = None
@@ -171,8 +169,8 @@ def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
     for n in ctx.nodes:
         n.deps = {}
         n.used = 0
-        n.whole = sum(1 for g in n.gpus if g.role != ROLE_POOL)
-        n.mode = M_NONE if n.whole else M_FREE
+        n.whole = sum(1 for g in n.gpus if g.role != GpuRole.POOL)
+        n.mode = NodeMode.NONE if n.whole else NodeMode.FREE
         n.n = 0
         n.fixed = False
     return pins, {gid: f for gid, f in frozen.items() if f is not None}, node_n
@@ -190,11 +188,11 @@ class _Builder:
         self.frozen = frozen
         self.node_n = node_modes
         # CP-SAT variables and expressions are typed Any (ortools ships no type stubs)
-        self.x: dict[tuple[int, int, str, int], Any] = {}  # (rep idx, gid, mech, prof) -> bool var
+        self.x: dict[tuple[int, int, Mechanism, int], Any] = {}  # (rep idx, gid, mech, prof) -> bool var
         self.y: dict[tuple[int, int, int], Any] = {}  # (gid, prof, start)
-        self.mode: dict[tuple[int, str], Any] = {}
+        self.mode: dict[tuple[int, Mechanism], Any] = {}
         self.nv: dict[tuple[int, int], Any] = {}  # (node pos, N) MPS clients per GPU
-        self.nmode: dict[tuple[int, str], Any] = {}
+        self.nmode: dict[tuple[int, NodeMode], Any] = {}
         self.used: dict[int, Any] = {}
         self.placed: dict[int, Any] = {}
         self.stay: dict[int, Any] = {}
@@ -207,41 +205,46 @@ class _Builder:
         node_of = {n.pos: n for n in ctx.nodes}
         for p in pos_nodes:
             node = node_of[p]
-            for kind in ("MPS", "TS"):
-                self.nmode[(p, kind)] = m.NewBoolVar(f"n{p}_{kind}")
-            m.Add(self.nmode[(p, "MPS")] + self.nmode[(p, "TS")] <= 1)
+            for node_mode in (NodeMode.MPS, NodeMode.TIME_SLICING):
+                self.nmode[(p, node_mode)] = m.NewBoolVar(f"n{p}_{node_mode}")
+            m.Add(self.nmode[(p, NodeMode.MPS)] + self.nmode[(p, NodeMode.TIME_SLICING)] <= 1)
             if node.whole:  # reserved / segment GPUs need sharing None
-                m.Add(self.nmode[(p, "MPS")] == 0)
-                m.Add(self.nmode[(p, "TS")] == 0)
+                m.Add(self.nmode[(p, NodeMode.MPS)] == 0)
+                m.Add(self.nmode[(p, NodeMode.TIME_SLICING)] == 0)
             limit = min(policy.mps_max_clients_per_gpu, min(g.model.mps_max_clients for g in node.gpus))
             ks = list(range(2, limit + 1))
             for k in ks:
                 self.nv[(p, k)] = m.NewBoolVar(f"nv{p}_{k}")
-            m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, "MPS")])
+            m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, NodeMode.MPS)])
         for g in self.gpus:
-            pool = g.role == ROLE_POOL
-            for kind in (K_MIG, K_MPS, K_TS, K_EX):
-                if not pool and kind != K_EX:
+            pool = g.role == GpuRole.POOL
+            for kind in (Mechanism.MIG, Mechanism.MPS, Mechanism.TIME_SLICING, Mechanism.EXCLUSIVE):
+                if not pool and kind != Mechanism.EXCLUSIVE:
                     continue
-                if kind == K_MIG and g.geo is None:
+                if kind == Mechanism.MIG and g.geo is None:
                     continue
                 self.mode[(g.gid, kind)] = m.NewBoolVar(f"g{g.gid}_{kind}")
             m.Add(sum(v for (gid, _), v in self.mode.items() if gid == g.gid) <= 1)
             p = g.node.pos
-            if (g.gid, K_MPS) in self.mode:
-                m.Add(self.mode[(g.gid, K_MPS)] <= self.nmode[(p, "MPS")])
-            if (g.gid, K_TS) in self.mode:
-                m.Add(self.mode[(g.gid, K_TS)] <= self.nmode[(p, "TS")])
-            if (g.gid, K_MIG) in self.mode:
-                m.Add(self.mode[(g.gid, K_MIG)] + self.nmode[(p, "MPS")] <= 1)
-            m.Add(self.mode[(g.gid, K_EX)] + self.nmode[(p, "MPS")] + self.nmode[(p, "TS")] <= 1)
+            if (g.gid, Mechanism.MPS) in self.mode:
+                m.Add(self.mode[(g.gid, Mechanism.MPS)] <= self.nmode[(p, NodeMode.MPS)])
+            if (g.gid, Mechanism.TIME_SLICING) in self.mode:
+                m.Add(self.mode[(g.gid, Mechanism.TIME_SLICING)] <= self.nmode[(p, NodeMode.TIME_SLICING)])
+            if (g.gid, Mechanism.MIG) in self.mode:
+                m.Add(self.mode[(g.gid, Mechanism.MIG)] + self.nmode[(p, NodeMode.MPS)] <= 1)
+            m.Add(
+                self.mode[(g.gid, Mechanism.EXCLUSIVE)]
+                + self.nmode[(p, NodeMode.MPS)]
+                + self.nmode[(p, NodeMode.TIME_SLICING)]
+                <= 1
+            )
             if pool and g.geo is not None:
                 geo = g.geo
                 for pi, prof in enumerate(geo.profiles):
                     for s in prof.starts:
                         v = m.NewBoolVar(f"y{g.gid}_{pi}_{s}")
                         self.y[(g.gid, pi, s)] = v
-                        m.Add(v <= self.mode[(g.gid, K_MIG)])
+                        m.Add(v <= self.mode[(g.gid, Mechanism.MIG)])
                     m.Add(sum(self.y[(g.gid, pi, s)] for s in prof.starts) <= prof.max_count)
                 for sl in range(geo.memory_slices):
                     cover = [
@@ -275,16 +278,16 @@ class _Builder:
         for g in self.gpus:
             gid = g.gid
             xs = [(key, v) for key, v in self.x.items() if key[1] == gid]
-            if g.geo is not None and g.role == ROLE_POOL:
+            if g.geo is not None and g.role == GpuRole.POOL:
                 for pi, prof in enumerate(g.geo.profiles):
-                    use = [v for (ri, _, k, p), v in xs if k == K_MIG and p == pi]
+                    use = [v for (ri, _, k, p), v in xs if k == Mechanism.MIG and p == pi]
                     if use:
                         m.Add(sum(use) <= sum(self.y[(gid, pi, s)] for s in prof.starts))
-            mps = [(key, v) for key, v in xs if key[2] == K_MPS]
+            mps = [(key, v) for key, v in xs if key[2] == Mechanism.MPS]
             if mps:
                 p = g.node.pos
                 for _, v in mps:
-                    m.Add(v <= self.mode[(gid, K_MPS)])
+                    m.Add(v <= self.mode[(gid, Mechanism.MPS)])
                 ks = [k for (pp, k) in self.nv if pp == p]
                 m.Add(sum(v for _, v in mps) <= sum(k * self.nv[(p, k)] for k in ks))
                 for (ri, _, _, _), v in mps:
@@ -292,19 +295,19 @@ class _Builder:
                     for k in ks:
                         if mps_cap(g.mem_mib, k) < size:
                             m.Add(v + self.nv[(p, k)] <= 1)
-            ts = [(key, v) for key, v in xs if key[2] == K_TS]
+            ts = [(key, v) for key, v in xs if key[2] == Mechanism.TIME_SLICING]
             if ts:
                 for _, v in ts:
-                    m.Add(v <= self.mode[(gid, K_TS)])
+                    m.Add(v <= self.mode[(gid, Mechanism.TIME_SLICING)])
                 m.Add(sum(v for _, v in ts) <= _ts_n(ctx, g.node))
                 cap_mib = (g.mem * ctx.ts_factor // 100) >> 20
                 m.Add(
                     sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts)
                     <= cap_mib
                 )
-            ex = [v for key, v in xs if key[2] == K_EX]
+            ex = [v for key, v in xs if key[2] == Mechanism.EXCLUSIVE]
             if ex:
-                m.Add(sum(ex) <= self.mode[(gid, K_EX)])
+                m.Add(sum(ex) <= self.mode[(gid, Mechanism.EXCLUSIVE)])
             u = m.NewBoolVar(f"u{gid}")
             self.used[gid] = u
             for _, v in xs:
@@ -327,7 +330,7 @@ class _Builder:
             free = [
                 g
                 for g in node.gpus
-                if g.gid in self.used and g.gid not in pinned_gpus and g.role == ROLE_POOL
+                if g.gid in self.used and g.gid not in pinned_gpus and g.role == GpuRole.POOL
             ]
             by_model: dict[str, list[Gpu]] = {}
             for g in free:
@@ -348,37 +351,42 @@ class _Builder:
     def _rep_vars(self, ri: int, r: Rep) -> None:
         ctx, m = self.ctx, self.m
         dep = r.dep
-        mechs = TIER_MECHS[dep.rank] & ctx.allowed
+        mechs = TIER_MECHANISMS[dep.tier] & ctx.allowed
         if dep.mech is not None:
             mechs = mechs & {dep.mech}
         opts: list[Any] = []
         limit = ctx.policy.mps_max_clients_per_gpu
         for g in self.gpus:
-            if g.role != ROLE_POOL:
+            if g.role != GpuRole.POOL:
                 # lendable reserved GPU: BestEffort borrows it whole
-                if dep.rank == 2 and dep.mech in (None, K_EX) and dep.profile is None and g.mem >= dep.size:
-                    self._x(ri, g, K_EX, -1, opts)
+                if (
+                    dep.rank == 2
+                    and dep.mech in (None, Mechanism.EXCLUSIVE)
+                    and dep.profile is None
+                    and g.mem >= dep.size
+                ):
+                    self._x(ri, g, Mechanism.EXCLUSIVE, -1, opts)
                 continue
             if not g.node.schedulable and not (id(r) in self.pins and self.pins[id(r)][0] is g):
                 continue
-            if K_MIG in mechs and g.geo is not None:
+            if Mechanism.MIG in mechs and g.geo is not None:
                 if dep.profile is not None:
                     pis = [g.geo.index[dep.profile]] if dep.profile in g.geo.index else []
                     pis = [p for p in pis if g.geo.profiles[p].memory_bytes >= dep.size]
                 else:
                     pis = list(fitting_profiles(g.key, dep.size))
                 for pi in pis:
-                    self._x(ri, g, K_MIG, pi, opts)
+                    self._x(ri, g, Mechanism.MIG, pi, opts)
             if (
-                K_MPS in mechs
+                Mechanism.MPS in mechs
                 and mps_cap(g.mem_mib, 2) >= dep.size
                 and min(limit, g.model.mps_max_clients) >= 2
             ):
-                self._x(ri, g, K_MPS, -1, opts)
-            if K_TS in mechs and dep.size <= g.mem * ctx.ts_factor // 100:
-                self._x(ri, g, K_TS, -1, opts)
-            if K_EX in mechs and dep.size <= g.mem:
-                self._x(ri, g, K_EX, -1, opts)
+                self._x(ri, g, Mechanism.MPS, -1, opts)
+            if Mechanism.TIME_SLICING in mechs and dep.size <= g.mem * ctx.ts_factor // 100:
+                self._x(ri, g, Mechanism.TIME_SLICING, -1, opts)
+            if Mechanism.EXCLUSIVE in mechs and dep.size <= g.mem:
+                self._x(ri, g, Mechanism.EXCLUSIVE, -1, opts)
         pl = m.NewBoolVar(f"placed{ri}")
         if opts:
             m.Add(sum(opts) == pl)
@@ -392,7 +400,7 @@ class _Builder:
             if key in self.x:
                 self.stay[ri] = self.x[key]
 
-    def _x(self, ri: int, g: Gpu, mech: str, prof: int, opts: list[Any]) -> None:
+    def _x(self, ri: int, g: Gpu, mech: Mechanism, prof: int, opts: list[Any]) -> None:
         v = self.m.NewBoolVar(f"x{ri}_{g.gid}_{mech}_{prof}")
         self.x[(ri, g.gid, mech, prof)] = v
         opts.append(v)
@@ -409,7 +417,7 @@ class _Builder:
             r = ctx.reps[ri]
             g, mech, _ = self.pins[id(r)]
             by_gpu.setdefault(g.gid, []).append(v)
-            if mech == K_MPS:
+            if mech == Mechanism.MPS:
                 mps_node.setdefault(g.node.pos, []).append(v)
         for gid, vs in by_gpu.items():
             fz = self.frozen.get(gid)
@@ -420,8 +428,8 @@ class _Builder:
                 for pi, prof in enumerate(g.geo.profiles):
                     m.Add(sum(self.y[(gid, pi, s)] for s in prof.starts) == fz[pi]).OnlyEnforceIf(v)
         for pos, vs in mps_node.items():
-            mode, n = self.node_n.get(pos, (M_FREE, 0))
-            if mode == M_MPS and (pos, n) in self.nv:
+            mode, n = self.node_n.get(pos, (NodeMode.FREE, 0))
+            if mode == NodeMode.MPS and (pos, n) in self.nv:
                 for v in vs:
                     m.Add(self.nv[(pos, n)] == 1).OnlyEnforceIf(v)
 
@@ -466,7 +474,7 @@ class _Builder:
         # co-location of one deployment's replicas
         by_dep_gpu: dict[tuple[int, int], list[Any]] = {}
         for (ri, gid, _, _), v in self.x.items():
-            by_dep_gpu.setdefault((ctx.reps[ri].dep.did, gid), []).append(v)
+            by_dep_gpu.setdefault((ctx.reps[ri].dep.uid, gid), []).append(v)
         for vs in by_dep_gpu.values():
             if len(vs) > 1:
                 c = m.NewIntVar(0, len(vs), "")
@@ -488,12 +496,12 @@ class _Builder:
     def hint_from(self, hctx: Context) -> int | None:
         """Give the heuristic plan as a solution hint; return its objective value under this model."""
         by_key = {(r.dep.key, r.ordinal): i for i, r in enumerate(self.ctx.reps)}
-        chosen: dict[tuple[int, int, str, int], int] = {}
+        chosen: dict[tuple[int, int, Mechanism, int], int] = {}
         for r in hctx.reps:
             if r.gpu is None:
                 continue
             ri = by_key[(r.dep.key, r.ordinal)]
-            chosen[(ri, r.gpu.gid, r.mech or K_EX, r.prof)] = 1
+            chosen[(ri, r.gpu.gid, r.mech or Mechanism.EXCLUSIVE, r.prof)] = 1
         for key, v in self.x.items():
             self.m.AddHint(v, chosen.get(key, 0))
         # objective of the hint under the same weights
@@ -507,10 +515,10 @@ class _Builder:
                 total += w[f"place{r.dep.rank}"]
             else:
                 if keys[0] not in self.x:
-                    return None  # the heuristic did something this model does not express
+                    return None  # the heuristic uid something this model does not express
                 _, gid, mech, prof = keys[0]
                 used.add(gid)
-                per_dep_gpu[(r.dep.did, gid)] = per_dep_gpu.get((r.dep.did, gid), 0) + 1
+                per_dep_gpu[(r.dep.uid, gid)] = per_dep_gpu.get((r.dep.uid, gid), 0) + 1
                 g = self.ctx.gpus[gid]
                 if _penalised(self.ctx, g, r, mech):
                     total += w["pen"]
@@ -530,19 +538,19 @@ class _Builder:
         for (pos, k), v in self.nmode.items():
             if val(v):
                 node = next(n for n in ctx.nodes if n.pos == pos)
-                if k == "MPS":
-                    node.mode = M_MPS
+                if k == NodeMode.MPS:
+                    node.mode = NodeMode.MPS
                     node.n = next(kk for (pp, kk), vv in self.nv.items() if pp == pos and val(vv))
                 else:
-                    node.mode = M_TS
+                    node.mode = NodeMode.TIME_SLICING
                     node.n = _ts_n(ctx, node)
         chosen = sorted((key for key, v in self.x.items() if val(v)), key=lambda k: (k[1], k[0]))
         for ri, gid, mech, prof in chosen:
             r = ctx.reps[ri]
             g = ctx.gpus[gid]
-            if mech == K_MIG and g.mode != K_MIG:
-                g.mode = K_MIG
-                g.st = 0
+            if mech == Mechanism.MIG and g.mode != Mechanism.MIG:
+                g.mode = Mechanism.MIG
+                g.mig_state = 0
                 fz = self.frozen.get(gid)
                 if (
                     fz is not None
@@ -556,44 +564,44 @@ class _Builder:
                 ):
                     g.frozen = fz
                     g.free_inst = list(fz)
-            if g.node.mode == M_FREE:
-                g.node.mode = M_NONE
+            if g.node.mode == NodeMode.FREE:
+                g.node.mode = NodeMode.NONE
             attach(ctx, r, g, mech, prof)
         for r in ctx.reps:
             pin = self.pins.get(id(r))
             if pin is not None and (r.gpu is not pin[0] or r.mech != pin[1] or r.prof != pin[2]):
                 r.evicted = (
-                    "Defragmentation"
+                    EvictionReason.DEFRAGMENTATION
                     if (ctx.policy.may_repartition and r.gpu is not None)
-                    else "PreemptedByHigherTier"
+                    else EvictionReason.PREEMPTED_BY_HIGHER_TIER
                 )
                 r.evict_msg = "the exact solver moved it" if r.gpu is not None else "yielded to a higher tier"
         p = Packer(ctx)
         for r in ctx.reps:
             if r.gpu is None and r.unplaced is None:
-                o = p.opts(r.dep)
-                r.unplaced = o.reason or p._capacity_reason(r)
+                o = p.share_options(r.dep)
+                r.unplaced = o.reason or p.capacity_reason(r)
 
 
-def _penalised(ctx: Context, g: Gpu, r: Rep, mech: str) -> bool:
+def _penalised(ctx: Context, g: Gpu, r: Rep, mech: Mechanism) -> bool:
     """A borrowed reserved GPU, or a whole GPU for Burstable/BestEffort that could share (last resort)."""
-    if mech != K_EX:
+    if mech != Mechanism.EXCLUSIVE:
         return False
-    if g.role != ROLE_POOL:
+    if g.role != GpuRole.POOL:
         return True
     dep = r.dep
-    if dep.rank == 0:
+    if dep.tier is Tier.GUARANTEED:
         return False
-    mechs = TIER_MECHS[dep.rank] & ctx.allowed
+    mechs = TIER_MECHANISMS[dep.tier] & ctx.allowed
     if dep.mech is not None:
         mechs &= {dep.mech}
-    return bool(mechs & {K_MIG, K_MPS, K_TS})
+    return bool(mechs & {Mechanism.MIG, Mechanism.MPS, Mechanism.TIME_SLICING})
 
 
-def _waste(g: Gpu, mech: str, prof: int, size: int) -> int:
-    if mech == K_MIG and g.geo is not None:
+def _waste(g: Gpu, mech: Mechanism, prof: int, size: int) -> int:
+    if mech == Mechanism.MIG and g.geo is not None:
         return max(0, (g.geo.profiles[prof].memory_bytes - size)) // GiB
-    if mech == K_EX:
+    if mech == Mechanism.EXCLUSIVE:
         return max(0, g.mem - size) // GiB
     return 0
 

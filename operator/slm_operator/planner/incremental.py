@@ -1,14 +1,18 @@
 """Incremental re-planning: keep the packer's state between passes and re-place only what changed.
 
-``plan_pool(..., current=...)`` is the stateless way to re-plan: it rebuilds the whole working state from the
-inputs, pins every running replica and places the delta; its cost is dominated by rebuilding the state and the
-output (about 0.2 s at 1,000 GPUs). :class:`IncrementalPlanner` is the fast path for the operator's reconcile
-loop: it keeps the working state of the last plan (as if that plan had been applied: its replicas are running
-and pinned, MIG layouts are frozen under ``repartition: Never``) and, for a new list of demands, takes off the
-replicas of deleted or scaled-down deployments, re-places deployments whose tier, size or share changed,
-places new replicas with the same heuristic (including preemption of lower tiers and borrowing), and rebuilds
-only the nodes and deployments it touched. Pool policy or inventory changes need a new planner (or
-``plan_pool``); the operator also runs ``plan_pool`` on its periodic resync.
+``plan_pool(..., current=...)`` is the stateless way to re-plan, and the one the operator uses: every
+reconcile pass calls it with the replicas observed running. It rebuilds the whole working state from the
+inputs, pins every running replica and places the delta; its cost is dominated by rebuilding the state and
+the output (about 0.1-0.2 s at 1,000 GPUs).
+
+:class:`IncrementalPlanner` keeps the working state of the last plan as if that plan had been applied (its
+replicas running and pinned, MIG layouts frozen under ``repartition: Never``) and, for a new list of demands,
+takes off the replicas of deleted or scaled-down deployments, re-places deployments whose tier, size or share
+changed, places new replicas with the same packer (preemption of lower tiers and borrowing included), and
+rebuilds only the nodes and deployments it touched. It serves the incremental re-plans of the CLI and the
+benchmark. It is a candidate for the operator once the operator can verify that the observed world equals the
+last applied plan: it trusts its own state and never looks at the cluster again. Pool policy or inventory
+changes need a new planner.
 """
 
 from __future__ import annotations
@@ -16,15 +20,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from slm_operator.planner.assemble import PlanBuilder, _mig_counts, _node_sharing
-from slm_operator.planner.heuristic import Packer
-from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
-from slm_operator.planner.state import K_MIG, MECH_OUT, Dep, Rep, build_context
-
-_RETRY = ("InsufficientCapacity", "ReservedCapacity", "PreemptedByHigherTier")
+from slm_operator.planner.gc_pause import gc_paused
+from slm_operator.planner.heuristic import heuristic_plan
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
+from slm_operator.planner.packer import Packer, PackerOptions
+from slm_operator.planner.state import (
+    Dep,
+    Rep,
+    build_context,
+)
+from slm_operator.planner.vocabulary import CAPACITY_REASONS, EvictionReason, Mechanism, Tier
 
 
 class IncrementalPlanner:
-    """Plans one pool, then re-plans demand changes incrementally (see the module docstring)."""
+    """Plans one pool, then re-plans demand changes incrementally (see the module docstring: the operator
+    calls ``plan_pool``; this planner serves the CLI and the benchmark)."""
 
     def __init__(
         self,
@@ -33,132 +43,152 @@ class IncrementalPlanner:
         demands: Sequence[Demand],
         current: Iterable[CurrentPlacement] = (),
     ) -> None:
-        from slm_operator.planner import apply_plan, plan_pool
-
-        first = plan_pool(policy, nodes, demands, current)
+        first = heuristic_plan(policy, nodes, demands, current)
         self.policy = policy
         self.nodes = apply_plan(nodes, first)
         ctx = build_context(policy, self.nodes, demands, first.placements())
-        self.packer = Packer(ctx, consolidate=False)
+        self.packer = Packer(ctx, PackerOptions(consolidate=False))
         self.packer.run()
         self.ctx = ctx
         self.builder = PlanBuilder(ctx)
         self.builder.build_all()
         self.plan: Plan = first
-        self._next_did = max((d.did for d in ctx.deps), default=-1) + 1
+        self._next_uid = max((d.uid for d in ctx.deps), default=-1) + 1
         self._last_touched: set[str] = set()
         self._last_nodes: set[int] = set()
 
     def update(self, demands: Sequence[Demand]) -> Plan:
         """Re-plan for a new list of demands; returns the new plan (``moved`` and ``evictions`` are relative to
         the previous plan)."""
-        from slm_operator.planner import gc_paused
-
         with gc_paused():
             return self._update(demands)
 
     def _update(self, demands: Sequence[Demand]) -> Plan:
-        ctx = self.ctx
-        pk = self.packer
-        new = {d.deployment: d for d in demands}
-        if len(new) != len(demands):
+        wanted = {d.deployment: d for d in demands}
+        if len(wanted) != len(demands):
             raise ValueError("duplicate deployment key in the demands")
-        pk.touched_nodes = set()
-        pk.touched_deps = set()
-        # forget the eviction records of the previous pass
+        packer = self.packer
+        packer.touched_nodes = set(self._last_nodes)
+        packer.touched_deps = set(self._last_touched)
+        self._forget_evictions()
+        fresh = self._apply_demands(wanted)
+        self._place(fresh)
+        for key in [k for k in self.builder.dep_plans if k not in wanted]:
+            self.builder.drop_dep(key)
+        # the result is running from now on: pin it (and freeze new MIG layouts under repartition: Never)
+        touched_nodes, touched_deps = packer.touched_nodes, packer.touched_deps
+        self._settle(touched_nodes)
+        self.plan = self._rebuild(touched_nodes, touched_deps)
+        self._after(touched_deps)
+        live = {d.key for d in self.ctx.deps}
+        self._last_touched = {k for k in touched_deps if k in live}
+        self._last_nodes = set(touched_nodes)
+        packer.touched_nodes = None
+        return self.plan
+
+    def _forget_evictions(self) -> None:
+        """Forget the eviction records of the previous pass."""
+        by_key = {d.key: d for d in self.ctx.deps}
         for key in self._last_touched:
-            dep = next((d for d in ctx.deps if d.key == key), None)
+            dep = by_key.get(key)
             for r in dep.reps if dep is not None else ():
                 r.evicted = None
                 r.evict_msg = ""
-        pk.touched_deps |= self._last_touched
-        pk.touched_nodes |= self._last_nodes
+
+    def _apply_demands(self, wanted: dict[str, Demand]) -> list[Rep]:
+        """Bring the deployments in line with ``wanted``; returns the replicas to place, including those
+        left waiting for capacity (tried again, as ``plan_pool`` would)."""
+        ctx = self.ctx
         old = {dep.key: dep for dep in ctx.deps}
         fresh: list[Rep] = []
-        keep_deps: list[Dep] = []
+        kept: list[Dep] = []
         for key, dep in old.items():
-            d = new.get(key)
-            if d is not None and d == dep.demand:
-                keep_deps.append(dep)
-                continue
-            pk.touched_deps.add(key)
-            same_kind = d is not None and (d.tier, d.memory_bytes, d.share, d.order_key) == (
-                dep.demand.tier,
-                dep.demand.memory_bytes,
-                dep.demand.share,
-                dep.demand.order_key,
-            )
-            if d is not None and same_kind:
-                # scale: drop the highest ordinals or add new ones
-                for r in dep.reps[d.replicas :]:
-                    if r.gpu is not None:
-                        pk._remove(r)
-                del dep.reps[d.replicas :]
-                for o in range(len(dep.reps), d.replicas):
-                    r = Rep(dep, o)
-                    dep.reps.append(r)
-                    fresh.append(r)
-                dep.replicas = d.replicas
-                dep.demand = d
-                keep_deps.append(dep)
-                continue
-            for r in dep.reps:
-                if r.gpu is not None:
-                    pk._remove(r)
-            if d is not None:  # tier, size or share changed: a new deployment record, replicas re-placed
-                nd = self._new_dep(d, dep.reps)
-                keep_deps.append(nd)
-                fresh.extend(r for r in nd.reps if r.gpu is None)
-        for key, d in new.items():
+            kept += self._apply_demand(dep, wanted.get(key), fresh)
+        for key, d in wanted.items():
             if key not in old:
-                nd = self._new_dep(d, [])
-                keep_deps.append(nd)
-                pk.touched_deps.add(key)
-                fresh.extend(nd.reps)
-        keep_deps.sort(key=lambda x: (x.rank, x.order, x.key))
-        ctx.deps = keep_deps
-        ctx.reps = [r for dep in keep_deps for r in dep.reps]
-        # replicas left unplaced for lack of capacity are tried again, as plan_pool would
+                new_dep = self._new_dep(d, [])
+                kept.append(new_dep)
+                self.packer.touched_deps.add(key)
+                fresh.extend(new_dep.reps)
+        kept.sort(key=lambda x: (x.rank, x.order, x.key))
+        ctx.deps = kept
+        ctx.reps = [r for dep in kept for r in dep.reps]
         queued = {id(r) for r in fresh}
         for r in ctx.reps:
-            if r.gpu is None and id(r) not in queued and (r.unplaced is None or r.unplaced[0] in _RETRY):
+            if (
+                r.gpu is None
+                and id(r) not in queued
+                and (r.unplaced is None or r.unplaced[0] in CAPACITY_REASONS)
+            ):
                 fresh.append(r)
-                pk.touched_deps.add(r.dep.key)
-        self._place(fresh)
-        for key in [k for k in self.builder.dep_plans if k not in new]:
-            self.builder.drop_dep(key)
-        # the result is running from now on: pin it (and freeze new MIG layouts under repartition: Never)
-        self._settle(pk.touched_nodes)
-        node_by_pos = {n.pos: n for n in ctx.nodes}
-        for pos in sorted(pk.touched_nodes):
+                self.packer.touched_deps.add(r.dep.key)
+        return fresh
+
+    def _apply_demand(self, dep: Dep, d: Demand | None, fresh: list[Rep]) -> list[Dep]:
+        """One existing deployment: unchanged, scaled, changed (a new record) or deleted; returns what stays."""
+        if d is not None and d == dep.demand:
+            return [dep]
+        packer = self.packer
+        packer.touched_deps.add(dep.key)
+        was = dep.demand
+        if d is not None and (d.tier, d.memory_bytes, d.share, d.order_key) == (
+            was.tier,
+            was.memory_bytes,
+            was.share,
+            was.order_key,
+        ):
+            self._scale(dep, d, fresh)
+            return [dep]
+        for r in dep.reps:
+            if r.gpu is not None:
+                packer.remove(r)
+        if d is None:
+            return []
+        # tier, size or share changed: a new deployment record, its replicas placed again
+        new_dep = self._new_dep(d, dep.reps)
+        fresh.extend(r for r in new_dep.reps if r.gpu is None)
+        return [new_dep]
+
+    def _scale(self, dep: Dep, d: Demand, fresh: list[Rep]) -> None:
+        """Drop the highest ordinals or add new ones."""
+        for r in dep.reps[d.replicas :]:
+            if r.gpu is not None:
+                self.packer.remove(r)
+        del dep.reps[d.replicas :]
+        for ordinal in range(len(dep.reps), d.replicas):
+            r = Rep(dep, ordinal)
+            dep.reps.append(r)
+            fresh.append(r)
+        dep.replicas = d.replicas
+        dep.demand = d
+
+    def _rebuild(self, touched_nodes: set[int], touched_deps: set[str]) -> Plan:
+        """Rebuild the output of the touched nodes and deployments; the rest is reused."""
+        node_by_pos = {n.pos: n for n in self.ctx.nodes}
+        for pos in sorted(touched_nodes):
             self.builder.build_node(node_by_pos[pos])
-        dep_by_key = {d.key: d for d in ctx.deps}
-        for key in sorted(pk.touched_deps):
+        dep_by_key = {d.key: d for d in self.ctx.deps}
+        for key in sorted(touched_deps):
             if key in dep_by_key:
                 self.builder.build_dep(dep_by_key[key])
-        self.plan = self.builder.plan()
-        self._after(pk.touched_deps)
-        self._last_touched = {k for k in pk.touched_deps if k in dep_by_key}
-        self._last_nodes = set(pk.touched_nodes)
-        pk.touched_nodes = None
-        return self.plan
+        return self.builder.plan()
 
     def _new_dep(self, d: Demand, old_reps: list[Rep]) -> Dep:
-        dep = Dep(self._next_did, d)
-        self._next_did += 1
+        dep = Dep(self._next_uid, d)
+        self._next_uid += 1
         for o in range(dep.replicas):
             r = Rep(dep, o)
             if o < len(old_reps) and old_reps[o].cur is not None:  # report the move of what was running
                 r.cur, r.cur_gpu = old_reps[o].cur, old_reps[o].cur_gpu
-                r.evicted = "DeploymentChanged"
+                r.evicted = EvictionReason.DEPLOYMENT_CHANGED
                 r.evict_msg = "the deployment's tier, memory or share changed"
             dep.reps.append(r)
         return dep
 
     def _place(self, fresh: list[Rep]) -> None:
         pk = self.packer
-        for rank in (0, 1, 2):
-            queue = [r for r in fresh if r.dep.rank == rank]
+        for tier in Tier:
+            queue = [r for r in fresh if r.dep.tier is tier]
             queue.sort(key=lambda r: (-r.dep.size, r.ordinal, r.dep.order, r.dep.key))
             later = [r for r in queue if not pk.place(r)]
             for r in later:
@@ -166,12 +196,16 @@ class IncrementalPlanner:
             # replicas of lower tiers preempted by this tier are placed again with their tier
             queued = {id(r) for r in fresh}
             for r in self.ctx.reps:
-                if r.gpu is None and r.evicted == "PreemptedByHigherTier" and id(r) not in queued:
+                if (
+                    r.gpu is None
+                    and r.evicted == EvictionReason.PREEMPTED_BY_HIGHER_TIER
+                    and id(r) not in queued
+                ):
                     fresh.append(r)
-        pk._borrow()
+        pk.borrow()
         for r in fresh:
             if r.gpu is None:
-                r.unplaced = pk.opts(r.dep).reason or pk._capacity_reason(r)
+                r.unplaced = pk.share_options(r.dep).reason or pk.capacity_reason(r)
             else:
                 r.unplaced = None
 
@@ -186,13 +220,13 @@ class IncrementalPlanner:
             if node.used:
                 node.fixed = True
             for g in node.gpus:
-                if freeze and g.mode == K_MIG and g.frozen is None and g.reps:
+                if freeze and g.mode == Mechanism.MIG and g.frozen is None and g.reps:
                     counts = _mig_counts(g, sharing)
                     if counts is not None:
-                        used = g.geo.states[g.st] if g.geo is not None else counts
+                        used = g.geo.states[g.mig_state] if g.geo is not None else counts
                         g.frozen = counts
                         g.free_inst = [c - u for c, u in zip(counts, used, strict=True)]
-                        self.packer._index_gpu(g)
+                        self.packer.capacity.index_gpu(g)
 
     def _after(self, deps: set[str]) -> None:
         """Placements made by this pass become the current placements of the next one."""
@@ -213,9 +247,9 @@ class IncrementalPlanner:
                     ordinal=r.ordinal,
                     node=g.node.name,
                     gpu_index=g.index,
-                    mechanism=MECH_OUT[r.mech or "EX"],
+                    mechanism=(r.mech or Mechanism.EXCLUSIVE),
                     mig_profile=g.geo.profiles[r.prof].name
-                    if r.mech == K_MIG and g.geo is not None
+                    if r.mech == Mechanism.MIG and g.geo is not None
                     else None,
                 )
                 r.cur_gpu = g
@@ -227,9 +261,9 @@ def _current_matches(r: Rep) -> bool:
     g = r.gpu
     if c is None or g is None:
         return False
-    if MECH_OUT[r.mech or "EX"] != c.mechanism:
+    if (r.mech or Mechanism.EXCLUSIVE) != c.mechanism:
         return False
-    if r.mech == K_MIG and g.geo is not None:
+    if r.mech == Mechanism.MIG and g.geo is not None:
         return c.mig_profile == g.geo.profiles[r.prof].name
     return True
 

@@ -7,6 +7,7 @@ The output format is documented field by field in ``docs/plan-format.md``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -359,3 +360,47 @@ class Plan(_Model):
         ]
         out.sort(key=lambda p: (p.deployment, p.ordinal))
         return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------ replay
+
+
+def apply_plan(nodes: Sequence[NodeInventory], plan: Plan) -> tuple[NodeInventory, ...]:
+    """The inventory after the plan's node configs were applied (MIG layouts, sharing mode, reservation and
+    segment assignment). Used by tests, the benchmark and ``IncrementalPlanner`` to simulate the next pass."""
+    gpu_plans = {(g.node, g.index): g for g in plan.gpus}
+    node_plans = {n.name: n for n in plan.nodes}
+    return tuple(_applied_node(node, node_plans.get(node.name), gpu_plans) for node in nodes)
+
+
+def _applied_node(
+    node: NodeInventory, node_plan: NodePlan | None, gpu_plans: dict[tuple[str, int], GpuPlan]
+) -> NodeInventory:
+    if node_plan is None:
+        layouts: dict[int, MigDeviceLayout] = {}
+        sharing, replicas = node.sharing, node.sharing_replicas
+    else:
+        layouts = {x.index: x for x in node_plan.mig_layout}
+        sharing, replicas = node_plan.sharing, node_plan.replicas_per_gpu
+    gpus = tuple(
+        _applied_gpu(g, gpu_plans.get((node.name, g.index)), layouts.get(g.index)) for g in node.gpus
+    )
+    return node.model_copy(update={"gpus": gpus, "sharing": sharing, "sharing_replicas": replicas})
+
+
+def _applied_gpu(gpu: GpuInventory, gpu_plan: GpuPlan | None, layout: MigDeviceLayout | None) -> GpuInventory:
+    if gpu_plan is None:
+        return gpu
+    enabled = layout.mig_enabled if layout is not None else False
+    instances = (
+        tuple(MigInstance(profile=i.profile, start=i.start) for i in gpu_plan.mig_instances)
+        if enabled
+        else ()
+    )
+    return gpu.model_copy(
+        update={
+            "mig_enabled": enabled,
+            "mig_instances": instances,
+            "assigned_to": gpu_plan.reservation or gpu_plan.segment,
+        }
+    )

@@ -16,44 +16,45 @@ from typing import Any
 from slm_operator.catalog import GpuModel, gpu_by_key
 from slm_operator.planner.mig import Counts, MigGeometry, fitting_profiles, geometry
 from slm_operator.planner.model import (
-    TIER_RANK,
     CurrentPlacement,
     Demand,
+    GpuInventory,
     NodeInventory,
     PoolPolicy,
 )
+from slm_operator.planner.vocabulary import (
+    DISRUPTION,
+    TIER_MECHANISMS,
+    TIER_RANK,
+    EvictionReason,
+    GpuRole,
+    Mechanism,
+    NodeMode,
+    Tier,
+    UnplacedReason,
+)
+
+# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
+# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
+_MIG = Mechanism.MIG
+_MPS = Mechanism.MPS
+_TIME_SLICING = Mechanism.TIME_SLICING
+_EXCLUSIVE = Mechanism.EXCLUSIVE
+_NODE_FREE = NodeMode.FREE
+_NODE_NONE = NodeMode.NONE
+_NODE_MPS = NodeMode.MPS
+_NODE_TIME_SLICING = NodeMode.TIME_SLICING
+_POOL = GpuRole.POOL
+_RESERVED = GpuRole.RESERVED
+_SEGMENT = GpuRole.SEGMENT
+_BEST_EFFORT = Tier.BEST_EFFORT
 
 MiB = 1 << 20
-
-# node modes
-M_FREE = ""  # no constraint yet
-M_NONE = "NONE"  # device-plugin sharing off (MIG and whole GPUs)
-M_MPS = "MPS"
-M_TS = "TS"
-
-# replica mechanisms (internal spelling)
-K_MIG = "MIG"
-K_MPS = "MPS"
-K_TS = "TS"
-K_EX = "EX"
-MECH_OUT = {K_MIG: "MIG", K_MPS: "MPS", K_TS: "TimeSlicing", K_EX: "Exclusive"}
-MECH_IN = {"MIG": K_MIG, "MPS": K_MPS, "TimeSlicing": K_TS, "Exclusive": K_EX}
-
-ROLE_POOL = "pool"
-ROLE_RESERVED = "reserved"
-ROLE_SEGMENT = "segment"
-
-TIER_MECHS: dict[int, frozenset[str]] = {
-    0: frozenset({K_MIG, K_EX}),
-    1: frozenset({K_MIG, K_MPS, K_EX}),
-    2: frozenset({K_MIG, K_MPS, K_TS, K_EX}),
-}
 
 
 class Dep:
     __slots__ = (
         "demand",
-        "did",
         "gib",
         "key",
         "mech",
@@ -64,20 +65,22 @@ class Dep:
         "reps",
         "size",
         "tier",
+        "uid",
     )
 
-    def __init__(self, did: int, d: Demand) -> None:
-        self.did = did
+    def __init__(self, uid: int, d: Demand) -> None:
+        self.uid = uid
         self.key = d.deployment
-        self.tier = d.tier
+        self.tier = Tier(d.tier)
+        #: position of the tier in ``TIER_ORDER`` (sort keys and per-tier counters)
         self.rank = TIER_RANK[d.tier]
         self.size = d.memory_bytes
         self.gib = round(d.memory_bytes / (1 << 30), 2)
         self.replicas = d.replicas
-        self.mech: str | None = MECH_IN[d.share.mechanism] if d.share and d.share.mechanism else None
+        self.mech: Mechanism | None = Mechanism(d.share.mechanism) if d.share and d.share.mechanism else None
         self.profile: str | None = d.share.mig_profile if d.share else None
         if self.profile is not None:
-            self.mech = K_MIG
+            self.mech = _MIG
         self.order = d.order_key
         self.demand = d
         self.reps: list[Rep] = []
@@ -107,14 +110,14 @@ class Rep:
         self.dep = dep
         self.ordinal = ordinal
         self.gpu: Gpu | None = None
-        self.mech: str | None = None
+        self.mech: Mechanism | None = None
         self.prof = -1
         self.cur: CurrentPlacement | None = None
         self.cur_gpu: Gpu | None = None
         self.pinned = False
-        self.evicted: str | None = None  # eviction reason code
+        self.evicted: EvictionReason | None = None
         self.evict_msg = ""
-        self.unplaced: tuple[str, str] | None = None
+        self.unplaced: tuple[UnplacedReason, str] | None = None
         self.borrowed = False
         self.out: tuple[str, str] | None = None  # (share summary, "node/gpu") for the plan output
 
@@ -128,8 +131,8 @@ class Node:
         "fixed",
         "free",
         "gpus",
+        "indexed_as",
         "inv",
-        "ix",
         "mode",
         "n",
         "name",
@@ -145,7 +148,7 @@ class Node:
         self.inv = inv
         self.schedulable = inv.schedulable
         self.gpus: list[Gpu] = []
-        self.mode = M_FREE
+        self.mode: NodeMode = _NODE_FREE
         self.n = 0  # MPS clients or time-slicing replicas per GPU
         self.fixed = False  # mode pinned by running replicas
         self.whole = 0  # GPUs that need node sharing None (Exclusive, Reserved, Segment)
@@ -153,7 +156,8 @@ class Node:
         self.deps: dict[int, int] = {}
         #: free pool GPUs by model key, ascending index (only on schedulable nodes)
         self.free: dict[str, list[Gpu]] = {}
-        self.ix: list[tuple[Any, ...]] = []
+        #: capacity index keys the node is filed under
+        self.indexed_as: list[tuple[Any, ...]] = []
 
 
 class Gpu:
@@ -166,26 +170,23 @@ class Gpu:
         "gid",
         "group",
         "index",
+        "indexed_as",
         "inv",
         "inv_counts",
-        "ix",
         "key",
         "lendable",
         "mem",
         "mem_mib",
+        "mig_state",
         "mode",
         "model",
         "node",
         "reps",
         "role",
-        "st",
         "ts_used",
     )
 
-    def __init__(self, gid: int, node: Node, inv_gpu: object, model: GpuModel) -> None:
-        from slm_operator.planner.model import GpuInventory
-
-        assert isinstance(inv_gpu, GpuInventory)
+    def __init__(self, gid: int, node: Node, inv_gpu: GpuInventory, model: GpuModel) -> None:
         self.gid = gid
         self.node = node
         self.index = inv_gpu.index
@@ -195,19 +196,20 @@ class Gpu:
         self.geo: MigGeometry | None = geometry(model.key)
         self.mem = model.memory_bytes
         self.mem_mib = model.memory_mib
-        self.role = ROLE_POOL
+        self.role: GpuRole = _POOL
         self.group: str | None = None
         self.lendable = False
         self.claimed = False
-        self.mode: str | None = None  # None (free), K_MIG, K_MPS, K_TS, K_EX
+        self.mode: Mechanism | None = None  # None: free
         self.reps: list[Rep] = []
-        self.st = 0  # MIG state of the used instances
+        self.mig_state = 0  # MIG layout state of the used instances
         self.frozen: Counts | None = None  # MIG layout that must not change
         self.free_inst: list[int] = []  # free instances per profile of a frozen layout
         self.ts_used = 0
         self.deps: dict[int, int] = {}
         self.inv_counts: Counts | None = None  # inventory MIG layout when legal
-        self.ix: tuple[Any, ...] | None = None
+        #: capacity index entry the GPU is filed under
+        self.indexed_as: tuple[Any, ...] | None = None
 
     @property
     def mig_capable(self) -> bool:
@@ -254,7 +256,7 @@ class Context:
         return gpu.mem * self.ts_factor // 100
 
 
-def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: str, prof: int = -1) -> None:
+def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: Mechanism, prof: int = -1) -> None:
     """Put ``rep`` on ``gpu`` with mechanism ``mech`` (MIG profile index ``prof``). No legality checks."""
     rep.gpu = gpu
     rep.mech = mech
@@ -263,27 +265,27 @@ def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: str, prof: int = -1) -> None:
     if not gpu.reps:
         node.used += 1
     gpu.reps.append(rep)
-    did = rep.dep.did
-    gpu.deps[did] = gpu.deps.get(did, 0) + 1
-    node.deps[did] = node.deps.get(did, 0) + 1
-    if gpu.role == ROLE_POOL:
-        if mech == K_MIG:
-            gpu.mode = K_MIG
+    uid = rep.dep.uid
+    gpu.deps[uid] = gpu.deps.get(uid, 0) + 1
+    node.deps[uid] = node.deps.get(uid, 0) + 1
+    if gpu.role == _POOL:
+        if mech == _MIG:
+            gpu.mode = _MIG
             assert gpu.geo is not None
-            gpu.st = gpu.geo.add[gpu.st][prof]
+            gpu.mig_state = gpu.geo.add[gpu.mig_state][prof]
             if gpu.frozen is not None:
                 gpu.free_inst[prof] -= 1
-        elif mech == K_MPS:
-            gpu.mode = K_MPS
-        elif mech == K_TS:
-            gpu.mode = K_TS
+        elif mech == _MPS:
+            gpu.mode = _MPS
+        elif mech == _TIME_SLICING:
+            gpu.mode = _TIME_SLICING
             gpu.ts_used += rep.dep.size
         else:
-            gpu.mode = K_EX
+            gpu.mode = _EXCLUSIVE
             node.whole += 1
     else:
-        gpu.mode = K_EX
-        rep.borrowed = gpu.role == ROLE_RESERVED
+        gpu.mode = _EXCLUSIVE
+        rep.borrowed = gpu.role == _RESERVED
 
 
 def detach(ctx: Context, rep: Rep) -> Gpu:
@@ -292,31 +294,31 @@ def detach(ctx: Context, rep: Rep) -> Gpu:
     assert gpu is not None
     node = gpu.node
     gpu.reps.remove(rep)
-    did = rep.dep.did
-    gpu.deps[did] -= 1
-    if not gpu.deps[did]:
-        del gpu.deps[did]
-    node.deps[did] -= 1
-    if not node.deps[did]:
-        del node.deps[did]
-    if rep.mech == K_MIG:
+    uid = rep.dep.uid
+    gpu.deps[uid] -= 1
+    if not gpu.deps[uid]:
+        del gpu.deps[uid]
+    node.deps[uid] -= 1
+    if not node.deps[uid]:
+        del node.deps[uid]
+    if rep.mech == _MIG:
         geo = gpu.geo
         assert geo is not None
-        counts = list(geo.states[gpu.st])
+        counts = list(geo.states[gpu.mig_state])
         counts[rep.prof] -= 1
-        gpu.st = geo.state_id[tuple(counts)]
+        gpu.mig_state = geo.state_id[tuple(counts)]
         if gpu.frozen is not None:
             gpu.free_inst[rep.prof] += 1
-    elif rep.mech == K_TS:
+    elif rep.mech == _TIME_SLICING:
         gpu.ts_used -= rep.dep.size
-    elif rep.mech == K_EX and gpu.role == ROLE_POOL:
+    elif rep.mech == _EXCLUSIVE and gpu.role == _POOL:
         node.whole -= 1
     if not gpu.reps:
         node.used -= 1
-        if gpu.role == ROLE_POOL and gpu.frozen is None:
+        if gpu.role == _POOL and gpu.frozen is None:
             gpu.mode = None
-            gpu.st = 0
-        elif gpu.role != ROLE_POOL:
+            gpu.mig_state = 0
+        elif gpu.role != _POOL:
             gpu.mode = None
     rep.gpu = None
     rep.mech = None
@@ -380,7 +382,7 @@ def build_context(
         gpu_at={(g.node.name, g.index): g for g in gpu_list},
         models=models,
         ts_factor=policy.memory_oversubscription_percent,
-        allowed=frozenset(MECH_IN[m] for m in policy.allowed_mechanisms),
+        allowed=frozenset(Mechanism(m) for m in policy.allowed_mechanisms),
     )
     current_list = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
     _bind_current(ctx, current_list)
@@ -396,7 +398,7 @@ def _refresh_free(node: Node) -> None:
     if not node.schedulable:
         return
     for g in node.gpus:
-        if g.role == ROLE_POOL and not g.reps and g.frozen is None:
+        if g.role == _POOL and not g.reps and g.frozen is None:
             node.free.setdefault(g.key, []).append(g)
 
 
@@ -422,13 +424,13 @@ def _severity(ctx: Context, gpu: Gpu, group: str) -> tuple[int, int]:
     count = 0
     for r in _running_on(ctx, gpu):
         if (
-            r.dep.rank == 2
+            r.dep.tier is _BEST_EFFORT
             and r.cur is not None
             and r.cur.mechanism == "Exclusive"
             and gpu.inv.assigned_to == group
         ):
             continue  # a borrower of this very reservation
-        worst = max(worst, 3 - r.dep.rank)
+        worst = max(worst, DISRUPTION[r.dep.tier])
         count += 1
     node = gpu.node
     if node.inv.sharing != "None":
@@ -437,7 +439,7 @@ def _severity(ctx: Context, gpu: Gpu, group: str) -> tuple[int, int]:
                 continue
             for r in _running_on(ctx, other):
                 if r.cur is not None and r.cur.mechanism in ("MPS", "TimeSlicing"):
-                    worst = max(worst, 3 - r.dep.rank)
+                    worst = max(worst, DISRUPTION[r.dep.tier])
                     count += 1
     return worst, count
 
@@ -448,12 +450,12 @@ def _running_on(ctx: Context, gpu: Gpu) -> list[Rep]:
 
 def _select_groups(ctx: Context) -> None:
     """Choose the GPUs of each reservation, then each segment (policy order), least disruptive first."""
-    groups: list[tuple[str, str, int]] = [(r.name, ROLE_RESERVED, r.gpus) for r in ctx.policy.reservations]
-    groups += [(s.name, ROLE_SEGMENT, s.gpus) for s in ctx.policy.segments]
+    groups: list[tuple[str, GpuRole, int]] = [(r.name, _RESERVED, r.gpus) for r in ctx.policy.reservations]
+    groups += [(s.name, _SEGMENT, s.gpus) for s in ctx.policy.segments]
     for name, role, want in groups:
         if want <= 0:
             continue
-        cands = [g for g in ctx.gpus if g.role == ROLE_POOL and g.node.schedulable]
+        cands = [g for g in ctx.gpus if g.role == _POOL and g.node.schedulable]
         cands.sort(
             key=lambda g: (
                 *_severity(ctx, g, name),
@@ -467,9 +469,9 @@ def _select_groups(ctx: Context) -> None:
             g.role = role
             g.group = name
             g.node.whole += 1
-            g.node.mode = M_NONE
+            g.node.mode = _NODE_NONE
     for res in ctx.policy.reservations:
-        mine = [g for g in ctx.gpus if g.role == ROLE_RESERVED and g.group == res.name]
+        mine = [g for g in ctx.gpus if g.role == _RESERVED and g.group == res.name]
         # claimed GPUs: those without a borrower first, so that running borrowers stay where they can
         mine.sort(key=lambda g: (1 if ctx.running.get(g.gid) else 0, g.node.pos, g.index))
         for i, g in enumerate(mine):
@@ -503,79 +505,103 @@ def _classify_current(ctx: Context) -> None:
             _displace(ctx, r, None, f"GPU {c.node}/{c.gpu_index} is no longer in the pool")
             continue
         dep = r.dep
-        mech = MECH_IN[c.mechanism]
-        if gpu.role == ROLE_SEGMENT:
+        mech = Mechanism(c.mechanism)
+        if gpu.role == _SEGMENT:
             _displace(
                 ctx,
                 r,
-                "SegmentCapacity",
+                EvictionReason.SEGMENT_CAPACITY,
                 f"GPU {gpu.node.name}/{gpu.index} now belongs to segment {gpu.group}",
             )
             continue
-        if gpu.role == ROLE_RESERVED:
-            if dep.rank == 2 and mech == K_EX and gpu.lendable:
+        if gpu.role == _RESERVED:
+            if dep.tier is _BEST_EFFORT and mech == _EXCLUSIVE and gpu.lendable:
                 continue  # a borrower: re-decided after packing (prefers to stay)
-            if gpu.claimed and dep.rank == 2:
+            if gpu.claimed and dep.tier is _BEST_EFFORT:
                 _displace(
                     ctx,
                     r,
-                    "ReservationClaimed",
+                    EvictionReason.RESERVATION_CLAIMED,
                     f"reservation {gpu.group} claimed GPU {gpu.node.name}/{gpu.index}",
                 )
             else:
                 _displace(
-                    ctx, r, "ReservedCapacity", f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}"
+                    ctx,
+                    r,
+                    EvictionReason.RESERVED_CAPACITY,
+                    f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}",
                 )
             continue
-        if mech not in ctx.allowed or mech not in TIER_MECHS[dep.rank] or (dep.mech and dep.mech != mech):
-            _displace(ctx, r, "MechanismNotAllowed", f"{c.mechanism} is no longer allowed for this replica")
+        if (
+            mech not in ctx.allowed
+            or mech not in TIER_MECHANISMS[dep.tier]
+            or (dep.mech and dep.mech != mech)
+        ):
+            _displace(
+                ctx,
+                r,
+                EvictionReason.MECHANISM_NOT_ALLOWED,
+                f"{c.mechanism} is no longer allowed for this replica",
+            )
             continue
         prof = -1
-        if mech == K_MIG:
+        if mech == _MIG:
             geo = gpu.geo
             if geo is None or c.mig_profile is None or c.mig_profile not in geo.index:
                 _displace(
                     ctx,
                     r,
-                    "LayoutConflict",
+                    EvictionReason.LAYOUT_CONFLICT,
                     f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}",
                 )
                 continue
             prof = geo.index[c.mig_profile]
             if dep.profile is not None and dep.profile != c.mig_profile:
-                _displace(ctx, r, "MechanismNotAllowed", f"the share override asks for MIG {dep.profile}")
+                _displace(
+                    ctx,
+                    r,
+                    EvictionReason.MECHANISM_NOT_ALLOWED,
+                    f"the share override asks for MIG {dep.profile}",
+                )
                 continue
             if geo.profiles[prof].memory_bytes < dep.size:
-                _displace(ctx, r, "ShareNoLongerFits", f"MIG {c.mig_profile} no longer holds the estimate")
+                _displace(
+                    ctx,
+                    r,
+                    EvictionReason.SHARE_NO_LONGER_FITS,
+                    f"MIG {c.mig_profile} no longer holds the estimate",
+                )
                 continue
         if not _can_pin(ctx, r, gpu, mech, prof, mps_n, repartition):
             continue
         _pin(ctx, r, gpu, mech, prof, mps_n, repartition)
 
 
-def _displace(ctx: Context, r: Rep, reason: str | None, msg: str) -> None:
+def _displace(ctx: Context, r: Rep, reason: EvictionReason | None, msg: str) -> None:
     r.evicted = reason
     r.evict_msg = msg
     ctx.displaced.append(r)
 
 
 def _can_pin(
-    ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool
+    ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism, prof: int, mps_n: dict[int, int], repartition: bool
 ) -> bool:
     node = gpu.node
     size = r.dep.size
     where = f"{node.name}/{gpu.index}"
-    if mech == K_EX:
-        if gpu.reps or node.mode in (M_MPS, M_TS) or gpu.frozen is not None:
-            _displace(ctx, r, "LayoutConflict", f"GPU {where} can not stay a whole GPU")
+    if mech == _EXCLUSIVE:
+        if gpu.reps or node.mode in (_NODE_MPS, _NODE_TIME_SLICING) or gpu.frozen is not None:
+            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} can not stay a whole GPU")
             return False
         if size > gpu.mem:
-            _displace(ctx, r, "ShareNoLongerFits", f"GPU {where} no longer holds the estimate")
+            _displace(
+                ctx, r, EvictionReason.SHARE_NO_LONGER_FITS, f"GPU {where} no longer holds the estimate"
+            )
             return False
         return True
-    if mech == K_MIG:
-        if node.mode == M_MPS or (gpu.mode not in (None, K_MIG)):
-            _displace(ctx, r, "LayoutConflict", f"GPU {where} can not keep MIG")
+    if mech == _MIG:
+        if node.mode == _NODE_MPS or (gpu.mode not in (None, _MIG)):
+            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} can not keep MIG")
             return False
         geo = gpu.geo
         assert geo is not None
@@ -596,54 +622,76 @@ def _can_pin(
             if frozen is not None:
                 gpu.frozen = frozen
                 gpu.free_inst = list(frozen)
-                gpu.mode = K_MIG
+                gpu.mode = _MIG
                 # used instances are added by attach()
         if gpu.frozen is not None:
             if gpu.free_inst[prof] <= 0:
                 _displace(
-                    ctx, r, "LayoutConflict", f"GPU {where}: no free MIG {geo.profiles[prof].name} instance"
+                    ctx,
+                    r,
+                    EvictionReason.LAYOUT_CONFLICT,
+                    f"GPU {where}: no free MIG {geo.profiles[prof].name} instance",
                 )
                 return False
             return True
-        if geo.add[gpu.st][prof] < 0:
+        if geo.add[gpu.mig_state][prof] < 0:
             _displace(
                 ctx,
                 r,
-                "LayoutConflict",
+                EvictionReason.LAYOUT_CONFLICT,
                 f"GPU {where}: MIG {geo.profiles[prof].name} does not fit the layout",
             )
             return False
         return True
-    if mech == K_MPS:
+    if mech == _MPS:
         n = mps_n.get(node.pos, 0)
-        if node.whole or gpu.mode not in (None, K_MPS) or node.mode in (M_TS, M_NONE) or n < 2:
-            _displace(ctx, r, "LayoutConflict", f"node {node.name} can not keep MPS")
+        if (
+            node.whole
+            or gpu.mode not in (None, _MPS)
+            or node.mode in (_NODE_TIME_SLICING, _NODE_NONE)
+            or n < 2
+        ):
+            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep MPS")
             return False
-        if any(g.mode == K_MIG for g in node.gpus):
-            _displace(ctx, r, "LayoutConflict", f"node {node.name} has MIG GPUs; MPS is impossible there")
+        if any(g.mode == _MIG for g in node.gpus):
+            _displace(
+                ctx,
+                r,
+                EvictionReason.LAYOUT_CONFLICT,
+                f"node {node.name} has MIG GPUs; MPS is impossible there",
+            )
             return False
         if mps_cap(gpu.mem_mib, n) < size:
             _displace(
-                ctx, r, "ShareNoLongerFits", f"the MPS cap on node {node.name} no longer holds the estimate"
+                ctx,
+                r,
+                EvictionReason.SHARE_NO_LONGER_FITS,
+                f"the MPS cap on node {node.name} no longer holds the estimate",
             )
             return False
         if len(gpu.reps) >= n:
-            _displace(ctx, r, "LayoutConflict", f"GPU {where} has no free MPS client")
+            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} has no free MPS client")
             return False
         return True
     # time-slicing
-    if node.mode in (M_MPS,) or gpu.mode not in (None, K_TS) or (node.mode == M_NONE and node.whole):
-        _displace(ctx, r, "LayoutConflict", f"node {node.name} can not keep time-slicing")
+    if (
+        node.mode in (_NODE_MPS,)
+        or gpu.mode not in (None, _TIME_SLICING)
+        or (node.mode == _NODE_NONE and node.whole)
+    ):
+        _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep time-slicing")
         return False
     n = _ts_n(ctx, node)
     if len(gpu.reps) >= n or gpu.ts_used + size > ctx.ts_capacity(gpu):
-        _displace(ctx, r, "LayoutConflict", f"GPU {where} has no room for another time-sliced replica")
+        _displace(
+            ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} has no room for another time-sliced replica"
+        )
         return False
     return True
 
 
 def _ts_n(ctx: Context, node: Node) -> int:
-    if node.mode == M_TS and node.n:
+    if node.mode == _NODE_TIME_SLICING and node.n:
         return node.n
     inv = node.inv
     limit = ctx.policy.ts_max_replicas_per_gpu
@@ -653,17 +701,17 @@ def _ts_n(ctx: Context, node: Node) -> int:
 
 
 def _pin(
-    ctx: Context, r: Rep, gpu: Gpu, mech: str, prof: int, mps_n: dict[int, int], repartition: bool
+    ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism, prof: int, mps_n: dict[int, int], repartition: bool
 ) -> None:
     node = gpu.node
-    if mech == K_MPS:
-        node.mode = M_MPS
+    if mech == _MPS:
+        node.mode = _NODE_MPS
         node.n = mps_n[node.pos]
-    elif mech == K_TS:
+    elif mech == _TIME_SLICING:
         node.n = _ts_n(ctx, node)
-        node.mode = M_TS
-    elif node.mode == M_FREE:
-        node.mode = M_NONE
+        node.mode = _NODE_TIME_SLICING
+    elif node.mode == _NODE_FREE:
+        node.mode = _NODE_NONE
     node.fixed = True
     r.pinned = True
     attach(ctx, r, gpu, mech, prof)
@@ -674,9 +722,8 @@ def class_fits(
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str], set[str]]:
     """Share options of a deployment per GPU model present in the pool:
     (MIG fitting profile indices, MPS max clients, time-slicing models, whole-GPU models)."""
-    rank = dep.rank
     size = dep.size
-    mechs = TIER_MECHS[rank] & ctx.allowed
+    mechs = TIER_MECHANISMS[dep.tier] & ctx.allowed
     if dep.mech is not None:
         mechs = mechs & {dep.mech}
     mig: dict[str, tuple[int, ...]] = {}
@@ -685,7 +732,7 @@ def class_fits(
     ex: set[str] = set()
     for key, model in sorted(ctx.models.items()):
         geo = geometry(key)
-        if K_MIG in mechs and geo is not None:
+        if _MIG in mechs and geo is not None:
             if dep.profile is not None:
                 if dep.profile in geo.index:
                     pi = geo.index[dep.profile]
@@ -695,57 +742,59 @@ def class_fits(
                 fits = fitting_profiles(key, size)
                 if fits:
                     mig[key] = fits
-        if K_MPS in mechs:
+        if _MPS in mechs:
             n = mps_nmax(
                 model.memory_mib, size, min(ctx.policy.mps_max_clients_per_gpu, model.mps_max_clients)
             )
             if n >= 2:
                 mps[key] = n
-        if K_TS in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:
+        if _TIME_SLICING in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:
             ts.add(key)
-        if K_EX in mechs and size <= model.memory_bytes:
+        if _EXCLUSIVE in mechs and size <= model.memory_bytes:
             ex.add(key)
     return mig, mps, ts, ex
 
 
-def unfit_reason(ctx: Context, dep: Dep) -> tuple[str, str]:
+def unfit_reason(ctx: Context, dep: Dep) -> tuple[UnplacedReason, str]:
     """Why a deployment has no share option at all in this pool."""
-    rank = dep.rank
-    tier_m = TIER_MECHS[rank]
+    tier_m = TIER_MECHANISMS[dep.tier]
     gib = dep.size / (1 << 30)
     if dep.mech is not None and dep.mech not in tier_m:
         return (
-            "MechanismNotAllowed",
-            f"the share override asks for {MECH_OUT[dep.mech]}, which the {dep.tier} tier may not use",
+            UnplacedReason.MECHANISM_NOT_ALLOWED,
+            f"the share override asks for {dep.mech}, which the {dep.tier} tier may not use",
         )
     if dep.mech is not None and dep.mech not in ctx.allowed:
-        return ("MechanismNotAllowed", f"the pool does not allow {MECH_OUT[dep.mech]}")
+        return (UnplacedReason.MECHANISM_NOT_ALLOWED, f"the pool does not allow {dep.mech}")
     if not (tier_m & ctx.allowed):
-        return ("MechanismNotAllowed", f"the pool allows none of the mechanisms the {dep.tier} tier may use")
+        return (
+            UnplacedReason.MECHANISM_NOT_ALLOWED,
+            f"the pool allows none of the mechanisms the {dep.tier} tier may use",
+        )
     usable = tier_m & ctx.allowed
     if dep.mech is not None:
         usable &= {dep.mech}
     if not any(m.mig_capable for m in ctx.models.values()):
-        usable -= {K_MIG}
+        usable -= {_MIG}
     if not usable:
-        names = ", ".join(sorted(MECH_OUT[k] for k in tier_m & ctx.allowed))
+        names = ", ".join(sorted(k for k in tier_m & ctx.allowed))
         return (
-            "MechanismNotAllowed",
+            UnplacedReason.MECHANISM_NOT_ALLOWED,
             f"the only mechanisms the pool allows for {dep.tier} ({names}) need MIG, and no GPU in the pool is MIG-capable",
         )
     biggest = max((m.memory_bytes for m in ctx.models.values()), default=0)
     if dep.size > biggest:
         return (
-            "NoShareFits",
+            UnplacedReason.NO_SHARE_FITS,
             f"the {gib:.1f} GiB estimate is larger than any GPU in the pool "
             f"(largest {biggest / (1 << 30):.1f} GiB)",
         )
     if dep.profile is not None:
         return (
-            "NoShareFits",
+            UnplacedReason.NO_SHARE_FITS,
             f"no GPU in the pool has a MIG {dep.profile} profile that holds the {gib:.1f} GiB estimate",
         )
     return (
-        "NoShareFits",
+        UnplacedReason.NO_SHARE_FITS,
         f"no share the pool allows for {dep.tier} holds the {gib:.1f} GiB estimate",
     )

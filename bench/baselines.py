@@ -28,7 +28,8 @@ from typing import Any
 from slm_operator.catalog import gpu_by_key
 from slm_operator.planner.mig import fitting_profiles, geometry
 from slm_operator.planner.model import TIER_RANK, Demand, NodeInventory, PoolPolicy
-from slm_operator.planner.state import ROLE_POOL, build_context, mps_nmax
+from slm_operator.planner.state import build_context, mps_nmax
+from slm_operator.planner.vocabulary import GpuRole
 
 
 @dataclass
@@ -48,7 +49,9 @@ def _pool_gpus(policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> list[tuple
     """(node, index, model key, memory bytes) of the GPUs available to inference packing, sorted."""
     ctx = build_context(policy, nodes, ())
     return [
-        (g.node.name, g.index, g.key, g.mem) for g in ctx.gpus if g.role == ROLE_POOL and g.node.schedulable
+        (g.node.name, g.index, g.key, g.mem)
+        for g in ctx.gpus
+        if g.role == GpuRole.POOL and g.node.schedulable
     ]
 
 
