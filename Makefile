@@ -9,7 +9,7 @@ PYTEST_WORKERS ?= 2
 PY_PATHS := operator tests tests_gpu e2e bench hack
 # The pure core: no kopf, kubernetes or pynvml (tests/test_purity.py), type-checked strictly.
 PURE_CORE := $(addprefix operator/slm_operator/,api catalog planner render status sizing.py inventory.py \
-  reconcile.py manifests.py report.py sanitize.py contract.py views.py)
+  reconcile manifests.py report.py sanitize.py contract.py views.py)
 
 ##@ General
 .PHONY: help

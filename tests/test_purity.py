@@ -14,6 +14,7 @@ PURE = [
     "planner",
     "render",
     "status",
+    "reconcile",
     "sizing.py",
     "manifests.py",
     "inventory.py",
