@@ -1,0 +1,74 @@
+"""The operator's decision for one GPUPool, as a pure function of what the shell gathered.
+
+``decide(world)`` plans the pool and returns every change the shell must make: node labels and the config
+entries they name, replica pods to create and delete, Services, statuses and events. It is a pipeline of
+named pure phases (below, numbered as in ``docs/architecture.md``); the ordering rules that keep the cluster
+safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a cluster:
+
+* a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config`` label changes only after every pod
+  being deleted on it is gone (drain before repartition: phase 8, ``RELABEL_GATES``);
+* a replica pod is created only when its node reports the planned configuration as applied
+  (``nvidia.com/mig.config.state=success`` for MIG, the GFD sharing labels for MPS and time-slicing), and a
+  replica that moves or is replaced gets its new pod only after the old pod is gone (phase 9, ``CREATE_GATES``);
+* a new spec on the same placement rolls one replica at a time while the others are ready (phase 7,
+  ``ROLLING_UPDATE_GATES``).
+"""
+
+from __future__ import annotations
+
+from slm_operator.inventory import pool_policy
+from slm_operator.planner import plan_pool
+from slm_operator.reconcile.inputs import (
+    claimed_reservations,
+    current_replicas,
+    read_nodes,
+    size_deployments,
+)
+from slm_operator.reconcile.nodes import configure_nodes, relabel_nodes, restore_labels
+from slm_operator.reconcile.pods import create_pods, delete_pods
+from slm_operator.reconcile.podsets import pod_sets
+from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
+from slm_operator.reconcile.world import Decisions, Event, World
+
+__all__ = ["Decisions", "Event", "World", "claimed_reservations", "decide", "restore_labels"]
+
+
+def decide(world: World) -> Decisions:
+    """Plan the pool and decide every change, in phases; each phase is a pure function of earlier ones."""
+    # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand).
+    nodes = read_nodes(world)
+    # 2. Size deployments: memory per replica and the planner's demand (or why a deployment cannot be sized).
+    sizings = size_deployments(world.deployments)
+    # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
+    current = current_replicas(world.pods, world.deployments)
+    # 4. Plan the pool, with the reserved GPUs the LLM fallback has claimed.
+    claimed = claimed_reservations(world, set(nodes.by_name))
+    plan = plan_pool(pool_policy(world.pool, claimed), nodes.inventories, sizings.demands, current)
+    # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
+    configs = configure_nodes(nodes, plan)
+    # 6. Pod sets: the replica pods the plan wants against those that exist.
+    sets = pod_sets(world, plan, sizings)
+    # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES.
+    deletions = delete_pods(sets, plan)
+    # 8. Relabels: changed node labels, once the node's deleted pods are gone (RELABEL_GATES).
+    relabels = relabel_nodes(nodes, configs, deletions.draining_nodes)
+    # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned).
+    creations = create_pods(sets, nodes, configs, relabels)
+    # 10. Statuses and events.
+    deployments = report_deployments(world, plan, sizings, sets, creations.waiting)
+    pool = report_pool(world, plan, nodes, configs.sharing, claimed, relabels.waiting_nodes)
+    return Decisions(
+        plan=plan,
+        node_labels=dict(relabels.labels),
+        node_annotations=dict(configs.annotations),
+        node_configs=dict(configs.by_node),
+        mig_entries=dict(configs.mig_entries),
+        device_plugin_entries=dict(configs.device_plugin_entries),
+        pods_create=list(creations.pods),
+        pods_delete=list(deletions.pods),
+        services=list(deployments.services),
+        deployment_statuses=dict(deployments.statuses),
+        pool_status=pool,
+        events=[*deployments.events, *eviction_events(plan)],
+        waiting=bool(deletions.held or relabels.waiting_nodes or creations.waiting),
+    )

@@ -1,0 +1,220 @@
+"""The gates that hold an action back: chains of small predicates, the first failure wins.
+
+A gate is ``(context, subject) -> reason | None``: None lets the action through, a reason holds it back and
+says why. A :class:`Chain` evaluates its gates in order and stops at the first reason (the shape of
+cert-manager's ``internal/controller/certificates/policies`` chains). Three chains guard the three actions that
+could take a share or a device away from something still running:
+
+* :data:`CREATE_GATES` - create a replica pod only once its share is free (the replica's previous pod is
+  gone) and its node reports the planned configuration as applied (MIG layout, device-plugin config, GFD
+  sharing strategy and replicas), and is not being reconfigured in this pass. The reason is what the
+  SLMDeployment status shows for the replica (``status.placements[].reason``, ``Progressing`` message).
+* :data:`ROLLING_UPDATE_GATES` - replace a running pod in place (new model, runtime or adapter) one replica
+  at a time, and only while every other replica of the deployment is ready.
+* :data:`RELABEL_GATES` - change a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config``
+  labels only once the pods being deleted on it are gone (drain before repartition).
+
+The reasons of the last two are not shown in a status today: a held replacement or relabel only makes the
+pass wait (and the pool's ``Ready`` condition names the node while its configuration changes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Generic, TypeVar
+
+from slm_operator.contract import (
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
+    MIG_CONFIG_LABEL,
+    MIG_CONFIG_STATE_LABEL,
+    MIG_DISABLED_CONFIG,
+    SHARING_STRATEGY_LABEL,
+    MigConfigState,
+    SharingStrategy,
+)
+from slm_operator.reconcile.podsets import DesiredPod, ExistingReplica
+from slm_operator.reconcile.world import ReplicaKey
+from slm_operator.render import NodeConfig
+from slm_operator.views import NodeView
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Chain(Generic[C, S]):
+    """Gates evaluated in order; the first one that gives a reason holds the action back."""
+
+    gates: tuple[Callable[[C, S], str | None], ...]
+
+    def first_failure(self, ctx: C, subject: S) -> str | None:
+        for gate in self.gates:
+            reason = gate(ctx, subject)
+            if reason is not None:
+                return reason
+        return None
+
+
+# ------------------------------------------------------------------------------------------ creating a pod
+PREVIOUS_POD_STOPPING = "waiting for the previous pod of this replica to stop"
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """A node and the configuration the plan wants on it."""
+
+    view: NodeView
+    config: NodeConfig
+
+    @cached_property
+    def sharing_strategy(self) -> SharingStrategy:
+        """What GFD reports once the device-plugin config is applied."""
+        entry = self.config.device_plugin_entry.get("sharing") or {}
+        if "mps" in entry:
+            return SharingStrategy.MPS
+        return SharingStrategy.TIME_SLICING if "timeSlicing" in entry else SharingStrategy.NONE
+
+    @cached_property
+    def replicas_per_gpu(self) -> int:
+        """Shares per GPU the device plugin advertises once the config is applied (MPS or time-slicing)."""
+        entry = self.config.device_plugin_entry.get("sharing") or {}
+        share = entry.get("mps") or entry.get("timeSlicing") or {}
+        replicas: int = share["resources"][0]["replicas"]
+        return replicas
+
+
+@dataclass(frozen=True)
+class CreationContext:
+    existing: Mapping[ReplicaKey, ExistingReplica]  # the pods each replica has now
+    targets: Mapping[str, NodeTarget]  # nodes with a planned configuration, by name
+    relabelled: frozenset[str]  # nodes whose selector labels change in this pass
+
+
+def previous_pod_terminating(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """The replica's previous pod is terminating: its share is not free yet."""
+    prev = ctx.existing.get(want.key)
+    return PREVIOUS_POD_STOPPING if prev is not None and prev.terminating else None
+
+
+def previous_pod_gone(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """An older pod of the replica (another placement or spec) still exists: it holds the share until it is
+    deleted (in this pass, or once the rolling update reaches it)."""
+    return PREVIOUS_POD_STOPPING if want.key in ctx.existing else None
+
+
+def mig_config_selected(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """The node's ``nvidia.com/mig.config`` label names the planned MIG config (mig-manager picks it up)."""
+    t = ctx.targets.get(want.node)
+    if t is None or not t.config.mig_capable:
+        return None
+    if t.view.labels.get(MIG_CONFIG_LABEL, MIG_DISABLED_CONFIG) != t.config.mig_config:
+        return f"node {t.view.name}: waiting for mig-manager to pick up MIG config {t.config.mig_config}"
+    return None
+
+
+def mig_config_applied(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """mig-manager reports the MIG config as applied (``nvidia.com/mig.config.state=success``)."""
+    t = ctx.targets.get(want.node)
+    if t is None or not t.config.mig_capable:
+        return None
+    state = t.view.labels.get(MIG_CONFIG_STATE_LABEL)
+    if state == MigConfigState.FAILED:
+        return (
+            f"node {t.view.name}: mig-manager failed to apply MIG config {t.config.mig_config} "
+            f"({MIG_CONFIG_STATE_LABEL}={MigConfigState.FAILED})"
+        )
+    if state != MigConfigState.SUCCESS:
+        return f"node {t.view.name}: MIG config {t.config.mig_config} is {state or 'not applied yet'}"
+    return None
+
+
+def device_plugin_config_selected(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """The node's ``nvidia.com/device-plugin.config`` label names the planned device-plugin config."""
+    t = ctx.targets.get(want.node)
+    if t is None or t.view.labels.get(DEVICE_PLUGIN_CONFIG_LABEL) == t.config.device_plugin_config:
+        return None
+    return f"node {t.view.name}: waiting for the device plugin config {t.config.device_plugin_config}"
+
+
+def sharing_strategy_reported(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """GFD reports the planned sharing strategy (``nvidia.com/gpu.sharing-strategy``)."""
+    t = ctx.targets.get(want.node)
+    if t is None or t.view.labels.get(SHARING_STRATEGY_LABEL, SharingStrategy.NONE) == t.sharing_strategy:
+        return None
+    return f"node {t.view.name}: waiting for GPU feature discovery to report sharing strategy {t.sharing_strategy}"
+
+
+def sharing_replicas_advertised(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """For MPS and time-slicing, GFD reports the planned shares per GPU (``nvidia.com/gpu.replicas``)."""
+    t = ctx.targets.get(want.node)
+    if t is None or t.sharing_strategy == SharingStrategy.NONE:
+        return None
+    if t.view.labels.get(GPU_REPLICAS_LABEL) == str(t.replicas_per_gpu):
+        return None
+    return f"node {t.view.name}: waiting for the device plugin to advertise {t.replicas_per_gpu} replicas per GPU"
+
+
+def node_not_relabelled(ctx: CreationContext, want: DesiredPod) -> str | None:
+    """The node's configuration is not being changed in this pass."""
+    if want.node in ctx.targets and want.node in ctx.relabelled:
+        return f"node {want.node}: configuration is being changed"
+    return None
+
+
+CREATE_GATES: Chain[CreationContext, DesiredPod] = Chain(
+    (
+        previous_pod_terminating,
+        previous_pod_gone,
+        mig_config_selected,
+        mig_config_applied,
+        device_plugin_config_selected,
+        sharing_strategy_reported,
+        sharing_replicas_advertised,
+        node_not_relabelled,
+    )
+)
+
+
+# ------------------------------------------------------------------------------------------ rolling update
+@dataclass(frozen=True)
+class RolloutContext:
+    unready: Mapping[str, frozenset[int]]  # per deployment: desired replicas without a ready pod
+    rolling: frozenset[str]  # deployments already replacing a replica (or with a pod terminating)
+
+
+def one_replica_at_a_time(ctx: RolloutContext, key: ReplicaKey) -> str | None:
+    """No other replica of the deployment is being replaced or terminating."""
+    if key.deployment in ctx.rolling:
+        return f"replica {key.ordinal}: another replica of {key.deployment} is being replaced first (one at a time)"
+    return None
+
+
+def other_replicas_ready(ctx: RolloutContext, key: ReplicaKey) -> str | None:
+    """Every other desired replica of the deployment is ready: a rollout never takes a deployment down."""
+    others = ctx.unready.get(key.deployment, frozenset()) - {key.ordinal}
+    if others:
+        which = ", ".join(str(o) for o in sorted(others))
+        return f"replica {key.ordinal}: waiting for replica(s) {which} of {key.deployment} to be ready first"
+    return None
+
+
+ROLLING_UPDATE_GATES: Chain[RolloutContext, ReplicaKey] = Chain((one_replica_at_a_time, other_replicas_ready))
+
+
+# ------------------------------------------------------------------------------------------ relabelling a node
+@dataclass(frozen=True)
+class RelabelContext:
+    draining: frozenset[str]  # nodes where a pod is being deleted or is terminating
+
+
+def pods_drained(ctx: RelabelContext, node: str) -> str | None:
+    """No pod on the node is being deleted: the new configuration could take its share (drain first)."""
+    if node in ctx.draining:
+        return f"node {node}: waiting for its deleted pods to stop before changing its configuration"
+    return None
+
+
+RELABEL_GATES: Chain[RelabelContext, str] = Chain((pods_drained,))

@@ -1,0 +1,135 @@
+"""Phases 1-3: what the planner needs, read from the World (nodes, deployments' sizes, current replicas)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slm_operator.api.v1alpha1 import SLMDeployment
+from slm_operator.inventory import (
+    DemandError,
+    InventoryError,
+    Sizing,
+    current_placements,
+    demand_for,
+    deployment_key,
+    node_inventory,
+    pool_nodes,
+    size_deployment,
+)
+from slm_operator.planner.model import ALL_MECHANISMS, CurrentPlacement, Demand, NodeInventory
+from slm_operator.reconcile.world import World
+from slm_operator.views import NodeView, PodView
+
+
+# ------------------------------------------------------------------------------------------ 1. read nodes
+@dataclass(frozen=True)
+class NodeReading:
+    """One node of the pool the core understood: its object, the planner's inventory and where it came from."""
+
+    view: NodeView
+    inventory: NodeInventory
+    source: str  # Agent | Labels
+
+
+@dataclass(frozen=True)
+class NodeReadings:
+    readings: tuple[NodeReading, ...]  # by node name
+    by_name: Mapping[str, NodeReading]
+    errors: tuple[str, ...]  # nodes the core cannot understand (InventoryError)
+
+    @property
+    def inventories(self) -> list[NodeInventory]:
+        return [r.inventory for r in self.readings]
+
+
+def read_nodes(world: World) -> NodeReadings:
+    """The pool's nodes as planner inventories; a node that cannot be understood becomes an error instead."""
+    readings: list[NodeReading] = []
+    errors: list[str] = []
+    for node in pool_nodes(world.pool, world.nodes):
+        try:
+            inv, source = node_inventory(node, world.mig_configs)
+        except InventoryError as exc:
+            errors.append(str(exc))
+            continue
+        readings.append(NodeReading(NodeView(node), inv, source))
+    return NodeReadings(
+        readings=tuple(readings),
+        by_name={r.inventory.name: r for r in readings},
+        errors=tuple(errors),
+    )
+
+
+def claimed_reservations(world: World, node_names: set[str]) -> dict[str, int]:
+    """Reserved GPUs taken by pods of the reservation's PriorityClass (the LLM fallback) on the pool's nodes."""
+    live = [p for p in map(PodView, world.foreign_gpu_pods) if p.node_name in node_names and p.live]
+    out: dict[str, int] = {}
+    for r in world.pool.spec.reservations or []:
+        cls = r.priority_class_name or world.cfg.llm_fallback_priority_class
+        out[r.name] = sum(p.whole_gpus for p in live if p.priority_class == cls)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ 2. size deployments
+@dataclass(frozen=True)
+class Sizings:
+    by_deployment: Mapping[str, Sizing]  # "namespace/name" -> memory per replica
+    errors: Mapping[str, tuple[str, str]]  # "namespace/name" -> (condition reason, message)
+    demands: tuple[Demand, ...]  # in deployment-key order
+
+
+def size_deployments(deployments: Iterable[SLMDeployment]) -> Sizings:
+    """Memory per replica of every SLMDeployment and its demand on the planner; one that cannot be sized gets
+    the reason its Placed condition will give."""
+    sizings: dict[str, Sizing] = {}
+    errors: dict[str, tuple[str, str]] = {}
+    demands: list[Demand] = []
+    for dep in sorted(deployments, key=deployment_key):
+        dkey = deployment_key(dep)
+        try:
+            sizing = size_deployment(dep)
+        except DemandError as exc:
+            errors[dkey] = (exc.reason, str(exc))
+            continue
+        sizings[dkey] = sizing
+        demands.append(demand_for(dep, sizing))
+    return Sizings(sizings, errors, tuple(demands))
+
+
+# ------------------------------------------------------------------------------------------ 3. current replicas
+def current_replicas(
+    pods: Iterable[Mapping[str, Any]], deployments: Sequence[SLMDeployment]
+) -> list[CurrentPlacement]:
+    """Where each replica runs: its pod's placement record, else (the pod is briefly gone: rolling update,
+    deleted by hand, evicted) the place its SLMDeployment status remembers, so that the planner does not
+    repartition a GPU for a replica that is coming back."""
+    current = current_placements(pods)
+    have = {(c.deployment, c.ordinal) for c in current}
+    for dep in deployments:
+        current += _remembered(dep, have)
+    current.sort(key=lambda c: (c.deployment, c.ordinal))
+    return current
+
+
+def _remembered(dep: SLMDeployment, have: set[tuple[str, int]]) -> list[CurrentPlacement]:
+    """The wanted replicas of ``dep`` that have no pod (not in ``have``) but a usable place in its status."""
+    dkey = deployment_key(dep)
+    wanted = 0 if dep.spec.suspend else dep.spec.replicas
+    return [
+        CurrentPlacement(
+            deployment=dkey,
+            ordinal=pl.replica,
+            node=pl.node,
+            gpu_index=pl.gpu,
+            mechanism=pl.mechanism,
+            mig_profile=pl.mig_profile,
+        )
+        for pl in (dep.status.placements if dep.status and dep.status.placements else [])
+        if (dkey, pl.replica) not in have
+        and pl.node
+        and pl.gpu >= 0
+        and pl.mechanism in ALL_MECHANISMS
+        and pl.replica < wanted
+    ]

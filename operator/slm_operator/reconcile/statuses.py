@@ -1,0 +1,139 @@
+"""Phase 10: Services, the SLMDeployment and GPUPool statuses, and the events users care about."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from slm_operator.api.v1alpha1 import GPUPoolStatus, PoolNodeStatus, SLMDeployment, SLMDeploymentStatus
+from slm_operator.contract import MIG_CONFIG_LABEL, MIG_CONFIG_STATE_LABEL
+from slm_operator.inventory import deployment_key
+from slm_operator.planner.model import Plan
+from slm_operator.reconcile.inputs import NodeReadings, Sizings
+from slm_operator.reconcile.podsets import PodSets
+from slm_operator.reconcile.world import Event, World
+from slm_operator.render import endpoint, service
+from slm_operator.status import DEGRADED, PLACED, deployment_status, pool_status, set_condition
+
+
+@dataclass(frozen=True)
+class DeploymentReports:
+    services: tuple[dict[str, Any], ...]
+    statuses: Mapping[str, SLMDeploymentStatus]  # "namespace/name" -> status, in deployment-key order
+    events: tuple[Event, ...]  # Placed / Unplaceable on a change of the Placed condition
+
+
+def report_deployments(
+    world: World,
+    plan: Plan,
+    sizings: Sizings,
+    sets: PodSets,
+    waiting: Mapping[str, Mapping[int, str]],
+) -> DeploymentReports:
+    """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods and the replicas
+    whose pod waits, with why), and an event when its Placed condition changes."""
+    plans = {dp.deployment: dp for dp in plan.deployments}
+    services: list[dict[str, Any]] = []
+    statuses: dict[str, SLMDeploymentStatus] = {}
+    events: list[Event] = []
+    for dep in sorted(world.deployments, key=deployment_key):
+        dkey = deployment_key(dep)
+        services.append(service(dep))
+        st = deployment_status(
+            dep,
+            sizing=sizings.by_deployment.get(dkey),
+            sizing_error=sizings.errors.get(dkey),
+            plan=plans.get(dkey),
+            pods=list(sets.pods_by_deployment.get(dkey, ())),
+            waiting=waiting.get(dkey, {}),
+            endpoint=endpoint(dep),
+            now=world.now,
+        )
+        statuses[dkey] = st
+        events += _transition_events(dep, st)
+    return DeploymentReports(tuple(services), statuses, tuple(events))
+
+
+def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Event]:
+    """Placed / Unplaceable, when the Placed condition's status or reason changes."""
+    old = {c.type: c for c in (dep.status.conditions if dep.status and dep.status.conditions else [])}
+    before = old.get(PLACED)
+    out = []
+    for c in new.conditions or []:
+        if c.type != PLACED:
+            continue
+        if before is not None and before.status == c.status and before.reason == c.reason:
+            continue
+        ns, name = dep.metadata.namespace, dep.metadata.name
+        if c.status.value == "True":
+            out.append(Event("SLMDeployment", ns, name, "Normal", "Placed", c.message))
+        else:
+            out.append(Event("SLMDeployment", ns, name, "Warning", "Unplaceable", f"{c.reason}: {c.message}"))
+    return out
+
+
+def report_pool(
+    world: World,
+    plan: Plan,
+    nodes: NodeReadings,
+    sharing: Mapping[str, str],
+    claimed: Mapping[str, int],
+    waiting_nodes: tuple[str, ...],
+) -> GPUPoolStatus:
+    """The GPUPool status: the plan's figures, each node, and ``Degraded`` when a node cannot be understood
+    (``Ready=False`` too when no node can)."""
+    errors = "; ".join(nodes.errors)
+    error = ("UnknownGPU", errors) if nodes.errors and not nodes.readings else None
+    st = pool_status(
+        world.pool,
+        plan=None if error else plan,
+        error=error,
+        nodes=_node_statuses(nodes, sharing),
+        reservations_in_use=claimed,
+        waiting_nodes=list(waiting_nodes),
+        now=world.now,
+    )
+    if nodes.errors and nodes.readings and st.conditions:
+        generation = world.pool.metadata.generation
+        st.conditions = set_condition(
+            st.conditions, DEGRADED, True, "UnknownGPU", errors, generation, world.now
+        )
+    return st
+
+
+def _node_statuses(nodes: NodeReadings, sharing: Mapping[str, str]) -> list[PoolNodeStatus]:
+    out: list[PoolNodeStatus] = []
+    for r in nodes.readings:
+        inv = r.inventory
+        st = PoolNodeStatus(
+            name=inv.name,
+            product=inv.gpus[0].model if inv.gpus else "",
+            gpus=len(inv.gpus),
+            inventory_source=r.source,
+            mig_config=r.view.labels.get(MIG_CONFIG_LABEL, ""),
+            mig_config_state=r.view.labels.get(MIG_CONFIG_STATE_LABEL, ""),
+        )
+        if inv.name in sharing:  # set after construction, as before: the field then counts as set
+            st.sharing = sharing[inv.name]
+        out.append(st)
+    return out
+
+
+def eviction_events(plan: Plan) -> tuple[Event, ...]:
+    """Moved (Normal) or Yielded (Warning) for every replica the planner evicts."""
+    out: list[Event] = []
+    for e in plan.pool.evictions:
+        ns, _, name = e.deployment.partition("/")
+        moved = e.to_node is not None
+        out.append(
+            Event(
+                "SLMDeployment",
+                ns,
+                name,
+                "Normal" if moved else "Warning",
+                "Moved" if moved else "Yielded",
+                f"replica {e.ordinal}: {e.message}",
+            )
+        )
+    return tuple(out)

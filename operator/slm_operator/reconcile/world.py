@@ -1,0 +1,58 @@
+"""What the shell hands the core (:class:`World`) and what it gets back (:class:`Decisions`, :class:`Event`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from slm_operator.api.v1alpha1 import GPUPool, GPUPoolStatus, SLMDeployment, SLMDeploymentStatus
+from slm_operator.planner.model import Plan
+from slm_operator.render import NodeConfig, OperatorConfig
+
+
+@dataclass
+class World:
+    """Everything the shell read for one pool."""
+
+    pool: GPUPool
+    nodes: list[dict[str, Any]]
+    deployments: list[SLMDeployment]
+    pods: list[dict[str, Any]]  # replica pods of this pool (label slm.io/pool)
+    foreign_gpu_pods: list[dict[str, Any]]  # other pods on the pool's nodes that hold nvidia.com/gpu
+    mig_configs: dict[str, Any]  # current `mig-configs` of the mig-parted ConfigMap
+    now: str
+    cfg: OperatorConfig = field(default_factory=OperatorConfig)
+
+
+@dataclass
+class Event:
+    kind: str  # SLMDeployment | GPUPool
+    namespace: str | None
+    name: str
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decisions:
+    plan: Plan | None = None
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_configs: dict[str, NodeConfig] = field(default_factory=dict)
+    mig_entries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    device_plugin_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods_create: list[dict[str, Any]] = field(default_factory=list)
+    pods_delete: list[tuple[str, str, str]] = field(default_factory=list)  # namespace, name, reason
+    services: list[dict[str, Any]] = field(default_factory=list)
+    deployment_statuses: dict[str, SLMDeploymentStatus] = field(default_factory=dict)
+    pool_status: GPUPoolStatus | None = None
+    events: list[Event] = field(default_factory=list)
+    waiting: bool = False  # something is in flight: re-check soon
+
+
+class ReplicaKey(NamedTuple):
+    """One replica of one SLMDeployment ("namespace/name", ordinal); ordinal -1 for a pod without a placement."""
+
+    deployment: str
+    ordinal: int

@@ -1,0 +1,260 @@
+"""The gates that hold a pod creation, an in-place replacement or a node relabel back: one test per predicate,
+on the reason a user reads, and on the chain stopping at the first failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from slm_operator.contract import (
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
+    GPU_RESOURCE,
+    MIG_CONFIG_LABEL,
+    MIG_CONFIG_STATE_LABEL,
+    SHARING_STRATEGY_LABEL,
+)
+from slm_operator.reconcile import decide
+from slm_operator.reconcile.gates import (
+    CREATE_GATES,
+    PREVIOUS_POD_STOPPING,
+    RELABEL_GATES,
+    ROLLING_UPDATE_GATES,
+    Chain,
+    CreationContext,
+    NodeTarget,
+    RelabelContext,
+    RolloutContext,
+    device_plugin_config_selected,
+    mig_config_applied,
+    mig_config_selected,
+    node_not_relabelled,
+    one_replica_at_a_time,
+    other_replicas_ready,
+    pods_drained,
+    previous_pod_gone,
+    previous_pod_terminating,
+    sharing_replicas_advertised,
+    sharing_strategy_reported,
+)
+from slm_operator.reconcile.podsets import DesiredPod, ExistingReplica
+from slm_operator.reconcile.world import ReplicaKey
+from slm_operator.render import NodeConfig
+from slm_operator.views import NodeView, PodView
+from tests.test_reconcile import _apply_node_configs, _world
+
+C = TypeVar("C")
+S = TypeVar("S")
+
+NODE = "gpu-0"
+KEY = ReplicaKey("agents/chat", 1)
+MPS_ENTRY = {"version": "v1", "sharing": {"mps": {"resources": [{"name": GPU_RESOURCE, "replicas": 4}]}}}
+APPLIED = {  # what the node reports once the GPU Operator applied the planned configuration
+    MIG_CONFIG_LABEL: "slm-abc",
+    MIG_CONFIG_STATE_LABEL: "success",
+    DEVICE_PLUGIN_CONFIG_LABEL: "slm-mps-4",
+    SHARING_STRATEGY_LABEL: "mps",
+    GPU_REPLICAS_LABEL: "4",
+}
+
+
+def consulted(chain: Chain[C, S], ctx: C, subject: S) -> tuple[str | None, list[str]]:
+    """The chain's reason, and the gates it asked, in order."""
+    asked: list[str] = []
+
+    def spy(gate: Callable[[C, S], str | None]) -> Callable[[C, S], str | None]:
+        def run(c: C, s: S) -> str | None:
+            asked.append(gate.__name__)
+            return gate(c, s)
+
+        return run
+
+    return Chain(tuple(spy(g) for g in chain.gates)).first_failure(ctx, subject), asked
+
+
+def names(chain: Chain[Any, Any], upto: Callable[..., Any]) -> list[str]:
+    gates = [g.__name__ for g in chain.gates]
+    return gates[: gates.index(upto.__name__) + 1]
+
+
+def pod(name: str, *, deleting: bool = False) -> PodView:
+    meta: dict[str, Any] = {"name": name, "namespace": "agents"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-26T10:00:00Z"
+    return PodView({"metadata": meta})
+
+
+def creation(
+    labels: dict[str, str | None] | None = None,
+    *,
+    previous: list[PodView] | None = None,
+    relabelled: bool = True,
+    mig_capable: bool = True,
+    entry: dict[str, Any] | None = None,
+) -> tuple[CreationContext, DesiredPod]:
+    """A replica planned on NODE (MIG slm-abc, MPS with 4 replicas per GPU). By default the node is also
+    being relabelled, so that the last gate fails too: a test sees the first failure win."""
+    have = {k: v for k, v in {**APPLIED, **(labels or {})}.items() if v is not None}
+    node = NodeView({"metadata": {"name": NODE, "labels": have}})
+    entry = MPS_ENTRY if entry is None else entry
+    dp_name = "slm-mps-4" if "sharing" in entry else "slm-exclusive"
+    config = NodeConfig(NODE, "slm-abc", [], dp_name, entry, mig_capable)
+    ctx = CreationContext(
+        existing={KEY: ExistingReplica.of(previous)} if previous else {},
+        targets={NODE: NodeTarget(node, config)},
+        relabelled=frozenset({NODE}) if relabelled else frozenset(),
+    )
+    return ctx, DesiredPod(KEY, NODE, {"metadata": {"name": "chat-1-new", "namespace": "agents"}})
+
+
+# ------------------------------------------------------------------------------------------ creating a pod
+def test_previous_pod_terminating_holds_the_new_pod() -> None:
+    ctx, want = creation({MIG_CONFIG_STATE_LABEL: "pending"}, previous=[pod("chat-1-old", deleting=True)])
+    assert previous_pod_terminating(ctx, want) == "waiting for the previous pod of this replica to stop"
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == PREVIOUS_POD_STOPPING
+    assert asked == names(CREATE_GATES, previous_pod_terminating)
+
+
+def test_previous_pod_still_there_holds_the_new_pod() -> None:
+    ctx, want = creation({MIG_CONFIG_STATE_LABEL: "pending"}, previous=[pod("chat-1-old")])
+    assert previous_pod_terminating(ctx, want) is None
+    assert previous_pod_gone(ctx, want) == "waiting for the previous pod of this replica to stop"
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == PREVIOUS_POD_STOPPING
+    assert asked == names(CREATE_GATES, previous_pod_gone)
+
+
+def test_mig_config_label_not_yet_the_planned_one() -> None:
+    ctx, want = creation({MIG_CONFIG_LABEL: None})  # no label: mig-manager's all-disabled
+    expected = "node gpu-0: waiting for mig-manager to pick up MIG config slm-abc"
+    assert mig_config_selected(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == names(CREATE_GATES, mig_config_selected)
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (
+            "failed",
+            "node gpu-0: mig-manager failed to apply MIG config slm-abc (nvidia.com/mig.config.state=failed)",
+        ),
+        ("pending", "node gpu-0: MIG config slm-abc is pending"),
+        ("rebooting", "node gpu-0: MIG config slm-abc is rebooting"),
+        (None, "node gpu-0: MIG config slm-abc is not applied yet"),
+    ],
+)
+def test_mig_config_state_not_success(state: str | None, expected: str) -> None:
+    ctx, want = creation({MIG_CONFIG_STATE_LABEL: state, DEVICE_PLUGIN_CONFIG_LABEL: "slm-exclusive"})
+    assert mig_config_applied(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == names(CREATE_GATES, mig_config_applied)
+
+
+def test_device_plugin_config_label_not_yet_the_planned_one() -> None:
+    ctx, want = creation({DEVICE_PLUGIN_CONFIG_LABEL: "slm-exclusive", SHARING_STRATEGY_LABEL: "none"})
+    expected = "node gpu-0: waiting for the device plugin config slm-mps-4"
+    assert device_plugin_config_selected(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == names(CREATE_GATES, device_plugin_config_selected)
+
+
+def test_gfd_sharing_strategy_not_yet_reported() -> None:
+    ctx, want = creation({SHARING_STRATEGY_LABEL: None, GPU_REPLICAS_LABEL: "1"})  # no label: none
+    expected = "node gpu-0: waiting for GPU feature discovery to report sharing strategy mps"
+    assert sharing_strategy_reported(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == names(CREATE_GATES, sharing_strategy_reported)
+
+
+def test_gfd_replicas_not_yet_advertised() -> None:
+    ctx, want = creation({GPU_REPLICAS_LABEL: "8"})
+    expected = "node gpu-0: waiting for the device plugin to advertise 4 replicas per GPU"
+    assert sharing_replicas_advertised(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == names(CREATE_GATES, sharing_replicas_advertised)
+
+
+def test_node_being_relabelled_holds_the_pod() -> None:
+    ctx, want = creation()
+    expected = "node gpu-0: configuration is being changed"
+    assert node_not_relabelled(ctx, want) == expected
+    reason, asked = consulted(CREATE_GATES, ctx, want)
+    assert reason == expected and asked == [g.__name__ for g in CREATE_GATES.gates]
+
+
+def test_a_configured_node_lets_the_pod_through() -> None:
+    ctx, want = creation(relabelled=False)
+    assert CREATE_GATES.first_failure(ctx, want) is None
+
+
+def test_node_gates_that_do_not_apply() -> None:
+    # Not MIG-capable: mig-manager does not run there, so no MIG label nor state is awaited.
+    ctx, want = creation({MIG_CONFIG_LABEL: None, MIG_CONFIG_STATE_LABEL: None}, mig_capable=False)
+    assert mig_config_selected(ctx, want) is None and mig_config_applied(ctx, want) is None
+    # Exclusive GPUs: GFD reports sharing strategy none and no replica count is awaited.
+    exclusive = {"version": "v1", "flags": {"migStrategy": "mixed"}}
+    labels: dict[str, str | None] = {
+        DEVICE_PLUGIN_CONFIG_LABEL: "slm-exclusive",
+        SHARING_STRATEGY_LABEL: None,
+        GPU_REPLICAS_LABEL: None,
+    }
+    ctx, want = creation(labels, entry=exclusive, relabelled=False)
+    assert CREATE_GATES.first_failure(ctx, want) is None
+    # A node without a planned configuration: only the previous-pod gates apply.
+    ctx, want = creation({MIG_CONFIG_STATE_LABEL: "failed"})
+    elsewhere = DesiredPod(KEY, "gpu-9", want.manifest)
+    assert CREATE_GATES.first_failure(ctx, elsewhere) is None
+
+
+def test_the_status_quotes_the_gate() -> None:
+    """End to end: mig-manager failed on a node, so its replicas wait and their status says why."""
+    w = _world()
+    d1 = decide(w)
+    nodes = _apply_node_configs(w, d1)
+    node = next(n for n in nodes if n["metadata"]["labels"][MIG_CONFIG_LABEL] != "all-disabled")
+    node["metadata"]["labels"][MIG_CONFIG_STATE_LABEL] = "failed"
+    name, config = node["metadata"]["name"], node["metadata"]["labels"][MIG_CONFIG_LABEL]
+    d2 = decide(_world(nodes=nodes, mig_configs=dict(d1.mig_entries)))
+    expected = (
+        f"node {name}: mig-manager failed to apply MIG config {config} (nvidia.com/mig.config.state=failed)"
+    )
+    waiting = [
+        (st, p) for st in d2.deployment_statuses.values() for p in st.placements or [] if p.state == "Waiting"
+    ]
+    assert waiting and all(p.reason == expected[:128] for _, p in waiting)
+    assert all(PodView(p).placement.node != name for p in d2.pods_create)  # type: ignore[union-attr]
+    st, _ = waiting[0]
+    progressing = next(c for c in st.conditions or [] if c.type == "Progressing")
+    assert progressing.reason == "WaitingForNodeReconfiguration" and progressing.message == expected
+
+
+# ------------------------------------------------------------------------------------------ rolling update
+def test_one_replica_at_a_time() -> None:
+    ctx = RolloutContext(unready={"agents/chat": frozenset({2})}, rolling=frozenset({"agents/chat"}))
+    expected = "replica 1: another replica of agents/chat is being replaced first (one at a time)"
+    assert one_replica_at_a_time(ctx, KEY) == expected
+    reason, asked = consulted(ROLLING_UPDATE_GATES, ctx, KEY)
+    assert reason == expected and asked == ["one_replica_at_a_time"]
+
+
+def test_other_replicas_ready_first() -> None:
+    ctx = RolloutContext(unready={"agents/chat": frozenset({1, 2, 3})}, rolling=frozenset({"agents/other"}))
+    expected = "replica 1: waiting for replica(s) 2, 3 of agents/chat to be ready first"
+    assert other_replicas_ready(ctx, KEY) == expected
+    assert ROLLING_UPDATE_GATES.first_failure(ctx, KEY) == expected
+    # The replica's own readiness does not count: it is the one being replaced.
+    alone = RolloutContext(unready={"agents/chat": frozenset({1})}, rolling=frozenset())
+    assert ROLLING_UPDATE_GATES.first_failure(alone, KEY) is None
+
+
+# ------------------------------------------------------------------------------------------ relabelling a node
+def test_relabel_waits_for_the_node_to_drain() -> None:
+    ctx = RelabelContext(draining=frozenset({NODE}))
+    expected = "node gpu-0: waiting for its deleted pods to stop before changing its configuration"
+    assert pods_drained(ctx, NODE) == expected
+    assert RELABEL_GATES.first_failure(ctx, NODE) == expected
+    assert RELABEL_GATES.first_failure(ctx, "gpu-1") is None
