@@ -37,7 +37,8 @@ fmt: $(STAMP) ## Format the code (ruff format + ruff check --fix)
 lint: $(STAMP) ## ruff on everything, mypy --strict on the pure core
 	$(BIN)/ruff check $(PY_PATHS)
 	$(BIN)/ruff format --check $(PY_PATHS)
-	$(BIN)/mypy --strict $(PURE_CORE) operator/slm_operator/agent operator/slm_operator/metrics.py
+	$(BIN)/mypy --strict $(PURE_CORE) operator/slm_operator/agent operator/slm_operator/metrics.py \
+		operator/slm_operator/finetune.py operator/slm_operator/controllers
 
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ and docs/api.md from the pydantic models
