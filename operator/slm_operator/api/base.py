@@ -48,6 +48,18 @@ def k8s(*rules: dict[str, str], **extra: Any) -> dict[str, Any]:
     return out
 
 
+def max_len(model: type[BaseModel], field: str) -> int:
+    """The ``max_length`` a model's field declares (the CRD schema's ``maxLength``/``maxItems``).
+
+    Code that truncates a value to fit a field reads the limit here, so the schema stays the one source.
+    """
+    for item in model.model_fields[field].metadata:
+        limit = getattr(item, "max_length", None)  # annotated_types.MaxLen, which pydantic puts there
+        if isinstance(limit, int):
+            return limit
+    raise LookupError(f"{model.__name__}.{field} declares no max_length")
+
+
 class ApiModel(BaseModel):
     """Base of every API object: camelCase JSON, unknown fields rejected (as strict field validation does)."""
 

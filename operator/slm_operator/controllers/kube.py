@@ -17,11 +17,10 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from slm_operator import metrics
-from slm_operator.contract import API_VERSION
+from slm_operator.contract import API_VERSION, FIELD_MANAGER
 
 log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")
-FIELD_MANAGER = "slm-operator"
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -29,9 +28,9 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     try:
         if kubeconfig:
             raise config.ConfigException("explicit kubeconfig")
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes.config has no annotations
     except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
     return client.ApiClient()
 
 
@@ -72,7 +71,7 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.dyn = DynamicClient(api)
+        self.dyn = DynamicClient(api)  # type: ignore[no-untyped-call]  # kubernetes.dynamic has no annotations
         self._res: dict[tuple[str, str], Any] = {}
         self.requests = 0  # API requests made (for the bench: requests per reconcile)
 
@@ -153,6 +152,15 @@ class Kube:
             return True
         except NotFoundError:
             return False
+
+    def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Replace the whole object; its ``metadata.resourceVersion`` makes a stale write fail with 409."""
+        out: dict[str, Any] = (
+            self.resource(obj["apiVersion"], obj["kind"])
+            .replace(body=obj, namespace=obj["metadata"].get("namespace"))
+            .to_dict()
+        )
+        return out
 
     def merge_patch(
         self, api_version: str, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None

@@ -13,7 +13,9 @@ from typing import Any
 import kopf
 
 from slm_operator import metrics
-from slm_operator.controllers import handlers
+from slm_operator.controllers import handlers  # noqa: F401  # registers the kopf handlers
+from slm_operator.controllers.context import OperatorContext, memo_for
+from slm_operator.controllers.finetune import FineTuneReconciler
 from slm_operator.controllers.kube import Kube, load_config
 from slm_operator.controllers.leader import LeaderElector
 from slm_operator.controllers.pools import PoolReconciler
@@ -83,11 +85,12 @@ def run(args: Any) -> int:
         health.serve(args.health_listen)
     if args.metrics_listen:
         metrics.serve(args.metrics_listen)
-    handlers.State.kube = kube
-    handlers.State.cfg = cfg
-    handlers.State.reconciler = PoolReconciler(kube, cfg)
-    handlers.State.operator_image = args.operator_image
-    handlers.State.finetune_priority_class = args.priority_class_finetune or None
+    context = OperatorContext(
+        kube=kube,
+        cfg=cfg,
+        pools=PoolReconciler(kube, cfg),
+        finetune=FineTuneReconciler(kube, args.operator_image, args.priority_class_finetune or None),
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,18 +103,16 @@ def run(args: Any) -> int:
             return 0
     health.state = "leading"
     loop = asyncio.new_event_loop()
-    stop_flag: asyncio.Event | None = None
 
     async def main() -> None:
-        nonlocal stop_flag
         stop_flag = asyncio.Event()
 
         def watch_stop() -> None:
             stop.wait()
-            loop.call_soon_threadsafe(stop_flag.set)  # type: ignore[union-attr]
+            loop.call_soon_threadsafe(stop_flag.set)
 
         threading.Thread(target=watch_stop, daemon=True).start()
-        await kopf.operator(clusterwide=True, stop_flag=stop_flag)
+        await kopf.operator(clusterwide=True, stop_flag=stop_flag, memo=memo_for(context))
 
     lost = threading.Event()
     if elector is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,22 +280,27 @@ def deployment_spec_hash(dep: SLMDeployment) -> str:
     )
 
 
-def replica_pod(
-    dep: SLMDeployment,
-    p: ReplicaPlacement,
-    node: str,
-    gpu_index: int,
-    gpu_model_key: str,
-    pool: str,
-    sizing: Sizing,
-    cfg: OperatorConfig,
-) -> dict[str, Any]:
-    """The Pod of one replica, pinned to its node and share."""
-    spec = dep.spec
-    record = placement_record(p, node, gpu_index)
-    spec_hash = deployment_spec_hash(dep)
-    gpu = gpu_by_key(gpu_model_key)
-    env = [
+def pin_to_nodes(nodes: Sequence[str]) -> dict[str, Any]:
+    """A pod ``affinity`` that allows only the named nodes (by ``metadata.name``)."""
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchFields": [{"key": "metadata.name", "operator": "In", "values": list(nodes)}]}
+                ]
+            }
+        }
+    }
+
+
+def gpu_tolerations() -> list[dict[str, Any]]:
+    """Tolerate the taint GPU nodes carry (``nvidia.com/gpu``)."""
+    return [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def replica_env(dep: SLMDeployment, p: ReplicaPlacement) -> list[dict[str, Any]]:
+    """The server's environment: who it is, the MPS limits of its share, then the user's ``runtime.env``."""
+    env: list[dict[str, Any]] = [
         {"name": "SLM_DEPLOYMENT", "value": deployment_key(dep)},
         {"name": "SLM_REPLICA", "value": str(p.ordinal)},
     ]
@@ -313,29 +318,49 @@ def replica_pod(
                     "value": str(p.share.mps_active_thread_percentage),
                 }
             )
-    env += [e.model_dump(mode="json") for e in spec.runtime.env or []]
-    labels = {
+    return env + [e.model_dump(mode="json") for e in dep.spec.runtime.env or []]
+
+
+def replica_labels(dep: SLMDeployment, p: ReplicaPlacement, pool: str) -> dict[str, str]:
+    return {
         APP_NAME_LABEL: dep.metadata.name,
         APP_MANAGED_BY_LABEL: MANAGED_BY,
         APP_COMPONENT_LABEL: "slm-server",
         DEPLOYMENT_LABEL: dep.metadata.name,
         REPLICA_LABEL: str(p.ordinal),
         POOL_LABEL: pool,
-        QOS_LABEL: spec.qos.value,
+        QOS_LABEL: dep.spec.qos.value,
     }
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
+
+
+def adapter_volumes(dep: SLMDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for a promoted adapter on a PVC (``pvc://<claim>/<path>``), mounted on /adapters."""
     adapter = (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION)
-    if adapter and adapter.startswith("pvc://"):
-        claim = adapter[len("pvc://") :].split("/", 1)[0]
-        volumes.append({"name": "adapters", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "adapters", "mountPath": "/adapters", "readOnly": True})
+    if not adapter or not adapter.startswith("pvc://"):
+        return [], []
+    claim = adapter[len("pvc://") :].split("/", 1)[0]
+    return (
+        [{"name": "adapters", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+        [{"name": "adapters", "mountPath": "/adapters", "readOnly": True}],
+    )
+
+
+def server_container(
+    dep: SLMDeployment,
+    p: ReplicaPlacement,
+    gpu_memory_bytes: int,
+    sizing: Sizing,
+    cfg: OperatorConfig,
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The vLLM container, requesting exactly its share."""
+    spec = dep.spec
     container: dict[str, Any] = {
         "name": "server",
         "image": spec.runtime.image,
-        "args": vllm_args(dep, p, sizing, gpu.memory_bytes),
+        "args": vllm_args(dep, p, sizing, gpu_memory_bytes),
         "ports": [{"name": "http", "containerPort": spec.runtime.port, "protocol": "TCP"}],
-        "env": env,
+        "env": replica_env(dep, p),
         "resources": {
             "requests": {"cpu": cfg.replica_cpu, "memory": host_memory(sizing, cfg), share_resource(p): "1"},
             "limits": {share_resource(p): "1"},
@@ -344,13 +369,32 @@ def replica_pod(
     }
     if mounts:
         container["volumeMounts"] = mounts
+    return container
+
+
+def replica_pod(
+    dep: SLMDeployment,
+    p: ReplicaPlacement,
+    node: str,
+    gpu_index: int,
+    gpu_model_key: str,
+    pool: str,
+    sizing: Sizing,
+    cfg: OperatorConfig,
+) -> dict[str, Any]:
+    """The Pod of one replica, pinned to its node and share."""
+    spec = dep.spec
+    record = placement_record(p, node, gpu_index)
+    spec_hash = deployment_spec_hash(dep)
+    volumes, mounts = adapter_volumes(dep)
+    container = server_container(dep, p, gpu_by_key(gpu_model_key).memory_bytes, sizing, cfg, mounts)
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod_name(dep, p.ordinal, record, spec_hash),
             "namespace": dep.metadata.namespace or "default",
-            "labels": labels,
+            "labels": replica_labels(dep, p, pool),
             "annotations": {
                 PLACEMENT_ANNOTATION: record.to_annotation(),
                 SPEC_HASH_ANNOTATION: spec_hash,
@@ -359,16 +403,8 @@ def replica_pod(
         },
         "spec": {
             "priorityClassName": cfg.priority_classes[spec.qos.value],
-            "affinity": {
-                "nodeAffinity": {
-                    "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [
-                            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-                        ]
-                    }
-                }
-            },
-            "tolerations": [{"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": pin_to_nodes([node]),
+            "tolerations": gpu_tolerations(),
             "containers": [container],
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,

@@ -7,9 +7,10 @@ does), so a resync that observes nothing new writes an identical status and the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from slm_operator.api.base import Condition, ConditionStatus
+from slm_operator.api.base import Condition, ConditionStatus, max_len
 from slm_operator.api.quantity import format_bytes
 from slm_operator.api.v1alpha1 import (
     GPUPool,
@@ -24,10 +25,15 @@ from slm_operator.api.v1alpha1 import (
 )
 from slm_operator.contract import DEPLOYMENT_LABEL, REPLICA_LABEL
 from slm_operator.inventory import Sizing
-from slm_operator.planner.model import DeploymentPlan, Plan
+from slm_operator.planner.model import DeploymentPlan, Plan, PoolPlan
 from slm_operator.views import PodView
 
+#: Condition messages are cut here (well under the API's limit): a message is for a person to read.
 MAX_MESSAGE = 1024
+#: Nodes named in the pool's "Reconfiguring" message; the rest are left out.
+MAX_WAITING_NODES_LISTED = 5
+_SHARE_SUMMARY_MAX = max_len(SLMDeploymentStatus, "share_summary")
+_REASON_MAX = max_len(ReplicaPlacementStatus, "reason")
 
 # Condition types.
 READY = "Ready"
@@ -74,19 +80,186 @@ def condition(conditions: Iterable[Condition] | None, type_: str) -> Condition |
     return next((c for c in conditions or [] if c.type == type_), None)
 
 
-def _unschedulable(pod: Mapping[str, Any]) -> str:
+def _unschedulable(pod: PodView) -> str:
     """The scheduler's message when it could not place the pod (``PodScheduled=False``, reason
     ``Unschedulable``: a taint, host CPU or memory, a cordoned node), else ""."""
-    if (pod.get("spec") or {}).get("nodeName"):
+    if pod.bound_node:
         return ""
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if (
-            c.get("type") == "PodScheduled"
-            and c.get("status") == "False"
-            and c.get("reason") == "Unschedulable"
-        ):
-            return str(c.get("message") or "the scheduler found no node for the pod")
+    c = pod.condition("PodScheduled")
+    if c is not None and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+        return str(c.get("message") or "the scheduler found no node for the pod")
     return ""
+
+
+class ConditionResult(NamedTuple):
+    """What one condition should say: its status (None for Unknown), reason and message."""
+
+    status: bool | None
+    reason: str
+    message: str
+
+
+def apply_condition(
+    conditions: Sequence[Condition] | None,
+    type_: str,
+    result: ConditionResult,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
+    """:func:`set_condition` with a :class:`ConditionResult`."""
+    return set_condition(conditions, type_, result.status, result.reason, result.message, generation, now)
+
+
+# ------------------------------------------------------------------------------------------ SLMDeployment
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What the SLMDeployment's conditions are computed from: the wish, the plan and the pods observed."""
+
+    suspend: bool
+    desired: int  # replicas wanted (0 when suspended)
+    live: int  # pods not being deleted
+    ready: int  # of them, Ready
+    placed: int  # replicas the plan gave a share
+    plan: DeploymentPlan | None  # None: the pool does not exist
+    pool_name: str
+    waiting: Mapping[int, str]  # replica ordinal -> why its pod is held back
+    unschedulable: Mapping[int, str]  # replica ordinal -> the scheduler's message
+    previous_placed: Condition | None  # the Placed condition before this pass
+
+
+def placed_condition(r: Rollout) -> ConditionResult:
+    """Placed: does every wanted replica have a share in the plan?"""
+    if r.desired == 0:
+        if r.suspend:
+            return ConditionResult(
+                True, "Suspended", "spec.suspend is true: no replica runs and no share is held"
+            )
+        return ConditionResult(True, "ScaledToZero", "replicas is 0")
+    if r.plan is None:
+        return ConditionResult(False, "PoolNotFound", f"GPUPool {r.pool_name!r} does not exist")
+    if r.plan.unplaced:
+        first = r.plan.unplaced[0]
+        reason, detail = first.reason, first.message
+        before = r.previous_placed
+        if (
+            reason == "InsufficientCapacity"
+            and before is not None
+            and before.reason == "PreemptedByHigherTier"
+        ):
+            # Once yielded, the replicas are simply "not placed" for the planner; keep telling the user why.
+            reason = "PreemptedByHigherTier"
+            detail = f"yielded to a higher tier earlier and still no room: {detail}"
+        msg = f"{r.placed}/{r.desired} replicas placed; {len(r.plan.unplaced)} unplaced: {detail}"
+        return ConditionResult(False, reason, msg)
+    return ConditionResult(
+        True, "AllReplicasPlaced", f"{r.placed}/{r.desired} replicas placed ({r.plan.share_summary})"
+    )
+
+
+def progressing_condition(r: Rollout) -> ConditionResult:
+    """Progressing: are pods still being created, started, moved or held back for a node?"""
+    moving = r.plan is not None and bool(r.plan.moved)
+    target = min(r.desired, r.placed)
+    pending = r.live != target or r.ready < r.live or bool(r.waiting) or moving
+    if not pending or r.desired <= 0:
+        return ConditionResult(False, "Complete", f"{r.ready} replicas ready")
+    if r.waiting:
+        return ConditionResult(True, "WaitingForNodeReconfiguration", next(iter(r.waiting.values()), ""))
+    if r.unschedulable:
+        # The plan gave the replica a share, but the scheduler cannot put its pod on the planned node (a
+        # taint, host CPU or memory): say so in the scheduler's words, it is for the user to act on.
+        ordinal, sched_msg = min(r.unschedulable.items())
+        more = f" and {len(r.unschedulable) - 1} more" if len(r.unschedulable) > 1 else ""
+        msg = (
+            f"{r.ready}/{target} replicas ready; the pod of replica {ordinal}{more}"
+            f" cannot be scheduled on its planned node: {sched_msg}"
+        )
+        return ConditionResult(True, "PodUnschedulable", msg)
+    return ConditionResult(
+        True, "MovingReplicas" if moving else "RollingOut", f"{r.ready}/{target} replicas ready"
+    )
+
+
+def ready_condition(r: Rollout) -> ConditionResult:
+    """Ready: do enough replicas serve?"""
+    if r.suspend:
+        return ConditionResult(False, "Suspended", "the deployment is suspended")
+    if r.desired == 0:
+        return ConditionResult(True, "ScaledToZero", "no replica is wanted")
+    if r.ready >= r.desired:
+        return ConditionResult(True, "ReplicasReady", f"{r.ready}/{r.desired} replicas ready")
+    if r.ready > 0:
+        return ConditionResult(False, "PartiallyReady", f"{r.ready}/{r.desired} replicas ready")
+    return ConditionResult(False, "NoReplicaReady", f"0/{r.desired} replicas ready")
+
+
+def degraded_condition(r: Rollout, placed: ConditionResult) -> ConditionResult:
+    """Degraded: something the user must act on (capacity), not a rollout in progress; says what Placed says."""
+    if r.desired > 0 and r.plan is not None and r.plan.unplaced:
+        return ConditionResult(True, placed.reason, placed.message)
+    return ConditionResult(False, "AsPlanned", "every wanted replica has a share")
+
+
+def _estimate(sizing: Sizing) -> MemoryEstimateStatus:
+    est = sizing.estimate
+    return MemoryEstimateStatus(
+        weights=format_bytes(est.weights_bytes) if est else "0",
+        kv_cache=format_bytes(est.kv_cache_bytes) if est else "0",
+        overhead=format_bytes(est.overhead_bytes) if est else "0",
+        total=format_bytes(sizing.memory_bytes),
+        source=sizing.source,
+    )
+
+
+def _pod_placement(pod: PodView, ordinal: int, why: str) -> ReplicaPlacementStatus:
+    rec = pod.placement
+    return ReplicaPlacementStatus(
+        replica=ordinal,
+        node=rec.node if rec else "",
+        gpu=rec.gpu if rec else -1,
+        mechanism=rec.mechanism if rec else "",
+        mig_profile=rec.mig_profile if rec else None,
+        pod=pod.name,
+        state="Running" if pod.ready else (pod.phase or "Pending"),
+        reason=f"unschedulable: {why}"[:_REASON_MAX] if why else "",
+    )
+
+
+def _placements(
+    plan: DeploymentPlan | None, live: Sequence[PodView], waiting: Mapping[int, str]
+) -> tuple[list[ReplicaPlacementStatus], dict[int, str]]:
+    """Per replica: unplaced (from the plan), where its pod is (what is really there), or why it waits; and
+    the scheduler's message for each replica whose pod it cannot place."""
+    placements = [
+        ReplicaPlacementStatus(replica=u.ordinal, state="Unplaced", reason=u.reason)
+        for u in (plan.unplaced if plan is not None else ())
+    ]
+    unschedulable: dict[int, str] = {}
+    for pod in live:
+        ordinal = int(pod.labels.get(REPLICA_LABEL, "-1"))
+        if ordinal < 0 or any(x.replica == ordinal for x in placements):
+            continue
+        why = _unschedulable(pod)
+        if why:
+            unschedulable.setdefault(ordinal, why)
+        placements.append(_pod_placement(pod, ordinal, why))
+    for ordinal, why in waiting.items():
+        if not any(x.replica == ordinal for x in placements):
+            placements.append(
+                ReplicaPlacementStatus(replica=ordinal, state="Waiting", reason=why[:_REASON_MAX])
+            )
+    return sorted(placements, key=lambda x: x.replica), unschedulable
+
+
+def _with_conditions(
+    conds: Sequence[Condition], results: Mapping[str, ConditionResult], gen: int | None, now: str
+) -> list[Condition]:
+    out = list(conds)
+    for type_, result in results.items():
+        out = apply_condition(out, type_, result, gen, now)
+    return out
 
 
 def deployment_status(
@@ -106,171 +279,121 @@ def deployment_status(
     """
     old = dep.status or SLMDeploymentStatus()
     gen = dep.metadata.generation
-    conds: list[Condition] = list(old.conditions or [])
-    desired = 0 if dep.spec.suspend else dep.spec.replicas
-    mine = [
-        p
-        for p in pods
-        if (p.get("metadata") or {}).get("labels", {}).get(DEPLOYMENT_LABEL) == dep.metadata.name
-    ]
-    live = [p for p in mine if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    ready = sum(1 for p in live if PodView(p).ready)
+    name = dep.metadata.name
+    live = [v for v in map(PodView, pods) if v.labels.get(DEPLOYMENT_LABEL) == name and not v.deleting]
+    ready = sum(1 for p in live if p.ready)
     st = SLMDeploymentStatus(
         observed_generation=gen,
         replicas=len(live),
         ready_replicas=ready,
-        selector=f"{DEPLOYMENT_LABEL}={dep.metadata.name}",
+        selector=f"{DEPLOYMENT_LABEL}={name}",
         endpoint=endpoint,
     )
     if sizing is not None:
-        est = sizing.estimate
-        st.estimate = MemoryEstimateStatus(
-            weights=format_bytes(est.weights_bytes) if est else "0",
-            kv_cache=format_bytes(est.kv_cache_bytes) if est else "0",
-            overhead=format_bytes(est.overhead_bytes) if est else "0",
-            total=format_bytes(sizing.memory_bytes),
-            source=sizing.source,
-        )
+        st.estimate = _estimate(sizing)
     if sizing_error is not None:
         reason, message = sizing_error
-        conds = set_condition(conds, PLACED, False, reason, message, gen, now)
-        conds = set_condition(conds, READY, False, reason, message, gen, now)
-        conds = set_condition(conds, PROGRESSING, False, reason, message, gen, now)
-        conds = set_condition(conds, DEGRADED, True, reason, message, gen, now)
-        st.conditions = conds
+        failed = ConditionResult(False, reason, message)
+        results = {PLACED: failed, READY: failed, PROGRESSING: failed, DEGRADED: failed._replace(status=True)}
+        st.conditions = _with_conditions(old.conditions or [], results, gen, now)
         st.explanation = message
         return st
-
-    placements: list[ReplicaPlacementStatus] = []
-    placed = 0
     if plan is not None:
-        placed = plan.placed
         st.explanation = plan.explanation
-        st.share_summary = plan.share_summary[:64]
-        for u in plan.unplaced:
-            placements.append(ReplicaPlacementStatus(replica=u.ordinal, state="Unplaced", reason=u.reason))
-    st.placed_replicas = placed
-    # Per-replica placement from the pods (what is really there), or the wait reason.
-    unschedulable: dict[int, str] = {}
-    for pod in map(PodView, live):
-        ordinal = int(pod.labels.get(REPLICA_LABEL, "-1"))
-        if ordinal < 0 or any(x.replica == ordinal for x in placements):
-            continue
-        rec = pod.placement
-        why = _unschedulable(pod.obj)
-        if why:
-            unschedulable.setdefault(ordinal, why)
-        placements.append(
-            ReplicaPlacementStatus(
-                replica=ordinal,
-                node=rec.node if rec else "",
-                gpu=rec.gpu if rec else -1,
-                mechanism=rec.mechanism if rec else "",
-                mig_profile=rec.mig_profile if rec else None,
-                pod=pod.name,
-                state="Running" if pod.ready else (pod.phase or "Pending"),
-                reason=f"unschedulable: {why}"[:128] if why else "",
-            )
-        )
-    for ordinal, why in waiting.items():
-        if not any(x.replica == ordinal for x in placements):
-            placements.append(ReplicaPlacementStatus(replica=ordinal, state="Waiting", reason=why[:128]))
-    st.placements = sorted(placements, key=lambda x: x.replica) or None
-    if plan is not None and plan.placed:
-        shares = [x for x in placements if x.mechanism]
-        if shares:
-            st.share = ResolvedShare(mechanism=shares[0].mechanism or None, mig_profile=shares[0].mig_profile)
-
-    # Placed
-    if desired == 0:
-        reason = "Suspended" if dep.spec.suspend else "ScaledToZero"
-        msg = (
-            "spec.suspend is true: no replica runs and no share is held"
-            if dep.spec.suspend
-            else "replicas is 0"
-        )
-        conds = set_condition(conds, PLACED, True, reason, msg, gen, now)
-    elif plan is None:
-        conds = set_condition(
-            conds,
-            PLACED,
-            False,
-            "PoolNotFound",
-            f"GPUPool {dep.spec.pool_ref.name!r} does not exist",
-            gen,
-            now,
-        )
-    elif plan.unplaced:
-        first = plan.unplaced[0]
-        reason, detail = first.reason, first.message
-        before = condition(old.conditions, PLACED)
-        if (
-            reason == "InsufficientCapacity"
-            and before is not None
-            and before.reason == "PreemptedByHigherTier"
-        ):
-            # Once yielded, the replicas are simply "not placed" for the planner; keep telling the user why.
-            reason = "PreemptedByHigherTier"
-            detail = f"yielded to a higher tier earlier and still no room: {detail}"
-        msg = f"{placed}/{desired} replicas placed; {len(plan.unplaced)} unplaced: {detail}"
-        conds = set_condition(conds, PLACED, False, reason, msg, gen, now)
-    else:
-        conds = set_condition(
-            conds,
-            PLACED,
-            True,
-            "AllReplicasPlaced",
-            f"{placed}/{desired} replicas placed ({plan.share_summary})",
-            gen,
-            now,
-        )
-    # Progressing
-    moving = plan is not None and bool(plan.moved)
-    pending = len(live) != min(desired, placed) or ready < len(live) or bool(waiting) or moving
-    if pending and desired > 0:
-        why = "WaitingForNodeReconfiguration" if waiting else ("MovingReplicas" if moving else "RollingOut")
-        msg = (
-            next(iter(waiting.values()), "") if waiting else f"{ready}/{min(desired, placed)} replicas ready"
-        )
-        if unschedulable and not waiting:
-            # The plan gave the replica a share, but the scheduler cannot put its pod on the planned node (a
-            # taint, host CPU or memory): say so in the scheduler's words, it is for the user to act on.
-            ordinal, sched_msg = min(unschedulable.items())
-            why = "PodUnschedulable"
-            msg = (
-                f"{ready}/{min(desired, placed)} replicas ready; the pod of replica {ordinal}"
-                + (f" and {len(unschedulable) - 1} more" if len(unschedulable) > 1 else "")
-                + f" cannot be scheduled on its planned node: {sched_msg}"
-            )
-        conds = set_condition(conds, PROGRESSING, True, why, msg, gen, now)
-    else:
-        conds = set_condition(conds, PROGRESSING, False, "Complete", f"{ready} replicas ready", gen, now)
-    # Ready
-    if dep.spec.suspend:
-        conds = set_condition(conds, READY, False, "Suspended", "the deployment is suspended", gen, now)
-    elif desired == 0:
-        conds = set_condition(conds, READY, True, "ScaledToZero", "no replica is wanted", gen, now)
-    elif ready >= desired:
-        conds = set_condition(
-            conds, READY, True, "ReplicasReady", f"{ready}/{desired} replicas ready", gen, now
-        )
-    elif ready > 0:
-        conds = set_condition(
-            conds, READY, False, "PartiallyReady", f"{ready}/{desired} replicas ready", gen, now
-        )
-    else:
-        conds = set_condition(conds, READY, False, "NoReplicaReady", f"0/{desired} replicas ready", gen, now)
-    # Degraded: something the user must act on (capacity), not a rollout in progress.
-    if desired > 0 and plan is not None and plan.unplaced:
-        placed_cond = condition(conds, PLACED)
-        assert placed_cond is not None
-        conds = set_condition(conds, DEGRADED, True, placed_cond.reason, placed_cond.message, gen, now)
-    else:
-        conds = set_condition(
-            conds, DEGRADED, False, "AsPlanned", "every wanted replica has a share", gen, now
-        )
-    st.conditions = conds
+        st.share_summary = plan.share_summary[:_SHARE_SUMMARY_MAX]
+    st.placed_replicas = plan.placed if plan is not None else 0
+    placements, unschedulable = _placements(plan, live, waiting)
+    st.placements = placements or None
+    shares = [x for x in placements if x.mechanism]
+    if plan is not None and plan.placed and shares:
+        st.share = ResolvedShare(mechanism=shares[0].mechanism or None, mig_profile=shares[0].mig_profile)
+    r = Rollout(
+        suspend=dep.spec.suspend,
+        desired=0 if dep.spec.suspend else dep.spec.replicas,
+        live=len(live),
+        ready=ready,
+        placed=st.placed_replicas,
+        plan=plan,
+        pool_name=dep.spec.pool_ref.name,
+        waiting=waiting,
+        unschedulable=unschedulable,
+        previous_placed=condition(old.conditions, PLACED),
+    )
+    placed = placed_condition(r)
+    results = {
+        PLACED: placed,
+        PROGRESSING: progressing_condition(r),
+        READY: ready_condition(r),
+        DEGRADED: degraded_condition(r, placed),
+    }
+    st.conditions = _with_conditions(old.conditions or [], results, gen, now)
     return st
+
+
+# ------------------------------------------------------------------------------------------ GPUPool
+
+
+def pool_ready_condition(
+    pp: PoolPlan, nodes: Sequence[PoolNodeStatus], waiting_nodes: Sequence[str]
+) -> ConditionResult:
+    """Ready: the pool has nodes and none of them waits for the GPU Operator."""
+    if not nodes:
+        return ConditionResult(False, "NoNodes", "the node selector matches no node")
+    if waiting_nodes:
+        listed = ", ".join(waiting_nodes[:MAX_WAITING_NODES_LISTED])
+        return ConditionResult(
+            False,
+            "Reconfiguring",
+            f"waiting for the NVIDIA GPU Operator to apply the new configuration on {listed}",
+        )
+    return ConditionResult(
+        True, "Planned", f"{pp.gpus_used}/{pp.gpus_total} GPUs used, {pp.replicas_placed} replicas placed"
+    )
+
+
+def pool_degraded_condition(pp: PoolPlan) -> ConditionResult:
+    """Degraded: some replica of the pool has no share."""
+    if pp.replicas_unplaced:
+        return ConditionResult(
+            True, "ReplicasUnplaced", f"{pp.replicas_unplaced} replicas could not be placed"
+        )
+    return ConditionResult(False, "AsPlanned", "every wanted replica has a share")
+
+
+def _reservations(
+    pool: GPUPool, plan: Plan, reservations_in_use: Mapping[str, int]
+) -> list[ReservationStatus] | None:
+    """Per reservation: the GPUs it holds, how many are in use by their owners, how many are lent out."""
+    lent: dict[str, int] = {}
+    held: dict[str, int] = {}
+    for g in plan.gpus:
+        if g.reservation:
+            held[g.reservation] = held.get(g.reservation, 0) + 1
+            if any(r.borrowed for r in g.replicas):
+                lent[g.reservation] = lent.get(g.reservation, 0) + 1
+    return [
+        ReservationStatus(
+            name=r.name,
+            gpus=held.get(r.name, 0),
+            in_use=reservations_in_use.get(r.name, 0),
+            lent=lent.get(r.name, 0),
+        )
+        for r in pool.spec.reservations or []
+    ] or None
+
+
+def _capacity(st: GPUPoolStatus, pp: PoolPlan) -> None:
+    """Copy the plan's pool-wide counts into the status."""
+    st.gpus_total = pp.gpus_total
+    st.gpus_used = pp.gpus_used
+    st.gpus_reserved = pp.gpus_reserved
+    st.gpus_segment = pp.gpus_segment
+    st.gpus_by_mode = dict(sorted(pp.gpus_by_mode.items())) or None
+    st.memory_total = format_bytes(pp.memory_total_bytes)
+    st.memory_allocated = format_bytes(pp.memory_allocated_bytes)
+    st.memory_stranded = format_bytes(pp.memory_stranded_bytes)
+    st.replicas_placed = pp.replicas_placed
+    st.replicas_unplaced = pp.replicas_unplaced
 
 
 def pool_status(
@@ -285,72 +408,21 @@ def pool_status(
 ) -> GPUPoolStatus:
     old = pool.status or GPUPoolStatus()
     gen = pool.metadata.generation
-    conds = list(old.conditions or [])
     st = GPUPoolStatus(observed_generation=gen, nodes=len(nodes), node_status=list(nodes) or None)
     if error is not None:
         reason, message = error
-        conds = set_condition(conds, READY, False, reason, message, gen, now)
-        conds = set_condition(conds, DEGRADED, True, reason, message, gen, now)
-        st.conditions = conds
+        results = {
+            READY: ConditionResult(False, reason, message),
+            DEGRADED: ConditionResult(True, reason, message),
+        }
+        st.conditions = _with_conditions(old.conditions or [], results, gen, now)
         return st
     assert plan is not None
-    pp = plan.pool
-    st.gpus_total = pp.gpus_total
-    st.gpus_used = pp.gpus_used
-    st.gpus_reserved = pp.gpus_reserved
-    st.gpus_segment = pp.gpus_segment
-    st.gpus_by_mode = dict(sorted(pp.gpus_by_mode.items())) or None
-    st.memory_total = format_bytes(pp.memory_total_bytes)
-    st.memory_allocated = format_bytes(pp.memory_allocated_bytes)
-    st.memory_stranded = format_bytes(pp.memory_stranded_bytes)
-    st.replicas_placed = pp.replicas_placed
-    st.replicas_unplaced = pp.replicas_unplaced
-    lent: dict[str, int] = {}
-    held: dict[str, int] = {}
-    for g in plan.gpus:
-        if g.reservation:
-            held[g.reservation] = held.get(g.reservation, 0) + 1
-            if any(r.borrowed for r in g.replicas):
-                lent[g.reservation] = lent.get(g.reservation, 0) + 1
-    st.reservations = [
-        ReservationStatus(
-            name=r.name,
-            gpus=held.get(r.name, 0),
-            in_use=reservations_in_use.get(r.name, 0),
-            lent=lent.get(r.name, 0),
-        )
-        for r in pool.spec.reservations or []
-    ] or None
-    if not nodes:
-        conds = set_condition(conds, READY, False, "NoNodes", "the node selector matches no node", gen, now)
-    elif waiting_nodes:
-        msg = "waiting for the NVIDIA GPU Operator to apply the new configuration on " + ", ".join(
-            waiting_nodes[:5]
-        )
-        conds = set_condition(conds, READY, False, "Reconfiguring", msg, gen, now)
-    else:
-        conds = set_condition(
-            conds,
-            READY,
-            True,
-            "Planned",
-            f"{pp.gpus_used}/{pp.gpus_total} GPUs used, {pp.replicas_placed} replicas placed",
-            gen,
-            now,
-        )
-    if pp.replicas_unplaced:
-        conds = set_condition(
-            conds,
-            DEGRADED,
-            True,
-            "ReplicasUnplaced",
-            f"{pp.replicas_unplaced} replicas could not be placed",
-            gen,
-            now,
-        )
-    else:
-        conds = set_condition(
-            conds, DEGRADED, False, "AsPlanned", "every wanted replica has a share", gen, now
-        )
-    st.conditions = conds
+    _capacity(st, plan.pool)
+    st.reservations = _reservations(pool, plan, reservations_in_use)
+    results = {
+        READY: pool_ready_condition(plan.pool, nodes, waiting_nodes),
+        DEGRADED: pool_degraded_condition(plan.pool),
+    }
+    st.conditions = _with_conditions(old.conditions or [], results, gen, now)
     return st

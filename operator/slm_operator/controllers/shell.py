@@ -1,0 +1,73 @@
+"""What every controller of the shell does the same way: read an object into its model, write a status only
+when it changed, create or replace a ConfigMap whose data the core computes (re-read and retried on 409)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from slm_operator.api.base import ApiModel
+from slm_operator.contract import API_VERSION
+from slm_operator.controllers.kube import Kube, retry_on_conflict
+from slm_operator.render.configmaps import configmap
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def strip(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep what the models know: apiVersion, kind, metadata (without managedFields), spec, status."""
+    out: dict[str, Any] = {
+        k: raw[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in raw
+    }
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    out["metadata"] = meta
+    return out
+
+
+def write_status(
+    kube: Kube, kind: str, name: str, namespace: str | None, old: ApiModel | None, new: ApiModel
+) -> bool:
+    """Apply ``new`` as the status of an slm.io object unless it equals ``old``; True when it was written.
+
+    Conditions keep their ``lastTransitionTime`` when nothing changed, so a resync that observes nothing new
+    writes nothing.
+    """
+    body = new.to_k8s()
+    if (old.to_k8s() if old is not None else None) == body:
+        return False
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:  # None: a cluster-scoped kind (GPUPool)
+        metadata["namespace"] = namespace
+    kube.apply({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "status": body}, status=True)
+    return True
+
+
+def update_configmap(
+    kube: Kube,
+    name: str,
+    namespace: str,
+    compute: Callable[[Mapping[str, str] | None], Mapping[str, str] | None],
+) -> None:
+    """Create or replace a ConfigMap with ``compute(current data)`` (None: leave it as it is).
+
+    The replace carries the resourceVersion read, so a concurrent writer makes it fail with 409; the step is
+    then run again on a fresh read (other pools' entries are never lost).
+    """
+
+    def step() -> None:
+        cm = kube.get("v1", "ConfigMap", name, namespace)
+        data = compute(None if cm is None else (cm.get("data") or {}))
+        if data is None:
+            return
+        body = configmap(name, namespace, data)
+        if cm is None:
+            kube.create(body)
+            return
+        body["metadata"]["resourceVersion"] = cm["metadata"]["resourceVersion"]
+        kube.replace(body)
+
+    retry_on_conflict(step)

@@ -1,0 +1,64 @@
+"""The two ConfigMaps the NVIDIA GPU Operator reads, shared by every pool: what their data becomes.
+
+Each pool merges its entries in and drops the entries no node names any more, keeping what other pools wrote.
+Pure: the shell reads the ConfigMap, asks here for the new data and writes it (``None``: nothing to write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import yaml
+
+from slm_operator.contract import APP_MANAGED_BY_LABEL, MANAGED_BY
+from slm_operator.render import EXCLUSIVE_CONFIG, device_plugin_documents, mig_parted_document
+
+MIG_PARTED_KEY = "config.yaml"
+
+
+def configmap(name: str, namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """A ConfigMap slm-operator manages."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {APP_MANAGED_BY_LABEL: MANAGED_BY},
+        },
+        "data": dict(data),
+    }
+
+
+def mig_parted_data(
+    current: Mapping[str, str] | None, in_use: Collection[str], entries: Mapping[str, Any]
+) -> dict[str, str] | None:
+    """mig-manager's ConfigMap data: the ``slm-*`` configs some node still names, plus ``entries``.
+
+    ``current`` is the ConfigMap's data (None: there is no ConfigMap); None when it already says this.
+    """
+    configs: dict[str, Any] = {}
+    if current is not None:
+        configs = (yaml.safe_load(current.get(MIG_PARTED_KEY, "")) or {}).get("mig-configs") or {}
+    merged = {k: v for k, v in configs.items() if k.startswith("slm-") and k in in_use}
+    merged.update(entries)
+    text = mig_parted_document(merged)
+    if current is not None and current.get(MIG_PARTED_KEY) == text:
+        return None
+    return {MIG_PARTED_KEY: text}
+
+
+def device_plugin_data(
+    current: Mapping[str, str] | None, in_use: Collection[str], entries: Mapping[str, dict[str, Any]]
+) -> dict[str, str] | None:
+    """The device plugin's ConfigMap data: the configs some node still names, the exclusive one, ``entries``.
+
+    ``current`` is the ConfigMap's data (None: there is no ConfigMap); None when it already says this.
+    """
+    data = dict(current or {})
+    keep = {k: v for k, v in data.items() if k in in_use or k == EXCLUSIVE_CONFIG}
+    merged = keep | device_plugin_documents(entries)
+    if current is not None and data == merged:
+        return None
+    return merged

@@ -1,0 +1,251 @@
+"""The shell (controllers/) against an in-memory API (tests/fake_kube.py): what a user sees in the cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fake_kube import FakeKube
+from slm_operator.api.v1alpha1 import GPUPool
+from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
+    GPU_ROLES_ANNOTATION,
+    MIG_CONFIG_LABEL,
+    MIG_CONFIG_STATE_LABEL,
+    ORIGINAL_LABELS_ANNOTATION,
+    POOL_LABEL,
+    SHARING_STRATEGY_LABEL,
+)
+from slm_operator.controllers import handlers
+from slm_operator.controllers.context import OperatorContext, memo_for
+from slm_operator.controllers.finetune import FineTuneReconciler
+from slm_operator.controllers.pools import PoolReconciler
+from slm_operator.manifests import load_manifests
+from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = OperatorConfig()
+NS = CFG.nvidia_namespace
+
+
+def _cluster(*extra: dict[str, Any]) -> FakeKube:
+    """The examples (pools, deployments, FineTuneJobs, nodes) as the API server would hold them."""
+    m = load_manifests([ROOT / "examples"])
+    fake = FakeKube(*m.nodes, *extra)
+    for obj in [*m.pools, *m.deployments, *m.finetune_jobs]:
+        raw = obj.to_k8s()
+        raw["metadata"]["creationTimestamp"] = "2026-11-26T09:00:00Z"
+        fake.add(raw)
+    return fake
+
+
+def _dp_configmap(data: dict[str, str]) -> dict[str, Any]:
+    meta = {"name": CFG.device_plugin_configmap, "namespace": NS}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
+def _gpu_operator_applies(fake: FakeKube) -> None:
+    """What the NVIDIA GPU Operator does with the labels: apply the configs and report them (GFD labels)."""
+    cm = fake.peek("ConfigMap", CFG.device_plugin_configmap, NS)
+    assert cm is not None
+    for node in fake.of_kind("Node"):
+        labels = node["metadata"]["labels"]
+        if DEVICE_PLUGIN_CONFIG_LABEL not in labels or not node["metadata"]["name"].startswith("gpu-h100"):
+            continue
+        labels[MIG_CONFIG_STATE_LABEL] = "success"
+        sharing = yaml.safe_load(cm["data"][labels[DEVICE_PLUGIN_CONFIG_LABEL]]).get("sharing") or {}
+        shared = sharing.get("mps") or sharing.get("timeSlicing")
+        labels[SHARING_STRATEGY_LABEL] = (
+            "none" if not shared else ("mps" if "mps" in sharing else "time-slicing")
+        )
+        labels[GPU_REPLICAS_LABEL] = str(shared["resources"][0]["replicas"]) if shared else "1"
+
+
+def _pods_run(fake: FakeKube) -> None:
+    for pod in fake.of_kind("Pod"):
+        placement = json.loads(pod["metadata"]["annotations"]["slm.io/placement"])
+        pod["spec"]["nodeName"] = placement["node"]
+        pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+def _condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    assert obj is not None
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+# ------------------------------------------------------------------------------------------- GPUPool
+
+
+def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing_once_settled() -> None:
+    # The device plugin ConfigMap already holds an entry an L4 node of the other pool uses, and a stale one.
+    fake = _cluster(_dp_configmap({EXCLUSIVE_CONFIG: "x", "slm-ts-3": "other pool's", "slm-ts-7": "stale"}))
+    l4 = fake.peek("Node", "gpu-l4-0")
+    assert l4 is not None
+    l4["metadata"]["labels"][DEVICE_PLUGIN_CONFIG_LABEL] = "slm-ts-3"
+    pools = PoolReconciler(fake.as_kube(), CFG)
+
+    assert pools.reconcile("h100") is True, "waits for the GPU Operator"
+    h100 = [n for n in fake.of_kind("Node") if n["metadata"]["name"].startswith("gpu-h100")]
+    for node in h100:
+        assert {MIG_CONFIG_LABEL, DEVICE_PLUGIN_CONFIG_LABEL} <= set(node["metadata"]["labels"])
+        assert ORIGINAL_LABELS_ANNOTATION in node["metadata"]["annotations"]
+    dp = fake.peek("ConfigMap", CFG.device_plugin_configmap, NS)
+    assert dp is not None and dp["data"]["slm-ts-3"] == "other pool's", "another pool's entry is kept"
+    assert "slm-ts-7" not in dp["data"], "an entry no node names is dropped"
+    for node in h100:
+        assert node["metadata"]["labels"][DEVICE_PLUGIN_CONFIG_LABEL] in dp["data"]
+    mig = fake.peek("ConfigMap", CFG.mig_configmap, NS)
+    assert mig is not None
+    named = yaml.safe_load(mig["data"]["config.yaml"])["mig-configs"]
+    assert all(n["metadata"]["labels"][MIG_CONFIG_LABEL] in named for n in h100)
+    assert fake.of_kind("Pod") == [], "no pod before the nodes report the new configuration"
+    assert _condition(fake.peek("GPUPool", "h100"), "Ready")["reason"] == "Reconfiguring"
+
+    _gpu_operator_applies(fake)
+    pools.reconcile("h100")
+    pods = fake.of_kind("Pod")
+    assert len(pods) == 18 and all(p["metadata"]["labels"][POOL_LABEL] == "h100" for p in pods)
+    _pods_run(fake)
+    pools.reconcile("h100")
+    assert _condition(fake.peek("SLMDeployment", "invoice-extractor", "agents"), "Ready")["status"] == "True"
+    assert _condition(fake.peek("GPUPool", "h100"), "Ready")["reason"] == "Planned"
+
+    before = len(fake.writes)
+    assert pools.reconcile("h100") is False
+    # Services are server-side applied on every pass (a no-op for the API server when nothing changed);
+    # nothing else is written: no status, no node, no ConfigMap, no pod.
+    assert {w for w in fake.writes[before:] if w[0] != "apply"} == set()
+    assert {k for v, k, _ in fake.writes[before:]} == {"Service"}
+
+
+def test_a_configmap_replace_that_loses_a_race_is_redone_on_a_fresh_read() -> None:
+    fake = _cluster(_dp_configmap({EXCLUSIVE_CONFIG: "x"}))
+    for node in fake.of_kind("Node"):
+        if node["metadata"]["name"] == "gpu-l4-1":
+            node["metadata"]["labels"][DEVICE_PLUGIN_CONFIG_LABEL] = "slm-mps-4"
+
+    def other_pool_writes(cm: dict[str, Any]) -> None:
+        cm["data"]["slm-mps-4"] = "written by the l4 pool meanwhile"
+
+    fake.after_next_read("ConfigMap", CFG.device_plugin_configmap, NS, other_pool_writes)
+    PoolReconciler(fake.as_kube(), CFG).reconcile("h100")
+
+    assert fake.count("replace-conflict", "ConfigMap") == 1 and fake.count("replace", "ConfigMap") == 1
+    dp = fake.peek("ConfigMap", CFG.device_plugin_configmap, NS)
+    assert dp is not None and dp["data"]["slm-mps-4"] == "written by the l4 pool meanwhile"
+    h100 = fake.peek("Node", "gpu-h100-0")
+    assert h100 is not None and h100["metadata"]["labels"][DEVICE_PLUGIN_CONFIG_LABEL] in dp["data"]
+
+
+def test_deleting_a_pool_gives_its_nodes_their_labels_back_and_removes_its_replicas() -> None:
+    fake = _cluster()
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    pools.reconcile("h100")
+    _gpu_operator_applies(fake)
+    pools.reconcile("h100")
+    assert fake.of_kind("Pod")
+    from_api = fake.peek("GPUPool", "h100")  # the pool as the delete handler gets it
+    assert from_api is not None
+    fake.objects.pop(("GPUPool", "", "h100"))
+
+    pools.release("h100", GPUPool.model_validate(from_api))
+
+    assert [p for p in fake.of_kind("Pod") if p["metadata"]["labels"][POOL_LABEL] == "h100"] == []
+    node = fake.peek("Node", "gpu-h100-0")
+    assert node is not None
+    assert node["metadata"]["labels"][MIG_CONFIG_LABEL] == "all-disabled"
+    assert DEVICE_PLUGIN_CONFIG_LABEL not in node["metadata"]["labels"]
+    annotations = node["metadata"].get("annotations") or {}
+    assert ORIGINAL_LABELS_ANNOTATION not in annotations and GPU_ROLES_ANNOTATION not in annotations
+    placed = _condition(fake.peek("SLMDeployment", "invoice-extractor", "agents"), "Placed")
+    assert placed["status"] == "False" and placed["reason"] == "PoolNotFound"
+
+
+# ------------------------------------------------------------------------------------------- FineTuneJob
+
+
+def _segment_ready(fake: FakeKube) -> None:
+    node = fake.peek("Node", "gpu-h100-1")
+    assert node is not None
+    node["metadata"].setdefault("annotations", {})[GPU_ROLES_ANNOTATION] = json.dumps({"7": "finetune"})
+
+
+def _ftj_pass(fake: FakeKube, r: FineTuneReconciler) -> dict[str, Any]:
+    body = fake.peek("FineTuneJob", "extractor-lora-1", "agents")
+    assert body is not None
+    r.reconcile(body)
+    out = fake.peek("FineTuneJob", "extractor-lora-1", "agents")
+    assert out is not None
+    return out
+
+
+def test_a_finetunejob_creates_its_job_once_mirrors_it_and_promotes_the_adapter() -> None:
+    fake = _cluster()
+    _segment_ready(fake)
+    r = FineTuneReconciler(fake.as_kube(), "operator:1", "slm-finetune")
+
+    ftj = _ftj_pass(fake, r)
+    ftj = _ftj_pass(fake, r)
+    jobs = fake.of_kind("Job")
+    assert len(jobs) == 1 and fake.count("create", "Job") == 1, "one Job across passes"
+    job = jobs[0]
+    affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchFields"][0]["values"] == ["gpu-h100-1"]
+    assert ftj["status"]["jobName"] == job["metadata"]["name"]
+    assert _condition(ftj, "Trained")["reason"] == "Training"
+    assert fake.count("apply-status", "FineTuneJob") == 1, "the second pass saw nothing new"
+
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t1"}
+    ftj = _ftj_pass(fake, r)
+    assert _condition(ftj, "Trained")["status"] == "True"
+    assert _condition(ftj, "Promoted")["status"] == "True"
+    dep = fake.peek("SLMDeployment", "invoice-extractor", "agents")
+    assert dep is not None
+    assert dep["metadata"]["annotations"][ADAPTER_ANNOTATION] == "pvc://adapters/extractor/v1"
+    assert [e["reason"] for e in fake.events] == ["Promoted"]
+
+    _ftj_pass(fake, r)
+    assert fake.count("patch", "SLMDeployment") == 1 and len(fake.events) == 1, "promoted once"
+
+
+@pytest.mark.parametrize(("pool", "reason"), [("nope", "PoolNotFound"), ("h100", "SegmentNotReady")])
+def test_a_finetunejob_without_a_segment_to_run_on_creates_no_job_and_says_why(
+    pool: str, reason: str
+) -> None:
+    fake = _cluster()
+    ftj = fake.peek("FineTuneJob", "extractor-lora-1", "agents")
+    assert ftj is not None
+    ftj["spec"]["poolRef"]["name"] = pool
+    ftj = _ftj_pass(fake, FineTuneReconciler(fake.as_kube(), "operator:1", None))
+    assert fake.of_kind("Job") == []
+    assert _condition(ftj, "Trained")["reason"] == reason
+
+
+def test_the_kopf_handlers_reach_the_reconcilers_through_the_memo() -> None:
+    fake = _cluster()
+    _segment_ready(fake)
+    kube = fake.as_kube()
+    ctx = OperatorContext(
+        kube=kube,
+        cfg=CFG,
+        pools=PoolReconciler(kube, CFG),
+        finetune=FineTuneReconciler(kube, "operator:1", None),
+    )
+    memo = memo_for(ctx)
+    handlers.finetune_reconcile(body=fake.peek("FineTuneJob", "extractor-lora-1", "agents"), memo=memo)
+    assert len(fake.of_kind("Job")) == 1
+    ev = ctx.pool_trigger("h100")
+    ev.clear()
+    dep = fake.peek("SLMDeployment", "invoice-extractor", "agents")
+    handlers.deployment_event(body=dep, type="MODIFIED", memo=memo)
+    assert ev.is_set(), "a change to a deployment wakes its pool's daemon"
+    ev.clear()
+    handlers.deployment_event(body=dep, type="MODIFIED", memo=memo)
+    assert not ev.is_set(), "the same deployment seen again changes nothing"
