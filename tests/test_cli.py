@@ -146,16 +146,16 @@ def test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heur
 
 def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPatch) -> None:
     from slm_operator import cli
-    from slm_operator.planner import exact
+    from slm_operator.planner import entrypoints
 
     budgets: list[float] = []
-    real = exact.optimize_pool
+    real = entrypoints.optimize_pool
 
     def spy(*args: Any, time_budget_s: float, **kw: Any) -> Any:
         budgets.append(time_budget_s)
         return real(*args, time_budget_s=time_budget_s, **kw)
 
-    monkeypatch.setattr(exact, "optimize_pool", spy)
+    monkeypatch.setattr(entrypoints, "optimize_pool", spy)
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["plan", "-f", str(ROOT / "examples"), "--optimize", "--time-budget", "0.5"]) == 0
         assert budgets == [0.5, 0.5]  # one call per pool (h100, l4)
