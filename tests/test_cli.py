@@ -439,6 +439,14 @@ def test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig(
     assert lines[3] == "    GPU 1: free"
 
 
+@pytest.mark.parametrize("command", ["show", "run"])
+def test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass(command: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    r = run(command, "--kubeconfig", str(missing))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"the kubeconfig {missing} cannot be used" in r.stderr and "pass --kubeconfig PATH" in r.stderr
+
+
 # run
 
 
@@ -624,7 +632,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ],
     ("plan", "--time-budget"): ["test_plan_time_budget_reaches_the_exact_solver"],
     ("show", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
-    ("show", "--kubeconfig"): ["test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig"],
+    ("show", "--kubeconfig"): [
+        "test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig",
+        "test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass",
+    ],
     ("run", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     **{
         ("run", f): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"] for f in RUN_FLAGS

@@ -264,10 +264,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
         QOS_LABEL,
         REPLICA_LABEL,
     )
-    from slm_operator.controllers.kube import Kube, load_config
+    from slm_operator.controllers.kube import Kube, KubeConfigError, load_config
     from slm_operator.views import NodeView, PodView
 
-    kube = Kube(load_config(args.kubeconfig))
+    try:
+        kube = Kube(load_config(args.kubeconfig))
+    except KubeConfigError as exc:
+        raise CliError(str(exc)) from None
     pools = kube.list(API_VERSION, "GPUPool")
     pods = kube.list("v1", "Pod", label_selector=POOL_LABEL)
     nodes = {n["metadata"]["name"]: n for n in kube.list("v1", "Node")}
@@ -307,9 +310,13 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from slm_operator.controllers.kube import KubeConfigError
     from slm_operator.controllers.main import run
 
-    return run(args)
+    try:
+        return run(args)
+    except KubeConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ Writes use server-side apply with the ``slm-operator`` field manager where slm-o
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -23,6 +24,10 @@ log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")
 
 
+class KubeConfigError(Exception):
+    """No usable way to reach the API server (not in a pod, and no readable kubeconfig)."""
+
+
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster configuration when running in a pod, else the kubeconfig (``--kubeconfig``/$KUBECONFIG)."""
     try:
@@ -30,7 +35,14 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
             raise config.ConfigException("explicit kubeconfig")
         config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes.config has no annotations
     except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
+        try:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
+        except (config.ConfigException, OSError) as exc:
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise KubeConfigError(
+                f"cannot reach a Kubernetes API server: not running in a pod, and the kubeconfig {where} "
+                f"cannot be used ({exc}); pass --kubeconfig PATH or set KUBECONFIG"
+            ) from None
     return client.ApiClient()
 
 
