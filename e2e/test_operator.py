@@ -274,6 +274,15 @@ def test_examples_are_placed_where_the_plan_says(
             verdict = argocd_health(kind, obj)
             assert verdict["status"] == "Healthy", (kind, verdict)
         wait_ready(cluster, "agents", "invoice-extractor")  # rolled onto the adapter, one replica at a time
+        # The promotion was a merge patch, and the API-request counter saw it (it once counted no patches).
+        requests = {
+            smp.labels["verb"]: smp.value
+            for smp in scrape(f"http://127.0.0.1:{operator.metrics_port}/metrics")[
+                "slm_api_requests_total"
+            ].samples
+            if smp.name == "slm_api_requests_total"
+        }
+        assert requests.get("patch", 0) >= 1 and requests["list"] >= 1 and requests["apply"] >= 1, requests
         # The Service of each deployment exists and selects its pods.
         svc = cluster.core.read_namespaced_service("invoice-extractor", "agents")
         assert svc.spec.selector == {"slm.io/deployment": "invoice-extractor"}

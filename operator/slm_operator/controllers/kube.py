@@ -60,13 +60,15 @@ def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:
 
 
 def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Count failed API requests by verb and HTTP status (slm_api_errors_total)."""
+    """Count a :class:`Kube` method's API requests (``Kube.requests``, slm_api_requests_total) and its failures
+    by verb and HTTP status (slm_api_errors_total)."""
 
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-        def inner(*args: Any, **kw: Any) -> T:
+        def inner(self: Kube, *args: Any, **kw: Any) -> T:
+            self.requests += 1
             metrics.count_api_request(verb)
             try:
-                return fn(*args, **kw)
+                return fn(self, *args, **kw)
             except ApiException as exc:
                 metrics.count_api_error(verb, exc.status or "unknown")
                 raise
@@ -99,7 +101,6 @@ class Kube:
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, **kw: Any
     ) -> list[dict[str, Any]]:
-        self.requests += 1
         res = self.resource(api_version, kind)
         out = res.get(namespace=namespace, **kw) if namespace else res.get(**kw)
         items: list[dict[str, Any]] = [i.to_dict() for i in out.items]
@@ -112,7 +113,6 @@ class Kube:
     def get(
         self, api_version: str, kind: str, name: str, namespace: str | None = None
     ) -> dict[str, Any] | None:
-        self.requests += 1
         try:
             obj: dict[str, Any] = (
                 self.resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
@@ -126,7 +126,6 @@ class Kube:
     @_counted("apply")
     def apply(self, obj: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
         """Server-side apply (force: slm-operator owns the fields it sets)."""
-        self.requests += 1
         res = self.resource(obj["apiVersion"], obj["kind"])
         if status:
             res = res.status
@@ -143,7 +142,6 @@ class Kube:
     @_counted("create")
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (a restart racing its own earlier create)."""
-        self.requests += 1
         try:
             out: dict[str, Any] = (
                 self.resource(obj["apiVersion"], obj["kind"])
@@ -158,13 +156,13 @@ class Kube:
 
     @_counted("delete")
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, **kw: Any) -> bool:
-        self.requests += 1
         try:
             self.resource(api_version, kind).delete(name=name, namespace=namespace, **kw)
             return True
         except NotFoundError:
             return False
 
+    @_counted("update")
     def replace(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Replace the whole object; its ``metadata.resourceVersion`` makes a stale write fail with 409."""
         out: dict[str, Any] = (
@@ -174,10 +172,10 @@ class Kube:
         )
         return out
 
+    @_counted("patch")
     def merge_patch(
         self, api_version: str, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any] | None:
-        self.requests += 1
         try:
             out: dict[str, Any] = (
                 self.resource(api_version, kind)
