@@ -195,7 +195,13 @@ def test_unknown_model_becomes_a_condition() -> None:
     placed = next(c for c in st.conditions or [] if c.type == "Placed")
     assert placed.status.value == "False" and placed.reason == "UnknownModel"
     assert "`spec.model.architecture`" in placed.message
-    assert any(e.reason == "Unplaceable" for e in d.events)
+    event = next(e for e in d.events if e.reason == "Unplaceable")
+    # posted on the deployment itself: `kubectl describe` shows it there
+    assert event.involved_object() == {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": "summarizer", "namespace": "agents", "uid": dep.metadata.uid},
+    }
 
 
 def test_labels_wait_for_pods_to_drain() -> None:

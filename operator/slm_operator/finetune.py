@@ -14,6 +14,7 @@ from typing import Any
 
 from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, GPUPool
 from slm_operator.contract import ADAPTER_ANNOTATION, GPU_ROLES_ANNOTATION, POOL_LABEL
+from slm_operator.events import Event
 from slm_operator.render.finetune import (
     artifact,
     evaluation_score,
@@ -41,16 +42,6 @@ class FineTuneWorld:
 
 
 @dataclass(frozen=True)
-class ObjectEvent:
-    """A core/v1 Event to post on ``involved`` (an object in its JSON form)."""
-
-    involved: Mapping[str, Any]
-    type: str
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Promotion:
     """Point the SLMDeployment ``name`` at the trained adapter (a merge patch of its annotation)."""
 
@@ -64,7 +55,7 @@ class FineTuneDecisions:
     status: FineTuneJobStatus
     job_create: dict[str, Any] | None = None
     promotion: Promotion | None = None
-    events: list[ObjectEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
 
 def segment_nodes(nodes: Sequence[Mapping[str, Any]], pool: str, segment: str) -> list[str]:
@@ -123,7 +114,7 @@ def _promote(world: FineTuneWorld, job: Mapping[str, Any], d: FineTuneDecisions)
             patch={"metadata": {"annotations": {ADAPTER_ANNOTATION: result}}},
         )
         message = f"rolling onto {result} from FineTuneJob {ftj.metadata.name}"
-        d.events.append(ObjectEvent(dep, "Normal", "Promoted", message))
+        d.events.append(Event.on(dep, "Normal", "Promoted", message))
     return True, score
 
 

@@ -57,7 +57,7 @@ class FineTuneReconciler:
             p = d.promotion
             self.kube.merge_patch(API_VERSION, "SLMDeployment", p.name, dict(p.patch), p.namespace)
         for e in d.events:
-            self.kube.event(dict(e.involved), e.type, e.reason, e.message)
+            self.kube.event(e.involved_object(), e.type, e.reason, e.message)
         ns = ftj.metadata.namespace or "default"
         write_status(self.kube, "FineTuneJob", ftj.metadata.name, ns, ftj.status, d.status)
 

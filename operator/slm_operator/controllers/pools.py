@@ -126,16 +126,7 @@ class PoolReconciler:
                 self.kube, "GPUPool", world.pool.metadata.name, None, world.pool.status, d.pool_status
             )
         for event in d.events:
-            involved = {
-                "apiVersion": API_VERSION,
-                "kind": event.kind,
-                "metadata": {
-                    "name": event.name,
-                    "namespace": event.namespace,
-                    "uid": _uid(world, event.namespace, event.name),
-                },
-            }
-            self.kube.event(involved, event.type, event.reason, event.message)
+            self.kube.event(event.involved_object(), event.type, event.reason, event.message)
 
     def _apply_nodes(self, world: World, d: Decisions) -> None:
         """Node annotations (patched only when they differ) and the NVIDIA selector labels."""
@@ -269,12 +260,3 @@ def _message(exc: ApiException) -> str:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except ValueError:
         return str(exc.reason)
-
-
-def _uid(world: World, namespace: str | None, name: str) -> str | None:
-    for d in world.deployments:
-        if d.metadata.name == name and d.metadata.namespace == namespace:
-            return d.metadata.uid
-    if world.pool.metadata.name == name:
-        return world.pool.metadata.uid
-    return None

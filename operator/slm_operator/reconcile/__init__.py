@@ -16,6 +16,7 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
 
 from __future__ import annotations
 
+from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
 from slm_operator.planner import plan_pool
 from slm_operator.reconcile.inputs import (
@@ -28,7 +29,7 @@ from slm_operator.reconcile.nodes import configure_nodes, relabel_nodes, restore
 from slm_operator.reconcile.pods import create_pods, delete_pods
 from slm_operator.reconcile.podsets import pod_sets
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
-from slm_operator.reconcile.world import Decisions, Event, World
+from slm_operator.reconcile.world import Decisions, World
 
 __all__ = ["Decisions", "Event", "World", "claimed_reservations", "decide", "restore_labels"]
 
@@ -69,6 +70,6 @@ def decide(world: World) -> Decisions:
         services=list(deployments.services),
         deployment_statuses=dict(deployments.statuses),
         pool_status=pool,
-        events=[*deployments.events, *eviction_events(plan)],
+        events=[*deployments.events, *eviction_events(world, plan)],
         waiting=bool(deletions.held or relabels.waiting_nodes or creations.waiting),
     )

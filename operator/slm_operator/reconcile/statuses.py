@@ -8,11 +8,12 @@ from typing import Any
 
 from slm_operator.api.v1alpha1 import GPUPoolStatus, PoolNodeStatus, SLMDeployment, SLMDeploymentStatus
 from slm_operator.contract import MIG_CONFIG_LABEL, MIG_CONFIG_STATE_LABEL
+from slm_operator.events import Event
 from slm_operator.inventory import deployment_key
 from slm_operator.planner.model import Plan
 from slm_operator.reconcile.inputs import NodeReadings, Sizings
 from slm_operator.reconcile.podsets import PodSets
-from slm_operator.reconcile.world import Event, World
+from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
 from slm_operator.status import DEGRADED, PLACED, deployment_status, pool_status, set_condition
 
@@ -67,9 +68,10 @@ def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Eve
             continue
         ns, name = dep.metadata.namespace, dep.metadata.name
         if c.status.value == "True":
-            out.append(Event("SLMDeployment", ns, name, "Normal", "Placed", c.message))
+            out.append(Event("SLMDeployment", ns, name, "Normal", "Placed", c.message, dep.metadata.uid))
         else:
-            out.append(Event("SLMDeployment", ns, name, "Warning", "Unplaceable", f"{c.reason}: {c.message}"))
+            message = f"{c.reason}: {c.message}"
+            out.append(Event("SLMDeployment", ns, name, "Warning", "Unplaceable", message, dep.metadata.uid))
     return out
 
 
@@ -120,8 +122,9 @@ def _node_statuses(nodes: NodeReadings, sharing: Mapping[str, str]) -> list[Pool
     return out
 
 
-def eviction_events(plan: Plan) -> tuple[Event, ...]:
+def eviction_events(world: World, plan: Plan) -> tuple[Event, ...]:
     """Moved (Normal) or Yielded (Warning) for every replica the planner evicts."""
+    uids = {deployment_key(d): d.metadata.uid for d in world.deployments}
     out: list[Event] = []
     for e in plan.pool.evictions:
         ns, _, name = e.deployment.partition("/")
@@ -134,6 +137,7 @@ def eviction_events(plan: Plan) -> tuple[Event, ...]:
                 "Normal" if moved else "Warning",
                 "Moved" if moved else "Yielded",
                 f"replica {e.ordinal}: {e.message}",
+                uids.get(e.deployment),
             )
         )
     return tuple(out)

@@ -1,4 +1,5 @@
-"""What the shell hands the core (:class:`World`) and what it gets back (:class:`Decisions`, :class:`Event`)."""
+r"""What the shell hands the core (:class:`World`) and what it gets back (:class:`Decisions`, with
+:class:`~slm_operator.events.Event`\ s)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from slm_operator.api.v1alpha1 import GPUPool, GPUPoolStatus, SLMDeployment, SLMDeploymentStatus
+from slm_operator.events import Event
 from slm_operator.planner.model import Plan
 from slm_operator.render import NodeConfig, OperatorConfig
 
@@ -22,16 +24,6 @@ class World:
     mig_configs: dict[str, Any]  # current `mig-configs` of the mig-parted ConfigMap
     now: str
     cfg: OperatorConfig = field(default_factory=OperatorConfig)
-
-
-@dataclass
-class Event:
-    kind: str  # SLMDeployment | GPUPool
-    namespace: str | None
-    name: str
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass
