@@ -27,9 +27,9 @@ from typing import Any
 
 from slm_operator.catalog import gpu_by_key
 from slm_operator.planner.mig import fitting_profiles, geometry
-from slm_operator.planner.model import TIER_RANK, Demand, NodeInventory, PoolPolicy
+from slm_operator.planner.model import Demand, NodeInventory, PoolPolicy
 from slm_operator.planner.state import build_context, mps_nmax
-from slm_operator.planner.vocabulary import GpuRole
+from slm_operator.planner.vocabulary import TIER_RANK, GpuRole
 
 
 @dataclass

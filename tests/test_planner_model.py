@@ -169,10 +169,18 @@ def test_the_planner_vocabulary_spells_values_as_the_api_does() -> None:
 
     from slm_operator.api import v1alpha1 as api
     from slm_operator.planner import model
-    from slm_operator.planner.vocabulary import EvictionReason, Mechanism, NodeMode, Tier, UnplacedReason
+    from slm_operator.planner.vocabulary import (
+        EvictionReason,
+        GpuMode,
+        Mechanism,
+        NodeMode,
+        Tier,
+        UnplacedReason,
+    )
 
     assert {m.value for m in Mechanism} == {m.value for m in api.Mechanism} == set(get_args(model.Mechanism))
     assert [t.value for t in Tier] == [t.value for t in api.QoSTier] == list(get_args(model.Tier))
     assert {m.value for m in NodeMode} - {"Free"} == set(get_args(model.NodeSharing))
     assert {r.value for r in EvictionReason} == set(get_args(model.EvictionReason))
     assert {r.value for r in UnplacedReason} == set(get_args(model.UnplacedReason))
+    assert {m.value for m in GpuMode} == set(get_args(model.GpuMode))

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from slm_operator.planner.mig import Counts, complete, place, starts_legal
+from slm_operator.planner.mig import Counts, MigGeometry, complete, place, starts_legal
 from slm_operator.planner.model import (
     DeploymentPlan,
     Eviction,
@@ -190,6 +190,57 @@ def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | N
     return share
 
 
+def _mig_plan(
+    ctx: Context, gpu: Gpu, geo: MigGeometry, counts: Counts
+) -> tuple[list[MigInstancePlan], dict[int, int], MigDeviceLayout]:
+    """The GPU's MIG instances (each replica on an instance of its profile, by profile, deployment and
+    ordinal; spare instances shared), the start of each replica's instance by id, and the node layout entry."""
+    inst_plans: list[MigInstancePlan] = []
+    rep_start: dict[int, int] = {}
+    pairs = _starts(gpu, counts)
+    pool_by_prof: dict[int, list[Rep]] = {}
+    for r in sorted((r for r in gpu.reps if r.mech == _MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)):
+        pool_by_prof.setdefault(r.prof, []).append(r)
+    for pi, s in pairs:
+        lst = pool_by_prof.get(pi)
+        if lst:
+            r = lst.pop(0)
+            rep_start[id(r)] = s
+            inst_plans.append(
+                _new(
+                    MigInstancePlan,
+                    profile=geo.profiles[pi].name,
+                    start=s,
+                    deployment=r.dep.key,
+                    ordinal=r.ordinal,
+                )
+            )
+        else:  # a spare instance: equal ones are one shared frozen object
+            key = ("spare", geo.model_key, pi, s)
+            spare = ctx.share_cache.get(key)
+            if spare is None:
+                spare = ctx.share_cache[key] = _new(MigInstancePlan, profile=geo.profiles[pi].name, start=s)
+            inst_plans.append(spare)
+    lay_key = ("layout", geo.model_key, gpu.index, counts)
+    lay = ctx.share_cache.get(lay_key)
+    if lay is None:
+        lay = ctx.share_cache[lay_key] = _new(
+            MigDeviceLayout, index=gpu.index, mig_enabled=True, devices=geo.names(counts)
+        )
+    return inst_plans, rep_start, lay
+
+
+def _gpu_mode(gpu: Gpu) -> str:
+    """``GpuPlan.mode``: the GPU's group, Free when nothing runs on it, else its mechanism."""
+    if gpu.role == _SEGMENT:
+        return "Segment"
+    if gpu.role == _RESERVED:
+        return "Reserved"
+    if not gpu.reps:
+        return "Free"
+    return gpu.mode or _EXCLUSIVE
+
+
 def _summary(share: Share, borrowed: bool) -> str:
     if share.mechanism == "MIG":
         return f"MIG {share.mig_profile}"
@@ -261,7 +312,6 @@ class PlanBuilder:
         self, gpu: Gpu, sharing: NodeSharing, n: int | None
     ) -> tuple[GpuPlan, MigDeviceLayout | None, _GpuStats]:
         ctx = self.ctx
-        node = gpu.node
         counts = _mig_counts(gpu, sharing)
         inst_plans: list[MigInstancePlan] = []
         rep_start: dict[int, int] = {}
@@ -269,56 +319,44 @@ class PlanBuilder:
         lay: MigDeviceLayout | None = None
         if counts is not None:
             assert geo is not None
-            pairs = _starts(gpu, counts)
-            pool_by_prof: dict[int, list[Rep]] = {}
-            for r in sorted(
-                (r for r in gpu.reps if r.mech == _MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)
-            ):
-                pool_by_prof.setdefault(r.prof, []).append(r)
-            for pi, s in pairs:
-                lst = pool_by_prof.get(pi)
-                if lst:
-                    r = lst.pop(0)
-                    rep_start[id(r)] = s
-                    inst_plans.append(
-                        _new(
-                            MigInstancePlan,
-                            profile=geo.profiles[pi].name,
-                            start=s,
-                            deployment=r.dep.key,
-                            ordinal=r.ordinal,
-                        )
-                    )
-                else:  # a spare instance: equal ones are one shared frozen object
-                    key = ("spare", geo.model_key, pi, s)
-                    spare = ctx.share_cache.get(key)
-                    if spare is None:
-                        spare = ctx.share_cache[key] = _new(
-                            MigInstancePlan, profile=geo.profiles[pi].name, start=s
-                        )
-                    inst_plans.append(spare)
-            lay_key = ("layout", geo.model_key, gpu.index, counts)
-            lay = ctx.share_cache.get(lay_key)
-            if lay is None:
-                lay = ctx.share_cache[lay_key] = _new(
-                    MigDeviceLayout, index=gpu.index, mig_enabled=True, devices=geo.names(counts)
-                )
+            inst_plans, rep_start, lay = _mig_plan(ctx, gpu, geo, counts)
         elif geo is not None:
             lay = _new(MigDeviceLayout, index=gpu.index, mig_enabled=False)
         inv_enabled = gpu.inv.mig_enabled
         reconf = inv_enabled if counts is None else (not inv_enabled or gpu.inv_counts != counts)
-        mode: str
-        if gpu.role == _SEGMENT:
-            mode = "Segment"
-        elif gpu.role == _RESERVED:
-            mode = "Reserved"
-        elif not gpu.reps:
-            mode = "Free"
-        else:
-            mode = gpu.mode or _EXCLUSIVE
+        mode = _gpu_mode(gpu)
+        replicas, g_alloc, g_share = self._replicas(gpu, n, rep_start)
+        g_free = g_strand = 0
+        if gpu.reps:
+            g_free, g_strand = _free_stranded(ctx, gpu, counts, n)
+        plan = _new(
+            GpuPlan,
+            node=gpu.node.name,
+            index=gpu.index,
+            product=gpu.key,
+            mode=mode,
+            mig_instances=tuple(inst_plans),
+            reservation=gpu.group if gpu.role == _RESERVED else None,
+            segment=gpu.group if gpu.role == _SEGMENT else None,
+            replicas=tuple(replicas),
+            memory_bytes=gpu.mem,
+            allocated_bytes=g_alloc,
+            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == _POOL else 0),
+            stranded_bytes=g_strand,
+            reconfigure=reconf,
+        )
+        stats = _GpuStats(bool(gpu.reps), gpu.mem, g_alloc, g_share, g_free, g_strand, mode)
+        return plan, lay, stats
+
+    def _replicas(
+        self, gpu: Gpu, n: int | None, rep_start: dict[int, int]
+    ) -> tuple[list[ReplicaPlacement], int, int]:
+        """The GPU's replica placements (and each replica's summary for its deployment's explanation), the
+        memory they are allocated and the memory of their shares."""
+        ctx = self.ctx
         replicas: list[ReplicaPlacement] = []
-        where = f"{node.name}/{gpu.index}"
-        g_alloc = g_free = g_strand = g_share = 0
+        where = f"{gpu.node.name}/{gpu.index}"
+        g_alloc = g_share = 0
         summaries = self.summaries
         reps_sorted = gpu.reps if len(gpu.reps) < 2 else sorted(gpu.reps, key=_rep_order)
         for r in reps_sorted:
@@ -345,26 +383,7 @@ class PlanBuilder:
             r.out = (summ, where)
             g_alloc += dep.size
             g_share += dep.size if share.mechanism == "TimeSlicing" else share.memory_bytes
-        if gpu.reps:
-            g_free, g_strand = _free_stranded(ctx, gpu, counts, n)
-        plan = _new(
-            GpuPlan,
-            node=node.name,
-            index=gpu.index,
-            product=gpu.key,
-            mode=mode,
-            mig_instances=tuple(inst_plans),
-            reservation=gpu.group if gpu.role == _RESERVED else None,
-            segment=gpu.group if gpu.role == _SEGMENT else None,
-            replicas=tuple(replicas),
-            memory_bytes=gpu.mem,
-            allocated_bytes=g_alloc,
-            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == _POOL else 0),
-            stranded_bytes=g_strand,
-            reconfigure=reconf,
-        )
-        stats = _GpuStats(bool(gpu.reps), gpu.mem, g_alloc, g_share, g_free, g_strand, mode)
-        return plan, lay, stats
+        return replicas, g_alloc, g_share
 
     def build_dep(self, dep: Dep) -> None:
         self.dep_plans[dep.key] = _deployment(self.ctx, dep)

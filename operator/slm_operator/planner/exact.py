@@ -28,12 +28,13 @@ from typing import Any
 
 from slm_operator.planner.assemble import build_plan
 from slm_operator.planner.heuristic import run_heuristic
-from slm_operator.planner.mig import fitting_profiles
+from slm_operator.planner.mig import MigGeometry, fitting_profiles
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
 from slm_operator.planner.packer import Packer
 from slm_operator.planner.state import (
     Context,
     Gpu,
+    Node,
     Rep,
     _ts_n,
     attach,
@@ -140,6 +141,8 @@ def solve_exact(
 Pins = dict[int, tuple[Gpu, Mechanism, int]]
 Frozen = dict[int, tuple[int, ...]]
 NodeModes = dict[int, tuple[NodeMode, int]]
+#: a replica's choice: (replica index, GPU id, mechanism, MIG profile index or -1)
+XKey = tuple[int, int, Mechanism, int]
 
 
 def _unpin(ctx: Context) -> tuple[Pins, Frozen, NodeModes]:
@@ -188,10 +191,11 @@ class _Builder:
         self.frozen = frozen
         self.node_n = node_modes
         # CP-SAT variables and expressions are typed Any (ortools ships no type stubs)
-        self.x: dict[tuple[int, int, Mechanism, int], Any] = {}  # (rep idx, gid, mech, prof) -> bool var
+        self.x: dict[XKey, Any] = {}  # (rep idx, gid, mech, prof) -> bool var
         self.y: dict[tuple[int, int, int], Any] = {}  # (gid, prof, start)
         self.mode: dict[tuple[int, Mechanism], Any] = {}
         self.nv: dict[tuple[int, int], Any] = {}  # (node pos, N) MPS clients per GPU
+        self.mps_ns: dict[int, list[int]] = {}  # node pos -> the N of its ``nv`` variables, ascending
         self.nmode: dict[tuple[int, NodeMode], Any] = {}
         self.used: dict[int, Any] = {}
         self.placed: dict[int, Any] = {}
@@ -199,126 +203,161 @@ class _Builder:
 
     # -------------------------------------------------------------------------------------------- model
     def build(self) -> None:
-        ctx, m = self.ctx, self.m
-        policy = ctx.policy
-        pos_nodes = sorted({g.node.pos for g in self.gpus})
-        node_of = {n.pos: n for n in ctx.nodes}
-        for p in pos_nodes:
-            node = node_of[p]
-            for node_mode in (NodeMode.MPS, NodeMode.TIME_SLICING):
-                self.nmode[(p, node_mode)] = m.NewBoolVar(f"n{p}_{node_mode}")
-            m.Add(self.nmode[(p, NodeMode.MPS)] + self.nmode[(p, NodeMode.TIME_SLICING)] <= 1)
-            if node.whole:  # reserved / segment GPUs need sharing None
-                m.Add(self.nmode[(p, NodeMode.MPS)] == 0)
-                m.Add(self.nmode[(p, NodeMode.TIME_SLICING)] == 0)
-            limit = min(policy.mps_max_clients_per_gpu, min(g.model.mps_max_clients for g in node.gpus))
-            ks = list(range(2, limit + 1))
-            for k in ks:
-                self.nv[(p, k)] = m.NewBoolVar(f"nv{p}_{k}")
-            m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, NodeMode.MPS)])
+        """The whole model, step by step (the order of variables and constraints is part of the result: CP-SAT
+        with one worker is deterministic for a given model, so a reordering can change the plan found)."""
+        node_of = {n.pos: n for n in self.ctx.nodes}
+        for p in sorted({g.node.pos for g in self.gpus}):
+            self._node_vars(node_of[p])
         for g in self.gpus:
-            pool = g.role == GpuRole.POOL
-            for kind in (Mechanism.MIG, Mechanism.MPS, Mechanism.TIME_SLICING, Mechanism.EXCLUSIVE):
-                if not pool and kind != Mechanism.EXCLUSIVE:
-                    continue
-                if kind == Mechanism.MIG and g.geo is None:
-                    continue
-                self.mode[(g.gid, kind)] = m.NewBoolVar(f"g{g.gid}_{kind}")
-            m.Add(sum(v for (gid, _), v in self.mode.items() if gid == g.gid) <= 1)
-            p = g.node.pos
-            if (g.gid, Mechanism.MPS) in self.mode:
-                m.Add(self.mode[(g.gid, Mechanism.MPS)] <= self.nmode[(p, NodeMode.MPS)])
-            if (g.gid, Mechanism.TIME_SLICING) in self.mode:
-                m.Add(self.mode[(g.gid, Mechanism.TIME_SLICING)] <= self.nmode[(p, NodeMode.TIME_SLICING)])
-            if (g.gid, Mechanism.MIG) in self.mode:
-                m.Add(self.mode[(g.gid, Mechanism.MIG)] + self.nmode[(p, NodeMode.MPS)] <= 1)
-            m.Add(
-                self.mode[(g.gid, Mechanism.EXCLUSIVE)]
-                + self.nmode[(p, NodeMode.MPS)]
-                + self.nmode[(p, NodeMode.TIME_SLICING)]
-                <= 1
-            )
-            if pool and g.geo is not None:
-                geo = g.geo
-                for pi, prof in enumerate(geo.profiles):
-                    for s in prof.starts:
-                        v = m.NewBoolVar(f"y{g.gid}_{pi}_{s}")
-                        self.y[(g.gid, pi, s)] = v
-                        m.Add(v <= self.mode[(g.gid, Mechanism.MIG)])
-                    m.Add(sum(self.y[(g.gid, pi, s)] for s in prof.starts) <= prof.max_count)
-                for sl in range(geo.memory_slices):
-                    cover = [
-                        self.y[(g.gid, pi, s)]
-                        for pi, prof in enumerate(geo.profiles)
-                        for s in prof.starts
-                        if s <= sl < s + prof.memory_slices
-                    ]
-                    m.Add(sum(cover) <= 1)
-                m.Add(
-                    sum(
-                        prof.compute_slices * self.y[(g.gid, pi, s)]
-                        for pi, prof in enumerate(geo.profiles)
-                        for s in prof.starts
-                    )
-                    <= geo.compute_slices
-                )
-                m.Add(
-                    sum(
-                        self.y[(g.gid, pi, s)]
-                        for pi, prof in enumerate(geo.profiles)
-                        if prof.media_extensions
-                        for s in prof.starts
-                    )
-                    <= 1
-                )
-        # replicas
-        for ri, r in enumerate(ctx.reps):
+            self._gpu_mode_vars(g)
+            if g.role == GpuRole.POOL and g.geo is not None:
+                self._mig_instances(g, g.geo)
+        for ri, r in enumerate(self.ctx.reps):
             self._rep_vars(ri, r)
-        # capacity links
+        x_by_gpu: dict[int, list[tuple[XKey, Any]]] = {}
+        for key, v in self.x.items():
+            x_by_gpu.setdefault(key[1], []).append((key, v))
         for g in self.gpus:
-            gid = g.gid
-            xs = [(key, v) for key, v in self.x.items() if key[1] == gid]
-            if g.geo is not None and g.role == GpuRole.POOL:
-                for pi, prof in enumerate(g.geo.profiles):
-                    use = [v for (ri, _, k, p), v in xs if k == Mechanism.MIG and p == pi]
-                    if use:
-                        m.Add(sum(use) <= sum(self.y[(gid, pi, s)] for s in prof.starts))
-            mps = [(key, v) for key, v in xs if key[2] == Mechanism.MPS]
-            if mps:
-                p = g.node.pos
-                for _, v in mps:
-                    m.Add(v <= self.mode[(gid, Mechanism.MPS)])
-                ks = [k for (pp, k) in self.nv if pp == p]
-                m.Add(sum(v for _, v in mps) <= sum(k * self.nv[(p, k)] for k in ks))
-                for (ri, _, _, _), v in mps:
-                    size = ctx.reps[ri].dep.size
-                    for k in ks:
-                        if mps_cap(g.mem_mib, k) < size:
-                            m.Add(v + self.nv[(p, k)] <= 1)
-            ts = [(key, v) for key, v in xs if key[2] == Mechanism.TIME_SLICING]
-            if ts:
-                for _, v in ts:
-                    m.Add(v <= self.mode[(gid, Mechanism.TIME_SLICING)])
-                m.Add(sum(v for _, v in ts) <= _ts_n(ctx, g.node))
-                cap_mib = (g.mem * ctx.ts_factor // 100) >> 20
-                m.Add(
-                    sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts)
-                    <= cap_mib
-                )
-            ex = [v for key, v in xs if key[2] == Mechanism.EXCLUSIVE]
-            if ex:
-                m.Add(sum(ex) <= self.mode[(gid, Mechanism.EXCLUSIVE)])
-            u = m.NewBoolVar(f"u{gid}")
-            self.used[gid] = u
-            for _, v in xs:
-                m.Add(v <= u)
-            if xs:
-                m.Add(u <= sum(v for _, v in xs))
-            else:
-                m.Add(u == 0)
+            self._capacity(g, x_by_gpu.get(g.gid, []))
         self._frozen_constraints()
         self._symmetry()
         self._objective()
+
+    def _node_vars(self, node: Node) -> None:
+        """A node is MPS, time-sliced or neither (reserved/segment GPUs: neither); an MPS node picks one
+        clients-per-GPU value."""
+        m, p = self.m, node.pos
+        for node_mode in (NodeMode.MPS, NodeMode.TIME_SLICING):
+            self.nmode[(p, node_mode)] = m.NewBoolVar(f"n{p}_{node_mode}")
+        m.Add(self.nmode[(p, NodeMode.MPS)] + self.nmode[(p, NodeMode.TIME_SLICING)] <= 1)
+        if node.whole:  # reserved / segment GPUs need sharing None
+            m.Add(self.nmode[(p, NodeMode.MPS)] == 0)
+            m.Add(self.nmode[(p, NodeMode.TIME_SLICING)] == 0)
+        limit = min(self.ctx.policy.mps_max_clients_per_gpu, min(g.model.mps_max_clients for g in node.gpus))
+        ks = list(range(2, limit + 1))
+        self.mps_ns[p] = ks
+        for k in ks:
+            self.nv[(p, k)] = m.NewBoolVar(f"nv{p}_{k}")
+        m.Add(sum(self.nv[(p, k)] for k in ks) == self.nmode[(p, NodeMode.MPS)])
+
+    def _gpu_mode_vars(self, g: Gpu) -> None:
+        """At most one mode per GPU (a reserved GPU: only whole), compatible with its node's sharing."""
+        m, p, gid = self.m, g.node.pos, g.gid
+        pool = g.role == GpuRole.POOL
+        modes: list[Any] = []
+        for kind in (Mechanism.MIG, Mechanism.MPS, Mechanism.TIME_SLICING, Mechanism.EXCLUSIVE):
+            if not pool and kind != Mechanism.EXCLUSIVE:
+                continue
+            if kind == Mechanism.MIG and g.geo is None:
+                continue
+            v = self.mode[(gid, kind)] = m.NewBoolVar(f"g{gid}_{kind}")
+            modes.append(v)
+        m.Add(sum(modes) <= 1)
+        if (gid, Mechanism.MPS) in self.mode:
+            m.Add(self.mode[(gid, Mechanism.MPS)] <= self.nmode[(p, NodeMode.MPS)])
+        if (gid, Mechanism.TIME_SLICING) in self.mode:
+            m.Add(self.mode[(gid, Mechanism.TIME_SLICING)] <= self.nmode[(p, NodeMode.TIME_SLICING)])
+        if (gid, Mechanism.MIG) in self.mode:
+            m.Add(self.mode[(gid, Mechanism.MIG)] + self.nmode[(p, NodeMode.MPS)] <= 1)
+        m.Add(
+            self.mode[(gid, Mechanism.EXCLUSIVE)]
+            + self.nmode[(p, NodeMode.MPS)]
+            + self.nmode[(p, NodeMode.TIME_SLICING)]
+            <= 1
+        )
+
+    def _mig_instances(self, g: Gpu, geo: MigGeometry) -> None:
+        """One optional instance per (profile, legal start): max counts, one instance per memory slice,
+        compute slices, at most one ``+me`` instance."""
+        m, gid, y = self.m, g.gid, self.y
+        for pi, prof in enumerate(geo.profiles):
+            for s in prof.starts:
+                v = m.NewBoolVar(f"y{gid}_{pi}_{s}")
+                y[(gid, pi, s)] = v
+                m.Add(v <= self.mode[(gid, Mechanism.MIG)])
+            m.Add(sum(y[(gid, pi, s)] for s in prof.starts) <= prof.max_count)
+        for sl in range(geo.memory_slices):
+            cover = [
+                y[(gid, pi, s)]
+                for pi, prof in enumerate(geo.profiles)
+                for s in prof.starts
+                if s <= sl < s + prof.memory_slices
+            ]
+            m.Add(sum(cover) <= 1)
+        m.Add(
+            sum(
+                prof.compute_slices * y[(gid, pi, s)]
+                for pi, prof in enumerate(geo.profiles)
+                for s in prof.starts
+            )
+            <= geo.compute_slices
+        )
+        m.Add(
+            sum(
+                y[(gid, pi, s)]
+                for pi, prof in enumerate(geo.profiles)
+                if prof.media_extensions
+                for s in prof.starts
+            )
+            <= 1
+        )
+
+    def _capacity(self, g: Gpu, xs: list[tuple[XKey, Any]]) -> None:
+        """Link the replicas' choices on one GPU (``xs``, in creation order) to its instances, mode and use."""
+        if g.geo is not None and g.role == GpuRole.POOL:
+            self._mig_capacity(g, g.geo, xs)
+        mps = [(key, v) for key, v in xs if key[2] == Mechanism.MPS]
+        if mps:
+            self._mps_capacity(g, mps)
+        ts = [(key, v) for key, v in xs if key[2] == Mechanism.TIME_SLICING]
+        if ts:
+            self._ts_capacity(g, ts)
+        ex = [v for key, v in xs if key[2] == Mechanism.EXCLUSIVE]
+        if ex:
+            self.m.Add(sum(ex) <= self.mode[(g.gid, Mechanism.EXCLUSIVE)])
+        self._used(g, xs)
+
+    def _mig_capacity(self, g: Gpu, geo: MigGeometry, xs: list[tuple[XKey, Any]]) -> None:
+        """Replicas of a profile <= instances of that profile."""
+        for pi, prof in enumerate(geo.profiles):
+            use = [v for (_, _, k, p), v in xs if k == Mechanism.MIG and p == pi]
+            if use:
+                self.m.Add(sum(use) <= sum(self.y[(g.gid, pi, s)] for s in prof.starts))
+
+    def _mps_capacity(self, g: Gpu, mps: list[tuple[XKey, Any]]) -> None:
+        """Clients <= the node's clients per GPU N, and no client with an estimate above the cap at N."""
+        m, p = self.m, g.node.pos
+        for _, v in mps:
+            m.Add(v <= self.mode[(g.gid, Mechanism.MPS)])
+        ks = self.mps_ns[p]
+        m.Add(sum(v for _, v in mps) <= sum(k * self.nv[(p, k)] for k in ks))
+        for (ri, _, _, _), v in mps:
+            size = self.ctx.reps[ri].dep.size
+            for k in ks:
+                if mps_cap(g.mem_mib, k) < size:
+                    m.Add(v + self.nv[(p, k)] <= 1)
+
+    def _ts_capacity(self, g: Gpu, ts: list[tuple[XKey, Any]]) -> None:
+        """Time-sliced replicas <= the node's replicas per GPU; their estimates (MiB) <= the oversubscribed
+        memory."""
+        ctx, m = self.ctx, self.m
+        for _, v in ts:
+            m.Add(v <= self.mode[(g.gid, Mechanism.TIME_SLICING)])
+        m.Add(sum(v for _, v in ts) <= _ts_n(ctx, g.node))
+        cap_mib = (g.mem * ctx.ts_factor // 100) >> 20
+        m.Add(sum(((ctx.reps[ri].dep.size + (1 << 20) - 1) >> 20) * v for (ri, _, _, _), v in ts) <= cap_mib)
+
+    def _used(self, g: Gpu, xs: list[tuple[XKey, Any]]) -> None:
+        """A GPU is used exactly when some replica is on it."""
+        m = self.m
+        u = m.NewBoolVar(f"u{g.gid}")
+        self.used[g.gid] = u
+        for _, v in xs:
+            m.Add(v <= u)
+        if xs:
+            m.Add(u <= sum(v for _, v in xs))
+        else:
+            m.Add(u == 0)
 
     def _symmetry(self) -> None:
         """Interchangeable GPUs (same node and model, nothing running) are used in index order, and identical
@@ -496,12 +535,15 @@ class _Builder:
     def hint_from(self, hctx: Context) -> int | None:
         """Give the heuristic plan as a solution hint; return its objective value under this model."""
         by_key = {(r.dep.key, r.ordinal): i for i, r in enumerate(self.ctx.reps)}
-        chosen: dict[tuple[int, int, Mechanism, int], int] = {}
+        chosen: dict[XKey, int] = {}
+        choice_of: dict[int, XKey] = {}  # replica index -> its choice
         for r in hctx.reps:
             if r.gpu is None:
                 continue
             ri = by_key[(r.dep.key, r.ordinal)]
-            chosen[(ri, r.gpu.gid, r.mech or Mechanism.EXCLUSIVE, r.prof)] = 1
+            key = (ri, r.gpu.gid, r.mech or Mechanism.EXCLUSIVE, r.prof)
+            chosen[key] = 1
+            choice_of.setdefault(ri, key)
         for key, v in self.x.items():
             self.m.AddHint(v, chosen.get(key, 0))
         # objective of the hint under the same weights
@@ -510,13 +552,13 @@ class _Builder:
         used: set[int] = set()
         per_dep_gpu: dict[tuple[int, int], int] = {}
         for ri, r in enumerate(self.ctx.reps):
-            keys = [k for k in chosen if k[0] == ri]
-            if not keys:
+            choice = choice_of.get(ri)
+            if choice is None:
                 total += w[f"place{r.dep.rank}"]
             else:
-                if keys[0] not in self.x:
-                    return None  # the heuristic uid something this model does not express
-                _, gid, mech, prof = keys[0]
+                if choice not in self.x:
+                    return None  # the heuristic did something this model does not express
+                _, gid, mech, prof = choice
                 used.add(gid)
                 per_dep_gpu[(r.dep.uid, gid)] = per_dep_gpu.get((r.dep.uid, gid), 0) + 1
                 g = self.ctx.gpus[gid]
@@ -535,15 +577,18 @@ class _Builder:
         """Write the solution into the context (node modes, GPU modes, replicas)."""
         ctx = self.ctx
         val = solver.Value
+        node_of = {n.pos: n for n in ctx.nodes}
         for (pos, k), v in self.nmode.items():
             if val(v):
-                node = next(n for n in ctx.nodes if n.pos == pos)
+                node = node_of[pos]
                 if k == NodeMode.MPS:
                     node.mode = NodeMode.MPS
-                    node.n = next(kk for (pp, kk), vv in self.nv.items() if pp == pos and val(vv))
+                    node.n = next(n for n in self.mps_ns[pos] if val(self.nv[(pos, n)]))
                 else:
                     node.mode = NodeMode.TIME_SLICING
                     node.n = _ts_n(ctx, node)
+        # GPUs where a running replica stays: under ``repartition: Never`` they keep their frozen layout
+        kept = {self.pins[id(ctx.reps[ri])][0].gid for ri, v in self.stay.items() if val(v)}
         chosen = sorted((key for key, v in self.x.items() if val(v)), key=lambda k: (k[1], k[0]))
         for ri, gid, mech, prof in chosen:
             r = ctx.reps[ri]
@@ -552,21 +597,17 @@ class _Builder:
                 g.mode = Mechanism.MIG
                 g.mig_state = 0
                 fz = self.frozen.get(gid)
-                if (
-                    fz is not None
-                    and not ctx.policy.may_repartition
-                    and any(
-                        self.stay.get(rj) is not None
-                        and val(self.stay[rj])
-                        and self.pins[id(ctx.reps[rj])][0] is g
-                        for rj in self.stay
-                    )
-                ):
+                if fz is not None and not ctx.policy.may_repartition and gid in kept:
                     g.frozen = fz
                     g.free_inst = list(fz)
             if g.node.mode == NodeMode.FREE:
                 g.node.mode = NodeMode.NONE
             attach(ctx, r, g, mech, prof)
+        self._evictions_and_reasons()
+
+    def _evictions_and_reasons(self) -> None:
+        """A running replica the solution moved gets an eviction record; an unplaced replica its reason."""
+        ctx = self.ctx
         for r in ctx.reps:
             pin = self.pins.get(id(r))
             if pin is not None and (r.gpu is not pin[0] or r.mech != pin[1] or r.prof != pin[2]):

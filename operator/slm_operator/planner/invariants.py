@@ -2,19 +2,25 @@
 
 Independent of how the plan was made (heuristic, exact solver, or hand-written): it only reads the plan, the
 inputs and the catalog. Used by the property tests and by the benchmark. docs/planner.md lists the rules.
+
+Each rule is a function returning its violations; ``_NODE_RULES``, ``_GPU_RULES``, ``_REPLICA_RULES`` and
+``_GPU_COUNT_RULES`` list them in the order their messages appear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 
 from slm_operator.catalog import GpuModel, gpu_by_key
 from slm_operator.planner.mig import geometry
 from slm_operator.planner.model import (
-    TIER_RANK,
     CurrentPlacement,
     Demand,
     GpuPlan,
+    MigDeviceLayout,
+    MigInstancePlan,
     NodeInventory,
     NodePlan,
     Plan,
@@ -22,19 +28,30 @@ from slm_operator.planner.model import (
     ReplicaPlacement,
 )
 from slm_operator.planner.state import mps_cap
+from slm_operator.planner.vocabulary import (
+    TIER_MECHANISMS,
+    TIER_RANK,
+    GpuMode,
+    Mechanism,
+    NodeMode,
+    Tier,
+    UnplacedReason,
+)
 
-_TIER_MECHS = {
-    "Guaranteed": {"MIG", "Exclusive"},
-    "Burstable": {"MIG", "MPS", "Exclusive"},
-    "BestEffort": {"MIG", "MPS", "TimeSlicing", "Exclusive"},
+_UNPLACED = frozenset(UnplacedReason)
+#: the mechanism a GPU's replicas use, by the GPU's mode (a reserved GPU: see ``_mechanism_fits_gpu``)
+_MODE_MECHANISM: dict[str, Mechanism] = {
+    GpuMode.MIG: Mechanism.MIG,
+    GpuMode.MPS: Mechanism.MPS,
+    GpuMode.TIME_SLICING: Mechanism.TIME_SLICING,
+    GpuMode.EXCLUSIVE: Mechanism.EXCLUSIVE,
 }
-_UNPLACED = {
-    "InsufficientCapacity",
-    "NoShareFits",
-    "MechanismNotAllowed",
-    "PreemptedByHigherTier",
-    "ReservedCapacity",
-}
+#: modes of a GPU whose node must not enable MIG on it
+_NOT_MIG_MODES = frozenset(
+    {GpuMode.MPS, GpuMode.TIME_SLICING, GpuMode.EXCLUSIVE, GpuMode.RESERVED, GpuMode.SEGMENT}
+)
+#: modes of a GPU that LLM and fine-tuning pods request whole (``nvidia.com/gpu``)
+_WHOLE_MODES = frozenset({GpuMode.EXCLUSIVE, GpuMode.RESERVED, GpuMode.SEGMENT})
 
 
 def check_plan(
@@ -91,47 +108,125 @@ def check_plan(
     return v
 
 
+# ------------------------------------------------------------------------------------------------ node-wide modes
+
+
 def _check_node(np: NodePlan, gpus: list[GpuPlan], policy: PoolPolicy) -> list[str]:
-    v: list[str] = []
-    w = f"node {np.name}"
-    modes = {g.mode for g in gpus}
-    layouts = {x.index: x for x in np.mig_layout}
+    """The node's sharing config (rule 2), then each GPU against the node's layout and sharing."""
+    sharing = NodeMode(np.sharing)
+    modes: set[str] = {g.mode for g in gpus}
     mig_on = any(x.mig_enabled for x in np.mig_layout)
-    if np.sharing == "MPS":
-        if mig_on:
-            v.append(f"{w}: MPS on a node with a MIG-enabled GPU")
-        if not modes <= {"MPS", "Free"}:
-            v.append(f"{w}: MPS node has GPUs in modes {sorted(modes)}")
-        n = np.replicas_per_gpu or 0
-        if not 2 <= n <= min(48, policy.mps_max_clients_per_gpu):
-            v.append(f"{w}: MPS clients per GPU {n} outside 2..{policy.mps_max_clients_per_gpu}")
-    elif np.sharing == "TimeSlicing":
-        if not modes <= {"MIG", "TimeSlicing", "Free"}:
-            v.append(f"{w}: time-sliced node has GPUs in modes {sorted(modes)}")
-        n = np.replicas_per_gpu or 0
-        if not 2 <= n <= policy.ts_max_replicas_per_gpu:
-            v.append(f"{w}: time-slicing replicas {n} outside 2..{policy.ts_max_replicas_per_gpu}")
-    else:
-        if modes & {"MPS", "TimeSlicing"}:
-            v.append(f"{w}: MPS/time-sliced GPUs on a node without sharing")
-        if np.replicas_per_gpu is not None:
-            v.append(f"{w}: replicas per GPU set on a node without sharing")
+    v = [msg for rule in _NODE_RULES for msg in rule(np, sharing, modes, mig_on, policy)]
+    layouts = {x.index: x for x in np.mig_layout}
     for g in gpus:
         lay = layouts.get(g.index)
         enabled = bool(lay and lay.mig_enabled)
-        if g.mode == "MIG" and not enabled:
-            v.append(f"GPU {g.node}/{g.index}: MIG mode but MIG disabled in the node layout")
-        if g.mode in ("MPS", "TimeSlicing", "Exclusive", "Reserved", "Segment") and enabled:
-            v.append(f"GPU {g.node}/{g.index}: {g.mode} GPU with MIG enabled")
-        if lay is not None and enabled:
-            counts: dict[str, int] = {}
-            for i in g.mig_instances:
-                counts[i.profile] = counts.get(i.profile, 0) + 1
-            if counts != dict(lay.devices):
-                v.append(f"GPU {g.node}/{g.index}: node mig layout {lay.devices} != instances {counts}")
-        if g.mode in ("Exclusive", "Reserved", "Segment") and np.sharing != "None":
-            v.append(f"GPU {g.node}/{g.index}: whole GPU ({g.mode}) on a {np.sharing} node")
+        for gpu_rule in _NODE_GPU_RULES:
+            v += gpu_rule(g, lay, enabled, np)
     return v
+
+
+def _mps_node(
+    np: NodePlan, sharing: NodeMode, modes: set[str], mig_on: bool, policy: PoolPolicy
+) -> list[str]:
+    """An MPS node: no MIG, only MPS GPUs, clients per GPU in 2..min(48, policy)."""
+    if sharing != NodeMode.MPS:
+        return []
+    v: list[str] = []
+    w = f"node {np.name}"
+    if mig_on:
+        v.append(f"{w}: MPS on a node with a MIG-enabled GPU")
+    if not modes <= {GpuMode.MPS, GpuMode.FREE}:
+        v.append(f"{w}: MPS node has GPUs in modes {sorted(modes)}")
+    n = np.replicas_per_gpu or 0
+    if not 2 <= n <= min(48, policy.mps_max_clients_per_gpu):
+        v.append(f"{w}: MPS clients per GPU {n} outside 2..{policy.mps_max_clients_per_gpu}")
+    return v
+
+
+def _time_sliced_node(
+    np: NodePlan, sharing: NodeMode, modes: set[str], mig_on: bool, policy: PoolPolicy
+) -> list[str]:
+    """A time-sliced node: MIG or time-sliced GPUs, replicas per GPU in 2..policy."""
+    if sharing != NodeMode.TIME_SLICING:
+        return []
+    v: list[str] = []
+    w = f"node {np.name}"
+    if not modes <= {GpuMode.MIG, GpuMode.TIME_SLICING, GpuMode.FREE}:
+        v.append(f"{w}: time-sliced node has GPUs in modes {sorted(modes)}")
+    n = np.replicas_per_gpu or 0
+    if not 2 <= n <= policy.ts_max_replicas_per_gpu:
+        v.append(f"{w}: time-slicing replicas {n} outside 2..{policy.ts_max_replicas_per_gpu}")
+    return v
+
+
+def _unshared_node(
+    np: NodePlan, sharing: NodeMode, modes: set[str], mig_on: bool, policy: PoolPolicy
+) -> list[str]:
+    """A node without sharing: no MPS or time-sliced GPU, no replicas per GPU."""
+    if sharing in (NodeMode.MPS, NodeMode.TIME_SLICING):
+        return []
+    v: list[str] = []
+    w = f"node {np.name}"
+    if modes & {GpuMode.MPS, GpuMode.TIME_SLICING}:
+        v.append(f"{w}: MPS/time-sliced GPUs on a node without sharing")
+    if np.replicas_per_gpu is not None:
+        v.append(f"{w}: replicas per GPU set on a node without sharing")
+    return v
+
+
+def _mig_mode_needs_mig_enabled(
+    g: GpuPlan, lay: MigDeviceLayout | None, enabled: bool, np: NodePlan
+) -> list[str]:
+    if GpuMode(g.mode) == GpuMode.MIG and not enabled:
+        return [f"GPU {g.node}/{g.index}: MIG mode but MIG disabled in the node layout"]
+    return []
+
+
+def _other_modes_need_mig_disabled(
+    g: GpuPlan, lay: MigDeviceLayout | None, enabled: bool, np: NodePlan
+) -> list[str]:
+    if g.mode in _NOT_MIG_MODES and enabled:
+        return [f"GPU {g.node}/{g.index}: {g.mode} GPU with MIG enabled"]
+    return []
+
+
+def _layout_lists_the_instances(
+    g: GpuPlan, lay: MigDeviceLayout | None, enabled: bool, np: NodePlan
+) -> list[str]:
+    """The node's mig-parted layout lists exactly the GPU's instances."""
+    if lay is None or not enabled:
+        return []
+    counts: dict[str, int] = {}
+    for i in g.mig_instances:
+        counts[i.profile] = counts.get(i.profile, 0) + 1
+    if counts != dict(lay.devices):
+        return [f"GPU {g.node}/{g.index}: node mig layout {lay.devices} != instances {counts}"]
+    return []
+
+
+def _whole_gpu_needs_no_sharing(
+    g: GpuPlan, lay: MigDeviceLayout | None, enabled: bool, np: NodePlan
+) -> list[str]:
+    if g.mode in _WHOLE_MODES and NodeMode(np.sharing) != NodeMode.NONE:
+        return [f"GPU {g.node}/{g.index}: whole GPU ({g.mode}) on a {np.sharing} node"]
+    return []
+
+
+_NODE_RULES: tuple[Callable[[NodePlan, NodeMode, set[str], bool, PoolPolicy], list[str]], ...] = (
+    _mps_node,
+    _time_sliced_node,
+    _unshared_node,
+)
+_NODE_GPU_RULES: tuple[Callable[[GpuPlan, MigDeviceLayout | None, bool, NodePlan], list[str]], ...] = (
+    _mig_mode_needs_mig_enabled,
+    _other_modes_need_mig_disabled,
+    _layout_lists_the_instances,
+    _whole_gpu_needs_no_sharing,
+)
+
+
+# ------------------------------------------------------------------------------------------------ MIG legality
 
 
 def _check_mig(g: GpuPlan, model: GpuModel, np: NodePlan | None) -> list[str]:
@@ -168,94 +263,231 @@ def _check_mig(g: GpuPlan, model: GpuModel, np: NodePlan | None) -> list[str]:
     return v
 
 
+# ------------------------------------------------------------------------------------------------ one GPU
+
+
+@dataclass(frozen=True, slots=True)
+class _GpuCheck:
+    """What the rules of one GPU read."""
+
+    g: GpuPlan
+    mode: GpuMode  # g.mode
+    model: GpuModel
+    np: NodePlan | None
+    sharing: NodeMode | None  # np.sharing
+    policy: PoolPolicy
+    demand: dict[str, Demand]
+    where: str  # "GPU node/index"
+    inst_by_owner: dict[tuple[str, int | None], MigInstancePlan]  # (deployment, ordinal) -> its MIG instance
+
+    @property
+    def n(self) -> int | None:
+        """The node's MPS clients or time-slicing replicas per GPU."""
+        return self.np.replicas_per_gpu if self.np is not None else None
+
+
 def _check_gpu(
     g: GpuPlan, model: GpuModel, np: NodePlan | None, policy: PoolPolicy, demand: dict[str, Demand]
 ) -> list[str]:
-    v: list[str] = []
-    w = f"GPU {g.node}/{g.index}"
-    allowed = set(policy.allowed_mechanisms)
-    ts_sum = 0
+    """The GPU's use, each of its replicas (tiers, mechanisms, memory: rules 2 to 4), then its counts."""
     inst_by_owner = {(i.deployment, i.ordinal): i for i in g.mig_instances if i.deployment is not None}
-    mode_mech = {"MIG": "MIG", "MPS": "MPS", "TimeSlicing": "TimeSlicing", "Exclusive": "Exclusive"}
-    if g.mode == "Segment" and g.replicas:
-        v.append(f"{w}: segment GPU holds replicas")
-    if g.mode == "Free" and g.replicas:
-        v.append(f"{w}: Free GPU holds replicas")
-    if g.mode in ("Exclusive", "Reserved") and len(g.replicas) > 1:
-        v.append(f"{w}: whole GPU with {len(g.replicas)} replicas")
+    sharing = NodeMode(np.sharing) if np is not None else None
+    c = _GpuCheck(
+        g, GpuMode(g.mode), model, np, sharing, policy, demand, f"GPU {g.node}/{g.index}", inst_by_owner
+    )
+    v = [msg for rule in _GPU_RULES for msg in rule(c)]
     for r in g.replicas:
-        rw = f"replica {r.deployment}#{r.ordinal} on {w}"
+        rw = f"replica {r.deployment}#{r.ordinal} on {c.where}"
         d = demand.get(r.deployment)
         if d is None:
             v.append(f"{rw}: unknown deployment")
             continue
-        if r.memory_bytes != d.memory_bytes or r.qos != d.tier:
-            v.append(f"{rw}: memory/qos differ from the demand")
-        mech = r.share.mechanism
-        if g.mode == "Reserved":
-            if mech != "Exclusive" or not r.borrowed:
-                v.append(f"{rw}: a reserved GPU may only be lent whole (borrowed Exclusive)")
-        elif mode_mech.get(g.mode) != mech:
-            v.append(f"{rw}: {mech} replica on a {g.mode} GPU")
-        if mech not in _TIER_MECHS[d.tier]:
-            v.append(f"{rw}: {d.tier} may not use {mech}")
-        if mech not in allowed and not r.borrowed:
-            v.append(f"{rw}: pool does not allow {mech}")
-        if d.share is not None:
-            if (d.share.mechanism and d.share.mechanism != mech) or (d.share.mig_profile and mech != "MIG"):
-                v.append(f"{rw}: explicit share {d.share.mechanism or 'MIG'} not honoured")
-            if d.share.mig_profile and r.share.mig_profile != d.share.mig_profile:
-                v.append(f"{rw}: explicit MIG profile {d.share.mig_profile} not honoured")
-        est = d.memory_bytes
-        if mech == "MIG":
-            try:
-                p = model.profile(r.share.mig_profile or "")
-            except KeyError:
-                v.append(f"{rw}: unknown MIG profile {r.share.mig_profile}")
-                continue
-            if p.memory_bytes < est:
-                v.append(f"{rw}: MIG {p.name} ({p.memory_mib} MiB usable) does not hold {est} bytes")
-            if (r.deployment, r.ordinal) not in inst_by_owner:
-                v.append(f"{rw}: no MIG instance assigned")
-            elif inst_by_owner[(r.deployment, r.ordinal)].profile != p.name:
-                v.append(f"{rw}: assigned instance has another profile")
-        elif mech == "MPS":
-            n = np.replicas_per_gpu if np is not None else None
-            if np is None or np.sharing != "MPS" or not n:
-                v.append(f"{rw}: MPS replica on a node without MPS")
-                continue
-            cap = mps_cap(model.memory_mib, n)
-            if r.share.mps_memory_limit_bytes != cap:
-                v.append(f"{rw}: MPS cap {r.share.mps_memory_limit_bytes} != GPU memory / {n}")
-            if cap < est:
-                v.append(f"{rw}: MPS cap {cap} does not hold {est}")
-            if n > model.mps_max_clients:
-                v.append(f"{rw}: {n} MPS clients exceed the GPU's {model.mps_max_clients}")
-        elif mech == "TimeSlicing":
-            if np is None or np.sharing != "TimeSlicing":
-                v.append(f"{rw}: time-sliced replica on a node without time-slicing")
-            ts_sum += est
-        elif mech == "Exclusive" and model.memory_bytes < est:
-            v.append(f"{rw}: whole GPU does not hold {est}")
-    n = np.replicas_per_gpu if np is not None else None
-    if g.mode == "MPS" and n and len(g.replicas) > n:
-        v.append(f"{w}: {len(g.replicas)} MPS clients > {n}")
-    if g.mode == "TimeSlicing":
-        if n and len(g.replicas) > n:
-            v.append(f"{w}: {len(g.replicas)} time-sliced replicas > {n}")
-        limit = model.memory_bytes * policy.memory_oversubscription_percent // 100
-        if any(r.qos != "BestEffort" for r in g.replicas):
-            v.append(f"{w}: non-BestEffort replica on a time-sliced GPU")
-        if ts_sum > limit:
-            v.append(f"{w}: time-sliced estimates {ts_sum} exceed {limit}")
-    if g.mode == "MIG":
-        owners = [(i.deployment, i.ordinal) for i in g.mig_instances if i.deployment is not None]
-        if len(owners) != len(set(owners)):
-            v.append(f"{w}: a MIG instance owner appears twice")
-        names = {(r.deployment, r.ordinal) for r in g.replicas}
-        if set(owners) != names:
-            v.append(f"{w}: MIG instance owners differ from the GPU's replicas")
+        for replica_rule in _REPLICA_RULES:
+            v += replica_rule(c, r, d, rw)
+    for rule in _GPU_COUNT_RULES:
+        v += rule(c)
     return v
+
+
+def _segment_holds_nothing(c: _GpuCheck) -> list[str]:
+    return [f"{c.where}: segment GPU holds replicas"] if c.mode == GpuMode.SEGMENT and c.g.replicas else []
+
+
+def _free_holds_nothing(c: _GpuCheck) -> list[str]:
+    return [f"{c.where}: Free GPU holds replicas"] if c.mode == GpuMode.FREE and c.g.replicas else []
+
+
+def _whole_gpu_holds_one(c: _GpuCheck) -> list[str]:
+    if c.mode in (GpuMode.EXCLUSIVE, GpuMode.RESERVED) and len(c.g.replicas) > 1:
+        return [f"{c.where}: whole GPU with {len(c.g.replicas)} replicas"]
+    return []
+
+
+def _matches_demand(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    if r.memory_bytes != d.memory_bytes or r.qos != d.tier:
+        return [f"{rw}: memory/qos differ from the demand"]
+    return []
+
+
+def _mechanism_fits_gpu(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    """The replica uses the GPU's mechanism; a reserved GPU is only lent whole."""
+    mech, mode = Mechanism(r.share.mechanism), c.mode
+    if mode == GpuMode.RESERVED:
+        if mech != Mechanism.EXCLUSIVE or not r.borrowed:
+            return [f"{rw}: a reserved GPU may only be lent whole (borrowed Exclusive)"]
+    elif _MODE_MECHANISM.get(mode) != mech:
+        return [f"{rw}: {r.share.mechanism} replica on a {c.g.mode} GPU"]
+    return []
+
+
+def _tier_may_use(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    mech = r.share.mechanism
+    return [f"{rw}: {d.tier} may not use {mech}"] if mech not in TIER_MECHANISMS[Tier(d.tier)] else []
+
+
+def _pool_allows(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    mech = r.share.mechanism
+    if mech not in c.policy.allowed_mechanisms and not r.borrowed:
+        return [f"{rw}: pool does not allow {mech}"]
+    return []
+
+
+def _explicit_share_honoured(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    if d.share is None:
+        return []
+    v: list[str] = []
+    mech = r.share.mechanism
+    if (d.share.mechanism and d.share.mechanism != mech) or (
+        d.share.mig_profile and Mechanism(mech) != Mechanism.MIG
+    ):
+        v.append(f"{rw}: explicit share {d.share.mechanism or 'MIG'} not honoured")
+    if d.share.mig_profile and r.share.mig_profile != d.share.mig_profile:
+        v.append(f"{rw}: explicit MIG profile {d.share.mig_profile} not honoured")
+    return v
+
+
+def _share_holds_estimate(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    """Rule 4, by mechanism (time-slicing: the GPU's sum, in ``_time_slicing_within_limits``)."""
+    rule = _SHARE_RULES.get(r.share.mechanism)
+    return rule(c, r, d, rw) if rule is not None else []
+
+
+def _mig_share(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    """A known profile whose usable memory holds the estimate, on an instance assigned to the replica."""
+    try:
+        p = c.model.profile(r.share.mig_profile or "")
+    except KeyError:
+        return [f"{rw}: unknown MIG profile {r.share.mig_profile}"]
+    v: list[str] = []
+    est = d.memory_bytes
+    if p.memory_bytes < est:
+        v.append(f"{rw}: MIG {p.name} ({p.memory_mib} MiB usable) does not hold {est} bytes")
+    inst = c.inst_by_owner.get((r.deployment, r.ordinal))
+    if inst is None:
+        v.append(f"{rw}: no MIG instance assigned")
+    elif inst.profile != p.name:
+        v.append(f"{rw}: assigned instance has another profile")
+    return v
+
+
+def _mps_share(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    """An MPS node; the cap is GPU memory / clients per GPU and holds the estimate."""
+    n = c.n
+    if c.np is None or c.sharing != NodeMode.MPS or not n:
+        return [f"{rw}: MPS replica on a node without MPS"]
+    v: list[str] = []
+    est = d.memory_bytes
+    cap = mps_cap(c.model.memory_mib, n)
+    if r.share.mps_memory_limit_bytes != cap:
+        v.append(f"{rw}: MPS cap {r.share.mps_memory_limit_bytes} != GPU memory / {n}")
+    if cap < est:
+        v.append(f"{rw}: MPS cap {cap} does not hold {est}")
+    if n > c.model.mps_max_clients:
+        v.append(f"{rw}: {n} MPS clients exceed the GPU's {c.model.mps_max_clients}")
+    return v
+
+
+def _time_sliced_share(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    if c.sharing != NodeMode.TIME_SLICING:
+        return [f"{rw}: time-sliced replica on a node without time-slicing"]
+    return []
+
+
+def _whole_share(c: _GpuCheck, r: ReplicaPlacement, d: Demand, rw: str) -> list[str]:
+    return (
+        [f"{rw}: whole GPU does not hold {d.memory_bytes}"] if c.model.memory_bytes < d.memory_bytes else []
+    )
+
+
+def _mps_clients_within_n(c: _GpuCheck) -> list[str]:
+    n = c.n
+    if c.mode == GpuMode.MPS and n and len(c.g.replicas) > n:
+        return [f"{c.where}: {len(c.g.replicas)} MPS clients > {n}"]
+    return []
+
+
+def _time_slicing_within_limits(c: _GpuCheck) -> list[str]:
+    """Replicas per GPU, BestEffort only, estimates within memory x oversubscription (rule 3)."""
+    g = c.g
+    if c.mode != GpuMode.TIME_SLICING:
+        return []
+    v: list[str] = []
+    n = c.n
+    if n and len(g.replicas) > n:
+        v.append(f"{c.where}: {len(g.replicas)} time-sliced replicas > {n}")
+    limit = c.model.memory_bytes * c.policy.memory_oversubscription_percent // 100
+    if any(Tier(r.qos) != Tier.BEST_EFFORT for r in g.replicas):
+        v.append(f"{c.where}: non-BestEffort replica on a time-sliced GPU")
+    ts_sum = sum(
+        c.demand[r.deployment].memory_bytes
+        for r in g.replicas
+        if Mechanism(r.share.mechanism) == Mechanism.TIME_SLICING and r.deployment in c.demand
+    )
+    if ts_sum > limit:
+        v.append(f"{c.where}: time-sliced estimates {ts_sum} exceed {limit}")
+    return v
+
+
+def _mig_owners_match(c: _GpuCheck) -> list[str]:
+    """Every MIG instance owner once, and exactly the GPU's replicas."""
+    g = c.g
+    if c.mode != GpuMode.MIG:
+        return []
+    v: list[str] = []
+    owners = [(i.deployment, i.ordinal) for i in g.mig_instances if i.deployment is not None]
+    if len(owners) != len(set(owners)):
+        v.append(f"{c.where}: a MIG instance owner appears twice")
+    names = {(r.deployment, r.ordinal) for r in g.replicas}
+    if set(owners) != names:
+        v.append(f"{c.where}: MIG instance owners differ from the GPU's replicas")
+    return v
+
+
+_GpuRule = Callable[[_GpuCheck], list[str]]
+_ReplicaRule = Callable[[_GpuCheck, ReplicaPlacement, Demand, str], list[str]]
+_GPU_RULES: tuple[_GpuRule, ...] = (_segment_holds_nothing, _free_holds_nothing, _whole_gpu_holds_one)
+_REPLICA_RULES: tuple[_ReplicaRule, ...] = (
+    _matches_demand,
+    _mechanism_fits_gpu,
+    _tier_may_use,
+    _pool_allows,
+    _explicit_share_honoured,
+    _share_holds_estimate,
+)
+_SHARE_RULES: dict[str, _ReplicaRule] = {
+    Mechanism.MIG: _mig_share,
+    Mechanism.MPS: _mps_share,
+    Mechanism.TIME_SLICING: _time_sliced_share,
+    Mechanism.EXCLUSIVE: _whole_share,
+}
+_GPU_COUNT_RULES: tuple[_GpuRule, ...] = (
+    _mps_clients_within_n,
+    _time_slicing_within_limits,
+    _mig_owners_match,
+)
+
+
+# ------------------------------------------------------------------------------------------------ the whole plan
 
 
 def _check_deployments(
@@ -293,25 +525,25 @@ def _check_groups(plan: Plan, policy: PoolPolicy) -> list[str]:
     v: list[str] = []
     for res in policy.reservations:
         gl = [g for g in plan.gpus if g.reservation == res.name]
-        if any(g.mode != "Reserved" for g in gl):
+        if any(GpuMode(g.mode) != GpuMode.RESERVED for g in gl):
             v.append(f"reservation {res.name}: a GPU is not in Reserved mode")
         if len(gl) > res.gpus:
             v.append(f"reservation {res.name}: {len(gl)} GPUs > {res.gpus}")
         borrowed = [g for g in gl if g.replicas]
-        if borrowed and res.lend_to != "BestEffort":
+        if borrowed and res.lend_to != Tier.BEST_EFFORT.value:
             v.append(f"reservation {res.name}: lent although lendTo is not BestEffort")
         if len(borrowed) > max(0, res.gpus - res.claimed):
             v.append(f"reservation {res.name}: {len(borrowed)} GPUs lent although {res.claimed} are claimed")
         for g in borrowed:
             for r in g.replicas:
-                if r.qos != "BestEffort":
+                if Tier(r.qos) != Tier.BEST_EFFORT:
                     v.append(f"reservation {res.name}: {r.qos} replica {r.deployment}#{r.ordinal} on it")
     for seg in policy.segments:
         gl = [g for g in plan.gpus if g.segment == seg.name]
         if len(gl) > seg.gpus:
             v.append(f"segment {seg.name}: {len(gl)} GPUs > {seg.gpus}")
         for g in gl:
-            if g.replicas or g.mode != "Segment":
+            if g.replicas or GpuMode(g.mode) != GpuMode.SEGMENT:
                 v.append(f"segment {seg.name}: GPU {g.node}/{g.index} is used for inference")
     n_pool = sum(1 for g in plan.gpus if g.reservation is None and g.segment is None)
     want = sum(r.gpus for r in policy.reservations) + sum(s.gpus for s in policy.segments)
@@ -325,11 +557,11 @@ def _check_groups(plan: Plan, policy: PoolPolicy) -> list[str]:
 def _could_host(g: GpuPlan, np: NodePlan, node_all_free: bool, d: Demand, policy: PoolPolicy) -> bool:
     """Whether a Free pool GPU could legally take one replica of ``d`` without changing anything else."""
     model = gpu_by_key(g.product)
-    allowed = set(policy.allowed_mechanisms) & _TIER_MECHS[d.tier]
+    allowed = set(policy.allowed_mechanisms) & TIER_MECHANISMS[Tier(d.tier)]
     if d.share is not None and d.share.mechanism:
         allowed &= {d.share.mechanism}
     if d.share is not None and d.share.mig_profile:
-        allowed &= {"MIG"}
+        allowed &= {Mechanism.MIG}
     est = d.memory_bytes
     geo = geometry(model.key)
     mig_fit = geo is not None and any(
@@ -337,18 +569,18 @@ def _could_host(g: GpuPlan, np: NodePlan, node_all_free: bool, d: Demand, policy
         or (d.share is not None and d.share.mig_profile == p.name and p.memory_bytes >= est)
         for p in model.mig_profiles
     )
-    sharing = "None" if node_all_free else np.sharing
-    if "MIG" in allowed and mig_fit and sharing != "MPS":
+    sharing = NodeMode.NONE if node_all_free else NodeMode(np.sharing)
+    if Mechanism.MIG in allowed and mig_fit and sharing != NodeMode.MPS:
         return True
-    if "Exclusive" in allowed and est <= model.memory_bytes and sharing == "None":
+    if Mechanism.EXCLUSIVE in allowed and est <= model.memory_bytes and sharing == NodeMode.NONE:
         return True
-    if "MPS" in allowed and sharing == "MPS" and np.replicas_per_gpu:
+    if Mechanism.MPS in allowed and sharing == NodeMode.MPS and np.replicas_per_gpu:
         return mps_cap(model.memory_mib, np.replicas_per_gpu) >= est
-    if "MPS" in allowed and node_all_free:
+    if Mechanism.MPS in allowed and node_all_free:
         n = min(policy.mps_max_clients_per_gpu, model.mps_max_clients)
         if any(mps_cap(model.memory_mib, k) >= est for k in range(2, n + 1)):
             return True
-    if "TimeSlicing" in allowed and (sharing == "TimeSlicing" or node_all_free):
+    if Mechanism.TIME_SLICING in allowed and (sharing == NodeMode.TIME_SLICING or node_all_free):
         return est <= model.memory_bytes * policy.memory_oversubscription_percent // 100
     return False
 
@@ -365,11 +597,14 @@ def _check_needed(
     v: list[str] = []
     running = {(c.deployment, c.ordinal, c.node, c.gpu_index, c.mechanism) for c in current}
     node_plan = {n.name: n for n in plan.nodes}
-    all_free = {n.name: all(g.mode == "Free" for g in plan.gpus if g.node == n.name) for n in plan.nodes}
+    busy_nodes = {g.node for g in plan.gpus if GpuMode(g.mode) != GpuMode.FREE}
+    all_free = {n.name: n.name not in busy_nodes for n in plan.nodes}
     free = [
         g
         for g in plan.gpus
-        if g.mode == "Free" and inv_node.get(g.node) is not None and inv_node[g.node].schedulable
+        if GpuMode(g.mode) == GpuMode.FREE
+        and inv_node.get(g.node) is not None
+        and inv_node[g.node].schedulable
     ]
     if not free:
         return v
@@ -404,42 +639,48 @@ def _check_pressure(plan: Plan, demand: dict[str, Demand], policy: PoolPolicy) -
         (dp, u)
         for dp in plan.deployments
         for u in dp.unplaced
-        if u.reason in ("InsufficientCapacity", "ReservedCapacity") and dp.qos != "BestEffort"
+        if u.reason in (UnplacedReason.INSUFFICIENT_CAPACITY, UnplacedReason.RESERVED_CAPACITY)
+        and Tier(dp.qos) != Tier.BEST_EFFORT
     ]
     if not waiting:
         return v
     for dp, u in waiting:
         d = demand[dp.deployment]
         rank = TIER_RANK[d.tier]
-        mechs = _TIER_MECHS[d.tier] & set(policy.allowed_mechanisms)
+        mechs = TIER_MECHANISMS[Tier(d.tier)] & set(policy.allowed_mechanisms)
         for g in plan.gpus:
-            if g.mode in ("Reserved", "Segment"):
+            if g.mode in (GpuMode.RESERVED, GpuMode.SEGMENT):
                 continue
             if any(r.deployment == d.deployment for r in g.replicas):
                 continue
             model = gpu_by_key(g.product)
             for r in g.replicas:
-                if TIER_RANK[r.qos] <= rank:
-                    continue
-                s = r.share
-                ok = False
-                if s.mechanism == "MIG" and s.memory_bytes >= d.memory_bytes:
-                    ok = "MIG" in mechs and (d.share is None or d.share.mechanism in (None, "MIG"))
-                    if d.share is not None and d.share.mig_profile and d.share.mig_profile != s.mig_profile:
-                        ok = False
-                elif s.mechanism == "MPS" and s.memory_bytes >= d.memory_bytes:
-                    ok = "MPS" in mechs and (d.share is None or d.share.mechanism in (None, "MPS"))
-                elif s.mechanism == "Exclusive" and model.memory_bytes >= d.memory_bytes and not r.borrowed:
-                    ok = "Exclusive" in mechs and (
-                        d.share is None or d.share.mechanism in (None, "Exclusive")
-                    )
-                if ok:
+                if TIER_RANK[r.qos] > rank and _could_take(r, model, d, mechs):
                     v.append(
                         f"{d.tier} {dp.deployment}#{u.ordinal} unplaced while {r.qos} "
                         f"{r.deployment}#{r.ordinal} holds a share it could use on {g.node}/{g.index}"
                     )
                     break
     return v
+
+
+def _could_take(r: ReplicaPlacement, model: GpuModel, d: Demand, mechs: AbstractSet[str]) -> bool:
+    """Whether a replica of ``d`` could use the share ``r`` holds (not a time-sliced one): it holds the
+    estimate, its mechanism is allowed for ``d`` and honours ``d``'s explicit share."""
+    mech = Mechanism(r.share.mechanism)
+    if mech == Mechanism.TIME_SLICING:
+        return False
+    if mech == Mechanism.EXCLUSIVE:
+        holds = model.memory_bytes >= d.memory_bytes and not r.borrowed
+    else:
+        holds = r.share.memory_bytes >= d.memory_bytes
+    if not holds or mech not in mechs:
+        return False
+    if d.share is None:
+        return True
+    if d.share.mechanism not in (None, mech):
+        return False
+    return mech != Mechanism.MIG or not d.share.mig_profile or d.share.mig_profile == r.share.mig_profile
 
 
 def _check_moves(
@@ -462,7 +703,7 @@ def _check_moves(
             and now[0].node == c.node
             and now[0].index == c.gpu_index
             and now[1].share.mechanism == c.mechanism
-            and (c.mechanism != "MIG" or now[1].share.mig_profile == c.mig_profile)
+            and (c.mechanism != Mechanism.MIG or now[1].share.mig_profile == c.mig_profile)
         )
         if not same and k not in evicted:
             v.append(

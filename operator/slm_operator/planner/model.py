@@ -44,7 +44,6 @@ EvictionReason = Literal[
 
 ALL_MECHANISMS: tuple[Mechanism, ...] = ("Exclusive", "MIG", "MPS", "TimeSlicing")
 TIERS: tuple[Tier, ...] = ("Guaranteed", "Burstable", "BestEffort")
-TIER_RANK: dict[str, int] = {"Guaranteed": 0, "Burstable": 1, "BestEffort": 2}
 
 
 class _Model(BaseModel):

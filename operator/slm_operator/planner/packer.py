@@ -163,8 +163,8 @@ class _LowerMpsKey(NamedTuple):
     gid: int
 
 
-# ZeroCostKey(...) runs a Python-level __new__ (~240 ns); the zero-cost search builds a key per candidate, so it
-# calls tuple.__new__ directly (~100 ns)
+# ZeroCostKey(...) runs a Python-level __new__ (~240 ns); the zero-cost search builds a key per candidate and
+# every new packer builds the new-GPU options of each replica class, so they call tuple.__new__ (~100 ns)
 _new_tuple = tuple.__new__
 
 #: a share: (GPU, mechanism, MIG profile index or -1)
@@ -202,6 +202,8 @@ class Packer:
         self.ctx = ctx
         self.options = options
         self.spread = options.spread or ctx.policy.spread_nodes
+        #: node spread applies (Preferred or Required), read in the zero-cost search
+        self.spread_applies = self.spread != "Ignored"
         self.ts_limit = ctx.policy.ts_max_replicas_per_gpu
         self.targets = MigTargets()
         self.capacity = CapacityIndex(ctx, self.targets)
@@ -297,17 +299,19 @@ class Packer:
 
         def add(option: NewGpuOption) -> None:
             memory_mib = ctx.models[option.model].memory_mib
-            rank = _NewGpuRank(-option.density, memory_mib, kind_order[option.kind], option.model)
+            rank: _NewGpuRank = _new_tuple(
+                _NewGpuRank, (-option.density, memory_mib, kind_order[option.kind], option.model)
+            )
             news.append((rank, option))
 
         for m, fits in mig.items():
             add(_densest_mig(ctx, m, fits))
         for m, clients in mps.items():
-            add(NewGpuOption(_MPS, m, clients, clients, True))
+            add(_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)))
         for m in ts:
             density = min(self.ts_limit, ctx.models[m].memory_bytes * ctx.ts_factor // 100 // dep.size)
             if density >= 1:
-                add(NewGpuOption(_TIME_SLICING, m, 0, density, True))
+                add(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
         ex_last: list[str] = []
         shared = bool(mig or mps or ts)
         for m in sorted(ex, key=lambda k: (ctx.models[k].memory_mib, k)):
@@ -373,7 +377,7 @@ class Packer:
     def _mig_room(self, dep: Dep, o: ShareOptions, same_gpu_ok: bool, found: _Found) -> _Found:
         """MIG: a legal instance on an open layout or a free instance of a frozen one, least waste first."""
         capacity = self.capacity
-        spread = self.spread != "Ignored"
+        spread = self.spread_applies
         for m, fits in o.mig.items():
             opened = capacity.mig_open.get(m)
             if not opened and not capacity.frozen_models.get(m):
@@ -413,7 +417,7 @@ class Packer:
         found: _Found,
     ) -> tuple[_Found, bool]:
         """An instance of ``profile`` on an open MIG layout, fullest layout first; (best so far, any found)."""
-        spread = self.spread != "Ignored"
+        spread = self.spread_applies
         hit = False
         for emptiness, group in groups:
             g, on_node = self._pick(opened[group], dep.uid, same_gpu_ok)
@@ -431,7 +435,7 @@ class Packer:
         """MPS: a free client slot whose cap holds the estimate, smallest cap first."""
         capacity = self.capacity
         caps = capacity.mps_caps
-        spread = self.spread != "Ignored"
+        spread = self.spread_applies
         i = bisect_left(caps, (dep.size,))
         looked = 0
         while i < len(caps):
@@ -475,7 +479,7 @@ class Packer:
         self, dep: Dep, gpus: dict[int, Gpu], same_gpu_ok: bool, found: _Found
     ) -> tuple[_Found, bool]:
         """The GPUs of one free-memory bucket; (best so far, whether to stop looking)."""
-        spread = self.spread != "Ignored"
+        spread = self.spread_applies
         ts_capacity = self.capacity.ts_capacity
         dep_uid = dep.uid
         for g in gpus.values():
@@ -914,7 +918,8 @@ class _NodeSearch:
 
 
 def _whole(model: str) -> NewGpuOption:
-    return NewGpuOption(_EXCLUSIVE, model, 0, 1, True)
+    option: NewGpuOption = _new_tuple(NewGpuOption, (_EXCLUSIVE, model, 0, 1, True))
+    return option
 
 
 def _densest_mig(ctx: Context, model: str, fits: tuple[int, ...]) -> NewGpuOption:
@@ -926,7 +931,8 @@ def _densest_mig(ctx: Context, model: str, fits: tuple[int, ...]) -> NewGpuOptio
         density = min(profile.max_count, gpu_model.compute_slices // profile.compute_slices)
         if density > best_density:
             best_profile, best_density = p, density
-    return NewGpuOption(_MIG, model, best_profile, best_density, True)
+    option: NewGpuOption = _new_tuple(NewGpuOption, (_MIG, model, best_profile, best_density, True))
+    return option
 
 
 def _busiest_mps_gpu(node: Node, cache: dict[int, int]) -> int:

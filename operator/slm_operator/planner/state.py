@@ -484,19 +484,7 @@ def _classify_current(ctx: Context) -> None:
     repartition = ctx.policy.may_repartition
     running = [r for r in ctx.reps if r.cur is not None]
     running.sort(key=Rep.sort_key)
-    # per node: the MPS clients per GPU the running replicas need, and per GPU the running MIG profiles
-    mps_n: dict[int, int] = {}
-    for node in ctx.nodes:
-        inv = node.inv
-        reps_here = [r for r in running if r.cur_gpu is not None and r.cur_gpu.node is node]
-        limit = min([ctx.policy.mps_max_clients_per_gpu] + [g.model.mps_max_clients for g in node.gpus])
-        if inv.sharing == "MPS" and inv.sharing_replicas and inv.sharing_replicas >= 2:
-            mps_n[node.pos] = min(inv.sharing_replicas, limit)
-        else:
-            sizes = [r.dep.size for r in reps_here if r.cur is not None and r.cur.mechanism == "MPS"]
-            if sizes:
-                n = min(mps_nmax(g.mem_mib, max(sizes), limit) for g in node.gpus) or 2
-                mps_n[node.pos] = n
+    mps_n = _running_mps_clients(ctx, running)
     for r in running:
         c = r.cur
         gpu = r.cur_gpu
@@ -504,77 +492,96 @@ def _classify_current(ctx: Context) -> None:
         if gpu is None:
             _displace(ctx, r, None, f"GPU {c.node}/{c.gpu_index} is no longer in the pool")
             continue
-        dep = r.dep
         mech = Mechanism(c.mechanism)
-        if gpu.role == _SEGMENT:
-            _displace(
-                ctx,
-                r,
-                EvictionReason.SEGMENT_CAPACITY,
-                f"GPU {gpu.node.name}/{gpu.index} now belongs to segment {gpu.group}",
-            )
-            continue
-        if gpu.role == _RESERVED:
-            if dep.tier is _BEST_EFFORT and mech == _EXCLUSIVE and gpu.lendable:
-                continue  # a borrower: re-decided after packing (prefers to stay)
-            if gpu.claimed and dep.tier is _BEST_EFFORT:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.RESERVATION_CLAIMED,
-                    f"reservation {gpu.group} claimed GPU {gpu.node.name}/{gpu.index}",
-                )
-            else:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.RESERVED_CAPACITY,
-                    f"GPU {gpu.node.name}/{gpu.index} is reserved for {gpu.group}",
-                )
-            continue
-        if (
-            mech not in ctx.allowed
-            or mech not in TIER_MECHANISMS[dep.tier]
-            or (dep.mech and dep.mech != mech)
-        ):
-            _displace(
-                ctx,
-                r,
-                EvictionReason.MECHANISM_NOT_ALLOWED,
-                f"{c.mechanism} is no longer allowed for this replica",
-            )
+        if _leaves_for_group(ctx, r, gpu, mech) or not _mechanism_still_allowed(ctx, r, mech):
             continue
         prof = -1
         if mech == _MIG:
-            geo = gpu.geo
-            if geo is None or c.mig_profile is None or c.mig_profile not in geo.index:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.LAYOUT_CONFLICT,
-                    f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}",
-                )
+            kept = _kept_mig_profile(ctx, r, gpu)
+            if kept is None:
                 continue
-            prof = geo.index[c.mig_profile]
-            if dep.profile is not None and dep.profile != c.mig_profile:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.MECHANISM_NOT_ALLOWED,
-                    f"the share override asks for MIG {dep.profile}",
-                )
-                continue
-            if geo.profiles[prof].memory_bytes < dep.size:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.SHARE_NO_LONGER_FITS,
-                    f"MIG {c.mig_profile} no longer holds the estimate",
-                )
-                continue
-        if not _can_pin(ctx, r, gpu, mech, prof, mps_n, repartition):
-            continue
-        _pin(ctx, r, gpu, mech, prof, mps_n, repartition)
+            prof = kept
+        if _can_pin(ctx, r, gpu, mech, prof, mps_n, repartition):
+            _pin(ctx, r, gpu, mech, prof, mps_n, repartition)
+
+
+def _running_mps_clients(ctx: Context, running: list[Rep]) -> dict[int, int]:
+    """Per node position: the MPS clients per GPU the running replicas keep (the node's current value, or the
+    most clients whose cap still holds the largest running MPS client)."""
+    mps_sizes: dict[int, list[int]] = {}  # node position -> estimates of its running MPS clients
+    for r in running:
+        if r.cur_gpu is not None and r.cur is not None and r.cur.mechanism == "MPS":
+            mps_sizes.setdefault(r.cur_gpu.node.pos, []).append(r.dep.size)
+    mps_n: dict[int, int] = {}
+    for node in ctx.nodes:
+        inv = node.inv
+        limit = min([ctx.policy.mps_max_clients_per_gpu] + [g.model.mps_max_clients for g in node.gpus])
+        if inv.sharing == "MPS" and inv.sharing_replicas and inv.sharing_replicas >= 2:
+            mps_n[node.pos] = min(inv.sharing_replicas, limit)
+        else:
+            sizes = mps_sizes.get(node.pos)
+            if sizes:
+                n = min(mps_nmax(g.mem_mib, max(sizes), limit) for g in node.gpus) or 2
+                mps_n[node.pos] = n
+    return mps_n
+
+
+def _leaves_for_group(ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism) -> bool:
+    """True when the replica's GPU now belongs to a reservation or segment: the replica is displaced, or, as a
+    borrower of a lendable reserved GPU, left to be re-decided after packing (it prefers to stay)."""
+    role = gpu.role
+    if role == _POOL:
+        return False
+    where = f"{gpu.node.name}/{gpu.index}"
+    if role == _SEGMENT:
+        _displace(ctx, r, EvictionReason.SEGMENT_CAPACITY, f"GPU {where} now belongs to segment {gpu.group}")
+        return True
+    best_effort = r.dep.tier is _BEST_EFFORT
+    if best_effort and mech == _EXCLUSIVE and gpu.lendable:
+        return True  # a borrower: re-decided after packing
+    if gpu.claimed and best_effort:
+        _displace(ctx, r, EvictionReason.RESERVATION_CLAIMED, f"reservation {gpu.group} claimed GPU {where}")
+    else:
+        _displace(ctx, r, EvictionReason.RESERVED_CAPACITY, f"GPU {where} is reserved for {gpu.group}")
+    return True
+
+
+def _mechanism_still_allowed(ctx: Context, r: Rep, mech: Mechanism) -> bool:
+    """The pool, the tier and the share override still allow the running mechanism; if not, displaced."""
+    dep = r.dep
+    if mech in ctx.allowed and mech in TIER_MECHANISMS[dep.tier] and not (dep.mech and dep.mech != mech):
+        return True
+    _displace(ctx, r, EvictionReason.MECHANISM_NOT_ALLOWED, f"{mech} is no longer allowed for this replica")
+    return False
+
+
+def _kept_mig_profile(ctx: Context, r: Rep, gpu: Gpu) -> int | None:
+    """The index of the running MIG profile when the GPU has it, the override asks for it and it still holds
+    the estimate; else None (displaced)."""
+    c = r.cur
+    assert c is not None
+    dep = r.dep
+    geo = gpu.geo
+    if geo is None or c.mig_profile is None or c.mig_profile not in geo.index:
+        _displace(
+            ctx,
+            r,
+            EvictionReason.LAYOUT_CONFLICT,
+            f"GPU {gpu.node.name}/{gpu.index} has no MIG profile {c.mig_profile}",
+        )
+        return None
+    prof = geo.index[c.mig_profile]
+    if dep.profile is not None and dep.profile != c.mig_profile:
+        _displace(
+            ctx, r, EvictionReason.MECHANISM_NOT_ALLOWED, f"the share override asks for MIG {dep.profile}"
+        )
+        return None
+    if geo.profiles[prof].memory_bytes < dep.size:
+        _displace(
+            ctx, r, EvictionReason.SHARE_NO_LONGER_FITS, f"MIG {c.mig_profile} no longer holds the estimate"
+        )
+        return None
+    return prof
 
 
 def _displace(ctx: Context, r: Rep, reason: EvictionReason | None, msg: str) -> None:
@@ -586,94 +593,119 @@ def _displace(ctx: Context, r: Rep, reason: EvictionReason | None, msg: str) -> 
 def _can_pin(
     ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism, prof: int, mps_n: dict[int, int], repartition: bool
 ) -> bool:
-    node = gpu.node
-    size = r.dep.size
-    where = f"{node.name}/{gpu.index}"
+    """Whether the running replica can stay on its GPU given what was pinned before it; if not, displaced."""
     if mech == _EXCLUSIVE:
-        if gpu.reps or node.mode in (_NODE_MPS, _NODE_TIME_SLICING) or gpu.frozen is not None:
-            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} can not stay a whole GPU")
-            return False
-        if size > gpu.mem:
-            _displace(
-                ctx, r, EvictionReason.SHARE_NO_LONGER_FITS, f"GPU {where} no longer holds the estimate"
-            )
-            return False
-        return True
+        return _can_stay_whole(ctx, r, gpu)
     if mech == _MIG:
-        if node.mode == _NODE_MPS or (gpu.mode not in (None, _MIG)):
-            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} can not keep MIG")
-            return False
-        geo = gpu.geo
-        assert geo is not None
-        if gpu.frozen is None and not repartition:
-            # the running layout is frozen: the inventory layout when it holds every running profile here
-            want = [0] * len(geo.profiles)
-            for o in _running_on(ctx, gpu):
-                prof_name = o.cur.mig_profile if o.cur is not None and o.cur.mechanism == "MIG" else None
-                if prof_name is not None and prof_name in geo.index:
-                    want[geo.index[prof_name]] += 1
-            inv = gpu.inv_counts
-            if inv is not None and all(a <= b for a, b in zip(want, inv, strict=True)):
-                frozen = inv
-            else:
-                frozen = tuple(want)
-                if geo.state_of(frozen) < 0:
-                    frozen = None  # conflicting running profiles: keep the higher-priority ones below
-            if frozen is not None:
-                gpu.frozen = frozen
-                gpu.free_inst = list(frozen)
-                gpu.mode = _MIG
-                # used instances are added by attach()
-        if gpu.frozen is not None:
-            if gpu.free_inst[prof] <= 0:
-                _displace(
-                    ctx,
-                    r,
-                    EvictionReason.LAYOUT_CONFLICT,
-                    f"GPU {where}: no free MIG {geo.profiles[prof].name} instance",
-                )
-                return False
-            return True
-        if geo.add[gpu.mig_state][prof] < 0:
-            _displace(
-                ctx,
-                r,
-                EvictionReason.LAYOUT_CONFLICT,
-                f"GPU {where}: MIG {geo.profiles[prof].name} does not fit the layout",
-            )
-            return False
-        return True
+        return _can_keep_mig(ctx, r, gpu, prof, repartition)
     if mech == _MPS:
-        n = mps_n.get(node.pos, 0)
-        if (
-            node.whole
-            or gpu.mode not in (None, _MPS)
-            or node.mode in (_NODE_TIME_SLICING, _NODE_NONE)
-            or n < 2
-        ):
-            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep MPS")
-            return False
-        if any(g.mode == _MIG for g in node.gpus):
+        return _can_keep_mps(ctx, r, gpu, mps_n.get(gpu.node.pos, 0))
+    return _can_keep_time_slicing(ctx, r, gpu)
+
+
+def _can_stay_whole(ctx: Context, r: Rep, gpu: Gpu) -> bool:
+    if gpu.reps or gpu.node.mode in (_NODE_MPS, _NODE_TIME_SLICING) or gpu.frozen is not None:
+        _displace(
+            ctx,
+            r,
+            EvictionReason.LAYOUT_CONFLICT,
+            f"GPU {gpu.node.name}/{gpu.index} can not stay a whole GPU",
+        )
+        return False
+    if r.dep.size > gpu.mem:
+        _displace(
+            ctx,
+            r,
+            EvictionReason.SHARE_NO_LONGER_FITS,
+            f"GPU {gpu.node.name}/{gpu.index} no longer holds the estimate",
+        )
+        return False
+    return True
+
+
+def _can_keep_mig(ctx: Context, r: Rep, gpu: Gpu, prof: int, repartition: bool) -> bool:
+    """A free instance of the frozen layout or, without one, room in the layout built so far."""
+    if gpu.node.mode == _NODE_MPS or (gpu.mode not in (None, _MIG)):
+        _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {gpu.node.name}/{gpu.index} can not keep MIG")
+        return False
+    geo = gpu.geo
+    assert geo is not None
+    if gpu.frozen is None and not repartition:
+        _freeze_running_layout(ctx, gpu, geo)
+    if gpu.frozen is not None:
+        if gpu.free_inst[prof] <= 0:
             _displace(
                 ctx,
                 r,
                 EvictionReason.LAYOUT_CONFLICT,
-                f"node {node.name} has MIG GPUs; MPS is impossible there",
+                f"GPU {gpu.node.name}/{gpu.index}: no free MIG {geo.profiles[prof].name} instance",
             )
-            return False
-        if mps_cap(gpu.mem_mib, n) < size:
-            _displace(
-                ctx,
-                r,
-                EvictionReason.SHARE_NO_LONGER_FITS,
-                f"the MPS cap on node {node.name} no longer holds the estimate",
-            )
-            return False
-        if len(gpu.reps) >= n:
-            _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} has no free MPS client")
             return False
         return True
-    # time-slicing
+    if geo.add[gpu.mig_state][prof] < 0:
+        _displace(
+            ctx,
+            r,
+            EvictionReason.LAYOUT_CONFLICT,
+            f"GPU {gpu.node.name}/{gpu.index}: MIG {geo.profiles[prof].name} does not fit the layout",
+        )
+        return False
+    return True
+
+
+def _freeze_running_layout(ctx: Context, gpu: Gpu, geo: MigGeometry) -> None:
+    """Freeze the running layout: the inventory layout when it holds every running profile here, else the
+    running profiles alone when they form a legal layout (if not, none is frozen: the higher-priority
+    replicas are kept by the layout checks)."""
+    want = [0] * len(geo.profiles)
+    for o in _running_on(ctx, gpu):
+        prof_name = o.cur.mig_profile if o.cur is not None and o.cur.mechanism == "MIG" else None
+        if prof_name is not None and prof_name in geo.index:
+            want[geo.index[prof_name]] += 1
+    inv = gpu.inv_counts
+    frozen: Counts | None
+    if inv is not None and all(a <= b for a, b in zip(want, inv, strict=True)):
+        frozen = inv
+    else:
+        frozen = tuple(want)
+        if geo.state_of(frozen) < 0:
+            frozen = None  # conflicting running profiles: keep the higher-priority ones
+    if frozen is not None:
+        gpu.frozen = frozen
+        gpu.free_inst = list(frozen)
+        gpu.mode = _MIG
+        # used instances are added by attach()
+
+
+def _can_keep_mps(ctx: Context, r: Rep, gpu: Gpu, n: int) -> bool:
+    """An MPS node (no whole GPU, no MIG) whose ``n`` clients per GPU hold the replica and have a free slot."""
+    node = gpu.node
+    if node.whole or gpu.mode not in (None, _MPS) or node.mode in (_NODE_TIME_SLICING, _NODE_NONE) or n < 2:
+        _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep MPS")
+        return False
+    if any(g.mode == _MIG for g in node.gpus):
+        _displace(
+            ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} has MIG GPUs; MPS is impossible there"
+        )
+        return False
+    if mps_cap(gpu.mem_mib, n) < r.dep.size:
+        _displace(
+            ctx,
+            r,
+            EvictionReason.SHARE_NO_LONGER_FITS,
+            f"the MPS cap on node {node.name} no longer holds the estimate",
+        )
+        return False
+    if len(gpu.reps) >= n:
+        where = f"{node.name}/{gpu.index}"
+        _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} has no free MPS client")
+        return False
+    return True
+
+
+def _can_keep_time_slicing(ctx: Context, r: Rep, gpu: Gpu) -> bool:
+    """A node that may time-slice and a GPU with a free slot and room in its memory budget."""
+    node = gpu.node
     if (
         node.mode in (_NODE_MPS,)
         or gpu.mode not in (None, _TIME_SLICING)
@@ -682,7 +714,8 @@ def _can_pin(
         _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep time-slicing")
         return False
     n = _ts_n(ctx, node)
-    if len(gpu.reps) >= n or gpu.ts_used + size > ctx.ts_capacity(gpu):
+    if len(gpu.reps) >= n or gpu.ts_used + r.dep.size > ctx.ts_capacity(gpu):
+        where = f"{node.name}/{gpu.index}"
         _displace(
             ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {where} has no room for another time-sliced replica"
         )

@@ -59,6 +59,18 @@ class GpuRole(StrEnum):
     SEGMENT = "Segment"
 
 
+class GpuMode(StrEnum):
+    """What a GPU of the plan is used as (``GpuPlan.mode``): its mechanism, its group, or nothing yet."""
+
+    MIG = "MIG"
+    MPS = "MPS"
+    TIME_SLICING = "TimeSlicing"
+    EXCLUSIVE = "Exclusive"
+    RESERVED = "Reserved"
+    SEGMENT = "Segment"
+    FREE = "Free"
+
+
 class EvictionReason(StrEnum):
     """Why a running replica moves or yields (``Eviction.reason``)."""
 
