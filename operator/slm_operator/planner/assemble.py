@@ -99,7 +99,7 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
-def _node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
+def node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
     pool = [g for g in node.gpus if g.role == _POOL]
     if any(g.mode == _TIME_SLICING for g in pool):
         return "TimeSlicing", node.n
@@ -117,7 +117,7 @@ def _node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
     return "None", None
 
 
-def _mig_counts(gpu: Gpu, sharing: NodeSharing) -> Counts | None:
+def mig_counts(gpu: Gpu, sharing: NodeSharing) -> Counts | None:
     """The planned MIG layout of a GPU, or None when MIG is disabled on it."""
     geo = gpu.geo
     if geo is None or gpu.role != _POOL:
@@ -283,7 +283,7 @@ class PlanBuilder:
 
     def build_node(self, node: Node) -> None:
         ctx = self.ctx
-        sharing, n = _node_sharing(ctx, node)
+        sharing, n = node_sharing(ctx, node)
         layout: list[MigDeviceLayout] = []
         mig_changed = False
         node_used = 0
@@ -312,7 +312,7 @@ class PlanBuilder:
         self, gpu: Gpu, sharing: NodeSharing, n: int | None
     ) -> tuple[GpuPlan, MigDeviceLayout | None, _GpuStats]:
         ctx = self.ctx
-        counts = _mig_counts(gpu, sharing)
+        counts = mig_counts(gpu, sharing)
         inst_plans: list[MigInstancePlan] = []
         rep_start: dict[int, int] = {}
         geo = gpu.geo

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from slm_operator.planner.assemble import PlanBuilder, _mig_counts, _node_sharing
+from slm_operator.planner.assemble import PlanBuilder, mig_counts, node_sharing
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
@@ -216,12 +216,12 @@ class IncrementalPlanner:
         for node in ctx.nodes:
             if node.pos not in nodes:
                 continue
-            sharing, _ = _node_sharing(ctx, node)
+            sharing, _ = node_sharing(ctx, node)
             if node.used:
                 node.fixed = True
             for g in node.gpus:
                 if freeze and g.mode == Mechanism.MIG and g.frozen is None and g.reps:
-                    counts = _mig_counts(g, sharing)
+                    counts = mig_counts(g, sharing)
                     if counts is not None:
                         used = g.geo.states[g.mig_state] if g.geo is not None else counts
                         g.frozen = counts
