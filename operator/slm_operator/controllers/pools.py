@@ -27,9 +27,14 @@ from slm_operator.contract import (
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import now_rfc3339, strip, update_configmap, write_status
 from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
-from slm_operator.reconcile import Decisions, World, decide, restore_labels
+from slm_operator.reconcile import Decisions, World, decide, node_patches, restore_labels
 from slm_operator.render import OperatorConfig
-from slm_operator.render.configmaps import MIG_PARTED_KEY, device_plugin_data, mig_parted_data
+from slm_operator.render.configmaps import (
+    MIG_PARTED_KEY,
+    configs_in_use,
+    device_plugin_data,
+    mig_parted_data,
+)
 from slm_operator.status import PLACED, READY, set_condition
 from slm_operator.views import NodeView, ObjectView, PodView
 
@@ -130,15 +135,10 @@ class PoolReconciler:
 
     def _apply_nodes(self, world: World, d: Decisions) -> None:
         """Node annotations (patched only when they differ) and the NVIDIA selector labels."""
-        current = {v.name: v for v in map(NodeView, world.nodes)}
-        for node, node_annotations in sorted(d.node_annotations.items()):
-            patch: dict[str, Any] = {"metadata": {"annotations": node_annotations}}
-            if node in d.node_labels:
-                patch["metadata"]["labels"] = d.node_labels[node]
-                log.info("node %s: applying %s", node, d.node_labels[node])
-            cur_ann = current[node].annotations if node in current else {}
-            if node in d.node_labels or any(cur_ann.get(k) != v for k, v in node_annotations.items()):
-                self.kube.merge_patch("v1", "Node", node, patch)
+        for node, patch in node_patches(world.nodes, d.node_labels, d.node_annotations).items():
+            if "labels" in patch["metadata"]:
+                log.info("node %s: applying %s", node, patch["metadata"]["labels"])
+            self.kube.merge_patch("v1", "Node", node, patch)
 
     def _delete_pods(self, world: World, d: Decisions) -> None:
         evictions = {(e.deployment, e.ordinal): e for e in (d.plan.pool.evictions if d.plan else ())}
@@ -190,9 +190,8 @@ class PoolReconciler:
 
     def _apply_configmaps(self, world: World, d: Decisions) -> None:
         """Merge this pool's config entries into the shared ConfigMaps; drop entries no node uses any more."""
-        labels = [NodeView(n).labels for n in world.nodes]
-        in_use_mig = {x.get(MIG_CONFIG_LABEL, "") for x in labels} | set(d.mig_entries)
-        in_use_dp = {x.get(DEVICE_PLUGIN_CONFIG_LABEL, "") for x in labels} | set(d.device_plugin_entries)
+        in_use_mig = configs_in_use(world.nodes, MIG_CONFIG_LABEL, d.mig_entries)
+        in_use_dp = configs_in_use(world.nodes, DEVICE_PLUGIN_CONFIG_LABEL, d.device_plugin_entries)
         ns = self.cfg.nvidia_namespace
         update_configmap(
             self.kube, self.cfg.mig_configmap, ns, lambda cur: mig_parted_data(cur, in_use_mig, d.mig_entries)

@@ -25,13 +25,21 @@ from slm_operator.reconcile.inputs import (
     read_nodes,
     size_deployments,
 )
-from slm_operator.reconcile.nodes import configure_nodes, relabel_nodes, restore_labels
+from slm_operator.reconcile.nodes import configure_nodes, node_patches, relabel_nodes, restore_labels
 from slm_operator.reconcile.pods import create_pods, delete_pods
 from slm_operator.reconcile.podsets import pod_sets
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
 
-__all__ = ["Decisions", "Event", "World", "claimed_reservations", "decide", "restore_labels"]
+__all__ = [
+    "Decisions",
+    "Event",
+    "World",
+    "claimed_reservations",
+    "decide",
+    "node_patches",
+    "restore_labels",
+]
 
 
 def decide(world: World) -> Decisions:

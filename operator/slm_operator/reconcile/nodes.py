@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,27 @@ def restore_labels(node: Mapping[str, Any]) -> dict[str, str | None]:
     except ValueError:
         return {}
     return original
+
+
+def node_patches(
+    nodes: Iterable[Mapping[str, Any]],
+    labels: Mapping[str, dict[str, str]],
+    annotations: Mapping[str, dict[str, str]],
+) -> dict[str, dict[str, Any]]:
+    """The merge patch of each node a pass changes, by name: its annotations (``Decisions.node_annotations``)
+    and, when it is relabelled, its selector labels (``Decisions.node_labels``). A node whose labels stay and
+    whose annotations already say this gets none. The shell sends these; ``plan --emit`` writes them."""
+    current = {v.name: v for v in map(NodeView, nodes)}
+    out: dict[str, dict[str, Any]] = {}
+    for node, node_annotations in sorted(annotations.items()):
+        have = current[node].annotations if node in current else {}
+        if node not in labels and all(have.get(k) == v for k, v in node_annotations.items()):
+            continue
+        meta: dict[str, Any] = {"annotations": node_annotations}
+        if node in labels:
+            meta["labels"] = labels[node]
+        out[node] = {"metadata": meta}
+    return out
 
 
 # ------------------------------------------------------------------------------------------ 8. relabels

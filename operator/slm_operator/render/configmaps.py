@@ -6,13 +6,14 @@ Pure: the shell reads the ConfigMap, asks here for the new data and writes it (`
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import yaml
 
 from slm_operator.contract import APP_MANAGED_BY_LABEL, MANAGED_BY
 from slm_operator.render import EXCLUSIVE_CONFIG, device_plugin_documents, mig_parted_document
+from slm_operator.views import NodeView
 
 MIG_PARTED_KEY = "config.yaml"
 
@@ -29,6 +30,11 @@ def configmap(name: str, namespace: str, data: Mapping[str, str]) -> dict[str, A
         },
         "data": dict(data),
     }
+
+
+def configs_in_use(nodes: Iterable[Mapping[str, Any]], label: str, entries: Collection[str]) -> set[str]:
+    """Config names the merge keeps: those some node's ``label`` selects now, and the ``entries`` written."""
+    return {NodeView(n).labels.get(label, "") for n in nodes} | set(entries)
 
 
 def mig_parted_data(
