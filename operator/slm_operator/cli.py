@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from slm_operator.api.v1alpha1 import SLMDeployment
+    from slm_operator.manifests import Manifests
+    from slm_operator.render import OperatorConfig
 
 EXIT_OK = 0
 EXIT_UNPLACED = 1
@@ -205,6 +207,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not m.pools:
         raise CliError("no GPUPool in the given manifests: a plan needs at least one pool")
+    _check_emit_args(args)
     plans = []
     problems: list[str] = []
     unplaced = 0
@@ -248,7 +251,83 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             print(render_table(plan))
         for p in problems:
             print(f"not planned: {p}")
+    if args.emit:
+        _emit(args, m)
     return EXIT_UNPLACED if unplaced or problems else EXIT_OK
+
+
+def _emit_config(args: argparse.Namespace) -> OperatorConfig:
+    """The names the operator is told (``run``'s flags of the same names, the chart's values)."""
+    from slm_operator.render import OperatorConfig
+
+    return OperatorConfig(
+        nvidia_namespace=args.nvidia_namespace,
+        mig_configmap=args.mig_configmap,
+        device_plugin_configmap=args.device_plugin_configmap,
+        priority_classes={
+            "Guaranteed": args.priority_class_guaranteed,
+            "Burstable": args.priority_class_burstable,
+            "BestEffort": args.priority_class_besteffort,
+        },
+    )
+
+
+def _check_emit_args(args: argparse.Namespace) -> None:
+    """Before planning: --emit writes what the operator would (its heuristic), into a new or empty folder,
+    or with --force over an earlier --emit."""
+    if args.force and not args.emit:
+        raise CliError("--force only says what --emit may replace: give --emit DIR too")
+    if not args.emit:
+        return
+    if args.optimize:
+        raise CliError(
+            "--emit writes what the operator would write, and the operator plans with the heuristic: "
+            "drop --optimize (or run it without --emit to compare)"
+        )
+    out = Path(args.emit)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--emit {out}: not a folder: give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise CliError(
+            f"--emit {out}: the folder is not empty: give a new or empty folder, or --force to replace "
+            "the files an earlier --emit wrote there (other files are kept)"
+        )
+
+
+def _emitted_files(root: Path) -> list[Path]:
+    """Files under ``root`` an earlier --emit wrote (their first line is its marker), hidden folders skipped."""
+    from slm_operator.emit import MARKER
+
+    out = []
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or any(p.startswith(".") for p in f.relative_to(root).parts):
+            continue
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().rstrip("\n")
+        if first in (MARKER, f"<!-- {MARKER.removeprefix('# ')} -->"):
+            out.append(f)
+    return out
+
+
+def _emit(args: argparse.Namespace, m: Manifests) -> None:
+    """Write every object the operator would write (``slm_operator.emit``) under --emit's folder."""
+    from slm_operator.emit import emit
+
+    root = Path(args.emit)
+    files = emit(m, _emit_config(args)).files()
+    old = _emitted_files(root) if root.is_dir() else []
+    clash = sorted(p for p in files if (root / p).exists() and root / p not in old)
+    if clash:
+        raise CliError(f"--emit {root}: {root / clash[0]} exists and was not written by --emit: move it away")
+    for f in old:
+        f.unlink()
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True) if root.is_dir() else []:
+        if not any(d.iterdir()):
+            d.rmdir()
+    for rel, text in sorted(files.items()):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    print(f"wrote {len(files)} files to {root} (index: {root / 'README.md'})", file=sys.stderr)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -406,7 +485,9 @@ def _add_plan_parser(sub: Subparsers) -> None:
         help="plan offline: which share and GPU every replica of the given manifests gets",
         description="Read GPUPool, SLMDeployment and v1 Node manifests (files or folders, e.g. examples/ or the "
         "output of `kubectl get nodes -o yaml`), plan every pool and print the placement per GPU and a summary. "
-        "Exit codes: 0 every replica placed, 1 something could not be placed (the output says why), 2 bad input.",
+        "With --emit DIR, also write every object the operator would create or change as YAML files. "
+        "Exit codes: 0 every replica placed, 1 something could not be placed (the output says why; --emit "
+        "still writes what is placed), 2 bad input (nothing written).",
     )
     p.add_argument(
         "-f", "--filename", action="append", required=True, help="manifest file or folder (repeatable)"
@@ -416,7 +497,45 @@ def _add_plan_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--optimize", action="store_true", help="use the exact CP-SAT solver within --time-budget")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds for --optimize (default 10)")
+    p.add_argument(
+        "--emit",
+        metavar="DIR",
+        help="also write every object the operator would create or change as YAML into DIR (new or empty): "
+        "node label/annotation merge patches, the NVIDIA ConfigMaps, the replica Pods, the Services, and an "
+        "index DIR/README.md (docs/plan-format.md). Not with --optimize",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --emit: DIR may hold an earlier --emit; its files are replaced, other files kept",
+    )
+    _add_operator_name_flags(p, "with --emit: ")
     p.set_defaults(func=_cmd_plan)
+
+
+def _add_operator_name_flags(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The names the operator writes with: ``run`` uses them, ``plan --emit`` writes them."""
+    p.add_argument(
+        "--nvidia-namespace",
+        default="gpu-operator",
+        help=f"{prefix}namespace of the NVIDIA GPU Operator (default %(default)s)",
+    )
+    p.add_argument(
+        "--mig-configmap",
+        default="slm-mig-parted-config",
+        help=f"{prefix}mig-parted ConfigMap mig-manager reads (default %(default)s)",
+    )
+    p.add_argument(
+        "--device-plugin-configmap",
+        default="slm-device-plugin-config",
+        help=f"{prefix}device-plugin config ConfigMap (default %(default)s)",
+    )
+    for tier in ("Guaranteed", "Burstable", "BestEffort"):
+        p.add_argument(
+            f"--priority-class-{tier.lower()}",
+            default=f"slm-{tier.lower()}",
+            help=f"{prefix}PriorityClass of {tier} replicas (default %(default)s)",
+        )
 
 
 def _add_show_parser(sub: Subparsers) -> None:
@@ -439,16 +558,7 @@ def _add_run_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles"
     )
-    p.add_argument("--nvidia-namespace", default="gpu-operator", help="namespace of the NVIDIA GPU Operator")
-    p.add_argument(
-        "--mig-configmap", default="slm-mig-parted-config", help="mig-parted ConfigMap mig-manager reads"
-    )
-    p.add_argument(
-        "--device-plugin-configmap", default="slm-device-plugin-config", help="device-plugin config ConfigMap"
-    )
-    p.add_argument("--priority-class-guaranteed", default="slm-guaranteed")
-    p.add_argument("--priority-class-burstable", default="slm-burstable")
-    p.add_argument("--priority-class-besteffort", default="slm-besteffort")
+    _add_operator_name_flags(p)
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)"
