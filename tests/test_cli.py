@@ -606,6 +606,192 @@ def test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm(tmp_pa
     assert "DEBUG" in err and "NVML still unavailable" in err
 
 
+# plan --emit
+
+EMIT_NAMES = {
+    "--nvidia-namespace": "nv",
+    "--mig-configmap": "mig-cm",
+    "--device-plugin-configmap": "dp-cm",
+    "--priority-class-guaranteed": "pc-g",
+    "--priority-class-burstable": "pc-b",
+    "--priority-class-besteffort": "pc-be",
+}
+
+
+def _emitted(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _objects(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {path: yaml.safe_load(text) for path, text in files.items() if path.endswith(".yaml")}
+
+
+def test_plan_emit_writes_every_object_the_operator_would_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slm_operator.contract import (
+        DEVICE_PLUGIN_CONFIG_LABEL,
+        GPU_RESOURCE,
+        MIG_CONFIG_LABEL,
+        SHARED_GPU_RESOURCE,
+        mig_resource,
+    )
+    from slm_operator.emit import MARKER
+    from slm_operator.manifests import load_manifests
+
+    code, out, err = in_process(
+        "plan", "-f", str(ROOT / "examples"), "--emit", str(tmp_path / "a"), "-o", "json", capsys=capsys
+    )
+    assert code == 0, err
+    doc = json.loads(out)  # stdout stays the plan
+    files = _emitted(tmp_path / "a")
+    assert f"wrote {len(files)} files to {tmp_path / 'a'}" in err
+    objs = _objects(files)
+    m = load_manifests([ROOT / "examples"])
+    deployments = {(d.metadata.namespace, d.metadata.name) for d in m.deployments}
+    placed = {
+        (r["deployment"], r["ordinal"]): (g["node"], r["share"])
+        for p in doc["pools"]
+        for g in p["gpus"]
+        for r in g["replicas"]
+    }
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for path, obj in objs.items():
+        assert files[path].startswith(MARKER + "\n"), path
+        assert obj["apiVersion"] == "v1" and obj["metadata"]["name"], path
+        ns = obj["metadata"].get("namespace")
+        assert (
+            path
+            == (f"namespaces/{ns}/{obj['kind'].lower()}s/" if ns else "nodes/")
+            + f"{obj['metadata']['name']}.yaml"
+        )
+        by_kind.setdefault(obj["kind"], {})[path] = obj
+    assert set(by_kind) == {"Node", "ConfigMap", "Pod", "Service"} and set(files) - set(objs) == {"README.md"}
+    assert sorted(by_kind["ConfigMap"]) == [
+        "namespaces/gpu-operator/configmaps/slm-device-plugin-config.yaml",
+        "namespaces/gpu-operator/configmaps/slm-mig-parted-config.yaml",
+    ]
+    assert {
+        (s["metadata"]["namespace"], s["metadata"]["name"]) for s in by_kind["Service"].values()
+    } == deployments
+    # The ConfigMaps are what mig-manager and the device plugin parse.
+    mig_cm = by_kind["ConfigMap"]["namespaces/gpu-operator/configmaps/slm-mig-parted-config.yaml"]
+    mig = yaml.safe_load(mig_cm["data"]["config.yaml"])
+    assert mig["version"] == "v1"
+    for entries in mig["mig-configs"].values():
+        for e in entries:
+            assert {"devices", "mig-enabled"} <= set(e) and ("mig-devices" in e) == e["mig-enabled"]
+    dp_cm = by_kind["ConfigMap"]["namespaces/gpu-operator/configmaps/slm-device-plugin-config.yaml"]
+    dp = {k: yaml.safe_load(v) for k, v in dp_cm["data"].items()}
+    assert all(c["version"] == "v1" and c["flags"]["migStrategy"] in ("none", "mixed") for c in dp.values())
+    # Node patches: the pools' nodes, their labels naming entries of those ConfigMaps.
+    assert sorted(by_kind["Node"]) == [
+        "nodes/gpu-h100-0.yaml",
+        "nodes/gpu-h100-1.yaml",
+        "nodes/gpu-l4-0.yaml",
+        "nodes/gpu-l4-1.yaml",
+    ]
+    for node in by_kind["Node"].values():
+        labels = node["metadata"]["labels"]
+        assert labels[DEVICE_PLUGIN_CONFIG_LABEL] in dp
+        assert labels.get(MIG_CONFIG_LABEL, "all-disabled") in mig["mig-configs"]
+    # One Pod per placed replica, pinned to the node the plan shows, requesting the share it shows.
+    assert len(by_kind["Pod"]) == len(placed) == 26
+    node_names = {n["metadata"]["name"] for n in m.nodes}
+    for pod in by_kind["Pod"].values():
+        labels = pod["metadata"]["labels"]
+        node, share = placed[
+            (f"{pod['metadata']['namespace']}/{labels['slm.io/deployment']}", int(labels["slm.io/replica"]))
+        ]
+        terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == [node] and node in node_names
+        want = {"MIG": mig_resource(share["migProfile"] or ""), "MPS": SHARED_GPU_RESOURCE}.get(
+            share["mechanism"]
+        )
+        want = want or (SHARED_GPU_RESOURCE if share["mechanism"] == "TimeSlicing" else GPU_RESOURCE)
+        assert pod["spec"]["containers"][0]["resources"]["limits"] == {want: "1"}
+        assert "ownerReferences" not in pod["metadata"]  # no uid offline; the operator adds it
+    index = files["README.md"]
+    assert all(f"`{path}`" in index for path in objs) and "GPUPool `h100`: 18/18 replicas placed" in index
+    # Deterministic: the same manifests give the same bytes.
+    assert (
+        in_process("plan", "-f", str(ROOT / "examples"), "--emit", str(tmp_path / "b"), capsys=capsys)[0] == 0
+    )
+    assert _emitted(tmp_path / "b") == files
+
+
+def test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_earlier_emit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept\n")
+    examples = str(ROOT / "examples")
+    code, _, err = in_process("plan", "-f", examples, "--emit", str(out), capsys=capsys)
+    assert code == 2 and "the folder is not empty" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"], "nothing written"
+    assert in_process("plan", "-f", examples, "--emit", str(out), "--force", capsys=capsys)[0] == 0
+    first = _emitted(out)
+    stale = out / "namespaces" / "agents" / "pods" / "gone-0-00000.yaml"
+    stale.write_text(first["namespaces/agents/services/doc-qa.yaml"])  # an earlier emit's pod, since replaced
+    (out / "nodes" / "gpu-h100-0.yaml").write_text("# edited by hand\n")  # no longer the emit's file
+    code, _, err = in_process("plan", "-f", examples, "--emit", str(out), "--force", capsys=capsys)
+    assert code == 2 and "gpu-h100-0.yaml exists and was not written by --emit" in err
+    (out / "nodes" / "gpu-h100-0.yaml").unlink()
+    assert in_process("plan", "-f", examples, "--emit", str(out), "--force", capsys=capsys)[0] == 0
+    assert not stale.exists() and _emitted(out) == first
+    for argv, message in [
+        (["--force"], "--force only says what --emit may replace"),
+        (["--emit", str(tmp_path / "o"), "--optimize"], "the operator plans with the heuristic"),
+        (["--emit", str(out / "mine.txt")], "not a folder"),
+    ]:
+        code, _, err = in_process("plan", "-f", examples, *argv, capsys=capsys)
+        assert code == 2 and message in err, argv
+    assert not (tmp_path / "o").exists()
+
+
+def test_plan_emit_uses_the_names_the_operator_is_given_and_writes_what_is_placed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": "huge", "namespace": "agents"},
+        "spec": {
+            "poolRef": {"name": "l4"},
+            "model": {
+                "name": "llama-3.1-8b-instruct",
+                "maxContextTokens": 131072,
+                "maxConcurrentSequences": 16,
+            },
+        },
+    }
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(huge))
+    argv = [x for flag, value in EMIT_NAMES.items() for x in (flag, value)]
+    out = tmp_path / "out"
+    code, stdout, err = in_process(
+        "plan",
+        "-f",
+        str(ROOT / "examples"),
+        "-f",
+        str(tmp_path / "huge.yaml"),
+        "--emit",
+        str(out),
+        *argv,
+        capsys=capsys,
+    )
+    assert code == 1 and "huge" in stdout, err
+    objs = _objects(_emitted(out))
+    assert {"namespaces/nv/configmaps/mig-cm.yaml", "namespaces/nv/configmaps/dp-cm.yaml"} <= set(objs)
+    classes = {"Guaranteed": "pc-g", "Burstable": "pc-b", "BestEffort": "pc-be"}
+    pods = [o for o in objs.values() if o["kind"] == "Pod"]
+    assert {p["spec"]["priorityClassName"] for p in pods} == set(classes.values())
+    for pod in pods:
+        assert pod["spec"]["priorityClassName"] == classes[pod["metadata"]["labels"]["slm.io/qos"]]
+    assert not any(p["metadata"]["labels"]["slm.io/deployment"] == "huge" for p in pods), "nothing unplaced"
+    assert "namespaces/agents/services/huge.yaml" in objs  # its Service exists, as the operator makes it
+
+
 FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("", "--help"): ["test_help_lists_every_command"],
     ("", "--version"): ["test_version_and_missing_command"],
@@ -631,6 +817,17 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heuristic"
     ],
     ("plan", "--time-budget"): ["test_plan_time_budget_reaches_the_exact_solver"],
+    ("plan", "--emit"): [
+        "test_plan_emit_writes_every_object_the_operator_would_write",
+        "test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_earlier_emit",
+    ],
+    ("plan", "--force"): [
+        "test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_earlier_emit"
+    ],
+    **{
+        ("plan", f): ["test_plan_emit_uses_the_names_the_operator_is_given_and_writes_what_is_placed"]
+        for f in EMIT_NAMES
+    },
     ("show", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("show", "--kubeconfig"): [
         "test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig",

@@ -124,6 +124,59 @@ def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing
     assert {k for v, k, _ in fake.writes[before:]} == {"Service"}
 
 
+def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_then_pods() -> None:
+    """`slm-operator plan --emit` (slm_operator.emit) and the shell share the core: same objects."""
+    from slm_operator.emit import emit
+
+    emitted = {
+        (o.kind, o.namespace, o.name): o.obj for o in emit(load_manifests([ROOT / "examples"]), CFG).objects
+    }
+    fake = _cluster()
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    for pool in ("h100", "l4"):
+        pools.reconcile(pool)
+    by_kind: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for (kind, ns, name), obj in emitted.items():
+        by_kind.setdefault(kind, {})[(ns, name)] = obj
+    for (ns, name), cm in by_kind["ConfigMap"].items():
+        written = fake.peek("ConfigMap", name, ns)
+        assert written is not None and written["data"] == cm["data"], name
+    for (_, name), patch in by_kind["Node"].items():
+        node = fake.peek("Node", name)
+        assert node is not None
+        for part in ("labels", "annotations"):
+            assert patch["metadata"][part].items() <= node["metadata"][part].items(), (name, part)
+    assert {
+        (n["metadata"]["name"])
+        for n in fake.of_kind("Node")
+        if GPU_ROLES_ANNOTATION in n["metadata"].get("annotations", {})
+    } == {name for _, name in by_kind["Node"]}
+    for (ns, name), svc in by_kind["Service"].items():
+        written = fake.peek("Service", name, ns)
+        assert written is not None and written["spec"] == svc["spec"], name
+    # Once every node reports its configuration, the operator creates exactly the pods emit showed.
+    cm = fake.peek("ConfigMap", CFG.device_plugin_configmap, NS)
+    assert cm is not None
+    for node in fake.of_kind("Node"):
+        labels = node["metadata"]["labels"]
+        if DEVICE_PLUGIN_CONFIG_LABEL in labels:
+            labels[MIG_CONFIG_STATE_LABEL] = "success"
+            sharing = yaml.safe_load(cm["data"][labels[DEVICE_PLUGIN_CONFIG_LABEL]]).get("sharing") or {}
+            shared = sharing.get("mps") or sharing.get("timeSlicing")
+            labels[SHARING_STRATEGY_LABEL] = (
+                "none" if not shared else ("mps" if "mps" in sharing else "time-slicing")
+            )
+            labels[GPU_REPLICAS_LABEL] = str(shared["resources"][0]["replicas"]) if shared else "1"
+    for pool in ("h100", "l4"):
+        pools.reconcile(pool)
+    pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in fake.of_kind("Pod")}
+    assert set(pods) == set(by_kind["Pod"])
+    for key, pod in by_kind["Pod"].items():
+        created = pods[key]
+        assert created["spec"] == pod["spec"] and created["metadata"]["labels"] == pod["metadata"]["labels"]
+        assert created["metadata"]["annotations"] == pod["metadata"]["annotations"]
+
+
 def test_a_configmap_replace_that_loses_a_race_is_redone_on_a_fresh_read() -> None:
     fake = _cluster(_dp_configmap({EXCLUSIVE_CONFIG: "x"}))
     for node in fake.of_kind("Node"):
