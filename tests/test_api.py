@@ -47,7 +47,7 @@ spec:
   model: {name: qwen2.5-3b-instruct, quantization: BF16, maxContextTokens: 8192, maxConcurrentSequences: 8}
   replicas: 3
   qos: Guaranteed
-  runtime: {image: vllm/vllm-openai:v0.11.0}
+  runtime: {image: vllm/vllm-openai:v0.33.0}
 ---
 apiVersion: slm.io/v1alpha1
 kind: FineTuneJob

@@ -119,6 +119,8 @@ def _estimate_deployment(args: argparse.Namespace, architecture: dict[str, Any] 
     }
     if architecture is not None:
         model_spec["architecture"] = architecture
+        if "/" not in args.model:  # the estimate loads no weights; a deployment names its `source`
+            model_spec["source"] = {"pvc": {"claimName": "estimate"}}
     doc = {
         "metadata": {"name": "estimate", "namespace": "default"},
         "spec": {"poolRef": {"name": "estimate"}, "model": model_spec},

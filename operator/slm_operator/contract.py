@@ -38,6 +38,9 @@ FINETUNE_JOB_LABEL: Final = "slm.io/finetunejob"  # on fine-tuning Jobs and thei
 PLACEMENT_ANNOTATION: Final = "slm.io/placement"  # on replica pods: PlacementRecord as JSON
 SPEC_HASH_ANNOTATION: Final = "slm.io/spec-hash"  # on replica pods: what needs a new pod (model, runtime…)
 ADAPTER_ANNOTATION: Final = "slm.io/promoted-adapter"  # on SLMDeployments: the adapter a FineTuneJob promoted
+#: on SLMDeployments, written with ADAPTER_ANNOTATION by the FineTuneJob controller, read by render: the
+#: FineTuneJob's method (LoRA | QLoRA | Full); a Full result is served as the model, the others as a LoRA adapter.
+PROMOTED_METHOD_ANNOTATION: Final = "slm.io/promoted-method"
 GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
 GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
 ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over

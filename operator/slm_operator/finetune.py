@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, GPUPool
-from slm_operator.contract import ADAPTER_ANNOTATION, GPU_ROLES_ANNOTATION, POOL_LABEL
+from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    GPU_ROLES_ANNOTATION,
+    POOL_LABEL,
+    PROMOTED_METHOD_ANNOTATION,
+)
 from slm_operator.events import Event
 from slm_operator.render.finetune import (
     artifact,
@@ -107,11 +112,16 @@ def _promote(world: FineTuneWorld, job: Mapping[str, Any], d: FineTuneDecisions)
         return False, score
     result = artifact(ftj)
     view = ObjectView(dep)
-    if view.annotations.get(ADAPTER_ANNOTATION) != result:
+    method = ftj.spec.method.value
+    if (view.annotations.get(ADAPTER_ANNOTATION), view.annotations.get(PROMOTED_METHOD_ANNOTATION)) != (
+        result,
+        method,
+    ):
+        annotations = {ADAPTER_ANNOTATION: result, PROMOTED_METHOD_ANNOTATION: method}
         d.promotion = Promotion(
             name=ftj.spec.promote.slm_deployment_ref.name,
             namespace=ftj.metadata.namespace or "default",
-            patch={"metadata": {"annotations": {ADAPTER_ANNOTATION: result}}},
+            patch={"metadata": {"annotations": annotations}},
         )
         message = f"rolling onto {result} from FineTuneJob {ftj.metadata.name}"
         d.events.append(Event.on(dep, "Normal", "Promoted", message))

@@ -17,7 +17,14 @@ from typing import Any
 
 from slm_operator.api.quantity import quantity_bytes
 from slm_operator.api.v1alpha1 import GPUPool, LendTo, RepartitionPolicy, SLMDeployment
-from slm_operator.catalog import GpuModel, ModelArchitecture, gpu_by_product, slm_by_name
+from slm_operator.catalog import (
+    Checkpoint,
+    GpuModel,
+    ModelArchitecture,
+    SlmModel,
+    gpu_by_product,
+    slm_by_name,
+)
 from slm_operator.contract import (
     GPU_COUNT_LABEL,
     GPU_INVENTORY_ANNOTATION,
@@ -39,7 +46,7 @@ from slm_operator.planner.model import (
     Segment,
     ShareRequest,
 )
-from slm_operator.sizing import MemoryEstimate, Quantization, estimate_memory
+from slm_operator.sizing import MemoryEstimate, Quantization, checkpoint_bytes, estimate_memory
 from slm_operator.views import PodView
 
 # Labels and annotations of NVIDIA's protocol and of slm-operator.
@@ -241,55 +248,83 @@ class Sizing:
     source: str  # Catalog | Architecture | Override
     estimate: MemoryEstimate | None
     model_name: str
+    #: The catalog checkpoint vLLM loads (None when ``spec.model.source`` or the name says where the weights are).
+    checkpoint: Checkpoint | None = None
+    #: Bytes of the checkpoint a replica downloads and reads (sizes the model cache and the startup probe).
+    download_bytes: int = 0
+
+
+def _architecture(dep: SLMDeployment, model: SlmModel | None) -> tuple[ModelArchitecture | None, str]:
+    a = dep.spec.model.architecture
+    if a is None:
+        return (model.architecture if model else None), "Catalog"
+    try:
+        arch = ModelArchitecture(
+            parameters=a.parameters,
+            layers=a.layers,
+            hidden_size=a.hidden_size,
+            attention_heads=a.attention_heads,
+            kv_heads=a.kv_heads,
+            head_dim=a.head_dim,
+            max_context_tokens=a.max_context_tokens,
+        )
+    except ValueError as exc:
+        raise DemandError("InvalidArchitecture", f"`spec.model.architecture`: {exc}") from None
+    return arch, "Architecture"
+
+
+def catalog_checkpoint(dep: SLMDeployment, model: SlmModel | None) -> Checkpoint | None:
+    """The catalog checkpoint vLLM loads for the deployment's quantisation; None when the deployment names its
+    own source (or is not a catalog model). Raises QuantizationUnavailable when the catalog has none."""
+    spec = dep.spec.model
+    if model is None or spec.source is not None or spec.architecture is not None:
+        return None
+    ckpt = model.checkpoint(spec.quantization.value)
+    if ckpt is None:
+        raise DemandError(
+            "QuantizationUnavailable",
+            f"model {model.name!r} has no {spec.quantization.value} checkpoint in the catalog; it can be served as "
+            f"{', '.join(model.quantizations())}. Choose one of those for `spec.model.quantization`, or name a "
+            f"{spec.quantization.value} checkpoint in `spec.model.source`",
+        )
+    return ckpt
 
 
 def size_deployment(dep: SLMDeployment) -> Sizing:
-    """Memory per replica: ``resources.gpuMemory`` if given, else the estimate from model facts."""
+    """Memory per replica: ``resources.gpuMemory`` if given, else the estimate from model facts and the format of
+    the checkpoint vLLM loads."""
     spec = dep.spec
     model = slm_by_name(spec.model.name)
-    arch: ModelArchitecture | None = None
-    source = "Catalog"
-    if spec.model.architecture is not None:
-        a = spec.model.architecture
-        try:
-            arch = ModelArchitecture(
-                parameters=a.parameters,
-                layers=a.layers,
-                hidden_size=a.hidden_size,
-                attention_heads=a.attention_heads,
-                kv_heads=a.kv_heads,
-                head_dim=a.head_dim,
-                max_context_tokens=a.max_context_tokens,
-            )
-        except ValueError as exc:
-            raise DemandError("InvalidArchitecture", f"`spec.model.architecture`: {exc}") from None
-        source = "Architecture"
-    elif model is not None:
-        arch = model.architecture
+    ckpt = catalog_checkpoint(dep, model)
+    arch, source = _architecture(dep, model)
     override = spec.resources.gpu_memory if spec.resources else None
+    quant = Quantization(spec.model.quantization.value)
+    fmt = ckpt.format if ckpt else None
     estimate: MemoryEstimate | None = None
     if arch is not None:
         try:
             estimate = estimate_memory(
                 arch,
-                Quantization(spec.model.quantization.value),
+                quant,
                 spec.model.max_context_tokens,
                 spec.model.max_concurrent_sequences,
+                weight_format=fmt,
             )
         except ValueError as exc:
             if override is None:
                 raise DemandError("InvalidModelSettings", f"`spec.model`: {exc}") from None
+    name = model.name if model else spec.model.name
+    download = checkpoint_bytes(arch, quant, fmt) if arch is not None else 0
     if override is not None:
-        return Sizing(
-            quantity_bytes(override), "Override", estimate, model.name if model else spec.model.name
-        )
+        memory = quantity_bytes(override)
+        return Sizing(memory, "Override", estimate, name, ckpt, download or memory // 2)
     if estimate is None:
         raise DemandError(
             "UnknownModel",
             f"model {spec.model.name!r} is not in the catalog: give `spec.model.architecture` (from the model's "
             "config.json) or `spec.resources.gpuMemory`",
         )
-    return Sizing(estimate.total_bytes, source, estimate, model.name if model else spec.model.name)
+    return Sizing(estimate.total_bytes, source, estimate, name, ckpt, download)
 
 
 def demand_for(dep: SLMDeployment, sizing: Sizing) -> Demand:

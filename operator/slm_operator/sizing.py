@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from slm_operator.catalog import GpuModel, MigProfile, ModelArchitecture, gpu_models
+from slm_operator.catalog import GpuModel, MigProfile, ModelArchitecture, WeightFormat, gpu_models
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -49,6 +49,26 @@ EMBEDDING_BYTES = 2
 INT4_GROUP_SIZE = 128
 INT4_SCALE_BITS = 16
 INT4_ZERO_POINT_BITS = 4
+#: Bits per group of ``INT4_GROUP_SIZE`` quantised weights, by checkpoint format (weights + scale + zero point).
+#: AWQ and GPTQ store a packed zero point at the weight width (GPTQ also when symmetric); compressed-tensors W4A16
+#: is symmetric and stores none. W8A8 and FP8 keep one scale per output channel at most: one byte per weight.
+GROUP_BITS: dict[WeightFormat, int] = {
+    WeightFormat.AWQ: INT4_GROUP_SIZE * 4 + INT4_SCALE_BITS + INT4_ZERO_POINT_BITS,
+    WeightFormat.GPTQ_INT4: INT4_GROUP_SIZE * 4 + INT4_SCALE_BITS + INT4_ZERO_POINT_BITS,
+    WeightFormat.W4A16: INT4_GROUP_SIZE * 4 + INT4_SCALE_BITS,
+    WeightFormat.GPTQ_INT8: INT4_GROUP_SIZE * 8 + INT4_SCALE_BITS + 8,
+    WeightFormat.W8A8: INT4_GROUP_SIZE * 8,
+    WeightFormat.FP8: INT4_GROUP_SIZE * 8,
+    WeightFormat.FP8_ONLINE: INT4_GROUP_SIZE * 8,
+}
+#: The format a quantisation is sized with when no checkpoint names one (a model given by its architecture).
+DEFAULT_FORMAT: dict[Quantization, WeightFormat] = {
+    Quantization.BF16: WeightFormat.BF16,
+    Quantization.FP16: WeightFormat.FP16,
+    Quantization.FP8: WeightFormat.FP8_ONLINE,
+    Quantization.INT8: WeightFormat.W8A8,
+    Quantization.INT4: WeightFormat.AWQ,
+}
 #: KV-cache element size: vLLM's default --kv-cache-dtype=auto stores K/V in the model dtype (BF16/FP16 for every
 #: catalog model, also when the weights are quantised); FP8 KV cache is opt-in (kv_cache_dtype=FP8).
 KV_CACHE_ELEMENT_BYTES: dict[Quantization, int] = {
@@ -97,17 +117,29 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def weights_bytes(arch: ModelArchitecture, quantization: Quantization) -> int:
-    """Bytes of the weights of ``arch`` stored at ``quantization``."""
+def weights_bytes(
+    arch: ModelArchitecture, quantization: Quantization, weight_format: WeightFormat | None = None
+) -> int:
+    """Bytes of the weights of ``arch`` in GPU memory, stored at ``quantization`` in ``weight_format`` (the
+    loaded checkpoint's format; by default the usual one for the quantisation, see ``DEFAULT_FORMAT``)."""
     q = Quantization(quantization)
-    if q in (Quantization.BF16, Quantization.FP16):
-        return arch.parameters * WEIGHT_BYTES[q]
+    fmt = weight_format or DEFAULT_FORMAT[q]
+    if fmt in (WeightFormat.BF16, WeightFormat.FP16):
+        return arch.parameters * 2
     quantised = arch.parameters - arch.embedding_parameters
     embeddings = arch.embedding_parameters * EMBEDDING_BYTES
-    if q is Quantization.INT4:
-        bits_per_group = INT4_GROUP_SIZE * 4 + INT4_SCALE_BITS + INT4_ZERO_POINT_BITS
-        return embeddings + _ceil_div(quantised * bits_per_group, INT4_GROUP_SIZE * 8)
-    return embeddings + quantised * WEIGHT_BYTES[q]
+    return embeddings + _ceil_div(quantised * GROUP_BITS[fmt], INT4_GROUP_SIZE * 8)
+
+
+def checkpoint_bytes(
+    arch: ModelArchitecture, quantization: Quantization, weight_format: WeightFormat | None
+) -> int:
+    """Bytes a replica downloads and reads from disk: the checkpoint's weights. vLLM's on-the-fly FP8 loads the
+    16-bit checkpoint and quantises it on the GPU, so it reads twice what it keeps."""
+    fmt = weight_format or DEFAULT_FORMAT[Quantization(quantization)]
+    if fmt is WeightFormat.FP8_ONLINE:
+        return arch.parameters * 2
+    return weights_bytes(arch, quantization, fmt)
 
 
 def kv_bytes_per_token(arch: ModelArchitecture, kv_cache_dtype: Quantization = Quantization.BF16) -> int:
@@ -126,10 +158,12 @@ def estimate_memory(
     *,
     kv_cache_dtype: Quantization = Quantization.BF16,
     max_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+    weight_format: WeightFormat | None = None,
 ) -> MemoryEstimate:
     """Memory for serving ``arch`` with ``concurrency`` sequences of up to ``context_tokens`` tokens each.
 
-    Raises ValueError when ``context_tokens`` exceeds ``arch.max_context_tokens`` (the context is not clamped:
+    ``weight_format`` is the format of the checkpoint actually loaded (``SlmModel.checkpoint``); by default the
+    usual one for ``quantization``. Raises ValueError when ``context_tokens`` exceeds ``arch.max_context_tokens`` (the context is not clamped:
     the caller asked for something the model can not serve) or when an argument is not positive.
     """
     q = Quantization(quantization)
@@ -145,7 +179,7 @@ def estimate_memory(
     if max_batched_tokens < 1:
         raise ValueError(f"max_batched_tokens must be at least 1, got {max_batched_tokens}")
     per_token = kv_bytes_per_token(arch, kv_cache_dtype)
-    weights = weights_bytes(arch, q)
+    weights = weights_bytes(arch, q, weight_format)
     kv_cache = per_token * context_tokens * concurrency
     activations = (
         ACTIVATION_VECTORS_PER_TOKEN * arch.hidden_size * max_batched_tokens * ACTIVATION_ELEMENT_BYTES

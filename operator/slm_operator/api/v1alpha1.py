@@ -27,6 +27,7 @@ from slm_operator.api.base import (
     k8s,
 )
 from slm_operator.api.quantity import QuantityError, quantity_bytes
+from slm_operator.catalog import VLLM_IMAGE
 from slm_operator.sizing import Quantization
 
 # ---------------------------------------------------------------------------------------------- enums
@@ -322,6 +323,80 @@ class GPUPoolStatus(ApiModel):
 # ---------------------------------------------------------------------------------------------- SLMDeployment
 
 
+class PVCLocation(ApiModel):
+    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="PVC name.")
+    path: str = Field(
+        default="",
+        max_length=1024,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        json_schema_extra=k8s(cel("!self.split('/').exists(p, p == '..')", "`path` must not contain '..'")),
+        description="Relative path inside the volume.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_parent(cls, v: str) -> str:
+        if ".." in v.split("/"):
+            raise ValueError("`path` must not contain '..'")
+        return v
+
+
+class HuggingFaceSource(ApiModel):
+    repository: str = Field(
+        min_length=3,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Hugging Face repository id (`owner/name`) vLLM loads.",
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Branch, tag or commit of the repository (default: `main`); pin a commit for reproducible pods.",
+    )
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    key: str = Field(default="token", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class ModelSource(ApiModel):
+    """Where vLLM loads the weights from: a Hugging Face repository or a folder on a PVC."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "[has(self.huggingFace), has(self.pvc)].filter(x, x).size() == 1",
+                "exactly one of `huggingFace` or `pvc` must be set",
+            ),
+            cel(
+                "!has(self.tokenSecretRef) || has(self.huggingFace)",
+                "`tokenSecretRef` is the Hugging Face token: it may only be set with `huggingFace`",
+                field_path=".tokenSecretRef",
+            ),
+        )
+    )
+
+    hugging_face: HuggingFaceSource | None = Field(default=None, description="A Hugging Face repository.")
+    pvc: PVCLocation | None = Field(
+        default=None, description="A folder on a PVC holding the checkpoint (config.json, safetensors)."
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the Hugging Face token, passed to vLLM as `HF_TOKEN`."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSource:
+        if (self.hugging_face is None) == (self.pvc is None):
+            raise ValueError("exactly one of `huggingFace` or `pvc` must be set")
+        if self.token_secret_ref is not None and self.hugging_face is None:
+            raise ValueError(
+                "`tokenSecretRef` is the Hugging Face token: it may only be set with `huggingFace`"
+            )
+        return self
+
+
 class ModelArchitectureSpec(ApiModel):
     """Architecture facts of a model the built-in catalog does not know (from its config.json)."""
 
@@ -356,6 +431,12 @@ class ModelArchitectureSpec(ApiModel):
         return self
 
 
+SOURCE_NEEDED = (
+    "a model outside the catalog (`architecture` set) must name where vLLM loads it: set `source` "
+    "(`huggingFace.repository` or `pvc`), or make `name` its Hugging Face repository id (`owner/name`)"
+)
+
+
 class ModelSpec(ApiModel):
     """Which model to serve and the load each replica must hold."""
 
@@ -365,7 +446,12 @@ class ModelSpec(ApiModel):
                 "!has(self.architecture) || self.maxContextTokens <= self.architecture.maxContextTokens",
                 "`maxContextTokens` must not exceed `architecture.maxContextTokens`",
                 field_path=".maxContextTokens",
-            )
+            ),
+            cel(
+                "!has(self.architecture) || has(self.source) || self.name.contains('/')",
+                SOURCE_NEEDED,
+                field_path=".source",
+            ),
         )
     )
 
@@ -386,11 +472,18 @@ class ModelSpec(ApiModel):
     architecture: ModelArchitectureSpec | None = Field(
         default=None, description="Architecture of a model the catalog does not know."
     )
+    source: ModelSource | None = Field(
+        default=None,
+        description="Where vLLM loads the weights from. Default: the catalog's checkpoint for `quantization`, or "
+        "`name` as a Hugging Face repository. Required with `architecture` unless `name` is the repository id.",
+    )
 
     @model_validator(mode="after")
     def _context(self) -> ModelSpec:
         if self.architecture and self.max_context_tokens > self.architecture.max_context_tokens:
             raise ValueError("`maxContextTokens` must not exceed `architecture.maxContextTokens`")
+        if self.architecture and self.source is None and "/" not in self.name:
+            raise ValueError(SOURCE_NEEDED)
         return self
 
 
@@ -402,9 +495,7 @@ class EnvVar(ApiModel):
 class RuntimeSpec(ApiModel):
     """The serving container (vLLM's OpenAI-compatible server by default)."""
 
-    image: str = Field(
-        default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512, description="Container image."
-    )
+    image: str = Field(default=VLLM_IMAGE, min_length=1, max_length=512, description="Container image.")
     args: list[Annotated[str, Field(max_length=1024)]] | None = Field(
         default=None,
         max_length=64,
@@ -578,24 +669,6 @@ class SLMDeploymentStatus(ApiModel):
 
 
 # ---------------------------------------------------------------------------------------------- FineTuneJob
-
-
-class PVCLocation(ApiModel):
-    claim_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="PVC name.")
-    path: str = Field(
-        default="",
-        max_length=1024,
-        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
-        json_schema_extra=k8s(cel("!self.split('/').exists(p, p == '..')", "`path` must not contain '..'")),
-        description="Relative path inside the volume.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _no_parent(cls, v: str) -> str:
-        if ".." in v.split("/"):
-            raise ValueError("`path` must not contain '..'")
-        return v
 
 
 class ConfigMapKeyRef(ApiModel):

@@ -11,13 +11,32 @@ from slm_operator.catalog.gpus import (
     max_non_overlapping,
     sanitize_product_name,
 )
-from slm_operator.catalog.models import ModelArchitecture, SlmModel, slm_by_name, slm_models
+from slm_operator.catalog.models import (
+    Checkpoint,
+    ModelArchitecture,
+    ServingFlags,
+    SlmModel,
+    WeightFormat,
+    serving_flags,
+    slm_by_name,
+    slm_models,
+)
+
+#: The vLLM release the operator renders command lines for (default image tag ``vllm/vllm-openai:v<VERSION>``);
+#: the flags, tool-call and reasoning parser names in ``models.yaml`` were read from this release's sources.
+VLLM_VERSION = "0.33.0"
+VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 
 __all__ = [
+    "VLLM_IMAGE",
+    "VLLM_VERSION",
+    "Checkpoint",
     "GpuModel",
     "MigProfile",
     "ModelArchitecture",
+    "ServingFlags",
     "SlmModel",
+    "WeightFormat",
     "find_layout",
     "gpu_by_key",
     "gpu_by_pci_device_id",
@@ -25,6 +44,7 @@ __all__ = [
     "gpu_models",
     "max_non_overlapping",
     "sanitize_product_name",
+    "serving_flags",
     "slm_by_name",
     "slm_models",
 ]

@@ -25,6 +25,7 @@ from slm_operator.contract import (
     GROUP,
     NVIDIA_PREFIX,
     POOL_LABEL,
+    PROMOTED_METHOD_ANNOTATION,
     VERSION,
 )
 from slm_operator.controllers.context import from_memo
@@ -118,7 +119,15 @@ def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: An
     ctx = from_memo(memo)
     obj = ObjectView(body)
     key = f"dep/{obj.namespace or None}/{obj.name or None}"
-    if not ctx.changed(key, [type, obj.metadata.get("generation"), obj.annotations.get(ADAPTER_ANNOTATION)]):
+    if not ctx.changed(
+        key,
+        [
+            type,
+            obj.metadata.get("generation"),
+            obj.annotations.get(ADAPTER_ANNOTATION),
+            obj.annotations.get(PROMOTED_METHOD_ANNOTATION),
+        ],
+    ):
         return
     pool = ((body.get("spec") or {}).get("poolRef") or {}).get("name", "")
     if ctx.knows_pool(pool):

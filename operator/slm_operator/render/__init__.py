@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from slm_operator.api.v1alpha1 import QoSTier, SLMDeployment
-from slm_operator.catalog import GpuModel, gpu_by_key
+from slm_operator.catalog import GpuModel, gpu_by_key, serving_flags, slm_by_name
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
     API_VERSION,
@@ -35,6 +35,7 @@ from slm_operator.contract import (
     MIG_CONFIG_LABEL,
     PLACEMENT_ANNOTATION,
     POOL_LABEL,
+    PROMOTED_METHOD_ANNOTATION,
     QOS_LABEL,
     REPLICA_LABEL,
     SHARED_GPU_RESOURCE,
@@ -69,6 +70,9 @@ class OperatorConfig:
     replica_cpu: str = "1"
     #: Host memory a replica requests on top of its weights (the server loads the weights through host RAM).
     replica_memory_overhead_bytes: int = 2 << 30
+    #: A PVC (ReadWriteMany) replicas share as their model download cache; None: an emptyDir per pod sized from
+    #: the checkpoint.
+    model_cache_claim: str | None = None
 
 
 def _hash(obj: Any, n: int = 10) -> str:
@@ -194,8 +198,85 @@ def share_resource(p: ReplicaPlacement) -> str:
     return GPU_RESOURCE
 
 
+#: Where the model-source PVC, the promoted result's PVC and the download cache are mounted in the server.
+MODELS_MOUNT = "/models"
+ADAPTERS_MOUNT = "/adapters"
+MODEL_CACHE_MOUNT = "/model-cache"
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """What a FineTuneJob promoted onto the deployment (``slm.io/promoted-adapter`` = ``pvc://<claim>/<path>``)."""
+
+    claim: str
+    path: str  # inside the claim; "" for the claim's root
+    full: bool  # a full fine-tune (served as the model) rather than a LoRA adapter
+
+    @property
+    def mounted_path(self) -> str:
+        """The result's path in the server container (the claim is mounted on ``/adapters``)."""
+        return f"{ADAPTERS_MOUNT}/{self.path}".rstrip("/")
+
+
+def promoted(dep: SLMDeployment) -> Promoted | None:
+    annotations = dep.metadata.annotations or {}
+    adapter = annotations.get(ADAPTER_ANNOTATION) or ""
+    if not adapter.startswith("pvc://"):
+        return None
+    claim, _, path = adapter[len("pvc://") :].partition("/")
+    return Promoted(claim, path.strip("/"), annotations.get(PROMOTED_METHOD_ANNOTATION) == "Full")
+
+
+def model_args(dep: SLMDeployment, sizing: Sizing) -> list[str]:
+    """``--model`` and what loading it needs: the promoted full fine-tune, ``spec.model.source``, the catalog
+    checkpoint of the quantisation (pre-quantised ones name their method in config.json) or the name itself."""
+    model = dep.spec.model
+    result = promoted(dep)
+    online_fp8 = ["--quantization", "fp8"] if model.quantization.value == "FP8" else []
+    if result is not None and result.full:
+        args = ["--model", result.mounted_path, *online_fp8]
+    elif model.source is not None and model.source.pvc is not None:
+        args = ["--model", f"{MODELS_MOUNT}/{model.source.pvc.path}".rstrip("/"), *online_fp8]
+    elif model.source is not None and model.source.hugging_face is not None:
+        hf = model.source.hugging_face
+        args = ["--model", hf.repository, *(["--revision", hf.revision] if hf.revision else []), *online_fp8]
+    elif sizing.checkpoint is not None:
+        ckpt = sizing.checkpoint
+        args = ["--model", ckpt.repository]
+        args += ["--quantization", ckpt.vllm_quantization] if ckpt.vllm_quantization else []
+    else:
+        args = ["--model", model.name, *online_fp8]
+    if model.quantization.value == "FP16":
+        args += ["--dtype", "float16"]
+    return args
+
+
+def served_args(dep: SLMDeployment) -> list[str]:
+    """Callers of the deployment's name get the promoted weights: a LoRA adapter is served under that name and
+    the base model under ``<name>-base``; a full fine-tune is the model itself."""
+    name = dep.metadata.name
+    result = promoted(dep)
+    if result is None or result.full:
+        return ["--served-model-name", name]
+    return [
+        "--served-model-name",
+        f"{name}-base",
+        "--enable-lora",
+        "--lora-modules",
+        f"{name}={result.mounted_path}",
+    ]
+
+
+def agent_args(sizing: Sizing) -> list[str]:
+    """The family's tool-call parser, reasoning parser and chat template (catalog data, ``models.yaml``)."""
+    model = slm_by_name(sizing.model_name)
+    flags = serving_flags(model.family) if model else None
+    return flags.args() if flags else []
+
+
 def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memory_bytes: int) -> list[str]:
-    """vLLM flags derived from the share: the memory fraction vLLM may take is what the plan gave it."""
+    """vLLM flags: what to load, under which names, the family's agent flags, and the memory fraction vLLM may
+    take (what the plan gave it)."""
     spec = dep.spec
     if p.share.mechanism == "TimeSlicing":
         # No isolation: vLLM sees the whole GPU; let it take only the memory the plan counted for it.
@@ -206,10 +287,8 @@ def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memor
         share = p.share.memory_bytes or gpu_memory_bytes
         util = min(0.98, max(0.9, sizing.memory_bytes / share + 0.02))
     args = [
-        "--model",
-        sizing.model_name,
-        "--served-model-name",
-        dep.metadata.name,
+        *model_args(dep, sizing),
+        *served_args(dep),
         "--port",
         str(spec.runtime.port),
         "--max-model-len",
@@ -220,16 +299,8 @@ def vllm_args(dep: SLMDeployment, p: ReplicaPlacement, sizing: Sizing, gpu_memor
         f"{util:.2f}",
         "--max-num-batched-tokens",
         str(MAX_NUM_BATCHED_TOKENS),  # the token budget the sizing assumed for activations
+        *agent_args(sizing),
     ]
-    if spec.model.quantization.value == "FP8":
-        args += ["--quantization", "fp8"]
-    adapter = (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION)
-    if adapter:
-        args += [
-            "--enable-lora",
-            "--lora-modules",
-            f"{dep.metadata.name}-ft=/adapters/{adapter.split('/', 1)[-1]}",
-        ]
     return args + list(spec.runtime.args or [])
 
 
@@ -275,6 +346,7 @@ def deployment_spec_hash(dep: SLMDeployment) -> str:
             spec.model.model_dump(mode="json"),
             spec.runtime.model_dump(mode="json"),
             (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION),
+            (dep.metadata.annotations or {}).get(PROMOTED_METHOD_ANNOTATION),
         ],
         8,
     )
@@ -299,11 +371,17 @@ def gpu_tolerations() -> list[dict[str, Any]]:
 
 
 def replica_env(dep: SLMDeployment, p: ReplicaPlacement) -> list[dict[str, Any]]:
-    """The server's environment: who it is, the MPS limits of its share, then the user's ``runtime.env``."""
+    """The server's environment: who it is, the download cache, the Hugging Face token, the MPS limits of its
+    share, then the user's ``runtime.env``."""
     env: list[dict[str, Any]] = [
         {"name": "SLM_DEPLOYMENT", "value": deployment_key(dep)},
         {"name": "SLM_REPLICA", "value": str(p.ordinal)},
+        {"name": "HF_HOME", "value": MODEL_CACHE_MOUNT},
     ]
+    source = dep.spec.model.source
+    if source is not None and source.token_secret_ref is not None:
+        ref = source.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     if p.share.mechanism == "MPS" and p.share.mps_memory_limit_bytes:
         env.append(
             {
@@ -333,16 +411,71 @@ def replica_labels(dep: SLMDeployment, p: ReplicaPlacement, pool: str) -> dict[s
     }
 
 
-def adapter_volumes(dep: SLMDeployment) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, mounts) for a promoted adapter on a PVC (``pvc://<claim>/<path>``), mounted on /adapters."""
-    adapter = (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION)
-    if not adapter or not adapter.startswith("pvc://"):
-        return [], []
-    claim = adapter[len("pvc://") :].split("/", 1)[0]
-    return (
-        [{"name": "adapters", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
-        [{"name": "adapters", "mountPath": "/adapters", "readOnly": True}],
-    )
+#: Startup probe: a replica downloads its checkpoint, reads it onto the GPU, then profiles memory, compiles and
+#: captures CUDA graphs before /health answers. Sized as weights / LOAD_RATE + STARTUP_MARGIN (docs/sizing.md).
+MODEL_LOAD_BYTES_PER_SECOND = 50 << 20
+STARTUP_MARGIN_SECONDS = 300
+PROBE_PERIOD_SECONDS = 10
+#: The model cache holds the checkpoint plus 10 % and 1 GiB (tokenizer, config, partial downloads).
+MODEL_CACHE_SLACK_BYTES = 1 << 30
+#: Pods are removed from the Service's endpoints before vLLM gets SIGTERM (preStop), then vLLM finishes the
+#: requests in flight; the grace period covers both.
+PRESTOP_SLEEP_SECONDS = 10
+TERMINATION_GRACE_SECONDS = 60
+
+
+def startup_failure_threshold(download_bytes: int) -> int:
+    """Probe failures (every PROBE_PERIOD_SECONDS) the startup probe allows: download + load + margin."""
+    seconds = STARTUP_MARGIN_SECONDS + -(-download_bytes // MODEL_LOAD_BYTES_PER_SECOND)
+    return -(-seconds // PROBE_PERIOD_SECONDS)
+
+
+def model_cache_size(download_bytes: int) -> str:
+    """``sizeLimit`` of the model cache emptyDir, in Mi."""
+    return f"{-(-(download_bytes * 11 // 10 + MODEL_CACHE_SLACK_BYTES) // (1 << 20))}Mi"
+
+
+def replica_volumes(
+    dep: SLMDeployment, sizing: Sizing, cfg: OperatorConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts): the model cache (``HF_HOME``), the source PVC on /models and the promoted result's
+    PVC on /adapters."""
+    if cfg.model_cache_claim:
+        cache: dict[str, Any] = {
+            "name": "model-cache",
+            "persistentVolumeClaim": {"claimName": cfg.model_cache_claim},
+        }
+    else:
+        cache = {"name": "model-cache", "emptyDir": {"sizeLimit": model_cache_size(sizing.download_bytes)}}
+    volumes = [cache]
+    mounts: list[dict[str, Any]] = [{"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT}]
+    source = dep.spec.model.source
+    if source is not None and source.pvc is not None:
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": True}}
+        )
+        mounts.append({"name": "model", "mountPath": MODELS_MOUNT, "readOnly": True})
+    result = promoted(dep)
+    if result is not None:
+        volumes.append(
+            {"name": "adapters", "persistentVolumeClaim": {"claimName": result.claim, "readOnly": True}}
+        )
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def probes(sizing: Sizing) -> dict[str, Any]:
+    """Startup, readiness and liveness probes on vLLM's ``/health``; the startup probe scales with the weights."""
+    health = {"path": "/health", "port": "http"}
+    return {
+        "startupProbe": {
+            "httpGet": health,
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": startup_failure_threshold(sizing.download_bytes),
+        },
+        "readinessProbe": {"httpGet": health, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": health, "periodSeconds": 20, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
 
 
 def server_container(
@@ -365,10 +498,10 @@ def server_container(
             "requests": {"cpu": cfg.replica_cpu, "memory": host_memory(sizing, cfg), share_resource(p): "1"},
             "limits": {share_resource(p): "1"},
         },
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10},
+        **probes(sizing),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECONDS)]}}},
+        "volumeMounts": mounts,
     }
-    if mounts:
-        container["volumeMounts"] = mounts
     return container
 
 
@@ -386,7 +519,7 @@ def replica_pod(
     spec = dep.spec
     record = placement_record(p, node, gpu_index)
     spec_hash = deployment_spec_hash(dep)
-    volumes, mounts = adapter_volumes(dep)
+    volumes, mounts = replica_volumes(dep, sizing, cfg)
     container = server_container(dep, p, gpu_by_key(gpu_model_key).memory_bytes, sizing, cfg, mounts)
     pod: dict[str, Any] = {
         "apiVersion": "v1",
@@ -407,12 +540,11 @@ def replica_pod(
             "tolerations": gpu_tolerations(),
             "containers": [container],
             "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 30,
+            "volumes": volumes,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "restartPolicy": "Always",
         },
     }
-    if volumes:
-        pod["spec"]["volumes"] = volumes
     if spec.qos is QoSTier.GUARANTEED:
         pod["spec"]["preemptionPolicy"] = "PreemptLowerPriority"
     return pod
