@@ -41,7 +41,9 @@ class RenderedArgs:
     adapter: str | None = None
 
 
-def _deployment(model: str, quant: Quantization, *, adapter: bool, extra: bool) -> SLMDeployment:
+def _deployment(
+    model: str, quant: Quantization, *, adapter: bool, extra: bool, qos: str = "Burstable"
+) -> SLMDeployment:
     annotations = {ADAPTER_ANNOTATION: ADAPTER} if adapter else {}
     runtime: dict[str, Any] = {"args": list(EXTRA_ARGS)} if extra else {}
     return SLMDeployment.model_validate(
@@ -58,7 +60,7 @@ def _deployment(model: str, quant: Quantization, *, adapter: bool, extra: bool) 
                     "maxConcurrentSequences": 4,
                 },
                 "replicas": 1,
-                "qos": "Burstable",
+                "qos": qos,
                 "runtime": runtime,
             },
         }
@@ -103,7 +105,9 @@ def replica_args() -> tuple[RenderedArgs, ...]:
         for quant in supported_quantisations(model):
             for mechanism in SHARE_TYPES:
                 for adapter, extra in ((False, False), (True, False), (False, True)):
-                    dep = _deployment(model, quant, adapter=adapter, extra=extra)
+                    # Time-slicing (no isolation) is for BestEffort replicas only.
+                    qos = "BestEffort" if mechanism == "TimeSlicing" else "Burstable"
+                    dep = _deployment(model, quant, adapter=adapter, extra=extra, qos=qos)
                     rendered = _render_one(dep, mechanism)
                     variant = "+adapter" if adapter else "+args" if extra else ""
                     case = f"{model}/{quant.value}/{mechanism}{variant}"
@@ -143,7 +147,8 @@ def _demands(n: int) -> list[Any]:
         quant = (Quantization.BF16, Quantization.INT4)[i % 2]
         if quant not in set(supported_quantisations(m.name)):
             quant = next(iter(supported_quantisations(m.name)))
-        dep = _deployment(m.name, quant, adapter=False, extra=False)
+        qos = ("Guaranteed", "Burstable", "BestEffort")[i % 3]
+        dep = _deployment(m.name, quant, adapter=False, extra=False, qos=qos)
         dep.metadata.name = f"d{i:02d}"
         out.append(demand_for(dep, size_deployment(dep)))
     return out

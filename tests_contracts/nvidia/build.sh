@@ -11,7 +11,7 @@ if [ ! -x "$dir/nvidia-validate" ]; then
   echo "building nvidia-validate into $dir" >&2
   mkdir -p "$dir"
   (cd "$here" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=1 \
-    go build -trimpath -ldflags "-s -w" -o "$dir/nvidia-validate.tmp" .)
-  mv "$dir/nvidia-validate.tmp" "$dir/nvidia-validate"
+    go build -trimpath -ldflags "-s -w" -o "$dir/nvidia-validate.tmp.$$" .)
+  mv "$dir/nvidia-validate.tmp.$$" "$dir/nvidia-validate"
 fi
 echo "$dir/nvidia-validate"
