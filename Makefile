@@ -35,7 +35,7 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 .PHONY: vllm-venv
-vllm-venv: $(VLLM_STAMP) ## Create .venv-vllm with the pinned vLLM for the contract tests (~9.5 GB, ~9 min cold)
+vllm-venv: $(VLLM_STAMP) ## Create .venv-vllm with the pinned vLLM for the contract tests (~9.5 GB, 4-9 min cold)
 
 ##@ Development
 .PHONY: fmt
