@@ -6,7 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
-PY_PATHS := operator tests tests_gpu e2e bench hack
+PY_PATHS := operator tests tests_gpu tests_contracts e2e bench hack
+# vLLM (for its argument parser) gets its own virtualenv: its pins must not constrain the operator's.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 ##@ General
 .PHONY: help
@@ -23,6 +26,16 @@ $(STAMP): pyproject.toml
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the project with its dev extras
+
+# Only the [vllm] extra's requirements (the pin lives in pyproject.toml), not the operator itself.
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["vllm"]))')
+	touch $(VLLM_STAMP)
+
+.PHONY: vllm-venv
+vllm-venv: $(VLLM_STAMP) ## Create .venv-vllm with the pinned vLLM for the contract tests (~9.5 GB, 4-9 min cold)
 
 ##@ Development
 .PHONY: fmt
@@ -61,11 +74,15 @@ verify: crds chart-crds argocd-cm ## Regenerate everything generated and fail on
 
 ##@ Tests
 .PHONY: test
-test: k8s-bin test-unit test-e2e ## Run every test tier (unit, property and end-to-end); builds the binaries first
+test: k8s-bin test-unit test-contracts test-e2e ## Run every test tier (unit, property, contract, end-to-end); builds the binaries first
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Unit and property tests (no cluster)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+
+.PHONY: test-contracts
+test-contracts: $(STAMP) $(VLLM_STAMP) ## Rendered vLLM args and NVIDIA configs through vLLM's and NVIDIA's real parsers
+	$(BIN)/pytest -q -p no:cacheprovider tests_contracts
 
 .PHONY: test-e2e
 test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)
