@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from slm_operator.api.v1alpha1 import RuntimeSpec
+from slm_operator.catalog import VLLM_VERSION
 from tests_contracts.conftest import missing
 from tests_contracts.scenarios import SHARE_TYPES, replica_args
 
@@ -83,9 +84,8 @@ def test_the_default_image_runs_the_pinned_vllm() -> None:
     """The parser checked here is the one in the image the operator deploys by default."""
     image = RuntimeSpec().image
     tag = image.rsplit(":", 1)[-1].removeprefix("v")
-    if tag != pinned_vllm() and tag == "0.11.0":
-        pytest.xfail(f"default image {image} predates the pin: issue 10 part 3 moves it to a current release")
     assert tag == pinned_vllm(), f"default image {image} vs the [vllm] extra's vllm=={pinned_vllm()}"
+    assert pinned_vllm() == VLLM_VERSION, "slm_operator.catalog.VLLM_VERSION and the [vllm] extra must agree"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.case for c in CASES])
