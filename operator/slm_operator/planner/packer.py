@@ -27,9 +27,10 @@ Then :meth:`Packer.consolidate` empties lightly used GPUs where it can, and unpl
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from slm_operator.planner.capacity import BUCKET_SHIFT, FRESH, CapacityIndex
 from slm_operator.planner.model import SpreadPolicy
@@ -125,15 +126,6 @@ class NewGpuOption(NamedTuple):
     fresh_ok: bool
 
 
-class _NewGpuRank(NamedTuple):
-    """Sort key of a new-GPU option (lower first)."""
-
-    neg_density: int
-    memory_mib: int
-    kind_order: int
-    model: str
-
-
 class _PreemptKey(NamedTuple):
     """Sort key of a way to preempt (lower first): lowest tier evicted first, fewest replicas, lowest gid."""
 
@@ -219,6 +211,11 @@ class Packer:
         self.profile_memory = {
             m: tuple(p.memory_bytes for p in model.mig_profiles) for m, model in ctx.models.items()
         }
+        #: per GPU model: memory in MiB (ranks new-GPU options) and time-slicing budget in bytes
+        self.memory_mib = {m: model.memory_mib for m, model in ctx.models.items()}
+        self.ts_budget = {m: model.memory_bytes * ctx.ts_factor // 100 for m, model in ctx.models.items()}
+        #: (GPU model, fitting MIG profiles) -> the new-GPU option with the densest of them
+        self.densest_mig: dict[tuple[str, tuple[int, ...]], NewGpuOption] = {}
 
     # ------------------------------------------------------------------------------------------ driver
 
@@ -290,51 +287,57 @@ class Packer:
         return o
 
     def _share_options(self, dep: Dep) -> ShareOptions:
-        ctx = self.ctx
-        mig, mps, ts, ex = class_fits(ctx, dep)
-        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is _BEST_EFFORT else _KIND_ORDER
-        news: list[tuple[_NewGpuRank, NewGpuOption]] = []
-
-        def add(option: NewGpuOption) -> None:
-            memory_mib = ctx.models[option.model].memory_mib
-            rank: _NewGpuRank = _new_tuple(
-                _NewGpuRank, (-option.density, memory_mib, kind_order[option.kind], option.model)
-            )
-            news.append((rank, option))
-
-        for m, fits in mig.items():
-            add(_densest_mig(ctx, m, fits))
-        for m, clients in mps.items():
-            add(_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)))
+        mig, mps, ts, ex = class_fits(self.ctx, dep)
+        news = [self._densest_mig(m, fits) for m, fits in mig.items()]
+        news += [_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)) for m, clients in mps.items()]
         for m in ts:
-            density = min(self.ts_limit, ctx.models[m].memory_bytes * ctx.ts_factor // 100 // dep.size)
+            density = min(self.ts_limit, self.ts_budget[m] // dep.size)
             if density >= 1:
-                add(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
+                news.append(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
         ex_last: list[str] = []
         shared = bool(mig or mps or ts)
-        for m in sorted(ex, key=lambda k: (ctx.models[k].memory_mib, k)):
+        memory_mib = self.memory_mib
+        for m in sorted(ex, key=lambda k: (memory_mib[k], k)):
             if dep.tier is _GUARANTEED or not shared:
-                add(_whole(m))
+                news.append(_whole(m))
             else:
                 ex_last.append(m)
-        self._sort_new_gpu_options(dep, news)
-        reason = None if (news or ex_last) else unfit_reason(ctx, dep)
-        return ShareOptions(mig, mps, tuple(sorted(ts)), ex, [t[1] for t in news], ex_last, reason)
+        news.sort(key=self._new_gpu_rank(dep, news))
+        reason = None if (news or ex_last) else unfit_reason(self.ctx, dep)
+        return ShareOptions(mig, mps, tuple(sorted(ts)), ex, news, ex_last, reason)
 
-    def _sort_new_gpu_options(self, dep: Dep, news: list[tuple[_NewGpuRank, NewGpuOption]]) -> None:
+    def _new_gpu_rank(self, dep: Dep, news: list[NewGpuOption]) -> Callable[[NewGpuOption], tuple[Any, ...]]:
+        """The sort key of the class's new-GPU options (lower first, no two options equal): most replicas per
+        GPU, less GPU memory, kind (``_KIND_ORDER``), model; ``new_gpu_order`` says how density counts."""
+        memory_mib = self.memory_mib
+        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is _BEST_EFFORT else _KIND_ORDER
+
+        def rank(option: NewGpuOption) -> tuple[int, int, int, str]:
+            kind, model, _, density, _ = option
+            return (-density, memory_mib[model], kind_order[kind], model)
+
         order = self.options.new_gpu_order
-        models = self.ctx.models
         if order is NewGpuOrder.MEMORY and dep.tier is _GUARANTEED:
             # Guaranteed: least GPU memory per replica first (keeps large GPUs for memory-bound tiers)
-            news.sort(key=lambda t: (models[t[1].model].memory_mib / t[1].density, t[0]))
-        elif order is NewGpuOrder.TOLERANT:
+            return lambda option: (memory_mib[option.model] / option.density, rank(option))
+        if order is NewGpuOrder.TOLERANT:
             # densities within 15 % of the best count as equal: then the GPU model with less memory
-            floor = _DENSITY_TOLERANCE * max((t[1].density for t in news), default=1)
-            news.sort(
-                key=lambda t: (t[1].density < floor, t[0].memory_mib if t[1].density >= floor else 0, t[0])
-            )
-        else:
-            news.sort(key=lambda t: t[0])
+            floor = _DENSITY_TOLERANCE * max((option.density for option in news), default=1)
+
+            def tolerant(option: NewGpuOption) -> tuple[bool, int, tuple[int, int, int, str]]:
+                close = option.density >= floor
+                return (not close, memory_mib[option.model] if close else 0, rank(option))
+
+            return tolerant
+        return rank
+
+    def _densest_mig(self, model: str, fits: tuple[int, ...]) -> NewGpuOption:
+        """The new-GPU option with the fitting MIG profile with the most instances per GPU (cached)."""
+        key = (model, fits)
+        option = self.densest_mig.get(key)
+        if option is None:
+            option = self.densest_mig[key] = _densest_mig(self.ctx, model, fits)
+        return option
 
     def _opening_profile(self, dep: Dep) -> tuple[str, int] | None:
         """The (GPU model, MIG profile) a replica of ``dep`` opens a new GPU with, if its best option is MIG."""
