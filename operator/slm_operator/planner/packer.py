@@ -202,7 +202,10 @@ class Packer:
         self.touched_deps: set[str] = set()
         #: (estimate, used GPUs only) -> the MPS epoch in which lowering clients per GPU failed for it
         self.mps_fail: dict[tuple[int, bool], int] = {}
+        #: share options per replica class, and per deployment uid (a deployment's class never changes; a
+        #: lookup by uid costs ~30 ns, building and hashing the class key ~200 ns, once per ``place``)
         self.options_cache: dict[tuple[int, int, str | None, str | None], ShareOptions] = {}
+        self.dep_options: dict[int, ShareOptions] = {}
         #: largest GPU memory per model among reserved and segment GPUs
         self.reserved_models: dict[str, int] = {}
         for g in ctx.gpus:
@@ -279,11 +282,14 @@ class Packer:
     # ------------------------------------------------------------------------------------------ options
 
     def share_options(self, dep: Dep) -> ShareOptions:
-        """The share options of the deployment's class (cached per class)."""
-        key = dep.class_key()
-        o = self.options_cache.get(key)
+        """The share options of the deployment's class (cached per class and per deployment)."""
+        o = self.dep_options.get(dep.uid)
         if o is None:
-            o = self.options_cache[key] = self._share_options(dep)
+            key = dep.class_key()
+            o = self.options_cache.get(key)
+            if o is None:
+                o = self.options_cache[key] = self._share_options(dep)
+            self.dep_options[dep.uid] = o
         return o
 
     def _share_options(self, dep: Dep) -> ShareOptions:
@@ -504,17 +510,16 @@ class Packer:
         for a node without the deployment before it accepts one that has it; ``Preferred`` only within an
         option (fresh nodes count), so spreading never costs packing density."""
         required = self.spread == "Required"
-        fallback: tuple[Node, NewGpuOption] | None = None
+        fallback: tuple[Node, NewGpuOption, int] | None = None
         for option in news:
             node, on_node, param = self._find_node(option, r.dep)
             if node is None:
                 continue
-            option = option._replace(param=param)
             if on_node and required:
                 if fallback is None:
-                    fallback = (node, option)
+                    fallback = (node, option, param)
                 continue
-            self._open(r, node, option)
+            self._open(r, node, option, param)
             return True
         if fallback is not None:
             self._open(r, *fallback)
@@ -559,8 +564,10 @@ class Packer:
             return settled[0], 1, settled[1]
         return None, 1, param
 
-    def _open(self, r: Rep, node: Node, option: NewGpuOption) -> None:
-        kind, param = option.kind, option.param
+    def _open(self, r: Rep, node: Node, option: NewGpuOption, param: int) -> None:
+        """Open a new GPU of ``node`` for ``r`` as ``option`` says, with ``param`` as the node gives it (MPS: the
+        node's clients per GPU)."""
+        kind = option.kind
         g = node.free[option.model].pop(0)
         if node.mode == _NODE_FREE:
             if kind == _MPS:
