@@ -88,6 +88,8 @@ class IncrementalPlanner:
 
     def _forget_evictions(self) -> None:
         """Forget the eviction records of the previous pass."""
+        if not self._last_touched:
+            return
         by_key = {d.key: d for d in self.ctx.deps}
         for key in self._last_touched:
             dep = by_key.get(key)
@@ -103,7 +105,13 @@ class IncrementalPlanner:
         fresh: list[Rep] = []
         kept: list[Dep] = []
         for key, dep in old.items():
-            kept += self._apply_demand(dep, wanted.get(key), fresh)
+            d = wanted.get(key)
+            if d is not None and d == dep.demand:  # unchanged (most of them): no call, no list
+                kept.append(dep)
+                continue
+            changed = self._apply_demand(dep, d, fresh)
+            if changed is not None:
+                kept.append(changed)
         for key, d in wanted.items():
             if key not in old:
                 new_dep = self._new_dep(d, [])
@@ -124,10 +132,9 @@ class IncrementalPlanner:
                 self.packer.touched_deps.add(r.dep.key)
         return fresh
 
-    def _apply_demand(self, dep: Dep, d: Demand | None, fresh: list[Rep]) -> list[Dep]:
-        """One existing deployment: unchanged, scaled, changed (a new record) or deleted; returns what stays."""
-        if d is not None and d == dep.demand:
-            return [dep]
+    def _apply_demand(self, dep: Dep, d: Demand | None, fresh: list[Rep]) -> Dep | None:
+        """One existing deployment whose demand changed: scaled, changed (a new record) or deleted; returns
+        the record that stays (None: deleted)."""
         packer = self.packer
         packer.touched_deps.add(dep.key)
         was = dep.demand
@@ -138,16 +145,16 @@ class IncrementalPlanner:
             was.order_key,
         ):
             self._scale(dep, d, fresh)
-            return [dep]
+            return dep
         for r in dep.reps:
             if r.gpu is not None:
                 packer.remove(r)
         if d is None:
-            return []
+            return None
         # tier, size or share changed: a new deployment record, its replicas placed again
         new_dep = self._new_dep(d, dep.reps)
         fresh.extend(r for r in new_dep.reps if r.gpu is None)
-        return [new_dep]
+        return new_dep
 
     def _scale(self, dep: Dep, d: Demand, fresh: list[Rep]) -> None:
         """Drop the highest ordinals or add new ones."""

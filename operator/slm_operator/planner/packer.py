@@ -27,9 +27,10 @@ Then :meth:`Packer.consolidate` empties lightly used GPUs where it can, and unpl
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from slm_operator.planner.capacity import BUCKET_SHIFT, FRESH, CapacityIndex
 from slm_operator.planner.model import SpreadPolicy
@@ -125,28 +126,6 @@ class NewGpuOption(NamedTuple):
     fresh_ok: bool
 
 
-class _NewGpuRank(NamedTuple):
-    """Sort key of a new-GPU option (lower first)."""
-
-    neg_density: int
-    memory_mib: int
-    kind_order: int
-    model: str
-
-
-class ZeroCostKey(NamedTuple):
-    """How good a zero-cost share is; lower is better, compared field by field."""
-
-    #: 1 when the node already holds the deployment and node spread applies
-    node_has_deployment: int
-    #: 1 for room on a time-sliced GPU: holes (MIG instances, MPS client slots) come first
-    time_sliced: int
-    #: memory of the share that the replica does not use
-    waste: int
-    #: MIG: minus the memory slices in use once the instance is added (fullest layout first)
-    emptiness: int
-
-
 class _PreemptKey(NamedTuple):
     """Sort key of a way to preempt (lower first): lowest tier evicted first, fewest replicas, lowest gid."""
 
@@ -163,8 +142,19 @@ class _LowerMpsKey(NamedTuple):
     gid: int
 
 
-# ZeroCostKey(...) runs a Python-level __new__ (~240 ns); the zero-cost search builds a key per candidate and
-# every new packer builds the new-GPU options of each replica class, so they call tuple.__new__ (~100 ns)
+#: How good a zero-cost share is; lower is better, compared as a plain tuple, field by field:
+#:
+#: 0. node has the deployment: 1 when the node already holds the deployment and node spread applies
+#: 1. time-sliced: 1 for room on a time-sliced GPU (holes, MIG instances and MPS client slots, come first)
+#: 2. waste: memory of the share that the replica does not use
+#: 3. emptiness: MIG, minus the memory slices in use once the instance is added (fullest layout first)
+#:
+#: Not a NamedTuple: the zero-cost search builds and compares a key per candidate, and a NamedTuple costs
+#: ~150 ns more to build (``tuple.__new__``) and ~25 ns more per field read than a plain tuple and an index.
+ZeroCostKey = tuple[int, int, int, int]
+
+# NewGpuOption(...) runs a Python-level __new__ (~240 ns); every new packer builds the new-GPU options of each
+# replica class, so they call tuple.__new__ (~100 ns)
 _new_tuple = tuple.__new__
 
 #: a share: (GPU, mechanism, MIG profile index or -1)
@@ -212,7 +202,10 @@ class Packer:
         self.touched_deps: set[str] = set()
         #: (estimate, used GPUs only) -> the MPS epoch in which lowering clients per GPU failed for it
         self.mps_fail: dict[tuple[int, bool], int] = {}
+        #: share options per replica class, and per deployment uid (a deployment's class never changes; a
+        #: lookup by uid costs ~30 ns, building and hashing the class key ~200 ns, once per ``place``)
         self.options_cache: dict[tuple[int, int, str | None, str | None], ShareOptions] = {}
+        self.dep_options: dict[int, ShareOptions] = {}
         #: largest GPU memory per model among reserved and segment GPUs
         self.reserved_models: dict[str, int] = {}
         for g in ctx.gpus:
@@ -221,6 +214,11 @@ class Packer:
         self.profile_memory = {
             m: tuple(p.memory_bytes for p in model.mig_profiles) for m, model in ctx.models.items()
         }
+        #: per GPU model: memory in MiB (ranks new-GPU options) and time-slicing budget in bytes
+        self.memory_mib = {m: model.memory_mib for m, model in ctx.models.items()}
+        self.ts_budget = {m: model.memory_bytes * ctx.ts_factor // 100 for m, model in ctx.models.items()}
+        #: (GPU model, fitting MIG profiles) -> the new-GPU option with the densest of them
+        self.densest_mig: dict[tuple[str, tuple[int, ...]], NewGpuOption] = {}
 
     # ------------------------------------------------------------------------------------------ driver
 
@@ -284,59 +282,68 @@ class Packer:
     # ------------------------------------------------------------------------------------------ options
 
     def share_options(self, dep: Dep) -> ShareOptions:
-        """The share options of the deployment's class (cached per class)."""
-        key = dep.class_key()
-        o = self.options_cache.get(key)
+        """The share options of the deployment's class (cached per class and per deployment)."""
+        o = self.dep_options.get(dep.uid)
         if o is None:
-            o = self.options_cache[key] = self._share_options(dep)
+            key = dep.class_key()
+            o = self.options_cache.get(key)
+            if o is None:
+                o = self.options_cache[key] = self._share_options(dep)
+            self.dep_options[dep.uid] = o
         return o
 
     def _share_options(self, dep: Dep) -> ShareOptions:
-        ctx = self.ctx
-        mig, mps, ts, ex = class_fits(ctx, dep)
-        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is _BEST_EFFORT else _KIND_ORDER
-        news: list[tuple[_NewGpuRank, NewGpuOption]] = []
-
-        def add(option: NewGpuOption) -> None:
-            memory_mib = ctx.models[option.model].memory_mib
-            rank: _NewGpuRank = _new_tuple(
-                _NewGpuRank, (-option.density, memory_mib, kind_order[option.kind], option.model)
-            )
-            news.append((rank, option))
-
-        for m, fits in mig.items():
-            add(_densest_mig(ctx, m, fits))
-        for m, clients in mps.items():
-            add(_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)))
+        mig, mps, ts, ex = class_fits(self.ctx, dep)
+        news = [self._densest_mig(m, fits) for m, fits in mig.items()]
+        news += [_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)) for m, clients in mps.items()]
         for m in ts:
-            density = min(self.ts_limit, ctx.models[m].memory_bytes * ctx.ts_factor // 100 // dep.size)
+            density = min(self.ts_limit, self.ts_budget[m] // dep.size)
             if density >= 1:
-                add(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
+                news.append(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
         ex_last: list[str] = []
         shared = bool(mig or mps or ts)
-        for m in sorted(ex, key=lambda k: (ctx.models[k].memory_mib, k)):
+        memory_mib = self.memory_mib
+        for m in sorted(ex, key=lambda k: (memory_mib[k], k)):
             if dep.tier is _GUARANTEED or not shared:
-                add(_whole(m))
+                news.append(_whole(m))
             else:
                 ex_last.append(m)
-        self._sort_new_gpu_options(dep, news)
-        reason = None if (news or ex_last) else unfit_reason(ctx, dep)
-        return ShareOptions(mig, mps, tuple(sorted(ts)), ex, [t[1] for t in news], ex_last, reason)
+        news.sort(key=self._new_gpu_rank(dep, news))
+        reason = None if (news or ex_last) else unfit_reason(self.ctx, dep)
+        return ShareOptions(mig, mps, tuple(sorted(ts)), ex, news, ex_last, reason)
 
-    def _sort_new_gpu_options(self, dep: Dep, news: list[tuple[_NewGpuRank, NewGpuOption]]) -> None:
+    def _new_gpu_rank(self, dep: Dep, news: list[NewGpuOption]) -> Callable[[NewGpuOption], tuple[Any, ...]]:
+        """The sort key of the class's new-GPU options (lower first, no two options equal): most replicas per
+        GPU, less GPU memory, kind (``_KIND_ORDER``), model; ``new_gpu_order`` says how density counts."""
+        memory_mib = self.memory_mib
+        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is _BEST_EFFORT else _KIND_ORDER
+
+        def rank(option: NewGpuOption) -> tuple[int, int, int, str]:
+            kind, model, _, density, _ = option
+            return (-density, memory_mib[model], kind_order[kind], model)
+
         order = self.options.new_gpu_order
-        models = self.ctx.models
         if order is NewGpuOrder.MEMORY and dep.tier is _GUARANTEED:
             # Guaranteed: least GPU memory per replica first (keeps large GPUs for memory-bound tiers)
-            news.sort(key=lambda t: (models[t[1].model].memory_mib / t[1].density, t[0]))
-        elif order is NewGpuOrder.TOLERANT:
+            return lambda option: (memory_mib[option.model] / option.density, rank(option))
+        if order is NewGpuOrder.TOLERANT:
             # densities within 15 % of the best count as equal: then the GPU model with less memory
-            floor = _DENSITY_TOLERANCE * max((t[1].density for t in news), default=1)
-            news.sort(
-                key=lambda t: (t[1].density < floor, t[0].memory_mib if t[1].density >= floor else 0, t[0])
-            )
-        else:
-            news.sort(key=lambda t: t[0])
+            floor = _DENSITY_TOLERANCE * max((option.density for option in news), default=1)
+
+            def tolerant(option: NewGpuOption) -> tuple[bool, int, tuple[int, int, int, str]]:
+                close = option.density >= floor
+                return (not close, memory_mib[option.model] if close else 0, rank(option))
+
+            return tolerant
+        return rank
+
+    def _densest_mig(self, model: str, fits: tuple[int, ...]) -> NewGpuOption:
+        """The new-GPU option with the fitting MIG profile with the most instances per GPU (cached)."""
+        key = (model, fits)
+        option = self.densest_mig.get(key)
+        if option is None:
+            option = self.densest_mig[key] = _densest_mig(self.ctx, model, fits)
+        return option
 
     def _opening_profile(self, dep: Dep) -> tuple[str, int] | None:
         """The (GPU model, MIG profile) a replica of ``dep`` opens a new GPU with, if its best option is MIG."""
@@ -370,7 +377,7 @@ class Packer:
             found = self._mig_room(r.dep, o, same_gpu_ok, found)
         if o.mps and self.capacity.mps_caps:
             found = self._mps_room(r.dep, o, same_gpu_ok, found)
-        if o.ts and (found is None or found[1].node_has_deployment == 1):
+        if o.ts and (found is None or found[1][0] == 1):  # the best so far is on a node with the deployment
             found = self._time_sliced_room(r.dep, o, same_gpu_ok, found)
         return None if found is None else found[0]
 
@@ -386,8 +393,8 @@ class Packer:
             for p in fits:
                 waste = memory[p] - dep.size
                 if found is not None:
-                    best = found[1]
-                    if (best.node_has_deployment == 0 or not spread) and best.waste < waste:
+                    best = found[1]  # (node has the deployment, time-sliced, waste, emptiness)
+                    if (best[0] == 0 or not spread) and best[2] < waste:
                         break
                 hit = False
                 groups = capacity.accepting.get((m, p)) if opened else None
@@ -398,7 +405,7 @@ class Packer:
                 if frozen:
                     g, on_node = self._pick(frozen, dep.uid, same_gpu_ok)
                     if g is not None:
-                        key: ZeroCostKey = _new_tuple(ZeroCostKey, (on_node if spread else 0, 0, waste, 0))
+                        key = (on_node if spread else 0, 0, waste, 0)
                         if found is None or key < found[1]:
                             found = ((g, _MIG, p), key)
                         hit = True
@@ -423,7 +430,7 @@ class Packer:
             g, on_node = self._pick(opened[group], dep.uid, same_gpu_ok)
             if g is None:
                 continue
-            key: ZeroCostKey = _new_tuple(ZeroCostKey, (on_node if spread else 0, 0, waste, emptiness))
+            key = (on_node if spread else 0, 0, waste, emptiness)
             if found is None or key < found[1]:
                 found = ((g, _MIG, profile), key)
             hit = True
@@ -445,13 +452,13 @@ class Packer:
                 continue
             waste = cap - dep.size
             if found is not None:
-                best = found[1]
-                if best.time_sliced == 0 and best.waste <= waste and best.node_has_deployment == 0:
+                best = found[1]  # (node has the deployment, time-sliced, waste, emptiness)
+                if best[1] == 0 and best[2] <= waste and best[0] == 0:
                     break
             g, on_node = self._pick(capacity.mps_open[(m, clients)], dep.uid, same_gpu_ok)
             if g is None:
                 continue
-            key: ZeroCostKey = _new_tuple(ZeroCostKey, (on_node if spread else 0, 0, waste, 0))
+            key = (on_node if spread else 0, 0, waste, 0)
             if found is None or key < found[1]:
                 found = ((g, _MPS, -1), key)
             looked += 1
@@ -489,7 +496,7 @@ class Packer:
             if free < dep.size:
                 continue
             on_node = 1 if dep_uid in g.node.deps else 0
-            key: ZeroCostKey = _new_tuple(ZeroCostKey, (on_node if spread else 0, 1, free - dep.size, 0))
+            key = (on_node if spread else 0, 1, free - dep.size, 0)
             if found is None or key < found[1]:
                 found = ((g, _TIME_SLICING, -1), key)
             if on_node == 0 or not spread:
@@ -503,17 +510,16 @@ class Packer:
         for a node without the deployment before it accepts one that has it; ``Preferred`` only within an
         option (fresh nodes count), so spreading never costs packing density."""
         required = self.spread == "Required"
-        fallback: tuple[Node, NewGpuOption] | None = None
+        fallback: tuple[Node, NewGpuOption, int] | None = None
         for option in news:
             node, on_node, param = self._find_node(option, r.dep)
             if node is None:
                 continue
-            option = option._replace(param=param)
             if on_node and required:
                 if fallback is None:
-                    fallback = (node, option)
+                    fallback = (node, option, param)
                 continue
-            self._open(r, node, option)
+            self._open(r, node, option, param)
             return True
         if fallback is not None:
             self._open(r, *fallback)
@@ -558,8 +564,10 @@ class Packer:
             return settled[0], 1, settled[1]
         return None, 1, param
 
-    def _open(self, r: Rep, node: Node, option: NewGpuOption) -> None:
-        kind, param = option.kind, option.param
+    def _open(self, r: Rep, node: Node, option: NewGpuOption, param: int) -> None:
+        """Open a new GPU of ``node`` for ``r`` as ``option`` says, with ``param`` as the node gives it (MPS: the
+        node's clients per GPU)."""
+        kind = option.kind
         g = node.free[option.model].pop(0)
         if node.mode == _NODE_FREE:
             if kind == _MPS:
