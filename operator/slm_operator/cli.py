@@ -446,6 +446,13 @@ def _add_run_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--device-plugin-configmap", default="slm-device-plugin-config", help="device-plugin config ConfigMap"
     )
+    p.add_argument(
+        "--configmap-sync-seconds",
+        type=float,
+        default=90.0,
+        help="age a new mig-parted config entry must reach before a node is relabelled to it (the kubelet "
+        "refreshes mig-manager's mounted ConfigMap only on its periodic sync)",
+    )
     p.add_argument("--priority-class-guaranteed", default="slm-guaranteed")
     p.add_argument("--priority-class-burstable", default="slm-burstable")
     p.add_argument("--priority-class-besteffort", default="slm-besteffort")

@@ -69,6 +69,10 @@ class OperatorConfig:
     replica_cpu: str = "1"
     #: Host memory a replica requests on top of its weights (the server loads the weights through host RAM).
     replica_memory_overhead_bytes: int = 2 << 30
+    #: How old a new mig-parted config entry must be before a node is relabelled to it: mig-manager reads the
+    #: ConfigMap through a mounted volume, which the kubelet refreshes only on its periodic sync (about a
+    #: minute plus its cache TTL by default).
+    configmap_sync_seconds: float = 90.0
 
 
 def _hash(obj: Any, n: int = 10) -> str:
