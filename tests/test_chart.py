@@ -747,7 +747,7 @@ def test_notes_tell_the_user_what_to_do_next(helm_env: dict[str, str], tmp_path:
         "get lease slm-operator-leader",
         "migManager.config.name=slm-mig-parted-config",
         "devicePlugin.config.name=slm-device-plugin-config",
-        "mig.strategy=mixed",
+        'mig.strategy=""',
         "kubectl apply -f examples/10-pools.yaml",
         "kubectl get slm -A",
         "docs/install.md",
