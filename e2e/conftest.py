@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -46,6 +47,20 @@ GPU_NODES = {
     "gpu-l4-0": (4, False),
     "gpu-l4-1": (4, False),
 }
+
+# mig-manager sees the mig-parted ConfigMap this late (a mounted volume the kubelet syncs periodically); the
+# operator under test is started with a longer --configmap-sync-seconds (e2e/operator.py)
+CONFIG_VOLUME_DELAY = 3.0
+
+
+def documented_mig_strategy() -> str:
+    """The ClusterPolicy ``mig.strategy`` docs/install.md installs the GPU Operator with ("" = left unset): the
+    simulated device plugin and GFD get it as their ``MIG_STRATEGY`` env, as the GPU Operator does."""
+    text = (REPO / "docs" / "install.md").read_text()
+    command = text[text.index("helm upgrade --install gpu-operator") :].split("```")[0]
+    m = re.search(r"--set mig\.strategy=(\S*)", command)
+    return m.group(1).strip("\"'") if m else ""
+
 
 T = TypeVar("T")
 
@@ -144,13 +159,16 @@ class Cluster:
 
     # ---- the simulator process -------------------------------------------------------------------------------
 
-    def start_simulator(self, apply_delay: float = 1) -> None:
+    def start_simulator(self, apply_delay: float = 1, mig_strategy_env: str | None = None) -> None:
+        """``mig_strategy_env``: the simulated ClusterPolicy's mig.strategy (None: what docs/install.md sets)."""
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
         cmd = [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", self.kubeconfig, "--namespace", GPU_OPERATOR_NS,
-               "--apply-delay-seconds", str(apply_delay), "--resync-seconds", "20"]  # fmt: skip
+               "--apply-delay-seconds", str(apply_delay), "--resync-seconds", "20",
+               "--mig-strategy-env", documented_mig_strategy() if mig_strategy_env is None else mig_strategy_env,
+               "--config-volume-delay-seconds", str(CONFIG_VOLUME_DELAY)]  # fmt: skip
         with self.sim_log.open("a") as log:
             self.sim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -201,7 +219,10 @@ class Cluster:
     def record_label(self, name: str, key: str) -> LabelRecorder:
         return LabelRecorder(self.core, name, key).start()
 
-    def put_config_map(self, name: str, data: dict[str, str], namespace: str = GPU_OPERATOR_NS) -> None:
+    def put_config_map(
+        self, name: str, data: dict[str, str], namespace: str = GPU_OPERATOR_NS, synced: bool = True
+    ) -> None:
+        """Write a ConfigMap; ``synced``: then wait as long as the kubelet takes to show it to mig-manager."""
         body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, namespace=namespace), data=data)
         try:
             self.core.create_namespaced_config_map(namespace, body)
@@ -209,6 +230,8 @@ class Cluster:
             if e.status != 409:
                 raise
             self.core.replace_namespaced_config_map(name, namespace, body)
+        if synced and name == MIG_CONFIG_MAP:
+            time.sleep(CONFIG_VOLUME_DELAY + 0.5)
 
     def node_events(self, name: str) -> list[client.CoreV1Event]:
         sel = f"involvedObject.kind=Node,involvedObject.name={name}"

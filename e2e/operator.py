@@ -53,6 +53,7 @@ class Operator:
             "--namespace", "slm-system", "--leader-elect",
             "--health-listen", f"127.0.0.1:{free_port()}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--configmap-sync-seconds", "5",  # > the simulator's CONFIG_VOLUME_DELAY (e2e/conftest.py)
             *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("wb")

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 
-from .conftest import DP_CONFIG, DP_CONFIG_MAP, MIG_CONFIG, MIG_CONFIG_MAP, MIG_STATE, Cluster, wait_for
+from .conftest import (
+    CONFIG_VOLUME_DELAY,
+    DP_CONFIG,
+    DP_CONFIG_MAP,
+    MIG_CONFIG,
+    MIG_CONFIG_MAP,
+    MIG_STATE,
+    Cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -136,7 +146,7 @@ def test_unknown_mig_config_name_fails(gpu_nodes: Cluster) -> None:
     c = gpu_nodes
     c.set_labels(H100, {MIG_CONFIG: "no-such-config"})
     c.wait_mig_state(H100, "no-such-config", "failed")
-    c.wait_node_event(H100, "MigConfigFailed", "unknown MIG config 'no-such-config'")
+    c.wait_node_event(H100, "MigConfigFailed", "selected mig-config not present: no-such-config")
     assert c.nonzero_resources(H100) == {"nvidia.com/gpu": 8}
 
 
@@ -258,14 +268,18 @@ def test_mps_on_whole_gpus(gpu_nodes: Cluster) -> None:
 
 
 def test_simulator_state_survives_restart(gpu_nodes: Cluster) -> None:
-    """The hardware layout lives in the node annotation: a config already applied is not redone."""
+    """The hardware layout lives in the node annotation: a config already applied is not redone. Removing the
+    state label does not make mig-manager look again (it acts on label changes); its restart does."""
     c = gpu_nodes
     c.set_labels(A100, {MIG_CONFIG: "all-1g.5gb"})
     c.wait_mig_state(A100, "all-1g.5gb", "success")
     layout = _layout(c, A100)
-    # clearing the state label makes mig-manager look again (as after a restart): already applied -> success
     rec = c.record_label(A100, MIG_STATE)
     c.set_labels(A100, {MIG_STATE: None})
+    time.sleep(2)
+    assert MIG_STATE not in c.labels(A100)  # mig-manager ignores the removal
+    c.stop_simulator()
+    c.start_simulator()  # a mig-manager pod start applies the label's config: already applied -> success
     c.wait_mig_state(A100, "all-1g.5gb", "success")
     assert "pending" not in rec.stop()
     assert _layout(c, A100) == layout
@@ -294,30 +308,69 @@ def test_simulator_killed_while_pending_finishes_after_restart(gpu_nodes: Cluste
     }
 
 
-def test_config_map_fix_retries_failed_config(gpu_nodes: Cluster) -> None:
-    """A failed config is retried when its content changes; a successful one is not re-applied."""
+def test_failed_stays_until_the_label_changes(gpu_nodes: Cluster) -> None:
+    """mig-manager does not retry a failed config when its content is fixed (nor when the state label is
+    removed): only a label change makes it look again; a content change while in success is not applied."""
     c = gpu_nodes
 
-    def configs(devices: str) -> dict[str, str]:
-        text = f"version: v1\nmig-configs:\n  e2e-fixable:\n    - {{devices: all, mig-enabled: true, mig-devices: {devices}}}\n"
+    def configs(devices: str, name: str = "e2e-fixable") -> dict[str, str]:
+        text = f"version: v1\nmig-configs:\n  {name}:\n    - {{devices: all, mig-enabled: true, mig-devices: {devices}}}\n"
         return {"config.yaml": text}
 
     c.put_config_map(MIG_CONFIG_MAP, configs('{"4g.40gb": 2}'))
     c.set_labels(H100, {MIG_CONFIG: "e2e-fixable"})
     c.wait_mig_state(H100, "e2e-fixable", "failed")
-    c.put_config_map(MIG_CONFIG_MAP, configs('{"4g.40gb": 1, "3g.40gb": 1}'))
-    wait_for(
-        lambda: c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8},
-        60,
-        "4g+3g",
+    fixed = configs('{"4g.40gb": 1, "3g.40gb": 1}')["config.yaml"]
+    alias = fixed.replace("e2e-fixable", "e2e-fixable-retry1").split("mig-configs:\n")[1]
+    c.put_config_map(MIG_CONFIG_MAP, {"config.yaml": fixed + alias})  # waits out the volume delay
+    c.set_labels(H100, {MIG_STATE: None})
+    time.sleep(2)
+    assert c.labels(H100).get(MIG_STATE) is None and not c.nonzero_resources(H100).get(
+        "nvidia.com/mig-4g.40gb"
     )
-    c.wait_mig_state(H100, "e2e-fixable", "success")
+    c.set_labels(H100, {MIG_CONFIG: "e2e-fixable-retry1"})  # the same content under another name
+    c.wait_mig_state(H100, "e2e-fixable-retry1", "success")
+    assert c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8}
     # content change while in success: mig-manager only acts on label changes, so the layout stays
-    c.put_config_map(MIG_CONFIG_MAP, configs('{"1g.10gb": 7}'))
-    # sync point: another node picking up the new content (after its 1 s pending) shows the simulator has
-    # processed the ConfigMap change, and with it the re-queued gpu-h100-0
-    c.set_labels(H100_B, {MIG_CONFIG: "e2e-fixable"})
-    c.wait_mig_state(H100_B, "e2e-fixable", "success")
+    c.put_config_map(MIG_CONFIG_MAP, configs('{"1g.10gb": 7}', "e2e-fixable-retry1"))
+    c.set_labels(H100_B, {MIG_CONFIG: "e2e-fixable-retry1"})  # sync point: the simulator saw the new content
+    c.wait_mig_state(H100_B, "e2e-fixable-retry1", "success")
     assert c.nonzero_resources(H100_B) == {"nvidia.com/mig-1g.10gb": 56}
     assert c.labels(H100)[MIG_STATE] == "success"
     assert c.nonzero_resources(H100) == {"nvidia.com/mig-4g.40gb": 8, "nvidia.com/mig-3g.40gb": 8}
+
+
+def test_mig_manager_sees_the_config_map_through_a_late_volume(gpu_nodes: Cluster) -> None:
+    """A label naming an entry written just now fails (the mounted file does not have it yet) and stays failed
+    after the file catches up: 'selected mig-config not present', as `nvidia-mig-parted assert --valid-config`."""
+    c = gpu_nodes
+    text = "version: v1\nmig-configs:\n  e2e-new:\n    - {devices: all, mig-enabled: true, mig-devices: {7g.80gb: 1}}\n"
+    c.put_config_map(MIG_CONFIG_MAP, {"config.yaml": text}, synced=False)
+    c.set_labels(H100, {MIG_CONFIG: "e2e-new"})
+    c.wait_mig_state(H100, "e2e-new", "failed")
+    c.wait_node_event(H100, "MigConfigFailed", "selected mig-config not present: e2e-new")
+    time.sleep(CONFIG_VOLUME_DELAY + 1)
+    assert c.labels(H100)[MIG_STATE] == "failed"
+    c.set_labels(H100, {MIG_CONFIG: "all-disabled"})
+    c.wait_mig_state(H100, "all-disabled", "success")
+    c.set_labels(H100, {MIG_CONFIG: "e2e-new"})  # the label changes again, the file has the entry now
+    c.wait_mig_state(H100, "e2e-new", "success")
+    assert c.nonzero_resources(H100) == {"nvidia.com/mig-7g.80gb": 8}
+
+
+def test_mig_strategy_env_overrides_the_config_file(gpu_nodes: Cluster) -> None:
+    """A GPU Operator installed with mig.strategy=mixed sets MIG_STRATEGY=mixed, which wins over the config
+    file's `migStrategy: none`: the MPS config is refused and the plugin crash-loops (no resources)."""
+    c = gpu_nodes
+    c.stop_simulator()
+    c.start_simulator(mig_strategy_env="mixed")
+    try:
+        c.put_config_map(DP_CONFIG_MAP, {"mps-2": MPS_2})
+        c.set_labels(L4, {DP_CONFIG: "mps-2"})
+        c.wait_node_event(L4, "DevicePluginFailed", "using --mig-strategy=mixed is not supported with MPS")
+        wait_for(lambda: not any(c.nvidia_resources(L4).values()), 60, "all L4 GPU resources at 0")
+    finally:
+        c.stop_simulator()
+        c.start_simulator()
+    # unset (each node's config decides): the same config works
+    wait_for(lambda: c.nonzero_resources(L4) == {"nvidia.com/gpu": 8}, 60, "8 MPS shares on the L4 node")

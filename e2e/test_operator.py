@@ -769,3 +769,69 @@ def test_finetunejob_runs_on_the_segment(
         "Promoted",
         "Failed",
     }
+
+
+# ------------------------------------------------------------------------------------------- NVIDIA as it behaves
+def test_mps_works_under_the_documented_gpu_operator_install(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """The simulated device plugin runs with the MIG_STRATEGY env the GPU Operator derives from docs/install.md's
+    `mig.strategy` (e2e/conftest.py); the env overrides the config file, and MPS is refused under `mixed`. On a
+    MIG-capable node, MPS replicas must start under the documented install."""
+    node = "gpu-h100-0"
+    name = f"mps-{ns}"
+    pools.append(name)
+    kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MPS"]})])
+    kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
+    wait_ready(cluster, ns, "router")
+    assert {placement(p)["mechanism"] for p in replica_pods(cluster.core, ns, "router")} == {"MPS"}
+    assert cluster.annotations(node)["nvsim.slm.io/device-plugin-status"] == "ok"
+    assert cluster.labels(node)["nvidia.com/gpu.sharing-strategy"] == "mps"
+    assert_pods_where_planned(cluster, ns)
+
+
+def test_a_new_mig_config_reaches_mig_manager_before_the_node_is_relabelled(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """mig-manager reads the mig-parted ConfigMap through a mounted volume (the simulator shows it 3 s late) and
+    marks a name it cannot find `failed` until the label changes: the operator writes the entry first and
+    relabels the node only once the entry is --configmap-sync-seconds old, so the node never reports failed."""
+    node = "gpu-h100-0"
+    name = f"migsync-{ns}"
+    pools.append(name)
+    rec = cluster.record_label(node, MIG_STATE)
+    kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG"]})])
+    kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
+    wait_ready(cluster, ns, "router")
+    states = rec.stop()
+    assert "failed" not in states, f"mig-manager did not find the config it was pointed at: {states}"
+    config = cluster.labels(node)["nvidia.com/mig.config"]
+    cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
+    assert config in json.loads((cm.metadata.annotations or {})["slm.io/config-written"])
+    assert_pods_where_planned(cluster, ns)
+
+
+def test_a_failed_mig_config_is_retried_by_changing_the_label(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """mig-manager refuses a layout change while a pod uses the GPUs and reports `failed`; it looks again only
+    when the label changes. Once the GPUs are free, the operator's retry (the same config under an alias name)
+    applies the layout and the replicas start."""
+    node = "gpu-h100-1"
+    busy = cluster.pod(ns, "busy", {"nvidia.com/gpu": "8"}, node=node)
+    cluster.wait_pod_running(ns, busy.metadata.name)
+    name = f"migretry-{ns}"
+    pools.append(name)
+    kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG"]})])
+    kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 1, "Burstable")], ns)
+    first = wait_for(
+        lambda: (lab := cluster.labels(node)).get(MIG_STATE) == "failed" and lab["nvidia.com/mig.config"],
+        CONVERGE,
+        "mig-manager to refuse the change while the GPUs are in use",
+        interval=0.2,
+    )
+    cluster.core.delete_namespaced_pod("busy", ns, grace_period_seconds=0)
+    wait_ready(cluster, ns, "router")
+    label = cluster.labels(node)["nvidia.com/mig.config"]
+    assert label.startswith(f"{first}-retry") and cluster.labels(node)[MIG_STATE] == "success", label
+    assert_pods_where_planned(cluster, ns)

@@ -478,10 +478,10 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     seen: list[Any] = []
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 1)  # 1: leadership lost
     argv = [x for flag, (_, value) in RUN_FLAGS.items() for x in (flag, value)]
-    code, _, _ = in_process("run", *argv, "--leader-elect", capsys=capsys)
+    code, _, _ = in_process("run", *argv, "--leader-elect", "--configmap-sync-seconds", "15", capsys=capsys)
     assert code == 1
     assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
-    assert seen[0].leader_elect is True
+    assert seen[0].leader_elect is True and seen[0].configmap_sync_seconds == 15.0
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
     assert in_process("run", capsys=capsys)[0] == 0
@@ -838,6 +838,9 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         ("run", f): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"] for f in RUN_FLAGS
     },
     ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
+    ("run", "--configmap-sync-seconds"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
+    ],
     ("sanitize", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("sanitize", "--input"): [
         "test_sanitize_redacts_the_requested_classes",

@@ -30,7 +30,7 @@ from slm_operator.manifests import load_manifests
 from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-CFG = OperatorConfig()
+CFG = OperatorConfig(configmap_sync_seconds=0)  # kubelets sync at once (the sync gate has its own tests)
 NS = CFG.nvidia_namespace
 
 
@@ -302,3 +302,13 @@ def test_the_kopf_handlers_reach_the_reconcilers_through_the_memo() -> None:
     ev.clear()
     handlers.deployment_event(body=dep, type="MODIFIED", memo=memo)
     assert not ev.is_set(), "the same deployment seen again changes nothing"
+
+
+def test_the_mig_configmap_records_when_each_entry_was_first_written() -> None:
+    from slm_operator.contract import CONFIG_WRITTEN_ANNOTATION
+    from slm_operator.render.configmaps import entry_times, written_annotations
+
+    have = {"other": "x", CONFIG_WRITTEN_ANNOTATION: '{"slm-a":"t1","slm-gone":"t0"}'}
+    out = written_annotations(have, {"slm-a", "slm-b"}, {"slm-b": "t2"})
+    assert out["other"] == "x" and entry_times(out) == {"slm-a": "t1", "slm-b": "t2"}
+    assert entry_times({CONFIG_WRITTEN_ANNOTATION: "not json"}) == {} and entry_times(None) == {}

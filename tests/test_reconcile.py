@@ -20,6 +20,7 @@ from slm_operator.contract import (
 )
 from slm_operator.manifests import load_manifests
 from slm_operator.reconcile import Decisions, World, decide, restore_labels
+from slm_operator.render import OperatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-26T10:00:00Z"
@@ -30,7 +31,11 @@ def _world(
     pods: list[dict[str, Any]] | None = None,
     nodes: Any = None,
     mig_configs: dict[str, Any] | None = None,
+    sync_seconds: float = 0.0,
+    now: str = NOW,
+    mig_entry_times: dict[str, str] | None = None,
 ) -> World:
+    """The example pool's world; by default kubelets sync ConfigMaps at once (the sync gate has its own tests)."""
     m = load_manifests([ROOT / "examples"])
     pool = next(p for p in m.pools if p.metadata.name == pool_name)
     deps = [d for d in m.deployments if d.spec.pool_ref.name == pool_name]
@@ -45,7 +50,9 @@ def _world(
         pods=pods or [],
         foreign_gpu_pods=[],
         mig_configs=mig_configs or {},
-        now=NOW,
+        now=now,
+        cfg=OperatorConfig(configmap_sync_seconds=sync_seconds),
+        mig_entry_times=mig_entry_times or {},
     )
 
 

@@ -13,8 +13,11 @@ from slm_operator.contract import (
     GPU_REPLICAS_LABEL,
     GPU_RESOURCE,
     MIG_CONFIG_LABEL,
+    MIG_CONFIG_MAX_TRIES,
     MIG_CONFIG_STATE_LABEL,
     SHARING_STRATEGY_LABEL,
+    mig_retry_name,
+    mig_retry_of,
 )
 from slm_operator.reconcile import decide
 from slm_operator.reconcile.gates import (
@@ -30,6 +33,7 @@ from slm_operator.reconcile.gates import (
     device_plugin_config_selected,
     mig_config_applied,
     mig_config_selected,
+    mig_entry_synced,
     node_not_relabelled,
     one_replica_at_a_time,
     other_replicas_ready,
@@ -211,14 +215,20 @@ def test_node_gates_that_do_not_apply() -> None:
 
 
 def test_the_status_quotes_the_gate() -> None:
-    """End to end: mig-manager failed on a node, so its replicas wait and their status says why."""
+    """End to end: mig-manager failed on a node on every try, so its replicas wait and their status says why."""
     w = _world()
     d1 = decide(w)
     nodes = _apply_node_configs(w, d1)
-    node = next(n for n in nodes if n["metadata"]["labels"][MIG_CONFIG_LABEL] != "all-disabled")
-    node["metadata"]["labels"][MIG_CONFIG_STATE_LABEL] = "failed"
-    name, config = node["metadata"]["name"], node["metadata"]["labels"][MIG_CONFIG_LABEL]
-    d2 = decide(_world(nodes=nodes, mig_configs=dict(d1.mig_entries)))
+    node = next(
+        n for n in nodes if n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
+    )
+    base = node["metadata"]["labels"][MIG_CONFIG_LABEL]
+    last_try = mig_retry_name(base, MIG_CONFIG_MAX_TRIES - 1)
+    node["metadata"]["labels"].update({MIG_CONFIG_LABEL: last_try, MIG_CONFIG_STATE_LABEL: "failed"})
+    name, config = node["metadata"]["name"], last_try
+    configs = {**d1.mig_entries, last_try: d1.mig_entries[base]}
+    d2 = decide(_world(nodes=nodes, mig_configs=configs))
+    assert name not in d2.node_labels  # tries exhausted: the label stays
     expected = (
         f"node {name}: mig-manager failed to apply MIG config {config} (nvidia.com/mig.config.state=failed)"
     )
@@ -258,3 +268,114 @@ def test_relabel_waits_for_the_node_to_drain() -> None:
     assert pods_drained(ctx, NODE) == expected
     assert RELABEL_GATES.first_failure(ctx, NODE) == expected
     assert RELABEL_GATES.first_failure(ctx, "gpu-1") is None
+
+
+# ------------------------------------------------------------------------------------------ relabel: ConfigMap sync
+MIG_ENTRY = [{"devices": [0], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}}]
+
+
+def relabel_ctx(age: float | None, label: str = "all-disabled", sync: float = 90) -> RelabelContext:
+    target = NodeConfig("gpu-0", "slm-abc", MIG_ENTRY, "slm-exclusive", {"version": "v1"})
+    return RelabelContext(
+        draining=frozenset(),
+        targets={"gpu-0": target},
+        mig_labels={"gpu-0": label},
+        entry_ages={} if age is None else {"slm-abc": age},
+        sync_seconds=sync,
+    )
+
+
+def test_a_new_mig_config_waits_until_every_kubelet_has_synced_it() -> None:
+    expected = (
+        "node gpu-0: waiting for MIG config slm-abc to reach mig-manager's mounted ConfigMap "
+        "(written 12s ago; kubelets refresh it within 90s)"
+    )
+    assert mig_entry_synced(relabel_ctx(12.4), "gpu-0") == expected
+    assert "not written yet" in (mig_entry_synced(relabel_ctx(None), "gpu-0") or "")
+    assert RELABEL_GATES.first_failure(relabel_ctx(12.4), "gpu-0") == expected
+    assert mig_entry_synced(relabel_ctx(90), "gpu-0") is None
+    # the MIG label does not change (only the device-plugin label does): nothing to wait for
+    assert mig_entry_synced(relabel_ctx(0, label="slm-abc"), "gpu-0") is None
+    # a built-in name (all-disabled) and a node the plan does not cover need no sync
+    builtin = RelabelContext(
+        draining=frozenset(),
+        targets={"gpu-0": NodeConfig("gpu-0", "all-disabled", None, "slm-exclusive", {})},
+        sync_seconds=90,
+    )
+    assert mig_entry_synced(builtin, "gpu-0") is None and mig_entry_synced(relabel_ctx(0), "gpu-9") is None
+    # draining comes first
+    draining = RelabelContext(draining=frozenset({"gpu-0"}), targets=relabel_ctx(0).targets, sync_seconds=90)
+    assert "deleted pods" in (RELABEL_GATES.first_failure(draining, "gpu-0") or "")
+
+
+def test_decide_writes_the_entry_first_and_relabels_once_it_is_old_enough() -> None:
+    w = _world(sync_seconds=90)
+    d1 = decide(w)
+    mig_nodes = {n: c.mig_config for n, c in d1.node_configs.items() if c.mig_entries}
+    assert mig_nodes and d1.mig_entries and d1.waiting
+    assert all(MIG_CONFIG_LABEL not in d1.node_labels.get(n, {}) for n in mig_nodes)  # held
+    assert d1.mig_entry_times == dict.fromkeys(d1.mig_entries, w.now)
+    ready = next(c for c in d1.pool_status.conditions or [] if c.type == "Ready")  # type: ignore[union-attr]
+    assert "reach mig-manager's mounted ConfigMap" in ready.message
+    # 30 s later the entry is in the ConfigMap but not old enough; 90 s later the node is relabelled
+    later = _world(sync_seconds=90, mig_configs=dict(d1.mig_entries), mig_entry_times=d1.mig_entry_times,
+                   now="2026-11-26T10:00:30Z")  # fmt: skip
+    d2 = decide(later)
+    assert d2.mig_entry_times == d1.mig_entry_times  # the first write's time is kept
+    assert all(MIG_CONFIG_LABEL not in d2.node_labels.get(n, {}) for n in mig_nodes)
+    synced = _world(sync_seconds=90, mig_configs=dict(d1.mig_entries), mig_entry_times=d1.mig_entry_times,
+                    now="2026-11-26T10:01:30Z")  # fmt: skip
+    d3 = decide(synced)
+    assert all(d3.node_labels[n][MIG_CONFIG_LABEL] == c for n, c in mig_nodes.items())
+
+
+# ------------------------------------------------------------------------------------------ retry after failed
+def test_retry_names() -> None:
+    assert mig_retry_name("slm-ab", 0) == "slm-ab" and mig_retry_name("slm-ab", 2) == "slm-ab-retry2"
+    assert mig_retry_of("slm-ab-retry2") == ("slm-ab", 2) and mig_retry_of("slm-ab") == ("slm-ab", 0)
+    assert mig_retry_of("slm-ab-retry0") == ("slm-ab-retry0", 0) and mig_retry_of("-retry1") == ("-retry1", 0)
+
+
+def _failed_on(label_of: Callable[[str], str]) -> tuple[str, str, Any]:
+    """A settled pool, then mig-manager reports failed on one MIG node labelled ``label_of(planned config)``."""
+    w = _world()
+    d1 = decide(w)
+    nodes = _apply_node_configs(w, d1)
+    node = next(
+        n for n in nodes if n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
+    )
+    base = node["metadata"]["labels"][MIG_CONFIG_LABEL]
+    node["metadata"]["labels"].update({MIG_CONFIG_LABEL: label_of(base), MIG_CONFIG_STATE_LABEL: "failed"})
+    configs = {**d1.mig_entries, label_of(base): d1.mig_entries[base]}
+    return node["metadata"]["name"], base, decide(_world(nodes=nodes, mig_configs=configs))
+
+
+def test_a_failed_mig_config_is_retried_under_an_alias_of_the_same_content() -> None:
+    name, base, d = _failed_on(lambda b: b)
+    assert d.node_labels[name][MIG_CONFIG_LABEL] == f"{base}-retry1"
+    assert d.mig_entries[f"{base}-retry1"] == d.mig_entries.get(base, d.mig_entries[f"{base}-retry1"])
+    name, base, d = _failed_on(lambda b: f"{b}-retry1")
+    assert d.node_labels[name][MIG_CONFIG_LABEL] == f"{base}-retry2"
+    degraded = next(c for c in d.pool_status.conditions or [] if c.type == "Degraded")  # type: ignore[union-attr]
+    assert degraded.reason != "MigConfigFailed"
+
+
+def test_a_node_on_an_alias_that_succeeded_keeps_it() -> None:
+    w = _world()
+    d1 = decide(w)
+    nodes = _apply_node_configs(w, d1)
+    node = next(
+        n for n in nodes if n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
+    )
+    base = node["metadata"]["labels"][MIG_CONFIG_LABEL]
+    node["metadata"]["labels"][MIG_CONFIG_LABEL] = f"{base}-retry1"  # state: success
+    d = decide(_world(nodes=nodes, mig_configs={**d1.mig_entries, f"{base}-retry1": d1.mig_entries[base]}))
+    assert node["metadata"]["name"] not in d.node_labels and f"{base}-retry1" in d.mig_entries
+
+
+def test_when_every_try_failed_the_pool_is_degraded_and_names_the_node() -> None:
+    name, base, d = _failed_on(lambda b: mig_retry_name(b, MIG_CONFIG_MAX_TRIES - 1))
+    assert name not in d.node_labels
+    degraded = next(c for c in d.pool_status.conditions or [] if c.type == "Degraded")  # type: ignore[union-attr]
+    assert degraded.status == "True" and degraded.reason == "MigConfigFailed"
+    assert f"{name} ({base}-retry2)" in degraded.message and "after 3 tries" in degraded.message

@@ -1,4 +1,5 @@
-"""``python -m e2e.nvsim --kubeconfig K [--namespace gpu-operator] [--apply-delay-seconds 1]``."""
+"""``python -m e2e.nvsim --kubeconfig K [--namespace gpu-operator] [--apply-delay-seconds 1]
+[--mig-strategy-env mixed] [--config-volume-delay-seconds 3]``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         "--apply-delay-seconds", type=float, default=d.apply_delay_seconds, help="time spent in state pending"
     )
     p.add_argument("--resync-seconds", type=int, default=d.resync_seconds, help="full relist period")
+    p.add_argument(
+        "--mig-strategy-env",
+        default="",
+        choices=["", "none", "single", "mixed"],
+        help="the simulated GPU Operator's ClusterPolicy mig.strategy, i.e. the MIG_STRATEGY env of the device "
+        "plugin and GFD (empty: unset, each node's config decides)",
+    )
+    p.add_argument(
+        "--config-volume-delay-seconds",
+        type=float,
+        default=d.config_volume_delay_seconds,
+        help="mig-manager sees the mig-parted ConfigMap as it was this long ago (mounted-volume sync)",
+    )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
 
@@ -51,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             device_plugin_config_map=args.device_plugin_config_map,
             apply_delay_seconds=args.apply_delay_seconds,
             resync_seconds=args.resync_seconds,
+            mig_strategy_env=args.mig_strategy_env or None,
+            config_volume_delay_seconds=args.config_volume_delay_seconds,
         ),
     )
     signal.signal(signal.SIGTERM, lambda *_: sim.stop.set())

@@ -11,6 +11,20 @@ time. Annotations it owns on a node:
 * ``nvsim.slm.io/mig-config-pending``  the config being applied while the state label is ``pending``.
 * ``nvsim.slm.io/device-plugin-config`` the device-plugin config in effect (config-manager's copy).
 * ``nvsim.slm.io/device-plugin-status`` ``ok`` or why the simulated device plugin is not serving.
+
+What it follows, per component (each rule in :mod:`.migparted` and :mod:`.deviceplugin` cites its file too):
+
+* mig-manager (NVIDIA/mig-parted ``cmd/nvidia-mig-manager/main.go``, ``pkg/mig/reconfigure/reconfigure.go``):
+  reads its config file from a **mounted ConfigMap volume** (gpu-operator ``controllers/object_controls.go``:
+  ``CONFIG_FILE=/mig-parted-config/config.yaml``), which the kubelet refreshes only on its periodic sync, so the
+  simulator sees the mig-parted ConfigMap as it was ``config_volume_delay_seconds`` ago; acts only when the
+  ``nvidia.com/mig.config`` label **changes** (or when its pod starts): it validates the name the way
+  ``nvidia-mig-parted assert --valid-config`` does, and on ``failed`` it waits for the next label change
+  (removing the state label or fixing the ConfigMap does not make it retry);
+* the device plugin's config-manager (NVIDIA/k8s-device-plugin ``cmd/config-manager/main.go``): follows the
+  ``nvidia.com/device-plugin.config`` label; a missing key keeps the previous config;
+* the device plugin and GFD (:mod:`.deviceplugin`): ``MIG_STRATEGY`` in the container environment (the
+  simulated GPU Operator install's ``mig.strategy``, ``Settings.mig_strategy_env``) overrides the config file.
 """
 
 from __future__ import annotations
@@ -28,10 +42,9 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from slm_operator.catalog import gpu_by_product
-
 from . import deviceplugin as dp
 from . import migparted as mp
+from .devices import device_by_product as gpu_by_product
 
 log = logging.getLogger("nvsim")
 
@@ -67,6 +80,11 @@ class Settings:
     device_plugin_config_map: str = "slm-device-plugin-config"
     apply_delay_seconds: float = 1.0
     resync_seconds: int = 30
+    # ClusterPolicy spec.mig.strategy of the simulated GPU Operator: the device plugin's and GFD's MIG_STRATEGY
+    # env (None: unset, each node's config decides)
+    mig_strategy_env: str | None = None
+    # how old the mig-parted ConfigMap content mig-manager sees is (kubelet sync of a mounted ConfigMap)
+    config_volume_delay_seconds: float = 0.0
 
 
 def _json(text: str | None) -> Any:
@@ -125,6 +143,8 @@ class Simulator:
         self.stop = threading.Event()
         self.nodes: set[str] = set()
         self._unknown_products: set[str] = set()
+        self._mig_versions: list[tuple[float, str | None]] = []  # (first seen, monotonic; content)
+        self._looked_at: set[str] = set()  # nodes mig-manager has looked at since this process started
 
     # ----------------------------------------------------------------------------------------------------------
     # loops
@@ -272,7 +292,7 @@ class Simulator:
                 label_patch, ann_patch, events,
             )  # fmt: skip
 
-        view = dp.node_view(hw, layout, sharing, default_strategy, dp_error)
+        view = dp.node_view(hw, layout, sharing, default_strategy, dp_error, self.s.mig_strategy_env)
         status = view.problem or "ok"
         if ann.get(DP_STATUS) != status:
             ann_patch[DP_STATUS] = status
@@ -342,7 +362,24 @@ class Simulator:
                 raise
 
         mig = read(self.s.mig_config_map)
-        return (mig or {}).get(self.s.mig_config_key), read(self.s.device_plugin_config_map)
+        return self._as_mounted((mig or {}).get(self.s.mig_config_key)), read(self.s.device_plugin_config_map)
+
+    def _as_mounted(self, text: str | None) -> str | None:
+        """The mig-parted config file as mig-manager's mounted volume shows it: the content the API had
+        ``config_volume_delay_seconds`` ago (the kubelet refreshes a ConfigMap volume only on its periodic sync,
+        kubelet ``pkg/volume/configmap``; ``syncFrequency`` 1m + cache TTL by default). Content already there
+        when the simulator started counts as synced."""
+        now = time.monotonic()
+        if not self._mig_versions:
+            self._mig_versions.append((float("-inf"), text))
+        elif self._mig_versions[-1][1] != text:
+            self._mig_versions.append((now, text))
+            for name in list(self.nodes):  # look again once the new content is "synced"
+                self.queue.add(name, self.s.config_volume_delay_seconds + 0.1)
+        synced = [t for seen, t in self._mig_versions if seen <= now - self.s.config_volume_delay_seconds]
+        if len(synced) > 1:  # forget versions no kubelet will show any more
+            del self._mig_versions[: len(synced) - 1]
+        return synced[-1] if synced else self._mig_versions[0][1]
 
     # ---- device plugin config-manager -----------------------------------------------------------------------
 
@@ -421,9 +458,10 @@ class Simulator:
         if wanted in builtins:
             return builtins[wanted], None
         where = f"ConfigMap {self.s.namespace}/{self.s.mig_config_map}[{self.s.mig_config_key}]"
-        if error:
-            return None, f"{where} is invalid: {error}"
-        return None, f"unknown MIG config {wanted!r}: not in {where} and not one of {sorted(builtins)}"
+        if error:  # assert --valid-config: "error parsing config file"
+            return None, f"error parsing config file ({where}): {error}"
+        # cmd/nvidia-mig-parted/assert/assert.go GetSelectedMigConfig
+        return None, f"selected mig-config not present: {wanted} ({where}, as mounted)"
 
     def _mig_manager(
         self,
@@ -446,12 +484,11 @@ class Simulator:
         pending = _json(ann.get(MIG_PENDING)) or {}
         specs, error = self._resolve_mig_config(wanted, hw, mig_text)
         target = {"name": wanted, "hash": mp.specs_hash(specs)}
-        fresh = (
-            observed.get("name") != wanted
-            or state not in ("success", "failed")
-            or (state == "failed" and observed.get("hash") != target["hash"])
-        )
-        if not fresh:
+        # mig-manager acts when the label changes (main.go: it blocks on the label's value, SyncableMigConfig)
+        # or when its pod starts; not when the state label is removed nor when the ConfigMap changes
+        started = name not in self._looked_at
+        self._looked_at.add(name)
+        if observed.get("name") == wanted and not started:
             return None, layout
 
         def finish(result: str, message: str, new_layout: list[mp.GpuLayout] | None = None) -> None:
@@ -498,7 +535,9 @@ class Simulator:
         if plan is None:
             finish("failed", str(problem))
             return None, layout
-        new_view = dp.node_view(hw, plan, dp_selection[0], default_strategy, dp_selection[1])
+        new_view = dp.node_view(
+            hw, plan, dp_selection[0], default_strategy, dp_selection[1], self.s.mig_strategy_env
+        )
         used = self._used_resources(name)
         short = {
             r: (u, new_view.resources.get(r, 0)) for r, u in used.items() if u > new_view.resources.get(r, 0)

@@ -2,6 +2,22 @@
 
 Facts: /work/shared/facts/gpu-sharing.md sections 2 (strategies, sharing schema, MPS rules) and 4 (GFD labels).
 No Kubernetes here: ``node_view`` maps (hardware, MIG layout, sharing config) to extended resources and labels.
+
+Rules, each from NVIDIA/k8s-device-plugin (v0.20.0) unless said otherwise:
+
+* which MIG strategy is in effect: command line, then the **environment** (``MIG_STRATEGY``), then the config
+  file's ``flags.migStrategy`` (``api/config/v1/config.go`` ``NewConfig``: "in order of precedence from (1)
+  command line, (2) environment variable, (3) config file"; ``api/config/v1/flags.go`` ``UpdateFromCLIFlags``
+  applies a flag when ``c.IsSet``, true for an environment variable). The GPU Operator sets ``MIG_STRATEGY`` from
+  ``ClusterPolicy spec.mig.strategy`` and leaves it out when that is unset (gpu-operator
+  ``controllers/object_controls.go`` ``applyMIGConfiguration``: "if not set then let plugin decide this per
+  node"; chart ``deployments/gpu-operator/templates/clusterpolicy.yaml``: ``{{- if .Values.mig.strategy }}``);
+* MPS is refused with ``mixed`` and on MIG-enabled GPUs (``cmd/nvidia-device-plugin/main.go``
+  ``validateFlags``; ``api/config/v1/sharing.go``): the plugin exits, the DaemonSet restarts it (crash loop)
+  and the kubelet keeps its resources at 0;
+* devices per strategy (``internal/rm/device_map.go``, ``internal/rm/rm.go``), sharing replicas and renaming
+  (``api/config/v1/replicas.go``), at most 48 MPS clients (``cmd/mps-control-daemon/mps/device.go``);
+* GFD labels (``internal/lm/resource.go``, ``internal/lm/mig-strategy.go``, ``docs/gpu-feature-discovery``).
 """
 
 from __future__ import annotations
@@ -160,18 +176,27 @@ def _label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", ".", text)[:63]
 
 
+def effective_mig_strategy(env: str | None, config_file: str | None, default_config: str) -> str:
+    """The MIG strategy the plugin (and GFD) run with: ``MIG_STRATEGY`` from the environment wins over the config
+    file's ``flags.migStrategy`` (api/config/v1/config.go ``NewConfig``, flags.go ``UpdateFromCLIFlags``);
+    ``default_config`` is the strategy of the node's default config (``devicePlugin.config.default``)."""
+    return env or config_file or default_config
+
+
 def node_view(
     hw: GpuHardware,
     layout: Sequence[GpuLayout],
     sharing: SharingConfig | None,
     default_mig_strategy: str,
     config_error: str | None = None,
+    env_mig_strategy: str | None = None,
 ) -> NodeView:
     """Extended resources and GFD labels for a node. ``sharing`` None means the default config (no
-    sharing); ``config_error`` means the selected config file is broken (the plugin crash-loops)."""
+    sharing); ``config_error`` means the selected config file is broken (the plugin crash-loops);
+    ``env_mig_strategy`` is the container's ``MIG_STRATEGY`` (None: not set)."""
     sharing = sharing or NO_SHARING
     model = hw.model
-    strategy = sharing.mig_strategy or default_mig_strategy
+    strategy = effective_mig_strategy(env_mig_strategy, sharing.mig_strategy, default_mig_strategy)
     mig_gpus = [g for g in layout if g.mig_enabled]
     full_gpus = [g for g in layout if not g.mig_enabled]
     product = hw.product
@@ -214,7 +239,8 @@ def node_view(
             labels["nvidia.com/gpu.count"] = str(mig_counts[only])
             labels["nvidia.com/gpu.memory"] = str(model.profile(only).memory_mib)
 
-    # sharing (dp api/config/v1 sharing.go, cmd/nvidia-device-plugin/main.go)
+    # sharing (dp api/config/v1/sharing.go; cmd/nvidia-device-plugin/main.go validateFlags: "using
+    # --mig-strategy=mixed is not supported with MPS", checked on the strategy in effect, env included)
     if sharing.strategy == "mps":
         if mig_gpus:
             problem = problem or "sharing with MPS is not supported on devices with MIG enabled"

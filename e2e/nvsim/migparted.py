@@ -1,8 +1,12 @@
 """mig-parted v1 config files and the MIG geometry the simulated mig-manager applies (no Kubernetes here).
 
-Schema: mig-parted ``api/spec/v1/spec.go`` (facts: /work/shared/facts/gpu-sharing.md section 3.1). Geometry: the
-catalog's per-GPU placement tables (facts section 1); the placement search below is the simulator's own, on
-purpose independent of the operator's planner code, so the simulator can act as an oracle for it.
+Schema: NVIDIA/mig-parted ``api/spec/v1/spec.go`` (``Spec``/``MigConfigSpec`` UnmarshalJSON: unknown fields,
+version ``v1``, ``devices`` "all" or indices, ``mig-devices`` only with ``mig-enabled``) and
+``pkg/types/mig_profile.go`` (``AssertValidFormat``: profile names); facts: /work/shared/facts/gpu-sharing.md
+section 3.1. ``nvidia-mig-parted assert --valid-config`` (``cmd/nvidia-mig-parted/assert/assert.go``) parses the
+file and fails with "selected mig-config not present: <name>" when the name is missing. Geometry: the
+simulator's own device tables (:mod:`e2e.nvsim.devices`, each with its source); the placement search below is
+the simulator's own, independent of the operator's catalog and planner, so the simulator can act as an oracle.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from slm_operator.catalog import GpuModel
+from .devices import Device as GpuModel
 
 NVIDIA_VENDOR = "10de"
 _TOP_KEYS = {"version", "mig-configs"}
@@ -210,8 +214,9 @@ def parse_config_file(text: str) -> dict[str, list[MigSpec]]:
 
 
 def builtin_configs(model: GpuModel) -> dict[str, list[MigSpec]]:
-    """The names mig-manager (v0.14+) generates from the node's hardware: all-disabled, all-enabled,
-    all-balanced and all-<profile> ('+' -> '.') with count = the profile's instance count."""
+    """The names of the GPU Operator's ``default-mig-parted-config`` (gpu-operator
+    ``assets/state-mig-manager/0400_configmap.yaml``): all-disabled, all-enabled, all-balanced and
+    all-<profile> ('+' -> '.') with count = the profile's instance count."""
     out: dict[str, list[MigSpec]] = {
         "all-disabled": [MigSpec(devices="all", mig_enabled=False)],
         "all-enabled": [MigSpec(devices="all", mig_enabled=True)],

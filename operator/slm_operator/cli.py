@@ -561,6 +561,13 @@ def _add_run_parser(sub: Subparsers) -> None:
         "--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles"
     )
     _add_operator_name_flags(p)
+    p.add_argument(
+        "--configmap-sync-seconds",
+        type=float,
+        default=90.0,
+        help="age a new mig-parted config entry must reach before a node is relabelled to it (the kubelet "
+        "refreshes mig-manager's mounted ConfigMap only on its periodic sync)",
+    )
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)"

@@ -44,6 +44,10 @@ PROMOTED_METHOD_ANNOTATION: Final = "slm.io/promoted-method"
 GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
 GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
 ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over
+# on the mig-parted ConfigMap: JSON {config name: RFC 3339 time it was first written}. mig-manager reads the
+# ConfigMap through a mounted volume the kubelet refreshes only on its periodic sync, so a node is relabelled to
+# a config only once its entry is old enough for every kubelet to have it (RELABEL_GATES).
+CONFIG_WRITTEN_ANNOTATION: Final = "slm.io/config-written"
 
 # ------------------------------------------------------------------------------------------ Kubernetes labels
 APP_NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -60,6 +64,10 @@ MIG_CONFIG_LABEL: Final = "nvidia.com/mig.config"  # written by slm-operator, re
 MIG_CONFIG_STATE_LABEL: Final = "nvidia.com/mig.config.state"  # mig-manager: see MigConfigState
 DEVICE_PLUGIN_CONFIG_LABEL: Final = "nvidia.com/device-plugin.config"  # slm-operator -> device plugin
 MIG_DISABLED_CONFIG: Final = "all-disabled"  # mig-parted's config with MIG off: a node without the label
+# mig-manager acts only when nvidia.com/mig.config changes, so a ``failed`` config is retried under an alias of
+# the same content: ``<name>-retry<N>``; N counts the retries, MIG_CONFIG_MAX_TRIES bounds the tries.
+MIG_RETRY_SUFFIX: Final = "-retry"
+MIG_CONFIG_MAX_TRIES: Final = 3
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"  # a whole GPU (also the taint key GPU nodes carry)
 SHARED_GPU_RESOURCE: Final = "nvidia.com/gpu.shared"  # an MPS or time-slicing share (renamed by the plugin)
@@ -82,6 +90,19 @@ class SharingStrategy(StrEnum):
     NONE = "none"
     MPS = "mps"
     TIME_SLICING = "time-slicing"
+
+
+def mig_retry_name(config: str, retry: int) -> str:
+    """The alias of MIG config ``config`` for its ``retry``-th retry (0: the config itself)."""
+    return f"{config}{MIG_RETRY_SUFFIX}{retry}" if retry else config
+
+
+def mig_retry_of(label: str) -> tuple[str, int]:
+    """(config, retries so far) of a ``nvidia.com/mig.config`` value (``slm-ab-retry2`` -> ``("slm-ab", 2)``)."""
+    base, sep, n = label.rpartition(MIG_RETRY_SUFFIX)
+    if sep and base and n.isdigit() and not n.startswith("0"):
+        return base, int(n)
+    return label, 0
 
 
 def mig_resource(profile: str) -> str:

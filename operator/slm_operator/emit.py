@@ -17,6 +17,7 @@ The shell part (the folder, existing files) is in ``cli.py``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +122,11 @@ class _State:
 
 
 def emit(m: Manifests, cfg: OperatorConfig) -> Emission:
-    """Every object the operator would write for the manifests ``m`` (read by ``manifests.load_manifests``)."""
+    """Every object the operator would write for the manifests ``m`` (read by ``manifests.load_manifests``).
+
+    Node labels are the ones the operator sets once mig-manager can read the new config entries (it waits
+    ``configmap_sync_seconds`` for the mounted ConfigMap to catch up; an emission has no such wait)."""
+    cfg = dataclasses.replace(cfg, configmap_sync_seconds=0)
     state = _State(nodes=[copy.deepcopy(n) for n in m.nodes])
     objects: list[Emitted] = []
     plans: list[Plan] = []

@@ -73,6 +73,7 @@ def run(args: Any) -> int:
         nvidia_namespace=args.nvidia_namespace,
         mig_configmap=args.mig_configmap,
         device_plugin_configmap=args.device_plugin_configmap,
+        configmap_sync_seconds=args.configmap_sync_seconds,
         priority_classes={
             "Guaranteed": args.priority_class_guaranteed,
             "Burstable": args.priority_class_burstable,

@@ -33,7 +33,9 @@ from slm_operator.render.configmaps import (
     MIG_PARTED_KEY,
     configs_in_use,
     device_plugin_data,
+    entry_times,
     mig_parted_data,
+    written_annotations,
 )
 from slm_operator.status import PLACED, READY, set_condition
 from slm_operator.views import NodeView, ObjectView, PodView
@@ -57,16 +59,18 @@ class PoolReconciler:
                 log.warning("skipping SLMDeployment %s: %s", ObjectView(raw).name, exc)
         return out
 
-    def _mig_configs(self) -> dict[str, Any]:
+    def _mig_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The mig-parted ConfigMap's named configs and when each was first written."""
         cm = self.kube.get("v1", "ConfigMap", self.cfg.mig_configmap, self.cfg.nvidia_namespace)
         if not cm:
-            return {}
+            return {}, {}
+        times = entry_times((cm.get("metadata") or {}).get("annotations"))
         try:
             doc = yaml.safe_load((cm.get("data") or {}).get(MIG_PARTED_KEY, "")) or {}
             configs: dict[str, Any] = doc.get("mig-configs") or {}
-            return configs
+            return configs, times
         except yaml.YAMLError:
-            return {}
+            return {}, times
 
     def gather(self, pool: GPUPool) -> World:
         nodes = self.kube.list("v1", "Node")
@@ -85,15 +89,17 @@ class PoolReconciler:
                 if PodView(p).status.get("nominatedNodeName") in names:
                     candidates.append(p)
             foreign = [p for p in candidates if POOL_LABEL not in PodView(p).labels]
+        mig_configs, mig_times = self._mig_configs()
         return World(
             pool=pool,
             nodes=nodes,
             deployments=deps,
             pods=pods,
             foreign_gpu_pods=foreign,
-            mig_configs=self._mig_configs(),
+            mig_configs=mig_configs,
             now=now_rfc3339(),
             cfg=self.cfg,
+            mig_entry_times=mig_times,
         )
 
     # ------------------------------------------------------------------------------ reconcile
@@ -194,7 +200,11 @@ class PoolReconciler:
         in_use_dp = configs_in_use(world.nodes, DEVICE_PLUGIN_CONFIG_LABEL, d.device_plugin_entries)
         ns = self.cfg.nvidia_namespace
         update_configmap(
-            self.kube, self.cfg.mig_configmap, ns, lambda cur: mig_parted_data(cur, in_use_mig, d.mig_entries)
+            self.kube,
+            self.cfg.mig_configmap,
+            ns,
+            lambda cur: mig_parted_data(cur, in_use_mig, d.mig_entries),
+            lambda ann: written_annotations(ann, in_use_mig, d.mig_entry_times),
         )
         update_configmap(
             self.kube,

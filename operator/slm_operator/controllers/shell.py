@@ -51,8 +51,10 @@ def update_configmap(
     name: str,
     namespace: str,
     compute: Callable[[Mapping[str, str] | None], Mapping[str, str] | None],
+    annotate: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None,
 ) -> None:
-    """Create or replace a ConfigMap with ``compute(current data)`` (None: leave it as it is).
+    """Create or replace a ConfigMap with ``compute(current data)`` (None: leave the data as it is) and, with
+    ``annotate``, the annotations ``annotate(current annotations)`` (kept as they are otherwise).
 
     The replace carries the resourceVersion read, so a concurrent writer makes it fail with 409; the step is
     then run again on a fresh read (other pools' entries are never lost).
@@ -60,10 +62,15 @@ def update_configmap(
 
     def step() -> None:
         cm = kube.get("v1", "ConfigMap", name, namespace)
-        data = compute(None if cm is None else (cm.get("data") or {}))
-        if data is None:
+        current = None if cm is None else (cm.get("data") or {})
+        have: Mapping[str, str] = {} if cm is None else (cm.get("metadata") or {}).get("annotations") or {}
+        data = compute(current)
+        annotations = dict(have) if annotate is None else dict(annotate(have))
+        if data is None and annotations == dict(have):
             return
-        body = configmap(name, namespace, data)
+        body = configmap(name, namespace, current or {} if data is None else data)
+        if annotations:
+            body["metadata"]["annotations"] = annotations
         if cm is None:
             kube.create(body)
             return

@@ -6,7 +6,9 @@ named pure phases (below, numbered as in ``docs/architecture.md``); the ordering
 safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a cluster:
 
 * a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config`` label changes only after every pod
-  being deleted on it is gone (drain before repartition: phase 8, ``RELABEL_GATES``);
+  being deleted on it is gone (drain before repartition) and once the mig-parted entry it names is old enough
+  for the kubelet to have synced mig-manager's mounted ConfigMap (phase 8, ``RELABEL_GATES``); a config
+  mig-manager reports ``failed`` is retried under an alias name, a bounded number of times (phase 5);
 * a replica pod is created only when its node reports the planned configuration as applied
   (``nvidia.com/mig.config.state=success`` for MIG, the GFD sharing labels for MPS and time-slicing), and a
   replica that moves or is replaced gets its new pod only after the old pod is gone (phase 9, ``CREATE_GATES``);
@@ -25,7 +27,14 @@ from slm_operator.reconcile.inputs import (
     read_nodes,
     size_deployments,
 )
-from slm_operator.reconcile.nodes import configure_nodes, node_patches, relabel_nodes, restore_labels
+from slm_operator.reconcile.nodes import (
+    configure_nodes,
+    entry_ages,
+    entry_times,
+    node_patches,
+    relabel_nodes,
+    restore_labels,
+)
 from slm_operator.reconcile.pods import create_pods, delete_pods
 from slm_operator.reconcile.podsets import pod_sets
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
@@ -55,23 +64,27 @@ def decide(world: World) -> Decisions:
     plan = plan_pool(pool_policy(world.pool, claimed), nodes.inventories, sizings.demands, current)
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
     configs = configure_nodes(nodes, plan)
+    times = entry_times(world, configs)
     # 6. Pod sets: the replica pods the plan wants against those that exist.
     sets = pod_sets(world, plan, sizings)
     # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES.
     deletions = delete_pods(sets, plan)
-    # 8. Relabels: changed node labels, once the node's deleted pods are gone (RELABEL_GATES).
-    relabels = relabel_nodes(nodes, configs, deletions.draining_nodes)
+    # 8. Relabels: changed node labels, once the node's deleted pods are gone and the MIG config they name has
+    #    reached mig-manager's mounted ConfigMap (RELABEL_GATES).
+    ages = entry_ages(times, world.now)
+    relabels = relabel_nodes(nodes, configs, deletions.draining_nodes, ages, world.cfg.configmap_sync_seconds)
     # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned).
     creations = create_pods(sets, nodes, configs, relabels)
     # 10. Statuses and events.
     deployments = report_deployments(world, plan, sizings, sets, creations.waiting)
-    pool = report_pool(world, plan, nodes, configs.sharing, claimed, relabels.waiting_nodes)
+    pool = report_pool(world, plan, nodes, configs, claimed, relabels)
     return Decisions(
         plan=plan,
         node_labels=dict(relabels.labels),
         node_annotations=dict(configs.annotations),
         node_configs=dict(configs.by_node),
         mig_entries=dict(configs.mig_entries),
+        mig_entry_times=times,
         device_plugin_entries=dict(configs.device_plugin_entries),
         pods_create=list(creations.pods),
         pods_delete=list(deletions.pods),

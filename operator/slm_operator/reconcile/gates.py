@@ -12,16 +12,19 @@ could take a share or a device away from something still running:
 * :data:`ROLLING_UPDATE_GATES` - replace a running pod in place (new model, runtime or adapter) one replica
   at a time, and only while every other replica of the deployment is ready.
 * :data:`RELABEL_GATES` - change a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config``
-  labels only once the pods being deleted on it are gone (drain before repartition).
+  labels only once the pods being deleted on it are gone (drain before repartition), and only once the
+  mig-parted config entry the new label names is old enough for every kubelet to have synced it into
+  mig-manager's mounted ConfigMap volume (mig-manager marks a name it cannot find ``failed`` and does not
+  look again until the label changes).
 
-The reasons of the last two are not shown in a status today: a held replacement or relabel only makes the
-pass wait (and the pool's ``Ready`` condition names the node while its configuration changes).
+A held rolling replacement only makes the pass wait. A held relabel's reason is shown in the pool's ``Ready``
+condition message, next to the node whose configuration changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
 
@@ -208,6 +211,10 @@ ROLLING_UPDATE_GATES: Chain[RolloutContext, ReplicaKey] = Chain((one_replica_at_
 @dataclass(frozen=True)
 class RelabelContext:
     draining: frozenset[str]  # nodes where a pod is being deleted or is terminating
+    targets: Mapping[str, NodeConfig] = field(default_factory=dict)  # planned configuration, by node
+    mig_labels: Mapping[str, str] = field(default_factory=dict)  # node -> its nvidia.com/mig.config now
+    entry_ages: Mapping[str, float] = field(default_factory=dict)  # mig-parted entry -> seconds since written
+    sync_seconds: float = 0.0  # how old an entry must be before a node is relabelled to it
 
 
 def pods_drained(ctx: RelabelContext, node: str) -> str | None:
@@ -217,4 +224,23 @@ def pods_drained(ctx: RelabelContext, node: str) -> str | None:
     return None
 
 
-RELABEL_GATES: Chain[RelabelContext, str] = Chain((pods_drained,))
+def mig_entry_synced(ctx: RelabelContext, node: str) -> str | None:
+    """The mig-parted entry the new ``nvidia.com/mig.config`` names has been in the ConfigMap long enough for
+    the kubelet to have refreshed mig-manager's mounted copy (else mig-manager would not find it, mark the node
+    ``failed`` and wait for the next label change)."""
+    t = ctx.targets.get(node)
+    if t is None or not t.mig_capable or t.mig_entries is None:
+        return None  # no MIG label, or a built-in name (all-disabled) every mig-manager knows
+    if ctx.mig_labels.get(node, MIG_DISABLED_CONFIG) == t.mig_config:
+        return None  # the MIG label does not change
+    age = ctx.entry_ages.get(t.mig_config)
+    if age is not None and age >= ctx.sync_seconds:
+        return None
+    written = "not written yet" if age is None else f"written {int(age)}s ago"
+    return (
+        f"node {node}: waiting for MIG config {t.mig_config} to reach mig-manager's mounted ConfigMap "
+        f"({written}; kubelets refresh it within {int(ctx.sync_seconds)}s)"
+    )
+
+
+RELABEL_GATES: Chain[RelabelContext, str] = Chain((pods_drained, mig_entry_synced))

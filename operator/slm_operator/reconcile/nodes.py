@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from slm_operator.catalog import gpu_by_key
@@ -12,11 +13,18 @@ from slm_operator.contract import (
     DEVICE_PLUGIN_CONFIG_LABEL,
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
+    MIG_CONFIG_MAX_TRIES,
+    MIG_CONFIG_STATE_LABEL,
+    MIG_DISABLED_CONFIG,
     ORIGINAL_LABELS_ANNOTATION,
+    MigConfigState,
+    mig_retry_name,
+    mig_retry_of,
 )
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
 from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext
 from slm_operator.reconcile.inputs import NodeReadings
+from slm_operator.reconcile.world import World
 from slm_operator.render import NodeConfig, node_config
 from slm_operator.views import NodeView
 
@@ -29,6 +37,7 @@ class NodeConfigs:
     mig_entries: Mapping[str, list[dict[str, Any]]]  # mig-parted config name -> entries
     device_plugin_entries: Mapping[str, dict[str, Any]]  # device-plugin config name -> config
     sharing: Mapping[str, str]  # node -> node-wide sharing mode in the plan
+    mig_failed: Mapping[str, str] = field(default_factory=dict)  # node -> MIG config that failed every try
 
 
 def configure_nodes(nodes: NodeReadings, plan: Plan) -> NodeConfigs:
@@ -41,19 +50,68 @@ def configure_nodes(nodes: NodeReadings, plan: Plan) -> NodeConfigs:
     mig_entries: dict[str, list[dict[str, Any]]] = {}
     device_plugin_entries: dict[str, dict[str, Any]] = {}
     sharing: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for reading in nodes.readings:
         name = reading.inventory.name
         np_ = plans.get(name)
         if np_ is None:
             continue
-        nc = _node_config(reading.inventory, np_)
+        nc, exhausted = _retry_failed(_node_config(reading.inventory, np_), reading.view)
+        if exhausted:
+            failed[name] = nc.mig_config
         configs[name] = nc
         if nc.mig_entries:
             mig_entries[nc.mig_config] = nc.mig_entries
         device_plugin_entries[nc.device_plugin_config] = nc.device_plugin_entry
         annotations[name] = _annotations(reading.view, roles.get(name, {}))
         sharing[name] = np_.sharing
-    return NodeConfigs(configs, annotations, mig_entries, device_plugin_entries, sharing)
+    return NodeConfigs(configs, annotations, mig_entries, device_plugin_entries, sharing, failed)
+
+
+def _retry_failed(nc: NodeConfig, node: NodeView) -> tuple[NodeConfig, bool]:
+    """The node's config under the name its label should carry, and whether its tries are exhausted.
+
+    mig-manager acts only when ``nvidia.com/mig.config`` changes: once it reports ``failed`` for a config the
+    operator wrote, the label moves to an alias of the same content (``<name>-retry<N>``), at most
+    MIG_CONFIG_MAX_TRIES tries in all. A node already on an alias of the planned config keeps it.
+    """
+    if nc.mig_entries is None or not nc.mig_capable:
+        return nc, False
+    current = node.labels.get(MIG_CONFIG_LABEL, MIG_DISABLED_CONFIG)
+    base, retries = mig_retry_of(current)
+    if base != nc.mig_config:
+        return nc, False
+    if node.labels.get(MIG_CONFIG_STATE_LABEL) != MigConfigState.FAILED:
+        return replace(nc, mig_config=current), False
+    if retries + 1 >= MIG_CONFIG_MAX_TRIES:
+        return replace(nc, mig_config=current), True
+    return replace(nc, mig_config=mig_retry_name(base, retries + 1)), False
+
+
+def entry_times(world: World, configs: NodeConfigs) -> dict[str, str]:
+    """When each mig-parted entry the plan names was first written: the time recorded on the ConfigMap while
+    the entry is there, else now (it is written in this pass)."""
+    return {
+        name: world.mig_entry_times.get(name, world.now) if name in world.mig_configs else world.now
+        for name in configs.mig_entries
+    }
+
+
+def entry_ages(times: Mapping[str, str], now: str) -> dict[str, float]:
+    """Seconds since each RFC 3339 time in ``times`` (an unreadable time counts as written now)."""
+    t_now = _parse_time(now)
+    out: dict[str, float] = {}
+    for name, when in times.items():
+        t = _parse_time(when)
+        out[name] = 0.0 if t is None or t_now is None else max(0.0, (t_now - t).total_seconds())
+    return out
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _node_config(inv: NodeInventory, plan: NodePlan) -> NodeConfig:
@@ -120,10 +178,26 @@ class Relabels:
     waiting_nodes: tuple[str, ...]  # nodes whose configuration is changing (relabelled or held), by name
 
 
-def relabel_nodes(nodes: NodeReadings, configs: NodeConfigs, draining: frozenset[str]) -> Relabels:
+def relabel_nodes(
+    nodes: NodeReadings,
+    configs: NodeConfigs,
+    draining: frozenset[str],
+    ages: Mapping[str, float] | None = None,
+    sync_seconds: float = 0.0,
+) -> Relabels:
     """Nodes whose selector labels differ from the plan's get them, unless a gate holds them back: a node's
-    configuration changes only once nothing it would take away is still running."""
-    ctx = RelabelContext(draining=draining)
+    configuration changes only once nothing it would take away is still running, and only once the MIG config
+    it names has reached mig-manager (``ages``: seconds since each entry was written; ``sync_seconds``: how
+    old it must be)."""
+    ctx = RelabelContext(
+        draining=draining,
+        targets=configs.by_node,
+        mig_labels={
+            n: r.view.labels.get(MIG_CONFIG_LABEL, MIG_DISABLED_CONFIG) for n, r in nodes.by_name.items()
+        },
+        entry_ages=ages or {},
+        sync_seconds=sync_seconds,
+    )
     labels: dict[str, dict[str, str]] = {}
     held: dict[str, str] = {}
     waiting: list[str] = []

@@ -7,15 +7,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.api.v1alpha1 import GPUPoolStatus, PoolNodeStatus, SLMDeployment, SLMDeploymentStatus
-from slm_operator.contract import MIG_CONFIG_LABEL, MIG_CONFIG_STATE_LABEL
+from slm_operator.contract import (
+    MIG_CONFIG_LABEL,
+    MIG_CONFIG_MAX_TRIES,
+    MIG_CONFIG_STATE_LABEL,
+    MigConfigState,
+)
 from slm_operator.events import Event
 from slm_operator.inventory import deployment_key
 from slm_operator.planner.model import Plan
 from slm_operator.reconcile.inputs import NodeReadings, Sizings
+from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
+from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
-from slm_operator.status import DEGRADED, PLACED, deployment_status, pool_status, set_condition
+from slm_operator.status import DEGRADED, PLACED, READY, deployment_status, pool_status, set_condition
 
 
 @dataclass(frozen=True)
@@ -79,29 +86,60 @@ def report_pool(
     world: World,
     plan: Plan,
     nodes: NodeReadings,
-    sharing: Mapping[str, str],
+    configs: PoolNodeConfigs,
     claimed: Mapping[str, int],
-    waiting_nodes: tuple[str, ...],
+    relabels: PoolRelabels,
 ) -> GPUPoolStatus:
-    """The GPUPool status: the plan's figures, each node, and ``Degraded`` when a node cannot be understood
-    (``Ready=False`` too when no node can)."""
+    """The GPUPool status: the plan's figures, each node, ``Degraded`` when a node cannot be understood
+    (``Ready=False`` too when no node can) or mig-manager failed a node's MIG config on every try, and why a
+    node's new configuration waits (``Ready`` message)."""
     errors = "; ".join(nodes.errors)
     error = ("UnknownGPU", errors) if nodes.errors and not nodes.readings else None
     st = pool_status(
         world.pool,
         plan=None if error else plan,
         error=error,
-        nodes=_node_statuses(nodes, sharing),
+        nodes=_node_statuses(nodes, configs.sharing),
         reservations_in_use=claimed,
-        waiting_nodes=list(waiting_nodes),
+        waiting_nodes=list(relabels.waiting_nodes),
         now=world.now,
     )
-    if nodes.errors and nodes.readings and st.conditions:
-        generation = world.pool.metadata.generation
+    if not st.conditions:
+        return st
+    generation = world.pool.metadata.generation
+    if nodes.errors and nodes.readings:
         st.conditions = set_condition(
             st.conditions, DEGRADED, True, "UnknownGPU", errors, generation, world.now
         )
+    if configs.mig_failed and not error:
+        st.conditions = set_condition(
+            st.conditions,
+            DEGRADED,
+            True,
+            "MigConfigFailed",
+            _mig_failed(configs.mig_failed),
+            generation,
+            world.now,
+        )
+    if relabels.held and not error:
+        ready = next((c for c in st.conditions if c.type == READY), None)
+        why = "; ".join(relabels.held[n] for n in sorted(relabels.held)[:MAX_HELD_LISTED])
+        if ready is not None and ready.status == "False":
+            st.conditions = set_condition(
+                st.conditions, READY, False, ready.reason, f"{ready.message}; {why}", generation, world.now
+            )
     return st
+
+
+MAX_HELD_LISTED = 3
+
+
+def _mig_failed(failed: Mapping[str, str]) -> str:
+    nodes = ", ".join(f"{n} ({c})" for n, c in sorted(failed.items()))
+    return (
+        f"mig-manager failed to apply the MIG config on {nodes} after {MIG_CONFIG_MAX_TRIES} tries "
+        f"({MIG_CONFIG_STATE_LABEL}={MigConfigState.FAILED}); see the node's events and docs/operations.md"
+    )
 
 
 def _node_statuses(nodes: NodeReadings, sharing: Mapping[str, str]) -> list[PoolNodeStatus]:

@@ -24,6 +24,8 @@ class World:
     mig_configs: dict[str, Any]  # current `mig-configs` of the mig-parted ConfigMap
     now: str
     cfg: OperatorConfig = field(default_factory=OperatorConfig)
+    # when each entry of the mig-parted ConfigMap was first written (its slm.io/config-written annotation)
+    mig_entry_times: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Decisions:
     node_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     node_configs: dict[str, NodeConfig] = field(default_factory=dict)
     mig_entries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    mig_entry_times: dict[str, str] = field(default_factory=dict)  # entry name -> first written (RFC 3339)
     device_plugin_entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods_create: list[dict[str, Any]] = field(default_factory=list)
     pods_delete: list[tuple[str, str, str]] = field(default_factory=list)  # namespace, name, reason

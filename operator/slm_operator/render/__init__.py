@@ -73,6 +73,10 @@ class OperatorConfig:
     #: A PVC (ReadWriteMany) replicas share as their model download cache; None: an emptyDir per pod sized from
     #: the checkpoint.
     model_cache_claim: str | None = None
+    #: How old a new mig-parted config entry must be before a node is relabelled to it: mig-manager reads the
+    #: ConfigMap through a mounted volume, which the kubelet refreshes only on its periodic sync (about a
+    #: minute plus its cache TTL by default).
+    configmap_sync_seconds: float = 90.0
 
 
 def _hash(obj: Any, n: int = 10) -> str:

@@ -6,12 +6,13 @@ Pure: the shell reads the ConfigMap, asks here for the new data and writes it (`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import yaml
 
-from slm_operator.contract import APP_MANAGED_BY_LABEL, MANAGED_BY
+from slm_operator.contract import APP_MANAGED_BY_LABEL, CONFIG_WRITTEN_ANNOTATION, MANAGED_BY
 from slm_operator.render import EXCLUSIVE_CONFIG, device_plugin_documents, mig_parted_document
 from slm_operator.views import NodeView
 
@@ -68,3 +69,22 @@ def device_plugin_data(
     if current is not None and data == merged:
         return None
     return merged
+
+
+def entry_times(annotations: Mapping[str, str] | None) -> dict[str, str]:
+    """When each mig-parted entry was first written, from the ConfigMap's annotations (unreadable: none)."""
+    try:
+        raw = json.loads((annotations or {}).get(CONFIG_WRITTEN_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def written_annotations(
+    current: Mapping[str, str], in_use: Collection[str], times: Mapping[str, str]
+) -> dict[str, str]:
+    """The mig-parted ConfigMap's annotations with ``times`` recorded: the entries some node still names keep
+    their time, ``times`` (this pool's entries) is merged in, the rest is dropped with its entry."""
+    kept = {k: v for k, v in entry_times(current).items() if k in in_use}
+    merged = kept | dict(times)
+    return {**current, CONFIG_WRITTEN_ANNOTATION: json.dumps(merged, sort_keys=True, separators=(",", ":"))}
