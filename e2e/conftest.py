@@ -293,6 +293,10 @@ class Cluster:
         """Delete the namespace's workloads and pods and wait until no pod is left."""
         with contextlib.suppress(ApiException):
             self.apps.delete_collection_namespaced_replica_set(namespace)
+        with contextlib.suppress(ApiException):  # a Job (a FineTuneJob's training) would recreate its pods
+            client.BatchV1Api(self.api).delete_collection_namespaced_job(
+                namespace, propagation_policy="Background"
+            )
 
         def gone() -> bool:
             if not self.core.list_namespaced_pod(namespace).items:
@@ -314,7 +318,7 @@ class Cluster:
             self.set_labels(name, labels)
         for name, (gpus, mig) in GPU_NODES.items():
             if mig:
-                self.wait_mig_state(name, "all-disabled", "success", timeout)
+                self._wait_mig_disabled(name, timeout)
 
             def baseline(name: str = name, gpus: int = gpus) -> bool:
                 res = self.nvidia_resources(name)
@@ -323,6 +327,23 @@ class Cluster:
                 )
 
             wait_for(baseline, timeout, f"{name} back to {gpus} whole GPUs")
+
+    def _wait_mig_disabled(self, name: str, timeout: float) -> None:
+        """Wait for ``all-disabled`` to be applied. mig-manager stays at ``failed`` until the label changes, and
+        the reset sets the label the node may already have (a change refused while a pod still held a MIG
+        device), so a node left at ``failed`` gets what docs/operations.md tells a user to do: restart
+        mig-manager (here: the simulator), which applies the label again."""
+        try:
+            self.wait_mig_state(name, "all-disabled", "success", timeout)
+        except AssertionError as exc:
+            node = self.node(name).metadata
+            state = (node.labels or {}).get(MIG_STATE)
+            if state != "failed":
+                observed = (node.annotations or {}).get("nvsim.slm.io/mig-config-observed")
+                raise AssertionError(f"{exc} (state {state!r}, mig-manager observed {observed})") from None
+            self.stop_simulator()
+            self.start_simulator()
+            self.wait_mig_state(name, "all-disabled", "success", timeout)
 
     def diagnostics(self, namespace: str | None) -> str:
         out = ["", "===== nvsim log (last 80 lines) ====="]
