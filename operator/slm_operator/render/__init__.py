@@ -79,6 +79,26 @@ class OperatorConfig:
     #: minute plus its cache TTL by default).
     configmap_sync_seconds: float = 90.0
 
+    @classmethod
+    def from_flags(cls, flags: Any) -> OperatorConfig:
+        """From the command line's flags of the same names (``slm-operator run``, ``plan --emit``; the chart
+        sets them); a flag the command does not have keeps its default."""
+        default = cls()
+        return cls(
+            nvidia_namespace=flags.nvidia_namespace,
+            mig_configmap=flags.mig_configmap,
+            device_plugin_configmap=flags.device_plugin_configmap,
+            configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
+            priority_classes={
+                "Guaranteed": flags.priority_class_guaranteed,
+                "Burstable": flags.priority_class_burstable,
+                "BestEffort": flags.priority_class_besteffort,
+            },
+            llm_fallback_priority_class=getattr(
+                flags, "priority_class_llm_fallback", default.llm_fallback_priority_class
+            ),
+        )
+
 
 def _hash(obj: Any, n: int = 10) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
