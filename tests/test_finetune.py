@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from slm_operator.api.v1alpha1 import FineTuneJob
+from slm_operator.contract import PROMOTED_LORA_RANK_ANNOTATION, PROMOTED_METHOD_ANNOTATION
+from slm_operator.finetune import promotion_annotations
 from slm_operator.render.finetune import evaluation_score, finetune_job, finetune_status, promotion_allowed
 
 NOW = "2026-11-26T10:00:00Z"
@@ -102,3 +106,18 @@ def test_status_while_training_and_on_a_missing_segment() -> None:
     )
     conds = {c.type: c for c in st.conditions or []}
     assert conds["Trained"].reason == "SegmentNotFound" and conds["Trained"].status.value == "Unknown"
+
+
+@pytest.mark.parametrize(
+    ("method", "hyperparameters", "rank"),
+    [("LoRA", {}, "16"), ("QLoRA", {"loraRank": 64}, "64"), ("Full", {}, None)],
+)
+def test_promotion_records_the_adapter_rank_vllm_must_make_room_for(
+    method: str, hyperparameters: dict[str, int], rank: str | None
+) -> None:
+    raw = _ftj(0).model_dump(mode="json", by_alias=True, exclude_none=True)
+    raw["spec"] |= {"method": method, "hyperparameters": hyperparameters}
+    ftj = FineTuneJob.model_validate(raw)
+    annotations = promotion_annotations(ftj, "pvc://adapters/x/v1")
+    assert annotations[PROMOTED_LORA_RANK_ANNOTATION] == rank
+    assert annotations[PROMOTED_METHOD_ANNOTATION] == method

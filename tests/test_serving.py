@@ -12,7 +12,11 @@ import pytest
 
 from slm_operator.api.v1alpha1 import SLMDeployment
 from slm_operator.catalog import VLLM_IMAGE, VLLM_VERSION, WeightFormat, slm_by_name, slm_models
-from slm_operator.contract import ADAPTER_ANNOTATION, PROMOTED_METHOD_ANNOTATION
+from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    PROMOTED_LORA_RANK_ANNOTATION,
+    PROMOTED_METHOD_ANNOTATION,
+)
 from slm_operator.inventory import DemandError, Sizing, size_deployment
 from slm_operator.planner.model import ReplicaPlacement, Share
 from slm_operator.render import (
@@ -204,6 +208,21 @@ def test_a_promoted_lora_adapter_is_served_under_the_deployment_name() -> None:
     assert {"name": "adapters", "persistentVolumeClaim": {"claimName": "adapters", "readOnly": True}} in p[
         "spec"
     ]["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("rank", "max_lora_rank"), [("8", None), ("16", None), ("64", "64"), ("100", "128"), ("512", "512")]
+)
+def test_an_adapter_above_vllms_default_rank_gets_room_for_it(rank: str, max_lora_rank: str | None) -> None:
+    # vLLM refuses to load an adapter whose rank is above --max-lora-rank (default 16); it takes only its own
+    # set of ranks, so the operator rounds up to the next one.
+    annotations = {
+        ADAPTER_ANNOTATION: "pvc://adapters/extractor/v1",
+        PROMOTED_METHOD_ANNOTATION: "LoRA",
+        PROMOTED_LORA_RANK_ANNOTATION: rank,
+    }
+    args = server(dep({"name": "qwen2.5-3b-instruct"}, annotations=annotations))["args"]
+    assert (flag(args, "--max-lora-rank") if "--max-lora-rank" in args else None) == max_lora_rank
 
 
 def test_a_promoted_full_fine_tune_is_served_as_the_model() -> None:

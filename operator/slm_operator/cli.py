@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
     from slm_operator.api.v1alpha1 import SLMDeployment
     from slm_operator.manifests import Manifests
-    from slm_operator.render import OperatorConfig
 
 EXIT_OK = 0
 EXIT_UNPLACED = 1
@@ -258,22 +257,6 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_UNPLACED if unplaced or problems else EXIT_OK
 
 
-def _emit_config(args: argparse.Namespace) -> OperatorConfig:
-    """The names the operator is told (``run``'s flags of the same names, the chart's values)."""
-    from slm_operator.render import OperatorConfig
-
-    return OperatorConfig(
-        nvidia_namespace=args.nvidia_namespace,
-        mig_configmap=args.mig_configmap,
-        device_plugin_configmap=args.device_plugin_configmap,
-        priority_classes={
-            "Guaranteed": args.priority_class_guaranteed,
-            "Burstable": args.priority_class_burstable,
-            "BestEffort": args.priority_class_besteffort,
-        },
-    )
-
-
 def _check_emit_args(args: argparse.Namespace) -> None:
     """Before planning: --emit writes what the operator would (its heuristic), into a new or empty folder,
     or with --force over an earlier --emit."""
@@ -314,9 +297,10 @@ def _emitted_files(root: Path) -> list[Path]:
 def _emit(args: argparse.Namespace, m: Manifests) -> None:
     """Write every object the operator would write (``slm_operator.emit``) under --emit's folder."""
     from slm_operator.emit import emit
+    from slm_operator.render import OperatorConfig
 
     root = Path(args.emit)
-    files = emit(m, _emit_config(args)).files()
+    files = emit(m, OperatorConfig.from_flags(args)).files()
     old = _emitted_files(root) if root.is_dir() else []
     clash = sorted(p for p in files if (root / p).exists() and root / p not in old)
     if clash:

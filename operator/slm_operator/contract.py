@@ -41,6 +41,7 @@ ADAPTER_ANNOTATION: Final = "slm.io/promoted-adapter"  # on SLMDeployments: the 
 #: on SLMDeployments, written with ADAPTER_ANNOTATION by the FineTuneJob controller, read by render: the
 #: FineTuneJob's method (LoRA | QLoRA | Full); a Full result is served as the model, the others as a LoRA adapter.
 PROMOTED_METHOD_ANNOTATION: Final = "slm.io/promoted-method"
+PROMOTED_LORA_RANK_ANNOTATION: Final = "slm.io/promoted-lora-rank"  # on SLMDeployments: the adapter's rank
 GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
 GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
 ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over

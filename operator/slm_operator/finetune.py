@@ -12,11 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, GPUPool
+from slm_operator.api.v1alpha1 import (
+    DEFAULT_LORA_RANK,
+    FineTuneJob,
+    FineTuneJobStatus,
+    FineTuneMethod,
+    GPUPool,
+)
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
     GPU_ROLES_ANNOTATION,
     POOL_LABEL,
+    PROMOTED_LORA_RANK_ANNOTATION,
     PROMOTED_METHOD_ANNOTATION,
 )
 from slm_operator.events import Event
@@ -100,6 +107,18 @@ def _problem(world: FineTuneWorld) -> tuple[tuple[str, str] | None, list[str]]:
     return None, nodes
 
 
+def promotion_annotations(ftj: FineTuneJob, result: str) -> dict[str, str | None]:
+    """What the SLMDeployment is annotated with to serve ``result``: where it is, how it was trained and, for
+    an adapter, its rank (vLLM must be told ranks above its default; None removes a stale one)."""
+    lora = ftj.spec.method is not FineTuneMethod.FULL
+    rank = ftj.spec.hyperparameters.lora_rank or DEFAULT_LORA_RANK
+    return {
+        ADAPTER_ANNOTATION: result,
+        PROMOTED_METHOD_ANNOTATION: ftj.spec.method.value,
+        PROMOTED_LORA_RANK_ANNOTATION: str(rank) if lora else None,
+    }
+
+
 def _promote(world: FineTuneWorld, job: Mapping[str, Any], d: FineTuneDecisions) -> tuple[bool, int | None]:
     """Promote once the Job completed and passed the gate: (promoted, score). Adds the patch and its event."""
     ftj = world.ftj
@@ -112,12 +131,8 @@ def _promote(world: FineTuneWorld, job: Mapping[str, Any], d: FineTuneDecisions)
         return False, score
     result = artifact(ftj)
     view = ObjectView(dep)
-    method = ftj.spec.method.value
-    if (view.annotations.get(ADAPTER_ANNOTATION), view.annotations.get(PROMOTED_METHOD_ANNOTATION)) != (
-        result,
-        method,
-    ):
-        annotations = {ADAPTER_ANNOTATION: result, PROMOTED_METHOD_ANNOTATION: method}
+    annotations = promotion_annotations(ftj, result)
+    if any(view.annotations.get(k) != v for k, v in annotations.items()):
         d.promotion = Promotion(
             name=ftj.spec.promote.slm_deployment_ref.name,
             namespace=ftj.metadata.namespace or "default",

@@ -721,6 +721,13 @@ class Sanitization(ApiModel):
         return v
 
 
+#: The LoRA rank a FineTuneJob trains with when it names none.
+DEFAULT_LORA_RANK = 16
+#: vLLM's `--max-lora-rank` choices (vllm/config/lora.py `MaxLoRARanks`, v0.33.0); a larger adapter cannot be served.
+SERVED_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MAX_SERVED_LORA_RANK = SERVED_LORA_RANKS[-1]
+
+
 class Hyperparameters(ApiModel):
     epochs: int = Field(default=3, ge=1, le=100)
     learning_rate: str = Field(
@@ -730,7 +737,11 @@ class Hyperparameters(ApiModel):
         description="Learning rate (decimal string).",
     )
     lora_rank: int | None = Field(
-        default=None, ge=1, le=1024, description="LoRA rank (LoRA and QLoRA; default 16)."
+        default=None,
+        ge=1,
+        le=MAX_SERVED_LORA_RANK,
+        description=f"LoRA rank (LoRA and QLoRA; default {DEFAULT_LORA_RANK}). At most {MAX_SERVED_LORA_RANK}: "
+        "the largest rank vLLM serves (`--max-lora-rank`).",
     )
     lora_alpha: int | None = Field(
         default=None, ge=1, le=4096, description="LoRA alpha (LoRA and QLoRA; default 2 x rank)."

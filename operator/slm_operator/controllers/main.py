@@ -69,18 +69,7 @@ def run(args: Any) -> int:
     logging.getLogger("kopf.activities").setLevel(logging.WARNING)
     api = load_config(args.kubeconfig)
     kube = Kube(api)
-    cfg = OperatorConfig(
-        nvidia_namespace=args.nvidia_namespace,
-        mig_configmap=args.mig_configmap,
-        device_plugin_configmap=args.device_plugin_configmap,
-        configmap_sync_seconds=args.configmap_sync_seconds,
-        priority_classes={
-            "Guaranteed": args.priority_class_guaranteed,
-            "Burstable": args.priority_class_burstable,
-            "BestEffort": args.priority_class_besteffort,
-        },
-        llm_fallback_priority_class=args.priority_class_llm_fallback,
-    )
+    cfg = OperatorConfig.from_flags(args)
     health = Health()
     if args.health_listen:
         health.serve(args.health_listen)

@@ -34,23 +34,18 @@ from slm_operator.planner.state import (
     mps_cap,
 )
 from slm_operator.planner.vocabulary import (
+    EXCLUSIVE,
+    MIG,
+    MPS,
+    ROLE_POOL,
+    ROLE_RESERVED,
+    ROLE_SEGMENT,
     TIER_MECHANISMS,
+    TIME_SLICING,
     EvictionReason,
-    GpuRole,
-    Mechanism,
     Tier,
     UnplacedReason,
 )
-
-# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
-# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
-_MIG = Mechanism.MIG
-_MPS = Mechanism.MPS
-_TIME_SLICING = Mechanism.TIME_SLICING
-_EXCLUSIVE = Mechanism.EXCLUSIVE
-_POOL = GpuRole.POOL
-_RESERVED = GpuRole.RESERVED
-_SEGMENT = GpuRole.SEGMENT
 
 _DEFAULTS: dict[type[BaseModel], tuple[dict[str, Any], tuple[str, ...], set[str]]] = {}
 
@@ -100,13 +95,13 @@ def _gib(n: int) -> str:
 
 
 def node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
-    pool = [g for g in node.gpus if g.role == _POOL]
-    if any(g.mode == _TIME_SLICING for g in pool):
+    pool = [g for g in node.gpus if g.role == ROLE_POOL]
+    if any(g.mode == TIME_SLICING for g in pool):
         return "TimeSlicing", node.n
-    if any(g.mode == _MPS for g in pool):
+    if any(g.mode == MPS for g in pool):
         return "MPS", node.n
-    whole = any(g.role != _POOL or g.mode == _EXCLUSIVE for g in node.gpus)
-    mig = any(g.mode == _MIG for g in pool)
+    whole = any(g.role != ROLE_POOL or g.mode == EXCLUSIVE for g in node.gpus)
+    mig = any(g.mode == MIG for g in pool)
     inv = node.inv
     if inv.sharing == "TimeSlicing" and not whole:
         n = inv.sharing_replicas or ctx.policy.ts_max_replicas_per_gpu
@@ -120,9 +115,9 @@ def node_sharing(ctx: Context, node: Node) -> tuple[NodeSharing, int | None]:
 def mig_counts(gpu: Gpu, sharing: NodeSharing) -> Counts | None:
     """The planned MIG layout of a GPU, or None when MIG is disabled on it."""
     geo = gpu.geo
-    if geo is None or gpu.role != _POOL:
+    if geo is None or gpu.role != ROLE_POOL:
         return None
-    if gpu.mode == _MIG:
+    if gpu.mode == MIG:
         if gpu.frozen is not None:
             return gpu.frozen
         used = geo.states[gpu.mig_state]
@@ -154,22 +149,22 @@ def _starts(gpu: Gpu, counts: Counts) -> list[tuple[int, int]]:
 def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | None) -> Share:
     """The replica's share (equal shares are one shared frozen object)."""
     mech = r.mech
-    if mech == _MIG:
+    if mech == MIG:
         key: tuple[object, ...] = (gpu.key, mech, r.prof, start)
-    elif mech == _EXCLUSIVE:
+    elif mech == EXCLUSIVE:
         key = (gpu.key, mech)
     else:
         key = (gpu.key, mech, sharing_n or gpu.node.n)
     hit = ctx.share_cache.get(key)
     if hit is not None:
         return hit  # type: ignore[no-any-return]
-    if mech == _MIG:
+    if mech == MIG:
         assert gpu.geo is not None
         prof = gpu.geo.profiles[r.prof]
         share = _new(
             Share, mechanism="MIG", mig_profile=prof.name, mig_start=start, memory_bytes=prof.memory_bytes
         )
-    elif mech == _MPS:
+    elif mech == MPS:
         n = sharing_n or gpu.node.n
         cap = mps_cap(gpu.mem_mib, n)
         share = _new(
@@ -180,7 +175,7 @@ def _share(ctx: Context, gpu: Gpu, r: Rep, sharing_n: int | None, start: int | N
             replicas_per_gpu=n,
             memory_bytes=cap,
         )
-    elif mech == _TIME_SLICING:
+    elif mech == TIME_SLICING:
         share = _new(
             Share, mechanism="TimeSlicing", replicas_per_gpu=sharing_n or gpu.node.n, memory_bytes=gpu.mem
         )
@@ -199,7 +194,7 @@ def _mig_plan(
     rep_start: dict[int, int] = {}
     pairs = _starts(gpu, counts)
     pool_by_prof: dict[int, list[Rep]] = {}
-    for r in sorted((r for r in gpu.reps if r.mech == _MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)):
+    for r in sorted((r for r in gpu.reps if r.mech == MIG), key=lambda r: (r.prof, r.dep.key, r.ordinal)):
         pool_by_prof.setdefault(r.prof, []).append(r)
     for pi, s in pairs:
         lst = pool_by_prof.get(pi)
@@ -232,13 +227,13 @@ def _mig_plan(
 
 def _gpu_mode(gpu: Gpu) -> str:
     """``GpuPlan.mode``: the GPU's group, Free when nothing runs on it, else its mechanism."""
-    if gpu.role == _SEGMENT:
+    if gpu.role == ROLE_SEGMENT:
         return "Segment"
-    if gpu.role == _RESERVED:
+    if gpu.role == ROLE_RESERVED:
         return "Reserved"
     if not gpu.reps:
         return "Free"
-    return gpu.mode or _EXCLUSIVE
+    return gpu.mode or EXCLUSIVE
 
 
 def _summary(share: Share, borrowed: bool) -> str:
@@ -336,12 +331,12 @@ class PlanBuilder:
             product=gpu.key,
             mode=mode,
             mig_instances=tuple(inst_plans),
-            reservation=gpu.group if gpu.role == _RESERVED else None,
-            segment=gpu.group if gpu.role == _SEGMENT else None,
+            reservation=gpu.group if gpu.role == ROLE_RESERVED else None,
+            segment=gpu.group if gpu.role == ROLE_SEGMENT else None,
             replicas=tuple(replicas),
             memory_bytes=gpu.mem,
             allocated_bytes=g_alloc,
-            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == _POOL else 0),
+            free_bytes=g_free if gpu.reps else (gpu.mem if gpu.role == ROLE_POOL else 0),
             stranded_bytes=g_strand,
             reconfigure=reconf,
         )
@@ -420,10 +415,10 @@ class PlanBuilder:
             name=ctx.policy.name,
             gpus_total=len(ctx.gpus),
             gpus_used=gpus_used,
-            gpus_free=sum(1 for g in ctx.gpus if g.role == _POOL and not g.reps),
-            gpus_reserved=sum(1 for g in ctx.gpus if g.role == _RESERVED),
-            gpus_segment=sum(1 for g in ctx.gpus if g.role == _SEGMENT),
-            gpus_borrowed=sum(1 for g in ctx.gpus if g.role == _RESERVED and g.reps),
+            gpus_free=sum(1 for g in ctx.gpus if g.role == ROLE_POOL and not g.reps),
+            gpus_reserved=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED),
+            gpus_segment=sum(1 for g in ctx.gpus if g.role == ROLE_SEGMENT),
+            gpus_borrowed=sum(1 for g in ctx.gpus if g.role == ROLE_RESERVED and g.reps),
             gpus_by_mode=dict(sorted(by_mode.items())),
             memory_total_bytes=mem_total,
             memory_used_gpus_bytes=mem_used,
@@ -458,9 +453,9 @@ def build_plan(ctx: Context, solver: str = "heuristic", optimal: bool | None = N
 def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None) -> tuple[int, int]:
     """(free, stranded) bytes of a used GPU; see docs/plan-format.md for the definitions."""
     mem = gpu.mem
-    if gpu.role != _POOL or gpu.mode == _EXCLUSIVE:
+    if gpu.role != ROLE_POOL or gpu.mode == EXCLUSIVE:
         return 0, sum(mem - r.dep.size for r in gpu.reps)
-    if gpu.mode == _MIG and counts is not None:
+    if gpu.mode == MIG and counts is not None:
         geo = gpu.geo
         assert geo is not None
         used = list(geo.states[gpu.mig_state])
@@ -472,7 +467,7 @@ def _free_stranded(ctx: Context, gpu: Gpu, counts: Counts | None, n: int | None)
         internal = sum(geo.profiles[r.prof].memory_bytes - r.dep.size for r in gpu.reps)
         overhead = max(0, mem - all_usable - free_slices * slice_bytes)
         return free, internal + overhead
-    if gpu.mode == _MPS:
+    if gpu.mode == MPS:
         nn = n or gpu.node.n
         cap = mps_cap(gpu.mem_mib, nn)
         free = (nn - len(gpu.reps)) * cap
@@ -491,7 +486,7 @@ def _moved(r: Rep) -> bool:
     g = r.gpu
     if c.node != g.node.name or c.gpu_index != g.index or c.mechanism != r.mech:
         return True
-    if r.mech == _MIG:
+    if r.mech == MIG:
         assert g.geo is not None
         return c.mig_profile != g.geo.profiles[r.prof].name
     return False
@@ -500,7 +495,7 @@ def _moved(r: Rep) -> bool:
 def _move_reason(r: Rep) -> EvictionReason:
     if r.evicted:
         return r.evicted
-    if r.cur_gpu is not None and r.cur_gpu.role == _RESERVED:
+    if r.cur_gpu is not None and r.cur_gpu.role == ROLE_RESERVED:
         return EvictionReason.RETURN_BORROWED_GPU
     return EvictionReason.LAYOUT_CONFLICT
 

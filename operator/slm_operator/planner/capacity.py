@@ -21,18 +21,16 @@ from typing import Any
 from slm_operator.planner.mig import MigGeometry
 from slm_operator.planner.state import Context, Gpu, Node, mps_cap
 from slm_operator.planner.targets import MigTargets, target_room
-from slm_operator.planner.vocabulary import GpuRole, Mechanism, NodeMode
-
-# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
-# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
-_MIG = Mechanism.MIG
-_MPS = Mechanism.MPS
-_TIME_SLICING = Mechanism.TIME_SLICING
-_EXCLUSIVE = Mechanism.EXCLUSIVE
-_NODE_FREE = NodeMode.FREE
-_NODE_NONE = NodeMode.NONE
-_NODE_MPS = NodeMode.MPS
-_POOL = GpuRole.POOL
+from slm_operator.planner.vocabulary import (
+    EXCLUSIVE,
+    MIG,
+    MPS,
+    NODE_FREE,
+    NODE_MPS,
+    NODE_NONE,
+    ROLE_POOL,
+    TIME_SLICING,
+)
 
 #: free time-slicing memory is bucketed by 256 MiB
 BUCKET_SHIFT = 28
@@ -82,19 +80,19 @@ class CapacityIndex:
     def index_gpu(self, g: Gpu) -> None:
         """(Re-)index a GPU by what it can still take."""
         self._unindex_gpu(g)
-        if g.role != _POOL or not g.node.schedulable:
+        if g.role != ROLE_POOL or not g.node.schedulable:
             return
         mode = g.mode
-        if mode == _MIG:
+        if mode == MIG:
             geo = g.geo
             assert geo is not None
             if g.frozen is not None:
                 self._index_frozen(g)
             elif g.reps and not geo.maximal[g.mig_state]:
                 self._index_open_mig(g, geo)
-        elif mode == _MPS:
+        elif mode == MPS:
             self._index_mps(g)
-        elif mode == _TIME_SLICING and len(g.reps) < g.node.n:
+        elif mode == TIME_SLICING and len(g.reps) < g.node.n:
             self._index_time_sliced(g)
 
     def _index_frozen(self, g: Gpu) -> None:
@@ -117,7 +115,7 @@ class CapacityIndex:
             for p, next_state in self.accepts(geo, group):
                 insort(self.accepting.setdefault((g.key, p), []), (-geo.slices[next_state], group))
         gpus[g.gid] = g
-        g.indexed_as = (_MIG, g.key, group)
+        g.indexed_as = (MIG, g.key, group)
 
     def _index_mps(self, g: Gpu) -> None:
         self.mps_epoch += 1
@@ -131,7 +129,7 @@ class CapacityIndex:
             gpus = self.mps_open[key] = {}
             insort(self.mps_caps, (cap, g.key, clients))
         gpus[g.gid] = g
-        g.indexed_as = (_MPS, g.key, clients, cap)
+        g.indexed_as = (MPS, g.key, clients, cap)
 
     def _index_time_sliced(self, g: Gpu) -> None:
         free = self.ts_capacity[g.gid] - g.ts_used
@@ -144,7 +142,7 @@ class CapacityIndex:
             gpus = per_bucket[bucket] = {}
             insort(self.ts_buckets.setdefault(g.key, []), bucket)
         gpus[g.gid] = g
-        g.indexed_as = (_TIME_SLICING, g.key, bucket)
+        g.indexed_as = (TIME_SLICING, g.key, bucket)
 
     def _unindex_gpu(self, g: Gpu) -> None:
         entry = g.indexed_as
@@ -152,21 +150,21 @@ class CapacityIndex:
             return
         g.indexed_as = None
         kind = entry[0]
-        if kind == _MIG:
+        if kind == MIG:
             self._unindex_open_mig(g, entry[1], entry[2])
         elif kind == FROZEN_MIG:
             model = entry[1]
             self.frozen_models[model] -= 1
             for p in entry[2:]:
                 del self.mig_frozen[(model, p)][g.gid]
-        elif kind == _MPS:
+        elif kind == MPS:
             key = (entry[1], entry[2])
             gpus = self.mps_open[key]
             del gpus[g.gid]
             if not gpus:
                 del self.mps_open[key]
                 del self.mps_caps[bisect_left(self.mps_caps, (entry[3], entry[1], entry[2]))]
-        elif kind == _TIME_SLICING:
+        elif kind == TIME_SLICING:
             model, bucket = entry[1], entry[2]
             gpus = self.ts_open[model][bucket]
             del gpus[g.gid]
@@ -219,15 +217,15 @@ class CapacityIndex:
 
 def _node_keys(n: Node, model: str, mig_capable: bool) -> list[tuple[object, ...]]:
     """The index keys of a node with a free GPU of ``model``: what a new GPU there may become."""
-    if n.mode == _NODE_FREE:
+    if n.mode == NODE_FREE:
         return [(FRESH, model)]
-    if n.mode == _NODE_MPS:
-        return [(_MPS, model, n.n)]
-    keys: list[tuple[object, ...]] = [(_MIG, model)] if mig_capable else []
-    if n.mode == _NODE_NONE:
-        keys.append((_EXCLUSIVE, model))
+    if n.mode == NODE_MPS:
+        return [(MPS, model, n.n)]
+    keys: list[tuple[object, ...]] = [(MIG, model)] if mig_capable else []
+    if n.mode == NODE_NONE:
+        keys.append((EXCLUSIVE, model))
         if not n.whole:
-            keys.append((_TIME_SLICING, model))
+            keys.append((TIME_SLICING, model))
     else:
-        keys.append((_TIME_SLICING, model))
+        keys.append((TIME_SLICING, model))
     return keys

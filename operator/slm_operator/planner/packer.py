@@ -47,22 +47,24 @@ from slm_operator.planner.state import (
     unfit_reason,
 )
 from slm_operator.planner.targets import MigTargets
-from slm_operator.planner.vocabulary import EvictionReason, GpuRole, Mechanism, NodeMode, Tier, UnplacedReason
-
-# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
-# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
-_MIG = Mechanism.MIG
-_MPS = Mechanism.MPS
-_TIME_SLICING = Mechanism.TIME_SLICING
-_EXCLUSIVE = Mechanism.EXCLUSIVE
-_NODE_FREE = NodeMode.FREE
-_NODE_NONE = NodeMode.NONE
-_NODE_MPS = NodeMode.MPS
-_NODE_TIME_SLICING = NodeMode.TIME_SLICING
-_POOL = GpuRole.POOL
-_RESERVED = GpuRole.RESERVED
-_GUARANTEED = Tier.GUARANTEED
-_BEST_EFFORT = Tier.BEST_EFFORT
+from slm_operator.planner.vocabulary import (
+    BEST_EFFORT,
+    EXCLUSIVE,
+    GUARANTEED,
+    MIG,
+    MPS,
+    NODE_FREE,
+    NODE_MPS,
+    NODE_NONE,
+    NODE_TIME_SLICING,
+    ROLE_POOL,
+    ROLE_RESERVED,
+    TIME_SLICING,
+    EvictionReason,
+    Mechanism,
+    Tier,
+    UnplacedReason,
+)
 
 #: candidates looked at when preferring a node without the deployment
 _SCAN = 8
@@ -72,13 +74,13 @@ _CONSOLIDATE_MAX = 256
 _CONSOLIDATE_REPLICAS = 4
 #: densities within this fraction of the best count as equal (``NewGpuOrder.TOLERANT``)
 _DENSITY_TOLERANCE = 0.85
-_KIND_ORDER = {_MIG: 0, _TIME_SLICING: 1, _MPS: 2, _EXCLUSIVE: 3}
+_KIND_ORDER = {MIG: 0, TIME_SLICING: 1, MPS: 2, EXCLUSIVE: 3}
 #: BestEffort prefers time-slicing on ties: its leftover memory stays usable by other replicas
 _KIND_ORDER_BEST_EFFORT = {
-    _TIME_SLICING: 0,
-    _MPS: 1,
-    _MIG: 2,
-    _EXCLUSIVE: 3,
+    TIME_SLICING: 0,
+    MPS: 1,
+    MIG: 2,
+    EXCLUSIVE: 3,
 }
 #: evictions that gave the replica's GPU to a reservation or segment
 _GROUP_EVICTIONS = frozenset(
@@ -209,7 +211,7 @@ class Packer:
         #: largest GPU memory per model among reserved and segment GPUs
         self.reserved_models: dict[str, int] = {}
         for g in ctx.gpus:
-            if g.role != _POOL:
+            if g.role != ROLE_POOL:
                 self.reserved_models[g.key] = max(self.reserved_models.get(g.key, 0), g.mem)
         self.profile_memory = {
             m: tuple(p.memory_bytes for p in model.mig_profiles) for m, model in ctx.models.items()
@@ -266,7 +268,7 @@ class Packer:
             if choice is not None:
                 self._put(r, *choice)
                 return True
-            return r.dep.tier is not _BEST_EFFORT and self._preempt(r, o)
+            return r.dep.tier is not BEST_EFFORT and self._preempt(r, o)
         choice = self._zero_cost(r, o, same_gpu_ok=False)
         if choice is not None:
             self._put(r, *choice)
@@ -295,16 +297,16 @@ class Packer:
     def _share_options(self, dep: Dep) -> ShareOptions:
         mig, mps, ts, ex = class_fits(self.ctx, dep)
         news = [self._densest_mig(m, fits) for m, fits in mig.items()]
-        news += [_new_tuple(NewGpuOption, (_MPS, m, clients, clients, True)) for m, clients in mps.items()]
+        news += [_new_tuple(NewGpuOption, (MPS, m, clients, clients, True)) for m, clients in mps.items()]
         for m in ts:
             density = min(self.ts_limit, self.ts_budget[m] // dep.size)
             if density >= 1:
-                news.append(_new_tuple(NewGpuOption, (_TIME_SLICING, m, 0, density, True)))
+                news.append(_new_tuple(NewGpuOption, (TIME_SLICING, m, 0, density, True)))
         ex_last: list[str] = []
         shared = bool(mig or mps or ts)
         memory_mib = self.memory_mib
         for m in sorted(ex, key=lambda k: (memory_mib[k], k)):
-            if dep.tier is _GUARANTEED or not shared:
+            if dep.tier is GUARANTEED or not shared:
                 news.append(_whole(m))
             else:
                 ex_last.append(m)
@@ -316,14 +318,14 @@ class Packer:
         """The sort key of the class's new-GPU options (lower first, no two options equal): most replicas per
         GPU, less GPU memory, kind (``_KIND_ORDER``), model; ``new_gpu_order`` says how density counts."""
         memory_mib = self.memory_mib
-        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is _BEST_EFFORT else _KIND_ORDER
+        kind_order = _KIND_ORDER_BEST_EFFORT if dep.tier is BEST_EFFORT else _KIND_ORDER
 
         def rank(option: NewGpuOption) -> tuple[int, int, int, str]:
             kind, model, _, density, _ = option
             return (-density, memory_mib[model], kind_order[kind], model)
 
         order = self.options.new_gpu_order
-        if order is NewGpuOrder.MEMORY and dep.tier is _GUARANTEED:
+        if order is NewGpuOrder.MEMORY and dep.tier is GUARANTEED:
             # Guaranteed: least GPU memory per replica first (keeps large GPUs for memory-bound tiers)
             return lambda option: (memory_mib[option.model] / option.density, rank(option))
         if order is NewGpuOrder.TOLERANT:
@@ -348,7 +350,7 @@ class Packer:
     def _opening_profile(self, dep: Dep) -> tuple[str, int] | None:
         """The (GPU model, MIG profile) a replica of ``dep`` opens a new GPU with, if its best option is MIG."""
         o = self.share_options(dep)
-        if o.reason is not None or not o.news or o.news[0].kind != _MIG:
+        if o.reason is not None or not o.news or o.news[0].kind != MIG:
             return None
         return o.news[0].model, o.news[0].param
 
@@ -407,7 +409,7 @@ class Packer:
                     if g is not None:
                         key = (on_node if spread else 0, 0, waste, 0)
                         if found is None or key < found[1]:
-                            found = ((g, _MIG, p), key)
+                            found = ((g, MIG, p), key)
                         hit = True
                 if hit:
                     break
@@ -432,7 +434,7 @@ class Packer:
                 continue
             key = (on_node if spread else 0, 0, waste, emptiness)
             if found is None or key < found[1]:
-                found = ((g, _MIG, profile), key)
+                found = ((g, MIG, profile), key)
             hit = True
             if on_node == 0 or not spread:
                 break
@@ -460,7 +462,7 @@ class Packer:
                 continue
             key = (on_node if spread else 0, 0, waste, 0)
             if found is None or key < found[1]:
-                found = ((g, _MPS, -1), key)
+                found = ((g, MPS, -1), key)
             looked += 1
             if on_node == 0 or not spread or looked >= _SCAN:
                 break
@@ -498,7 +500,7 @@ class Packer:
             on_node = 1 if dep_uid in g.node.deps else 0
             key = (on_node if spread else 0, 1, free - dep.size, 0)
             if found is None or key < found[1]:
-                found = ((g, _TIME_SLICING, -1), key)
+                found = ((g, TIME_SLICING, -1), key)
             if on_node == 0 or not spread:
                 return found, True
         return found, False
@@ -539,11 +541,11 @@ class Packer:
         before any node that has the deployment."""
         kind, m, param = option.kind, option.model, option.param
         search = _NodeSearch(self, kind, param, dep)
-        if kind == _MPS:
+        if kind == MPS:
             low = max(2, -(-param * self.options.mps_density_pct // 100))
-            keys: list[tuple[object, ...]] = [(_MPS, m, n) for n in range(param, low - 1, -1)]
+            keys: list[tuple[object, ...]] = [(MPS, m, n) for n in range(param, low - 1, -1)]
             # open MPS nodes with even fewer clients per GPU: only when no fresh node is left
-            worse: list[tuple[object, ...]] = [(_MPS, m, n) for n in range(low - 1, 1, -1)]
+            worse: list[tuple[object, ...]] = [(MPS, m, n) for n in range(low - 1, 1, -1)]
         else:
             keys = [(kind, m)]
             worse = []
@@ -569,20 +571,20 @@ class Packer:
         node's clients per GPU)."""
         kind = option.kind
         g = node.free[option.model].pop(0)
-        if node.mode == _NODE_FREE:
-            if kind == _MPS:
-                node.mode, node.n = _NODE_MPS, param
-            elif kind == _TIME_SLICING:
-                node.mode, node.n = _NODE_TIME_SLICING, self.ts_limit
+        if node.mode == NODE_FREE:
+            if kind == MPS:
+                node.mode, node.n = NODE_MPS, param
+            elif kind == TIME_SLICING:
+                node.mode, node.n = NODE_TIME_SLICING, self.ts_limit
             else:
-                node.mode = _NODE_NONE
-        elif kind == _TIME_SLICING and node.mode == _NODE_NONE:
-            node.mode, node.n = _NODE_TIME_SLICING, self.ts_limit
-        if kind == _MIG:
-            g.mode = _MIG
+                node.mode = NODE_NONE
+        elif kind == TIME_SLICING and node.mode == NODE_NONE:
+            node.mode, node.n = NODE_TIME_SLICING, self.ts_limit
+        if kind == MIG:
+            g.mode = MIG
             g.mig_state = 0
             self.targets.take(g, param)
-        attach(self.ctx, r, g, kind, param if kind == _MIG else -1)
+        attach(self.ctx, r, g, kind, param if kind == MIG else -1)
         self._touch(r, g)
         self.capacity.index_gpu(g)
         self.capacity.index_node(node)
@@ -604,7 +606,7 @@ class Packer:
         g = detach(self.ctx, r)
         self._touch(r, g)
         node = g.node
-        if not g.reps and g.role == _POOL:
+        if not g.reps and g.role == ROLE_POOL:
             if g.frozen is not None:  # nothing runs on it any more: the layout may change again
                 g.frozen = None
                 g.free_inst = []
@@ -614,9 +616,9 @@ class Packer:
                 free = node.free.setdefault(g.key, [])
                 free.append(g)
                 free.sort(key=lambda x: x.index)
-            if node.used == 0 and not node.whole and not any(x.role != _POOL for x in node.gpus):
+            if node.used == 0 and not node.whole and not any(x.role != ROLE_POOL for x in node.gpus):
                 # nothing runs on the node any more: its sharing mode is free to change
-                node.mode = _NODE_FREE
+                node.mode = NODE_FREE
                 node.n = 0
                 node.fixed = False
             self.capacity.index_node(node)
@@ -627,8 +629,8 @@ class Packer:
         node = g.node
         if not g.reps and g in node.free.get(g.key, []):
             node.free[g.key].remove(g)
-            if mech == _MIG:
-                g.mode = _MIG
+            if mech == MIG:
+                g.mode = MIG
                 g.mig_state = 0
             self.capacity.index_node(node)
 
@@ -658,7 +660,7 @@ class Packer:
             self.capacity.index_gpu(x)
         if not g.reps:
             node.free[g.key].remove(g)
-        self._put(r, g, _MPS, -1)
+        self._put(r, g, MPS, -1)
         self.capacity.index_node(node)
         self.capacity.mps_epoch += 1
         return True
@@ -694,7 +696,7 @@ class Packer:
         for m, most_clients in o.mps.items():
             fewer = min(most_clients, limit)
             for clients in range(fewer + 1, limit + 1):
-                for node in self.capacity.nodes.get((_MPS, m, clients), {}).values():
+                for node in self.capacity.nodes.get((MPS, m, clients), {}).values():
                     if _busiest_mps_gpu(node, busiest) > fewer:
                         continue
                     g = node.free[m][0]
@@ -713,7 +715,7 @@ class Packer:
         candidates = [
             g
             for g in self.ctx.gpus
-            if g.role == _POOL and g.reps and g.node.schedulable and not any(r.pinned for r in g.reps)
+            if g.role == ROLE_POOL and g.reps and g.node.schedulable and not any(r.pinned for r in g.reps)
         ]
         candidates.sort(key=lambda g: (len(g.reps), sum(r.dep.size for r in g.reps) / g.mem, g.gid))
         freed = 0
@@ -725,7 +727,7 @@ class Packer:
     def _empty_gpu(self, g: Gpu) -> bool:
         """Move every replica of ``g`` to zero-cost room elsewhere, or put them all back and return False."""
         replicas = sorted(g.reps, key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
-        before = [(r, r.mech or _EXCLUSIVE, r.prof) for r in replicas]
+        before = [(r, r.mech or EXCLUSIVE, r.prof) for r in replicas]
         node = g.node
         node_state = (node.mode, node.n)
         for r in replicas:
@@ -745,8 +747,8 @@ class Packer:
             node.free[g.key].remove(g)
         node.mode, node.n = node_state
         for r, mech, prof in before:
-            if mech == _MIG and g.mode != _MIG:
-                g.mode = _MIG
+            if mech == MIG and g.mode != MIG:
+                g.mode = MIG
                 g.mig_state = 0
             self._put(r, g, mech, prof)
         for x in node.gpus:
@@ -761,7 +763,7 @@ class Packer:
             g = r.gpu
             if g is None or r.pinned or g.deps.get(r.dep.uid, 0) < 2:
                 continue
-            mech, prof = r.mech or _EXCLUSIVE, r.prof
+            mech, prof = r.mech or EXCLUSIVE, r.prof
             self.remove(r)
             if not self.place(r):
                 self._reopen(g, mech)
@@ -774,7 +776,7 @@ class Packer:
         evicted first, then fewest replicas). The evicted replicas are placed again with their own tier."""
         best: tuple[_PreemptKey, Gpu, list[Rep], Mechanism, int] | None = None
         for g in self.ctx.gpus:
-            if g.role != _POOL or not g.reps or not g.node.schedulable or r.dep.uid in g.deps:
+            if g.role != ROLE_POOL or not g.reps or not g.node.schedulable or r.dep.uid in g.deps:
                 continue
             lower = [q for q in g.reps if q.dep.rank > r.dep.rank]
             if not lower:
@@ -792,8 +794,8 @@ class Packer:
             q.evicted = EvictionReason.PREEMPTED_BY_HIGHER_TIER
             q.evict_msg = f"yielded to {r.dep.tier} deployment {r.dep.key}"
         if prof == _OPEN_AS_MIG:  # the GPU is free now: open it as a MIG GPU with the best profile
-            self._reopen(g, _MIG)
-            self._put(r, g, _MIG, o.mig[g.key][0])
+            self._reopen(g, MIG)
+            self._put(r, g, MIG, o.mig[g.key][0])
             return True
         self._reopen(g, mech)
         self._put(r, g, mech, prof)
@@ -805,18 +807,18 @@ class Packer:
         """The ways to make room for ``dep`` on ``g`` by evicting some of its ``lower``-tier replicas."""
         ways: list[tuple[list[Rep], Mechanism, int]] = []
         fits = o.mig.get(g.key, ())
-        if g.mode == _MIG and fits:
+        if g.mode == MIG and fits:
             ways += _mig_preemptions(g, lower, fits)
-        elif g.mode == _MPS and g.key in o.mps and mps_cap(g.mem_mib, g.node.n) >= dep.size:
-            ways.append(([lower[0]], _MPS, -1))
-        elif g.mode == _EXCLUSIVE and g.key in o.ex:
-            ways.append(([lower[0]], _EXCLUSIVE, -1))
+        elif g.mode == MPS and g.key in o.mps and mps_cap(g.mem_mib, g.node.n) >= dep.size:
+            ways.append(([lower[0]], MPS, -1))
+        elif g.mode == EXCLUSIVE and g.key in o.ex:
+            ways.append(([lower[0]], EXCLUSIVE, -1))
         if len(lower) == len(g.reps):
             # the whole GPU can be freed
-            if fits and g.node.mode != _NODE_MPS:
-                ways.append((list(lower), _MIG, _OPEN_AS_MIG))
-            elif g.key in o.ex and g.node.mode in (_NODE_NONE, _NODE_FREE):
-                ways.append((list(lower), _EXCLUSIVE, -1))
+            if fits and g.node.mode != NODE_MPS:
+                ways.append((list(lower), MIG, _OPEN_AS_MIG))
+            elif g.key in o.ex and g.node.mode in (NODE_NONE, NODE_FREE):
+                ways.append((list(lower), EXCLUSIVE, -1))
         return ways
 
     # ------------------------------------------------------------------------------------------ borrowing
@@ -826,17 +828,19 @@ class Packer:
         borrower keeps the GPU it is on."""
         ctx = self.ctx
         lendable = [
-            g for g in ctx.gpus if g.role == _RESERVED and g.lendable and g.node.schedulable and not g.reps
+            g
+            for g in ctx.gpus
+            if g.role == ROLE_RESERVED and g.lendable and g.node.schedulable and not g.reps
         ]
         if not lendable:
             return
         waiting = [
             r
             for r in ctx.reps
-            if r.dep.tier is _BEST_EFFORT
+            if r.dep.tier is BEST_EFFORT
             and r.gpu is None
             and r.unplaced is None
-            and r.dep.mech in (None, _EXCLUSIVE)
+            and r.dep.mech in (None, EXCLUSIVE)
             and r.dep.profile is None
         ]
         lent = set(lendable)
@@ -852,7 +856,7 @@ class Packer:
                     self._lend(r, g, lendable)
 
     def _lend(self, r: Rep, g: Gpu, lendable: list[Gpu]) -> None:
-        attach(self.ctx, r, g, _EXCLUSIVE)
+        attach(self.ctx, r, g, EXCLUSIVE)
         self._touch(r, g)
         lendable.remove(g)
 
@@ -867,10 +871,10 @@ class Packer:
         if r.evicted in _GROUP_EVICTIONS:
             return (UnplacedReason.RESERVED_CAPACITY, f"{r.evict_msg}; no other GPU has room")
         if self.reserved_models and any(mem >= dep.size for mem in self.reserved_models.values()):
-            n_reserved = sum(1 for g in self.ctx.gpus if g.role != _POOL)
+            n_reserved = sum(1 for g in self.ctx.gpus if g.role != ROLE_POOL)
             borrow = (
                 " (BestEffort may borrow only lendable, unclaimed reserved GPUs)"
-                if dep.tier is _BEST_EFFORT
+                if dep.tier is BEST_EFFORT
                 else ""
             )
             return (
@@ -879,8 +883,8 @@ class Packer:
                 + borrow,
             )
         o = self.share_options(dep)
-        kinds = sorted({n.kind for n in o.news} | ({_EXCLUSIVE} if o.ex_last else set()))
-        higher = " after higher tiers were placed" if dep.tier is not _GUARANTEED else ""
+        kinds = sorted({n.kind for n in o.news} | ({EXCLUSIVE} if o.ex_last else set()))
+        higher = " after higher tiers were placed" if dep.tier is not GUARANTEED else ""
         return (
             UnplacedReason.INSUFFICIENT_CAPACITY,
             f"no GPU in the pool has room for a {' or '.join(kinds)} share of "
@@ -914,7 +918,7 @@ class _NodeSearch:
                 if seen >= _SCAN:
                     break
                 have = n.deps.get(self.dep_uid, 0)
-                candidate = (n, n.n if self.kind == _MPS else self.param)
+                candidate = (n, n.n if self.kind == MPS else self.param)
                 if not have or self.ignored:
                     return candidate
                 if have < self.per_node and not self.required:
@@ -926,7 +930,7 @@ class _NodeSearch:
 
 
 def _whole(model: str) -> NewGpuOption:
-    option: NewGpuOption = _new_tuple(NewGpuOption, (_EXCLUSIVE, model, 0, 1, True))
+    option: NewGpuOption = _new_tuple(NewGpuOption, (EXCLUSIVE, model, 0, 1, True))
     return option
 
 
@@ -939,7 +943,7 @@ def _densest_mig(ctx: Context, model: str, fits: tuple[int, ...]) -> NewGpuOptio
         density = min(profile.max_count, gpu_model.compute_slices // profile.compute_slices)
         if density > best_density:
             best_profile, best_density = p, density
-    option: NewGpuOption = _new_tuple(NewGpuOption, (_MIG, model, best_profile, best_density, True))
+    option: NewGpuOption = _new_tuple(NewGpuOption, (MIG, model, best_profile, best_density, True))
     return option
 
 
@@ -947,7 +951,7 @@ def _busiest_mps_gpu(node: Node, cache: dict[int, int]) -> int:
     """Most clients on one MPS GPU of the node (cached per search)."""
     most = cache.get(node.pos)
     if most is None:
-        most = cache[node.pos] = max((len(g.reps) for g in node.gpus if g.mode == _MPS), default=0)
+        most = cache[node.pos] = max((len(g.reps) for g in node.gpus if g.mode == MPS), default=0)
     return most
 
 
@@ -959,7 +963,7 @@ def _mig_preemptions(
     ways: list[tuple[list[Rep], Mechanism, int]] = []
     taken = next((q for q in lower if q.prof in fits), None)
     if taken is not None:
-        ways.append(([taken], _MIG, taken.prof))
+        ways.append(([taken], MIG, taken.prof))
     if g.frozen is not None:
         return ways
     geo = g.geo
@@ -972,6 +976,6 @@ def _mig_preemptions(
         state = geo.state_id[tuple(counts)]
         fitting = next((p for p in fits if geo.add[state][p] >= 0), -1)
         if fitting >= 0:
-            ways.append((list(gone), _MIG, fitting))
+            ways.append((list(gone), MIG, fitting))
             break
     return ways

@@ -23,9 +23,21 @@ from slm_operator.planner.model import (
     PoolPolicy,
 )
 from slm_operator.planner.vocabulary import (
+    BEST_EFFORT,
     DISRUPTION,
+    EXCLUSIVE,
+    MIG,
+    MPS,
+    NODE_FREE,
+    NODE_MPS,
+    NODE_NONE,
+    NODE_TIME_SLICING,
+    ROLE_POOL,
+    ROLE_RESERVED,
+    ROLE_SEGMENT,
     TIER_MECHANISMS,
     TIER_RANK,
+    TIME_SLICING,
     EvictionReason,
     GpuRole,
     Mechanism,
@@ -33,21 +45,6 @@ from slm_operator.planner.vocabulary import (
     Tier,
     UnplacedReason,
 )
-
-# Hot paths read enum members through module constants: on Python 3.11 an attribute of an Enum class costs
-# ~80 ns (EnumType.__getattr__ makes every class attribute lookup slow), a module constant ~6 ns.
-_MIG = Mechanism.MIG
-_MPS = Mechanism.MPS
-_TIME_SLICING = Mechanism.TIME_SLICING
-_EXCLUSIVE = Mechanism.EXCLUSIVE
-_NODE_FREE = NodeMode.FREE
-_NODE_NONE = NodeMode.NONE
-_NODE_MPS = NodeMode.MPS
-_NODE_TIME_SLICING = NodeMode.TIME_SLICING
-_POOL = GpuRole.POOL
-_RESERVED = GpuRole.RESERVED
-_SEGMENT = GpuRole.SEGMENT
-_BEST_EFFORT = Tier.BEST_EFFORT
 
 MiB = 1 << 20
 
@@ -80,7 +77,7 @@ class Dep:
         self.mech: Mechanism | None = Mechanism(d.share.mechanism) if d.share and d.share.mechanism else None
         self.profile: str | None = d.share.mig_profile if d.share else None
         if self.profile is not None:
-            self.mech = _MIG
+            self.mech = MIG
         self.order = d.order_key
         self.demand = d
         self.reps: list[Rep] = []
@@ -148,7 +145,7 @@ class Node:
         self.inv = inv
         self.schedulable = inv.schedulable
         self.gpus: list[Gpu] = []
-        self.mode: NodeMode = _NODE_FREE
+        self.mode: NodeMode = NODE_FREE
         self.n = 0  # MPS clients or time-slicing replicas per GPU
         self.fixed = False  # mode pinned by running replicas
         self.whole = 0  # GPUs that need node sharing None (Exclusive, Reserved, Segment)
@@ -196,7 +193,7 @@ class Gpu:
         self.geo: MigGeometry | None = geometry(model.key)
         self.mem = model.memory_bytes
         self.mem_mib = model.memory_mib
-        self.role: GpuRole = _POOL
+        self.role: GpuRole = ROLE_POOL
         self.group: str | None = None
         self.lendable = False
         self.claimed = False
@@ -268,24 +265,24 @@ def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: Mechanism, prof: int = -1) ->
     uid = rep.dep.uid
     gpu.deps[uid] = gpu.deps.get(uid, 0) + 1
     node.deps[uid] = node.deps.get(uid, 0) + 1
-    if gpu.role == _POOL:
-        if mech == _MIG:
-            gpu.mode = _MIG
+    if gpu.role == ROLE_POOL:
+        if mech == MIG:
+            gpu.mode = MIG
             assert gpu.geo is not None
             gpu.mig_state = gpu.geo.add[gpu.mig_state][prof]
             if gpu.frozen is not None:
                 gpu.free_inst[prof] -= 1
-        elif mech == _MPS:
-            gpu.mode = _MPS
-        elif mech == _TIME_SLICING:
-            gpu.mode = _TIME_SLICING
+        elif mech == MPS:
+            gpu.mode = MPS
+        elif mech == TIME_SLICING:
+            gpu.mode = TIME_SLICING
             gpu.ts_used += rep.dep.size
         else:
-            gpu.mode = _EXCLUSIVE
+            gpu.mode = EXCLUSIVE
             node.whole += 1
     else:
-        gpu.mode = _EXCLUSIVE
-        rep.borrowed = gpu.role == _RESERVED
+        gpu.mode = EXCLUSIVE
+        rep.borrowed = gpu.role == ROLE_RESERVED
 
 
 def detach(ctx: Context, rep: Rep) -> Gpu:
@@ -301,7 +298,7 @@ def detach(ctx: Context, rep: Rep) -> Gpu:
     node.deps[uid] -= 1
     if not node.deps[uid]:
         del node.deps[uid]
-    if rep.mech == _MIG:
+    if rep.mech == MIG:
         geo = gpu.geo
         assert geo is not None
         counts = list(geo.states[gpu.mig_state])
@@ -309,16 +306,16 @@ def detach(ctx: Context, rep: Rep) -> Gpu:
         gpu.mig_state = geo.state_id[tuple(counts)]
         if gpu.frozen is not None:
             gpu.free_inst[rep.prof] += 1
-    elif rep.mech == _TIME_SLICING:
+    elif rep.mech == TIME_SLICING:
         gpu.ts_used -= rep.dep.size
-    elif rep.mech == _EXCLUSIVE and gpu.role == _POOL:
+    elif rep.mech == EXCLUSIVE and gpu.role == ROLE_POOL:
         node.whole -= 1
     if not gpu.reps:
         node.used -= 1
-        if gpu.role == _POOL and gpu.frozen is None:
+        if gpu.role == ROLE_POOL and gpu.frozen is None:
             gpu.mode = None
             gpu.mig_state = 0
-        elif gpu.role != _POOL:
+        elif gpu.role != ROLE_POOL:
             gpu.mode = None
     rep.gpu = None
     rep.mech = None
@@ -398,7 +395,7 @@ def _refresh_free(node: Node) -> None:
     if not node.schedulable:
         return
     for g in node.gpus:
-        if g.role == _POOL and not g.reps and g.frozen is None:
+        if g.role == ROLE_POOL and not g.reps and g.frozen is None:
             node.free.setdefault(g.key, []).append(g)
 
 
@@ -424,7 +421,7 @@ def _severity(ctx: Context, gpu: Gpu, group: str) -> tuple[int, int]:
     count = 0
     for r in _running_on(ctx, gpu):
         if (
-            r.dep.tier is _BEST_EFFORT
+            r.dep.tier is BEST_EFFORT
             and r.cur is not None
             and r.cur.mechanism == "Exclusive"
             and gpu.inv.assigned_to == group
@@ -450,12 +447,14 @@ def _running_on(ctx: Context, gpu: Gpu) -> list[Rep]:
 
 def _select_groups(ctx: Context) -> None:
     """Choose the GPUs of each reservation, then each segment (policy order), least disruptive first."""
-    groups: list[tuple[str, GpuRole, int]] = [(r.name, _RESERVED, r.gpus) for r in ctx.policy.reservations]
-    groups += [(s.name, _SEGMENT, s.gpus) for s in ctx.policy.segments]
+    groups: list[tuple[str, GpuRole, int]] = [
+        (r.name, ROLE_RESERVED, r.gpus) for r in ctx.policy.reservations
+    ]
+    groups += [(s.name, ROLE_SEGMENT, s.gpus) for s in ctx.policy.segments]
     for name, role, want in groups:
         if want <= 0:
             continue
-        cands = [g for g in ctx.gpus if g.role == _POOL and g.node.schedulable]
+        cands = [g for g in ctx.gpus if g.role == ROLE_POOL and g.node.schedulable]
         cands.sort(
             key=lambda g: (
                 *_severity(ctx, g, name),
@@ -469,9 +468,9 @@ def _select_groups(ctx: Context) -> None:
             g.role = role
             g.group = name
             g.node.whole += 1
-            g.node.mode = _NODE_NONE
+            g.node.mode = NODE_NONE
     for res in ctx.policy.reservations:
-        mine = [g for g in ctx.gpus if g.role == _RESERVED and g.group == res.name]
+        mine = [g for g in ctx.gpus if g.role == ROLE_RESERVED and g.group == res.name]
         # claimed GPUs: those without a borrower first, so that running borrowers stay where they can
         mine.sort(key=lambda g: (1 if ctx.running.get(g.gid) else 0, g.node.pos, g.index))
         for i, g in enumerate(mine):
@@ -496,7 +495,7 @@ def _classify_current(ctx: Context) -> None:
         if _leaves_for_group(ctx, r, gpu, mech) or not _mechanism_still_allowed(ctx, r, mech):
             continue
         prof = -1
-        if mech == _MIG:
+        if mech == MIG:
             kept = _kept_mig_profile(ctx, r, gpu)
             if kept is None:
                 continue
@@ -530,14 +529,14 @@ def _leaves_for_group(ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism) -> bool:
     """True when the replica's GPU now belongs to a reservation or segment: the replica is displaced, or, as a
     borrower of a lendable reserved GPU, left to be re-decided after packing (it prefers to stay)."""
     role = gpu.role
-    if role == _POOL:
+    if role == ROLE_POOL:
         return False
     where = f"{gpu.node.name}/{gpu.index}"
-    if role == _SEGMENT:
+    if role == ROLE_SEGMENT:
         _displace(ctx, r, EvictionReason.SEGMENT_CAPACITY, f"GPU {where} now belongs to segment {gpu.group}")
         return True
-    best_effort = r.dep.tier is _BEST_EFFORT
-    if best_effort and mech == _EXCLUSIVE and gpu.lendable:
+    best_effort = r.dep.tier is BEST_EFFORT
+    if best_effort and mech == EXCLUSIVE and gpu.lendable:
         return True  # a borrower: re-decided after packing
     if gpu.claimed and best_effort:
         _displace(ctx, r, EvictionReason.RESERVATION_CLAIMED, f"reservation {gpu.group} claimed GPU {where}")
@@ -594,17 +593,17 @@ def _can_pin(
     ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism, prof: int, mps_n: dict[int, int], repartition: bool
 ) -> bool:
     """Whether the running replica can stay on its GPU given what was pinned before it; if not, displaced."""
-    if mech == _EXCLUSIVE:
+    if mech == EXCLUSIVE:
         return _can_stay_whole(ctx, r, gpu)
-    if mech == _MIG:
+    if mech == MIG:
         return _can_keep_mig(ctx, r, gpu, prof, repartition)
-    if mech == _MPS:
+    if mech == MPS:
         return _can_keep_mps(ctx, r, gpu, mps_n.get(gpu.node.pos, 0))
     return _can_keep_time_slicing(ctx, r, gpu)
 
 
 def _can_stay_whole(ctx: Context, r: Rep, gpu: Gpu) -> bool:
-    if gpu.reps or gpu.node.mode in (_NODE_MPS, _NODE_TIME_SLICING) or gpu.frozen is not None:
+    if gpu.reps or gpu.node.mode in (NODE_MPS, NODE_TIME_SLICING) or gpu.frozen is not None:
         _displace(
             ctx,
             r,
@@ -625,7 +624,7 @@ def _can_stay_whole(ctx: Context, r: Rep, gpu: Gpu) -> bool:
 
 def _can_keep_mig(ctx: Context, r: Rep, gpu: Gpu, prof: int, repartition: bool) -> bool:
     """A free instance of the frozen layout or, without one, room in the layout built so far."""
-    if gpu.node.mode == _NODE_MPS or (gpu.mode not in (None, _MIG)):
+    if gpu.node.mode == NODE_MPS or (gpu.mode not in (None, MIG)):
         _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"GPU {gpu.node.name}/{gpu.index} can not keep MIG")
         return False
     geo = gpu.geo
@@ -673,17 +672,17 @@ def _freeze_running_layout(ctx: Context, gpu: Gpu, geo: MigGeometry) -> None:
     if frozen is not None:
         gpu.frozen = frozen
         gpu.free_inst = list(frozen)
-        gpu.mode = _MIG
+        gpu.mode = MIG
         # used instances are added by attach()
 
 
 def _can_keep_mps(ctx: Context, r: Rep, gpu: Gpu, n: int) -> bool:
     """An MPS node (no whole GPU, no MIG) whose ``n`` clients per GPU hold the replica and have a free slot."""
     node = gpu.node
-    if node.whole or gpu.mode not in (None, _MPS) or node.mode in (_NODE_TIME_SLICING, _NODE_NONE) or n < 2:
+    if node.whole or gpu.mode not in (None, MPS) or node.mode in (NODE_TIME_SLICING, NODE_NONE) or n < 2:
         _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep MPS")
         return False
-    if any(g.mode == _MIG for g in node.gpus):
+    if any(g.mode == MIG for g in node.gpus):
         _displace(
             ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} has MIG GPUs; MPS is impossible there"
         )
@@ -707,9 +706,9 @@ def _can_keep_time_slicing(ctx: Context, r: Rep, gpu: Gpu) -> bool:
     """A node that may time-slice and a GPU with a free slot and room in its memory budget."""
     node = gpu.node
     if (
-        node.mode in (_NODE_MPS,)
-        or gpu.mode not in (None, _TIME_SLICING)
-        or (node.mode == _NODE_NONE and node.whole)
+        node.mode in (NODE_MPS,)
+        or gpu.mode not in (None, TIME_SLICING)
+        or (node.mode == NODE_NONE and node.whole)
     ):
         _displace(ctx, r, EvictionReason.LAYOUT_CONFLICT, f"node {node.name} can not keep time-slicing")
         return False
@@ -724,7 +723,7 @@ def _can_keep_time_slicing(ctx: Context, r: Rep, gpu: Gpu) -> bool:
 
 
 def _ts_n(ctx: Context, node: Node) -> int:
-    if node.mode == _NODE_TIME_SLICING and node.n:
+    if node.mode == NODE_TIME_SLICING and node.n:
         return node.n
     inv = node.inv
     limit = ctx.policy.ts_max_replicas_per_gpu
@@ -737,14 +736,14 @@ def _pin(
     ctx: Context, r: Rep, gpu: Gpu, mech: Mechanism, prof: int, mps_n: dict[int, int], repartition: bool
 ) -> None:
     node = gpu.node
-    if mech == _MPS:
-        node.mode = _NODE_MPS
+    if mech == MPS:
+        node.mode = NODE_MPS
         node.n = mps_n[node.pos]
-    elif mech == _TIME_SLICING:
+    elif mech == TIME_SLICING:
         node.n = _ts_n(ctx, node)
-        node.mode = _NODE_TIME_SLICING
-    elif node.mode == _NODE_FREE:
-        node.mode = _NODE_NONE
+        node.mode = NODE_TIME_SLICING
+    elif node.mode == NODE_FREE:
+        node.mode = NODE_NONE
     node.fixed = True
     r.pinned = True
     attach(ctx, r, gpu, mech, prof)
@@ -765,7 +764,7 @@ def class_fits(
     ex: set[str] = set()
     for key, model in sorted(ctx.models.items()):
         geo = geometry(key)
-        if _MIG in mechs and geo is not None:
+        if MIG in mechs and geo is not None:
             if dep.profile is not None:
                 if dep.profile in geo.index:
                     pi = geo.index[dep.profile]
@@ -775,15 +774,15 @@ def class_fits(
                 fits = fitting_profiles(key, size)
                 if fits:
                     mig[key] = fits
-        if _MPS in mechs:
+        if MPS in mechs:
             n = mps_nmax(
                 model.memory_mib, size, min(ctx.policy.mps_max_clients_per_gpu, model.mps_max_clients)
             )
             if n >= 2:
                 mps[key] = n
-        if _TIME_SLICING in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:
+        if TIME_SLICING in mechs and size <= model.memory_bytes * ctx.ts_factor // 100:
             ts.add(key)
-        if _EXCLUSIVE in mechs and size <= model.memory_bytes:
+        if EXCLUSIVE in mechs and size <= model.memory_bytes:
             ex.add(key)
     return mig, mps, ts, ex
 
@@ -808,7 +807,7 @@ def unfit_reason(ctx: Context, dep: Dep) -> tuple[UnplacedReason, str]:
     if dep.mech is not None:
         usable &= {dep.mech}
     if not any(m.mig_capable for m in ctx.models.values()):
-        usable -= {_MIG}
+        usable -= {MIG}
     if not usable:
         names = ", ".join(sorted(k for k in tier_m & ctx.allowed))
         return (

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from slm_operator.api.v1alpha1 import QoSTier, SLMDeployment
+from slm_operator.api.v1alpha1 import DEFAULT_LORA_RANK, SERVED_LORA_RANKS, QoSTier, SLMDeployment
 from slm_operator.catalog import GpuModel, gpu_by_key, serving_flags, slm_by_name
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
@@ -35,6 +35,7 @@ from slm_operator.contract import (
     MIG_CONFIG_LABEL,
     PLACEMENT_ANNOTATION,
     POOL_LABEL,
+    PROMOTED_LORA_RANK_ANNOTATION,
     PROMOTED_METHOD_ANNOTATION,
     QOS_LABEL,
     REPLICA_LABEL,
@@ -77,6 +78,26 @@ class OperatorConfig:
     #: ConfigMap through a mounted volume, which the kubelet refreshes only on its periodic sync (about a
     #: minute plus its cache TTL by default).
     configmap_sync_seconds: float = 90.0
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> OperatorConfig:
+        """From the command line's flags of the same names (``slm-operator run``, ``plan --emit``; the chart
+        sets them); a flag the command does not have keeps its default."""
+        default = cls()
+        return cls(
+            nvidia_namespace=flags.nvidia_namespace,
+            mig_configmap=flags.mig_configmap,
+            device_plugin_configmap=flags.device_plugin_configmap,
+            configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
+            priority_classes={
+                "Guaranteed": flags.priority_class_guaranteed,
+                "Burstable": flags.priority_class_burstable,
+                "BestEffort": flags.priority_class_besteffort,
+            },
+            llm_fallback_priority_class=getattr(
+                flags, "priority_class_llm_fallback", default.llm_fallback_priority_class
+            ),
+        )
 
 
 def _hash(obj: Any, n: int = 10) -> str:
@@ -215,6 +236,7 @@ class Promoted:
     claim: str
     path: str  # inside the claim; "" for the claim's root
     full: bool  # a full fine-tune (served as the model) rather than a LoRA adapter
+    lora_rank: int | None = None  # the adapter's rank, when the promotion recorded it
 
     @property
     def mounted_path(self) -> str:
@@ -228,7 +250,9 @@ def promoted(dep: SLMDeployment) -> Promoted | None:
     if not adapter.startswith("pvc://"):
         return None
     claim, _, path = adapter[len("pvc://") :].partition("/")
-    return Promoted(claim, path.strip("/"), annotations.get(PROMOTED_METHOD_ANNOTATION) == "Full")
+    rank = annotations.get(PROMOTED_LORA_RANK_ANNOTATION) or ""
+    full = annotations.get(PROMOTED_METHOD_ANNOTATION) == "Full"
+    return Promoted(claim, path.strip("/"), full, int(rank) if rank.isdigit() else None)
 
 
 def model_args(dep: SLMDeployment, sizing: Sizing) -> list[str]:
@@ -262,13 +286,17 @@ def served_args(dep: SLMDeployment) -> list[str]:
     result = promoted(dep)
     if result is None or result.full:
         return ["--served-model-name", name]
-    return [
+    args = [
         "--served-model-name",
         f"{name}-base",
         "--enable-lora",
         "--lora-modules",
         f"{name}={result.mounted_path}",
     ]
+    if result.lora_rank is not None and result.lora_rank > DEFAULT_LORA_RANK:
+        # vLLM allocates LoRA slots for --max-lora-rank (default 16) and refuses a larger adapter
+        args += ["--max-lora-rank", str(min(r for r in SERVED_LORA_RANKS if r >= result.lora_rank))]
+    return args
 
 
 def agent_args(sizing: Sizing) -> list[str]:
@@ -351,6 +379,7 @@ def deployment_spec_hash(dep: SLMDeployment) -> str:
             spec.runtime.model_dump(mode="json"),
             (dep.metadata.annotations or {}).get(ADAPTER_ANNOTATION),
             (dep.metadata.annotations or {}).get(PROMOTED_METHOD_ANNOTATION),
+            (dep.metadata.annotations or {}).get(PROMOTED_LORA_RANK_ANNOTATION),
         ],
         8,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.api.v1alpha1 import (
+    DEFAULT_LORA_RANK,
     DatasetSource,
     FineTuneJob,
     FineTuneJobSpec,
@@ -65,7 +66,7 @@ def dataset_volume(ds: DatasetSource) -> tuple[dict[str, Any], str]:
 def trainer_args(spec: FineTuneJobSpec) -> list[str]:
     """The trainer's command line: model, method, data, output and hyperparameters."""
     hp = spec.hyperparameters
-    rank = hp.lora_rank or 16
+    rank = hp.lora_rank or DEFAULT_LORA_RANK
     args = [
         "--base-model",
         spec.base_model,
