@@ -308,6 +308,23 @@ def test_simulator_killed_while_pending_finishes_after_restart(gpu_nodes: Cluste
     }
 
 
+def test_a_label_changed_back_while_pending_is_applied(gpu_nodes: Cluster) -> None:
+    """The label moves on while a change is pending (the operator or a user changes its mind): mig-manager
+    acts on the label's current value, here the layout the node already has, and reports success."""
+    c = gpu_nodes
+    c.stop_simulator()
+    c.start_simulator(apply_delay=10)  # a long pending phase: the label changes back inside it
+    try:
+        c.set_labels(H100_B, {MIG_CONFIG: "all-balanced"})
+        wait_for(lambda: c.labels(H100_B).get(MIG_STATE) == "pending", 30, "state pending")
+        c.set_labels(H100_B, {MIG_CONFIG: "all-disabled"})
+        c.wait_mig_state(H100_B, "all-disabled", "success", 30)
+        assert not any(k.startswith("nvidia.com/mig-") for k in c.nonzero_resources(H100_B))
+    finally:
+        c.stop_simulator()
+        c.start_simulator()
+
+
 def test_failed_stays_until_the_label_changes(gpu_nodes: Cluster) -> None:
     """mig-manager does not retry a failed config when its content is fixed (nor when the state label is
     removed): only a label change makes it look again; a content change while in success is not applied."""

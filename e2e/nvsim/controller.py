@@ -488,7 +488,10 @@ class Simulator:
         # or when its pod starts; not when the state label is removed nor when the ConfigMap changes
         started = name not in self._looked_at
         self._looked_at.add(name)
-        if observed.get("name") == wanted and not started:
+        # a change still pending for another config is superseded by the new label: mig-manager runs the
+        # reconfiguration for the label's current value (reconfigure.go Run: already applied -> success)
+        superseded = bool(pending) and pending.get("name") != wanted
+        if observed.get("name") == wanted and not started and not superseded:
             return None, layout
 
         def finish(result: str, message: str, new_layout: list[mp.GpuLayout] | None = None) -> None:
