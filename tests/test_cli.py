@@ -21,6 +21,20 @@ import yaml
 from slm_operator.contract import PLACEMENT_ANNOTATION, PlacementRecord
 
 ROOT = Path(__file__).resolve().parent.parent
+# An SLMDeployment no L4 can hold (an 8B model with a 128k context and 16 sequences): plan exits 1 on it.
+UNPLACEABLE = {
+    "apiVersion": "slm.io/v1alpha1",
+    "kind": "SLMDeployment",
+    "metadata": {"name": "huge", "namespace": "agents"},
+    "spec": {
+        "poolRef": {"name": "l4"},
+        "model": {
+            "name": "llama-3.1-8b-instruct",
+            "maxContextTokens": 131072,
+            "maxConcurrentSequences": 16,
+        },
+    },
+}
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -53,20 +67,7 @@ def test_plan_of_the_examples_places_everything() -> None:
 
 
 def test_plan_reports_unplaceable_replicas_with_exit_code_1(tmp_path: Path) -> None:
-    big = {
-        "apiVersion": "slm.io/v1alpha1",
-        "kind": "SLMDeployment",
-        "metadata": {"name": "huge", "namespace": "agents"},
-        "spec": {
-            "poolRef": {"name": "l4"},
-            "model": {
-                "name": "llama-3.1-8b-instruct",
-                "maxContextTokens": 131072,
-                "maxConcurrentSequences": 16,
-            },
-        },
-    }
-    (tmp_path / "big.yaml").write_text(yaml.safe_dump(big))
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(UNPLACEABLE))
     r = run("plan", "-f", "examples/10-pools.yaml", "-f", "examples/nodes/", "-f", str(tmp_path / "big.yaml"))
     assert r.returncode == 1, r.stderr
     assert "unplaced agents/huge#0: NoShareFits" in r.stdout
@@ -753,20 +754,7 @@ def test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_
 def test_plan_emit_uses_the_names_the_operator_is_given_and_writes_what_is_placed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    huge = {
-        "apiVersion": "slm.io/v1alpha1",
-        "kind": "SLMDeployment",
-        "metadata": {"name": "huge", "namespace": "agents"},
-        "spec": {
-            "poolRef": {"name": "l4"},
-            "model": {
-                "name": "llama-3.1-8b-instruct",
-                "maxContextTokens": 131072,
-                "maxConcurrentSequences": 16,
-            },
-        },
-    }
-    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(huge))
+    (tmp_path / "huge.yaml").write_text(yaml.safe_dump(UNPLACEABLE))
     argv = [x for flag, value in EMIT_NAMES.items() for x in (flag, value)]
     out = tmp_path / "out"
     code, stdout, err = in_process(
