@@ -9,10 +9,11 @@ share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the ope
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -393,37 +394,77 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _sanitize_inputs(path: str | None) -> list[Path] | None:
+    """The JSON-lines files to read: FILE, every ``*.jsonl`` under a folder (hidden ones left out, so a mounted
+    ConfigMap's ``..data`` copies are not read twice), or None for stdin."""
+    if path is None:
+        return None
+    src = Path(path)
+    if src.is_dir():
+        files = sorted(
+            f
+            for f in src.rglob("*.jsonl")
+            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(src).parts)
+        )
+        if not files:
+            raise CliError(f"{src}: no *.jsonl files in this folder")
+        return files
+    if not src.is_file():
+        raise CliError(f"{src}: no such file or folder")
+    return [src]
+
+
+def _read_lines(files: list[Path] | None) -> Iterator[bytes]:
+    if files is None:
+        yield from sys.stdin.buffer
+        return
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                yield from fh
+        except OSError as exc:
+            raise CliError(f"{f}: cannot read ({exc.strerror or exc})") from None
+
+
+def _write_termination_log(path: str | None, text: str) -> None:
+    if path:
+        with contextlib.suppress(OSError):  # the message is a courtesy: never the reason a run fails
+            Path(path).write_text(text)
+
+
 def _cmd_sanitize(args: argparse.Namespace) -> int:
-    from collections import Counter
+    from slm_operator.sanitize import NerModelMissing, Sanitizer, UnknownPIIClass, sanitize_lines
 
-    from slm_operator.sanitize import PATTERNS, sanitize_records
-
-    classes = [c.strip() for c in args.redact.split(",") if c.strip()]
-    unknown = sorted(set(classes) - set(PATTERNS))
-    if unknown:
-        raise CliError(f"unknown PII classes {unknown}; known: {', '.join(PATTERNS)}")
-    src = Path(args.input)
-    files = (
-        sorted(f for f in src.rglob("*") if f.is_file() and not f.name.startswith("."))
-        if src.is_dir()
-        else [src]
-    )
-    if not files or not all(f.exists() for f in files):
-        raise CliError(f"{src}: no input records")
-    counts: Counter[str] = Counter()
-    records = 0
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     try:
-        for f in files:
-            with open(f, encoding="utf-8", errors="replace") as fh:
-                for line in sanitize_records(fh, classes, counts):
-                    out.write(line + "\n")
-                    records += 1
+        files = _sanitize_inputs(args.file)
+        try:
+            sanitizer = Sanitizer(args.redact.split(","), ner_model=args.ner_model)
+        except (UnknownPIIClass, NerModelMissing) as exc:
+            raise CliError(str(exc)) from None
+        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    except (CliError, OSError) as exc:
+        message = str(exc) if isinstance(exc, CliError) else f"{args.output}: cannot write ({exc.strerror})"
+        _write_termination_log(args.termination_log, json.dumps({"error": message}))
+        raise CliError(message) from None
+    try:
+        lines, report = sanitize_lines(_read_lines(files), sanitizer)
+        for line in lines:
+            out.write(line.encode("utf-8") + b"\n")
+    except CliError as exc:
+        _write_termination_log(args.termination_log, json.dumps({"error": str(exc)}))
+        raise
     finally:
-        if out is not sys.stdout:
+        if out is not sys.stdout.buffer:
             out.close()
-    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"
-    print(f"sanitised {records} records from {len(files)} files; redacted {summary}", file=sys.stderr)
+        else:
+            out.flush()
+    _write_termination_log(args.termination_log, report.to_json())
+    if args.report:
+        print(report.to_json(), file=sys.stderr)
+    else:
+        redacted = ", ".join(f"{k} {v}" for k, v in report.to_dict()["redacted"].items()) or "nothing"
+        skipped = f" ({report.skipped} lines skipped: not JSON)" if report.skipped else ""
+        print(f"sanitised {report.records} records{skipped}; redacted {redacted}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -570,14 +611,46 @@ def _add_run_parser(sub: Subparsers) -> None:
 
 
 def _add_sanitize_parser(sub: Subparsers) -> None:
+    # plain data (no Presidio): the help text names the defaults and the known classes
+    from slm_operator.sanitize.classes import CLASS_NAMES, DEFAULT_NER_MODEL, DEFAULT_REDACT, NER_MODEL_ENV
+
+    default_classes = ",".join(DEFAULT_REDACT)
     p = sub.add_parser(
         "sanitize",
         help="redact PII from JSON-lines usage records (the FineTuneJob's first step)",
+        description="Replace the PII in every string of each JSON-lines record with pseudonyms that are "
+        "consistent within the record (<PERSON_1>, <EMAIL_2>...), with Presidio and a spaCy NER model "
+        "(docs/sanitization.md). A line that is not JSON is skipped and counted. Exit codes: 0 done (also "
+        "with skipped lines), 2 bad input: an unknown class, an unreadable FILE, a missing NER model.",
     )
-    p.add_argument("--input", required=True, help="file or folder of JSON-lines records")
-    p.add_argument("--output", default="-", help="output file (default stdout)")
     p.add_argument(
-        "--redact", default="Email,PhoneNumber,CreditCard,APIKey", help="comma-separated PII classes"
+        "file",
+        nargs="?",
+        metavar="FILE",
+        help="a JSON-lines file, or a folder whose *.jsonl files are read in name order (default stdin)",
+    )
+    p.add_argument("--output", default="-", help="write the redacted JSON lines here (default stdout)")
+    p.add_argument(
+        "--redact",
+        default=default_classes,
+        help=f"comma-separated PII classes (default {default_classes}, a FineTuneJob's default); "
+        f"known: {', '.join(CLASS_NAMES)}",
+    )
+    p.add_argument(
+        "--ner-model",
+        default=os.environ.get(NER_MODEL_ENV) or DEFAULT_NER_MODEL,
+        help=f"installed spaCy pipeline (package name or folder) for Person, Location and Organization "
+        f"(default ${NER_MODEL_ENV}, else {DEFAULT_NER_MODEL}); never downloaded",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help='print the counts as JSON on stderr: {"records": N, "skipped": N, "redacted": {CLASS: N}}',
+    )
+    p.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help='also write that JSON here (a pod\'s /dev/termination-log), or {"error": "..."} on bad input',
     )
     p.set_defaults(func=_cmd_sanitize)
 

@@ -28,6 +28,7 @@ from slm_operator.api.base import (
 )
 from slm_operator.api.quantity import QuantityError, quantity_bytes
 from slm_operator.catalog import VLLM_IMAGE
+from slm_operator.sanitize.classes import DEFAULT_REDACT
 from slm_operator.sizing import Quantization
 
 # ---------------------------------------------------------------------------------------------- enums
@@ -74,6 +75,8 @@ class FineTuneMethod(StrEnum):
     FULL = "Full"
 
 
+# What the sanitiser redacts (docs/sanitization.md says how each is recognised): the same names as
+# slm_operator.sanitize.classes.CLASS_NAMES, in the same order (tests/test_sanitize.py keeps them equal).
 class PIIClass(StrEnum):
     EMAIL = "Email"
     PHONE_NUMBER = "PhoneNumber"
@@ -83,6 +86,12 @@ class PIIClass(StrEnum):
     IBAN = "IBAN"
     US_SSN = "USSocialSecurityNumber"
     URL = "URL"
+    PERSON = "Person"
+    LOCATION = "Location"
+    ORGANIZATION = "Organization"
+    STREET_ADDRESS = "StreetAddress"
+    DATE_OF_BIRTH = "DateOfBirth"
+    MAC_ADDRESS = "MACAddress"
 
 
 MIG_PROFILE_PATTERN = r"^[1-8]g\.[0-9]+gb(\+me|\+me\.all|-me|\+gfx)?$"
@@ -702,15 +711,12 @@ class DatasetSource(ApiModel):
 
 class Sanitization(ApiModel):
     redact: list[PIIClass] = Field(
-        default_factory=lambda: [
-            PIIClass.EMAIL,
-            PIIClass.PHONE_NUMBER,
-            PIIClass.CREDIT_CARD,
-            PIIClass.API_KEY,
-        ],
+        default_factory=lambda: [PIIClass(c) for c in DEFAULT_REDACT],
         max_length=16,
         json_schema_extra=k8s(list_type="set"),
-        description="PII classes replaced by placeholders before any record reaches training.",
+        description="PII classes replaced by pseudonyms (`<PERSON_1>`, consistent within a record) before any "
+        "record reaches training (docs/sanitization.md). Person, Location and Organization are found by the "
+        "trainer image's NER model, the others by patterns.",
     )
 
     @field_validator("redact")

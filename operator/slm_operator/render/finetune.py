@@ -97,7 +97,6 @@ def sanitize_container(spec: FineTuneJobSpec, operator_image: str, data_path: st
         "image": operator_image,
         "args": [
             "sanitize",
-            "--input",
             data_path,
             "--output",
             SANITIZED_DATA,
