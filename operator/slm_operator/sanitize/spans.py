@@ -110,6 +110,19 @@ def _trimmed(text: str, f: Found, start: int, end: int) -> Found | None:
     return Found(start, end, f.cls, f.score)
 
 
+def _outside(text: str, names: Iterable[Found], patterns: Sequence[Found]) -> list[Found]:
+    """The parts of the name findings that no pattern finding covers and that still read as names."""
+    out = []
+    for f in names:
+        cuts = sorted((p.start, p.end) for p in patterns if p.start < f.end and f.start < p.end)
+        pos = f.start
+        for s, e in [*cuts, (f.end, f.end)]:
+            piece = _trimmed(text, f, pos, min(s, f.end)) if s > pos else None
+            out += [piece] if piece else []
+            pos = max(pos, e)
+    return out
+
+
 def resolve(text: str, found: Iterable[Found]) -> list[Found]:
     """The spans to redact in ``text``: pattern findings as they are; NER findings without what a pattern found.
 
@@ -120,15 +133,8 @@ def resolve(text: str, found: Iterable[Found]) -> list[Found]:
     """
     found = outside_placeholders(text, found)
     patterns = merge(f for f in found if f.cls in PATTERN_CLASSES)
-    names = []
-    for f in (f for f in found if f.cls not in PATTERN_CLASSES):
-        cuts = sorted((p.start, p.end) for p in patterns if p.start < f.end and f.start < p.end)
-        pos = f.start
-        for s, e in [*cuts, (f.end, f.end)]:
-            piece = _trimmed(text, f, pos, min(s, f.end)) if s > pos else None
-            names += [piece] if piece else []
-            pos = max(pos, e)
-    names = _complete_names(text, merge(names, score_first=True))
+    names = _outside(text, [f for f in found if f.cls not in PATTERN_CLASSES], patterns)
+    names = _outside(text, _complete_names(text, merge(names, score_first=True)), patterns)
     names = _join_particles(text, merge(names, score_first=True))
     return sorted([*patterns, *names], key=lambda f: f.start)
 
