@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from slm_operator.sanitize import (
     Found,
     NerModelMissing,
     Sanitizer,
+    SanitizerUnavailable,
     UnknownPIIClass,
     sanitize_lines,
     sanitize_value,
@@ -81,6 +83,20 @@ def test_an_unknown_class_or_a_missing_model_is_refused_with_what_to_do() -> Non
     # pattern classes need no model at all: a missing one does not matter, and none is loaded
     s = Sanitizer(["Email"], ner_model="en_core_web_nonexistent")
     assert s.ner_model is None and clean(s, "mail jane@corp.example") == "mail <EMAIL_1>"
+
+
+def test_a_broken_model_folder_or_a_missing_presidio_says_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "meta.json").write_text("{}")
+    with pytest.raises(SanitizerUnavailable, match=f"the NER model '{tmp_path}' cannot be loaded: .*E054"):
+        Sanitizer(["Person"], ner_model=str(tmp_path))
+    code = (  # the operator image has no sanitize extra
+        "import sys; sys.modules['presidio_analyzer'] = None\n"
+        "from slm_operator.sanitize import Sanitizer, SanitizerUnavailable\n"
+        "try: Sanitizer(['Email'])\n"
+        "except SanitizerUnavailable as exc: print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "needs Presidio and spaCy" in out.stdout and "pip install 'slm-operator[sanitize]'" in out.stdout
 
 
 # --- what a user sees -------------------------------------------------------------------------------------------

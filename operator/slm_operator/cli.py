@@ -433,13 +433,13 @@ def _write_termination_log(path: str | None, text: str) -> None:
 
 
 def _cmd_sanitize(args: argparse.Namespace) -> int:
-    from slm_operator.sanitize import NerModelMissing, Sanitizer, UnknownPIIClass, sanitize_lines
+    from slm_operator.sanitize import Sanitizer, SanitizerUnavailable, UnknownPIIClass, sanitize_lines
 
     try:
         files = _sanitize_inputs(args.file)
         try:
             sanitizer = Sanitizer(args.redact.split(","), ner_model=args.ner_model)
-        except (UnknownPIIClass, NerModelMissing) as exc:
+        except (UnknownPIIClass, SanitizerUnavailable) as exc:
             raise CliError(str(exc)) from None
         out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
     except (CliError, OSError) as exc:
@@ -621,7 +621,7 @@ def _add_sanitize_parser(sub: Subparsers) -> None:
         description="Replace the PII in every string of each JSON-lines record with pseudonyms that are "
         "consistent within the record (<PERSON_1>, <EMAIL_2>...), with Presidio and a spaCy NER model "
         "(docs/sanitization.md). A line that is not JSON is skipped and counted. Exit codes: 0 done (also "
-        "with skipped lines), 2 bad input: an unknown class, an unreadable FILE, a missing NER model.",
+        "with skipped lines), 2 bad input: an unknown class, an unreadable FILE, a missing NER model or Presidio.",
     )
     p.add_argument(
         "file",
@@ -629,16 +629,20 @@ def _add_sanitize_parser(sub: Subparsers) -> None:
         metavar="FILE",
         help="a JSON-lines file, or a folder whose *.jsonl files are read in name order (default stdin)",
     )
-    p.add_argument("--output", default="-", help="write the redacted JSON lines here (default stdout)")
+    p.add_argument(
+        "--output", default="-", metavar="FILE", help="write the redacted JSON lines here (default stdout)"
+    )
     p.add_argument(
         "--redact",
         default=default_classes,
+        metavar="CLASSES",
         help=f"comma-separated PII classes (default {default_classes}, a FineTuneJob's default); "
         f"known: {', '.join(CLASS_NAMES)}",
     )
     p.add_argument(
         "--ner-model",
         default=os.environ.get(NER_MODEL_ENV) or DEFAULT_NER_MODEL,
+        metavar="NAME",
         help=f"installed spaCy pipeline (package name or folder) for Person, Location and Organization "
         f"(default ${NER_MODEL_ENV}, else {DEFAULT_NER_MODEL}); never downloaded",
     )

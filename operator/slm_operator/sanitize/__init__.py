@@ -26,7 +26,7 @@ from slm_operator.sanitize.classes import (
     parse_classes,
     placeholder,
 )
-from slm_operator.sanitize.engine import NerModelMissing, Sanitizer, ner_model_installed
+from slm_operator.sanitize.engine import NerModelMissing, Sanitizer, SanitizerUnavailable, ner_model_installed
 from slm_operator.sanitize.records import SanitizeReport, sanitize_lines, sanitize_value
 from slm_operator.sanitize.spans import Found
 
@@ -41,6 +41,7 @@ __all__ = [
     "NerModelMissing",
     "SanitizeReport",
     "Sanitizer",
+    "SanitizerUnavailable",
     "UnknownPIIClass",
     "ner_model_installed",
     "parse_classes",

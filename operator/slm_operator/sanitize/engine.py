@@ -16,7 +16,11 @@ if TYPE_CHECKING:
     from slm_operator.sanitize.recognizers import PresidioFinder, PresidioRedactor
 
 
-class NerModelMissing(RuntimeError):
+class SanitizerUnavailable(RuntimeError):
+    """The sanitiser cannot run here: Presidio is not installed, or the NER model is missing or unusable."""
+
+
+class NerModelMissing(SanitizerUnavailable):
     """The named spaCy model is not installed; the message says how to install it (nothing is downloaded)."""
 
     def __init__(self, model: str) -> None:
@@ -56,9 +60,17 @@ class Sanitizer:
         # Lazy import, the documented exception to "imports at the top": Presidio brings spaCy (a second to
         # import, hundreds of MB with a model). Only a process that sanitises loads it; the operator, the CLI's
         # other commands and readers of this package's class list do not.
-        from slm_operator.sanitize.recognizers import PresidioFinder, PresidioRedactor
-
-        self._finder: PresidioFinder = PresidioFinder(self.classes, self.ner_model)
+        try:
+            from slm_operator.sanitize.recognizers import NerModelUnusable, PresidioFinder, PresidioRedactor
+        except ImportError as exc:
+            raise SanitizerUnavailable(
+                f"the sanitiser needs Presidio and spaCy ({exc.name} is missing): install the sanitize extra, "
+                "`pip install 'slm-operator[sanitize]'` (the trainer image has it, the operator image does not)"
+            ) from None
+        try:
+            self._finder: PresidioFinder = PresidioFinder(self.classes, self.ner_model)
+        except NerModelUnusable as exc:
+            raise SanitizerUnavailable(str(exc)) from None
         self._redactor: PresidioRedactor = PresidioRedactor()
 
     def find(self, texts: Sequence[str]) -> list[list[Found]]:

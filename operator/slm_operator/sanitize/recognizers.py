@@ -125,6 +125,7 @@ def _recognisers(entities: set[str]) -> list[EntityRecognizer]:
         "IBAN_CODE": [IbanRecognizer()],
         "US_SSN": [UsSsnRecognizer()],
         "URL": [UrlRecognizer(patterns=[Pattern(n, rx, s) for n, rx, s in patterns.URLS])],
+        "PERSON": [_pattern_recognizer(PatternRecognizer, "PERSON", patterns.PERSON_CUES)],
         "STREET_ADDRESS": [
             _pattern_recognizer(PatternRecognizer, "STREET_ADDRESS", patterns.STREET_ADDRESSES)
         ],
@@ -133,12 +134,9 @@ def _recognisers(entities: set[str]) -> list[EntityRecognizer]:
         ],
         "MAC_ADDRESS": [MacAddressRecognizer()],
     }
+    found = [r for entity, rs in made.items() if entity in entities for r in rs]
     ner = sorted(entities & {"PERSON", "LOCATION", "ORGANIZATION"})
-    if ner:
-        made["NER"] = [SpacyRecognizer(supported_entities=ner)]
-    if "PERSON" in entities:
-        made["NER"].append(_pattern_recognizer(PatternRecognizer, "PERSON", patterns.PERSON_CUES))
-    return [r for key, rs in made.items() if key in entities or key == "NER" for r in rs]
+    return [*found, SpacyRecognizer(supported_entities=ner)] if ner else found
 
 
 class NerOnlySpacyNlpEngine(SpacyNlpEngine):
@@ -153,8 +151,15 @@ class NerOnlySpacyNlpEngine(SpacyNlpEngine):
         self.nlp = {m["lang_code"]: _load_ner(m["model_name"]) for m in self.models}  # type: ignore[assignment]
 
 
+class NerModelUnusable(RuntimeError):
+    """spaCy found the named model but cannot load it (a broken folder, a model for another spaCy version)."""
+
+
 def _load_ner(model: str) -> spacy.language.Language:
-    nlp = spacy.load(model, exclude=_NOT_NER)
+    try:
+        nlp = spacy.load(model, exclude=_NOT_NER)
+    except (OSError, ValueError, ImportError) as exc:  # spaCy's E050, E053, E054...
+        raise NerModelUnusable(f"the NER model {model!r} cannot be loaded: {exc}") from None
     # the small English pipeline's NER has its own token vectors: the shared ones then feed nobody
     if "tok2vec" in nlp.pipe_names and not getattr(nlp.get_pipe("tok2vec"), "listening_components", None):
         nlp.remove_pipe("tok2vec")
