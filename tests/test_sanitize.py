@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from slm_operator.api.v1alpha1 import PIIClass, Sanitization
@@ -32,7 +32,7 @@ from slm_operator.sanitize import (
 )
 from slm_operator.sanitize.classes import DEFAULT_REDACT
 from slm_operator.sanitize.records import TERMINATION_LOG_LIMIT, strings_in, with_strings
-from slm_operator.sanitize.spans import merge, pseudonyms, redact, resolve
+from slm_operator.sanitize.spans import WINDOW, merge, pseudonyms, redact, resolve, windows
 from tests import pii_corpus
 
 
@@ -315,6 +315,35 @@ def test_resolved_spans_cover_every_pattern_finding_and_never_overlap(found: lis
     for f in found:
         if f.cls in PATTERN_CLASSES:
             assert any(s.start <= f.start and f.end <= s.end and s.cls in PATTERN_CLASSES for s in spans)
+
+
+@given(st.text(alphabet="ab ", max_size=400), st.integers(20, 80), st.integers(2, 40))
+def test_long_texts_are_read_in_windows_that_hold_every_short_value_whole(
+    text: str, size: int, overlap: int
+) -> None:
+    assume(overlap <= size // 2)  # as WINDOW 20,000 and OVERLAP 1,000
+    pieces = windows(text, size, overlap)
+    assert all(text[o : o + len(p)] == p and len(p) <= size for o, p in pieces)
+    assert pieces[0][0] == 0 and pieces[-1][0] + len(pieces[-1][1]) == len(text)
+    whole = overlap - overlap // 10
+    for start in range(len(text) - whole + 1):  # every value of up to `whole` characters is inside one piece
+        assert any(o <= start and start + whole <= o + len(p) for o, p in pieces), (start, pieces)
+
+
+def test_a_long_string_read_in_windows_is_sanitised_as_if_read_whole(patterns_only: Sanitizer) -> None:
+    # spaCy refuses strings over a million characters; windows of 20,000 keep every string readable. Here the
+    # window is 300 characters, so values sit on window boundaries without a megabyte of text.
+    filler = "The quick brown fox jumps over the lazy dog. "
+    text = "".join(
+        f"{filler * (i % 4)}mail jane{i % 5}@corp.example or +49 30 1234567{i % 3}. " for i in range(40)
+    )
+    whole = clean(patterns_only, text)
+    patterns_only._finder.window = 300
+    try:
+        assert clean(patterns_only, text) == whole
+    finally:
+        patterns_only._finder.window = WINDOW
+    assert "@" not in whole and "+49" not in whole and "<EMAIL_5>" in whole and "<PHONE_NUMBER_3>" in whole
 
 
 def test_a_name_glued_to_a_number_loses_the_number_to_its_pattern() -> None:

@@ -51,7 +51,7 @@ from presidio_anonymizer.entities import RecognizerResult as AnonymizerSpan
 
 from slm_operator.sanitize import patterns
 from slm_operator.sanitize.classes import BY_ENTITY, BY_NAME
-from slm_operator.sanitize.spans import Found
+from slm_operator.sanitize.spans import WINDOW, Found, windows
 
 LANGUAGE = "en"
 #: A finding below this score is dropped. Every recogniser here scores its matches at or above it without
@@ -201,6 +201,7 @@ class PresidioFinder:
 
     def __init__(self, classes: Iterable[str], ner_model: str | None) -> None:
         self.entities = sorted(BY_NAME[c].entity for c in classes)
+        self.window = WINDOW
         registry = RecognizerRegistry(supported_languages=[LANGUAGE])
         for recogniser in _recognisers(set(self.entities)):
             registry.add_recognizer(recogniser)
@@ -213,15 +214,26 @@ class PresidioFinder:
         )
 
     def find(self, texts: Sequence[str]) -> list[list[Found]]:
-        """The findings in each text; the NLP pipeline runs over the whole batch at once."""
+        """The findings in each text; the NLP pipeline runs over the whole batch at once.
+
+        A long text is read in overlapping windows (``windows``): spaCy refuses a text over a million
+        characters and needs about 1 GB per 100,000 to run NER on one. Findings of two windows merge later.
+        """
         if not self.entities:
             return [[] for _ in texts]
-        out: list[list[Found]] = []
-        for text, artifacts in self.nlp.process_batch(list(texts), LANGUAGE, batch_size=32):
+        pieces = [
+            (i, offset, piece) for i, t in enumerate(texts) for offset, piece in windows(t, self.window)
+        ]
+        out: list[list[Found]] = [[] for _ in texts]
+        batch = self.nlp.process_batch([p for _, _, p in pieces], LANGUAGE, batch_size=32)
+        for (i, offset, _), (piece, artifacts) in zip(pieces, batch, strict=True):
             results = self.analyzer.analyze(
-                text=text, language=LANGUAGE, entities=self.entities, nlp_artifacts=artifacts
+                text=piece, language=LANGUAGE, entities=self.entities, nlp_artifacts=artifacts
             )
-            out.append([Found(r.start, r.end, BY_ENTITY[r.entity_type].name, r.score) for r in results])
+            out[i] += [
+                Found(offset + r.start, offset + r.end, BY_ENTITY[r.entity_type].name, r.score)
+                for r in results
+            ]
         return out
 
 

@@ -41,6 +41,34 @@ class Found:
     score: float = 1.0
 
 
+#: How much of one string the recognisers read at once, and how far two windows overlap.
+WINDOW = 20_000
+OVERLAP = 1_000
+
+
+def windows(text: str, size: int = WINDOW, overlap: int = OVERLAP) -> list[tuple[int, str]]:
+    """``(offset, piece)`` covering ``text``: one piece when it is short, else pieces of at most ``size``
+    characters, each starting at most ``overlap`` characters before the previous one ends and at least
+    ``overlap - overlap // 10`` before it (at a space when there is one there). A value of up to that many
+    characters is therefore wholly inside one piece."""
+    if len(text) <= size:
+        return [(0, text)]
+    out = []
+    start = 0
+    seek = overlap // 10
+    while True:
+        end = min(len(text), start + size)
+        if end < len(text):  # end at a space in the last quarter when there is one, so no word is cut
+            cut = text.rfind(" ", start + size * 3 // 4, end)
+            end = cut if cut > start else end
+        out.append((start, text[start:end]))
+        if end >= len(text):
+            return out
+        start = max(start + 1, end - overlap)
+        space = text.find(" ", start, start + seek)
+        start = space + 1 if space != -1 else start
+
+
 def merge(found: Iterable[Found], *, score_first: bool = False) -> list[Found]:
     """Non-overlapping spans, in text order, covering every finding; each is named by its best finding.
 
