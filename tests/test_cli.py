@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +134,7 @@ def test_sanitize_redacts_the_requested_classes(tmp_path: Path) -> None:
 
 def test_help_lists_every_command() -> None:
     r = run("--help")
-    for cmd in ("crds", "estimate", "plan", "show", "run", "agent", "sanitize"):
+    for cmd in ("crds", "estimate", "plan", "show", "run", "agent", "sanitize", "usage"):
         assert cmd in r.stdout
 
 
@@ -188,13 +190,17 @@ def _parser_flags() -> set[tuple[str, str]]:
 
     from slm_operator.cli import build_parser
 
-    parser = build_parser()
-    flags = {("", o) for a in parser._actions for o in a.option_strings if o.startswith("--")}
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, p in sub.choices.items():
-        flags |= {(name, o) for a in p._actions for o in a.option_strings if o.startswith("--")}
-        flags |= {(name, a.dest) for a in p._actions if not a.option_strings}  # positionals
-    return flags
+    def walk(prefix: str, p: argparse.ArgumentParser) -> set[tuple[str, str]]:
+        found = {(prefix, o) for a in p._actions for o in a.option_strings if o.startswith("--")}
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):  # commands, and actions of a command (usage export)
+                for name, child in a.choices.items():
+                    found |= walk(f"{prefix} {name}".strip(), child)
+            elif not a.option_strings:
+                found.add((prefix, a.dest))  # positionals
+        return found
+
+    return walk("", build_parser())
 
 
 def in_process(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -226,7 +232,7 @@ def test_version_and_missing_command() -> None:
 def test_every_command_help_lists_its_flags_with_exit_code_0() -> None:
     flags = _parser_flags()
     for cmd in sorted({c for c, _ in flags if c}):
-        r = run(cmd, "--help")
+        r = run(*cmd.split(), "--help")
         assert r.returncode == 0, (cmd, r.stderr)
         assert r.stdout.startswith(f"usage: slm-operator {cmd}")
         for c, flag in flags:
@@ -843,6 +849,114 @@ def test_plan_emit_uses_the_names_the_operator_is_given_and_writes_what_is_place
     assert "namespaces/agents/services/huge.yaml" in objs  # its Service exists, as the operator makes it
 
 
+# usage
+
+
+def _usage_store(path: Path, records: list[Any]) -> str:
+    from slm_operator.capture.sqlite_store import SQLiteStore
+
+    async def write() -> None:
+        async with SQLiteStore(path) as store:
+            await store.write(records)
+
+    asyncio.run(write())
+    return f"sqlite://{path}"
+
+
+def _captured(when: datetime, **over: Any) -> Any:
+    from tests.test_capture_record import make_record
+
+    return make_record(time=when, **over)
+
+
+def test_usage_export_prints_json_lines_the_trainer_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = datetime.now(UTC)
+    old_a = _captured(now - timedelta(days=10), route="agents/a")
+    new_a = _captured(now - timedelta(hours=1), route="agents/a")
+    new_b = _captured(now - timedelta(hours=2), route="agents/b", stream=True)
+    url = _usage_store(tmp_path / "usage.db", [new_a, old_a, new_b])
+
+    code, out, err = in_process("usage", "export", "--store", url, capsys=capsys)
+    assert code == 0 and err.strip() == "exported 3 records"
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [d["id"] for d in lines] == [old_a.id, new_b.id, new_a.id]  # oldest first
+    assert {"id", "time", "route", "request", "response", "caller", "schema_version"} <= set(lines[0])
+    assert lines[0]["request"] == old_a.request and lines[0]["response"] == old_a.response
+
+    code, out, _ = in_process("usage", "export", "--store", url, "--route", "agents/a", capsys=capsys)
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [old_a.id, new_a.id]
+    code, out, _ = in_process("usage", "export", "--store", url, "--since", "2d", capsys=capsys)
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [new_b.id, new_a.id]
+    until = (now - timedelta(hours=1, minutes=30)).isoformat()
+    code, out, _ = in_process(
+        "usage", "export", "--store", url, "--since", "2d", "--until", until, capsys=capsys
+    )
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [new_b.id]
+
+    code, out, err = in_process(
+        "usage", "export", "--store", url, "-o", str(tmp_path / "calls.jsonl"), capsys=capsys
+    )
+    assert code == 0 and out == "" and "exported 3 records" in err
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 3
+    code, _, err = in_process("usage", "export", "--store", url, "--since", "last week", capsys=capsys)
+    assert code == 2 and "neither an ISO 8601 time" in err
+
+
+def test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slm_operator.capture import caller_hash
+
+    (tmp_path / "salt").write_bytes(b"gateway-salt\n")
+    me = caller_hash("system:serviceaccount:agents:bot", b"gateway-salt")
+    now = datetime.now(UTC)
+    mine = [_captured(now, caller=me) for _ in range(2)]
+    other = _captured(now, caller=caller_hash("system:serviceaccount:agents:other", b"gateway-salt"))
+    url = _usage_store(tmp_path / "usage.db", [*mine, other])
+    args = ("usage", "erase", "--store", url, "--caller", "system:serviceaccount:agents:bot")
+
+    code, out, _ = in_process(*args, "--salt-file", str(tmp_path / "salt"), capsys=capsys)
+    assert code == 0 and out.startswith("erased 2 records of caller system:serviceaccount:agents:bot")
+    code, out, _ = in_process("usage", "export", "--store", url, capsys=capsys)
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [other.id]
+
+    (tmp_path / "empty").write_text("")
+    code, _, err = in_process(*args, "--salt-file", str(tmp_path / "empty"), capsys=capsys)
+    assert code == 2 and "--salt-file" in err and "empty" in err
+    code, _, err = in_process(*args, "--salt-file", str(tmp_path / "missing"), capsys=capsys)
+    assert code == 2 and "No such file" in err
+
+
+def test_usage_prune_deletes_what_is_older_than_the_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = datetime.now(UTC)
+    kept = _captured(now - timedelta(days=1))
+    url = _usage_store(tmp_path / "usage.db", [_captured(now - timedelta(days=d)) for d in (40, 31)] + [kept])
+    code, out, _ = in_process("usage", "prune", "--store", url, "--days", "30", capsys=capsys)
+    assert code == 0 and out.startswith("deleted 2 records older than 30 days")
+    code, out, _ = in_process("usage", "export", "--store", url, capsys=capsys)
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [kept.id]
+    code, _, err = in_process("usage", "prune", "--store", url, "--days", "-1", capsys=capsys)
+    assert code == 2 and "--days must be 0 or more" in err
+
+
+def test_usage_store_errors_say_what_to_pass_without_a_traceback(tmp_path: Path) -> None:
+    r = run("usage", "prune", "--store", "mysql://db/usage", "--days", "1")
+    assert r.returncode == 2 and "unsupported store URL" in r.stderr and "postgresql://" in r.stderr
+    r = run("usage", "export", "--store", f"sqlite://{tmp_path}/nothing.db")
+    assert r.returncode == 2 and "no such usage store" in r.stderr
+    assert not (tmp_path / "nothing.db").exists()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run("usage", "export", "--store", f"postgresql://slm@127.0.0.1:{port}/usage")
+    assert r.returncode == 2 and f"usage store postgresql://slm@127.0.0.1:{port}/usage" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("", "--help"): ["test_help_lists_every_command"],
     ("", "--version"): ["test_version_and_missing_command"],
@@ -908,6 +1022,33 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("sanitize", "--termination-log"): [
         "test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts"
     ],
+    ("usage", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    **{
+        (f"usage {action}", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"]
+        for action in ("export", "erase", "prune")
+    },
+    ("usage export", "--store"): [
+        "test_usage_export_prints_json_lines_the_trainer_reads",
+        "test_usage_store_errors_say_what_to_pass_without_a_traceback",
+    ],
+    ("usage export", "--route"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage export", "--since"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage export", "--until"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage export", "--output"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage erase", "--store"): [
+        "test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt"
+    ],
+    ("usage erase", "--caller"): [
+        "test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt"
+    ],
+    ("usage erase", "--salt-file"): [
+        "test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt"
+    ],
+    ("usage prune", "--store"): [
+        "test_usage_prune_deletes_what_is_older_than_the_days",
+        "test_usage_store_errors_say_what_to_pass_without_a_traceback",
+    ],
+    ("usage prune", "--days"): ["test_usage_prune_deletes_what_is_older_than_the_days"],
     ("agent", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("agent", "--kubeconfig"): ["test_agent_bad_input_exits_2_and_no_driver_exit_exits_3"],
     ("agent", "--node-name"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],

@@ -2,7 +2,8 @@
 
 Sub-commands: ``crds`` (print or write the CRDs), ``estimate`` (GPU memory of a model and the smallest
 share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the operator), ``agent``
-(the NVML node agent). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
+(the NVML node agent), ``sanitize`` (redact JSON-lines records), ``usage`` (export, erase or prune the
+captured calls of a usage store). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
 2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its help).
 """
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from slm_operator.api.v1alpha1 import SLMDeployment
+    from slm_operator.capture import Store
     from slm_operator.manifests import Manifests
 
 EXIT_OK = 0
@@ -468,6 +470,79 @@ def _cmd_sanitize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_usage(args: argparse.Namespace) -> int:
+    import asyncio
+    import sqlite3
+
+    import asyncpg
+
+    from slm_operator.capture import StoreError, open_store
+    from slm_operator.capture.sqlite_store import SQLiteStore
+
+    try:
+        store = open_store(args.store)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        raise CliError(f"{store.path}: no such usage store (a SQLite file the gateway writes)")
+    try:
+        return asyncio.run(_usage(args, store))
+    except (
+        OSError,
+        TimeoutError,
+        StoreError,
+        sqlite3.Error,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise CliError(f"usage store {args.store}: {type(exc).__name__}: {exc}") from None
+
+
+async def _usage(args: argparse.Namespace, store: Store) -> int:
+    from datetime import UTC, datetime
+
+    from slm_operator.capture import caller_hash, load_salt
+    from slm_operator.capture.record import parse_time_bound
+
+    now = datetime.now(UTC)
+    if args.usage_command == "erase":
+        try:
+            hashed = caller_hash(args.caller, load_salt(Path(args.salt_file)))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--salt-file: {exc}") from None
+    try:
+        since = parse_time_bound(args.since, now) if getattr(args, "since", None) else None
+        until = parse_time_bound(args.until, now) if getattr(args, "until", None) else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.usage_command == "prune" and args.days < 0:
+        raise CliError(f"--days must be 0 or more, not {args.days:g}")
+    async with store:
+        if args.usage_command == "erase":
+            n = await store.erase_caller(hashed)
+            print(f"erased {n} records of caller {args.caller} (hash {hashed[:12]}...)")
+        elif args.usage_command == "prune":
+            n = await store.delete_older_than(args.days, now=now)
+            print(f"deleted {n} records older than {args.days:g} days (before {now:%Y-%m-%d %H:%M:%S} UTC)")
+        else:
+            n = await _usage_export(store, args, since, until)
+            print(f"exported {n} records", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _usage_export(store: Store, args: argparse.Namespace, since: Any, until: Any) -> int:
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    n = 0
+    try:
+        async for record in store.export(since, until, args.route):
+            out.write(record.model_dump_json() + "\n")
+            n += 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return n
+
+
 def _add_crds_parser(sub: Subparsers) -> None:
     p = sub.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
     p.add_argument("-o", "--output-dir", help="write one file per CRD into this folder instead of stdout")
@@ -659,6 +734,58 @@ def _add_sanitize_parser(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_sanitize)
 
 
+def _add_usage_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "usage",
+        help="export, erase or prune the captured calls in a usage store (docs/capture.md)",
+        description="Work on the usage store the gateway writes captured calls to. STORE is "
+        "sqlite:///absolute/path/usage.db, sqlite:relative/usage.db or postgresql://user@host:port/db "
+        "(password from the URL, PGPASSWORD or ~/.pgpass). Exit codes: 0 done, 2 bad input or store unreachable.",
+    )
+    actions = p.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
+
+    def store_flag(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "--store", required=True, metavar="STORE", help="the usage store URL (see usage --help)"
+        )
+
+    e = actions.add_parser(
+        "export",
+        help="print captured calls as JSON lines (what the trainer and the advisor read)",
+        description="Print the captured calls, oldest first, one JSON object a line with every field of a "
+        'capture record ({"id", "time", "route", "request", "response", ...}; docs/capture.md). The count goes '
+        "to stderr.",
+    )
+    store_flag(e)
+    e.add_argument("--route", help="only this SLMRoute, as namespace/name (default every route)")
+    bounds = "an ISO 8601 time (2026-05-01, 2026-05-01T12:00:00Z; UTC without an offset) or a duration before now (30m, 24h, 7d, 2w)"
+    e.add_argument("--since", help=f"only calls at or after this time: {bounds} (default the oldest)")
+    e.add_argument("--until", help=f"only calls before this time: {bounds} (default now and later)")
+    e.add_argument("-o", "--output", default="-", help="write to this file instead of stdout")
+    r = actions.add_parser(
+        "erase",
+        help="delete every captured call of one caller",
+        description="Delete every captured call of one caller. The store keeps the caller only as a salted "
+        "hash: give the identity as the gateway names it and the gateway's salt file, and this hashes it the "
+        "same way.",
+    )
+    store_flag(r)
+    r.add_argument(
+        "--caller", required=True, help="the caller identity, as the gateway names it (docs/capture.md)"
+    )
+    r.add_argument(
+        "--salt-file", required=True, help="the gateway's caller-hash salt (the file its --salt-file reads)"
+    )
+    d = actions.add_parser(
+        "prune",
+        help="delete captured calls older than a number of days (retention)",
+        description="Delete the captured calls whose request started more than --days days ago.",
+    )
+    store_flag(d)
+    d.add_argument("--days", type=float, required=True, help="keep this many days (0 deletes everything)")
+    p.set_defaults(func=_cmd_usage)
+
+
 def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
@@ -708,6 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show_parser(sub)
     _add_run_parser(sub)
     _add_sanitize_parser(sub)
+    _add_usage_parser(sub)
     _add_agent_parser(sub)
     return parser
 

@@ -1,0 +1,37 @@
+"""``open_store(url)``: the usage store a URL names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from slm_operator.capture.postgres_store import PostgresStore
+from slm_operator.capture.sqlite_store import SQLiteStore
+from slm_operator.capture.store import Store
+
+STORE_URL_FORMS = (
+    "sqlite:///absolute/path/usage.db, sqlite:relative/usage.db or postgresql://user@host:port/db"
+)
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url`` (nothing is connected until it is first used):
+
+    * ``sqlite:///var/lib/slm/usage.db`` (absolute path) or ``sqlite:usage.db`` (relative to the working
+      folder): the embedded store, one file;
+    * ``postgresql://user@host:5432/db`` (or ``postgres://``): PostgreSQL; the password from the URL,
+      ``PGPASSWORD`` or ``~/.pgpass``.
+
+    ValueError names the accepted forms."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if parts.netloc:
+            raise ValueError(
+                f"{url!r}: a SQLite URL has no host; use sqlite:///absolute/path.db or sqlite:relative/path.db"
+            )
+        if not parts.path or parts.path == "/":
+            raise ValueError(f"{url!r}: no database file; e.g. sqlite:///var/lib/slm/usage.db")
+        return SQLiteStore(Path(parts.path))
+    if parts.scheme in ("postgresql", "postgres"):
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url!r}: use {STORE_URL_FORMS}")
