@@ -1,0 +1,171 @@
+"""Prometheus metrics of the gateway, in their own registry (served at ``/metrics`` on the gateway's port).
+
+Labels: ``route`` ("namespace/name"), ``backend`` (its name in the route), ``task`` (a task the route's rules
+name, ``other`` or empty: never a free-form caller value), ``status`` (the HTTP status returned). Names, types
+and meaning: docs/observability.md. Children are cached per label tuple: the request path does one dict lookup
+per series instead of prometheus-client's locked ``labels()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CAPTURE_FIELDS = ("queued", "spooled", "dropped", "written")
+
+
+class _CaptureCollector(Collector):
+    """The capture pipeline's counts (``Capture.stats``), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], Any | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            "slm_gateway_capture_queued", "Captured calls waiting in memory for the store", value=stats.queued
+        )
+        yield GaugeMetricFamily(
+            "slm_gateway_capture_spooled",
+            "Captured calls spooled to local disk while the store is slow or down (replayed later)",
+            value=stats.spooled,
+        )
+        yield CounterMetricFamily(
+            "slm_gateway_capture_dropped",
+            "Captured calls lost because the queue and the spool were full",
+            value=stats.dropped,
+        )
+        yield CounterMetricFamily(
+            "slm_gateway_capture_written", "Captured calls written to the store", value=stats.written
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:  # long: declarative metric table
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        rbt = ["route", "backend", "task"]
+        self.requests = Counter(
+            "slm_gateway_requests",
+            "Calls answered, by route, backend, task and HTTP status",
+            [*rbt, "status"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "slm_gateway_tokens",
+            "Tokens of answered calls (kind=prompt|completion; the backend's usage, else the gateway's estimate)",
+            [*rbt, "kind"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "slm_gateway_time_to_first_token_seconds",
+            "Time from the call's arrival to the first byte of the answer sent to the caller",
+            rbt,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "slm_gateway_request_duration_seconds",
+            "Time from the call's arrival to the end of the answer",
+            rbt,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "slm_gateway_fallbacks",
+            "Calls sent to the route's fallback backend, by the backend that failed and why",
+            ["route", "backend", "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "slm_gateway_retries",
+            "Attempts repeated on another endpoint before the first byte (connection refused or reset)",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "slm_gateway_in_flight", "Calls a backend is answering now", ["route", "backend"], registry=r
+        )
+        self.queued = Gauge(
+            "slm_gateway_queued",
+            "Calls waiting in the gateway for a free slot of a backend (every endpoint at maxConcurrency)",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.endpoints_ready = Gauge(
+            "slm_gateway_backend_ready_endpoints",
+            "Ready endpoints (replicas) of a backend the gateway knows",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.streams_cut = Counter(
+            "slm_gateway_streams_cut",
+            "Streamed answers that ended early after their first chunk (reason=error|timeout|client)",
+            ["route", "backend", "reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "slm_gateway_rate_limited",
+            "Calls refused with 429 by a per-caller limit",
+            ["route", "limit"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "slm_gateway_rejected",
+            "Calls refused before routing (401, 403, 404, 400, 413), by status",
+            ["status"],
+            registry=r,
+        )
+        self.shadows = Counter(
+            "slm_gateway_shadow_requests",
+            "Shadow copies of calls (outcome=ok|error|skipped: skipped when the backend had no free slot)",
+            ["route", "backend", "outcome"],
+            registry=r,
+        )
+        self.captured = Counter(
+            "slm_gateway_capture_submitted",
+            "Calls sampled for capture and handed to the capture queue (accepted=false: dropped at once)",
+            ["route", "accepted"],
+            registry=r,
+        )
+        self._capture_stats: Callable[[], Any | None] = lambda: None
+        r.register(_CaptureCollector(lambda: self._capture_stats()))
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def capture_stats_from(self, stats: Callable[[], Any | None]) -> None:
+        """Expose ``stats()`` (an object with queued, spooled, dropped, written) as the capture metrics."""
+        self._capture_stats = stats
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def observe_call(
+        self,
+        route: str,
+        backend: str,
+        task: str,
+        status: int,
+        seconds: float,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self.child(self.requests, route, backend, task, str(status)).inc()
+        self.child(self.duration, route, backend, task).observe(seconds)
+        if ttft is not None:
+            self.child(self.ttft, route, backend, task).observe(ttft)
+        if prompt_tokens:
+            self.child(self.tokens, route, backend, task, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.child(self.tokens, route, backend, task, "completion").inc(completion_tokens)
