@@ -245,7 +245,7 @@ def test_a_failure_not_listed_is_returned_to_the_caller() -> None:
         resp, _ = await env.chat(task="extract-invoice")
         assert resp.headers["x-slm-fallback"] == "error"
 
-    run({**FALLBACK, "fallback": {"backend": "llm", "on": ["Error"]}}, test)
+    run({**FALLBACK, "fallback": {"backend": "llm", "when": ["Error"]}}, test)
 
 
 def test_no_fallback_configured_returns_gateway_errors() -> None:

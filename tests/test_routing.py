@@ -214,7 +214,7 @@ def test_status_codes_as_failures() -> None:
 def test_fallback_goes_elsewhere_and_only_on_the_listed_triggers(
     failed: str, reason: FailureReason, on: list[str] | None
 ) -> None:
-    fb: dict[str, Any] = {"backend": "llm"} if on is None else {"backend": "llm", "on": on}
+    fb: dict[str, Any] = {"backend": "llm"} if on is None else {"backend": "llm", "when": on}
     spec = route(fallback=fb).spec
     got = fallback_backend(spec, failed, reason)
     triggers = on or ["Error", "Timeout", "Overload", "InvalidJSON"]

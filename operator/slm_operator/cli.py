@@ -2,7 +2,7 @@
 
 Sub-commands: ``crds`` (print or write the CRDs), ``estimate`` (GPU memory of a model and the smallest
 share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the operator), ``agent``
-(the NVML node agent). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
+(the NVML node agent), ``gateway`` (the OpenAI-compatible gateway in front of SLMRoutes). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
 2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its help).
 """
 
@@ -393,6 +393,30 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    from slm_operator.gateway.standalone import StandaloneError, build, run
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("slm_operator").setLevel(args.log_level.upper())
+    if not args.filename:
+        raise CliError("the in-cluster mode is not built yet: give the routes with -f FILE (standalone mode)")
+    try:
+        standalone = build(
+            args.filename,
+            args.listen,
+            args.endpoint,
+            store=args.store,
+            spool_dir=args.spool_dir,
+            salt_file=args.salt_file,
+            max_request_bytes=args.max_request_bytes,
+        )
+    except StandaloneError as exc:
+        raise CliError(str(exc)) from None
+    return run(standalone)
+
+
 def _cmd_sanitize(args: argparse.Namespace) -> int:
     from collections import Counter
 
@@ -582,6 +606,59 @@ def _add_sanitize_parser(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_sanitize)
 
 
+def _add_gateway_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="the OpenAI-compatible gateway: routes agents' calls to SLMs by SLMRoute, falls back, captures",
+        description="Serve /v1/chat/completions, /v1/completions and /v1/models for the SLMRoutes, with /healthz and "
+        "/metrics on the same port (docs/gateway.md). Standalone mode (-f): routes, API-key Secrets and external "
+        "backends' key Secrets come from the files and SLMDeployment replicas from --endpoint; no cluster is needed. "
+        "Exit codes: 0 stopped (SIGINT, SIGTERM), 2 bad input.",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        default=[],
+        help="file or folder with SLMRoutes and Secrets (and SLMDeployments, for their maxConcurrentSequences); "
+        "repeatable",
+    )
+    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on (default %(default)s)")
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="NAMESPACE/NAME=URL",
+        help="a replica of SLMDeployment NAMESPACE/NAME at URL (its OpenAI base URL; /v1 is added to a URL without "
+        "a path); repeat for more replicas or deployments",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="capture sampled calls into this usage store: sqlite:///path/usage.db or "
+        "postgresql://user@host:port/db (docs/capture.md); default: nothing is captured",
+    )
+    p.add_argument(
+        "--spool-dir",
+        default="slm-gateway-spool",
+        help="with --store: folder where records wait while the store is slow or down (default %(default)s)",
+    )
+    p.add_argument(
+        "--salt-file",
+        help="with --store: salt of the callers' hashes in the records (default: SPOOL_DIR/caller-salt, created "
+        "with random bytes when missing); `usage erase` needs the same file",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=8 << 20,
+        help="largest request body; larger calls get 413 (default %(default)s; a route's limits.maxRequestBytes "
+        "may lower it)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_gateway)
+
+
 def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
@@ -632,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_sanitize_parser(sub)
     _add_agent_parser(sub)
+    _add_gateway_parser(sub)
     return parser
 
 

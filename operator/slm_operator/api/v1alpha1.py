@@ -1078,20 +1078,21 @@ class FallbackSpec(ApiModel):
         pattern=DNS_LABEL,
         description="Backend that answers when the chosen one fails (typically the external LLM).",
     )
-    on: list[FallbackTrigger] = Field(
+    when: list[FallbackTrigger] = Field(
         default_factory=lambda: list(ALL_FALLBACK_TRIGGERS),
         min_length=1,
         max_length=4,
         json_schema_extra=k8s(list_type="set"),
         description="What sends a call to the fallback: `Error`, `Timeout`, `Overload`, `InvalidJSON` "
-        "(docs/gateway.md).",
+        "(docs/gateway.md). Named `when`, not `on`: YAML 1.1 parsers, kubectl's included, read a bare `on` key as "
+        "the boolean true.",
     )
 
-    @field_validator("on")
+    @field_validator("when")
     @classmethod
     def _set(cls, v: list[FallbackTrigger]) -> list[FallbackTrigger]:
         if len(set(v)) != len(v):
-            raise ValueError("`fallback.on` must not list a trigger twice")
+            raise ValueError("`fallback.when` must not list a trigger twice")
         return v
 
 

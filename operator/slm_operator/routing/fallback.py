@@ -45,7 +45,7 @@ def failure_of_status(status: int) -> FailureReason | None:
 def fallback_backend(spec: SLMRouteSpec, failed_backend: str, reason: FailureReason) -> str | None:
     """The backend to try after ``failed_backend`` failed for ``reason``, or None (the failure is returned)."""
     fb = spec.fallback
-    if fb is None or fb.backend == failed_backend or TRIGGERS[reason] not in fb.on:
+    if fb is None or fb.backend == failed_backend or TRIGGERS[reason] not in fb.when:
         return None
     return fb.backend
 
