@@ -350,8 +350,8 @@ def _gateway_metrics() -> GatewayMetrics:
         (g.captured, ("agents/r", "true")),
     ):
         g.child(metric, *labels).inc()
-    for gauge in (g.in_flight, g.queued, g.endpoints_ready):
-        g.child(gauge, "agents/r", "slm").set(1)
+    g.child(g.endpoints_ready, "agents/r", "slm").set(1)
+    g.load_from(SimpleNamespace(keys=["agents/r/slm"], busy={"agents/r/slm": 2}, queued=lambda key: 1))
     g.capture_stats_from(lambda: SimpleNamespace(queued=1, spooled=2, dropped=3, written=4))
     return g
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +29,7 @@ class Call:
     task_label: str
     features: RequestFeatures
     started: float  # loop time
-    started_at: datetime  # UTC, for the capture record
+    started_wall: float  # time.time() at arrival, for the capture record
     capture: bool = False  # sampled for capture
     charged_tokens: int = 0
 

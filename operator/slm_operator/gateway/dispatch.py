@@ -27,6 +27,8 @@ class NoEndpoint(Exception):
 class Dispatcher:
     def __init__(self) -> None:
         self.in_flight: dict[str, int] = {}  # endpoint URL -> calls in flight
+        self.busy: dict[str, int] = {}  # backend key -> its calls in flight (the metrics read it)
+        self.keys: list[str] = []  # every backend key of the routing table
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # backend key -> calls waiting
         self._backends_of: dict[str, set[str]] = {}  # endpoint URL -> backend keys that use it
         self._rotor = 0
@@ -34,16 +36,19 @@ class Dispatcher:
     def index(self, backends: Iterable[tuple[str, Backend]]) -> None:
         """Remember which backends use which endpoint (called when the routing table changes)."""
         out: dict[str, set[str]] = {}
+        keys = []
         for key, b in backends:
+            keys.append(key)
             for e in b.endpoints:
                 out.setdefault(e.url, set()).add(key)
         self._backends_of = out
+        self.keys = keys
 
     def queued(self, key: str) -> int:
         q = self._waiters.get(key)
         return len(q) if q else 0
 
-    def try_acquire(self, backend: Backend, exclude: frozenset[str] = frozenset()) -> str | None:
+    def try_acquire(self, key: str, backend: Backend, exclude: frozenset[str] = frozenset()) -> str | None:
         """Take a slot on the least loaded ready endpoint (not in ``exclude`` if another is free), or None."""
         urls = [e.url for e in backend.ready_endpoints]
         if not urls:
@@ -59,6 +64,7 @@ class Dispatcher:
         if i is None:
             return None
         self.in_flight[urls[i]] = loads[i] + 1
+        self.busy[key] = self.busy.get(key, 0) + 1
         return urls[i]
 
     async def acquire(self, key: str, backend: Backend, exclude: frozenset[str] = frozenset()) -> str:
@@ -68,7 +74,7 @@ class Dispatcher:
         """
         if not backend.ready_endpoints:
             raise NoEndpoint(f"backend {backend.name} has no ready endpoint")
-        url = self.try_acquire(backend, exclude)
+        url = self.try_acquire(key, backend, exclude)
         if url is not None:
             return url
         queue = self._waiters.setdefault(key, deque())
@@ -85,7 +91,7 @@ class Dispatcher:
                 else:
                     self._discard(key, fut)
                 raise
-            url = self.try_acquire(backend, exclude)
+            url = self.try_acquire(key, backend, exclude)
             if url is not None:
                 return url
 
@@ -94,8 +100,9 @@ class Dispatcher:
         if queue is not None and fut in queue:
             queue.remove(fut)
 
-    def release(self, url: str) -> None:
+    def release(self, key: str, url: str) -> None:
         """Give a slot back and wake one call waiting for a backend that uses this endpoint."""
+        self.busy[key] = self.busy.get(key, 1) - 1
         n = self.in_flight.get(url, 0) - 1
         if n > 0:
             self.in_flight[url] = n

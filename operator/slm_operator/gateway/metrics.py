@@ -47,6 +47,31 @@ class _CaptureCollector(Collector):
         )
 
 
+class _LoadCollector(Collector):
+    """Calls in flight and queued per backend, read from the dispatcher at scrape time (nothing on the call path)."""
+
+    def __init__(self, dispatcher: Callable[[], Any | None]) -> None:
+        self._dispatcher = dispatcher
+
+    def collect(self) -> Iterator[Metric]:
+        d = self._dispatcher()
+        in_flight = GaugeMetricFamily(
+            "slm_gateway_in_flight", "Calls a backend is answering now", labels=["route", "backend"]
+        )
+        queued = GaugeMetricFamily(
+            "slm_gateway_queued",
+            "Calls waiting in the gateway for a free slot of a backend (every endpoint at maxConcurrency)",
+            labels=["route", "backend"],
+        )
+        if d is not None:
+            for key in d.keys:
+                route, _, backend = key.rpartition("/")
+                in_flight.add_metric([route, backend], d.busy.get(key, 0))
+                queued.add_metric([route, backend], d.queued(key))
+        yield in_flight
+        yield queued
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:  # long: declarative metric table
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -90,15 +115,6 @@ class GatewayMetrics:
             ["route", "backend"],
             registry=r,
         )
-        self.in_flight = Gauge(
-            "slm_gateway_in_flight", "Calls a backend is answering now", ["route", "backend"], registry=r
-        )
-        self.queued = Gauge(
-            "slm_gateway_queued",
-            "Calls waiting in the gateway for a free slot of a backend (every endpoint at maxConcurrency)",
-            ["route", "backend"],
-            registry=r,
-        )
         self.endpoints_ready = Gauge(
             "slm_gateway_backend_ready_endpoints",
             "Ready endpoints (replicas) of a backend the gateway knows",
@@ -137,7 +153,13 @@ class GatewayMetrics:
         )
         self._capture_stats: Callable[[], Any | None] = lambda: None
         r.register(_CaptureCollector(lambda: self._capture_stats()))
+        self._load: Any = None
+        r.register(_LoadCollector(lambda: self._load))
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    def load_from(self, dispatcher: Any) -> None:
+        """Expose the dispatcher's calls in flight (``busy``) and waiting (``queued(key)``) per backend key."""
+        self._load = dispatcher
 
     def capture_stats_from(self, stats: Callable[[], Any | None]) -> None:
         """Expose ``stats()`` (an object with queued, spooled, dropped, written) as the capture metrics."""

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,6 +99,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.metrics.capture_stats_from(lambda: self.capture.stats if self.capture is not None else None)
         self.dispatcher = Dispatcher()
+        self.metrics.load_from(self.dispatcher)
         self.rng = random.Random(self.options.seed)
         self.limits: dict[tuple[str, str], CallerState] = {}
         self._shadows: set[asyncio.Task[None]] = set()
@@ -132,7 +134,11 @@ class Gateway:
 
     async def _start(self, _app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies must never reach another caller's call
+        )
         self._upstream = Upstream(self._session, self.dispatcher, self.metrics)
         self._sweeper = asyncio.create_task(self._sweep_limits())
         if self.capture is not None:
@@ -205,7 +211,7 @@ class Gateway:
     async def _admit(self, request: web.Request, path: str) -> Call:
         """Authenticate, read and parse the body, find the route, apply the caller's limits."""
         started = asyncio.get_running_loop().time()
-        started_at = datetime.now(UTC)
+        started_wall = time.time()
         table = self.table
         caller = await self.auth.authenticate(request.headers.get("Authorization"), table)
         try:
@@ -237,7 +243,7 @@ class Gateway:
             task_label=task_label(route.spec, task),
             features=features,
             started=started,
-            started_at=started_at,
+            started_wall=started_wall,
         )
         if limits is not None:
             key = (route.key, identity)
@@ -340,7 +346,7 @@ class Gateway:
             usage = outcome.usage or {}
             record = CaptureRecord(
                 id=uuid.uuid4().hex,
-                time=call.started_at,
+                time=datetime.fromtimestamp(call.started_wall, UTC),
                 route=call.route.key,
                 task=call.task,
                 backend=outcome.backend,
@@ -377,7 +383,8 @@ class Gateway:
     async def _shadow(self, route: CompiledRoute, name: str, body: dict[str, Any], path: str) -> None:
         """A copy of a call to ``name``, not streamed; its answer is read and dropped. It only takes a free slot."""
         backend = route.backends[name]
-        url = self.dispatcher.try_acquire(backend)
+        key = f"{route.key}/{name}"
+        url = self.dispatcher.try_acquire(key, backend)
         if url is None or self._session is None:
             self.metrics.child(self.metrics.shadows, route.key, name, "skipped").inc()
             return
@@ -397,7 +404,7 @@ class Gateway:
         except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
-            self.dispatcher.release(url)
+            self.dispatcher.release(key, url)
             self.metrics.child(self.metrics.shadows, route.key, name, outcome).inc()
 
 

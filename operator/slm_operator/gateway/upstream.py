@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from slm_operator.capture import reassemble_chat_stream
 from slm_operator.gateway.call import CHAT, Call, Outcome, response_headers
@@ -50,6 +51,16 @@ class Upstream:
         self.session = session
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    def _url(self, base: str, path: str) -> URL:
+        """The parsed URL of ``base + path``, parsed once."""
+        url = self._urls.get((base, path))
+        if url is None:
+            if len(self._urls) > 10000:
+                self._urls.clear()
+            url = self._urls[(base, path)] = URL(base + path)
+        return url
 
     def _payload(self, call: Call, backend: Backend) -> tuple[bytes, dict[str, str]]:
         headers = {"Content-Type": "application/json"}
@@ -59,15 +70,13 @@ class Upstream:
         body["model"] = backend.model
         return json.dumps(body, separators=(",", ":")).encode(), headers
 
-    async def _slot(self, call: Call, backend: Backend, tried: frozenset[str], deadline: float) -> str:
-        key = f"{call.route.key}/{backend.name}"
-        gauge = self.metrics.child(self.metrics.queued, call.route.key, backend.name)
-        gauge.inc()
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self.dispatcher.acquire(key, backend, tried)
-        finally:
-            gauge.dec()
+    async def _slot(self, key: str, backend: Backend, tried: frozenset[str], deadline: float) -> str:
+        """A free slot at once, else a wait in the backend's queue until ``deadline``."""
+        url = self.dispatcher.try_acquire(key, backend, tried)
+        if url is not None:
+            return url
+        async with asyncio.timeout_at(deadline):
+            return await self.dispatcher.acquire(key, backend, tried)
 
     async def attempt(self, call: Call, name: str, fallback: FailureReason | None = None) -> Outcome:
         """One backend's answer to the call, after retries before the first byte."""
@@ -78,10 +87,10 @@ class Upstream:
         first_deadline = start + call.route.first_byte_s
         total_deadline = start + call.route.total_s
         tried: set[str] = set()
-        in_flight = self.metrics.child(self.metrics.in_flight, call.route.key, name)
+        key = f"{call.route.key}/{name}"
         for attempt in range(RETRIES + 1):
             try:
-                url = await self._slot(call, backend, frozenset(tried), first_deadline)
+                url = await self._slot(key, backend, frozenset(tried), first_deadline)
             except TimeoutError:
                 return Outcome(
                     name, 504, reason=FailureReason.TIMEOUT, detail="no free slot within timeouts.firstByte"
@@ -93,11 +102,12 @@ class Upstream:
             except NoEndpoint as exc:
                 return Outcome(name, 502, reason=FailureReason.ERROR, detail=str(exc))
             tried.add(url)
-            in_flight.inc()
             try:
                 try:
                     async with asyncio.timeout_at(first_deadline):
-                        resp = await self.session.post(url + call.path, data=payload, headers=headers)
+                        resp = await self.session.post(
+                            self._url(url, call.path), data=payload, headers=headers
+                        )
                 except TimeoutError:
                     return Outcome(
                         name,
@@ -117,8 +127,7 @@ class Upstream:
                 finally:
                     resp.release()
             finally:
-                in_flight.dec()
-                self.dispatcher.release(url)
+                self.dispatcher.release(key, url)
         raise AssertionError("unreachable: the last attempt returns")
 
     async def _answer(
