@@ -1100,12 +1100,12 @@ class RouteTimeouts(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
             cel(
-                "duration(self.firstByte) <= duration(self.total)",
+                "!has(self.firstByte) || !has(self.total) || duration(self.firstByte) <= duration(self.total)",
                 "`timeouts.firstByte` must not exceed `timeouts.total`",
                 field_path=".firstByte",
             ),
             cel(
-                "duration(self.firstByte) > duration('0s')",
+                "!has(self.firstByte) || duration(self.firstByte) > duration('0s')",
                 "`timeouts.firstByte` must be above 0, e.g. '30s'",
                 field_path=".firstByte",
             ),
