@@ -440,7 +440,7 @@ def test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig(
     assert lines[3] == "    GPU 1: free"
 
 
-@pytest.mark.parametrize("command", ["show", "run"])
+@pytest.mark.parametrize("command", ["show", "run", "gateway"])
 def test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass(command: str, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     r = run(command, "--kubeconfig", str(missing))
@@ -917,7 +917,8 @@ def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
     empty = tmp_path / "empty.yaml"
     empty.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
     cases = [
-        ([], "give the routes with -f FILE"),
+        (["-f", str(files), "--kubeconfig", str(tmp_path / "k")], "--kubeconfig is for the in-cluster mode"),
+        (["--endpoint", "agents/x=http://127.0.0.1:1"], "--endpoint is for the standalone mode"),
         (["-f", str(empty)], "no SLMRoute in the given files"),
         (["-f", str(tmp_path / "missing.yaml")], "no such file or folder"),
         (["-f", str(files), "--endpoint", "invoice-extractor=http://127.0.0.1:1"], "give NAMESPACE/NAME=URL"),
@@ -1114,6 +1115,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ],
     ("agent", "--once"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],
     ("gateway", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("gateway", "--kubeconfig"): [
+        "test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
     ("gateway", "--filename"): [
         "test_gateway_serves_the_routes_of_the_files_on_the_listen_address",
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",

@@ -396,12 +396,14 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 def _cmd_gateway(args: argparse.Namespace) -> int:
     import logging
 
-    from slm_operator.gateway.standalone import StandaloneError, build, run
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("slm_operator").setLevel(args.log_level.upper())
+    if args.filename and args.kubeconfig:
+        raise CliError("--kubeconfig is for the in-cluster mode; with -f the routes come from the files")
     if not args.filename:
-        raise CliError("the in-cluster mode is not built yet: give the routes with -f FILE (standalone mode)")
+        return _gateway_in_cluster(args)
+    from slm_operator.gateway.standalone import StandaloneError, build, run
+
     try:
         standalone = build(
             args.filename,
@@ -415,6 +417,32 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     except StandaloneError as exc:
         raise CliError(str(exc)) from None
     return run(standalone)
+
+
+def _gateway_in_cluster(args: argparse.Namespace) -> int:
+    from slm_operator.gateway.kube import KubeApi, KubeConfigError, load_config
+
+    if args.endpoint:
+        raise CliError(
+            "--endpoint is for the standalone mode (-f); in the cluster the replicas come from EndpointSlices"
+        )
+    try:
+        api = KubeApi(load_config(args.kubeconfig))
+    except KubeConfigError as exc:
+        raise CliError(str(exc)) from None
+    from slm_operator.gateway.incluster import InCluster, attach, run
+    from slm_operator.gateway.server import Gateway
+    from slm_operator.gateway.standalone import Standalone, StandaloneError, listen_address, options
+    from slm_operator.routing.table import RouteTable
+
+    try:
+        host, port = listen_address(args.listen)
+        capture, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
+    except StandaloneError as exc:
+        raise CliError(str(exc)) from None
+    gateway = Gateway(RouteTable(), capture=capture, options=opts)
+    attach(gateway, api)
+    return run(InCluster(Standalone(gateway, host, port), api))
 
 
 def _cmd_sanitize(args: argparse.Namespace) -> int:
@@ -610,9 +638,11 @@ def _add_gateway_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "gateway",
         help="the OpenAI-compatible gateway: routes agents' calls to SLMs by SLMRoute, falls back, captures",
-        description="Serve /v1/chat/completions, /v1/completions and /v1/models for the SLMRoutes, with /healthz and "
-        "/metrics on the same port (docs/gateway.md). Standalone mode (-f): routes, API-key Secrets and external "
-        "backends' key Secrets come from the files and SLMDeployment replicas from --endpoint; no cluster is needed. "
+        description="Serve /v1/chat/completions, /v1/completions and /v1/models for the SLMRoutes, with /healthz, "
+        "/readyz and /metrics on the same port (docs/gateway.md). Standalone mode (-f): routes, API-key Secrets and "
+        "external backends' key Secrets come from the files and SLMDeployment replicas from --endpoint; no cluster "
+        "is needed. In-cluster mode (no -f): SLMRoutes, SLMDeployments and EndpointSlices are watched, the Secrets "
+        "the routes name are read, ServiceAccount tokens are checked with TokenReview and SubjectAccessReview. "
         "Exit codes: 0 stopped (SIGINT, SIGTERM), 2 bad input.",
     )
     p.add_argument(
@@ -622,6 +652,11 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         default=[],
         help="file or folder with SLMRoutes and Secrets (and SLMDeployments, for their maxConcurrentSequences); "
         "repeatable",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="in-cluster mode (no -f): kubeconfig file (default: the pod's ServiceAccount, then $KUBECONFIG)",
     )
     p.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on (default %(default)s)")
     p.add_argument(

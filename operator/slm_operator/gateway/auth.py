@@ -18,11 +18,13 @@ from slm_operator.routing.table import ApiKeyGrant, CompiledRoute, RouteTable, k
 class Caller:
     identity: str  # "apikey:ns/secret/entry" or "system:serviceaccount:ns:name"
     namespace: str | None = None  # the caller's own namespace, preferred when several routes serve a model
-    grants: tuple[ApiKeyGrant, ...] = field(default=())
+    grants: tuple[ApiKeyGrant, ...] = field(default=())  # API keys: where the key is granted
+    uid: str = ""  # token callers: as the TokenReview says, for the SubjectAccessReview
+    groups: tuple[str, ...] = ()
 
 
 class AuthError(Exception):
-    """Refused: ``status`` 401 (no or unknown credentials) or 403 (not allowed)."""
+    """Refused: ``status`` 401 (no or unknown credentials), 403 (not allowed), 503 (the API server could not say)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -106,6 +106,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._upstream: Upstream | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.ready = True  # /readyz: the in-cluster mode clears it until its watches have listed everything
         self.table = RouteTable()
         self.set_table(table)
 
@@ -127,6 +128,7 @@ class Gateway:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
@@ -170,6 +172,13 @@ class Gateway:
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def readyz(self, _request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(
+                status=503, text="waiting for the routes, deployments and endpoints to be listed\n"
+            )
+        return web.Response(text="ok\n")
+
     async def metrics_endpoint(self, _request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -184,11 +193,14 @@ class Gateway:
             self.metrics.child(self.metrics.rejected, str(exc.status)).inc()
             return error_response(exc.status, str(exc))
         data = []
-        for model, routes in sorted(table.by_model.items()):
-            for r in routes:
-                if await self.auth.may_use(caller, r):
-                    data.append({"id": model, "object": "model", "created": 0, "owned_by": r.key})
-                    break
+        try:
+            for model, routes in sorted(table.by_model.items()):
+                for r in routes:
+                    if await self.auth.may_use(caller, r):
+                        data.append({"id": model, "object": "model", "created": 0, "owned_by": r.key})
+                        break
+        except AuthError as exc:
+            return error_response(exc.status, str(exc))
         return web.json_response({"object": "list", "data": data})
 
     # ---------------------------------------------------------------------------------------- calls

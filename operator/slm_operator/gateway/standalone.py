@@ -142,6 +142,30 @@ def summary(table: RouteTable) -> list[str]:
     return lines
 
 
+def options(
+    store: str | None, spool_dir: str, salt_file: str | None, max_request_bytes: int
+) -> tuple[Capture | None, GatewayOptions]:
+    """The capture and the options both modes build from their flags."""
+    if max_request_bytes < 1024:
+        raise StandaloneError(f"--max-request-bytes {max_request_bytes}: give at least 1024")
+    if not store:
+        if salt_file:
+            raise StandaloneError(
+                "--salt-file only salts the caller hashes of captured calls: give --store too"
+            )
+        return None, GatewayOptions(max_request_bytes=max_request_bytes)
+    spool = Path(spool_dir)
+    salt = read_salt(salt_file, spool)
+    return Capture(store, spool_dir=spool), GatewayOptions(max_request_bytes=max_request_bytes, salt=salt)
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise StandaloneError(f"--listen: {exc}") from None
+
+
 def build(
     files: Sequence[str],
     listen: str,
@@ -152,33 +176,20 @@ def build(
     max_request_bytes: int = 8 << 20,
 ) -> Standalone:
     """Everything ``gateway -f`` serves, checked: bad input raises StandaloneError with what to pass."""
-    try:
-        host, port = parse_listen(listen)
-    except ValueError as exc:
-        raise StandaloneError(f"--listen: {exc}") from None
-    if max_request_bytes < 1024:
-        raise StandaloneError(f"--max-request-bytes {max_request_bytes}: give at least 1024")
+    host, port = listen_address(listen)
     table = build_table(world_from_files(files, parse_endpoints(endpoint_values)))
-    capture = None
-    salt = b""
-    if store:
-        spool = Path(spool_dir)
-        salt = read_salt(salt_file, spool)
-        capture = Capture(store, spool_dir=spool)
-    elif salt_file:
-        raise StandaloneError("--salt-file only salts the caller hashes of captured calls: give --store too")
-    options = GatewayOptions(max_request_bytes=max_request_bytes, salt=salt)
-    return Standalone(Gateway(table, capture=capture, options=options), host, port)
+    capture, opts = options(store, spool_dir, salt_file, max_request_bytes)
+    return Standalone(Gateway(table, capture=capture, options=opts), host, port)
 
 
-async def serve(s: Standalone, stop: asyncio.Event) -> None:
+async def serve(s: Standalone, stop: asyncio.Event, banner: bool = True) -> None:
     """Serve until ``stop`` is set, then finish calls in flight and stop capture."""
     runner = web.AppRunner(s.gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, s.host, s.port)
         await site.start()
-        for line in summary(s.gateway.table):
+        for line in summary(s.gateway.table) if banner else []:
             print(line, file=sys.stderr)
         print(f"serving the OpenAI API on http://{s.host}:{s.port}/v1", file=sys.stderr, flush=True)
         await stop.wait()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slm_operator.api.v1alpha1 import RouteBackendStatus, SLMRouteStatus
-from slm_operator.routing.table import MODEL_CONFLICT, CompiledRoute
+from slm_operator.routing.table import MODEL_CONFLICT, SECRET_NOT_FOUND, CompiledRoute
 from slm_operator.status import ConditionResult, apply_condition
 
 ACCEPTED = "Accepted"
@@ -14,8 +14,9 @@ NOT_ACCEPTED = "NotAccepted"
 
 
 def accepted_condition(route: CompiledRoute) -> ConditionResult:
-    """False when the route is not served (another route of the namespace serves its model) or a backend's
-    reference does not resolve (the route is served; calls that go to that backend fail and fall back)."""
+    """False when the route is not served (another route of the namespace serves its model), a backend's
+    reference does not resolve (the route is served; calls that go to that backend fail and fall back), or a
+    Secret of API keys it names is missing or unreadable (those keys cannot call it)."""
     if route.conflict_with is not None:
         return ConditionResult(
             False,
@@ -24,10 +25,10 @@ def accepted_condition(route: CompiledRoute) -> ConditionResult:
             "this route is not served: change `spec.model` or delete one of them",
         )
     problems = [b for b in route.backends.values() if b.problem_reason]
-    if problems:
-        return ConditionResult(
-            False, problems[0].problem_reason or "", "; ".join(b.problem for b in problems)
-        )
+    messages = [b.problem for b in problems] + list(route.key_secret_problems)
+    if messages:
+        reason = (problems[0].problem_reason if problems else None) or SECRET_NOT_FOUND
+        return ConditionResult(False, reason, "; ".join(messages))
     return ConditionResult(True, ACCEPTED, f"serving the model '{route.spec.model}'")
 
 

@@ -66,6 +66,7 @@ class CompiledRoute:
     sample_rate: float  # 0 when the route captures nothing
     key_secrets: frozenset[str]  # the API-key Secrets the route names
     conflict_with: str | None = None  # an older route of the namespace serving the same model
+    key_secret_problems: tuple[str, ...] = ()  # named API-key Secrets that are missing or unreadable
 
     @property
     def key(self) -> str:
@@ -128,6 +129,12 @@ class RouteWorld:
     deployments: Mapping[NamespacedName, SLMDeployment] = field(default_factory=dict)
     endpoints: Mapping[NamespacedName, Sequence[Endpoint]] = field(default_factory=dict)
     secrets: Mapping[NamespacedName, Mapping[str, str]] = field(default_factory=dict)  # decoded data
+    #: named Secrets the shell may not read, with why (in the cluster: no RoleBinding in that namespace)
+    unreadable: Mapping[NamespacedName, str] = field(default_factory=dict)
+
+
+def _missing_secret(world: RouteWorld, ns: str, name: str) -> str:
+    return world.unreadable.get((ns, name)) or f"Secret {ns}/{name} not found"
 
 
 def _deployment_backend(b: RouteBackend, ns: str, world: RouteWorld) -> Backend:
@@ -167,7 +174,9 @@ def _external_backend(b: RouteBackend, ns: str, world: RouteWorld) -> Backend:
         return out
     data = world.secrets.get((ns, ref.name))
     if data is None:
-        return _with_problem(out, SECRET_NOT_FOUND, f"backend {b.name}: Secret {ns}/{ref.name} not found")
+        return _with_problem(
+            out, SECRET_NOT_FOUND, f"backend {b.name}: {_missing_secret(world, ns, ref.name)}"
+        )
     if ref.key not in data:
         return _with_problem(
             out, SECRET_NOT_FOUND, f"backend {b.name}: Secret {ns}/{ref.name} has no key '{ref.key}'"
@@ -199,6 +208,11 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
         sample_rate=float(spec.capture.sample_rate) if spec.capture else 0.0,
         key_secrets=frozenset(r.name for r in spec.api_key_secret_refs or []),
         conflict_with=conflict_with,
+        key_secret_problems=tuple(
+            f"API keys: {_missing_secret(world, ns, r.name)}"
+            for r in spec.api_key_secret_refs or []
+            if (ns, r.name) not in world.secrets
+        ),
     )
 
 
