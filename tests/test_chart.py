@@ -788,7 +788,9 @@ def test_agent_disabled_removes_agent_scrape_target(helm_env: dict[str, str]) ->
     objs = render(helm_env, VALUE_SETS["agent-disabled"], ("metrics.serviceMonitor.enabled=true",))
     (expr,) = one(objs, "ServiceMonitor")["spec"]["selector"]["matchExpressions"]
     assert expr["values"] == ["operator", "gateway"]
-    assert sorted(s["metadata"]["labels"]["app.kubernetes.io/component"] for s in of_kind(objs, "Service")) == [
+    assert sorted(
+        s["metadata"]["labels"]["app.kubernetes.io/component"] for s in of_kind(objs, "Service")
+    ) == [
         "gateway",
         "operator",
     ]
