@@ -19,7 +19,7 @@ from slm_operator.routing.jsoncheck import json_problem
 from slm_operator.routing.jsonschema import schema_error
 from slm_operator.routing.limits import CallerState, admit, settle
 from slm_operator.routing.rules import rule_matches, select, task_label, weighted_choice
-from slm_operator.routing.sse import count_data_events, sse_events, stream_usage
+from slm_operator.routing.sse import body_usage, count_data_events, sse_events, stream_usage
 from slm_operator.routing.status import route_status
 from slm_operator.routing.table import (
     Endpoint,
@@ -614,3 +614,23 @@ def test_spec_rejects_what_the_crd_rejects() -> None:
                 "defaultBackend": "b",
             }
         )
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            "id": st.text(max_size=5),
+            "choices": st.lists(
+                st.dictionaries(st.text(max_size=4), st.text(max_size=20), max_size=3), max_size=2
+            ),
+        },
+        optional={
+            "usage": st.fixed_dictionaries(
+                {"prompt_tokens": st.integers(0, 10**6), "completion_tokens": st.integers(0, 10**6)}
+            )
+        },
+    )
+)
+def test_usage_is_found_without_parsing_the_whole_answer(answer: dict[str, Any]) -> None:
+    body = json.dumps(answer).encode()
+    assert body_usage(body) == answer.get("usage")

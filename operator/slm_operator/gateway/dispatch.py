@@ -50,7 +50,7 @@ class Dispatcher:
 
     def try_acquire(self, key: str, backend: Backend, exclude: frozenset[str] = frozenset()) -> str | None:
         """Take a slot on the least loaded ready endpoint (not in ``exclude`` if another is free), or None."""
-        urls = [e.url for e in backend.ready_endpoints]
+        urls = backend.ready_urls
         if not urls:
             return None
         loads = [self.in_flight.get(u, 0) for u in urls]
@@ -72,7 +72,7 @@ class Dispatcher:
 
         Raises :class:`NoEndpoint` without a ready endpoint and :class:`QueueFull` when the queue is full.
         """
-        if not backend.ready_endpoints:
+        if not backend.ready_urls:
             raise NoEndpoint(f"backend {backend.name} has no ready endpoint")
         url = self.try_acquire(key, backend, exclude)
         if url is not None:

@@ -24,7 +24,7 @@ from slm_operator.gateway.dispatch import Dispatcher, NoEndpoint, QueueFull
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.routing.fallback import FailureReason, checks_json, failure_of_status
 from slm_operator.routing.jsoncheck import expects_json, json_problem
-from slm_operator.routing.sse import count_data_events, sse_events, stream_usage
+from slm_operator.routing.sse import body_usage, count_data_events, sse_events, stream_usage
 from slm_operator.routing.table import Backend
 
 RETRIES = 2
@@ -176,9 +176,14 @@ class Upstream:
             out.detail = f"the backend answered {resp.status}"
             return out
         if resp.status == 200:
-            out.answer = _json_or_none(body)
-            out.usage = (out.answer or {}).get("usage") if out.answer else None
-            if call.path == CHAT and checks_json(call.route.spec, name) and expects_json(call.body):
+            checked = call.path == CHAT and checks_json(call.route.spec, name) and expects_json(call.body)
+            if checked or call.capture:  # the whole answer is needed; otherwise only its usage
+                out.answer = _json_or_none(body)
+                usage = out.answer.get("usage") if out.answer else None
+                out.usage = usage if isinstance(usage, dict) else None
+            else:
+                out.usage = body_usage(body)
+            if checked:
                 problem = (
                     "the answer is not JSON" if out.answer is None else json_problem(call.body, out.answer)
                 )

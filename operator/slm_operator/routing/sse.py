@@ -72,3 +72,22 @@ def join_completion_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
         ],
         "usage": usage,
     }
+
+
+_DECODER = json.JSONDecoder()
+
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a (non-streamed) answer, without parsing the whole answer: the last ``"usage"``
+    key's object. None when there is none or it is not a JSON object."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    colon = body.find(b":", at + 7)
+    if colon < 0:
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(body[colon + 1 :].decode("utf-8", "replace").lstrip())
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

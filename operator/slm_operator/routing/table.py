@@ -48,6 +48,10 @@ class Backend:
     max_queue: int = 0
     problem_reason: str | None = None  # why it cannot be used (BackendNotFound, SecretNotFound)
     problem: str = ""
+    ready_urls: tuple[str, ...] = field(init=False, default=())  # the ready endpoints' URLs (computed)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ready_urls", tuple(e.url for e in self.endpoints if e.ready))
 
     @property
     def ready_endpoints(self) -> tuple[Endpoint, ...]:
