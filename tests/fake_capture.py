@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel
 
 
@@ -46,9 +47,20 @@ class CaptureStats:
     written: int = 0
 
 
+#: the series the real pipeline registers (docs/capture.md, "Metrics")
+COUNTERS = ("queued", "written", "spooled", "replayed", "dropped", "store_errors", "redactions")
+GAUGES = ("queue_depth", "spool_bytes")
+
+
 class Capture:
     def __init__(
-        self, store_url: str, *, spool_dir: Path, queue_size: int = 10000, sanitizer_factory: Any = None
+        self,
+        store_url: str,
+        *,
+        spool_dir: Path,
+        queue_size: int = 10000,
+        sanitizer_factory: Any = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.store_url = store_url
         self.spool_dir = spool_dir
@@ -56,6 +68,12 @@ class Capture:
         self.records: list[CaptureRecord] = []
         self.started = False
         self.refuse = False
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = {"dropped": ["reason"], "redactions": ["pii_class"]}
+        for name in COUNTERS:
+            Counter(f"slm_capture_{name}", name, labels.get(name, []), registry=self.registry)
+        for name in GAUGES:
+            Gauge(f"slm_capture_{name}", name, registry=self.registry)
 
     async def start(self) -> None:
         self.started = True
@@ -75,7 +93,24 @@ class Capture:
 
 
 def caller_hash(identity: str, salt: bytes) -> str:
+    if not salt:
+        raise ValueError("the caller-hash salt is empty")
     return hmac.new(salt, identity.encode(), hashlib.sha256).hexdigest()
+
+
+def load_salt(path: Path) -> bytes:
+    salt = Path(path).read_bytes().rstrip(b"\r\n")
+    if not salt:
+        raise ValueError(f"{path}: the salt file is empty; put at least 16 random bytes in it")
+    return salt
+
+
+def sampled(record_id: str, rate: float) -> bool:
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    return int.from_bytes(hashlib.sha256(record_id.encode()).digest()[:8], "big") < rate * 2**64
 
 
 def reassemble_chat_stream(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -977,12 +977,12 @@ def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
         )
         assert code == 0 and status == 200
         assert 'slm_gateway_capture_submitted_total{accepted="true",route="agents/invoices"} 1.0' in metrics
-        assert "slm_gateway_capture_queued" in metrics
-    assert len(salts[0]) == 32 and salts[0] == salts[1] == (spool / "caller-salt").read_bytes()
+        assert "slm_capture_queue_depth" in metrics  # the capture's own series, in the gateway's registry
+    assert len(salts[0]) == 64 and salts[0] == salts[1] == (spool / "caller-salt").read_bytes()
     assert (spool / "caller-salt").stat().st_mode & 0o777 == 0o600
-    # an explicit --salt-file is read as it is
+    # an explicit --salt-file is read as `usage erase` reads it: a trailing newline (echo) is not part of it
     salt_file = tmp_path / "salt"
-    salt_file.write_bytes(b"s" * 20)
+    salt_file.write_bytes(b"s" * 20 + b"\n")
     code, _ = _gateway_main(
         monkeypatch,
         [

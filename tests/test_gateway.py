@@ -438,7 +438,6 @@ def test_sampled_calls_are_captured_whole_after_the_answer(tmp_path: Path) -> No
         assert tool.response["choices"][0]["message"]["tool_calls"] == [call] and tool.prompt_tokens == 3
         assert (fell_back.backend, fell_back.fallback_reason, fell_back.status) == ("llm", "error", 200)
         assert capture.started
-        assert "slm_gateway_capture_written_total 3.0" in await env.metrics()
 
     run({**FALLBACK, "capture": {"sampleRate": "1", "redact": ["Email", "APIKey"]}}, test, capture=capture)
     assert not capture.started  # stopped with the gateway
@@ -451,7 +450,7 @@ def test_sample_rate_picks_a_share_of_calls(tmp_path: Path) -> None:
         for _ in range(40):
             await env.chat()
         await asyncio.sleep(0)
-        assert 5 <= len(capture.records) <= 35  # a quarter, give or take the seeded draws
+        assert 3 <= len(capture.records) <= 20  # a quarter, decided by each record's id
         assert (
             'slm_gateway_capture_submitted_total{accepted="true",route="agents/invoices"}'
             in await env.metrics()

@@ -18,6 +18,7 @@ from slm_operator.agent.fake import fleet
 from slm_operator.agent.metrics import AgentMetrics
 from slm_operator.agent.pods import pod_shares
 from slm_operator.agent.read import read_inventory
+from slm_operator.capture import Capture
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.metrics import OperatorMetrics, parse_listen, serve, split_deployment
 from slm_operator.planner import (
@@ -352,7 +353,8 @@ def _gateway_metrics() -> GatewayMetrics:
         g.child(metric, *labels).inc()
     g.child(g.endpoints_ready, "agents/r", "slm").set(1)
     g.load_from(SimpleNamespace(keys=["agents/r/slm"], busy={"agents/r/slm": 2}, queued=lambda key: 1))
-    g.capture_stats_from(lambda: SimpleNamespace(queued=1, spooled=2, dropped=3, written=4))
+    # the capture pipeline registers its series in the gateway's registry
+    Capture("sqlite:///unused.db", spool_dir=Path("unused"), registry=g.registry)
     return g
 
 

@@ -437,10 +437,10 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
 
     try:
         host, port = listen_address(args.listen)
-        capture, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
+        capture, metrics, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
     except StandaloneError as exc:
         raise CliError(str(exc)) from None
-    gateway = Gateway(RouteTable(), capture=capture, options=opts)
+    gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
     attach(gateway, api)
     return run(InCluster(Standalone(gateway, host, port), api))
 

@@ -31,6 +31,7 @@ class Call:
     started: float  # loop time
     started_wall: float  # time.time() at arrival, for the capture record
     capture: bool = False  # sampled for capture
+    record_id: str = ""  # the capture record's id (it decides the sampling)
     charged_tokens: int = 0
 
 

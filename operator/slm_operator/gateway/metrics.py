@@ -1,5 +1,8 @@
 """Prometheus metrics of the gateway, in their own registry (served at ``/metrics`` on the gateway's port).
 
+The capture pipeline (``slm_operator.capture.Capture``) registers its own ``slm_capture_*`` series in this
+registry (its ``registry`` argument), so ``/metrics`` serves them too.
+
 Labels: ``route`` ("namespace/name"), ``backend`` (its name in the route), ``task`` (a task the route's rules
 name, ``other`` or empty: never a free-form caller value), ``status`` (the HTTP status returned). Names, types
 and meaning: docs/observability.md. Children are cached per label tuple: the request path does one dict lookup
@@ -12,39 +15,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-CAPTURE_FIELDS = ("queued", "spooled", "dropped", "written")
-
-
-class _CaptureCollector(Collector):
-    """The capture pipeline's counts (``Capture.stats``), read at scrape time."""
-
-    def __init__(self, stats: Callable[[], Any | None]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        stats = self._stats()
-        if stats is None:
-            return
-        yield GaugeMetricFamily(
-            "slm_gateway_capture_queued", "Captured calls waiting in memory for the store", value=stats.queued
-        )
-        yield GaugeMetricFamily(
-            "slm_gateway_capture_spooled",
-            "Captured calls spooled to local disk while the store is slow or down (replayed later)",
-            value=stats.spooled,
-        )
-        yield CounterMetricFamily(
-            "slm_gateway_capture_dropped",
-            "Captured calls lost because the queue and the spool were full",
-            value=stats.dropped,
-        )
-        yield CounterMetricFamily(
-            "slm_gateway_capture_written", "Captured calls written to the store", value=stats.written
-        )
 
 
 class _LoadCollector(Collector):
@@ -151,8 +125,6 @@ class GatewayMetrics:
             ["route", "accepted"],
             registry=r,
         )
-        self._capture_stats: Callable[[], Any | None] = lambda: None
-        r.register(_CaptureCollector(lambda: self._capture_stats()))
         self._load: Any = None
         r.register(_LoadCollector(lambda: self._load))
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -160,10 +132,6 @@ class GatewayMetrics:
     def load_from(self, dispatcher: Any) -> None:
         """Expose the dispatcher's calls in flight (``busy``) and waiting (``queued(key)``) per backend key."""
         self._load = dispatcher
-
-    def capture_stats_from(self, stats: Callable[[], Any | None]) -> None:
-        """Expose ``stats()`` (an object with queued, spooled, dropped, written) as the capture metrics."""
-        self._capture_stats = stats
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

@@ -23,7 +23,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from slm_operator.capture import Capture, CaptureRecord, caller_hash, reassemble_chat_stream
+from slm_operator.capture import Capture, CaptureRecord, caller_hash, reassemble_chat_stream, sampled
 from slm_operator.contract import TASK_HEADER
 from slm_operator.gateway.auth import ApiKeyAuth, Authenticator, AuthError, Caller, identity_for
 from slm_operator.gateway.call import CHAT, COMPLETIONS, Call, Outcome, response_headers
@@ -78,7 +78,7 @@ def error_response(
 class GatewayOptions:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     salt: bytes = b""  # for the caller hash in capture records
-    seed: int | None = None  # of the random draws (splits, shadows, sampling); tests fix it
+    seed: int | None = None  # of the random draws (splits, shadows); tests fix it
 
 
 class Gateway:
@@ -97,7 +97,6 @@ class Gateway:
         self.auth: Authenticator = auth or ApiKeyAuth()
         self.capture = capture
         self.metrics = metrics or GatewayMetrics()
-        self.metrics.capture_stats_from(lambda: self.capture.stats if self.capture is not None else None)
         self.dispatcher = Dispatcher()
         self.metrics.load_from(self.dispatcher)
         self.rng = random.Random(self.options.seed)
@@ -287,7 +286,9 @@ class Gateway:
         if sel.shadows:
             self._fire_shadows(call, sel.shadows)
         rate = call.route.sample_rate
-        call.capture = self.capture is not None and rate > 0 and self.rng.random() < rate
+        if self.capture is not None and rate > 0:
+            call.record_id = uuid.uuid4().hex
+            call.capture = sampled(call.record_id, rate)
         assert self._upstream is not None, "the gateway's app is not started"
         outcome = await self._upstream.attempt(call, sel.backend)
         if outcome.reason is not None and outcome.committed is None:
@@ -357,7 +358,7 @@ class Gateway:
                 answer = _json_or_none(outcome.body)
             usage = outcome.usage or {}
             record = CaptureRecord(
-                id=uuid.uuid4().hex,
+                id=call.record_id,
                 time=datetime.fromtimestamp(call.started_wall, UTC),
                 route=call.route.key,
                 task=call.task,

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from slm_operator.capture import Capture
+from slm_operator.capture import Capture, load_salt
+from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.gateway.server import Gateway, GatewayOptions
 from slm_operator.manifests import ManifestError, load_manifests
 from slm_operator.metrics import parse_listen
@@ -105,21 +106,24 @@ def world_from_files(paths: Sequence[str], endpoints: dict[NamespacedName, list[
 
 
 def read_salt(salt_file: str | None, spool_dir: Path) -> bytes:
-    """The salt of caller hashes: ``--salt-file``, else ``SPOOL_DIR/caller-salt``; created (random) if missing."""
+    """The salt of caller hashes, read as ``usage erase --salt-file`` reads it (``load_salt``): ``--salt-file``,
+    else ``SPOOL_DIR/caller-salt``, created with 64 random hex digits when missing."""
     path = Path(salt_file) if salt_file else spool_dir / SALT_FILE
-    if path.exists():
-        salt = path.read_bytes()
-        if len(salt) < 16:
-            raise StandaloneError(
-                f"--salt-file {path}: a salt needs at least 16 bytes; this file has {len(salt)}"
-            )
-        return salt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secrets.token_bytes(SALT_BYTES))
-    log.info("created the caller-hash salt %s (keep it: `usage erase` needs it)", path)
-    return path.read_bytes()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(SALT_BYTES))
+        log.info("created the caller-hash salt %s (keep it: `usage erase` needs it)", path)
+    try:
+        salt: bytes = load_salt(path)
+    except (OSError, ValueError) as exc:
+        raise StandaloneError(f"--salt-file {path}: {exc}") from None
+    if len(salt) < 16:
+        raise StandaloneError(
+            f"--salt-file {path}: a salt needs at least 16 bytes; this file has {len(salt)}"
+        )
+    return salt
 
 
 @dataclass
@@ -144,19 +148,25 @@ def summary(table: RouteTable) -> list[str]:
 
 def options(
     store: str | None, spool_dir: str, salt_file: str | None, max_request_bytes: int
-) -> tuple[Capture | None, GatewayOptions]:
-    """The capture and the options both modes build from their flags."""
+) -> tuple[Capture | None, GatewayMetrics, GatewayOptions]:
+    """The capture, the metrics (the capture's series are in the same registry) and the options both modes
+    build from their flags."""
     if max_request_bytes < 1024:
         raise StandaloneError(f"--max-request-bytes {max_request_bytes}: give at least 1024")
+    metrics = GatewayMetrics()
     if not store:
         if salt_file:
             raise StandaloneError(
                 "--salt-file only salts the caller hashes of captured calls: give --store too"
             )
-        return None, GatewayOptions(max_request_bytes=max_request_bytes)
+        return None, metrics, GatewayOptions(max_request_bytes=max_request_bytes)
     spool = Path(spool_dir)
     salt = read_salt(salt_file, spool)
-    return Capture(store, spool_dir=spool), GatewayOptions(max_request_bytes=max_request_bytes, salt=salt)
+    try:
+        capture = Capture(store, spool_dir=spool, registry=metrics.registry)
+    except ValueError as exc:
+        raise StandaloneError(f"--store {store}: {exc}") from None
+    return capture, metrics, GatewayOptions(max_request_bytes=max_request_bytes, salt=salt)
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -178,8 +188,8 @@ def build(
     """Everything ``gateway -f`` serves, checked: bad input raises StandaloneError with what to pass."""
     host, port = listen_address(listen)
     table = build_table(world_from_files(files, parse_endpoints(endpoint_values)))
-    capture, opts = options(store, spool_dir, salt_file, max_request_bytes)
-    return Standalone(Gateway(table, capture=capture, options=opts), host, port)
+    capture, metrics, opts = options(store, spool_dir, salt_file, max_request_bytes)
+    return Standalone(Gateway(table, capture=capture, metrics=metrics, options=opts), host, port)
 
 
 async def serve(s: Standalone, stop: asyncio.Event, banner: bool = True) -> None:
