@@ -97,6 +97,10 @@ test-gpu: $(STAMP) ## The node agent against a real NVIDIA GPU, read-only (skips
 bench: $(STAMP) ## Packing benchmark: GPUs used vs lower bound, exact optimum and baselines (docs/benchmarks.md)
 	$(BIN)/python -m bench.packing
 
+.PHONY: bench-gateway
+bench-gateway: $(STAMP) ## Gateway vs direct calls to a local stand-in: added latency, throughput, capture cost (docs/benchmarks.md)
+	$(BIN)/python -m bench.gateway
+
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
 	$(BIN)/python bench/e2e_scale.py

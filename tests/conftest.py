@@ -14,7 +14,6 @@ settings.load_profile(os.environ.get("SLM_HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -107,6 +107,8 @@ def test_every_example_parses() -> None:
     assert len(m.deployments) >= 12
     assert {d.spec.qos for d in m.deployments} == set(QoSTier)
     assert len(m.finetune_jobs) == 1
+    assert [r.metadata.name for r in m.routes] == ["agent-llm"]
+    assert {s["metadata"]["name"] for s in m.secrets} == {"agent-api-keys", "llm-api-key"}
     assert len(m.nodes) >= 5
 
 
@@ -138,7 +140,7 @@ def test_quantity_bytes_and_format() -> None:
 
 def test_generated_schema_accepts_every_example_round_tripped() -> None:
     m = load_manifests([ROOT / "examples"])
-    objs = [*m.pools, *m.deployments, *m.finetune_jobs]
+    objs = [*m.pools, *m.deployments, *m.finetune_jobs, *m.routes]
     for obj in objs:
         crd = crd_for(KINDS[obj.kind])
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

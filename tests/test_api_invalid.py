@@ -21,7 +21,7 @@ CASES: list[dict[str, Any]] = yaml.safe_load(
 
 def test_catalogue_is_large_enough() -> None:
     assert len(CASES) >= 25
-    assert {c["manifest"]["kind"] for c in CASES} == {"GPUPool", "SLMDeployment", "FineTuneJob"}
+    assert {c["manifest"]["kind"] for c in CASES} == {"GPUPool", "SLMDeployment", "FineTuneJob", "SLMRoute"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])

@@ -23,13 +23,14 @@ from tests.structural import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGOCD = ROOT / "deploy" / "argocd"
-KINDS = ("SLMDeployment", "GPUPool", "FineTuneJob")
+KINDS = ("SLMDeployment", "GPUPool", "FineTuneJob", "SLMRoute")
 STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 # what each kind's fixtures must cover
 REQUIRED_STATUSES = {
     "SLMDeployment": {"Healthy", "Progressing", "Degraded", "Suspended"},
     "GPUPool": {"Healthy", "Progressing", "Degraded"},
     "FineTuneJob": {"Healthy", "Progressing", "Degraded"},
+    "SLMRoute": {"Healthy", "Progressing", "Degraded"},
 }
 # Argo CD's Lua VM opens base, table, string and math (and no I/O, OS or module loading)
 UNAVAILABLE = ("io", "os", "require", "dofile", "loadfile", "package", "debug", "load", "loadstring")
@@ -130,6 +131,7 @@ CONDITION_TYPES = {
     "SLMDeployment": ["Ready", "Placed", "Progressing", "Degraded"],
     "GPUPool": ["Ready", "Degraded"],
     "FineTuneJob": ["Sanitized", "Trained", "Evaluated", "Promoted", "Failed"],
+    "SLMRoute": ["Ready", "Accepted"],
 }
 
 

@@ -80,6 +80,16 @@ OPERATOR_CLUSTER_RULES = {
     ("batch", "jobs"): {"get", "list", "watch", "create"},
 }
 AGENT_CLUSTER_RULES = {("", "nodes"): {"get", "patch"}, ("", "pods"): {"list"}}
+GATEWAY_CLUSTER_RULES = {
+    ("slm.io", "slmroutes"): {"get", "list", "watch"},
+    ("slm.io", "slmdeployments"): {"get", "list", "watch"},
+    ("slm.io", "slmroutes/status"): {"patch"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
+#: the one role that may name Secrets: `get` only, bound only by RoleBindings in gateway.routeNamespaces
+GATEWAY_SECRETS_ROLE = "-gateway-secrets"
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 
 
@@ -173,6 +183,24 @@ def one(objs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[st
         f"expected one {kind} *{name_suffix}, got {[o['metadata']['name'] for o in found]}"
     )
     return found[0]
+
+
+def of_component(objs: list[dict[str, Any]], kind: str, component: str) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in of_kind(objs, kind)
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+
+
+def operator_deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = of_component(objs, "Deployment", "operator")
+    return dep
+
+
+def gateway_deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = of_component(objs, "Deployment", "gateway")
+    return dep
 
 
 def pod_templates(objs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -325,11 +353,17 @@ def test_rbac_has_no_wildcards_secrets_or_escalation(rendered: tuple[str, list[d
             assert "nonResourceURLs" not in r, where
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                 assert "*" not in r.get(field, []), f"{where}: wildcard in {field}: {r}"
-            assert "secrets" not in r["resources"], f"{where}: Secrets"
+            if "secrets" in r["resources"]:
+                assert role["metadata"]["name"].endswith(GATEWAY_SECRETS_ROLE), f"{where}: Secrets"
+                assert r["resources"] == ["secrets"] and r["verbs"] == ["get"], f"{where}: Secrets {r}"
             assert "rbac.authorization.k8s.io" not in r["apiGroups"], f"{where}: RBAC objects"
             assert not FORBIDDEN_VERBS & set(r["verbs"]), f"{where}: {r['verbs']}"
             if "nodes" in r["resources"]:
                 assert set(r["verbs"]) <= {"get", "list", "watch", "patch"}, f"{where}: nodes {r['verbs']}"
+    for binding in of_kind(objs, "ClusterRoleBinding"):
+        assert not binding["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE), (
+            f"[{name}] Secrets bound cluster-wide"
+        )
     for binding in of_kind(objs, "ClusterRoleBinding") + of_kind(objs, "RoleBinding"):
         role_names = {r["metadata"]["name"] for r in roles if r["kind"] == binding["roleRef"]["kind"]}
         assert binding["roleRef"]["name"] in role_names, (
@@ -396,6 +430,150 @@ def test_agent_rbac(rendered: tuple[str, list[dict[str, Any]]], helm_env: dict[s
         assert sa_obj["automountServiceAccountToken"] is False, "tokens only where a pod asks for one"
 
 
+# ------------------------------------------------------------------------------------------- the gateway
+
+
+def test_gateway_deployment_service_and_budget(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Two replicas behind a Service on the http port, a PodDisruptionBudget, flags the CLI accepts."""
+    from slm_operator.cli import build_parser
+
+    name, objs = rendered
+    dep = gateway_deployment(objs)
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{'slm' if name == 'custom-nvidia' else RELEASE}-gateway"
+    (c,) = pod["containers"]
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "gateway" and args.filename == [] and args.store is None  # in-cluster, no capture
+    assert args.listen.endswith(f":{c['ports'][0]['containerPort']}") and c["ports"][0]["name"] == "http"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    (svc,) = of_component(objs, "Service", "gateway")
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    (pdb,) = of_component(objs, "PodDisruptionBudget", "gateway")
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _name, objs = rendered
+    assert _rules(objs, "ClusterRole", "-gateway") == GATEWAY_CLUSTER_RULES
+    binding = one(objs, "ClusterRoleBinding", "-gateway")
+    assert binding["roleRef"]["name"].endswith("-gateway")
+    assert _rules(objs, "ClusterRole", GATEWAY_SECRETS_ROLE) == {("", "secrets"): {"get"}}
+    assert not of_kind(objs, "RoleBinding") or all(
+        not b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE) for b in of_kind(objs, "RoleBinding")
+    ), "no namespace is granted by default"
+    user = one(objs, "ClusterRole", "-route-user")
+    assert user["rules"] == [{"apiGroups": ["slm.io"], "resources": ["slmroutes"], "verbs": ["use"]}]
+    labels = user["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+
+
+def test_gateway_reads_secrets_only_in_the_route_namespaces(helm_env: dict[str, str]) -> None:
+    objs = render(helm_env, [], ("gateway.routeNamespaces={agents,support}",))
+    bindings = [
+        b for b in of_kind(objs, "RoleBinding") if b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE)
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["agents", "support"]
+    for b in bindings:
+        assert b["roleRef"]["kind"] == "ClusterRole"
+        assert b["subjects"] == [
+            {"kind": "ServiceAccount", "name": f"{RELEASE}-gateway", "namespace": NAMESPACE}
+        ]
+    assert not [
+        b for b in of_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE)
+    ]
+
+
+def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
+    from slm_operator.cli import build_parser
+
+    objs = render(
+        helm_env,
+        [],
+        (
+            "gateway.capture.store=postgresql://slm@usage-db:5432/usage",
+            "gateway.capture.saltSecret.name=slm-gateway-salt",
+            "gateway.capture.stateClaimName=gateway-state",
+        ),
+    )
+    pod = gateway_deployment(objs)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    args = build_parser().parse_args(c["args"])
+    assert args.store == "postgresql://slm@usage-db:5432/usage"
+    assert args.spool_dir == "/var/lib/slm-gateway/spool" and args.salt_file == "/etc/slm-gateway/salt/salt"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert (
+        mounts["state"] == "/var/lib/slm-gateway"
+        and volumes["state"]["persistentVolumeClaim"]["claimName"] == "gateway-state"
+    )
+    assert (
+        args.salt_file.startswith(mounts["salt"])
+        and volumes["salt"]["secret"]["secretName"] == "slm-gateway-salt"
+    )
+    # one replica may keep a SQLite store on the state volume
+    objs = render(
+        helm_env,
+        [],
+        (
+            "gateway.replicas=1",
+            "gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",
+            "gateway.capture.saltSecret.name=s",
+        ),
+    )
+    assert not of_component(objs, "PodDisruptionBudget", "gateway")
+    assert (
+        "emptyDir"
+        in {v["name"]: v for v in gateway_deployment(objs)["spec"]["template"]["spec"]["volumes"]}["state"]
+    )
+
+
+def test_gateway_network_policy(helm_env: dict[str, str]) -> None:
+    objs = _cache.get("observability") or render(helm_env, VALUE_SETS["observability"])
+    spec = one(objs, "NetworkPolicy", "-gateway")["spec"]
+    assert spec["podSelector"]["matchLabels"] == gateway_deployment(objs)["spec"]["selector"]["matchLabels"]
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert ingress["from"][0] == {"namespaceSelector": {}}  # every caller namespace, by default
+    assert ingress["from"][1]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    api, replicas, external, dns = spec["egress"]
+    assert {p["port"] for p in api["ports"]} == {443, 6443}
+    assert replicas["to"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchExpressions": [{"key": "slm.io/deployment", "operator": "Exists"}]},
+        }
+    ]
+    assert replicas["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert external == {"ports": [{"port": 443, "protocol": "TCP"}]}
+    assert {p["port"] for p in dns["ports"]} == {53}
+    objs = render(
+        helm_env,
+        [],
+        (
+            "networkPolicy.enabled=true",
+            "networkPolicy.ingressFrom=null",
+            "gateway.networkPolicy.callers=null",
+        ),
+    )
+    assert one(objs, "NetworkPolicy", "-gateway")["spec"]["ingress"] == []
+
+
+def test_gateway_disabled_renders_none_of_it(helm_env: dict[str, str]) -> None:
+    objs = render(helm_env, [], ("gateway.enabled=false", "metrics.serviceMonitor.enabled=true"))
+    assert not [o for o in objs if "gateway" in o["metadata"]["name"] and o["kind"] != "ClusterRole"]
+    assert [
+        o["metadata"]["name"] for o in of_kind(objs, "ClusterRole") if "route-user" in o["metadata"]["name"]
+    ]
+    (expr,) = one(objs, "ServiceMonitor")["spec"]["selector"]["matchExpressions"]
+    assert expr["values"] == ["operator", "agent"]
+
+
 # ------------------------------------------------------------------------------------------- wiring
 
 
@@ -412,7 +590,7 @@ def test_operator_flags_are_accepted_by_the_cli(rendered: tuple[str, list[dict[s
     from slm_operator.cli import build_parser
 
     name, objs = rendered
-    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = operator_deployment(objs)["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "run"
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -440,7 +618,7 @@ def test_operator_flags_are_accepted_by_the_cli(rendered: tuple[str, list[dict[s
 
 def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
     objs = _cache.get("custom-nvidia") or render(helm_env, VALUE_SETS["custom-nvidia"])
-    dep = one(objs, "Deployment")
+    dep = operator_deployment(objs)
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     image = "registry.example.com/mirror/slm-operator@sha256:" + "0123456789abcdef" * 4
@@ -486,7 +664,7 @@ def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
 
 def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
     objs = _cache.get("default") or render(helm_env, [])
-    dep = one(objs, "Deployment")
+    dep = operator_deployment(objs)
     assert dep["spec"]["replicas"] == 2
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "ghcr.io/slm-operator/slm-operator:0.1.0"  # appVersion
@@ -494,7 +672,7 @@ def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
     assert _args(c)["--operator-image"] == c["image"], "the sanitize step runs the operator's image"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
-    pdb = one(objs, "PodDisruptionBudget")
+    (pdb,) = of_component(objs, "PodDisruptionBudget", "operator")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     ds = one(objs, "DaemonSet")
@@ -507,11 +685,12 @@ def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
 
 def test_single_replica_without_leader_election(helm_env: dict[str, str]) -> None:
     objs = _cache.get("single-replica") or render(helm_env, VALUE_SETS["single-replica"])
-    dep = one(objs, "Deployment")
+    dep = operator_deployment(objs)
     assert dep["spec"]["replicas"] == 1
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--leader-elect" not in args and not any(a.startswith("--metrics-listen") for a in args)
-    assert not of_kind(objs, "PodDisruptionBudget") and not of_kind(objs, "Service")
+    assert not of_component(objs, "PodDisruptionBudget", "operator")
+    assert [s["metadata"]["name"] for s in of_kind(objs, "Service")] == [f"{RELEASE}-gateway"]
 
 
 def test_priority_classes_match_deploy_manifest(helm_env: dict[str, str]) -> None:
@@ -526,7 +705,7 @@ def test_priority_classes_match_deploy_manifest(helm_env: dict[str, str]) -> Non
         for o in yaml.safe_load_all((ROOT / "deploy" / "priorityclasses.yaml").read_text())
     }
     assert chart == manifest
-    args = _args(one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    args = _args(operator_deployment(objs)["spec"]["template"]["spec"]["containers"][0])
     assert {
         args[f"--priority-class-{t}"] for t in ("guaranteed", "burstable", "besteffort", "llm-fallback")
     } == set(chart)
@@ -535,7 +714,7 @@ def test_priority_classes_match_deploy_manifest(helm_env: dict[str, str]) -> Non
 def test_existing_priority_classes_are_used_not_created(helm_env: dict[str, str]) -> None:
     objs = _cache.get("existing-priorityclasses") or render(helm_env, VALUE_SETS["existing-priorityclasses"])
     assert not of_kind(objs, "PriorityClass")
-    args = _args(one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    args = _args(operator_deployment(objs)["spec"]["template"]["spec"]["containers"][0])
     assert args["--priority-class-guaranteed"] == "platform-critical"
     assert args["--priority-class-llm-fallback"] == "platform-high"
     assert args["--priority-class-burstable"] == "platform-medium"
@@ -549,12 +728,17 @@ def test_observability_objects(helm_env: dict[str, str]) -> None:
     selector = sm["spec"]["selector"]
     (expr,) = selector["matchExpressions"]
     services = of_kind(objs, "Service")
-    assert len(services) == 2
+    assert len(services) == 3  # operator and agent metrics, the gateway
+    assert expr["values"] == ["operator", "agent", "gateway"]
     for svc in services:
         labels = svc["metadata"]["labels"]
         assert selector["matchLabels"].items() <= labels.items()
         assert labels[expr["key"]] in expr["values"]
-        assert {p["name"] for p in svc["spec"]["ports"]} == {ep["port"] for ep in sm["spec"]["endpoints"]}
+        assert {p["name"] for p in svc["spec"]["ports"]} <= {ep["port"] for ep in sm["spec"]["endpoints"]}
+    assert {(ep["port"], ep["path"]) for ep in sm["spec"]["endpoints"]} == {
+        ("metrics", "/metrics"),
+        ("http", "/metrics"),
+    }
     assert sm["spec"]["endpoints"][0]["interval"] == "15s"
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
@@ -568,10 +752,17 @@ def test_observability_objects(helm_env: dict[str, str]) -> None:
         assert dash["data"][f.name] == f.read_text().strip()
         assert json.loads(dash["data"][f.name])["title"], f"{f.name}: a Grafana dashboard has a title"
 
-    np_ = one(objs, "NetworkPolicy")
+    np_ = one(objs, "NetworkPolicy", RELEASE)
     spec = np_["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    pods = [t for _, t in pod_templates(objs)]
+    pods = [
+        t
+        for w, t in pod_templates(objs)
+        if w["metadata"]["labels"]["app.kubernetes.io/component"] != "gateway"
+    ]
+    assert spec["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["operator", "agent"]}
+    ]
     assert all(spec["podSelector"]["matchLabels"].items() <= t["metadata"]["labels"].items() for t in pods)
     named = {p["name"] for t in pods for c in t["spec"]["containers"] for p in c["ports"]}
     (ingress,) = spec["ingress"]
@@ -588,7 +779,7 @@ def test_observability_objects(helm_env: dict[str, str]) -> None:
 def test_network_policy_without_peers_denies_ingress(helm_env: dict[str, str]) -> None:
     """An empty ingressFrom must not render `from: []` (which would allow every source)."""
     objs = render(helm_env, [], ("networkPolicy.enabled=true", "networkPolicy.ingressFrom=null"))
-    spec = one(objs, "NetworkPolicy")["spec"]
+    spec = one(objs, "NetworkPolicy", RELEASE)["spec"]
     assert spec["ingress"] == []
     assert "to" not in spec["egress"][0], "no CIDRs: the API server ports to any address"
 
@@ -596,8 +787,13 @@ def test_network_policy_without_peers_denies_ingress(helm_env: dict[str, str]) -
 def test_agent_disabled_removes_agent_scrape_target(helm_env: dict[str, str]) -> None:
     objs = render(helm_env, VALUE_SETS["agent-disabled"], ("metrics.serviceMonitor.enabled=true",))
     (expr,) = one(objs, "ServiceMonitor")["spec"]["selector"]["matchExpressions"]
-    assert expr["values"] == ["operator"]
-    assert len(of_kind(objs, "Service")) == 1
+    assert expr["values"] == ["operator", "gateway"]
+    assert sorted(
+        s["metadata"]["labels"]["app.kubernetes.io/component"] for s in of_kind(objs, "Service")
+    ) == [
+        "gateway",
+        "operator",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- CRDs
@@ -669,6 +865,11 @@ SCHEMA_VIOLATIONS = [
     (("metrics.serviceMonitor.interval=soon",), "/metrics/serviceMonitor/interval"),
     (("networkPolicy.apiServer.ports=null",), "/networkPolicy/apiServer"),
     (("crds.enabled=yes please",), "/crds/enabled"),
+    (("gateway.replicas=-1",), "/gateway/replicas"),
+    (("gateway.maxRequestBytes=10",), "/gateway/maxRequestBytes"),
+    (("gateway.routeNamespaces={Agents}",), "/gateway/routeNamespaces/0"),
+    (("gateway.capture.store=mysql://db",), "/gateway/capture/store"),
+    (("gateway.service.type=ExternalName",), "/gateway/service/type"),
 ]
 
 
@@ -709,6 +910,21 @@ FAIL_GUARDS = [
     (
         ("agent.serviceAccount.create=false",),
         "agent.serviceAccount.create is false but agent.serviceAccount.name is empty",
+    ),
+    (
+        ("gateway.serviceAccount.create=false",),
+        "gateway.serviceAccount.create is false but gateway.serviceAccount.name is empty",
+    ),
+    (
+        ("gateway.capture.store=postgresql://slm@db:5432/usage",),
+        "gateway.capture.store is set but gateway.capture.saltSecret.name is empty",
+    ),
+    (
+        (
+            "gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",
+            "gateway.capture.saltSecret.name=salt",
+        ),
+        "gateway.capture.store is SQLite but gateway.replicas is 2",
     ),
 ]
 

@@ -250,7 +250,7 @@ def test_crds_prints_every_crd_or_writes_one_file_each(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     names = sorted(d["metadata"]["name"] for d in docs)
-    assert names == ["finetunejobs.slm.io", "gpupools.slm.io", "slmdeployments.slm.io"]
+    assert names == ["finetunejobs.slm.io", "gpupools.slm.io", "slmdeployments.slm.io", "slmroutes.slm.io"]
     assert {d["kind"] for d in docs} == {"CustomResourceDefinition"}
     out = tmp_path / "new" / "crds"
     r = run("crds", "--output-dir", str(out))
@@ -448,7 +448,7 @@ def test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig(
     assert lines[3] == "    GPU 1: free"
 
 
-@pytest.mark.parametrize("command", ["show", "run"])
+@pytest.mark.parametrize("command", ["show", "run", "gateway"])
 def test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass(command: str, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     r = run(command, "--kubeconfig", str(missing))
@@ -957,6 +957,265 @@ def test_usage_store_errors_say_what_to_pass_without_a_traceback(tmp_path: Path)
     assert "Traceback" not in r.stderr
 
 
+# gateway
+
+
+GATEWAY_KEY = "sk-cli-test-0123456789"
+
+
+def _gateway_files(tmp_path: Path) -> Path:
+    import hashlib
+
+    doc = f"""
+apiVersion: slm.io/v1alpha1
+kind: SLMRoute
+metadata: {{name: invoices, namespace: agents}}
+spec:
+  model: gpt-4o-mini
+  backends:
+  - {{name: slm, slmDeploymentRef: {{name: invoice-extractor}}}}
+  capture: {{sampleRate: "1"}}
+  apiKeySecretRefs: [{{name: callers}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: callers, namespace: agents}}
+stringData: {{team-a: "sha256:{hashlib.sha256(GATEWAY_KEY.encode()).hexdigest()}"}}
+"""
+    path = tmp_path / "routes.yaml"
+    path.write_text(doc)
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gateway_main(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], check: Any, standin_port: int | None = None
+) -> tuple[int, Any]:
+    """Run ``slm-operator gateway ARGV`` in process; instead of serving until a signal, serve while ``check``
+    (an async function of the Standalone and the gateway's base URL) talks to it over HTTP."""
+    import asyncio
+
+    from aiohttp.test_utils import TestServer
+
+    from e2e.standin import StandIn
+    from slm_operator import cli
+    from slm_operator.gateway import standalone
+
+    seen: dict[str, Any] = {}
+
+    def serve_then_stop(s: Any) -> int:
+        async def main() -> None:
+            stand = None
+            if standin_port is not None:
+                stand = TestServer(StandIn("extractor").app(), host="127.0.0.1", port=standin_port)
+                await stand.start_server()
+            stop = asyncio.Event()
+            task = asyncio.create_task(standalone.serve(s, stop))
+            while "serving" not in seen:
+                await asyncio.sleep(0.01)
+                try:
+                    _reader, writer = await asyncio.open_connection(s.host, s.port)
+                    writer.close()
+                    seen["serving"] = True
+                except OSError:
+                    pass
+            try:
+                seen["result"] = await check(s, f"http://{s.host}:{s.port}/v1")
+            finally:
+                stop.set()
+                await task
+                if stand is not None:
+                    await stand.close()
+
+        asyncio.run(main())
+        return 0
+
+    monkeypatch.setattr(standalone, "run", serve_then_stop)
+    return cli.main(["gateway", *argv]), seen.get("result")
+
+
+async def _post(url: str, body: dict[str, Any], key: str = GATEWAY_KEY) -> tuple[int, dict[str, str], bytes]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+def test_gateway_serves_the_routes_of_the_files_on_the_listen_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _gateway_files(tmp_path)
+    port, upstream = _free_port(), _free_port()
+
+    async def check(s: Any, url: str) -> Any:
+        assert url == f"http://127.0.0.1:{port}/v1"
+        return await _post(
+            url + "/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
+
+    code, (status, headers, body) = _gateway_main(
+        monkeypatch,
+        [
+            "-f",
+            str(files),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--endpoint",
+            f"agents/invoice-extractor=http://127.0.0.1:{upstream}",
+        ],
+        check,
+        standin_port=upstream,
+    )
+    assert code == 0 and status == 200, body
+    assert (
+        headers["x-slm-backend"] == "slm"
+        and json.loads(body)["choices"][0]["message"]["content"] == "hello from extractor"
+    )
+    err = capsys.readouterr().err
+    assert "route agents/invoices: model 'gpt-4o-mini', ready" in err
+    assert f"serving the OpenAI API on http://127.0.0.1:{port}/v1" in err
+
+
+def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _gateway_files(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    cases = [
+        (["-f", str(files), "--kubeconfig", str(tmp_path / "k")], "--kubeconfig is for the in-cluster mode"),
+        (["--endpoint", "agents/x=http://127.0.0.1:1"], "--endpoint is for the standalone mode"),
+        (["-f", str(empty)], "no SLMRoute in the given files"),
+        (["-f", str(tmp_path / "missing.yaml")], "no such file or folder"),
+        (["-f", str(files), "--endpoint", "invoice-extractor=http://127.0.0.1:1"], "give NAMESPACE/NAME=URL"),
+        (["-f", str(files), "--endpoint", "agents/invoice-extractor=ftp://x"], "is not an http(s) URL"),
+        (
+            ["-f", str(files), "--endpoint", "support/invoice-extractor=http://127.0.0.1:1"],
+            "a route only reaches deployments of its own namespace",
+        ),
+        (["-f", str(files), "--listen", "everywhere"], "--listen"),
+        (["-f", str(files), "--salt-file", str(tmp_path / "salt")], "give --store too"),
+        (["-f", str(files), "--max-request-bytes", "10"], "give at least 1024"),
+    ]
+    for argv, message in cases:
+        code, _out, err = in_process("gateway", *argv, capsys=capsys)
+        assert code == 2, (argv, err)
+        assert message in err and err.startswith("slm-operator gateway: "), (argv, err)
+        assert "Traceback" not in err
+
+
+def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _gateway_files(tmp_path)
+    upstream = _free_port()
+    spool = tmp_path / "spool"
+    salts = []
+
+    async def check(s: Any, url: str) -> Any:
+        salts.append(s.gateway.options.salt)
+        assert s.gateway.capture is not None
+        status, _, _ = await _post(url + "/chat/completions", {"model": "gpt-4o-mini", "messages": []})
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url.removesuffix("/v1") + "/metrics") as resp,
+        ):
+            metrics = await resp.text()
+        return status, metrics
+
+    argv = [
+        "-f",
+        str(files),
+        "--listen",
+        f"127.0.0.1:{_free_port()}",
+        "--endpoint",
+        f"agents/invoice-extractor=http://127.0.0.1:{upstream}",
+    ]
+    # without --salt-file the salt is made once in the spool folder and kept
+    for _ in range(2):
+        code, (status, metrics) = _gateway_main(
+            monkeypatch,
+            [*argv, "--store", f"sqlite:///{tmp_path}/usage.db", "--spool-dir", str(spool)],
+            check,
+            upstream,
+        )
+        assert code == 0 and status == 200
+        assert 'slm_gateway_capture_submitted_total{accepted="true",route="agents/invoices"} 1.0' in metrics
+        assert "slm_capture_queue_depth" in metrics  # the capture's own series, in the gateway's registry
+    assert len(salts[0]) == 64 and salts[0] == salts[1] == (spool / "caller-salt").read_bytes()
+    assert (spool / "caller-salt").stat().st_mode & 0o777 == 0o600
+    # an explicit --salt-file is read as `usage erase` reads it: a trailing newline (echo) is not part of it
+    salt_file = tmp_path / "salt"
+    salt_file.write_bytes(b"s" * 20 + b"\n")
+    code, _ = _gateway_main(
+        monkeypatch,
+        [
+            *argv,
+            "--store",
+            f"sqlite:///{tmp_path}/usage.db",
+            "--spool-dir",
+            str(spool),
+            "--salt-file",
+            str(salt_file),
+        ],
+        check,
+        upstream,
+    )
+    assert salts[-1] == b"s" * 20
+
+
+def test_gateway_max_request_bytes_and_log_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    files = _gateway_files(tmp_path)
+    upstream = _free_port()
+
+    async def check(s: Any, url: str) -> Any:
+        big = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 3000}]}
+        small = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 100}]}
+        return (await _post(url + "/chat/completions", big))[0], (
+            await _post(url + "/chat/completions", small)
+        )[0]
+
+    logger = logging.getLogger("slm_operator")
+    before = logger.level
+    try:
+        code, statuses = _gateway_main(
+            monkeypatch,
+            [
+                "-f",
+                str(files),
+                "--listen",
+                f"127.0.0.1:{_free_port()}",
+                "--max-request-bytes",
+                "2048",
+                "--log-level",
+                "debug",
+                "--endpoint",
+                f"agents/invoice-extractor=http://127.0.0.1:{upstream}",
+            ],
+            check,
+            upstream,
+        )
+        assert code == 0 and statuses == (413, 200)
+        assert logging.getLogger("slm_operator.gateway").getEffectiveLevel() == logging.DEBUG
+    finally:
+        logger.setLevel(before)
+
+
 FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("", "--help"): ["test_help_lists_every_command"],
     ("", "--version"): ["test_version_and_missing_command"],
@@ -1065,6 +1324,34 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
     ],
     ("agent", "--once"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],
+    ("gateway", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("gateway", "--kubeconfig"): [
+        "test_an_unusable_kubeconfig_is_bad_input_that_says_what_to_pass",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--filename"): [
+        "test_gateway_serves_the_routes_of_the_files_on_the_listen_address",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--listen"): [
+        "test_gateway_serves_the_routes_of_the_files_on_the_listen_address",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--endpoint"): [
+        "test_gateway_serves_the_routes_of_the_files_on_the_listen_address",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--store"): ["test_gateway_store_captures_calls_with_a_salt_kept_in_a_file"],
+    ("gateway", "--spool-dir"): ["test_gateway_store_captures_calls_with_a_salt_kept_in_a_file"],
+    ("gateway", "--salt-file"): [
+        "test_gateway_store_captures_calls_with_a_salt_kept_in_a_file",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--max-request-bytes"): [
+        "test_gateway_max_request_bytes_and_log_level",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--log-level"): ["test_gateway_max_request_bytes_and_log_level"],
     ("agent", "--log-level"): [
         "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
         "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",

@@ -6,6 +6,7 @@ import json
 import re
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from slm_operator.agent.fake import fleet
 from slm_operator.agent.metrics import AgentMetrics
 from slm_operator.agent.pods import pod_shares
 from slm_operator.agent.read import read_inventory
+from slm_operator.capture import Capture
+from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.metrics import OperatorMetrics, parse_listen, serve, split_deployment
 from slm_operator.planner import (
     Demand,
@@ -331,7 +334,28 @@ def _all_families(plan: Plan) -> dict[str, str]:
     a = AgentMetrics("n1")
     a.observe_inventory(inv, pod_shares([pod], "n1"), 1.0)
     a.gpu_read_errors.labels("n1", "0").inc()
-    return {**_families(m.registry), **_families(a.registry)}
+    return {**_families(m.registry), **_families(a.registry), **_families(_gateway_metrics().registry)}
+
+
+def _gateway_metrics() -> GatewayMetrics:
+    """A gateway registry with a sample of every series (tests/test_gateway.py checks them against real calls)."""
+    g = GatewayMetrics(CollectorRegistry())
+    g.observe_call("agents/r", "slm", "t", 200, 0.5, 0.1, 10, 5)
+    for metric, labels in (
+        (g.fallbacks, ("agents/r", "slm", "error")),
+        (g.retries, ("agents/r", "slm")),
+        (g.streams_cut, ("agents/r", "slm", "error")),
+        (g.rate_limited, ("agents/r", "requests")),
+        (g.rejected, ("401",)),
+        (g.shadows, ("agents/r", "llm", "ok")),
+        (g.captured, ("agents/r", "true")),
+    ):
+        g.child(metric, *labels).inc()
+    g.child(g.endpoints_ready, "agents/r", "slm").set(1)
+    g.load_from(SimpleNamespace(keys=["agents/r/slm"], busy={"agents/r/slm": 2}, queued=lambda key: 1))
+    # the capture pipeline registers its series in the gateway's registry
+    Capture("sqlite:///unused.db", spool_dir=Path("unused"), registry=g.registry)
+    return g
 
 
 def test_metric_names_follow_prometheus_conventions(plan: Plan) -> None:

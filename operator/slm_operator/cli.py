@@ -3,7 +3,8 @@
 Sub-commands: ``crds`` (print or write the CRDs), ``estimate`` (GPU memory of a model and the smallest
 share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the operator), ``agent``
 (the NVML node agent), ``sanitize`` (redact JSON-lines records), ``usage`` (export, erase or prune the
-captured calls of a usage store). Exit codes: 0 success, 1 something could not be placed (``plan`` only),
+captured calls of a usage store), ``gateway`` (the OpenAI-compatible gateway in front of SLMRoutes). Exit codes:
+0 success, 1 something could not be placed (``plan`` only),
 2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its help).
 """
 
@@ -434,6 +435,58 @@ def _write_termination_log(path: str | None, text: str) -> None:
             Path(path).write_text(text)
 
 
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("slm_operator").setLevel(args.log_level.upper())
+    if args.filename and args.kubeconfig:
+        raise CliError("--kubeconfig is for the in-cluster mode; with -f the routes come from the files")
+    if not args.filename:
+        return _gateway_in_cluster(args)
+    from slm_operator.gateway.standalone import StandaloneError, build, run
+
+    try:
+        standalone = build(
+            args.filename,
+            args.listen,
+            args.endpoint,
+            store=args.store,
+            spool_dir=args.spool_dir,
+            salt_file=args.salt_file,
+            max_request_bytes=args.max_request_bytes,
+        )
+    except StandaloneError as exc:
+        raise CliError(str(exc)) from None
+    return run(standalone)
+
+
+def _gateway_in_cluster(args: argparse.Namespace) -> int:
+    from slm_operator.gateway.kube import KubeApi, KubeConfigError, load_config
+
+    if args.endpoint:
+        raise CliError(
+            "--endpoint is for the standalone mode (-f); in the cluster the replicas come from EndpointSlices"
+        )
+    try:
+        api = KubeApi(load_config(args.kubeconfig))
+    except KubeConfigError as exc:
+        raise CliError(str(exc)) from None
+    from slm_operator.gateway.incluster import InCluster, attach, run
+    from slm_operator.gateway.server import Gateway
+    from slm_operator.gateway.standalone import Standalone, StandaloneError, listen_address, options
+    from slm_operator.routing.table import RouteTable
+
+    try:
+        host, port = listen_address(args.listen)
+        capture, metrics, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
+    except StandaloneError as exc:
+        raise CliError(str(exc)) from None
+    gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
+    attach(gateway, api)
+    return run(InCluster(Standalone(gateway, host, port), api))
+
+
 def _cmd_sanitize(args: argparse.Namespace) -> int:
     from slm_operator.sanitize import Sanitizer, SanitizerUnavailable, UnknownPIIClass, sanitize_lines
 
@@ -786,6 +839,66 @@ def _add_usage_parser(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_usage)
 
 
+def _add_gateway_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="the OpenAI-compatible gateway: routes agents' calls to SLMs by SLMRoute, falls back, captures",
+        description="Serve /v1/chat/completions, /v1/completions and /v1/models for the SLMRoutes, with /healthz, "
+        "/readyz and /metrics on the same port (docs/gateway.md). Standalone mode (-f): routes, API-key Secrets and "
+        "external backends' key Secrets come from the files and SLMDeployment replicas from --endpoint; no cluster "
+        "is needed. In-cluster mode (no -f): SLMRoutes, SLMDeployments and EndpointSlices are watched, the Secrets "
+        "the routes name are read, ServiceAccount tokens are checked with TokenReview and SubjectAccessReview. "
+        "Exit codes: 0 stopped (SIGINT, SIGTERM), 2 bad input.",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        default=[],
+        help="file or folder with SLMRoutes and Secrets (and SLMDeployments, for their maxConcurrentSequences); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="in-cluster mode (no -f): kubeconfig file (default: the pod's ServiceAccount, then $KUBECONFIG)",
+    )
+    p.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on (default %(default)s)")
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="NAMESPACE/NAME=URL",
+        help="a replica of SLMDeployment NAMESPACE/NAME at URL (its OpenAI base URL; /v1 is added to a URL without "
+        "a path); repeat for more replicas or deployments",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="capture sampled calls into this usage store: sqlite:///path/usage.db or "
+        "postgresql://user@host:port/db (docs/capture.md); default: nothing is captured",
+    )
+    p.add_argument(
+        "--spool-dir",
+        default="slm-gateway-spool",
+        help="with --store: folder where records wait while the store is slow or down (default %(default)s)",
+    )
+    p.add_argument(
+        "--salt-file",
+        help="with --store: salt of the callers' hashes in the records (default: SPOOL_DIR/caller-salt, created "
+        "with random bytes when missing); `usage erase` needs the same file",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=8 << 20,
+        help="largest request body; larger calls get 413 (default %(default)s; a route's limits.maxRequestBytes "
+        "may lower it)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_gateway)
+
+
 def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
@@ -837,6 +950,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sanitize_parser(sub)
     _add_usage_parser(sub)
     _add_agent_parser(sub)
+    _add_gateway_parser(sub)
     return parser
 
 

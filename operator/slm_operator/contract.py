@@ -55,6 +55,27 @@ APP_NAME_LABEL: Final = "app.kubernetes.io/name"
 APP_MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 APP_COMPONENT_LABEL: Final = "app.kubernetes.io/component"
 
+# ------------------------------------------------------------------------------------------ Kubernetes names
+#: on EndpointSlices (written by Kubernetes): the Service they belong to; the gateway watches the slices of the
+#: Services the operator renders per SLMDeployment (named after it) to find ready replicas.
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+
+# ------------------------------------------------------------------------------------------ the gateway (HTTP)
+# The gateway's contract with agents (docs/gateway.md): request and response headers.
+TASK_HEADER: Final = (
+    "x-slm-task"  # request: the caller's task, matched by SLMRoute rules; echoed on the response
+)
+ROUTE_HEADER: Final = "x-slm-route"  # response: "namespace/name" of the SLMRoute that served the call
+BACKEND_HEADER: Final = "x-slm-backend"  # response: the route's backend that answered
+FALLBACK_HEADER: Final = (
+    "x-slm-fallback"  # response: why the call fell back (error|timeout|overload|invalid_json)
+)
+#: values of the route's API-key Secrets (spec.apiKeySecretRefs): this prefix + hex SHA-256 of the key
+API_KEY_HASH_PREFIX: Final = "sha256:"
+#: RBAC verb a ServiceAccount needs on ``slmroutes/<name>`` to call a route through the gateway
+ROUTE_USE_VERB: Final = "use"
+ROUTES_RESOURCE: Final = "slmroutes"
+
 # ------------------------------------------------------------------------------------------ nvidia.com
 NVIDIA_PREFIX: Final = "nvidia.com/"
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"  # GFD

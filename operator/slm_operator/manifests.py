@@ -1,4 +1,4 @@
-"""Read slm.io objects and v1 Nodes from YAML files and folders (for the offline CLI and the tests).
+"""Read slm.io objects, v1 Nodes and Secrets from YAML files and folders (the offline CLI, the standalone gateway).
 
 Errors name the file, the document and the object, and say which field is wrong, so a user can fix the
 manifest without a traceback.
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from slm_operator.api.v1alpha1 import KINDS, FineTuneJob, GPUPool, Resource, SLMDeployment
+from slm_operator.api.v1alpha1 import KINDS, FineTuneJob, GPUPool, Resource, SLMDeployment, SLMRoute
 from slm_operator.contract import API_VERSION
 
 
@@ -29,7 +29,10 @@ class Manifests:
     pools: list[GPUPool] = field(default_factory=list)
     deployments: list[SLMDeployment] = field(default_factory=list)
     finetune_jobs: list[FineTuneJob] = field(default_factory=list)
+    routes: list[SLMRoute] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
+    #: v1 Secrets (the standalone gateway's API-key hashes and external backends' keys), as dicts
+    secrets: list[dict[str, Any]] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
     #: "kind/name" -> "file (document n)", to name the source of a problem found later.
     sources: dict[str, str] = field(default_factory=dict)
@@ -85,8 +88,19 @@ def _documents(data: Any) -> Iterator[dict[str, Any]]:
         raise ValueError("a manifest must be a mapping (an object with apiVersion and kind)")
 
 
+def _add(out: Manifests, obj: Resource) -> None:
+    if isinstance(obj, GPUPool):
+        out.pools.append(obj)
+    elif isinstance(obj, SLMDeployment):
+        out.deployments.append(obj)
+    elif isinstance(obj, FineTuneJob):
+        out.finetune_jobs.append(obj)
+    elif isinstance(obj, SLMRoute):
+        out.routes.append(obj)
+
+
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
-    """Read GPUPools, SLMDeployments, FineTuneJobs and Nodes; other kinds are kept aside."""
+    """Read GPUPools, SLMDeployments, FineTuneJobs, SLMRoutes, Nodes and Secrets; other kinds are kept aside."""
     out = Manifests()
     seen_objects: dict[str, str] = {}  # "Kind namespace/name" -> where it was first read
     for path in _files(paths):
@@ -117,19 +131,13 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                 out.sources[key] = f"{path} (document {n})"
                 if doc.get("apiVersion") == API_VERSION:
                     try:
-                        obj = parse_object(doc)
+                        _add(out, parse_object(doc))
                     except ValueError as exc:
                         raise ManifestError(f"{where}: {exc}") from None
-                    if isinstance(obj, GPUPool):
-                        out.pools.append(obj)
-                    elif isinstance(obj, SLMDeployment):
-                        out.deployments.append(obj)
-                    elif isinstance(obj, FineTuneJob):
-                        out.finetune_jobs.append(obj)
-                elif kind == "Node" and doc.get("apiVersion") == "v1":
+                elif kind in ("Node", "Secret") and doc.get("apiVersion") == "v1":
                     if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
-                        raise ManifestError(f"{where}: a Node needs `metadata.name`")
-                    out.nodes.append(doc)
+                        raise ManifestError(f"{where}: a {kind} needs `metadata.name`")
+                    (out.nodes if kind == "Node" else out.secrets).append(doc)
                 else:
                     out.other.append(doc)
     return out

@@ -111,3 +111,11 @@ it inherits the digest only when it sets neither repository nor tag. */}}
 {{- define "slm-operator.leaseName" -}}
 slm-operator-leader
 {{- end }}
+
+{{- define "slm-operator.gatewayServiceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "slm-operator.componentName" (dict "root" . "suffix" "gateway")) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}

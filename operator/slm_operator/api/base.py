@@ -8,6 +8,7 @@ are enforced in Python by validators so that the offline CLI rejects exactly wha
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -20,6 +21,18 @@ from slm_operator.api.quantity import QUANTITY_PATTERN
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = QUANTITY_PATTERN
+# A duration as the Gateway API writes it (GEP-2257): 1 to 4 parts of up to 5 digits with a unit, e.g. `1h30m`,
+# `10s`, `250ms`. CEL's `duration()` parses every such string.
+DURATION = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+_DURATION_PART = re.compile(r"([0-9]{1,5})(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a GEP-2257 duration (``1m30s`` -> 90.0); raises ValueError for anything else."""
+    if not re.fullmatch(DURATION, text):
+        raise ValueError(f"{text!r} is not a duration such as '30s', '1m30s' or '250ms'")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
 def cel(

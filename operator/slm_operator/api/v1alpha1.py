@@ -1,4 +1,4 @@
-"""The slm.io/v1alpha1 API: GPUPool (cluster-scoped), SLMDeployment and FineTuneJob (namespaced).
+"""The slm.io/v1alpha1 API: GPUPool (cluster-scoped), SLMDeployment, FineTuneJob and SLMRoute (namespaced).
 
 These pydantic models are the single source of the CRD schemas in ``crds/`` (``make crds``). Each
 cross-field rule exists twice: as a CEL ``x-kubernetes-validations`` entry that the API server enforces,
@@ -17,6 +17,7 @@ from slm_operator.api.base import (
     CONDITIONS_FIELD,
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    DURATION,
     QUANTITY,
     ApiModel,
     Condition,
@@ -24,6 +25,7 @@ from slm_operator.api.base import (
     LocalObjectReference,
     ObjectMeta,
     cel,
+    duration_seconds,
     k8s,
 )
 from slm_operator.api.quantity import QuantityError, quantity_bytes
@@ -829,6 +831,494 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 
 
+# ---------------------------------------------------------------------------------------------- SLMRoute
+
+
+class ToolsMatch(StrEnum):
+    """Whether a call offers the model tools (a non-empty `tools` list)."""
+
+    PRESENT = "Present"
+    ABSENT = "Absent"
+
+
+class FallbackTrigger(StrEnum):
+    """What makes the gateway send a call to the route's fallback backend (docs/gateway.md)."""
+
+    ERROR = "Error"  # no answer: connection refused or reset after the retries, or a 5xx other than 503
+    TIMEOUT = (
+        "Timeout"  # no first byte within `timeouts.firstByte`, or the answer not complete within `total`
+    )
+    OVERLOAD = "Overload"  # the backend answered 429 or 503, or its gateway queue is full
+    INVALID_JSON = (
+        "InvalidJSON"  # the answer is not the JSON the call asked for (response_format, tool calls)
+    )
+
+
+ALL_FALLBACK_TRIGGERS = [
+    FallbackTrigger.ERROR,
+    FallbackTrigger.TIMEOUT,
+    FallbackTrigger.OVERLOAD,
+    FallbackTrigger.INVALID_JSON,
+]
+#: The name agents send as `model` (what they sent to the LLM before, e.g. `gpt-4o-mini`).
+MODEL_STRING = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+#: A task tag: the `x-slm-task` header or the classifier's tag.
+TASK_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$"
+#: A sampling rate between 0 and 1 as a decimal string (`1`, `0.25`, `0.001`).
+SAMPLE_RATE_PATTERN = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?|\.[0-9]{1,6})$"
+
+
+class ExternalBackend(ApiModel):
+    """An OpenAI-compatible endpoint outside the cluster's SLMDeployments (e.g. the LLM the agents used before)."""
+
+    url: str = Field(
+        min_length=8,
+        max_length=2048,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Base URL of the OpenAI-compatible API, with its version path, as agents set "
+        "`OPENAI_BASE_URL` (e.g. `https://api.openai.com/v1`); the gateway appends `/chat/completions`, "
+        "`/completions`.",
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=MODEL_STRING,
+        description="Model name sent to this endpoint in place of the one the caller sent.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key (same namespace) holding the endpoint's API key, sent as "
+        "`Authorization: Bearer`. Omit for an endpoint without authentication.",
+    )
+
+
+class RouteBackend(ApiModel):
+    """A place the route can send calls to: an SLMDeployment of the same namespace or an external endpoint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "[has(self.slmDeploymentRef), has(self.external)].filter(x, x).size() == 1",
+                "a backend must set exactly one of `slmDeploymentRef` or `external`",
+            )
+        )
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Name of the backend in this route (rules, `fallback` and the `x-slm-backend` header use it).",
+    )
+    slm_deployment_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="An SLMDeployment in the route's namespace; the gateway balances over its ready replicas "
+        "and sends the deployment's name as the model (the name vLLM serves it under).",
+    )
+    external: ExternalBackend | None = Field(
+        default=None, description="An external OpenAI-compatible endpoint."
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Calls in flight per endpoint (replica) before further calls wait in the gateway's queue. "
+        "Default: the SLMDeployment's `maxConcurrentSequences`; unlimited for an external backend.",
+    )
+    max_queue: int = Field(
+        default=100,
+        ge=0,
+        le=100000,
+        description="Calls that may wait for a free slot (per gateway replica); a call beyond it is an "
+        "`Overload`.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteBackend:
+        if (self.slm_deployment_ref is None) == (self.external is None):
+            raise ValueError("a backend must set exactly one of `slmDeploymentRef` or `external`")
+        return self
+
+
+class RuleMatch(ApiModel):
+    """What a call must have for its rule to apply; every field set must hold (an empty match takes every call)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.minPromptTokens) || !has(self.maxPromptTokens) || "
+                "self.minPromptTokens <= self.maxPromptTokens",
+                "`minPromptTokens` must not exceed `maxPromptTokens`",
+                field_path=".minPromptTokens",
+            )
+        )
+    )
+
+    tasks: list[Annotated[str, Field(min_length=1, max_length=63, pattern=TASK_PATTERN)]] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra=k8s(list_type="set"),
+        description="The call's task is one of these: the `x-slm-task` header the agent sends, or else the tag "
+        "of the task classifier. A call without a task matches no rule that lists tasks.",
+    )
+    tools: ToolsMatch | None = Field(
+        default=None, description="`Present`: the call offers tools; `Absent`: it offers none."
+    )
+    min_prompt_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000_000,
+        description="Least estimated prompt length in tokens (characters of messages and tools / 4).",
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=0, le=10_000_000, description="Largest estimated prompt length in tokens."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("`tasks` must not list a task twice")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RuleMatch:
+        if (
+            self.min_prompt_tokens is not None
+            and self.max_prompt_tokens is not None
+            and self.min_prompt_tokens > self.max_prompt_tokens
+        ):
+            raise ValueError("`minPromptTokens` must not exceed `maxPromptTokens`")
+        return self
+
+
+class WeightedBackend(ApiModel):
+    backend: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="A backend of the route."
+    )
+    weight: int = Field(
+        ge=0, le=1000, description="Share of the rule's calls: weight / sum of the split's weights."
+    )
+
+
+class ShadowSpec(ApiModel):
+    """Copies of calls sent to other backends to compare their answers; callers never see them."""
+
+    backends: list[Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]] = Field(
+        min_length=1,
+        max_length=4,
+        json_schema_extra=k8s(list_type="set"),
+        description="Backends that get a copy of the call (fire and forget, off the call's path).",
+    )
+    percent: int = Field(default=100, ge=0, le=100, description="Percent of the rule's calls copied.")
+
+    @field_validator("backends")
+    @classmethod
+    def _set(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("`shadow.backends` must not list a backend twice")
+        return v
+
+
+class RouteRule(ApiModel):
+    """The first rule whose `match` holds picks the backend of a call."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "[has(self.backend), has(self.split)].filter(x, x).size() == 1",
+                "a rule must set exactly one of `backend` or `split`",
+            ),
+            cel(
+                "!has(self.split) || self.split.exists(s, s.weight > 0)",
+                "a `split` must give at least one backend a `weight` above 0",
+                field_path=".split",
+            ),
+            cel(
+                "!has(self.shadow) || !has(self.backend) || !self.shadow.backends.exists(b, b == self.backend)",
+                "`shadow.backends` must not name the rule's own `backend`: its answer is already the real one",
+                field_path=".shadow.backends",
+            ),
+        )
+    )
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the rule (unique in the route)."
+    )
+    match: RuleMatch = Field(
+        default_factory=RuleMatch, description="Calls the rule applies to (default: all)."
+    )
+    backend: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=DNS_LABEL, description="Backend of the calls."
+    )
+    split: list[WeightedBackend] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["backend"]),
+        description="Backends sharing the calls by weight (canary), instead of `backend`.",
+    )
+    shadow: ShadowSpec | None = Field(default=None, description="Copies of the calls to compare backends.")
+
+    @model_validator(mode="after")
+    def _target(self) -> RouteRule:
+        if (self.backend is None) == (self.split is None):
+            raise ValueError("a rule must set exactly one of `backend` or `split`")
+        if self.split is not None:
+            names = [s.backend for s in self.split]
+            if len(set(names)) != len(names):
+                raise ValueError("`split` must not list a backend twice")
+            if not any(s.weight > 0 for s in self.split):
+                raise ValueError("a `split` must give at least one backend a `weight` above 0")
+        if self.shadow and self.backend and self.backend in self.shadow.backends:
+            raise ValueError(
+                "`shadow.backends` must not name the rule's own `backend`: its answer is already the real one"
+            )
+        return self
+
+
+class FallbackSpec(ApiModel):
+    backend: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Backend that answers when the chosen one fails (typically the external LLM).",
+    )
+    when: list[FallbackTrigger] = Field(
+        default_factory=lambda: list(ALL_FALLBACK_TRIGGERS),
+        min_length=1,
+        max_length=4,
+        json_schema_extra=k8s(list_type="set"),
+        description="What sends a call to the fallback: `Error`, `Timeout`, `Overload`, `InvalidJSON` "
+        "(docs/gateway.md). Named `when`, not `on`: YAML 1.1 parsers, kubectl's included, read a bare `on` key as "
+        "the boolean true.",
+    )
+
+    @field_validator("when")
+    @classmethod
+    def _set(cls, v: list[FallbackTrigger]) -> list[FallbackTrigger]:
+        if len(set(v)) != len(v):
+            raise ValueError("`fallback.when` must not list a trigger twice")
+        return v
+
+
+class RouteTimeouts(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.firstByte) || !has(self.total) || duration(self.firstByte) <= duration(self.total)",
+                "`timeouts.firstByte` must not exceed `timeouts.total`",
+                field_path=".firstByte",
+            ),
+            cel(
+                "!has(self.firstByte) || duration(self.firstByte) > duration('0s')",
+                "`timeouts.firstByte` must be above 0, e.g. '30s'",
+                field_path=".firstByte",
+            ),
+        )
+    )
+
+    first_byte: str = Field(
+        default="30s",
+        max_length=24,
+        pattern=DURATION,
+        description="Longest wait for the backend's first byte (e.g. `30s`, `1m`, `500ms`); the wait in the "
+        "gateway's queue counts.",
+    )
+    total: str = Field(
+        default="300s", max_length=24, pattern=DURATION, description="Longest time for the whole answer."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> RouteTimeouts:
+        if duration_seconds(self.first_byte) <= 0:
+            raise ValueError("`timeouts.firstByte` must be above 0, e.g. '30s'")
+        if duration_seconds(self.first_byte) > duration_seconds(self.total):
+            raise ValueError("`timeouts.firstByte` must not exceed `timeouts.total`")
+        return self
+
+
+DEFAULT_REDACT = [PIIClass.EMAIL, PIIClass.PHONE_NUMBER, PIIClass.CREDIT_CARD, PIIClass.API_KEY]
+
+
+class CaptureSpec(ApiModel):
+    """Recording of calls into the usage store (the gateway's `--store`; docs/capture.md)."""
+
+    sample_rate: str = Field(
+        default="1",
+        max_length=8,
+        pattern=SAMPLE_RATE_PATTERN,
+        description="Share of calls recorded, a decimal between 0 and 1 (`1`: every call, `0.05`: one in 20).",
+    )
+    redact: list[PIIClass] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT),
+        max_length=16,
+        json_schema_extra=k8s(list_type="set"),
+        description="PII classes replaced by placeholders before a record is stored.",
+    )
+
+    @field_validator("redact")
+    @classmethod
+    def _set(cls, v: list[PIIClass]) -> list[PIIClass]:
+        if len(set(v)) != len(v):
+            raise ValueError("`capture.redact` must not list a class twice")
+        return v
+
+
+class CallerLimits(ApiModel):
+    """Limits per caller (per API key or ServiceAccount) and per gateway replica."""
+
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Calls per minute; a burst of a minute's worth is allowed.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="Prompt + completion tokens per minute: the estimate is taken when a call starts, corrected "
+        "by the backend's usage when it ends.",
+    )
+    max_request_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        le=1 << 30,
+        description="Largest request body in bytes (413 above it); at most the gateway's `--max-request-bytes`.",
+    )
+
+
+class SLMRouteSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "!has(self.rules) || self.rules.all(r, !has(r.backend) || "
+                "self.backends.exists(b, b.name == r.backend))",
+                "every `rules[].backend` must name one of `backends[].name`",
+                field_path=".rules",
+            ),
+            cel(
+                "!has(self.rules) || self.rules.all(r, !has(r.split) || "
+                "r.split.all(s, self.backends.exists(b, b.name == s.backend)))",
+                "every `rules[].split[].backend` must name one of `backends[].name`",
+                field_path=".rules",
+            ),
+            cel(
+                "!has(self.rules) || self.rules.all(r, !has(r.shadow) || "
+                "r.shadow.backends.all(s, self.backends.exists(b, b.name == s)))",
+                "every `rules[].shadow.backends[]` must name one of `backends[].name`",
+                field_path=".rules",
+            ),
+            cel(
+                "!has(self.fallback) || self.backends.exists(b, b.name == self.fallback.backend)",
+                "`fallback.backend` must name one of `backends[].name`",
+                field_path=".fallback.backend",
+            ),
+            cel(
+                "!has(self.defaultBackend) || self.backends.exists(b, b.name == self.defaultBackend)",
+                "`defaultBackend` must name one of `backends[].name`",
+                field_path=".defaultBackend",
+            ),
+        )
+    )
+
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=MODEL_STRING,
+        description="The model name agents send (`model` of the request), e.g. what they sent to the LLM before.",
+    )
+    backends: list[RouteBackend] = Field(
+        min_length=1,
+        max_length=16,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Where calls can go: SLMDeployments of this namespace and external endpoints.",
+    )
+    rules: list[RouteRule] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Ordered rules: the first whose `match` holds picks the backend.",
+    )
+    default_backend: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Backend of calls no rule matches (default: the first of `backends`).",
+    )
+    fallback: FallbackSpec | None = Field(
+        default=None,
+        description="Where a call goes when its backend fails (default: nowhere; the error is returned).",
+    )
+    timeouts: RouteTimeouts = Field(
+        default_factory=RouteTimeouts, description="Time limits per backend attempt."
+    )
+    capture: CaptureSpec | None = Field(
+        default=None, description="Record calls for fine-tuning (default: nothing is recorded)."
+    )
+    limits: CallerLimits | None = Field(default=None, description="Limits per caller (default: none).")
+    api_key_secret_refs: list[LocalObjectReference] | None = Field(
+        default=None,
+        max_length=8,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Secrets (same namespace) holding the API keys that may use the route: each data entry is "
+        "one caller, its key the caller's name and its value `sha256:<hex of the SHA-256 of the API key>` "
+        "(docs/gateway.md). ServiceAccounts are authorised by RBAC (verb `use` on `slmroutes`) instead.",
+    )
+
+    def backend_names(self) -> set[str]:
+        return {b.name for b in self.backends}
+
+    @model_validator(mode="after")
+    def _references(self) -> SLMRouteSpec:
+        _unique(self.backends, "`backends`")
+        _unique(self.rules, "`rules`")
+        _unique(self.api_key_secret_refs, "`apiKeySecretRefs`")
+        names = self.backend_names()
+        for rule in self.rules or []:
+            if rule.backend is not None and rule.backend not in names:
+                raise ValueError("every `rules[].backend` must name one of `backends[].name`")
+            if any(s.backend not in names for s in rule.split or []):
+                raise ValueError("every `rules[].split[].backend` must name one of `backends[].name`")
+            if rule.shadow and any(b not in names for b in rule.shadow.backends):
+                raise ValueError("every `rules[].shadow.backends[]` must name one of `backends[].name`")
+        if self.fallback and self.fallback.backend not in names:
+            raise ValueError("`fallback.backend` must name one of `backends[].name`")
+        if self.default_backend is not None and self.default_backend not in names:
+            raise ValueError("`defaultBackend` must name one of `backends[].name`")
+        return self
+
+
+class BackendKind(StrEnum):
+    SLM_DEPLOYMENT = "SLMDeployment"
+    EXTERNAL = "External"
+
+
+class RouteBackendStatus(ApiModel):
+    name: str = Field(max_length=63, description="Backend name.")
+    kind: BackendKind = Field(description="`SLMDeployment` or `External`.")
+    endpoints: int = Field(
+        default=0, ge=0, description="Endpoints the gateway knows (replicas, or 1 for external)."
+    )
+    ready_endpoints: int = Field(default=0, ge=0, description="Endpoints ready to take calls.")
+    message: str = Field(
+        default="", max_length=1024, description="Why the backend is not ready, if it is not."
+    )
+
+
+class SLMRouteStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    backends: list[RouteBackendStatus] | None = Field(
+        default=None, max_length=16, json_schema_extra=k8s(list_type="map", list_map_keys=["name"])
+    )
+    ready_backends: str = Field(
+        default="", max_length=16, description="Ready backends / backends, e.g. '2/3' (a printer column)."
+    )
+    conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
+
+
 # ---------------------------------------------------------------------------------------------- kinds
 
 
@@ -874,4 +1364,14 @@ class FineTuneJob(Resource):
     status: FineTuneJobStatus | None = None
 
 
-KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (GPUPool, SLMDeployment, FineTuneJob)}
+class SLMRoute(Resource):
+    """What agents call and who answers: a model name routed to SLMDeployments and external endpoints."""
+
+    KIND = "SLMRoute"
+    PLURAL = "slmroutes"
+    kind: Literal["SLMRoute"] = "SLMRoute"
+    spec: SLMRouteSpec
+    status: SLMRouteStatus | None = None
+
+
+KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (GPUPool, SLMDeployment, FineTuneJob, SLMRoute)}

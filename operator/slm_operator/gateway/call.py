@@ -1,0 +1,67 @@
+"""One call through the gateway: what the handler found out (:class:`Call`) and how an attempt ended (:class:`Outcome`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from slm_operator.contract import BACKEND_HEADER, FALLBACK_HEADER, ROUTE_HEADER, TASK_HEADER
+from slm_operator.gateway.auth import Caller
+from slm_operator.routing.fallback import FailureReason
+from slm_operator.routing.features import RequestFeatures
+from slm_operator.routing.table import CompiledRoute
+
+CHAT = "/chat/completions"
+COMPLETIONS = "/completions"
+
+
+@dataclass
+class Call:
+    request: web.Request
+    path: str  # CHAT or COMPLETIONS, appended to an endpoint's base URL
+    body: dict[str, Any]
+    route: CompiledRoute
+    caller: Caller
+    identity: str
+    task: str | None
+    task_label: str
+    features: RequestFeatures
+    started: float  # loop time
+    started_wall: float  # time.time() at arrival, for the capture record
+    capture: bool = False  # sampled for capture
+    record_id: str = ""  # the capture record's id (it decides the sampling)
+    charged_tokens: int = 0
+
+
+@dataclass
+class Outcome:
+    """How one attempt on one backend ended. ``reason`` set: it failed (a fallback may follow); ``committed``
+    set: a streamed answer was already sent to the caller."""
+
+    backend: str
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: FailureReason | None = None
+    detail: str = ""
+    committed: web.StreamResponse | None = None
+    ttft: float | None = None  # seconds from the call's arrival to the first byte sent (committed streams)
+    usage: dict[str, Any] | None = None
+    completion_estimate: int = 0  # streamed chunks, when the backend reports no usage
+    answer: dict[str, Any] | None = None  # the parsed answer (non-streamed) for capture
+    stream_bytes: bytes | None = None  # the streamed answer, kept for capture
+    fallback: FailureReason | None = None  # why this answer comes from the fallback backend
+    cut: str | None = None  # a committed stream ended early: "error", "timeout" or "client"
+
+
+def response_headers(call: Call, backend: str, fallback: FailureReason | None) -> dict[str, str]:
+    """The ``x-slm-*`` headers of an answer (docs/gateway.md)."""
+    out = {ROUTE_HEADER: call.route.key, BACKEND_HEADER: backend}
+    if fallback is not None:
+        out[FALLBACK_HEADER] = fallback.value
+    if call.task:
+        out[TASK_HEADER] = call.task
+    return out

@@ -1,0 +1,201 @@
+"""The in-cluster gateway's view of the cluster: SLMRoutes, SLMDeployments, EndpointSlices and the Secrets the
+routes name, turned into the routing table (no API call per request) and the SLMRoutes' status.
+
+Watch threads (:mod:`slm_operator.gateway.kube`) hand their events to :meth:`ClusterState.handle` on the event
+loop; a change marks the state dirty and the table is rebuilt once the burst is over (``DEBOUNCE_SECONDS``).
+Secrets are not watched: each one a route names (its callers' API-key hashes, an external backend's key) is read
+with one namespaced ``get`` when a route first names it and again every ``SECRET_REFRESH_SECONDS`` (a revoked
+key stops working within that time). Every gateway replica writes the routes' status, only when it differs
+from what the route shows, so replicas that agree write nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
+from slm_operator.gateway.kube import SecretUnreadable
+from slm_operator.gateway.server import Gateway
+from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.status import route_status
+from slm_operator.routing.table import NamespacedName, RouteTable, RouteWorld, build_table, secret_data
+
+log = logging.getLogger("slm_operator.gateway")
+
+DEBOUNCE_SECONDS = 0.2
+SECRET_REFRESH_SECONDS = 60.0
+KINDS = ("slmroutes", "slmdeployments", "endpointslices")
+
+
+class ClusterApi(Protocol):
+    """What the state needs from the API (``KubeApi``; an in-memory fake in the tests). Called in threads."""
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+
+def _key(obj: dict[str, Any]) -> NamespacedName:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def wanted_secrets(routes: list[SLMRoute]) -> set[NamespacedName]:
+    """The Secrets the routes name, each in its route's namespace."""
+    out: set[NamespacedName] = set()
+    for r in routes:
+        ns = r.metadata.namespace or "default"
+        out |= {(ns, ref.name) for ref in r.spec.api_key_secret_refs or []}
+        out |= {
+            (ns, b.external.api_key_secret_ref.name)
+            for b in r.spec.backends
+            if b.external and b.external.api_key_secret_ref
+        }
+    return out
+
+
+class ClusterState:
+    def __init__(
+        self,
+        gateway: Gateway,
+        api: ClusterApi,
+        now: Callable[[], str] = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    ) -> None:
+        self.gateway = gateway
+        self.api = api
+        self.now = now
+        self.objects: dict[str, dict[NamespacedName, dict[str, Any]]] = {k: {} for k in KINDS}
+        self.synced: set[str] = set()
+        self.secrets: dict[NamespacedName, dict[str, str]] = {}  # readable Secrets' data
+        self.unreadable: dict[NamespacedName, str] = {}  # why a named Secret could not be read
+        self._parsed: dict[
+            tuple[str, NamespacedName], tuple[str, Any]
+        ] = {}  # (kind, key) -> (resourceVersion, model)
+        self._rebuild: asyncio.TimerHandle | None = None
+        self.rebuilt = asyncio.Event()  # set after every rebuild (tests wait on it)
+
+    # ------------------------------------------------------------------------------------- events
+
+    def handle(self, kind: str, event: str, obj: Any) -> None:
+        """A watch event: ("SYNC", every object) after a list, else ("ADDED"|"MODIFIED"|"DELETED", object)."""
+        store = self.objects[kind]
+        if event == "SYNC":
+            store.clear()
+            store.update({_key(o): o for o in obj})
+            self.synced.add(kind)
+        elif event == "DELETED":
+            store.pop(_key(obj), None)
+        elif event in ("ADDED", "MODIFIED"):
+            store[_key(obj)] = obj
+        else:
+            return
+        self.dirty()
+
+    def dirty(self) -> None:
+        if self._rebuild is None:
+            loop = asyncio.get_running_loop()
+            self._rebuild = loop.call_later(DEBOUNCE_SECONDS, lambda: asyncio.ensure_future(self.rebuild()))
+
+    # ------------------------------------------------------------------------------------- the table
+
+    def _model(self, kind: str, cls: type[Any], obj: dict[str, Any]) -> Any:
+        key = (kind, _key(obj))
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] == version and version:
+            return hit[1]
+        try:
+            model = cls.model_validate(obj)
+        except ValidationError as exc:
+            log.warning("%s %s/%s is not readable as this version's API, skipped: %s", kind, *key[1], exc)
+            model = None
+        self._parsed[key] = (version, model)
+        return model
+
+    def routes(self) -> list[SLMRoute]:
+        out = [self._model("slmroutes", SLMRoute, o) for o in self.objects["slmroutes"].values()]
+        return [r for r in out if r is not None]
+
+    async def read_secrets(self, wanted: set[NamespacedName], again: bool = False) -> bool:
+        """Read the wanted Secrets not read yet (all of them with ``again``); True when anything changed."""
+        changed = False
+        for key in sorted(wanted if again else wanted - set(self.secrets) - set(self.unreadable)):
+            try:
+                obj = await asyncio.to_thread(self.api.get_secret, *key)
+            except SecretUnreadable as exc:
+                changed |= self.unreadable.get(key) != str(exc)
+                self.unreadable[key] = str(exc)
+                self.secrets.pop(key, None)
+                continue
+            except Exception as exc:  # the API server is away: keep what we had
+                log.warning("reading Secret %s/%s failed: %s", *key, exc)
+                continue
+            data = secret_data(obj) if obj is not None else None
+            self.unreadable.pop(key, None)
+            if data is None:
+                changed |= self.secrets.pop(key, None) is not None
+            elif self.secrets.get(key) != data:
+                self.secrets[key] = data
+                changed = True
+        for key in set(self.secrets) - wanted:
+            del self.secrets[key]
+        return changed
+
+    def world(self, routes: list[SLMRoute]) -> RouteWorld:
+        deployments = {}
+        for o in self.objects["slmdeployments"].values():
+            dep = self._model("slmdeployments", SLMDeployment, o)
+            if dep is not None:
+                deployments[_key(o)] = dep
+        return RouteWorld(
+            routes=routes,
+            deployments=deployments,
+            endpoints=endpoints_by_service(self.objects["endpointslices"].values()),
+            secrets=self.secrets,
+            unreadable=self.unreadable,
+        )
+
+    async def rebuild(self) -> RouteTable:
+        """Build the table from what the watches hold, serve it, and write the statuses that changed."""
+        self._rebuild = None
+        routes = self.routes()
+        await self.read_secrets(wanted_secrets(routes))
+        table = build_table(self.world(routes))
+        self.gateway.set_table(table)
+        if self.synced >= set(KINDS):  # statuses only from a complete view, never from half-listed watches
+            await self.write_statuses(table)
+        self.rebuilt.set()
+        return table
+
+    async def write_statuses(self, table: RouteTable) -> None:
+        now = self.now()
+        for key, compiled in table.routes.items():
+            obj = self.objects["slmroutes"].get((compiled.namespace, compiled.name))
+            if obj is None:
+                continue
+            current = obj.get("status") or None
+            try:
+                previous = SLMRouteStatus.model_validate(current) if current else None
+            except ValidationError:
+                previous = None
+            wanted = route_status(compiled, previous, now).to_k8s()
+            if wanted == current:
+                continue
+            try:
+                await asyncio.to_thread(
+                    self.api.patch_route_status, compiled.namespace, compiled.name, wanted
+                )
+            except Exception as exc:  # the next change or resync writes it
+                log.warning("writing the status of SLMRoute %s failed: %s", key, exc)
+
+    async def refresh_secrets_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SECRET_REFRESH_SECONDS)
+            if await self.read_secrets(wanted_secrets(self.routes()), again=True):
+                self.dirty()

@@ -1,0 +1,82 @@
+"""``slm-operator gateway`` without ``-f``: the gateway as a Deployment in the cluster.
+
+It watches SLMRoutes, SLMDeployments and the EndpointSlices of the operator's Services (no API call per request),
+reads the Secrets the routes name with namespaced reads, authenticates callers by API key or ServiceAccount token
+(TokenReview) and authorises tokens with a SubjectAccessReview for ``use`` on the route, and writes the routes'
+status. ``/readyz`` answers 200 once every watch has listed its objects and the first table is served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from slm_operator.gateway.cluster import KINDS, ClusterState
+from slm_operator.gateway.kube import KubeApi, start_watch
+from slm_operator.gateway.kube_auth import KubeAuth
+from slm_operator.gateway.server import Gateway
+from slm_operator.gateway.standalone import Standalone, serve
+from slm_operator.routing.table import RouteTable
+
+
+@dataclass
+class InCluster:
+    standalone: Standalone  # the gateway and where it listens
+    api: KubeApi
+
+
+def attach(gateway: Gateway, api: KubeApi) -> None:
+    """Authenticate callers through the API server (API keys still work)."""
+    gateway.auth = KubeAuth(api)
+
+
+async def run_watches(state: ClusterState, api: KubeApi, stop: threading.Event) -> asyncio.Task[None]:
+    """Start one watch thread per kind, feeding ``state`` on this loop; returns the Secret refresher's task."""
+    loop = asyncio.get_running_loop()
+
+    def sink_for(kind: str) -> Any:
+        return lambda event, obj: loop.call_soon_threadsafe(state.handle, kind, event, obj)
+
+    for kind in KINDS:
+        start_watch(api, kind, sink_for(kind), stop)
+    return asyncio.create_task(state.refresh_secrets_forever())
+
+
+async def _ready_when_synced(state: ClusterState) -> None:
+    while not (state.synced >= set(KINDS)):
+        state.rebuilt.clear()
+        await state.rebuilt.wait()
+    state.gateway.ready = True
+
+
+async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
+    gateway = s.standalone.gateway
+    gateway.ready = False
+    gateway.set_table(RouteTable())
+    state = ClusterState(gateway, s.api)
+    threads_stop = threading.Event()
+    refresher = await run_watches(state, s.api, threads_stop)
+    ready = asyncio.create_task(_ready_when_synced(state))
+    try:
+        await serve(s.standalone, stop, banner=False)
+    finally:
+        threads_stop.set()
+        for task in (refresher, ready):
+            task.cancel()
+
+
+def run(s: InCluster) -> int:
+    """Serve until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_in_cluster(s, stop)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,184 @@
+"""The in-cluster gateway's Kubernetes touch points (official client, synchronous: run in threads).
+
+What the gateway reads and writes, and the RBAC it needs for it (the chart grants exactly this):
+
+* list/watch ``slmroutes`` and ``slmdeployments`` (slm.io, all namespaces), patch ``slmroutes/status``;
+* list/watch ``endpointslices`` (discovery.k8s.io, all namespaces) labelled as the operator's Services are;
+* ``get`` on the Secrets the routes name, one namespaced read each, where a RoleBinding in the route's namespace
+  allows it (no cluster-wide read of Secrets);
+* create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes import watch as _watch
+from kubernetes.client.exceptions import ApiException
+
+from slm_operator.contract import (
+    APP_MANAGED_BY_LABEL,
+    GROUP,
+    MANAGED_BY,
+    ROUTE_USE_VERB,
+    ROUTES_RESOURCE,
+    VERSION,
+)
+
+log = logging.getLogger("slm_operator.gateway")
+watch: Any = _watch  # kubernetes.watch has no annotations
+
+#: the labels of the operator's Services, which Kubernetes copies onto their EndpointSlices
+ENDPOINT_SLICE_SELECTOR = f"{APP_MANAGED_BY_LABEL}={MANAGED_BY}"
+WATCH_TIMEOUT_SECONDS = 300
+RETRY_SECONDS = 5.0
+
+
+class KubeConfigError(Exception):
+    """No usable way to reach the API server."""
+
+
+class SecretUnreadable(Exception):
+    """The gateway may not read a Secret (403): the route's namespace has not granted it."""
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """The kubeconfig when given, else the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config."""
+    try:
+        if kubeconfig:
+            raise config.ConfigException("explicit kubeconfig")
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes.config has no annotations
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
+        except (config.ConfigException, OSError) as exc:
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise KubeConfigError(
+                f"cannot reach a Kubernetes API server: not running in a pod, and the kubeconfig {where} "
+                f"cannot be used ({exc}); pass --kubeconfig PATH or set KUBECONFIG, or give the routes with -f"
+            ) from None
+    return client.ApiClient()
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    authenticated: bool
+    user: str = ""
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    error: str = ""
+
+
+Sink = Callable[[str, Any], None]  # (event type or "SYNC", object dict or list of dicts)
+
+
+class KubeApi:
+    """Lists, watches, reads and reviews through one API client."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api: Any = api
+        self.custom = client.CustomObjectsApi(api)
+        self.discovery = client.DiscoveryV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.authn = client.AuthenticationV1Api(api)
+        self.authz = client.AuthorizationV1Api(api)
+
+    # ------------------------------------------------------------------------------------- watches
+
+    def _lister(self, kind: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+        if kind == "endpointslices":
+            return self.discovery.list_endpoint_slice_for_all_namespaces, {
+                "label_selector": ENDPOINT_SLICE_SELECTOR
+            }
+        return self.custom.list_cluster_custom_object, {"group": GROUP, "version": VERSION, "plural": kind}
+
+    def watch_forever(self, kind: str, sink: Sink, stop: threading.Event) -> None:
+        """List ``kind`` (``slmroutes``, ``slmdeployments``, ``endpointslices``), hand the list to ``sink`` as
+        ("SYNC", items), then each change as (type, object); list again after an expired watch or an error."""
+        lister, kw = self._lister(kind)
+        while not stop.is_set():
+            try:
+                listed = self.api.sanitize_for_serialization(lister(**kw))
+                sink("SYNC", listed.get("items") or [])
+                version = (listed.get("metadata") or {}).get("resourceVersion")
+                w = watch.Watch()
+                for event in w.stream(
+                    lister, resource_version=version, timeout_seconds=WATCH_TIMEOUT_SECONDS, **kw
+                ):
+                    if stop.is_set():
+                        w.stop()
+                        return
+                    obj = event.get("raw_object") or self.api.sanitize_for_serialization(event["object"])
+                    if event["type"] == "ERROR":
+                        break  # 410 Gone and the like: list again
+                    sink(event["type"], obj)
+            except ApiException as exc:
+                log.warning(
+                    "watching %s failed (%s %s); listing again in %.0f s",
+                    kind,
+                    exc.status,
+                    exc.reason,
+                    RETRY_SECONDS,
+                )
+                stop.wait(RETRY_SECONDS)
+            except Exception:  # the connection dropped, the server restarted: keep the gateway serving
+                log.exception("watching %s failed; listing again in %.0f s", kind, RETRY_SECONDS)
+                stop.wait(RETRY_SECONDS)
+
+    # ------------------------------------------------------------------------------------- reads, writes
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as a dict, None when it does not exist; SecretUnreadable when RBAC refuses it."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status == 403:
+                raise SecretUnreadable(
+                    f"the gateway may not read Secret {namespace}/{name}: grant it `get` on Secrets in namespace "
+                    f"{namespace} (the chart's gateway.routeNamespaces, docs/gateway.md)"
+                ) from None
+            raise
+        out: dict[str, Any] = self.api.sanitize_for_serialization(secret)
+        return out
+
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, ROUTES_RESOURCE, name, {"status": status}
+        )
+
+    # ------------------------------------------------------------------------------------- reviews
+
+    def token_review(self, token: str) -> TokenResult:
+        review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+        res: Any = self.authn.create_token_review(review)
+        st = res.status
+        if not st or not st.authenticated or not st.user:
+            return TokenResult(False, error=(st.error if st else "") or "not authenticated")
+        return TokenResult(True, st.user.username or "", st.user.uid or "", tuple(st.user.groups or ()))
+
+    def access_review(self, user: str, uid: str, groups: tuple[str, ...], namespace: str, route: str) -> bool:
+        """Whether ``user`` may ``use`` the SLMRoute ``namespace/route`` (a SubjectAccessReview)."""
+        attrs = client.V1ResourceAttributes(
+            group=GROUP, resource=ROUTES_RESOURCE, verb=ROUTE_USE_VERB, namespace=namespace, name=route
+        )
+        spec = client.V1SubjectAccessReviewSpec(
+            user=user, uid=uid or None, groups=list(groups), resource_attributes=attrs
+        )
+        res: Any = self.authz.create_subject_access_review(client.V1SubjectAccessReview(spec=spec))
+        return bool(res.status and res.status.allowed)
+
+
+def start_watch(api: KubeApi, kind: str, sink: Sink, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(
+        target=api.watch_forever, args=(kind, sink, stop), name=f"watch-{kind}", daemon=True
+    )
+    thread.start()
+    return thread

@@ -1,0 +1,386 @@
+"""The in-cluster gateway without a cluster: watch events fed by hand, an in-memory API for Secrets and status
+writes, a fake reviewer for TokenReview and SubjectAccessReview. The real API calls are in e2e."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from e2e.standin import StandIn
+from slm_operator.gateway.cluster import ClusterState
+from slm_operator.gateway.kube import SecretUnreadable, TokenResult
+from slm_operator.gateway.kube_auth import KubeAuth, TtlCache, service_account_namespace
+from slm_operator.gateway.server import Gateway, GatewayOptions
+from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.table import Endpoint, RouteTable, hash_api_key
+
+KEY = "sk-cluster-0123456789"
+SA_TOKEN = "eyJhbGciOi.sa-token-of-invoicer"
+OTHER_TOKEN = "eyJhbGciOi.sa-token-of-stranger"
+
+
+def route(name: str = "invoices", ns: str = "agents", rv: str = "1", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "backends": [{"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}}],
+        "apiKeySecretRefs": [{"name": "callers"}],
+        **spec,
+    }
+    return {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "SLMRoute",
+        "metadata": {"name": name, "namespace": ns, "generation": 1, "resourceVersion": rv},
+        "spec": body,
+    }
+
+
+def deployment(name: str = "invoice-extractor", ns: str = "agents") -> dict[str, Any]:
+    return {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "SLMDeployment",
+        "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        "spec": {
+            "poolRef": {"name": "h100"},
+            "model": {"name": "qwen2.5-3b-instruct", "maxConcurrentSequences": 4},
+        },
+    }
+
+
+def endpoint_slice(
+    service: str, ns: str, port: int, *ips: tuple[str, bool], name: str | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name or f"{service}-abcde",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in ips],
+    }
+
+
+class FakeApi:
+    """Secrets by (namespace, name); a 403 for namespaces that did not grant the gateway; recorded status writes."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {
+            ("agents", "callers"): {
+                "data": {"team-a": base64.b64encode(f"sha256:{hash_api_key(KEY)}".encode()).decode()}
+            },
+        }
+        self.forbidden_namespaces: set[str] = set()
+        self.reads: list[tuple[str, str]] = []
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            self.reads.append((namespace, name))
+        if namespace in self.forbidden_namespaces:
+            raise SecretUnreadable(f"the gateway may not read Secret {namespace}/{name}: grant it `get`")
+        return copy.deepcopy(self.secrets.get((namespace, name)))
+
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self.lock:
+            self.writes.append((namespace, name, status))
+
+
+class FakeReviewer:
+    def __init__(self) -> None:
+        self.users = {
+            SA_TOKEN: "system:serviceaccount:agents:invoicer",
+            OTHER_TOKEN: "system:serviceaccount:other:stranger",
+        }
+        self.allowed = {("system:serviceaccount:agents:invoicer", "agents", "invoices")}
+        self.token_reviews = 0
+        self.access_reviews = 0
+
+    def token_review(self, token: str) -> TokenResult:
+        self.token_reviews += 1
+        user = self.users.get(token)
+        if user is None:
+            return TokenResult(False, error="invalid bearer token")
+        return TokenResult(True, user, "uid-1", ("system:serviceaccounts",))
+
+    def access_review(self, user: str, uid: str, groups: tuple[str, ...], namespace: str, route: str) -> bool:
+        self.access_reviews += 1
+        return (user, namespace, route) in self.allowed
+
+
+def run(test: Callable[[ClusterState, FakeApi, dict[str, Any]], Awaitable[None]]) -> None:
+    async def main() -> None:
+        standin = TestServer(StandIn("extractor").app(), host="127.0.0.1")
+        await standin.start_server()
+        api = FakeApi()
+        reviewer = FakeReviewer()
+        gateway = Gateway(RouteTable(), auth=KubeAuth(reviewer), options=GatewayOptions(seed=1))
+        state = ClusterState(gateway, api, now=lambda: "2026-01-01T00:00:00+00:00")
+        server = TestServer(gateway.app(), host="127.0.0.1")
+        await server.start_server()
+        ctx = {"url": str(server.make_url("/v1")), "port": standin.port, "reviewer": reviewer}
+        try:
+            await test(state, api, ctx)
+        finally:
+            await server.close()
+            await standin.close()
+
+    asyncio.run(main())
+
+
+async def settle(state: ClusterState) -> None:
+    state.rebuilt.clear()
+    await asyncio.wait_for(state.rebuilt.wait(), 5)
+
+
+def sync_all(state: ClusterState, port: int, routes: list[dict[str, Any]] | None = None) -> None:
+    state.handle("slmroutes", "SYNC", routes if routes is not None else [route()])
+    state.handle("slmdeployments", "SYNC", [deployment(), deployment(ns="support")])
+    state.handle(
+        "endpointslices",
+        "SYNC",
+        [
+            endpoint_slice("invoice-extractor", "agents", port, ("127.0.0.1", True), ("10.9.9.9", False)),
+            endpoint_slice("invoice-extractor", "support", port, ("127.0.0.2", True)),
+        ],
+    )
+
+
+async def call(url: str, token: str, model: str = "gpt-4o-mini") -> tuple[int, dict[str, str]]:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def test_watched_objects_become_the_table_and_calls_reach_ready_replicas() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        await settle(state)
+        r = state.gateway.table.routes["agents/invoices"]
+        slm = r.backends["slm"]
+        assert slm.max_concurrency == 4  # from the SLMDeployment
+        assert [(e.url, e.ready) for e in slm.endpoints] == [
+            (f"http://10.9.9.9:{ctx['port']}/v1", False),
+            (f"http://127.0.0.1:{ctx['port']}/v1", True),
+        ]
+        status, headers = await call(ctx["url"], KEY)
+        assert status == 200 and headers["x-slm-backend"] == "slm"
+        # only the Secret the route names was read, in the route's namespace
+        assert api.reads == [("agents", "callers")]
+
+    run(test)
+
+
+def test_a_route_never_reaches_a_deployment_in_another_namespace() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        state.handle("slmdeployments", "DELETED", deployment())
+        state.handle(
+            "endpointslices",
+            "DELETED",
+            endpoint_slice("invoice-extractor", "agents", ctx["port"], name="invoice-extractor-abcde"),
+        )
+        await settle(state)
+        slm = state.gateway.table.routes["agents/invoices"].backends["slm"]
+        assert slm.problem_reason == "BackendNotFound" and slm.endpoints == ()
+        status, _ = await call(ctx["url"], KEY)
+        assert status == 502  # no endpoint: the support namespace's replica, same name, is not used
+
+    run(test)
+
+
+def test_status_is_written_when_it_changes_and_only_then() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        await settle(state)
+        assert len(api.writes) == 1
+        ns, name, status = api.writes[0]
+        assert (ns, name, status["readyBackends"]) == ("agents", "invoices", "1/1")
+        conds = {c["type"]: c for c in status["conditions"]}
+        assert conds["Ready"]["status"] == "True" and conds["Accepted"]["observedGeneration"] == 1
+        # the watch shows the written status back: nothing new to write
+        state.handle("slmroutes", "MODIFIED", {**route(rv="2"), "status": status})
+        await settle(state)
+        assert len(api.writes) == 1
+        # the ready replica goes away: Ready turns False
+        state.handle(
+            "endpointslices",
+            "MODIFIED",
+            endpoint_slice("invoice-extractor", "agents", ctx["port"], ("127.0.0.1", False)),
+        )
+        await settle(state)
+        assert len(api.writes) == 2
+        ready = {c["type"]: c for c in api.writes[-1][2]["conditions"]}["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "BackendsNotReady")
+
+    run(test)
+
+
+def test_no_status_is_written_before_every_watch_has_listed() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        state.handle("slmroutes", "SYNC", [route()])
+        await settle(state)
+        assert api.writes == []  # the deployments are not listed yet: BackendNotFound would be a lie
+        assert "agents/invoices" in state.gateway.table.routes
+
+    run(test)
+
+
+def test_an_unreadable_secret_is_reported_on_the_route() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        api.forbidden_namespaces.add("agents")
+        sync_all(state, ctx["port"])
+        await settle(state)
+        accepted = {c["type"]: c for c in api.writes[-1][2]["conditions"]}["Accepted"]
+        assert accepted["status"] == "False" and accepted["reason"] == "SecretNotFound"
+        assert "may not read Secret agents/callers" in accepted["message"]
+        status, _ = await call(ctx["url"], KEY)
+        assert status == 401  # the key cannot be known
+        api.forbidden_namespaces.clear()
+        assert await state.read_secrets({("agents", "callers")}, again=True)
+        state.dirty()
+        await settle(state)
+        assert (await call(ctx["url"], KEY))[0] == 200
+
+    run(test)
+
+
+def test_a_revoked_key_stops_working_after_the_secret_is_read_again() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        await settle(state)
+        assert (await call(ctx["url"], KEY))[0] == 200
+        api.secrets[("agents", "callers")] = {"data": {}}
+        assert await state.read_secrets({("agents", "callers")}, again=True)
+        state.dirty()
+        await settle(state)
+        assert (await call(ctx["url"], KEY))[0] == 401
+
+    run(test)
+
+
+def test_a_deleted_route_is_no_longer_served() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        await settle(state)
+        state.handle("slmroutes", "DELETED", route())
+        await settle(state)
+        assert (await call(ctx["url"], SA_TOKEN))[0] == 404
+
+    run(test)
+
+
+# ------------------------------------------------------------------------------------------------ tokens
+
+
+def test_service_accounts_are_authorised_by_rbac_and_reviews_are_cached() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"])
+        await settle(state)
+        reviewer = ctx["reviewer"]
+        results = await asyncio.gather(*(call(ctx["url"], SA_TOKEN) for _ in range(10)))
+        assert {s for s, _ in results} == {200}
+        assert (reviewer.token_reviews, reviewer.access_reviews) == (1, 1)  # one review for the burst
+        assert (await call(ctx["url"], OTHER_TOKEN))[0] == 403  # a valid token without `use` on the route
+        assert (await call(ctx["url"], "eyJ.forged"))[0] == 401
+        assert (await call(ctx["url"], KEY))[0] == 200  # API keys still work, without any review
+        assert reviewer.token_reviews == 3
+
+    run(test)
+
+
+def test_a_caller_prefers_the_route_of_its_own_namespace() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        sync_all(state, ctx["port"], routes=[route(), route(ns="other")])
+        await settle(state)
+        reviewer = ctx["reviewer"]
+        reviewer.allowed |= {
+            ("system:serviceaccount:other:stranger", "other", "invoices"),
+            ("system:serviceaccount:other:stranger", "agents", "invoices"),
+        }
+        status, headers = await call(ctx["url"], OTHER_TOKEN)
+        # other/invoices has no replica (its SLMDeployment is not in its namespace): 502, but from its own route
+        assert (status, headers["x-slm-route"]) == (502, "other/invoices")
+
+    run(test)
+
+
+def test_ttl_cache_expires_and_shares_one_computation() -> None:
+    now = [0.0]
+
+    async def main() -> None:
+        cache: TtlCache[int] = TtlCache(lambda: now[0])
+        calls = 0
+
+        async def compute() -> int:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            return calls
+
+        values = await asyncio.gather(*(cache.get("k", compute, lambda v: 10.0) for _ in range(5)))
+        assert values == [1] * 5 and calls == 1
+        now[0] = 9.0
+        assert await cache.get("k", compute, lambda v: 10.0) == 1
+        now[0] = 11.0
+        assert await cache.get("k", compute, lambda v: 10.0) == 2
+
+        async def broken() -> int:
+            raise RuntimeError("API server away")
+
+        with pytest.raises(RuntimeError):
+            await cache.get("x", broken, lambda v: 1.0)
+        assert await cache.get("x", compute, lambda v: 1.0) == 3  # a failure is not cached
+
+    asyncio.run(main())
+
+
+def test_service_account_namespace() -> None:
+    assert service_account_namespace("system:serviceaccount:agents:bot") == "agents"
+    assert service_account_namespace("jane@example.com") is None
+    assert service_account_namespace("system:serviceaccount:agents") is None
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+def test_endpoint_slices_give_ready_replicas_on_the_http_port() -> None:
+    slices = [
+        endpoint_slice("a", "ns", 8000, ("10.0.0.1", True), ("10.0.0.2", False)),
+        {
+            **endpoint_slice("a", "ns", 8000, ("10.0.0.3", True), name="a-2"),
+            "endpoints": [
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": True, "terminating": True}},
+                {"addresses": ["fd00::4"]},  # no conditions: ready
+                {"addresses": []},
+            ],
+        },
+        {**endpoint_slice("b", "ns", 8000, ("10.0.0.5", True)), "ports": [{"name": "metrics", "port": 9000}]},
+        {"metadata": {"name": "x", "namespace": "ns"}, "ports": [], "endpoints": []},
+    ]
+    got = endpoints_by_service(slices)
+    assert got == {
+        ("ns", "a"): [
+            Endpoint("http://10.0.0.1:8000/v1", True),
+            Endpoint("http://10.0.0.2:8000/v1", False),
+            Endpoint("http://10.0.0.3:8000/v1", False),
+            Endpoint("http://[fd00::4]:8000/v1", True),
+        ]
+    }
