@@ -14,6 +14,7 @@ settings.load_profile(os.environ.get("SLM_HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from slm_operator.capture import Capture, CaptureRecord, WriteResult
 from slm_operator.capture.pipeline import DROP_REASONS
-from slm_operator.capture.redact import RegexSanitizer
 from slm_operator.capture.sqlite_store import SQLiteStore
+from slm_operator.sanitize import Sanitizer
 from tests.test_capture_record import make_record
 
 
@@ -80,7 +80,7 @@ def run(body: Callable[[], Awaitable[None]]) -> None:
 def test_records_reach_the_store_redacted_off_the_event_loop(tmp_path: Path) -> None:
     threads: set[str] = set()
 
-    class Recording(RegexSanitizer):
+    class Recording(Sanitizer):
         def sanitize_record(self, value: Any) -> Any:
             threads.add(threading.current_thread().name)
             return super().sanitize_record(value)

@@ -1138,9 +1138,6 @@ class RouteTimeouts(ApiModel):
         return self
 
 
-DEFAULT_REDACT = [PIIClass.EMAIL, PIIClass.PHONE_NUMBER, PIIClass.CREDIT_CARD, PIIClass.API_KEY]
-
-
 class CaptureSpec(ApiModel):
     """Recording of calls into the usage store (the gateway's `--store`; docs/capture.md)."""
 
@@ -1151,7 +1148,7 @@ class CaptureSpec(ApiModel):
         description="Share of calls recorded, a decimal between 0 and 1 (`1`: every call, `0.05`: one in 20).",
     )
     redact: list[PIIClass] = Field(
-        default_factory=lambda: list(DEFAULT_REDACT),
+        default_factory=lambda: [PIIClass(c) for c in DEFAULT_REDACT],
         max_length=16,
         json_schema_extra=k8s(list_type="set"),
         description="PII classes replaced by placeholders before a record is stored.",

@@ -1,13 +1,14 @@
 """Redaction of a captured call before it is kept anywhere (store or spool). Pure.
 
-The sanitiser is injected through ``RecordSanitizer`` so that the regex sanitiser of ``slm_operator.sanitize``
-and its Presidio successor (``Sanitizer(classes).sanitize_record(value) -> (value, Counter)``) both fit.
+The sanitiser is injected through ``RecordSanitizer``; by default the shared Presidio sanitiser of
+``slm_operator.sanitize`` (``Sanitizer(classes).sanitize_record(value) -> (value, Counter)``), the one the
+FineTuneJob's sanitise step uses.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from slm_operator import sanitize
@@ -24,31 +25,10 @@ class RecordSanitizer(Protocol):
 SanitizerFactory = Callable[[Sequence[str]], RecordSanitizer]
 
 
-class RegexSanitizer:
-    """``slm_operator.sanitize``'s patterns behind the ``RecordSanitizer`` interface."""
-
-    def __init__(self, classes: Iterable[str]) -> None:
-        self.classes = list(classes)
-        unknown = sorted(set(self.classes) - set(sanitize.PATTERNS))
-        if unknown:  # redacting less than the route asks for would keep PII: refuse instead
-            raise ValueError(f"unknown PII classes {unknown}; known: {', '.join(sanitize.PATTERNS)}")
-
-    def sanitize_record(self, value: Any) -> tuple[Any, Counter[str]]:
-        counts: Counter[str] = Counter()
-        return self._walk(value, counts), counts
-
-    def _walk(self, value: Any, counts: Counter[str]) -> Any:
-        if isinstance(value, str):
-            return sanitize.sanitize_text(value, self.classes, counts)
-        if isinstance(value, list):
-            return [self._walk(v, counts) for v in value]
-        if isinstance(value, dict):
-            return {k: self._walk(v, counts) for k, v in value.items()}
-        return value
-
-
 def default_sanitizer_factory(classes: Sequence[str]) -> RecordSanitizer:
-    return RegexSanitizer(classes)
+    """The shared Presidio sanitiser (``slm_operator.sanitize``); an unknown class raises, so a route is never
+    redacted less than it asks for."""
+    return sanitize.Sanitizer(classes)
 
 
 def redact_record(record: CaptureRecord, sanitizer: RecordSanitizer) -> tuple[CaptureRecord, Counter[str]]:
