@@ -96,7 +96,7 @@ def test_redaction_replaces_pii_in_request_and_response_and_counts_it() -> None:
     record = make_record(redact=["Email"])
     clean, counts = redact_record(record, Sanitizer(["Email"]))
     assert "jane@corp.example" not in clean.model_dump_json()
-    assert clean.request["messages"][0]["content"] == "mail <EMAIL> please"
+    assert clean.request["messages"][0]["content"] == "mail <EMAIL_1> please"  # one pseudonym per value
     assert counts == Counter({"Email": 2})
     assert clean.id == record.id and clean.caller == record.caller
     assert record.request["messages"][0]["content"] == "mail jane@corp.example please"  # input untouched
