@@ -78,7 +78,7 @@ test: k8s-bin test-unit test-contracts test-e2e ## Run every test tier (unit, pr
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Unit and property tests (no cluster)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --timeout=300 tests
 
 .PHONY: test-contracts
 test-contracts: $(STAMP) $(VLLM_STAMP) ## Rendered vLLM args and NVIDIA configs through vLLM's and NVIDIA's real parsers

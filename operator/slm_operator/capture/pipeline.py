@@ -209,7 +209,8 @@ class Capture:
         if self._backlog:
             log.info("capture: %d bytes spooled by an earlier process will be replayed", self._spool_bytes)
         try:
-            await asyncio.wait_for(self.store.open(), self.store_timeout)
+            async with asyncio.timeout(self.store_timeout):
+                await self.store.open()
         except Exception as exc:
             self._store_failed(exc)
         self._task = asyncio.create_task(self._run(), name="capture-worker")
@@ -220,9 +221,8 @@ class Capture:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout)
-            except TimeoutError:
+            await asyncio.wait({self._task}, timeout=drain_timeout)
+            if not self._task.done():
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
         left = self._queue.qsize() + len(self._held) + self._inflight
@@ -298,7 +298,8 @@ class Capture:
     async def _wait(self, seconds: float) -> None:
         if not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
 
     async def _redact(self, batch: list[CaptureRecord]) -> list[CaptureRecord]:
         if not any(r.redact for r in batch):
@@ -350,7 +351,10 @@ class Capture:
 
     async def _write(self, records: Sequence[CaptureRecord], *, replay: bool = False) -> bool:
         try:
-            result = await asyncio.wait_for(self.store.write(records), self.store_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result, swallowing a
+            # cancellation, when the write completes just as the worker is cancelled
+            async with asyncio.timeout(self.store_timeout):
+                result = await self.store.write(records)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
