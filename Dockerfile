@@ -15,7 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ ./operator/
-RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", "."]
+# With the [sanitize] extra (Presidio, spaCy and its pinned English NER model, docs/sanitization.md): the
+# sanitize step's default classes include Person and Location, which need the model, and nothing is downloaded
+# at run time.
+RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize]"]
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -32,7 +35,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Only the wheels built above, no index: the image holds exactly what stage 1 resolved. The bind mount keeps
 # the wheels out of the image's layers.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator"]
+    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator[sanitize]"]
 # The chart mounts an emptyDir on /tmp and makes the root filesystem read-only.
 USER 65532:65532
 WORKDIR /tmp
