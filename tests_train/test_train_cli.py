@@ -51,12 +51,14 @@ def test_the_termination_message_and_eval_json_say_the_same(trained: Run) -> Non
     assert sample["messages"][-1]["role"] == "user" and set(sample) >= {"reference", "tuned", "base"}
 
 
-def _greedy(model: Any, tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+def _greedy(model: Any, tokenizer: Any, messages: list[dict[str, Any]], max_new_tokens: int) -> str:
     ids = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
     return str(tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
@@ -76,15 +78,15 @@ def test_the_adapter_loads_with_peft_and_gives_the_trained_answers(trained: Run,
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_base), str(trained.output)
     ).eval()
-    samples = trained.eval_json["samples"]
-    answers = [_greedy(model, tokenizer, s["messages"]) for s in samples]
+    samples, most = trained.eval_json["samples"], trained.eval_json["generation"]["maxNewTokens"]
+    answers = [_greedy(model, tokenizer, s["messages"], most) for s in samples]
     assert answers == [s["tuned"] for s in samples]
     assert (
         sum(score_answer(a, s["reference"])[1] for a, s in zip(answers, samples, strict=True))
         >= len(samples) - 1
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
-    assert [_greedy(base, tokenizer, s["messages"]) for s in samples] == [s["base"] for s in samples]
+    assert [_greedy(base, tokenizer, s["messages"], most) for s in samples] == [s["base"] for s in samples]
 
 
 def test_a_run_cut_short_by_max_steps_continues_from_its_checkpoint(
@@ -172,11 +174,8 @@ def test_epochs_batch_size_rates_split_and_rank_shape_the_run(
     assert abs(msg["evalLoss"] - msg["baseEvalLoss"]) < 0.01  # a learning rate of 1e-9 changes nothing
     config = json.loads((run.output / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (4, 8)
-    seeds = [
-        [m["content"] for m in s["messages"]]
-        for s in (run.eval_json["samples"], trained.eval_json["samples"])
-    ]
-    assert seeds[0] != seeds[1]  # another seed holds out other records
+    held_out = [[s["messages"][-1]["content"] for s in r.eval_json["samples"]] for r in (run, trained)]
+    assert held_out[0] != held_out[1]  # another seed holds out other records
 
 
 def test_an_answer_beyond_max_seq_len_is_dropped_and_counted(

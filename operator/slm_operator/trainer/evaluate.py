@@ -25,6 +25,11 @@ class Evaluation:
     answers: list[str]  # the greedy answers, in the held-out order (eval.json keeps a few as samples)
 
 
+def max_new_tokens(held_out: Sequence[Encoded]) -> int:
+    """How many tokens an answer may have: the longest held-out answer plus a margin."""
+    return max((e.answer_len for e in held_out), default=0) + ANSWER_MARGIN_TOKENS
+
+
 def _batches(items: Sequence[Encoded], size: int) -> list[Sequence[Encoded]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -40,7 +45,7 @@ def greedy_answers(model: Any, tokenizer: Any, held_out: Sequence[Encoded], batc
 
 def _generate(model: Any, tokenizer: Any, held_out: Sequence[Encoded], batch_size: int) -> list[str]:
     dev = next(model.parameters()).device
-    max_new = max(e.answer_len for e in held_out) + ANSWER_MARGIN_TOKENS
+    max_new = max_new_tokens(held_out)
     pad = tokenizer.pad_token_id
     eos = _flat([tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)])
     answers = []

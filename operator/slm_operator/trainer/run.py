@@ -27,7 +27,7 @@ from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, Train
 from slm_operator.trainer.data import DataError, DataReport, Example, Prepared, prepare
 from slm_operator.trainer.encode import Encoded, check_template, encode
 from slm_operator.trainer.errors import BadInput, Terminated
-from slm_operator.trainer.evaluate import Evaluation, evaluate
+from slm_operator.trainer.evaluate import Evaluation, evaluate, max_new_tokens
 from slm_operator.trainer.model import (
     device,
     load_base,
@@ -259,7 +259,8 @@ def _run(options: TrainOptions, data: Prepared, log: Log) -> TrainResult:  # lon
         log(f"resuming from {resume[0]} (step {resume[1]})")
     output = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     if trainer.state.global_step < trainer.state.max_steps:  # the just-in-time checkpoint stopped it
-        raise Terminated(trainer.state.global_step)
+        saved = newest_checkpoint(options.checkpoints)  # it saves before the step's update: one step back
+        raise Terminated(saved[1] if saved else None)
     seconds = float(output.metrics.get("train_runtime", 0.0))
     steps_run = trainer.state.global_step - (resume[1] if resume else 0)
     log("scoring the fine-tuned model")
@@ -325,5 +326,6 @@ def _details(
         },
         "skippedReasons": dict(sorted(report.skipped.items())),
         "device": device(),
+        "generation": {"decoding": "greedy", "maxNewTokens": max_new_tokens(held)},
         "samples": samples,
     }

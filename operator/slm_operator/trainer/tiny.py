@@ -117,6 +117,7 @@ def _corpus() -> list[str]:
         "Tools: ",
         json.dumps([TOOL]),
         json.dumps({"name": "track_order", "arguments": {}}),
+        "Where is my order? It is in Lyon; thanks!",
     ]
     lines += [f"{o} order {i} to {c}." for o in OPENINGS for i in ORDER_IDS for c in CITIES[:1]]
     lines += [json.dumps({"order_id": str(i), "city": c}) for i in ORDER_IDS for c in CITIES]
