@@ -26,7 +26,7 @@ if not HAVE_TRAIN_EXTRA:
 
 #: The synthetic task's size and the LoRA settings the tests train with (docs/finetuning.md, "The tiny model").
 RECORDS = 800
-TINY_FLAGS = ("--lora-rank", "16", "--learning-rate", "0.005", "--batch-size", "16")
+TINY_FLAGS = ("--lora-rank", "16", "--learning-rate", "0.003", "--batch-size", "16")
 STEPS = 400
 
 

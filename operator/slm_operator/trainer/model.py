@@ -45,6 +45,7 @@ def load_tokenizer(base_model: str) -> Any:
         raise ModelLoadError(f"--base-model {base_model}: cannot load its tokenizer: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # training batches; the evaluation pads its prompts on the left itself
     return tokenizer
 
 

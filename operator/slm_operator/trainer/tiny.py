@@ -16,7 +16,9 @@ seconds (docs/finetuning.md, "The tiny model"):
   keys and MLPs are random, so the base model attends nowhere in particular and scores 0 %; LoRA has to learn where
   to look, which is the task.
 * the embeddings are larger than the other weights (std 0.3 against 0.02), so a copied token dominates the
-  residual stream and the tied output head can name it.
+  residual stream and the tied output head can name it; and they share one direction (half of each one's norm),
+  as a trained model's embeddings do, which gives queries and keys a constant part: what attending to a position
+  (rather than to a token) takes.
 
 The messages end in the same words (``order <id> to <city>.``) after varied openings, so the values sit at a fixed
 distance from the answer: a random model's attention can learn a position quickly, while learning which of the
@@ -160,7 +162,10 @@ def make_tiny_base(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, 0.3)
+        embeddings = model.get_input_embeddings().weight
+        embeddings.normal_(0.0, 0.3)
+        shared = torch.randn(config.hidden_size)
+        embeddings += 0.5 * embeddings.norm(dim=1, keepdim=True) * shared / shared.norm()
         for layer in model.model.layers:
             for proj in (layer.self_attn.v_proj, layer.self_attn.o_proj):
                 proj.weight.copy_(torch.eye(*proj.weight.shape))
