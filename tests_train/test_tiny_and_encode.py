@@ -71,3 +71,23 @@ def test_a_control_token_inside_a_message_is_text_not_a_turn(tiny_base: Path) ->
     assert enc is not None
     assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")
     assert enc.input_ids.count(assistant) == 1  # only the template's own turn marker
+
+
+def test_a_checkpoint_killed_while_saving_is_passed_over(tmp_path: Path) -> None:
+    from slm_operator.trainer.run import newest_checkpoint
+
+    def checkpoint(step: int, *, state: bool = True, marker: bool = False) -> None:
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if state:
+            (d / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if marker:
+            (d / "checkpoint-is-incomplete.txt").write_text("saving")
+
+    assert newest_checkpoint(tmp_path) is None
+    checkpoint(100)
+    checkpoint(200)
+    checkpoint(300, state=False)  # killed before the Trainer wrote its state, which it writes last
+    checkpoint(400, marker=True)  # the just-in-time checkpoint's marker is still there
+    (tmp_path / "checkpoint-500").write_text("not a folder")
+    assert newest_checkpoint(tmp_path) == (tmp_path / "checkpoint-200", 200)
