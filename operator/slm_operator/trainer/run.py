@@ -149,7 +149,9 @@ class _Progress(TrainerCallback):  # type: ignore[misc,unused-ignore]  # transfo
         self.log(f"{what} {state.global_step}/{state.max_steps} {json.dumps(shown)}")
 
 
-def _arguments(options: TrainOptions) -> TrainingArguments:
+def _arguments(options: TrainOptions, *, training: bool = True) -> TrainingArguments:
+    """The Trainer's arguments; a Trainer that only scores (``training=False``) leaves SIGTERM alone: the
+    just-in-time checkpoint's handler, which a Trainer installs when it is made, is restored only by training."""
     cuda = device() == "cuda"
     return TrainingArguments(
         output_dir=str(options.checkpoints),
@@ -162,7 +164,7 @@ def _arguments(options: TrainOptions) -> TrainingArguments:
         save_strategy="steps",
         save_steps=options.save_steps,
         save_total_limit=2,
-        enable_jit_checkpoint=True,
+        enable_jit_checkpoint=training,
         logging_steps=10,
         logging_first_step=True,
         report_to="none",
@@ -203,7 +205,7 @@ def _score_incumbent(options: TrainOptions, tokenizer: Any, held: list[Encoded],
     model = load_incumbent(options)
     scorer = Trainer(
         model=model,
-        args=_arguments(options),
+        args=_arguments(options, training=False),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         processing_class=tokenizer,
     )
@@ -237,7 +239,8 @@ def _run(options: TrainOptions, data: Prepared, log: Log) -> TrainResult:  # lon
     check_template(tokenizer, options.base_model)
     train, too_long = _encode_all(tokenizer, data.train, options.max_seq_len)
     held, held_too_long = _encode_all(tokenizer, data.held_out, options.max_seq_len)
-    report.skipped["answer beyond --max-seq-len"] += too_long + held_too_long
+    if too_long + held_too_long:
+        report.skipped["answer beyond --max-seq-len"] += too_long + held_too_long
     if not train:
         raise DataError(
             f"--data {options.data}: no training example fits in --max-seq-len {options.max_seq_len}"
