@@ -6,10 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
-PY_PATHS := operator tests tests_gpu tests_contracts e2e bench hack
+PY_PATHS := operator tests tests_gpu tests_contracts tests_train e2e bench hack
 # vLLM (for its argument parser) gets its own virtualenv: its pins must not constrain the operator's.
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# The trainer's heavy dependencies (torch, transformers, peft) get their own virtualenv too: the operator's .venv
+# stays small, and `slm-operator train` there says to install the [train] extra.
+TRAIN_VENV ?= .venv-train
+TRAIN_STAMP := $(TRAIN_VENV)/.installed
 
 ##@ General
 .PHONY: help
@@ -36,6 +40,16 @@ $(VLLM_STAMP): pyproject.toml
 
 .PHONY: vllm-venv
 vllm-venv: $(VLLM_STAMP) ## Create .venv-vllm with the pinned vLLM for the contract tests (~9.5 GB, 4-9 min cold)
+
+# The project with the trainer's and the sanitiser's extras, as the trainer image installs it (Dockerfile.trainer).
+$(TRAIN_STAMP): pyproject.toml
+	$(PY) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRAIN_VENV)/bin/pip install --quiet -e '.[train,sanitize,dev]'
+	touch $(TRAIN_STAMP)
+
+.PHONY: train-venv
+train-venv: $(TRAIN_STAMP) ## Create .venv-train with the trainer's extras (torch, transformers, peft; ~6 GB)
 
 ##@ Development
 .PHONY: fmt
@@ -74,7 +88,7 @@ verify: crds chart-crds argocd-cm ## Regenerate everything generated and fail on
 
 ##@ Tests
 .PHONY: test
-test: k8s-bin test-unit test-contracts test-e2e ## Run every test tier (unit, property, contract, end-to-end); builds the binaries first
+test: k8s-bin test-unit test-contracts test-train test-e2e ## Run every test tier (unit, property, contract, trainer, end-to-end); builds the binaries first
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Unit and property tests (no cluster)
@@ -83,6 +97,10 @@ test-unit: $(STAMP) ## Unit and property tests (no cluster)
 .PHONY: test-contracts
 test-contracts: $(STAMP) $(VLLM_STAMP) ## Rendered vLLM args and NVIDIA configs through vLLM's and NVIDIA's real parsers
 	$(BIN)/pytest -q -p no:cacheprovider tests_contracts
+
+.PHONY: test-train
+test-train: $(TRAIN_STAMP) ## The trainer on CPU: a tiny model it builds learns a synthetic task (docs/finetuning.md)
+	$(TRAIN_VENV)/bin/pytest -q -p no:cacheprovider --timeout=600 tests_train
 
 .PHONY: test-e2e
 test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)

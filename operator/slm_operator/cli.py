@@ -3,9 +3,10 @@
 Sub-commands: ``crds`` (print or write the CRDs), ``estimate`` (GPU memory of a model and the smallest
 share per GPU), ``plan`` (offline placement plan of manifests), ``run`` (the operator), ``agent``
 (the NVML node agent), ``sanitize`` (redact JSON-lines records), ``usage`` (export, erase or prune the
-captured calls of a usage store), ``gateway`` (the OpenAI-compatible gateway in front of SLMRoutes). Exit codes:
-0 success, 1 something could not be placed (``plan`` only),
-2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its help).
+captured calls of a usage store), ``gateway`` (the OpenAI-compatible gateway in front of SLMRoutes), ``train``
+(the FineTuneJob's trainer, with the ``[train]`` extra). Exit codes: 0 success, 1 something could not be placed
+(``plan`` only), 2 bad input (message on stderr, no traceback), 3 no NVIDIA driver (``agent`` only, see its
+help); ``train`` documents its own in its help.
 """
 
 from __future__ import annotations
@@ -596,6 +597,75 @@ async def _usage_export(store: Store, args: argparse.Namespace, since: Any, unti
     return n
 
 
+#: Top-level modules of the [train] extra: a missing one means the extra is not installed.
+TRAIN_EXTRA_MODULES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "jinja2")
+
+
+def _finish_train(args: argparse.Namespace, code: int, message: dict[str, Any]) -> int:
+    """Write the termination message (``--termination-log``); the result on stdout, an error on stderr."""
+    from slm_operator.trainer.report import termination_text
+
+    text = termination_text(message)
+    if args.termination_log:
+        try:
+            Path(args.termination_log).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"slm-operator train: --termination-log {args.termination_log}: {exc}", file=sys.stderr)
+    if code == 0:
+        print(text)
+    else:
+        print(f"slm-operator train: {message['error']}", file=sys.stderr)
+    return code
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from slm_operator.trainer.data import prepare
+    from slm_operator.trainer.errors import EXIT_UNSUPPORTED, TrainError
+    from slm_operator.trainer.options import TrainOptions
+    from slm_operator.trainer.report import error_message
+
+    options = TrainOptions(
+        base_model=args.base_model,
+        data=Path(args.data),
+        output=Path(args.output),
+        method=args.method,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        incumbent=Path(args.incumbent) if args.incumbent else None,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        save_steps=args.save_steps,
+        resume=args.resume,
+    )
+    try:
+        options.check()
+        data = prepare(options.data, options.eval_fraction, options.seed)
+        try:
+            from slm_operator.trainer.run import run
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+                raise
+            return _finish_train(
+                args,
+                EXIT_UNSUPPORTED,
+                error_message(
+                    f"training needs the [train] extra ({exc.name} is missing): pip install 'slm-operator[train]', "
+                    "or run the trainer image ghcr.io/slm-operator/trainer"
+                ),
+            )
+        result = run(options, data)
+    except TrainError as exc:
+        return _finish_train(args, exc.exit_code, error_message(str(exc)))
+    except Exception as exc:  # out of memory, a library's error: still a message the operator can show
+        return _finish_train(args, 1, error_message(f"training failed: {type(exc).__name__}: {exc}"))
+    return _finish_train(args, 0, result.termination())
+
+
 def _add_crds_parser(sub: Subparsers) -> None:
     p = sub.add_parser("crds", help="print the CustomResourceDefinitions (or write them to a folder)")
     p.add_argument("-o", "--output-dir", help="write one file per CRD into this folder instead of stdout")
@@ -897,6 +967,88 @@ def _add_gateway_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_gateway)
+TRAIN_DESCRIPTION = """\
+Fine-tune --base-model on --data and evaluate the result against the base model and the incumbent, on this
+machine (a CUDA GPU when one is visible, else the CPU) or in a FineTuneJob's pod. Needs the [train] extra.
+
+--data is a JSON-lines file (or a folder of *.jsonl): one record per line in the OpenAI chat format
+{"messages": [...], "tools": [...]}, whose last assistant message (content and/or tool_calls) is the target,
+or a usage-capture record {"request": {...}, "response": {...}}. Unusable lines are skipped and counted. A
+deterministic share (--eval-fraction, by a hash of each record and --seed) is held out for evaluation.
+
+--output receives the PEFT adapter at its root (adapter_config.json, adapter_model.safetensors: what vLLM's
+--lora-modules and peft load), or the full weights for --method Full, eval.json, and checkpoints/ (every
+--save-steps steps and at the end; the newest two kept). A rerun resumes from the newest checkpoint.
+
+The result, on stdout and in --termination-log (JSON, at most 4096 bytes):
+  {"evalScorePercent": 87, "baseScorePercent": 12, "incumbentScorePercent": 80 or null,
+   "examples": {"train": 900, "eval": 100}, "skipped": 3, "steps": 300, "resumedFromStep": 120 or null,
+   "evalLoss": 0.41, "baseEvalLoss": 5.2,
+   "metrics": {"jsonExactMatch": 0.9, "toolCallAccuracy": null, "textSimilarity": 0.95}}
+On failure the termination log holds {"error": "<what to change>"}.
+
+Exit codes: 0 trained and evaluated; 1 training or evaluation failed (e.g. out of memory); 2 bad input
+(flags, data, base model, incumbent or checkpoints); 3 this installation cannot do it (no [train] extra,
+QLoRA without a CUDA GPU); 143 stopped by SIGTERM (a checkpoint is saved; the same command resumes).
+Example (docs/finetuning.md):
+  slm-operator train --base-model ./tiny --data train.jsonl --output ./out --lora-rank 16"""
+
+
+def _add_train_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on chat records (LoRA, QLoRA or full) and score it (the FineTuneJob's trainer)",
+        description=TRAIN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--base-model", required=True, help="Hugging Face model id or folder (needs a chat template)"
+    )
+    p.add_argument("--data", required=True, help="JSON-lines file or folder of *.jsonl files (see above)")
+    p.add_argument(
+        "--output", required=True, help="folder for the adapter or weights, eval.json and checkpoints/"
+    )
+    p.add_argument("--method", choices=["LoRA", "QLoRA", "Full"], default="LoRA", help="default %(default)s")
+    p.add_argument("--epochs", type=float, default=3, help="passes over the training examples (default 3)")
+    p.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate (default 0.0002)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    p.add_argument(
+        "--max-seq-len", type=int, default=4096, help="tokens per example; longer ones are cut (default 4096)"
+    )
+    p.add_argument("--lora-rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2 x rank)")
+    p.add_argument(
+        "--incumbent",
+        default=None,
+        metavar="DIR",
+        help="what the target deployment serves now (a PEFT adapter folder or full weights), scored on the "
+        "same held-out examples (incumbentScorePercent)",
+    )
+    p.add_argument(
+        "--eval-fraction", type=float, default=0.1, help="share of the records held out (default 0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the adapter's init and the order")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=-1,
+        help="stop after this many steps in all (default -1: --epochs decides)",
+    )
+    p.add_argument("--save-steps", type=int, default=100, help="checkpoint every N steps (default 100)")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        metavar="auto|never|DIR",
+        help="auto (default): continue from the newest checkpoint under --output/checkpoints; never: start over "
+        "(deletes them); DIR: that checkpoint",
+    )
+    p.add_argument(
+        "--termination-log",
+        default=None,
+        metavar="PATH",
+        help="also write the result or error JSON here (a pod's /dev/termination-log)",
+    )
+    p.set_defaults(func=_cmd_train)
 
 
 def _add_agent_parser(sub: Subparsers) -> None:
@@ -949,6 +1101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_sanitize_parser(sub)
     _add_usage_parser(sub)
+    _add_train_parser(sub)
     _add_agent_parser(sub)
     _add_gateway_parser(sub)
     return parser
