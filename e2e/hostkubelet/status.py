@@ -13,7 +13,7 @@ runs), each cited where it is written:
 * phase (``kubelet_pods.go``, ``getPhase``): an init container that failed fails the pod; the pod is Pending
   until every init container succeeded and while a container waits; Running while one runs; then Succeeded
   when every container exited 0, else Failed. A pod the kubelet finishes after its deletion gets a terminal
-  phase: Failed unless it Succeeded (KEP-3329, ``kubelet.go`` ``generateAPIPodStatus``);
+  phase: Failed unless it Succeeded (KEP-3329, ``kubelet_pods.go`` ``generateAPIPodStatus``);
 * conditions (``pkg/kubelet/status/generate.go``): ``PodReadyToStartContainers``, ``Initialized``
   (``ContainersNotInitialized``: "containers with incomplete status: [..]"), ``ContainersReady`` and
   ``Ready`` (``ContainersNotReady``: "containers with unready status: [..]", ``PodCompleted`` once the pod
