@@ -4,6 +4,7 @@ The e2e tests (e2e/test_hostkubelet.py) check the same against the real control 
 
 from __future__ import annotations
 
+import ast
 import signal
 import subprocess
 import sys
@@ -286,3 +287,17 @@ def test_kwok_stages_script_refuses_a_file_without_pod_stages(tmp_path: Path) ->
     script = REPO / "e2e" / "cluster" / "kwok_stages.py"
     r = subprocess.run([sys.executable, str(script), str(f), "x"], capture_output=True, text=True)
     assert r.returncode == 1 and "no Pod stage" in r.stderr
+
+
+def test_the_host_kubelet_is_an_independent_model_that_imports_nothing_of_the_operator() -> None:
+    imported = set()
+    for path in (REPO / "e2e" / "hostkubelet").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+    assert "slm_operator" not in imported
+    assert imported <= {"__future__", "argparse", "collections", "contextlib", "dataclasses", "e2e", "json",
+                        "kubernetes", "os", "pathlib", "re", "shlex", "shutil", "signal", "subprocess", "sys",
+                        "threading", "time", "types", "typing"}  # fmt: skip
