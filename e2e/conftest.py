@@ -1,15 +1,18 @@
-"""Fixtures of the e2e suite: a real control plane (e2e/cluster/up.sh) plus the NVIDIA-stack simulator.
+"""Fixtures of the e2e suite: a real control plane (e2e/cluster/up.sh), the NVIDIA-stack simulator and the host
+kubelet.
 
 * ``cluster`` (session): brings the cluster up (``SLM_E2E_REUSE=1`` reuses/keeps a running one, by default the
   cluster ``slm``; otherwise a fresh ``slm-e2e`` is created and deleted at the end; ``SLM_E2E_CLUSTER`` picks
-  the name, ``SLM_E2E_KEEP=1`` keeps it), starts ``python -m e2e.nvsim`` as a subprocess and yields a
-  :class:`Cluster` (kubeconfig path, API clients, helpers).
+  the name, ``SLM_E2E_KEEP=1`` keeps it), starts ``python -m e2e.nvsim`` and ``python -m e2e.hostkubelet``
+  (which runs the containers of pods labelled ``FINETUNE_JOB_LABEL`` as host processes; kwok leaves those pods
+  alone) as subprocesses and yields a :class:`Cluster` (kubeconfig path, API clients, helpers).
 * ``ns``: a fresh namespace per test; afterwards its pods are deleted (and waited for) and the namespace is
   deleted (kube-controller-manager's namespace controller finishes that in the background).
 * ``gpu_nodes``: for tests that change node configs: afterwards deletes the test's pods and puts every GPU
   node back to ``all-disabled`` / no sharing (and removes the simulator ConfigMaps).
 
-On a test failure the simulator's log, the namespace's events and the GPU nodes' events are printed.
+On a test failure the simulator's and the host kubelet's logs, the logs of the namespace's host-run containers,
+the namespace's events and the GPU nodes' events are printed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.hostkubelet.runtime import kill_all
+from slm_operator.contract import FINETUNE_JOB_LABEL
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "e2e" / "cluster"
 GPU_OPERATOR_NS = "gpu-operator"
@@ -47,6 +53,12 @@ GPU_NODES = {
     "gpu-l4-0": (4, False),
     "gpu-l4-1": (4, False),
 }
+
+# the images the host kubelet runs (e2e/hostkubelet/images.py: Dockerfile -> .venv, Dockerfile.trainer -> .venv-train)
+OPERATOR_IMAGE = "ghcr.io/slm-operator/slm-operator:e2e"
+TRAINER_IMAGE = "ghcr.io/slm-operator/trainer:e2e"
+# hostPath prefix of the e2e PersistentVolumes; the host kubelet maps it to <cluster dir>/volumes
+PV_HOST_PREFIX = "/var/lib/slm-e2e"
 
 # mig-manager sees the mig-parted ConfigMap this late (a mounted volume the kubelet syncs periodically); the
 # operator under test is started with a longer --configmap-sync-seconds (e2e/operator.py)
@@ -149,13 +161,99 @@ class Cluster:
     bin_dir: Path
     api: client.ApiClient
     sim_log: Path
+    hostkubelet_log: Path
     core: client.CoreV1Api = field(init=False)
     apps: client.AppsV1Api = field(init=False)
     sim: subprocess.Popen[bytes] | None = field(init=False, default=None)
+    hostkubelet: subprocess.Popen[bytes] | None = field(init=False, default=None)
+    host_pvs: dict[str, list[str]] = field(init=False, default_factory=dict)  # namespace -> PVs made for it
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
+
+    @property
+    def dir(self) -> Path:
+        """The cluster's folder (e2e/cluster/env.sh CLUSTER_DIR): kubeconfig, kwok, hostkubelet/, volumes/."""
+        return Path(self.kubeconfig).parent
+
+    # ---- the host kubelet ------------------------------------------------------------------------------------
+
+    def start_hostkubelet(self) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
+        cmd = [sys.executable, "-m", "e2e.hostkubelet", "--kubeconfig", self.kubeconfig,
+               "--label", FINETUNE_JOB_LABEL, "--host-path", f"{PV_HOST_PREFIX}={self.dir / 'volumes'}"]  # fmt: skip
+        with self.hostkubelet_log.open("a") as log:
+            self.hostkubelet = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_hostkubelet(self, kill: bool = False) -> None:
+        """Stop (or SIGKILL) the host kubelet; its containers keep running, as under a restarted kubelet."""
+        if self.hostkubelet is None:
+            return
+        if kill:
+            self.hostkubelet.kill()
+        else:
+            self.hostkubelet.terminate()
+        try:
+            self.hostkubelet.wait(10)
+        except subprocess.TimeoutExpired:
+            self.hostkubelet.kill()
+            self.hostkubelet.wait()
+        self.hostkubelet = None
+
+    def host_volume(self, namespace: str, claim: str) -> Path:
+        """A PersistentVolumeClaim ``claim`` bound to a hostPath PersistentVolume of its own (below
+        PV_HOST_PREFIX), and the host folder where the host kubelet keeps its data. The PV is deleted with the
+        test's namespace (the shared ones of e2e/cluster/volumes.yaml fail once their claim is deleted: their
+        Delete reclaim policy has no deleter here)."""
+        pv_name = f"{namespace}-{claim}"
+        host = f"{PV_HOST_PREFIX}/{pv_name}"
+        pv = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "labels": {"slm.io/e2e": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "claimRef": {"namespace": namespace, "name": claim},
+                "hostPath": {"path": host},
+            },
+        }
+        self.core.create_persistent_volume(pv)
+        self.host_pvs.setdefault(namespace, []).append(pv_name)
+        pvc = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "storageClassName": "",
+                "volumeName": pv_name,
+            },
+        }
+        self.core.create_namespaced_persistent_volume_claim(namespace, pvc)
+        path = self.dir / "volumes" / pv_name
+        path.mkdir(parents=True, exist_ok=True)  # so the test can put files there before a pod runs
+        return path
+
+    def delete_host_volumes(self, namespace: str) -> None:
+        for name in self.host_pvs.pop(namespace, []):
+            with contextlib.suppress(ApiException):
+                self.core.delete_persistent_volume(name)
+
+    def container_logs(self, namespace: str, lines: int = 40) -> list[str]:
+        """The last lines of every host-run container's log of the namespace (e2e/hostkubelet/runtime.py)."""
+        out = []
+        for log in sorted((self.dir / "hostkubelet" / "pods").glob(f"{namespace}_*/*/0.log")):
+            out.append(f"----- {log.parent.parent.name}/{log.parent.name} -----")
+            out += log.read_text(errors="replace").splitlines()[-lines:]
+        return out
 
     # ---- the simulator process -------------------------------------------------------------------------------
 
@@ -349,7 +447,12 @@ class Cluster:
         out = ["", "===== nvsim log (last 80 lines) ====="]
         with contextlib.suppress(OSError):
             out += self.sim_log.read_text().splitlines()[-80:]
+        out.append("===== hostkubelet log (last 80 lines) =====")
+        with contextlib.suppress(OSError):
+            out += self.hostkubelet_log.read_text().splitlines()[-80:]
         if namespace:
+            out.append(f"===== host-run container logs in namespace {namespace} =====")
+            out += self.container_logs(namespace)
             out.append(f"===== events in namespace {namespace} =====")
             with contextlib.suppress(ApiException):
                 for ev in self.core.list_namespaced_event(namespace).items:
@@ -389,7 +492,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     keep = reuse or os.environ.get("SLM_E2E_KEEP") == "1"
     if not reuse:
         subprocess.run([str(SCRIPTS / "down.sh"), name], check=True)
-    up = subprocess.run([str(SCRIPTS / "up.sh"), name], check=True, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "SLM_HOSTRUN_LABEL": FINETUNE_JOB_LABEL, "PYTHON": sys.executable}
+    up = subprocess.run(
+        [str(SCRIPTS / "up.sh"), name], check=True, stdout=subprocess.PIPE, text=True, env=env
+    )
     kubeconfig = up.stdout.strip().splitlines()[-1]
     bin_dir = Path(
         subprocess.run(
@@ -398,9 +504,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     )
     api = config.new_client_from_config(config_file=kubeconfig)
 
-    sim_log = tmp_path_factory.mktemp("nvsim") / "nvsim.log"
-    c = Cluster(name=name, kubeconfig=kubeconfig, bin_dir=bin_dir, api=api, sim_log=sim_log)
+    logs = tmp_path_factory.mktemp("harness")
+    c = Cluster(
+        name=name,
+        kubeconfig=kubeconfig,
+        bin_dir=bin_dir,
+        api=api,
+        sim_log=logs / "nvsim.log",
+        hostkubelet_log=logs / "hostkubelet.log",
+    )
     c.start_simulator()
+    c.start_hostkubelet()
     try:
         # the simulator has looked at every GPU node once it wrote its device-plugin status annotation
         for node in GPU_NODES:
@@ -414,6 +528,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop_simulator()
+        c.stop_hostkubelet()
+        kill_all(c.dir / "hostkubelet")  # the containers outlive the host kubelet (their shims do)
         api.close()
         if not keep:
             subprocess.run([str(SCRIPTS / "down.sh"), name], check=False)
@@ -431,6 +547,7 @@ def ns(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     # namespace itself is left to the namespace controller (its deletion takes ~5 s, nobody waits for it)
     cluster.delete_pods(name)
     cluster.core.delete_namespace(name, grace_period_seconds=0)
+    cluster.delete_host_volumes(name)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ kc wait --for=condition=Established crd --all --timeout=60s >/dev/null
 kc apply -f deploy/priorityclasses.yaml -f e2e/cluster/volumes.yaml
 for ns in gpu-operator slm-system; do kc get ns "$ns" >/dev/null 2>&1 || kc create ns "$ns"; done
 
-step "4/6 NVIDIA stack simulator and slm-operator (logs in $SLM_CLUSTER_DIR)"
+step "4/6 NVIDIA stack simulator, host kubelet and slm-operator (logs in $SLM_CLUSTER_DIR)"
 start() {  # name, command...
   local name=$1; shift
   local pidf="$SLM_CLUSTER_DIR/$name.pid"
@@ -35,6 +35,9 @@ start() {  # name, command...
   echo "$name started (pid $!)"
 }
 PYTHONPATH=$repo start nvsim "$VENV/bin/python" -m e2e.nvsim --kubeconfig "$KUBECONFIG" --namespace gpu-operator
+# runs the FineTuneJob pods' containers as host processes (kwok runs none); docs/e2e.md section 5
+PYTHONPATH=$repo start hostkubelet "$VENV/bin/python" -m e2e.hostkubelet --kubeconfig "$KUBECONFIG" \
+  --label "${SLM_HOSTRUN_LABEL:-slm.io/finetunejob}"
 start operator "$VENV/bin/slm-operator" run --kubeconfig "$KUBECONFIG" --namespace slm-system --leader-elect
 
 step "5/6 kubectl apply -f examples/"

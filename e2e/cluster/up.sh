@@ -12,6 +12,11 @@ repo=$(cd "$here/../.." && pwd)
 . "$here/env.sh"
 
 if cluster_ready; then
+  if ! grep -qF "$HOSTRUN_LABEL" "$KWOK_CLUSTER_DIR/kwok.yaml" 2>/dev/null; then
+    echo "cluster $NAME runs kwok stages that do not skip pods labelled $HOSTRUN_LABEL (made by an older up.sh);" \
+      "recreate it: e2e/cluster/down.sh $NAME" >&2
+    exit 1
+  fi
   echo "cluster $NAME is already running ($(kc get nodes --no-headers 2>/dev/null | wc -l) nodes)" >&2
   echo "$KUBECONFIG_PATH"
   exit 0
@@ -78,6 +83,17 @@ for attempt in 1 2; do
   "$here/down.sh" "$NAME" >&2
   mkdir -p "$CLUSTER_DIR"
 done
+
+# kwok's pod stages must leave the pods the host kubelet runs alone: add that to the default stages kwokctl wrote
+# and restart the components so kwok reads them. Before any node exists: a restarted kwok could not take over the
+# node leases of the first one until they expire (200 s).
+changed=$("$PYTHON" "$here/kwok_stages.py" "$KWOK_CLUSTER_DIR/kwok.yaml" "$HOSTRUN_LABEL")
+if [ -n "$changed" ]; then
+  echo "kwok stages now skip pods labelled $HOSTRUN_LABEL: $changed" >&2
+  kwokctl stop cluster --name "$NAME" >&2
+  kwokctl start cluster --name "$NAME" --timeout 100s --wait 90s >&2
+  wait_ready 30 || { echo "cluster $NAME did not come back after the kwok stage change" >&2; exit 1; }
+fi
 
 deadline=$(($(date +%s) + 60))
 until kc -n default get serviceaccount default >/dev/null 2>&1; do  # created by kube-controller-manager
