@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from slm_operator.contract import (
+    BORROWED_RESERVATION_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
+    FINETUNE_JOB_LABEL,
     GPU_REPLICAS_LABEL,
+    GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
     MIG_CONFIG_STATE_LABEL,
     ORIGINAL_LABELS_ANNOTATION,
@@ -322,3 +325,49 @@ def test_a_pod_the_scheduler_cannot_place_is_explained_in_the_status() -> None:
     assert ready.status.value == "False" and ready.reason == "PartiallyReady"
     others = d.deployment_statuses["agents/tool-caller"]
     assert next(c for c in others.conditions or [] if c.type == "Progressing").reason == "Complete"
+
+
+def _trainer_pod(node: str, borrows: str | None, phase: str = "Running") -> dict[str, Any]:
+    labels = {FINETUNE_JOB_LABEL: "lora"} | ({BORROWED_RESERVATION_LABEL: borrows} if borrows else {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"lora-train-{node}", "namespace": "agents", "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "priorityClassName": "slm-finetune",
+            "containers": [{"name": "train", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def test_reserved_gpus_a_trainer_borrows_are_not_also_lent_to_besteffort() -> None:
+    """A BestEffort deployment too big for the pool borrows both idle reserved GPUs; once a FineTuneJob's
+    trainer runs on one of them, the pool lends only the other, and the status says who holds which."""
+    first = decide(_world())
+    nodes = _apply_node_configs(_world(), first)  # the nodes carry the reservation's GPUs (slm.io/gpu-roles)
+    holder = next(
+        n["metadata"]["name"]
+        for n in nodes
+        if "llm-fallback" in n["metadata"].get("annotations", {}).get(GPU_ROLES_ANNOTATION, "")
+    )
+
+    def with_pods(*foreign: dict[str, Any]) -> Any:
+        w = _world(nodes=nodes)
+        next(d for d in w.deployments if d.metadata.name == "json-repair").spec.replicas = 64
+        w.foreign_gpu_pods = list(foreign)
+        return decide(w).pool_status.reservations[0]
+
+    assert (with_pods().lent, with_pods().lent_to_fine_tuning) == (2, 0)
+    borrowed = with_pods(_trainer_pod(holder, "llm-fallback"))
+    assert (borrowed.lent, borrowed.lent_to_fine_tuning, borrowed.in_use) == (1, 1, 0)
+    # a trainer on its segment, one that finished, one borrowing another pool's reservation: nothing is held
+    for pod in (
+        _trainer_pod(holder, None),
+        _trainer_pod(holder, "llm-fallback", phase="Failed"),
+        _trainer_pod("gpu-h100-0", "llm-fallback"),
+        _trainer_pod(holder, "other-reservation"),
+    ):
+        st = with_pods(pod)
+        assert (st.lent, st.lent_to_fine_tuning) == (2, 0), pod
