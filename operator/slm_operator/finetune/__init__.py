@@ -1,41 +1,42 @@
 """The FineTuneJob's decisions, pure: from what the shell gathered to what it must write.
 
 Like :func:`slm_operator.reconcile.decide` for pools: ``controllers/finetune.py`` gathers a
-:class:`FineTuneWorld` (the FineTuneJob, its pool, the nodes, its Job and the Job's pods, the SLMDeployment to
-promote onto), :func:`decide_finetune` says what to do, the shell does it. No I/O here.
+:class:`FineTuneWorld` (the FineTuneJob, its pool and the nodes, its Job and the Job's pods, the SLMDeployment
+to promote onto with its replica pods, the other FineTuneJobs of the namespace), :func:`decide_finetune` says
+what to do, the shell does it. No I/O here. The parts:
+
+* ``where.py`` - the nodes the trainer may run on (segment, borrowed reservation) or why it cannot run yet;
+* ``observe.py`` - what the Job's pods really reported (termination messages, exit codes, preemptions);
+* ``gate.py`` - the evaluation gate (``Evaluated``);
+* ``promotion.py`` - rolling the SLMDeployment onto the result, rollback, supersede;
+* ``conditions.py`` - the conditions and the status.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.api.v1alpha1 import (
-    DEFAULT_LORA_RANK,
-    FineTuneJob,
-    FineTuneJobStatus,
-    FineTuneMethod,
-    GPUPool,
-)
-from slm_operator.contract import (
-    ADAPTER_ANNOTATION,
-    GPU_ROLES_ANNOTATION,
-    POOL_LABEL,
-    PROMOTED_LORA_RANK_ANNOTATION,
-    PROMOTED_METHOD_ANNOTATION,
-)
+from slm_operator import DEFAULT_TRAINER_IMAGE
+from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, GPUPool, SLMDeployment
 from slm_operator.events import Event
-from slm_operator.render.finetune import (
-    artifact,
-    evaluation_score,
-    finetune_job,
-    finetune_status,
-    job_condition,
-    promotion_allowed,
-)
-from slm_operator.views import NodeView, ObjectView
+from slm_operator.finetune.conditions import Findings, finetune_status, preempted_text
+from slm_operator.finetune.gate import evaluate
+from slm_operator.finetune.observe import Observed, job_condition, observe
+from slm_operator.finetune.promotion import Annotations, Target, decide_promotion, promotion_annotations
+from slm_operator.finetune.where import where_to_run
+from slm_operator.render import promoted
+from slm_operator.render.finetune import finetune_job
+
+__all__ = [
+    "FineTuneDecisions",
+    "FineTuneWorld",
+    "Promotion",
+    "decide_finetune",
+    "job_condition",
+    "promotion_annotations",
+]
 
 
 @dataclass(frozen=True)
@@ -46,115 +47,71 @@ class FineTuneWorld:
     pool: GPUPool | None  # None: the GPUPool does not exist
     nodes: Sequence[Mapping[str, Any]]
     job: Mapping[str, Any] | None  # the training Job, None before it is created
-    job_pods: Sequence[Mapping[str, Any]]  # its pods, gathered only when the score is needed (needs_score)
-    target: Mapping[str, Any] | None  # the SLMDeployment of spec.promote, when the Job exists
+    job_pods: Sequence[Mapping[str, Any]]  # its pods
+    target: SLMDeployment | None  # the SLMDeployment of spec.promote (None: absent, or not asked for)
     now: str
-    operator_image: str
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
     priority_class: str | None = None
+    target_pods: Sequence[Mapping[str, Any]] = ()  # the target's replica pods, once the Job completed
+    others: Sequence[FineTuneJob] = ()  # the namespace's other FineTuneJobs, once the Job completed
 
 
 @dataclass(frozen=True)
 class Promotion:
-    """Point the SLMDeployment ``name`` at the trained adapter (a merge patch of its annotation)."""
+    """Merge-patch the SLMDeployment ``name``'s promotion annotations (None removes one)."""
 
     name: str
     namespace: str
-    patch: Mapping[str, Any]
+    annotations: Annotations
+
+    @property
+    def patch(self) -> dict[str, Any]:
+        return {"metadata": {"annotations": dict(self.annotations)}}
 
 
 @dataclass
 class FineTuneDecisions:
+    """What the shell writes, in this order: the Job, the status (which records what the SLMDeployment served
+    before a promotion), the SLMDeployment's annotations, the events."""
+
     status: FineTuneJobStatus
     job_create: dict[str, Any] | None = None
     promotion: Promotion | None = None
     events: list[Event] = field(default_factory=list)
 
 
-def segment_nodes(nodes: Sequence[Mapping[str, Any]], pool: str, segment: str) -> list[str]:
-    """Nodes of ``pool`` with a GPU the plan gave to ``segment`` (the ``slm.io/gpu-roles`` annotation)."""
-    out = []
-    for n in map(NodeView, nodes):
-        try:
-            roles = json.loads(n.annotations.get(GPU_ROLES_ANNOTATION) or "{}")
-        except ValueError:
-            continue
-        if segment in roles.values() and n.labels.get(POOL_LABEL, pool) == pool:
-            out.append(n.name)
-    return sorted(out)
-
-
-def needs_score(ftj: FineTuneJob, job: Mapping[str, Any] | None) -> bool:
-    """The evaluation gate must be read from the Job's pods: the Job completed and a gate is set."""
-    return (
-        job is not None
-        and ftj.spec.promote is not None
-        and ftj.spec.promote.evaluation.min_score_percent > 0
-        and job_condition(job, "Complete")
-    )
-
-
-def _problem(world: FineTuneWorld) -> tuple[tuple[str, str] | None, list[str]]:
-    """Why the Job cannot run (no pool, no segment, no node holds the segment yet), and the segment's nodes."""
-    spec = world.ftj.spec
-    if world.pool is None:
-        return ("PoolNotFound", f"GPUPool {spec.pool_ref.name!r} does not exist"), []
-    pool = world.pool
-    if spec.segment not in {s.name for s in pool.spec.segments or []}:
-        return ("SegmentNotFound", f"GPUPool {pool.metadata.name!r} has no segment {spec.segment!r}"), []
-    nodes = segment_nodes(world.nodes, pool.metadata.name, spec.segment)
-    if not nodes:
-        return ("SegmentNotReady", f"no GPU of the pool holds segment {spec.segment!r} yet"), []
-    return None, nodes
-
-
-def promotion_annotations(ftj: FineTuneJob, result: str) -> dict[str, str | None]:
-    """What the SLMDeployment is annotated with to serve ``result``: where it is, how it was trained and, for
-    an adapter, its rank (vLLM must be told ranks above its default; None removes a stale one)."""
-    lora = ftj.spec.method is not FineTuneMethod.FULL
-    rank = ftj.spec.hyperparameters.lora_rank or DEFAULT_LORA_RANK
-    return {
-        ADAPTER_ANNOTATION: result,
-        PROMOTED_METHOD_ANNOTATION: ftj.spec.method.value,
-        PROMOTED_LORA_RANK_ANNOTATION: str(rank) if lora else None,
-    }
-
-
-def _promote(world: FineTuneWorld, job: Mapping[str, Any], d: FineTuneDecisions) -> tuple[bool, int | None]:
-    """Promote once the Job completed and passed the gate: (promoted, score). Adds the patch and its event."""
-    ftj = world.ftj
-    if ftj.spec.promote is None:
-        return False, None
-    complete = job_condition(job, "Complete")
-    score = evaluation_score(world.job_pods) if needs_score(ftj, job) else None
-    dep = world.target
-    if not promotion_allowed(ftj, complete, score) or dep is None:
-        return False, score
-    result = artifact(ftj)
-    view = ObjectView(dep)
-    annotations = promotion_annotations(ftj, result)
-    if any(view.annotations.get(k) != v for k, v in annotations.items()):
-        d.promotion = Promotion(
-            name=ftj.spec.promote.slm_deployment_ref.name,
-            namespace=ftj.metadata.namespace or "default",
-            patch={"metadata": {"annotations": annotations}},
-        )
-        message = f"rolling onto {result} from FineTuneJob {ftj.metadata.name}"
-        d.events.append(Event.on(dep, "Normal", "Promoted", message))
-    return True, score
+def _preempted_events(ftj: FineTuneJob, obs: Observed | None, seen: int) -> tuple[int, list[Event]]:
+    """Pods of the Job preempted or evicted so far (never fewer than the status counted), and an Event when
+    there is a new one."""
+    now = len(obs.disrupted) if obs is not None else 0
+    if now <= seen or obs is None:
+        return seen, []
+    return now, [Event.on(ftj.to_k8s(), "Warning", "Preempted", preempted_text(obs.disrupted[-1]))]
 
 
 def decide_finetune(world: FineTuneWorld) -> FineTuneDecisions:
-    """Create the training Job on the segment's nodes, mirror its status, promote the result."""
+    """Create the training Job where it may run, read what its steps reported, gate and promote the result."""
     ftj = world.ftj
-    problem, nodes = _problem(world)
+    where = where_to_run(ftj, world.pool, world.nodes)
     job = world.job
     job_create = None
-    if problem is None and job is None:
-        job_create = finetune_job(ftj, nodes, world.operator_image, world.priority_class)
+    if job is None and where.ok:
+        incumbent = promoted(world.target) if world.target is not None else None
+        job_create = finetune_job(
+            ftj, list(where.nodes), world.trainer_image, world.priority_class, incumbent
+        )
         job = job_create  # what the API holds once it is created: no status yet
-    d = FineTuneDecisions(status=FineTuneJobStatus(), job_create=job_create)
-    promoted, score = _promote(world, job, d) if job is not None else (False, None)
-    d.status = finetune_status(
-        ftj, job=job, segment_nodes=nodes, problem=problem, promoted=promoted, now=world.now, score=score
+    obs = observe(job, world.job_pods) if job is not None else None
+    old = ftj.status or FineTuneJobStatus()
+    gate = evaluate(ftj, obs, old.evaluation)
+    target = Target(world.target, world.target_pods) if world.target is not None else None
+    outcome = decide_promotion(
+        ftj, passed=gate.passed, obs=obs, target=target, others=world.others, now=world.now
     )
+    preemptions, events = _preempted_events(ftj, obs, old.preemptions)
+    status = finetune_status(ftj, Findings(obs, where, gate, outcome, preemptions), world.now)
+    d = FineTuneDecisions(status=status, job_create=job_create, events=[*events, *outcome.events])
+    if outcome.patch is not None and world.target is not None:
+        ns = ftj.metadata.namespace or "default"
+        d.promotion = Promotion(world.target.metadata.name, ns, outcome.patch)
     return d
