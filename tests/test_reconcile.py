@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
     BORROWED_RESERVATION_LABEL,
+    DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
     FINETUNE_JOB_LABEL,
     GPU_REPLICAS_LABEL,
@@ -296,6 +298,33 @@ def test_new_adapter_rolls_one_replica_at_a_time() -> None:
     new = [p for p in d2.pods_create if p["metadata"]["labels"]["slm.io/deployment"] == "invoice-extractor"]
     assert len(new) == 1
     assert not [n for _, n, _ in d2.pods_delete if n.startswith("invoice-extractor-")]
+
+
+def test_a_rollback_replaces_the_unready_replica_first_and_leaves_the_others() -> None:
+    """A FineTuneJob rolls back when the one replica on the new adapter never becomes Ready: restoring the
+    annotations must replace that replica at once (the others are Ready), not wait behind it."""
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "invoice-extractor")
+    dep.metadata.annotations = {ADAPTER_ANNOTATION: "pvc://adapters/extractor/v2"}
+    gone = next(n for _, n, r in decide(w).pods_delete if r == "RollingUpdate")
+    w2 = _world(
+        pods=[p for p in w.pods if p["metadata"]["name"] != gone], nodes=w.nodes, mig_configs=w.mig_configs
+    )
+    for x in w2.deployments:
+        x.metadata.annotations = dep.metadata.annotations if x.metadata.name == dep.metadata.name else None
+    (new_pod,) = [
+        p for p in decide(w2).pods_create if p["metadata"]["labels"][DEPLOYMENT_LABEL] == dep.metadata.name
+    ]
+    new_pod = copy.deepcopy(new_pod)
+    new_pod["spec"]["nodeName"] = json.loads(new_pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])["node"]
+    new_pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}
+    # rolled back: the annotation is gone again, and the new replica is not Ready
+    w3 = _world(pods=[*w2.pods, new_pod], nodes=w.nodes, mig_configs=w.mig_configs)
+    d3 = decide(w3)
+    rolled = [(n, r) for _, n, r in d3.pods_delete if n.startswith("invoice-extractor-")]
+    assert rolled == [(new_pod["metadata"]["name"], "RollingUpdate")], (
+        "only the replica on the failed weights"
+    )
 
 
 def test_a_pod_the_scheduler_cannot_place_is_explained_in_the_status() -> None:
