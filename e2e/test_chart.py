@@ -46,7 +46,7 @@ VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
     p.name.removesuffix("-values.yaml"): [p] for p in sorted((CHART / "ci").glob("*-values.yaml"))
 }
 SLM_CRDS = ("gpupools.slm.io", "slmdeployments.slm.io", "finetunejobs.slm.io")
-PC_KEYS = ("guaranteed", "llmFallback", "burstable", "bestEffort")
+PC_KEYS = ("guaranteed", "llmFallback", "burstable", "bestEffort", "fineTuning")
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -486,6 +486,34 @@ def test_invalid_manifests_are_rejected_by_the_api_server(
         assert case["field"] in r.stderr, f"{case['name']}: {r.stderr}"
 
 
+def test_a_finetunejob_spec_cannot_be_edited(cluster: Cluster, ns: str) -> None:
+    """A FineTuneJob is one training run: the API server refuses a spec change (CEL `self == oldSelf`) with a
+    message that says to create a new one; metadata (labels, annotations) stays editable."""
+    ftj = {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "frozen"},
+        "spec": {
+            "poolRef": {"name": "no-such-pool"},
+            "segment": "finetune",
+            "baseModel": "qwen2.5-3b-instruct",
+            "dataset": {"configMapRef": {"name": "calls"}},
+            "output": {"pvc": {"claimName": "adapters", "path": "x/v1"}},
+        },
+    }
+    kubectl_apply(cluster, [ftj], ns)
+    kubectl = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "-n", ns]
+    edit = ["patch", "finetunejob", "frozen", "--type=merge", "-p"]
+    r = subprocess.run(
+        [*kubectl, *edit, '{"spec": {"hyperparameters": {"epochs": 5}}}'], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "create a new FineTuneJob" in r.stderr, r.stderr
+    r = subprocess.run(
+        [*kubectl, *edit, '{"metadata": {"labels": {"team": "a"}}}'], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+
+
 def test_model_no_gpu_can_hold_is_unplaced_with_a_reason(
     cluster: Cluster, operator: Operator, pools: list[str], ns: str
 ) -> None:

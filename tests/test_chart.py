@@ -635,7 +635,7 @@ def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
         "--priority-class-besteffort": "slm-besteffort",
         "--priority-class-llm-fallback": "slm-llm-fallback",
         "--priority-class-finetune": "slm-finetune",
-        "--operator-image": image,
+        "--trainer-image": "registry.example.com/mirror/trainer:0.1.0-cuda12",
         "--health-listen": "[::]:8080",
         "--metrics-listen": "[::]:9090",
         "--log-level": "debug",
@@ -669,7 +669,10 @@ def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "ghcr.io/slm-operator/slm-operator:0.1.0"  # appVersion
     assert c["imagePullPolicy"] == "IfNotPresent"
-    assert _args(c)["--operator-image"] == c["image"], "the sanitize step runs the operator's image"
+    assert _args(c)["--trainer-image"] == "ghcr.io/slm-operator/trainer:0.1.0", (
+        "the trainer of the same release"
+    )
+    assert _args(c)["--priority-class-finetune"] == "slm-finetune"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     (pdb,) = of_component(objs, "PodDisruptionBudget", "operator")
@@ -707,7 +710,8 @@ def test_priority_classes_match_deploy_manifest(helm_env: dict[str, str]) -> Non
     assert chart == manifest
     args = _args(operator_deployment(objs)["spec"]["template"]["spec"]["containers"][0])
     assert {
-        args[f"--priority-class-{t}"] for t in ("guaranteed", "burstable", "besteffort", "llm-fallback")
+        args[f"--priority-class-{t}"]
+        for t in ("guaranteed", "burstable", "besteffort", "llm-fallback", "finetune")
     } == set(chart)
 
 
@@ -719,6 +723,7 @@ def test_existing_priority_classes_are_used_not_created(helm_env: dict[str, str]
     assert args["--priority-class-llm-fallback"] == "platform-high"
     assert args["--priority-class-burstable"] == "platform-medium"
     assert args["--priority-class-besteffort"] == "platform-low"
+    assert args["--priority-class-finetune"] == "platform-batch"
 
 
 def test_observability_objects(helm_env: dict[str, str]) -> None:

@@ -478,7 +478,7 @@ RUN_FLAGS = {
     "--priority-class-besteffort": ("priority_class_besteffort", "pc-be"),
     "--priority-class-llm-fallback": ("priority_class_llm_fallback", "pc-llm"),
     "--priority-class-finetune": ("priority_class_finetune", "pc-ft"),
-    "--operator-image": ("operator_image", "registry.example/slm:1"),
+    "--trainer-image": ("trainer_image", "registry.example/trainer:1"),
     "--health-listen": ("health_listen", "0.0.0.0:8081"),
     "--metrics-listen": ("metrics_listen", ""),
     "--log-level": ("log_level", "debug"),
@@ -490,6 +490,7 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
 ) -> None:
     """No cluster: the operator's entry point is replaced by a spy; the chart's flags are checked by
     tests/test_chart.py, the operator itself by the e2e suite."""
+    from slm_operator import __version__
     from slm_operator.controllers import main as operator_main
 
     seen: list[Any] = []
@@ -505,7 +506,13 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     defaults = seen[0]
     assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
     assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")
-    assert (defaults.priority_class_guaranteed, defaults.priority_class_finetune) == ("slm-guaranteed", "")
+    assert (defaults.priority_class_guaranteed, defaults.priority_class_finetune) == (
+        "slm-guaranteed",
+        "slm-finetune",
+    )
+    assert defaults.trainer_image == f"ghcr.io/slm-operator/trainer:{__version__}", (
+        "the trainer of the same release"
+    )
     r = run("run", "--log-level", "verbose")
     assert r.returncode == 2 and "invalid choice: 'verbose'" in r.stderr
 

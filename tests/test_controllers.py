@@ -10,10 +10,12 @@ import pytest
 import yaml
 
 from fake_kube import FakeKube
-from slm_operator.api.v1alpha1 import GPUPool
+from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
+    DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
+    FINETUNE_JOB_LABEL,
     GPU_REPLICAS_LABEL,
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
@@ -21,13 +23,15 @@ from slm_operator.contract import (
     ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
     SHARING_STRATEGY_LABEL,
+    SPEC_HASH_ANNOTATION,
 )
 from slm_operator.controllers import handlers
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
 from slm_operator.controllers.pools import PoolReconciler
+from slm_operator.controllers.shell import strip
 from slm_operator.manifests import load_manifests
-from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig
+from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig, deployment_spec_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = OperatorConfig(configmap_sync_seconds=0)  # kubelets sync at once (the sync gate has its own tests)
@@ -238,34 +242,115 @@ def _ftj_pass(fake: FakeKube, r: FineTuneReconciler) -> dict[str, Any]:
     return out
 
 
+def _finished_training_pod(fake: FakeKube) -> None:
+    """The Job completed: its pod's two steps reported through their termination messages."""
+    job = fake.of_kind("Job")[0]
+    job["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}],
+        "completionTime": "2026-11-26T10:00:00Z",
+    }
+    report = {"records": 2, "skipped": 0, "redacted": {"Email": 1, "PhoneNumber": 1}}
+    scores = {"evalScorePercent": 90, "baseScorePercent": 12, "incumbentScorePercent": None}
+    fake.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "extractor-lora-1-train-x1",
+                "namespace": "agents",
+                "labels": {FINETUNE_JOB_LABEL: "extractor-lora-1"},
+            },
+            "spec": {"nodeName": "gpu-h100-1"},
+            "status": {
+                "phase": "Succeeded",
+                "initContainerStatuses": [
+                    {
+                        "name": "sanitize",
+                        "state": {"terminated": {"exitCode": 0, "message": json.dumps(report)}},
+                    }
+                ],
+                "containerStatuses": [
+                    {"name": "train", "state": {"terminated": {"exitCode": 0, "message": json.dumps(scores)}}}
+                ],
+            },
+        }
+    )
+
+
+def _replicas_on_the_new_weights(fake: FakeKube) -> None:
+    """The pool's pass rolled the deployment: every replica runs the new spec hash and is Ready."""
+    raw = fake.peek("SLMDeployment", "invoice-extractor", "agents")
+    assert raw is not None
+    dep = SLMDeployment.model_validate(strip(raw))
+    for i in range(dep.spec.replicas):
+        fake.add(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"invoice-extractor-{i}",
+                    "namespace": "agents",
+                    "labels": {DEPLOYMENT_LABEL: "invoice-extractor", POOL_LABEL: "h100"},
+                    "annotations": {SPEC_HASH_ANNOTATION: deployment_spec_hash(dep)},
+                },
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }
+        )
+
+
 def test_a_finetunejob_creates_its_job_once_mirrors_it_and_promotes_the_adapter() -> None:
     fake = _cluster()
     _segment_ready(fake)
-    r = FineTuneReconciler(fake.as_kube(), "operator:1", "slm-finetune")
+    r = FineTuneReconciler(fake.as_kube(), "registry.example/trainer:7", "slm-finetune")
 
     ftj = _ftj_pass(fake, r)
     ftj = _ftj_pass(fake, r)
     jobs = fake.of_kind("Job")
     assert len(jobs) == 1 and fake.count("create", "Job") == 1, "one Job across passes"
     job = jobs[0]
-    affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
-    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    pod = job["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     assert terms[0]["matchFields"][0]["values"] == ["gpu-h100-1"]
+    assert [c["image"] for c in pod["initContainers"] + pod["containers"]] == [
+        "registry.example/trainer:7"
+    ] * 2
     assert ftj["status"]["jobName"] == job["metadata"]["name"]
     assert _condition(ftj, "Trained")["reason"] == "Training"
     assert fake.count("apply-status", "FineTuneJob") == 1, "the second pass saw nothing new"
 
-    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t1"}
+    _finished_training_pod(fake)
     ftj = _ftj_pass(fake, r)
-    assert _condition(ftj, "Trained")["status"] == "True"
-    assert _condition(ftj, "Promoted")["status"] == "True"
+    assert _condition(ftj, "Sanitized")["message"].startswith("2 records sanitised")
+    assert _condition(ftj, "Evaluated")["reason"] == "GatePassed"
+    assert _condition(ftj, "Promoted")["reason"] == "Rolling"
+    assert ftj["status"]["promotion"] == {
+        "phase": "Rolling",
+        "slmDeployment": "invoice-extractor",
+        "message": "",
+    }
     dep = fake.peek("SLMDeployment", "invoice-extractor", "agents")
     assert dep is not None
     assert dep["metadata"]["annotations"][ADAPTER_ANNOTATION] == "pvc://adapters/extractor/v1"
-    assert [e["reason"] for e in fake.events] == ["Promoted"]
+    order = [
+        (v, k)
+        for v, k, _ in fake.writes
+        if (v, k) in {("apply-status", "FineTuneJob"), ("patch", "SLMDeployment")}
+    ]
+    assert order[-2:] == [("apply-status", "FineTuneJob"), ("patch", "SLMDeployment")], (
+        "what the deployment served before is recorded before it is patched"
+    )
 
+    _replicas_on_the_new_weights(fake)
+    ftj = _ftj_pass(fake, r)
+    assert _condition(ftj, "Promoted")["status"] == "True"
+    assert [(e["kind"], e["reason"]) for e in fake.events] == [
+        ("SLMDeployment", "Promoted"),
+        ("FineTuneJob", "Promoted"),
+    ]
     _ftj_pass(fake, r)
-    assert fake.count("patch", "SLMDeployment") == 1 and len(fake.events) == 1, "promoted once"
+    assert fake.count("patch", "SLMDeployment") == 1 and len(fake.events) == 2, "promoted once"
 
 
 @pytest.mark.parametrize(("pool", "reason"), [("nope", "PoolNotFound"), ("h100", "SegmentNotReady")])
@@ -276,7 +361,7 @@ def test_a_finetunejob_without_a_segment_to_run_on_creates_no_job_and_says_why(
     ftj = fake.peek("FineTuneJob", "extractor-lora-1", "agents")
     assert ftj is not None
     ftj["spec"]["poolRef"]["name"] = pool
-    ftj = _ftj_pass(fake, FineTuneReconciler(fake.as_kube(), "operator:1", None))
+    ftj = _ftj_pass(fake, FineTuneReconciler(fake.as_kube(), "trainer:1", None))
     assert fake.of_kind("Job") == []
     assert _condition(ftj, "Trained")["reason"] == reason
 
@@ -289,7 +374,7 @@ def test_the_kopf_handlers_reach_the_reconcilers_through_the_memo() -> None:
         kube=kube,
         cfg=CFG,
         pools=PoolReconciler(kube, CFG),
-        finetune=FineTuneReconciler(kube, "operator:1", None),
+        finetune=FineTuneReconciler(kube, "trainer:1", None),
     )
     memo = memo_for(ctx)
     handlers.finetune_reconcile(body=fake.peek("FineTuneJob", "extractor-lora-1", "agents"), memo=memo)

@@ -92,3 +92,14 @@ def test_cel_rules_carry_actionable_messages() -> None:
     assert any("must not share a name" in m for m in messages)
     for m in messages:  # each names a field in back-quotes and says what to do (must / must not / may)
         assert "`" in m and ("must" in m or "may" in m), m
+
+
+def test_a_finetunejob_spec_is_immutable_and_the_message_says_what_to_do() -> None:
+    """A FineTuneJob is one training run: the API server refuses a spec change (a CEL transition rule, checked
+    against a real API server by e2e/test_operator.py) instead of leaving a Job that trains the old spec."""
+    kinds = {k.KIND: crd_for(k)["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for k in ALL_KINDS}
+    rules = kinds["FineTuneJob"]["properties"]["spec"]["x-kubernetes-validations"]
+    immutable = [r for r in rules if r["rule"] == "self == oldSelf"]
+    assert len(immutable) == 1 and "create a new FineTuneJob" in immutable[0]["message"]
+    for kind in ("GPUPool", "SLMDeployment"):  # these are edited in place
+        assert "oldSelf" not in yaml.safe_dump(kinds[kind])

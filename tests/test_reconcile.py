@@ -10,8 +10,13 @@ from typing import Any
 import pytest
 
 from slm_operator.contract import (
+    ADAPTER_ANNOTATION,
+    BORROWED_RESERVATION_LABEL,
+    DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
+    FINETUNE_JOB_LABEL,
     GPU_REPLICAS_LABEL,
+    GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
     MIG_CONFIG_STATE_LABEL,
     ORIGINAL_LABELS_ANNOTATION,
@@ -295,6 +300,33 @@ def test_new_adapter_rolls_one_replica_at_a_time() -> None:
     assert not [n for _, n, _ in d2.pods_delete if n.startswith("invoice-extractor-")]
 
 
+def test_a_rollback_replaces_the_unready_replica_first_and_leaves_the_others() -> None:
+    """A FineTuneJob rolls back when the one replica on the new adapter never becomes Ready: restoring the
+    annotations must replace that replica at once (the others are Ready), not wait behind it."""
+    w, _ = _converge()
+    dep = next(d for d in w.deployments if d.metadata.name == "invoice-extractor")
+    dep.metadata.annotations = {ADAPTER_ANNOTATION: "pvc://adapters/extractor/v2"}
+    gone = next(n for _, n, r in decide(w).pods_delete if r == "RollingUpdate")
+    w2 = _world(
+        pods=[p for p in w.pods if p["metadata"]["name"] != gone], nodes=w.nodes, mig_configs=w.mig_configs
+    )
+    for x in w2.deployments:
+        x.metadata.annotations = dep.metadata.annotations if x.metadata.name == dep.metadata.name else None
+    (new_pod,) = [
+        p for p in decide(w2).pods_create if p["metadata"]["labels"][DEPLOYMENT_LABEL] == dep.metadata.name
+    ]
+    new_pod = copy.deepcopy(new_pod)
+    new_pod["spec"]["nodeName"] = json.loads(new_pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])["node"]
+    new_pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}
+    # rolled back: the annotation is gone again, and the new replica is not Ready
+    w3 = _world(pods=[*w2.pods, new_pod], nodes=w.nodes, mig_configs=w.mig_configs)
+    d3 = decide(w3)
+    rolled = [(n, r) for _, n, r in d3.pods_delete if n.startswith("invoice-extractor-")]
+    assert rolled == [(new_pod["metadata"]["name"], "RollingUpdate")], (
+        "only the replica on the failed weights"
+    )
+
+
 def test_a_pod_the_scheduler_cannot_place_is_explained_in_the_status() -> None:
     """The plan gave the replica a share, but a taint (or host memory) keeps its pod Pending: the status says
     which replica and quotes the scheduler, instead of a bare "RollingOut"."""
@@ -322,3 +354,49 @@ def test_a_pod_the_scheduler_cannot_place_is_explained_in_the_status() -> None:
     assert ready.status.value == "False" and ready.reason == "PartiallyReady"
     others = d.deployment_statuses["agents/tool-caller"]
     assert next(c for c in others.conditions or [] if c.type == "Progressing").reason == "Complete"
+
+
+def _trainer_pod(node: str, borrows: str | None, phase: str = "Running") -> dict[str, Any]:
+    labels = {FINETUNE_JOB_LABEL: "lora"} | ({BORROWED_RESERVATION_LABEL: borrows} if borrows else {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"lora-train-{node}", "namespace": "agents", "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "priorityClassName": "slm-finetune",
+            "containers": [{"name": "train", "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def test_reserved_gpus_a_trainer_borrows_are_not_also_lent_to_besteffort() -> None:
+    """A BestEffort deployment too big for the pool borrows both idle reserved GPUs; once a FineTuneJob's
+    trainer runs on one of them, the pool lends only the other, and the status says who holds which."""
+    first = decide(_world())
+    nodes = _apply_node_configs(_world(), first)  # the nodes carry the reservation's GPUs (slm.io/gpu-roles)
+    holder = next(
+        n["metadata"]["name"]
+        for n in nodes
+        if "llm-fallback" in n["metadata"].get("annotations", {}).get(GPU_ROLES_ANNOTATION, "")
+    )
+
+    def with_pods(*foreign: dict[str, Any]) -> Any:
+        w = _world(nodes=nodes)
+        next(d for d in w.deployments if d.metadata.name == "json-repair").spec.replicas = 64
+        w.foreign_gpu_pods = list(foreign)
+        return decide(w).pool_status.reservations[0]
+
+    assert (with_pods().lent, with_pods().lent_to_fine_tuning) == (2, 0)
+    borrowed = with_pods(_trainer_pod(holder, "llm-fallback"))
+    assert (borrowed.lent, borrowed.lent_to_fine_tuning, borrowed.in_use) == (1, 1, 0)
+    # a trainer on its segment, one that finished, one borrowing another pool's reservation: nothing is held
+    for pod in (
+        _trainer_pod(holder, None),
+        _trainer_pod(holder, "llm-fallback", phase="Failed"),
+        _trainer_pod("gpu-h100-0", "llm-fallback"),
+        _trainer_pod(holder, "other-reservation"),
+    ):
+        st = with_pods(pod)
+        assert (st.lent, st.lent_to_fine_tuning) == (2, 0), pod

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from slm_operator import __version__
+from slm_operator import DEFAULT_TRAINER_IMAGE, __version__
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -793,12 +793,16 @@ def _add_run_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
-        "--priority-class-finetune", default="", help="PriorityClass of fine-tuning Jobs (default none)"
+        "--priority-class-finetune",
+        default="slm-finetune",
+        help="PriorityClass of the pods of FineTuneJobs; keep it below the LLM fallback's so that a trainer "
+        "borrowing reserved GPUs is preempted when the fallback needs them ('' for none; default %(default)s)",
     )
     p.add_argument(
-        "--operator-image",
-        default="ghcr.io/slm-operator/slm-operator:0.1.0",
-        help="image of the sanitize step",
+        "--trainer-image",
+        default=DEFAULT_TRAINER_IMAGE,
+        help="image of both steps of a FineTuneJob's pod, sanitize and train (Dockerfile.trainer); a "
+        "FineTuneJob's spec.image overrides it (default %(default)s)",
     )
     p.add_argument("--health-listen", default="127.0.0.1:8080", help="host:port of /healthz ('' disables)")
     p.add_argument(

@@ -33,6 +33,10 @@ DEPLOYMENT_LABEL: Final = "slm.io/deployment"  # on replica pods: the SLMDeploym
 REPLICA_LABEL: Final = "slm.io/replica"  # on replica pods: the replica's ordinal
 QOS_LABEL: Final = "slm.io/qos"  # on replica pods: the tier
 FINETUNE_JOB_LABEL: Final = "slm.io/finetunejob"  # on fine-tuning Jobs and their pods
+#: on the pods of a FineTuneJob with ``borrowFrom``: the pool reservation whose idle GPUs the trainer may borrow.
+#: The pool's pass counts the whole GPUs such pods hold on that reservation's nodes as claimed, so it never lends
+#: them to BestEffort replicas too (``status.reservations[].lentToFineTuning``).
+BORROWED_RESERVATION_LABEL: Final = "slm.io/borrowed-reservation"
 
 # ------------------------------------------------------------------------------------------ slm.io annotations
 PLACEMENT_ANNOTATION: Final = "slm.io/placement"  # on replica pods: PlacementRecord as JSON

@@ -171,11 +171,7 @@ def node_inventory(node: Mapping[str, Any], mig_configs: Mapping[str, Any]) -> t
     """The planner's view of one node and where it came from (``Agent`` or ``Labels``)."""
     gpu = node_gpu_model(node)
     labels = _labels(node)
-    roles: dict[str, str] = {}
-    try:
-        roles = json.loads(_annotations(node).get(GPU_ROLES_ANNOTATION) or "{}")
-    except ValueError:
-        roles = {}
+    roles = gpu_roles(node)
     source = "Agent"
     gpus = _agent_gpus(node, gpu)
     if gpus is None:
@@ -212,6 +208,22 @@ def pool_nodes(pool: GPUPool, nodes: Iterable[Mapping[str, Any]]) -> list[Mappin
     return sorted(
         (n for n in nodes if pool.spec.node_selector.matches(_labels(n))), key=lambda n: node_name(n)
     )
+
+
+def gpu_roles(node: Mapping[str, Any]) -> dict[str, str]:
+    """GPU index -> the reservation or segment the pool's last plan set that GPU aside for (the node's
+    ``slm.io/gpu-roles`` annotation); empty when it has none or cannot be read."""
+    try:
+        roles = json.loads(_annotations(node).get(GPU_ROLES_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in roles.items()} if isinstance(roles, dict) else {}
+
+
+def role_nodes(pool: GPUPool, nodes: Iterable[Mapping[str, Any]], role: str) -> list[str]:
+    """Names of the pool's nodes (its node selector, as the pool's pass selects them) with a GPU set aside for
+    the reservation or segment ``role``, sorted. Another pool's segment of the same name never counts."""
+    return [node_name(n) for n in pool_nodes(pool, nodes) if role in gpu_roles(n).values()]
 
 
 def pool_policy(pool: GPUPool, claimed: Mapping[str, int] | None = None) -> PoolPolicy:

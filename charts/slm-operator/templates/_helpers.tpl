@@ -78,6 +78,11 @@ it inherits the digest only when it sets neither repository nor tag. */}}
 {{- include "slm-operator.imageRef" (dict "root" . "image" .Values.agent.image) }}
 {{- end }}
 
+{{- /* The trainer image of FineTuneJobs (its own repository: it never inherits the operator's digest). */}}
+{{- define "slm-operator.trainerImage" -}}
+{{- include "slm-operator.imageRef" (dict "root" . "image" .Values.trainer.image) }}
+{{- end }}
+
 {{- define "slm-operator.serviceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create }}
 {{- default (include "slm-operator.fullname" .) .Values.operator.serviceAccount.name }}

@@ -223,3 +223,4 @@ class ObjectMeta(ApiModel):
     uid: str | None = None
     resource_version: str | None = None
     creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None

@@ -217,8 +217,9 @@ class Reservation(ApiModel):
     gpus: int = Field(ge=0, le=100000, description="Number of whole GPUs to keep.")
     lend_to: LendTo = Field(
         default=LendTo.NONE,
-        description="`BestEffort`: idle reserved GPUs may hold BestEffort replicas, which are evicted first "
-        "when the reservation's workload needs the GPU. `None`: never lent.",
+        description="`BestEffort`: idle reserved GPUs may hold BestEffort replicas and the trainers of "
+        "FineTuneJobs that name the reservation in `borrowFrom`; both are evicted when the reservation's "
+        "workload needs the GPU. `None`: never lent.",
     )
     priority_class_name: str | None = Field(
         default=None,
@@ -282,6 +283,12 @@ class ReservationStatus(ApiModel):
     gpus: int = Field(ge=0, description="GPUs held for the reservation.")
     in_use: int = Field(default=0, ge=0, description="Reserved GPUs used by the reservation's own workload.")
     lent: int = Field(default=0, ge=0, description="Reserved GPUs lent to BestEffort replicas.")
+    lent_to_fine_tuning: int = Field(
+        default=0,
+        ge=0,
+        description="Reserved GPUs held by FineTuneJob trainers borrowing them (`borrowFrom`); never also lent "
+        "to BestEffort replicas.",
+    )
 
 
 class NodeSource(StrEnum):
@@ -763,18 +770,55 @@ class OutputLocation(ApiModel):
 
 
 class EvaluationGate(ApiModel):
+    """What the trainer's evaluation on the held-out examples must show before anything is promoted."""
+
     min_score_percent: int = Field(
         default=0,
         ge=0,
         le=100,
-        description="Least evaluation score (percent) required to promote; the trainer reports its score as "
-        'the termination message of its `train` container (`{"evalScorePercent": N}`). 0 disables the gate.',
+        description="Least evaluation score (percent) of the tuned model on the held-out examples; the trainer "
+        'reports it in the termination message of its `train` container (`{"evalScorePercent": N}`). 0: no '
+        "floor.",
     )
+    must_beat_incumbent: bool = Field(
+        default=True,
+        description="The tuned score must be higher than the score of what the SLMDeployment serves now: the "
+        "adapter it serves (`incumbentScorePercent`, evaluated on the same examples), else the base model "
+        "(`baseScorePercent`). A trainer that reports no score then promotes nothing.",
+    )
+
+
+#: How long a replica on the new weights may take to become Ready before the promotion is rolled back.
+DEFAULT_READINESS_TIMEOUT_SECONDS = 600
 
 
 class PromoteSpec(ApiModel):
     slm_deployment_ref: LocalObjectReference = Field(description="SLMDeployment rolled onto the new weights.")
     evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+    readiness_timeout_seconds: int = Field(
+        default=DEFAULT_READINESS_TIMEOUT_SECONDS,
+        ge=30,
+        le=86400,
+        description="Seconds a replica pod on the new weights may take, from its start on the node, to become "
+        "Ready. A replica that misses it, or crash-loops, rolls the SLMDeployment back to what it served "
+        "before (`Promoted=False`, reason `RolledBack`).",
+    )
+
+
+class FineTuneModelSource(ApiModel):
+    """Base weights on a PVC instead of the Hugging Face Hub."""
+
+    pvc: PVCLocation = Field(
+        description="Folder with the base checkpoint (config.json, tokenizer, safetensors), mounted read-only "
+        "on `/model` and passed to the trainer as `--base-model /model/<path>`."
+    )
+
+
+SPEC_IMMUTABLE = (
+    "`spec` must not change after creation: a FineTuneJob is one training run; create a new FineTuneJob "
+    "(a new name) to train with other settings"
+)
+NEED_PLACE_TO_RUN = "at least one of `segment` or `borrowFrom` must be set: where the trainer runs"
 
 
 class FineTuneJobSpec(ApiModel):
@@ -785,14 +829,40 @@ class FineTuneJobSpec(ApiModel):
                 "(!has(self.hyperparameters.loraRank) && !has(self.hyperparameters.loraAlpha))",
                 "`hyperparameters.loraRank` and `loraAlpha` may only be set when `method` is 'LoRA' or 'QLoRA'",
                 field_path=".hyperparameters.loraRank",
-            )
+            ),
+            cel("has(self.segment) || has(self.borrowFrom)", NEED_PLACE_TO_RUN, field_path=".segment"),
+            cel("self == oldSelf", SPEC_IMMUTABLE),
         )
     )
 
-    pool_ref: LocalObjectReference = Field(description="GPUPool that holds the fine-tuning segment.")
-    segment: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Segment of the pool.")
+    pool_ref: LocalObjectReference = Field(
+        description="GPUPool whose fine-tuning segment or reservation the trainer runs on."
+    )
+    segment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Fine-tuning segment of the pool (`spec.segments[].name`) whose GPUs the trainer may use.",
+    )
+    borrow_from: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="LLM-fallback reservation of the pool (`spec.reservations[].name`, with `lendTo: "
+        "BestEffort`) whose idle GPUs the trainer may borrow. The reservation's workload preempts the trainer "
+        "when it needs the GPU; the Job's next pod resumes from the last checkpoint.",
+    )
     base_model: str = Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", description="Model to adapt."
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+        description="Model to adapt: a catalog name (trained from its Hugging Face repository) or a Hugging Face "
+        "repository id; with `modelSource`, only its name.",
+    )
+    model_source: FineTuneModelSource | None = Field(
+        default=None, description="Base weights on a PVC (default: the Hugging Face Hub)."
     )
     method: FineTuneMethod = Field(default=FineTuneMethod.LORA, description="LoRA, QLoRA or Full.")
     dataset: DatasetSource = Field(description="Usage data to learn from.")
@@ -800,15 +870,23 @@ class FineTuneJobSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     output: OutputLocation = Field(description="Where the result goes.")
     promote: PromoteSpec | None = Field(default=None, description="Deployment to roll onto the result.")
-    gpus: int = Field(default=1, ge=1, le=64, description="Whole GPUs of the segment the job uses.")
-    image: str = Field(
-        default="ghcr.io/slm-operator/finetune:v0.1.0",
+    gpus: int = Field(default=1, ge=1, le=64, description="Whole GPUs the trainer uses.")
+    image: str | None = Field(
+        default=None,
         min_length=1,
         max_length=512,
-        description="Trainer image.",
+        description="Trainer image of both steps (sanitize, train); default: the operator's `--trainer-image`.",
     )
-    backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of the training Job.")
-    active_deadline_seconds: int = Field(default=86400, ge=60, le=2_592_000)
+    backoff_limit: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Retries of the training Job. A pod preempted or evicted (or ended by SIGTERM, exit code "
+        "143) does not count: the next one resumes from the last checkpoint.",
+    )
+    active_deadline_seconds: int = Field(
+        default=86400, ge=60, le=2_592_000, description="Seconds the whole Job may run, retries included."
+    )
 
     @model_validator(mode="after")
     def _lora(self) -> FineTuneJobSpec:
@@ -817,7 +895,61 @@ class FineTuneJobSpec(ApiModel):
             raise ValueError(
                 "`hyperparameters.loraRank` and `loraAlpha` may only be set when `method` is 'LoRA' or 'QLoRA'"
             )
+        if self.segment is None and self.borrow_from is None:
+            raise ValueError(NEED_PLACE_TO_RUN)
         return self
+
+
+class SanitizationStatus(ApiModel):
+    """What the `sanitize` step reported (its termination message)."""
+
+    records: int = Field(default=0, ge=0, description="Records written to training.")
+    skipped: int = Field(default=0, ge=0, description="Lines skipped because they were not JSON.")
+    redacted: dict[str, int] | None = Field(
+        default=None,
+        json_schema_extra={"maxProperties": 64},
+        description="Replacements per PII class.",
+    )
+
+
+class EvaluationStatus(ApiModel):
+    """The trainer's scores on the held-out examples (its termination message), in percent."""
+
+    score: int | None = Field(default=None, ge=0, le=100, description="The tuned model (`evalScorePercent`).")
+    base_score: int | None = Field(
+        default=None, ge=0, le=100, description="The base model (`baseScorePercent`)."
+    )
+    incumbent_score: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="What the SLMDeployment served when the Job started (`incumbentScorePercent`); absent when "
+        "it served no adapter.",
+    )
+    examples: int = Field(default=0, ge=0, description="Held-out examples the scores were computed on.")
+    train_examples: int = Field(default=0, ge=0, description="Examples trained on.")
+
+
+class PromotionPhase(StrEnum):
+    ROLLING = "Rolling"  # the SLMDeployment was pointed at the result; its replicas are rolling
+    PROMOTED = "Promoted"  # every replica serves the result and is Ready
+    ROLLED_BACK = "RolledBack"  # a replica on the result failed; the previous weights were restored (final)
+    SUPERSEDED = "Superseded"  # a newer successful FineTuneJob promotes onto the same SLMDeployment
+
+
+class PromotionStatus(ApiModel):
+    """This FineTuneJob's promotion: where it stands and what the SLMDeployment served before it."""
+
+    phase: PromotionPhase = Field(description="Rolling, Promoted, RolledBack or Superseded.")
+    slm_deployment: str = Field(max_length=253, description="The SLMDeployment.")
+    previous_adapter: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="What it served before (`pvc://claim/path`); absent: the base model. Restored on rollback.",
+    )
+    previous_method: str | None = Field(default=None, max_length=16, description="Its training method.")
+    previous_lora_rank: str | None = Field(default=None, max_length=8, description="Its LoRA rank.")
+    message: str = Field(default="", max_length=1024, description="Why it rolled back, or who superseded it.")
 
 
 class FineTuneJobStatus(ApiModel):
@@ -828,6 +960,12 @@ class FineTuneJobStatus(ApiModel):
         default=None, max_length=64, json_schema_extra={"format": "date-time"}
     )
     artifact: str = Field(default="", max_length=1024, description="`pvc://claim/path` of the result.")
+    sanitization: SanitizationStatus | None = Field(default=None, description="What the sanitize step did.")
+    evaluation: EvaluationStatus | None = Field(default=None, description="The trainer's scores.")
+    preemptions: int = Field(
+        default=0, ge=0, description="Pods of the Job that were preempted or evicted (each resumed)."
+    )
+    promotion: PromotionStatus | None = Field(default=None, description="The promotion, once it started.")
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 
 
@@ -1352,7 +1490,7 @@ class SLMDeployment(Resource):
 
 
 class FineTuneJob(Resource):
-    """Adapt an SLM on sanitised usage data on a pool's fine-tuning segment, then promote it."""
+    """Adapt an SLM on sanitised usage data, gate it against what serves now, then roll an SLMDeployment onto it."""
 
     KIND = "FineTuneJob"
     PLURAL = "finetunejobs"

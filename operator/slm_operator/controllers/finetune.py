@@ -8,58 +8,82 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slm_operator.api.v1alpha1 import FineTuneJob, GPUPool
-from slm_operator.contract import API_VERSION
+from slm_operator import DEFAULT_TRAINER_IMAGE
+from slm_operator.api.v1alpha1 import FineTuneJob, GPUPool, SLMDeployment
+from slm_operator.contract import API_VERSION, DEPLOYMENT_LABEL, FINETUNE_JOB_LABEL
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import now_rfc3339, strip, write_status
-from slm_operator.finetune import FineTuneDecisions, FineTuneWorld, decide_finetune, needs_score
+from slm_operator.finetune import FineTuneDecisions, FineTuneWorld, decide_finetune, job_condition
 from slm_operator.render.finetune import job_name
 from slm_operator.views import ObjectView
 
 log = logging.getLogger("slm_operator.finetune")
 
 
+def _model(kind: type[Any], raw: Mapping[str, Any] | None) -> Any:
+    """The object as its model, or None when it is absent or not valid."""
+    if raw is None:
+        return None
+    try:
+        return kind.model_validate(strip(raw))
+    except ValidationError as exc:
+        log.warning("%s %s: %s", kind.__name__, ObjectView(raw).name, exc)
+        return None
+
+
 class FineTuneReconciler:
-    def __init__(self, kube: Kube, operator_image: str, priority_class: str | None) -> None:
+    def __init__(
+        self, kube: Kube, trainer_image: str = DEFAULT_TRAINER_IMAGE, priority_class: str | None = None
+    ) -> None:
         self.kube = kube
-        self.operator_image = operator_image
+        self.trainer_image = trainer_image
         self.priority_class = priority_class
 
     def gather(self, ftj: FineTuneJob) -> FineTuneWorld:
-        """Read what the decision needs, and no more (the Job's pods only once the gate must be read)."""
+        """Read what the decision needs: the pool and nodes, the Job and its pods, the target; the target's pods
+        and the namespace's other FineTuneJobs only once the Job completed (the promotion needs them)."""
         ns = ftj.metadata.namespace or "default"
-        pool_raw = self.kube.get(API_VERSION, "GPUPool", ftj.spec.pool_ref.name)
-        pool = GPUPool.model_validate(strip(pool_raw)) if pool_raw is not None else None
-        has_segment = pool is not None and ftj.spec.segment in {s.name for s in pool.spec.segments or []}
+        pool: GPUPool | None = _model(GPUPool, self.kube.get(API_VERSION, "GPUPool", ftj.spec.pool_ref.name))
         job = self.kube.get("batch/v1", "Job", job_name(ftj), ns)
         pods = []
-        if needs_score(ftj, job):
-            pods = self.kube.list("v1", "Pod", ns, label_selector=f"job-name={job_name(ftj)}")
-        target = None
-        if job is not None and ftj.spec.promote is not None:
-            target = self.kube.get(API_VERSION, "SLMDeployment", ftj.spec.promote.slm_deployment_ref.name, ns)
+        if job is not None:
+            pods = self.kube.list("v1", "Pod", ns, label_selector=f"{FINETUNE_JOB_LABEL}={ftj.metadata.name}")
+        target: SLMDeployment | None = None
+        target_pods: list[dict[str, Any]] = []
+        others: list[FineTuneJob] = []
+        if ftj.spec.promote is not None:
+            name = ftj.spec.promote.slm_deployment_ref.name
+            target = _model(SLMDeployment, self.kube.get(API_VERSION, "SLMDeployment", name, ns))
+            if target is not None and job_condition(job, "Complete") is not None:
+                target_pods = self.kube.list("v1", "Pod", ns, label_selector=f"{DEPLOYMENT_LABEL}={name}")
+                found = (_model(FineTuneJob, o) for o in self.kube.list(API_VERSION, "FineTuneJob", ns))
+                others = [o for o in found if o is not None]
         return FineTuneWorld(
             ftj=ftj,
             pool=pool,
-            nodes=self.kube.list("v1", "Node") if has_segment else [],
+            nodes=self.kube.list("v1", "Node") if pool is not None else [],
             job=job,
             job_pods=pods,
             target=target,
             now=now_rfc3339(),
-            operator_image=self.operator_image,
+            trainer_image=self.trainer_image,
             priority_class=self.priority_class,
+            target_pods=target_pods,
+            others=others,
         )
 
     def apply(self, ftj: FineTuneJob, d: FineTuneDecisions) -> None:
+        """The Job, then the status (it records what the SLMDeployment served before the promotion patch, so a
+        rollback can restore it even if the patch is retried), then the patch and the events."""
         if d.job_create is not None:
             self.kube.create(d.job_create)
-        if d.promotion is not None:
-            p = d.promotion
-            self.kube.merge_patch(API_VERSION, "SLMDeployment", p.name, dict(p.patch), p.namespace)
-        for e in d.events:
-            self.kube.event(e.involved_object(), e.type, e.reason, e.message)
         ns = ftj.metadata.namespace or "default"
         write_status(self.kube, "FineTuneJob", ftj.metadata.name, ns, ftj.status, d.status)
+        if d.promotion is not None:
+            p = d.promotion
+            self.kube.merge_patch(API_VERSION, "SLMDeployment", p.name, p.patch, p.namespace)
+        for e in d.events:
+            self.kube.event(e.involved_object(), e.type, e.reason, e.message)
 
     def reconcile(self, body: Mapping[str, Any]) -> None:
         """One pass for a FineTuneJob (its object as kopf or the API gives it)."""
@@ -67,5 +91,7 @@ class FineTuneReconciler:
             ftj = FineTuneJob.model_validate(strip(body))
         except ValidationError as exc:
             log.warning("FineTuneJob %s: %s", ObjectView(body).name, exc)
+            return
+        if ObjectView(body).deleting:
             return
         self.apply(ftj, decide_finetune(self.gather(ftj)))

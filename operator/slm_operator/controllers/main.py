@@ -79,7 +79,7 @@ def run(args: Any) -> int:
         kube=kube,
         cfg=cfg,
         pools=PoolReconciler(kube, cfg),
-        finetune=FineTuneReconciler(kube, args.operator_image, args.priority_class_finetune or None),
+        finetune=FineTuneReconciler(kube, args.trainer_image, args.priority_class_finetune or None),
     )
 
     stop = threading.Event()

@@ -59,9 +59,9 @@ def decide(world: World) -> Decisions:
     sizings = size_deployments(world.deployments)
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
     current = current_replicas(world.pods, world.deployments)
-    # 4. Plan the pool, with the reserved GPUs the LLM fallback has claimed.
-    claimed = claimed_reservations(world, set(nodes.by_name))
-    plan = plan_pool(pool_policy(world.pool, claimed), nodes.inventories, sizings.demands, current)
+    # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed.
+    claims = claimed_reservations(world, set(nodes.by_name))
+    plan = plan_pool(pool_policy(world.pool, claims.claimed), nodes.inventories, sizings.demands, current)
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
     configs = configure_nodes(nodes, plan)
     times = entry_times(world, configs)
@@ -77,7 +77,7 @@ def decide(world: World) -> Decisions:
     creations = create_pods(sets, nodes, configs, relabels)
     # 10. Statuses and events.
     deployments = report_deployments(world, plan, sizings, sets, creations.waiting)
-    pool = report_pool(world, plan, nodes, configs, claimed, relabels)
+    pool = report_pool(world, plan, nodes, configs, claims, relabels)
     return Decisions(
         plan=plan,
         node_labels=dict(relabels.labels),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.api.v1alpha1 import SLMDeployment
+from slm_operator.contract import BORROWED_RESERVATION_LABEL
 from slm_operator.inventory import (
     DemandError,
     InventoryError,
@@ -16,6 +17,7 @@ from slm_operator.inventory import (
     deployment_key,
     node_inventory,
     pool_nodes,
+    role_nodes,
     size_deployment,
 )
 from slm_operator.planner.model import ALL_MECHANISMS, CurrentPlacement, Demand, NodeInventory
@@ -62,14 +64,42 @@ def read_nodes(world: World) -> NodeReadings:
     )
 
 
-def claimed_reservations(world: World, node_names: set[str]) -> dict[str, int]:
-    """Reserved GPUs taken by pods of the reservation's PriorityClass (the LLM fallback) on the pool's nodes."""
+@dataclass(frozen=True)
+class ReservationClaims:
+    """Reserved GPUs taken now, per reservation: by its own workload (the LLM fallback) and by the trainers of
+    FineTuneJobs that borrow it. The planner lends neither to BestEffort replicas."""
+
+    own: Mapping[str, int]
+    training: Mapping[str, int]
+
+    @property
+    def claimed(self) -> dict[str, int]:
+        """What the planner keeps from BestEffort borrowers (it caps each at the reservation's size)."""
+        return {
+            name: self.own.get(name, 0) + self.training.get(name, 0) for name in {*self.own, *self.training}
+        }
+
+
+def claimed_reservations(world: World, node_names: set[str]) -> ReservationClaims:
+    """Reserved GPUs taken by pods of the reservation's PriorityClass (the LLM fallback) on the pool's nodes,
+    and by fine-tuning pods labelled as borrowing the reservation on the nodes that hold its GPUs."""
     live = [p for p in map(PodView, world.foreign_gpu_pods) if p.node_name in node_names and p.live]
-    out: dict[str, int] = {}
+    own: dict[str, int] = {}
+    training: dict[str, int] = {}
     for r in world.pool.spec.reservations or []:
         cls = r.priority_class_name or world.cfg.llm_fallback_priority_class
-        out[r.name] = sum(p.whole_gpus for p in live if p.priority_class == cls)
-    return out
+        own[r.name] = sum(
+            p.whole_gpus
+            for p in live
+            if p.priority_class == cls and BORROWED_RESERVATION_LABEL not in p.labels
+        )
+        holders = set(role_nodes(world.pool, world.nodes, r.name))
+        training[r.name] = sum(
+            p.whole_gpus
+            for p in live
+            if p.labels.get(BORROWED_RESERVATION_LABEL) == r.name and p.node_name in holders
+        )
+    return ReservationClaims(own, training)
 
 
 # ------------------------------------------------------------------------------------------ 2. size deployments

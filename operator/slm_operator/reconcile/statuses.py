@@ -16,7 +16,7 @@ from slm_operator.contract import (
 from slm_operator.events import Event
 from slm_operator.inventory import deployment_key
 from slm_operator.planner.model import Plan
-from slm_operator.reconcile.inputs import NodeReadings, Sizings
+from slm_operator.reconcile.inputs import NodeReadings, ReservationClaims, Sizings
 from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
 from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
@@ -87,7 +87,7 @@ def report_pool(
     plan: Plan,
     nodes: NodeReadings,
     configs: PoolNodeConfigs,
-    claimed: Mapping[str, int],
+    claims: ReservationClaims,
     relabels: PoolRelabels,
 ) -> GPUPoolStatus:
     """The GPUPool status: the plan's figures, each node, ``Degraded`` when a node cannot be understood
@@ -100,7 +100,8 @@ def report_pool(
         plan=None if error else plan,
         error=error,
         nodes=_node_statuses(nodes, configs.sharing),
-        reservations_in_use=claimed,
+        reservations_in_use=claims.own,
+        reservations_lent_to_training=claims.training,
         waiting_nodes=list(relabels.waiting_nodes),
         now=world.now,
     )

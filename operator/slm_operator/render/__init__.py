@@ -245,7 +245,12 @@ class Promoted:
 
 
 def promoted(dep: SLMDeployment) -> Promoted | None:
-    annotations = dep.metadata.annotations or {}
+    """What a FineTuneJob promoted onto ``dep``, if anything (a ``pvc://`` result)."""
+    return promoted_from(dep.metadata.annotations or {})
+
+
+def promoted_from(annotations: Mapping[str, str]) -> Promoted | None:
+    """The promoted result its annotations name (``slm.io/promoted-adapter`` and the method and rank next to it)."""
     adapter = annotations.get(ADAPTER_ANNOTATION) or ""
     if not adapter.startswith("pvc://"):
         return None

@@ -1,16 +1,25 @@
-"""Pure builders for FineTuneJob: the batch/v1 Job on the pool's fine-tuning segment, and its status.
+"""Pure builder of a FineTuneJob's batch/v1 Job (the decisions and the status are in ``slm_operator.finetune``).
 
-The Job has two steps: an init container running ``slm-operator sanitize`` (the operator's own image) that
-removes the configured PII classes from the dataset into a scratch volume, and the trainer container that
-adapts the base model and writes the result to the output PVC. The Job is pinned to the nodes whose GPUs the
-plan gave to the segment and requests whole GPUs (``nvidia.com/gpu``), with the fine-tuning PriorityClass.
+The Job's pod runs two steps, both on the trainer image (``--trainer-image``, or ``spec.image``):
+
+* the init container ``sanitize`` (``slm-operator sanitize``) reads the dataset from ``/dataset``, replaces the
+  configured PII classes and writes ``/work/sanitized.jsonl`` (an emptyDir); its termination message carries
+  the records, the lines skipped and the counts per class;
+* the container ``train`` (``slm-operator train``) adapts the base model (Hugging Face, or ``/model`` from a
+  PVC) on it, evaluates the result, the base model and the incumbent (``/incumbent``: the adapter the target
+  SLMDeployment serves now) on held-out examples, and writes the result to ``/output``; its termination
+  message carries the scores.
+
+The pod may run on the nodes whose GPUs the plan gave to the segment, or to the reservation it borrows from,
+requests whole GPUs (``nvidia.com/gpu``) and has the fine-tuning PriorityClass (below the LLM fallback's, so the
+scheduler preempts a borrowing trainer when the reservation's workload arrives). A pod preempted or evicted, or
+ended by SIGTERM (exit code 143, the trainer saves a checkpoint first), does not count against the Job's
+``backoffLimit``: the next pod resumes from the checkpoint on the output volume.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.api.v1alpha1 import (
@@ -18,25 +27,31 @@ from slm_operator.api.v1alpha1 import (
     DatasetSource,
     FineTuneJob,
     FineTuneJobSpec,
-    FineTuneJobStatus,
     FineTuneMethod,
 )
+from slm_operator.catalog import slm_by_name
 from slm_operator.contract import (
     API_VERSION,
     APP_MANAGED_BY_LABEL,
+    BORROWED_RESERVATION_LABEL,
     FINETUNE_JOB_LABEL,
     GPU_RESOURCE,
     MANAGED_BY,
 )
-from slm_operator.render import gpu_tolerations, pin_to_nodes
-from slm_operator.status import ConditionResult, apply_condition
-from slm_operator.views import ObjectView
+from slm_operator.render import Promoted, gpu_tolerations, pin_to_nodes
 
-SANITIZED = "Sanitized"
-TRAINED = "Trained"
-EVALUATED = "Evaluated"
-PROMOTED = "Promoted"
-FAILED = "Failed"
+SANITIZE = "sanitize"  # the init container
+TRAIN = "train"  # the container
+SANITIZED_DATA = "/work/sanitized.jsonl"
+TERMINATION_LOG = "/dev/termination-log"
+DATASET_MOUNT = "/dataset"
+OUTPUT_MOUNT = "/output"
+INCUMBENT_MOUNT = "/incumbent"
+MODEL_MOUNT = "/model"
+#: The exit code of a trainer stopped by SIGTERM (128 + 15) after it saved a checkpoint.
+SIGTERM_EXIT_CODE = 143
+#: The pod condition the API server, the scheduler and the kubelet set on a pod they preempt or evict.
+DISRUPTION_TARGET = "DisruptionTarget"
 
 
 def job_name(ftj: FineTuneJob) -> str:
@@ -48,34 +63,40 @@ def artifact(ftj: FineTuneJob) -> str:
     return f"pvc://{ftj.spec.output.pvc.claim_name}/{ftj.spec.output.pvc.path}".rstrip("/")
 
 
-SANITIZED_DATA = "/work/sanitized.jsonl"
+def base_model_arg(spec: FineTuneJobSpec) -> str:
+    """``--base-model``: the folder on ``/model`` with ``modelSource.pvc``; else the Hugging Face repository of
+    the BF16 checkpoint when ``baseModel`` is a catalog name; else ``baseModel`` as given (a repository id)."""
+    if spec.model_source is not None:
+        return f"{MODEL_MOUNT}/{spec.model_source.pvc.path}".rstrip("/")
+    known = slm_by_name(spec.base_model)
+    return known.repository if known is not None else spec.base_model
 
 
-def dataset_volume(ds: DatasetSource) -> tuple[dict[str, Any], str]:
-    """The ``dataset`` volume (a ConfigMap or a PVC) and the path of the data once mounted on /dataset."""
-    if ds.config_map_ref is not None:
-        cm: dict[str, Any] = {"name": ds.config_map_ref.name}
-        if ds.config_map_ref.key:
-            cm["items"] = [{"key": ds.config_map_ref.key, "path": ds.config_map_ref.key}]
-        return {"name": "dataset", "configMap": cm}, "/dataset"
-    assert ds.pvc is not None
-    volume = {"name": "dataset", "persistentVolumeClaim": {"claimName": ds.pvc.claim_name, "readOnly": True}}
-    return volume, f"/dataset/{ds.pvc.path}".rstrip("/")
+def incumbent_path(spec: FineTuneJobSpec, incumbent: Promoted | None) -> str | None:
+    """The incumbent the trainer evaluates (``--incumbent``): what the target serves now, unless it is nothing
+    or the very folder this run writes to."""
+    if incumbent is None:
+        return None
+    out = spec.output.pvc
+    if (incumbent.claim, incumbent.path) == (out.claim_name, out.path.strip("/")):
+        return None
+    return f"{INCUMBENT_MOUNT}/{incumbent.path}".rstrip("/")
 
 
-def trainer_args(spec: FineTuneJobSpec) -> list[str]:
-    """The trainer's command line: model, method, data, output and hyperparameters."""
+def trainer_args(spec: FineTuneJobSpec, incumbent: str | None = None) -> list[str]:
+    """The ``train`` container's command line (the interface of ``slm-operator train``)."""
     hp = spec.hyperparameters
     rank = hp.lora_rank or DEFAULT_LORA_RANK
     args = [
+        "train",
         "--base-model",
-        spec.base_model,
-        "--method",
-        spec.method.value,
+        base_model_arg(spec),
         "--data",
         SANITIZED_DATA,
         "--output",
-        f"/output/{spec.output.pvc.path}".rstrip("/"),
+        f"{OUTPUT_MOUNT}/{spec.output.pvc.path}".rstrip("/"),
+        "--method",
+        spec.method.value,
         "--epochs",
         str(hp.epochs),
         "--learning-rate",
@@ -87,44 +108,115 @@ def trainer_args(spec: FineTuneJobSpec) -> list[str]:
     ]
     if spec.method is not FineTuneMethod.FULL:
         args += ["--lora-rank", str(rank), "--lora-alpha", str(hp.lora_alpha or 2 * rank)]
-    return args
+    if incumbent is not None:
+        args += ["--incumbent", incumbent]
+    return [*args, "--termination-log", TERMINATION_LOG]
 
 
-def sanitize_container(spec: FineTuneJobSpec, operator_image: str, data_path: str) -> dict[str, Any]:
-    """The init container: ``slm-operator sanitize`` redacts the configured PII classes into /work."""
+def dataset_path(ds: DatasetSource) -> str:
+    """The data once mounted on /dataset: the ConfigMap's key (a file) or all its keys (a folder of *.jsonl),
+    or the file or folder on the PVC."""
+    if ds.config_map_ref is not None:
+        key = ds.config_map_ref.key
+        return f"{DATASET_MOUNT}/{key}" if key else DATASET_MOUNT
+    assert ds.pvc is not None
+    return f"{DATASET_MOUNT}/{ds.pvc.path}".rstrip("/")
+
+
+def sanitize_args(spec: FineTuneJobSpec) -> list[str]:
+    """The ``sanitize`` init container's command line (the interface of ``slm-operator sanitize``)."""
+    return [
+        SANITIZE,
+        dataset_path(spec.dataset),
+        "--output",
+        SANITIZED_DATA,
+        "--redact",
+        ",".join(c.value for c in spec.sanitization.redact),
+        "--termination-log",
+        TERMINATION_LOG,
+    ]
+
+
+@dataclass
+class _Volumes:
+    """The pod's volumes: one per PVC however many mounts use it (read-only unless one mount writes)."""
+
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    by_claim: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def pvc(self, name: str, claim: str, path: str, *, read_only: bool) -> dict[str, Any]:
+        """The mount of PVC ``claim`` on ``path``; its volume is named ``name`` unless the claim has one."""
+        vol = self.by_claim.get(claim)
+        if vol is None:
+            vol = {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+            self.by_claim[claim] = vol
+            self.volumes.append(vol)
+        if not read_only:
+            vol["persistentVolumeClaim"].pop("readOnly", None)
+        return _mount(vol["name"], path, read_only)
+
+    def other(self, volume: dict[str, Any], path: str, *, read_only: bool) -> dict[str, Any]:
+        if volume not in self.volumes:
+            self.volumes.append(volume)
+        return _mount(volume["name"], path, read_only)
+
+
+def _mount(name: str, path: str, read_only: bool) -> dict[str, Any]:
+    return (
+        {"name": name, "mountPath": path, "readOnly": True}
+        if read_only
+        else {"name": name, "mountPath": path}
+    )
+
+
+def _dataset_mount(ds: DatasetSource, vols: _Volumes) -> dict[str, Any]:
+    if ds.config_map_ref is not None:
+        cm: dict[str, Any] = {"name": ds.config_map_ref.name}
+        if ds.config_map_ref.key:
+            cm["items"] = [{"key": ds.config_map_ref.key, "path": ds.config_map_ref.key}]
+        return vols.other({"name": "dataset", "configMap": cm}, DATASET_MOUNT, read_only=True)
+    assert ds.pvc is not None
+    return vols.pvc("dataset", ds.pvc.claim_name, DATASET_MOUNT, read_only=True)
+
+
+def _container(name: str, image: str, args: list[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "name": "sanitize",
-        "image": operator_image,
-        "args": [
-            "sanitize",
-            data_path,
-            "--output",
-            SANITIZED_DATA,
-            "--redact",
-            ",".join(c.value for c in spec.sanitization.redact),
-        ],
-        "volumeMounts": [
-            {"name": "dataset", "mountPath": "/dataset", "readOnly": True},
-            {"name": "work", "mountPath": "/work"},
-        ],
+        "name": name,
+        "image": image,
+        "args": args,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
     }
 
 
-def train_container(spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The trainer on whole GPUs: reads the sanitised data, writes the result to the output PVC."""
-    return {
-        "name": "train",
-        "image": spec.image,
-        "args": trainer_args(spec),
-        "resources": {
-            "limits": {GPU_RESOURCE: str(spec.gpus)},
-            "requests": {GPU_RESOURCE: str(spec.gpus)},
-        },
-        "volumeMounts": [
-            {"name": "work", "mountPath": "/work", "readOnly": True},
-            {"name": "output", "mountPath": "/output"},
-        ],
+def _containers(
+    spec: FineTuneJobSpec, image: str, incumbent: Promoted | None
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """The two steps and the volumes they mount."""
+    vols = _Volumes()
+    work = {"name": "work", "emptyDir": {}}
+    sanitize = _container(
+        SANITIZE,
+        image,
+        sanitize_args(spec),
+        [_dataset_mount(spec.dataset, vols), vols.other(work, "/work", read_only=False)],
+    )
+    mounts = [
+        vols.other(work, "/work", read_only=True),
+        vols.pvc("output", spec.output.pvc.claim_name, OUTPUT_MOUNT, read_only=False),
+    ]
+    served = incumbent_path(spec, incumbent)
+    if served is not None and incumbent is not None:
+        mounts.append(vols.pvc("incumbent", incumbent.claim, INCUMBENT_MOUNT, read_only=True))
+    if spec.model_source is not None:
+        mounts.append(vols.pvc("model", spec.model_source.pvc.claim_name, MODEL_MOUNT, read_only=True))
+    train = _container(TRAIN, image, trainer_args(spec, served), mounts)
+    train["resources"] = {
+        "limits": {GPU_RESOURCE: str(spec.gpus)},
+        "requests": {GPU_RESOURCE: str(spec.gpus)},
     }
+    return sanitize, train, vols.volumes
 
 
 def _job_metadata(ftj: FineTuneJob) -> dict[str, Any]:
@@ -145,26 +237,44 @@ def _job_metadata(ftj: FineTuneJob) -> dict[str, Any]:
     }
 
 
+#: Preemption, eviction and a SIGTERM the trainer answered with a checkpoint do not count as failures: the Job
+#: starts the next pod (once the stopped one is gone), which resumes from the checkpoint.
+POD_FAILURE_POLICY: dict[str, Any] = {
+    "rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": DISRUPTION_TARGET, "status": "True"}]},
+        {
+            "action": "Ignore",
+            "onExitCodes": {"containerName": TRAIN, "operator": "In", "values": [SIGTERM_EXIT_CODE]},
+        },
+    ]
+}
+
+
 def finetune_job(
-    ftj: FineTuneJob, nodes: Sequence[str], operator_image: str, priority_class: str | None
+    ftj: FineTuneJob,
+    nodes: list[str],
+    image: str,
+    priority_class: str | None,
+    incumbent: Promoted | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job: sanitise, then train, on the segment's ``nodes``."""
+    """The batch/v1 Job: sanitise, then train, on one of ``nodes``. ``image`` is the trainer image
+    (``spec.image`` overrides it); ``incumbent`` is what the target SLMDeployment serves now."""
     spec = ftj.spec
-    data_volume, data_path = dataset_volume(spec.dataset)
+    sanitize, train, volumes = _containers(spec, spec.image or image, incumbent)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "affinity": pin_to_nodes(sorted(nodes)),
         "tolerations": gpu_tolerations(),
-        "initContainers": [sanitize_container(spec, operator_image, data_path)],
-        "containers": [train_container(spec)],
-        "volumes": [
-            data_volume,
-            {"name": "work", "emptyDir": {}},
-            {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.pvc.claim_name}},
-        ],
+        "enableServiceLinks": False,
+        "initContainers": [sanitize],
+        "containers": [train],
+        "volumes": volumes,
     }
     if priority_class:
         pod_spec["priorityClassName"] = priority_class
+    labels = {FINETUNE_JOB_LABEL: ftj.metadata.name}
+    if spec.borrow_from:
+        labels[BORROWED_RESERVATION_LABEL] = spec.borrow_from
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -172,170 +282,7 @@ def finetune_job(
         "spec": {
             "backoffLimit": spec.backoff_limit,
             "activeDeadlineSeconds": spec.active_deadline_seconds,
-            "template": {"metadata": {"labels": {FINETUNE_JOB_LABEL: ftj.metadata.name}}, "spec": pod_spec},
+            "podFailurePolicy": POD_FAILURE_POLICY,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
-
-
-def evaluation_score(pods: Sequence[Mapping[str, Any]]) -> int | None:
-    """The trainer's evaluation score, from its termination message (``{"evalScorePercent": N}``, written to
-    ``/dev/termination-log`` by the trainer image when it finishes); None when no finished pod reports one."""
-    best: int | None = None
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != "train":
-                continue
-            term = (cs.get("state") or {}).get("terminated") or {}
-            if term.get("exitCode") != 0 or not term.get("message"):
-                continue
-            try:
-                score = json.loads(term["message"]).get("evalScorePercent")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(score, int | float) and not isinstance(score, bool):
-                best = int(score) if best is None else max(best, int(score))
-    return best
-
-
-def promotion_allowed(ftj: FineTuneJob, complete: bool, score: int | None) -> bool:
-    """Promote once training completed and the evaluation gate (if any) is met."""
-    if ftj.spec.promote is None or not complete:
-        return False
-    gate = ftj.spec.promote.evaluation.min_score_percent
-    return gate == 0 or (score is not None and score >= gate)
-
-
-def job_condition(job: Mapping[str, Any] | None, type_: str) -> bool:
-    """The Job's condition ``type_`` (``Complete``, ``Failed``) is ``True``."""
-    for c in ((job or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_ and c.get("status") == "True":
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class Training:
-    """What the FineTuneJob's conditions are computed from: the Job as observed, and the evaluation."""
-
-    ftj: FineTuneJob
-    job_name: str
-    complete: bool
-    failed: bool
-    trainer_running: bool  # a pod of the Job is active and ready
-    where: str  # "on segment <name> (<nodes>)"
-    score: int | None
-    promoted: bool
-
-    @property
-    def gate(self) -> int:
-        return self.ftj.spec.promote.evaluation.min_score_percent if self.ftj.spec.promote else 0
-
-
-def sanitized_condition(t: Training) -> ConditionResult:
-    # The sanitize init container must finish before training starts: a running or finished trainer means
-    # the data was sanitised.
-    if t.complete or t.trainer_running:
-        redacted = ", ".join(c.value for c in t.ftj.spec.sanitization.redact)
-        return ConditionResult(True, "PIIRedacted", "dataset sanitised: " + redacted)
-    if t.failed:
-        return ConditionResult(None, "JobFailed", "the Job failed; see its pods")
-    return ConditionResult(False, "Pending", f"Job {t.job_name} is starting {t.where}")
-
-
-def trained_condition(t: Training) -> ConditionResult:
-    if t.complete:
-        return ConditionResult(True, "JobComplete", f"Job {t.job_name} completed")
-    if t.failed:
-        return ConditionResult(False, "JobFailed", f"Job {t.job_name} failed")
-    return ConditionResult(False, "Training", f"Job {t.job_name} is running {t.where}")
-
-
-def evaluated_condition(t: Training) -> ConditionResult:
-    """The evaluation gate (``spec.promote.evaluation.minScorePercent``) against the trainer's score."""
-    gate, score = t.gate, t.score
-    if not t.complete:
-        return ConditionResult(False, "NotTrained", "training has not finished")
-    if gate == 0:
-        return ConditionResult(True, "NoGate", "no evaluation gate (minScorePercent 0)")
-    if score is None:
-        return ConditionResult(
-            None,
-            "AwaitingScore",
-            f"the trainer reported no evaluation score (termination message evalScorePercent); "
-            f"{gate}% is needed to promote",
-        )
-    if score >= gate:
-        return ConditionResult(True, "GatePassed", f"evaluation score {score}% >= {gate}%")
-    return ConditionResult(False, "BelowGate", f"evaluation score {score}% < {gate}%: not promoted")
-
-
-def promoted_condition(t: Training, artifact_: str | None) -> ConditionResult:
-    if t.ftj.spec.promote is None:
-        return ConditionResult(False, "NotRequested", "spec.promote is not set")
-    if t.promoted:
-        target = t.ftj.spec.promote.slm_deployment_ref.name
-        return ConditionResult(True, "Promoted", f"SLMDeployment {target} serves {artifact_}")
-    return ConditionResult(False, "Waiting", "promotion waits for training and evaluation")
-
-
-def failed_condition(t: Training) -> ConditionResult:
-    if t.failed:
-        return ConditionResult(True, "JobFailed", "the training Job failed")
-    return ConditionResult(False, "NoFailure", "")
-
-
-def _problem_status(
-    st: FineTuneJobStatus, old: FineTuneJobStatus, problem: tuple[str, str], gen: int | None, now: str
-) -> FineTuneJobStatus:
-    """Nothing can run (no pool, no segment, no node yet): training is Unknown, the job has not failed."""
-    reason, msg = problem
-    conds = list(old.conditions or [])
-    for t in (SANITIZED, TRAINED):
-        conds = apply_condition(conds, t, ConditionResult(None, reason, msg), gen, now)
-    st.conditions = apply_condition(conds, FAILED, ConditionResult(False, reason, msg), gen, now)
-    return st
-
-
-def finetune_status(
-    ftj: FineTuneJob,
-    *,
-    job: Mapping[str, Any] | None,
-    segment_nodes: Sequence[str],
-    problem: tuple[str, str] | None,
-    promoted: bool,
-    now: str,
-    score: int | None = None,
-) -> FineTuneJobStatus:
-    """Mirror the Job into the FineTuneJob's conditions (Sanitized, Trained, Evaluated, Promoted, Failed)."""
-    old = ftj.status or FineTuneJobStatus()
-    gen = ftj.metadata.generation
-    st = FineTuneJobStatus(observed_generation=gen, job_name=old.job_name, start_time=old.start_time)
-    if problem is not None:
-        return _problem_status(st, old, problem, gen, now)
-    jst = (job or {}).get("status") or {}
-    st.job_name = ObjectView(job or {}).name
-    st.start_time = jst.get("startTime") or old.start_time
-    st.completion_time = jst.get("completionTime")
-    t = Training(
-        ftj=ftj,
-        job_name=st.job_name,
-        complete=job_condition(job, "Complete"),
-        failed=job_condition(job, "Failed"),
-        trainer_running=bool(int(jst.get("active") or 0) and jst.get("ready")),
-        where=f"on segment {ftj.spec.segment} ({', '.join(segment_nodes)})",
-        score=score,
-        promoted=promoted,
-    )
-    if t.complete:
-        st.artifact = artifact(ftj)
-    conds = list(old.conditions or [])
-    for type_, result in (
-        (SANITIZED, sanitized_condition(t)),
-        (TRAINED, trained_condition(t)),
-        (EVALUATED, evaluated_condition(t)),
-        (PROMOTED, promoted_condition(t, st.artifact)),
-        (FAILED, failed_condition(t)),
-    ):
-        conds = apply_condition(conds, type_, result, gen, now)
-    st.conditions = conds
-    return st

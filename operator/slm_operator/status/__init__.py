@@ -361,9 +361,13 @@ def pool_degraded_condition(pp: PoolPlan) -> ConditionResult:
 
 
 def _reservations(
-    pool: GPUPool, plan: Plan, reservations_in_use: Mapping[str, int]
+    pool: GPUPool,
+    plan: Plan,
+    reservations_in_use: Mapping[str, int],
+    lent_to_training: Mapping[str, int],
 ) -> list[ReservationStatus] | None:
-    """Per reservation: the GPUs it holds, how many are in use by their owners, how many are lent out."""
+    """Per reservation: the GPUs it holds, how many are in use by their owners, how many are lent out (to
+    BestEffort replicas, and to borrowing trainers)."""
     lent: dict[str, int] = {}
     held: dict[str, int] = {}
     for g in plan.gpus:
@@ -371,15 +375,19 @@ def _reservations(
             held[g.reservation] = held.get(g.reservation, 0) + 1
             if any(r.borrowed for r in g.replicas):
                 lent[g.reservation] = lent.get(g.reservation, 0) + 1
-    return [
-        ReservationStatus(
-            name=r.name,
-            gpus=held.get(r.name, 0),
-            in_use=reservations_in_use.get(r.name, 0),
-            lent=lent.get(r.name, 0),
+    out = []
+    for r in pool.spec.reservations or []:
+        in_use = min(r.gpus, reservations_in_use.get(r.name, 0))
+        out.append(
+            ReservationStatus(
+                name=r.name,
+                gpus=held.get(r.name, 0),
+                in_use=in_use,
+                lent=lent.get(r.name, 0),
+                lent_to_fine_tuning=min(r.gpus - in_use, lent_to_training.get(r.name, 0)),
+            )
         )
-        for r in pool.spec.reservations or []
-    ] or None
+    return out or None
 
 
 def _capacity(st: GPUPoolStatus, pp: PoolPlan) -> None:
@@ -405,6 +413,7 @@ def pool_status(
     reservations_in_use: Mapping[str, int],
     waiting_nodes: Sequence[str],
     now: str,
+    reservations_lent_to_training: Mapping[str, int] | None = None,
 ) -> GPUPoolStatus:
     old = pool.status or GPUPoolStatus()
     gen = pool.metadata.generation
@@ -419,7 +428,7 @@ def pool_status(
         return st
     assert plan is not None
     _capacity(st, plan.pool)
-    st.reservations = _reservations(pool, plan, reservations_in_use)
+    st.reservations = _reservations(pool, plan, reservations_in_use, reservations_lent_to_training or {})
     results = {
         READY: pool_ready_condition(plan.pool, nodes, waiting_nodes),
         DEGRADED: pool_degraded_condition(plan.pool),

@@ -3,7 +3,10 @@
 --    or no status yet)                                   -> Progressing
 -- 2. Failed=True                                         -> Degraded
 -- 3. Promoted=True, or Trained=True without spec.promote -> Healthy
--- 4. otherwise                                           -> Progressing, with the message of the first
+-- 4. Promoted=False with a final reason: RolledBack (a replica on the new weights failed, the deployment was
+--    rolled back) or GateNotMet (the evaluation gate was not met) -> Degraded; Superseded (a newer FineTuneJob
+--    promotes onto the same deployment) or Replaced (someone changed what it serves since) -> Healthy
+-- 5. otherwise                                           -> Progressing, with the message of the first
 --    step that is not done (Sanitized, Trained, Evaluated, then Promoted when spec.promote is set)
 local hs = {}
 
@@ -68,6 +71,24 @@ if is_true("Promoted") or (is_true("Trained") and not promote) then
     hs.message = text(condition("Trained"), "trained")
   end
   return hs
+end
+
+local promoted = condition("Promoted")
+if promote and promoted ~= nil and promoted.status == "False" then
+  if promoted.reason == "RolledBack" or promoted.reason == "GateNotMet" then
+    hs.status = "Degraded"
+    if promoted.reason == "GateNotMet" then
+      hs.message = text(condition("Evaluated"), text(promoted, "the evaluation gate was not met"))
+    else
+      hs.message = text(promoted, "rolled back")
+    end
+    return hs
+  end
+  if promoted.reason == "Superseded" or promoted.reason == "Replaced" then
+    hs.status = "Healthy"
+    hs.message = text(promoted, promoted.reason)
+    return hs
+  end
 end
 
 hs.status = "Progressing"
