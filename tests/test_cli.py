@@ -1307,6 +1307,7 @@ def test_gateway_max_request_bytes_and_log_level(tmp_path: Path, monkeypatch: py
     finally:
         logger.setLevel(before)
 
+
 #: The trainer's tier (it needs torch): FLAG_TESTS names its tests as ``tests_train/test_train_cli.py::test``.
 TRAIN_TESTS = "tests_train/test_train_cli.py"
 

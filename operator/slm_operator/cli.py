@@ -971,6 +971,8 @@ def _add_gateway_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_gateway)
+
+
 TRAIN_DESCRIPTION = """\
 Fine-tune --base-model on --data and evaluate the result against the base model and the incumbent, on this
 machine (a CUDA GPU when one is visible, else the CPU) or in a FineTuneJob's pod. Needs the [train] extra.
