@@ -996,6 +996,47 @@ def test_usage_export_prints_json_lines_the_trainer_reads(
     assert code == 2 and "neither an ISO 8601 time" in err
 
 
+def test_usage_export_reports_its_count_or_its_error_in_the_termination_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the FineTuneJob's export step leaves for the operator: the count, or an error with the store's
+    password masked (the message reaches the FineTuneJob's conditions)."""
+    now = datetime.now(UTC)
+    url = _usage_store(
+        tmp_path / "usage.db", [_captured(now, route="agents/a"), _captured(now, route="agents/b")]
+    )
+    log = tmp_path / "termination-log"
+    out = tmp_path / "export.jsonl"
+    args = (
+        "usage",
+        "export",
+        "--store",
+        url,
+        "--route",
+        "agents/a",
+        "-o",
+        str(out),
+        "--termination-log",
+        str(log),
+    )
+    code, _, _ = in_process(*args, capsys=capsys)
+    assert code == 0 and json.loads(log.read_text()) == {"records": 1}
+    assert len(out.read_text().splitlines()) == 1
+
+    code, _, err = in_process(
+        *args[:-2], "--since", "last week", "--termination-log", str(log), capsys=capsys
+    )
+    assert code == 2 and "neither an ISO 8601 time" in json.loads(log.read_text())["error"]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = f"postgresql://slm:s3cret-pw@127.0.0.1:{port}/usage"
+    r = run("usage", "export", "--store", store, "--termination-log", str(log))
+    error = json.loads(log.read_text())["error"]
+    assert r.returncode == 2 and f"usage store postgresql://slm:***@127.0.0.1:{port}/usage" in error
+    assert "s3cret-pw" not in error and "s3cret-pw" not in r.stderr
+
+
 def test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1389,6 +1430,9 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("usage export", "--since"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--until"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--output"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage export", "--termination-log"): [
+        "test_usage_export_reports_its_count_or_its_error_in_the_termination_log"
+    ],
     ("usage erase", "--store"): [
         "test_usage_erase_deletes_every_record_of_one_caller_hashed_with_the_gateway_salt"
     ],

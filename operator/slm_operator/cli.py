@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from slm_operator import DEFAULT_TRAINER_IMAGE, __version__
+from slm_operator.timebound import TIME_BOUND_HELP
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -525,6 +526,16 @@ def _cmd_sanitize(args: argparse.Namespace) -> int:
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
+    """``usage``; ``export --termination-log`` also writes ``{"records": N}`` or ``{"error": "..."}`` there (the
+    FineTuneJob's ``export`` step, read by the operator like the sanitize step's)."""
+    try:
+        return _run_usage(args)
+    except CliError as exc:
+        _write_termination_log(getattr(args, "termination_log", None), json.dumps({"error": str(exc)}))
+        raise
+
+
+def _run_usage(args: argparse.Namespace) -> int:
     import asyncio
     import sqlite3
 
@@ -532,6 +543,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
     from slm_operator.capture import StoreError, open_store
     from slm_operator.capture.sqlite_store import SQLiteStore
+    from slm_operator.capture.stores import shown_url
 
     try:
         store = open_store(args.store)
@@ -549,14 +561,14 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
     ) as exc:
-        raise CliError(f"usage store {args.store}: {type(exc).__name__}: {exc}") from None
+        raise CliError(f"usage store {shown_url(args.store)}: {type(exc).__name__}: {exc}") from None
 
 
 async def _usage(args: argparse.Namespace, store: Store) -> int:
     from datetime import UTC, datetime
 
     from slm_operator.capture import caller_hash, load_salt
-    from slm_operator.capture.record import parse_time_bound
+    from slm_operator.timebound import parse_time_bound
 
     now = datetime.now(UTC)
     if args.usage_command == "erase":
@@ -581,6 +593,7 @@ async def _usage(args: argparse.Namespace, store: Store) -> int:
         else:
             n = await _usage_export(store, args, since, until)
             print(f"exported {n} records", file=sys.stderr)
+            _write_termination_log(args.termination_log, json.dumps({"records": n}))
     return EXIT_OK
 
 
@@ -885,10 +898,16 @@ def _add_usage_parser(sub: Subparsers) -> None:
     )
     store_flag(e)
     e.add_argument("--route", help="only this SLMRoute, as namespace/name (default every route)")
-    bounds = "an ISO 8601 time (2026-05-01, 2026-05-01T12:00:00Z; UTC without an offset) or a duration before now (30m, 24h, 7d, 2w)"
+    bounds = TIME_BOUND_HELP
     e.add_argument("--since", help=f"only calls at or after this time: {bounds} (default the oldest)")
     e.add_argument("--until", help=f"only calls before this time: {bounds} (default now and later)")
     e.add_argument("-o", "--output", default="-", help="write to this file instead of stdout")
+    e.add_argument(
+        "--termination-log",
+        metavar="FILE",
+        help='also write {"records": N} here (a pod\'s /dev/termination-log), or {"error": "..."} when the '
+        "export fails (the FineTuneJob's export step)",
+    )
     r = actions.add_parser(
         "erase",
         help="delete every captured call of one caller",

@@ -32,6 +32,7 @@ from slm_operator.api.quantity import QuantityError, quantity_bytes
 from slm_operator.catalog import VLLM_IMAGE
 from slm_operator.sanitize.classes import DEFAULT_REDACT
 from slm_operator.sizing import Quantization
+from slm_operator.timebound import TIME_BOUND_REGEX, check_time_bound
 
 # ---------------------------------------------------------------------------------------------- enums
 
@@ -696,25 +697,81 @@ class ConfigMapKeyRef(ApiModel):
     )
 
 
+class SecretKeySelector(ApiModel):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret."
+    )
+
+
+USAGE_STORE_SINCE = (
+    "`since` must be a duration before now (30m, 24h, 7d, 2w) or an ISO 8601 date or time (2026-05-01, "
+    "2026-05-01T12:00:00Z)"
+)
+
+
+class UsageStoreSource(ApiModel):
+    """The gateway's usage store (docs/capture.md): the calls one SLMRoute captured, exported by the Job's first
+    step (`slm-operator usage export`)."""
+
+    url_secret_ref: SecretKeySelector = Field(
+        description="Secret key (in the FineTuneJob's namespace) holding the store URL, e.g. "
+        "`postgresql://user:password@host:5432/usage` (it carries credentials, so never the spec). The kubelet "
+        "passes it to the export step as an environment variable; the operator does not read Secrets."
+    )
+    route: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="SLMRoute whose captured calls to learn from, in the FineTuneJob's namespace (a job never "
+        "reads another namespace's calls).",
+    )
+    since: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        json_schema_extra=k8s(cel(f"self.matches('{TIME_BOUND_REGEX}')", USAGE_STORE_SINCE)),
+        description="Only calls at or after this time: a duration before the export runs (`30d`) or an ISO "
+        "8601 date or time (`2026-11-01`, UTC without an offset); default every call kept.",
+    )
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_time_bound(v)
+        except ValueError:
+            raise ValueError(USAGE_STORE_SINCE) from None
+
+
+DATASET_ONE_SOURCE = "exactly one of `configMapRef`, `pvc` or `usageStore` must be set"
+
+
 class DatasetSource(ApiModel):
-    """Where the usage data comes from (JSON lines of prompt/response records)."""
+    """Where the usage data comes from: JSON lines of chat records in a ConfigMap or on a PVC, or the calls an
+    SLMRoute captured into the usage store."""
 
     model_config = ConfigDict(
         json_schema_extra=k8s(
             cel(
-                "[has(self.configMapRef), has(self.pvc)].filter(x, x).size() == 1",
-                "exactly one of `configMapRef` or `pvc` must be set",
+                "[has(self.configMapRef), has(self.pvc), has(self.usageStore)].filter(x, x).size() == 1",
+                DATASET_ONE_SOURCE,
             )
         )
     )
 
     config_map_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap with the records.")
     pvc: PVCLocation | None = Field(default=None, description="A file or folder on a PVC.")
+    usage_store: UsageStoreSource | None = Field(
+        default=None, description="The calls an SLMRoute captured into the gateway's usage store."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> DatasetSource:
-        if (self.config_map_ref is None) == (self.pvc is None):
-            raise ValueError("exactly one of `configMapRef` or `pvc` must be set")
+        if [self.config_map_ref, self.pvc, self.usage_store].count(None) != 2:
+            raise ValueError(DATASET_ONE_SOURCE)
         return self
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,23 +64,3 @@ def sampled(record_id: str, rate: float) -> bool:
         return False
     digest = hashlib.sha256(record_id.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") < rate * 2**64
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time_bound(text: str, now: datetime) -> datetime:
-    """``--since``/``--until`` of ``usage export``: an ISO 8601 date or time (UTC when no offset is given), or
-    a duration before ``now`` such as ``30m``, ``24h``, ``7d``, ``2w``. ValueError says what is accepted."""
-    m = _DURATION.match(text)
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither an ISO 8601 time (2026-05-01, 2026-05-01T12:00:00Z) nor a duration "
-            "before now (30m, 24h, 7d, 2w)"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -14,6 +14,16 @@ STORE_URL_FORMS = (
 )
 
 
+def shown_url(url: str) -> str:
+    """``url`` fit for a message or a status: its password replaced by ``***`` (a FineTuneJob's export step
+    quotes the store in its errors, and those reach the FineTuneJob's conditions)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
 def open_store(url: str) -> Store:
     """The store for ``url`` (nothing is connected until it is first used):
 
@@ -34,4 +44,4 @@ def open_store(url: str) -> Store:
         return SQLiteStore(Path(parts.path))
     if parts.scheme in ("postgresql", "postgres"):
         return PostgresStore(url)
-    raise ValueError(f"unsupported store URL {url!r}: use {STORE_URL_FORMS}")
+    raise ValueError(f"unsupported store URL {shown_url(url)!r}: use {STORE_URL_FORMS}")
