@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slm_operator.capture import CaptureRecord, caller_hash, load_salt, sampled
-from slm_operator.timebound import parse_time_bound
 from slm_operator.capture.redact import redact_record
 from slm_operator.sanitize import Sanitizer
+from slm_operator.timebound import parse_time_bound
 
 
 def make_record(**over: Any) -> CaptureRecord:

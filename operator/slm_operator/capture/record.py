@@ -7,7 +7,6 @@ redacts it and a store keeps it; ``docs/capture.md`` says what each field holds.
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
