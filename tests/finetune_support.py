@@ -111,7 +111,7 @@ def step(
             term["message"] = message
         return {"state": {"terminated": term}}
     if state == "waiting":
-        return {"state": {"waiting": {"reason": reason}}}
+        return {"state": {"waiting": {"reason": reason, **({"message": message} if message else {})}}}
     return {"state": {"running": {"startedAt": NOW}}}
 
 
@@ -124,11 +124,16 @@ def job_pod(
     phase: str = "Running",
     node_name: str = "gpu-1",
     disruption: str | None = None,
+    export: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A pod of the training Job as the kubelet reports it."""
+    """A pod of the training Job as the kubelet reports it; ``export``: it has the usage store's export step
+    (``dataset.usageStore``), in this state."""
     status: dict[str, Any] = {"phase": phase, "conditions": []}
+    inits = ["export", "sanitize"] if export is not None else ["sanitize"]
+    if export is not None:
+        status["initContainerStatuses"] = [{"name": "export", **export}]
     if sanitize is not None:
-        status["initContainerStatuses"] = [{"name": "sanitize", **sanitize}]
+        status.setdefault("initContainerStatuses", []).append({"name": "sanitize", **sanitize})
     if train is not None:
         status["containerStatuses"] = [{"name": "train", **train}]
     if disruption is not None:
@@ -149,7 +154,7 @@ def job_pod(
             "creationTimestamp": created,
             "labels": {FINETUNE_JOB_LABEL: "lora"},
         },
-        "spec": {"nodeName": node_name},
+        "spec": {"nodeName": node_name, "initContainers": [{"name": n} for n in inits]},
         "status": status,
     }
 

@@ -958,10 +958,15 @@ class FineTuneJobSpec(ApiModel):
 
 
 class SanitizationStatus(ApiModel):
-    """What the `sanitize` step reported (its termination message)."""
+    """What the `sanitize` step reported (its termination message), and the `export` step before it."""
 
     records: int = Field(default=0, ge=0, description="Records written to training.")
     skipped: int = Field(default=0, ge=0, description="Lines skipped because they were not JSON.")
+    exported: int | None = Field(
+        default=None,
+        ge=0,
+        description="Records the export step read from the usage store (`dataset.usageStore` only).",
+    )
     redacted: dict[str, int] | None = Field(
         default=None,
         json_schema_extra={"maxProperties": 64},

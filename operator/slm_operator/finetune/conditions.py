@@ -1,7 +1,8 @@
 """The FineTuneJob's conditions, one function each, from what the Job's pods really reported.
 
 ``Sanitized`` comes from the ``sanitize`` step's termination message (records, lines skipped, counts per PII
-class), ``Trained`` from the Job and the ``train`` step, ``Evaluated`` from the gate (``gate.py``), ``Promoted``
+class) and, with ``dataset.usageStore``, the ``export`` step's before it (the records it read, or why it failed
+or cannot start), ``Trained`` from the Job and the ``train`` step, ``Evaluated`` from the gate (``gate.py``), ``Promoted``
 from the promotion (``promotion.py``), ``Failed`` from the Job's failure and the step's ``{"error": ...}`` (or
 the log tail ``FallbackToLogsOnError`` left).
 """
@@ -12,10 +13,17 @@ from dataclasses import dataclass
 
 from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, SanitizationStatus
 from slm_operator.finetune.gate import Gate
-from slm_operator.finetune.observe import Attempt, Observed, SanitizeReport, TrainReport
+from slm_operator.finetune.observe import (
+    Attempt,
+    Observed,
+    SanitizeReport,
+    Step,
+    TrainReport,
+    exported_records,
+)
 from slm_operator.finetune.promotion import Outcome
 from slm_operator.finetune.where import Where
-from slm_operator.render.finetune import SANITIZE, artifact
+from slm_operator.render.finetune import EXPORT, SANITIZE, artifact
 from slm_operator.status import ConditionResult, apply_condition
 
 SANITIZED = "Sanitized"
@@ -35,6 +43,17 @@ def preempted_text(a: Attempt) -> str:
     )
 
 
+#: Waiting reasons of a step that is merely on its way (the kubelet's, for a container not started yet).
+_STARTING = ("", "PodInitializing", "ContainerCreating")
+#: The Failed condition's reason when a step's own error made the Job fail.
+_FAILED_REASON = {EXPORT: "ExportFailed", SANITIZE: "SanitizeFailed"}
+
+
+def _sanitized_text(report: SanitizeReport, exported: int | None) -> str:
+    text = report.summary()
+    return f"{text}; {exported} records exported from the usage store" if exported is not None else text
+
+
 def sanitized_condition(
     obs: Observed, where: Where, old: SanitizationStatus | None
 ) -> tuple[ConditionResult, SanitizationStatus | None]:
@@ -45,31 +64,70 @@ def sanitized_condition(
         if report is None:
             why = "the sanitize step finished but reported no counts (termination message)"
             return ConditionResult(True, "PIIRedacted", why), old
+        exported = exported_records(done.export.message) if done.export is not None else None
         st = SanitizationStatus(
-            records=report.records, skipped=report.skipped, redacted=report.redacted or None
+            records=report.records,
+            skipped=report.skipped,
+            redacted=report.redacted or None,
+            exported=exported,
         )
-        return ConditionResult(True, "PIIRedacted", report.summary()), st
+        return ConditionResult(True, "PIIRedacted", _sanitized_text(report, exported)), st
     if old is not None:  # its pod is gone; the status remembers what it reported
-        return ConditionResult(
-            True, "PIIRedacted", SanitizeReport(old.records, old.skipped, old.redacted or {}).summary()
-        ), old
+        report = SanitizeReport(old.records, old.skipped, old.redacted or {})
+        return ConditionResult(True, "PIIRedacted", _sanitized_text(report, old.exported)), old
     failure = obs.last_failure
+    if failure is not None and failure[0] == EXPORT:
+        return ConditionResult(False, "ExportFailed", f"the export step failed: {failure[1]}"), None
     if failure is not None and failure[0] == SANITIZE:
         return ConditionResult(False, "SanitizeFailed", f"the sanitize step failed: {failure[1]}"), None
     if obs.failed:
         return ConditionResult(
             None, "JobFailed", f"Job {obs.job_name} failed before the sanitize step reported"
         ), None
-    a = obs.latest
-    if a is not None and a.sanitize.state == "running":
+    return _sanitizing(obs, where), None
+
+
+def _exporting(a: Attempt, export: Step) -> ConditionResult | None:
+    """Where the export step stands while it has not succeeded: running, or kept from starting (the kubelet's
+    CreateContainerConfigError for a Secret or key that is not there: it retries until the Secret is fixed)."""
+    if export.state == "running":
         return ConditionResult(
-            False, "Sanitizing", f"pod {a.name} sanitises the dataset on node {a.node}"
-        ), None
-    if a is not None and a.sanitize.state == "waiting" and a.sanitize.reason not in ("", "PodInitializing"):
+            False,
+            "Exporting",
+            f"pod {a.name} exports the captured calls from the usage store on node {a.node}",
+        )
+    if export.state == "waiting" and export.reason not in _STARTING:
+        said = f"{export.reason}: {export.message}" if export.message else export.reason
+        return ConditionResult(
+            False,
+            "ExportBlocked",
+            f"pod {a.name}: the export step cannot start ({said}); check the Secret that "
+            "`dataset.usageStore.urlSecretRef` names (the kubelet retries)",
+        )
+    return None
+
+
+def _sanitizing(obs: Observed, where: Where) -> ConditionResult:
+    a = obs.latest
+    if a is not None and a.export is not None and not a.export.succeeded:
+        exporting = _exporting(a, a.export)
+        if exporting is not None:
+            return exporting
+    if a is not None and a.sanitize.state == "running":
+        return ConditionResult(False, "Sanitizing", f"pod {a.name} sanitises the dataset on node {a.node}")
+    if a is not None and a.sanitize.state == "waiting" and a.sanitize.reason not in _STARTING:
         return ConditionResult(
             False, "Pending", f"pod {a.name}: the sanitize step waits ({a.sanitize.reason})"
-        ), None
-    return ConditionResult(False, "Pending", f"Job {obs.job_name} is starting {where.text}"), None
+        )
+    return ConditionResult(False, "Pending", f"Job {obs.job_name} is starting {where.text}")
+
+
+def failed_step(a: Attempt) -> tuple[str, str] | None:
+    """(step, error) of the attempt's failed step, if one failed."""
+    for name, step in ((EXPORT, a.export), (SANITIZE, a.sanitize), ("train", a.train)):
+        if step is not None and step.failed:
+            return name, step.error
+    return None
 
 
 def _trained_text(obs: Observed, preemptions: int) -> str:
@@ -93,10 +151,10 @@ def trained_condition(obs: Observed, where: Where, preemptions: int) -> Conditio
     a = obs.latest
     if a is not None and a.over and a.disruption is not None:
         return ConditionResult(False, "Preempted", preempted_text(a))
-    if a is not None and a.over and (a.sanitize.failed or a.train.failed):
-        step, error = ("sanitize", a.sanitize.error) if a.sanitize.failed else ("train", a.train.error)
+    failure = failed_step(a) if a is not None and a.over else None
+    if a is not None and failure is not None:
         return ConditionResult(
-            False, "Retrying", f"pod {a.name} failed in its {step} step ({error}); the Job retries"
+            False, "Retrying", f"pod {a.name} failed in its {failure[0]} step ({failure[1]}); the Job retries"
         )
     if a is not None and a.train.state == "running":
         resumed = f" (resumed after {preemptions} preemption(s))" if preemptions else ""
@@ -120,7 +178,7 @@ def failed_condition(obs: Observed) -> ConditionResult:
     failure = obs.last_failure
     reason = "JobFailed"
     if failure is not None and not obs.job_failure.startswith("DeadlineExceeded"):
-        reason = "SanitizeFailed" if failure[0] == SANITIZE else "TrainerFailed"
+        reason = _FAILED_REASON.get(failure[0], "TrainerFailed")
     return ConditionResult(True, reason, failed_text(obs))
 
 

@@ -1,6 +1,7 @@
-"""What really happened to a FineTuneJob's Job: its conditions, and what each pod's two steps reported.
+"""What really happened to a FineTuneJob's Job: its conditions, and what each pod's steps reported (``export``
+with ``dataset.usageStore``, ``sanitize``, ``train``).
 
-Both steps write a JSON termination message (``/dev/termination-log``, at most 4096 bytes) and the containers
+Every step writes a JSON termination message (``/dev/termination-log``, at most 4096 bytes) and the containers
 have ``terminationMessagePolicy: FallbackToLogsOnError``, so a step that crashed without writing one still
 leaves the tail of its log there. Nothing here trusts that a pod ran just because it exists: the conditions
 are made from these messages and exit codes.
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.render.finetune import DISRUPTION_TARGET, SANITIZE, SIGTERM_EXIT_CODE, TRAIN
+from slm_operator.render.finetune import DISRUPTION_TARGET, EXPORT, SANITIZE, SIGTERM_EXIT_CODE, TRAIN
 from slm_operator.views import PodView
 
 #: How much of a log tail (FallbackToLogsOnError) a condition message quotes.
@@ -55,7 +56,7 @@ class Step:
     pod: str
     state: str  # waiting | running | terminated | "" (no status yet)
     exit_code: int | None = None
-    message: str | None = None  # the termination message (or log tail)
+    message: str | None = None  # the termination message (or log tail); why it waits, as the kubelet says
     reason: str = ""  # why it waits or why it terminated
 
     @property
@@ -84,7 +85,10 @@ def _step(pod: PodView, container: str, init: bool) -> Step:
                         t.get("message"), str(t.get("reason") or ""))  # fmt: skip
         if "running" in state:
             return Step(pod.name, "running")
-        return Step(pod.name, "waiting", reason=str((state.get("waiting") or {}).get("reason") or ""))
+        waiting = state.get("waiting") or {}
+        return Step(
+            pod.name, "waiting", message=waiting.get("message"), reason=str(waiting.get("reason") or "")
+        )
     return Step(pod.name, "")
 
 
@@ -95,6 +99,7 @@ class Attempt:
     pod: PodView
     sanitize: Step
     train: Step
+    export: Step | None = None  # the export step, when the Job has one (dataset.usageStore)
 
     @property
     def name(self) -> str:
@@ -127,7 +132,13 @@ class Attempt:
 def attempts(pods: Sequence[Mapping[str, Any]]) -> list[Attempt]:
     """The Job's pods, oldest first (by creation, then name)."""
     views = sorted(map(PodView, pods), key=lambda p: (str(p.metadata.get("creationTimestamp") or ""), p.name))
-    return [Attempt(p, _step(p, SANITIZE, True), _step(p, TRAIN, False)) for p in views]
+    return [Attempt(p, _step(p, SANITIZE, True), _step(p, TRAIN, False), _export_step(p)) for p in views]
+
+
+def _export_step(pod: PodView) -> Step | None:
+    """The export step, when the pod has one (its spec names it)."""
+    named = any(c.get("name") == EXPORT for c in (pod.spec.get("initContainers") or ()))
+    return _step(pod, EXPORT, True) if named else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,8 @@ class Observed:
         for a in reversed(self.tries):
             if a.disruption is not None:
                 continue
+            if a.export is not None and a.export.failed:
+                return EXPORT, a.export.error
             if a.sanitize.failed:
                 return SANITIZE, a.sanitize.error
             if a.train.failed:
@@ -235,6 +248,12 @@ class SanitizeReport:
     def summary(self) -> str:
         what = ", ".join(f"{k} {v}" for k, v in sorted(self.redacted.items()) if v) or "nothing to redact"
         return f"{self.records} records sanitised, {self.skipped} skipped as unparsable; redacted: {what}"
+
+
+def exported_records(message: str | None) -> int | None:
+    """The export step's termination message ``{"records": N}``: the calls it read from the usage store."""
+    doc = parse_message(message)
+    return _count(doc, "records") if doc is not None else None
 
 
 @dataclass(frozen=True)

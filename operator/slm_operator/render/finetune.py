@@ -1,9 +1,13 @@
 """Pure builder of a FineTuneJob's batch/v1 Job (the decisions and the status are in ``slm_operator.finetune``).
 
-The Job's pod runs two steps, both on the trainer image (``--trainer-image``, or ``spec.image``):
+The Job's pod runs two steps (three with ``dataset.usageStore``), all on the trainer image (``--trainer-image``,
+or ``spec.image``):
 
+* with ``dataset.usageStore``, first the init container ``export`` (``slm-operator usage export``): it reads the
+  calls the SLMRoute captured from the usage store whose URL the kubelet passes from the Secret
+  (``USAGE_STORE_URL``) and writes ``/work/export.jsonl``; its termination message carries the record count;
 * the init container ``sanitize`` (``slm-operator sanitize``) reads the dataset from ``/dataset``, replaces the
-  configured PII classes and writes ``/work/sanitized.jsonl`` (an emptyDir); its termination message carries
+  configured PII classes (from ``/work/export.jsonl`` with ``usageStore``) and writes ``/work/sanitized.jsonl`` (an emptyDir); its termination message carries
   the records, the lines skipped and the counts per class;
 * the container ``train`` (``slm-operator train``) adapts the base model (Hugging Face, or ``/model`` from a
   PVC) on it, evaluates the result, the base model and the incumbent (``/incumbent``: the adapter the target
@@ -40,9 +44,13 @@ from slm_operator.contract import (
 )
 from slm_operator.render import Promoted, gpu_tolerations, pin_to_nodes
 
+EXPORT = "export"  # the first init container, with dataset.usageStore
 SANITIZE = "sanitize"  # the init container
 TRAIN = "train"  # the container
+EXPORTED_DATA = "/work/export.jsonl"
 SANITIZED_DATA = "/work/sanitized.jsonl"
+#: The export step's environment variable holding the store URL (from the Secret; never in the pod spec).
+USAGE_STORE_URL_ENV = "USAGE_STORE_URL"
 TERMINATION_LOG = "/dev/termination-log"
 DATASET_MOUNT = "/dataset"
 OUTPUT_MOUNT = "/output"
@@ -115,12 +123,26 @@ def trainer_args(spec: FineTuneJobSpec, incumbent: str | None = None) -> list[st
 
 def dataset_path(ds: DatasetSource) -> str:
     """The data once mounted on /dataset: the ConfigMap's key (a file) or all its keys (a folder of *.jsonl),
-    or the file or folder on the PVC."""
+    or the file or folder on the PVC; or what the export step wrote from the usage store."""
+    if ds.usage_store is not None:
+        return EXPORTED_DATA
     if ds.config_map_ref is not None:
         key = ds.config_map_ref.key
         return f"{DATASET_MOUNT}/{key}" if key else DATASET_MOUNT
     assert ds.pvc is not None
     return f"{DATASET_MOUNT}/{ds.pvc.path}".rstrip("/")
+
+
+def export_args(ftj: FineTuneJob) -> list[str]:
+    """The ``export`` init container's command line (the interface of ``slm-operator usage export``): the calls
+    of the SLMRoute in the FineTuneJob's own namespace. The kubelet expands ``$(USAGE_STORE_URL)``."""
+    source = ftj.spec.dataset.usage_store
+    assert source is not None
+    args = ["usage", "export", "--store", f"$({USAGE_STORE_URL_ENV})"]
+    args += ["--route", f"{ftj.metadata.namespace or 'default'}/{source.route}"]
+    if source.since:
+        args += ["--since", source.since]
+    return [*args, "--output", EXPORTED_DATA, "--termination-log", TERMINATION_LOG]
 
 
 def sanitize_args(spec: FineTuneJobSpec) -> list[str]:
@@ -169,14 +191,17 @@ def _mount(name: str, path: str, read_only: bool) -> dict[str, Any]:
     )
 
 
-def _dataset_mount(ds: DatasetSource, vols: _Volumes) -> dict[str, Any]:
+def _dataset_mounts(ds: DatasetSource, vols: _Volumes) -> list[dict[str, Any]]:
+    """The sanitize step's read-only /dataset (none with ``usageStore``: it reads the export from /work)."""
+    if ds.usage_store is not None:
+        return []
     if ds.config_map_ref is not None:
         cm: dict[str, Any] = {"name": ds.config_map_ref.name}
         if ds.config_map_ref.key:
             cm["items"] = [{"key": ds.config_map_ref.key, "path": ds.config_map_ref.key}]
-        return vols.other({"name": "dataset", "configMap": cm}, DATASET_MOUNT, read_only=True)
+        return [vols.other({"name": "dataset", "configMap": cm}, DATASET_MOUNT, read_only=True)]
     assert ds.pvc is not None
-    return vols.pvc("dataset", ds.pvc.claim_name, DATASET_MOUNT, read_only=True)
+    return [vols.pvc("dataset", ds.pvc.claim_name, DATASET_MOUNT, read_only=True)]
 
 
 def _container(name: str, image: str, args: list[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,17 +215,32 @@ def _container(name: str, image: str, args: list[str], mounts: list[dict[str, An
     }
 
 
+def _export(ftj: FineTuneJob, image: str, work: dict[str, Any], vols: _Volumes) -> dict[str, Any]:
+    """The export step: the store URL comes from the Secret through the kubelet (``secretKeyRef``), so the
+    operator never reads the Secret and the URL's credentials never appear in the Job."""
+    source = ftj.spec.dataset.usage_store
+    assert source is not None
+    c = _container(EXPORT, image, export_args(ftj), [vols.other(work, "/work", read_only=False)])
+    ref = source.url_secret_ref
+    c["env"] = [
+        {"name": USAGE_STORE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    ]
+    return c
+
+
 def _containers(
-    spec: FineTuneJobSpec, image: str, incumbent: Promoted | None
-) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """The two steps and the volumes they mount."""
+    ftj: FineTuneJob, image: str, incumbent: Promoted | None
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The init steps (export, sanitize), the train step and the volumes they mount."""
+    spec = ftj.spec
     vols = _Volumes()
     work = {"name": "work", "emptyDir": {}}
+    init = [_export(ftj, image, work, vols)] if spec.dataset.usage_store is not None else []
     sanitize = _container(
         SANITIZE,
         image,
         sanitize_args(spec),
-        [_dataset_mount(spec.dataset, vols), vols.other(work, "/work", read_only=False)],
+        [*_dataset_mounts(spec.dataset, vols), vols.other(work, "/work", read_only=False)],
     )
     mounts = [
         vols.other(work, "/work", read_only=True),
@@ -216,7 +256,7 @@ def _containers(
         "limits": {GPU_RESOURCE: str(spec.gpus)},
         "requests": {GPU_RESOURCE: str(spec.gpus)},
     }
-    return sanitize, train, vols.volumes
+    return [*init, sanitize], train, vols.volumes
 
 
 def _job_metadata(ftj: FineTuneJob) -> dict[str, Any]:
@@ -257,16 +297,16 @@ def finetune_job(
     priority_class: str | None,
     incumbent: Promoted | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job: sanitise, then train, on one of ``nodes``. ``image`` is the trainer image
+    """The batch/v1 Job: (export,) sanitise, then train, on one of ``nodes``. ``image`` is the trainer image
     (``spec.image`` overrides it); ``incumbent`` is what the target SLMDeployment serves now."""
     spec = ftj.spec
-    sanitize, train, volumes = _containers(spec, spec.image or image, incumbent)
+    init, train, volumes = _containers(ftj, spec.image or image, incumbent)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "affinity": pin_to_nodes(sorted(nodes)),
         "tolerations": gpu_tolerations(),
         "enableServiceLinks": False,
-        "initContainers": [sanitize],
+        "initContainers": init,
         "containers": [train],
         "volumes": volumes,
     }
