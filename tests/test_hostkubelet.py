@@ -5,6 +5,8 @@ The e2e tests (e2e/test_hostkubelet.py) check the same against the real control 
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.kwok_stages import exclude_label
 from e2e.hostkubelet.images import (
@@ -26,6 +29,7 @@ from e2e.hostkubelet.images import (
     process_argv,
     repository,
 )
+from e2e.hostkubelet.kubelet import HostKubelet
 from e2e.hostkubelet.runtime import ContainerState, Runtime, termination_message
 from e2e.hostkubelet.status import pod_status
 from e2e.hostkubelet.volumes import HostPathMap, Mount, VolumeError, rewrite_arg, rewrite_path
@@ -227,6 +231,79 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
     assert {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}["Initialized"] == "T3"
 
 
+# ---- env from Secrets and ConfigMaps ------------------------------------------------------------------------
+
+
+class _Response:
+    def __init__(self, obj: dict[str, Any]) -> None:
+        self.data = json.dumps(obj).encode()
+
+
+class FakeCore:
+    """The reads and writes the host kubelet makes to start a container, from in-memory Secrets."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        self.events: list[dict[str, Any]] = []
+
+    def read_namespaced_secret(self, name: str, ns: str, **_: Any) -> _Response:
+        if (ns, name) not in self.secrets:
+            raise ApiException(status=404, reason="Not Found")
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[ns, name].items()}
+        return _Response({"metadata": {"name": name, "namespace": ns}, "data": data})
+
+    def create_namespaced_event(self, ns: str, body: dict[str, Any]) -> None:
+        self.events.append(body)
+
+
+def _secret_env_pod(optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": "usage-store", "key": "url", **({"optional": True} if optional else {})}
+    container = {
+        "name": "export",
+        "image": "ghcr.io/slm-operator/slm-operator:0.1.0",
+        "args": ["usage", "export", "--store", "$(USAGE_STORE_URL)"],
+        "env": [{"name": "USAGE_STORE_URL", "valueFrom": {"secretKeyRef": ref}}],
+    }
+    return {
+        "metadata": {"name": "p", "namespace": "agents", "uid": "u1"},
+        "spec": {"containers": [container], "nodeName": "n"},
+    }
+
+
+def test_a_secret_key_reaches_the_container_and_a_missing_one_keeps_it_waiting(tmp_path: Path) -> None:
+    """The kubelet's rule (pkg/kubelet/kubelet_pods.go, makeEnvironmentVariables): a Secret or key that is not
+    there is CreateContainerConfigError with the kubelet's message, the container is not created and is tried
+    again; once the Secret holds the key the container starts with its decoded value."""
+    core = FakeCore()
+    kubelet = HostKubelet(core, "x", ImageTable(REPO), Runtime(tmp_path), HostPathMap(()))  # type: ignore[arg-type]
+    pod = _secret_env_pod()
+    c = pod["spec"]["containers"][0]
+    pdir = kubelet.runtime.pod_dir(pod)
+    for secret, says in (
+        (None, 'secret "usage-store" not found'),
+        ({"uri": "x"}, "couldn't find key url in Secret agents/usage-store"),
+    ):
+        if secret is not None:
+            core.secrets["agents", "usage-store"] = secret
+        waiting: dict[str, tuple[str, str]] = {}
+        kubelet.start(pod, c, pdir, {}, waiting)
+        assert waiting == {"export": ("CreateContainerConfigError", says)}
+        assert not kubelet.runtime.state(pdir / "export").created
+    status = pod_status(pod, kubelet.states(pod, pdir), sandbox=True, waiting=waiting, now=NOW)
+    assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+    core.secrets["agents", "usage-store"] = {"url": "postgresql://slm:pw@127.0.0.1:5432/usage"}
+    argv, env, _ = kubelet.process(pod, c, pdir, {})
+    assert env["USAGE_STORE_URL"] == "postgresql://slm:pw@127.0.0.1:5432/usage"
+    assert argv[-1] == "postgresql://slm:pw@127.0.0.1:5432/usage"  # $(USAGE_STORE_URL) expanded
+
+
+def test_an_optional_secret_that_is_not_there_leaves_the_variable_unset(tmp_path: Path) -> None:
+    kubelet = HostKubelet(FakeCore(), "x", ImageTable(REPO), Runtime(tmp_path), HostPathMap(()))  # type: ignore[arg-type]
+    pod = _secret_env_pod(optional=True)
+    argv, env, _ = kubelet.process(pod, pod["spec"]["containers"][0], kubelet.runtime.pod_dir(pod), {})
+    assert "USAGE_STORE_URL" not in env and argv[-1] == "$(USAGE_STORE_URL)"  # as the kubelet leaves it
+
+
 # ---- the runtime -----------------------------------------------------------------------------------------------
 
 
@@ -298,6 +375,6 @@ def test_the_host_kubelet_is_an_independent_model_that_imports_nothing_of_the_op
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
     assert "slm_operator" not in imported
-    assert imported <= {"__future__", "argparse", "collections", "contextlib", "dataclasses", "e2e", "json",
+    assert imported <= {"__future__", "argparse", "base64", "collections", "contextlib", "dataclasses", "e2e", "json",
                         "kubernetes", "os", "pathlib", "re", "shlex", "shutil", "signal", "subprocess", "sys",
                         "threading", "time", "types", "typing"}  # fmt: skip

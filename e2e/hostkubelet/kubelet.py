@@ -8,7 +8,9 @@ one step closer to its spec from what the API and the runtime's files say, so a 
 * **Start** (``restartPolicy: Never`` only; other policies are run as Never): volumes first (a claim not yet
   bound or a ConfigMap not there keeps the pod Pending with a ``FailedMount`` event, and is retried); then the
   init containers one at a time in order; when all succeeded, every container at once. An init container that
-  fails fails the pod and nothing else starts.
+  fails fails the pod and nothing else starts. A container whose ``env`` names a ConfigMap key, Secret or Secret
+  key that is not there (and not ``optional``) waits with ``CreateContainerConfigError`` and is retried each
+  sync, as the kubelet does.
 * **Stop** (the pod has a ``deletionTimestamp``: deleted, evicted, or preempted by the scheduler, which adds
   ``DisruptionTarget`` and then deletes it): SIGTERM to every running container, SIGKILL to its process group
   once ``metadata.deletionGracePeriodSeconds`` (at least 2 s) has passed (kuberuntime ``killContainer``,
@@ -20,6 +22,7 @@ one step closer to its spec from what the API and the runtime's files say, so a 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -126,6 +129,14 @@ class HostKubelet:
     def _config_map(self, ns: str, name: str) -> Obj | None:
         try:
             return _json(self.core.read_namespaced_config_map(name, ns, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _secret(self, ns: str, name: str) -> Obj | None:
+        try:
+            return _json(self.core.read_namespaced_secret(name, ns, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -246,7 +257,9 @@ class HostKubelet:
         image = self.images.resolve(c["image"])
         declared: dict[str, str] = {}
         for e in c.get("env") or []:
-            declared[e["name"]] = self.env_value(pod, e, declared)
+            value = self.env_value(pod, e, declared)
+            if value is not None:
+                declared[e["name"]] = value
         mounts = container_mounts(c, volumes, pdir / c["name"] / "termination-log")
         home = pdir / "home"
         home.mkdir(exist_ok=True)
@@ -262,26 +275,52 @@ class HostKubelet:
         )
         return argv, env, cwd
 
-    def env_value(self, pod: Obj, e: Obj, declared: Mapping[str, str]) -> str:
+    def env_value(self, pod: Obj, e: Obj, declared: Mapping[str, str]) -> str | None:
+        """One ``env`` entry's value; None when an optional source is missing (the variable is not set).
+
+        As the kubelet's ``makeEnvironmentVariables`` (kubernetes/kubernetes ``pkg/kubelet/kubelet_pods.go``):
+        a ConfigMap or Secret key that is not there, or a Secret that is not there, is an error unless the
+        reference is ``optional``; the error keeps the container from being created
+        (``CreateContainerConfigError``, its message as the waiting message) and is retried on the next sync,
+        so the container starts once the Secret is fixed."""
         source = e.get("valueFrom")
         if not source:
             return expand(str(e.get("value", "")), declared)
+        ns = pod["metadata"]["namespace"]
         if "fieldRef" in source:
             return field_ref(pod, source["fieldRef"]["fieldPath"])
         if "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
-            cm = self._config_map(pod["metadata"]["namespace"], ref["name"])
-            data = (cm or {}).get("data") or {}
+            data = (self._config_map(ns, ref["name"]) or {}).get("data") or {}
             if ref["key"] in data:
                 return str(data[ref["key"]])
             if ref.get("optional"):
-                return ""
+                return None
             raise ImageError(
-                "CreateContainerConfigError", f"couldn't find key {ref['key']} in ConfigMap {ref['name']}"
+                "CreateContainerConfigError",
+                f"couldn't find key {ref['key']} in ConfigMap {ns}/{ref['name']}",
             )
+        if "secretKeyRef" in source:
+            return self._secret_value(ns, source["secretKeyRef"])
         raise ImageError(
             "CreateContainerConfigError",
-            f"env {e['name']}: only value, fieldRef and configMapKeyRef are supported by the host kubelet",
+            f"env {e['name']}: only value, fieldRef, configMapKeyRef and secretKeyRef are supported by the host "
+            "kubelet",
+        )
+
+    def _secret_value(self, ns: str, ref: Obj) -> str | None:
+        secret = self._secret(ns, ref["name"])
+        if secret is None:
+            if ref.get("optional"):
+                return None
+            raise ImageError("CreateContainerConfigError", f'secret "{ref["name"]}" not found')
+        data = secret.get("data") or {}  # base64, as the API serves it (stringData is folded in on write)
+        if ref["key"] in data:
+            return base64.b64decode(data[ref["key"]]).decode("utf-8")
+        if ref.get("optional"):
+            return None
+        raise ImageError(
+            "CreateContainerConfigError", f"couldn't find key {ref['key']} in Secret {ns}/{ref['name']}"
         )
 
     # ---- stopping --------------------------------------------------------------------------------------------
