@@ -216,11 +216,13 @@ def test_a_gate_that_is_not_met_promotes_nothing(cluster: Cluster, ns: str, sett
     job["spec"]["hyperparameters"].update(epochs=1, learningRate="0.000001")  # learns next to nothing
     job["spec"]["promote"]["evaluation"] = {"minScorePercent": 50}
     kubectl_apply(cluster, [job], ns)
-    evaluated = wait_for(
-        lambda: condition_is(cluster, ns, "strict", "Evaluated", "False"),
-        TRAIN,
-        "Evaluated False (below gate)",
-    )
+
+    def judged() -> dict[str, Any] | None:  # Evaluated says NotTrained until the Job is done
+        c = condition(ftj(cluster, ns, "strict"), "Evaluated")
+        return c if c and c["reason"] != "NotTrained" else None
+
+    evaluated = wait_for(judged, TRAIN, "the gate judged")
+    assert evaluated["status"] == "False", evaluated
     assert evaluated["reason"] == "BelowGate"
     assert condition_is(cluster, ns, "strict", "Promoted", "False")
     assert get_dep(cluster.api, ns, "extractor")["spec"] == before
