@@ -107,8 +107,9 @@ test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (b
 	$(BIN)/python -m pytest -q -m e2e -p no:cacheprovider --timeout=900 e2e
 
 .PHONY: test-gpu
-test-gpu: $(STAMP) ## The node agent against a real NVIDIA GPU, read-only (skips without one; not part of test)
-	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests_gpu
+test-gpu: $(STAMP) $(TRAIN_STAMP) ## The node agent (read-only) and QLoRA training on a real NVIDIA GPU (skip without one; not part of test)
+	$(BIN)/python -m pytest -q -m gpu -p no:cacheprovider tests_gpu/test_real_gpu.py
+	$(TRAIN_VENV)/bin/python -m pytest -q -m gpu -p no:cacheprovider tests_gpu/test_trainer_gpu.py
 
 ##@ Benchmarks
 .PHONY: bench

