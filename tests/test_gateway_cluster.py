@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import ipaddress
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2e.standin import StandIn
 from slm_operator.gateway.cluster import ClusterState
 from slm_operator.gateway.kube import SecretUnreadable, TokenResult
 from slm_operator.gateway.kube_auth import KubeAuth, TtlCache, service_account_namespace
 from slm_operator.gateway.server import Gateway, GatewayOptions
-from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.endpoints import endpoints_by_service, parse_dial_map
 from slm_operator.routing.table import Endpoint, RouteTable, hash_api_key
 
 KEY = "sk-cluster-0123456789"
@@ -384,3 +387,18 @@ def test_endpoint_slices_give_ready_replicas_on_the_http_port() -> None:
             Endpoint("http://[fd00::4]:8000/v1", True),
         ]
     }
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(8, 32))
+def test_a_dial_map_keeps_the_offset_inside_the_network_and_leaves_the_rest(ip: int, prefix: int) -> None:
+    dial = parse_dial_map([f"10.0.0.0/{prefix}=127.0.0.0/{prefix}"])
+    address = ipaddress.IPv4Address(ip)
+    src = ipaddress.ip_network(f"10.0.0.0/{prefix}")
+    got = ipaddress.IPv4Address(dial.dial(str(address)))
+    if address in src:
+        assert got in ipaddress.ip_network(f"127.0.0.0/{prefix}") and int(got) - int(
+            ipaddress.IPv4Address("127.0.0.0")
+        ) == int(address) - int(src.network_address)
+    else:
+        assert got == address
+    assert dial.dial("fd00::1") == "fd00::1" and dial.dial("not-an-ip") == "not-an-ip"

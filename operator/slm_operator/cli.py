@@ -442,6 +442,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     logging.getLogger("slm_operator").setLevel(args.log_level.upper())
     if args.filename and args.kubeconfig:
         raise CliError("--kubeconfig is for the in-cluster mode; with -f the routes come from the files")
+    if args.filename and args.dial_map:
+        raise CliError("--dial-map is for the in-cluster mode; with -f, --endpoint gives each replica's URL")
     if not args.filename:
         return _gateway_in_cluster(args)
     from slm_operator.gateway.standalone import StandaloneError, build, run
@@ -475,8 +477,13 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
     from slm_operator.gateway.incluster import InCluster, attach, run
     from slm_operator.gateway.server import Gateway
     from slm_operator.gateway.standalone import Standalone, StandaloneError, listen_address, options
+    from slm_operator.routing.endpoints import parse_dial_map
     from slm_operator.routing.table import RouteTable
 
+    try:
+        dial = parse_dial_map(args.dial_map)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         host, port = listen_address(args.listen)
         capture, metrics, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
@@ -484,7 +491,7 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
     attach(gateway, api)
-    return run(InCluster(Standalone(gateway, host, port), api))
+    return run(InCluster(Standalone(gateway, host, port), api, dial))
 
 
 def _cmd_sanitize(args: argparse.Namespace) -> int:
@@ -871,6 +878,15 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         metavar="NAMESPACE/NAME=URL",
         help="a replica of SLMDeployment NAMESPACE/NAME at URL (its OpenAI base URL; /v1 is added to a URL without "
         "a path); repeat for more replicas or deployments",
+    )
+    p.add_argument(
+        "--dial-map",
+        action="append",
+        default=[],
+        metavar="FROM_CIDR=TO_CIDR",
+        help="in-cluster mode, local clusters only: dial a replica whose EndpointSlice address is in FROM_CIDR at the "
+        "same offset in TO_CIDR (e.g. 10.0.0.0/24=127.0.2.0/24 for kwok's fake pod IPs served on loopback, as kind "
+        "maps ports); repeatable; default: every address as published",
     )
     p.add_argument(
         "--store",

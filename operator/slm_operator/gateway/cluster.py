@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
 from slm_operator.gateway.kube import SecretUnreadable
 from slm_operator.gateway.server import Gateway
-from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.endpoints import NO_DIAL, DialMap, endpoints_by_service
 from slm_operator.routing.status import route_status
 from slm_operator.routing.table import NamespacedName, RouteTable, RouteWorld, build_table, secret_data
 
@@ -66,8 +66,10 @@ class ClusterState:
         gateway: Gateway,
         api: ClusterApi,
         now: Callable[[], str] = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        dial: DialMap = NO_DIAL,
     ) -> None:
         self.gateway = gateway
+        self.dial = dial  # --dial-map: where replicas of mapped addresses are dialled
         self.api = api
         self.now = now
         self.objects: dict[str, dict[NamespacedName, dict[str, Any]]] = {k: {} for k in KINDS}
@@ -156,7 +158,7 @@ class ClusterState:
         return RouteWorld(
             routes=routes,
             deployments=deployments,
-            endpoints=endpoints_by_service(self.objects["endpointslices"].values()),
+            endpoints=endpoints_by_service(self.objects["endpointslices"].values(), self.dial),
             secrets=self.secrets,
             unreadable=self.unreadable,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.gateway.cluster import KINDS, ClusterState
@@ -19,6 +19,7 @@ from slm_operator.gateway.kube import KubeApi, start_watch
 from slm_operator.gateway.kube_auth import KubeAuth
 from slm_operator.gateway.server import Gateway
 from slm_operator.gateway.standalone import Standalone, serve
+from slm_operator.routing.endpoints import DialMap
 from slm_operator.routing.table import RouteTable
 
 
@@ -26,6 +27,7 @@ from slm_operator.routing.table import RouteTable
 class InCluster:
     standalone: Standalone  # the gateway and where it listens
     api: KubeApi
+    dial: DialMap = field(default_factory=DialMap)  # --dial-map
 
 
 def attach(gateway: Gateway, api: KubeApi) -> None:
@@ -56,7 +58,7 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
     gateway = s.standalone.gateway
     gateway.ready = False
     gateway.set_table(RouteTable())
-    state = ClusterState(gateway, s.api)
+    state = ClusterState(gateway, s.api, dial=s.dial)
     threads_stop = threading.Event()
     refresher = await run_watches(state, s.api, threads_stop)
     ready = asyncio.create_task(_ready_when_synced(state))
