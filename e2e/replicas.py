@@ -3,8 +3,8 @@
 (``hello from POD``).
 
 kwok gives pods fake IPs from 10.0.0.0/24, and the API server refuses loopback addresses in EndpointSlices
-(docs/e2e.md, "The gateway's replicas"), so a pod keeps its kwok IP and its stand-in listens on the same offset in
-a loopback /24 (``--loopback``), on the pod's ``http`` container port; the gateway dials it there with
+(docs/e2e.md section 7), so a pod keeps its kwok IP and its stand-in listens on the same offset in a loopback /24
+(``--loopback``), on the pod's ``http`` container port; the gateway dials it there with
 ``--dial-map 10.0.0.0/24=<that /24>``. Run ``python -m e2e.replicas --kubeconfig K --loopback 127.42.0.0/24``.
 """
 

@@ -4,7 +4,7 @@ through the EndpointSlices kube-controller-manager publishes.
 
 vLLM cannot run here, so the harness runs the OpenAI-compatible stand-in (e2e/standin.py, the only test double)
 for each Running replica pod. kwok gives pods fake IPs from 10.0.0.0/24; the API server refuses loopback addresses
-in EndpointSlices (docs/e2e.md, "The gateway's replicas"), so each pod keeps its kwok IP, its stand-in listens on
+in EndpointSlices (docs/e2e.md section 7), so each pod keeps its kwok IP, its stand-in listens on
 the same offset in a loopback /24, and the gateway runs with ``--dial-map 10.0.0.0/24=<that /24>``. Every stand-in
 answers with its pod's name, so a test sees which replica answered. The external backend ("the LLM") is another
 stand-in on 127.0.0.1. Captured calls go to a real PostgreSQL server (tests/postgres.py)."""

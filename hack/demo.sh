@@ -36,7 +36,10 @@ start() {  # name, command...
   echo "$name started (pid $!)"
 }
 PYTHONPATH=$repo start nvsim "$VENV/bin/python" -m e2e.nvsim --kubeconfig "$KUBECONFIG" --namespace gpu-operator
-start operator "$VENV/bin/slm-operator" run --kubeconfig "$KUBECONFIG" --namespace slm-system --leader-elect
+# The simulator reads the mig-parted ConfigMap at once (real kubelets refresh a mounted ConfigMap within ~90 s,
+# which --configmap-sync-seconds waits for by default), so the demo's operator waits 5 s, as the e2e suite's does.
+start operator "$VENV/bin/slm-operator" run --kubeconfig "$KUBECONFIG" --namespace slm-system --leader-elect \
+  --configmap-sync-seconds 5
 
 step "5/7 kubectl apply -f examples/"
 kc apply -f examples/
@@ -68,11 +71,12 @@ start gateway "$VENV/bin/slm-operator" gateway --kubeconfig "$KUBECONFIG" --list
 CURL="curl -s http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions -H 'Authorization: Bearer sk-demo-agents-0000' \\
   -H 'x-slm-task: extract-invoice' -H 'Content-Type: application/json' \\
   -d '{\"model\": \"gpt-4o-mini\", \"messages\": [{\"role\": \"user\", \"content\": \"Total of invoice 4711?\"}]}'"
-echo "waiting for the gateway and for the replicas of agents/invoice-extractor (up to 60 s)..."
-deadline=$(($(date +%s) + 60))
+# MIG slices take a while on a fresh cluster (the operator waits for mig-manager's mounted ConfigMap, ~90 s)
+echo "waiting for the gateway and for a Running replica of agents/invoice-extractor (up to 4 minutes)..."
+deadline=$(($(date +%s) + 240))
 until answer=$(bash -c "$CURL -f -D '$SLM_CLUSTER_DIR/gateway-headers'" 2>/dev/null); do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "no answer; see $SLM_CLUSTER_DIR/gateway.log and replicas.log"; break; }
-  sleep 1
+  sleep 2
 done
 kc get slmroutes -A
 echo
