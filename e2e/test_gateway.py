@@ -11,6 +11,7 @@ stand-in on 127.0.0.1. Captured calls go to a real PostgreSQL server (tests/post
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import ipaddress
@@ -580,3 +581,25 @@ def test_postgresql_stopped_for_30s_under_load_loses_no_record(stack: Stack, rou
     # they came through the spool: written to disk while the store was down, replayed once it was back
     assert metric(stack, "slm_capture_replayed_total") - before > 0
     assert metric(stack, "slm_capture_dropped_total") == 0
+
+
+def test_the_charts_salt_secret_is_created_once_and_kept_on_upgrade(stack: Stack) -> None:
+    """The chart draws the caller-hash salt when capture is turned on and reads it back (`lookup`) on every
+    later upgrade: the hashes in the usage store stay erasable by caller."""
+    cluster = stack.cluster
+    chart = str(REPO / "charts" / "slm-operator")
+    secret = "slm-slm-operator-gateway-salt"
+
+    def salt() -> str:
+        return cluster.kubectl("-n", SYSTEM_NS, "get", "secret", secret, "-o", "jsonpath={.data.salt}")
+
+    upgrade = ["upgrade", RELEASE, chart, "--namespace", SYSTEM_NS, "--reuse-values"]
+    try:
+        _helm(cluster, *upgrade, "--set", "gateway.capture.store=postgresql://slm@usage-db:5432/usage")
+        first = salt()
+        assert len(base64.b64decode(first).decode()) == 64
+        _helm(cluster, *upgrade, "--set", "gateway.logLevel=debug")
+        assert salt() == first
+    finally:
+        _helm(cluster, *upgrade, "--set", "gateway.capture.store=")
+        cluster.kubectl("-n", SYSTEM_NS, "delete", "secret", secret, "--ignore-not-found")
