@@ -45,7 +45,7 @@ CHART = REPO / "charts" / "slm-operator"
 VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
     p.name.removesuffix("-values.yaml"): [p] for p in sorted((CHART / "ci").glob("*-values.yaml"))
 }
-SLM_CRDS = ("gpupools.slm.io", "slmdeployments.slm.io", "finetunejobs.slm.io")
+SLM_CRDS = tuple(sorted(p.stem for p in (REPO / "crds").glob("*.slm.io.yaml")))  # every CRD the chart ships
 PC_KEYS = ("guaranteed", "llmFallback", "burstable", "bestEffort")
 
 
@@ -500,7 +500,7 @@ def test_crd_lifecycle_upgrade_and_keep(cluster: Cluster, helm: Helm, tmp_path: 
     renderer = tmp_path / "post-render.py"
     renderer.write_text(POST_RENDERER.format(python=sys.executable, group=group))
     renderer.chmod(renderer.stat().st_mode | stat.S_IXUSR)
-    plurals = ["gpupools", "slmdeployments", "finetunejobs"]
+    plurals = [crd.split(".")[0] for crd in SLM_CRDS]
     names = [f"{p}.{group}" for p in plurals]
 
     def install(release: str, *extra: str, revision: str = "") -> None:
