@@ -48,6 +48,8 @@ RELEASE, SYSTEM_NS = "slm", "slm-system"
 GATEWAY_SA = "slm-slm-operator-gateway"
 ROUTE_USER_ROLE = "slm-slm-operator-route-user"
 GATEWAY_SECRETS_ROLE = "slm-slm-operator-gateway-secrets"
+STATUS_LEASE = "slm-slm-operator-gateway-status"  # the chart's Role lets the gateway hold this one Lease
+GATEWAY_POD = "e2e-gateway-0"
 POOL = "gw-l4"
 API_KEY = "sk-e2e-gateway-0123456789"
 CONVERGE = 120.0
@@ -79,9 +81,10 @@ class GatewayProcess:
             "--listen", f"127.0.0.1:{self.port}", "--dial-map", self.dial_map,
             "--store", self.store, "--spool-dir", str(self.work / "spool"),
             "--salt-file", str(self.work / "salt"), "--log-level", "info",
+            "--status-lease", f"{SYSTEM_NS}/{STATUS_LEASE}",
         ]  # fmt: skip
         (self.work / "salt").write_text(uuid.uuid4().hex)
-        env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "POD_NAME": GATEWAY_POD}
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
         )
@@ -375,6 +378,18 @@ def pod_names(stack: Stack, ns: str, dep: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------ scenarios
+
+
+def test_route_status_is_written_by_the_holder_of_the_status_lease(stack: Stack, route: Any) -> None:
+    """The gateway runs with the chart's --status-lease under its ServiceAccount: the Role lets it take that one
+    Lease, and as its holder it writes the routes' status (the `route` fixture waits for that status)."""
+    name, _ = route(stack.agents, backends=[{"name": "slm", "slmDeploymentRef": {"name": "summarizer"}}])
+    lease = client.CoordinationV1Api(stack.cluster.api).read_namespaced_lease(STATUS_LEASE, SYSTEM_NS)
+    assert lease.spec.holder_identity == GATEWAY_POD
+    obj = custom(stack.cluster.api).get_namespaced_custom_object(
+        GROUP, VERSION, stack.agents, "slmroutes", name
+    )
+    assert obj["status"]["readyBackends"] == "1/1"
 
 
 def test_calls_go_to_the_deployment_their_task_names_over_its_ready_replicas(

@@ -449,6 +449,10 @@ def test_gateway_deployment_service_and_budget(rendered: tuple[str, list[dict[st
     assert args.listen.endswith(f":{c['ports'][0]['containerPort']}") and c["ports"][0]["name"] == "http"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # one replica writes route status: the holder of a Lease of the release namespace, under its pod's name
+    assert args.status_lease == f"$(POD_NAMESPACE)/{dep['metadata']['name']}-status"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
     (svc,) = of_component(objs, "Service", "gateway")
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     (pdb,) = of_component(objs, "PodDisruptionBudget", "gateway")
@@ -462,6 +466,24 @@ def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str
     binding = one(objs, "ClusterRoleBinding", "-gateway")
     assert binding["roleRef"]["name"].endswith("-gateway")
     assert _rules(objs, "ClusterRole", GATEWAY_SECRETS_ROLE) == {("", "secrets"): {"get"}}
+    # the status Lease: create one, read and update only that one, only in the release namespace
+    role = one(objs, "Role", "-gateway")
+    lease = f"{gateway_deployment(objs)['metadata']['name']}-status"
+    assert role["metadata"]["namespace"] == gateway_deployment(objs)["metadata"]["namespace"]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert one(objs, "RoleBinding", "-gateway")["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert not of_kind(objs, "RoleBinding") or all(
         not b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE) for b in of_kind(objs, "RoleBinding")
     ), "no namespace is granted by default"

@@ -1116,6 +1116,11 @@ def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
             "e.g. 10.0.0.0/24=127.0.2.0/24",
         ),
         (["--kubeconfig", _kubeconfig(tmp_path), "--dial-map", "10.0.0.0/24=127.0.0.0/8"], "same IP version"),
+        (["-f", str(files), "--status-lease", "slm-system/gw"], "--status-lease is for the in-cluster mode"),
+        (
+            ["--kubeconfig", _kubeconfig(tmp_path), "--status-lease", "gw-status"],
+            "give NAMESPACE/NAME of a Lease",
+        ),
     ]
     for argv, message in cases:
         code, _out, err = in_process("gateway", *argv, capsys=capsys)
@@ -1146,6 +1151,27 @@ def test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offse
     mapped, plain = (endpoints_by_service([slice_], s.dial)[("agents", "extractor")] for s in seen)
     assert [e.url for e in mapped] == ["http://10.1.0.7:8000/v1", "http://127.0.2.7:8000/v1"]
     assert [e.url for e in plain] == ["http://10.0.0.7:8000/v1", "http://10.1.0.7:8000/v1"]
+
+
+def test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --status-lease the gateway writes route status only while it holds that Lease, under its pod's name
+    (tests/test_gateway_cluster.py::test_with_a_status_lease_only_its_holder_writes_and_another_takes_over_when_it_stops
+    shows the hand-over); without it every replica writes."""
+    from slm_operator import cli
+    from slm_operator.gateway import incluster
+
+    seen: list[Any] = []
+    monkeypatch.setattr(incluster, "run", lambda s: seen.append(s) or 0)
+    monkeypatch.setenv("POD_NAME", "slm-operator-gateway-7d9f-abcde")
+    kubeconfig = _kubeconfig(tmp_path)
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--status-lease", "slm-system/gw-status"]) == 0
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig]) == 0
+    leased, unleased = seen
+    assert (leased.lease.namespace, leased.lease.name) == ("slm-system", "gw-status")
+    assert leased.lease.identity == "slm-operator-gateway-7d9f-abcde" and not leased.lease.holds()
+    assert unleased.lease is None
 
 
 def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
@@ -1385,6 +1411,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
     ],
     ("gateway", "--log-level"): ["test_gateway_max_request_bytes_and_log_level"],
+    ("gateway", "--status-lease"): [
+        "test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_status",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
     ("gateway", "--dial-map"): [
         "test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offset",
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",

@@ -70,6 +70,9 @@ class ClusterState:
     ) -> None:
         self.gateway = gateway
         self.dial = dial  # --dial-map: where replicas of mapped addresses are dialled
+        self.writes_status: Callable[[], bool] = lambda: (
+            True
+        )  # --status-lease: only while this replica holds it
         self.api = api
         self.now = now
         self.objects: dict[str, dict[NamespacedName, dict[str, Any]]] = {k: {} for k in KINDS}
@@ -170,7 +173,8 @@ class ClusterState:
         await self.read_secrets(wanted_secrets(routes))
         table = build_table(self.world(routes))
         self.gateway.set_table(table)
-        if self.synced >= set(KINDS):  # statuses only from a complete view, never from half-listed watches
+        # statuses only from a complete view, never from half-listed watches, and by one replica with a Lease
+        if self.synced >= set(KINDS) and self.writes_status():
             await self.write_statuses(table)
         self.rebuilt.set()
         return table
