@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -289,6 +290,31 @@ class Cluster:
     def kubectl(self, *args: str) -> str:
         cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, *args]
         return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+    def token_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
+        """A kubeconfig at ``path`` that authenticates as the ServiceAccount (a token from the TokenRequest API),
+        so a process run with it has exactly the RBAC a pod of that ServiceAccount would have."""
+        token = self.service_account_token(namespace, service_account)
+        admin = yaml.safe_load(Path(self.kubeconfig).read_text())
+        cluster_name = admin["clusters"][0]["name"]
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": admin["clusters"],
+                    "users": [{"name": service_account, "user": {"token": token}}],
+                    "contexts": [
+                        {"name": "sa", "context": {"cluster": cluster_name, "user": service_account}}
+                    ],
+                    "current-context": "sa",
+                }
+            )
+        )
+        return path
+
+    def service_account_token(self, namespace: str, service_account: str) -> str:
+        return self.kubectl("-n", namespace, "create", "token", service_account, "--duration=4h").strip()
 
     def node(self, name: str) -> client.V1Node:
         return self.core.read_node(name)

@@ -20,6 +20,7 @@ intended change, regenerate them and review the diff::
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.util
 import inspect
 import json
@@ -448,6 +449,10 @@ def test_gateway_deployment_service_and_budget(rendered: tuple[str, list[dict[st
     assert args.listen.endswith(f":{c['ports'][0]['containerPort']}") and c["ports"][0]["name"] == "http"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # one replica writes route status: the holder of a Lease of the release namespace, under its pod's name
+    assert args.status_lease == f"$(POD_NAMESPACE)/{dep['metadata']['name']}-status"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
     (svc,) = of_component(objs, "Service", "gateway")
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     (pdb,) = of_component(objs, "PodDisruptionBudget", "gateway")
@@ -461,6 +466,24 @@ def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str
     binding = one(objs, "ClusterRoleBinding", "-gateway")
     assert binding["roleRef"]["name"].endswith("-gateway")
     assert _rules(objs, "ClusterRole", GATEWAY_SECRETS_ROLE) == {("", "secrets"): {"get"}}
+    # the status Lease: create one, read and update only that one, only in the release namespace
+    role = one(objs, "Role", "-gateway")
+    lease = f"{gateway_deployment(objs)['metadata']['name']}-status"
+    assert role["metadata"]["namespace"] == gateway_deployment(objs)["metadata"]["namespace"]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
+    ]
+    assert one(objs, "RoleBinding", "-gateway")["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
     assert not of_kind(objs, "RoleBinding") or all(
         not b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE) for b in of_kind(objs, "RoleBinding")
     ), "no namespace is granted by default"
@@ -495,7 +518,7 @@ def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
         [],
         (
             "gateway.capture.store=postgresql://slm@usage-db:5432/usage",
-            "gateway.capture.saltSecret.name=slm-gateway-salt",
+            "gateway.capture.saltSecret.existingSecret=slm-gateway-salt",
             "gateway.capture.stateClaimName=gateway-state",
         ),
     )
@@ -521,7 +544,7 @@ def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
         (
             "gateway.replicas=1",
             "gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",
-            "gateway.capture.saltSecret.name=s",
+            "gateway.capture.saltSecret.existingSecret=s",
         ),
     )
     assert not of_component(objs, "PodDisruptionBudget", "gateway")
@@ -529,6 +552,42 @@ def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
         "emptyDir"
         in {v["name"]: v for v in gateway_deployment(objs)["spec"]["template"]["spec"]["volumes"]}["state"]
     )
+
+
+def test_gateway_salt_comes_from_a_secret_the_chart_creates_unless_one_is_named(
+    helm_env: dict[str, str],
+) -> None:
+    """Without an existing Secret the chart creates one with a random 64-hex-digit salt, kept on uninstall (the
+    records' caller hashes need it for `usage erase`), and the gateway reads it with --salt-file; an existing
+    Secret replaces it; without a store there is no salt at all. (Keeping it on upgrade, through `lookup`, needs
+    an API server: e2e/test_gateway.py.)"""
+    from slm_operator.cli import build_parser
+
+    store = "gateway.capture.store=postgresql://slm@usage-db:5432/usage"
+    salts = []
+    for _ in range(2):
+        objs = render(helm_env, [], (store,))
+        secret = one(objs, "Secret", "-gateway-salt")
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        salt = base64.b64decode(secret["data"]["salt"]).decode()
+        assert re.fullmatch("[0-9a-f]{64}", salt), salt
+        salts.append(salt)
+        pod = gateway_deployment(objs)["spec"]["template"]["spec"]
+        args = build_parser().parse_args(pod["containers"][0]["args"])
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["salt"]["secret"]["secretName"] == secret["metadata"]["name"]
+        assert args.salt_file == "/etc/slm-gateway/salt/salt"
+    assert salts[0] != salts[1]  # random: without an API server to look the Secret up, a new one each render
+    objs = render(
+        helm_env,
+        [],
+        (store, "gateway.capture.saltSecret.existingSecret=mine", "gateway.capture.saltSecret.key=k"),
+    )
+    assert not [o for o in of_kind(objs, "Secret") if o["metadata"]["name"].endswith("-gateway-salt")]
+    pod = gateway_deployment(objs)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["salt"]["secret"]["secretName"] == "mine"
+    assert build_parser().parse_args(pod["containers"][0]["args"]).salt_file == "/etc/slm-gateway/salt/k"
+    assert not [o for o in of_kind(render(helm_env, [], ()), "Secret") if "salt" in o["metadata"]["name"]]
 
 
 def test_gateway_network_policy(helm_env: dict[str, str]) -> None:
@@ -921,14 +980,7 @@ FAIL_GUARDS = [
         "gateway.serviceAccount.create is false but gateway.serviceAccount.name is empty",
     ),
     (
-        ("gateway.capture.store=postgresql://slm@db:5432/usage",),
-        "gateway.capture.store is set but gateway.capture.saltSecret.name is empty",
-    ),
-    (
-        (
-            "gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",
-            "gateway.capture.saltSecret.name=salt",
-        ),
+        ("gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",),
         "gateway.capture.store is SQLite but gateway.replicas is 2",
     ),
 ]

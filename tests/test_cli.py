@@ -1239,12 +1239,71 @@ def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
         (["-f", str(files), "--listen", "everywhere"], "--listen"),
         (["-f", str(files), "--salt-file", str(tmp_path / "salt")], "give --store too"),
         (["-f", str(files), "--max-request-bytes", "10"], "give at least 1024"),
+        (
+            ["-f", str(files), "--dial-map", "10.0.0.0/24=127.0.2.0/24"],
+            "--dial-map is for the in-cluster mode",
+        ),
+        (
+            ["--kubeconfig", _kubeconfig(tmp_path), "--dial-map", "10.0.0.0/24"],
+            "e.g. 10.0.0.0/24=127.0.2.0/24",
+        ),
+        (["--kubeconfig", _kubeconfig(tmp_path), "--dial-map", "10.0.0.0/24=127.0.0.0/8"], "same IP version"),
+        (["-f", str(files), "--status-lease", "slm-system/gw"], "--status-lease is for the in-cluster mode"),
+        (
+            ["--kubeconfig", _kubeconfig(tmp_path), "--status-lease", "gw-status"],
+            "give NAMESPACE/NAME of a Lease",
+        ),
     ]
     for argv, message in cases:
         code, _out, err = in_process("gateway", *argv, capsys=capsys)
         assert code == 2, (argv, err)
         assert message in err and err.startswith("slm-operator gateway: "), (argv, err)
         assert "Traceback" not in err
+
+
+def test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local cluster's replica at 10.0.0.7 (an address the API accepts) is dialled on loopback at 127.0.2.7;
+    other addresses, and every address without the flag, are dialled as published."""
+    from slm_operator import cli
+    from slm_operator.gateway import incluster
+    from slm_operator.routing.endpoints import endpoints_by_service
+
+    seen: list[Any] = []
+    monkeypatch.setattr(incluster, "run", lambda s: seen.append(s) or 0)
+    kubeconfig = _kubeconfig(tmp_path)
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--dial-map", "10.0.0.0/24=127.0.2.0/24"]) == 0
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig]) == 0
+    slice_ = {
+        "metadata": {"namespace": "agents", "labels": {"kubernetes.io/service-name": "extractor"}},
+        "ports": [{"name": "http", "port": 8000}],
+        "endpoints": [{"addresses": ["10.0.0.7"]}, {"addresses": ["10.1.0.7"]}],
+    }
+    mapped, plain = (endpoints_by_service([slice_], s.dial)[("agents", "extractor")] for s in seen)
+    assert [e.url for e in mapped] == ["http://10.1.0.7:8000/v1", "http://127.0.2.7:8000/v1"]
+    assert [e.url for e in plain] == ["http://10.0.0.7:8000/v1", "http://10.1.0.7:8000/v1"]
+
+
+def test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --status-lease the gateway writes route status only while it holds that Lease, under its pod's name
+    (tests/test_gateway_cluster.py::test_with_a_status_lease_only_its_holder_writes_and_another_takes_over_when_it_stops
+    shows the hand-over); without it every replica writes."""
+    from slm_operator import cli
+    from slm_operator.gateway import incluster
+
+    seen: list[Any] = []
+    monkeypatch.setattr(incluster, "run", lambda s: seen.append(s) or 0)
+    monkeypatch.setenv("POD_NAME", "slm-operator-gateway-7d9f-abcde")
+    kubeconfig = _kubeconfig(tmp_path)
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--status-lease", "slm-system/gw-status"]) == 0
+    assert cli.main(["gateway", "--kubeconfig", kubeconfig]) == 0
+    leased, unleased = seen
+    assert (leased.lease.namespace, leased.lease.name) == ("slm-system", "gw-status")
+    assert leased.lease.identity == "slm-operator-gateway-7d9f-abcde" and not leased.lease.holds()
+    assert unleased.lease is None
 
 
 def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
@@ -1546,6 +1605,14 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
     ],
     ("gateway", "--log-level"): ["test_gateway_max_request_bytes_and_log_level"],
+    ("gateway", "--status-lease"): [
+        "test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_status",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
+    ("gateway", "--dial-map"): [
+        "test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offset",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
     ("agent", "--log-level"): [
         "test_agent_idles_without_a_driver_serves_metrics_and_stops_on_sigterm",
         "test_agent_bad_input_exits_2_and_no_driver_exit_exits_3",

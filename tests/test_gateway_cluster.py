@@ -6,20 +6,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import ipaddress
 import threading
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from e2e.standin import StandIn
 from slm_operator.gateway.cluster import ClusterState
 from slm_operator.gateway.kube import SecretUnreadable, TokenResult
 from slm_operator.gateway.kube_auth import KubeAuth, TtlCache, service_account_namespace
+from slm_operator.gateway.lease import LEASE_SECONDS, StatusLease, claim
 from slm_operator.gateway.server import Gateway, GatewayOptions
-from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.endpoints import endpoints_by_service, parse_dial_map
 from slm_operator.routing.table import Endpoint, RouteTable, hash_api_key
 
 KEY = "sk-cluster-0123456789"
@@ -384,3 +389,94 @@ def test_endpoint_slices_give_ready_replicas_on_the_http_port() -> None:
             Endpoint("http://[fd00::4]:8000/v1", True),
         ]
     }
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(8, 32))
+def test_a_dial_map_keeps_the_offset_inside_the_network_and_leaves_the_rest(ip: int, prefix: int) -> None:
+    dial = parse_dial_map([f"10.0.0.0/{prefix}=127.0.0.0/{prefix}"])
+    address = ipaddress.IPv4Address(ip)
+    src = ipaddress.ip_network(f"10.0.0.0/{prefix}")
+    got = ipaddress.IPv4Address(dial.dial(str(address)))
+    if address in src:
+        assert got in ipaddress.ip_network(f"127.0.0.0/{prefix}") and int(got) - int(
+            ipaddress.IPv4Address("127.0.0.0")
+        ) == int(address) - int(src.network_address)
+    else:
+        assert got == address
+    assert dial.dial("fd00::1") == "fd00::1" and dial.dial("not-an-ip") == "not-an-ip"
+
+
+# ------------------------------------------------------------------------------------------------ status Lease
+
+
+class FakeLeases:
+    """One Lease store with resourceVersions, as the API server keeps it (a stale version conflicts)."""
+
+    def __init__(self) -> None:
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.version = 0
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.leases.get((namespace, name)))
+
+    def write_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+    ) -> bool:
+        current = self.leases.get((namespace, name))
+        if (current and current["metadata"]["resourceVersion"]) != resource_version:
+            return False
+        self.version += 1
+        self.leases[(namespace, name)] = {"metadata": {"resourceVersion": str(self.version)}, "spec": spec}
+        return True
+
+
+def test_with_a_status_lease_only_its_holder_writes_and_another_takes_over_when_it_stops() -> None:
+    clock = [1000.0]
+    leases = FakeLeases()
+    a = StatusLease(leases, "slm-system", "gw-status", "gateway-a", clock=lambda: clock[0])
+    b = StatusLease(leases, "slm-system", "gw-status", "gateway-b", clock=lambda: clock[0])
+    assert a.try_once() and not b.try_once()
+
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        state.writes_status = b.holds  # this gateway is replica b
+        sync_all(state, ctx["port"])
+        await settle(state)
+        assert api.writes == []  # replica a writes the statuses
+        clock[0] += LEASE_SECONDS - 1  # a keeps renewing: b still does not take over
+        assert a.try_once() and not b.try_once()
+        clock[0] += LEASE_SECONDS + 1  # a stopped renewing (it died): b takes over and catches up
+        assert b.try_once() and not a.try_once()
+        state.dirty()
+        await settle(state)
+        assert [(ns, name) for ns, name, _ in api.writes] == [("agents", "invoices")]
+
+    run(test)
+    assert leases.leases[("slm-system", "gw-status")]["spec"]["leaseTransitions"] == 1
+
+
+@given(
+    holder=st.sampled_from(["", "me", "other"]),
+    renewed_ago=st.floats(-5, 100),
+    term=st.integers(1, 60),
+    transitions=st.integers(0, 10),
+)
+def test_a_lease_is_claimed_only_when_free_expired_or_already_held(
+    holder: str, renewed_ago: float, term: int, transitions: int
+) -> None:
+    now = 10_000.0
+    spec = {
+        "holderIdentity": holder,
+        "leaseDurationSeconds": term,
+        "acquireTime": "2026-01-01T00:00:00.000000Z",
+        "renewTime": datetime.fromtimestamp(now - renewed_ago, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "leaseTransitions": transitions,
+    }
+    got = claim(spec, "me", now)
+    if holder == "other" and renewed_ago < term:
+        assert got is None
+        return
+    assert got is not None and got["holderIdentity"] == "me"
+    assert got["leaseTransitions"] == transitions + (1 if holder == "other" else 0)
+    kept = holder == "me"
+    assert (got["acquireTime"] == spec["acquireTime"]) == kept
+    assert claim(None, "me", now) is not None

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -444,6 +445,10 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     logging.getLogger("slm_operator").setLevel(args.log_level.upper())
     if args.filename and args.kubeconfig:
         raise CliError("--kubeconfig is for the in-cluster mode; with -f the routes come from the files")
+    if args.filename and args.status_lease:
+        raise CliError("--status-lease is for the in-cluster mode; the standalone mode writes no status")
+    if args.filename and args.dial_map:
+        raise CliError("--dial-map is for the in-cluster mode; with -f, --endpoint gives each replica's URL")
     if not args.filename:
         return _gateway_in_cluster(args)
     from slm_operator.gateway.standalone import StandaloneError, build, run
@@ -477,8 +482,14 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
     from slm_operator.gateway.incluster import InCluster, attach, run
     from slm_operator.gateway.server import Gateway
     from slm_operator.gateway.standalone import Standalone, StandaloneError, listen_address, options
+    from slm_operator.routing.endpoints import parse_dial_map
     from slm_operator.routing.table import RouteTable
 
+    try:
+        dial = parse_dial_map(args.dial_map)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    lease = _status_lease(args.status_lease, api)
     try:
         host, port = listen_address(args.listen)
         capture, metrics, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
@@ -486,7 +497,22 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
     attach(gateway, api)
-    return run(InCluster(Standalone(gateway, host, port), api))
+    return run(InCluster(Standalone(gateway, host, port), api, dial, lease))
+
+
+def _status_lease(value: str | None, api: Any) -> Any:
+    """--status-lease NAMESPACE/NAME as a StatusLease held under this pod's name (None: no Lease)."""
+    if not value:
+        return None
+    from slm_operator.gateway.lease import StatusLease
+
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise CliError(
+            f"--status-lease {value!r}: give NAMESPACE/NAME of a Lease (e.g. slm-system/slm-gateway-status)"
+        )
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    return StatusLease(api, namespace, name, identity)
 
 
 def _cmd_sanitize(args: argparse.Namespace) -> int:
@@ -964,6 +990,21 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         metavar="NAMESPACE/NAME=URL",
         help="a replica of SLMDeployment NAMESPACE/NAME at URL (its OpenAI base URL; /v1 is added to a URL without "
         "a path); repeat for more replicas or deployments",
+    )
+    p.add_argument(
+        "--status-lease",
+        metavar="NAMESPACE/NAME",
+        help="in-cluster mode: only the replica holding this coordination.k8s.io Lease writes SLMRoute status (the "
+        "others take over within 15 s when it stops renewing); default: every replica writes what differs",
+    )
+    p.add_argument(
+        "--dial-map",
+        action="append",
+        default=[],
+        metavar="FROM_CIDR=TO_CIDR",
+        help="in-cluster mode, local clusters only: dial a replica whose EndpointSlice address is in FROM_CIDR at the "
+        "same offset in TO_CIDR (e.g. 10.0.0.0/24=127.0.2.0/24 for kwok's fake pod IPs served on loopback, as kind "
+        "maps ports); repeatable; default: every address as published",
     )
     p.add_argument(
         "--store",

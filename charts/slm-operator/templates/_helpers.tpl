@@ -124,3 +124,10 @@ slm-operator-leader
 {{- default "default" .Values.gateway.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Secret holding the gateway's caller-hash salt: the user's existing one, or the one the chart creates.
+*/}}
+{{- define "slm-operator.gatewaySaltSecretName" -}}
+{{- default (include "slm-operator.componentName" (dict "root" . "suffix" "gateway-salt")) .Values.gateway.capture.saltSecret.existingSecret }}
+{{- end }}

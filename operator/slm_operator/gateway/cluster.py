@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
 from slm_operator.gateway.kube import SecretUnreadable
 from slm_operator.gateway.server import Gateway
-from slm_operator.routing.endpoints import endpoints_by_service
+from slm_operator.routing.endpoints import NO_DIAL, DialMap, endpoints_by_service
 from slm_operator.routing.status import route_status
 from slm_operator.routing.table import NamespacedName, RouteTable, RouteWorld, build_table, secret_data
 
@@ -66,8 +66,13 @@ class ClusterState:
         gateway: Gateway,
         api: ClusterApi,
         now: Callable[[], str] = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        dial: DialMap = NO_DIAL,
     ) -> None:
         self.gateway = gateway
+        self.dial = dial  # --dial-map: where replicas of mapped addresses are dialled
+        self.writes_status: Callable[[], bool] = lambda: (
+            True
+        )  # --status-lease: only while this replica holds it
         self.api = api
         self.now = now
         self.objects: dict[str, dict[NamespacedName, dict[str, Any]]] = {k: {} for k in KINDS}
@@ -156,7 +161,7 @@ class ClusterState:
         return RouteWorld(
             routes=routes,
             deployments=deployments,
-            endpoints=endpoints_by_service(self.objects["endpointslices"].values()),
+            endpoints=endpoints_by_service(self.objects["endpointslices"].values(), self.dial),
             secrets=self.secrets,
             unreadable=self.unreadable,
         )
@@ -168,7 +173,8 @@ class ClusterState:
         await self.read_secrets(wanted_secrets(routes))
         table = build_table(self.world(routes))
         self.gateway.set_table(table)
-        if self.synced >= set(KINDS):  # statuses only from a complete view, never from half-listed watches
+        # statuses only from a complete view, never from half-listed watches, and by one replica with a Lease
+        if self.synced >= set(KINDS) and self.writes_status():
             await self.write_statuses(table)
         self.rebuilt.set()
         return table

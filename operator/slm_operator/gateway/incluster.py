@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.gateway.cluster import KINDS, ClusterState
 from slm_operator.gateway.kube import KubeApi, start_watch
 from slm_operator.gateway.kube_auth import KubeAuth
+from slm_operator.gateway.lease import StatusLease
 from slm_operator.gateway.server import Gateway
 from slm_operator.gateway.standalone import Standalone, serve
+from slm_operator.routing.endpoints import DialMap
 from slm_operator.routing.table import RouteTable
 
 
@@ -26,6 +28,8 @@ from slm_operator.routing.table import RouteTable
 class InCluster:
     standalone: Standalone  # the gateway and where it listens
     api: KubeApi
+    dial: DialMap = field(default_factory=DialMap)  # --dial-map
+    lease: StatusLease | None = None  # --status-lease: only its holder writes route status
 
 
 def attach(gateway: Gateway, api: KubeApi) -> None:
@@ -56,15 +60,19 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
     gateway = s.standalone.gateway
     gateway.ready = False
     gateway.set_table(RouteTable())
-    state = ClusterState(gateway, s.api)
+    state = ClusterState(gateway, s.api, dial=s.dial)
     threads_stop = threading.Event()
-    refresher = await run_watches(state, s.api, threads_stop)
-    ready = asyncio.create_task(_ready_when_synced(state))
+    tasks = []
+    if s.lease is not None:
+        state.writes_status = s.lease.holds
+        tasks.append(asyncio.create_task(s.lease.hold_forever(state.dirty)))
+    tasks.append(await run_watches(state, s.api, threads_stop))
+    tasks.append(asyncio.create_task(_ready_when_synced(state)))
     try:
         await serve(s.standalone, stop, banner=False)
     finally:
         threads_stop.set()
-        for task in (refresher, ready):
+        for task in tasks:
             task.cancel()
 
 

@@ -6,7 +6,8 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
 * list/watch ``endpointslices`` (discovery.k8s.io, all namespaces) labelled as the operator's Services are;
 * ``get`` on the Secrets the routes name, one namespaced read each, where a RoleBinding in the route's namespace
   allows it (no cluster-wide read of Secrets);
-* create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes).
+* create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes);
+* with ``--status-lease``: get, create and update that one ``leases`` object (coordination.k8s.io).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class KubeApi:
         self.core = client.CoreV1Api(api)
         self.authn = client.AuthenticationV1Api(api)
         self.authz = client.AuthorizationV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     # ------------------------------------------------------------------------------------- watches
 
@@ -153,6 +155,36 @@ class KubeApi:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, ROUTES_RESOURCE, name, {"status": status}
         )
+
+    # ------------------------------------------------------------------------------------- status Lease
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.coordination.read_namespaced_lease(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        out: dict[str, Any] = self.api.sanitize_for_serialization(obj)
+        return out
+
+    def write_lease(
+        self, namespace: str, name: str, spec: dict[str, Any], resource_version: str | None
+    ) -> bool:
+        """Create the Lease (no ``resource_version``) or replace that version of it; False on a conflict."""
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        body: Any = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+        try:
+            if resource_version is None:
+                self.coordination.create_namespaced_lease(namespace, body)
+            else:
+                meta["resourceVersion"] = resource_version
+                self.coordination.replace_namespaced_lease(name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     # ------------------------------------------------------------------------------------- reviews
 
