@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
@@ -24,7 +25,13 @@ from slm_operator.contract import (
     SHARING_STRATEGY_LABEL,
 )
 from slm_operator.manifests import load_manifests
-from slm_operator.reconcile import Decisions, World, decide, restore_labels
+from slm_operator.reconcile import Decisions, World, decide, pending_mig_entries, restore_labels
+from slm_operator.render.configmaps import (
+    MIG_PARTED_KEY,
+    configs_in_use,
+    mig_parted_data,
+    mig_parted_document,
+)
 from slm_operator.render import OperatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,3 +407,26 @@ def test_reserved_gpus_a_trainer_borrows_are_not_also_lent_to_besteffort() -> No
     ):
         st = with_pods(pod)
         assert (st.lent, st.lent_to_fine_tuning) == (2, 0), pod
+
+
+def test_another_pools_pass_keeps_the_mig_entries_a_pool_waits_on_until_it_names_them() -> None:
+    """Both pools merge into mig-manager's one ConfigMap. The h100 pool writes its entries, then waits
+    configmap_sync_seconds before it labels its nodes; an l4 pass in between must not drop them as unused (it
+    did: each l4 pass removed them with their written time, so the h100 wait restarted and MIG never came)."""
+    sync = 90
+    h100 = decide(_world("h100", sync_seconds=sync))
+    assert h100.mig_entries and not any(
+        n["metadata"]["labels"].get(MIG_CONFIG_LABEL) in h100.mig_entries for n in _world("h100").nodes
+    ), "the entries are written before any node names them"
+    written = dict(h100.mig_entry_times)
+    for seconds_later, kept in ((30, True), (200, True), (2 * sync + 121, False)):  # the margin is 120 s
+        now = f"2026-11-26T10:{seconds_later // 60:02d}:{seconds_later % 60:02d}Z"
+        l4 = _world("l4", sync_seconds=sync, now=now, mig_configs=dict(h100.mig_entries), mig_entry_times=written)
+        d = decide(l4)
+        in_use = configs_in_use(l4.nodes, MIG_CONFIG_LABEL, d.mig_entries) | pending_mig_entries(l4)
+        current = {MIG_PARTED_KEY: mig_parted_document(h100.mig_entries)}
+        merged = yaml.safe_load(
+            (mig_parted_data(current, in_use, d.mig_entries) or current)[MIG_PARTED_KEY]
+        )["mig-configs"]
+        assert (set(h100.mig_entries) <= set(merged)) is kept, (seconds_later, sorted(merged))
+        assert set(d.mig_entries) <= set(merged)  # the l4 pool's own entries, always

@@ -27,7 +27,14 @@ from slm_operator.contract import (
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import now_rfc3339, strip, update_configmap, write_status
 from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
-from slm_operator.reconcile import Decisions, World, decide, node_patches, restore_labels
+from slm_operator.reconcile import (
+    Decisions,
+    World,
+    decide,
+    node_patches,
+    pending_mig_entries,
+    restore_labels,
+)
 from slm_operator.render import OperatorConfig
 from slm_operator.render.configmaps import (
     MIG_PARTED_KEY,
@@ -195,8 +202,9 @@ class PoolReconciler:
         write_status(self.kube, "SLMDeployment", dep.metadata.name, dep.metadata.namespace, dep.status, st)
 
     def _apply_configmaps(self, world: World, d: Decisions) -> None:
-        """Merge this pool's config entries into the shared ConfigMaps; drop entries no node uses any more."""
-        in_use_mig = configs_in_use(world.nodes, MIG_CONFIG_LABEL, d.mig_entries)
+        """Merge this pool's config entries into the shared ConfigMaps; drop entries no node uses any more (nor
+        any pool has just written, see ``pending_mig_entries``)."""
+        in_use_mig = configs_in_use(world.nodes, MIG_CONFIG_LABEL, d.mig_entries) | pending_mig_entries(world)
         in_use_dp = configs_in_use(world.nodes, DEVICE_PLUGIN_CONFIG_LABEL, d.device_plugin_entries)
         ns = self.cfg.nvidia_namespace
         update_configmap(

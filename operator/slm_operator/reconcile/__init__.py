@@ -32,6 +32,7 @@ from slm_operator.reconcile.nodes import (
     entry_ages,
     entry_times,
     node_patches,
+    pending_mig_entries,
     relabel_nodes,
     restore_labels,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "claimed_reservations",
     "decide",
     "node_patches",
+    "pending_mig_entries",
     "restore_labels",
 ]
 

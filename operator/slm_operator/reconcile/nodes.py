@@ -107,6 +107,19 @@ def entry_ages(times: Mapping[str, str], now: str) -> dict[str, float]:
     return out
 
 
+#: How long a mig-parted entry no node names yet is kept, past the wait for the mounted ConfigMap to catch up:
+#: long enough for the pool that wrote it to relabel its nodes on a later pass.
+PENDING_ENTRY_MARGIN_SECONDS = 120.0
+
+
+def pending_mig_entries(world: World) -> set[str]:
+    """mig-parted entries a pool wrote recently and will name on a node once mig-manager's mounted ConfigMap has
+    them (``configmap_sync_seconds`` later). The pools share one ConfigMap: another pool's pass keeps these, or
+    it would drop them as unused and restart that pool's wait on every pass."""
+    keep = 2 * world.cfg.configmap_sync_seconds + PENDING_ENTRY_MARGIN_SECONDS
+    return {name for name, age in entry_ages(world.mig_entry_times, world.now).items() if age < keep}
+
+
 def _parse_time(text: str) -> datetime | None:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
