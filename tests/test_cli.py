@@ -40,9 +40,16 @@ UNPLACEABLE = {
 }
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "slm_operator", *args], capture_output=True, text=True, input=stdin, cwd=ROOT
+        [sys.executable, "-m", "slm_operator", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=ROOT,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -992,8 +999,18 @@ def test_usage_export_prints_json_lines_the_trainer_reads(
     )
     assert code == 0 and out == "" and "exported 3 records" in err
     assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == 3
+
     code, _, err = in_process("usage", "export", "--store", url, "--since", "last week", capsys=capsys)
     assert code == 2 and "neither an ISO 8601 time" in err
+
+
+def test_usage_reads_the_store_url_from_the_environment_without_store(tmp_path: Path) -> None:
+    """What the FineTuneJob's export step does: the URL and its password stay off the command line."""
+    url = _usage_store(tmp_path / "usage.db", [_captured(datetime.now(UTC), route="agents/a")])
+    r = run("usage", "export", "--route", "agents/a", env={"SLM_USAGE_STORE_URL": url})
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r.stderr
+    r = run("usage", "export", "--route", "agents/a", env={"SLM_USAGE_STORE_URL": ""})
+    assert r.returncode == 2 and "--store" in r.stderr  # neither: argparse names the flag
 
 
 def test_usage_export_reports_its_count_or_its_error_in_the_termination_log(
@@ -1483,6 +1500,7 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("usage export", "--store"): [
         "test_usage_export_prints_json_lines_the_trainer_reads",
         "test_usage_store_errors_say_what_to_pass_without_a_traceback",
+        "test_usage_reads_the_store_url_from_the_environment_without_store",
     ],
     ("usage export", "--route"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--since"): ["test_usage_export_prints_json_lines_the_trainer_reads"],

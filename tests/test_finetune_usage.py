@@ -45,12 +45,13 @@ def test_the_export_step_reads_the_routes_calls_with_the_url_from_the_secret_and
     export, sanitize = spec["initContainers"]
     assert export["name"] == "export" and export["image"] == sanitize["image"] == "trainer:1"
     assert export["args"] == [
-        "usage", "export", "--store", "$(USAGE_STORE_URL)", "--route", "agents/support", "--since", "30d",
+        "usage", "export", "--route", "agents/support", "--since", "30d",
         "--output", "/work/export.jsonl", "--termination-log", "/dev/termination-log",
     ]  # fmt: skip
-    # the URL (with its password) is never in the Job: the kubelet reads the Secret for the container
+    # the URL (with its password) is never in the Job, nor on the process's command line: the kubelet reads the
+    # Secret into the variable `usage export` reads
     assert export["env"] == [
-        {"name": "USAGE_STORE_URL", "valueFrom": {"secretKeyRef": {"name": "usage-store", "key": "url"}}}
+        {"name": "SLM_USAGE_STORE_URL", "valueFrom": {"secretKeyRef": {"name": "usage-store", "key": "url"}}}
     ]
     assert export["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "resources" not in export  # no GPU to read a database

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from slm_operator import DEFAULT_TRAINER_IMAGE, __version__
+from slm_operator.contract import USAGE_STORE_ENV
 from slm_operator.timebound import TIME_BOUND_HELP
 
 if TYPE_CHECKING:
@@ -906,13 +907,20 @@ def _add_usage_parser(sub: Subparsers) -> None:
         help="export, erase or prune the captured calls in a usage store (docs/capture.md)",
         description="Work on the usage store the gateway writes captured calls to. STORE is "
         "sqlite:///absolute/path/usage.db, sqlite:relative/usage.db or postgresql://user@host:port/db "
-        "(password from the URL, PGPASSWORD or ~/.pgpass). Exit codes: 0 done, 2 bad input or store unreachable.",
+        "(password from the URL, PGPASSWORD or ~/.pgpass), or the URL in $" + USAGE_STORE_ENV + ". Exit codes: 0 done, 2 bad input or store unreachable.",
     )
     actions = p.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
 
+    from_env = os.environ.get(USAGE_STORE_ENV)
+
     def store_flag(action: argparse.ArgumentParser) -> None:
         action.add_argument(
-            "--store", required=True, metavar="STORE", help="the usage store URL (see usage --help)"
+            "--store",
+            required=not from_env,
+            default=from_env,
+            metavar="STORE",
+            help=f"the usage store URL (see usage --help; default ${USAGE_STORE_ENV}, which keeps a password "
+            "out of the command line)",
         )
 
     e = actions.add_parser(

@@ -33,6 +33,9 @@ DEPLOYMENT_LABEL: Final = "slm.io/deployment"  # on replica pods: the SLMDeploym
 REPLICA_LABEL: Final = "slm.io/replica"  # on replica pods: the replica's ordinal
 QOS_LABEL: Final = "slm.io/qos"  # on replica pods: the tier
 FINETUNE_JOB_LABEL: Final = "slm.io/finetunejob"  # on fine-tuning Jobs and their pods
+#: the environment variable `slm-operator usage` reads the store URL from when --store is not given; the
+#: FineTuneJob's export step sets it from the Secret of `dataset.usageStore.urlSecretRef`
+USAGE_STORE_ENV: Final = "SLM_USAGE_STORE_URL"
 #: on the pods of a FineTuneJob with ``borrowFrom``: the pool reservation whose idle GPUs the trainer may borrow.
 #: The pool's pass counts the whole GPUs such pods hold on that reservation's nodes as claimed, so it never lends
 #: them to BestEffort replicas too (``status.reservations[].lentToFineTuning``).

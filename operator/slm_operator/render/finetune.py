@@ -5,7 +5,7 @@ or ``spec.image``):
 
 * with ``dataset.usageStore``, first the init container ``export`` (``slm-operator usage export``): it reads the
   calls the SLMRoute captured from the usage store whose URL the kubelet passes from the Secret
-  (``USAGE_STORE_URL``) and writes ``/work/export.jsonl``; its termination message carries the record count;
+  (``USAGE_STORE_ENV``) and writes ``/work/export.jsonl``; its termination message carries the record count;
 * the init container ``sanitize`` (``slm-operator sanitize``) reads the dataset from ``/dataset``, replaces the
   configured PII classes (from ``/work/export.jsonl`` with ``usageStore``) and writes ``/work/sanitized.jsonl`` (an emptyDir); its termination message carries
   the records, the lines skipped and the counts per class;
@@ -41,6 +41,7 @@ from slm_operator.contract import (
     FINETUNE_JOB_LABEL,
     GPU_RESOURCE,
     MANAGED_BY,
+    USAGE_STORE_ENV,
 )
 from slm_operator.render import Promoted, gpu_tolerations, pin_to_nodes
 
@@ -50,7 +51,6 @@ TRAIN = "train"  # the container
 EXPORTED_DATA = "/work/export.jsonl"
 SANITIZED_DATA = "/work/sanitized.jsonl"
 #: The export step's environment variable holding the store URL (from the Secret; never in the pod spec).
-USAGE_STORE_URL_ENV = "USAGE_STORE_URL"
 TERMINATION_LOG = "/dev/termination-log"
 DATASET_MOUNT = "/dataset"
 OUTPUT_MOUNT = "/output"
@@ -135,10 +135,11 @@ def dataset_path(ds: DatasetSource) -> str:
 
 def export_args(ftj: FineTuneJob) -> list[str]:
     """The ``export`` init container's command line (the interface of ``slm-operator usage export``): the calls
-    of the SLMRoute in the FineTuneJob's own namespace. The kubelet expands ``$(USAGE_STORE_URL)``."""
+    of the SLMRoute in the FineTuneJob's own namespace. The store URL (with its password) is not on the command
+    line: ``usage export`` reads it from ``USAGE_STORE_ENV``, which the kubelet sets from the Secret."""
     source = ftj.spec.dataset.usage_store
     assert source is not None
-    args = ["usage", "export", "--store", f"$({USAGE_STORE_URL_ENV})"]
+    args = ["usage", "export"]
     args += ["--route", f"{ftj.metadata.namespace or 'default'}/{source.route}"]
     if source.since:
         args += ["--since", source.since]
@@ -223,7 +224,7 @@ def _export(ftj: FineTuneJob, image: str, work: dict[str, Any], vols: _Volumes) 
     c = _container(EXPORT, image, export_args(ftj), [vols.other(work, "/work", read_only=False)])
     ref = source.url_secret_ref
     c["env"] = [
-        {"name": USAGE_STORE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        {"name": USAGE_STORE_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
     ]
     return c
 
