@@ -26,13 +26,13 @@ from slm_operator.contract import (
 )
 from slm_operator.manifests import load_manifests
 from slm_operator.reconcile import Decisions, World, decide, pending_mig_entries, restore_labels
+from slm_operator.render import OperatorConfig
 from slm_operator.render.configmaps import (
     MIG_PARTED_KEY,
     configs_in_use,
     mig_parted_data,
     mig_parted_document,
 )
-from slm_operator.render import OperatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-11-26T10:00:00Z"
@@ -421,12 +421,14 @@ def test_another_pools_pass_keeps_the_mig_entries_a_pool_waits_on_until_it_names
     written = dict(h100.mig_entry_times)
     for seconds_later, kept in ((30, True), (200, True), (2 * sync + 121, False)):  # the margin is 120 s
         now = f"2026-11-26T10:{seconds_later // 60:02d}:{seconds_later % 60:02d}Z"
-        l4 = _world("l4", sync_seconds=sync, now=now, mig_configs=dict(h100.mig_entries), mig_entry_times=written)
+        l4 = _world(
+            "l4", sync_seconds=sync, now=now, mig_configs=dict(h100.mig_entries), mig_entry_times=written
+        )
         d = decide(l4)
         in_use = configs_in_use(l4.nodes, MIG_CONFIG_LABEL, d.mig_entries) | pending_mig_entries(l4)
         current = {MIG_PARTED_KEY: mig_parted_document(h100.mig_entries)}
-        merged = yaml.safe_load(
-            (mig_parted_data(current, in_use, d.mig_entries) or current)[MIG_PARTED_KEY]
-        )["mig-configs"]
+        merged = yaml.safe_load((mig_parted_data(current, in_use, d.mig_entries) or current)[MIG_PARTED_KEY])[
+            "mig-configs"
+        ]
         assert (set(h100.mig_entries) <= set(merged)) is kept, (seconds_later, sorted(merged))
         assert set(d.mig_entries) <= set(merged)  # the l4 pool's own entries, always

@@ -907,7 +907,9 @@ def _add_usage_parser(sub: Subparsers) -> None:
         help="export, erase or prune the captured calls in a usage store (docs/capture.md)",
         description="Work on the usage store the gateway writes captured calls to. STORE is "
         "sqlite:///absolute/path/usage.db, sqlite:relative/usage.db or postgresql://user@host:port/db "
-        "(password from the URL, PGPASSWORD or ~/.pgpass), or the URL in $" + USAGE_STORE_ENV + ". Exit codes: 0 done, 2 bad input or store unreachable.",
+        "(password from the URL, PGPASSWORD or ~/.pgpass), or the URL in $"
+        + USAGE_STORE_ENV
+        + ". Exit codes: 0 done, 2 bad input or store unreachable.",
     )
     actions = p.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
 

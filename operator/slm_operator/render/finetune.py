@@ -223,9 +223,7 @@ def _export(ftj: FineTuneJob, image: str, work: dict[str, Any], vols: _Volumes) 
     assert source is not None
     c = _container(EXPORT, image, export_args(ftj), [vols.other(work, "/work", read_only=False)])
     ref = source.url_secret_ref
-    c["env"] = [
-        {"name": USAGE_STORE_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-    ]
+    c["env"] = [{"name": USAGE_STORE_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
     return c
 
 
