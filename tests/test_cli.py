@@ -450,9 +450,10 @@ class FakeKube:
 def test_show_prints_the_placement_per_gpu_from_the_given_kubeconfig(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from slm_operator import kubeconfig
     from slm_operator.controllers import kube
 
-    monkeypatch.setattr(kube, "load_config", lambda path: f"api-from-{path}")
+    monkeypatch.setattr(kubeconfig, "load_config", lambda path: f"api-from-{path}")
     monkeypatch.setattr(kube, "Kube", FakeKube)
     code, out, _ = in_process("show", "--kubeconfig", "/my/kubeconfig", capsys=capsys)
     assert code == 0

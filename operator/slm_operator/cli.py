@@ -337,7 +337,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         QOS_LABEL,
         REPLICA_LABEL,
     )
-    from slm_operator.controllers.kube import Kube, KubeConfigError, load_config
+    from slm_operator.controllers.kube import Kube
+    from slm_operator.kubeconfig import KubeConfigError, load_config
     from slm_operator.views import NodeView, PodView
 
     try:
@@ -383,8 +384,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from slm_operator.controllers.kube import KubeConfigError
     from slm_operator.controllers.main import run
+    from slm_operator.kubeconfig import KubeConfigError
 
     try:
         return run(args)
@@ -470,14 +471,15 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _gateway_in_cluster(args: argparse.Namespace) -> int:
-    from slm_operator.gateway.kube import KubeApi, KubeConfigError, load_config
+    from slm_operator.gateway.kube import KubeApi
+    from slm_operator.kubeconfig import KUBECONFIG_HINT, KubeConfigError, load_config
 
     if args.endpoint:
         raise CliError(
             "--endpoint is for the standalone mode (-f); in the cluster the replicas come from EndpointSlices"
         )
     try:
-        api = KubeApi(load_config(args.kubeconfig))
+        api = KubeApi(load_config(args.kubeconfig, hint=f"{KUBECONFIG_HINT}, or give the routes with -f"))
     except KubeConfigError as exc:
         raise CliError(str(exc)) from None
     from slm_operator.gateway.incluster import InCluster, attach, run

@@ -10,12 +10,10 @@ import logging
 from typing import Any, Protocol
 
 from kubernetes import client
-from kubernetes import config as _config
 
 from slm_operator.contract import DEPLOYMENT_LABEL, GPU_INVENTORY_ANNOTATION
 
 log = logging.getLogger("slm_operator.agent")
-config: Any = _config  # its loaders are untyped
 
 
 class Publisher(Protocol):
@@ -32,18 +30,6 @@ class PodSource(Protocol):
     """The replica pods on this node, as dicts in the API's JSON form."""
 
     def pods(self) -> list[dict[str, Any]]: ...
-
-
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster configuration in a pod, else the kubeconfig (``--kubeconfig`` or $KUBECONFIG)."""
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-    return client.ApiClient()
 
 
 class NodeAnnotationPublisher:

@@ -241,7 +241,8 @@ def run(args: Any) -> int:
         raise AgentConfigError("the node name is missing: pass --node-name or set $NODE_NAME (downward API)")
 
     def connect() -> tuple[Publisher | None, PodSource | None]:
-        from slm_operator.agent.kube import KubePodSource, NodeAnnotationPublisher, load_config
+        from slm_operator.agent.kube import KubePodSource, NodeAnnotationPublisher
+        from slm_operator.kubeconfig import load_config
 
         try:
             api = load_config(args.kubeconfig)

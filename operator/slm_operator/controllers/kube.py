@@ -7,12 +7,11 @@ Writes use server-side apply with the ``slm-operator`` field manager where slm-o
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
@@ -22,28 +21,6 @@ from slm_operator.contract import API_VERSION, FIELD_MANAGER
 
 log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")
-
-
-class KubeConfigError(Exception):
-    """No usable way to reach the API server (not in a pod, and no readable kubeconfig)."""
-
-
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster configuration when running in a pod, else the kubeconfig (``--kubeconfig``/$KUBECONFIG)."""
-    try:
-        if kubeconfig:
-            raise config.ConfigException("explicit kubeconfig")
-        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes.config has no annotations
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
-        except (config.ConfigException, OSError) as exc:
-            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-            raise KubeConfigError(
-                f"cannot reach a Kubernetes API server: not running in a pod, and the kubeconfig {where} "
-                f"cannot be used ({exc}); pass --kubeconfig PATH or set KUBECONFIG"
-            ) from None
-    return client.ApiClient()
 
 
 def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:

@@ -16,9 +16,10 @@ from slm_operator import metrics
 from slm_operator.controllers import handlers  # noqa: F401  # registers the kopf handlers
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
-from slm_operator.controllers.kube import Kube, load_config
+from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.leader import LeaderElector
 from slm_operator.controllers.pools import PoolReconciler
+from slm_operator.kubeconfig import load_config
 from slm_operator.render import OperatorConfig
 
 log = logging.getLogger("slm_operator")

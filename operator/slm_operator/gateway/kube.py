@@ -13,13 +13,12 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes import watch as _watch
 from kubernetes.client.exceptions import ApiException
 
@@ -41,30 +40,8 @@ WATCH_TIMEOUT_SECONDS = 300
 RETRY_SECONDS = 5.0
 
 
-class KubeConfigError(Exception):
-    """No usable way to reach the API server."""
-
-
 class SecretUnreadable(Exception):
     """The gateway may not read a Secret (403): the route's namespace has not granted it."""
-
-
-def load_config(kubeconfig: str | None = None) -> client.ApiClient:
-    """The kubeconfig when given, else the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config."""
-    try:
-        if kubeconfig:
-            raise config.ConfigException("explicit kubeconfig")
-        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes.config has no annotations
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # same
-        except (config.ConfigException, OSError) as exc:
-            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-            raise KubeConfigError(
-                f"cannot reach a Kubernetes API server: not running in a pod, and the kubeconfig {where} "
-                f"cannot be used ({exc}); pass --kubeconfig PATH or set KUBECONFIG, or give the routes with -f"
-            ) from None
-    return client.ApiClient()
 
 
 @dataclass(frozen=True)
