@@ -197,15 +197,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from slm_operator.inventory import (
-        DemandError,
-        InventoryError,
-        demand_for,
-        node_inventory,
-        pool_nodes,
-        pool_policy,
-        size_deployment,
-    )
+    from slm_operator.inventory import PoolNodeError, pool_inputs
     from slm_operator.manifests import ManifestError, load_manifests
     from slm_operator.planner import plan_pool
     from slm_operator.report import render_table
@@ -221,25 +213,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     problems: list[str] = []
     unplaced = 0
     for pool in sorted(m.pools, key=lambda p: p.metadata.name):
-        inventories = []
-        for node in pool_nodes(pool, m.nodes):
-            try:
-                inventories.append(node_inventory(node, {})[0])
-            except InventoryError as exc:
-                where = m.sources.get(f"Node/{node['metadata']['name']}", "")
-                raise CliError(
-                    f"{where}: GPUPool {pool.metadata.name} selects this node, but {exc}"
-                ) from None
-        demands = []
-        for dep in sorted(m.deployments, key=lambda d: (d.metadata.namespace or "", d.metadata.name)):
-            if dep.spec.pool_ref.name != pool.metadata.name:
-                continue
-            try:
-                demands.append(demand_for(dep, size_deployment(dep)))
-            except DemandError as exc:
-                problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
+        try:
+            inputs = pool_inputs(pool, m.nodes, m.deployments)
+        except PoolNodeError as exc:
+            raise CliError(f"{m.sources.get(f'Node/{exc.node}', '')}: {exc}") from None
+        problems += inputs.problems
         plan = plan_pool(
-            pool_policy(pool), inventories, demands, optimize=args.optimize, time_budget_s=args.time_budget
+            inputs.policy,
+            inputs.nodes,
+            inputs.demands,
+            optimize=args.optimize,
+            time_budget_s=args.time_budget,
         )
         unplaced += plan.pool.replicas_unplaced
         plans.append(plan)

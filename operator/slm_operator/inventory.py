@@ -377,3 +377,46 @@ def current_placements(pods: Iterable[Mapping[str, Any]]) -> list[CurrentPlaceme
             ),
         )
     return [out[k] for k in sorted(out)]
+
+
+class PoolNodeError(InventoryError):
+    """A node the pool selects cannot be read as GPU inventory; ``node`` is its name."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+@dataclass(frozen=True)
+class PoolInputs:
+    """What planning one pool from manifests needs (``plan -f``, ``advise -f``)."""
+
+    policy: PoolPolicy
+    nodes: list[NodeInventory]
+    demands: list[Demand]
+    #: "namespace/name: Reason: message" of each deployment of the pool that cannot be sized
+    problems: list[str]
+
+
+def pool_inputs(
+    pool: GPUPool, nodes: Iterable[Mapping[str, Any]], deployments: Iterable[SLMDeployment]
+) -> PoolInputs:
+    """The pool's policy, the inventories of the nodes it selects (``PoolNodeError`` names a node it cannot
+    read) and the demands of its deployments, in name order."""
+    inventories = []
+    for node in pool_nodes(pool, nodes):
+        try:
+            inventories.append(node_inventory(node, {})[0])
+        except InventoryError as exc:
+            raise PoolNodeError(
+                node_name(node), f"GPUPool {pool.metadata.name} selects this node, but {exc}"
+            ) from None
+    demands, problems = [], []
+    for dep in sorted(deployments, key=lambda d: (d.metadata.namespace or "", d.metadata.name)):
+        if dep.spec.pool_ref.name != pool.metadata.name:
+            continue
+        try:
+            demands.append(demand_for(dep, size_deployment(dep)))
+        except DemandError as exc:
+            problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
+    return PoolInputs(pool_policy(pool), inventories, demands, problems)
