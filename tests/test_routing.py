@@ -634,3 +634,11 @@ def test_spec_rejects_what_the_crd_rejects() -> None:
 def test_usage_is_found_without_parsing_the_whole_answer(answer: dict[str, Any]) -> None:
     body = json.dumps(answer).encode()
     assert body_usage(body) == answer.get("usage")
+
+
+def test_usage_after_an_answer_that_says_usage_is_still_found() -> None:
+    """Found by the property above: a provider that puts `usage` before `choices`, and an answer whose text
+    is "usage", once hid the token counts."""
+    answer = {"id": "", "usage": {"prompt_tokens": 3, "completion_tokens": 1}, "choices": [{"": "usage"}]}
+    assert body_usage(json.dumps(answer).encode()) == answer["usage"]
+    assert body_usage(b'{"choices": [{"text": "usage"}], "x": {"a": 1}}') is None

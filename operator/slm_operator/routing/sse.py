@@ -79,15 +79,16 @@ _DECODER = json.JSONDecoder()
 
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` object of a (non-streamed) answer, without parsing the whole answer: the last ``"usage"``
-    key's object. None when there is none or it is not a JSON object."""
-    at = body.rfind(b'"usage"')
-    if at < 0:
-        return None
-    colon = body.find(b":", at + 7)
-    if colon < 0:
-        return None
-    try:
-        value, _ = _DECODER.raw_decode(body[colon + 1 :].decode("utf-8", "replace").lstrip())
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    key's object (the string ``"usage"`` as a value, e.g. an answer's content, is skipped). None when there is
+    none or it is not a JSON object."""
+    end = len(body)
+    while (at := body.rfind(b'"usage"', 0, end)) >= 0:
+        rest = body[at + 7 :].lstrip()
+        if rest.startswith(b":"):  # a key; the string "usage" as a value is followed by , } or ]
+            try:
+                value, _ = _DECODER.raw_decode(rest[1:].decode("utf-8", "replace").lstrip())
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+        end = at
+    return None
