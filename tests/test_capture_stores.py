@@ -72,10 +72,10 @@ def test_open_urls() -> None:
 
 def test_the_schema_is_created_on_open_versioned_and_not_reapplied(store_url: str) -> None:
     async def body(store: Store) -> None:
-        assert await store.schema_version() == 1 and await store.count() == 0
+        assert await store.schema_version() == 2 and await store.count() == 0
         await store.close()
-        await store.open()  # a second open finds version 1 and applies nothing
-        assert await store.schema_version() == 1
+        await store.open()  # a second open finds version 2 and applies nothing
+        assert await store.schema_version() == 2
 
     run(store_url, body)
 
@@ -92,7 +92,7 @@ def test_a_store_with_a_newer_schema_is_refused_with_what_to_do(store_url: str) 
             await pool.execute("INSERT INTO schema_version VALUES (7, 'x', now())")
 
     run(store_url, bump)
-    with pytest.raises(StoreError, match=r"version 7, newer than this slm-operator knows \(1\): upgrade"):
+    with pytest.raises(StoreError, match=r"version 7, newer than this slm-operator knows \(2\): upgrade"):
         run(store_url, lambda store: store.count())
 
 
@@ -135,6 +135,36 @@ def test_export_is_in_time_order_and_filters_by_time_and_route(store_url: str) -
     assert [r.id for r in only_a] == [r.id for r in a]
     assert [r.time for r in window] == [T0 + timedelta(minutes=m) for m in range(10, 20) for _ in range(2)]
     assert [r.id for r in late_b] == [r.id for r in b[45:]]
+
+
+def test_tagging_sets_a_task_only_where_there_is_none_and_export_filters_by_it(store_url: str) -> None:
+    """What `advise --apply` does to a store (tag the calls it assigned), and what a FineTuneJob with
+    `usageStore.task` exports."""
+    untagged = records(6, route="agents/a", task=None)
+    sent = make_record(time=T0 + timedelta(hours=2), route="agents/a", task="from-header")
+
+    async def body(store: Store) -> list[Any]:
+        await store.write([*untagged, sent])
+        tagged = await store.tag_tasks(
+            [(r.id, "t-invoice") for r in untagged[:4]]
+            + [(sent.id, "t-invoice"), ("no-such-id", "t-invoice")]
+        )
+        again = await store.tag_tasks([(untagged[0].id, "t-other")])
+        return [
+            tagged,
+            again,
+            await export_all(store, task="t-invoice"),
+            await export_all(store, route="agents/a", task="from-header"),
+            await export_all(store, route="agents/b", task="t-invoice"),
+            await store.tag_tasks([]),
+        ]
+
+    tagged, again, invoice, header, other_route, none = run(store_url, body)
+    assert (tagged, again, none) == (4, 0, 0)  # the caller's own task and an earlier tag are kept
+    assert [r.id for r in invoice] == [r.id for r in untagged[:4]] and {r.task for r in invoice} == {
+        "t-invoice"
+    }
+    assert [r.id for r in header] == [sent.id] and other_route == []
 
 
 def test_retention_deletes_what_is_older_than_the_days(store_url: str) -> None:

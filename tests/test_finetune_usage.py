@@ -62,6 +62,9 @@ def test_the_export_step_reads_the_routes_calls_with_the_url_from_the_secret_and
     assert {v["name"] for v in spec["volumes"]} == {"work", "output"}
     # without since: every call the store kept
     assert "--since" not in _pod_spec(usage_ftj(since=None))["initContainers"][0]["args"]
+    # with a task: only that task's calls of the route (what `advise` proposes once it tagged the store)
+    args = _pod_spec(usage_ftj(task="t-52d307e4f1"))["initContainers"][0]["args"]
+    assert args[:6] == ["usage", "export", "--route", "agents/support", "--task", "t-52d307e4f1"]
 
 
 def test_a_configmap_dataset_has_no_export_step() -> None:

@@ -30,6 +30,7 @@ from slm_operator.api.base import (
 )
 from slm_operator.api.quantity import QuantityError, quantity_bytes
 from slm_operator.catalog import VLLM_IMAGE
+from slm_operator.contract import TASK_CLASSIFIER_KEY
 from slm_operator.sanitize.classes import DEFAULT_REDACT
 from slm_operator.sizing import Quantization
 from slm_operator.timebound import TIME_BOUND_REGEX, check_time_bound
@@ -704,6 +705,10 @@ class SecretKeySelector(ApiModel):
     )
 
 
+#: A task tag: the `x-slm-task` header or the classifier's tag.
+TASK_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$"
+
+
 USAGE_STORE_SINCE = (
     "`since` must be a duration before now (30m, 24h, 7d, 2w) or an ISO 8601 date or time (2026-05-01, "
     "2026-05-01T12:00:00Z)"
@@ -725,6 +730,15 @@ class UsageStoreSource(ApiModel):
         pattern=DNS_SUBDOMAIN,
         description="SLMRoute whose captured calls to learn from, in the FineTuneJob's namespace (a job never "
         "reads another namespace's calls).",
+    )
+    task: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=63,
+        pattern=TASK_PATTERN,
+        description="Only the route's calls of this task: the task the caller sent (`x-slm-task`), the gateway's "
+        "classifier tagged, or `slm-operator advise --apply` tagged afterwards (docs/loop.md). Default every "
+        "call of the route.",
     )
     since: str | None = Field(
         default=None,
@@ -1062,8 +1076,6 @@ ALL_FALLBACK_TRIGGERS = [
 ]
 #: The name agents send as `model` (what they sent to the LLM before, e.g. `gpt-4o-mini`).
 MODEL_STRING = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
-#: A task tag: the `x-slm-task` header or the classifier's tag.
-TASK_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?$"
 #: A sampling rate between 0 and 1 as a decimal string (`1`, `0.25`, `0.001`).
 SAMPLE_RATE_PATTERN = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?|\.[0-9]{1,6})$"
 
@@ -1159,7 +1171,7 @@ class RuleMatch(ApiModel):
         max_length=32,
         json_schema_extra=k8s(list_type="set"),
         description="The call's task is one of these: the `x-slm-task` header the agent sends, or else the tag "
-        "of the task classifier. A call without a task matches no rule that lists tasks.",
+        "of the route's `taskClassifier`. A call without a task matches no rule that lists tasks.",
     )
     tools: ToolsMatch | None = Field(
         default=None, description="`Present`: the call offers tools; `Absent`: it offers none."
@@ -1386,6 +1398,34 @@ class CallerLimits(ApiModel):
     )
 
 
+class TaskClassifierConfigMapRef(ApiModel):
+    """A key of a ConfigMap in the route's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="ConfigMap name, in the route's namespace (`slm-operator advise` writes "
+        "`slm-task-classifier`).",
+    )
+    key: str = Field(
+        default=TASK_CLASSIFIER_KEY,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the ConfigMap holding the classifier's JSON.",
+    )
+
+
+class TaskClassifierRef(ApiModel):
+    """The task classifier `slm-operator advise` publishes (docs/loop.md): it tags a call with its task from the
+    request alone, so rules can match `tasks` for agents that send no `x-slm-task` header."""
+
+    config_map_ref: TaskClassifierConfigMapRef = Field(
+        description="The ConfigMap key holding the classifier's JSON."
+    )
+
+
 class SLMRouteSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -1437,6 +1477,15 @@ class SLMRouteSpec(ApiModel):
         max_length=32,
         json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
         description="Ordered rules: the first whose `match` holds picks the backend.",
+    )
+    task_classifier: TaskClassifierRef | None = Field(
+        default=None,
+        description="Tags each call that has no `x-slm-task` header with the task of this classifier (a "
+        "ConfigMap of the route's namespace, which the gateway watches), for `rules[].match.tasks`, the "
+        "metrics and capture; the header wins when a call has one. A call far from every task of the "
+        "classifier has no task. When the ConfigMap is missing or does not hold a classifier, calls without "
+        "the header have no task and the `Accepted` condition says why (docs/gateway.md). Default: only the "
+        "header gives a call its task.",
     )
     default_backend: str | None = Field(
         default=None,

@@ -162,10 +162,15 @@ class PostgresStore(Store):
         return WriteResult(inserted, tuple(rejected))
 
     async def export(
-        self, since: datetime | None = None, until: datetime | None = None, route: str | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        route: str | None = None,
+        task: str | None = None,
     ) -> AsyncIterator[CaptureRecord]:
         where, args = ["TRUE"], []
-        for condition, value in (("time >= ", since), ("time < ", until), ("route = ", route)):
+        conditions = (("time >= ", since), ("time < ", until), ("route = ", route), ("task = ", task))
+        for condition, value in conditions:
             if value is not None:
                 args.append(value)
                 where.append(f"{condition}${len(args)}")
@@ -174,6 +179,19 @@ class PostgresStore(Store):
         async with pool.acquire() as conn, conn.transaction():
             async for row in conn.cursor(sql, *args, prefetch=PAGE):
                 yield row_record(tuple(row))
+
+    async def tag_tasks(self, tasks: Sequence[tuple[str, str]]) -> int:
+        if not tasks:
+            return 0
+        pool = await self._get_pool()
+        ids, names = [i for i, _ in tasks], [t for _, t in tasks]
+        result = await pool.execute(
+            f"UPDATE {TABLE} AS c SET task = v.task FROM unnest($1::text[], $2::text[]) AS v(id, task) "
+            "WHERE c.id = v.id AND c.task IS NULL",
+            ids,
+            names,
+        )
+        return _affected(result)
 
     async def delete_older_than(self, days: float, *, now: datetime | None = None) -> int:
         pool = await self._get_pool()

@@ -156,19 +156,28 @@ class SQLiteStore(Store):
         return conn.total_changes - before
 
     async def export(
-        self, since: datetime | None = None, until: datetime | None = None, route: str | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        route: str | None = None,
+        task: str | None = None,
     ) -> AsyncIterator[CaptureRecord]:
         after: tuple[str, str] | None = None
         while True:
-            records, after = await self._call(self._page, since, until, route, after)
+            records, after = await self._call(self._page, since, until, (route, task), after)
             for record in records:
                 yield record
             if after is None:
                 return
 
     def _page(
-        self, since: datetime | None, until: datetime | None, route: str | None, after: tuple[str, str] | None
+        self,
+        since: datetime | None,
+        until: datetime | None,
+        of: tuple[str | None, str | None],
+        after: tuple[str, str] | None,
     ) -> tuple[list[CaptureRecord], tuple[str, str] | None]:
+        """One page of ``export``; ``of`` is (route, task), each optional."""
         where, args = ["1 = 1"], []
         if since is not None:
             where.append("time >= ?")
@@ -176,9 +185,10 @@ class SQLiteStore(Store):
         if until is not None:
             where.append("time < ?")
             args.append(sqlite_time(until))
-        if route is not None:
-            where.append("route = ?")
-            args.append(route)
+        for column, value in zip(("route", "task"), of, strict=True):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if after is not None:
             where.append("(time > ? OR (time = ? AND id > ?))")
             args += [after[0], after[0], after[1]]
@@ -193,6 +203,23 @@ class SQLiteStore(Store):
         )
         last = (rows[-1][1], rows[-1][0]) if len(rows) == PAGE else None
         return [row_record(row) for row in rows], last
+
+    async def tag_tasks(self, tasks: Sequence[tuple[str, str]]) -> int:
+        return await self._call(self._tag, tasks)
+
+    def _tag(self, tasks: Sequence[tuple[str, str]]) -> int:
+        conn = self._connection()
+        before = conn.total_changes
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                f"UPDATE {TABLE} SET task = ? WHERE id = ? AND task IS NULL", [(t, i) for i, t in tasks]
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn.total_changes - before
 
     async def delete_older_than(self, days: float, *, now: datetime | None = None) -> int:
         return await self._call(self._delete, "time < ?", sqlite_time(cutoff(days, now)))

@@ -145,10 +145,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def export(
-        self, since: datetime | None = None, until: datetime | None = None, route: str | None = None
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        route: str | None = None,
+        task: str | None = None,
     ) -> AsyncIterator[CaptureRecord]:
-        """Records with ``since <= time < until`` (either bound optional), of one route if given, oldest
-        first (ties by id)."""
+        """Records with ``since <= time < until`` (either bound optional), of one route and one task if given,
+        oldest first (ties by id)."""
+
+    @abc.abstractmethod
+    async def tag_tasks(self, tasks: Sequence[tuple[str, str]]) -> int:
+        """Set the task of each (record id, task) whose record has none yet (a task the caller sent, or an
+        earlier tag, is never overwritten); returns how many records were tagged."""
 
     @abc.abstractmethod
     async def delete_older_than(self, days: float, *, now: datetime | None = None) -> int:

@@ -135,12 +135,14 @@ def dataset_path(ds: DatasetSource) -> str:
 
 def export_args(ftj: FineTuneJob) -> list[str]:
     """The ``export`` init container's command line (the interface of ``slm-operator usage export``): the calls
-    of the SLMRoute in the FineTuneJob's own namespace. The store URL (with its password) is not on the command
+    of the SLMRoute in the FineTuneJob's own namespace (of one task when it names one). The store URL (with its password) is not on the command
     line: ``usage export`` reads it from ``USAGE_STORE_ENV``, which the kubelet sets from the Secret."""
     source = ftj.spec.dataset.usage_store
     assert source is not None
     args = ["usage", "export"]
     args += ["--route", f"{ftj.metadata.namespace or 'default'}/{source.route}"]
+    if source.task:
+        args += ["--task", source.task]
     if source.since:
         args += ["--since", source.since]
     return [*args, "--output", EXPORTED_DATA, "--termination-log", TERMINATION_LOG]
