@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The slm-operator image: the operator (`slm-operator run`), the GPU node agent (`slm-operator agent`) and the
-# FineTuneJob sanitize step (`slm-operator sanitize`) all run from it.
+# The slm-operator image: the operator (`slm-operator run`), the GPU node agent (`slm-operator agent`), the
+# gateway, the FineTuneJob sanitize step (`slm-operator sanitize`) and the advisor (`slm-operator advise`) all run
+# from it.
 #
 #   docker build -t ghcr.io/slm-operator/slm-operator:0.1.0 .
 #
@@ -18,7 +19,9 @@ COPY operator/ ./operator/
 # With the [sanitize] extra (Presidio, spaCy and its pinned English NER model, docs/sanitization.md): the
 # sanitize step's default classes include Person and Location, which need the model, and nothing is downloaded
 # at run time.
-RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize]"]
+# With the [advise] extra (scikit-learn, numpy: docs/loop.md): `slm-operator advise` runs from this image, and the
+# gateway loads the task classifier it publishes.
+RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize,advise]"]
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -35,7 +38,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Only the wheels built above, no index: the image holds exactly what stage 1 resolved. The bind mount keeps
 # the wheels out of the image's layers.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator[sanitize]"]
+    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator[sanitize,advise]"]
 # The chart mounts an emptyDir on /tmp and makes the root filesystem read-only.
 USER 65532:65532
 WORKDIR /tmp

@@ -120,6 +120,10 @@ bench: $(STAMP) ## Packing benchmark: GPUs used vs lower bound, exact optimum an
 bench-gateway: $(STAMP) ## Gateway vs direct calls to a local stand-in: added latency, throughput, capture cost (docs/benchmarks.md)
 	$(BIN)/python -m bench.gateway
 
+.PHONY: bench-advise
+bench-advise: $(STAMP) ## The advisor on 100,000 calls: wall time, peak memory, ARI, classifier tag time (docs/benchmarks.md)
+	$(BIN)/python -m bench.advise
+
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
 	$(BIN)/python bench/e2e_scale.py

@@ -4,9 +4,11 @@ the NVIDIA stack is the simulator of e2e/nvsim (NVIDIA's label/ConfigMap protoco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +34,9 @@ from e2e.operator import (
     placement,
     replica_pods,
 )
-from slm_operator.contract import FINETUNE_JOB_LABEL, GPU_ROLES_ANNOTATION
+from slm_operator.advisor.traces import generate
+from slm_operator.capture import CaptureRecord, open_store
+from slm_operator.contract import FINETUNE_JOB_LABEL, GPU_ROLES_ANNOTATION, TASK_CLASSIFIER_KEY
 from tests.test_argocd_health import health as argocd_health
 
 pytestmark = pytest.mark.e2e
@@ -303,6 +307,86 @@ def test_examples_are_placed_where_the_plan_says(
                 90,
                 f"namespace {ns} gone",
             )
+
+
+async def _write_store(url: str, records: list[dict[str, Any]]) -> None:
+    async with open_store(url) as store:
+        await store.write([CaptureRecord.model_validate(r) for r in records])
+
+
+async def _export_task(url: str, task: str) -> list[str]:
+    async with open_store(url) as store:
+        return [r.id async for r in store.export(task=task)]
+
+
+def test_advise_apply_moves_tasks_that_the_operator_places(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str, tmp_path: Path
+) -> None:
+    """`slm-operator advise --apply` on captured calls: the real API server accepts every manifest it writes
+    (CRD schemas and CEL included), the operator places the SLMDeployments where its plan says, the route gets
+    a shadow rule per moved task, and a second run changes nothing and duplicates nothing."""
+    pools.append("h100")
+    route = next(d for d in yaml.safe_load_all((REPO / "examples" / "40-slmroutes.yaml").read_text()) if d)
+    route["metadata"]["namespace"] = ns
+    kubectl_apply(
+        cluster,
+        [
+            d
+            for d in yaml.safe_load_all((REPO / "examples" / "10-pools.yaml").read_text())
+            if d and d["metadata"]["name"] == "h100"
+        ],
+    )
+    kubectl_apply(cluster, [route])
+    (tmp_path / "route.yaml").write_text(yaml.safe_dump(route))
+    # the calls the gateway captured, in a usage store (SQLite here; PostgreSQL in e2e/test_finetune_usage.py)
+    store = f"sqlite://{tmp_path}/usage.db"
+    asyncio.run(_write_store(store, generate(3000, seed=2, route=f"{ns}/agent-llm", hours=1)))
+    cmd = [
+        sys.executable, "-m", "slm_operator", "advise", "--from", store, "-o", str(tmp_path / "advice"),
+        "-f", str(REPO / "examples" / "10-pools.yaml"), "-f", str(REPO / "examples" / "nodes"),
+        "-f", str(tmp_path / "route.yaml"), "--pool", "h100", "--llm-price", "2.5,10", "--min-calls", "100",
+        "--usage-store-secret", "usage-store/url", "--no-examples", "--apply", "--kubeconfig", cluster.kubeconfig,
+    ]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    docs = [yaml.safe_load(p.read_text()) for p in sorted((tmp_path / "advice" / "manifests").glob("*.yaml"))]
+    deployments = [d["metadata"]["name"] for d in docs if d["kind"] == "SLMDeployment"]
+    assert deployments and f"applied SLMDeployment {ns}/{deployments[0]}" in first.stdout
+    for name in deployments:
+        wait_ready(cluster, ns, name)
+    assert_pods_where_planned(cluster, ns)
+    co = custom(cluster.api)
+    jobs = co.list_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs")["items"]
+    assert sorted(j["spec"]["promote"]["slmDeploymentRef"]["name"] for j in jobs) == sorted(deployments)
+    # each trains on its task's calls in the store, which advise tagged (the first run tagged them all)
+    assert "tagged 3000 calls" in first.stdout or "tagged 29" in first.stdout, first.stdout
+    tasks = [j["spec"]["dataset"]["usageStore"]["task"] for j in jobs]
+    assignments = [
+        json.loads(x) for x in (tmp_path / "advice" / "assignments.jsonl").read_text().splitlines()
+    ]
+    for task in tasks:
+        exported = asyncio.run(_export_task(store, task))
+        assert sorted(exported) == sorted(a["id"] for a in assignments if a["task"] == task)
+    live = co.get_namespaced_custom_object(GROUP, VERSION, ns, "slmroutes", "agent-llm")
+    shadowed = {r["shadow"]["backends"][0] for r in live["spec"]["rules"] if r["name"].startswith("task-")}
+    assert shadowed == set(deployments)
+    assert live["spec"]["taskClassifier"]["configMapRef"] == {
+        "name": "slm-task-classifier",
+        "key": "classifier.json",
+    }
+    classifier = cluster.core.read_namespaced_config_map("slm-task-classifier", ns)
+    assert json.loads(classifier.data[TASK_CLASSIFIER_KEY])["tasks"]
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "tagged 0 calls" in again.stdout  # nothing to tag twice
+    items = co.list_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments")["items"]
+    assert sorted(d["metadata"]["name"] for d in items) == sorted(deployments)
+    live = co.get_namespaced_custom_object(GROUP, VERSION, ns, "slmroutes", "agent-llm")
+    assert len(live["spec"]["rules"]) == len(route["spec"]["rules"]) + len(deployments)
+    for job in jobs:  # no trainer of this test keeps the pool's fine-tuning GPU
+        delete_quietly(
+            co.delete_namespaced_custom_object, GROUP, VERSION, ns, "finetunejobs", job["metadata"]["name"]
+        )
 
 
 # ------------------------------------------------------------------------------------------- 2. scaling

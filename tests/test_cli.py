@@ -989,6 +989,10 @@ def test_usage_export_prints_json_lines_the_trainer_reads(
     assert [json.loads(line)["id"] for line in out.splitlines()] == [old_a.id, new_a.id]
     code, out, _ = in_process("usage", "export", "--store", url, "--since", "2d", capsys=capsys)
     assert [json.loads(line)["id"] for line in out.splitlines()] == [new_b.id, new_a.id]
+    code, out, _ = in_process("usage", "export", "--store", url, "--task", old_a.task, capsys=capsys)
+    assert old_a.task and len(out.splitlines()) == 3
+    code, out, err = in_process("usage", "export", "--store", url, "--task", "t-other", capsys=capsys)
+    assert code == 0 and out == "" and "exported 0 records" in err
     until = (now - timedelta(hours=1, minutes=30)).isoformat()
     code, out, _ = in_process(
         "usage", "export", "--store", url, "--since", "2d", "--until", until, capsys=capsys
@@ -1493,6 +1497,89 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("sanitize", "--termination-log"): [
         "test_sanitize_reads_stdin_skips_what_is_not_json_and_reports_the_counts"
     ],
+    ("advise", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("advise", "--from"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
+        "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+    ],
+    ("advise", "--output-dir"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--filename"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+    ],
+    ("advise", "--pool"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+    ],
+    ("advise", "--route"): [
+        "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+    ],
+    ("advise", "--since"): [
+        "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time"
+    ],
+    ("advise", "--namespace"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--method"): [
+        "tests/test_advisor_cli.py::test_advise_without_a_pool_finds_tasks_and_chooses_no_model"
+    ],
+    ("advise", "--seed"): [
+        "tests/test_advisor_cli.py::test_advise_without_a_pool_finds_tasks_and_chooses_no_model"
+    ],
+    ("advise", "--min-calls"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--min-share"): [
+        "tests/test_advisor_cli.py::test_advise_licence_and_share_thresholds_change_what_moves"
+    ],
+    ("advise", "--license"): [
+        "tests/test_advisor_cli.py::test_advise_licence_and_share_thresholds_change_what_moves"
+    ],
+    ("advise", "--llm-price"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+    ],
+    ("advise", "--currency"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--gpu-hour-cost"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--adapters-pvc"): [
+        "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
+    ],
+    ("advise", "--usage-store-secret"): [
+        "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time",
+        "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
+        "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+    ],
+    ("advise", "--no-examples"): [
+        "tests/test_advisor_cli.py::test_advise_without_a_pool_finds_tasks_and_chooses_no_model"
+    ],
+    ("advise", "--apply"): [
+        "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one",
+        "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+    ],
+    ("advise", "--kubeconfig"): [
+        "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one"
+    ],
+    ("traces", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
+    ("traces", "--seed"): [
+        "tests/test_advisor_cli.py::test_traces_writes_the_same_calls_for_the_same_seed_over_the_hours_given"
+    ],
+    ("traces", "--hours"): [
+        "tests/test_advisor_cli.py::test_traces_writes_the_same_calls_for_the_same_seed_over_the_hours_given"
+    ],
+    ("traces", "--route"): [
+        "tests/test_advisor_cli.py::test_traces_writes_the_same_calls_for_the_same_seed_over_the_hours_given"
+    ],
+    ("traces", "--output"): [
+        "tests/test_advisor_cli.py::test_traces_writes_the_same_calls_for_the_same_seed_over_the_hours_given"
+    ],
     ("usage", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     **{
         (f"usage {action}", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"]
@@ -1505,6 +1592,7 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ],
     ("usage export", "--route"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--since"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
+    ("usage export", "--task"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--until"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--output"): ["test_usage_export_prints_json_lines_the_trainer_reads"],
     ("usage export", "--termination-log"): [

@@ -614,7 +614,7 @@ async def _usage_export(store: Store, args: argparse.Namespace, since: Any, unti
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     n = 0
     try:
-        async for record in store.export(since, until, args.route):
+        async for record in store.export(since, until, args.route, args.task):
             out.write(record.model_dump_json() + "\n")
             n += 1
     finally:
@@ -920,6 +920,9 @@ def _add_usage_parser(sub: Subparsers) -> None:
     )
     store_flag(e)
     e.add_argument("--route", help="only this SLMRoute, as namespace/name (default every route)")
+    e.add_argument(
+        "--task", help="only calls of this task (sent by the caller or tagged; default every call)"
+    )
     bounds = TIME_BOUND_HELP
     e.add_argument("--since", help=f"only calls at or after this time: {bounds} (default the oldest)")
     e.add_argument("--until", help=f"only calls before this time: {bounds} (default now and later)")
@@ -1113,6 +1116,152 @@ def _add_train_parser(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from slm_operator.advisor_run import AdviseError, run
+
+    try:
+        return run(args)
+    except AdviseError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _add_advise_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "advise",
+        help="find the recurring tasks in captured calls and propose an SLM and a GPU share for each (docs/loop.md)",
+        description="Steps S3 and S4 of the LLM-to-SLM loop (docs/loop.md). Cluster captured calls into recurring "
+        "tasks (TF-IDF + SVD of the system prompt, the last user turn with numbers and names masked, the tools "
+        "and the answer's shape; HDBSCAN or k-means), profile each (calls, tokens, LLM latency and cost), and, "
+        "with a GPUPool in -f, choose per task the cheapest catalog model that covers its context and tools and "
+        "that the operator's planner places on the pool. Writes report.md, report.html, tasks.json, "
+        "assignments.jsonl and manifests/ (SLMDeployment, dataset ConfigMap and FineTuneJob per moved task, the "
+        "SLMRoute with a shadow rule per task when the route is in -f, the task classifier ConfigMap) under -o. "
+        "Exit codes: 0 written, 2 bad input.",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SOURCE",
+        help="captured calls: a JSON-lines file (each line at least id, request, response; `usage export` "
+        "writes a superset), - for stdin, or a usage store URL (sqlite:///path/usage.db, postgresql://...)",
+    )
+    p.add_argument(
+        "-o", "--output-dir", required=True, help="folder to write the report, tasks and manifests to"
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE",
+        help="manifests (repeatable, files or folders): the GPUPool and Nodes to plan on, the SLMDeployments "
+        "already there, the SLMRoute the calls came through. Without a GPUPool no model is chosen",
+    )
+    p.add_argument("--pool", help="the GPUPool to plan on when -f holds several")
+    _add_advise_choice_flags(p)
+    p.set_defaults(func=_cmd_advise)
+
+
+def _add_advise_choice_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `advise` that filter the calls and steer the choice of tasks and models."""
+    p.add_argument("--route", help="a usage store's calls of this SLMRoute only (namespace/name)")
+    p.add_argument("--since", help=f"a usage store's calls from this time on: {TIME_BOUND_HELP}")
+    p.add_argument(
+        "--namespace",
+        help="namespace of the manifests (default: the namespace of the calls' route, else default)",
+    )
+    p.add_argument(
+        "--method", choices=["hdbscan", "kmeans"], default="hdbscan", help="clustering (default %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample, the SVD and k-means (default 0)")
+    p.add_argument(
+        "--min-calls",
+        type=int,
+        default=200,
+        help="calls a task needs to be moved (fine-tuned on; default 200)",
+    )
+    p.add_argument(
+        "--min-share",
+        type=float,
+        default=0.02,
+        help="share of all calls a task needs to be moved (default 0.02)",
+    )
+    p.add_argument(
+        "--license",
+        default="apache-2.0,mit",
+        help="licences a chosen model may have, comma-separated model-card tags, or any (default %(default)s)",
+    )
+    p.add_argument(
+        "--llm-price",
+        metavar="PROMPT,COMPLETION",
+        help="the LLM's prices per million prompt and completion tokens, e.g. 2.5,10 (default: no costs)",
+    )
+    p.add_argument("--currency", default="USD", help="the currency of the prices (default %(default)s)")
+    p.add_argument(
+        "--gpu-hour-cost", type=float, default=2.0, help="cost of one GPU for an hour (default %(default)s)"
+    )
+    p.add_argument(
+        "--adapters-pvc",
+        default="slm-adapters",
+        help="PVC the FineTuneJobs write adapters to (default %(default)s; it must exist)",
+    )
+    p.add_argument(
+        "--usage-store-secret",
+        metavar="NAME/KEY",
+        help="with --from a usage store: the Secret and key (in the namespace) holding its URL; the FineTuneJobs "
+        "then read the task's calls from the store (usageStore.task) instead of a ConfigMap, and --apply tags "
+        "the store's calls with their tasks",
+    )
+    p.add_argument(
+        "--no-examples", action="store_true", help="leave the sanitised example calls out of the report"
+    )
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="also apply the manifests (server-side apply) and, reading a usage store, tag its calls with their "
+        "tasks (never overwriting a task they have)",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig for --apply (default: $KUBECONFIG or in-cluster)")
+
+
+def _cmd_traces(args: argparse.Namespace) -> int:
+    from slm_operator.advisor.traces import generate, write_jsonl
+
+    if args.n < 1 or args.hours < 1:
+        raise CliError(f"-n and --hours must be 1 or more, not {args.n} and {args.hours}")
+    try:
+        out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"{args.output}: cannot write ({exc.strerror})") from None
+    try:
+        n = write_jsonl(generate(args.n, args.seed, route=args.route, hours=args.hours), out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"wrote {n} synthetic agent calls", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_traces_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "traces",
+        help="write synthetic agent calls with ground-truth task labels (to try `advise`)",
+        description="Write N synthetic LLM calls of an agent fleet as capture records (JSON lines, the format "
+        "of `usage export`): recurring tasks such as intent routing, invoice extraction, ticket tagging, SQL "
+        "generation and tool selection, plus open-ended chat, with PII in them and the task in `label`.",
+    )
+    p.add_argument("-n", type=int, default=2000, help="number of calls (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same calls (default 0)")
+    p.add_argument(
+        "--hours", type=int, default=168, help="the calls spread over this many hours (default a week, 168)"
+    )
+    p.add_argument(
+        "--route", default="agents/assistant", help="the SLMRoute the calls name (default %(default)s)"
+    )
+    p.add_argument("-o", "--output", default="-", help="write to this file instead of stdout")
+    p.set_defaults(func=_cmd_traces)
+
+
 def _add_agent_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "agent",
@@ -1164,6 +1313,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sanitize_parser(sub)
     _add_usage_parser(sub)
     _add_train_parser(sub)
+    _add_advise_parser(sub)
+    _add_traces_parser(sub)
     _add_agent_parser(sub)
     _add_gateway_parser(sub)
     return parser

@@ -25,6 +25,8 @@ VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 FINALIZER: Final = f"{GROUP}/finalizer"
 FIELD_MANAGER: Final = "slm-operator"
+#: the field manager of what `slm-operator advise --apply` writes (server-side apply)
+ADVISE_FIELD_MANAGER: Final = "slm-operator-advise"
 MANAGED_BY: Final = "slm-operator"
 
 # ------------------------------------------------------------------------------------------ slm.io labels
@@ -49,6 +51,8 @@ ADAPTER_ANNOTATION: Final = "slm.io/promoted-adapter"  # on SLMDeployments: the 
 #: FineTuneJob's method (LoRA | QLoRA | Full); a Full result is served as the model, the others as a LoRA adapter.
 PROMOTED_METHOD_ANNOTATION: Final = "slm.io/promoted-method"
 PROMOTED_LORA_RANK_ANNOTATION: Final = "slm.io/promoted-lora-rank"  # on SLMDeployments: the adapter's rank
+#: on what `slm-operator advise` writes (SLMDeployment, its dataset ConfigMap, FineTuneJob): the task it moves
+ADVISOR_TASK_ANNOTATION: Final = "slm.io/advisor-task"
 GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
 GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
 ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over
@@ -82,6 +86,12 @@ API_KEY_HASH_PREFIX: Final = "sha256:"
 #: RBAC verb a ServiceAccount needs on ``slmroutes/<name>`` to call a route through the gateway
 ROUTE_USE_VERB: Final = "use"
 ROUTES_RESOURCE: Final = "slmroutes"
+
+#: the key of the task classifier's JSON in the ConfigMap `advise` writes and the gateway loads
+TASK_CLASSIFIER_KEY: Final = "classifier.json"
+#: the ConfigMap `advise` publishes the task classifier in (in the route's namespace; the route's
+#: spec.taskClassifier names it)
+TASK_CLASSIFIER_CONFIGMAP: Final = "slm-task-classifier"
 
 # ------------------------------------------------------------------------------------------ nvidia.com
 NVIDIA_PREFIX: Final = "nvidia.com/"

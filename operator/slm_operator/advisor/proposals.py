@@ -1,0 +1,202 @@
+"""The manifests that move a task to its SLM, for review, GitOps or ``advise --apply``. Pure.
+
+For each task the advisor moves (``select.Recommendation`` with ``decision == "Move"``):
+
+* the **SLMDeployment** it was planned as (model, context, replicas; ``slm.io/advisor-task`` names the task);
+* a **FineTuneJob** on the task's calls, from the usage store (the route's calls tagged with the task) when the
+  store's Secret is known, else from a **ConfigMap** of them (capture records, at most ``DATASET_BYTES``); it
+  adapts the model on the pool's fine-tuning segment (or borrows its LLM-fallback reservation) and
+  promotes the adapter onto the deployment when it passes the gate;
+* a **rule** in the SLMRoute the calls came through: the task's calls keep going to the backend that answers
+  them now, and a share is copied to the SLM in **shadow** (S6 compares the answers before it serves anyone).
+
+And once per analysis the **task classifier** as a ConfigMap (``classifier.json``), which the gateway loads to tag
+each call with its task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from slm_operator.advisor.records import CallRecord
+from slm_operator.advisor.select import Recommendation
+from slm_operator.api.v1alpha1 import GPUPool, SLMRoute
+from slm_operator.contract import (
+    ADVISOR_TASK_ANNOTATION,
+    API_VERSION,
+    TASK_CLASSIFIER_CONFIGMAP,
+    TASK_CLASSIFIER_KEY,
+)
+
+#: A ConfigMap holds at most 1 MiB; the dataset keeps under it with room for the object's metadata.
+DATASET_BYTES = 900_000
+#: Share of a moved task's calls copied to its SLM in shadow.
+SHADOW_PERCENT = 10
+
+
+def dataset_lines(members: Sequence[CallRecord], limit: int = DATASET_BYTES) -> tuple[str, int]:
+    """The task's calls as JSON lines the trainer reads (``request`` and ``response``), newest first, until
+    ``limit`` bytes; and how many it kept."""
+    ordered = sorted(members, key=lambda r: (r.time is None, r.time), reverse=True)
+    lines: list[str] = []
+    size = 0
+    for r in ordered:
+        if r.response is None:
+            continue
+        line = json.dumps({"request": r.request, "response": r.response}, separators=(",", ":"))
+        if size + len(line) + 1 > limit:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "".join(line + "\n" for line in lines), len(lines)
+
+
+def trainer_place(pool: GPUPool) -> dict[str, str] | None:
+    """Where a FineTuneJob of this pool may train: its first fine-tuning segment, else a reservation that lends
+    its GPUs; None when the pool has neither."""
+    if pool.spec.segments:
+        return {"segment": pool.spec.segments[0].name}
+    for r in pool.spec.reservations or []:
+        if r.lend_to is not None:
+            return {"borrowFrom": r.name}
+    return None
+
+
+def deployment_manifest(rec: Recommendation, pool: str, namespace: str, max_seqs: int) -> dict[str, Any]:
+    assert rec.chosen is not None and rec.deployment_name is not None
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SLMDeployment",
+        "metadata": {
+            "name": rec.deployment_name,
+            "namespace": namespace,
+            "annotations": {ADVISOR_TASK_ANNOTATION: rec.task},
+        },
+        "spec": {
+            "poolRef": {"name": pool},
+            "model": {
+                "name": rec.chosen.model,
+                "maxContextTokens": rec.context_tokens,
+                "maxConcurrentSequences": max_seqs,
+            },
+            "replicas": rec.chosen.replicas,
+            "qos": "Burstable",
+        },
+    }
+
+
+def configmap_dataset(
+    rec: Recommendation, namespace: str, data: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ConfigMap holding the task's calls, and the FineTuneJob dataset that reads it."""
+    assert rec.deployment_name is not None
+    name = f"{rec.deployment_name}-data"
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {ADVISOR_TASK_ANNOTATION: rec.task},
+        },
+        "data": {"calls.jsonl": data},
+    }
+    return configmap, {"configMapRef": {"name": name, "key": "calls.jsonl"}}
+
+
+def store_dataset(rec: Recommendation, secret: tuple[str, str], route: str) -> dict[str, Any]:
+    """The FineTuneJob dataset of the task's calls in the usage store: the route's calls tagged with the task
+    (``advise --apply`` tags the ones it assigned; the gateway tags new ones with the classifier)."""
+    return {
+        "usageStore": {
+            "urlSecretRef": {"name": secret[0], "key": secret[1]},
+            "route": route,
+            "task": rec.task,
+        }
+    }
+
+
+def finetune_manifest(
+    rec: Recommendation, pool: GPUPool, namespace: str, dataset: Mapping[str, Any], adapters_pvc: str
+) -> dict[str, Any] | None:
+    """The task's FineTuneJob (None when the pool has nowhere to train)."""
+    assert rec.chosen is not None and rec.deployment_name is not None
+    place = trainer_place(pool)
+    if place is None:
+        return None
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {
+            "name": f"{rec.deployment_name}-1"[:63],
+            "namespace": namespace,
+            "annotations": {ADVISOR_TASK_ANNOTATION: rec.task},
+        },
+        "spec": {
+            "poolRef": {"name": pool.metadata.name},
+            **place,
+            "baseModel": rec.chosen.model,
+            "method": "LoRA",
+            "dataset": dict(dataset),
+            "output": {"pvc": {"claimName": adapters_pvc, "path": rec.deployment_name}},
+            "promote": {
+                "slmDeploymentRef": {"name": rec.deployment_name},
+                "evaluation": {"minScorePercent": 80},
+            },
+        },
+    }
+
+
+def route_with_shadow(route: SLMRoute, moves: Sequence[Recommendation]) -> dict[str, Any]:
+    """The route with a backend per moved task and, ahead of its rules, one rule per task that keeps the task
+    on the route's default backend and copies ``SHADOW_PERCENT`` % of its calls to the SLM; and, unless it names
+    one already, the task classifier ``advise`` publishes. A task the route already has a rule for is left as
+    it is."""
+    doc = route.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+    spec = doc["spec"]
+    names = {b["name"] for b in spec["backends"]}
+    rules: list[dict[str, Any]] = spec.get("rules") or []
+    ruled = {t for r in rules for t in (r.get("match") or {}).get("tasks") or []}
+    new_rules = []
+    for rec in moves:
+        if rec.deployment_name is None or rec.task in ruled:
+            continue
+        backend = rec.deployment_name
+        if backend not in names:
+            spec["backends"].append({"name": backend, "slmDeploymentRef": {"name": backend}})
+            names.add(backend)
+        new_rules.append(
+            {
+                "name": f"task-{rec.task}"[:63].rstrip("-."),
+                "match": {"tasks": [rec.task]},
+                "backend": spec["defaultBackend"],
+                "shadow": {"backends": [backend], "percent": SHADOW_PERCENT},
+            }
+        )
+    spec["rules"] = new_rules + rules
+    # the gateway tags calls without `x-slm-task` with the classifier this run publishes
+    spec.setdefault("taskClassifier", {"configMapRef": {"name": TASK_CLASSIFIER_CONFIGMAP}})
+    meta = doc["metadata"]
+    doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
+    return doc
+
+
+def classifier_configmap(name: str, namespace: str, classifier_json: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {TASK_CLASSIFIER_KEY: classifier_json},
+    }
+
+
+def members_by_task(
+    records: Sequence[CallRecord], assignments: Sequence[str | None]
+) -> Mapping[str, list[CallRecord]]:
+    out: dict[str, list[CallRecord]] = {}
+    for record, task in zip(records, assignments, strict=True):
+        if task is not None:
+            out.setdefault(task, []).append(record)
+    return out

@@ -1,0 +1,330 @@
+"""The shell of ``slm-operator advise``: read the calls and the manifests, run the advisor, write and apply.
+
+It gathers (a JSON-lines file, stdin or the usage store; the GPUPool, Nodes, SLMDeployments and SLMRoute from
+``-f``), calls the pure core (``advisor.cluster.find_tasks``, ``advisor.analysis.advise_records``) and applies
+(files under ``-o``; with ``--apply``, server-side apply to the cluster). Errors are ``AdviseError`` with a
+message that says what to pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import asyncpg
+import yaml
+from kubernetes import dynamic
+from kubernetes.client.exceptions import ApiException
+
+from slm_operator.advisor.analysis import Example, Inputs, Outputs, advise_records
+from slm_operator.advisor.cluster import find_tasks
+from slm_operator.advisor.features import text_of
+from slm_operator.advisor.profile import TokenPrice
+from slm_operator.advisor.records import CallRecord, Unparsable, parse_lines
+from slm_operator.advisor.report import render_html, render_markdown
+from slm_operator.advisor.select import PoolContext, SelectionSettings
+from slm_operator.api.v1alpha1 import SLMRoute
+from slm_operator.capture import StoreError, open_store
+from slm_operator.capture.sqlite_store import SQLiteStore
+from slm_operator.capture.stores import shown_url
+from slm_operator.contract import ADVISE_FIELD_MANAGER
+from slm_operator.inventory import PoolNodeError, pool_inputs
+from slm_operator.kubeconfig import KubeConfigError, load_config
+from slm_operator.manifests import ManifestError, Manifests, load_manifests
+from slm_operator.sanitize import Sanitizer, SanitizerUnavailable
+from slm_operator.sanitize.classes import DEFAULT_REDACT
+from slm_operator.timebound import parse_time_bound
+
+STORE_SCHEMES = ("sqlite:", "postgresql:", "postgres:")
+
+
+class AdviseError(Exception):
+    """Bad input to ``advise``: the message says what to pass."""
+
+
+@dataclass(frozen=True)
+class Calls:
+    records: list[CallRecord]
+    skipped: int
+    source: str
+
+
+def _from_lines(lines: Iterable[str | bytes], source: str) -> Calls:
+    records: list[CallRecord] = []
+    skipped = 0
+    for item in parse_lines(lines):
+        if isinstance(item, Unparsable):
+            skipped += 1
+        else:
+            records.append(item)
+    return Calls(records, skipped, source)
+
+
+async def _tag(url: str, tasks: Sequence[tuple[str, str]]) -> int:
+    async with open_store(url) as store:
+        return await store.tag_tasks(tasks)
+
+
+STORE_ERRORS = (
+    OSError,
+    TimeoutError,
+    StoreError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def tag_store(url: str, records: Sequence[CallRecord], assignments: Sequence[str | None]) -> int:
+    """Tag the store's calls with the tasks they were assigned (never overwriting a task they have), so a
+    FineTuneJob with ``usageStore.task`` finds them; returns how many were tagged."""
+    pairs = [(r.id, t) for r, t in zip(records, assignments, strict=True) if t is not None]
+    try:
+        return asyncio.run(_tag(url, pairs))
+    except STORE_ERRORS as exc:
+        raise AdviseError(f"usage store {shown_url(url)}: {type(exc).__name__}: {exc}") from None
+
+
+async def _export(url: str, route: str | None, since: datetime | None) -> list[CallRecord]:
+    store = open_store(url)
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        raise AdviseError(f"{store.path}: no such usage store (a SQLite file the gateway writes)")
+    out: list[CallRecord] = []
+    async with store:
+        async for record in store.export(since, None, route):
+            out.append(CallRecord.model_validate(record.model_dump()))
+    return out
+
+
+def read_calls(source: str, stdin: TextIO, *, route: str | None, since: str | None) -> Calls:
+    """The calls of a JSON-lines file, of stdin (``-``) or of a usage store URL (only ``route``'s, from
+    ``since`` on, when given)."""
+    if source.startswith(STORE_SCHEMES):
+        try:
+            start = parse_time_bound(since, datetime.now(UTC)) if since else None
+            return Calls(asyncio.run(_export(source, route, start)), 0, f"usage store {shown_url(source)}")
+        except ValueError as exc:
+            raise AdviseError(str(exc)) from None
+        except (
+            OSError,
+            TimeoutError,
+            StoreError,
+            sqlite3.Error,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            raise AdviseError(f"usage store {shown_url(source)}: {type(exc).__name__}: {exc}") from None
+    if route or since:
+        raise AdviseError("--route and --since filter a usage store; a file is read whole (filter it first)")
+    if source == "-":
+        return _from_lines(stdin, "stdin")
+    try:
+        with open(source, "rb") as f:
+            return _from_lines(f, source)
+    except OSError as exc:
+        raise AdviseError(f"--from {source}: cannot read ({exc.strerror})") from None
+
+
+def pool_context(m: Manifests, name: str | None) -> PoolContext | None:
+    """The pool to plan on: ``name``, or the only one in the manifests; None when no pool was given."""
+    if not m.pools:
+        if name:
+            raise AdviseError(f"--pool {name}: no GPUPool in the given manifests (-f)")
+        return None
+    if name is None and len(m.pools) > 1:
+        names = ", ".join(sorted(p.metadata.name for p in m.pools))
+        raise AdviseError(f"the manifests hold several GPUPools ({names}): choose one with --pool")
+    pool = next((p for p in m.pools if name in (None, p.metadata.name)), None)
+    if pool is None:
+        raise AdviseError(f"--pool {name}: not among the GPUPools of the manifests")
+    try:
+        inputs = pool_inputs(pool, m.nodes, m.deployments)
+    except PoolNodeError as exc:
+        raise AdviseError(f"{m.sources.get(f'Node/{exc.node}', '')}: {exc}") from None
+    return PoolContext(pool, inputs.policy, tuple(inputs.nodes), tuple(inputs.demands))
+
+
+def route_of(m: Manifests, records: Sequence[CallRecord], route: str | None) -> SLMRoute | None:
+    """The SLMRoute the calls came through (``--route``, else the route most of them name), if given in -f."""
+    wanted = route or next(iter(Counter(r.route for r in records if r.route).most_common(1)), ("",))[0]
+    for r in m.routes:
+        if f"{r.metadata.namespace}/{r.metadata.name}" == wanted:
+            return r
+    return None
+
+
+def example_maker(enabled: bool) -> tuple[Example, str | None]:
+    """A function from a call to its last user turn with PII replaced by the shared Presidio sanitiser (its
+    default classes), and why examples are left out when they are."""
+    if not enabled:
+        return (lambda _r: ""), "Examples left out (--no-examples)."
+    try:
+        sanitizer = Sanitizer(DEFAULT_REDACT)
+    except SanitizerUnavailable as exc:
+        return (lambda _r: ""), f"Examples left out: the sanitiser cannot run ({exc})."
+
+    def example(record: CallRecord) -> str:
+        turns = [
+            m for m in record.request.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
+        ]
+        text = text_of(turns[-1].get("content")) if turns else ""
+        return sanitizer.sanitize_text(text[:600])[0]
+
+    return example, None
+
+
+def _file_name(index: int, doc: dict[str, Any]) -> str:
+    return f"{index:02d}-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
+
+
+def write_outputs(out: Path, outputs: Outputs, markdown: str, page: str) -> list[Path]:
+    """The report, tasks.json, assignments.jsonl and one file per manifest under ``out/manifests`` (whose
+    earlier YAML files are removed: the folder is what this run proposes)."""
+    manifests = out / "manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    for old in manifests.glob("*.yaml"):
+        old.unlink()
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "tasks.json").write_text(outputs.tasks_json, encoding="utf-8")
+    (out / "assignments.jsonl").write_text(outputs.assignments_jsonl, encoding="utf-8")
+    written = []
+    for i, doc in enumerate(outputs.manifests, start=1):
+        path = manifests / _file_name(i, doc)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False, width=1000), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def apply_manifests(docs: Sequence[dict[str, Any]], kubeconfig: str | None) -> list[str]:
+    """Server-side apply of each manifest (field manager ``slm-operator-advise``); one line per object."""
+    try:
+        api = dynamic.DynamicClient(load_config(kubeconfig))  # type: ignore[no-untyped-call]  # untyped package
+    except KubeConfigError as exc:
+        raise AdviseError(str(exc)) from None
+    lines = []
+    for doc in docs:
+        meta = doc["metadata"]
+        what = f"{doc['kind']} {meta.get('namespace', '')}/{meta['name']}"
+        try:
+            resource = api.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            resource.server_side_apply(
+                body=doc,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                field_manager=ADVISE_FIELD_MANAGER,
+                force_conflicts=True,
+            )
+        except ApiException as exc:
+            message = json.loads(exc.body).get("message", exc.reason) if exc.body else exc.reason
+            raise AdviseError(f"{what}: the API server refused it: {message}") from None
+        lines.append(f"applied {what}")
+    return lines
+
+
+def parse_price(value: str | None) -> TokenPrice | None:
+    if not value:
+        return None
+    try:
+        prompt, completion = (float(x) for x in value.split(","))
+        return TokenPrice(input_per_million=prompt, output_per_million=completion)
+    except ValueError:
+        raise AdviseError(
+            f"--llm-price {value}: give the prompt and completion prices per million tokens, e.g. 2.5,10"
+        ) from None
+
+
+def settings_of(args: argparse.Namespace, namespace: str) -> SelectionSettings:
+    licenses = (
+        None if args.license == "any" else frozenset(x.strip() for x in args.license.split(",") if x.strip())
+    )
+    return SelectionSettings(
+        namespace=namespace,
+        min_calls=args.min_calls,
+        min_share=args.min_share,
+        licenses=licenses,
+        gpu_hour_cost=args.gpu_hour_cost,
+    )
+
+
+def main_route(calls: Calls, route: str | None) -> tuple[str, str] | None:
+    """(namespace, name) of ``--route``, else of the route most calls came through; None if they name none."""
+    if route is None:
+        counted = Counter(r.route for r in calls.records if r.route and "/" in r.route)
+        route = counted.most_common(1)[0][0] if counted else None
+    if route is None or "/" not in route:
+        return None
+    namespace, name = route.split("/", 1)
+    return namespace, name
+
+
+def store_secret(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    name, _, key = value.partition("/")
+    if not name or not key:
+        raise AdviseError(
+            f"--usage-store-secret {value}: give the Secret and its key as NAME/KEY, e.g. usage-store/url"
+        )
+    return name, key
+
+
+def run(args: argparse.Namespace) -> int:
+    """``slm-operator advise``: 0 when it wrote (and applied) its results; ``AdviseError`` for bad input."""
+    calls = read_calls(args.source, sys.stdin, route=args.route, since=args.since)
+    if len(calls.records) < 2:
+        raise AdviseError(
+            f"{calls.source}: {len(calls.records)} call records ({calls.skipped} lines skipped); "
+            "the advisor needs captured calls (id, request, response per line)"
+        )
+    try:
+        m = load_manifests(args.filename) if args.filename else Manifests()
+    except ManifestError as exc:
+        raise AdviseError(str(exc)) from None
+    clustering = find_tasks(calls.records, seed=args.seed, method=args.method)
+    example, why = example_maker(not args.no_examples)
+    route = main_route(calls, args.route)
+    from_store = args.source.startswith(STORE_SCHEMES)
+    secret = store_secret(args.usage_store_secret)
+    if secret and not from_store:
+        raise AdviseError(
+            "--usage-store-secret needs --from a usage store: the FineTuneJobs read what advise read"
+        )
+    inputs = Inputs(
+        records=calls.records,
+        skipped=calls.skipped,
+        source=calls.source,
+        clustering=clustering,
+        settings=settings_of(args, args.namespace or (route[0] if route else "default")),
+        pool=pool_context(m, args.pool),
+        route=route_of(m, calls.records, args.route),
+        price=parse_price(args.llm_price),
+        currency=args.currency,
+        adapters_pvc=args.adapters_pvc,
+        store_secret=secret,
+        route_name=route[1] if route else None,
+    )
+    outputs = advise_records(inputs, datetime.now(UTC), example, notes=[why] if why else [])
+    out = Path(args.output_dir)
+    written = write_outputs(out, outputs, render_markdown(outputs.advice), render_html(outputs.advice))
+    a = outputs.advice
+    print(
+        f"{a.calls} calls, {len(a.tasks)} tasks, {len(a.moved)} to move; wrote {out}/report.md, report.html, "
+        f"tasks.json, assignments.jsonl and {len(written)} manifests"
+    )
+    if args.apply:
+        if from_store:
+            tagged = tag_store(args.source, calls.records, clustering.assignments)
+            print(f"tagged {tagged} calls in {calls.source} with their task")
+        for line in apply_manifests(outputs.manifests, args.kubeconfig):
+            print(line)
+    return 0
