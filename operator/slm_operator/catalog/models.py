@@ -123,7 +123,8 @@ class SlmModel(BaseModel):
     aliases: tuple[str, ...] = Field(default=(), description='e.g. HF repo id "Qwen/Qwen2.5-3B-Instruct"')
     family: str = Field(min_length=1)
     license: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9.-]*$", description="the model card's licence tag (apache-2.0, mit, llama3.1, ...)"
+        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="the model card's licence tag (apache-2.0, mit, llama3.1, ...)",
     )
     architecture: ModelArchitecture
     source: str = Field(min_length=1, description="where the facts come from (HF config.json URL)")
