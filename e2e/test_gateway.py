@@ -40,6 +40,10 @@ from e2e.conftest import Cluster, wait_for
 from e2e.operator import GROUP, VERSION, Operator, condition, custom, delete_quietly, free_port, is_true
 from e2e.replicas import KWOK_POD_CIDR, EventLoopThread, Replicas, serve
 from e2e.standin import Behaviour, StandIn
+from slm_operator.advisor import traces
+from slm_operator.advisor.classifier import fit_classifier
+from slm_operator.advisor.features import document
+from slm_operator.contract import TASK_CLASSIFIER_KEY
 from tests.postgres import PostgresServer, postgres_server
 
 pytestmark = pytest.mark.e2e
@@ -48,6 +52,7 @@ RELEASE, SYSTEM_NS = "slm", "slm-system"
 GATEWAY_SA = "slm-slm-operator-gateway"
 ROUTE_USER_ROLE = "slm-slm-operator-route-user"
 GATEWAY_SECRETS_ROLE = "slm-slm-operator-gateway-secrets"
+GATEWAY_CONFIGMAPS_ROLE = "slm-slm-operator-gateway-configmaps"
 STATUS_LEASE = "slm-slm-operator-gateway-status"  # the chart's Role lets the gateway hold this one Lease
 GATEWAY_POD = "e2e-gateway-0"
 POOL = "gw-l4"
@@ -154,7 +159,8 @@ def _namespace(cluster: Cluster, name: str) -> None:
 
 def _callers(cluster: Cluster, ns: str) -> tuple[str, str]:
     """Tokens of two ServiceAccounts of ``ns``: ``agent`` may use every route of ``ns``, ``stranger`` none;
-    the gateway may read the namespace's Secrets (the RoleBinding docs/gateway.md tells a namespace to create)."""
+    the gateway may read the namespace's Secrets and watch its ConfigMaps (the RoleBindings docs/gateway.md tells a
+    namespace to create)."""
     sas = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n, "namespace": ns}} for n in
            ("agent", "stranger")]  # fmt: skip
     bindings = [
@@ -168,6 +174,7 @@ def _callers(cluster: Cluster, ns: str) -> tuple[str, str]:
         for name, role, sa, sa_ns in (
             ("agent-routes", ROUTE_USER_ROLE, "agent", ns),
             ("slm-gateway-secrets", GATEWAY_SECRETS_ROLE, GATEWAY_SA, SYSTEM_NS),
+            ("slm-gateway-configmaps", GATEWAY_CONFIGMAPS_ROLE, GATEWAY_SA, SYSTEM_NS),
         )
     ]
     key = {
@@ -421,6 +428,74 @@ def test_calls_go_to_the_deployment_their_task_names_over_its_ready_replicas(
     untagged = call(stack, model, token=stack.agent_token)
     assert (untagged.headers["x-slm-backend"], untagged.text) == ("llm", "hello from llm")
     assert "x-slm-fallback" not in untagged.headers
+
+
+def _classifier_json(drop: str | None = None) -> str:
+    """A task classifier of the synthetic traces' tasks (without ``drop``), as `advise` publishes it."""
+    records = traces.generate(600, seed=5)
+    labels = [None if r["label"] in (traces.OPEN_CHAT, drop) else r["label"] for r in records]
+    return fit_classifier([document(r["request"], None) for r in records], labels).to_json()
+
+
+def test_calls_without_a_task_header_are_tagged_by_the_classifier_configmap_the_gateway_watches(
+    stack: Stack, route: Any
+) -> None:
+    """The gateway watches the ConfigMap a route's taskClassifier names, by name, under the chart's RoleBinding:
+    missing, it says so on the route; created or changed, the next calls are tagged by it, without a restart;
+    in a namespace that did not grant the gateway ConfigMaps, the route says what to grant."""
+    ns, task, cm = stack.agents, "invoice-extraction", f"classifier-{uuid.uuid4().hex[:6]}"
+    invoice = next(r["request"] for r in traces.generate(200, seed=99) if r["label"] == task)
+    body = {k: v for k, v in invoice.items() if k != "model"}
+    spec = {"taskClassifier": {"configMapRef": {"name": cm}}}
+    name, model = route(
+        ns,
+        ready=False,
+        backends=[{"name": "extract", "slmDeploymentRef": {"name": "extractor"}}, llm_backend(stack)],
+        rules=[{"name": "invoices", "match": {"tasks": [task]}, "backend": "extract"}],
+        defaultBackend="llm",
+        **spec,
+    )
+    co = custom(stack.cluster.api)
+
+    def accepted(namespace: str, route_name: str) -> dict[str, Any]:
+        obj = co.get_namespaced_custom_object(GROUP, VERSION, namespace, "slmroutes", route_name)
+        return condition(obj, "Accepted") or {}
+
+    assert accepted(ns, name)["reason"] == "TaskClassifierNotFound", accepted(ns, name)
+    assert call(stack, model, token=stack.agent_token, **body).headers["x-slm-backend"] == "llm"
+    configmap = client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=cm, namespace=ns), data={TASK_CLASSIFIER_KEY: _classifier_json()}
+    )
+    stack.cluster.core.create_namespaced_config_map(ns, configmap)
+
+    def routed_by_tag() -> Answer | None:
+        answer = call(stack, model, token=stack.agent_token, **body)
+        return answer if answer.headers["x-slm-backend"] == "extract" else None
+
+    def refused() -> str | None:
+        message = str(accepted(stack.other, other).get("message", ""))
+        return message if "may not read ConfigMap" in message else None
+
+    try:
+        tagged = wait_for(routed_by_tag, 30, "a call without x-slm-task routed by its tag", interval=0.3)
+        assert tagged.headers["x-slm-task"] == task
+        wait_for(lambda: accepted(ns, name).get("status") == "True", 30, "Accepted once the classifier loads")
+        # a new version without the task: the next calls are no longer tagged with it
+        configmap.data = {TASK_CLASSIFIER_KEY: _classifier_json(drop=task)}
+        stack.cluster.core.replace_namespaced_config_map(cm, ns, configmap)
+        wait_for(
+            lambda: call(stack, model, token=stack.agent_token, **body).headers["x-slm-backend"] == "llm",
+            30,
+            "the new version of the classifier in use",
+            interval=0.3,
+        )
+        # a namespace without the gateway's ConfigMaps RoleBinding: the route says what to grant
+        other, _ = route(stack.other, ready=False, backends=[llm_backend(stack)], **spec)
+        message = wait_for(refused, 30, "the route of a namespace that did not grant ConfigMaps says so")
+        assert "`list` and `watch`" in message
+        assert accepted(stack.other, other)["reason"] == "TaskClassifierNotFound"
+    finally:
+        delete_quietly(stack.cluster.core.delete_namespaced_config_map, cm, ns)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,14 @@ from aiohttp.test_utils import TestServer
 from e2e.standin import Behaviour, StandIn
 from slm_operator.api.v1alpha1 import SLMRoute
 from slm_operator.gateway.server import Gateway, GatewayOptions
-from slm_operator.routing.table import Endpoint, RouteWorld, build_table, hash_api_key
+from slm_operator.routing.table import (
+    ClassifierRef,
+    Endpoint,
+    LoadedClassifier,
+    RouteWorld,
+    build_table,
+    hash_api_key,
+)
 
 KEY = "sk-team-a-0123456789"  # granted on agents/invoices
 OTHER_KEY = "sk-team-b-0123456789"  # granted only on agents/chat
@@ -101,9 +108,11 @@ async def gateway_env(
     max_request_bytes: int = 1 << 20,
     extra_routes: list[dict[str, Any]] | None = None,
     slm_replicas: int = 1,
+    classifiers: Mapping[ClassifierRef, LoadedClassifier] | None = None,
 ) -> AsyncIterator[Env]:
     """Stand-ins ``slm``, ``canary`` and ``llm``, the route agents/invoices (model gpt-4o-mini) over them, the
-    route agents/chat (model chat, only OTHER_KEY), and the gateway in front."""
+    route agents/chat (model chat, only OTHER_KEY), and the gateway in front. ``classifiers``: the task
+    classifiers the routes' ``taskClassifier`` find (as the shell loaded them)."""
     standins = {n: StandIn(n, Behaviour()) for n in ("slm", "canary", "llm")}
     standins.update({f"slm-{i}": StandIn(f"slm-{i}", Behaviour()) for i in range(2, slm_replicas + 1)})
     servers = {n: await _serve(s.app()) for n, s in standins.items()}
@@ -123,6 +132,7 @@ async def gateway_env(
             (NS, "others"): {"team-b": "sha256:" + hash_api_key(OTHER_KEY)},
             (NS, "llm-key"): {"apiKey": "sk-upstream-secret"},
         },
+        classifiers=classifiers or {},
     )
     gw = Gateway(
         build_table(world),

@@ -91,6 +91,8 @@ GATEWAY_CLUSTER_RULES = {
 }
 #: the one role that may name Secrets: `get` only, bound only by RoleBindings in gateway.routeNamespaces
 GATEWAY_SECRETS_ROLE = "-gateway-secrets"
+#: the task classifiers' ConfigMaps: `list` and `watch` only, bound like the Secrets role
+GATEWAY_CONFIGMAPS_ROLE = "-gateway-configmaps"
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 
 
@@ -365,6 +367,9 @@ def test_rbac_has_no_wildcards_secrets_or_escalation(rendered: tuple[str, list[d
         assert not binding["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE), (
             f"[{name}] Secrets bound cluster-wide"
         )
+        assert not binding["roleRef"]["name"].endswith(GATEWAY_CONFIGMAPS_ROLE), (
+            f"[{name}] the gateway's ConfigMaps bound cluster-wide"
+        )
     for binding in of_kind(objs, "ClusterRoleBinding") + of_kind(objs, "RoleBinding"):
         role_names = {r["metadata"]["name"] for r in roles if r["kind"] == binding["roleRef"]["kind"]}
         assert binding["roleRef"]["name"] in role_names, (
@@ -466,6 +471,7 @@ def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str
     binding = one(objs, "ClusterRoleBinding", "-gateway")
     assert binding["roleRef"]["name"].endswith("-gateway")
     assert _rules(objs, "ClusterRole", GATEWAY_SECRETS_ROLE) == {("", "secrets"): {"get"}}
+    assert _rules(objs, "ClusterRole", GATEWAY_CONFIGMAPS_ROLE) == {("", "configmaps"): {"list", "watch"}}
     # the status Lease: create one, read and update only that one, only in the release namespace
     role = one(objs, "Role", "-gateway")
     lease = f"{gateway_deployment(objs)['metadata']['name']}-status"
@@ -485,7 +491,8 @@ def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str
         "name": role["metadata"]["name"],
     }
     assert not of_kind(objs, "RoleBinding") or all(
-        not b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE) for b in of_kind(objs, "RoleBinding")
+        not b["roleRef"]["name"].endswith((GATEWAY_SECRETS_ROLE, GATEWAY_CONFIGMAPS_ROLE))
+        for b in of_kind(objs, "RoleBinding")
     ), "no namespace is granted by default"
     user = one(objs, "ClusterRole", "-route-user")
     assert user["rules"] == [{"apiGroups": ["slm.io"], "resources": ["slmroutes"], "verbs": ["use"]}]
@@ -494,20 +501,20 @@ def test_gateway_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[str
     assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
 
 
-def test_gateway_reads_secrets_only_in_the_route_namespaces(helm_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("role", [GATEWAY_SECRETS_ROLE, GATEWAY_CONFIGMAPS_ROLE])
+def test_gateway_reads_secrets_and_configmaps_only_in_the_route_namespaces(
+    helm_env: dict[str, str], role: str
+) -> None:
     objs = render(helm_env, [], ("gateway.routeNamespaces={agents,support}",))
-    bindings = [
-        b for b in of_kind(objs, "RoleBinding") if b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE)
-    ]
+    bindings = [b for b in of_kind(objs, "RoleBinding") if b["roleRef"]["name"].endswith(role)]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["agents", "support"]
     for b in bindings:
         assert b["roleRef"]["kind"] == "ClusterRole"
+        assert b["metadata"]["name"] == b["roleRef"]["name"]
         assert b["subjects"] == [
             {"kind": "ServiceAccount", "name": f"{RELEASE}-gateway", "namespace": NAMESPACE}
         ]
-    assert not [
-        b for b in of_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"].endswith(GATEWAY_SECRETS_ROLE)
-    ]
+    assert not [b for b in of_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"].endswith(role)]
 
 
 def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:

@@ -349,9 +349,11 @@ def _gateway_metrics() -> GatewayMetrics:
         (g.rejected, ("401",)),
         (g.shadows, ("agents/r", "llm", "ok")),
         (g.captured, ("agents/r", "true")),
+        (g.classifier_tags, ("agents/r", "t")),
     ):
         g.child(metric, *labels).inc()
     g.child(g.endpoints_ready, "agents/r", "slm").set(1)
+    g.child(g.classifier_loaded, "agents/r").set(1)
     g.load_from(SimpleNamespace(keys=["agents/r/slm"], busy={"agents/r/slm": 2}, queued=lambda key: 1))
     # the capture pipeline registers its series in the gateway's registry
     Capture("sqlite:///unused.db", spool_dir=Path("unused"), registry=g.registry)

@@ -1,4 +1,5 @@
-"""Read slm.io objects, v1 Nodes and Secrets from YAML files and folders (the offline CLI, the standalone gateway).
+"""Read slm.io objects, v1 Nodes, Secrets and ConfigMaps from YAML files and folders (the offline CLI, the
+standalone gateway).
 
 Errors name the file, the document and the object, and say which field is wrong, so a user can fix the
 manifest without a traceback.
@@ -17,6 +18,9 @@ from pydantic import ValidationError
 from slm_operator.api.v1alpha1 import KINDS, FineTuneJob, GPUPool, Resource, SLMDeployment, SLMRoute
 from slm_operator.contract import API_VERSION
 
+#: the v1 kinds read, and the field of Manifests that holds them
+_V1_KINDS = {"Node": "nodes", "Secret": "secrets", "ConfigMap": "config_maps"}
+
 
 class ManifestError(Exception):
     """A manifest could not be read or is invalid."""
@@ -33,6 +37,8 @@ class Manifests:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     #: v1 Secrets (the standalone gateway's API-key hashes and external backends' keys), as dicts
     secrets: list[dict[str, Any]] = field(default_factory=list)
+    #: v1 ConfigMaps (the standalone gateway's task classifiers), as dicts
+    config_maps: list[dict[str, Any]] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
     #: "kind/name" -> "file (document n)", to name the source of a problem found later.
     sources: dict[str, str] = field(default_factory=dict)
@@ -100,7 +106,8 @@ def _add(out: Manifests, obj: Resource) -> None:
 
 
 def load_manifests(paths: Iterable[str | Path]) -> Manifests:
-    """Read GPUPools, SLMDeployments, FineTuneJobs, SLMRoutes, Nodes and Secrets; other kinds are kept aside."""
+    """Read GPUPools, SLMDeployments, FineTuneJobs, SLMRoutes, Nodes, Secrets and ConfigMaps; other kinds are
+    kept aside."""
     out = Manifests()
     seen_objects: dict[str, str] = {}  # "Kind namespace/name" -> where it was first read
     for path in _files(paths):
@@ -134,10 +141,10 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                         _add(out, parse_object(doc))
                     except ValueError as exc:
                         raise ManifestError(f"{where}: {exc}") from None
-                elif kind in ("Node", "Secret") and doc.get("apiVersion") == "v1":
+                elif kind in _V1_KINDS and doc.get("apiVersion") == "v1":
                     if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
                         raise ManifestError(f"{where}: a {kind} needs `metadata.name`")
-                    (out.nodes if kind == "Node" else out.secrets).append(doc)
+                    getattr(out, _V1_KINDS[kind]).append(doc)
                 else:
                     out.other.append(doc)
     return out

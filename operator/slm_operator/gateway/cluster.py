@@ -1,12 +1,15 @@
-"""The in-cluster gateway's view of the cluster: SLMRoutes, SLMDeployments, EndpointSlices and the Secrets the
-routes name, turned into the routing table (no API call per request) and the SLMRoutes' status.
+"""The in-cluster gateway's view of the cluster: SLMRoutes, SLMDeployments, EndpointSlices, the Secrets the
+routes name and the ConfigMaps of their task classifiers, turned into the routing table (no API call per request)
+and the SLMRoutes' status.
 
 Watch threads (:mod:`slm_operator.gateway.kube`) hand their events to :meth:`ClusterState.handle` on the event
 loop; a change marks the state dirty and the table is rebuilt once the burst is over (``DEBOUNCE_SECONDS``).
 Secrets are not watched: each one a route names (its callers' API-key hashes, an external backend's key) is read
 with one namespaced ``get`` when a route first names it and again every ``SECRET_REFRESH_SECONDS`` (a revoked
-key stops working within that time). Every gateway replica writes the routes' status, only when it differs
-from what the route shows, so replicas that agree write nothing.
+key stops working within that time). The ConfigMap of each route's task classifier is watched on its own (a
+namespaced watch of that one name, started when a route first names it and stopped when none does), and its
+classifier is parsed once per resourceVersion (:mod:`slm_operator.gateway.classifiers`). Every gateway replica
+writes the routes' status, only when it differs from what the route shows, so replicas that agree write nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +23,20 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
+from slm_operator.gateway.classifiers import ClassifierLoader
 from slm_operator.gateway.kube import SecretUnreadable
 from slm_operator.gateway.server import Gateway
 from slm_operator.routing.endpoints import NO_DIAL, DialMap, endpoints_by_service
 from slm_operator.routing.status import route_status
-from slm_operator.routing.table import NamespacedName, RouteTable, RouteWorld, build_table, secret_data
+from slm_operator.routing.table import (
+    CompiledRoute,
+    NamespacedName,
+    RouteTable,
+    RouteWorld,
+    build_table,
+    classifier_ref,
+    secret_data,
+)
 
 log = logging.getLogger("slm_operator.gateway")
 
@@ -60,6 +72,11 @@ def wanted_secrets(routes: list[SLMRoute]) -> set[NamespacedName]:
     return out
 
 
+def wanted_configmaps(routes: list[SLMRoute]) -> set[NamespacedName]:
+    """The ConfigMaps of the routes' task classifiers, each in its route's namespace."""
+    return {ref[:2] for ref in map(classifier_ref, routes) if ref is not None}
+
+
 class ClusterState:
     def __init__(
         self,
@@ -82,6 +99,13 @@ class ClusterState:
         self._parsed: dict[
             tuple[str, NamespacedName], tuple[str, Any]
         ] = {}  # (kind, key) -> (resourceVersion, model)
+        # the task classifiers' ConfigMaps: one watch each, started and stopped by ``follow_configmaps``
+        self.configmaps: dict[NamespacedName, dict[str, Any]] = {}  # the wanted ones that exist
+        self.configmaps_listed: set[NamespacedName] = set()  # whose watch has listed (or was refused)
+        self.configmaps_unreadable: dict[NamespacedName, str] = {}  # why a watch was refused
+        self.configmaps_wanted: set[NamespacedName] = set()
+        self.follow_configmaps: Callable[[set[NamespacedName]], None] = lambda wanted: None
+        self.classifiers = ClassifierLoader()
         self._rebuild: asyncio.TimerHandle | None = None
         self.rebuilt = asyncio.Event()  # set after every rebuild (tests wait on it)
 
@@ -101,6 +125,40 @@ class ClusterState:
         else:
             return
         self.dirty()
+
+    def handle_configmap(self, key: NamespacedName, event: str, obj: Any) -> None:
+        """An event of one ConfigMap's watch: ("SYNC", [the ConfigMap] or []), ("ADDED"|"MODIFIED"|"DELETED",
+        the ConfigMap), or ("UNREADABLE", why) when RBAC refuses the watch."""
+        if key not in self.configmaps_wanted:
+            return  # a watch that is being stopped
+        if event in ("SYNC", "UNREADABLE"):
+            self.configmaps_listed.add(key)
+        if event == "UNREADABLE":
+            self.configmaps_unreadable[key] = str(obj)
+            self.configmaps.pop(key, None)
+        elif event == "SYNC":
+            self.configmaps_unreadable.pop(key, None)
+            found = [o for o in obj if _key(o) == key]
+            if found:
+                self.configmaps[key] = found[0]
+            else:
+                self.configmaps.pop(key, None)
+        elif event in ("ADDED", "MODIFIED"):
+            self.configmaps[key] = obj
+        elif event == "DELETED":
+            self.configmaps.pop(key, None)
+        else:
+            return
+        self.dirty()
+
+    def _want_configmaps(self, wanted: set[NamespacedName]) -> None:
+        """Watch the ConfigMaps ``wanted`` and forget the others."""
+        self.configmaps_wanted = wanted
+        for store in (self.configmaps, self.configmaps_unreadable):
+            for key in set(store) - wanted:
+                del store[key]
+        self.configmaps_listed &= wanted
+        self.follow_configmaps(wanted)
 
     def dirty(self) -> None:
         if self._rebuild is None:
@@ -164,12 +222,18 @@ class ClusterState:
             endpoints=endpoints_by_service(self.objects["endpointslices"].values(), self.dial),
             secrets=self.secrets,
             unreadable=self.unreadable,
+            classifiers=self.classifiers.load(
+                [ref for ref in map(classifier_ref, routes) if ref is not None],
+                self.configmaps,
+                self.configmaps_unreadable,
+            ),
         )
 
     async def rebuild(self) -> RouteTable:
         """Build the table from what the watches hold, serve it, and write the statuses that changed."""
         self._rebuild = None
         routes = self.routes()
+        self._want_configmaps(wanted_configmaps(routes))
         await self.read_secrets(wanted_secrets(routes))
         table = build_table(self.world(routes))
         self.gateway.set_table(table)
@@ -183,7 +247,7 @@ class ClusterState:
         now = self.now()
         for key, compiled in table.routes.items():
             obj = self.objects["slmroutes"].get((compiled.namespace, compiled.name))
-            if obj is None:
+            if obj is None or not self._classifier_listed(compiled):
                 continue
             current = obj.get("status") or None
             try:
@@ -199,6 +263,12 @@ class ClusterState:
                 )
             except Exception as exc:  # the next change or resync writes it
                 log.warning("writing the status of SLMRoute %s failed: %s", key, exc)
+
+    def _classifier_listed(self, route: CompiledRoute) -> bool:
+        """Whether the watch of the route's classifier ConfigMap has listed it (a status before that would say
+        TaskClassifierNotFound of a ConfigMap not looked at yet)."""
+        ref = route.spec.task_classifier
+        return ref is None or (route.namespace, ref.config_map_ref.name) in self.configmaps_listed
 
     async def refresh_secrets_forever(self) -> None:
         while True:

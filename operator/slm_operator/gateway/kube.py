@@ -4,6 +4,8 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
 
 * list/watch ``slmroutes`` and ``slmdeployments`` (slm.io, all namespaces), patch ``slmroutes/status``;
 * list/watch ``endpointslices`` (discovery.k8s.io, all namespaces) labelled as the operator's Services are;
+* list/watch the ``configmaps`` of the routes' task classifiers, one namespaced watch per ConfigMap (a
+  ``metadata.name`` field selector), where a RoleBinding in the route's namespace allows it;
 * ``get`` on the Secrets the routes name, one namespaced read each, where a RoleBinding in the route's namespace
   allows it (no cluster-wide read of Secrets);
 * create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes);
@@ -38,6 +40,8 @@ watch: Any = _watch  # kubernetes.watch has no annotations
 ENDPOINT_SLICE_SELECTOR = f"{APP_MANAGED_BY_LABEL}={MANAGED_BY}"
 WATCH_TIMEOUT_SECONDS = 300
 RETRY_SECONDS = 5.0
+#: how long a watch RBAC refused waits before it tries again (a RoleBinding may have been added meanwhile)
+FORBIDDEN_RETRY_SECONDS = 60.0
 
 
 class SecretUnreadable(Exception):
@@ -81,6 +85,29 @@ class KubeApi:
         """List ``kind`` (``slmroutes``, ``slmdeployments``, ``endpointslices``), hand the list to ``sink`` as
         ("SYNC", items), then each change as (type, object); list again after an expired watch or an error."""
         lister, kw = self._lister(kind)
+        self._watch(kind, lister, kw, sink, stop)
+
+    def watch_configmap_forever(self, namespace: str, name: str, sink: Sink, stop: threading.Event) -> None:
+        """``watch_forever`` for the one ConfigMap ``namespace/name`` (a task classifier's); when RBAC refuses
+        it, ("UNREADABLE", what to grant) to ``sink`` and a new try after ``FORBIDDEN_RETRY_SECONDS``."""
+        forbidden = (
+            f"the gateway may not read ConfigMap {namespace}/{name}: grant it `list` and `watch` on "
+            f"ConfigMaps in namespace {namespace} (the chart's gateway.routeNamespaces, docs/gateway.md)"
+        )
+        kw = {"namespace": namespace, "field_selector": f"metadata.name={name}"}
+        self._watch(
+            f"ConfigMap {namespace}/{name}", self.core.list_namespaced_config_map, kw, sink, stop, forbidden
+        )
+
+    def _watch(
+        self,
+        what: str,
+        lister: Callable[..., Any],
+        kw: dict[str, Any],
+        sink: Sink,
+        stop: threading.Event,
+        forbidden: str | None = None,
+    ) -> None:
         while not stop.is_set():
             try:
                 listed = self.api.sanitize_for_serialization(lister(**kw))
@@ -98,16 +125,20 @@ class KubeApi:
                         break  # 410 Gone and the like: list again
                     sink(event["type"], obj)
             except ApiException as exc:
+                if exc.status == 403 and forbidden is not None:
+                    sink("UNREADABLE", forbidden)
+                    stop.wait(FORBIDDEN_RETRY_SECONDS)
+                    continue
                 log.warning(
                     "watching %s failed (%s %s); listing again in %.0f s",
-                    kind,
+                    what,
                     exc.status,
                     exc.reason,
                     RETRY_SECONDS,
                 )
                 stop.wait(RETRY_SECONDS)
             except Exception:  # the connection dropped, the server restarted: keep the gateway serving
-                log.exception("watching %s failed; listing again in %.0f s", kind, RETRY_SECONDS)
+                log.exception("watching %s failed; listing again in %.0f s", what, RETRY_SECONDS)
                 stop.wait(RETRY_SECONDS)
 
     # ------------------------------------------------------------------------------------- reads, writes
@@ -188,6 +219,19 @@ class KubeApi:
 def start_watch(api: KubeApi, kind: str, sink: Sink, stop: threading.Event) -> threading.Thread:
     thread = threading.Thread(
         target=api.watch_forever, args=(kind, sink, stop), name=f"watch-{kind}", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def start_configmap_watch(
+    api: KubeApi, namespace: str, name: str, sink: Sink, stop: threading.Event
+) -> threading.Thread:
+    thread = threading.Thread(
+        target=api.watch_configmap_forever,
+        args=(namespace, name, sink, stop),
+        name=f"watch-configmap-{namespace}/{name}",
+        daemon=True,
     )
     thread.start()
     return thread

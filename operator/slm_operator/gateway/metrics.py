@@ -4,7 +4,8 @@ The capture pipeline (``slm_operator.capture.Capture``) registers its own ``slm_
 registry (its ``registry`` argument), so ``/metrics`` serves them too.
 
 Labels: ``route`` ("namespace/name"), ``backend`` (its name in the route), ``task`` (a task the route's rules
-name, ``other`` or empty: never a free-form caller value), ``status`` (the HTTP status returned). Names, types
+name, ``other`` or empty: never a free-form caller value; on ``slm_gateway_task_classifier_tags`` a task of the
+route's classifier), ``status`` (the HTTP status returned). Names, types
 and meaning: docs/observability.md. Children are cached per label tuple: the request path does one dict lookup
 per series instead of prometheus-client's locked ``labels()``.
 """
@@ -123,6 +124,20 @@ class GatewayMetrics:
             "slm_gateway_capture_submitted",
             "Calls sampled for capture and handed to the capture queue (accepted=false: dropped at once)",
             ["route", "accepted"],
+            registry=r,
+        )
+        self.classifier_tags = Counter(
+            "slm_gateway_task_classifier_tags",
+            "Calls without an x-slm-task header on routes with a task classifier, by the classifier's task "
+            "(empty: no task near enough, or the classifier is not loaded)",
+            ["route", "task"],
+            registry=r,
+        )
+        self.classifier_loaded = Gauge(
+            "slm_gateway_task_classifier_loaded",
+            "1 when the route's task classifier is loaded, 0 when its ConfigMap is missing, unreadable or "
+            "invalid (the route's Accepted condition says why)",
+            ["route"],
             registry=r,
         )
         self._load: Any = None

@@ -31,7 +31,7 @@ from slm_operator.gateway.dispatch import Dispatcher
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.gateway.upstream import Upstream
 from slm_operator.routing.fallback import fallback_backend
-from slm_operator.routing.features import request_features
+from slm_operator.routing.features import call_task, request_features
 from slm_operator.routing.limits import CallerState, admit, idle, settle
 from slm_operator.routing.rules import select, task_label
 from slm_operator.routing.sse import join_completion_stream, sse_events
@@ -120,6 +120,8 @@ class Gateway:
         for r in table.routes.values():
             for b in r.backends.values():
                 self.metrics.child(self.metrics.endpoints_ready, r.key, b.name).set(len(b.ready_endpoints))
+            if r.spec.task_classifier is not None:
+                self.metrics.child(self.metrics.classifier_loaded, r.key).set(r.classifier is not None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_bytes)
@@ -240,7 +242,7 @@ class Gateway:
             raise Refused(
                 413, f"the request is larger than the route's limit of {limits.max_request_bytes} bytes"
             )
-        task = request.headers.get(TASK_HEADER) or None
+        task = self._task(request.headers.get(TASK_HEADER) or None, body, route)
         features = request_features(body, task)
         identity = identity_for(caller, route)
         call = Call(
@@ -270,6 +272,18 @@ class Gateway:
                 )
             call.charged_tokens = features.prompt_tokens
         return call
+
+    def _task(self, header: str | None, body: dict[str, Any], route: CompiledRoute) -> str | None:
+        """The call's task (the header, else the route's classifier's tag), counting what the classifier found."""
+        if header is not None or route.spec.task_classifier is None:
+            return header
+        try:
+            task = call_task(header, body, route.classifier)
+        except Exception:  # a classifier must never break a call
+            log.exception("the task classifier of %s failed; the call has no task", route.key)
+            task = None
+        self.metrics.child(self.metrics.classifier_tags, route.key, task or "").inc()
+        return task
 
     async def _route(self, caller: Caller, model: Any, table: RouteTable) -> CompiledRoute:
         if not isinstance(model, str) or not model:

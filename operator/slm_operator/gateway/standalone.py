@@ -1,8 +1,9 @@
 """``slm-operator gateway -f FILE...``: the gateway without a cluster, for local use and tests (like ``plan -f``).
 
-SLMRoutes and Secrets (API-key hashes, external backends' keys) come from the files; SLMDeployment backends are
-found through ``--endpoint NAMESPACE/NAME=URL`` (repeat it for several replicas), SLMDeployments in the files only
-lend their ``maxConcurrentSequences``. With ``--store`` calls are captured (slm_operator.capture).
+SLMRoutes, Secrets (API-key hashes, external backends' keys) and ConfigMaps (the routes' task classifiers) come
+from the files; SLMDeployment backends are found through ``--endpoint NAMESPACE/NAME=URL`` (repeat it for several
+replicas), SLMDeployments in the files only lend their ``maxConcurrentSequences``. With ``--store`` calls are
+captured (slm_operator.capture).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from slm_operator.capture import Capture, load_salt
+from slm_operator.gateway.classifiers import ClassifierLoader
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.gateway.server import Gateway, GatewayOptions
 from slm_operator.manifests import ManifestError, load_manifests
@@ -32,6 +35,7 @@ from slm_operator.routing.table import (
     RouteTable,
     RouteWorld,
     build_table,
+    classifier_ref,
     secret_data,
 )
 
@@ -72,7 +76,8 @@ def parse_endpoints(values: Sequence[str]) -> dict[NamespacedName, list[Endpoint
 
 
 def world_from_files(paths: Sequence[str], endpoints: dict[NamespacedName, list[Endpoint]]) -> RouteWorld:
-    """SLMRoutes, SLMDeployments and Secrets from the files, with the given endpoints."""
+    """SLMRoutes, SLMDeployments, Secrets and the routes' task classifiers from the files, with the given
+    endpoints."""
     try:
         m = load_manifests(paths)
     except ManifestError as exc:
@@ -94,15 +99,19 @@ def world_from_files(paths: Sequence[str], endpoints: dict[NamespacedName, list[
             f"--endpoint {stray[0][0]}/{stray[0][1]}: no route of the given files has this SLMDeployment as a "
             f"backend (a route only reaches deployments of its own namespace); the routes' deployments: {known}"
         )
+    config_maps = {_ns_name(c): c for c in m.config_maps}
+    refs = [ref for ref in map(classifier_ref, m.routes) if ref is not None]
     return RouteWorld(
         routes=m.routes,
         deployments={(d.metadata.namespace or "default", d.metadata.name): d for d in m.deployments},
         endpoints=endpoints,
-        secrets={
-            ((s["metadata"].get("namespace") or "default"), s["metadata"]["name"]): secret_data(s)
-            for s in m.secrets
-        },
+        secrets={_ns_name(s): secret_data(s) for s in m.secrets},
+        classifiers=ClassifierLoader().load(refs, config_maps),
     )
+
+
+def _ns_name(obj: dict[str, Any]) -> NamespacedName:
+    return obj["metadata"].get("namespace") or "default", obj["metadata"]["name"]
 
 
 def read_salt(salt_file: str | None, spool_dir: Path) -> bytes:

@@ -3,7 +3,8 @@
 The gateway (:mod:`slm_operator.gateway`) is the shell around these functions; nothing here does I/O or reads a
 clock (time and random draws are passed in), so property tests can replay any decision.
 
-* :mod:`.features` — what a call looks like to the rules (task, tools, prompt length estimate, JSON asked);
+* :mod:`.features` — what a call looks like to the rules (its task: the header, else the route's classifier's
+  tag; tools, prompt length estimate, JSON asked);
 * :mod:`.table` — SLMRoutes compiled with their backends' endpoints, keys and limits; route resolution;
 * :mod:`.rules` — rule matching, weighted splits, shadow copies;
 * :mod:`.fallback` and :mod:`.jsoncheck` (with :mod:`.jsonschema`) — failure reasons and the fallback decision;

@@ -9,12 +9,29 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 #: The prompt-length estimate: characters / 4, the usual rule of thumb for English text with BPE tokenisers.
 CHARS_PER_TOKEN = 4
 #: Tokens a chat template adds per message (role markers, separators).
 TOKENS_PER_MESSAGE = 4
+
+
+class TaskTagger(Protocol):
+    """A route's task classifier (``slm_operator.advisor.classifier.TaskClassifier``): the task of a request body
+    (None: no task is near enough) and its distance to the nearest task."""
+
+    def tag(self, request: Mapping[str, Any]) -> tuple[str | None, float]: ...
+
+
+def call_task(header: str | None, body: Mapping[str, Any], tagger: TaskTagger | None) -> str | None:
+    """The call's task: the ``x-slm-task`` header when the caller sent one (it wins), else the tag of the route's
+    task classifier when it has one loaded, else None."""
+    if header:
+        return header
+    if tagger is None:
+        return None
+    return tagger.tag(body)[0] or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,9 @@ NOT_ACCEPTED = "NotAccepted"
 
 def accepted_condition(route: CompiledRoute) -> ConditionResult:
     """False when the route is not served (another route of the namespace serves its model), a backend's
-    reference does not resolve (the route is served; calls that go to that backend fail and fall back), or a
-    Secret of API keys it names is missing or unreadable (those keys cannot call it)."""
+    reference does not resolve (the route is served; calls that go to that backend fail and fall back), a
+    Secret of API keys it names is missing or unreadable (those keys cannot call it), or its task classifier is
+    missing or invalid (the route is served; calls without ``x-slm-task`` have no task)."""
     if route.conflict_with is not None:
         return ConditionResult(
             False,
@@ -26,9 +27,13 @@ def accepted_condition(route: CompiledRoute) -> ConditionResult:
         )
     problems = [b for b in route.backends.values() if b.problem_reason]
     messages = [b.problem for b in problems] + list(route.key_secret_problems)
+    if route.classifier_reason:
+        messages.append(route.classifier_problem)
     if messages:
-        reason = (problems[0].problem_reason if problems else None) or SECRET_NOT_FOUND
-        return ConditionResult(False, reason, "; ".join(messages))
+        reason = problems[0].problem_reason if problems else None
+        if reason is None:
+            reason = SECRET_NOT_FOUND if route.key_secret_problems else route.classifier_reason
+        return ConditionResult(False, reason or SECRET_NOT_FOUND, "; ".join(messages))
     return ConditionResult(True, ACCEPTED, f"serving the model '{route.spec.model}'")
 
 

@@ -1,9 +1,10 @@
 """The gateway's routing table: SLMRoutes with their backends resolved to endpoints, keys and limits.
 
 :func:`build_table` is pure: it takes what the shell read (SLMRoutes, SLMDeployments, the endpoints of their
-replicas, the Secrets the routes name) and returns a frozen :class:`RouteTable`; the shell swaps in a new table
-when anything changes. A route only ever sees objects of its own namespace: its SLMDeployment backends, its
-external backends' API-key Secrets and its callers' API-key Secrets are looked up as ``(route namespace, name)``.
+replicas, the Secrets the routes name, the task classifiers it loaded from the ConfigMaps the routes name) and
+returns a frozen :class:`RouteTable`; the shell swaps in a new table when anything changes. A route only ever sees
+objects of its own namespace: its SLMDeployment backends, its external backends' API-key Secrets, its callers'
+API-key Secrets and its task classifier's ConfigMap are looked up as ``(route namespace, name)``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ from typing import Any
 from slm_operator.api.base import duration_seconds
 from slm_operator.api.v1alpha1 import BackendKind, RouteBackend, SLMDeployment, SLMRoute, SLMRouteSpec
 from slm_operator.contract import API_KEY_HASH_PREFIX
+from slm_operator.routing.features import TaskTagger
 
 NamespacedName = tuple[str, str]
+#: (namespace, ConfigMap name, key) of a route's task classifier (``spec.taskClassifier.configMapRef``)
+ClassifierRef = tuple[str, str, str]
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 # Reasons (the SLMRoute's Accepted condition reads them).
 BACKEND_NOT_FOUND = "BackendNotFound"
 SECRET_NOT_FOUND = "SecretNotFound"
 MODEL_CONFLICT = "ModelConflict"
+TASK_CLASSIFIER_NOT_FOUND = "TaskClassifierNotFound"  # the ConfigMap or its key is missing, or unreadable
+TASK_CLASSIFIER_INVALID = "TaskClassifierInvalid"  # the key does not hold a classifier this gateway reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,15 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadedClassifier:
+    """A route's task classifier as the shell found it: ``tagger`` loaded, or why not (``reason``, ``message``)."""
+
+    tagger: TaskTagger | None
+    reason: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRoute:
     namespace: str
     name: str
@@ -71,6 +86,9 @@ class CompiledRoute:
     key_secrets: frozenset[str]  # the API-key Secrets the route names
     conflict_with: str | None = None  # an older route of the namespace serving the same model
     key_secret_problems: tuple[str, ...] = ()  # named API-key Secrets that are missing or unreadable
+    classifier: TaskTagger | None = None  # the loaded task classifier (spec.taskClassifier)
+    classifier_reason: str | None = None  # why the named classifier is not loaded
+    classifier_problem: str = ""
 
     @property
     def key(self) -> str:
@@ -135,6 +153,32 @@ class RouteWorld:
     secrets: Mapping[NamespacedName, Mapping[str, str]] = field(default_factory=dict)  # decoded data
     #: named Secrets the shell may not read, with why (in the cluster: no RoleBinding in that namespace)
     unreadable: Mapping[NamespacedName, str] = field(default_factory=dict)
+    #: the task classifiers the routes name, as the shell loaded them; a route's classifier not here: not found
+    classifiers: Mapping[ClassifierRef, LoadedClassifier] = field(default_factory=dict)
+
+
+def classifier_ref(route: SLMRoute) -> ClassifierRef | None:
+    """Where the route's task classifier is: (route namespace, ConfigMap name, key); None without one."""
+    ref = route.spec.task_classifier
+    if ref is None:
+        return None
+    return (route.metadata.namespace or "default", ref.config_map_ref.name, ref.config_map_ref.key)
+
+
+def _classifier(route: SLMRoute, world: RouteWorld) -> LoadedClassifier:
+    ref = classifier_ref(route)
+    if ref is None:
+        return LoadedClassifier(None)
+    found = world.classifiers.get(ref)
+    if found is not None:
+        return found
+    ns, name, _key = ref
+    return LoadedClassifier(
+        None,
+        TASK_CLASSIFIER_NOT_FOUND,
+        f"task classifier: ConfigMap {ns}/{name} not found (publish it with `slm-operator advise`, or fix "
+        "`spec.taskClassifier.configMapRef`); calls without `x-slm-task` have no task until then",
+    )
 
 
 def _missing_secret(world: RouteWorld, ns: str, name: str) -> str:
@@ -201,6 +245,7 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
         )
         for b in spec.backends
     }
+    classifier = _classifier(route, world)
     return CompiledRoute(
         namespace=ns,
         name=route.metadata.name,
@@ -217,6 +262,9 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
             for r in spec.api_key_secret_refs or []
             if (ns, r.name) not in world.secrets
         ),
+        classifier=classifier.tagger,
+        classifier_reason=classifier.reason,
+        classifier_problem=classifier.message,
     )
 
 

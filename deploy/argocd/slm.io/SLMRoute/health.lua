@@ -1,8 +1,8 @@
 -- Argo CD health check for slm.io/v1alpha1 SLMRoute (docs/gitops.md). The gateway writes its status.
 -- 1. the gateway has not observed the latest spec (status.observedGeneration or the Ready condition's
 --    observedGeneration < metadata.generation, or no status yet) -> Progressing
--- 2. Accepted=False -> Degraded (a backend's SLMDeployment or Secret is missing, or another route of the
---    namespace already serves the model)
+-- 2. Accepted=False -> Degraded (a backend's SLMDeployment or Secret is missing, the task classifier's
+--    ConfigMap is missing or invalid, or another route of the namespace already serves the model)
 -- 3. Ready=True     -> Healthy
 -- 4. otherwise      -> Progressing (e.g. a backend has no ready replica yet)
 local hs = {}
