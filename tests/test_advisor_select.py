@@ -268,6 +268,9 @@ def test_the_route_gets_a_shadow_rule_ahead_of_its_rules_and_stays_valid() -> No
     assert (
         doc["spec"]["taskClassifier"]["configMapRef"]["name"] == "slm-task-classifier"
     )  # the gateway tags by it
+    # a route without a default backend keeps the task on its fallback (the LLM)
+    bare = route.model_copy(update={"spec": route.spec.model_copy(update={"default_backend": None})})
+    assert route_with_shadow(bare, [rec])["spec"]["rules"][0]["backend"] == route.spec.fallback.backend  # type: ignore[union-attr]
     # a second run does not add the rule twice
     again = route_with_shadow(parse_object(doc), [rec])  # type: ignore[arg-type]
     assert len(again["spec"]["rules"]) == len(rules)

@@ -149,14 +149,23 @@ def finetune_manifest(
     }
 
 
+def llm_backend(spec: Mapping[str, Any]) -> str:
+    """The backend that answers a task's calls before it moves: the route's default, else its fallback, else
+    its first external endpoint, else its first backend."""
+    external = [b["name"] for b in spec["backends"] if "external" in b]
+    fallback = (spec.get("fallback") or {}).get("backend")
+    return str(spec.get("defaultBackend") or fallback or (external or [spec["backends"][0]["name"]])[0])
+
+
 def route_with_shadow(route: SLMRoute, moves: Sequence[Recommendation]) -> dict[str, Any]:
     """The route with a backend per moved task and, ahead of its rules, one rule per task that keeps the task
-    on the route's default backend and copies ``SHADOW_PERCENT`` % of its calls to the SLM; and, unless it names
+    on the backend that answers it now (``llm_backend``) and copies ``SHADOW_PERCENT`` % of its calls to the SLM; and, unless it names
     one already, the task classifier ``advise`` publishes. A task the route already has a rule for is left as
     it is."""
-    doc = route.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
-    spec = doc["spec"]
+    dumped = route.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    spec = dumped["spec"]
     names = {b["name"] for b in spec["backends"]}
+    llm = llm_backend(spec)
     rules: list[dict[str, Any]] = spec.get("rules") or []
     ruled = {t for r in rules for t in (r.get("match") or {}).get("tasks") or []}
     new_rules = []
@@ -171,16 +180,20 @@ def route_with_shadow(route: SLMRoute, moves: Sequence[Recommendation]) -> dict[
             {
                 "name": f"task-{rec.task}"[:63].rstrip("-."),
                 "match": {"tasks": [rec.task]},
-                "backend": spec["defaultBackend"],
+                "backend": llm,
                 "shadow": {"backends": [backend], "percent": SHADOW_PERCENT},
             }
         )
     spec["rules"] = new_rules + rules
     # the gateway tags calls without `x-slm-task` with the classifier this run publishes
     spec.setdefault("taskClassifier", {"configMapRef": {"name": TASK_CLASSIFIER_CONFIGMAP}})
-    meta = doc["metadata"]
-    doc["metadata"] = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
-    return doc
+    meta = dumped["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "SLMRoute",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
+        "spec": spec,
+    }
 
 
 def classifier_configmap(name: str, namespace: str, classifier_json: str) -> dict[str, Any]:
