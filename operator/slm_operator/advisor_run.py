@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import asyncpg
 import yaml
 from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
@@ -33,9 +31,8 @@ from slm_operator.advisor.records import CallRecord, Unparsable, parse_lines
 from slm_operator.advisor.report import render_html, render_markdown
 from slm_operator.advisor.select import PoolContext, SelectionSettings
 from slm_operator.api.v1alpha1 import SLMRoute
-from slm_operator.capture import StoreError, open_store
-from slm_operator.capture.sqlite_store import SQLiteStore
-from slm_operator.capture.stores import shown_url
+from slm_operator.capture import open_store
+from slm_operator.capture.stores import STORE_ERRORS, shown_url
 from slm_operator.contract import ADVISE_FIELD_MANAGER
 from slm_operator.inventory import PoolNodeError, pool_inputs
 from slm_operator.kubeconfig import KubeConfigError, load_config
@@ -74,16 +71,6 @@ async def _tag(url: str, tasks: Sequence[tuple[str, str]]) -> int:
         return await store.tag_tasks(tasks)
 
 
-STORE_ERRORS = (
-    OSError,
-    TimeoutError,
-    StoreError,
-    sqlite3.Error,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-)
-
-
 def tag_store(url: str, records: Sequence[CallRecord], assignments: Sequence[str | None]) -> int:
     """Tag the store's calls with the tasks they were assigned (never overwriting a task they have), so a
     FineTuneJob with ``usageStore.task`` finds them; returns how many were tagged."""
@@ -95,11 +82,8 @@ def tag_store(url: str, records: Sequence[CallRecord], assignments: Sequence[str
 
 
 async def _export(url: str, route: str | None, since: datetime | None) -> list[CallRecord]:
-    store = open_store(url)
-    if isinstance(store, SQLiteStore) and not store.path.exists():
-        raise AdviseError(f"{store.path}: no such usage store (a SQLite file the gateway writes)")
     out: list[CallRecord] = []
-    async with store:
+    async with open_store(url, existing=True) as store:
         async for record in store.export(since, None, route):
             out.append(CallRecord.model_validate(record.model_dump()))
     return out
@@ -114,14 +98,7 @@ def read_calls(source: str, stdin: TextIO, *, route: str | None, since: str | No
             return Calls(asyncio.run(_export(source, route, start)), 0, f"usage store {shown_url(source)}")
         except ValueError as exc:
             raise AdviseError(str(exc)) from None
-        except (
-            OSError,
-            TimeoutError,
-            StoreError,
-            sqlite3.Error,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-        ) as exc:
+        except STORE_ERRORS as exc:
             raise AdviseError(f"usage store {shown_url(source)}: {type(exc).__name__}: {exc}") from None
     if route or since:
         raise AdviseError("--route and --since filter a usage store; a file is read whole (filter it first)")

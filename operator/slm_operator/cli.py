@@ -550,30 +550,15 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 def _run_usage(args: argparse.Namespace) -> int:
     import asyncio
-    import sqlite3
 
-    import asyncpg
-
-    from slm_operator.capture import StoreError, open_store
-    from slm_operator.capture.sqlite_store import SQLiteStore
-    from slm_operator.capture.stores import shown_url
+    from slm_operator.capture.stores import STORE_ERRORS, open_store, shown_url
 
     try:
-        store = open_store(args.store)
+        store = open_store(args.store, existing=True)
+        return asyncio.run(_usage(args, store))
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if isinstance(store, SQLiteStore) and not store.path.exists():
-        raise CliError(f"{store.path}: no such usage store (a SQLite file the gateway writes)")
-    try:
-        return asyncio.run(_usage(args, store))
-    except (
-        OSError,
-        TimeoutError,
-        StoreError,
-        sqlite3.Error,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-    ) as exc:
+    except STORE_ERRORS as exc:
         raise CliError(f"usage store {shown_url(args.store)}: {type(exc).__name__}: {exc}") from None
 
 
