@@ -544,3 +544,50 @@ def test_calls_spread_over_replicas_by_least_outstanding_requests() -> None:
         }
 
     run(FALLBACK, test, slm_replicas=2)
+
+
+def _agreement(metrics: str, result: str) -> float:
+    prefix = (
+        'slm_gateway_shadow_agreement_total{backend="llm",result="' + result + '",route="agents/invoices"'
+    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+async def _compared(env: Env, total: float) -> str:
+    for _ in range(100):
+        text = await env.metrics()
+        found = sum(_agreement(text, r) for r in ("exact", "json", "tool_calls", "differs", "invalid"))
+        if found >= total:
+            return text
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{total} shadow comparisons expected:\n{text}")
+
+
+def test_shadow_answers_are_compared_with_the_callers_answer() -> None:
+    """S6: the SLM in shadow is measured against what the caller got, whole or streamed; a call that failed
+    over to the fallback is not compared (the caller's answer is not the rule's backend's)."""
+    rules = [{"name": "all", "backend": "slm", "shadow": {"backends": ["llm"], "percent": 100}}]
+
+    async def test(env: Env) -> None:
+        env.slm.behaviour.content = '{"total": 12.5, "currency": "EUR"}'
+        env.llm.behaviour.content = '{"currency":"EUR","total":12.5}'
+        await env.chat()
+        assert _agreement(await _compared(env, 1), "json") == 1
+        env.llm.behaviour.content = '{"currency": "USD", "total": 12.5}'
+        await env.chat(stream=True)  # the streamed answer is reassembled to compare
+        assert _agreement(await _compared(env, 2), "differs") == 1
+        env.llm.behaviour.content = env.slm.behaviour.content
+        await env.chat(stream=True)
+        assert _agreement(await _compared(env, 3), "exact") == 1
+        env.llm.behaviour.status = 500
+        await env.chat()
+        assert _agreement(await _compared(env, 4), "invalid") == 1
+        env.llm.behaviour.status = 200
+        env.slm.behaviour.status = 500  # the caller's answer comes from the fallback: nothing to compare
+        resp, _ = await env.chat()
+        assert resp.headers["x-slm-backend"] == "llm" and resp.headers["x-slm-fallback"] == "error"
+        await asyncio.sleep(0.2)
+        text = await env.metrics()
+        assert sum(_agreement(text, r) for r in ("exact", "json", "tool_calls", "differs", "invalid")) == 4
+
+    run({"rules": rules, "fallback": {"backend": "llm"}}, test)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ class Call:
     capture: bool = False  # sampled for capture
     record_id: str = ""  # the capture record's id (it decides the sampling)
     charged_tokens: int = 0
+    #: set when shadow copies were sent: resolved with the answer the caller got (None: it failed or came from
+    #: a fallback), which the shadows compare theirs with
+    primary_answer: asyncio.Future[dict[str, Any] | None] | None = None
+
+    @property
+    def keeps_answer(self) -> bool:
+        """Whether the whole answer is needed after it is sent (capture, shadow comparison)."""
+        return self.capture or self.primary_answer is not None
 
 
 @dataclass

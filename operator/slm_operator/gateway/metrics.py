@@ -120,6 +120,13 @@ class GatewayMetrics:
             ["route", "backend", "outcome"],
             registry=r,
         )
+        self.shadow_agreement = Counter(
+            "slm_gateway_shadow_agreement",
+            "Shadow answers compared with the answer the caller got, by how they agree (result=tool_calls|exact|"
+            "json: agreement; differs; invalid: the shadow gave no answer) - S6 of docs/loop.md",
+            ["route", "backend", "task", "result"],
+            registry=r,
+        )
         self.captured = Counter(
             "slm_gateway_capture_submitted",
             "Calls sampled for capture and handed to the capture queue (accepted=false: dropped at once)",

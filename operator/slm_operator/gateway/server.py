@@ -30,6 +30,7 @@ from slm_operator.gateway.call import CHAT, COMPLETIONS, Call, Outcome, response
 from slm_operator.gateway.dispatch import Dispatcher
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.gateway.upstream import Upstream
+from slm_operator.routing.compare import compare_answers
 from slm_operator.routing.fallback import fallback_backend
 from slm_operator.routing.features import call_task, request_features
 from slm_operator.routing.limits import CallerState, admit, idle, settle
@@ -298,22 +299,31 @@ class Gateway:
         spec = call.route.spec
         sel = select(spec, call.features, self.rng.random(), self.rng.random())
         if sel.shadows:
+            call.primary_answer = asyncio.get_running_loop().create_future()
             self._fire_shadows(call, sel.shadows)
+        try:
+            return await self._answer_call(call, sel.backend)
+        finally:
+            if call.primary_answer is not None and not call.primary_answer.done():
+                call.primary_answer.set_result(None)  # the call failed: nothing to compare with
+
+    async def _answer_call(self, call: Call, backend: str) -> web.StreamResponse:
+        spec = call.route.spec
         rate = call.route.sample_rate
         if self.capture is not None and rate > 0:
             call.record_id = uuid.uuid4().hex
             call.capture = sampled(call.record_id, rate)
         assert self._upstream is not None, "the gateway's app is not started"
-        outcome = await self._upstream.attempt(call, sel.backend)
+        outcome = await self._upstream.attempt(call, backend)
         if outcome.reason is not None and outcome.committed is None:
-            fb = fallback_backend(spec, sel.backend, outcome.reason)
+            fb = fallback_backend(spec, backend, outcome.reason)
             if fb is not None:
                 reason = outcome.reason
-                self.metrics.child(self.metrics.fallbacks, call.route.key, sel.backend, reason.value).inc()
+                self.metrics.child(self.metrics.fallbacks, call.route.key, backend, reason.value).inc()
                 log.debug(
                     "%s: %s failed (%s: %s), falling back to %s",
                     call.route.key,
-                    sel.backend,
+                    backend,
                     reason,
                     outcome.detail,
                     fb,
@@ -322,6 +332,9 @@ class Gateway:
                 outcome.fallback = reason
         response = outcome.committed or self._response(call, outcome)
         self._finish(call, outcome, response.status)
+        if call.primary_answer is not None and not call.primary_answer.done():
+            clean = not (outcome.reason or outcome.fallback or outcome.cut) and response.status < 400
+            call.primary_answer.set_result(_answer_of(call, outcome) if clean else None)
         return response
 
     def _response(self, call: Call, outcome: Outcome) -> web.Response:
@@ -362,14 +375,7 @@ class Gateway:
         if capture is None:
             return
         try:
-            answer = outcome.answer
-            if answer is None and outcome.stream_bytes is not None:
-                events = sse_events(outcome.stream_bytes)
-                answer = (
-                    reassemble_chat_stream(events) if call.path == CHAT else join_completion_stream(events)
-                )
-            if answer is None and outcome.body:
-                answer = _json_or_none(outcome.body)
+            answer = _answer_of(call, outcome)
             usage = outcome.usage or {}
             record = CaptureRecord(
                 id=call.record_id,
@@ -403,36 +409,68 @@ class Gateway:
             if len(self._shadows) >= MAX_SHADOWS:
                 self.metrics.child(self.metrics.shadows, call.route.key, name, "skipped").inc()
                 continue
-            task = asyncio.create_task(self._shadow(call.route, name, call.body, call.path))
+            task = asyncio.create_task(self._shadow(call, name))
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(self, route: CompiledRoute, name: str, body: dict[str, Any], path: str) -> None:
-        """A copy of a call to ``name``, not streamed; its answer is read and dropped. It only takes a free slot."""
+    async def _shadow(self, call: Call, name: str) -> None:
+        """A copy of a call to ``name``, not streamed, off the call's path (it only takes a free slot); its
+        answer is compared with the one the caller got (``routing.compare``) and then dropped."""
+        route = call.route
         backend = route.backends[name]
         key = f"{route.key}/{name}"
         url = self.dispatcher.try_acquire(key, backend)
         if url is None or self._session is None:
             self.metrics.child(self.metrics.shadows, route.key, name, "skipped").inc()
             return
-        copy = {k: v for k, v in body.items() if k != "stream_options"}
+        copy = {k: v for k, v in call.body.items() if k != "stream_options"}
         copy.update(model=backend.model, stream=False)
         headers = {"Content-Type": "application/json"}
         if backend.api_key:
             headers["Authorization"] = f"Bearer {backend.api_key}"
-        outcome = "error"
+        outcome, answer = "error", None
         try:
             async with asyncio.timeout(route.total_s):
                 async with self._session.post(
-                    url + path, data=json.dumps(copy).encode(), headers=headers
+                    url + call.path, data=json.dumps(copy).encode(), headers=headers
                 ) as resp:
-                    await resp.read()
+                    data = await resp.read()
                     outcome = "ok" if resp.status < 400 else "error"
+                    answer = _json_or_none(data) if resp.status < 400 else None
         except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
             self.dispatcher.release(key, url)
             self.metrics.child(self.metrics.shadows, route.key, name, outcome).inc()
+        await self._compare(call, name, answer)
+
+    async def _compare(self, call: Call, name: str, answer: dict[str, Any] | None) -> None:
+        """Count how the shadow's answer agrees with the caller's (none counted when the caller's failed or
+        came from a fallback, or does not come within the route's total timeout)."""
+        if call.primary_answer is None:
+            return
+        try:
+            async with asyncio.timeout(call.route.total_s):
+                primary = await asyncio.shield(call.primary_answer)
+        except TimeoutError:
+            return
+        if primary is None:
+            return
+        result = compare_answers(primary, answer)
+        self.metrics.child(
+            self.metrics.shadow_agreement, call.route.key, name, call.task_label, result.value
+        ).inc()
+
+
+def _answer_of(call: Call, outcome: Outcome) -> dict[str, Any] | None:
+    """The answer of an attempt as one JSON object: parsed, reassembled from the kept stream, or None."""
+    answer = outcome.answer
+    if answer is None and outcome.stream_bytes is not None:
+        events = sse_events(outcome.stream_bytes)
+        answer = reassemble_chat_stream(events) if call.path == CHAT else join_completion_stream(events)
+    if answer is None and outcome.body:
+        answer = _json_or_none(outcome.body)
+    return answer
 
 
 def _json_or_none(body: bytes) -> dict[str, Any] | None:

@@ -177,7 +177,7 @@ class Upstream:
             return out
         if resp.status == 200:
             checked = call.path == CHAT and checks_json(call.route.spec, name) and expects_json(call.body)
-            if checked or call.capture:  # the whole answer is needed; otherwise only its usage
+            if checked or call.keeps_answer:  # the whole answer is needed; otherwise only its usage
                 out.answer = _json_or_none(body)
                 usage = out.answer.get("usage") if out.answer else None
                 out.usage = usage if isinstance(usage, dict) else None
@@ -279,7 +279,7 @@ class Upstream:
             status=200, headers={"Content-Type": ctype, **response_headers(call, name, fallback)}
         )
         outcome = Outcome(name, 200, committed=out)
-        kept = bytearray() if call.capture else None
+        kept = bytearray() if call.keeps_answer else None
         try:
             await out.prepare(call.request)
             outcome.ttft = asyncio.get_running_loop().time() - call.started
