@@ -322,8 +322,9 @@ async def _export_task(url: str, task: str) -> list[str]:
 def test_advise_apply_moves_tasks_that_the_operator_places(
     cluster: Cluster, operator: Operator, pools: list[str], ns: str, tmp_path: Path
 ) -> None:
-    """`slm-operator advise --apply` on captured calls: the real API server accepts every manifest it writes
-    (CRD schemas and CEL included), the operator places the SLMDeployments where its plan says, the route gets
+    """`slm-operator advise --cluster --apply` on captured calls, as the chart's scheduled advisor runs it: it
+    plans on the pool, nodes and route it reads from the API server, which accepts every manifest it writes
+    (CRD schemas and CEL included); the operator places the SLMDeployments where its plan says, the route gets
     a shadow rule per moved task, and a second run changes nothing and duplicates nothing."""
     pools.append("h100")
     route = next(d for d in yaml.safe_load_all((REPO / "examples" / "40-slmroutes.yaml").read_text()) if d)
@@ -337,14 +338,12 @@ def test_advise_apply_moves_tasks_that_the_operator_places(
         ],
     )
     kubectl_apply(cluster, [route])
-    (tmp_path / "route.yaml").write_text(yaml.safe_dump(route))
     # the calls the gateway captured, in a usage store (SQLite here; PostgreSQL in e2e/test_finetune_usage.py)
     store = f"sqlite://{tmp_path}/usage.db"
     asyncio.run(_write_store(store, generate(3000, seed=2, route=f"{ns}/agent-llm", hours=1)))
     cmd = [
         sys.executable, "-m", "slm_operator", "advise", "--from", store, "-o", str(tmp_path / "advice"),
-        "-f", str(REPO / "examples" / "10-pools.yaml"), "-f", str(REPO / "examples" / "nodes"),
-        "-f", str(tmp_path / "route.yaml"), "--pool", "h100", "--llm-price", "2.5,10", "--min-calls", "100",
+        "--cluster", "--pool", "h100", "--llm-price", "2.5,10", "--min-calls", "100",
         "--usage-store-secret", "usage-store/url", "--no-examples", "--apply", "--kubeconfig", cluster.kubeconfig,
     ]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -379,10 +378,18 @@ def test_advise_apply_moves_tasks_that_the_operator_places(
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert again.returncode == 0, again.stderr
     assert "tagged 0 calls" in again.stdout  # nothing to tag twice
+    assert (
+        f"kept FineTuneJob {ns}/{jobs[0]['metadata']['name']}" in again.stdout
+    )  # one per task, never replaced
     items = co.list_namespaced_custom_object(GROUP, VERSION, ns, "slmdeployments")["items"]
     assert sorted(d["metadata"]["name"] for d in items) == sorted(deployments)
     live = co.get_namespaced_custom_object(GROUP, VERSION, ns, "slmroutes", "agent-llm")
     assert len(live["spec"]["rules"]) == len(route["spec"]["rules"]) + len(deployments)
+    report = cluster.core.read_namespaced_config_map("slm-advice", ns)
+    assert (
+        "Planned on GPUPool `h100`" in report.data["report.md"]
+        and json.loads(report.data["tasks.json"])["tasks"]
+    )
     for job in jobs:  # no trainer of this test keeps the pool's fine-tuning GPU
         delete_quietly(
             co.delete_namespaced_custom_object, GROUP, VERSION, ns, "finetunejobs", job["metadata"]["name"]

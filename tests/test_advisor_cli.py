@@ -121,6 +121,7 @@ def _store(path: Path, records: list[dict[str, Any]]) -> str:
 def test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also: --from defaults to $SLM_USAGE_STORE_URL (the scheduled advisor's Secret), keeping it off argv."""
     now = datetime.now(UTC)
     recent = generate(300, seed=1, route="agents/a", start=now - timedelta(hours=2), hours=1)
     older = generate(200, seed=2, route="agents/a", start=now - timedelta(days=10), hours=1)
@@ -147,6 +148,20 @@ def test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time(
         assert store["route"] == "a" and store["urlSecretRef"] == {"name": "usage-store", "key": "url"}
         assert store["task"] == job["metadata"]["annotations"]["slm.io/advisor-task"]
 
+    monkeypatch.setenv("SLM_USAGE_STORE_URL", url)  # no --from: the store from the environment
+    code, stdout, err = in_process(
+        "advise",
+        "--route",
+        "agents/a",
+        "--since",
+        "2d",
+        "-o",
+        str(tmp_path / "e"),
+        "--no-examples",
+        capsys=capsys,
+    )
+    assert code == 0 and stdout.startswith("300 calls"), err
+    monkeypatch.delenv("SLM_USAGE_STORE_URL")
     lines = (tmp_path / "calls.jsonl").open("w")
     write_jsonl(recent, lines)
     lines.close()
@@ -188,6 +203,12 @@ def test_advise_apply_without_a_cluster_says_how_to_reach_one(
     )  # fmt: skip
     assert code == 2 and "cannot reach a Kubernetes API server" in err and "no-kubeconfig" in err
     assert (tmp_path / "x" / "report.md").exists()  # the files are written before anything is applied
+    code, _, err = in_process(
+        "advise", "--from", str(calls), "-o", str(tmp_path / "y"), "--cluster", "--kubeconfig",
+        str(tmp_path / "no-kubeconfig"), capsys=capsys,
+    )  # fmt: skip
+    assert code == 2 and "cannot reach a Kubernetes API server" in err
+    assert not (tmp_path / "y" / "report.md").exists()  # nothing planned without what --cluster reads
 
 
 def test_traces_writes_the_same_calls_for_the_same_seed_over_the_hours_given(

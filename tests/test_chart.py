@@ -52,6 +52,7 @@ VALUE_SETS: dict[str, list[Path]] = {"default": []} | {
 KNOWN_KINDS: dict[str, set[str]] = {
     "v1": {"ServiceAccount", "Service", "ConfigMap"},
     "apps/v1": {"Deployment", "DaemonSet"},
+    "batch/v1": {"CronJob"},
     "rbac.authorization.k8s.io/v1": {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"},
     "scheduling.k8s.io/v1": {"PriorityClass"},
     "apiextensions.k8s.io/v1": {"CustomResourceDefinition"},
@@ -93,6 +94,20 @@ GATEWAY_CLUSTER_RULES = {
 GATEWAY_SECRETS_ROLE = "-gateway-secrets"
 #: the task classifiers' ConfigMaps: `list` and `watch` only, bound like the Secrets role
 GATEWAY_CONFIGMAPS_ROLE = "-gateway-configmaps"
+#: the scheduled advisor: reads what it plans on, cluster-wide ...
+ADVISOR_READ_RULES = {
+    ("slm.io", "gpupools"): {"get", "list"},
+    ("slm.io", "slmdeployments"): {"get", "list"},
+    ("slm.io", "slmroutes"): {"get", "list"},
+    ("", "nodes"): {"get", "list"},
+}
+#: ... and applies what it proposes (server-side apply) only in advisor.namespace
+ADVISOR_APPLY_RULES = {
+    ("slm.io", "slmdeployments"): {"get", "create", "patch"},
+    ("slm.io", "finetunejobs"): {"get", "create", "patch"},
+    ("slm.io", "slmroutes"): {"get", "create", "patch"},
+    ("", "configmaps"): {"get", "create", "patch"},
+}
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 
 
@@ -210,6 +225,8 @@ def pod_templates(objs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], 
     for o in objs:
         if o["kind"] in ("Deployment", "DaemonSet"):
             yield o, o["spec"]["template"]
+        elif o["kind"] == "CronJob":
+            yield o, o["spec"]["jobTemplate"]["spec"]["template"]
 
 
 def load_hack(name: str) -> ModuleType:
@@ -240,6 +257,7 @@ def test_value_sets_cover_the_optional_parts() -> None:
         "observability",
         "single-replica",
         "custom-nvidia",
+        "advisor",
     } <= set(VALUE_SETS)
 
 
@@ -294,6 +312,8 @@ def test_every_service_selects_pods_and_ports(rendered: tuple[str, list[dict[str
 def test_probes_point_at_container_ports(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, objs = rendered
     for wl, t in pod_templates(objs):
+        if wl["kind"] == "CronJob":
+            continue  # a batch Job serves nothing to probe; activeDeadlineSeconds bounds it
         for c in t["spec"]["containers"]:
             ports = {p["name"] for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
             for probe in ("livenessProbe", "readinessProbe"):
@@ -1034,6 +1054,55 @@ def test_notes_tell_the_user_what_to_do_next(helm_env: dict[str, str], tmp_path:
         "keeps the CRDs",
     ):
         assert expected in text, f"NOTES.txt lacks {expected!r}:\n{text}"
+
+
+# ------------------------------------------------------------------------------------------- advisor
+
+
+def test_the_scheduled_advisor_reads_the_cluster_and_applies_only_in_its_namespace(
+    helm_env: dict[str, str],
+) -> None:
+    objs = render(helm_env, VALUE_SETS["advisor"])
+    [cron] = of_kind(objs, "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["args"][:2] == ["advise", "--cluster"] and "--route=agents/agent-llm" in c["args"]
+    assert {
+        "--apply",
+        "--namespace=agents",
+        "--llm-price=2.5,10",
+        "--usage-store-secret=usage-store/url",
+    } <= set(c["args"])
+    assert not any(a.startswith("--from") for a in c["args"])  # the URL and its password come from the env
+    [env] = c["env"]
+    assert env == {
+        "name": "SLM_USAGE_STORE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "usage-store", "key": "url"}},
+    }
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and pod["restartPolicy"] == "Never"
+    sa = pod["serviceAccountName"]
+    assert _rules(objs, "ClusterRole", "-advisor-read") == ADVISOR_READ_RULES
+    assert _rules(objs, "Role", "-advisor-apply") == ADVISOR_APPLY_RULES
+    [role] = [o for o in of_kind(objs, "Role") if o["metadata"]["name"].endswith("-advisor-apply")]
+    assert role["metadata"]["namespace"] == "agents"
+    for binding in [
+        o
+        for o in of_kind(objs, "RoleBinding") + of_kind(objs, "ClusterRoleBinding")
+        if "advisor" in o["metadata"]["name"]
+    ]:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    # without apply it only reads
+    ro = render(helm_env, VALUE_SETS["advisor"], ("advisor.apply=false",))
+    assert not [o for o in of_kind(ro, "Role") if "advisor" in o["metadata"]["name"]]
+    assert (
+        "--apply"
+        not in of_kind(ro, "CronJob")[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+    )
+    assert "advisor.route: name the SLMRoute" in render_fails(
+        helm_env, ("advisor.enabled=true", "advisor.namespace=agents")
+    )
 
 
 # ------------------------------------------------------------------------------------------- snapshots

@@ -1510,6 +1510,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
         "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
     ],
+    ("advise", "--cluster"): [
+        "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one",
+        "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+    ],
     ("advise", "--pool"): [
         "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
         "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",

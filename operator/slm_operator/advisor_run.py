@@ -33,10 +33,10 @@ from slm_operator.advisor.select import PoolContext, SelectionSettings
 from slm_operator.api.v1alpha1 import SLMRoute
 from slm_operator.capture import open_store
 from slm_operator.capture.stores import STORE_ERRORS, shown_url
-from slm_operator.contract import ADVISE_FIELD_MANAGER
+from slm_operator.contract import ADVICE_CONFIGMAP, ADVISE_FIELD_MANAGER, API_VERSION
 from slm_operator.inventory import PoolNodeError, pool_inputs
 from slm_operator.kubeconfig import KubeConfigError, load_config
-from slm_operator.manifests import ManifestError, Manifests, load_manifests
+from slm_operator.manifests import ManifestError, Manifests, load_manifests, manifests_of
 from slm_operator.sanitize import Sanitizer, SanitizerUnavailable
 from slm_operator.sanitize.classes import DEFAULT_REDACT
 from slm_operator.timebound import parse_time_bound
@@ -159,6 +159,24 @@ def example_maker(enabled: bool) -> tuple[Example, str | None]:
     return example, None
 
 
+#: what the report ConfigMap may hold (a ConfigMap holds at most 1 MiB)
+REPORT_BYTES = 900_000
+
+
+def report_configmap(namespace: str, markdown: str, tasks_json: str) -> dict[str, Any]:
+    """The ConfigMap ``--apply`` leaves the run's report in (``kubectl get cm slm-advice -o
+    jsonpath='{.data.report\\.md}'``); ``tasks.json`` too when both fit."""
+    data = {"report.md": markdown[:REPORT_BYTES]}
+    if len(markdown) + len(tasks_json) <= REPORT_BYTES:
+        data["tasks.json"] = tasks_json
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": ADVICE_CONFIGMAP, "namespace": namespace},
+        "data": data,
+    }
+
+
 def _file_name(index: int, doc: dict[str, Any]) -> str:
     return f"{index:02d}-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
 
@@ -182,18 +200,100 @@ def write_outputs(out: Path, outputs: Outputs, markdown: str, page: str) -> list
     return written
 
 
-def apply_manifests(docs: Sequence[dict[str, Any]], kubeconfig: str | None) -> list[str]:
-    """Server-side apply of each manifest (field manager ``slm-operator-advise``); one line per object."""
+#: what ``--cluster`` reads: the pools and their nodes, the deployments already there, the routes
+CLUSTER_KINDS = (
+    (API_VERSION, "GPUPool"),
+    ("v1", "Node"),
+    (API_VERSION, "SLMDeployment"),
+    (API_VERSION, "SLMRoute"),
+)
+
+
+def _dynamic(kubeconfig: str | None) -> dynamic.DynamicClient:
     try:
-        api = dynamic.DynamicClient(load_config(kubeconfig))  # type: ignore[no-untyped-call]  # untyped package
+        return dynamic.DynamicClient(load_config(kubeconfig))  # type: ignore[no-untyped-call]  # untyped package
     except KubeConfigError as exc:
         raise AdviseError(str(exc)) from None
+
+
+def cluster_objects(kubeconfig: str | None) -> list[dict[str, Any]]:
+    """The GPUPools, Nodes, SLMDeployments and SLMRoutes of the cluster, as the API server has them."""
+    api = _dynamic(kubeconfig)
+    out: list[dict[str, Any]] = []
+    for api_version, kind in CLUSTER_KINDS:
+        try:
+            listed = api.resources.get(api_version=api_version, kind=kind).get().to_dict()
+        except ApiException as exc:
+            raise AdviseError(f"cannot list {kind}s ({exc.status} {exc.reason}): {_message(exc)}") from None
+        out += [{"apiVersion": api_version, "kind": kind, **item} for item in listed.get("items") or []]
+    return out
+
+
+def gather_manifests(files: Sequence[str] | None, kubeconfig: str | None, cluster: bool) -> Manifests:
+    """The manifests of ``-f``, and with ``--cluster`` the cluster's objects (a file's object wins over the
+    cluster's of the same kind and name: a planned change is reviewed against what runs)."""
+    try:
+        m = load_manifests(files) if files else Manifests()
+    except ManifestError as exc:
+        raise AdviseError(str(exc)) from None
+    if not cluster:
+        return m
+    given = {
+        (type(o).__name__, o.metadata.namespace, o.metadata.name)
+        for o in [*m.pools, *m.deployments, *m.routes]
+    }
+    given |= {("Node", None, n["metadata"]["name"]) for n in m.nodes}
+    live = [
+        o
+        for o in cluster_objects(kubeconfig)
+        if (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) not in given
+    ]
+    try:
+        found = manifests_of(live, "the cluster")
+    except ManifestError as exc:
+        raise AdviseError(str(exc)) from None
+    m.pools += found.pools
+    m.nodes += found.nodes
+    m.deployments += found.deployments
+    m.routes += found.routes
+    return m
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body).get("message", exc.reason)) if exc.body else str(exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+#: kinds whose existing objects ``--apply`` keeps as they are: a FineTuneJob's spec is immutable, and a task has
+#: at most one (a new one is the user's decision, under a new name)
+KEEP_EXISTING = frozenset({"FineTuneJob"})
+
+
+def _exists(resource: Any, name: str, namespace: str | None) -> bool:
+    try:
+        resource.get(name=name, namespace=namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def apply_manifests(docs: Sequence[dict[str, Any]], kubeconfig: str | None) -> list[str]:
+    """Server-side apply of each manifest (field manager ``slm-operator-advise``), but an existing FineTuneJob
+    is kept; one line per object."""
+    api = _dynamic(kubeconfig)
     lines = []
     for doc in docs:
         meta = doc["metadata"]
         what = f"{doc['kind']} {meta.get('namespace', '')}/{meta['name']}"
         try:
             resource = api.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            if doc["kind"] in KEEP_EXISTING and _exists(resource, meta["name"], meta.get("namespace")):
+                lines.append(f"kept {what} (it exists; its spec cannot change)")
+                continue
             resource.server_side_apply(
                 body=doc,
                 name=meta["name"],
@@ -202,8 +302,7 @@ def apply_manifests(docs: Sequence[dict[str, Any]], kubeconfig: str | None) -> l
                 force_conflicts=True,
             )
         except ApiException as exc:
-            message = json.loads(exc.body).get("message", exc.reason) if exc.body else exc.reason
-            raise AdviseError(f"{what}: the API server refused it: {message}") from None
+            raise AdviseError(f"{what}: the API server refused it: {_message(exc)}") from None
         lines.append(f"applied {what}")
     return lines
 
@@ -263,10 +362,7 @@ def run(args: argparse.Namespace) -> int:
             f"{calls.source}: {len(calls.records)} call records ({calls.skipped} lines skipped); "
             "the advisor needs captured calls (id, request, response per line)"
         )
-    try:
-        m = load_manifests(args.filename) if args.filename else Manifests()
-    except ManifestError as exc:
-        raise AdviseError(str(exc)) from None
+    m = gather_manifests(args.filename, args.kubeconfig if args.cluster else None, args.cluster)
     clustering = find_tasks(calls.records, seed=args.seed, method=args.method)
     example, why = example_maker(not args.no_examples)
     route = main_route(calls, args.route)
@@ -302,6 +398,9 @@ def run(args: argparse.Namespace) -> int:
         if from_store:
             tagged = tag_store(args.source, calls.records, clustering.assignments)
             print(f"tagged {tagged} calls in {calls.source} with their task")
-        for line in apply_manifests(outputs.manifests, args.kubeconfig):
+        report = report_configmap(
+            inputs.settings.namespace, render_markdown(outputs.advice), outputs.tasks_json
+        )
+        for line in apply_manifests([*outputs.manifests, report], args.kubeconfig):
             print(line)
     return 0

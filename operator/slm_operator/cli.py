@@ -1123,13 +1123,16 @@ def _add_advise_parser(sub: Subparsers) -> None:
         "SLMRoute with a shadow rule per task when the route is in -f, the task classifier ConfigMap) under -o. "
         "Exit codes: 0 written, 2 bad input.",
     )
+    from_env = os.environ.get(USAGE_STORE_ENV)
     p.add_argument(
         "--from",
         dest="source",
-        required=True,
+        required=not from_env,
+        default=from_env,
         metavar="SOURCE",
         help="captured calls: a JSON-lines file (each line at least id, request, response; `usage export` "
-        "writes a superset), - for stdin, or a usage store URL (sqlite:///path/usage.db, postgresql://...)",
+        "writes a superset), - for stdin, or a usage store URL (sqlite:///path/usage.db, postgresql://...; "
+        f"default ${USAGE_STORE_ENV}, which keeps a password off the command line)",
     )
     p.add_argument(
         "-o", "--output-dir", required=True, help="folder to write the report, tasks and manifests to"
@@ -1141,6 +1144,12 @@ def _add_advise_parser(sub: Subparsers) -> None:
         metavar="FILE",
         help="manifests (repeatable, files or folders): the GPUPool and Nodes to plan on, the SLMDeployments "
         "already there, the SLMRoute the calls came through. Without a GPUPool no model is chosen",
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also read the GPUPools, Nodes, SLMDeployments and SLMRoutes from the cluster (--kubeconfig; an "
+        "object in -f wins over the cluster's): what the chart's scheduled advisor does",
     )
     p.add_argument("--pool", help="the GPUPool to plan on when -f holds several")
     _add_advise_choice_flags(p)
@@ -1206,7 +1215,9 @@ def _add_advise_choice_flags(p: argparse.ArgumentParser) -> None:
         help="also apply the manifests (server-side apply) and, reading a usage store, tag its calls with their "
         "tasks (never overwriting a task they have)",
     )
-    p.add_argument("--kubeconfig", help="kubeconfig for --apply (default: $KUBECONFIG or in-cluster)")
+    p.add_argument(
+        "--kubeconfig", help="kubeconfig for --cluster and --apply (default: in-cluster, else $KUBECONFIG)"
+    )
 
 
 def _cmd_traces(args: argparse.Namespace) -> int:

@@ -92,6 +92,8 @@ TASK_CLASSIFIER_KEY: Final = "classifier.json"
 #: the ConfigMap `advise` publishes the task classifier in (in the route's namespace; the route's
 #: spec.taskClassifier names it)
 TASK_CLASSIFIER_CONFIGMAP: Final = "slm-task-classifier"
+#: the ConfigMap `advise --apply` leaves its report in (report.md, tasks.json), in the namespace it advised
+ADVICE_CONFIGMAP: Final = "slm-advice"
 
 # ------------------------------------------------------------------------------------------ nvidia.com
 NVIDIA_PREFIX: Final = "nvidia.com/"

@@ -136,15 +136,32 @@ def load_manifests(paths: Iterable[str | Path]) -> Manifests:
                     )
                 seen_objects[ident] = f"{path} (document {n})"
                 out.sources[key] = f"{path} (document {n})"
-                if doc.get("apiVersion") == API_VERSION:
-                    try:
-                        _add(out, parse_object(doc))
-                    except ValueError as exc:
-                        raise ManifestError(f"{where}: {exc}") from None
-                elif kind in _V1_KINDS and doc.get("apiVersion") == "v1":
-                    if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
-                        raise ManifestError(f"{where}: a {kind} needs `metadata.name`")
-                    getattr(out, _V1_KINDS[kind]).append(doc)
-                else:
-                    out.other.append(doc)
+                _add_document(out, doc, where)
+    return out
+
+
+def _add_document(out: Manifests, doc: dict[str, Any], where: str) -> None:
+    kind = doc.get("kind")
+    if doc.get("apiVersion") == API_VERSION:
+        try:
+            _add(out, parse_object(doc))
+        except ValueError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+    elif kind in _V1_KINDS and doc.get("apiVersion") == "v1":
+        if not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+            raise ManifestError(f"{where}: a {kind} needs `metadata.name`")
+        getattr(out, _V1_KINDS[kind]).append(doc)
+    else:
+        out.other.append(doc)
+
+
+def manifests_of(objects: Iterable[dict[str, Any]], source: str) -> Manifests:
+    """What ``load_manifests`` gives for objects read elsewhere (e.g. listed from the API server): each object
+    sorted by kind, its source named ``source`` in messages."""
+    out = Manifests()
+    for doc in objects:
+        meta = doc.get("metadata") or {}
+        where = f"{source} ({doc.get('kind')} {meta.get('namespace', '')}/{meta.get('name', '<no name>')})"
+        out.sources[f"{doc.get('kind')}/{meta.get('name')}"] = source
+        _add_document(out, doc, where)
     return out
