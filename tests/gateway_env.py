@@ -109,15 +109,19 @@ async def gateway_env(
     extra_routes: list[dict[str, Any]] | None = None,
     slm_replicas: int = 1,
     classifiers: Mapping[ClassifierRef, LoadedClassifier] | None = None,
+    status: dict[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """Stand-ins ``slm``, ``canary`` and ``llm``, the route agents/invoices (model gpt-4o-mini) over them, the
     route agents/chat (model chat, only OTHER_KEY), and the gateway in front. ``classifiers``: the task
-    classifiers the routes' ``taskClassifier`` find (as the shell loaded them)."""
+    classifiers the routes' ``taskClassifier`` find (as the shell loaded them); ``status``: the status of
+    agents/invoices (e.g. its rules' promotion phases, which the gateway routes by)."""
     standins = {n: StandIn(n, Behaviour()) for n in ("slm", "canary", "llm")}
     standins.update({f"slm-{i}": StandIn(f"slm-{i}", Behaviour()) for i in range(2, slm_replicas + 1)})
     servers = {n: await _serve(s.app()) for n, s in standins.items()}
     urls = {n: str(s.make_url("/v1")) for n, s in servers.items()}
     docs = [route_doc("invoices", "gpt-4o-mini", urls["llm"], **(spec or {}))]
+    if status is not None:
+        docs[0]["status"] = status
     docs.append(route_doc("chat", "chat", urls["llm"], secret="others"))
     docs += extra_routes or []
     world = RouteWorld(

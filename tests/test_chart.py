@@ -89,6 +89,7 @@ GATEWAY_CLUSTER_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+    ("", "events"): {"create", "patch"},  # Promoted / Demoted on SLMRoutes (the status writer)
 }
 #: the one role that may name Secrets: `get` only, bound only by RoleBindings in gateway.routeNamespaces
 GATEWAY_SECRETS_ROLE = "-gateway-secrets"

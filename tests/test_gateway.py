@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from e2e.standin import Behaviour
+from slm_operator.api.v1alpha1 import RulePhase
+from slm_operator.routing.promotion import RuleCounts
 from tests.gateway_env import KEY, OTHER_KEY, Env, closed_port, gateway_env
 
 RULES = [
@@ -591,3 +593,72 @@ def test_shadow_answers_are_compared_with_the_callers_answer() -> None:
         assert sum(_agreement(text, r) for r in ("exact", "json", "tool_calls", "differs", "invalid")) == 4
 
     run({"rules": rules, "fallback": {"backend": "llm"}}, test)
+
+
+PROMOTE_RULES = [
+    {
+        "name": "invoices",
+        "backend": "llm",
+        "shadow": {"backends": ["slm"], "percent": 100},
+        "promote": {"backend": "slm", "minSamples": 5},
+    }
+]
+
+
+def _counts(env: Env, phase: RulePhase) -> RuleCounts:
+    return env.gateway.tallies.counts("agents/invoices", {"invoices": phase}).get("invoices") or RuleCounts()
+
+
+async def _counted(env: Env, phase: RulePhase, compared: int) -> None:
+    for _ in range(200):
+        if _counts(env, phase).compared >= compared:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not compared: {_counts(env, phase)}")
+
+
+def test_a_rule_in_shadow_counts_the_agreement_of_its_promoted_backend() -> None:
+    async def test(env: Env) -> None:
+        env.slm.behaviour.content = env.llm.behaviour.content = "INV-4711"
+        for _ in range(3):
+            resp, _ = await env.chat()
+            assert resp.headers["x-slm-backend"] == "llm"  # the rule's backend answers in shadow
+        await _counted(env, RulePhase.SHADOW, 3)
+        assert _counts(env, RulePhase.SHADOW) == RuleCounts(compared=3, agreed=3)
+        assert 'slm_gateway_rule_phase{phase="Shadow",route="agents/invoices",rule="invoices"} 1.0' in (
+            await env.metrics()
+        )
+
+    run({"rules": PROMOTE_RULES, "fallback": {"backend": "llm"}}, test)
+
+
+def test_a_serving_rule_answers_from_the_promoted_backend_and_falls_back_to_its_own() -> None:
+    """The phase is read from the route's status: Serving sends the rule's calls to promote.backend, copies
+    them to the rule's backend (agreement still measured) and falls back to it on the route's triggers."""
+    serving = {
+        "rules": [
+            {
+                "name": "invoices",
+                "phase": "Serving",
+                "backend": "slm",
+                "lastTransitionTime": "2026-12-01T00:00:00Z",
+            }
+        ]
+    }
+
+    async def test(env: Env) -> None:
+        env.slm.behaviour.content = env.llm.behaviour.content = "INV-4711"
+        resp, _ = await env.chat()
+        assert resp.headers["x-slm-backend"] == "slm" and "x-slm-fallback" not in resp.headers
+        await _counted(env, RulePhase.SERVING, 1)  # the LLM's shadow answer is compared off the call's path
+        assert _counts(env, RulePhase.SERVING) == RuleCounts(compared=1, agreed=1, served=1)
+        env.slm.behaviour.status = 500
+        resp, _ = await env.chat()
+        assert resp.headers["x-slm-backend"] == "llm" and resp.headers["x-slm-fallback"] == "error"
+        env.slm.behaviour.status = 503  # Overload is not in this route's fallback.when: returned, not counted
+        resp, _ = await env.chat()
+        assert resp.status == 503 and resp.headers["x-slm-backend"] == "slm"
+        c = _counts(env, RulePhase.SERVING)
+        assert (c.served, c.fell_back) == (3, 1)
+
+    run({"rules": PROMOTE_RULES, "fallback": {"backend": "llm", "when": ["Error"]}}, test, status=serving)

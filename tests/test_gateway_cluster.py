@@ -17,8 +17,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from e2e.standin import StandIn
+from slm_operator.api.v1alpha1 import RulePhase
+from slm_operator.events import Event
 from slm_operator.gateway.cluster import ClusterState
 from slm_operator.gateway.kube import SecretUnreadable, TokenResult
 from slm_operator.gateway.kube_auth import KubeAuth, TtlCache, service_account_namespace
@@ -87,6 +90,7 @@ class FakeApi:
         self.forbidden_namespaces: set[str] = set()
         self.reads: list[tuple[str, str]] = []
         self.writes: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[Event] = []
         self.lock = threading.Lock()
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -99,6 +103,10 @@ class FakeApi:
     def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         with self.lock:
             self.writes.append((namespace, name, status))
+
+    def post_event(self, event: Event) -> None:
+        with self.lock:
+            self.events.append(event)
 
 
 class FakeReviewer:
@@ -125,7 +133,8 @@ class FakeReviewer:
 
 def run(test: Callable[[ClusterState, FakeApi, dict[str, Any]], Awaitable[None]]) -> None:
     async def main() -> None:
-        standin = TestServer(StandIn("extractor").app(), host="127.0.0.1")
+        extractor = StandIn("extractor")
+        standin = TestServer(extractor.app(), host="127.0.0.1")
         await standin.start_server()
         api = FakeApi()
         reviewer = FakeReviewer()
@@ -133,7 +142,12 @@ def run(test: Callable[[ClusterState, FakeApi, dict[str, Any]], Awaitable[None]]
         state = ClusterState(gateway, api, now=lambda: "2026-01-01T00:00:00+00:00")
         server = TestServer(gateway.app(), host="127.0.0.1")
         await server.start_server()
-        ctx = {"url": str(server.make_url("/v1")), "port": standin.port, "reviewer": reviewer}
+        ctx = {
+            "url": str(server.make_url("/v1")),
+            "port": standin.port,
+            "reviewer": reviewer,
+            "extractor": extractor,
+        }
         try:
             await test(state, api, ctx)
         finally:
@@ -404,6 +418,119 @@ def test_a_dial_map_keeps_the_offset_inside_the_network_and_leaves_the_rest(ip: 
     else:
         assert got == address
     assert dial.dial("fd00::1") == "fd00::1" and dial.dial("not-an-ip") == "not-an-ip"
+
+
+# ------------------------------------------------------------------------------------------------ promotion
+
+
+def _rule_status(api: FakeApi) -> dict[str, Any]:
+    (rule,) = api.writes[-1][2]["rules"]
+    return dict(rule)
+
+
+async def _counted(state: ClusterState, phase: RulePhase, compared: int = 0, served: int = 0) -> None:
+    """Wait until the shadow copies of the calls made are compared (they run off the calls' path)."""
+    for _ in range(200):
+        c = state.gateway.tallies.counts("agents/invoices", {"invoices": phase}).get("invoices")
+        if c is not None and c.compared >= compared and c.served >= served:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not counted: {state.gateway.tallies.tallies}")
+
+
+def test_a_rule_is_promoted_when_its_shadow_agrees_and_sent_back_when_it_falls_back() -> None:
+    """S6: the status writer promotes the shadow SLM once enough of its answers agree with the LLM's, every
+    call then goes to the SLM (falling back to the LLM), and too many fallbacks send it back; each change of
+    phase is written into status.rules and announced with an Event on the SLMRoute."""
+
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        llm = StandIn("llm")
+        llm_server = TestServer(llm.app(), host="127.0.0.1")
+        await llm_server.start_server()
+        slm: StandIn = ctx["extractor"]
+        slm.behaviour.content = llm.behaviour.content = '{"total": 12.5, "currency": "EUR"}'
+        backends = [
+            {"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}},
+            {"name": "llm", "external": {"url": str(llm_server.make_url("/v1")), "model": "big-llm"}},
+        ]
+        rule = {
+            "name": "invoices",
+            "backend": "llm",
+            "shadow": {"backends": ["slm"], "percent": 100},
+            "promote": {"backend": "slm", "minSamples": 5, "maxFallbackPercent": 20},
+        }
+        doc = route(backends=backends, rules=[rule], fallback={"backend": "llm", "when": ["Error"]})
+        try:
+            sync_all(state, ctx["port"], [doc])
+            await settle(state)
+            assert _rule_status(api)["phase"] == "Shadow" and _rule_status(api)["backend"] == "llm"
+            for _ in range(5):
+                status, headers = await call(ctx["url"], KEY)
+                assert status == 200 and headers["x-slm-backend"] == "llm"
+            await _counted(state, RulePhase.SHADOW, compared=5)
+            await state.promote()
+            rule_status = _rule_status(api)
+            assert (rule_status["phase"], rule_status["backend"], rule_status["samples"]) == (
+                "Serving",
+                "slm",
+                0,
+            )
+            (event,) = api.events
+            assert (event.kind, event.namespace, event.name) == ("SLMRoute", "agents", "invoices")
+            assert (event.type, event.reason) == ("Normal", "Promoted")
+            assert "5 of 5 shadow answers of slm agreed (100 %" in event.message
+            await settle(state)  # the table routes by the written phase
+            assert 'slm_gateway_rule_phase{phase="Serving",route="agents/invoices",rule="invoices"} 1.0' in (
+                generate_latest(state.gateway.metrics.registry).decode()
+            )
+            status, headers = await call(ctx["url"], KEY)
+            assert status == 200 and headers["x-slm-backend"] == "slm" and "x-slm-fallback" not in headers
+            await state.promote()
+            assert len(api.events) == 1 and _rule_status(api)["phase"] == "Serving"
+            slm.behaviour.status = 500  # the promoted SLM fails: its calls fall back to the LLM
+            for _ in range(4):
+                status, headers = await call(ctx["url"], KEY)
+                assert headers["x-slm-backend"] == "llm" and headers["x-slm-fallback"] == "error"
+            await _counted(state, RulePhase.SERVING, served=5)
+            await state.promote()
+            rule_status = _rule_status(api)
+            assert (rule_status["phase"], rule_status["backend"]) == ("Shadow", "llm")
+            assert [(e.type, e.reason) for e in api.events] == [
+                ("Normal", "Promoted"),
+                ("Warning", "Demoted"),
+            ]
+            assert "4 of 5 calls fell back to llm (80 %" in api.events[-1].message
+            await settle(state)
+            status, headers = await call(ctx["url"], KEY)
+            assert status == 200 and headers["x-slm-backend"] == "llm" and "x-slm-fallback" not in headers
+        finally:
+            await llm_server.close()
+
+    run(test)
+
+
+def test_only_the_status_writer_decides_promotions() -> None:
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        state.writes_status = lambda: False  # another replica holds the Lease
+        rule = {
+            "name": "invoices",
+            "backend": "slm",
+            "shadow": {"backends": ["other"], "percent": 100},
+            "promote": {"backend": "other", "minSamples": 1},
+        }
+        backends = [
+            {"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}},
+            {"name": "other", "slmDeploymentRef": {"name": "invoice-extractor"}},
+        ]
+        sync_all(state, ctx["port"], [route(backends=backends, rules=[rule])])
+        await settle(state)
+        for _ in range(2):
+            await call(ctx["url"], KEY)
+        await _counted(state, RulePhase.SHADOW, compared=2)
+        await state.promote()
+        assert api.writes == [] and api.events == []
+
+    run(test)
 
 
 # ------------------------------------------------------------------------------------------------ status Lease

@@ -13,7 +13,7 @@ from slm_operator.contract import API_VERSION
 class Event:
     """A core/v1 Event on an object slm-operator reconciles (its ``involvedObject`` and what to say)."""
 
-    kind: str  # SLMDeployment | GPUPool | FineTuneJob
+    kind: str  # SLMDeployment | GPUPool | FineTuneJob | SLMRoute
     namespace: str | None
     name: str
     type: str  # Normal | Warning

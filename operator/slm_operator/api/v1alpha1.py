@@ -1232,6 +1232,53 @@ class ShadowSpec(ApiModel):
         return v
 
 
+PROMOTE_NEEDS_SHADOW = (
+    "a rule with `promote` must have a `shadow` that lists `promote.backend`: it is promoted on the agreement "
+    "of its shadow answers; add `shadow: {backends: [<promote.backend>]}` or remove `promote`"
+)
+PROMOTE_NEEDS_BACKEND = (
+    "a rule with `promote` must have a single `backend`, not a `split`: the promoted backend takes all of the "
+    "rule's calls and falls back to that `backend`; replace the `split` with `backend` or remove `promote`"
+)
+PROMOTE_NOT_SHADOWED = (
+    "`promote.backend` must be one of the rule's `shadow.backends`: add it there or fix the name"
+)
+
+
+class RulePromotion(ApiModel):
+    """Automatic promotion of a shadow backend to serving the rule's calls, and back (docs/gateway.md, S6 of
+    docs/loop.md)."""
+
+    backend: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="The shadow backend to promote: one of the rule's `shadow.backends`. While it serves, the "
+        "rule's `backend` is its fallback.",
+    )
+    min_agreement_percent: int = Field(
+        default=90,
+        ge=1,
+        le=100,
+        description="Least share of compared shadow answers that agree with the caller's answer, in percent, "
+        "for the backend to be promoted.",
+    )
+    min_samples: int = Field(
+        default=200,
+        ge=1,
+        le=1_000_000,
+        description="Compared shadow answers needed before promoting (counted by the gateway replica that "
+        "writes the route's status, since the last change of phase).",
+    )
+    max_fallback_percent: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Once serving: the share of its calls that fell back to the rule's `backend`, in percent, "
+        "above which it goes back to shadow (judged after at least min(`minSamples`, 50) calls).",
+    )
+
+
 class RouteRule(ApiModel):
     """The first rule whose `match` holds picks the backend of a call."""
 
@@ -1250,6 +1297,14 @@ class RouteRule(ApiModel):
                 "!has(self.shadow) || !has(self.backend) || !self.shadow.backends.exists(b, b == self.backend)",
                 "`shadow.backends` must not name the rule's own `backend`: its answer is already the real one",
                 field_path=".shadow.backends",
+            ),
+            cel("!has(self.promote) || has(self.shadow)", PROMOTE_NEEDS_SHADOW, field_path=".promote"),
+            cel("!has(self.promote) || has(self.backend)", PROMOTE_NEEDS_BACKEND, field_path=".promote"),
+            cel(
+                "!has(self.promote) || !has(self.shadow) || "
+                "self.shadow.backends.exists(b, b == self.promote.backend)",
+                PROMOTE_NOT_SHADOWED,
+                field_path=".promote.backend",
             ),
         )
     )
@@ -1271,6 +1326,12 @@ class RouteRule(ApiModel):
         description="Backends sharing the calls by weight (canary), instead of `backend`.",
     )
     shadow: ShadowSpec | None = Field(default=None, description="Copies of the calls to compare backends.")
+    promote: RulePromotion | None = Field(
+        default=None,
+        description="Promote a shadow backend to serve the rule's calls once its answers agree with the "
+        "caller's often enough, and send it back to shadow when too many of its calls fall back; the phase is "
+        "in `status.rules` (docs/gateway.md). Needs `shadow` and a single `backend`.",
+    )
 
     @model_validator(mode="after")
     def _target(self) -> RouteRule:
@@ -1286,6 +1347,13 @@ class RouteRule(ApiModel):
             raise ValueError(
                 "`shadow.backends` must not name the rule's own `backend`: its answer is already the real one"
             )
+        if self.promote is not None:
+            if self.shadow is None:
+                raise ValueError(PROMOTE_NEEDS_SHADOW)
+            if self.backend is None:
+                raise ValueError(PROMOTE_NEEDS_BACKEND)
+            if self.promote.backend not in self.shadow.backends:
+                raise ValueError(PROMOTE_NOT_SHADOWED)
         return self
 
 
@@ -1554,10 +1622,56 @@ class RouteBackendStatus(ApiModel):
     )
 
 
+class RulePhase(StrEnum):
+    """Who answers a rule with `promote`: its `backend` with the promoted one in shadow, or the promoted one."""
+
+    SHADOW = "Shadow"
+    SERVING = "Serving"
+
+
+class RouteRuleStatus(ApiModel):
+    """The promotion of one rule with `promote` (docs/gateway.md). The figures are those of the gateway replica
+    that writes the status, since the rule's last change of phase."""
+
+    name: str = Field(max_length=63, description="Rule name.")
+    phase: RulePhase = Field(
+        description="`Shadow`: the rule's `backend` answers and `promote.backend` gets copies; `Serving`: "
+        "`promote.backend` answers and falls back to the rule's `backend`. Every gateway replica routes by it."
+    )
+    backend: str = Field(
+        default="", max_length=63, description="The backend that answers the rule's calls now."
+    )
+    samples: int = Field(
+        default=0,
+        ge=0,
+        description="Shadow answers compared with the caller's since the last change of phase.",
+    )
+    agreement_percent: int = Field(
+        default=0, ge=0, le=100, description="Share of those that agreed, in percent (rounded down)."
+    )
+    served: int = Field(default=0, ge=0, description="While serving: calls sent to `promote.backend`.")
+    fallback_percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="While serving: share of those calls that fell back, in percent (rounded up).",
+    )
+    last_transition_time: str | None = Field(
+        default=None, max_length=64, description="When the phase last changed."
+    )
+    message: str = Field(default="", max_length=1024, description="Why the rule is in its phase.")
+
+
 class SLMRouteStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     backends: list[RouteBackendStatus] | None = Field(
         default=None, max_length=16, json_schema_extra=k8s(list_type="map", list_map_keys=["name"])
+    )
+    rules: list[RouteRuleStatus] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="The promotion phase of each rule with `promote`.",
     )
     ready_backends: str = Field(
         default="", max_length=16, description="Ready backends / backends, e.g. '2/3' (a printer column)."

@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
+from slm_operator.api.v1alpha1 import RulePhase
 from slm_operator.contract import BACKEND_HEADER, FALLBACK_HEADER, ROUTE_HEADER, TASK_HEADER
 from slm_operator.gateway.auth import Caller
-from slm_operator.routing.fallback import FailureReason
+from slm_operator.routing.fallback import FailureReason, checks_json
 from slm_operator.routing.features import RequestFeatures
 from slm_operator.routing.table import CompiledRoute
 
@@ -37,6 +38,16 @@ class Call:
     #: set when shadow copies were sent: resolved with the answer the caller got (None: it failed or came from
     #: a fallback), which the shadows compare theirs with
     primary_answer: asyncio.Future[dict[str, Any] | None] | None = None
+    #: a call of a rule with ``promote``: the rule, the phase it was routed in, the shadow backend whose
+    #: agreement counts for it, and while the promoted backend serves, the rule's own backend (its fallback)
+    rule: str | None = None
+    phase: RulePhase | None = None
+    measured: str | None = None
+    promoted_from: str | None = None
+
+    def checks_json(self, backend: str) -> bool:
+        """Whether ``backend``'s answer to this call is checked for JSON (where an invalid one falls back)."""
+        return checks_json(self.route.spec, backend, self.promoted_from)
 
     @property
     def keeps_answer(self) -> bool:

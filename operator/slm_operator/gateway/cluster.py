@@ -9,7 +9,13 @@ with one namespaced ``get`` when a route first names it and again every ``SECRET
 key stops working within that time). The ConfigMap of each route's task classifier is watched on its own (a
 namespaced watch of that one name, started when a route first names it and stopped when none does), and its
 classifier is parsed once per resourceVersion (:mod:`slm_operator.gateway.classifiers`). Every gateway replica
-writes the routes' status, only when it differs from what the route shows, so replicas that agree write nothing.
+writes the routes' status, only when it differs from what the route shows, so replicas that agree write nothing
+(with ``--status-lease`` only the Lease's holder writes).
+
+The status writer also decides the promotion of the rules with ``promote`` (:mod:`slm_operator.routing.promotion`)
+on its own replica's counts, when the table is rebuilt and every ``PROMOTION_SECONDS``; a change of phase is
+written into ``status.rules`` (which every replica routes by), announced with an Event on the SLMRoute
+(``Promoted`` or ``Demoted``), and starts that rule's counts again from zero.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
+from slm_operator.events import Event
 from slm_operator.gateway.classifiers import ClassifierLoader
 from slm_operator.gateway.kube import SecretUnreadable
 from slm_operator.gateway.server import Gateway
 from slm_operator.routing.endpoints import NO_DIAL, DialMap, endpoints_by_service
+from slm_operator.routing.promotion import DEMOTED, Transition, evaluate, rule_phases
 from slm_operator.routing.status import route_status
 from slm_operator.routing.table import (
     CompiledRoute,
@@ -42,6 +50,8 @@ log = logging.getLogger("slm_operator.gateway")
 
 DEBOUNCE_SECONDS = 0.2
 SECRET_REFRESH_SECONDS = 60.0
+#: how often the status writer decides the promotions (and writes the rules' figures when they changed)
+PROMOTION_SECONDS = 30.0
 KINDS = ("slmroutes", "slmdeployments", "endpointslices")
 
 
@@ -51,6 +61,8 @@ class ClusterApi(Protocol):
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def post_event(self, event: Event) -> None: ...
 
 
 def _key(obj: dict[str, Any]) -> NamespacedName:
@@ -108,6 +120,7 @@ class ClusterState:
         self.classifiers = ClassifierLoader()
         self._rebuild: asyncio.TimerHandle | None = None
         self.rebuilt = asyncio.Event()  # set after every rebuild (tests wait on it)
+        self._writing = asyncio.Lock()  # one status pass at a time: a transition is decided once
 
     # ------------------------------------------------------------------------------------- events
 
@@ -244,25 +257,65 @@ class ClusterState:
         return table
 
     async def write_statuses(self, table: RouteTable) -> None:
-        now = self.now()
-        for key, compiled in table.routes.items():
-            obj = self.objects["slmroutes"].get((compiled.namespace, compiled.name))
-            if obj is None or not self._classifier_listed(compiled):
-                continue
-            current = obj.get("status") or None
+        async with self._writing:
+            now = self.now()
+            for compiled in table.routes.values():
+                await self._write_status(compiled, now)
+
+    async def _write_status(self, compiled: CompiledRoute, now: str) -> None:
+        """Write the route's status when it changed; decide its rules' promotions on this replica's counts."""
+        name = (compiled.namespace, compiled.name)
+        obj = self.objects["slmroutes"].get(name)
+        if obj is None or not self._classifier_listed(compiled):
+            return
+        current = obj.get("status") or None
+        try:
+            previous = SLMRouteStatus.model_validate(current) if current else None
+        except ValidationError:
+            previous = None
+        counts = self.gateway.tallies.counts(compiled.key, rule_phases(compiled.spec, previous))
+        promotion = evaluate(compiled.spec, previous, counts, now)
+        wanted = route_status(compiled, previous, now, promotion.rules).to_k8s()
+        if wanted == current:
+            return
+        try:
+            await asyncio.to_thread(self.api.patch_route_status, *name, wanted)
+        except Exception as exc:  # the next change, resync or promotion pass writes it
+            log.warning("writing the status of SLMRoute %s failed: %s", compiled.key, exc)
+            return
+        if promotion.transitions:
+            # route by the new phase at once, as the watch will show it (the parsed route is cached by version)
+            self.objects["slmroutes"][name] = {**obj, "status": wanted}
+            self._parsed.pop(("slmroutes", name), None)
+            for t in promotion.transitions:
+                self.gateway.tallies.restart(compiled.key, t.rule, t.phase)
+            await self._announce(obj, compiled, promotion.transitions)
+            self.dirty()
+
+    async def _announce(
+        self, obj: dict[str, Any], route: CompiledRoute, transitions: list[Transition]
+    ) -> None:
+        """An Event on the SLMRoute per change of phase (best effort)."""
+        for t in transitions:
+            log.info("SLMRoute %s: %s", route.key, t.message)
+            kind = "Warning" if t.reason == DEMOTED else "Normal"
             try:
-                previous = SLMRouteStatus.model_validate(current) if current else None
-            except ValidationError:
-                previous = None
-            wanted = route_status(compiled, previous, now).to_k8s()
-            if wanted == current:
-                continue
+                await asyncio.to_thread(self.api.post_event, Event.on(obj, kind, t.reason, t.message))
+            except Exception as exc:  # events are best effort
+                log.warning("posting event %s on SLMRoute %s failed: %s", t.reason, route.key, exc)
+
+    async def promote(self) -> None:
+        """Decide the promotions now and write what changed (only from a complete view, by the writer)."""
+        if self.synced >= set(KINDS) and self.writes_status():
+            await self.write_statuses(self.gateway.table)
+
+    async def promote_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PROMOTION_SECONDS)
             try:
-                await asyncio.to_thread(
-                    self.api.patch_route_status, compiled.namespace, compiled.name, wanted
-                )
-            except Exception as exc:  # the next change or resync writes it
-                log.warning("writing the status of SLMRoute %s failed: %s", key, exc)
+                await self.promote()
+            except Exception:  # the next pass tries again
+                log.exception("deciding the promotions failed")
 
     def _classifier_listed(self, route: CompiledRoute) -> bool:
         """Whether the watch of the route's classifier ConfigMap has listed it (a status before that would say

@@ -98,6 +98,7 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
     configmaps = ConfigMapWatches(s.api, state, asyncio.get_running_loop())
     state.follow_configmaps = configmaps.follow
     tasks.append(await run_watches(state, s.api, threads_stop))
+    tasks.append(asyncio.create_task(state.promote_forever()))
     tasks.append(asyncio.create_task(_ready_when_synced(state)))
     try:
         await serve(s.standalone, stop, banner=False)

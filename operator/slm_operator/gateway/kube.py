@@ -9,13 +9,15 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
 * ``get`` on the Secrets the routes name, one namespaced read each, where a RoleBinding in the route's namespace
   allows it (no cluster-wide read of Secrets);
 * create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes);
-* with ``--status-lease``: get, create and update that one ``leases`` object (coordination.k8s.io).
+* with ``--status-lease``: get, create and update that one ``leases`` object (coordination.k8s.io);
+* create (and patch) ``events`` in the routes' namespaces: ``Promoted`` and ``Demoted`` on an SLMRoute.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,7 @@ from slm_operator.contract import (
     ROUTES_RESOURCE,
     VERSION,
 )
+from slm_operator.events import Event
 
 log = logging.getLogger("slm_operator.gateway")
 watch: Any = _watch  # kubernetes.watch has no annotations
@@ -42,6 +45,8 @@ WATCH_TIMEOUT_SECONDS = 300
 RETRY_SECONDS = 5.0
 #: how long a watch RBAC refused waits before it tries again (a RoleBinding may have been added meanwhile)
 FORBIDDEN_RETRY_SECONDS = 60.0
+#: who posts the gateway's Events (``source.component``)
+EVENT_COMPONENT = "slm-operator-gateway"
 
 
 class SecretUnreadable(Exception):
@@ -163,6 +168,35 @@ class KubeApi:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, ROUTES_RESOURCE, name, {"status": status}
         )
+
+    def post_event(self, event: Event) -> None:
+        """A core/v1 Event on the object (as the operator's ``Kube.event`` posts them)."""
+        involved = event.involved_object()
+        meta = involved["metadata"]
+        ns = meta.get("namespace") or "default"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": EVENT_COMPONENT},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": EVENT_COMPONENT,
+        }
+        self.core.create_namespaced_event(ns, body)
 
     # ------------------------------------------------------------------------------------- status Lease
 

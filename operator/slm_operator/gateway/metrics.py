@@ -147,6 +147,13 @@ class GatewayMetrics:
             ["route"],
             registry=r,
         )
+        self.rule_phase = Gauge(
+            "slm_gateway_rule_phase",
+            "1 for the phase a rule with `promote` is in (phase=Shadow|Serving), as the route's status says; every "
+            "replica routes by it (S6 of docs/loop.md)",
+            ["route", "rule", "phase"],
+            registry=r,
+        )
         self._load: Any = None
         r.register(_LoadCollector(lambda: self._load))
         self._children: dict[tuple[Any, ...], Any] = {}

@@ -29,9 +29,10 @@ from slm_operator.gateway.auth import ApiKeyAuth, Authenticator, AuthError, Call
 from slm_operator.gateway.call import CHAT, COMPLETIONS, Call, Outcome, response_headers
 from slm_operator.gateway.dispatch import Dispatcher
 from slm_operator.gateway.metrics import GatewayMetrics
+from slm_operator.gateway.tallies import Tallies
 from slm_operator.gateway.upstream import Upstream
 from slm_operator.routing.compare import compare_answers
-from slm_operator.routing.fallback import fallback_backend
+from slm_operator.routing.fallback import fallback_for
 from slm_operator.routing.features import call_task, request_features
 from slm_operator.routing.limits import CallerState, admit, idle, settle
 from slm_operator.routing.rules import select, task_label
@@ -100,6 +101,7 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         self.dispatcher = Dispatcher()
         self.metrics.load_from(self.dispatcher)
+        self.tallies = Tallies(self.metrics)  # per rule with promote: what the promotion decides on
         self.rng = random.Random(self.options.seed)
         self.limits: dict[tuple[str, str], CallerState] = {}
         self._shadows: set[asyncio.Task[None]] = set()
@@ -115,6 +117,7 @@ class Gateway:
     def set_table(self, table: RouteTable) -> None:
         """Serve ``table`` from now on (calls in flight finish on the routes they started with)."""
         self.table = table
+        self.tallies.follow(table)
         self.dispatcher.index(
             (f"{r.key}/{b.name}", b) for r in table.routes.values() for b in r.backends.values()
         )
@@ -297,7 +300,10 @@ class Gateway:
 
     async def _serve(self, call: Call) -> web.StreamResponse:
         spec = call.route.spec
-        sel = select(spec, call.features, self.rng.random(), self.rng.random())
+        sel = select(spec, call.features, self.rng.random(), self.rng.random(), call.route.phases)
+        if sel.phase is not None:
+            call.rule, call.phase, call.measured = sel.rule, sel.phase, sel.measured
+            call.promoted_from = sel.promoted_from
         if sel.shadows:
             call.primary_answer = asyncio.get_running_loop().create_future()
             self._fire_shadows(call, sel.shadows)
@@ -316,7 +322,7 @@ class Gateway:
         assert self._upstream is not None, "the gateway's app is not started"
         outcome = await self._upstream.attempt(call, backend)
         if outcome.reason is not None and outcome.committed is None:
-            fb = fallback_backend(spec, backend, outcome.reason)
+            fb = fallback_for(spec, backend, outcome.reason, call.promoted_from)
             if fb is not None:
                 reason = outcome.reason
                 self.metrics.child(self.metrics.fallbacks, call.route.key, backend, reason.value).inc()
@@ -330,6 +336,9 @@ class Gateway:
                 )
                 outcome = await self._upstream.attempt(call, fb, reason)
                 outcome.fallback = reason
+        if call.promoted_from is not None and call.rule is not None and call.phase is not None:
+            fell_back = outcome.fallback is not None
+            self.tallies.served(call.route.key, call.rule, call.phase, fell_back)
         response = outcome.committed or self._response(call, outcome)
         self._finish(call, outcome, response.status)
         if call.primary_answer is not None and not call.primary_answer.done():
@@ -460,6 +469,8 @@ class Gateway:
         self.metrics.child(
             self.metrics.shadow_agreement, call.route.key, name, call.task_label, result.value
         ).inc()
+        if name == call.measured and call.rule is not None and call.phase is not None:
+            self.tallies.compared(call.route.key, call.rule, call.phase, result.agrees)
 
 
 def _answer_of(call: Call, outcome: Outcome) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from slm_operator.capture import reassemble_chat_stream
 from slm_operator.gateway.call import CHAT, Call, Outcome, response_headers
 from slm_operator.gateway.dispatch import Dispatcher, NoEndpoint, QueueFull
 from slm_operator.gateway.metrics import GatewayMetrics
-from slm_operator.routing.fallback import FailureReason, checks_json, failure_of_status
+from slm_operator.routing.fallback import FailureReason, failure_of_status
 from slm_operator.routing.jsoncheck import expects_json, json_problem
 from slm_operator.routing.sse import body_usage, count_data_events, sse_events, stream_usage
 from slm_operator.routing.table import Backend
@@ -142,7 +142,7 @@ class Upstream:
         streamed = call.features.stream and resp.status == 200
         if not streamed:
             return await self._whole(call, name, resp, total_deadline)
-        if call.path == CHAT and checks_json(call.route.spec, name) and expects_json(call.body):
+        if call.path == CHAT and call.checks_json(name) and expects_json(call.body):
             return await self._held_stream(call, name, resp, first_deadline, total_deadline, fallback)
         return await self._stream(call, name, resp, first_deadline, total_deadline, fallback)
 
@@ -176,7 +176,7 @@ class Upstream:
             out.detail = f"the backend answered {resp.status}"
             return out
         if resp.status == 200:
-            checked = call.path == CHAT and checks_json(call.route.spec, name) and expects_json(call.body)
+            checked = call.path == CHAT and call.checks_json(name) and expects_json(call.body)
             if checked or call.keeps_answer:  # the whole answer is needed; otherwise only its usage
                 out.answer = _json_or_none(body)
                 usage = out.answer.get("usage") if out.answer else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from slm_operator.api.v1alpha1 import FallbackTrigger, SLMRouteSpec
+from slm_operator.api.v1alpha1 import ALL_FALLBACK_TRIGGERS, FallbackTrigger, SLMRouteSpec
 
 
 class FailureReason(StrEnum):
@@ -50,6 +50,24 @@ def fallback_backend(spec: SLMRouteSpec, failed_backend: str, reason: FailureRea
     return fb.backend
 
 
-def checks_json(spec: SLMRouteSpec, backend: str) -> bool:
+def promoted_fallback(spec: SLMRouteSpec, promoted_from: str, reason: FailureReason) -> str | None:
+    """The fallback of a rule's promoted backend while it serves: the rule's own ``backend``
+    (``promoted_from``), for the triggers the route's ``fallback.when`` lists (all four without a
+    ``fallback``)."""
+    when = spec.fallback.when if spec.fallback is not None else ALL_FALLBACK_TRIGGERS
+    return promoted_from if TRIGGERS[reason] in when else None
+
+
+def fallback_for(
+    spec: SLMRouteSpec, failed_backend: str, reason: FailureReason, promoted_from: str | None = None
+) -> str | None:
+    """The backend to try after ``failed_backend`` failed: for a call of a rule whose promoted backend serves
+    (``promoted_from`` set), the rule's own backend (and nothing after it); else the route's fallback."""
+    if promoted_from is not None:
+        return None if failed_backend == promoted_from else promoted_fallback(spec, promoted_from, reason)
+    return fallback_backend(spec, failed_backend, reason)
+
+
+def checks_json(spec: SLMRouteSpec, backend: str, promoted_from: str | None = None) -> bool:
     """Whether answers of ``backend`` are checked for JSON: only where an invalid one would fall back."""
-    return fallback_backend(spec, backend, FailureReason.INVALID_JSON) is not None
+    return fallback_for(spec, backend, FailureReason.INVALID_JSON, promoted_from) is not None

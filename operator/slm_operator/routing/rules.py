@@ -6,11 +6,12 @@ the call's features and the draws (property tests replay them).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from slm_operator.api.v1alpha1 import RouteRule, RuleMatch, SLMRouteSpec, ToolsMatch
+from slm_operator.api.v1alpha1 import RouteRule, RuleMatch, RulePhase, SLMRouteSpec, ToolsMatch
 from slm_operator.routing.features import RequestFeatures
+from slm_operator.routing.promotion import answering, measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,11 @@ class Selection:
     backend: str
     rule: str | None
     shadows: tuple[str, ...] = ()
+    #: for a rule with ``promote``: its phase, and the shadow backend whose agreement counts for it
+    phase: RulePhase | None = None
+    measured: str | None = None
+    #: while the rule's promoted backend serves: the rule's own backend, its fallback
+    promoted_from: str | None = None
 
 
 def rule_matches(match: RuleMatch, features: RequestFeatures) -> bool:
@@ -65,12 +71,23 @@ def default_backend(spec: SLMRouteSpec) -> str:
     return spec.default_backend or spec.backends[0].name
 
 
-def select(spec: SLMRouteSpec, features: RequestFeatures, split_draw: float, shadow_draw: float) -> Selection:
+def select(
+    spec: SLMRouteSpec,
+    features: RequestFeatures,
+    split_draw: float,
+    shadow_draw: float,
+    phases: Mapping[str, RulePhase] | None = None,
+) -> Selection:
     """The backend for a call: the first matching rule's backend (or its split by ``split_draw``), else the
-    route's default backend. The rule's shadow backends get a copy when ``shadow_draw * 100 < percent``."""
+    route's default backend. The rule's shadow backends get a copy when ``shadow_draw * 100 < percent``.
+
+    A rule with ``promote`` whose phase (``phases``, from the route's status) is ``Serving`` sends its calls to
+    ``promote.backend`` instead, falling back to the rule's ``backend``, which then gets the shadow copies."""
     rule = first_matching_rule(spec, features)
     if rule is None:
         return Selection(backend=default_backend(spec), rule=None)
+    if rule.promote is not None:
+        return _promoted(rule, (phases or {}).get(rule.name, RulePhase.SHADOW), shadow_draw)
     if rule.split is not None:
         backend = weighted_choice([(s.backend, s.weight) for s in rule.split], split_draw)
     else:
@@ -80,6 +97,25 @@ def select(spec: SLMRouteSpec, features: RequestFeatures, split_draw: float, sha
     if rule.shadow is not None and shadow_draw * 100 < rule.shadow.percent:
         shadows = tuple(b for b in rule.shadow.backends if b != backend)
     return Selection(backend=backend, rule=rule.name, shadows=shadows)
+
+
+def _promoted(rule: RouteRule, phase: RulePhase, shadow_draw: float) -> Selection:
+    assert rule.shadow is not None and rule.backend is not None  # the API: promote needs both
+    backend = answering(rule, phase)
+    shadows: tuple[str, ...] = ()
+    if shadow_draw * 100 < rule.shadow.percent:
+        candidates = (
+            (rule.backend, *rule.shadow.backends) if phase is RulePhase.SERVING else rule.shadow.backends
+        )
+        shadows = tuple(b for b in candidates if b != backend)
+    return Selection(
+        backend=backend,
+        rule=rule.name,
+        shadows=shadows,
+        phase=phase,
+        measured=measured(rule, phase),
+        promoted_from=rule.backend if phase is RulePhase.SERVING else None,
+    )
 
 
 def task_label(spec: SLMRouteSpec, task: str | None) -> str:

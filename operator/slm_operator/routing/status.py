@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slm_operator.api.v1alpha1 import RouteBackendStatus, SLMRouteStatus
+from slm_operator.api.v1alpha1 import RouteBackendStatus, RouteRuleStatus, SLMRouteStatus
 from slm_operator.routing.table import MODEL_CONFLICT, SECRET_NOT_FOUND, CompiledRoute
 from slm_operator.status import ConditionResult, apply_condition
 
@@ -48,8 +48,14 @@ def ready_condition(route: CompiledRoute, accepted: ConditionResult) -> Conditio
     return ConditionResult(True, READY, f"{len(route.backends)}/{len(route.backends)} backends ready")
 
 
-def route_status(route: CompiledRoute, previous: SLMRouteStatus | None, now: str) -> SLMRouteStatus:
-    """The status the gateway writes for ``route`` (``lastTransitionTime`` kept while a condition holds)."""
+def route_status(
+    route: CompiledRoute,
+    previous: SLMRouteStatus | None,
+    now: str,
+    rules: list[RouteRuleStatus] | None = None,
+) -> SLMRouteStatus:
+    """The status the gateway writes for ``route`` (``lastTransitionTime`` kept while a condition holds);
+    ``rules``: the promotion of its rules with ``promote`` (``routing.promotion.evaluate``)."""
     backends = [
         RouteBackendStatus(
             name=b.name,
@@ -70,6 +76,7 @@ def route_status(route: CompiledRoute, previous: SLMRouteStatus | None, now: str
     return SLMRouteStatus(
         observed_generation=gen,
         backends=backends,
+        rules=rules or None,
         ready_backends=f"{n_ready}/{len(backends)}",
         conditions=conditions,
     )

@@ -18,9 +18,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from slm_operator.api.base import duration_seconds
-from slm_operator.api.v1alpha1 import BackendKind, RouteBackend, SLMDeployment, SLMRoute, SLMRouteSpec
+from slm_operator.api.v1alpha1 import (
+    BackendKind,
+    RouteBackend,
+    RulePhase,
+    SLMDeployment,
+    SLMRoute,
+    SLMRouteSpec,
+)
 from slm_operator.contract import API_KEY_HASH_PREFIX
 from slm_operator.routing.features import TaskTagger
+from slm_operator.routing.promotion import rule_phases
 
 NamespacedName = tuple[str, str]
 #: (namespace, ConfigMap name, key) of a route's task classifier (``spec.taskClassifier.configMapRef``)
@@ -89,6 +97,8 @@ class CompiledRoute:
     classifier: TaskTagger | None = None  # the loaded task classifier (spec.taskClassifier)
     classifier_reason: str | None = None  # why the named classifier is not loaded
     classifier_problem: str = ""
+    #: the phase of each rule with ``promote``, as the route's status says (every replica routes by it)
+    phases: Mapping[str, RulePhase] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -265,6 +275,7 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
         classifier=classifier.tagger,
         classifier_reason=classifier.reason,
         classifier_problem=classifier.message,
+        phases=rule_phases(spec, route.status),
     )
 
 
