@@ -369,6 +369,10 @@ def test_advise_apply_moves_tasks_that_the_operator_places(
     live = co.get_namespaced_custom_object(GROUP, VERSION, ns, "slmroutes", "agent-llm")
     shadowed = {r["shadow"]["backends"][0] for r in live["spec"]["rules"] if r["name"].startswith("task-")}
     assert shadowed == set(deployments)
+    promoted = {r["promote"]["backend"] for r in live["spec"]["rules"] if r["name"].startswith("task-")}
+    assert promoted == set(deployments) and all(
+        r["promote"]["minAgreementPercent"] == 90 for r in live["spec"]["rules"] if "promote" in r
+    )  # the API server's defaults
     assert live["spec"]["taskClassifier"]["configMapRef"] == {
         "name": "slm-task-classifier",
         "key": "classifier.json",

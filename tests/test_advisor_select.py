@@ -263,6 +263,7 @@ def test_the_route_gets_a_shadow_rule_ahead_of_its_rules_and_stays_valid() -> No
     assert rules[0]["match"] == {"tasks": [rec.task]}
     assert rules[0]["backend"] == route.spec.default_backend
     assert rules[0]["shadow"]["backends"] == [rec.deployment_name]
+    assert rules[0]["promote"] == {"backend": rec.deployment_name}  # S6: serves once it agrees enough
     assert [r["name"] for r in rules[1:]] == [r.name for r in route.spec.rules or []]
     assert parsed.metadata.name == route.metadata.name
     assert (

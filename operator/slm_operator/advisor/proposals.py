@@ -8,7 +8,8 @@ For each task the advisor moves (``select.Recommendation`` with ``decision == "M
   adapts the model on the pool's fine-tuning segment (or borrows its LLM-fallback reservation) and
   promotes the adapter onto the deployment when it passes the gate;
 * a **rule** in the SLMRoute the calls came through: the task's calls keep going to the backend that answers
-  them now, and a share is copied to the SLM in **shadow** (S6 compares the answers before it serves anyone).
+  them now, and a share is copied to the SLM in **shadow**; the gateway compares the answers and promotes the
+  SLM to serving the task once they agree enough (``promote``, with the API's defaults), and back (S6).
 
 And once per analysis the **task classifier** as a ConfigMap (``classifier.json``), which the gateway loads to tag
 each call with its task.
@@ -182,6 +183,8 @@ def route_with_shadow(route: SLMRoute, moves: Sequence[Recommendation]) -> dict[
                 "match": {"tasks": [rec.task]},
                 "backend": llm,
                 "shadow": {"backends": [backend], "percent": SHADOW_PERCENT},
+                # serves once its shadow answers agree enough, back to the LLM when it falls back too often
+                "promote": {"backend": backend},
             }
         )
     spec["rules"] = new_rules + rules
