@@ -357,12 +357,12 @@ def test_advise_apply_moves_tasks_that_the_operator_places(
     co = custom(cluster.api)
     jobs = co.list_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs")["items"]
     assert sorted(j["spec"]["promote"]["slmDeploymentRef"]["name"] for j in jobs) == sorted(deployments)
-    # each trains on its task's calls in the store, which advise tagged (the first run tagged them all)
-    assert "tagged 3000 calls" in first.stdout or "tagged 29" in first.stdout, first.stdout
-    tasks = [j["spec"]["dataset"]["usageStore"]["task"] for j in jobs]
+    # each trains on its task's calls in the store, which advise tagged: every call it assigned to a task
     assignments = [
         json.loads(x) for x in (tmp_path / "advice" / "assignments.jsonl").read_text().splitlines()
     ]
+    assert f"tagged {sum(1 for a in assignments if a['task'])} calls" in first.stdout, first.stdout
+    tasks = [j["spec"]["dataset"]["usageStore"]["task"] for j in jobs]
     for task in tasks:
         exported = asyncio.run(_export_task(store, task))
         assert sorted(exported) == sorted(a["id"] for a in assignments if a["task"] == task)

@@ -3,6 +3,7 @@ on the example pools and nodes: what a user reviewing `advise` output would chec
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,9 +32,10 @@ from slm_operator.advisor.select import (
     eligible_models,
     select,
 )
+from slm_operator.api.v1alpha1 import SLMDeployment
 from slm_operator.catalog import serving_flags, slm_by_name
 from slm_operator.contract import ADVISOR_TASK_ANNOTATION
-from slm_operator.inventory import pool_inputs
+from slm_operator.inventory import demand_for, pool_inputs, size_deployment
 from slm_operator.manifests import load_manifests, parse_object
 from tests.conftest import ROOT
 
@@ -316,3 +318,22 @@ def test_deployment_names_are_readable_dns_labels_stable_per_task() -> None:
     )
     long = deployment_name("t-" + "a" * 40, "x" * 80 + " y")
     assert len(long) <= 63 and long[0].isalnum() and long[-1].isalnum()
+
+
+def test_a_rerun_plans_a_tasks_deployment_in_place_of_the_one_it_wrote_before() -> None:
+    """With --cluster the pool already holds the task's SLMDeployment from the last run: the candidate replaces
+    it (it is not a neighbour to fit beside, nor a duplicate)."""
+    first = _moved()
+    assert first.chosen is not None and first.deployment_name is not None
+    ctx = context()
+    dep = SLMDeployment.model_validate(deployment_manifest(first, "h100", "agents", 8))
+    earlier = demand_for(dep, size_deployment(dep))
+    again = select(
+        [profile()], set(), replace(ctx, existing=(earlier,)), SelectionSettings(namespace="agents")
+    )
+    assert again[0].decision == "Move" and again[0].chosen == first.chosen
+    # and with two tasks, the second is planned beside the first's new deployment, not its old one as well
+    two = [profile(), profile("t-other", prompt_p99=800)]
+    fresh = select(two, set(), ctx, SelectionSettings(namespace="agents"))
+    rerun = select(two, set(), replace(ctx, existing=(earlier,)), SelectionSettings(namespace="agents"))
+    assert [r.chosen for r in rerun] == [r.chosen for r in fresh]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -284,9 +284,14 @@ def select(
             )
             continue
         name = deployment_name(profile.id, profile.label)
-        before = plan_pool(ctx.policy, ctx.nodes, [*ctx.existing, *accepted]).pool.replicas_unplaced
+        # an earlier run's deployment of this task is what the candidate replaces, not a neighbour
+        own = f"{settings.namespace}/{name}"
+        others = replace(ctx, existing=tuple(d for d in ctx.existing if d.deployment != own))
+        before = plan_pool(ctx.policy, ctx.nodes, [*others.existing, *accepted]).pool.replicas_unplaced
         tried: list[tuple[Candidate, Demand | None]] = [
-            plan_candidate(_deployment(name, m, profile, ctx, settings), m, ctx, accepted, settings, before)
+            plan_candidate(
+                _deployment(name, m, profile, ctx, settings), m, others, accepted, settings, before
+            )
             for m in models
         ]
         placed = sorted(
@@ -313,6 +318,7 @@ def select(
             )
             continue
         accepted.append(demand)
+        ctx = others  # the earlier run's deployment of this task is replaced by the one accepted now
         out.append(
             Recommendation(
                 task=profile.id,
