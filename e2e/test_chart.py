@@ -210,6 +210,8 @@ def _render_for_cluster(helm: Helm, name: str, namespace: str, nvidia_ns: str) -
     sets = [f"operator.nvidia.namespace={nvidia_ns}", f"metrics.dashboard.namespace={namespace}"]
     if name != "existing-priorityclasses":
         sets += unique_priority_classes(namespace)
+    if name == "advisor":  # its Role and RoleBinding go to the advised namespace, which must exist
+        sets.append(f"advisor.namespace={namespace}")
     return helm.template(namespace, VALUE_SETS[name], sets)
 
 
