@@ -305,7 +305,10 @@ def test_a_restarted_host_kubelet_re_adopts_the_containers_it_was_running(
     batch.create_namespaced_job(ns, job("longrun", spec))
 
     def started() -> str | None:
-        st = pod_of(cluster, ns, job_pod(cluster, ns, "longrun").metadata.name)["status"]
+        pods = cluster.core.list_namespaced_pod(ns, label_selector="job-name=longrun").items
+        if not pods:
+            return None  # the Job controller has not created it yet (slow under load: it once failed CI)
+        st = pod_of(cluster, ns, pods[0].metadata.name)["status"]
         running = (st.get("containerStatuses") or [{}])[0].get("state", {}).get("running")
         return running["startedAt"] if running else None
 
