@@ -1117,11 +1117,12 @@ def _add_advise_parser(sub: Subparsers) -> None:
         description="Steps S3 and S4 of the LLM-to-SLM loop (docs/loop.md). Cluster captured calls into recurring "
         "tasks (TF-IDF + SVD of the system prompt, the last user turn with numbers and names masked, the tools "
         "and the answer's shape; HDBSCAN or k-means), profile each (calls, tokens, LLM latency and cost), and, "
-        "with a GPUPool in -f, choose per task the cheapest catalog model that covers its context and tools and "
-        "that the operator's planner places on the pool. Writes report.md, report.html, tasks.json, "
-        "assignments.jsonl and manifests/ (SLMDeployment, dataset ConfigMap and FineTuneJob per moved task, the "
-        "SLMRoute with a shadow rule per task when the route is in -f, the task classifier ConfigMap) under -o. "
-        "Exit codes: 0 written, 2 bad input.",
+        "with a GPUPool (in -f, or in the cluster with --cluster), choose per task the cheapest catalog model "
+        "that covers its context and tools and that the operator's planner places on the pool. Writes "
+        "report.md, report.html, tasks.json, assignments.jsonl and manifests/ (per moved task an SLMDeployment "
+        "and a FineTuneJob, with a ConfigMap of its calls unless they come from the store; the SLMRoute with a "
+        "shadow rule that promotes the SLM once it agrees with the LLM, when the route is in -f or the cluster; "
+        "the task classifier ConfigMap) under -o. Exit codes: 0 written, 2 bad input.",
     )
     from_env = os.environ.get(USAGE_STORE_ENV)
     p.add_argument(
