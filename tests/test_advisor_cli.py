@@ -109,6 +109,44 @@ def test_advise_licence_and_share_thresholds_change_what_moves(
     assert models and all(m.startswith("llama-3.2") for m in models)
 
 
+def test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refuses_owned_fields(
+    calls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An air-gapped cluster keeps base weights on a PVC: the template points every FineTuneJob at them (with the
+    model's name filled in) and sets the training; what advise decides per task stays advise's."""
+    template = tmp_path / "ftj.yaml"
+    template.write_text(
+        "modelSource: {pvc: {claimName: models, path: 'base/{model}'}}\n"
+        "hyperparameters: {epochs: 2, loraRank: 8}\n"
+        "promote: {evaluation: {minScorePercent: 60}}\n"
+    )
+    out = tmp_path / "advice"
+    common = ["--from", str(calls), *POOL_FILES, "--pool", "h100", "--no-examples", "--min-calls", "60"]
+    code, _, err = in_process("advise", *common, "-o", str(out), "--finetune-template", str(template),
+                              capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    jobs = [d for d in _manifests(out) if d["kind"] == "FineTuneJob"]
+    assert jobs
+    for job in jobs:
+        spec = job["spec"]
+        target = spec["promote"]["slmDeploymentRef"]["name"]
+        assert spec["modelSource"]["pvc"] == {"claimName": "models", "path": f"base/{spec['baseModel']}"}
+        assert spec["hyperparameters"] == {"epochs": 2, "loraRank": 8}
+        assert spec["promote"]["evaluation"] == {"minScorePercent": 60}
+        assert spec["output"]["pvc"]["path"] == f"{target}/{job['metadata']['name']}"
+        parse_object(job)
+    for text, message in [
+        ("dataset: {configMapRef: {name: x}}", "spec.dataset is set per task by advise"),
+        ("promote: {slmDeploymentRef: {name: x}}", "spec.promote.slmDeploymentRef is set per task"),
+        ("hyperparameters: {epochs: 0}", "invalid spec.hyperparameters.epochs"),
+        ("- a list", "give a mapping of FineTuneJob spec fields"),
+    ]:
+        template.write_text(text + "\n")
+        code, _, err = in_process("advise", *common, "-o", str(out), "--finetune-template", str(template),
+                                  capsys=capsys)  # fmt: skip
+        assert code == 2 and message in err, (text, err)
+
+
 def _store(path: Path, records: list[dict[str, Any]]) -> str:
     async def write() -> None:
         async with SQLiteStore(path) as store:

@@ -1556,6 +1556,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("advise", "--adapters-pvc"): [
         "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
     ],
+    ("advise", "--finetune-template"): [
+        "tests/test_advisor_cli.py::"
+        "test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refuses_owned_fields"
+    ],
     ("advise", "--usage-store-secret"): [
         "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time",
         "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",

@@ -27,6 +27,7 @@ from slm_operator.advisor.analysis import Example, Inputs, Outputs, advise_recor
 from slm_operator.advisor.cluster import find_tasks
 from slm_operator.advisor.features import text_of
 from slm_operator.advisor.profile import TokenPrice
+from slm_operator.advisor.proposals import TemplateError, check_template
 from slm_operator.advisor.records import CallRecord, Unparsable, parse_lines
 from slm_operator.advisor.report import render_html, render_markdown
 from slm_operator.advisor.select import PoolContext, SelectionSettings
@@ -354,6 +355,29 @@ def store_secret(value: str | None) -> tuple[str, str] | None:
     return name, key
 
 
+def finetune_template(path: str | None) -> dict[str, Any] | None:
+    """The FineTuneJob spec fields of ``--finetune-template`` (a YAML mapping of them, or a FineTuneJob whose
+    ``spec`` holds them)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise AdviseError(f"--finetune-template {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise AdviseError(f"--finetune-template {path}: not YAML ({exc})") from None
+    if isinstance(doc, dict) and doc.get("kind") == "FineTuneJob":
+        doc = doc.get("spec")
+    if not isinstance(doc, dict):
+        raise AdviseError(f"--finetune-template {path}: give a mapping of FineTuneJob spec fields")
+    try:
+        check_template(doc)
+    except TemplateError as exc:
+        raise AdviseError(f"--finetune-template {path}: {exc}") from None
+    return doc
+
+
 def run(args: argparse.Namespace) -> int:
     """``slm-operator advise``: 0 when it wrote (and applied) its results; ``AdviseError`` for bad input."""
     calls = read_calls(args.source, sys.stdin, route=args.route, since=args.since)
@@ -362,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
             f"{calls.source}: {len(calls.records)} call records ({calls.skipped} lines skipped); "
             "the advisor needs captured calls (id, request, response per line)"
         )
+    template = finetune_template(args.finetune_template)
     m = gather_manifests(args.filename, args.kubeconfig if args.cluster else None, args.cluster)
     clustering = find_tasks(calls.records, seed=args.seed, method=args.method)
     example, why = example_maker(not args.no_examples)
@@ -385,8 +410,12 @@ def run(args: argparse.Namespace) -> int:
         adapters_pvc=args.adapters_pvc,
         store_secret=secret,
         route_name=route[1] if route else None,
+        finetune_template=template,
     )
-    outputs = advise_records(inputs, datetime.now(UTC), example, notes=[why] if why else [])
+    try:
+        outputs = advise_records(inputs, datetime.now(UTC), example, notes=[why] if why else [])
+    except TemplateError as exc:
+        raise AdviseError(f"--finetune-template {args.finetune_template}: {exc}") from None
     out = Path(args.output_dir)
     written = write_outputs(out, outputs, render_markdown(outputs.advice), render_html(outputs.advice))
     a = outputs.advice

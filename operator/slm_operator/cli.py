@@ -1201,6 +1201,13 @@ def _add_advise_choice_flags(p: argparse.ArgumentParser) -> None:
         help="PVC the FineTuneJobs write adapters to (default %(default)s; it must exist)",
     )
     p.add_argument(
+        "--finetune-template",
+        metavar="FILE",
+        help="YAML of FineTuneJob spec fields every proposed FineTuneJob gets (modelSource, hyperparameters, "
+        "sanitization, promote.evaluation, ...; {model}, {deployment} and {task} in its strings are filled in), "
+        "e.g. to load base weights from a PVC in an air-gapped cluster",
+    )
+    p.add_argument(
         "--usage-store-secret",
         metavar="NAME/KEY",
         help="with --from a usage store: the Secret and key (in the namespace) holding its URL; the FineTuneJobs "

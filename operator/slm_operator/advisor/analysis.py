@@ -9,7 +9,7 @@ reads the files or the store, runs the clustering, sanitises the examples and wr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +52,8 @@ class Inputs:
     store_secret: tuple[str, str] | None = None
     #: the route (name) the calls came through, in the namespace
     route_name: str | None = None
+    #: FineTuneJob spec fields every FineTuneJob gets (``proposals.TEMPLATE_FIELDS``; ``--finetune-template``)
+    finetune_template: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def _manifests(inputs: Inputs, moves: Sequence[Recommendation]) -> list[dict[str
         else:
             configmap, dataset = configmap_dataset(rec, ns, dataset_lines(members.get(rec.task, []))[0])
             extra.append(configmap)
-        job = finetune_manifest(rec, ctx.pool, ns, dataset, inputs.adapters_pvc)
+        job = finetune_manifest(rec, ctx.pool, ns, dataset, inputs.adapters_pvc, inputs.finetune_template)
         if job is not None:  # the pool has a segment or a lending reservation to train on
             out += [*extra, job]
     if inputs.route is not None and moves:

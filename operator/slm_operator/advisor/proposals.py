@@ -21,9 +21,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from slm_operator.advisor.records import CallRecord
 from slm_operator.advisor.select import Recommendation
-from slm_operator.api.v1alpha1 import GPUPool, SLMRoute
+from slm_operator.api.v1alpha1 import FineTuneJob, GPUPool, SLMRoute
 from slm_operator.contract import (
     ADVISOR_TASK_ANNOTATION,
     API_VERSION,
@@ -119,35 +121,110 @@ def store_dataset(rec: Recommendation, secret: tuple[str, str], route: str) -> d
     }
 
 
+class TemplateError(ValueError):
+    """A FineTuneJob template (``advise --finetune-template``) that cannot make a valid FineTuneJob."""
+
+
+#: the FineTuneJob spec fields a template may set; ``advise`` sets the others per task (pool, place, base model,
+#: dataset, output) and ``promote.slmDeploymentRef``
+TEMPLATE_FIELDS = (
+    "modelSource",
+    "method",
+    "sanitization",
+    "hyperparameters",
+    "promote",
+    "gpus",
+    "image",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+)
+
+
+def check_template(template: Mapping[str, Any]) -> None:
+    """Refuses a template that sets a field ``advise`` sets per task, naming the fields it may set."""
+    promote = template.get("promote")
+    owned = [k for k in template if k not in TEMPLATE_FIELDS]
+    if isinstance(promote, Mapping) and "slmDeploymentRef" in promote:
+        owned.append("promote.slmDeploymentRef")
+    if owned:
+        raise TemplateError(
+            f"spec.{owned[0]} is set per task by advise; a FineTuneJob template sets only "
+            f"{', '.join(TEMPLATE_FIELDS)} (without promote.slmDeploymentRef)"
+        )
+
+
+def _filled(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        for key, text in values.items():
+            value = value.replace("{" + key + "}", text)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _filled(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, values) for v in value]
+    return value
+
+
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s fields, objects merged field by field, anything else replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        out[key] = merged(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
 def finetune_manifest(
-    rec: Recommendation, pool: GPUPool, namespace: str, dataset: Mapping[str, Any], adapters_pvc: str
+    rec: Recommendation,
+    pool: GPUPool,
+    namespace: str,
+    dataset: Mapping[str, Any],
+    adapters_pvc: str,
+    template: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any] | None:
-    """The task's FineTuneJob (None when the pool has nowhere to train)."""
+    """The task's FineTuneJob (None when the pool has nowhere to train): the advisor's defaults, then the
+    ``template``'s spec fields (``{model}``, ``{deployment}`` and ``{task}`` in its strings filled in), named
+    ``name`` (default ``<deployment>-1``) with its adapter under ``<deployment>/<name>``. ``TemplateError``
+    when the template sets a field the advisor owns or the result is not a valid FineTuneJob."""
     assert rec.chosen is not None and rec.deployment_name is not None
     place = trainer_place(pool)
     if place is None:
         return None
-    return {
+    name = name or f"{rec.deployment_name}-1"[:63]
+    spec: dict[str, Any] = {
+        "poolRef": {"name": pool.metadata.name},
+        **place,
+        "baseModel": rec.chosen.model,
+        "method": "LoRA",
+        "dataset": dict(dataset),
+        "output": {"pvc": {"claimName": adapters_pvc, "path": f"{rec.deployment_name}/{name}"}},
+        "promote": {
+            "slmDeploymentRef": {"name": rec.deployment_name},
+            "evaluation": {"minScorePercent": 80},
+        },
+    }
+    if template:
+        check_template(template)
+        values = {"model": rec.chosen.model, "deployment": rec.deployment_name, "task": rec.task}
+        spec = merged(spec, _filled(template, values))
+    doc = {
         "apiVersion": API_VERSION,
         "kind": "FineTuneJob",
         "metadata": {
-            "name": f"{rec.deployment_name}-1"[:63],
+            "name": name,
             "namespace": namespace,
             "annotations": {ADVISOR_TASK_ANNOTATION: rec.task},
         },
-        "spec": {
-            "poolRef": {"name": pool.metadata.name},
-            **place,
-            "baseModel": rec.chosen.model,
-            "method": "LoRA",
-            "dataset": dict(dataset),
-            "output": {"pvc": {"claimName": adapters_pvc, "path": rec.deployment_name}},
-            "promote": {
-                "slmDeploymentRef": {"name": rec.deployment_name},
-                "evaluation": {"minScorePercent": 80},
-            },
-        },
+        "spec": spec,
     }
+    try:
+        FineTuneJob.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TemplateError(f"the FineTuneJob template makes an invalid {where}: {first['msg']}") from None
+    return doc
 
 
 def llm_backend(spec: Mapping[str, Any]) -> str:
