@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,77 @@ def test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refu
         code, _, err = in_process("advise", *common, "-o", str(out), "--finetune-template", str(template),
                                   capsys=capsys)  # fmt: skip
         assert code == 2 and message in err, (text, err)
+
+
+ROUTE_YAML = """apiVersion: slm.io/v1alpha1
+kind: SLMRoute
+metadata: {name: agent-llm, namespace: agents}
+spec:
+  model: gpt-4o-mini
+  backends:
+  - {name: tagger, slmDeploymentRef: {name: tagger}}
+  - {name: llm, external: {url: "https://llm.example.com/v1", model: gpt-4o-mini}}
+  rules:
+  - {name: tickets, match: {tasks: [TASK]}, backend: tagger}
+  defaultBackend: llm
+  fallback: {backend: llm}
+"""
+
+
+def test_advise_compares_with_the_last_run_and_reports_drift_new_tasks_and_rising_fallbacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The scheduled advisor's second run: the last run's classifier (--previous-classifier) keeps the task ids;
+    the ticket-tagging agents rewrote their system prompt (drift), and the SLM serving it (a route rule straight
+    to its deployment) fell back to the LLM on a third of the calls in the later hour, against none before."""
+    raw = generate(6000, seed=1, route="agents/agent-llm", hours=4)
+    last, this = tmp_path / "last.jsonl", tmp_path / "this.jsonl"
+    with last.open("w") as f:
+        write_jsonl(raw[:3000], f)
+    code, _, err = in_process("advise", "--from", str(last), "-o", str(tmp_path / "a"), "--no-examples",
+                              capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    task_of = {
+        json.loads(x)["id"]: json.loads(x)["task"] for x in (tmp_path / "a" / "assignments.jsonl").open()
+    }
+    ticket = Counter(task_of[r["id"]] for r in raw[:3000] if r["label"] == "ticket-tagging").most_common(1)[
+        0
+    ][0]
+    later = raw[3000:]
+    tickets = [r for r in later if r["label"] == "ticket-tagging"]
+    for i, r in enumerate(tickets):
+        r["request"]["messages"][0]["content"] = (
+            "Triage assistant v2 for the helpdesk queue. Reply with a JSON object holding queue, severity, "
+            "language, churn_risk and next_action; severity is one of sev1 sev2 sev3."
+        )
+        fell = i >= len(tickets) // 2 and i % 3 == 0
+        r["backend"], r["fallback_reason"] = ("llm", "error") if fell else ("tagger", None)
+    with this.open("w") as f:
+        write_jsonl(later, f)
+    route = tmp_path / "route.yaml"
+    route.write_text(ROUTE_YAML.replace("TASK", ticket))
+    common = ["--from", str(this), "-f", str(route), "--no-examples", "--previous-classifier",
+              str(tmp_path / "a" / "classifier.json")]  # fmt: skip
+    code, stdout, err = in_process("advise", *common, "-o", str(tmp_path / "b"), capsys=capsys)
+    assert code == 0, err
+    assert f"TaskDrift: task {ticket} drifted" in stdout
+    assert f"FallbackRising: task {ticket} on tagger" in stdout and "in the later half" in stdout
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "## Since the last run" in report and f"**TaskDrift** `{ticket}`" in report
+    found = json.loads((tmp_path / "b" / "tasks.json").read_text())["changes"]
+    assert {(f["kind"], f["task"]) for f in found} >= {("TaskDrift", ticket), ("FallbackRising", ticket)}
+    code, stdout, err = in_process("advise", *common, "-o", str(tmp_path / "c"), "--drift", "0.9",
+                                   "--fallback-rise", "50", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    assert "TaskDrift" not in stdout and "FallbackRising" not in stdout
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, err = in_process("advise", "--from", str(this), "-o", str(tmp_path / "d"), "--previous-classifier",
+                              str(tmp_path / "missing.json"), capsys=capsys)  # fmt: skip
+    assert code == 2 and "--previous-classifier" in err and "cannot read" in err
+    (tmp_path / "bad.yaml").write_text("kind: ConfigMap\ndata: {}\n")
+    code, _, err = in_process("advise", "--from", str(this), "-o", str(tmp_path / "d"), "--previous-classifier",
+                              str(tmp_path / "bad.yaml"), capsys=capsys)  # fmt: skip
+    assert code == 2 and "not a task classifier" in err
 
 
 def _store(path: Path, records: list[dict[str, Any]]) -> str:

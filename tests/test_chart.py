@@ -105,9 +105,10 @@ ADVISOR_READ_RULES = {
 #: ... and applies what it proposes (server-side apply) only in advisor.namespace
 ADVISOR_APPLY_RULES = {
     ("slm.io", "slmdeployments"): {"get", "create", "patch"},
-    ("slm.io", "finetunejobs"): {"get", "create", "patch"},
+    ("slm.io", "finetunejobs"): {"get", "list", "create", "patch"},  # list: autoRetrain's one job per task
     ("slm.io", "slmroutes"): {"get", "create", "patch"},
     ("", "configmaps"): {"get", "create", "patch"},
+    ("", "events"): {"create"},  # the findings and retrains, on the route
 }
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 

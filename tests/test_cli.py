@@ -1556,6 +1556,18 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("advise", "--adapters-pvc"): [
         "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts"
     ],
+    ("advise", "--previous-classifier"): [
+        "tests/test_advisor_cli.py::"
+        "test_advise_compares_with_the_last_run_and_reports_drift_new_tasks_and_rising_fallbacks"
+    ],
+    ("advise", "--drift"): [
+        "tests/test_advisor_cli.py::"
+        "test_advise_compares_with_the_last_run_and_reports_drift_new_tasks_and_rising_fallbacks"
+    ],
+    ("advise", "--fallback-rise"): [
+        "tests/test_advisor_cli.py::"
+        "test_advise_compares_with_the_last_run_and_reports_drift_new_tasks_and_rising_fallbacks"
+    ],
     ("advise", "--finetune-template"): [
         "tests/test_advisor_cli.py::"
         "test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refuses_owned_fields"

@@ -24,6 +24,7 @@ from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
 from slm_operator.advisor.analysis import Example, Inputs, Outputs, advise_records
+from slm_operator.advisor.classifier import TaskClassifier
 from slm_operator.advisor.cluster import find_tasks
 from slm_operator.advisor.features import text_of
 from slm_operator.advisor.profile import TokenPrice
@@ -34,7 +35,14 @@ from slm_operator.advisor.select import PoolContext, SelectionSettings
 from slm_operator.api.v1alpha1 import SLMRoute
 from slm_operator.capture import open_store
 from slm_operator.capture.stores import STORE_ERRORS, shown_url
-from slm_operator.contract import ADVICE_CONFIGMAP, ADVISE_FIELD_MANAGER, API_VERSION
+from slm_operator.contract import (
+    ADVICE_CONFIGMAP,
+    ADVISE_FIELD_MANAGER,
+    API_VERSION,
+    TASK_CLASSIFIER_CONFIGMAP,
+    TASK_CLASSIFIER_KEY,
+)
+from slm_operator.events import Event
 from slm_operator.inventory import PoolNodeError, pool_inputs
 from slm_operator.kubeconfig import KubeConfigError, load_config
 from slm_operator.manifests import ManifestError, Manifests, load_manifests, manifests_of
@@ -183,8 +191,9 @@ def _file_name(index: int, doc: dict[str, Any]) -> str:
 
 
 def write_outputs(out: Path, outputs: Outputs, markdown: str, page: str) -> list[Path]:
-    """The report, tasks.json, assignments.jsonl and one file per manifest under ``out/manifests`` (whose
-    earlier YAML files are removed: the folder is what this run proposes)."""
+    """The report, tasks.json, assignments.jsonl, classifier.json (the next run's ``--previous-classifier``)
+    and one file per manifest under ``out/manifests`` (whose earlier YAML files are removed: the folder is what
+    this run proposes)."""
     manifests = out / "manifests"
     manifests.mkdir(parents=True, exist_ok=True)
     for old in manifests.glob("*.yaml"):
@@ -193,6 +202,7 @@ def write_outputs(out: Path, outputs: Outputs, markdown: str, page: str) -> list
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "tasks.json").write_text(outputs.tasks_json, encoding="utf-8")
     (out / "assignments.jsonl").write_text(outputs.assignments_jsonl, encoding="utf-8")
+    (out / "classifier.json").write_text(outputs.clustering.classifier.to_json(), encoding="utf-8")
     written = []
     for i, doc in enumerate(outputs.manifests, start=1):
         path = manifests / _file_name(i, doc)
@@ -355,6 +365,89 @@ def store_secret(value: str | None) -> tuple[str, str] | None:
     return name, key
 
 
+def previous_classifier(path: str) -> TaskClassifier:
+    """``--previous-classifier``: a classifier's JSON, or the ConfigMap manifest an earlier run wrote
+    (``manifests/NN-configmap-slm-task-classifier.yaml``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AdviseError(f"--previous-classifier {path}: cannot read ({exc.strerror})") from None
+    try:
+        doc = yaml.safe_load(text)
+        if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+            text = (doc.get("data") or {})[TASK_CLASSIFIER_KEY]
+        return TaskClassifier.from_json(text)
+    except (yaml.YAMLError, KeyError, ValueError) as exc:
+        raise AdviseError(
+            f"--previous-classifier {path}: not a task classifier (the JSON of one, or the ConfigMap "
+            f"{TASK_CLASSIFIER_CONFIGMAP} an earlier run wrote): {str(exc).splitlines()[0]}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """What the cluster keeps of the advisor's last run in a namespace: its classifier and the FineTuneJobs."""
+
+    classifier: TaskClassifier | None
+    jobs: list[dict[str, Any]]
+    note: str | None = None
+
+
+def last_run(kubeconfig: str | None, namespace: str) -> LastRun:
+    """The classifier ConfigMap the last run published in ``namespace`` (none on a first run, or when it does
+    not parse: said in ``note``) and the namespace's FineTuneJobs."""
+    api = _dynamic(kubeconfig)
+    try:
+        jobs = (
+            api.resources.get(api_version=API_VERSION, kind="FineTuneJob").get(namespace=namespace).to_dict()
+        )
+    except ApiException as exc:
+        raise AdviseError(
+            f"cannot list FineTuneJobs in {namespace} ({exc.status} {exc.reason}): {_message(exc)}"
+        ) from None
+    found = [{"apiVersion": API_VERSION, "kind": "FineTuneJob", **j} for j in jobs.get("items") or []]
+    try:
+        cm = api.resources.get(api_version="v1", kind="ConfigMap").get(
+            name=TASK_CLASSIFIER_CONFIGMAP, namespace=namespace
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return LastRun(None, found)
+        raise AdviseError(
+            f"cannot read ConfigMap {namespace}/{TASK_CLASSIFIER_CONFIGMAP} ({exc.status} {exc.reason}): "
+            f"{_message(exc)}"
+        ) from None
+    text = ((cm.to_dict().get("data")) or {}).get(TASK_CLASSIFIER_KEY)
+    try:
+        return LastRun(TaskClassifier.from_json(text or ""), found)
+    except ValueError as exc:
+        why = str(exc).splitlines()[0]
+        note = (
+            f"The last run's classifier ({namespace}/{TASK_CLASSIFIER_CONFIGMAP}) does not parse ({why}): "
+            "tasks were not compared with it."
+        )
+        return LastRun(None, found, note)
+
+
+def post_events(events: Sequence[Event], kubeconfig: str | None) -> int:
+    """Posts the Events (best effort: one that is refused is counted out, never stops the run)."""
+    api = _dynamic(kubeconfig)
+    resource = api.resources.get(api_version="v1", kind="Event")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    posted = 0
+    for event in events:
+        body = event.body(ADVISE_FIELD_MANAGER, now)
+        try:
+            resource.create(body=body, namespace=body["metadata"]["namespace"])
+            posted += 1
+        except ApiException as exc:
+            print(
+                f"could not post Event {event.reason} on {event.kind} {event.name}: {_message(exc)}",
+                file=sys.stderr,
+            )
+    return posted
+
+
 def finetune_template(path: str | None) -> dict[str, Any] | None:
     """The FineTuneJob spec fields of ``--finetune-template`` (a YAML mapping of them, or a FineTuneJob whose
     ``spec`` holds them)."""
@@ -397,12 +490,19 @@ def run(args: argparse.Namespace) -> int:
         raise AdviseError(
             "--usage-store-secret needs --from a usage store: the FineTuneJobs read what advise read"
         )
+    namespace = args.namespace or (route[0] if route else "default")
+    previous = previous_classifier(args.previous_classifier) if args.previous_classifier else None
+    last = LastRun(previous, [])
+    if args.cluster:
+        last = last_run(args.kubeconfig, namespace)
+        if previous is not None:
+            last = LastRun(previous, last.jobs)
     inputs = Inputs(
         records=calls.records,
         skipped=calls.skipped,
         source=calls.source,
         clustering=clustering,
-        settings=settings_of(args, args.namespace or (route[0] if route else "default")),
+        settings=settings_of(args, namespace),
         pool=pool_context(m, args.pool),
         route=route_of(m, calls.records, args.route),
         price=parse_price(args.llm_price),
@@ -411,9 +511,14 @@ def run(args: argparse.Namespace) -> int:
         store_secret=secret,
         route_name=route[1] if route else None,
         finetune_template=template,
+        previous=last.classifier,
+        jobs=last.jobs,
+        drift=args.drift,
+        fallback_rise=args.fallback_rise,
     )
     try:
-        outputs = advise_records(inputs, datetime.now(UTC), example, notes=[why] if why else [])
+        notes = [x for x in (why, last.note) if x]
+        outputs = advise_records(inputs, datetime.now(UTC), example, notes=notes)
     except TemplateError as exc:
         raise AdviseError(f"--finetune-template {args.finetune_template}: {exc}") from None
     out = Path(args.output_dir)
@@ -423,13 +528,21 @@ def run(args: argparse.Namespace) -> int:
         f"{a.calls} calls, {len(a.tasks)} tasks, {len(a.moved)} to move; wrote {out}/report.md, report.html, "
         f"tasks.json, assignments.jsonl and {len(written)} manifests"
     )
+    for change in a.changes:
+        print(f"{change.kind}: {change.message}")
+    for line in a.retrains:
+        print(f"autoRetrain: {line}")
     if args.apply:
         if from_store:
-            tagged = tag_store(args.source, calls.records, clustering.assignments)
+            tagged = tag_store(args.source, calls.records, outputs.clustering.assignments)
             print(f"tagged {tagged} calls in {calls.source} with their task")
         report = report_configmap(
             inputs.settings.namespace, render_markdown(outputs.advice), outputs.tasks_json
         )
         for line in apply_manifests([*outputs.manifests, report], args.kubeconfig):
             print(line)
+        if outputs.events and inputs.route is not None:
+            meta = inputs.route.metadata
+            posted = post_events(outputs.events, args.kubeconfig)
+            print(f"posted {posted} Events on SLMRoute {meta.namespace}/{meta.name}")
     return 0

@@ -1122,7 +1122,11 @@ def _add_advise_parser(sub: Subparsers) -> None:
         "report.md, report.html, tasks.json, assignments.jsonl and manifests/ (per moved task an SLMDeployment "
         "and a FineTuneJob, with a ConfigMap of its calls unless they come from the store; the SLMRoute with a "
         "shadow rule that promotes the SLM once it agrees with the LLM, when the route is in -f or the cluster; "
-        "the task classifier ConfigMap) under -o. Exit codes: 0 written, 2 bad input.",
+        "the task classifier ConfigMap) under -o, with classifier.json. Compared with the last run's classifier "
+        "(--previous-classifier, or the namespace's with --cluster), tasks keep their ids and new tasks, drift "
+        "and rising fallback rates are reported; with the route's autoRetrain, a served task that drifted or "
+        "falls back more gets a FineTuneJob on its newest calls (docs/loop.md, section 5). "
+        "Exit codes: 0 written, 2 bad input.",
     )
     from_env = os.environ.get(USAGE_STORE_ENV)
     p.add_argument(
@@ -1154,6 +1158,7 @@ def _add_advise_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--pool", help="the GPUPool to plan on when -f holds several")
     _add_advise_choice_flags(p)
+    _add_advise_loop_flags(p)
     p.set_defaults(func=_cmd_advise)
 
 
@@ -1201,13 +1206,6 @@ def _add_advise_choice_flags(p: argparse.ArgumentParser) -> None:
         help="PVC the FineTuneJobs write adapters to (default %(default)s; it must exist)",
     )
     p.add_argument(
-        "--finetune-template",
-        metavar="FILE",
-        help="YAML of FineTuneJob spec fields every proposed FineTuneJob gets (modelSource, hyperparameters, "
-        "sanitization, promote.evaluation, ...; {model}, {deployment} and {task} in its strings are filled in), "
-        "e.g. to load base weights from a PVC in an air-gapped cluster",
-    )
-    p.add_argument(
         "--usage-store-secret",
         metavar="NAME/KEY",
         help="with --from a usage store: the Secret and key (in the namespace) holding its URL; the FineTuneJobs "
@@ -1220,11 +1218,43 @@ def _add_advise_choice_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--apply",
         action="store_true",
-        help="also apply the manifests (server-side apply) and, reading a usage store, tag its calls with their "
-        "tasks (never overwriting a task they have)",
+        help="also apply the manifests (server-side apply), post the findings and retrains as Events on the "
+        "route and, reading a usage store, tag its calls with their tasks (never overwriting a task they have)",
     )
     p.add_argument(
         "--kubeconfig", help="kubeconfig for --cluster and --apply (default: in-cluster, else $KUBECONFIG)"
+    )
+
+
+def _add_advise_loop_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `advise` for the continuous loop (docs/loop.md, section 5) and the proposed FineTuneJobs."""
+    p.add_argument(
+        "--previous-classifier",
+        metavar="FILE",
+        help="the classifier an earlier run published (its JSON, or its ConfigMap manifest under manifests/): "
+        "tasks it covers keep their ids, and new tasks, drift and rising fallback rates are reported; with "
+        "--cluster the default is the ConfigMap slm-task-classifier in the namespace",
+    )
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=0.1,
+        help="rise of a task's median distance to its earlier centroid that is drift (cosine; default "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--fallback-rise",
+        type=float,
+        default=5.0,
+        help="rise of a served task's fallback percentage from the earlier to the later half of the window "
+        "that is reported, in points (default %(default)s)",
+    )
+    p.add_argument(
+        "--finetune-template",
+        metavar="FILE",
+        help="YAML of FineTuneJob spec fields every proposed FineTuneJob gets (modelSource, hyperparameters, "
+        "sanitization, promote.evaluation, ...; {model}, {deployment} and {task} in its strings are filled in), "
+        "e.g. to load base weights from a PVC in an air-gapped cluster",
     )
 
 

@@ -44,3 +44,37 @@ class Event:
             "kind": self.kind,
             "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
         }
+
+    def body(self, component: str, now: str) -> dict[str, Any]:
+        """The core/v1 Event to create in the object's namespace (``default`` for a cluster-scoped object),
+        posted by ``component`` at ``now`` (RFC 3339)."""
+        return event_body(self.involved_object(), self.type, self.reason, self.message, component, now)
+
+
+def event_body(
+    involved: Mapping[str, Any], type_: str, reason: str, message: str, component: str, now: str
+) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (an object in its JSON form), as every component of slm-operator posts
+    it: named after the object, its message cut to 1,024 characters."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion", API_VERSION),
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "reportingComponent": component,
+        "reportingInstance": component,
+    }

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from slm_operator.advisor.classifier import TaskClassifier
 from slm_operator.advisor.cluster import Clustering
+from slm_operator.advisor.loop import DRIFT, FALLBACK_RISE, carry_over, changes, events, retrains
 from slm_operator.advisor.profile import TaskProfile, TokenPrice, profile_task, tokens_of, window
 from slm_operator.advisor.proposals import (
     classifier_configmap,
@@ -31,6 +33,7 @@ from slm_operator.advisor.report import Advice
 from slm_operator.advisor.select import PoolContext, Recommendation, SelectionSettings, select
 from slm_operator.api.v1alpha1 import SLMRoute
 from slm_operator.contract import TASK_CLASSIFIER_CONFIGMAP
+from slm_operator.events import Event
 
 #: a user turn the report shows per task, after the shell's sanitiser
 Example = Callable[[CallRecord], str]
@@ -54,6 +57,12 @@ class Inputs:
     route_name: str | None = None
     #: FineTuneJob spec fields every FineTuneJob gets (``proposals.TEMPLATE_FIELDS``; ``--finetune-template``)
     finetune_template: Mapping[str, Any] | None = None
+    #: the classifier the last run published: this run's tasks continue its tasks' ids (``loop.carry_over``)
+    previous: TaskClassifier | None = None
+    #: the namespace's FineTuneJobs (JSON form), for ``spec.autoRetrain``
+    jobs: Sequence[Mapping[str, Any]] = ()
+    drift: float = DRIFT
+    fallback_rise: float = FALLBACK_RISE
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ class Outputs:
     manifests: list[dict[str, Any]]
     tasks_json: str
     assignments_jsonl: str
+    #: the clustering with the ids of the tasks it continues (``loop.carry_over``)
+    clustering: Clustering
+    #: the Events to post on the route with ``--apply`` (findings and retrains)
+    events: list[Event] = field(default_factory=list)
 
 
 def _profiles(inputs: Inputs) -> list[TaskProfile]:
@@ -137,6 +150,25 @@ def _manifests(inputs: Inputs, moves: Sequence[Recommendation]) -> list[dict[str
 
 def advise_records(inputs: Inputs, now: datetime, example: Example, notes: Sequence[str] = ()) -> Outputs:
     """Everything an ``advise`` run produces from what the shell gathered; ``notes`` end the assumptions."""
+    clustering, lineage = carry_over(inputs.clustering, inputs.records, inputs.previous)
+    inputs = replace(inputs, clustering=clustering)
+    found = changes(
+        clustering,
+        lineage,
+        inputs.records,
+        inputs.route,
+        drift=inputs.drift,
+        fallback_rise=inputs.fallback_rise,
+    )
+    store = (inputs.store_secret, inputs.route_name) if inputs.store_secret and inputs.route_name else None
+    retrain = retrains(
+        found,
+        inputs.route,
+        inputs.jobs,
+        members_by_task(inputs.records, clustering.assignments),
+        now,
+        store,
+    )
     profiles = _profiles(inputs)
     diffuse = {t.id for t in inputs.clustering.tasks if t.diffuse}
     recs: list[Recommendation] = []
@@ -159,6 +191,9 @@ def advise_records(inputs: Inputs, now: datetime, example: Example, notes: Seque
         currency=inputs.currency,
         assumptions=[*assumptions(inputs), *notes],
         examples=examples,
+        changes=found,
+        compared=lineage.previous is not None,
+        retrains=retrain.notes,
     )
     moves = advice.moved
     tasks_json = json.dumps(
@@ -177,6 +212,8 @@ def advise_records(inputs: Inputs, now: datetime, example: Example, notes: Seque
             ],
             "noise": advice.noise,
             "calls": advice.calls,
+            "changes": [f.model_dump(mode="json") for f in found],
+            "retrains": retrain.notes,
         },
         indent=2,
     )
@@ -184,4 +221,7 @@ def advise_records(inputs: Inputs, now: datetime, example: Example, notes: Seque
         json.dumps({"id": r.id, "task": a}) + "\n"
         for r, a in zip(inputs.records, inputs.clustering.assignments, strict=True)
     )
-    return Outputs(advice, _manifests(inputs, moves), tasks_json, assignments)
+    posted = [*(events(found, inputs.route) if inputs.route is not None else []), *retrain.events]
+    return Outputs(
+        advice, [*_manifests(inputs, moves), *retrain.manifests], tasks_json, assignments, clustering, posted
+    )

@@ -85,6 +85,11 @@ class TaskClassifier(BaseModel):
     version: int = CLASSIFIER_VERSION
     tasks: list[str] = Field(default_factory=list, description="task ids, in the centroids' row order")
     thresholds: list[float] = Field(default_factory=list, description="max cosine distance of each task")
+    medians: list[float] = Field(
+        default_factory=list,
+        description="median distance of each task's own calls when fitted: the baseline of drift (empty in a "
+        "classifier fitted before it was kept)",
+    )
     terms: list[str] = Field(default_factory=list, description="the vocabulary, in the columns' order")
     idf: str = Field(default="", description="base64 float16 per term: idf x the weight of its part")
     unknown_idf: float = Field(default=1.0, gt=0, description="idf of a term outside the vocabulary")
@@ -107,6 +112,8 @@ class TaskClassifier(BaseModel):
             )
         if len(self.thresholds) != len(self.tasks):
             raise ValueError("one threshold per task")
+        if self.medians and len(self.medians) != len(self.tasks):
+            raise ValueError("one median per task, or none")
         index = {term: i for i, term in enumerate(self.terms)}
         if len(index) != len(self.terms):
             raise ValueError("terms must be unique")
@@ -124,8 +131,25 @@ class TaskClassifier(BaseModel):
 
     def tag_document(self, doc: str) -> tuple[str | None, float]:
         """``tag`` of a request-only document (``features.document(request, None)``)."""
-        if not self.tasks:
+        similarities = self._similarities(doc)
+        if similarities is None:
             return None, 1.0
+        best = int(similarities.argmax())
+        distance = max(0.0, 1.0 - float(similarities[best]))
+        return (self.tasks[best] if distance <= self.thresholds[best] else None), distance
+
+    def distances(self, doc: str) -> FloatArray:
+        """The cosine distance of a request-only document to every task, in ``tasks`` order (1.0 each when the
+        document has no known term)."""
+        similarities = self._similarities(doc)
+        if similarities is None:
+            return np.ones(len(self.tasks), dtype=np.float32)
+        return np.asarray(np.maximum(0.0, 1.0 - similarities), dtype=np.float32)
+
+    def _similarities(self, doc: str) -> FloatArray | None:
+        """Cosine similarity of the document to each task's centroid; None with no task or no known term."""
+        if not self.tasks:
+            return None
         index, idf, centroids = self._decoded.index, self._decoded.idf, self._decoded.centroids
         columns: list[int] = []
         tfs: list[float] = []
@@ -139,13 +163,10 @@ class TaskClassifier(BaseModel):
                 columns.append(column)
                 tfs.append(sublinear_tf(count))
         if not columns:
-            return None, 1.0
+            return None
         values = np.asarray(tfs, dtype=np.float32) * idf[columns]
         norm = math.sqrt(float(values @ values) + unknown)
-        similarities = (values @ centroids[columns]) / norm
-        best = int(similarities.argmax())
-        distance = max(0.0, 1.0 - float(similarities[best]))
-        return (self.tasks[best] if distance <= self.thresholds[best] else None), distance
+        return np.asarray((values @ centroids[columns]) / norm, dtype=np.float32)
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -210,17 +231,40 @@ def _thresholds(distances: FloatArray, nearest: IntArray, task_of_row: IntArray,
     return thresholds
 
 
+def held_out_medians(
+    docs: Sequence[str], assignments: Sequence[str | None], tasks: Sequence[str], **fit: Any
+) -> list[float]:
+    """Per task, the median distance of its documents to its centroid in a classifier fitted without them
+    (two folds: even and odd positions): what calls of the task the classifier has never seen will measure, the
+    baseline of drift (``advisor.loop``). Distances of the documents it was fitted on would be lower: the
+    vocabulary is chosen from them."""
+    found: dict[str, list[float]] = {t: [] for t in tasks}
+    for fold in (0, 1):
+        train = [i for i in range(len(docs)) if i % 2 != fold]
+        model = fit_classifier(
+            [docs[i] for i in train], [assignments[i] for i in train], baseline=False, **fit
+        )
+        column = {t: j for j, t in enumerate(model.tasks)}
+        for i in range(fold, len(docs), 2):
+            task = assignments[i]
+            if task is not None and task in column:
+                found[task].append(float(model.distances(docs[i])[column[task]]))
+    return [round(float(np.median(found[t])), 4) if found[t] else 1.0 for t in tasks]
+
+
 def fit_classifier(
     docs: Sequence[str],
     assignments: Sequence[str | None],
     *,
     terms_per_task: int = TERMS_PER_TASK,
     min_df: int = 2,
+    baseline: bool = True,
 ) -> TaskClassifier:
     """The classifier of the tasks in ``assignments`` (one task id or None per document) from request-only
     ``docs``: each task's centroid over the vocabulary of the tasks' heaviest terms, and its threshold (a high
-    quantile of the distances of its own documents, plus a margin). Deterministic: the same documents and
-    assignments in the same order give the same classifier."""
+    quantile of the distances of its own documents, plus a margin), and with ``baseline`` each task's
+    ``held_out_medians``. Deterministic: the same documents and assignments in the same order give the same
+    classifier."""
     if len(docs) != len(assignments):
         raise ValueError("one assignment per document")
     tasks = sorted({a for a in assignments if a is not None})
@@ -253,6 +297,9 @@ def fit_classifier(
     return TaskClassifier(
         tasks=tasks,
         thresholds=_thresholds(distances, nearest, task_of_row, k),
+        medians=held_out_medians(docs, assignments, tasks, terms_per_task=terms_per_task, min_df=min_df)
+        if baseline
+        else [],
         terms=[bag.terms[i] for i in order],
         idf=_pack(idf[order]),
         unknown_idf=unknown_idf,

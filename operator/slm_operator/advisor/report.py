@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slm_operator.advisor.loop import Finding
 from slm_operator.advisor.profile import TaskProfile
 from slm_operator.advisor.select import Recommendation
 
@@ -35,6 +36,11 @@ class Advice(BaseModel):
     examples: dict[str, list[str]] = Field(
         default_factory=dict, description="task id -> sanitised user turns"
     )
+    changes: list[Finding] = Field(
+        default_factory=list, description="what changed since the last run (advisor.loop)"
+    )
+    compared: bool = Field(default=False, description="a previous run's classifier was compared with")
+    retrains: list[str] = Field(default_factory=list, description="autoRetrain: started, or why not")
 
     def recommendation(self, task: str) -> Recommendation | None:
         return next((r for r in self.recommendations if r.task == task), None)
@@ -156,8 +162,21 @@ def _md_task(a: Advice, t: TaskProfile) -> list[str]:
     return out
 
 
+def _change_lines(a: Advice) -> list[str]:
+    """The "Since the last run" section's lines (no section on a first run without findings)."""
+    if not a.compared and not a.changes and not a.retrains:
+        return []
+    lines = [f"**{f.kind}** `{f.task}`: {f.message}" for f in a.changes]
+    lines += [f"**autoRetrain**: {x}" for x in a.retrains]
+    if not lines:
+        lines = ["No new task, no drift and no rising fallback rate."]
+    return lines
+
+
 def render_markdown(a: Advice) -> str:
     lines = [f"# slm-operator advice ({a.generated:%Y-%m-%d %H:%M} UTC)", "", *_headline(a), ""]
+    if changed := _change_lines(a):
+        lines += ["## Since the last run", "", *[f"- {x}" for x in changed], ""]
     lines += ["## Tasks", "", *_md_table(TASK_HEADER, _task_rows(a)), ""]
     lines += ["## Per task", ""]
     for t in a.tasks:
@@ -242,6 +261,13 @@ def render_html(a: Advice) -> str:
         f"<title>slm-operator advice</title><style>{STYLE}</style></head><body>"
         f"<h1>slm-operator advice ({a.generated:%Y-%m-%d %H:%M} UTC)</h1><ul>{headline}</ul>"
         + "".join(f"<div>{p}</div>" for p in plots)
+        + (
+            "<h2>Since the last run</h2><ul>"
+            + "".join(f"<li>{html.escape(x.replace('**', '').replace('`', ''))}</li>" for x in changed)
+            + "</ul>"
+            if (changed := _change_lines(a))
+            else ""
+        )
         + "<h2>Tasks</h2>"
         + _html_table(TASK_HEADER, [[c.strip("`") for c in row] for row in _task_rows(a)])
         + "<h2>Per task</h2>"

@@ -8,6 +8,7 @@ and as a Python validator with the same message that the offline CLI (``slm-oper
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -1494,6 +1495,56 @@ class TaskClassifierRef(ApiModel):
     )
 
 
+class RetrainTrigger(StrEnum):
+    """What makes the scheduled advisor retrain a served task's SLM (docs/loop.md, S6)."""
+
+    DRIFT = "Drift"
+    FALLBACK_RISING = "FallbackRising"
+
+
+RETRAIN_SINCE_REGEX = "^[0-9]+[mhdw]$"
+RETRAIN_SINCE = (
+    "`autoRetrain.since` must be a duration before the advisor runs: a number and m, h, d or w (7d)"
+)
+
+
+class AutoRetrain(ApiModel):
+    """The scheduled advisor (`slm-operator advise --cluster --apply`, the chart's `advisor`) starts a FineTuneJob
+    on the newest calls of a task an SLM serves through this route when the task drifted or its fallback rate
+    rose (docs/loop.md): a copy of the task's last FineTuneJob with `dataset.usageStore.since` set to `since`.
+    Never while another FineTuneJob of the task has not finished."""
+
+    on: list[RetrainTrigger] = Field(
+        default_factory=lambda: [RetrainTrigger.DRIFT, RetrainTrigger.FALLBACK_RISING],
+        min_length=1,
+        max_length=2,
+        json_schema_extra=k8s(list_type="set"),
+        description="Findings that start a retrain: `Drift` (the task's calls moved away from what it was "
+        "trained on) and `FallbackRising` (more of its calls fall back to the LLM than before).",
+    )
+    since: str = Field(
+        default="7d",
+        min_length=2,
+        max_length=16,
+        json_schema_extra=k8s(cel(f"self.matches('{RETRAIN_SINCE_REGEX}')", RETRAIN_SINCE)),
+        description="How far back the newest calls the retrain learns from go.",
+    )
+    min_calls: int = Field(
+        default=200,
+        ge=1,
+        le=1_000_000,
+        description="Fewest calls of the task in `since` for a retrain; with fewer the advisor says so and "
+        "waits.",
+    )
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, v: str) -> str:
+        if not re.fullmatch(RETRAIN_SINCE_REGEX, v):
+            raise ValueError(RETRAIN_SINCE)
+        return v
+
+
 class SLMRouteSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -1573,6 +1624,11 @@ class SLMRouteSpec(ApiModel):
         default=None, description="Record calls for fine-tuning (default: nothing is recorded)."
     )
     limits: CallerLimits | None = Field(default=None, description="Limits per caller (default: none).")
+    auto_retrain: AutoRetrain | None = Field(
+        default=None,
+        description="Retrain the SLM of a served task on its newest calls when the scheduled advisor finds "
+        "it drifted or falling back more (default: the advisor only says so, as Events and in its report).",
+    )
     api_key_secret_refs: list[LocalObjectReference] | None = Field(
         default=None,
         max_length=8,

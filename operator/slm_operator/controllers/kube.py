@@ -17,7 +17,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
 from slm_operator import metrics
-from slm_operator.contract import API_VERSION, FIELD_MANAGER
+from slm_operator.contract import FIELD_MANAGER
+from slm_operator.events import event_body
 
 log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")
@@ -176,27 +177,7 @@ class Kube:
         meta = involved["metadata"]
         ns = meta.get("namespace") or "default"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion", API_VERSION),
-                "kind": involved["kind"],
-                "name": meta["name"],
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": component},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": component,
-            "reportingInstance": component,
-        }
+        body = event_body(involved, type_, reason, message, component, now)
         try:
             self.requests += 1
             self.resource("v1", "Event").create(body=body, namespace=ns)

@@ -171,31 +171,8 @@ class KubeApi:
 
     def post_event(self, event: Event) -> None:
         """A core/v1 Event on the object (as the operator's ``Kube.event`` posts them)."""
-        involved = event.involved_object()
-        meta = involved["metadata"]
-        ns = meta.get("namespace") or "default"
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        body: Any = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
-            "involvedObject": {
-                "apiVersion": involved["apiVersion"],
-                "kind": involved["kind"],
-                "name": meta["name"],
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "source": {"component": EVENT_COMPONENT},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "reportingComponent": EVENT_COMPONENT,
-            "reportingInstance": EVENT_COMPONENT,
-        }
+        body: Any = event.body(EVENT_COMPONENT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        ns = body["metadata"]["namespace"]
         self.core.create_namespaced_event(ns, body)
 
     # ------------------------------------------------------------------------------------- status Lease
