@@ -85,11 +85,16 @@ AGENT_CLUSTER_RULES = {("", "nodes"): {"get", "patch"}, ("", "pods"): {"list"}}
 GATEWAY_CLUSTER_RULES = {
     ("slm.io", "slmroutes"): {"get", "list", "watch"},
     ("slm.io", "slmdeployments"): {"get", "list", "watch"},
+    ("slm.io", "finetunejobs"): {
+        "get",
+        "list",
+        "watch",
+    },  # a rule's promotion waits for those training its SLM
     ("slm.io", "slmroutes/status"): {"patch"},
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},
     ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
-    ("", "events"): {"create", "patch"},  # Promoted / Demoted on SLMRoutes (the status writer)
+    ("", "events"): {"create", "patch"},  # Promoted / Demoted / ModelChanged on SLMRoutes (the status writer)
 }
 #: the one role that may name Secrets: `get` only, bound only by RoleBindings in gateway.routeNamespaces
 GATEWAY_SECRETS_ROLE = "-gateway-secrets"

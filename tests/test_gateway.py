@@ -606,7 +606,12 @@ PROMOTE_RULES = [
 
 
 def _counts(env: Env, phase: RulePhase) -> RuleCounts:
-    return env.gateway.tallies.counts("agents/invoices", {"invoices": phase}).get("invoices") or RuleCounts()
+    return (
+        env.gateway.tallies.counts(env.gateway.table.routes["agents/invoices"], {"invoices": phase}).get(
+            "invoices"
+        )
+        or RuleCounts()
+    )
 
 
 async def _counted(env: Env, phase: RulePhase, compared: int) -> None:

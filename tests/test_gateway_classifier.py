@@ -325,6 +325,7 @@ def test_in_the_cluster_the_watched_configmap_takes_effect_without_a_restart(
         spec = {**SPEC, "backends": [*route()["spec"]["backends"], llm]}
         state.handle("slmroutes", "SYNC", [route(ns=NS, **spec)])
         state.handle("slmdeployments", "SYNC", [deployment()])
+        state.handle("finetunejobs", "SYNC", [])
         state.handle(
             "endpointslices",
             "SYNC",

@@ -21,8 +21,9 @@ from prometheus_client import generate_latest
 
 from e2e.standin import StandIn
 from slm_operator.api.v1alpha1 import RulePhase
+from slm_operator.contract import ADAPTER_ANNOTATION
 from slm_operator.events import Event
-from slm_operator.gateway.cluster import ClusterState
+from slm_operator.gateway.cluster import ClusterState, compare_resource_versions
 from slm_operator.gateway.kube import SecretUnreadable, TokenResult
 from slm_operator.gateway.kube_auth import KubeAuth, TtlCache, service_account_namespace
 from slm_operator.gateway.lease import LEASE_SECONDS, StatusLease, claim
@@ -92,6 +93,9 @@ class FakeApi:
         self.writes: list[tuple[str, str, dict[str, Any]]] = []
         self.events: list[Event] = []
         self.lock = threading.Lock()
+        #: the resourceVersion the last status write gave the route, as the API server answers it (None: the
+        #: write answers no version, and the gateway does not guard against older watch events)
+        self.version: int | None = None
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self.lock:
@@ -100,9 +104,13 @@ class FakeApi:
             raise SecretUnreadable(f"the gateway may not read Secret {namespace}/{name}: grant it `get`")
         return copy.deepcopy(self.secrets.get((namespace, name)))
 
-    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None:
         with self.lock:
             self.writes.append((namespace, name, status))
+            if self.version is None:
+                return None
+            self.version += 1
+            return str(self.version)
 
     def post_event(self, event: Event) -> None:
         with self.lock:
@@ -162,9 +170,15 @@ async def settle(state: ClusterState) -> None:
     await asyncio.wait_for(state.rebuilt.wait(), 5)
 
 
-def sync_all(state: ClusterState, port: int, routes: list[dict[str, Any]] | None = None) -> None:
+def sync_all(
+    state: ClusterState,
+    port: int,
+    routes: list[dict[str, Any]] | None = None,
+    finetunejobs: list[dict[str, Any]] | None = None,
+) -> None:
     state.handle("slmroutes", "SYNC", routes if routes is not None else [route()])
     state.handle("slmdeployments", "SYNC", [deployment(), deployment(ns="support")])
+    state.handle("finetunejobs", "SYNC", finetunejobs or [])
     state.handle(
         "endpointslices",
         "SYNC",
@@ -431,35 +445,60 @@ def _rule_status(api: FakeApi) -> dict[str, Any]:
 async def _counted(state: ClusterState, phase: RulePhase, compared: int = 0, served: int = 0) -> None:
     """Wait until the shadow copies of the calls made are compared (they run off the calls' path)."""
     for _ in range(200):
-        c = state.gateway.tallies.counts("agents/invoices", {"invoices": phase}).get("invoices")
+        c = state.gateway.tallies.counts(
+            state.gateway.table.routes["agents/invoices"], {"invoices": phase}
+        ).get("invoices")
         if c is not None and c.compared >= compared and c.served >= served:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"not counted: {state.gateway.tallies.tallies}")
 
 
+def _promoted_route(llm_url: str, **promote: Any) -> dict[str, Any]:
+    """The route of the promotion tests: rule invoices answered by the LLM, the SLM in shadow with promote."""
+    backends = [
+        {"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}},
+        {"name": "llm", "external": {"url": llm_url, "model": "big-llm"}},
+    ]
+    rule = {
+        "name": "invoices",
+        "backend": "llm",
+        "shadow": {"backends": ["slm"], "percent": 100},
+        "promote": {"backend": "slm", "minSamples": 5, "maxFallbackPercent": 20, **promote},
+    }
+    return route(backends=backends, rules=[rule], fallback={"backend": "llm", "when": ["Error"]})
+
+
+async def _llm(ctx: dict[str, Any]) -> tuple[StandIn, TestServer]:
+    """A stand-in LLM that answers as the SLM does (their answers agree)."""
+    llm = StandIn("llm")
+    server = TestServer(llm.app(), host="127.0.0.1")
+    await server.start_server()
+    ctx["extractor"].behaviour.content = llm.behaviour.content = '{"total": 12.5, "currency": "EUR"}'
+    return llm, server
+
+
+async def _agreeing_calls(state: ClusterState, ctx: dict[str, Any], n: int = 5) -> None:
+    """``n`` calls of the rule in shadow, each answered by the LLM and compared with the SLM's copy."""
+    for _ in range(n):
+        status, headers = await call(ctx["url"], KEY)
+        assert status == 200 and headers["x-slm-backend"] == "llm"
+    await _counted(state, RulePhase.SHADOW, compared=n)
+
+
 def test_a_rule_is_promoted_when_its_shadow_agrees_and_sent_back_when_it_falls_back() -> None:
     """S6: the status writer promotes the shadow SLM once enough of its answers agree with the LLM's, every
     call then goes to the SLM (falling back to the LLM), and too many fallbacks send it back; each change of
-    phase is written into status.rules and announced with an Event on the SLMRoute."""
+    phase is written into status.rules and announced with an Event on the SLMRoute. After the demotion the
+    rule is not promoted again before its back-off is over, however well the SLM agrees."""
+
+    clock = ["2026-01-01T00:00:00Z"]
 
     async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
-        llm = StandIn("llm")
-        llm_server = TestServer(llm.app(), host="127.0.0.1")
-        await llm_server.start_server()
+        state.now = lambda: clock[0]
+        _llm_standin, llm_server = await _llm(ctx)
         slm: StandIn = ctx["extractor"]
-        slm.behaviour.content = llm.behaviour.content = '{"total": 12.5, "currency": "EUR"}'
-        backends = [
-            {"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}},
-            {"name": "llm", "external": {"url": str(llm_server.make_url("/v1")), "model": "big-llm"}},
-        ]
-        rule = {
-            "name": "invoices",
-            "backend": "llm",
-            "shadow": {"backends": ["slm"], "percent": 100},
-            "promote": {"backend": "slm", "minSamples": 5, "maxFallbackPercent": 20},
-        }
-        doc = route(backends=backends, rules=[rule], fallback={"backend": "llm", "when": ["Error"]})
+        doc = _promoted_route(str(llm_server.make_url("/v1")))
         try:
             sync_all(state, ctx["port"], [doc])
             await settle(state)
@@ -500,9 +539,183 @@ def test_a_rule_is_promoted_when_its_shadow_agrees_and_sent_back_when_it_falls_b
                 ("Warning", "Demoted"),
             ]
             assert "4 of 5 calls fell back to llm (80 %" in api.events[-1].message
+            assert "not promoted again before 2026-01-01T00:10:00Z (back-off 10m after 1 demotion)" in (
+                api.events[-1].message
+            )
+            assert (rule_status["demotions"], rule_status["retryAfter"]) == (1, "2026-01-01T00:10:00Z")
             await settle(state)
+            # the SLM recovers and agrees again: still not promoted before retryAfter
+            slm.behaviour.status = 200
             status, headers = await call(ctx["url"], KEY)
             assert status == 200 and headers["x-slm-backend"] == "llm" and "x-slm-fallback" not in headers
+            await _agreeing_calls(state, ctx, 4)
+            await _counted(state, RulePhase.SHADOW, compared=5)
+            clock[0] = "2026-01-01T00:09:59Z"
+            await state.promote()
+            rule_status = _rule_status(api)
+            assert (rule_status["phase"], rule_status["samples"]) == ("Shadow", 5) and len(api.events) == 2
+            assert "not promoted before 2026-01-01T00:10:00Z" in rule_status["message"]
+            clock[0] = "2026-01-01T00:10:00Z"
+            await state.promote()
+            assert _rule_status(api)["phase"] == "Serving" and api.events[-1].reason == "Promoted"
+        finally:
+            await llm_server.close()
+
+    run(test)
+
+
+def test_a_stale_watch_event_does_not_undo_a_promotion() -> None:
+    """After the status writer promotes a rule, the watch may still deliver older versions of the route (here
+    the status it wrote before the promotion, Shadow; or a list read before the write). They must not send the
+    calls back to the LLM, nor let the next pass write Shadow back without a Demoted Event."""
+
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        api.version = 10  # the API server answers each status write with the route's new resourceVersion
+        _llm_standin, llm_server = await _llm(ctx)
+        doc = _promoted_route(str(llm_server.make_url("/v1")))
+        try:
+            sync_all(state, ctx["port"], [doc])
+            await settle(state)
+            shadow = api.writes[-1][2]  # written as version 11
+            await _agreeing_calls(state, ctx)
+            await state.promote()  # written as version 12
+            serving = api.writes[-1][2]
+            assert _rule_status(api)["phase"] == "Serving" and [e.reason for e in api.events] == ["Promoted"]
+            await settle(state)
+
+            def version(rv: str, status: dict[str, Any]) -> dict[str, Any]:
+                return {**doc, "metadata": {**doc["metadata"], "resourceVersion": rv}, "status": status}
+
+            async def still_serving() -> None:
+                state.dirty()
+                await settle(state)
+                await state.promote()
+                assert state.gateway.table.routes["agents/invoices"].phases == {"invoices": RulePhase.SERVING}
+                status, headers = await call(ctx["url"], KEY)
+                assert status == 200 and headers["x-slm-backend"] == "slm"
+                assert all(rule["phase"] == "Serving" for rule in api.writes[-1][2]["rules"])
+                assert [e.reason for e in api.events] == ["Promoted"]
+
+            state.handle("slmroutes", "MODIFIED", version("11", shadow))  # the first write, delivered late
+            await still_serving()
+            state.handle("slmroutes", "SYNC", [version("11", shadow)])  # a list read before the promotion
+            await still_serving()
+            # the watch catches up: the promotion's own version is taken, and so is a newer one
+            state.handle("slmroutes", "MODIFIED", version("12", serving))
+            await still_serving()
+            state.handle("slmroutes", "MODIFIED", version("100", shadow))  # someone wrote Shadow after it
+            await settle(state)
+            assert state.gateway.table.routes["agents/invoices"].phases == {"invoices": RulePhase.SHADOW}
+        finally:
+            await llm_server.close()
+
+    run(test)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "order"),
+    [
+        ("11", "12", -1),
+        ("12", "12", 0),
+        ("100", "99", 1),  # by value, not by text
+        ("99", "100", -1),
+        ("123456789012345678901234567890", "123456789012345678901234567889", 1),
+        ("", "12", None),
+        ("012", "12", None),  # a leading zero is not a resourceVersion Kubernetes hands out
+        ("abc", "12", None),
+        ("0", "12", None),
+    ],
+)
+def test_resource_versions_compare_as_kubernetes_defines_it(a: str, b: str, order: int | None) -> None:
+    assert compare_resource_versions(a, b) == order
+
+
+def finetunejob(rv: str, **conditions: tuple[str, str]) -> dict[str, Any]:
+    """FineTuneJob tune-invoices promoting onto SLMDeployment invoice-extractor, conditions as type=(status,
+    reason)."""
+    return {
+        "apiVersion": "slm.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tune-invoices", "namespace": "agents", "resourceVersion": rv},
+        "spec": {
+            "poolRef": {"name": "h100"},
+            "segment": "tuning",
+            "baseModel": "qwen2.5-3b-instruct",
+            "dataset": {"configMapRef": {"name": "calls"}},
+            "output": {"pvc": {"claimName": "adapters", "path": "tune-invoices"}},
+            "promote": {"slmDeploymentRef": {"name": "invoice-extractor"}},
+        },
+        "status": {
+            "conditions": [
+                {
+                    "type": t,
+                    "status": st_,
+                    "reason": r,
+                    "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+                for t, (st_, r) in conditions.items()
+            ]
+        },
+    }
+
+
+def test_promotion_waits_for_the_finetunejob_and_counts_again_on_the_model_it_promoted() -> None:
+    """Answers of the base model say nothing of the adapter a FineTuneJob trains for it: while the job runs the
+    rule is not promoted (the message names the job); when the adapter is rolled onto the SLMDeployment the
+    figures start again (a ModelChanged Event, measuredModel), and what was counted during the rollout is dropped
+    when the job has finished; then the tuned SLM is promoted on its own answers."""
+
+    async def test(state: ClusterState, api: FakeApi, ctx: dict[str, Any]) -> None:
+        _llm_standin, llm_server = await _llm(ctx)
+        doc = _promoted_route(str(llm_server.make_url("/v1")))
+        training = finetunejob("1", Trained=("False", "Training"), Promoted=("False", "Waiting"))
+        try:
+            sync_all(state, ctx["port"], [doc], [training])
+            await settle(state)
+            await _agreeing_calls(state, ctx)
+            await state.promote()
+            rule = _rule_status(api)
+            assert (rule["phase"], rule["samples"], rule["measuredModel"]) == (
+                "Shadow",
+                5,
+                "qwen2.5-3b-instruct",
+            )
+            assert "not promoted while FineTuneJob tune-invoices has not finished" in rule["message"]
+            assert api.events == []
+            # the job passed its gate and rolls its adapter onto the deployment
+            adapter = "pvc://adapters/tune-invoices"
+            tuned = deployment()
+            tuned["metadata"] = {
+                **tuned["metadata"],
+                "resourceVersion": "2",
+                "annotations": {ADAPTER_ANNOTATION: adapter},
+            }
+            state.handle("slmdeployments", "MODIFIED", tuned)
+            state.handle(
+                "finetunejobs",
+                "MODIFIED",
+                finetunejob("2", Trained=("True", "JobComplete"), Promoted=("False", "Rolling")),
+            )
+            await settle(state)
+            rule = _rule_status(api)
+            assert (rule["phase"], rule["samples"]) == ("Shadow", 0)
+            assert rule["measuredModel"] == f"qwen2.5-3b-instruct + {adapter}"
+            (event,) = api.events
+            assert (event.type, event.reason) == ("Normal", "ModelChanged")
+            assert f"slm now serves qwen2.5-3b-instruct + {adapter}, not qwen2.5-3b-instruct" in event.message
+            await _agreeing_calls(state, ctx)  # answers while the replicas roll: some on the old weights
+            await state.promote()
+            assert _rule_status(api)["phase"] == "Shadow" and len(api.events) == 1
+            # every replica serves the adapter: the job is done, and the rollout's answers are dropped
+            state.handle("finetunejobs", "MODIFIED", finetunejob("3", Promoted=("True", "Promoted")))
+            await settle(state)
+            rule = _rule_status(api)
+            assert (rule["phase"], rule["samples"]) == ("Shadow", 0) and "FineTuneJob" not in rule["message"]
+            await _agreeing_calls(state, ctx)
+            await state.promote()
+            assert _rule_status(api)["phase"] == "Serving"
+            assert [e.reason for e in api.events] == ["ModelChanged", "Promoted"]
         finally:
             await llm_server.close()
 

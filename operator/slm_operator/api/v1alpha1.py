@@ -1246,9 +1246,24 @@ PROMOTE_NOT_SHADOWED = (
 )
 
 
+#: The longest wait before a demoted rule may be promoted again (``promote.backoff`` doubled per demotion).
+MAX_PROMOTION_BACKOFF = "24h"
+PROMOTE_BACKOFF_RANGE = "`promote.backoff` must be at most 24h, e.g. '10m' (0s: no wait after a demotion)"
+
+
 class RulePromotion(ApiModel):
     """Automatic promotion of a shadow backend to serving the rule's calls, and back (docs/gateway.md, S6 of
     docs/loop.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                f"!has(self.backoff) || duration(self.backoff) <= duration('{MAX_PROMOTION_BACKOFF}')",
+                PROMOTE_BACKOFF_RANGE,
+                field_path=".backoff",
+            )
+        )
+    )
 
     backend: str = Field(
         min_length=1,
@@ -1269,7 +1284,7 @@ class RulePromotion(ApiModel):
         ge=1,
         le=1_000_000,
         description="Compared shadow answers needed before promoting (counted by the gateway replica that "
-        "writes the route's status, since the last change of phase).",
+        "writes the route's status, since the last change of phase or of the model `backend` serves).",
     )
     max_fallback_percent: int = Field(
         default=5,
@@ -1278,6 +1293,21 @@ class RulePromotion(ApiModel):
         description="Once serving: the share of its calls that fell back to the rule's `backend`, in percent, "
         "above which it goes back to shadow (judged after at least min(`minSamples`, 50) calls).",
     )
+    backoff: str = Field(
+        default="10m",
+        max_length=24,
+        pattern=DURATION,
+        description="After a demotion, how long the rule stays in shadow before it may be promoted again, "
+        "whatever the agreement (`status.rules[].retryAfter`); each further demotion in a row doubles the wait, "
+        f"up to {MAX_PROMOTION_BACKOFF}. A rule that served for {MAX_PROMOTION_BACKOFF} starts again from this "
+        f"wait. 0s to {MAX_PROMOTION_BACKOFF} (`0s`: promoted again as soon as the samples agree).",
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> RulePromotion:
+        if duration_seconds(self.backoff) > duration_seconds(MAX_PROMOTION_BACKOFF):
+            raise ValueError(PROMOTE_BACKOFF_RANGE)
+        return self
 
 
 class RouteRule(ApiModel):
@@ -1687,7 +1717,8 @@ class RulePhase(StrEnum):
 
 class RouteRuleStatus(ApiModel):
     """The promotion of one rule with `promote` (docs/gateway.md). The figures are those of the gateway replica
-    that writes the status, since the rule's last change of phase."""
+    that writes the status, since its counts last started: a change of phase, a change of the model `promote.backend`
+    serves (`measuredModel`), or the end of a FineTuneJob training it."""
 
     name: str = Field(max_length=63, description="Rule name.")
     phase: RulePhase = Field(
@@ -1700,7 +1731,7 @@ class RouteRuleStatus(ApiModel):
     samples: int = Field(
         default=0,
         ge=0,
-        description="Shadow answers compared with the caller's since the last change of phase.",
+        description="Shadow answers compared with the caller's since the counts last started.",
     )
     agreement_percent: int = Field(
         default=0, ge=0, le=100, description="Share of those that agreed, in percent (rounded down)."
@@ -1714,6 +1745,25 @@ class RouteRuleStatus(ApiModel):
     )
     last_transition_time: str | None = Field(
         default=None, max_length=64, description="When the phase last changed."
+    )
+    demotions: int = Field(
+        default=0,
+        ge=0,
+        description="Demotions in a row: each doubles the wait before the next promotion (`promote.backoff`); "
+        "back to 0 once the rule has served for 24h.",
+    )
+    retry_after: str | None = Field(
+        default=None,
+        max_length=64,
+        description="After a demotion: the time (RFC 3339) before which the rule is not promoted again, whatever "
+        "the agreement.",
+    )
+    measured_model: str = Field(
+        default="",
+        max_length=1400,
+        description="What `promote.backend` serves, that the figures were measured on: the SLMDeployment's model "
+        "and the adapter a FineTuneJob promoted onto it (`model + adapter`), or an external backend's model. "
+        "When it changes, the figures start again from zero.",
     )
     message: str = Field(default="", max_length=1024, description="Why the rule is in its phase.")
 

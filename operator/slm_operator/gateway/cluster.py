@@ -1,6 +1,6 @@
-"""The in-cluster gateway's view of the cluster: SLMRoutes, SLMDeployments, EndpointSlices, the Secrets the
-routes name and the ConfigMaps of their task classifiers, turned into the routing table (no API call per request)
-and the SLMRoutes' status.
+"""The in-cluster gateway's view of the cluster: SLMRoutes, SLMDeployments, EndpointSlices, FineTuneJobs, the
+Secrets the routes name and the ConfigMaps of their task classifiers, turned into the routing table (no API call
+per request) and the SLMRoutes' status.
 
 Watch threads (:mod:`slm_operator.gateway.kube`) hand their events to :meth:`ClusterState.handle` on the event
 loop; a change marks the state dirty and the table is rebuilt once the burst is over (``DEBOUNCE_SECONDS``).
@@ -15,26 +15,33 @@ writes the routes' status, only when it differs from what the route shows, so re
 The status writer also decides the promotion of the rules with ``promote`` (:mod:`slm_operator.routing.promotion`)
 on its own replica's counts, when the table is rebuilt and every ``PROMOTION_SECONDS``; a change of phase is
 written into ``status.rules`` (which every replica routes by), announced with an Event on the SLMRoute
-(``Promoted`` or ``Demoted``), and starts that rule's counts again from zero.
+(``Promoted`` or ``Demoted``), and starts that rule's counts again from zero. The FineTuneJobs are watched for
+the promotion only: a rule is not promoted while one that promotes onto its backend's SLMDeployment is pending.
+
+After a status write the view holds the written status at once, and older events of that route (a watch
+delivers the versions before the write after it) are dropped until the watch has caught up
+(:meth:`ClusterState._stale`): otherwise a stale event would route by the old phase for a pass, and the next pass
+could write the old phase back, undoing a promotion without an Event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from slm_operator.api.v1alpha1 import SLMDeployment, SLMRoute, SLMRouteStatus
+from slm_operator.api.v1alpha1 import FineTuneJob, SLMDeployment, SLMRoute, SLMRouteStatus
 from slm_operator.events import Event
 from slm_operator.gateway.classifiers import ClassifierLoader
 from slm_operator.gateway.kube import SecretUnreadable
 from slm_operator.gateway.server import Gateway
 from slm_operator.routing.endpoints import NO_DIAL, DialMap, endpoints_by_service
-from slm_operator.routing.promotion import DEMOTED, Transition, evaluate, rule_phases
+from slm_operator.routing.promotion import DEMOTED, Transition, evaluate, pending_finetunes, rule_phases
 from slm_operator.routing.status import route_status
 from slm_operator.routing.table import (
     CompiledRoute,
@@ -52,7 +59,8 @@ DEBOUNCE_SECONDS = 0.2
 SECRET_REFRESH_SECONDS = 60.0
 #: how often the status writer decides the promotions (and writes the rules' figures when they changed)
 PROMOTION_SECONDS = 30.0
-KINDS = ("slmroutes", "slmdeployments", "endpointslices")
+KINDS = ("slmroutes", "slmdeployments", "endpointslices", "finetunejobs")
+_RESOURCE_VERSION = re.compile(r"[1-9][0-9]*")  # what compare_resource_versions orders
 
 
 class ClusterApi(Protocol):
@@ -60,7 +68,9 @@ class ClusterApi(Protocol):
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None:
+        """Write the route's status; the route's resourceVersion after the write (None when not known)."""
+        ...
 
     def post_event(self, event: Event) -> None: ...
 
@@ -68,6 +78,21 @@ class ClusterApi(Protocol):
 def _key(obj: dict[str, Any]) -> NamespacedName:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def compare_resource_versions(a: str, b: str) -> int | None:
+    """-1, 0 or 1 as the resourceVersion ``a`` of an object is older than, the same as or newer than ``b``; None
+    when they do not compare (not both positive integers without leading zeros).
+
+    Kubernetes documents resourceVersions of one resource as comparable positive integers that grow with every
+    write since 1.35 (KEP-5504, apimachinery's ``resourceversion.CompareResourceVersion``, which this follows:
+    the longer is the larger, else the order of the digits); before that they were etcd's revision, the same in
+    practice. Python's ``int`` would do as well; comparing the text keeps arbitrary lengths cheap."""
+    if not (_RESOURCE_VERSION.fullmatch(a) and _RESOURCE_VERSION.fullmatch(b)):
+        return None
+    if len(a) != len(b):
+        return -1 if len(a) < len(b) else 1
+    return (a > b) - (a < b)
 
 
 def wanted_secrets(routes: list[SLMRoute]) -> set[NamespacedName]:
@@ -121,6 +146,8 @@ class ClusterState:
         self._rebuild: asyncio.TimerHandle | None = None
         self.rebuilt = asyncio.Event()  # set after every rebuild (tests wait on it)
         self._writing = asyncio.Lock()  # one status pass at a time: a transition is decided once
+        #: per route: its resourceVersion after this replica's last status write, until the watch caught up
+        self.written: dict[NamespacedName, str] = {}
 
     # ------------------------------------------------------------------------------------- events
 
@@ -128,16 +155,55 @@ class ClusterState:
         """A watch event: ("SYNC", every object) after a list, else ("ADDED"|"MODIFIED"|"DELETED", object)."""
         store = self.objects[kind]
         if event == "SYNC":
+            listed = {_key(o): o for o in obj}
+            if kind == "slmroutes":  # a list read before this replica's last write keeps the written status
+                listed = {k: store[k] if k in store and self._stale(k, o) else o for k, o in listed.items()}
+                self.written = {k: v for k, v in self.written.items() if k in listed}
             store.clear()
-            store.update({_key(o): o for o in obj})
+            store.update(listed)
             self.synced.add(kind)
+            for gone in [k for k in self._parsed if k[0] == kind and k[1] not in listed]:
+                del self._parsed[gone]  # deleted while the watch was down (FineTuneJobs come and go)
         elif event == "DELETED":
             store.pop(_key(obj), None)
+            self._parsed.pop((kind, _key(obj)), None)
+            if kind == "slmroutes":
+                self.written.pop(_key(obj), None)
         elif event in ("ADDED", "MODIFIED"):
+            if kind == "slmroutes" and self._stale(_key(obj), obj):
+                return
             store[_key(obj)] = obj
         else:
             return
         self.dirty()
+
+    def _stale(self, key: NamespacedName, obj: dict[str, Any]) -> bool:
+        """Whether a watched route is older than the status this replica last wrote for it, and is dropped.
+
+        A watch delivers each object's versions in order, and the write's own version after every one before
+        it; but those may come after the write was made (a status written before, a spec edited between what
+        the view held and the write), and would put the phase back to the old one. Equality with the versions
+        seen before the write cannot tell them (an edit between has a version never seen), so versions are
+        compared (:func:`compare_resource_versions`): an event older than the write's version is dropped, one
+        as new or newer (the write's own, a later edit, a route deleted and created again) is taken and ends
+        the guard. Nothing is lost: the write's own event carries the whole route as of the write, edits made
+        before it included. Versions that do not compare (an API server that breaks the 1.35 contract) are
+        taken, as before this guard."""
+        written = self.written.get(key)
+        if written is None:
+            return False
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        order = compare_resource_versions(version, written)
+        if order is not None and order < 0:
+            log.debug(
+                "SLMRoute %s/%s: dropped version %s, older than the status written (%s)",
+                *key,
+                version,
+                written,
+            )
+            return True
+        del self.written[key]
+        return False
 
     def handle_configmap(self, key: NamespacedName, event: str, obj: Any) -> None:
         """An event of one ConfigMap's watch: ("SYNC", [the ConfigMap] or []), ("ADDED"|"MODIFIED"|"DELETED",
@@ -233,6 +299,7 @@ class ClusterState:
             routes=routes,
             deployments=deployments,
             endpoints=endpoints_by_service(self.objects["endpointslices"].values(), self.dial),
+            finetunes=pending_finetunes(self._finetunes()),
             secrets=self.secrets,
             unreadable=self.unreadable,
             classifiers=self.classifiers.load(
@@ -241,6 +308,10 @@ class ClusterState:
                 self.configmaps_unreadable,
             ),
         )
+
+    def _finetunes(self) -> list[FineTuneJob]:
+        out = [self._model("finetunejobs", FineTuneJob, o) for o in self.objects["finetunejobs"].values()]
+        return [j for j in out if j is not None]
 
     async def rebuild(self) -> RouteTable:
         """Build the table from what the watches hold, serve it, and write the statuses that changed."""
@@ -273,24 +344,31 @@ class ClusterState:
             previous = SLMRouteStatus.model_validate(current) if current else None
         except ValidationError:
             previous = None
-        counts = self.gateway.tallies.counts(compiled.key, rule_phases(compiled.spec, previous))
-        promotion = evaluate(compiled.spec, previous, counts, now)
+        counts = self.gateway.tallies.counts(compiled, rule_phases(compiled.spec, previous))
+        promotion = evaluate(compiled.spec, previous, counts, now, compiled.facts)
         wanted = route_status(compiled, previous, now, promotion.rules).to_k8s()
         if wanted == current:
             return
         try:
-            await asyncio.to_thread(self.api.patch_route_status, *name, wanted)
+            version = await asyncio.to_thread(self.api.patch_route_status, *name, wanted)
         except Exception as exc:  # the next change, resync or promotion pass writes it
             log.warning("writing the status of SLMRoute %s failed: %s", compiled.key, exc)
             return
+        # the view holds what was written at once, as the watch will show it: the next pass decides from it (a
+        # transition, a back-off, a new measuredModel are decided once), and the watch's older versions of the
+        # route are dropped until it caught up with this write (``_stale``; the parsed route is cached by
+        # version, hence the pop)
+        self.objects["slmroutes"][name] = {**obj, "status": wanted}
+        self._parsed.pop(("slmroutes", name), None)
+        if version:
+            self.written[name] = str(version)
         if promotion.transitions:
-            # route by the new phase at once, as the watch will show it (the parsed route is cached by version)
-            self.objects["slmroutes"][name] = {**obj, "status": wanted}
-            self._parsed.pop(("slmroutes", name), None)
             for t in promotion.transitions:
-                self.gateway.tallies.restart(compiled.key, t.rule, t.phase)
+                if t.changes_phase:
+                    self.gateway.tallies.restart(compiled, t.rule, t.phase)
             await self._announce(obj, compiled, promotion.transitions)
-            self.dirty()
+        if any(t.changes_phase for t in promotion.transitions):
+            self.dirty()  # route by the new phase
 
     async def _announce(
         self, obj: dict[str, Any], route: CompiledRoute, transitions: list[Transition]

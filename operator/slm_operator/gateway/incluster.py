@@ -1,7 +1,7 @@
 """``slm-operator gateway`` without ``-f``: the gateway as a Deployment in the cluster.
 
-It watches SLMRoutes, SLMDeployments and the EndpointSlices of the operator's Services (no API call per request),
-and the ConfigMap of each route's task classifier with a watch of its own, reads the Secrets the routes name with
+It watches SLMRoutes, SLMDeployments, FineTuneJobs (for the promotion of the routes' rules) and the EndpointSlices
+of the operator's Services (no API call per request), and the ConfigMap of each route's task classifier with a watch of its own, reads the Secrets the routes name with
 namespaced reads, authenticates callers by API key or ServiceAccount token
 (TokenReview) and authorises tokens with a SubjectAccessReview for ``use`` on the route, and writes the routes'
 status. ``/readyz`` answers 200 once every watch has listed its objects and the first table is served.

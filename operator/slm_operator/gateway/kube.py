@@ -2,7 +2,8 @@
 
 What the gateway reads and writes, and the RBAC it needs for it (the chart grants exactly this):
 
-* list/watch ``slmroutes`` and ``slmdeployments`` (slm.io, all namespaces), patch ``slmroutes/status``;
+* list/watch ``slmroutes``, ``slmdeployments`` and ``finetunejobs`` (slm.io, all namespaces), patch
+  ``slmroutes/status``;
 * list/watch ``endpointslices`` (discovery.k8s.io, all namespaces) labelled as the operator's Services are;
 * list/watch the ``configmaps`` of the routes' task classifiers, one namespaced watch per ConfigMap (a
   ``metadata.name`` field selector), where a RoleBinding in the route's namespace allows it;
@@ -10,7 +11,8 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
   allows it (no cluster-wide read of Secrets);
 * create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes);
 * with ``--status-lease``: get, create and update that one ``leases`` object (coordination.k8s.io);
-* create (and patch) ``events`` in the routes' namespaces: ``Promoted`` and ``Demoted`` on an SLMRoute.
+* create (and patch) ``events`` in the routes' namespaces: ``Promoted``, ``Demoted`` and ``ModelChanged`` on an
+  SLMRoute.
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ class KubeApi:
         return self.custom.list_cluster_custom_object, {"group": GROUP, "version": VERSION, "plural": kind}
 
     def watch_forever(self, kind: str, sink: Sink, stop: threading.Event) -> None:
-        """List ``kind`` (``slmroutes``, ``slmdeployments``, ``endpointslices``), hand the list to ``sink`` as
-        ("SYNC", items), then each change as (type, object); list again after an expired watch or an error."""
+        """List ``kind`` (``slmroutes``, ``slmdeployments``, ``endpointslices``, ``finetunejobs``), hand the list
+        to ``sink`` as ("SYNC", items), then each change as (type, object); list again after an expired watch or
+        an error."""
         lister, kw = self._lister(kind)
         self._watch(kind, lister, kw, sink, stop)
 
@@ -164,10 +167,14 @@ class KubeApi:
         out: dict[str, Any] = self.api.sanitize_for_serialization(secret)
         return out
 
-    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+    def patch_route_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None:
+        """Merge-patch the route's status; its resourceVersion after the write (None when not returned)."""
+        out: Any = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, ROUTES_RESOURCE, name, {"status": status}
         )
+        meta = out.get("metadata") if isinstance(out, dict) else None
+        version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        return str(version) if version else None
 
     def post_event(self, event: Event) -> None:
         """A core/v1 Event on the object (as the operator's ``Kube.event`` posts them)."""

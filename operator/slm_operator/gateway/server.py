@@ -338,7 +338,7 @@ class Gateway:
                 outcome.fallback = reason
         if call.promoted_from is not None and call.rule is not None and call.phase is not None:
             fell_back = outcome.fallback is not None
-            self.tallies.served(call.route.key, call.rule, call.phase, fell_back)
+            self.tallies.served(call.route, call.rule, call.phase, fell_back)
         response = outcome.committed or self._response(call, outcome)
         self._finish(call, outcome, response.status)
         if call.primary_answer is not None and not call.primary_answer.done():
@@ -470,7 +470,7 @@ class Gateway:
             self.metrics.shadow_agreement, call.route.key, name, call.task_label, result.value
         ).inc()
         if name == call.measured and call.rule is not None and call.phase is not None:
-            self.tallies.compared(call.route.key, call.rule, call.phase, result.agrees)
+            self.tallies.compared(call.route, call.rule, call.phase, result.agrees)
 
 
 def _answer_of(call: Call, outcome: Outcome) -> dict[str, Any] | None:

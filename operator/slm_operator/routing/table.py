@@ -1,10 +1,11 @@
 """The gateway's routing table: SLMRoutes with their backends resolved to endpoints, keys and limits.
 
 :func:`build_table` is pure: it takes what the shell read (SLMRoutes, SLMDeployments, the endpoints of their
-replicas, the Secrets the routes name, the task classifiers it loaded from the ConfigMaps the routes name) and
-returns a frozen :class:`RouteTable`; the shell swaps in a new table when anything changes. A route only ever sees
-objects of its own namespace: its SLMDeployment backends, its external backends' API-key Secrets, its callers'
-API-key Secrets and its task classifier's ConfigMap are looked up as ``(route namespace, name)``.
+replicas, the Secrets the routes name, the task classifiers it loaded from the ConfigMaps the routes name, the
+FineTuneJobs not finished per SLMDeployment) and returns a frozen :class:`RouteTable`; the shell swaps in a new
+table when anything changes. A route only ever sees objects of its own namespace: its SLMDeployment backends
+(and the FineTuneJobs promoting onto them), its external backends' API-key Secrets, its callers' API-key Secrets
+and its task classifier's ConfigMap are looked up as ``(route namespace, name)``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from slm_operator.api.v1alpha1 import (
 )
 from slm_operator.contract import API_KEY_HASH_PREFIX
 from slm_operator.routing.features import TaskTagger
-from slm_operator.routing.promotion import rule_phases
+from slm_operator.routing.promotion import NO_FACTS, RuleFacts, model_key, promoted_rules, rule_phases
 
 NamespacedName = tuple[str, str]
 #: (namespace, ConfigMap name, key) of a route's task classifier (``spec.taskClassifier.configMapRef``)
@@ -99,6 +100,8 @@ class CompiledRoute:
     classifier_problem: str = ""
     #: the phase of each rule with ``promote``, as the route's status says (every replica routes by it)
     phases: Mapping[str, RulePhase] = field(default_factory=dict)
+    #: per rule with ``promote``: what its ``promote.backend`` serves and the FineTuneJobs it waits for
+    facts: Mapping[str, RuleFacts] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -165,6 +168,9 @@ class RouteWorld:
     unreadable: Mapping[NamespacedName, str] = field(default_factory=dict)
     #: the task classifiers the routes name, as the shell loaded them; a route's classifier not here: not found
     classifiers: Mapping[ClassifierRef, LoadedClassifier] = field(default_factory=dict)
+    #: (namespace, SLMDeployment name) -> the FineTuneJobs not finished that promote onto it
+    #: (``routing.promotion.pending_finetunes``)
+    finetunes: Mapping[NamespacedName, tuple[str, ...]] = field(default_factory=dict)
 
 
 def classifier_ref(route: SLMRoute) -> ClassifierRef | None:
@@ -246,6 +252,26 @@ def _with_problem(b: Backend, reason: str, message: str) -> Backend:
     return replace(b, problem_reason=reason, problem=message)
 
 
+def rule_facts(spec: SLMRouteSpec, ns: str, world: RouteWorld) -> dict[str, RuleFacts]:
+    """Per rule with ``promote``: the model its ``promote.backend`` serves (an SLMDeployment's model and promoted
+    adapter, an external backend's model) and the FineTuneJobs not finished that promote onto its
+    SLMDeployment."""
+    backends = {b.name: b for b in spec.backends}
+    out: dict[str, RuleFacts] = {}
+    for rule in promoted_rules(spec):
+        assert rule.promote is not None
+        b = backends.get(rule.promote.backend)
+        if b is not None and b.slm_deployment_ref is not None:
+            ref = (ns, b.slm_deployment_ref.name)
+            dep = world.deployments.get(ref)
+            out[rule.name] = RuleFacts(model_key(dep) if dep else "", tuple(world.finetunes.get(ref, ())))
+        elif b is not None and b.external is not None:
+            out[rule.name] = RuleFacts(b.external.model)
+        else:
+            out[rule.name] = NO_FACTS
+    return out
+
+
 def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None = None) -> CompiledRoute:
     ns = route.metadata.namespace or "default"
     spec = route.spec
@@ -276,6 +302,7 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
         classifier_reason=classifier.reason,
         classifier_problem=classifier.message,
         phases=rule_phases(spec, route.status),
+        facts=rule_facts(spec, ns, world),
     )
 
 
