@@ -24,9 +24,8 @@ from slm_operator.advisor.loop import (
 )
 from slm_operator.advisor.records import CallRecord
 from slm_operator.advisor.traces import generate
-from slm_operator.api.v1alpha1 import SLMRoute
+from slm_operator.api.v1alpha1 import FineTuneJob, SLMRoute
 from slm_operator.contract import ADVISOR_TASK_ANNOTATION
-from slm_operator.finetune.conditions import finished
 from slm_operator.manifests import parse_object
 
 START = datetime(2026, 11, 2, tzinfo=UTC)
@@ -339,4 +338,4 @@ def test_a_finetunejob_is_finished_as_the_argo_cd_health_check_says(
     job = _job("j", "", conditions, STORE)
     if not promote:
         del job["spec"]["promote"]
-    assert finished(job) is done
+    assert FineTuneJob.model_validate(job).finished() is done

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from slm_operator.api.v1alpha1 import (
+    FINAL_PROMOTED_REASONS,
+    PENDING_PROMOTED_REASONS,
     FineTuneJob,
     RouteRuleStatus,
     RulePhase,
@@ -30,10 +32,8 @@ from slm_operator.routing.fallback import FailureReason, checks_json, fallback_f
 from slm_operator.routing.features import RequestFeatures
 from slm_operator.routing.promotion import (
     DEMOTED,
-    FINAL_PROMOTED_REASONS,
     MAX_BACKOFF_SECONDS,
     MODEL_CHANGED,
-    PENDING_PROMOTED_REASONS,
     PROMOTED,
     ZERO,
     RuleCounts,

@@ -43,10 +43,9 @@ from slm_operator.advisor.classifier import TaskClassifier
 from slm_operator.advisor.cluster import Clustering
 from slm_operator.advisor.features import document
 from slm_operator.advisor.records import CallRecord
-from slm_operator.api.v1alpha1 import RetrainTrigger, SLMRoute
+from slm_operator.api.v1alpha1 import FineTuneJob, RetrainTrigger, SLMRoute
 from slm_operator.contract import ADVISOR_TASK_ANNOTATION, API_VERSION
 from slm_operator.events import Event
-from slm_operator.finetune.conditions import finished
 from slm_operator.routing.promotion import answering, rule_phases
 from slm_operator.timebound import parse_time_bound
 
@@ -358,7 +357,9 @@ def retrains(
         done.add(f.task)
         deployment = served[f.task].deployment
         task_jobs = _task_jobs(jobs, f.task, deployment)
-        running = [str(j["metadata"]["name"]) for j in task_jobs if not finished(j)]
+        running = [
+            str(j["metadata"]["name"]) for j in task_jobs if not FineTuneJob.model_validate(j).finished()
+        ]
         fresh = sum(1 for r in members.get(f.task, []) if r.time is not None and r.time >= since)
         why = f"autoRetrain of task {f.task} ({f.kind})"
         if running:

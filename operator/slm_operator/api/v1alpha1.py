@@ -1820,6 +1820,14 @@ class SLMDeployment(Resource):
     status: SLMDeploymentStatus | None = None
 
 
+#: ``Promoted`` reasons (``finetune/promotion.py``) after which a FineTuneJob changes nothing any more
+FINAL_PROMOTED_REASONS = frozenset(
+    {"Promoted", "RolledBack", "GateNotMet", "Superseded", "Replaced", "TrainingFailed", "NotRequested"}
+)
+#: ``Promoted`` reasons of a FineTuneJob on its way: it trains, or rolls its result onto the SLMDeployment
+PENDING_PROMOTED_REASONS = frozenset({"Waiting", "Rolling", "TargetNotFound"})
+
+
 class FineTuneJob(Resource):
     """Adapt an SLM on sanitised usage data, gate it against what serves now, then roll an SLMDeployment onto it."""
 
@@ -1828,6 +1836,23 @@ class FineTuneJob(Resource):
     kind: Literal["FineTuneJob"] = "FineTuneJob"
     spec: FineTuneJobSpec
     status: FineTuneJobStatus | None = None
+
+    def finished(self) -> bool:
+        """It will do nothing more: failed (``Failed=True``), promoted, stopped for good (``Promoted=False``
+        with a reason in ``FINAL_PROMOTED_REASONS``: rolled back, gate not met, superseded, replaced, training
+        failed), or trained with nothing to promote. A job the operator has not reported on yet, or with a reason
+        this version does not know, has not finished (the safe side). The Argo CD health check reads the same."""
+        conditions = {c.type: c for c in (self.status.conditions if self.status else None) or []}
+        failed = conditions.get("Failed")
+        if failed is not None and failed.status == "True":
+            return True
+        if self.spec.promote is None:
+            trained = conditions.get("Trained")
+            return trained is not None and trained.status == "True"
+        promoted = conditions.get("Promoted")
+        if promoted is None:
+            return False
+        return promoted.status == "True" or (promoted.reason or "") in FINAL_PROMOTED_REASONS
 
 
 class SLMRoute(Resource):

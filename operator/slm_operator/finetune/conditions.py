@@ -9,9 +9,7 @@ the log tail ``FallbackToLogsOnError`` left).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from slm_operator.api.v1alpha1 import FineTuneJob, FineTuneJobStatus, SanitizationStatus
 from slm_operator.finetune.gate import Gate
@@ -242,26 +240,3 @@ def finetune_status(ftj: FineTuneJob, f: Findings, now: str) -> FineTuneJobStatu
         conds = apply_condition(conds, type_, result, gen, now)
     st.conditions = conds
     return st
-
-
-#: ``Promoted=False`` reasons after which nothing more happens (the Argo CD health check's list)
-FINAL_NOT_PROMOTED = frozenset({"GateNotMet", "RolledBack", "Superseded", "Replaced"})
-
-
-def finished(job: Mapping[str, Any]) -> bool:
-    """A FineTuneJob (its JSON form) that will do nothing more: failed, promoted, trained with nothing to
-    promote, or not promoted for good (``FINAL_NOT_PROMOTED``)."""
-    conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or ()}
-
-    def status(type_: str) -> str | None:
-        c = conditions.get(type_)
-        return None if c is None else str(c.get("status"))
-
-    if status(FAILED) == "True" or status(PROMOTED) == "True":
-        return True
-    if status(TRAINED) == "True" and not (job.get("spec") or {}).get("promote"):
-        return True
-    promoted = conditions.get(PROMOTED)
-    return (
-        status(PROMOTED) == "False" and promoted is not None and promoted.get("reason") in FINAL_NOT_PROMOTED
-    )

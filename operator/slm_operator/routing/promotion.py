@@ -235,29 +235,10 @@ def model_key(dep: SLMDeployment) -> str:
     return key[:_MODEL_MAX]
 
 
-#: ``Promoted`` reasons of a FineTuneJob (finetune/promotion.py) after which it changes nothing any more
-FINAL_PROMOTED_REASONS = frozenset(
-    {"Promoted", "RolledBack", "GateNotMet", "Superseded", "Replaced", "TrainingFailed", "NotRequested"}
-)
-#: ``Promoted`` reasons of a FineTuneJob on its way: it trains, or rolls its result onto the SLMDeployment
-PENDING_PROMOTED_REASONS = frozenset({"Waiting", "Rolling", "TargetNotFound"})
-
-
 def finetune_pending(job: FineTuneJob) -> bool:
-    """Whether a FineTuneJob with ``spec.promote`` may still change what its SLMDeployment serves: not failed
-    (``Failed=True``), not promoted (``Promoted=True``) and not stopped for good (``Promoted=False`` with a final
-    reason: rolled back, gate not met, superseded, replaced, training failed). A job the operator has not
-    reported on yet, or with a reason this version does not know, counts as pending (the safe side)."""
-    if job.spec.promote is None:
-        return False
-    conditions = {c.type: c for c in (job.status.conditions if job.status else None) or []}
-    failed = conditions.get("Failed")
-    if failed is not None and failed.status == "True":
-        return False
-    promoted = conditions.get("Promoted")
-    if promoted is None:
-        return True
-    return promoted.status != "True" and (promoted.reason or "") not in FINAL_PROMOTED_REASONS
+    """Whether a FineTuneJob with ``spec.promote`` may still change what its SLMDeployment serves: it has not
+    finished (``FineTuneJob.finished``)."""
+    return job.spec.promote is not None and not job.finished()
 
 
 def pending_finetunes(jobs: Iterable[FineTuneJob]) -> dict[tuple[str, str], tuple[str, ...]]:
