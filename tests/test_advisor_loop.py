@@ -236,8 +236,13 @@ def _job(
             "output": {"pvc": {"claimName": "slm-adapters", "path": f"tagger/{name}"}},
             "promote": {"slmDeploymentRef": {"name": "tagger"}},
         },
-        "status": {"conditions": conditions},
+        "status": {"conditions": [_condition(c) for c in conditions]},
     }
+
+
+def _condition(c: dict[str, Any]) -> dict[str, Any]:
+    """A condition as the API server stores it: the fields ``metav1.Condition`` requires filled."""
+    return {"reason": "Test", "message": "", "lastTransitionTime": "2026-11-01T00:00:00Z", **c}
 
 
 STORE = {

@@ -329,72 +329,94 @@ def evaluate(
     out: list[RouteRuleStatus] = []
     transitions: list[Transition] = []
     for rule in promoted_rules(spec):
-        promote = rule.promote
-        assert promote is not None and rule.backend is not None
-        phase = phases[rule.name]
-        known = (facts or {}).get(rule.name, NO_FACTS)
-        old = before.get(rule.name)
-        since = old.last_transition_time if old is not None and old.phase is phase else None
-        started = parse_time(since)
-        c = counts.get(rule.name, ZERO)
-        if old is not None and old.measured_model and old.measured_model != known.model:
-            c = ZERO  # measured on another model (the replicas' counts restarted when their table changed)
-            now_serves = known.model or "nothing known (its SLMDeployment is missing)"
-            transitions.append(
-                Transition(
-                    rule.name,
-                    phase,
-                    MODEL_CHANGED,
-                    f"rule {rule.name}: {promote.backend} now serves {now_serves}, not {old.measured_model}: "
-                    "its figures start again from zero",
-                )
-            )
-        demotions = old.demotions if old is not None else 0
-        if (
-            phase is RulePhase.SERVING
-            and started is not None
-            and (at - started).total_seconds() >= FORGIVE_SECONDS
-        ):
-            demotions = 0
-        retry: datetime | None = None  # before it, no promotion; None: no wait
-        wait = backoff_seconds(promote, demotions)
-        if phase is RulePhase.SHADOW and wait > 0 and started is not None:
-            retry = started + timedelta(seconds=wait)
-        hold = None
-        if known.waiting:
-            hold = _waiting_text(promote, known.waiting)
-        elif retry is not None and at < retry:
-            hold = f"not promoted before {format_time(retry)} ({_backoff_text(promote, demotions)})"
-        step = decide(promote, rule.backend, phase, c, hold)
-        message = step.message
-        if step.transition and step.phase is RulePhase.SHADOW:
-            demotions += 1
-            wait = backoff_seconds(promote, demotions)
-            retry = at + timedelta(seconds=wait) if wait > 0 else None
-            message += (
-                f"; not promoted again before {format_time(retry)} ({_backoff_text(promote, demotions)})"
-                if retry is not None
-                else "; promoted again as soon as the samples agree (backoff 0s)"
-            )
-        elif step.transition:
-            retry = None
-        if step.transition:
-            reason = PROMOTED if step.phase is RulePhase.SERVING else DEMOTED
-            transitions.append(Transition(rule.name, step.phase, reason, f"rule {rule.name}: {message}"))
-        out.append(
-            RouteRuleStatus(
-                name=rule.name,
-                phase=step.phase,
-                backend=answering(rule, step.phase),
-                samples=step.counts.compared,
-                agreement_percent=agreement_percent(step.counts),
-                served=step.counts.served,
-                fallback_percent=fallback_percent(step.counts),
-                last_transition_time=now if step.transition or since is None else since,
-                demotions=demotions,
-                retry_after=format_time(retry) if retry is not None else None,
-                measured_model=known.model,
-                message=_clip(message),
-            )
+        status, changed = _evaluate_rule(
+            rule,
+            phases[rule.name],
+            before.get(rule.name),
+            counts.get(rule.name, ZERO),
+            (facts or {}).get(rule.name, NO_FACTS),
+            at,
+            now,
         )
+        out.append(status)
+        transitions.extend(changed)
     return Evaluation(out, transitions)
+
+
+def _model_changed(rule: RouteRule, phase: RulePhase, old: str, model: str | None) -> Transition:
+    assert rule.promote is not None
+    now_serves = model or "nothing known (its SLMDeployment is missing)"
+    return Transition(
+        rule.name,
+        phase,
+        MODEL_CHANGED,
+        f"rule {rule.name}: {rule.promote.backend} now serves {now_serves}, not {old}: "
+        "its figures start again from zero",
+    )
+
+
+def _evaluate_rule(
+    rule: RouteRule,
+    phase: RulePhase,
+    old: RouteRuleStatus | None,
+    c: RuleCounts,
+    known: RuleFacts,
+    at: datetime,
+    now: str,
+) -> tuple[RouteRuleStatus, list[Transition]]:
+    """One rule of :func:`evaluate`: its status and the changes to announce."""
+    promote = rule.promote
+    assert promote is not None and rule.backend is not None
+    transitions: list[Transition] = []
+    since = old.last_transition_time if old is not None and old.phase is phase else None
+    started = parse_time(since)
+    if old is not None and old.measured_model and old.measured_model != known.model:
+        c = ZERO  # measured on another model (the replicas' counts restarted when their table changed)
+        transitions.append(_model_changed(rule, phase, old.measured_model, known.model))
+    demotions = old.demotions if old is not None else 0
+    if (
+        phase is RulePhase.SERVING
+        and started is not None
+        and (at - started).total_seconds() >= FORGIVE_SECONDS
+    ):
+        demotions = 0
+    retry: datetime | None = None  # before it, no promotion; None: no wait
+    wait = backoff_seconds(promote, demotions)
+    if phase is RulePhase.SHADOW and wait > 0 and started is not None:
+        retry = started + timedelta(seconds=wait)
+    hold = None
+    if known.waiting:
+        hold = _waiting_text(promote, known.waiting)
+    elif retry is not None and at < retry:
+        hold = f"not promoted before {format_time(retry)} ({_backoff_text(promote, demotions)})"
+    step = decide(promote, rule.backend, phase, c, hold)
+    message = step.message
+    if step.transition and step.phase is RulePhase.SHADOW:
+        demotions += 1
+        wait = backoff_seconds(promote, demotions)
+        retry = at + timedelta(seconds=wait) if wait > 0 else None
+        message += (
+            f"; not promoted again before {format_time(retry)} ({_backoff_text(promote, demotions)})"
+            if retry is not None
+            else "; promoted again as soon as the samples agree (backoff 0s)"
+        )
+    elif step.transition:
+        retry = None
+    if step.transition:
+        reason = PROMOTED if step.phase is RulePhase.SERVING else DEMOTED
+        transitions.append(Transition(rule.name, step.phase, reason, f"rule {rule.name}: {message}"))
+    status = RouteRuleStatus(
+        name=rule.name,
+        phase=step.phase,
+        backend=answering(rule, step.phase),
+        samples=step.counts.compared,
+        agreement_percent=agreement_percent(step.counts),
+        served=step.counts.served,
+        fallback_percent=fallback_percent(step.counts),
+        last_transition_time=now if step.transition or since is None else since,
+        demotions=demotions,
+        retry_after=format_time(retry) if retry is not None else None,
+        measured_model=known.model,
+        message=_clip(message),
+    )
+    return status, transitions
