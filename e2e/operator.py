@@ -1,22 +1,40 @@
-"""Run slm-operator against the e2e cluster as a real process (killable, restartable), and helpers to watch it."""
+"""Run slm-operator against the e2e cluster as real processes (the operator, killable and restartable; the
+gateway), and helpers to watch them and to call the gateway."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from e2e.conftest import Cluster, wait_for
+from e2e.replicas import Replicas
+
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "slm.io", "v1alpha1"
+# what the chart (release `slm` in slm-system) creates for the gateway
+SYSTEM_NS = "slm-system"
+GATEWAY_SA = "slm-slm-operator-gateway"
+ROUTE_USER_ROLE = "slm-slm-operator-route-user"
+GATEWAY_SECRETS_ROLE = "slm-slm-operator-gateway-secrets"
+GATEWAY_CONFIGMAPS_ROLE = "slm-slm-operator-gateway-configmaps"
+STATUS_LEASE = "slm-slm-operator-gateway-status"  # the chart's Role lets the gateway hold this one Lease
+GATEWAY_POD = "e2e-gateway-0"
+API_KEY = "sk-e2e-gateway-0123456789"
 
 
 def free_port() -> int:
@@ -74,6 +92,17 @@ class Operator:
             if p.exists():
                 out.append(f"----- operator run {i} -----\n" + p.read_text(errors="replace")[-20000:])
         return "\n".join(out)
+
+
+def kubectl_apply(cluster: Cluster, docs: list[dict[str, Any]] | str, namespace: str | None = None) -> str:
+    text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
+    cmd = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-"]
+    if namespace:
+        cmd += ["-n", namespace]
+    r = subprocess.run(cmd, input=text, capture_output=True, text=True)
+    if r.returncode:
+        raise AssertionError(f"kubectl apply failed: {r.stderr}")
+    return r.stdout
 
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -136,3 +165,139 @@ def llm_fallback_pod(ns: str, node: str, gpus: int) -> client.V1Pod:
             termination_grace_period_seconds=0,
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------ the gateway
+
+
+@dataclass
+class GatewayProcess:
+    """`slm-operator gateway` in in-cluster mode as a host process, with ``kubeconfig`` (the chart's gateway
+    ServiceAccount's token: ``Cluster.token_kubeconfig``), dialling the replica stand-ins through ``dial_map``."""
+
+    kubeconfig: Path
+    dial_map: str
+    store: str
+    work: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.work / "gateway.log"
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable, "-m", "slm_operator", "gateway", "--kubeconfig", str(self.kubeconfig),
+            "--listen", f"127.0.0.1:{self.port}", "--dial-map", self.dial_map,
+            "--store", self.store, "--spool-dir", str(self.work / "spool"),
+            "--salt-file", str(self.work / "salt"), "--log-level", "info",
+            "--status-lease", f"{SYSTEM_NS}/{STATUS_LEASE}",
+        ]  # fmt: skip
+        (self.work / "salt").write_text(uuid.uuid4().hex)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "POD_NAME": GATEWAY_POD}
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-5000:]
+            try:
+                return urllib.request.urlopen(self.url + "/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 60, "the gateway's /readyz")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return str(self.json()["choices"][0]["message"]["content"])
+
+
+def chat(
+    url: str,
+    model: str,
+    *,
+    token: str | None = None,
+    task: str | None = None,
+    content: str = "hello",
+    timeout: float = 60,
+    **extra: Any,
+) -> Answer:
+    """A chat completion through the gateway at ``url`` (``extra`` adds to or replaces the body's fields, e.g.
+    ``messages``); ``task`` sends it as ``x-slm-task``."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if task is not None:
+        headers["x-slm-task"] = task
+    req = urllib.request.Request(
+        url + "/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+
+
+def grant_callers(cluster: Cluster, ns: str) -> tuple[str, str]:
+    """Tokens of two ServiceAccounts of ``ns``: ``agent`` may use every route of ``ns``, ``stranger`` none;
+    the gateway may read the namespace's Secrets and watch its ConfigMaps (the RoleBindings docs/gateway.md tells a
+    namespace to create); the Secret ``agent-api-keys`` holds the hash of ``API_KEY``."""
+    sas = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n, "namespace": ns}} for n in
+           ("agent", "stranger")]  # fmt: skip
+    bindings = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}],
+        }
+        for name, role, sa, sa_ns in (
+            ("agent-routes", ROUTE_USER_ROLE, "agent", ns),
+            ("slm-gateway-secrets", GATEWAY_SECRETS_ROLE, GATEWAY_SA, SYSTEM_NS),
+            ("slm-gateway-configmaps", GATEWAY_CONFIGMAPS_ROLE, GATEWAY_SA, SYSTEM_NS),
+        )
+    ]
+    key = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-api-keys", "namespace": ns},
+        "stringData": {"e2e-bot": "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()},
+    }  # fmt: skip
+    kubectl_apply(cluster, [*sas, *bindings, key])
+    return cluster.service_account_token(ns, "agent"), cluster.service_account_token(ns, "stranger")
+
+
+def wait_served(replicas: Replicas, cluster: Cluster, ns: str, name: str, count: int, timeout: float) -> None:
+    """Until the SLMDeployment ``name`` has ``count`` Running replica pods, each served by its stand-in."""
+
+    def served() -> bool:
+        pods = cluster.core.list_namespaced_pod(ns, label_selector=f"slm.io/deployment={name}").items
+        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+        return len(running) == count and all(p.metadata.uid in replicas.serving for p in running)
+
+    wait_for(served, timeout, f"{ns}/{name}: {count} Running replicas, each with its stand-in", interval=0.5)

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import random
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from kubernetes import client, config
 from e2e.standin import Behaviour, StandIn
 
 KWOK_POD_CIDR = ipaddress.ip_network("10.0.0.0/24")  # kwok's default pod-ready stage (docs/e2e.md)
+
+
+def random_loopback() -> ipaddress.IPv4Network:
+    """A loopback /24 of its own per run, so two e2e runs on one machine do not share replica addresses."""
+    return ipaddress.IPv4Network(f"127.{random.randint(16, 250)}.{random.randint(0, 255)}.0/24")
 
 
 class EventLoopThread:

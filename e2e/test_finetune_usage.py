@@ -51,15 +51,18 @@ OLD = 40  # calls of the same route older than `since`
 BILLING = 120  # calls of the namespace's other route
 
 
-def captured(record: dict[str, Any], route: str, when: datetime) -> CaptureRecord:
+def captured(
+    record: dict[str, Any], route: str, when: datetime, task: str | None = "extract-order"
+) -> CaptureRecord:
     """A chat record of the tiny task as the gateway captures the call: the prompt as the request, the last
-    assistant turn as the response's choice."""
+    assistant turn as the response's choice; ``task`` as the caller's ``x-slm-task`` (None: untagged, as the
+    gateway stores a call that names no task and no classifier tagged)."""
     *prompt, answer = record["messages"]
     return CaptureRecord(
         id=uuid.uuid4().hex,
         time=when,
         route=route,
-        task="extract-order",
+        task=task,
         backend="tiny",
         model="gpt-4o-mini",
         request={"model": "gpt-4o-mini", "messages": prompt},

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import ipaddress
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import threading
@@ -27,18 +23,38 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.conftest import Cluster, wait_for
-from e2e.operator import GROUP, VERSION, Operator, condition, custom, delete_quietly, free_port, is_true
-from e2e.replicas import KWOK_POD_CIDR, EventLoopThread, Replicas, serve
+from e2e.operator import (
+    API_KEY,
+    GATEWAY_POD,
+    GATEWAY_SA,
+    GROUP,
+    ROUTE_USER_ROLE,
+    STATUS_LEASE,
+    SYSTEM_NS,
+    VERSION,
+    Answer,
+    GatewayProcess,
+    Operator,
+    chat,
+    condition,
+    custom,
+    delete_quietly,
+    free_port,
+    grant_callers,
+    is_true,
+    kubectl_apply,
+    wait_served,
+)
+from e2e.replicas import KWOK_POD_CIDR, EventLoopThread, Replicas, random_loopback, serve
 from e2e.standin import Behaviour, StandIn
 from slm_operator.advisor import traces
 from slm_operator.advisor.classifier import fit_classifier
@@ -48,68 +64,12 @@ from tests.postgres import PostgresServer, postgres_server
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
-RELEASE, SYSTEM_NS = "slm", "slm-system"
-GATEWAY_SA = "slm-slm-operator-gateway"
-ROUTE_USER_ROLE = "slm-slm-operator-route-user"
-GATEWAY_SECRETS_ROLE = "slm-slm-operator-gateway-secrets"
-GATEWAY_CONFIGMAPS_ROLE = "slm-slm-operator-gateway-configmaps"
-STATUS_LEASE = "slm-slm-operator-gateway-status"  # the chart's Role lets the gateway hold this one Lease
-GATEWAY_POD = "e2e-gateway-0"
+RELEASE = "slm"
 POOL = "gw-l4"
-API_KEY = "sk-e2e-gateway-0123456789"
 CONVERGE = 120.0
 
 
 # ------------------------------------------------------------------------------------------ the harness
-
-
-@dataclass
-class GatewayProcess:
-    kubeconfig: Path
-    dial_map: str
-    store: str
-    work: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log(self) -> Path:
-        return self.work / "gateway.log"
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "slm_operator", "gateway", "--kubeconfig", str(self.kubeconfig),
-            "--listen", f"127.0.0.1:{self.port}", "--dial-map", self.dial_map,
-            "--store", self.store, "--spool-dir", str(self.work / "spool"),
-            "--salt-file", str(self.work / "salt"), "--log-level", "info",
-            "--status-lease", f"{SYSTEM_NS}/{STATUS_LEASE}",
-        ]  # fmt: skip
-        (self.work / "salt").write_text(uuid.uuid4().hex)
-        env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "POD_NAME": GATEWAY_POD}
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
-        )
-
-        def ready() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-5000:]
-            try:
-                return urllib.request.urlopen(self.url + "/readyz", timeout=2).status == 200
-            except OSError:
-                return False
-
-        wait_for(ready, 60, "the gateway's /readyz")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @dataclass
@@ -131,13 +91,6 @@ def _helm(cluster: Cluster, *args: str) -> None:
     subprocess.run([*helm, *args], check=True, capture_output=True, text=True)
 
 
-def kubectl_apply(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
-    cmd = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-"]
-    r = subprocess.run(cmd, input=yaml.safe_dump_all(docs), capture_output=True, text=True)
-    if r.returncode:
-        raise AssertionError(f"kubectl apply failed: {r.stderr}")
-
-
 def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -155,34 +108,6 @@ def deployment(name: str, ns: str, replicas: int) -> dict[str, Any]:
 def _namespace(cluster: Cluster, name: str) -> None:
     cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 90, f"{name}/default SA")
-
-
-def _callers(cluster: Cluster, ns: str) -> tuple[str, str]:
-    """Tokens of two ServiceAccounts of ``ns``: ``agent`` may use every route of ``ns``, ``stranger`` none;
-    the gateway may read the namespace's Secrets and watch its ConfigMaps (the RoleBindings docs/gateway.md tells a
-    namespace to create)."""
-    sas = [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": n, "namespace": ns}} for n in
-           ("agent", "stranger")]  # fmt: skip
-    bindings = [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": ns},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_ns}],
-        }
-        for name, role, sa, sa_ns in (
-            ("agent-routes", ROUTE_USER_ROLE, "agent", ns),
-            ("slm-gateway-secrets", GATEWAY_SECRETS_ROLE, GATEWAY_SA, SYSTEM_NS),
-            ("slm-gateway-configmaps", GATEWAY_CONFIGMAPS_ROLE, GATEWAY_SA, SYSTEM_NS),
-        )
-    ]
-    key = {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-api-keys", "namespace": ns},
-        "stringData": {"e2e-bot": "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()},
-    }  # fmt: skip
-    kubectl_apply(cluster, [*sas, *bindings, key])
-    return cluster.service_account_token(ns, "agent"), cluster.service_account_token(ns, "stranger")
 
 
 def _pool_absent(cluster: Cluster) -> bool:
@@ -213,17 +138,6 @@ def _pool(cluster: Cluster) -> None:
     )
 
 
-def _wait_served(stack_replicas: Replicas, cluster: Cluster, ns: str, name: str, replicas: int) -> None:
-    def served() -> bool:
-        pods = cluster.core.list_namespaced_pod(ns, label_selector=f"slm.io/deployment={name}").items
-        running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
-        return len(running) == replicas and all(p.metadata.uid in stack_replicas.serving for p in running)
-
-    wait_for(
-        served, CONVERGE, f"{ns}/{name}: {replicas} Running replicas, each with its stand-in", interval=0.5
-    )
-
-
 @pytest.fixture(scope="module")
 def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The chart (RBAC, ServiceAccounts) installed with helm, the operator and the gateway as processes under
@@ -247,8 +161,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     operator.start()
     loops = EventLoopThread()
-    # a loopback /24 of its own per session, so two e2e runs on one machine do not share replica addresses
-    loopback = ipaddress.ip_network(f"127.{random.randint(16, 250)}.{random.randint(0, 255)}.0/24")
+    loopback = random_loopback()
     replicas = Replicas(cluster.core, loops, loopback)
     threading.Thread(target=replicas.run_forever, daemon=True).start()
     llm = StandIn("llm")
@@ -261,7 +174,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             _pool(cluster)
             for ns in (agents, other):
                 _namespace(cluster, ns)
-            agent_token, stranger_token = _callers(cluster, agents)
+            agent_token, stranger_token = grant_callers(cluster, agents)
             kubectl_apply(
                 cluster,
                 [deployment("extractor", agents, 2), deployment("summarizer", agents, 1),
@@ -275,7 +188,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             )
             gateway.start()
             for ns, name, n in ((agents, "extractor", 2), (agents, "summarizer", 1), (other, "lonely", 1)):
-                _wait_served(replicas, cluster, ns, name, n)
+                wait_served(replicas, cluster, ns, name, n, CONVERGE)
             yield Stack(cluster, gateway, replicas, llm, f"http://127.0.0.1:{llm_port}/v1", pg, agents,
                         other, agent_token, stranger_token)  # fmt: skip
         finally:
@@ -303,44 +216,8 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 # ------------------------------------------------------------------------------------------ calls
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return str(self.json()["choices"][0]["message"]["content"])
-
-
-def call(
-    stack: Stack,
-    model: str,
-    *,
-    token: str | None = None,
-    task: str | None = None,
-    content: str = "hello",
-    timeout: float = 60,
-    **extra: Any,
-) -> Answer:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    if task is not None:
-        headers["x-slm-task"] = task
-    req = urllib.request.Request(
-        stack.gateway.url + "/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
-    except urllib.error.HTTPError as exc:
-        return Answer(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+def call(stack: Stack, model: str, **kw: Any) -> Answer:
+    return chat(stack.gateway.url, model, **kw)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from e2e.operator import (
     delete_quietly,
     get_dep,
     is_true,
+    kubectl_apply,
     llm_fallback_pod,
     placement,
     replica_pods,
@@ -49,17 +50,6 @@ def scrape(url: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)} | {
         s.name: f for f in text_string_to_metric_families(text) for s in f.samples
     }
-
-
-def kubectl_apply(cluster: Cluster, docs: list[dict[str, Any]] | str, namespace: str | None = None) -> str:
-    text = docs if isinstance(docs, str) else yaml.safe_dump_all(docs)
-    cmd = [str(cluster.bin_dir / "kubectl"), "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-"]
-    if namespace:
-        cmd += ["-n", namespace]
-    r = subprocess.run(cmd, input=text, capture_output=True, text=True)
-    if r.returncode:
-        raise AssertionError(f"kubectl apply failed: {r.stderr}")
-    return r.stdout
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +304,8 @@ async def _write_store(url: str, records: list[dict[str, Any]]) -> None:
         await store.write([CaptureRecord.model_validate(r) for r in records])
 
 
-async def _export_task(url: str, task: str) -> list[str]:
+async def export_task(url: str, task: str) -> list[str]:
+    """The ids of the store's calls tagged with ``task``."""
     async with open_store(url) as store:
         return [r.id async for r in store.export(task=task)]
 
@@ -364,7 +355,7 @@ def test_advise_apply_moves_tasks_that_the_operator_places(
     assert f"tagged {sum(1 for a in assignments if a['task'])} calls" in first.stdout, first.stdout
     tasks = [j["spec"]["dataset"]["usageStore"]["task"] for j in jobs]
     for task in tasks:
-        exported = asyncio.run(_export_task(store, task))
+        exported = asyncio.run(export_task(store, task))
         assert sorted(exported) == sorted(a["id"] for a in assignments if a["task"] == task)
     live = co.get_namespaced_custom_object(GROUP, VERSION, ns, "slmroutes", "agent-llm")
     shadowed = {r["shadow"]["backends"][0] for r in live["spec"]["rules"] if r["name"].startswith("task-")}

@@ -1432,6 +1432,12 @@ def test_gateway_max_request_bytes_and_log_level(tmp_path: Path, monkeypatch: py
 #: The trainer's tier (it needs torch): FLAG_TESTS names its tests as ``tests_train/test_train_cli.py::test``.
 TRAIN_TESTS = "tests_train/test_train_cli.py"
 
+#: the full-loop e2e test (captured calls -> advise --cluster --apply -> training -> promotion at the gateway)
+LOOP_TEST = (
+    "e2e/test_loop.py::"
+    "test_captured_calls_become_a_trained_slm_that_serves_once_it_agrees_and_steps_back_when_it_fails"
+)
+
 FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("", "--help"): ["test_help_lists_every_command"],
     ("", "--version"): ["test_version_and_missing_command"],
@@ -1513,6 +1519,7 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("advise", "--cluster"): [
         "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one",
         "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+        LOOP_TEST,
     ],
     ("advise", "--pool"): [
         "tests/test_advisor_cli.py::test_advise_writes_the_report_tasks_assignments_and_manifests_the_api_accepts",
@@ -1570,12 +1577,14 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ],
     ("advise", "--finetune-template"): [
         "tests/test_advisor_cli.py::"
-        "test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refuses_owned_fields"
+        "test_advise_finetune_template_sets_every_job_s_weights_and_training_and_refuses_owned_fields",
+        LOOP_TEST,
     ],
     ("advise", "--usage-store-secret"): [
         "tests/test_advisor_cli.py::test_advise_reads_stdin_and_a_usage_store_of_one_route_since_a_time",
         "tests/test_advisor_cli.py::test_advise_errors_say_what_to_pass",
         "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+        LOOP_TEST,
     ],
     ("advise", "--no-examples"): [
         "tests/test_advisor_cli.py::test_advise_without_a_pool_finds_tasks_and_chooses_no_model"
@@ -1583,6 +1592,7 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("advise", "--apply"): [
         "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one",
         "e2e/test_operator.py::test_advise_apply_moves_tasks_that_the_operator_places",
+        LOOP_TEST,
     ],
     ("advise", "--kubeconfig"): [
         "tests/test_advisor_cli.py::test_advise_apply_without_a_cluster_says_how_to_reach_one"
