@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from kubernetes.client.exceptions import ApiException
 
+from slm_operator.contract import FIELD_MANAGER
 from slm_operator.controllers.kube import Kube
 
 Key = tuple[str, str, str]
@@ -67,6 +68,8 @@ class FakeKube:
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
         self._after_read: dict[Key, Callable[[dict[str, Any]], None]] = {}
+        #: per object: top-level status field -> the field manager that applied it last
+        self.status_owners: dict[Key, dict[str, str]] = {}
         for obj in objects:
             self.add(obj)
 
@@ -148,12 +151,29 @@ class FakeKube:
             raise ApiException(status=404, reason="NotFound")
         return obj
 
-    def apply(self, obj: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
+    def apply(
+        self, obj: dict[str, Any], *, status: bool = False, field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
+        """Server-side apply. A status apply replaces the status but for the top-level fields another field
+        manager applied last (and that this one does not send), as the API server's field ownership does; a
+        status the test stored counts as the operator's (``FIELD_MANAGER``)."""
         self.requests += 1
         meta = obj["metadata"]
         if status:
+            key = _key(obj["kind"], meta["name"], meta.get("namespace"))
             current = self._existing(obj["kind"], meta["name"], meta.get("namespace"))
-            current["status"] = copy.deepcopy(obj["status"])
+            owners = self.status_owners.setdefault(key, {})
+            sent = copy.deepcopy(obj["status"])
+            kept = {
+                k: v
+                for k, v in (current.get("status") or {}).items()
+                if k not in sent and owners.get(k, FIELD_MANAGER) != field_manager
+            }
+            current["status"] = {**kept, **sent}
+            for k in sent:
+                owners[k] = field_manager
+            for k in [k for k, m in owners.items() if m == field_manager and k not in sent]:
+                del owners[k]
             return self._bump(current, "apply-status")
         key = _key(obj["kind"], meta["name"], meta.get("namespace"))
         if key not in self.objects:

@@ -76,6 +76,7 @@ OPERATOR_CLUSTER_RULES = {
     ("slm.io", "gpupools"): {"get", "list", "watch", "patch"},
     ("slm.io", "slmdeployments"): {"get", "list", "watch", "patch"},
     ("slm.io", "finetunejobs"): {"get", "list", "watch", "patch"},
+    ("slm.io", "slmroutes"): {"list"},  # the autoscaler: which route backend names which SLMDeployment
     ("slm.io", "gpupools/status"): {"patch", "update"},
     ("slm.io", "slmdeployments/status"): {"patch", "update"},
     ("slm.io", "finetunejobs/status"): {"patch", "update"},
@@ -628,7 +629,13 @@ def test_gateway_network_policy(helm_env: dict[str, str]) -> None:
     objs = _cache.get("observability") or render(helm_env, VALUE_SETS["observability"])
     spec = one(objs, "NetworkPolicy", "-gateway")["spec"]
     assert spec["podSelector"]["matchLabels"] == gateway_deployment(objs)["spec"]["selector"]["matchLabels"]
-    (ingress,) = spec["ingress"]
+    operator_pods = one(objs, "Deployment", RELEASE)["spec"]["selector"]["matchLabels"]
+    autoscaler, ingress = spec["ingress"]
+    # the operator's autoscaler reads the gateway's /metrics (docs/autoscaling.md)
+    assert autoscaler == {
+        "from": [{"podSelector": {"matchLabels": operator_pods}}],
+        "ports": [{"port": "http", "protocol": "TCP"}],
+    }
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert ingress["from"][0] == {"namespaceSelector": {}}  # every caller namespace, by default
     assert ingress["from"][1]["namespaceSelector"]["matchLabels"] == {
@@ -654,7 +661,7 @@ def test_gateway_network_policy(helm_env: dict[str, str]) -> None:
             "gateway.networkPolicy.callers=null",
         ),
     )
-    assert one(objs, "NetworkPolicy", "-gateway")["spec"]["ingress"] == []
+    assert one(objs, "NetworkPolicy", "-gateway")["spec"]["ingress"] == [autoscaler], "only the operator"
 
 
 def test_gateway_disabled_renders_none_of_it(helm_env: dict[str, str]) -> None:
@@ -731,6 +738,8 @@ def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
         "--trainer-image": "registry.example.com/mirror/trainer:0.1.0-cuda12",
         "--health-listen": "[::]:8080",
         "--metrics-listen": "[::]:9090",
+        "--autoscale-interval": "2",
+        "--gateway-selector": f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=gateway",
         "--log-level": "debug",
     }
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
@@ -868,9 +877,14 @@ def test_observability_objects(helm_env: dict[str, str]) -> None:
     assert ingress["from"][0]["namespaceSelector"] == {
         "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
     }
-    api, dns = spec["egress"]
+    api, gateway, dns = spec["egress"]
     assert {p["port"] for p in api["ports"]} == {443, 6443}
     assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["10.0.0.1/32", "192.168.10.0/24"]
+    gateway_pods = one(objs, "Deployment", "-gateway")["spec"]["selector"]["matchLabels"]
+    assert gateway == {
+        "to": [{"podSelector": {"matchLabels": gateway_pods}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+    }
     assert {p["port"] for p in dns["ports"]} == {53}
 
 

@@ -489,6 +489,7 @@ RUN_FLAGS = {
     "--trainer-image": ("trainer_image", "registry.example/trainer:1"),
     "--health-listen": ("health_listen", "0.0.0.0:8081"),
     "--metrics-listen": ("metrics_listen", ""),
+    "--gateway-selector": ("gateway_selector", "app=gw"),
     "--log-level": ("log_level", "debug"),
 }
 
@@ -504,16 +505,30 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     seen: list[Any] = []
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 1)  # 1: leadership lost
     argv = [x for flag, (_, value) in RUN_FLAGS.items() for x in (flag, value)]
-    code, _, _ = in_process("run", *argv, "--leader-elect", "--configmap-sync-seconds", "15", capsys=capsys)
+    code, _, _ = in_process(
+        "run",
+        *argv,
+        "--leader-elect",
+        "--configmap-sync-seconds",
+        "15",
+        "--autoscale-interval",
+        "0",
+        capsys=capsys,
+    )
     assert code == 1
     assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
     assert seen[0].leader_elect is True and seen[0].configmap_sync_seconds == 15.0
+    assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
     assert in_process("run", capsys=capsys)[0] == 0
     defaults = seen[0]
     assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
     assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")
+    assert (defaults.autoscale_interval, defaults.gateway_selector) == (
+        2.0,
+        "app.kubernetes.io/component=gateway",
+    )
     assert (defaults.priority_class_guaranteed, defaults.priority_class_finetune) == (
         "slm-guaranteed",
         "slm-finetune",
@@ -1486,6 +1501,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
     ("run", "--configmap-sync-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
+    ],
+    ("run", "--autoscale-interval"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_autoscaler.py::test_a_pass_reads_every_gateway_and_writes_the_decision_with_an_event",
     ],
     ("sanitize", "--help"): ["test_every_command_help_lists_its_flags_with_exit_code_0"],
     ("sanitize", "file"): [

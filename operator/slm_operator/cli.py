@@ -819,6 +819,19 @@ def _add_run_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--metrics-listen", default="127.0.0.1:9090", help="host:port of the Prometheus metrics ('' disables)"
     )
+    p.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=2.0,
+        help="seconds between the autoscaler's reads of the gateway replicas' load, for SLMDeployments with "
+        "spec.autoscaling (0 disables the autoscaler; default %(default)s)",
+    )
+    p.add_argument(
+        "--gateway-selector",
+        default="app.kubernetes.io/component=gateway",
+        help="label selector of the gateway's pods in --namespace, whose /metrics the autoscaler reads "
+        "(default %(default)s)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)
 

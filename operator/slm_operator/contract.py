@@ -27,6 +27,10 @@ FINALIZER: Final = f"{GROUP}/finalizer"
 FIELD_MANAGER: Final = "slm-operator"
 #: the field manager of what `slm-operator advise --apply` writes (server-side apply)
 ADVISE_FIELD_MANAGER: Final = "slm-operator-advise"
+#: the field manager of the autoscaler's part of an SLMDeployment's status (docs/autoscaling.md)
+AUTOSCALER_FIELD_MANAGER: Final = "slm-operator-autoscaler"
+#: the SLMDeployment status fields the autoscaler owns; the planner's status applies neither send nor compare them
+AUTOSCALER_STATUS_FIELDS: Final = ("autoscaling",)
 MANAGED_BY: Final = "slm-operator"
 
 # ------------------------------------------------------------------------------------------ slm.io labels
@@ -53,6 +57,10 @@ PROMOTED_METHOD_ANNOTATION: Final = "slm.io/promoted-method"
 PROMOTED_LORA_RANK_ANNOTATION: Final = "slm.io/promoted-lora-rank"  # on SLMDeployments: the adapter's rank
 #: on what `slm-operator advise` writes (SLMDeployment, its dataset ConfigMap, FineTuneJob): the task it moves
 ADVISOR_TASK_ANNOTATION: Final = "slm.io/advisor-task"
+#: on SLMDeployments: a call arrived while it has no ready replica (RFC 3339 time of the request). The gateway
+#: sets it (merge patch); the operator's watch scales the deployment to at least one replica at once, without
+#: waiting for the next metrics poll (scale from zero, docs/autoscaling.md)
+ACTIVATION_ANNOTATION: Final = "slm.io/activation-requested"
 GPU_INVENTORY_ANNOTATION: Final = "slm.io/gpu-inventory"  # on nodes: the node agent's NVML inventory
 GPU_ROLES_ANNOTATION: Final = "slm.io/gpu-roles"  # on nodes: GPU index -> reservation or segment name
 ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA labels before take-over

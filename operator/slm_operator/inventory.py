@@ -347,7 +347,7 @@ def demand_for(dep: SLMDeployment, sizing: Sizing) -> Demand:
     return Demand(
         deployment=deployment_key(dep),
         tier=spec.qos.value,
-        replicas=0 if spec.suspend else spec.replicas,
+        replicas=dep.effective_replicas(),
         memory_bytes=sizing.memory_bytes,
         share=share,
         order_key=dep.metadata.creation_timestamp or "",

@@ -168,6 +168,24 @@ class OperatorMetrics:
             ["verb", "code"],
             registry=r,
         )
+        self.autoscaler_desired = Gauge(
+            "slm_autoscaler_desired_replicas",
+            "Replicas the autoscaler wants for an SLMDeployment with spec.autoscaling (status.autoscaling)",
+            ["namespace", "deployment"],
+            registry=r,
+        )
+        self.autoscaler_decisions = Counter(
+            "slm_autoscaler_decisions",
+            "Changes of an SLMDeployment's desired replicas by the autoscaler (direction=up|down)",
+            ["namespace", "deployment", "direction"],
+            registry=r,
+        )
+        self.autoscaler_scrape_errors = Counter(
+            "slm_autoscaler_scrape_errors",
+            "Gateway replicas whose /metrics the autoscaler could not read in a pass",
+            [],
+            registry=r,
+        )
         self._lock = threading.Lock()
         #: pool -> gauge -> label tuples set by the pool's last observe_plan
         self._series: dict[str, dict[Gauge, set[_Labels]]] = {}
@@ -280,6 +298,20 @@ class OperatorMetrics:
 
     def count_api_request(self, verb: str) -> None:
         self.api_requests.labels(verb).inc()
+
+    # ----------------------------------------------------------------------------------- autoscaler
+
+    def observe_autoscale(self, deployment: str, desired: int, direction: str) -> None:
+        """One autoscaler decision for ``deployment`` ("namespace/name"); ``direction`` up, down or none."""
+        ns, name = split_deployment(deployment)
+        self.autoscaler_desired.labels(ns, name).set(desired)
+        if direction != "none":
+            self.autoscaler_decisions.labels(ns, name, direction).inc()
+
+    def forget_autoscaled(self, deployment: str) -> None:
+        """The deployment is gone or no longer autoscaled: drop its gauge (counters keep their history)."""
+        with suppress(KeyError):
+            self.autoscaler_desired.remove(*split_deployment(deployment))
 
 
 METRICS = OperatorMetrics(REGISTRY)

@@ -95,12 +95,15 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         _ready_column(),
         {"name": "QoS", "type": "string", "jsonPath": ".spec.qos"},
         {"name": "Share", "type": "string", "jsonPath": ".status.shareSummary"},
-        {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
+        # what the operator plans for: spec.replicas, or the autoscaler's decision (status.autoscaling)
+        {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+        {"name": "Current", "type": "integer", "jsonPath": ".status.replicas"},
         {"name": "Placed", "type": "integer", "jsonPath": ".status.placedReplicas"},
         {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
         {"name": "Pool", "type": "string", "jsonPath": ".spec.poolRef.name", "priority": 1},
         {"name": "Memory", "type": "string", "jsonPath": ".status.estimate.total", "priority": 1},
+        {"name": "Scaling", "type": "string", "jsonPath": ".status.autoscaling.reason", "priority": 1},
         _AGE,
     ],
     "FineTuneJob": [

@@ -586,6 +586,179 @@ class ShareOverride(ApiModel):
         return self
 
 
+class AutoscalingMetric(StrEnum):
+    """What the autoscaler counts per replica (docs/autoscaling.md)."""
+
+    IN_FLIGHT = "InFlight"  # calls the deployment's replicas answer now plus those waiting in the gateway
+    QUEUE = "Queue"  # calls waiting in the gateway for a free slot of a replica
+
+
+#: Bounds of the autoscaler's windows and delays (docs/autoscaling.md)
+MAX_STABLE_WINDOW = "1h"
+MIN_STABLE_WINDOW = "6s"
+MAX_SCALE_DOWN_DELAY = "1h"
+MIN_SCALE_TO_ZERO_AFTER = "30s"
+MAX_SCALE_TO_ZERO_AFTER = "24h"
+#: ``scaleToZeroAfter`` when ``minReplicas`` is 0 and the field is not set
+DEFAULT_SCALE_TO_ZERO_AFTER = "5m"
+
+AUTOSCALING_MIN_MAX = (
+    "`autoscaling.minReplicas` must not exceed `autoscaling.maxReplicas`: raise `maxReplicas` or lower "
+    "`minReplicas`"
+)
+AUTOSCALING_STABLE_WINDOW = (
+    f"`autoscaling.stableWindow` must be between {MIN_STABLE_WINDOW} and {MAX_STABLE_WINDOW}, e.g. '60s'"
+)
+AUTOSCALING_PANIC_WINDOW = (
+    "`autoscaling.panicWindow` must be at least 1s and at most `autoscaling.stableWindow`, e.g. '6s' (a tenth "
+    "of the stable window)"
+)
+AUTOSCALING_SCALE_DOWN_DELAY = (
+    f"`autoscaling.scaleDownDelay` must be at most {MAX_SCALE_DOWN_DELAY}, e.g. '2m'"
+)
+AUTOSCALING_ZERO_NEEDS_MIN_ZERO = (
+    "`autoscaling.scaleToZeroAfter` may only be set with `autoscaling.minReplicas: 0`: set `minReplicas: 0` or "
+    "remove `scaleToZeroAfter`"
+)
+AUTOSCALING_ZERO_RANGE = (
+    f"`autoscaling.scaleToZeroAfter` must be between {MIN_SCALE_TO_ZERO_AFTER} and {MAX_SCALE_TO_ZERO_AFTER}, "
+    "e.g. '5m'"
+)
+
+
+class AutoscalingSpec(ApiModel):
+    """Replicas from the load the gateway sees, between `minReplicas` and `maxReplicas` (docs/autoscaling.md).
+    The decision goes to `status.autoscaling.desiredReplicas`; `spec.replicas` stays as written (GitOps owns
+    it) and is only the starting point before the first decision."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel("self.minReplicas <= self.maxReplicas", AUTOSCALING_MIN_MAX, field_path=".minReplicas"),
+            cel(
+                f"duration(self.stableWindow) >= duration('{MIN_STABLE_WINDOW}') && "
+                f"duration(self.stableWindow) <= duration('{MAX_STABLE_WINDOW}')",
+                AUTOSCALING_STABLE_WINDOW,
+                field_path=".stableWindow",
+            ),
+            cel(
+                "duration(self.panicWindow) >= duration('1s') && "
+                "duration(self.panicWindow) <= duration(self.stableWindow)",
+                AUTOSCALING_PANIC_WINDOW,
+                field_path=".panicWindow",
+            ),
+            cel(
+                f"duration(self.scaleDownDelay) <= duration('{MAX_SCALE_DOWN_DELAY}')",
+                AUTOSCALING_SCALE_DOWN_DELAY,
+                field_path=".scaleDownDelay",
+            ),
+            cel(
+                "!has(self.scaleToZeroAfter) || self.minReplicas == 0",
+                AUTOSCALING_ZERO_NEEDS_MIN_ZERO,
+                field_path=".scaleToZeroAfter",
+            ),
+            cel(
+                f"!has(self.scaleToZeroAfter) || (duration(self.scaleToZeroAfter) >= "
+                f"duration('{MIN_SCALE_TO_ZERO_AFTER}') && duration(self.scaleToZeroAfter) <= "
+                f"duration('{MAX_SCALE_TO_ZERO_AFTER}'))",
+                AUTOSCALING_ZERO_RANGE,
+                field_path=".scaleToZeroAfter",
+            ),
+        )
+    )
+
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10000,
+        description="Fewest replicas. 0 lets the deployment scale to zero after `scaleToZeroAfter` without "
+        "calls; the gateway then holds the first call while a replica starts.",
+    )
+    max_replicas: int = Field(ge=1, le=10000, description="Most replicas (at least `minReplicas`).")
+    metric: AutoscalingMetric = Field(
+        default=AutoscalingMetric.IN_FLIGHT,
+        description="`InFlight`: calls being answered plus those waiting in the gateway (as Knative's "
+        "concurrency). `Queue`: only the calls waiting in the gateway for a free slot.",
+    )
+    target: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Calls per replica the autoscaler aims at (desired = ceil(load / target)). Default: "
+        "`model.maxConcurrentSequences` for `InFlight`, 1 for `Queue`.",
+    )
+    stable_window: str = Field(
+        default="60s",
+        max_length=24,
+        pattern=DURATION,
+        description=f"The load is averaged over this window for the normal decision ({MIN_STABLE_WINDOW} to "
+        f"{MAX_STABLE_WINDOW}); panic mode also lasts at least this long.",
+    )
+    panic_window: str = Field(
+        default="6s",
+        max_length=24,
+        pattern=DURATION,
+        description="The short window for bursts: when its load asks for `panicThresholdPercent` of the ready "
+        "replicas or more, the autoscaler scales on it and does not scale down until a stable window passes "
+        "without a burst (1s to `stableWindow`).",
+    )
+    panic_threshold_percent: int = Field(
+        default=200,
+        ge=110,
+        le=1000,
+        description="Panic mode starts when the panic window asks for this percentage of the ready replicas.",
+    )
+    scale_down_delay: str = Field(
+        default="1m",
+        max_length=24,
+        pattern=DURATION,
+        description="A scale-down takes effect only after the lower count held for this long (the highest "
+        f"decision of the delay counts; at most {MAX_SCALE_DOWN_DELAY}). A new replica on a shared GPU costs a "
+        "model load, and sometimes a MIG reconfiguration: do not give it up at the first quiet minute.",
+    )
+    scale_to_zero_after: str | None = Field(
+        default=None,
+        max_length=24,
+        pattern=DURATION,
+        description="With `minReplicas: 0`: remove the last replica after this long without any call "
+        f"({MIN_SCALE_TO_ZERO_AFTER} to {MAX_SCALE_TO_ZERO_AFTER}; default {DEFAULT_SCALE_TO_ZERO_AFTER}).",
+    )
+    max_scale_up_rate: int = Field(
+        default=4,
+        ge=2,
+        le=1000,
+        description="One decision asks for at most this many times the ready replicas (at least 1 more).",
+    )
+    max_scale_down_rate: int = Field(
+        default=2,
+        ge=2,
+        le=1000,
+        description="One decision keeps at least the ready replicas divided by this.",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(AUTOSCALING_MIN_MAX)
+        stable = duration_seconds(self.stable_window)
+        if not duration_seconds(MIN_STABLE_WINDOW) <= stable <= duration_seconds(MAX_STABLE_WINDOW):
+            raise ValueError(AUTOSCALING_STABLE_WINDOW)
+        if not 1.0 <= duration_seconds(self.panic_window) <= stable:
+            raise ValueError(AUTOSCALING_PANIC_WINDOW)
+        if duration_seconds(self.scale_down_delay) > duration_seconds(MAX_SCALE_DOWN_DELAY):
+            raise ValueError(AUTOSCALING_SCALE_DOWN_DELAY)
+        if self.scale_to_zero_after is not None:
+            if self.min_replicas != 0:
+                raise ValueError(AUTOSCALING_ZERO_NEEDS_MIN_ZERO)
+            zero = duration_seconds(self.scale_to_zero_after)
+            if (
+                not duration_seconds(MIN_SCALE_TO_ZERO_AFTER)
+                <= zero
+                <= duration_seconds(MAX_SCALE_TO_ZERO_AFTER)
+            ):
+                raise ValueError(AUTOSCALING_ZERO_RANGE)
+        return self
+
+
 class SLMDeploymentSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -607,7 +780,14 @@ class SLMDeploymentSpec(ApiModel):
 
     pool_ref: LocalObjectReference = Field(description="The GPUPool whose GPUs serve this deployment.")
     model: ModelSpec = Field(description="The model and the load each replica must hold.")
-    replicas: int = Field(default=1, ge=0, le=10000, description="Desired replicas.")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10000,
+        description="Desired replicas (`kubectl scale` sets it). With `autoscaling`, only the starting count "
+        "before the autoscaler's first decision: the operator plans for `status.desiredReplicas` and never "
+        "writes this field.",
+    )
     qos: QoSTier = Field(
         default=QoSTier.BURSTABLE,
         description="`Guaranteed`: hard isolation (MIG slice or whole GPU), never preempted by lower tiers. "
@@ -620,6 +800,11 @@ class SLMDeploymentSpec(ApiModel):
     suspend: bool = Field(
         default=False,
         description="Scale to zero and free the shares while keeping the object (as `Job.spec.suspend`).",
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description="Scale on the load the gateway sees, between `minReplicas` and `maxReplicas`, down to zero "
+        "when `minReplicas` is 0 (docs/autoscaling.md). The decision is in `status.autoscaling`.",
     )
 
     @model_validator(mode="after")
@@ -672,8 +857,40 @@ class ReplicaPlacementStatus(ApiModel):
     reason: str = Field(default="", max_length=128)
 
 
+class AutoscalingStatus(ApiModel):
+    """The autoscaler's last decision (written by the operator's autoscaler, docs/autoscaling.md)."""
+
+    desired_replicas: int = Field(default=0, ge=0, le=10000, description="Replicas the autoscaler wants.")
+    reason: str = Field(
+        default="",
+        max_length=64,
+        description="`ScaledUp`, `ScaledDown`, `ScaledToZero`, `Activated` (a call arrived at zero replicas), "
+        "`Steady` or `NoMetrics` (no gateway answered: the last decision holds).",
+    )
+    message: str = Field(default="", max_length=1024, description="The figures behind the decision.")
+    panic: bool = Field(default=False, description="True while the burst (panic) mode holds.")
+    last_scale_time: str | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="Last change of `desiredReplicas`.",
+    )
+    last_active_time: str | None = Field(
+        default=None,
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="Last time the gateway had a call for the deployment (`scaleToZeroAfter` counts from it).",
+    )
+
+
 class SLMDeploymentStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
+    desired_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Replicas the operator plans for: `spec.replicas`, or with `spec.autoscaling` the "
+        "autoscaler's decision within its bounds; 0 when suspended.",
+    )
     replicas: int = Field(default=0, ge=0, description="Replicas that exist (pods).")
     ready_replicas: int = Field(default=0, ge=0)
     placed_replicas: int = Field(default=0, ge=0)
@@ -686,6 +903,9 @@ class SLMDeploymentStatus(ApiModel):
     )
     explanation: str = Field(default="", max_length=4096, description="Why the planner chose this share.")
     endpoint: str = Field(default="", max_length=512, description="In-cluster URL of the Service.")
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="The autoscaler's last decision (with `spec.autoscaling`)."
+    )
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 
 
@@ -1818,6 +2038,20 @@ class SLMDeployment(Resource):
     kind: Literal["SLMDeployment"] = "SLMDeployment"
     spec: SLMDeploymentSpec
     status: SLMDeploymentStatus | None = None
+
+    def effective_replicas(self) -> int:
+        """The replicas the operator plans for (the one place planning reads): 0 when suspended;
+        ``spec.replicas`` without autoscaling; with it the autoscaler's decision
+        (``status.autoscaling.desiredReplicas``), or ``spec.replicas`` before the first decision, within
+        ``minReplicas`` and ``maxReplicas``."""
+        if self.spec.suspend:
+            return 0
+        auto = self.spec.autoscaling
+        if auto is None:
+            return self.spec.replicas
+        decided = self.status.autoscaling if self.status is not None else None
+        want = decided.desired_replicas if decided is not None else self.spec.replicas
+        return min(max(want, auto.min_replicas), auto.max_replicas)
 
 
 #: ``Promoted`` reasons (``finetune/promotion.py``) after which a FineTuneJob changes nothing any more

@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from slm_operator.controllers.autoscaler import Autoscaler
 from slm_operator.controllers.finetune import FineTuneReconciler
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.pools import PoolReconciler
@@ -26,6 +27,8 @@ class OperatorContext:
     cfg: OperatorConfig
     pools: PoolReconciler
     finetune: FineTuneReconciler
+    #: The autoscaler (None: disabled with --autoscale-interval 0); its loop runs beside kopf's on the leader.
+    autoscaler: Autoscaler | None = None
     #: Pool name -> the event its daemon waits on (set: run a planning pass).
     triggers: dict[str, threading.Event] = field(default_factory=dict)
     #: Object key -> fingerprint of what last mattered in it (events that change nothing are dropped).

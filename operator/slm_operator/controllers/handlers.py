@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
 from slm_operator.contract import (
+    ACTIVATION_ANNOTATION,
     ADAPTER_ANNOTATION,
     API_VERSION,
     FINALIZER,
@@ -119,6 +120,7 @@ def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: An
     ctx = from_memo(memo)
     obj = ObjectView(body)
     key = f"dep/{obj.namespace or None}/{obj.name or None}"
+    activation = obj.annotations.get(ACTIVATION_ANNOTATION)
     if not ctx.changed(
         key,
         [
@@ -126,9 +128,15 @@ def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: An
             obj.metadata.get("generation"),
             obj.annotations.get(ADAPTER_ANNOTATION),
             obj.annotations.get(PROMOTED_METHOD_ANNOTATION),
+            activation,
+            # the autoscaler's decision: plan for it (the autoscaler also wakes the pool itself)
+            ((body.get("status") or {}).get("autoscaling") or {}).get("desiredReplicas"),
         ],
     ):
         return
+    if activation and type != "DELETED" and ctx.autoscaler is not None:
+        # scale from zero: the gateway holds a call for this deployment; decide now, not at the next poll
+        ctx.autoscaler.request_activation(f"{obj.namespace}/{obj.name}", activation)
     pool = ((body.get("spec") or {}).get("poolRef") or {}).get("name", "")
     if ctx.knows_pool(pool):
         ctx.trigger_all() if type == "DELETED" else ctx.trigger(pool)

@@ -102,8 +102,11 @@ class Kube:
     # -------------------------------------------------------------------------------------- writes
 
     @_counted("apply")
-    def apply(self, obj: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
-        """Server-side apply (force: slm-operator owns the fields it sets)."""
+    def apply(
+        self, obj: dict[str, Any], *, status: bool = False, field_manager: str = FIELD_MANAGER
+    ) -> dict[str, Any]:
+        """Server-side apply (force: slm-operator owns the fields it sets). The autoscaler applies its part of
+        an SLMDeployment's status as its own field manager, so the planner's applies leave it alone."""
         res = self.resource(obj["apiVersion"], obj["kind"])
         if status:
             res = res.status
@@ -112,7 +115,7 @@ class Kube:
             body=obj,
             name=meta["name"],
             namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER,
+            field_manager=field_manager,
             force_conflicts=True,
         ).to_dict()
         return out

@@ -14,6 +14,7 @@ import kopf
 
 from slm_operator import metrics
 from slm_operator.controllers import handlers  # noqa: F401  # registers the kopf handlers
+from slm_operator.controllers.autoscaler import Autoscaler
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
 from slm_operator.controllers.kube import Kube
@@ -82,6 +83,14 @@ def run(args: Any) -> int:
         pools=PoolReconciler(kube, cfg),
         finetune=FineTuneReconciler(kube, args.trainer_image, args.priority_class_finetune or None),
     )
+    if args.autoscale_interval > 0:
+        context.autoscaler = Autoscaler(
+            kube,
+            args.namespace,
+            gateway_selector=args.gateway_selector,
+            interval=args.autoscale_interval,
+            on_change=context.trigger,
+        )
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +112,15 @@ def run(args: Any) -> int:
             loop.call_soon_threadsafe(stop_flag.set)
 
         threading.Thread(target=watch_stop, daemon=True).start()
-        await kopf.operator(clusterwide=True, stop_flag=stop_flag, memo=memo_for(context))
+        autoscaler = None
+        if context.autoscaler is not None:  # the leader's only: this loop runs once the Lease is won
+            autoscaler = asyncio.create_task(context.autoscaler.run(stop_flag))
+        try:
+            await kopf.operator(clusterwide=True, stop_flag=stop_flag, memo=memo_for(context))
+        finally:
+            if autoscaler is not None:
+                stop_flag.set()
+                await asyncio.gather(autoscaler, return_exceptions=True)
 
     lost = threading.Event()
     if elector is not None:

@@ -16,6 +16,7 @@ from slm_operator import metrics
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment, SLMDeploymentStatus
 from slm_operator.contract import (
     API_VERSION,
+    AUTOSCALER_STATUS_FIELDS,
     DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
     GPU_ROLES_ANNOTATION,
@@ -199,7 +200,15 @@ class PoolReconciler:
             log.info("skipped a write (%s): %s", exc.status, _message(exc))
 
     def _write_status(self, dep: SLMDeployment, st: SLMDeploymentStatus) -> None:
-        write_status(self.kube, "SLMDeployment", dep.metadata.name, dep.metadata.namespace, dep.status, st)
+        write_status(
+            self.kube,
+            "SLMDeployment",
+            dep.metadata.name,
+            dep.metadata.namespace,
+            dep.status,
+            st,
+            others=AUTOSCALER_STATUS_FIELDS,
+        )
 
     def _apply_configmaps(self, world: World, d: Decisions) -> None:
         """Merge this pool's config entries into the shared ConfigMaps; drop entries no node uses any more (nor

@@ -4,7 +4,7 @@ when it changed, create or replace a ConfigMap whose data the core computes (re-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from slm_operator.api.base import ApiModel
@@ -29,15 +29,23 @@ def strip(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_status(
-    kube: Kube, kind: str, name: str, namespace: str | None, old: ApiModel | None, new: ApiModel
+    kube: Kube,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    old: ApiModel | None,
+    new: ApiModel,
+    others: Collection[str] = (),
 ) -> bool:
     """Apply ``new`` as the status of an slm.io object unless it equals ``old``; True when it was written.
 
     Conditions keep their ``lastTransitionTime`` when nothing changed, so a resync that observes nothing new
-    writes nothing.
+    writes nothing. ``others`` names the status fields another field manager owns (the autoscaler's
+    ``autoscaling``): they are neither compared nor sent, so this apply never takes or drops them.
     """
-    body = new.to_k8s()
-    if (old.to_k8s() if old is not None else None) == body:
+    body = {k: v for k, v in new.to_k8s().items() if k not in others}
+    before = {k: v for k, v in old.to_k8s().items() if k not in others} if old is not None else None
+    if before == body:
         return False
     metadata: dict[str, Any] = {"name": name}
     if namespace is not None:  # None: a cluster-scoped kind (GPUPool)

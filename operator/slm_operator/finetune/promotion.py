@@ -183,7 +183,7 @@ def watch_rollout(dep: SLMDeployment, pods: Sequence[Mapping[str, Any]], timeout
     want = deployment_spec_hash(dep)
     views = list(map(PodView, pods))
     new = [p for p in views if p.annotations.get(SPEC_HASH_ANNOTATION) == want and not p.deleting]
-    desired = 0 if dep.spec.suspend else dep.spec.replicas
+    desired = dep.effective_replicas()
     expected = min(desired, dep.status.placed_replicas) if dep.status is not None else desired
     at = _time(now)
     failure = next((t for p in new if (t := _trouble(p, timeout, at)) is not None), None)

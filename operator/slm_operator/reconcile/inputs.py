@@ -146,7 +146,7 @@ def current_replicas(
 def _remembered(dep: SLMDeployment, have: set[tuple[str, int]]) -> list[CurrentPlacement]:
     """The wanted replicas of ``dep`` that have no pod (not in ``have``) but a usable place in its status."""
     dkey = deployment_key(dep)
-    wanted = 0 if dep.spec.suspend else dep.spec.replicas
+    wanted = dep.effective_replicas()
     return [
         CurrentPlacement(
             deployment=dkey,

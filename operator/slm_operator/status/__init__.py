@@ -284,6 +284,7 @@ def deployment_status(
     ready = sum(1 for p in live if p.ready)
     st = SLMDeploymentStatus(
         observed_generation=gen,
+        desired_replicas=dep.effective_replicas(),
         replicas=len(live),
         ready_replicas=ready,
         selector=f"{DEPLOYMENT_LABEL}={name}",
@@ -309,7 +310,7 @@ def deployment_status(
         st.share = ResolvedShare(mechanism=shares[0].mechanism or None, mig_profile=shares[0].mig_profile)
     r = Rollout(
         suspend=dep.spec.suspend,
-        desired=0 if dep.spec.suspend else dep.spec.replicas,
+        desired=dep.effective_replicas(),
         live=len(live),
         ready=ready,
         placed=st.placed_replicas,
