@@ -54,17 +54,6 @@ kind: Secret
 metadata: {{name: callers, namespace: bench}}
 stringData: {{bench: "sha256:{digest}"}}
 """
-# The gateway runs through this snippet so that, before slm_operator.capture is merged, it still starts (with the
-# tests' stand-in for capture, whose records are dropped at the hand-over; announced on stderr).
-GATEWAY = (
-    "import importlib.util, sys\n"
-    "if importlib.util.find_spec('slm_operator.capture') is None:\n"
-    "    from tests import fake_capture; sys.modules['slm_operator.capture'] = fake_capture\n"
-    "    fake_capture.Capture.submit = lambda self, record: True  # count nothing, keep nothing\n"
-    "    print('bench: slm_operator.capture is missing: capture figures stop at the hand-over', file=sys.stderr)\n"
-    "from slm_operator.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
 
 
 def free_port() -> int:
@@ -245,7 +234,7 @@ def servers(tmp: Path) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes
         folder.mkdir()
         (folder / "route.yaml").write_text(ROUTE.format(capture=capture, digest=digest))
         port = ports[path] = free_port()
-        cmd = [sys.executable, "-c", GATEWAY, "gateway", "-f", str(folder / "route.yaml"), "--listen", f"127.0.0.1:{port}",
+        cmd = [sys.executable, "-m", "slm_operator.cli", "gateway", "-f", str(folder / "route.yaml"), "--listen", f"127.0.0.1:{port}",
                "--endpoint", f"bench/standin=http://127.0.0.1:{upstream}", "--log-level", "warning"]  # fmt: skip
         if capture:
             cmd += ["--store", f"sqlite:///{folder}/usage.db", "--spool-dir", str(folder / "spool")]
