@@ -16,6 +16,7 @@ from slm_operator.controllers.autoscaler import Autoscaler, gateway_urls, parse_
 from slm_operator.controllers.shell import strip
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.metrics import OperatorMetrics
+from slm_operator.routing.endpoints import parse_dial_map
 
 NS = "team"
 
@@ -113,6 +114,22 @@ def test_the_gateways_own_metrics_parse_into_load_per_route_backend() -> None:
     assert parse_gateway_metrics(gateway_text(3, 2)) == {(f"{NS}/chat", "small"): (3.0, 2.0)}
     pods = [gateway_pod("a", "10.0.0.1"), {**gateway_pod("b", "10.0.0.2"), "status": {"phase": "Pending"}}]
     assert gateway_urls(pods) == [A]
+
+
+def test_a_dial_map_reads_gateway_pods_at_their_mapped_address() -> None:
+    """``run --dial-map``: on a local cluster (kwok's fake pod IPs) the gateway answers on a loopback twin."""
+    kube, scaler, _woken, _clock, _metrics = setup({"minReplicas": 1, "maxReplicas": 6}, {})
+    twin = "http://127.0.2.1:8443/metrics"
+    scaler.dial = parse_dial_map(["10.0.0.0/24=127.0.2.0/24"])
+    read: list[str] = []
+
+    async def fetch(url: str) -> str:
+        read.append(url)
+        return gateway_text(12, 0)
+
+    asyncio.run(scaler.tick(fetch))
+    assert sorted(read) == [twin, "http://127.0.2.2:8443/metrics"]
+    assert kube.peek("SLMDeployment", "qwen", NS)["status"]["autoscaling"]["desiredReplicas"] > 1
 
 
 def test_a_pass_reads_every_gateway_and_writes_the_decision_with_an_event() -> None:

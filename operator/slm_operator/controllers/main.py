@@ -22,6 +22,7 @@ from slm_operator.controllers.leader import LeaderElector
 from slm_operator.controllers.pools import PoolReconciler
 from slm_operator.kubeconfig import load_config
 from slm_operator.render import OperatorConfig
+from slm_operator.routing.endpoints import parse_dial_map
 
 log = logging.getLogger("slm_operator")
 
@@ -89,6 +90,7 @@ def run(args: Any) -> int:
             args.namespace,
             gateway_selector=args.gateway_selector,
             interval=args.autoscale_interval,
+            dial=parse_dial_map(getattr(args, "dial_map", [])),
             on_change=context.trigger,
         )
 
