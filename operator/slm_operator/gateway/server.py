@@ -3,8 +3,9 @@
 ``/v1/chat/completions`` and ``/v1/completions`` (streamed or not), ``/v1/models`` (the models the caller may
 use), ``/healthz`` and ``/metrics``. Per call: authenticate, read the body (413 above the size limit), resolve the
 route for its ``model`` (404, 403), apply the caller's limits (429 with ``Retry-After``), pick the backend
-(:mod:`slm_operator.routing`), fire shadow copies off the call's path, attempt, fall back once if the route says
-so, then record metrics and hand a capture record to the capture queue after the answer is on its way.
+(:mod:`slm_operator.routing`), fire shadow copies off the call's path, hold the call while its backend is an
+SLMDeployment at zero replicas that scales from zero (:mod:`slm_operator.routing.activation`), attempt, fall back
+once if the route says so, then record metrics and hand a capture record to the capture queue after the answer is on its way.
 """
 
 from __future__ import annotations
