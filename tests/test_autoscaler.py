@@ -5,6 +5,7 @@ pool, and keeps its status fields when the planner writes the rest of the status
 from __future__ import annotations
 
 import asyncio
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -208,6 +209,31 @@ def test_activation_scales_a_deployment_at_zero_to_one_at_once() -> None:
     assert (st["desiredReplicas"], st["reason"]) == (1, "Activated")
     assert st["message"].startswith("0 -> 1 replicas: a call waits at zero replicas")
     assert kube.events[-1]["reason"] == "Scaled" and woken == ["h100"]
+
+
+def test_an_activation_wakes_the_running_loop_without_waiting_for_the_next_poll() -> None:
+    """The gateway's request comes in on the watch's thread; the loop (here polling once an hour) decides at once."""
+    kube, scaler, _woken, _clock, _ = setup({"minReplicas": 0, "maxReplicas": 3}, {A: (0, 0)}, ready=0)
+    kube.peek("SLMDeployment", "qwen", NS)["spec"]["replicas"] = 0
+    scaler.interval = 3600.0
+
+    def autoscaling() -> dict[str, Any]:
+        return dict(kube.peek("SLMDeployment", "qwen", NS).get("status", {}).get("autoscaling") or {})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(scaler.run(stop))
+        while autoscaling().get("desiredReplicas") != 0:  # the first pass
+            await asyncio.sleep(0.01)
+        threading.Thread(target=scaler.request_activation, args=(f"{NS}/qwen",)).start()
+        async with asyncio.timeout(30):  # a generous bound; without the wake-up it would take an hour
+            while autoscaling().get("desiredReplicas") != 1:
+                await asyncio.sleep(0.01)
+        assert autoscaling()["reason"] == "Activated"
+        stop.set()
+        await loop
+
+    asyncio.run(main())
 
 
 def test_the_deployment_watch_hands_the_gateways_activation_to_the_autoscaler() -> None:
