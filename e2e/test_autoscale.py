@@ -66,14 +66,15 @@ SCALE_TO_ZERO_AFTER = 30  # seconds: the smallest scaleToZeroAfter the API allow
 
 
 class WatchedReplicas(Replicas):
-    """Replicas whose stand-ins start on a pod watch event (see the module's docstring)."""
+    """Replicas whose stand-ins start on the pod watch event that shows the pod Running (see the module's
+    docstring); a full sync (which also stops the stand-ins of deleted pods) after every other event."""
 
     def run_forever(self) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(Exception):  # an API hiccup: list and watch again
                 self.sync()
                 w = k8s_watch.Watch()
-                for _ in w.stream(
+                for event in w.stream(
                     self.core.list_pod_for_all_namespaces,
                     label_selector="slm.io/deployment",
                     timeout_seconds=5,
@@ -81,7 +82,17 @@ class WatchedReplicas(Replicas):
                     if self.stop.is_set():
                         w.stop()
                         break
-                    self.sync()
+                    pod = event["object"]
+                    running = (
+                        event["type"] != "DELETED"
+                        and pod.status.phase == "Running"
+                        and pod.status.pod_ip
+                        and not pod.metadata.deletion_timestamp
+                    )
+                    if running and pod.metadata.uid not in self.serving:
+                        self.serve_pod(pod)  # at once, before the EndpointSlice reaches the gateway
+                    else:
+                        self.sync()
 
 
 @dataclass
@@ -342,7 +353,8 @@ def test_a_burst_scales_a_deployment_up_and_back_down_without_touching_spec_repl
         wait_for(lambda: len(bound_pods(stack, "burst")) == 1, 60, "the two extra replica pods deleted")
         down = time.monotonic() - stopped
         wait_for(lambda: watcher.samples and watcher.samples[-1][2] == "Healthy", 30, "Healthy at 1 replica")
-    assert {a.status for a in answers} == {200}, "no call of the burst failed"
+    failed = [(a.status, a.body[:300]) for a in answers if a.status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} calls of the burst failed: {failed[:3]}"
     assert {(r, g) for r, g, _, _ in watcher.samples} == {(1, generation)}, "spec.replicas is never changed"
     healths = watcher.healths()
     assert "Degraded" not in healths and healths.get("Healthy", 0) > 0, healths
