@@ -5,7 +5,8 @@ use), ``/healthz`` and ``/metrics``. Per call: authenticate, read the body (413 
 route for its ``model`` (404, 403), apply the caller's limits (429 with ``Retry-After``), pick the backend
 (:mod:`slm_operator.routing`), fire shadow copies off the call's path, hold the call while its backend is an
 SLMDeployment at zero replicas that scales from zero (:mod:`slm_operator.routing.activation`), attempt, fall back
-once if the route says so, then record metrics and hand a capture record to the capture queue after the answer is on its way.
+once if the route says so, then record metrics and hand a capture record to the capture queue after the answer
+is on its way.
 """
 
 from __future__ import annotations
