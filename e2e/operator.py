@@ -181,10 +181,13 @@ class GatewayProcess:
     work: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: where it listens (the autoscaling e2e: the loopback twin of the chart's gateway pod, which the operator's
+    #: autoscaler reads through its own --dial-map)
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -193,7 +196,7 @@ class GatewayProcess:
     def start(self) -> None:
         cmd = [
             sys.executable, "-m", "slm_operator", "gateway", "--kubeconfig", str(self.kubeconfig),
-            "--listen", f"127.0.0.1:{self.port}", "--dial-map", self.dial_map,
+            "--listen", f"{self.host}:{self.port}", "--dial-map", self.dial_map,
             "--store", self.store, "--spool-dir", str(self.work / "spool"),
             "--salt-file", str(self.work / "salt"), "--log-level", "info",
             "--status-lease", f"{SYSTEM_NS}/{STATUS_LEASE}",

@@ -99,20 +99,22 @@ class Replicas:
             self.loops.run(runner.cleanup())
             self._say(f"stopped the stand-in of pod {ns}/{standin.name}")
         for uid, p in live.items():
-            if uid in self.serving:
-                continue
-            dep = p.metadata.labels["slm.io/deployment"]
-            port = next(
-                (cp.container_port for cp in p.spec.containers[0].ports or [] if cp.name == "http"), 8000
-            )
-            behaviour = self.behaviours.setdefault((p.metadata.namespace, dep), Behaviour())
-            standin = StandIn(p.metadata.name, behaviour)
-            address = self.dial(p.status.pod_ip)
-            runner = self.loops.run(serve(standin, address, port))
-            self.serving[uid] = (p.metadata.namespace, dep, standin, runner)
-            self._say(
-                f"pod {p.metadata.namespace}/{p.metadata.name} ({p.status.pod_ip}) served on {address}:{port}"
-            )
+            if uid not in self.serving:
+                self.serve_pod(p)
+
+    def serve_pod(self, p: client.V1Pod) -> None:
+        """Start the stand-in of the Running replica pod ``p`` on its IP's loopback twin."""
+        uid = p.metadata.uid
+        dep = p.metadata.labels["slm.io/deployment"]
+        port = next((cp.container_port for cp in p.spec.containers[0].ports or [] if cp.name == "http"), 8000)
+        behaviour = self.behaviours.setdefault((p.metadata.namespace, dep), Behaviour())
+        standin = StandIn(p.metadata.name, behaviour)
+        address = self.dial(p.status.pod_ip)
+        runner = self.loops.run(serve(standin, address, port))
+        self.serving[uid] = (p.metadata.namespace, dep, standin, runner)
+        self._say(
+            f"pod {p.metadata.namespace}/{p.metadata.name} ({p.status.pod_ip}) served on {address}:{port}"
+        )
 
     def _say(self, line: str) -> None:
         if self.verbose:

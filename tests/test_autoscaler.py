@@ -5,6 +5,7 @@ pool, and keeps its status fields when the planner writes the rest of the status
 from __future__ import annotations
 
 import asyncio
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ from slm_operator.controllers.autoscaler import Autoscaler, gateway_urls, parse_
 from slm_operator.controllers.shell import strip
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.metrics import OperatorMetrics
+from slm_operator.routing.endpoints import parse_dial_map
 
 NS = "team"
 
@@ -115,6 +117,22 @@ def test_the_gateways_own_metrics_parse_into_load_per_route_backend() -> None:
     assert gateway_urls(pods) == [A]
 
 
+def test_a_dial_map_reads_gateway_pods_at_their_mapped_address() -> None:
+    """``run --dial-map``: on a local cluster (kwok's fake pod IPs) the gateway answers on a loopback twin."""
+    kube, scaler, _woken, _clock, _metrics = setup({"minReplicas": 1, "maxReplicas": 6}, {})
+    twin = "http://127.0.2.1:8443/metrics"
+    scaler.dial = parse_dial_map(["10.0.0.0/24=127.0.2.0/24"])
+    read: list[str] = []
+
+    async def fetch(url: str) -> str:
+        read.append(url)
+        return gateway_text(12, 0)
+
+    asyncio.run(scaler.tick(fetch))
+    assert sorted(read) == [twin, "http://127.0.2.2:8443/metrics"]
+    assert kube.peek("SLMDeployment", "qwen", NS)["status"]["autoscaling"]["desiredReplicas"] > 1
+
+
 def test_a_pass_reads_every_gateway_and_writes_the_decision_with_an_event() -> None:
     kube, scaler, woken, clock, metrics = setup({"minReplicas": 1, "maxReplicas": 6}, {A: (8, 4), B: (6, 2)})
     asyncio.run(scaler.tick())
@@ -191,6 +209,31 @@ def test_activation_scales_a_deployment_at_zero_to_one_at_once() -> None:
     assert (st["desiredReplicas"], st["reason"]) == (1, "Activated")
     assert st["message"].startswith("0 -> 1 replicas: a call waits at zero replicas")
     assert kube.events[-1]["reason"] == "Scaled" and woken == ["h100"]
+
+
+def test_an_activation_wakes_the_running_loop_without_waiting_for_the_next_poll() -> None:
+    """The gateway's request comes in on the watch's thread; the loop (here polling once an hour) decides at once."""
+    kube, scaler, _woken, _clock, _ = setup({"minReplicas": 0, "maxReplicas": 3}, {A: (0, 0)}, ready=0)
+    kube.peek("SLMDeployment", "qwen", NS)["spec"]["replicas"] = 0
+    scaler.interval = 3600.0
+
+    def autoscaling() -> dict[str, Any]:
+        return dict(kube.peek("SLMDeployment", "qwen", NS).get("status", {}).get("autoscaling") or {})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(scaler.run(stop))
+        while autoscaling().get("desiredReplicas") != 0:  # the first pass
+            await asyncio.sleep(0.01)
+        threading.Thread(target=scaler.request_activation, args=(f"{NS}/qwen",)).start()
+        async with asyncio.timeout(30):  # a generous bound; without the wake-up it would take an hour
+            while autoscaling().get("desiredReplicas") != 1:
+                await asyncio.sleep(0.01)
+        assert autoscaling()["reason"] == "Activated"
+        stop.set()
+        await loop
+
+    asyncio.run(main())
 
 
 def test_the_deployment_watch_hands_the_gateways_activation_to_the_autoscaler() -> None:

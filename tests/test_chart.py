@@ -85,7 +85,8 @@ OPERATOR_CLUSTER_RULES = {
 AGENT_CLUSTER_RULES = {("", "nodes"): {"get", "patch"}, ("", "pods"): {"list"}}
 GATEWAY_CLUSTER_RULES = {
     ("slm.io", "slmroutes"): {"get", "list", "watch"},
-    ("slm.io", "slmdeployments"): {"get", "list", "watch"},
+    # patch: the activation annotation of a deployment at zero replicas a call waits for (scale from zero)
+    ("slm.io", "slmdeployments"): {"get", "list", "watch", "patch"},
     ("slm.io", "finetunejobs"): {
         "get",
         "list",

@@ -490,6 +490,7 @@ RUN_FLAGS = {
     "--health-listen": ("health_listen", "0.0.0.0:8081"),
     "--metrics-listen": ("metrics_listen", ""),
     "--gateway-selector": ("gateway_selector", "app=gw"),
+    "--dial-map": ("dial_map", ["10.0.0.0/24=127.0.2.0/24"]),
     "--log-level": ("log_level", "debug"),
 }
 
@@ -504,7 +505,11 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
 
     seen: list[Any] = []
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 1)  # 1: leadership lost
-    argv = [x for flag, (_, value) in RUN_FLAGS.items() for x in (flag, value)]
+    argv = [
+        x
+        for flag, (_, value) in RUN_FLAGS.items()
+        for x in (flag, value[0] if isinstance(value, list) else value)
+    ]
     code, _, _ = in_process(
         "run",
         *argv,
@@ -536,8 +541,11 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     assert defaults.trainer_image == f"ghcr.io/slm-operator/trainer:{__version__}", (
         "the trainer of the same release"
     )
+    assert defaults.dial_map == [], "every gateway pod IP is read as published"
     r = run("run", "--log-level", "verbose")
     assert r.returncode == 2 and "invalid choice: 'verbose'" in r.stderr
+    r = run("run", "--dial-map", "10.0.0.0/24")
+    assert r.returncode == 2 and "expected FROM_CIDR=TO_CIDR" in r.stderr
 
 
 # sanitize
@@ -1501,6 +1509,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
     ("run", "--configmap-sync-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
+    ],
+    ("run", "--dial-map"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_autoscaler.py::test_a_dial_map_reads_gateway_pods_at_their_mapped_address",
     ],
     ("run", "--autoscale-interval"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",

@@ -370,7 +370,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from slm_operator.controllers.main import run
     from slm_operator.kubeconfig import KubeConfigError
+    from slm_operator.routing.endpoints import parse_dial_map
 
+    try:
+        parse_dial_map(args.dial_map)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         return run(args)
     except KubeConfigError as exc:
@@ -831,6 +836,15 @@ def _add_run_parser(sub: Subparsers) -> None:
         default="app.kubernetes.io/component=gateway",
         help="label selector of the gateway's pods in --namespace, whose /metrics the autoscaler reads "
         "(default %(default)s)",
+    )
+    p.add_argument(
+        "--dial-map",
+        action="append",
+        default=[],
+        metavar="FROM_CIDR=TO_CIDR",
+        help="local clusters only: the autoscaler reads the /metrics of a gateway pod whose IP is in FROM_CIDR at "
+        "the same offset in TO_CIDR (e.g. 10.0.0.0/24=127.0.2.0/24 for kwok's fake pod IPs served on loopback); "
+        "repeatable; default: every pod IP as published",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_run)

@@ -87,13 +87,15 @@ TASK_HEADER: Final = (
 ROUTE_HEADER: Final = "x-slm-route"  # response: "namespace/name" of the SLMRoute that served the call
 BACKEND_HEADER: Final = "x-slm-backend"  # response: the route's backend that answered
 FALLBACK_HEADER: Final = (
-    "x-slm-fallback"  # response: why the call fell back (error|timeout|overload|invalid_json)
+    "x-slm-fallback"  # response: why the call fell back (error|timeout|overload|invalid_json|scaled_to_zero)
 )
 #: values of the route's API-key Secrets (spec.apiKeySecretRefs): this prefix + hex SHA-256 of the key
 API_KEY_HASH_PREFIX: Final = "sha256:"
 #: RBAC verb a ServiceAccount needs on ``slmroutes/<name>`` to call a route through the gateway
 ROUTE_USE_VERB: Final = "use"
 ROUTES_RESOURCE: Final = "slmroutes"
+#: the gateway merge-patches ``ACTIVATION_ANNOTATION`` on these (scale from zero)
+DEPLOYMENTS_RESOURCE: Final = "slmdeployments"
 
 #: the key of the task classifier's JSON in the ConfigMap `advise` writes and the gateway loads
 TASK_CLASSIFIER_KEY: Final = "classifier.json"

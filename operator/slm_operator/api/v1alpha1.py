@@ -1633,6 +1633,10 @@ class FallbackSpec(ApiModel):
         return v
 
 
+#: the longest ``timeouts.activation`` (a held call must not hold a connection for ever)
+MAX_ACTIVATION_SECONDS = 15 * 60
+
+
 class RouteTimeouts(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -1645,6 +1649,12 @@ class RouteTimeouts(ApiModel):
                 "!has(self.firstByte) || duration(self.firstByte) > duration('0s')",
                 "`timeouts.firstByte` must be above 0, e.g. '30s'",
                 field_path=".firstByte",
+            ),
+            cel(
+                "!has(self.activation) || (duration(self.activation) > duration('0s') && "
+                "duration(self.activation) <= duration('15m'))",
+                "`timeouts.activation` must be above 0 and at most 15m, e.g. '2m'",
+                field_path=".activation",
             ),
         )
     )
@@ -1659,9 +1669,21 @@ class RouteTimeouts(ApiModel):
     total: str = Field(
         default="300s", max_length=24, pattern=DURATION, description="Longest time for the whole answer."
     )
+    activation: str = Field(
+        default="2m",
+        max_length=24,
+        pattern=DURATION,
+        description="Longest wait for the first ready replica of an SLMDeployment backend that autoscales "
+        "from zero (`autoscaling.minReplicas: 0`) and has none: the gateway holds the call meanwhile, then "
+        "uses the route's fallback (on `Timeout`) or answers 503 with `Retry-After` (docs/autoscaling.md). "
+        "`firstByte` and `total` count from the end of this wait. At most 15m.",
+    )
 
     @model_validator(mode="after")
     def _order(self) -> RouteTimeouts:
+        activation = duration_seconds(self.activation)
+        if activation <= 0 or activation > MAX_ACTIVATION_SECONDS:
+            raise ValueError("`timeouts.activation` must be above 0 and at most 15m, e.g. '2m'")
         if duration_seconds(self.first_byte) <= 0:
             raise ValueError("`timeouts.firstByte` must be above 0, e.g. '30s'")
         if duration_seconds(self.first_byte) > duration_seconds(self.total):

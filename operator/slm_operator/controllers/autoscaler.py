@@ -50,6 +50,7 @@ from slm_operator.contract import API_VERSION, AUTOSCALER_FIELD_MANAGER
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import strip
 from slm_operator.inventory import deployment_key
+from slm_operator.routing.endpoints import NO_DIAL, DialMap
 from slm_operator.views import ObjectView, PodView
 
 log = logging.getLogger("slm_operator.autoscaler")
@@ -97,14 +98,18 @@ def parse_gateway_metrics(text: str) -> dict[tuple[str, str], tuple[float, float
     return out
 
 
-def gateway_urls(pods: Iterable[Mapping[str, Any]], default_port: int = DEFAULT_GATEWAY_PORT) -> list[str]:
-    """``http://<pod IP>:<port>/metrics`` of every Running, not deleting gateway pod (the port named ``http``)."""
+def gateway_urls(
+    pods: Iterable[Mapping[str, Any]], default_port: int = DEFAULT_GATEWAY_PORT, dial: DialMap = NO_DIAL
+) -> list[str]:
+    """``http://<pod IP>:<port>/metrics`` of every Running, not deleting gateway pod (the port named ``http``),
+    the IP dialled as ``dial`` maps it (``run --dial-map``, local clusters only)."""
     urls = []
     for raw in pods:
         pod = PodView(raw)
         ip = pod.status.get("podIP")
         if pod.phase != "Running" or pod.deleting or not ip:
             continue
+        ip = dial.dial(str(ip))
         port = default_port
         for c in pod.spec.get("containers") or []:
             for p in c.get("ports") or []:
@@ -127,10 +132,12 @@ class Autoscaler:
         clock: Callable[[], float] = time.time,
         fetch: Fetch | None = None,
         metrics: operator_metrics.OperatorMetrics | None = None,
+        dial: DialMap = NO_DIAL,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
         self.gateway_selector = gateway_selector
+        self.dial = dial  # --dial-map: where gateway pods of mapped addresses are read
         self.interval = interval
         self.on_change = on_change
         self.clock = clock
@@ -239,7 +246,7 @@ class Autoscaler:
             except ValidationError as exc:
                 log.warning("skipping SLMRoute %s: %s", ObjectView(raw).name, exc)
         pods = self.kube.list("v1", "Pod", self.namespace, label_selector=self.gateway_selector)
-        return routes, gateway_urls(pods)
+        return routes, gateway_urls(pods, dial=self.dial)
 
     async def _scrape(self, fetch: Fetch, urls: list[str]) -> list[GatewayLoad]:
         async def one(url: str) -> GatewayLoad | None:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +23,7 @@ from slm_operator.controllers.leader import LeaderElector
 from slm_operator.controllers.pools import PoolReconciler
 from slm_operator.kubeconfig import load_config
 from slm_operator.render import OperatorConfig
+from slm_operator.routing.endpoints import parse_dial_map
 
 log = logging.getLogger("slm_operator")
 
@@ -61,6 +63,20 @@ class Health:
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
 
 
+def autoscaler_of(args: Any, kube: Kube, on_change: Callable[[str], None]) -> Autoscaler | None:
+    """The autoscaler the flags ask for (None: ``--autoscale-interval 0``)."""
+    if args.autoscale_interval <= 0:
+        return None
+    return Autoscaler(
+        kube,
+        args.namespace,
+        gateway_selector=args.gateway_selector,
+        interval=args.autoscale_interval,
+        dial=parse_dial_map(getattr(args, "dial_map", [])),
+        on_change=on_change,
+    )
+
+
 def run(args: Any) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -83,14 +99,7 @@ def run(args: Any) -> int:
         pools=PoolReconciler(kube, cfg),
         finetune=FineTuneReconciler(kube, args.trainer_image, args.priority_class_finetune or None),
     )
-    if args.autoscale_interval > 0:
-        context.autoscaler = Autoscaler(
-            kube,
-            args.namespace,
-            gateway_selector=args.gateway_selector,
-            interval=args.autoscale_interval,
-            on_change=context.trigger,
-        )
+    context.autoscaler = autoscaler_of(args, kube, context.trigger)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

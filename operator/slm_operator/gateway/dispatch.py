@@ -2,8 +2,10 @@
 
 Calls in flight are counted per endpoint URL, across routes (two routes sending to the same replicas share its
 ``maxConcurrency``). A call that finds every endpoint of its backend at the cap waits in the backend's queue
-(at most ``maxQueue`` calls) until a slot frees or its first-byte deadline passes. Single-threaded: it lives on
-the gateway's event loop.
+(at most ``maxQueue`` calls) until a slot frees or its first-byte deadline passes. A call for a backend at zero
+replicas that scales from zero (:func:`slm_operator.routing.activation.holds`) is held until the routing table
+shows a ready endpoint (:meth:`Dispatcher.index` wakes it); held calls count as queued (the autoscaler reads
+them) and share the ``maxQueue`` bound. Single-threaded: it lives on the gateway's event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Iterable
 
+from slm_operator.routing.activation import released
 from slm_operator.routing.balance import pick_endpoint
 from slm_operator.routing.table import Backend
 
@@ -31,22 +34,51 @@ class Dispatcher:
         self.keys: list[str] = []  # every backend key of the routing table
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}  # backend key -> calls waiting
         self._backends_of: dict[str, set[str]] = {}  # endpoint URL -> backend keys that use it
+        #: backend key -> calls held for its first ready replica (scale from zero)
+        self._held: dict[str, list[asyncio.Future[None]]] = {}
         self._rotor = 0
 
     def index(self, backends: Iterable[tuple[str, Backend]]) -> None:
         """Remember which backends use which endpoint (called when the routing table changes)."""
         out: dict[str, set[str]] = {}
         keys = []
+        now: dict[str, Backend] = {}
         for key, b in backends:
             keys.append(key)
+            now[key] = b
             for e in b.endpoints:
                 out.setdefault(e.url, set()).add(key)
         self._backends_of = out
         self.keys = keys
+        for key, held in self._held.items():
+            if released(now.get(key)):
+                for fut in held:
+                    if not fut.done():
+                        fut.set_result(None)
 
     def queued(self, key: str) -> int:
+        """Calls waiting for a slot of the backend, or held for its first ready replica."""
         q = self._waiters.get(key)
-        return len(q) if q else 0
+        return (len(q) if q else 0) + self.held(key)
+
+    def held(self, key: str) -> int:
+        h = self._held.get(key)
+        return len(h) if h else 0
+
+    async def hold(self, key: str, backend: Backend) -> None:
+        """Wait until :meth:`index` shows the backend with a ready endpoint (or gone); the caller bounds the wait
+        with a timeout. Raises :class:`QueueFull` when ``maxQueue`` calls wait already."""
+        if self.queued(key) >= backend.max_queue:
+            raise QueueFull(f"backend {backend.name}: {self.queued(key)} calls are waiting already")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        held = self._held.setdefault(key, [])
+        held.append(fut)
+        try:
+            await fut
+        finally:
+            held.remove(fut)
+            if not held and self._held.get(key) is held:
+                del self._held[key]
 
     def try_acquire(self, key: str, backend: Backend, exclude: frozenset[str] = frozenset()) -> str | None:
         """Take a slot on the least loaded ready endpoint (not in ``exclude`` if another is free), or None."""

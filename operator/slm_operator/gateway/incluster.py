@@ -2,7 +2,8 @@
 
 It watches SLMRoutes, SLMDeployments, FineTuneJobs (for the promotion of the routes' rules) and the EndpointSlices
 of the operator's Services (no API call per request), and the ConfigMap of each route's task classifier with a watch of its own, reads the Secrets the routes name with
-namespaced reads, authenticates callers by API key or ServiceAccount token
+namespaced reads, patches the activation annotation of an SLMDeployment at zero replicas a call waits for
+(:mod:`slm_operator.gateway.activator`), authenticates callers by API key or ServiceAccount token
 (TokenReview) and authorises tokens with a SubjectAccessReview for ``use`` on the route, and writes the routes'
 status. ``/readyz`` answers 200 once every watch has listed its objects and the first table is served.
 """
@@ -15,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from slm_operator.gateway.activator import Activator
 from slm_operator.gateway.cluster import KINDS, ClusterState
 from slm_operator.gateway.kube import KubeApi, Sink, start_configmap_watch, start_watch
 from slm_operator.gateway.kube_auth import KubeAuth
@@ -90,6 +92,7 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
     gateway.ready = False
     gateway.set_table(RouteTable())
     state = ClusterState(gateway, s.api, dial=s.dial)
+    gateway.activator = Activator(s.api.request_activation)  # scale from zero: tell the operator at once
     threads_stop = threading.Event()
     tasks = []
     if s.lease is not None:

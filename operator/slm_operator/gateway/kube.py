@@ -7,6 +7,8 @@ What the gateway reads and writes, and the RBAC it needs for it (the chart grant
 * list/watch ``endpointslices`` (discovery.k8s.io, all namespaces) labelled as the operator's Services are;
 * list/watch the ``configmaps`` of the routes' task classifiers, one namespaced watch per ConfigMap (a
   ``metadata.name`` field selector), where a RoleBinding in the route's namespace allows it;
+* patch ``slmdeployments`` (the annotation ``slm.io/activation-requested`` only: a call waits for a deployment at
+  zero replicas, :mod:`slm_operator.gateway.activator`);
 * ``get`` on the Secrets the routes name, one namespaced read each, where a RoleBinding in the route's namespace
   allows it (no cluster-wide read of Secrets);
 * create ``tokenreviews`` and ``subjectaccessreviews`` (callers' ServiceAccount tokens and their ``use`` of routes);
@@ -29,7 +31,9 @@ from kubernetes import watch as _watch
 from kubernetes.client.exceptions import ApiException
 
 from slm_operator.contract import (
+    ACTIVATION_ANNOTATION,
     APP_MANAGED_BY_LABEL,
+    DEPLOYMENTS_RESOURCE,
     GROUP,
     MANAGED_BY,
     ROUTE_USE_VERB,
@@ -175,6 +179,13 @@ class KubeApi:
         meta = out.get("metadata") if isinstance(out, dict) else None
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         return str(version) if version else None
+
+    def request_activation(self, namespace: str, name: str, when: str) -> None:
+        """Merge-patch the SLMDeployment's activation annotation to ``when`` (scale from zero)."""
+        body = {"metadata": {"annotations": {ACTIVATION_ANNOTATION: when}}}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, DEPLOYMENTS_RESOURCE, name, body
+        )
 
     def post_event(self, event: Event) -> None:
         """A core/v1 Event on the object (as the operator's ``Kube.event`` posts them)."""

@@ -35,7 +35,8 @@ class _LoadCollector(Collector):
         )
         queued = GaugeMetricFamily(
             "slm_gateway_queued",
-            "Calls waiting in the gateway for a free slot of a backend (every endpoint at maxConcurrency)",
+            "Calls waiting in the gateway for a free slot of a backend (every endpoint at maxConcurrency), or "
+            "held for the first ready replica of an SLMDeployment scaled to zero",
             labels=["route", "backend"],
         )
         if d is not None:
@@ -152,6 +153,13 @@ class GatewayMetrics:
             "1 for the phase a rule with `promote` is in (phase=Shadow|Serving), as the route's status says; every "
             "replica routes by it (S6 of docs/loop.md)",
             ["route", "rule", "phase"],
+            registry=r,
+        )
+        self.activation_waits = Counter(
+            "slm_gateway_activation_waits",
+            "Calls held for the first ready replica of an SLMDeployment scaled to zero, by how the wait ended "
+            "(outcome=ready|timeout; timeout: the fallback or a 503 after timeouts.activation)",
+            ["route", "backend", "outcome"],
             registry=r,
         )
         self._load: Any = None

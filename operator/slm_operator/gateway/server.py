@@ -3,8 +3,10 @@
 ``/v1/chat/completions`` and ``/v1/completions`` (streamed or not), ``/v1/models`` (the models the caller may
 use), ``/healthz`` and ``/metrics``. Per call: authenticate, read the body (413 above the size limit), resolve the
 route for its ``model`` (404, 403), apply the caller's limits (429 with ``Retry-After``), pick the backend
-(:mod:`slm_operator.routing`), fire shadow copies off the call's path, attempt, fall back once if the route says
-so, then record metrics and hand a capture record to the capture queue after the answer is on its way.
+(:mod:`slm_operator.routing`), fire shadow copies off the call's path, hold the call while its backend is an
+SLMDeployment at zero replicas that scales from zero (:mod:`slm_operator.routing.activation`), attempt, fall back
+once if the route says so, then record metrics and hand a capture record to the capture queue after the answer
+is on its way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,12 +30,13 @@ from slm_operator.capture import Capture, CaptureRecord, caller_hash, reassemble
 from slm_operator.contract import TASK_HEADER
 from slm_operator.gateway.auth import ApiKeyAuth, Authenticator, AuthError, Caller, identity_for
 from slm_operator.gateway.call import CHAT, COMPLETIONS, Call, Outcome, response_headers
-from slm_operator.gateway.dispatch import Dispatcher
+from slm_operator.gateway.dispatch import Dispatcher, QueueFull
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.gateway.tallies import Tallies
 from slm_operator.gateway.upstream import Upstream
+from slm_operator.routing.activation import holds, unactivated
 from slm_operator.routing.compare import compare_answers
-from slm_operator.routing.fallback import fallback_for
+from slm_operator.routing.fallback import FailureReason, fallback_for
 from slm_operator.routing.features import call_task, request_features
 from slm_operator.routing.limits import CallerState, admit, idle, settle
 from slm_operator.routing.rules import select, task_label
@@ -108,6 +112,9 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._upstream: Upstream | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: scale from zero: told (namespace, SLMDeployment name) when a call is held for it (in the cluster:
+        #: the activation annotation, ``gateway.activator``); None: nobody to tell (``gateway -f``)
+        self.activator: Callable[[str, str], None] | None = None
         self.ready = True  # /readyz: the in-cluster mode clears it until its watches have listed everything
         self.table = RouteTable()
         self.set_table(table)
@@ -314,15 +321,16 @@ class Gateway:
                 call.primary_answer.set_result(None)  # the call failed: nothing to compare with
 
     async def _answer_call(self, call: Call, backend: str) -> web.StreamResponse:
-        spec = call.route.spec
         rate = call.route.sample_rate
         if self.capture is not None and rate > 0:
             call.record_id = uuid.uuid4().hex
             call.capture = sampled(call.record_id, rate)
         assert self._upstream is not None, "the gateway's app is not started"
-        outcome = await self._upstream.attempt(call, backend)
+        outcome = await self._hold(call, backend)
+        if outcome is None:
+            outcome = await self._upstream.attempt(call, backend)
         if outcome.reason is not None and outcome.committed is None:
-            fb = fallback_for(spec, backend, outcome.reason, call.promoted_from)
+            fb = fallback_for(call.route.spec, backend, outcome.reason, call.promoted_from)
             if fb is not None:
                 reason = outcome.reason
                 self.metrics.child(self.metrics.fallbacks, call.route.key, backend, reason.value).inc()
@@ -345,6 +353,41 @@ class Gateway:
             clean = not (outcome.reason or outcome.fallback or outcome.cut) and response.status < 400
             call.primary_answer.set_result(_answer_of(call, outcome) if clean else None)
         return response
+
+    async def _hold(self, call: Call, name: str) -> Outcome | None:
+        """Scale from zero: hold a call whose backend autoscales from zero and has no ready replica until the
+        routing table shows one (then None: the call goes on, on the table's current route), at most the route's
+        ``timeouts.activation``; the activator tells the SLMDeployment at once. The outcome of a call that
+        cannot wait (``maxQueue`` calls wait already) or waited in vain."""
+        backend = call.route.backends.get(name)
+        if backend is None or not holds(backend):
+            return None
+        key = f"{call.route.key}/{name}"
+        deployment = f"{call.route.namespace}/{backend.model}"
+        if self.activator is not None:
+            self.activator(call.route.namespace, backend.model)
+        try:
+            async with asyncio.timeout(call.route.activation_s):
+                await self.dispatcher.hold(key, backend)
+        except QueueFull as exc:
+            return Outcome(
+                name, 503, reason=FailureReason.OVERLOAD, detail=str(exc), headers={"Retry-After": "1"}
+            )
+        except TimeoutError:
+            self.metrics.child(self.metrics.activation_waits, call.route.key, name, "timeout").inc()
+            answer = unactivated(deployment, call.route.spec.timeouts.activation)
+            return Outcome(
+                name,
+                answer.status,
+                reason=FailureReason.SCALED_TO_ZERO,
+                detail=answer.detail,
+                headers={"Retry-After": answer.retry_after},
+            )
+        self.metrics.child(self.metrics.activation_waits, call.route.key, name, "ready").inc()
+        current = self.table.routes.get(call.route.key)
+        if current is not None and name in current.backends:
+            call.route = current  # the table that shows the ready replica
+        return None
 
     def _response(self, call: Call, outcome: Outcome) -> web.Response:
         headers = response_headers(call, outcome.backend, outcome.fallback)

@@ -8,6 +8,7 @@ clock (time and random draws are passed in), so property tests can replay any de
 * :mod:`.table` — SLMRoutes compiled with their backends' endpoints, keys and limits; route resolution;
 * :mod:`.rules` — rule matching, weighted splits, shadow copies;
 * :mod:`.fallback` and :mod:`.jsoncheck` (with :mod:`.jsonschema`) — failure reasons and the fallback decision;
+* :mod:`.activation` — scale from zero: which calls are held for a first replica, the answer after the wait;
 * :mod:`.balance` — least outstanding requests over a backend's endpoints;
 * :mod:`.limits` — per-caller token buckets;
 * :mod:`.sse` — server-sent events of streamed answers;

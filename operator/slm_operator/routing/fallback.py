@@ -19,6 +19,8 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     OVERLOAD = "overload"
     INVALID_JSON = "invalid_json"
+    #: a call held for an SLMDeployment at zero replicas got no ready replica within ``timeouts.activation``
+    SCALED_TO_ZERO = "scaled_to_zero"
 
 
 TRIGGERS: dict[FailureReason, FallbackTrigger] = {
@@ -26,6 +28,7 @@ TRIGGERS: dict[FailureReason, FallbackTrigger] = {
     FailureReason.TIMEOUT: FallbackTrigger.TIMEOUT,
     FailureReason.OVERLOAD: FallbackTrigger.OVERLOAD,
     FailureReason.INVALID_JSON: FallbackTrigger.INVALID_JSON,
+    FailureReason.SCALED_TO_ZERO: FallbackTrigger.TIMEOUT,  # a wait that ran out
 }
 
 

@@ -61,6 +61,9 @@ class Backend:
     api_key: str | None = None  # an external backend's key, sent as Authorization: Bearer
     max_concurrency: int | None = None  # calls in flight per endpoint; None: unlimited
     max_queue: int = 0
+    #: an SLMDeployment that autoscales down to zero (``autoscaling.minReplicas: 0``): a call finding no ready
+    #: endpoint is held until one is Ready (``routing.activation``)
+    scales_from_zero: bool = False
     problem_reason: str | None = None  # why it cannot be used (BackendNotFound, SecretNotFound)
     problem: str = ""
     ready_urls: tuple[str, ...] = field(init=False, default=())  # the ready endpoints' URLs (computed)
@@ -102,6 +105,8 @@ class CompiledRoute:
     phases: Mapping[str, RulePhase] = field(default_factory=dict)
     #: per rule with ``promote``: what its ``promote.backend`` serves and the FineTuneJobs it waits for
     facts: Mapping[str, RuleFacts] = field(default_factory=dict)
+    #: ``timeouts.activation`` in seconds: the longest hold of a call for a backend at zero replicas
+    activation_s: float = 120.0
 
     @property
     def key(self) -> str:
@@ -216,6 +221,9 @@ def _deployment_backend(b: RouteBackend, ns: str, world: RouteWorld) -> Backend:
         endpoints=endpoints,
         max_concurrency=concurrency,
         max_queue=b.max_queue,
+        scales_from_zero=(
+            dep is not None and dep.spec.autoscaling is not None and dep.spec.autoscaling.min_replicas == 0
+        ),
     )
     if dep is None and not endpoints:
         return _with_problem(out, BACKEND_NOT_FOUND, f"backend {b.name}: SLMDeployment {ns}/{ref} not found")
@@ -303,6 +311,7 @@ def compile_route(route: SLMRoute, world: RouteWorld, conflict_with: str | None 
         classifier_problem=classifier.message,
         phases=rule_phases(spec, route.status),
         facts=rule_facts(spec, ns, world),
+        activation_s=duration_seconds(spec.timeouts.activation),
     )
 
 
