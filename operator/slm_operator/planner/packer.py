@@ -222,6 +222,8 @@ class Packer:
         self.ts_budget = {m: model.memory_bytes * ctx.ts_factor // 100 for m, model in ctx.models.items()}
         #: (GPU model, fitting MIG profiles) -> the new-GPU option with the densest of them
         self.densest_mig: dict[tuple[str, tuple[int, ...]], NewGpuOption] = {}
+        #: deployments with a running replica (a scale-up): they take configured idle GPUs (``_configured``)
+        self.scaling = {r.dep.uid for r in ctx.reps if r.pinned}
 
     # ------------------------------------------------------------------------------------------ driver
 
@@ -575,8 +577,11 @@ class Packer:
         """Step 3a: an idle GPU whose configuration already gives ``r`` a share (``configured.py``): a MIG
         instance of the profile a new GPU would get or of the smallest fitting one, an MPS or time-sliced GPU of
         a node already in that mode; only options as dense as a new GPU's (within 15 %), never a whole GPU.
-        ``warm_only`` (step 0, before the zero-cost step): only a GPU kept warm for the deployment."""
-        if not self.ctx.configured and not r.dep.demand.warm:
+        Only for a scale-up (a deployment with a running replica) or a GPU kept warm: a deployment placed
+        from scratch opens GPUs as before, so re-planning a pool whose nodes were just configured for it (no
+        pod running yet) gives the same plan, and the operator's second pass creates the pods the first one
+        planned. ``warm_only`` (step 0, before the zero-cost step): only a GPU kept warm for the deployment."""
+        if not r.dep.demand.warm and (not self.ctx.configured or r.dep.uid not in self.scaling):
             return False
         wanted = self._configured_options(o)
         if not wanted:
