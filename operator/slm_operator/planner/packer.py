@@ -222,8 +222,6 @@ class Packer:
         self.ts_budget = {m: model.memory_bytes * ctx.ts_factor // 100 for m, model in ctx.models.items()}
         #: (GPU model, fitting MIG profiles) -> the new-GPU option with the densest of them
         self.densest_mig: dict[tuple[str, tuple[int, ...]], NewGpuOption] = {}
-        #: deployments with a running replica (a scale-up): they take configured idle GPUs (``_configured``)
-        self.scaling = {r.dep.uid for r in ctx.reps if r.pinned}
 
     # ------------------------------------------------------------------------------------------ driver
 
@@ -581,7 +579,7 @@ class Packer:
         from scratch opens GPUs as before, so re-planning a pool whose nodes were just configured for it (no
         pod running yet) gives the same plan, and the operator's second pass creates the pods the first one
         planned. ``warm_only`` (step 0, before the zero-cost step): only a GPU kept warm for the deployment."""
-        if not r.dep.demand.warm and (not self.ctx.configured or r.dep.uid not in self.scaling):
+        if not r.dep.demand.warm and (not self.ctx.configured or not any(x.pinned for x in r.dep.reps)):
             return False
         wanted = self._configured_options(o)
         if not wanted:
