@@ -63,17 +63,40 @@ def removal_key(
     return RemovalKey(False, not left, node_replicas <= 1, free, candidate.ordinal)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldIndex:
+    """The running replicas by GPU, by node (counts) and by deployment (built once per plan)."""
+
+    by_gpu: dict[GpuKey, list[Held]]
+    per_node: dict[str, int]
+    by_dep: dict[str, list[Held]]
+
+    @classmethod
+    def of(cls, held: Sequence[Held]) -> HeldIndex:
+        by_gpu: dict[GpuKey, list[Held]] = {}
+        per_node: dict[str, int] = {}
+        by_dep: dict[str, list[Held]] = {}
+        for h in held:
+            by_gpu.setdefault(h.gpu, []).append(h)
+            per_node[h.gpu[0]] = per_node.get(h.gpu[0], 0) + 1
+            by_dep.setdefault(h.deployment, []).append(h)
+        return cls(by_gpu, per_node, by_dep)
+
+
 def removal_order(
-    deployment: str, remove: int, held: Sequence[Held], gpu_memory: Mapping[GpuKey, int]
+    deployment: str,
+    remove: int,
+    held: Sequence[Held],
+    gpu_memory: Mapping[GpuKey, int],
+    index: HeldIndex | None = None,
 ) -> list[int]:
     """The ordinals of ``deployment`` to remove, ``remove`` of them, one at a time by :class:`RemovalKey`
-    (the replicas ``held`` on the pool now; each removal changes what the next one frees)."""
-    by_gpu: dict[GpuKey, list[Held]] = {}
-    per_node: dict[str, int] = {}
-    for h in held:
-        by_gpu.setdefault(h.gpu, []).append(h)
-        per_node[h.gpu[0]] = per_node.get(h.gpu[0], 0) + 1
-    mine = [h for h in held if h.deployment == deployment]
+    (the replicas ``held`` on the pool now, ``index`` their :class:`HeldIndex` if built already; each removal
+    changes what the next one frees)."""
+    idx = index or HeldIndex.of(held)
+    mine = list(idx.by_dep.get(deployment, ()))
+    by_gpu = {h.gpu: list(idx.by_gpu[h.gpu]) for h in mine}  # copies: the index is shared
+    per_node = {h.gpu[0]: idx.per_node[h.gpu[0]] for h in mine}
     removed: list[int] = []
     for _ in range(min(remove, len(mine))):
         best = max(
@@ -160,13 +183,11 @@ def replica_ordinals(
     """Per deployment, the ordinals of its wanted replicas: the running ones (all of them when there are no
     more than wanted, else those left after :func:`removal_order`), then the lowest free ordinals."""
     held, gpu_memory = held_replicas(policy, nodes, demands, current)
-    by_dep: dict[str, list[int]] = {}
-    for h in held:
-        by_dep.setdefault(h.deployment, []).append(h.ordinal)
+    index = HeldIndex.of(held)
     out: dict[str, tuple[int, ...]] = {}
     for d in demands:
-        running = by_dep.get(d.deployment, [])
+        running = [h.ordinal for h in index.by_dep.get(d.deployment, ())]
         extra = len(running) - d.replicas
-        gone = set(removal_order(d.deployment, extra, held, gpu_memory)) if extra > 0 else set()
+        gone = set(removal_order(d.deployment, extra, held, gpu_memory, index)) if extra > 0 else set()
         out[d.deployment] = fill_ordinals((o for o in running if o not in gone), d.replicas)
     return out

@@ -127,7 +127,7 @@ def size_deployments(deployments: Iterable[SLMDeployment], now: str = "") -> Siz
         sizings[dkey] = sizing
         demand = demand_for(dep, sizing)
         warm = planner_warm(dep, now) if now else ()
-        demands.append(demand.model_copy(update={"warm": warm}) if warm else demand)
+        demands.append(Demand.model_validate({**demand.model_dump(), "warm": warm}) if warm else demand)
     return Sizings(sizings, errors, tuple(demands))
 
 
