@@ -238,6 +238,7 @@ def test_the_planner_plans_for_the_autoscalers_decision_not_spec_replicas() -> N
             "at most `autoscaling.stableWindow`",
         ),
         ({"maxReplicas": 2, "scaleDownDelay": "2h"}, "`autoscaling.scaleDownDelay` must be at most 1h"),
+        ({"maxReplicas": 2, "keepWarmFor": "25h"}, "`autoscaling.keepWarmFor` must be at most 24h"),
     ],
 )
 def test_invalid_autoscaling_is_refused_with_what_to_do(spec: dict[str, object], message: str) -> None:

@@ -601,6 +601,9 @@ MIN_SCALE_TO_ZERO_AFTER = "30s"
 MAX_SCALE_TO_ZERO_AFTER = "24h"
 #: ``scaleToZeroAfter`` when ``minReplicas`` is 0 and the field is not set
 DEFAULT_SCALE_TO_ZERO_AFTER = "5m"
+#: How long a share released by a scale-down stays configured for the deployment (docs/autoscaling.md)
+DEFAULT_KEEP_WARM_FOR = "10m"
+MAX_KEEP_WARM_FOR = "24h"
 
 AUTOSCALING_MIN_MAX = (
     "`autoscaling.minReplicas` must not exceed `autoscaling.maxReplicas`: raise `maxReplicas` or lower "
@@ -619,6 +622,9 @@ AUTOSCALING_SCALE_DOWN_DELAY = (
 AUTOSCALING_ZERO_NEEDS_MIN_ZERO = (
     "`autoscaling.scaleToZeroAfter` may only be set with `autoscaling.minReplicas: 0`: set `minReplicas: 0` or "
     "remove `scaleToZeroAfter`"
+)
+AUTOSCALING_KEEP_WARM = (
+    f"`autoscaling.keepWarmFor` must be at most {MAX_KEEP_WARM_FOR}, e.g. '10m' ('0s' keeps nothing warm)"
 )
 AUTOSCALING_ZERO_RANGE = (
     f"`autoscaling.scaleToZeroAfter` must be between {MIN_SCALE_TO_ZERO_AFTER} and {MAX_SCALE_TO_ZERO_AFTER}, "
@@ -650,6 +656,11 @@ class AutoscalingSpec(ApiModel):
                 f"duration(self.scaleDownDelay) <= duration('{MAX_SCALE_DOWN_DELAY}')",
                 AUTOSCALING_SCALE_DOWN_DELAY,
                 field_path=".scaleDownDelay",
+            ),
+            cel(
+                f"duration(self.keepWarmFor) <= duration('{MAX_KEEP_WARM_FOR}')",
+                AUTOSCALING_KEEP_WARM,
+                field_path=".keepWarmFor",
             ),
             cel(
                 "!has(self.scaleToZeroAfter) || self.minReplicas == 0",
@@ -722,6 +733,15 @@ class AutoscalingSpec(ApiModel):
         description="With `minReplicas: 0`: remove the last replica after this long without any call "
         f"({MIN_SCALE_TO_ZERO_AFTER} to {MAX_SCALE_TO_ZERO_AFTER}; default {DEFAULT_SCALE_TO_ZERO_AFTER}).",
     )
+    keep_warm_for: str = Field(
+        default=DEFAULT_KEEP_WARM_FOR,
+        max_length=24,
+        pattern=DURATION,
+        description="A share a scale-down releases (a configured MIG instance, an MPS or time-sliced slot) stays "
+        "configured and kept for this deployment this long: the planner gives it to another deployment only when "
+        "nothing else fits, so a scale-up within this time starts without a MIG reconfiguration or a drain "
+        f"(listed in `status.warmShares`; at most {MAX_KEEP_WARM_FOR}, '0s' keeps nothing).",
+    )
     max_scale_up_rate: int = Field(
         default=4,
         ge=2,
@@ -746,6 +766,8 @@ class AutoscalingSpec(ApiModel):
             raise ValueError(AUTOSCALING_PANIC_WINDOW)
         if duration_seconds(self.scale_down_delay) > duration_seconds(MAX_SCALE_DOWN_DELAY):
             raise ValueError(AUTOSCALING_SCALE_DOWN_DELAY)
+        if duration_seconds(self.keep_warm_for) > duration_seconds(MAX_KEEP_WARM_FOR):
+            raise ValueError(AUTOSCALING_KEEP_WARM)
         if self.scale_to_zero_after is not None:
             if self.min_replicas != 0:
                 raise ValueError(AUTOSCALING_ZERO_NEEDS_MIN_ZERO)
@@ -883,6 +905,21 @@ class AutoscalingStatus(ApiModel):
     )
 
 
+class WarmShareStatus(ApiModel):
+    """A share a scale-down released, kept for the deployment until `until` (`spec.autoscaling.keepWarmFor`)."""
+
+    node: str = Field(max_length=253)
+    gpu: int = Field(ge=0, description="GPU index on the node.")
+    mechanism: str = Field(max_length=32)
+    mig_profile: str | None = Field(default=None, max_length=32)
+    replica: int = Field(default=0, ge=0, description="The replica that released it.")
+    until: str = Field(
+        max_length=64,
+        json_schema_extra={"format": "date-time"},
+        description="When the share stops being kept.",
+    )
+
+
 class SLMDeploymentStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     desired_replicas: int | None = Field(
@@ -905,6 +942,12 @@ class SLMDeploymentStatus(ApiModel):
     endpoint: str = Field(default="", max_length=512, description="In-cluster URL of the Service.")
     autoscaling: AutoscalingStatus | None = Field(
         default=None, description="The autoscaler's last decision (with `spec.autoscaling`)."
+    )
+    warm_shares: list[WarmShareStatus] | None = Field(
+        default=None,
+        max_length=10000,
+        description="Shares released by scale-downs and kept configured for this deployment "
+        "(`spec.autoscaling.keepWarmFor`); a scale-up takes them first. Written by the planner's status.",
     )
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 

@@ -36,6 +36,7 @@ from slm_operator.planner.model import (
     Share,
     ShareRequest,
     UnplacedReplica,
+    WarmShare,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "Share",
     "ShareRequest",
     "UnplacedReplica",
+    "WarmShare",
     "apply_plan",
     "check_plan",
     "gc_paused",

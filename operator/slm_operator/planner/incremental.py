@@ -24,10 +24,12 @@ from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
 from slm_operator.planner.packer import Packer, PackerOptions
+from slm_operator.planner.scaledown import Held, fill_ordinals, removal_order
 from slm_operator.planner.state import (
     Dep,
     Rep,
     build_context,
+    held_bytes,
 )
 from slm_operator.planner.vocabulary import CAPACITY_REASONS, EvictionReason, Mechanism, Tier
 
@@ -157,17 +159,38 @@ class IncrementalPlanner:
         return new_dep
 
     def _scale(self, dep: Dep, d: Demand, fresh: list[Rep]) -> None:
-        """Drop the highest ordinals or add new ones."""
-        for r in dep.reps[d.replicas :]:
-            if r.gpu is not None:
-                self.packer.remove(r)
-        del dep.reps[d.replicas :]
-        for ordinal in range(len(dep.reps), d.replicas):
-            r = Rep(dep, ordinal)
-            dep.reps.append(r)
-            fresh.append(r)
+        """Drop the replicas whose removal frees the most (``scaledown.removal_order``, as ``plan_pool``
+        does), or add new ones with the lowest free ordinals."""
+        extra = len(dep.reps) - d.replicas
+        if extra > 0:
+            gone = set(self._removal_order(dep, extra))
+            for r in dep.reps:
+                if r.ordinal in gone and r.gpu is not None:
+                    self.packer.remove(r)
+            dep.reps = [r for r in dep.reps if r.ordinal not in gone]
+        have = {r.ordinal for r in dep.reps}
+        for ordinal in fill_ordinals(have, d.replicas):
+            if ordinal not in have:
+                r = Rep(dep, ordinal)
+                dep.reps.append(r)
+                fresh.append(r)
+        dep.reps.sort(key=lambda r: r.ordinal)
         dep.replicas = d.replicas
         dep.demand = d
+
+    def _removal_order(self, dep: Dep, extra: int) -> list[int]:
+        """``scaledown.removal_order`` over the replicas on the nodes of ``dep``'s placed replicas; replicas
+        not placed go first (newest first)."""
+        unplaced = sorted((r.ordinal for r in dep.reps if r.gpu is None), reverse=True)[:extra]
+        nodes = {r.gpu.node.pos: r.gpu.node for r in dep.reps if r.gpu is not None}
+        held = [
+            Held(r.dep.key, r.ordinal, (g.node.name, g.index), held_bytes(r, g))
+            for node in nodes.values()
+            for g in node.gpus
+            for r in g.reps
+        ]
+        memory = {(g.node.name, g.index): g.mem for node in nodes.values() for g in node.gpus}
+        return unplaced + removal_order(dep.key, extra - len(unplaced), held, memory)
 
     def _rebuild(self, touched_nodes: set[int], touched_deps: set[str]) -> Plan:
         """Rebuild the output of the touched nodes and deployments; the rest is reused."""
@@ -183,10 +206,12 @@ class IncrementalPlanner:
     def _new_dep(self, d: Demand, old_reps: list[Rep]) -> Dep:
         dep = Dep(self._next_uid, d)
         self._next_uid += 1
-        for o in range(dep.replicas):
+        olds = {r.ordinal: r for r in old_reps}
+        for o in fill_ordinals(olds, dep.replicas):
             r = Rep(dep, o)
-            if o < len(old_reps) and old_reps[o].cur is not None:  # report the move of what was running
-                r.cur, r.cur_gpu = old_reps[o].cur, old_reps[o].cur_gpu
+            old = olds.get(o)
+            if old is not None and old.cur is not None:  # report the move of what was running
+                r.cur, r.cur_gpu = old.cur, old.cur_gpu
                 r.evicted = EvictionReason.DEPLOYMENT_CHANGED
                 r.evict_msg = "the deployment's tier, memory or share changed"
             dep.reps.append(r)

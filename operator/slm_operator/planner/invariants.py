@@ -505,7 +505,7 @@ def _check_deployments(
             v.append(f"deployment {dp.deployment}: desired {dp.desired} != {d.replicas}")
         ords = {o for (k, o) in placed if k == dp.deployment}
         un = {u.ordinal for u in dp.unplaced}
-        if ords & un or (ords | un) != set(range(d.replicas)) or len(dp.unplaced) != len(un):
+        if ords & un or len(ords | un) != d.replicas or len(dp.unplaced) != len(un):
             v.append(
                 f"deployment {dp.deployment}: placed {sorted(ords)} / unplaced {sorted(un)} inconsistent"
             )
@@ -692,11 +692,13 @@ def _check_moves(
     v: list[str] = []
     evicted = {(e.deployment, e.ordinal) for e in plan.pool.evictions}
     gpus = {(g.node, g.index) for g in plan.gpus}
+    wanted = set(placed) | {(dp.deployment, u.ordinal) for dp in plan.deployments for u in dp.unplaced}
+    v += _check_kept(current, wanted, demand)
     for c in current:
         d = demand.get(c.deployment)
-        if d is None or c.ordinal >= d.replicas or (c.node, c.gpu_index) not in gpus:
-            continue
         k = (c.deployment, c.ordinal)
+        if d is None or k not in wanted or (c.node, c.gpu_index) not in gpus:
+            continue
         now = placed.get(k)
         same = (
             now is not None
@@ -711,4 +713,21 @@ def _check_moves(
             )
         if now is not None and now[1].moved == same:
             v.append(f"replica {c.deployment}#{c.ordinal}: moved flag wrong")
+    return v
+
+
+def _check_kept(
+    current: Iterable[CurrentPlacement], wanted: set[tuple[str, int]], demand: dict[str, Demand]
+) -> list[str]:
+    """A deployment keeps the ordinals of its running replicas (as many as it still wants): a scale-down
+    removes running replicas, it never renumbers them (``scaledown.py``)."""
+    running: dict[str, set[int]] = {}
+    for c in current:
+        if c.deployment in demand:
+            running.setdefault(c.deployment, set()).add(c.ordinal)
+    v: list[str] = []
+    for dep, ordinals in sorted(running.items()):
+        kept = sum(1 for o in ordinals if (dep, o) in wanted)
+        if kept < min(len(ordinals), demand[dep].replicas):
+            v.append(f"deployment {dep}: keeps {kept} of its {len(ordinals)} running ordinals")
     return v

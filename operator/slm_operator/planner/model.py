@@ -160,6 +160,18 @@ class ShareRequest(_Model):
         return self
 
 
+class WarmShare(_Model):
+    """A share a deployment released when it scaled down, kept configured for it for a while (the operator
+    passes only those still within ``spec.autoscaling.keepWarmFor``): the planner does not give the GPU to
+    another deployment's new GPU while any other GPU would do, and a scale-up of the deployment takes it first
+    (docs/autoscaling.md, "Which share a new replica gets")."""
+
+    node: str
+    gpu_index: int = Field(ge=0)
+    mechanism: Mechanism
+    mig_profile: str | None = None
+
+
 class Demand(_Model):
     """What one SLMDeployment asks of the pool."""
 
@@ -170,6 +182,13 @@ class Demand(_Model):
     share: ShareRequest | None = None
     #: Deterministic tie-break among equals (creation timestamp string); the deployment key breaks ties.
     order_key: str = ""
+    #: Shares kept warm for this deployment since it scaled down (see :class:`WarmShare`).
+    warm: tuple[WarmShare, ...] = ()
+
+    @field_validator("warm")
+    @classmethod
+    def _sorted_warm(cls, v: tuple[WarmShare, ...]) -> tuple[WarmShare, ...]:
+        return tuple(sorted(set(v), key=lambda w: (w.node, w.gpu_index, w.mechanism, w.mig_profile or "")))
 
 
 class CurrentPlacement(_Model):

@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from slm_operator.planner.capacity import BUCKET_SHIFT, FRESH, CapacityIndex
+from slm_operator.planner.configured import find_configured, free_gpu_of, fresh_node
 from slm_operator.planner.model import SpreadPolicy
 from slm_operator.planner.state import (
     Context,
@@ -269,11 +270,15 @@ class Packer:
                 self._put(r, *choice)
                 return True
             return r.dep.tier is not BEST_EFFORT and self._preempt(r, o)
+        if r.dep.demand.warm and self._configured(r, o, warm_only=True):
+            return True
         choice = self._zero_cost(r, o, same_gpu_ok=False)
         if choice is not None:
             self._put(r, *choice)
             return True
         if o.mps and self._fewer_mps_clients(r, o, used_only=True):
+            return True
+        if self._configured(r, o):
             return True
         if self._new_gpu(r, o.news):
             return True
@@ -557,7 +562,7 @@ class Packer:
         if option.fresh_ok:
             fresh = self.capacity.nodes.get((FRESH, m))
             if fresh:
-                return next(iter(fresh.values())), 0, param
+                return fresh_node(fresh, dep, self.ctx.any_warm), 0, param
         hit = search.scan(worse)
         if hit is not None:
             return hit[0], 0, hit[1]
@@ -566,11 +571,63 @@ class Packer:
             return settled[0], 1, settled[1]
         return None, 1, param
 
+    def _configured(self, r: Rep, o: ShareOptions, warm_only: bool = False) -> bool:
+        """Step 3a: an idle GPU whose configuration already gives ``r`` a share (``configured.py``): a MIG
+        instance of the profile a new GPU would get or of the smallest fitting one, an MPS or time-sliced GPU of
+        a node already in that mode; only options as dense as a new GPU's (within 15 %), never a whole GPU.
+        Only for a scale-up (a deployment with a running replica) or a GPU kept warm: a deployment placed
+        from scratch opens GPUs as before, so re-planning a pool whose nodes were just configured for it (no
+        pod running yet) gives the same plan, and the operator's second pass creates the pods the first one
+        planned. ``warm_only`` (step 0, before the zero-cost step): only a GPU kept warm for the deployment."""
+        if not r.dep.demand.warm and (not self.ctx.configured or not any(x.pinned for x in r.dep.reps)):
+            return False
+        wanted = self._configured_options(o)
+        if not wanted:
+            return False
+        hit = find_configured(self.ctx, r.dep, wanted, self.spread_applies, warm_only)
+        if hit is None:
+            return False
+        g, kind, prof, per_gpu = hit
+        node = g.node
+        node.free[g.key].remove(g)
+        if kind == MIG:
+            if node.mode == NODE_FREE:
+                node.mode = NODE_NONE
+            g.mode = MIG
+            g.mig_state = 0
+            assert g.inv_counts is not None
+            g.frozen = g.inv_counts  # used as configured: no new layout
+            g.free_inst = list(g.inv_counts)
+        elif node.mode == NODE_FREE:
+            node.mode = NODE_MPS if kind == MPS else NODE_TIME_SLICING
+            node.n = per_gpu
+        attach(self.ctx, r, g, kind, prof)
+        self._touch(r, g)
+        self.capacity.index_gpu(g)
+        self.capacity.index_node(node)
+        return True
+
+    def _configured_options(self, o: ShareOptions) -> list[tuple[Mechanism, str, tuple[int, ...]]]:
+        """The new-GPU options a configured GPU may stand in for: (kind, model, MIG profiles), best first."""
+        if not o.news:
+            return []
+        floor = _DENSITY_TOLERANCE * o.news[0].density
+        out: list[tuple[Mechanism, str, tuple[int, ...]]] = []
+        for option in o.news:
+            if option.density < floor or option.kind == EXCLUSIVE:
+                continue
+            profiles: tuple[int, ...] = ()
+            if option.kind == MIG:
+                fits = o.mig.get(option.model, ())
+                profiles = tuple(dict.fromkeys(p for p in (option.param, *fits[:1]) if p in fits))
+            out.append((option.kind, option.model, profiles))
+        return out
+
     def _open(self, r: Rep, node: Node, option: NewGpuOption, param: int) -> None:
         """Open a new GPU of ``node`` for ``r`` as ``option`` says, with ``param`` as the node gives it (MPS: the
-        node's clients per GPU)."""
+        node's clients per GPU); a GPU kept warm for another deployment last."""
         kind = option.kind
-        g = node.free[option.model].pop(0)
+        g = free_gpu_of(node, option.model, r.dep) if self.ctx.any_warm else node.free[option.model].pop(0)
         if node.mode == NODE_FREE:
             if kind == MPS:
                 node.mode, node.n = NODE_MPS, param
@@ -711,11 +768,14 @@ class Packer:
     def consolidate(self) -> int:
         """Empty lightly used GPUs: move their replicas that are not running yet into free capacity on other
         used GPUs (a zero-cost share), least loaded GPU first; undo when one of them does not fit. Returns the
-        number of GPUs freed."""
+        number of GPUs freed. A GPU that holds the deployment it is kept warm for stays as it is."""
         candidates = [
             g
             for g in self.ctx.gpus
-            if g.role == ROLE_POOL and g.reps and g.node.schedulable and not any(r.pinned for r in g.reps)
+            if g.role == ROLE_POOL
+            and g.reps
+            and g.node.schedulable
+            and not any(r.pinned or r.dep.key == g.warm for r in g.reps)
         ]
         candidates.sort(key=lambda g: (len(g.reps), sum(r.dep.size for r in g.reps) / g.mem, g.gid))
         freed = 0

@@ -22,6 +22,7 @@ from slm_operator.planner.model import (
     NodeInventory,
     PoolPolicy,
 )
+from slm_operator.planner.scaledown import replica_ordinals
 from slm_operator.planner.vocabulary import (
     BEST_EFFORT,
     DISRUPTION,
@@ -181,6 +182,7 @@ class Gpu:
         "reps",
         "role",
         "ts_used",
+        "warm",
     )
 
     def __init__(self, gid: int, node: Node, inv_gpu: GpuInventory, model: GpuModel) -> None:
@@ -205,6 +207,8 @@ class Gpu:
         self.ts_used = 0
         self.deps: dict[int, int] = {}
         self.inv_counts: Counts | None = None  # inventory MIG layout when legal
+        #: the deployment this GPU's configured share is kept warm for (``Demand.warm``), if any
+        self.warm: str | None = None
         #: capacity index entry the GPU is filed under
         self.indexed_as: tuple[Any, ...] | None = None
 
@@ -248,6 +252,11 @@ class Context:
     text_cache: dict[object, list[str]] = field(default_factory=dict)
     #: equal output shares are one object (assemble)
     share_cache: dict[object, Any] = field(default_factory=dict)
+    #: idle GPUs whose current configuration already gives a share: (MIG, model, profile), (MPS, model) or
+    #: (TimeSlicing, model) -> GPUs by gid; entries may be stale (checked on use)
+    configured: dict[tuple[Any, ...], list[Gpu]] = field(default_factory=dict)
+    #: some GPU is kept warm for a deployment
+    any_warm: bool = False
 
     def ts_capacity(self, gpu: Gpu) -> int:
         return gpu.mem * self.ts_factor // 100
@@ -283,6 +292,18 @@ def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: Mechanism, prof: int = -1) ->
     else:
         gpu.mode = EXCLUSIVE
         rep.borrowed = gpu.role == ROLE_RESERVED
+
+
+def held_bytes(rep: Rep, gpu: Gpu) -> int:
+    """GPU memory the share of a placed replica holds (MIG usable memory, MPS cap, time-slicing estimate, or
+    the whole GPU): what its removal frees (``scaledown.py``)."""
+    if rep.mech == MIG and gpu.geo is not None and rep.prof >= 0:
+        return gpu.geo.profiles[rep.prof].memory_bytes
+    if rep.mech == MPS and gpu.node.n >= 2:
+        return mps_cap(gpu.mem_mib, gpu.node.n)
+    if rep.mech == TIME_SLICING:
+        return rep.dep.size
+    return gpu.mem
 
 
 def detach(ctx: Context, rep: Rep) -> Gpu:
@@ -363,9 +384,11 @@ def build_context(
         raise ValueError("duplicate deployment key in the demands")
     ordered = sorted(demands, key=lambda d: (TIER_RANK[d.tier], d.order_key, d.deployment))
     deps = [Dep(i, d) for i, d in enumerate(ordered)]
+    current_list = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
+    ordinals = _ordinals(policy, nodes, demands, current_list)
     reps: list[Rep] = []
     for dep in deps:
-        for o in range(dep.replicas):
+        for o in ordinals.get(dep.key) or range(dep.replicas):
             r = Rep(dep, o)
             dep.reps.append(r)
             reps.append(r)
@@ -381,13 +404,40 @@ def build_context(
         ts_factor=policy.memory_oversubscription_percent,
         allowed=frozenset(Mechanism(m) for m in policy.allowed_mechanisms),
     )
-    current_list = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
     _bind_current(ctx, current_list)
     _select_groups(ctx)
     _classify_current(ctx)
     for node in ctx.nodes:
         _refresh_free(node)
+    _mark_warm(ctx)
+    _index_configured(ctx)
     return ctx
+
+
+def _mark_warm(ctx: Context) -> None:
+    """Mark the GPUs of each deployment's warm shares (deployments in priority order; the first wins)."""
+    for dep in ctx.deps:
+        for w in dep.demand.warm:
+            g = ctx.gpu_at.get((w.node, w.gpu_index))
+            if g is not None and g.role == ROLE_POOL and g.warm is None:
+                g.warm = dep.key
+                ctx.any_warm = True
+
+
+def _index_configured(ctx: Context) -> None:
+    """Index the idle pool GPUs whose configuration already gives a share (``Context.configured``)."""
+    for g in ctx.gpus:
+        if g.role != ROLE_POOL or g.reps or g.frozen is not None or not g.node.schedulable:
+            continue
+        sharing = g.node.inv.sharing
+        if g.inv_counts is not None and sharing != "MPS":
+            for p, count in enumerate(g.inv_counts):
+                if count:
+                    ctx.configured.setdefault((MIG, g.key, p), []).append(g)
+        elif sharing == "MPS" and not g.inv.mig_enabled:
+            ctx.configured.setdefault((MPS, g.key), []).append(g)
+        elif sharing == "TimeSlicing" and not g.inv.mig_enabled:
+            ctx.configured.setdefault((TIME_SLICING, g.key), []).append(g)
 
 
 def _refresh_free(node: Node) -> None:
@@ -399,16 +449,31 @@ def _refresh_free(node: Node) -> None:
             node.free.setdefault(g.key, []).append(g)
 
 
+def _ordinals(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: list[CurrentPlacement],
+) -> dict[str, tuple[int, ...]]:
+    """The ordinals of each deployment's replicas when a running replica has an ordinal beyond the wanted
+    count (a scale-down, or a deployment whose ordinals have gaps): ``scaledown.replica_ordinals``; else
+    empty (every deployment has ordinals 0..replicas-1)."""
+    wanted = {d.deployment: d.replicas for d in demands}
+    if all(c.ordinal < wanted.get(c.deployment, 0) for c in current if c.deployment in wanted):
+        return {}
+    return replica_ordinals(policy, nodes, demands, current)
+
+
 def _bind_current(ctx: Context, current: list[CurrentPlacement]) -> None:
-    by_dep = {d.key: d for d in ctx.deps}
+    by_rep = {(r.dep.key, r.ordinal): r for r in ctx.reps}
     seen: set[tuple[str, int]] = set()
     for c in current:
-        dep = by_dep.get(c.deployment)
-        if dep is None or c.ordinal >= dep.replicas or (c.deployment, c.ordinal) in seen:
+        key = (c.deployment, c.ordinal)
+        rep = by_rep.get(key)
+        if rep is None or key in seen:
             ctx.dropped += 1
             continue
-        seen.add((c.deployment, c.ordinal))
-        rep = dep.reps[c.ordinal]
+        seen.add(key)
         rep.cur = c
         rep.cur_gpu = ctx.gpu_at.get((c.node, c.gpu_index))
         if rep.cur_gpu is not None:

@@ -38,6 +38,7 @@ from slm_operator.reconcile.nodes import (
 )
 from slm_operator.reconcile.pods import create_pods, delete_pods
 from slm_operator.reconcile.podsets import pod_sets
+from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
 
@@ -58,7 +59,7 @@ def decide(world: World) -> Decisions:
     # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand).
     nodes = read_nodes(world)
     # 2. Size deployments: memory per replica and the planner's demand (or why a deployment cannot be sized).
-    sizings = size_deployments(world.deployments)
+    sizings = size_deployments(world.deployments, world.now)
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
     current = current_replicas(world.pods, world.deployments)
     # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed.
@@ -77,8 +78,11 @@ def decide(world: World) -> Decisions:
     relabels = relabel_nodes(nodes, configs, deletions.draining_nodes, ages, world.cfg.configmap_sync_seconds)
     # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned).
     creations = create_pods(sets, nodes, configs, relabels)
-    # 10. Statuses and events.
-    deployments = report_deployments(world, plan, sizings, sets, creations.waiting)
+    # 10. Statuses and events; a replica that waits for a node's new MIG config or sharing mode says so, with
+    #     the drain and the time it is expected to take.
+    drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
+    waiting = explain_reconfigurations(plan, creations.waiting, drains, world.cfg.configmap_sync_seconds)
+    deployments = report_deployments(world, plan, sizings, sets, waiting)
     pool = report_pool(world, plan, nodes, configs, claims, relabels)
     return Decisions(
         plan=plan,

@@ -21,6 +21,7 @@ from slm_operator.inventory import (
     size_deployment,
 )
 from slm_operator.planner.model import ALL_MECHANISMS, CurrentPlacement, Demand, NodeInventory
+from slm_operator.reconcile.scaling import planner_warm
 from slm_operator.reconcile.world import World
 from slm_operator.views import NodeView, PodView
 
@@ -110,9 +111,9 @@ class Sizings:
     demands: tuple[Demand, ...]  # in deployment-key order
 
 
-def size_deployments(deployments: Iterable[SLMDeployment]) -> Sizings:
-    """Memory per replica of every SLMDeployment and its demand on the planner; one that cannot be sized gets
-    the reason its Placed condition will give."""
+def size_deployments(deployments: Iterable[SLMDeployment], now: str = "") -> Sizings:
+    """Memory per replica of every SLMDeployment and its demand on the planner (with the shares kept warm for
+    it at ``now``); one that cannot be sized gets the reason its Placed condition will give."""
     sizings: dict[str, Sizing] = {}
     errors: dict[str, tuple[str, str]] = {}
     demands: list[Demand] = []
@@ -124,7 +125,9 @@ def size_deployments(deployments: Iterable[SLMDeployment]) -> Sizings:
             errors[dkey] = (exc.reason, str(exc))
             continue
         sizings[dkey] = sizing
-        demands.append(demand_for(dep, sizing))
+        demand = demand_for(dep, sizing)
+        warm = planner_warm(dep, now) if now else ()
+        demands.append(Demand.model_validate({**demand.model_dump(), "warm": warm}) if warm else demand)
     return Sizings(sizings, errors, tuple(demands))
 
 
@@ -144,22 +147,29 @@ def current_replicas(
 
 
 def _remembered(dep: SLMDeployment, have: set[tuple[str, int]]) -> list[CurrentPlacement]:
-    """The wanted replicas of ``dep`` that have no pod (not in ``have``) but a usable place in its status."""
+    """The wanted replicas of ``dep`` that have no pod (not in ``have``) but a usable place in its status.
+
+    Ordinals may have gaps (a scale-down removes the replica that frees the most, planner/scaledown.py), so
+    "wanted" is a count: the places of the lowest ordinals in the status, as many as the deployment wants
+    beyond its replicas with a pod."""
     dkey = deployment_key(dep)
-    wanted = dep.effective_replicas()
-    return [
-        CurrentPlacement(
-            deployment=dkey,
-            ordinal=pl.replica,
-            node=pl.node,
-            gpu_index=pl.gpu,
-            mechanism=pl.mechanism,
-            mig_profile=pl.mig_profile,
+    room = dep.effective_replicas() - sum(1 for d, _ in have if d == dkey)
+    out: list[CurrentPlacement] = []
+    for pl in sorted(
+        dep.status.placements if dep.status and dep.status.placements else [], key=lambda p: p.replica
+    ):
+        if len(out) >= room:
+            break
+        if (dkey, pl.replica) in have or not pl.node or pl.gpu < 0 or pl.mechanism not in ALL_MECHANISMS:
+            continue
+        out.append(
+            CurrentPlacement(
+                deployment=dkey,
+                ordinal=pl.replica,
+                node=pl.node,
+                gpu_index=pl.gpu,
+                mechanism=pl.mechanism,
+                mig_profile=pl.mig_profile,
+            )
         )
-        for pl in (dep.status.placements if dep.status and dep.status.placements else [])
-        if (dkey, pl.replica) not in have
-        and pl.node
-        and pl.gpu >= 0
-        and pl.mechanism in ALL_MECHANISMS
-        and pl.replica < wanted
-    ]
+    return out

@@ -20,6 +20,7 @@ from slm_operator.reconcile.inputs import NodeReadings, ReservationClaims, Sizin
 from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
 from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
+from slm_operator.reconcile.scaling import warm_shares
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
 from slm_operator.status import DEGRADED, PLACED, READY, deployment_status, pool_status, set_condition
@@ -58,6 +59,9 @@ def report_deployments(
             endpoint=endpoint(dep),
             now=world.now,
         )
+        warm = warm_shares(dep, plan, world.now)
+        if warm is not None:  # set only when there is something: an unset field is left out of the apply
+            st.warm_shares = warm
         statuses[dkey] = st
         events += _transition_events(dep, st)
     return DeploymentReports(tuple(services), statuses, tuple(events))
