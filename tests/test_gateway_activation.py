@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -191,6 +192,56 @@ def test_without_a_replica_in_time_the_route_falls_back() -> None:
         await test(state, api, ctx)
 
     run(main_routes)
+
+
+def test_a_held_call_waits_for_a_ready_replica_whose_server_does_not_accept_yet() -> None:
+    """The EndpointSlice can show a replica Ready before its server listens (a start-up race): the held call is
+    tried again on it until it answers, instead of failing over to the fallback."""
+
+    async def test(state: ClusterState, api: ActivationApi, ctx: Ctx) -> None:
+        late = StandIn("late")
+        port = free_port()
+        call = asyncio.create_task(chat(ctx["url"]))
+        await until(lambda: _held(ctx["url"], 1), "the call held")
+        state.handle(
+            "endpointslices", "ADDED", endpoint_slice("invoice-extractor", NS, port, ("127.0.0.1", True))
+        )
+        await asyncio.sleep(0.5)  # the gateway sees the replica and is refused meanwhile
+        assert not call.done(), "the refused connection did not end the call"
+        server = TestServer(late.app(), host="127.0.0.1", port=port)
+        await server.start_server()
+        try:
+            status, headers, _body = await call
+        finally:
+            await server.close()
+        assert status == 200 and headers["x-slm-backend"] == "slm" and "x-slm-fallback" not in headers
+        assert len(late.requests) == 1 and not ctx["llm"].requests
+
+    async def with_fallback(state: ClusterState, api: ActivationApi, ctx: Ctx) -> None:
+        doc = route(
+            backends=[
+                {"name": "slm", "slmDeploymentRef": {"name": "invoice-extractor"}},
+                {"name": "llm", "external": {"url": ctx["llm_url"], "model": "big-llm"}},
+            ],
+            fallback={"backend": "llm"},
+            timeouts={"activation": "30s"},
+            rv="2",
+        )
+        state.handle("slmroutes", "MODIFIED", doc)
+        await settle(state)
+        await test(state, api, ctx)
+
+    run(with_fallback)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _held(url: str, n: int) -> bool:
+    return f"{HELD} {float(n)}" in await metrics(url)
 
 
 def test_a_deployment_that_does_not_scale_to_zero_fails_at_once() -> None:

@@ -44,6 +44,9 @@ class Call:
     phase: RulePhase | None = None
     measured: str | None = None
     promoted_from: str | None = None
+    #: (backend, loop time): the call was held for that backend's first replica (scale from zero); until then a
+    #: refused connection to it is tried again (a replica may be Ready before its server accepts), not failed
+    warming: tuple[str, float] | None = None
 
     def checks_json(self, backend: str) -> bool:
         """Whether ``backend``'s answer to this call is checked for JSON (where an invalid one falls back)."""

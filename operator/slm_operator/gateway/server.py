@@ -366,8 +366,9 @@ class Gateway:
         deployment = f"{call.route.namespace}/{backend.model}"
         if self.activator is not None:
             self.activator(call.route.namespace, backend.model)
+        until = asyncio.get_running_loop().time() + call.route.activation_s
         try:
-            async with asyncio.timeout(call.route.activation_s):
+            async with asyncio.timeout_at(until):
                 await self.dispatcher.hold(key, backend)
         except QueueFull as exc:
             return Outcome(
@@ -384,6 +385,7 @@ class Gateway:
                 headers={"Retry-After": answer.retry_after},
             )
         self.metrics.child(self.metrics.activation_waits, call.route.key, name, "ready").inc()
+        call.warming = (name, until)
         current = self.table.routes.get(call.route.key)
         if current is not None and name in current.backends:
             call.route = current  # the table that shows the ready replica

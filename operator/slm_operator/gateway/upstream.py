@@ -28,6 +28,8 @@ from slm_operator.routing.sse import body_usage, count_data_events, sse_events, 
 from slm_operator.routing.table import Backend
 
 RETRIES = 2
+#: pause between connection attempts on a replica that has just become ready and does not accept yet
+WARMING_RETRY_S = 0.1
 #: bytes of a stream's end kept to find its usage
 TAIL_BYTES = 8192
 #: largest streamed answer kept for capture (larger ones are captured without their answer)
@@ -40,6 +42,16 @@ def _json_or_none(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _warming(call: Call, name: str, first_deadline: float) -> bool:
+    """Whether a refused connection to backend ``name`` is tried again after a pause: the call was held for that
+    backend's first replica, which the EndpointSlice shows Ready, and neither wait (``timeouts.activation``,
+    ``timeouts.firstByte``) is over. A Ready replica whose server does not accept yet is a start-up race
+    (Knative's activator probes a new pod for the same reason), not a failure to fall back on."""
+    if call.warming is None or call.warming[0] != name:
+        return False
+    return asyncio.get_running_loop().time() + WARMING_RETRY_S < min(call.warming[1], first_deadline)
 
 
 class Upstream:
@@ -88,7 +100,11 @@ class Upstream:
         total_deadline = start + call.route.total_s
         tried: set[str] = set()
         key = f"{call.route.key}/{name}"
-        for attempt in range(RETRIES + 1):
+        retries = 0
+        warming = False
+        while True:
+            if warming:
+                await asyncio.sleep(WARMING_RETRY_S)
             try:
                 url = await self._slot(key, backend, frozenset(tried), first_deadline)
             except TimeoutError:
@@ -116,7 +132,14 @@ class Upstream:
                         detail=f"no answer within {call.route.spec.timeouts.first_byte}",
                     )
                 except aiohttp.ClientConnectionError as exc:
-                    if attempt < RETRIES:
+                    warming = isinstance(exc, aiohttp.ClientConnectorError) and _warming(
+                        call, name, first_deadline
+                    )
+                    if warming:
+                        tried.discard(url)  # nothing was sent: the same replica again, once it accepts
+                        continue
+                    if retries < RETRIES:
+                        retries += 1
                         self.metrics.child(self.metrics.retries, call.route.key, name).inc()
                         continue
                     return Outcome(
@@ -128,7 +151,6 @@ class Upstream:
                     resp.release()
             finally:
                 self.dispatcher.release(key, url)
-        raise AssertionError("unreachable: the last attempt returns")
 
     async def _answer(
         self,
