@@ -140,10 +140,12 @@ def replay(
     start_delay: float,
     call_seconds: float,
     tick: float = TICK,
+    utilization: float = 1.0,
 ) -> DayResult:
-    """Feed ``load`` through ``decide`` tick by tick; ready replicas follow the decision ``start_delay`` later."""
+    """Feed ``load`` through ``decide`` tick by tick; ready replicas follow the decision ``start_delay`` later.
+    A replica serves ``p.target`` calls at once; the autoscaler's target is ``utilization`` x that."""
     fixed = math.ceil(p.peak / p.target)
-    settings = Settings(min_replicas=min_replicas, max_replicas=fixed, target=float(p.target))
+    settings = Settings(min_replicas=min_replicas, max_replicas=fixed, target=p.target * utilization)
     state = State(desired=max(min_replicas, 1))
     ready = state.desired
     starting: list[float] = []  # times the replicas being started become ready
@@ -188,13 +190,15 @@ def replay(
     )  # fmt: skip
 
 
-def run_day(seed: int, start_delay: float, call_seconds: float, min_replicas: list[int]) -> dict[str, Any]:
+def run_day(
+    seed: int, start_delay: float, call_seconds: float, min_replicas: list[int], utilization: float = 1.0
+) -> dict[str, Any]:
     rows: list[DayResult] = []
     offered: dict[str, float] = {}
     for p in PROFILES:
         load = bursty_day(p, seed)
         offered[p.name] = sum(load) * TICK
-        rows += [replay(load, p, m, start_delay, call_seconds) for m in min_replicas]
+        rows += [replay(load, p, m, start_delay, call_seconds, TICK, utilization) for m in min_replicas]
     totals = []
     for m in min_replicas:
         mine = [r for r in rows if r.min_replicas == m]
@@ -265,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         "--call-seconds", type=float, default=2.0, help="mean length of a call (default %(default)s)"
     )
     parser.add_argument(
+        "--utilization",
+        type=float,
+        default=1.0,
+        help="autoscaler target as a share of a replica's concurrent calls (default %(default)s: the operator's "
+        "default target, model.maxConcurrentSequences; Knative's default is 0.7)",
+    )
+    parser.add_argument(
         "--cluster",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -275,14 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     t0 = time.monotonic()
-    day = run_day(args.seed, args.start_delay, args.call_seconds, [0, 1])
+    day = run_day(args.seed, args.start_delay, args.call_seconds, [0, 1], args.utilization)
     print(f"replayed day: seed {args.seed}, {TICK:g} s ticks, start delay {args.start_delay:g} s, "
+          f"autoscaler target {args.utilization:g} x a replica's calls, "
           f"calls of {args.call_seconds:g} s; baseline: fixed ceil(peak/target) replicas all day")  # fmt: skip
     print(table(day))
     print(f"({time.monotonic() - t0:.1f} s)")
     meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     settings = {"seed": args.seed, "tickSeconds": TICK, "startDelaySeconds": args.start_delay,
+                "targetUtilization": args.utilization,
                 "callSeconds": args.call_seconds}  # fmt: skip
     result: dict[str, Any] = {
         "meta": meta,

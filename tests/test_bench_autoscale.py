@@ -64,3 +64,13 @@ def test_autoscaling_never_holds_more_than_the_fixed_replicas(
     assert r.max_replicas_used <= r.fixed_replicas == math.ceil(peak / 4)
     assert r.autoscale_replica_hours <= r.fixed_replica_hours
     assert r.call_seconds_over_capacity >= 0
+
+
+def test_a_lower_utilization_keeps_spare_replicas_on_a_steady_load() -> None:
+    p = Profile("s", peak=8, target=4, day_start=0, day_end=24, night_share=1, base_share=1, bursts=1,
+                burst_minutes=1)  # fmt: skip
+    steady = [4] * int(HOUR / TICK)  # one replica's worth of calls all hour
+    full = replay(steady, p, min_replicas=1, start_delay=60, call_seconds=2)
+    half = replay(steady, p, min_replicas=1, start_delay=60, call_seconds=2, utilization=0.5)
+    assert full.max_replicas_used == 1 and full.calls_waited == 0
+    assert half.max_replicas_used == 2 and half.autoscale_replica_hours > 1.9
