@@ -7,11 +7,12 @@
 **Part 1, a replayed bursty day (pure).** A seeded 24 h load per deployment (calls in flight every 2 s tick:
 a diurnal base, quiet nights, bursts of a few seconds to minutes; a handful of deployments of different sizes and
 shapes, :data:`PROFILES`) is fed tick by tick through the operator's own :func:`slm_operator.autoscale.decide`
-(default settings, ``maxReplicas`` = the fixed count). A new replica holds its GPU share from the decision on and
-serves only ``--start-delay`` seconds later (default 60 s, a vLLM cold start of a small model); a scale-down frees
-the share at once. The baseline, measured in the same run, is fixed replicas sized for each deployment's peak,
-ceil(peak / target). Replica-hours (= GPU-share-hours) with autoscaling against fixed, and the cost: load above
-the ready replicas' capacity (ready x target) waits in the gateway, counted as call-seconds over capacity, calls
+(default settings, ``maxReplicas`` = the fixed count, ``target`` = ``--utilization`` x the calls a replica serves
+at once). A new replica holds its GPU share from the decision on and serves only ``--start-delay`` seconds later
+(default 60 s, an assumed vLLM cold start of a small model); a scale-down frees the share at once. The baseline,
+measured in the same run, is fixed replicas sized for each deployment's peak, ceil(peak / calls per replica).
+Replica-hours (= GPU-share-hours) with autoscaling against fixed, and the cost: load above the ready replicas'
+capacity (ready x calls per replica) waits in the gateway, counted as call-seconds over capacity, calls
 that waited (call-seconds / ``--call-seconds``, the mean length of a call) and the longest spell over capacity.
 The load is offered open loop (waiting calls do not slow the callers down).
 
@@ -246,7 +247,7 @@ def run_cluster(reps: int) -> dict[str, Any] | None:
         out = Path(tmp) / "cluster.json"
         env = {**os.environ, "BENCH_AUTOSCALE_OUT": str(out), "BENCH_AUTOSCALE_REPS": str(reps),
                "SLM_E2E_CLUSTER": os.environ.get("SLM_E2E_CLUSTER", "bench-autoscale")}  # fmt: skip
-        cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-m", "e2e", "-p", "no:xdist",
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "e2e", "-p", "no:cacheprovider", "--timeout=900",
                str(REPO / "e2e" / "test_autoscale_bench.py")]  # fmt: skip
         r = subprocess.run(cmd, cwd=REPO, env=env)
         if r.returncode or not out.exists():
