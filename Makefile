@@ -124,6 +124,10 @@ bench-gateway: $(STAMP) ## Gateway vs direct calls to a local stand-in: added la
 bench-advise: $(STAMP) ## The advisor on 100,000 calls: wall time, peak memory, ARI, classifier tag time (docs/benchmarks.md)
 	$(BIN)/python -m bench.advise
 
+.PHONY: bench-autoscale
+bench-autoscale: $(STAMP) k8s-bin ## Autoscaling: GPU-hours of a bursty day vs fixed peak replicas, burst and from-zero times (BENCH_ARGS=--no-cluster: day only)
+	$(BIN)/python -m bench.autoscale $(BENCH_ARGS)
+
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
 	$(BIN)/python bench/e2e_scale.py
