@@ -12,6 +12,7 @@ from slm_operator.api.v1alpha1 import AutoscalingSpec, AutoscalingStatus, SLMDep
 from slm_operator.contract import PLACEMENT_ANNOTATION
 from slm_operator.inventory import deployment_key
 from slm_operator.reconcile import Decisions, World, decide
+from slm_operator.status import SCALE_UP_GRACE_SECONDS
 from test_reconcile import NOW, _converge, _world
 
 KEY = "agents/invoice-extractor"
@@ -113,3 +114,40 @@ def test_a_replica_waiting_for_a_mig_reconfiguration_says_so_with_the_expected_t
     assert "needs a MIG reconfiguration of node gpu-h100-" in progressing.message
     # 90 s for the kubelet's ConfigMap sync, up to 5 min more for mig-manager's wait and a 1 min allowance
     assert "(drain of 0 pods; about 2-8 min expected)" in progressing.message
+
+
+def _ready(d: Decisions) -> tuple[str, str, str]:
+    c = next(c for c in d.deployment_statuses[KEY].conditions or [] if c.type == "Ready")
+    return c.status.value, c.reason, c.message
+
+
+def test_a_deployment_stays_ready_while_its_scale_up_starts_and_only_within_the_grace() -> None:
+    """Argo CD reads Ready (docs/gitops.md): a scale-up adds capacity to a deployment that serves, so Ready
+    stays True while minReplicas are ready; once the grace is over, a replica that never started shows."""
+    w, _ = _converged_with_status()
+    running = _dep(w).effective_replicas()
+    _autoscaled(w, running + 1)
+    dep = _dep(w)
+    dep.spec.autoscaling = dep.spec.autoscaling.model_copy(update={"max_replicas": running + 1})  # type: ignore[union-attr]
+    auto = _dep(w).status.autoscaling  # type: ignore[union-attr]
+    _dep(w).status.autoscaling = auto.model_copy(update={"reason": "ScaledUp", "last_scale_time": NOW})  # type: ignore[union-attr]
+    d = decide(w)
+    assert len(_places(d)) == running + 1 and d.pods_create, "the new replica is placed and its pod created"
+    status, reason, message = _ready(d)
+    assert (status, reason) == ("True", "ScalingUp"), message
+    assert f"{running}/{running + 1} replicas ready" in message and "minReplicas=1" in message
+    w.now = _later(SCALE_UP_GRACE_SECONDS / 60 + 1)
+    assert _ready(decide(w))[:2] == ("False", "PartiallyReady"), "past the grace every replica must be ready"
+
+
+def test_a_scale_up_the_pool_cannot_hold_is_not_ready() -> None:
+    w, _ = _converged_with_status()
+    _autoscaled(w, 3)
+    dep = _dep(w)
+    dep.spec.autoscaling = dep.spec.autoscaling.model_copy(update={"max_replicas": 500})  # type: ignore[union-attr]
+    dep.status.autoscaling = AutoscalingStatus(desired_replicas=500, reason="ScaledUp", last_scale_time=NOW)  # type: ignore[union-attr]
+    d = decide(w)
+    status, reason, _ = _ready(d)
+    assert (status, reason) == ("False", "PartiallyReady")
+    degraded = next(c for c in d.deployment_statuses[KEY].conditions or [] if c.type == "Degraded")
+    assert degraded.status.value == "True" and "439 unplaced" in degraded.message, degraded.message

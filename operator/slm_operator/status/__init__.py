@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from slm_operator.api.base import Condition, ConditionStatus, max_len
@@ -127,6 +128,38 @@ class Rollout:
     waiting: Mapping[int, str]  # replica ordinal -> why its pod is held back
     unschedulable: Mapping[int, str]  # replica ordinal -> the scheduler's message
     previous_placed: Condition | None  # the Placed condition before this pass
+    #: Ready replicas that keep the deployment Ready while an autoscaler's scale-up starts its replicas
+    #: (``scale_up_floor``); None without one, when every desired replica must be Ready.
+    scale_up_floor: int | None = None
+
+
+#: How long after the autoscaler raised the replicas the deployment stays Ready with only its floor ready: the
+#: new replicas' start, a node's MIG reconfiguration included ("about 2-8 min", reconcile/scaling.py).
+SCALE_UP_GRACE_SECONDS = 600
+
+
+def scale_up_floor(dep: SLMDeployment, now: str) -> int | None:
+    """With ``spec.autoscaling``, within ``SCALE_UP_GRACE_SECONDS`` of the autoscaler's last change of the
+    replicas: the Ready replicas the deployment needs to stay Ready (``minReplicas``, at most the replicas
+    desired). A scale-up adds capacity to a deployment that serves; it is not a rollout, and Argo CD (which
+    reads Ready, docs/gitops.md) keeps it Healthy. None otherwise, and once the grace is over: then every
+    desired replica must be Ready, so a replica that never starts shows."""
+    auto = dep.spec.autoscaling
+    decided = dep.status.autoscaling if dep.status is not None else None
+    if auto is None or decided is None or not decided.last_scale_time:
+        return None
+    try:
+        since = (_instant(now) - _instant(decided.last_scale_time)).total_seconds()
+    except ValueError:
+        return None
+    if not -60 <= since < SCALE_UP_GRACE_SECONDS:  # a pass's `now` may be taken just before the decision
+        return None
+    return min(auto.min_replicas, dep.effective_replicas())
+
+
+def _instant(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def placed_condition(r: Rollout) -> ConditionResult:
@@ -190,6 +223,15 @@ def ready_condition(r: Rollout) -> ConditionResult:
         return ConditionResult(True, "ScaledToZero", "no replica is wanted")
     if r.ready >= r.desired:
         return ConditionResult(True, "ReplicasReady", f"{r.ready}/{r.desired} replicas ready")
+    unplaced = r.plan is not None and bool(r.plan.unplaced)
+    if r.scale_up_floor is not None and r.ready >= r.scale_up_floor and not unplaced:  # Degraded shows
+        return ConditionResult(
+            True,
+            "ScalingUp",
+            f"{r.ready}/{r.desired} replicas ready: the autoscaler added replicas, which are starting "
+            f"(the deployment stays Ready while at least minReplicas={r.scale_up_floor} are ready, for up to "
+            f"{SCALE_UP_GRACE_SECONDS // 60} min after the scale-up)",
+        )
     if r.ready > 0:
         return ConditionResult(False, "PartiallyReady", f"{r.ready}/{r.desired} replicas ready")
     return ConditionResult(False, "NoReplicaReady", f"0/{r.desired} replicas ready")
@@ -319,6 +361,7 @@ def deployment_status(
         waiting=waiting,
         unschedulable=unschedulable,
         previous_placed=condition(old.conditions, PLACED),
+        scale_up_floor=scale_up_floor(dep, now),
     )
     placed = placed_condition(r)
     results = {

@@ -2,7 +2,8 @@
 -- 1. the operator has not observed the latest spec (status.observedGeneration or the Ready condition's
 --    observedGeneration < metadata.generation, or no status yet) -> Progressing
 -- 2. spec.suspend is true                 -> Suspended
--- 3. Ready=True                           -> Healthy
+-- 3. Ready=True                           -> Healthy (also while an autoscaler's scale-up starts replicas
+--    and minReplicas serve: reason ScalingUp, docs/autoscaling.md)
 -- 4. Degraded=True                        -> Degraded (replicas without a GPU share)
 -- 5. Placed=False                         -> Degraded (e.g. the GPUPool does not exist)
 -- 6. otherwise                            -> Progressing (rolling out, waiting for a node's reconfiguration)
