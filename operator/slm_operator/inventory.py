@@ -203,11 +203,51 @@ def node_inventory(node: Mapping[str, Any], mig_configs: Mapping[str, Any]) -> t
     return inv, source
 
 
-def pool_nodes(pool: GPUPool, nodes: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The nodes a pool selects, sorted by name."""
+def pool_nodes(
+    pool: GPUPool, nodes: Iterable[Mapping[str, Any]], pools: Iterable[GPUPool] = ()
+) -> list[Mapping[str, Any]]:
+    """The nodes a pool selects, sorted by name. With ``pools`` (every GPUPool), only those it owns: a node
+    that several pools select belongs to one of them (``node_owner``), so no two pools plan its GPUs."""
+    others = [p for p in pools if p.metadata.name != pool.metadata.name]
     return sorted(
-        (n for n in nodes if pool.spec.node_selector.matches(_labels(n))), key=lambda n: node_name(n)
+        (
+            n
+            for n in nodes
+            if pool.spec.node_selector.matches(_labels(n))
+            and node_owner(n, [pool, *others]) == pool.metadata.name
+        ),
+        key=lambda n: node_name(n),
     )
+
+
+def _seniority(pool: GPUPool) -> tuple[bool, str, str]:
+    """Older first: a pool being deleted last, then by creation time (RFC 3339 sorts as text), then name."""
+    meta = pool.metadata
+    return (meta.deletion_timestamp is not None, meta.creation_timestamp or "~", meta.name)
+
+
+def node_owner(node: Mapping[str, Any], pools: Iterable[GPUPool]) -> str | None:
+    """The pool that plans a node: of the pools whose node selector matches it, the oldest (a pool being
+    deleted only when no other selects it). Every pool's pass computes the same owner from the same list, so
+    two overlapping pools never both write a node's sharing labels or place replicas on its GPUs."""
+    matching = [p for p in pools if p.spec.node_selector.matches(_labels(node))]
+    return min(matching, key=_seniority).metadata.name if matching else None
+
+
+def overlapping_nodes(
+    pool: GPUPool, nodes: Iterable[Mapping[str, Any]], pools: Iterable[GPUPool]
+) -> dict[str, tuple[str, ...]]:
+    """Node name -> the other pools that select it too, for the nodes the pool selects (sorted names)."""
+    others = [p for p in pools if p.metadata.name != pool.metadata.name]
+    out: dict[str, tuple[str, ...]] = {}
+    for n in nodes:
+        labels = _labels(n)
+        if not pool.spec.node_selector.matches(labels):
+            continue
+        also = sorted(p.metadata.name for p in others if p.spec.node_selector.matches(labels))
+        if also:
+            out[node_name(n)] = tuple(also)
+    return dict(sorted(out.items()))
 
 
 def gpu_roles(node: Mapping[str, Any]) -> dict[str, str]:

@@ -103,6 +103,16 @@ def pool_daemon(
     ctx.forget_pool(name)
 
 
+@kopf.on.event(GROUP, VERSION, "gpupools")
+def pool_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A pool created, changed or deleted: every pool plans again (its node selector may now overlap another
+    pool's, or stop overlapping; inventory.node_owner)."""
+    ctx = from_memo(memo)
+    obj = ObjectView(body)
+    if ctx.changed(f"pool/{obj.name or None}", [type, obj.metadata.get("generation")]):
+        ctx.trigger_all()
+
+
 @kopf.on.delete(GROUP, VERSION, "gpupools")
 def pool_deleted(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
     try:

@@ -67,6 +67,16 @@ class PoolReconciler:
                 log.warning("skipping SLMDeployment %s: %s", ObjectView(raw).name, exc)
         return out
 
+    def _pools(self) -> list[GPUPool]:
+        """Every GPUPool, so a node that several pools select is planned by one of them (``node_owner``)."""
+        out = []
+        for raw in self.kube.list(API_VERSION, "GPUPool"):
+            try:
+                out.append(GPUPool.model_validate(strip(raw)))
+            except ValidationError as exc:
+                log.warning("skipping GPUPool %s: %s", ObjectView(raw).name, exc)
+        return out
+
     def _mig_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The mig-parted ConfigMap's named configs and when each was first written."""
         cm = self.kube.get("v1", "ConfigMap", self.cfg.mig_configmap, self.cfg.nvidia_namespace)
@@ -82,11 +92,12 @@ class PoolReconciler:
 
     def gather(self, pool: GPUPool) -> World:
         nodes = self.kube.list("v1", "Node")
+        pools = self._pools()
         deps = [d for d in self._deployments() if d.spec.pool_ref.name == pool.metadata.name]
         pods = self.kube.list("v1", "Pod", label_selector=f"{POOL_LABEL}={pool.metadata.name}")
         foreign: list[dict[str, Any]] = []
         if pool.spec.reservations:
-            names = [NodeView(n).name for n in pool_nodes(pool, nodes)]
+            names = [NodeView(n).name for n in pool_nodes(pool, nodes, pools)]
             candidates = [
                 p
                 for name in names
@@ -108,6 +119,7 @@ class PoolReconciler:
             now=now_rfc3339(),
             cfg=self.cfg,
             mig_entry_times=mig_times,
+            pools=pools,
         )
 
     # ------------------------------------------------------------------------------ reconcile
@@ -237,7 +249,9 @@ class PoolReconciler:
         for pod in map(PodView, self.kube.list("v1", "Pod", label_selector=f"{POOL_LABEL}={name}")):
             self.kube.delete("v1", "Pod", pod.name, pod.namespace)
         nodes = self.kube.list("v1", "Node")
-        for node in pool_nodes(selector_pool, nodes) if selector_pool else []:
+        # only the nodes it planned: a node another pool selects too was (or now is) that pool's
+        others = [p for p in self._pools() if p.metadata.name != name]
+        for node in pool_nodes(selector_pool, nodes, others) if selector_pool else []:
             self._restore_node(node)
         metrics.forget_pool(name)
         # Deployments of the pool now have no pool: say so.

@@ -51,7 +51,7 @@ def read_nodes(world: World) -> NodeReadings:
     """The pool's nodes as planner inventories; a node that cannot be understood becomes an error instead."""
     readings: list[NodeReading] = []
     errors: list[str] = []
-    for node in pool_nodes(world.pool, world.nodes):
+    for node in pool_nodes(world.pool, world.nodes, world.pools):
         try:
             inv, source = node_inventory(node, world.mig_configs)
         except InventoryError as exc:
@@ -94,7 +94,7 @@ def claimed_reservations(world: World, node_names: set[str]) -> ReservationClaim
             for p in live
             if p.priority_class == cls and BORROWED_RESERVATION_LABEL not in p.labels
         )
-        holders = set(role_nodes(world.pool, world.nodes, r.name))
+        holders = set(role_nodes(world.pool, world.nodes, r.name)) & node_names  # nodes the pool owns
         training[r.name] = sum(
             p.whole_gpus
             for p in live

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from slm_operator.api.base import Condition
 from slm_operator.api.v1alpha1 import GPUPoolStatus, PoolNodeStatus, SLMDeployment, SLMDeploymentStatus
 from slm_operator.contract import (
     MIG_CONFIG_LABEL,
@@ -14,7 +15,7 @@ from slm_operator.contract import (
     MigConfigState,
 )
 from slm_operator.events import Event
-from slm_operator.inventory import deployment_key
+from slm_operator.inventory import deployment_key, overlapping_nodes
 from slm_operator.planner.model import Plan
 from slm_operator.reconcile.inputs import NodeReadings, ReservationClaims, Sizings
 from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
@@ -23,7 +24,16 @@ from slm_operator.reconcile.podsets import PodSets
 from slm_operator.reconcile.scaling import warm_shares
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
-from slm_operator.status import DEGRADED, PLACED, READY, deployment_status, pool_status, set_condition
+from slm_operator.status import (
+    DEGRADED,
+    OVERLAP,
+    PLACED,
+    READY,
+    condition,
+    deployment_status,
+    pool_status,
+    set_condition,
+)
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,7 @@ def report_pool(
             generation,
             world.now,
         )
+    st.conditions = _overlap_conditions(st.conditions, world, set(nodes.by_name))
     if relabels.held and not error:
         ready = next((c for c in st.conditions if c.type == READY), None)
         why = "; ".join(relabels.held[n] for n in sorted(relabels.held)[:MAX_HELD_LISTED])
@@ -137,6 +148,58 @@ def report_pool(
 
 
 MAX_HELD_LISTED = 3
+
+
+def _overlap_conditions(conditions: list[Condition], world: World, owned: set[str]) -> list[Condition]:
+    """``NodeSelectorOverlap`` on every pool whose nodes another pool selects too; the pool that does not plan
+    some of its nodes (a younger one) is also ``Degraded`` (and not ``Ready`` when it plans none)."""
+    generation, now = world.pool.metadata.generation, world.now
+    overlap = overlapping_nodes(world.pool, world.nodes, world.pools)
+    if not overlap:
+        if condition(conditions, OVERLAP) is None:
+            return conditions
+        return set_condition(
+            conditions,
+            OVERLAP,
+            False,
+            "NoOverlap",
+            "no other GPUPool selects this pool's nodes",
+            generation,
+            now,
+        )
+    message = _overlap(overlap, owned)
+    conditions = set_condition(conditions, OVERLAP, True, "OverlappingNodeSelector", message, generation, now)
+    if set(overlap) - owned:
+        conditions = set_condition(conditions, DEGRADED, True, "NodesInAnotherPool", message, generation, now)
+        if not owned:
+            conditions = set_condition(
+                conditions, READY, False, "NodesInAnotherPool", message, generation, now
+            )
+    return conditions
+
+
+MAX_OVERLAP_LISTED = 5
+
+
+def _overlap(overlap: Mapping[str, tuple[str, ...]], owned: set[str]) -> str:
+    """Which nodes another pool selects too, and which pool plans them (the older one, inventory.node_owner)."""
+
+    def listed(names: list[str]) -> str:
+        more = f" and {len(names) - MAX_OVERLAP_LISTED} more" if len(names) > MAX_OVERLAP_LISTED else ""
+        return ", ".join(names[:MAX_OVERLAP_LISTED]) + more
+
+    kept = sorted(n for n in overlap if n in owned)
+    lost = sorted(n for n in overlap if n not in owned)
+    others = sorted({p for pools in overlap.values() for p in pools})
+    parts = []
+    if kept:
+        parts.append(f"this pool (the older) plans {listed(kept)}")
+    if lost:
+        parts.append(f"this pool does not use {listed(lost)}: an older pool plans them")
+    return (
+        f"GPUPool {', '.join(repr(o) for o in others)} also select{'s' if len(others) == 1 else ''} nodes of this "
+        f"pool; {'; '.join(parts)}. A node belongs to one pool: make the pools' spec.nodeSelector disjoint"
+    )
 
 
 def _mig_failed(failed: Mapping[str, str]) -> str:

@@ -26,6 +26,8 @@ class World:
     cfg: OperatorConfig = field(default_factory=OperatorConfig)
     # when each entry of the mig-parted ConfigMap was first written (its slm.io/config-written annotation)
     mig_entry_times: dict[str, str] = field(default_factory=dict)
+    # every GPUPool (this one included): a node several pools select is planned by one of them (node_owner)
+    pools: list[GPUPool] = field(default_factory=list)
 
 
 @dataclass

@@ -41,6 +41,8 @@ READY = "Ready"
 PLACED = "Placed"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+#: GPUPool: another pool's node selector matches some of its nodes (reconcile/statuses.py)
+OVERLAP = "NodeSelectorOverlap"
 
 
 def set_condition(
