@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from slm_operator.contract import PLACEMENT_ANNOTATION, PlacementRecord
+from slm_operator.render import OperatorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # An SLMDeployment no L4 can hold (an 8B model with a 128k context and 16 sequences): plan exits 1 on it.
@@ -518,11 +519,14 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
         "15",
         "--autoscale-interval",
         "0",
+        "--node-lost-seconds",
+        "30",
         capsys=capsys,
     )
     assert code == 1
     assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
     assert seen[0].leader_elect is True and seen[0].configmap_sync_seconds == 15.0
+    assert OperatorConfig.from_flags(seen[0]).node_lost_seconds == 30.0
     assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
@@ -1509,6 +1513,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
     ("run", "--configmap-sync-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
+    ],
+    ("run", "--node-lost-seconds"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_reconcile_nodes_down.py::test_a_node_lost_for_longer_than_the_grace_has_its_replicas_planned_elsewhere",
     ],
     ("run", "--dial-map"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",

@@ -807,6 +807,13 @@ def _add_run_parser(sub: Subparsers) -> None:
         help="age a new mig-parted config entry must reach before a node is relabelled to it (the kubelet "
         "refreshes mig-manager's mounted ConfigMap only on its periodic sync)",
     )
+    p.add_argument(
+        "--node-lost-seconds",
+        type=float,
+        default=60.0,
+        help="how long a pool node may be NotReady before its replicas are planned on other nodes (until then "
+        "nothing new is placed on it and its replicas wait for it; default %(default)s)",
+    )
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune",

@@ -220,6 +220,28 @@ def pool_nodes(
     )
 
 
+#: Taints the node lifecycle controller puts on a node whose kubelet stopped reporting (or reports NotReady).
+NODE_DOWN_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+
+
+def node_down_since(node: Mapping[str, Any]) -> str | None:
+    """When a node stopped being Ready (RFC 3339; "" when unknown), or None while it is Ready.
+
+    The node lifecycle controller sets ``Ready`` to ``Unknown`` once the kubelet's heartbeat is older than
+    ``--node-monitor-grace-period`` (and to ``False`` when the kubelet says so), and taints the node
+    ``node.kubernetes.io/unreachable`` / ``not-ready``. A node without a Ready condition yet (just registered)
+    counts as Ready: the scheduler and the node's own taints decide about it."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if ready is not None and ready.get("status") != "True":
+        return str(ready.get("lastTransitionTime") or "")
+    taints = (node.get("spec") or {}).get("taints") or []
+    down = [t for t in taints if t.get("key") in NODE_DOWN_TAINTS and t.get("effect") == "NoExecute"]
+    if down:
+        return str(min(str(t.get("timeAdded") or "") for t in down))
+    return None
+
+
 def _seniority(pool: GPUPool) -> tuple[bool, str, str]:
     """Older first: a pool being deleted last, then by creation time (RFC 3339 sorts as text), then name."""
     meta = pool.metadata

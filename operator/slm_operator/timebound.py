@@ -52,3 +52,15 @@ def check_time_bound(text: str) -> str:
         )
     parse_time_bound(text, datetime(2000, 1, 1, tzinfo=UTC))  # e.g. 2026-02-30 passes the pattern only
     return text
+
+
+def seconds_between(since: str, now: str) -> float:
+    """Seconds from one RFC 3339 time to another (UTC when a time has no offset); 0 when either cannot be
+    read."""
+    try:
+        a, b = datetime.fromisoformat(since), datetime.fromisoformat(now)
+    except ValueError:
+        return 0.0
+    a = a if a.tzinfo is not None else a.replace(tzinfo=UTC)
+    b = b if b.tzinfo is not None else b.replace(tzinfo=UTC)
+    return (b - a).total_seconds()

@@ -31,6 +31,7 @@ from slm_operator.contract import (
 )
 from slm_operator.controllers.context import from_memo
 from slm_operator.controllers.shell import strip
+from slm_operator.inventory import node_down_since
 from slm_operator.views import NodeView, ObjectView, PodView
 
 log = logging.getLogger("slm_operator.handlers")
@@ -189,6 +190,7 @@ def node_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> 
         _layout_only(node.annotations.get(GPU_INVENTORY_ANNOTATION)),
         {k: v for k, v in node.allocatable.items() if k.startswith(NVIDIA_PREFIX)},
         (body.get("spec") or {}).get("unschedulable"),
+        node_down_since(body) is not None,  # NotReady: nothing new goes there; lost later (re-checked)
     ]
     if ctx.changed(f"node/{node.name or None}", fp):
         ctx.trigger_all()

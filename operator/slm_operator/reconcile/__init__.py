@@ -69,7 +69,7 @@ def decide(world: World) -> Decisions:
     configs = configure_nodes(nodes, plan)
     times = entry_times(world, configs)
     # 6. Pod sets: the replica pods the plan wants against those that exist.
-    sets = pod_sets(world, plan, sizings)
+    sets = pod_sets(world, plan, sizings, nodes.lost)
     # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES.
     deletions = delete_pods(sets, plan)
     # 8. Relabels: changed node labels, once the node's deleted pods are gone and the MIG config they name has
@@ -82,7 +82,7 @@ def decide(world: World) -> Decisions:
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
     waiting = explain_reconfigurations(plan, creations.waiting, drains, world.cfg.configmap_sync_seconds)
-    deployments = report_deployments(world, plan, sizings, sets, waiting)
+    deployments = report_deployments(world, plan, sizings, sets, waiting, nodes)
     pool = report_pool(world, plan, nodes, configs, claims, relabels)
     return Decisions(
         plan=plan,
@@ -98,5 +98,6 @@ def decide(world: World) -> Decisions:
         deployment_statuses=dict(deployments.statuses),
         pool_status=pool,
         events=[*deployments.events, *eviction_events(world, plan)],
-        waiting=bool(deletions.held or relabels.waiting_nodes or creations.waiting),
+        # a NotReady node is checked again soon: once it is lost, its replicas are planned elsewhere
+        waiting=bool(deletions.held or relabels.waiting_nodes or creations.waiting or nodes.not_ready),
     )

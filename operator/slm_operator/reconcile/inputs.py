@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.api.v1alpha1 import SLMDeployment
@@ -15,7 +15,9 @@ from slm_operator.inventory import (
     current_placements,
     demand_for,
     deployment_key,
+    node_down_since,
     node_inventory,
+    node_name,
     pool_nodes,
     role_nodes,
     size_deployment,
@@ -23,6 +25,7 @@ from slm_operator.inventory import (
 from slm_operator.planner.model import ALL_MECHANISMS, CurrentPlacement, Demand, NodeInventory
 from slm_operator.reconcile.scaling import planner_warm
 from slm_operator.reconcile.world import World
+from slm_operator.timebound import seconds_between
 from slm_operator.views import NodeView, PodView
 
 
@@ -41,6 +44,18 @@ class NodeReadings:
     readings: tuple[NodeReading, ...]  # by node name
     by_name: Mapping[str, NodeReading]
     errors: tuple[str, ...]  # nodes the core cannot understand (InventoryError)
+    #: pool nodes NotReady for less than ``node_lost_seconds`` (read, but nothing new is placed on them) and
+    #: NotReady for longer (left out: their replicas are planned elsewhere), each with when it went down
+    not_ready: Mapping[str, str] = field(default_factory=dict)
+    lost: Mapping[str, str] = field(default_factory=dict)
+
+    def down(self, node: str) -> str | None:
+        """Why a replica on ``node`` does not serve, if the node is down ("" for a node of the pool that is up)."""
+        if node in self.lost:
+            return f"node {node} is NotReady since {self.lost[node] or 'an unknown time'}: re-planned on another node"
+        if node in self.not_ready:
+            return f"node {node} is NotReady since {self.not_ready[node] or 'an unknown time'}"
+        return None
 
     @property
     def inventories(self) -> list[NodeInventory]:
@@ -51,17 +66,31 @@ def read_nodes(world: World) -> NodeReadings:
     """The pool's nodes as planner inventories; a node that cannot be understood becomes an error instead."""
     readings: list[NodeReading] = []
     errors: list[str] = []
+    not_ready: dict[str, str] = {}
+    lost: dict[str, str] = {}
     for node in pool_nodes(world.pool, world.nodes, world.pools):
+        name = node_name(node)
+        since = node_down_since(node)
+        if since is not None and seconds_between(since, world.now) >= world.cfg.node_lost_seconds:
+            lost[name] = since  # as if it had left the pool: its replicas are planned elsewhere
+            continue
         try:
             inv, source = node_inventory(node, world.mig_configs)
         except InventoryError as exc:
             errors.append(str(exc))
             continue
+        if since is not None:
+            not_ready[name] = since
+            inv = inv.model_copy(
+                update={"schedulable": False}
+            )  # its replicas stay pinned, nothing new goes there
         readings.append(NodeReading(NodeView(node), inv, source))
     return NodeReadings(
         readings=tuple(readings),
         by_name={r.inventory.name: r for r in readings},
         errors=tuple(errors),
+        not_ready=not_ready,
+        lost=lost,
     )
 
 

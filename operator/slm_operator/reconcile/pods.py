@@ -22,6 +22,7 @@ from slm_operator.reconcile.world import ReplicaKey
 from slm_operator.views import PodView
 
 ROLLING_UPDATE = "RollingUpdate"
+NODE_LOST = "NodeLost"  # the pod's node is NotReady past node_lost_seconds, or deleted
 
 
 # ------------------------------------------------------------------------------------------ 7. deletions
@@ -64,6 +65,7 @@ def delete_pods(sets: PodSets, plan: Plan) -> Deletions:
             node = pod.bound_node or (pod.placement.node if pod.placement else "")
             if node:
                 draining.add(node)
+    deletes += [(p.namespace, p.name, NODE_LOST) for p in sets.stranded if not p.deleting]
     return Deletions(tuple(deletes), held, frozenset(draining))
 
 

@@ -60,19 +60,27 @@ class PodSets:
     deployments: frozenset[str]  # deployments with at least one desired pod
     unready: Mapping[str, frozenset[int]]  # per deployment: desired replicas without a ready pod
     pods_by_deployment: Mapping[str, tuple[Mapping[str, Any], ...]]  # every existing pod, for the status
+    #: pods bound to a node that is lost or gone (NotReady past ``node_lost_seconds``, or deleted): deleted, but
+    #: they hold no share and do not hold back their replica's new pod (such a pod may stay Terminating until
+    #: its node comes back or is deleted)
+    stranded: tuple[PodView, ...] = ()
 
 
-def pod_sets(world: World, plan: Plan, sizings: Sizings) -> PodSets:
-    """Desired pods (one per placed replica whose deployment could be sized) against existing ones."""
+def pod_sets(world: World, plan: Plan, sizings: Sizings, lost: Iterable[str] = ()) -> PodSets:
+    """Desired pods (one per placed replica whose deployment could be sized) against existing ones; pods on
+    ``lost`` nodes or on nodes that no longer exist are ``stranded``."""
     desired = _desired(world, plan, sizings)
-    existing = {key: ExistingReplica.of(pods) for key, pods in _by_replica(world.pods).items()}
+    gone = set(lost) | _missing_nodes(world)
+    stranded = tuple(v for v in map(PodView, world.pods) if v.bound_node in gone)
+    serving = [p for p in world.pods if PodView(p).bound_node not in gone]
+    existing = {key: ExistingReplica.of(pods) for key, pods in _by_replica(serving).items()}
     unready: dict[str, set[int]] = {}
     for key in desired:
         if not (key in existing and existing[key].ready):
             unready.setdefault(key.deployment, set()).add(key.ordinal)
     by_deployment: dict[str, list[Mapping[str, Any]]] = {}
-    for key, replica in existing.items():
-        by_deployment.setdefault(key.deployment, []).extend(p.obj for p in replica.pods)
+    for key, pods in _by_replica(world.pods).items():
+        by_deployment.setdefault(key.deployment, []).extend(p.obj for p in pods)
     return PodSets(
         desired=desired,
         existing=existing,
@@ -80,7 +88,15 @@ def pod_sets(world: World, plan: Plan, sizings: Sizings) -> PodSets:
         deployments=frozenset(key.deployment for key in desired),
         unready={dep: frozenset(ordinals) for dep, ordinals in unready.items()},
         pods_by_deployment={dep: tuple(pods) for dep, pods in by_deployment.items()},
+        stranded=stranded,
     )
+
+
+def _missing_nodes(world: World) -> set[str]:
+    """Nodes replica pods are bound to that no longer exist (deleted: the pod garbage collector removes such
+    pods only after a while)."""
+    names = {n["metadata"]["name"] for n in world.nodes}
+    return {v.bound_node for v in map(PodView, world.pods) if v.bound_node and v.bound_node not in names}
 
 
 def _desired(world: World, plan: Plan, sizings: Sizings) -> dict[ReplicaKey, DesiredPod]:

@@ -49,10 +49,16 @@ def report_deployments(
     sizings: Sizings,
     sets: PodSets,
     waiting: Mapping[str, Mapping[int, str]],
+    nodes: NodeReadings,
 ) -> DeploymentReports:
     """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods and the replicas
-    whose pod waits, with why), and an event when its Placed condition changes."""
+    whose pod waits, with why, or whose node is down), and an event when its Placed condition changes."""
     plans = {dp.deployment: dp for dp in plan.deployments}
+    down_nodes = {n: why for n in (*nodes.not_ready, *nodes.lost) if (why := nodes.down(n))}
+    for p in sets.stranded:
+        down_nodes.setdefault(
+            p.bound_node, f"node {p.bound_node} no longer exists: re-planned on another node"
+        )
     services: list[dict[str, Any]] = []
     statuses: dict[str, SLMDeploymentStatus] = {}
     events: list[Event] = []
@@ -68,6 +74,7 @@ def report_deployments(
             waiting=waiting.get(dkey, {}),
             endpoint=endpoint(dep),
             now=world.now,
+            down_nodes=down_nodes,
         )
         warm = warm_shares(dep, plan, world.now)
         if warm is not None:  # set only when there is something: an unset field is left out of the apply

@@ -78,6 +78,9 @@ class OperatorConfig:
     #: ConfigMap through a mounted volume, which the kubelet refreshes only on its periodic sync (about a
     #: minute plus its cache TTL by default).
     configmap_sync_seconds: float = 90.0
+    #: How long a pool node may be NotReady before the operator counts it lost and plans its replicas elsewhere
+    #: (while it is shorter, nothing new is placed on the node and its replicas wait for it to come back).
+    node_lost_seconds: float = 60.0
 
     @classmethod
     def from_flags(cls, flags: Any) -> OperatorConfig:
@@ -89,6 +92,7 @@ class OperatorConfig:
             mig_configmap=flags.mig_configmap,
             device_plugin_configmap=flags.device_plugin_configmap,
             configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
+            node_lost_seconds=getattr(flags, "node_lost_seconds", default.node_lost_seconds),
             priority_classes={
                 "Guaranteed": flags.priority_class_guaranteed,
                 "Burstable": flags.priority_class_burstable,

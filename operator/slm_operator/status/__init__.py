@@ -7,8 +7,7 @@ does), so a resync that observes nothing new writes an identical status and the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from slm_operator.api.base import Condition, ConditionStatus, max_len
@@ -27,6 +26,7 @@ from slm_operator.api.v1alpha1 import (
 from slm_operator.contract import DEPLOYMENT_LABEL, REPLICA_LABEL
 from slm_operator.inventory import Sizing
 from slm_operator.planner.model import DeploymentPlan, Plan, PoolPlan
+from slm_operator.timebound import seconds_between
 from slm_operator.views import PodView
 
 #: Condition messages are cut here (well under the API's limit): a message is for a person to read.
@@ -133,6 +133,8 @@ class Rollout:
     #: Ready replicas that keep the deployment Ready while an autoscaler's scale-up starts its replicas
     #: (``scale_up_floor``); None without one, when every desired replica must be Ready.
     scale_up_floor: int | None = None
+    #: replica ordinal -> why it does not serve: its pod is on a node that is NotReady, lost or deleted
+    down: Mapping[int, str] = field(default_factory=dict)
 
 
 #: How long after the autoscaler raised the replicas the deployment stays Ready with only its floor ready: the
@@ -150,18 +152,10 @@ def scale_up_floor(dep: SLMDeployment, now: str) -> int | None:
     decided = dep.status.autoscaling if dep.status is not None else None
     if auto is None or decided is None or not decided.last_scale_time:
         return None
-    try:
-        since = (_instant(now) - _instant(decided.last_scale_time)).total_seconds()
-    except ValueError:
-        return None
+    since = seconds_between(decided.last_scale_time, now)
     if not -60 <= since < SCALE_UP_GRACE_SECONDS:  # a pass's `now` may be taken just before the decision
         return None
     return min(auto.min_replicas, dep.effective_replicas())
-
-
-def _instant(text: str) -> datetime:
-    t = datetime.fromisoformat(text)
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def placed_condition(r: Rollout) -> ConditionResult:
@@ -243,6 +237,10 @@ def degraded_condition(r: Rollout, placed: ConditionResult) -> ConditionResult:
     """Degraded: something the user must act on (capacity), not a rollout in progress; says what Placed says."""
     if r.desired > 0 and r.plan is not None and r.plan.unplaced:
         return ConditionResult(True, placed.reason, placed.message)
+    if r.desired > 0 and r.down:
+        listed = "; ".join(f"replica {o}: {why}" for o, why in sorted(r.down.items())[:3])
+        more = f" and {len(r.down) - 3} more" if len(r.down) > 3 else ""
+        return ConditionResult(True, "NodeNotReady", f"{listed}{more}")
     return ConditionResult(False, "AsPlanned", "every wanted replica has a share")
 
 
@@ -297,6 +295,21 @@ def _placements(
     return sorted(placements, key=lambda x: x.replica), unschedulable
 
 
+def _down(pods: Sequence[PodView], down_nodes: Mapping[str, str]) -> dict[int, str]:
+    """Replicas with a pod on a down node (NotReady, lost or deleted) and no ready pod elsewhere, with why."""
+    serving = {
+        p.labels.get(REPLICA_LABEL)
+        for p in pods
+        if p.ready and not p.deleting and p.bound_node not in down_nodes
+    }
+    out: dict[int, str] = {}
+    for p in pods:
+        ordinal = p.labels.get(REPLICA_LABEL, "")
+        if p.bound_node in down_nodes and ordinal not in serving and ordinal.isdigit():
+            out.setdefault(int(ordinal), down_nodes[p.bound_node])
+    return out
+
+
 def _with_conditions(
     conds: Sequence[Condition], results: Mapping[str, ConditionResult], gen: int | None, now: str
 ) -> list[Condition]:
@@ -316,6 +329,7 @@ def deployment_status(
     waiting: Mapping[int, str],
     endpoint: str,
     now: str,
+    down_nodes: Mapping[str, str] | None = None,
 ) -> SLMDeploymentStatus:
     """Status of one SLMDeployment from its sizing, its part of the plan and its pods.
 
@@ -364,6 +378,9 @@ def deployment_status(
         unschedulable=unschedulable,
         previous_placed=condition(old.conditions, PLACED),
         scale_up_floor=scale_up_floor(dep, now),
+        down=_down(
+            [v for v in map(PodView, pods) if v.labels.get(DEPLOYMENT_LABEL) == name], down_nodes or {}
+        ),
     )
     placed = placed_condition(r)
     results = {
