@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -81,6 +81,11 @@ def pod_sets(world: World, plan: Plan, sizings: Sizings) -> PodSets:
         unready={dep: frozenset(ordinals) for dep, ordinals in unready.items()},
         pods_by_deployment={dep: tuple(pods) for dep, pods in by_deployment.items()},
     )
+
+
+def keep_pods(sets: PodSets, keep: frozenset[tuple[str, str]]) -> PodSets:
+    """The pod sets with more pods kept as they are (the pods of consolidation moves)."""
+    return replace(sets, keep=sets.keep | keep) if keep else sets
 
 
 def _desired(world: World, plan: Plan, sizings: Sizings) -> dict[ReplicaKey, DesiredPod]:

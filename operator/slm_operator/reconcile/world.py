@@ -4,12 +4,15 @@ r"""What the shell hands the core (:class:`World`) and what it gets back (:class
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from slm_operator.api.v1alpha1 import GPUPool, GPUPoolStatus, SLMDeployment, SLMDeploymentStatus
 from slm_operator.events import Event
 from slm_operator.planner.model import Plan
 from slm_operator.render import NodeConfig, OperatorConfig
+
+if TYPE_CHECKING:
+    from slm_operator.reconcile.consolidation import MoveActions
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Decisions:
     pool_status: GPUPoolStatus | None = None
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # something is in flight: re-check soon
+    consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
 
 
 class ReplicaKey(NamedTuple):

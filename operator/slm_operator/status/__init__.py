@@ -40,6 +40,8 @@ READY = "Ready"
 PLACED = "Placed"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+#: GPUPool: the pool is within its consolidation threshold of a fresh plan (docs/consolidation.md)
+CONSOLIDATED = "Consolidated"
 
 
 def set_condition(

@@ -1,0 +1,207 @@
+"""Consolidation moves through the operator's decisions, without a cluster: a fragmented pool is consolidated
+make-before-break within its disruption budget, a move that does not become Ready is abandoned, and a restarted
+operator (a pass that starts from the cluster alone) finishes a move without duplicating or orphaning a pod."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slm_operator.api.v1alpha1 import GPUPool, MoveOutcome, SLMDeployment
+from slm_operator.contract import (
+    DEVICE_PLUGIN_CONFIG_LABEL,
+    GPU_REPLICAS_LABEL,
+    MOVE_ANNOTATION,
+    PLACEMENT_ANNOTATION,
+    SHARING_STRATEGY_LABEL,
+)
+from slm_operator.reconcile import Decisions, World, decide
+from slm_operator.render import OperatorConfig
+from slm_operator.status import CONSOLIDATED
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE = "gpu-l4-0"
+
+
+def _node() -> dict[str, Any]:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "nodes" / "l4.yaml").read_text()))
+    return copy.deepcopy(next(d for d in docs if d and d["metadata"]["name"] == NODE))
+
+
+def _pool(**consolidation: Any) -> GPUPool:
+    return GPUPool.model_validate(
+        {
+            "apiVersion": "slm.io/v1alpha1",
+            "kind": "GPUPool",
+            "metadata": {"name": "l4", "generation": 1, "uid": "pool-uid"},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": NODE}},
+                "sharing": {"mechanisms": ["MPS"], "mps": {"maxClientsPerGPU": 2}},
+                "disruption": {"consolidation": {"enabled": True, **consolidation}},
+            },
+        }
+    )
+
+
+def _dep(name: str, replicas: int = 1, qos: str = "Burstable", minute: int = 0) -> SLMDeployment:
+    return SLMDeployment.model_validate(
+        {
+            "apiVersion": "slm.io/v1alpha1",
+            "kind": "SLMDeployment",
+            "metadata": {
+                "name": name,
+                "namespace": "apps",
+                "uid": f"uid-{name}",
+                "generation": 1,
+                "creationTimestamp": f"2026-11-26T09:{minute:02d}:00Z",
+            },
+            "spec": {
+                "poolRef": {"name": "l4"},
+                "model": {
+                    "name": "qwen2.5-0.5b-instruct",
+                    "maxContextTokens": 4096,
+                    "maxConcurrentSequences": 8,
+                },
+                "replicas": replicas,
+                "qos": qos,
+                "resources": {"gpuMemory": "9Gi"},
+            },
+        }
+    )
+
+
+class Sim:
+    """A pool's cluster as the operator sees it, advanced pass by pass: nodes apply their labels at once, a
+    created pod runs (Ready unless ``unready`` says otherwise), a deleted pod terminates for one pass."""
+
+    def __init__(self, pool: GPUPool, deps: list[SLMDeployment], minute: int = 0) -> None:
+        self.pool = pool
+        self.deps = deps
+        self.nodes = [_node()]
+        self.pods: list[dict[str, Any]] = []
+        self.minute = minute
+        self.unready: Callable[[dict[str, Any]], bool] = lambda pod: False
+        self.history: list[Decisions] = []
+
+    @property
+    def now(self) -> str:
+        return f"2026-11-26T{10 + self.minute // 60:02d}:{self.minute % 60:02d}:00Z"
+
+    def world(self) -> World:
+        return World(
+            pool=self.pool.model_copy(deep=True),
+            nodes=copy.deepcopy(self.nodes),
+            deployments=[d.model_copy(deep=True) for d in self.deps],
+            pods=copy.deepcopy(self.pods),
+            foreign_gpu_pods=[],
+            mig_configs={},
+            now=self.now,
+            cfg=OperatorConfig(configmap_sync_seconds=0.0),
+        )
+
+    def step(self, minutes: int = 1) -> Decisions:
+        d = decide(self.world())
+        self.history.append(d)
+        self._apply(d)
+        self.minute += minutes
+        return d
+
+    def _apply(self, d: Decisions) -> None:
+        self.pods = [p for p in self.pods if not p["metadata"].get("deletionTimestamp")]
+        gone = {(ns, name) for ns, name, _ in d.pods_delete}
+        for p in self.pods:
+            if (p["metadata"]["namespace"], p["metadata"]["name"]) in gone:
+                p["metadata"]["deletionTimestamp"] = self.now
+        for manifest in d.pods_create:
+            pod = copy.deepcopy(manifest)
+            rec = json.loads(pod["metadata"]["annotations"][PLACEMENT_ANNOTATION])
+            pod["spec"]["nodeName"] = rec["node"]
+            ready = "False" if self.unready(pod) else "True"
+            pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]}
+            self.pods.append(pod)
+        for node in self.nodes:
+            labels = node["metadata"]["labels"]
+            labels.update(d.node_labels.get(node["metadata"]["name"], {}))
+            entry = (
+                d.device_plugin_entries.get(labels.get(DEVICE_PLUGIN_CONFIG_LABEL, ""), {}).get("sharing")
+                or {}
+            )
+            if "mps" in entry:
+                labels[SHARING_STRATEGY_LABEL] = "mps"
+                labels[GPU_REPLICAS_LABEL] = str(entry["mps"]["resources"][0]["replicas"])
+            elif DEVICE_PLUGIN_CONFIG_LABEL in labels:
+                labels[SHARING_STRATEGY_LABEL] = "none"
+                labels[GPU_REPLICAS_LABEL] = "1"
+        if d.pool_status is not None:
+            self.pool = self.pool.model_copy(update={"status": d.pool_status})
+        for dep in self.deps:
+            st = d.deployment_statuses.get(f"{dep.metadata.namespace}/{dep.metadata.name}")
+            if st is not None:
+                dep.status = st
+
+    def converge(self, passes: int = 6) -> None:
+        for _ in range(passes):
+            self.step()
+
+    def gpus(self) -> dict[str, tuple[str, int]]:
+        """Live pods' GPUs by pod name."""
+        out = {}
+        for p in self.pods:
+            if p["metadata"].get("deletionTimestamp"):
+                continue
+            rec = json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])
+            out[p["metadata"]["name"]] = (rec["deployment"], rec["gpu"])
+        return out
+
+
+def _fragmented(**consolidation: Any) -> Sim:
+    """Four deployments, two per GPU (MPS, 2 clients each); deleting one on each GPU leaves two half-used GPUs
+    that one GPU could hold."""
+    sim = Sim(_pool(**consolidation), [_dep(n, minute=i) for i, n in enumerate("abcd")])
+    sim.converge()
+    used = {gpu for _, gpu in sim.gpus().values()}
+    assert len(used) == 2, sim.gpus()
+    by_gpu: dict[int, list[str]] = {}
+    for dep, gpu in sim.gpus().values():
+        by_gpu.setdefault(gpu, []).append(dep)
+    drop = {sorted(deps)[0] for deps in by_gpu.values()}
+    sim.deps = [d for d in sim.deps if f"apps/{d.metadata.name}" not in drop]
+    sim.pods = [
+        p
+        for p in sim.pods
+        if json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION])["deployment"] not in drop
+    ]
+    return sim
+
+
+def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
+    sim = _fragmented()
+    d = sim.step()  # the move starts: a new pod on the other GPU, the old one kept
+    started = [e for e in d.events if e.reason == "MoveStarted"]
+    assert len(started) == 1, [e.reason for e in d.events]
+    assert len(d.pods_create) == 1 and not d.pods_delete
+    assert MOVE_ANNOTATION in d.pods_create[0]["metadata"]["annotations"]
+    assert d.pool_status is not None and d.pool_status.consolidation is not None
+    assert d.pool_status.consolidation.moves_in_flight == 1
+    assert d.pool_status.consolidation.fragmentation_ratio == "2.000"
+    moved = started[0].name
+    assert len([p for p in sim.pods if p["metadata"]["labels"]["slm.io/deployment"] == moved]) == 2
+    d = sim.step()  # the new pod is Ready: the old one goes
+    assert [e.reason for e in d.events if e.reason.startswith("Move")] == ["MoveCompleted"]
+    assert [r for _, _, r in d.pods_delete] == ["Consolidated"]
+    assert not d.pods_create
+    sim.converge(3)
+    assert len({gpu for _, gpu in sim.gpus().values()}) == 1, sim.gpus()
+    final = sim.history[-1]
+    assert final.pool_status is not None and final.pool_status.consolidation is not None
+    c = final.pool_status.consolidation
+    assert (c.gpus_used, c.gpus_fresh, c.moves_in_flight, c.moves_last_hour) == (1, 1, 0, 1)
+    assert [m.outcome for m in c.recent_moves or []] == [MoveOutcome.COMPLETED]
+    cond = next(x for x in final.pool_status.conditions or [] if x.type == CONSOLIDATED)
+    assert cond.status == "True" and cond.reason == "WithinThreshold"
+    assert not any(x.pods_create or x.pods_delete for x in sim.history[-2:])  # settled: nothing more moves
