@@ -205,3 +205,103 @@ def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
     cond = next(x for x in final.pool_status.conditions or [] if x.type == CONSOLIDATED)
     assert cond.status == "True" and cond.reason == "WithinThreshold"
     assert not any(x.pods_create or x.pods_delete for x in sim.history[-2:])  # settled: nothing more moves
+
+
+def _live_by_deployment(sim: Sim) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in sim.pods:
+        if not p["metadata"].get("deletionTimestamp"):
+            dep = p["metadata"]["labels"]["slm.io/deployment"]
+            out[dep] = out.get(dep, 0) + 1
+    return out
+
+
+def test_a_move_whose_new_pod_is_not_ready_in_time_is_abandoned_and_the_old_pod_kept() -> None:
+    sim = _fragmented(readyTimeout="5m")
+    sim.unready = lambda pod: MOVE_ANNOTATION in pod["metadata"]["annotations"]
+    first = sim.step()
+    after_start = len(sim.history)
+    (started,) = [e for e in first.events if e.reason == "MoveStarted"]
+    old = {n for n, (dep, _) in sim.gpus().items() if dep == f"apps/{started.name}"} - {
+        p["metadata"]["name"] for p in first.pods_create
+    }
+    for _ in range(4):  # within the deadline: both pods kept, nothing deleted
+        d = sim.step(minutes=1)
+        assert not d.pods_delete
+    d = sim.step(minutes=1)
+    abandoned = [e for e in d.events if e.reason == "MoveAbandoned"]
+    assert len(abandoned) == 1 and abandoned[0].type == "Warning" and abandoned[0].name == started.name
+    assert [name for _, name, _ in d.pods_delete] == [p["metadata"]["name"] for p in first.pods_create]
+    assert [r for _, _, r in d.pods_delete] == ["MoveAbandoned"]
+    sim.converge(4)
+    assert old <= set(sim.gpus()), "the old pod of an abandoned move keeps serving"
+    c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and MoveOutcome.ABANDONED in [m.outcome for m in c.recent_moves or []]
+    # the abandoned deployment is not moved again within the hour
+    again = [
+        e
+        for x in sim.history[after_start:]
+        for e in x.events
+        if e.reason == "MoveStarted" and e.name == started.name
+    ]
+    assert not again
+
+
+def test_a_restarted_operator_finishes_a_move_from_the_pods_alone() -> None:
+    """The pool status that recorded the move is lost (e.g. the operator stopped before writing it): the next
+    pass reads the move from the new pod's annotation, completes it and counts it against the budget once."""
+    sim = _fragmented()
+    sim.unready = lambda pod: MOVE_ANNOTATION in pod["metadata"]["annotations"]
+    sim.step()
+    sim.pool = sim.pool.model_copy(update={"status": None})
+    d = sim.step()
+    assert not d.pods_create and not d.pods_delete, "in flight: nothing duplicated, nothing deleted"
+    assert d.pool_status is not None and d.pool_status.consolidation is not None
+    assert d.pool_status.consolidation.moves_in_flight == 1
+    for p in sim.pods:  # the new pod becomes Ready
+        p["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    d = sim.step()
+    assert [r for _, _, r in d.pods_delete] == ["Consolidated"]
+    sim.converge(3)
+    assert max(_live_by_deployment(sim).values()) == 1
+    assert len({gpu for _, gpu in sim.gpus().values()}) == 1
+    c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and c.moves_last_hour == 1
+
+
+def test_no_move_without_budget_or_in_quiet_hours() -> None:
+    for consolidation, reason in (
+        ({"maxMovesPerHour": 0}, "BudgetExhausted"),
+        (
+            {"quietHours": [{"start": "22:00", "end": "12:00"}]},
+            "QuietHours",
+        ),  # crosses midnight; now is ~10:06
+        ({"enabled": False}, "Disabled"),
+    ):
+        sim = _fragmented(**consolidation)
+        d = sim.step()
+        assert not d.pods_create and not d.pods_delete
+        cond = next(x for x in d.pool_status.conditions or [] if x.type == CONSOLIDATED)  # type: ignore[union-attr]
+        assert (cond.status, cond.reason) == ("False", reason)
+        c = d.pool_status.consolidation  # type: ignore[union-attr]
+        assert c is not None and (c.gpus_used, c.gpus_fresh, c.gpus_freeable) == (2, 1, 1)
+
+
+def test_a_moving_deployments_other_replicas_keep_serving() -> None:
+    """At no pass is a replica of a deployment without a live pod while another replica of it moves, and no
+    deployment ever has more than one extra pod (one move at a time)."""
+    sim = Sim(
+        _pool(maxMovesPerHour=10), [_dep("a", replicas=3), _dep("b", 2, minute=1), _dep("c", 3, minute=2)]
+    )
+    sim.converge()
+    sim.deps = [d for d in sim.deps if d.metadata.name != "b"]
+    sim.pods = [p for p in sim.pods if p["metadata"]["labels"]["slm.io/deployment"] != "b"]
+    for _ in range(12):
+        sim.step()
+        live = _live_by_deployment(sim)
+        for dep in sim.deps:
+            assert dep.spec.replicas <= live.get(dep.metadata.name, 0) <= dep.spec.replicas + 1
+    moves = [e for x in sim.history for e in x.events if e.reason == "MoveStarted"]
+    assert moves, "the pool is fragmented: something moves"
+    c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and c.gpus_used == c.gpus_fresh

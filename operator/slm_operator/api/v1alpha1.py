@@ -433,7 +433,10 @@ class ConsolidationStatus(ApiModel):
         description="GPUs a fresh plan of the same demand would use (no running replica kept).",
     )
     gpus_freeable: int = Field(
-        default=0, ge=0, description="GPUs the moves consolidation would make (within the budget) free."
+        default=0,
+        ge=0,
+        description="GPUs consolidation could free at most (`gpusUsed - gpusFresh`); the `Consolidated` "
+        "condition says what the moves under way free.",
     )
     fragmentation_ratio: str = Field(
         default="1.000", max_length=16, description="`gpusUsed / gpusFresh` (1.000 when both are equal)."

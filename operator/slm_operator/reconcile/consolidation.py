@@ -236,7 +236,7 @@ def finish_moves(
     status = ConsolidationStatus(
         gpus_used=r.gpus_used,
         gpus_fresh=r.gpus_fresh,
-        gpus_freeable=r.gpus_freed,
+        gpus_freeable=max(0, r.gpus_used - r.gpus_fresh),
         fragmentation_ratio=f"{r.ratio:.3f}",
         moves_in_flight=sum(1 for h in history if h.outcome == MoveOutcome.IN_FLIGHT),
         moves_last_hour=len(history),

@@ -212,7 +212,7 @@ def _move_of(
     if source is None or target is None:
         return None
     started = parse_time(note.started)
-    expired = started is None or now - started > timeout
+    expired = started is None or now - started >= timeout
     phase = move_phase(
         source_live=source_pod is not None and source_pod.live,
         target_live=target_pod.live,
