@@ -305,6 +305,7 @@ class ConsolidationPolicy(ApiModel):
     quiet_hours: list[QuietWindow] | None = Field(
         default=None,
         max_length=8,
+        json_schema_extra=k8s(list_type="atomic"),
         description="Daily UTC windows in which no move starts (moves in flight finish or time out).",
     )
     best_effort_break_before_make: bool = Field(
@@ -444,7 +445,10 @@ class ConsolidationStatus(ApiModel):
     moves_in_flight: int = Field(default=0, ge=0, description="Moves whose new replica is not Ready yet.")
     moves_last_hour: int = Field(default=0, ge=0, description="Moves started within the last hour.")
     recent_moves: list[ConsolidationMove] | None = Field(
-        default=None, max_length=1000, description="Moves started within the last hour, oldest first."
+        default=None,
+        max_length=1000,
+        json_schema_extra=k8s(list_type="atomic"),
+        description="Moves started within the last hour, oldest first.",
     )
 
 
