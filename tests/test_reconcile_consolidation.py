@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from slm_operator.api.v1alpha1 import GPUPool, MoveOutcome, SLMDeployment
@@ -21,6 +22,7 @@ from slm_operator.contract import (
     SHARING_STRATEGY_LABEL,
 )
 from slm_operator.reconcile import Decisions, World, decide
+from slm_operator.reconcile import consolidation as consolidation_module
 from slm_operator.render import OperatorConfig
 from slm_operator.status import CONSOLIDATED
 
@@ -159,10 +161,10 @@ class Sim:
         return out
 
 
-def _fragmented(**consolidation: Any) -> Sim:
+def _fragmented(qos: str = "Burstable", **consolidation: Any) -> Sim:
     """Four deployments, two per GPU (MPS, 2 clients each); deleting one on each GPU leaves two half-used GPUs
     that one GPU could hold."""
-    sim = Sim(_pool(**consolidation), [_dep(n, minute=i) for i, n in enumerate("abcd")])
+    sim = Sim(_pool(**consolidation), [_dep(n, qos=qos, minute=i) for i, n in enumerate("abcd")])
     sim.converge()
     used = {gpu for _, gpu in sim.gpus().values()}
     assert len(used) == 2, sim.gpus()
@@ -305,3 +307,30 @@ def test_a_moving_deployments_other_replicas_keep_serving() -> None:
     assert moves, "the pool is fragmented: something moves"
     c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
     assert c is not None and c.gpus_used == c.gpus_fresh
+
+
+def test_a_besteffort_replica_without_room_moves_break_before_make(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner says a move has no free target while its replica still holds its share: a BestEffort
+    replica stops first, then starts on its target once its old pod is gone; another tier does not move."""
+    real = consolidation_module.consolidate
+
+    def no_room(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        moves = tuple(m.model_copy(update={"make_before_break": False}) for m in out.moves)
+        return out.model_copy(update={"moves": moves})
+
+    monkeypatch.setattr(consolidation_module, "consolidate", no_room)
+    burstable = _fragmented()
+    d = burstable.step()
+    assert not d.pods_create and not d.pods_delete, "a Burstable replica never moves break-before-make"
+
+    sim = _fragmented("BestEffort")
+    left = set(_live_by_deployment(sim))
+    d = sim.step()
+    assert [e.reason for e in d.events if e.reason.startswith("Move")] == ["MovedBreakBeforeMake"]
+    assert [r for _, _, r in d.pods_delete] == ["Consolidated"] and not d.pods_create
+    sim.converge(4)
+    assert len({gpu for _, gpu in sim.gpus().values()}) == 1, sim.gpus()
+    assert _live_by_deployment(sim) == dict.fromkeys(left, 1)
+    c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and [m.outcome for m in c.recent_moves or []] == [MoveOutcome.BREAK_BEFORE_MAKE]

@@ -419,6 +419,12 @@ class ConsolidationMove(ApiModel):
     replica: int = Field(ge=0)
     source: str = Field(max_length=300, description="`node/gpu` it left (or leaves).")
     target: str = Field(max_length=300, description="`node/gpu` it moved (or moves) to.")
+    target_mechanism: Mechanism | None = Field(
+        default=None, description="The sharing mechanism of the target share."
+    )
+    target_mig_profile: str | None = Field(
+        default=None, max_length=32, description="The MIG profile of the target share, for `MIG`."
+    )
     started: str = Field(max_length=64, description="When the move started (RFC 3339).")
     outcome: MoveOutcome
     reason: str = Field(default="", max_length=512, description="Why: the GPUs the moves free.")

@@ -125,35 +125,35 @@ def _placed_at(current: Sequence[CurrentPlacement]) -> dict[tuple[str, int], str
 def _break_before_make_current(
     world: World, history: Sequence[ConsolidationMove], current: Sequence[CurrentPlacement]
 ) -> list[CurrentPlacement]:
-    """A BestEffort replica moving break-before-make has only its old pod, terminating: it counts on its target
-    (which its SLMDeployment status recorded when the move started), not where the old pod still runs."""
+    """A BestEffort replica moving break-before-make has no live pod (its old one may still be terminating): it
+    counts on the target its move record names until its new pod runs there."""
     targets = {
-        (m.deployment, m.replica): m.target for m in history if m.outcome == MoveOutcome.BREAK_BEFORE_MAKE
+        (m.deployment, m.replica): m
+        for m in history
+        if m.outcome == MoveOutcome.BREAK_BEFORE_MAKE and m.target_mechanism is not None
     }
-    if not targets:
-        return list(current)
     live = {
         (rec.deployment, rec.ordinal)
         for p in map(PodView, world.pods)
         if p.live and (rec := p.placement) is not None
     }
-    remembered: dict[tuple[str, int], CurrentPlacement] = {}
-    for dep in world.deployments:
-        for pl in dep.status.placements or [] if dep.status else []:
-            remembered[(deployment_key(dep), pl.replica)] = CurrentPlacement(
-                deployment=deployment_key(dep),
-                ordinal=pl.replica,
-                node=pl.node,
-                gpu_index=max(pl.gpu, 0),
-                mechanism=pl.mechanism,
-                mig_profile=pl.mig_profile,
-            )
     out = []
     for c in current:
-        key = (c.deployment, c.ordinal)
-        there = remembered.get(key)
-        moving = key in targets and key not in live and there is not None
-        out.append(there if moving and there is not None and gpu_name(there) == targets[key] else c)
+        m = targets.get((c.deployment, c.ordinal))
+        node, _, gpu = m.target.rpartition("/") if m is not None else ("", "", "")
+        if m is None or (c.deployment, c.ordinal) in live or not gpu.isdigit():
+            out.append(c)
+            continue
+        out.append(
+            c.model_copy(
+                update={
+                    "node": node,
+                    "gpu_index": int(gpu),
+                    "mechanism": m.target_mechanism,
+                    "mig_profile": m.target_mig_profile,
+                }
+            )
+        )
     return out
 
 

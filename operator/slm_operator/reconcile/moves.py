@@ -149,6 +149,8 @@ def move_record(
         replica=key.ordinal,
         source=gpu_name(source),
         target=gpu_name(target),
+        target_mechanism=target.mechanism,
+        target_mig_profile=target.mig_profile,
         started=started,
         outcome=outcome,
         reason=reason[:512],
