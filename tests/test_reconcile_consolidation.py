@@ -21,6 +21,7 @@ from slm_operator.contract import (
     PLACEMENT_ANNOTATION,
     SHARING_STRATEGY_LABEL,
 )
+from slm_operator.planner import consolidate
 from slm_operator.reconcile import Decisions, World, decide
 from slm_operator.reconcile import consolidation as consolidation_module
 from slm_operator.render import OperatorConfig
@@ -312,10 +313,9 @@ def test_a_moving_deployments_other_replicas_keep_serving() -> None:
 def test_a_besteffort_replica_without_room_moves_break_before_make(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner says a move has no free target while its replica still holds its share: a BestEffort
     replica stops first, then starts on its target once its old pod is gone; another tier does not move."""
-    real = consolidation_module.consolidate
 
     def no_room(*args: Any, **kwargs: Any) -> Any:
-        out = real(*args, **kwargs)
+        out = consolidate(*args, **kwargs)
         moves = tuple(m.model_copy(update={"make_before_break": False}) for m in out.moves)
         return out.model_copy(update={"moves": moves})
 
