@@ -8,6 +8,10 @@ docs/plan-format.md every output field.
 from __future__ import annotations
 
 from slm_operator.planner.entrypoints import (
+    Consolidation,
+    ConsolidationBudget,
+    Move,
+    consolidate,
     ExactResult,
     IncrementalPlanner,
     apply_plan,
@@ -40,6 +44,10 @@ from slm_operator.planner.model import (
 )
 
 __all__ = [
+    "Consolidation",
+    "ConsolidationBudget",
+    "Move",
+    "consolidate",
     "CurrentPlacement",
     "Demand",
     "DeploymentPlan",
