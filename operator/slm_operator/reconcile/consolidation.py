@@ -10,7 +10,7 @@ The planner chooses *which* replicas move (:func:`slm_operator.planner.consolida
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,7 +53,7 @@ from slm_operator.reconcile.moves import (
     planner_view,
 )
 from slm_operator.reconcile.podsets import DesiredPod
-from slm_operator.reconcile.world import ReplicaKey, World
+from slm_operator.reconcile.world import MoveActions, ReplicaKey, World
 from slm_operator.render import replica_pod
 from slm_operator.status import CONSOLIDATED, set_condition
 from slm_operator.views import PodView
@@ -158,20 +158,6 @@ def _break_before_make_current(
 
 
 # ------------------------------------------------------------------------------------------ 9b. carry out moves
-@dataclass(frozen=True)
-class MoveActions:
-    """What the moves need from this pass: pods to keep, create and delete, events, and the status."""
-
-    keep: frozenset[tuple[str, str]]  # (namespace, name): pods of moves the plan would otherwise delete
-    create: tuple[dict[str, Any], ...]  # new pods of moves that start (pass the node gates first)
-    delete: tuple[tuple[str, str, str], ...]  # namespace, name, reason
-    events: tuple[Event, ...] = ()
-    status: ConsolidationStatus | None = None
-    outcomes: Mapping[str, int] = field(default_factory=dict)  # moves by outcome in this pass (metrics)
-    gpus_freed: int = 0  # GPUs left empty by a move completed in this pass
-    waiting: bool = False  # a move is under way: re-check soon
-
-
 def target_pods(
     world: World, step: ConsolidationStep, plan: Plan, sizings: Sizings
 ) -> dict[ReplicaKey, DesiredPod]:
