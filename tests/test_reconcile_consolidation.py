@@ -26,6 +26,7 @@ from slm_operator.reconcile import Decisions, World, decide
 from slm_operator.reconcile import consolidation as consolidation_module
 from slm_operator.render import OperatorConfig
 from slm_operator.status import CONSOLIDATED
+from tests.test_argocd_health import health
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = "gpu-l4-0"
@@ -182,6 +183,19 @@ def _fragmented(qos: str = "Burstable", **consolidation: Any) -> Sim:
     return sim
 
 
+def _assert_healthy(sim: Sim, d: Decisions) -> None:
+    """Argo CD's health checks (deploy/argocd) call the pool and every deployment Healthy."""
+    assert d.pool_status is not None
+    pool = {**sim.pool.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    pool["status"] = d.pool_status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert health("GPUPool", pool)["status"] == "Healthy"
+    for dep in sim.deps:
+        obj = dep.model_dump(mode="json", by_alias=True, exclude_none=True)
+        st = d.deployment_statuses[f"apps/{dep.metadata.name}"]
+        obj["status"] = st.model_dump(mode="json", by_alias=True, exclude_none=True)
+        assert health("SLMDeployment", obj)["status"] == "Healthy", (dep.metadata.name, obj["status"])
+
+
 def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
     sim = _fragmented()
     d = sim.step()  # the move starts: a new pod on the other GPU, the old one kept
@@ -194,10 +208,12 @@ def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
     assert d.pool_status.consolidation.fragmentation_ratio == "2.000"
     moved = started[0].name
     assert len([p for p in sim.pods if p["metadata"]["labels"]["slm.io/deployment"] == moved]) == 2
+    _assert_healthy(sim, d)  # Argo CD: a move in flight is not a problem
     d = sim.step()  # the new pod is Ready: the old one goes
     assert [e.reason for e in d.events if e.reason.startswith("Move")] == ["MoveCompleted"]
     assert [r for _, _, r in d.pods_delete] == ["Consolidated"]
     assert not d.pods_create
+    _assert_healthy(sim, d)
     sim.converge(3)
     assert len({gpu for _, gpu in sim.gpus().values()}) == 1, sim.gpus()
     final = sim.history[-1]
