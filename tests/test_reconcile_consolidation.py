@@ -224,6 +224,7 @@ def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
     cond = next(x for x in final.pool_status.conditions or [] if x.type == CONSOLIDATED)
     assert cond.status == "True" and cond.reason == "WithinThreshold"
     assert not any(x.pods_create or x.pods_delete for x in sim.history[-2:])  # settled: nothing more moves
+    assert not final.waiting, "a finished move keeps nothing in flight"
 
 
 def _live_by_deployment(sim: Sim) -> dict[str, int]:

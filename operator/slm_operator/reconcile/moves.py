@@ -221,8 +221,8 @@ def _move_of(
         target_ready=target_pod.ready,
         expired=expired,
     )
-    if source_pod is None and phase == Phase.UNWINDING:
-        return None  # both gone or going: nothing left of the move
+    if source_pod is None:
+        return None  # the old pod is gone: the new pod is simply the replica (or is going, and so is the move)
     return ReplicaMove(key, note, source, target, source_pod, target_pod, phase)
 
 
