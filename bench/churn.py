@@ -79,8 +79,6 @@ def run_churn(
         t0 = time.perf_counter()
         c = consolidate(w.policy, nodes, demands, cur, budget)
         seconds = time.perf_counter() - t0
-        if c.plan is not None:  # the node configs the moves' targets need, applied first
-            nodes = apply_plan(nodes, c.plan)
         after = plan_pool(w.policy, nodes, demands, c.placements)
         state["churn-consolidated"] = (apply_plan(nodes, after), after.placements())
         row = _row(

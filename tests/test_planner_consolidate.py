@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from slm_operator.planner import (
@@ -203,7 +203,7 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     assert not set(deployments) & budget.busy
     if c.gpus_used <= c.gpus_fresh * (1 + budget.threshold_percent / 100):
         assert c.moves == ()
-    configured = apply_plan(nodes, c.plan) if c.plan is not None else tuple(nodes)
+    configured = tuple(nodes)  # a target is a share that exists: no node config changes before the moves
     state = {(p.deployment, p.ordinal): p for p in cur}
     for m in c.moves:
         assert state[(m.deployment, m.ordinal)] == m.source
@@ -227,29 +227,78 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     assert consolidate(pol, nodes, dem, cur, budget) == c
 
 
+@st.composite
+def small_demands(draw: st.DrawFn) -> list[Demand]:
+    """Many small deployments (they share GPUs), so that deleting some of them fragments the pool."""
+    out = []
+    for i in range(draw(st.integers(2, 12))):
+        out.append(
+            demand(
+                f"ns-{i % 2}/d{i}",
+                draw(st.sampled_from(("Guaranteed", "Burstable", "BestEffort"))),
+                draw(st.integers(1, 4)),
+                draw(st.floats(0.5, 24)),
+                order_key=str(i),
+            )
+        )
+    return out
+
+
+BUDGETS = st.builds(
+    lambda moves, threshold, busy: ConsolidationBudget(
+        max_moves=moves, threshold_percent=threshold, busy=frozenset(f"ns-{i % 2}/d{i}" for i in busy)
+    ),
+    st.integers(0, 12),
+    st.sampled_from((0.0, 0.0, 2.0, 50.0)),
+    st.sets(st.integers(0, 11), max_size=3),
+)
+
+
 @SETTINGS
 @given(
     pool(max_nodes=4, max_gpus=6),
     policy(),
     demands(max_deps=10, max_replicas=4),
-    st.lists(st.booleans(), min_size=1, max_size=6),
-    st.integers(0, 8),
-    st.sampled_from((0.0, 2.0, 50.0)),
-    st.sets(st.integers(0, 9), max_size=3),
+    st.lists(st.booleans(), min_size=2, max_size=6),
+    BUDGETS,
 )
 def test_consolidation_keeps_every_guarantee(
     nodes: list[NodeInventory],
     pol: PoolPolicy,
     dem: list[Demand],
     keep: list[bool],
-    max_moves: int,
-    threshold: float,
-    busy_ids: set[int],
+    budget: ConsolidationBudget,
 ) -> None:
+    """On random churned pools, policies and budgets: within the budget, one move per deployment and none of
+    a busy one, every target free while its source is held (each intermediate state is a legal placement),
+    every move's source GPU empty in the end, nothing under the threshold, a re-plan of the result moves
+    nothing."""
     nodes2, kept, cur = _churned(nodes, pol, dem, keep)
-    busy = frozenset(f"ns-{i % 2}/d{i}" for i in busy_ids)
-    budget = ConsolidationBudget(max_moves=max_moves, threshold_percent=threshold, busy=busy)
     c = consolidate(pol, nodes2, kept, cur, budget)
+    event(f"moves: {min(len(c.moves), 3)}")
+    _check(pol, nodes2, kept, cur, c, budget)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pool(max_nodes=4, max_gpus=6),
+    st.sampled_from(("Never", "Allowed")),
+    small_demands(),
+    st.lists(st.booleans(), min_size=2, max_size=6),
+    BUDGETS,
+)
+def test_consolidation_keeps_every_guarantee_on_fragmented_pools(
+    nodes: list[NodeInventory],
+    repartition: str,
+    dem: list[Demand],
+    keep: list[bool],
+    budget: ConsolidationBudget,
+) -> None:
+    """The same guarantees where moves are common: many small deployments sharing GPUs, some deleted."""
+    pol = POLICY.model_copy(update={"repartition": repartition})
+    nodes2, kept, cur = _churned(nodes, pol, dem, keep)
+    c = consolidate(pol, nodes2, kept, cur, budget)
+    event(f"moves: {min(len(c.moves), 3)}")
     _check(pol, nodes2, kept, cur, c, budget)
 
 
