@@ -136,6 +136,30 @@ def test_no_moves_within_the_threshold() -> None:
     assert "within 300% of a fresh plan" in c.message
 
 
+def test_a_cheaper_replica_makes_room_on_mig_first() -> None:
+    """The only 1g.10gb instances left are in use: a BestEffort replica moves out of one into a time-sliced
+    GPU's room first, then the Guaranteed replica takes its instance (two moves free one GPU)."""
+    nodes = [_mig_node("mig", 2), _ts_node("ts", 1)]
+    full = [f"ns/g{i}" for i in range(1, 7)]
+    dem = [demand(k, "Guaranteed", 1, 6) for k in ["ns/g0", *full]]
+    dem += [
+        demand("ns/b", "BestEffort", 1, 6),
+        demand("ns/t", "BestEffort", 1, 12),
+    ]  # t: too large for 1g.10gb
+    cur = [_at(k, 0, "mig", 0, "MIG", "1g.10gb") for k in [*full, "ns/b"]]
+    cur += [_at("ns/g0", 0, "mig", 1, "MIG", "1g.10gb"), _at("ns/t", 0, "ts", 0, "TimeSlicing")]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.node, m.target.gpu_index) for m in c.moves] == [
+        ("ns/b", "ts", 0),
+        ("ns/g0", "mig", 0),
+    ]
+    assert c.gpus_freed == 1
+    _check(POLICY, nodes, dem, cur, c, budget)
+    # with room for one move only, nothing moves: a move that frees nothing is not made
+    assert consolidate(POLICY, nodes, dem, cur, budget.model_copy(update={"max_moves": 1})).moves == ()
+
+
 def test_repartition_never_moves_only_into_existing_instances() -> None:
     """A MIG GPU whose frozen layout has no free instance of a fitting profile takes no replica: the Guaranteed
     replicas stay where they are (no reconfiguration of a GPU in use)."""
@@ -212,10 +236,13 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
         assert _held(pol, configured, during_dem, during) == [], m
         state[(m.deployment, m.ordinal)] = m.target
     assert tuple(sorted(state.values(), key=lambda p: (p.deployment, p.ordinal))) == c.placements
-    # every move frees capacity in the end: its source GPU holds nothing once all moves are done
+    # every move frees capacity in the end: its source GPU holds nothing once all moves are done, or (a move
+    # that makes room on MIG) another move takes its instance
     after = _gpus(c.placements)
+    taken = {(m.target.node, m.target.gpu_index, m.target.mechanism, m.target.mig_profile) for m in c.moves}
     for m in c.moves:
-        assert (m.source.node, m.source.gpu_index) not in after, m
+        src = (m.source.node, m.source.gpu_index)
+        assert src not in after or (*src, m.source.mechanism, m.source.mig_profile) in taken, m
     assert len(after) == c.gpus_used - c.gpus_freed
     assert (c.gpus_freed >= 1) == bool(c.moves)
     # re-planning the result moves nothing

@@ -264,12 +264,13 @@ class _Run:
             gpu, prof = b.gpu, b.prof
             assert gpu is not None and b.cur is not None and r.cur is not None
             packer.remove(b)
+            packer.put(r, gpu, MIG, prof)  # r takes the instance first, so that b looks elsewhere
             choice = packer.zero_cost_room(b)
-            if choice is None or choice[0] is gpu or not self._legal_target(choice, source):
+            if choice is None or not self._legal_target(choice, source):
+                packer.remove(r)
                 packer.put(b, gpu, MIG, prof)
                 continue
             packer.put(b, *choice)
-            packer.put(r, gpu, MIG, prof)
             taken.add(b.dep.key)
             return [(b, b.cur, choice), (r, r.cur, (gpu, MIG, prof))]
         return None
