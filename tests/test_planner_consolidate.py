@@ -48,7 +48,7 @@ def _at(
 ) -> CurrentPlacement:
     return CurrentPlacement(
         deployment=dep, ordinal=ordinal, node=node, gpu_index=gpu, mechanism=mech, mig_profile=profile
-    )  # type: ignore[arg-type]
+    )
 
 
 def _fragmented() -> tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]]:

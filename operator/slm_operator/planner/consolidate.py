@@ -164,6 +164,8 @@ class _Run:
             g for g in ctx.gpus if g.mode == MIG and g.frozen is not None and g.role == ROLE_POOL
         ]
         self.groups: list[_Group] = []
+        #: replica classes for which ``_via_move`` found nothing
+        self.no_chain: set[tuple[int, int, str | None, str | None]] = set()
         kept = {(r.dep.key, r.ordinal) for r in ctx.reps if r.pinned}
         # GPUs with a running replica the planner does not keep (scaled down, displaced): its share is still
         # held, so nothing moves to or from such a GPU
@@ -257,7 +259,8 @@ class _Run:
         ``r`` fits (into zero-cost room elsewhere): [its move, ``r``'s move], or None."""
         packer = self.packer
         fits = packer.share_options(r.dep).mig
-        if not fits:
+        key = r.dep.class_key()
+        if not fits or key in self.no_chain:
             return None
         for x in self._mig_holders(r, source, fits, taken):
             b = x[1]
@@ -273,6 +276,9 @@ class _Run:
             packer.put(b, *choice)
             taken.add(b.dep.key)
             return [(b, b.cur, choice), (r, r.cur, (gpu, MIG, prof))]
+        # room is only ever taken during a run (an undone attempt leaves the state as it was), so a class that
+        # found no replica to trade places with finds none later either
+        self.no_chain.add(key)
         return None
 
     def _mig_holders(
