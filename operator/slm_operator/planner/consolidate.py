@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
 from slm_operator.planner.packer import Choice, Packer, PackerOptions
@@ -99,7 +100,18 @@ def consolidate(
 ) -> Consolidation:
     """Choose moves that free whole GPUs when the pool uses more GPUs than a fresh plan by more than
     ``budget.threshold_percent`` (see the module docstring). Deterministic: the same inputs give the same
-    moves."""
+    moves. The garbage collector is paused meanwhile, as for a planning pass (``gc_pause.py``)."""
+    with gc_paused():
+        return _consolidate(policy, nodes, demands, list(current), budget)
+
+
+def _consolidate(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: list[CurrentPlacement],
+    budget: ConsolidationBudget,
+) -> Consolidation:
     cur = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
     fresh = heuristic_plan(policy, nodes, demands).pool.gpus_used
     # the MIG layouts of GPUs in use stay as they are: a target is an instance that exists already
