@@ -249,8 +249,16 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     replanned = plan_pool(pol, configured, dem, c.placements)
     assert check_plan(replanned, pol, configured, dem, c.placements) == []
     assert [e for e in replanned.pool.evictions if e.reason != "PreemptedByHigherTier"] == []
-    # cheapest first: tiers never get cheaper along the moves of a group... and overall BestEffort-only GPUs
-    # come before GPUs with a Guaranteed replica (checked by the unit tests); here: deterministic
+    # cheapest first: the GPUs are emptied in order of what their replicas' moves cost (BestEffort 1, Burstable
+    # 2, Guaranteed 3, one more on MIG; a move that only makes room for another is not the GPU's own)
+    weight = {"BestEffort": 1, "Burstable": 2, "Guaranteed": 3}
+    costs: dict[str, int] = {}
+    for m in c.moves:
+        gpu = m.reason.split()[2]  # "frees GPU node/index (...)"
+        if f"{m.source.node}/{m.source.gpu_index}" == gpu:
+            costs[gpu] = costs.get(gpu, 0) + weight[m.tier] + (m.source.mechanism == "MIG")
+    assert list(costs.values()) == sorted(costs.values())
+    # deterministic
     assert consolidate(pol, nodes, dem, cur, budget) == c
 
 

@@ -1,22 +1,24 @@
 """Consolidation: move a few running replicas so that whole GPUs (and nodes) become free (docs/planner.md §4.9).
 
 The planner is stable by design: a re-plan keeps every running replica where it is (§4.1), so under churn the
-pool drifts away from what a fresh plan of the same demand would use (on the 1,000-GPU benchmark, +11.7 % after
-ten rounds of 10 % change). :func:`consolidate` compares the current placement with a fresh plan and, when the
-pool uses more GPUs than the fresh plan by more than the budget's threshold, chooses a small set of moves
-that empty whole GPUs, cheapest first, within the budget's number of moves.
+pool drifts away from what a fresh plan of the same demand would use (the churn replay in docs/benchmarks.md:
+1.093 x after ten rounds of 10 % change at 1,000 GPUs). :func:`consolidate` compares the current placement
+with a fresh plan and, when the pool uses more GPUs than the fresh plan by more than the budget's threshold,
+chooses a small set of moves that empty whole GPUs, cheapest first, within the budget's number of moves.
 
 How: the running replicas are pinned as in a re-plan (``state.build_context``, MIG layouts of GPUs in use
 frozen even under ``repartition: Allowed``, so a target is always an instance that exists already), and the
 packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
-another GPU in use. A GPU is emptied only when every replica on it finds room; otherwise nothing of it moves.
-Candidates are tried cheapest first: the worst tier on the GPU (BestEffort, then Burstable, then
-Guaranteed), replicas on MIG last (time-sliced and MPS shares first), fewest replicas, GPUs of nodes with
+another GPU in use; a replica that needs a MIG instance may take one whose replica (same or cheaper tier)
+moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
+of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
+Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
 It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
 
-Every target is a share that is free while every source is still held: a move is make-before-break (the new
-replica starts on its target and becomes Ready before the old one is deleted). Pure: pydantic only.
+Every target is a share that is free while every source is still held, in the state where every earlier move
+is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
+one is deleted), and no move needs a node config change first. Pure: pydantic only.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ _Step = tuple[Rep, CurrentPlacement, Choice]
 
 @dataclass
 class _Group:
-    """Moves that empty ``sources`` together (``freed`` GPUs net of the GPUs they open)."""
+    """The moves that empty ``sources`` (one GPU today), in execution order, and the GPUs they free."""
 
     key: tuple[int, ...]
     sources: list[Gpu]
