@@ -1,22 +1,24 @@
 """Consolidation: move a few running replicas so that whole GPUs (and nodes) become free (docs/planner.md §4.9).
 
 The planner is stable by design: a re-plan keeps every running replica where it is (§4.1), so under churn the
-pool drifts away from what a fresh plan of the same demand would use (on the 1,000-GPU benchmark, +11.7 % after
-ten rounds of 10 % change). :func:`consolidate` compares the current placement with a fresh plan and, when the
-pool uses more GPUs than the fresh plan by more than the budget's threshold, chooses a small set of moves
-that empty whole GPUs, cheapest first, within the budget's number of moves.
+pool drifts away from what a fresh plan of the same demand would use (the churn replay in docs/benchmarks.md:
+1.093 x after ten rounds of 10 % change at 1,000 GPUs). :func:`consolidate` compares the current placement
+with a fresh plan and, when the pool uses more GPUs than the fresh plan by more than the budget's threshold,
+chooses a small set of moves that empty whole GPUs, cheapest first, within the budget's number of moves.
 
 How: the running replicas are pinned as in a re-plan (``state.build_context``, MIG layouts of GPUs in use
 frozen even under ``repartition: Allowed``, so a target is always an instance that exists already), and the
 packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
-another GPU in use. A GPU is emptied only when every replica on it finds room; otherwise nothing of it moves.
-Candidates are tried cheapest first: the worst tier on the GPU (BestEffort, then Burstable, then
-Guaranteed), replicas on MIG last (time-sliced and MPS shares first), fewest replicas, GPUs of nodes with
+another GPU in use; a replica that needs a MIG instance may take one whose replica (same or cheaper tier)
+moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
+of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
+Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
 It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
 
-Every target is a share that is free while every source is still held: a move is make-before-break (the new
-replica starts on its target and becomes Ready before the old one is deleted). Pure: pydantic only.
+Every target is a share that is free while every source is still held, in the state where every earlier move
+is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
+one is deleted), and no move needs a node config change first. Pure: pydantic only.
 """
 
 from __future__ import annotations
@@ -26,18 +28,17 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from slm_operator.planner.assemble import build_plan
+from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
-from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, Tier, _Model
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
 from slm_operator.planner.packer import Choice, Packer, PackerOptions
 from slm_operator.planner.state import Context, Gpu, Rep, build_context
-from slm_operator.planner.vocabulary import DISRUPTION, EXCLUSIVE, MIG, ROLE_POOL, TIME_SLICING, Mechanism
+from slm_operator.planner.vocabulary import DISRUPTION, MIG, ROLE_POOL, Mechanism
 
 #: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
 MAX_MOVES_PER_GPU = 16
-#: a re-packing group: at most this many GPUs and moves
-BATCH_GPUS = 6
-BATCH_MOVES = 16
+#: replicas tried per move that makes room on MIG (``_Run._via_move``)
+_CHAIN_TRIES = 8
 
 
 class ConsolidationBudget(_Model):
@@ -71,7 +72,7 @@ class Move(_Model):
 class Consolidation(_Model):
     """The result of :func:`consolidate`: how far the pool is from a fresh plan, and the moves that close it."""
 
-    #: GPUs the current placement uses (GPUs holding a running replica the planner keeps)
+    #: GPUs the current placement uses (GPUs of the pool's inventory holding a running replica)
     gpus_used: int
     #: GPUs a fresh plan (``plan_pool`` without ``current``) of the same demands uses
     gpus_fresh: int
@@ -83,10 +84,6 @@ class Consolidation(_Model):
     moves: tuple[Move, ...] = ()
     #: every running replica's placement after all moves (the ``current`` of the next plan)
     placements: tuple[CurrentPlacement, ...] = ()
-    #: the pool's plan once every move is done (pending replicas not placed): the node configs the targets
-    #: need, applied before the moves start (a GPU a re-packing group opens gets its MIG layout, a node its
-    #: sharing mode; ``apply_plan(nodes, plan)``); None without moves
-    plan: Plan | None = None
     #: why there are no (more) moves, for the pool's status: "within 2% of a fresh plan", ...
     message: str = ""
 
@@ -105,12 +102,23 @@ def consolidate(
 ) -> Consolidation:
     """Choose moves that free whole GPUs when the pool uses more GPUs than a fresh plan by more than
     ``budget.threshold_percent`` (see the module docstring). Deterministic: the same inputs give the same
-    moves."""
+    moves. The garbage collector is paused meanwhile, as for a planning pass (``gc_pause.py``)."""
+    with gc_paused():
+        return _consolidate(policy, nodes, demands, list(current), budget)
+
+
+def _consolidate(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: list[CurrentPlacement],
+    budget: ConsolidationBudget,
+) -> Consolidation:
     cur = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
     fresh = heuristic_plan(policy, nodes, demands).pool.gpus_used
     # the MIG layouts of GPUs in use stay as they are: a target is an instance that exists already
     ctx = build_context(policy.model_copy(update={"repartition": "Never"}), nodes, demands, cur)
-    used = sum(1 for g in ctx.gpus if g.reps)
+    used = len({(c.node, c.gpu_index) for c in cur if (c.node, c.gpu_index) in ctx.gpu_at})
     base = Consolidation(gpus_used=used, gpus_fresh=fresh, gpus_freed=0, placements=tuple(cur))
     if used <= fresh * (1 + budget.threshold_percent / 100):
         return base.model_copy(update={"message": f"within {budget.threshold_percent:g}% of a fresh plan"})
@@ -134,7 +142,6 @@ def consolidate(
             "nodes_freed": freed_nodes,
             "moves": moves,
             "placements": placements,
-            "plan": build_plan(ctx) if moves else None,
             "message": message,
         }
     )
@@ -146,7 +153,7 @@ _Step = tuple[Rep, CurrentPlacement, Choice]
 
 @dataclass
 class _Group:
-    """Moves that empty ``sources`` together (``freed`` GPUs net of the GPUs they open)."""
+    """The moves that empty ``sources`` (one GPU today), in execution order, and the GPUs they free."""
 
     key: tuple[int, ...]
     sources: list[Gpu]
@@ -166,9 +173,13 @@ class _Run:
         self.freed = 0
         self.moved_deps: set[str] = set(budget.busy)
         self.nodes_in_use = {n.name for n in ctx.nodes if n.used}
-        #: GPUs idle now: a move may open one (its MIG layout or its node's mode is configured before the move)
-        self.idle_at_start = {g.gid for g in ctx.gpus if not g.reps}
+        #: GPUs with a frozen MIG layout (a replica there may make room for another: ``_via_move``)
+        self.mig_gpus = [
+            g for g in ctx.gpus if g.mode == MIG and g.frozen is not None and g.role == ROLE_POOL
+        ]
         self.groups: list[_Group] = []
+        #: replica classes for which ``_via_move`` found nothing
+        self.no_chain: set[tuple[int, int, str | None, str | None]] = set()
         kept = {(r.dep.key, r.ordinal) for r in ctx.reps if r.pinned}
         # GPUs with a running replica the planner does not keep (scaled down, displaced): its share is still
         # held, so nothing moves to or from such a GPU
@@ -211,114 +222,125 @@ class _Run:
         )
 
     def empty_gpus(self) -> None:
-        """First GPUs whose replicas all fit into room on other GPUs in use (no GPU opened, no reconfiguration),
-        cheapest first; then groups of lightly used GPUs re-packed onto fewer GPUs."""
-        candidates = self.candidates()
-        for key, g in candidates:
+        """Empty candidate GPUs cheapest first until the goal is met or the budget is spent."""
+        for key, g in self.candidates():
             if self._done():
                 return
-            if len(g.reps) <= self.left and self._movable(g):
-                self._try(key, [g], allow_new=False)
-        rest = [(key, g) for key, g in candidates if self._movable(g)]
-        # re-packing: the emptiest GPUs first (their replicas fill the fewest new GPUs), with GPUs of the same
-        # model and mode (``_batch``)
-        rest.sort(key=lambda t: (t[0][4], t[0][1], t[0][5]))
-        i = 0
-        while i < len(rest) and not self._done():
-            batch = self._batch([g for _, g in rest[i:]])
-            if len(batch) < 2 or not self._try(max(_cost(g) for g in batch), batch, allow_new=True):
-                i += 1
-
-    def _batch(self, gpus: list[Gpu]) -> list[Gpu]:
-        """The next GPUs to re-pack together: up to ``BATCH_GPUS`` movable GPUs, within the budget."""
-        batch: list[Gpu] = []
-        taken: set[str] = set()
-        moves = 0
-        kind = gpus[0].key
-        for g in gpus:
-            if g.key != kind or not self._movable(g, taken):
+            if len(g.reps) > self.left or not self._movable(g):
                 continue
-            if moves + len(g.reps) > min(self.left, BATCH_MOVES):
-                break
-            batch.append(g)
-            taken.update(r.dep.key for r in g.reps)
-            moves += len(g.reps)
-            if len(batch) >= BATCH_GPUS:
-                break
-        return batch
+            result = self._empty(g)
+            if result is None:
+                continue
+            self.groups.append(_Group(key, [g], result, 1))
+            self.left -= len(result)
+            self.freed += 1
+            self.moved_deps.update(r.dep.key for r, _, _ in result)
 
-    def _try(self, key: tuple[int, ...], sources: list[Gpu], allow_new: bool) -> bool:
-        result = self._empty(sources, allow_new)
-        if result is None:
-            return False
-        steps, freed = result
-        self.groups.append(_Group(key, sources, steps, freed))
-        self.left -= len(steps)
-        self.freed += freed
-        self.moved_deps.update(r.dep.key for r, _, _ in steps)
-        return True
-
-    def _empty(
-        self, sources: list[Gpu], allow_new: bool
-    ) -> tuple[list[_Step], int] | None:  # long: one transaction
-        """Move every replica of ``sources`` into zero-cost room on other GPUs in use (``allow_new``: or onto
-        idle GPUs of nodes other than the sources'), freeing at least one GPU net; else undo and return None.
-        The sources stay held meanwhile: no target is on them, and their nodes open no GPU (their mode and
-        MIG layouts stay as they are until the moves are done)."""
+    def _empty(self, g: Gpu) -> list[_Step] | None:
+        """Move every replica of ``g`` into room on other GPUs in use, within the budget; else undo and return
+        None. The source stays held meanwhile: no target is on it. A replica that needs a MIG instance and
+        finds none free may take the instance of a cheaper replica that moves into room elsewhere first
+        (``_via_move``): two moves, the first one's source is the second one's target."""
         packer = self.packer
-        saved = [
-            (
-                g,
-                [(r, r.mech, r.prof) for r in g.reps],
-                (g.node.mode, g.node.n, g.node.fixed, g.frozen, list(g.free_inst)),
-            )
-            for g in sources
-        ]
-        reps = sorted((r for g in sources for r in g.reps), key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
+        before = [(r, r.mech, r.prof) for r in g.reps]
+        saved = (g.node.mode, g.node.n, g.node.fixed, g.frozen, list(g.free_inst))
+        reps = sorted(g.reps, key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
         for r in reps:
             packer.remove(r)
-        hidden = {}
-        if allow_new:
-            for node in {g.node.pos: g.node for g in sources}.values():
-                hidden[node.pos] = (node, node.free)
-                node.free = {}
-                packer.capacity.index_node(node)
-        ids = {g.gid for g in sources}
+        taken = {r.dep.key for r in reps}
         steps: list[_Step] = []
-        opened: set[int] = set()
         ok = True
         for r in reps:
+            assert r.cur is not None
             choice = packer.zero_cost_room(r)
-            if choice is not None and self._legal_target(choice, ids):
+            if choice is not None and self._legal_target(choice, g):
                 packer.put(r, *choice)
-            elif allow_new and packer.new_gpu(r):
-                assert r.gpu is not None and r.mech is not None
-                opened.add(r.gpu.gid)
-                choice = (r.gpu, r.mech, r.prof)
-            else:
+                steps.append((r, r.cur, choice))
+                continue
+            chain = self._via_move(r, g, taken) if len(steps) + 2 <= self.left else None
+            if chain is None:
                 ok = False
                 break
-            assert r.cur is not None
-            steps.append((r, r.cur, choice))
-        for node, free in hidden.values():
-            node.free = free
-            packer.capacity.index_node(node)
-        freed = len(sources) - len(opened)
-        if ok and freed >= 1:
-            return steps, freed
-        for r, _, _ in steps:
-            packer.remove(r)
-        for g, before, state in saved:
-            self._restore(g, before, state)
+            steps += chain
+        if ok and len(steps) <= self.left:
+            return steps
+        self._undo(steps, g)
+        self._restore(g, before, saved)
         return None
 
-    def _legal_target(self, choice: Choice, sources: set[int]) -> bool:
-        """A target on a GPU that is no source and not blocked; for MIG, a free instance of a frozen layout
-        (it exists already) or an instance of a GPU that was idle (configured before the moves)."""
+    def _via_move(self, r: Rep, source: Gpu, taken: set[str]) -> list[_Step] | None:
+        """Room for ``r`` on MIG made by moving a replica of the same or a cheaper tier out of an instance
+        ``r`` fits (into zero-cost room elsewhere): [its move, ``r``'s move], or None."""
+        packer = self.packer
+        fits = packer.share_options(r.dep).mig
+        key = r.dep.class_key()
+        if not fits or key in self.no_chain:
+            return None
+        for x in self._mig_holders(r, source, fits, taken):
+            b = x[1]
+            gpu, prof = b.gpu, b.prof
+            assert gpu is not None and b.cur is not None and r.cur is not None
+            packer.remove(b)
+            packer.put(r, gpu, MIG, prof)  # r takes the instance first, so that b looks elsewhere
+            choice = packer.zero_cost_room(b)
+            if choice is None or not self._legal_target(choice, source):
+                packer.remove(r)
+                packer.put(b, gpu, MIG, prof)
+                continue
+            packer.put(b, *choice)
+            taken.add(b.dep.key)
+            return [(b, b.cur, choice), (r, r.cur, (gpu, MIG, prof))]
+        # room is only ever taken during a run (an undone attempt leaves the state as it was), so a class that
+        # found no replica to trade places with finds none later either
+        self.no_chain.add(key)
+        return None
+
+    def _mig_holders(
+        self, r: Rep, source: Gpu, fits: dict[str, tuple[int, ...]], taken: set[str]
+    ) -> list[tuple[tuple[int, int, int], Rep]]:
+        """Replicas on frozen MIG instances that ``r`` fits, cheapest to move first (lowest tier, smallest)."""
+        out = []
+        for g in self.mig_gpus:
+            profiles = fits.get(g.key)
+            if (
+                not profiles
+                or g is source
+                or g.frozen is None
+                or len(g.reps) < 2
+                or g.gid in self.blocked
+                or r.dep.uid in g.deps
+            ):
+                continue
+            for b in g.reps:
+                if (
+                    b.prof in profiles
+                    and b.dep.rank >= r.dep.rank
+                    and b.pinned
+                    and b.gpu is b.cur_gpu
+                    and b.dep.key not in self.moved_deps
+                    and b.dep.key not in taken
+                ):
+                    out.append(((-b.dep.rank, b.dep.size, g.gid), b))
+        out.sort(key=lambda t: (t[0], t[1].dep.key, t[1].ordinal))
+        return out[:_CHAIN_TRIES]
+
+    def _undo(self, steps: list[_Step], source: Gpu) -> None:
+        """Take back ``steps`` (latest first); a replica moved out of a MIG instance to make room returns to
+        that instance (the replicas of ``source`` are put back by ``_restore``)."""
+        packer = self.packer
+        for r, src, _ in reversed(steps):
+            packer.remove(r)
+            home = r.cur_gpu
+            if home is not source and home is not None and home.geo is not None and src.mig_profile:
+                packer.put(r, home, MIG, home.geo.index[src.mig_profile])
+
+    def _legal_target(self, choice: Choice, source: Gpu) -> bool:
+        """A target on another GPU in use, not blocked; for MIG a free instance of a frozen layout (it exists
+        already: no reconfiguration of a GPU in use)."""
         target, mech, _ = choice
-        if target.gid in sources or target.gid in self.blocked:
+        if target is source or target.gid in self.blocked:
             return False
-        return mech != MIG or target.frozen is not None or target.gid in self.idle_at_start
+        return mech != MIG or target.frozen is not None
 
     def _restore(
         self, g: Gpu, before: list[tuple[Rep, Mechanism | None, int]], saved: tuple[object, ...]
@@ -338,20 +360,17 @@ class _Run:
         self.packer.capacity.index_node(node)
 
     def ordered_moves(self) -> tuple[Move, ...]:
-        """The moves, cheapest group first, cheapest move first within a group. Each target is room no other
-        move takes, and an emptied GPU is no target, so any order keeps every target free."""
+        """The moves in execution order: groups cheapest first (the order they were found in), and within a
+        group the order found (a move that makes room comes before the move into that room)."""
         out: list[Move] = []
-        for group in sorted(self.groups, key=lambda x: x.key):
+        for group in self.groups:
             where = ", ".join(f"{g.node.name}/{g.index}" for g in group.sources)
             n = len(group.steps)
-            if len(group.sources) == 1:
-                reason = f"frees GPU {where} ({n} move{'s' if n > 1 else ''})"
-            else:
-                reason = f"re-packs GPUs {where} onto fewer GPUs: frees {group.freed} ({n} moves)"
+            reason = f"frees GPU {where} ({n} move{'s' if n > 1 else ''})"
             emptied = sorted({g.node.name for g in group.sources if not g.node.used})
             if emptied:
                 reason += f"; node {', '.join(emptied)} holds no replica afterwards"
-            for r, src, choice in sorted(group.steps, key=lambda t: _move_cost(t[0], t[1])):
+            for r, src, choice in group.steps:
                 out.append(_move(r, src, choice, reason))
         return tuple(out)
 
@@ -388,26 +407,10 @@ def _cost(g: Gpu) -> tuple[int, ...]:
     return (weight, worst, len(g.reps), g.node.used, load, g.gid)
 
 
-def _fill(g: Gpu) -> float:
-    """How full a GPU in use is (0..1): MIG compute slices of its layout's instances in use, MPS clients of the
-    node's clients per GPU, time-slicing memory of its budget, 1 for a whole GPU."""
-    if g.mode == MIG and g.geo is not None:
-        return sum(g.geo.profiles[r.prof].compute_slices for r in g.reps) / g.geo.compute_slices
-    if g.node.n >= 1 and g.mode != EXCLUSIVE:
-        if g.mode == TIME_SLICING:
-            return sum(r.dep.size for r in g.reps) / g.mem
-        return len(g.reps) / g.node.n
-    return 1.0
-
-
 def _move_weight(r: Rep) -> int:
     """The cost of moving one replica: its tier's disruption (BestEffort 1, Burstable 2, Guaranteed 3), one
     more on MIG (its source instance is what a layout change needs)."""
     return DISRUPTION[r.dep.tier] + (1 if r.mech == MIG else 0)
-
-
-def _move_cost(r: Rep, src: CurrentPlacement) -> tuple[int, int, str, int]:
-    return (DISRUPTION[r.dep.tier], int(src.mechanism == MIG), r.dep.key, r.ordinal)
 
 
 def _after(cur: list[CurrentPlacement], moves: tuple[Move, ...]) -> tuple[CurrentPlacement, ...]:

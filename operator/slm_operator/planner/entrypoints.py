@@ -10,7 +10,7 @@
 
 Lower modules never import this one, so the import graph has no cycle: ``model`` and ``mig`` at the bottom,
 then ``state``, the packer (``capacity``, ``targets``, ``packer``), ``heuristic``, ``assemble``, ``exact``,
-``incremental`` and ``invariants``, then this module; ``slm_operator.planner`` re-exports it.
+``incremental``, ``consolidate`` and ``invariants``, then this module; ``slm_operator.planner`` re-exports it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ __all__ = [
     "Consolidation",
     "ConsolidationBudget",
     "ExactResult",
-    "Move",
     "IncrementalPlanner",
+    "Move",
     "apply_plan",
     "check_plan",
     "consolidate",
