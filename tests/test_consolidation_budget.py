@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from slm_operator.api.v1alpha1 import ConsolidationMove, ConsolidationPolicy, MoveOutcome, QuietWindow
 from slm_operator.contract import MOVE_ANNOTATION, PLACEMENT_ANNOTATION, PlacementRecord
+from slm_operator.planner import Move
 from slm_operator.planner.model import CurrentPlacement, Demand
 from slm_operator.reconcile.budget import (
     abandoned_recently,
@@ -29,6 +30,7 @@ from slm_operator.reconcile.moves import (
     hold_of,
     move_phase,
     planner_view,
+    startable,
 )
 from slm_operator.reconcile.world import ReplicaKey
 from slm_operator.views import PodView
@@ -211,3 +213,33 @@ def test_a_deployment_with_a_replica_not_ready_is_busy() -> None:
     assert busy_deployments([_pod(0)], [here], [demand], ()) == frozenset()
     assert busy_deployments([_pod(0, ready=False)], [here], [demand], ()) == {"ns/a"}
     assert busy_deployments([_pod(0)], [here], [demand.model_copy(update={"replicas": 2})], ()) == {"ns/a"}
+
+
+def _move(
+    dep: str, src: tuple[str, int], dst: tuple[str, int], tier: str = "Burstable", mbb: bool = True
+) -> Move:
+    def at(where: tuple[str, int]) -> CurrentPlacement:
+        return CurrentPlacement(deployment=dep, ordinal=0, node=where[0], gpu_index=where[1], mechanism="MIG")
+
+    return Move(
+        deployment=dep,
+        ordinal=0,
+        tier=tier,
+        source=at(src),
+        target=at(dst),
+        make_before_break=mbb,
+        reason="r",
+    )
+
+
+def test_moves_start_together_only_up_to_one_that_needs_an_earlier_one_done() -> None:
+    a = _move("ns/a", ("n", 0), ("n", 1))
+    b = _move("ns/b", ("n", 2), ("n", 3))
+    chained = _move("ns/c", ("n", 4), ("n", 0))  # takes the instance a leaves: only once a is done
+    d = _move("ns/d", ("n", 5), ("n", 6))
+    assert startable([a, b, chained, d], ("BestEffort",)) == (a, b)
+    no_room = _move("ns/e", ("n", 5), ("n", 6), tier="Burstable", mbb=False)
+    assert startable([a, no_room, b], ("BestEffort",)) == (a,)
+    best_effort = _move("ns/e", ("n", 5), ("n", 6), tier="BestEffort", mbb=False)
+    assert startable([a, best_effort, b], ("BestEffort",)) == (a, best_effort, b)
+    assert startable([best_effort], ()) == ()

@@ -51,6 +51,7 @@ from slm_operator.reconcile.moves import (
     is_hold,
     move_record,
     planner_view,
+    startable,
 )
 from slm_operator.reconcile.podsets import DesiredPod
 from slm_operator.reconcile.world import MoveActions, ReplicaKey, World
@@ -109,9 +110,7 @@ def plan_consolidation(
         busy=busy | abandoned_recently(history, now),
     )
     result = consolidate(policy, nodes, view.demands, view.current, budget)
-    starting = tuple(
-        m for m in result.moves if m.make_before_break or m.tier in budget.break_before_make_tiers
-    )
+    starting = startable(result.moves, budget.break_before_make_tiers)
     view = view.with_moves(
         (ReplicaKey(m.deployment, m.ordinal), m.source, m.target, m.make_before_break) for m in starting
     )

@@ -22,13 +22,14 @@ replica, an old pod whose new pod is gone is simply the replica.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from slm_operator.api.v1alpha1 import ConsolidationMove, MoveOutcome
 from slm_operator.contract import MOVE_ANNOTATION, PLACEMENT_ANNOTATION, PlacementRecord
+from slm_operator.planner import Move
 from slm_operator.planner.model import CurrentPlacement, Demand, Plan, ShareRequest
 from slm_operator.reconcile.budget import parse_time
 from slm_operator.reconcile.world import ReplicaKey
@@ -222,7 +223,9 @@ def _move_of(
         expired=expired,
     )
     if source_pod is None:
-        return None  # the old pod is gone: the new pod is simply the replica (or is going, and so is the move)
+        return (
+            None  # the old pod is gone: the new pod is simply the replica (or is going, and so is the move)
+        )
     return ReplicaMove(key, note, source, target, source_pod, target_pod, phase)
 
 
@@ -363,5 +366,18 @@ def busy_deployments(
     return frozenset(busy)
 
 
-def placed_at(moves: Mapping[ReplicaKey, CurrentPlacement]) -> dict[tuple[str, int], str]:
-    return {(k.deployment, k.ordinal): gpu_name(p) for k, p in moves.items()}
+def startable(moves: Sequence[Move], break_before_make_tiers: Sequence[str]) -> tuple[Move, ...]:
+    """The moves that start together now: the planner's moves in execution order, up to the first one that
+    cannot start yet. A move may count on room an earlier move leaves behind (its target is on an earlier
+    move's source GPU: a chain), which exists only once that move is done; and a break-before-make move of a
+    tier that may not move so is not made, nor anything after it. The rest is proposed again on a later pass."""
+    out: list[Move] = []
+    sources: set[tuple[str, int]] = set()
+    for m in moves:
+        if (m.target.node, m.target.gpu_index) in sources:
+            break
+        if not m.make_before_break and m.tier not in break_before_make_tiers:
+            break
+        out.append(m)
+        sources.add((m.source.node, m.source.gpu_index))
+    return tuple(out)
