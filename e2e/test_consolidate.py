@@ -5,6 +5,7 @@ replicas than it wants, and Argo CD's health checks call the pool and the deploy
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from typing import Any
 
@@ -65,6 +66,29 @@ def _pool_obj(cluster: Cluster, name: str) -> dict[str, Any]:
     return obj
 
 
+def _fragment(cluster: Cluster, ns: str, pool_name: str) -> dict[str, tuple[str, int]]:
+    """Seven single-replica deployments and m (two replicas) on the two L4 nodes, MPS with two clients per GPU:
+    gpu-l4-0 full, m's replica 1 alone on gpu-l4-1; then `a` (on gpu-l4-0) is deleted. Returns the placements
+    before the deletion."""
+    budget = {"enabled": True, "maxMovesPerHour": 2, "readyTimeout": "5m"}
+    spec = {
+        "sharing": {"mechanisms": ["MPS"], "mps": {"maxClientsPerGPU": 2}},
+        "disruption": {"consolidation": budget},
+    }
+    kubectl_apply(cluster, [pool(pool_name, product="NVIDIA-L4", **spec)])
+    res = {"resources": {"gpuMemory": "9Gi"}}
+    kubectl_apply(cluster, [*(dep(n, pool_name, MODEL, 1, "Burstable", **res) for n in SINGLES)], ns)
+    kubectl_apply(cluster, [dep("m", pool_name, MODEL, 2, "Burstable", **res)], ns)
+    for name in [*SINGLES, "m"]:
+        wait_ready(cluster, ns, name)
+    before = _where(cluster, ns)
+    on_second = [r for r, (node, _) in before.items() if node == NODES[1]]
+    assert on_second == ["m/1"], f"expected only m's replica 1 on {NODES[1]}: {before}"
+    assert before["a/0"][0] == NODES[0]
+    cluster.kubectl("delete", "-n", ns, "slmdeployment/a", "--wait=false")
+    return before
+
+
 def test_a_fragmented_pool_is_consolidated_make_before_break(
     cluster: Cluster,
     operator: Operator,  # noqa: F811
@@ -76,24 +100,8 @@ def test_a_fragmented_pool_is_consolidated_make_before_break(
     GPUs where a fresh plan uses 4, so m's replica 1 moves there make-before-break, and gpu-l4-1 holds nothing.
     A deployment that needs a whole GPU then gets gpu-l4-1, whose device-plugin config changes from MPS."""
     pools.append(f"consolidate-{ns}")
-    budget = {"enabled": True, "maxMovesPerHour": 2, "readyTimeout": "5m"}
-    spec = {
-        "sharing": {"mechanisms": ["MPS"], "mps": {"maxClientsPerGPU": 2}},
-        "disruption": {"consolidation": budget},
-    }
-    kubectl_apply(cluster, [pool(pools[0], product="NVIDIA-L4", **spec)])
-    res = {"resources": {"gpuMemory": "9Gi"}}
-    kubectl_apply(cluster, [*(dep(n, pools[0], MODEL, 1, "Burstable", **res) for n in SINGLES)], ns)
-    kubectl_apply(cluster, [dep("m", pools[0], MODEL, 2, "Burstable", **res)], ns)
-    for name in [*SINGLES, "m"]:
-        wait_ready(cluster, ns, name)
-    before = _where(cluster, ns)
-    on_second = [r for r, (node, _) in before.items() if node == NODES[1]]
-    assert on_second == ["m/1"], f"expected only m's replica 1 on {NODES[1]}: {before}"
-    assert before["a/0"][0] == NODES[0]
+    before = _fragment(cluster, ns, pools[0])
     labels_before = cluster.labels(NODES[1]).get(DEVICE_PLUGIN_CONFIG_LABEL)
-
-    cluster.kubectl("delete", "-n", ns, "slmdeployment/a", "--wait=false")
     wanted = {n: 1 for n in SINGLES[1:]} | {"m": 2}
     moved_pods: set[str] = set()
     healths: Counter[str] = Counter()
@@ -162,3 +170,48 @@ def test_a_fragmented_pool_is_consolidated_make_before_break(
     assert _where(cluster, ns)["big/0"][0] == NODES[1]
     assert cluster.labels(NODES[1]).get(DEVICE_PLUGIN_CONFIG_LABEL) != labels_before
     assert_pods_where_planned(cluster, ns)
+
+
+def test_an_operator_killed_mid_move_finishes_it_without_a_duplicate(
+    cluster: Cluster,
+    operator: Operator,  # noqa: F811
+    pools: list[str],  # noqa: F811
+    ns: str,
+) -> None:
+    """The operator is SIGKILLed as soon as the move's new pod exists; the one that starts next reads the move
+    from the pods, finishes it and records it once: one new pod, one move in the budget, nothing left behind."""
+    pools.append(f"restart-{ns}")
+    _fragment(cluster, ns, pools[0])
+
+    def new_pod() -> list[str] | None:
+        pods = replica_pods(cluster.core, ns, "m")
+        moving = [p for p in pods if MOVE_ANNOTATION in (p.metadata.annotations or {})]
+        return [str(p.metadata.name) for p in pods] if moving else None
+
+    at_kill = wait_for(new_pod, CONVERGE, "the move's new pod created", interval=0.05)
+    operator.kill(signal.SIGKILL)
+    operator.start()
+    print(f"pods of m when the operator was killed: {at_kill}")
+
+    def done() -> bool:
+        ready = _ready_by_deployment(cluster, ns)
+        assert ready["m"] >= 2, f"m: {ready['m']} ready < 2 while the move finishes"
+        now = _where(cluster, ns)
+        st = (_pool_obj(cluster, pools[0]).get("status") or {}).get("consolidation") or {}
+        pods = replica_pods(cluster.core, ns)
+        return (
+            len(now) == len(pods) == 8
+            and all(node == NODES[0] for node, _ in now.values())
+            and st.get("movesInFlight") == 0
+            and st.get("movesLastHour") == 1
+        )
+
+    wait_for(done, CONVERGE + 60, "the move finished by the restarted operator", interval=0.5)
+    moving = [
+        p for p in replica_pods(cluster.core, ns, "m") if MOVE_ANNOTATION in (p.metadata.annotations or {})
+    ]
+    assert len(moving) == 1 and str(moving[0].metadata.name) in at_kill, (
+        "the new pod is the one created before"
+    )
+    (record,) = _pool_obj(cluster, pools[0])["status"]["consolidation"]["recentMoves"]
+    assert (record["replica"], record["outcome"]) == (1, "Completed")
