@@ -206,6 +206,9 @@ def test_a_fragmented_pool_is_consolidated_make_before_break() -> None:
     assert d.pool_status is not None and d.pool_status.consolidation is not None
     assert d.pool_status.consolidation.moves_in_flight == 1
     assert d.pool_status.consolidation.fragmentation_ratio == "2.000"
+    assert d.pool_status.replicas_placed == 2, "the held target share is not a replica"
+    remaining = {f"apps/{x.metadata.name}" for x in sim.deps}
+    assert d.plan is not None and {x.deployment for x in d.plan.deployments} == remaining
     moved = started[0].name
     assert len([p for p in sim.pods if p["metadata"]["labels"]["slm.io/deployment"] == moved]) == 2
     _assert_healthy(sim, d)  # Argo CD: a move in flight is not a problem

@@ -327,15 +327,23 @@ def held_in_plan(plan: Plan, key: ReplicaKey, where: CurrentPlacement) -> bool:
 
 
 def without_holds(plan: Plan) -> Plan:
-    """The plan as users see it (statuses, metrics): holds are not deployments."""
-    return plan.model_copy(
+    """The plan as users see it (statuses, metrics): holds are not deployments, nor replicas to count (their
+    shares stay on their GPUs: a pod still occupies them)."""
+    holds = [d for d in plan.deployments if is_hold(d.deployment)]
+    if not holds:
+        return plan
+    desired, placed = sum(d.desired for d in holds), sum(d.placed for d in holds)
+    p = plan.pool
+    pool = p.model_copy(
         update={
-            "deployments": tuple(d for d in plan.deployments if not is_hold(d.deployment)),
-            "pool": plan.pool.model_copy(
-                update={"evictions": tuple(e for e in plan.pool.evictions if not is_hold(e.deployment))}
-            ),
+            "evictions": tuple(e for e in p.evictions if not is_hold(e.deployment)),
+            "replicas_desired": p.replicas_desired - desired,
+            "replicas_placed": p.replicas_placed - placed,
+            "replicas_unplaced": p.replicas_unplaced - (desired - placed),
         }
     )
+    deployments = tuple(d for d in plan.deployments if not is_hold(d.deployment))
+    return plan.model_copy(update={"deployments": deployments, "pool": pool})
 
 
 def busy_deployments(
