@@ -351,3 +351,22 @@ def test_consolidation_on_a_churned_benchmark_pool() -> None:
     c = consolidate(w.policy, nodes2, dem, cur, budget)
     assert c.moves, "a churned pool has GPUs to free"
     _check(w.policy, nodes2, dem, cur, c, budget)
+
+
+def test_churn_replay_rows() -> None:
+    """The benchmark's churn replay (bench/churn.py) at 100 GPUs, 3 rounds: one row per round and method, the
+    consolidation moves within the 2 % budget, and a re-plan after them moves nothing."""
+    from bench.churn import run_churn
+
+    rows = run_churn(pool=100, seed=3, rounds=3)
+    assert [(r["method"], r["round"]) for r in rows] == [
+        ("churn", 0),
+        ("churn-consolidated", 0),
+        *[(m, k) for k in (1, 2, 3) for m in ("churn", "churn-consolidated")],
+    ]
+    for r in rows:
+        assert {"gpusUsed", "gpusFresh", "replicasMoved"} <= set(r)
+        if r["method"] == "churn-consolidated" and r["round"]:
+            assert r["consolidationMoves"] <= r["maxMoves"] == int(r["runningReplicas"] * 0.02)
+            assert r["replanMovedAfterConsolidation"] == 0
+            assert r["gpusUsed"] <= r["gpusBeforeConsolidation"]
