@@ -17,6 +17,7 @@ from slm_operator.planner import (
     MigInstance,
     NodeInventory,
     PoolPolicy,
+    ShareRequest,
     apply_plan,
     check_plan,
     consolidate,
@@ -158,6 +159,37 @@ def test_a_cheaper_replica_makes_room_on_mig_first() -> None:
     _check(POLICY, nodes, dem, cur, c, budget)
     # with room for one move only, nothing moves: a move that frees nothing is not made
     assert consolidate(POLICY, nodes, dem, cur, budget.model_copy(update={"max_moves": 1})).moves == ()
+
+
+def test_a_cheaper_replica_makes_room_on_mps_first() -> None:
+    """The same with MPS: the only client slot that holds the Burstable replica is a BestEffort replica's, which
+    moves to a time-sliced GPU first."""
+    mps = NodeInventory(
+        name="mps",
+        gpus=tuple(GpuInventory(index=i, model="H100-80GB") for i in range(2)),
+        sharing="MPS",
+        sharing_replicas=2,
+    )
+    nodes = [mps, _ts_node("ts", 1)]
+    dem = [
+        demand("ns/u0", "Burstable", 1, 20),
+        demand("ns/u1", "Burstable", 1, 20),
+        demand("ns/b", "BestEffort", 1, 6),
+        demand("ns/t", "BestEffort", 1, 12, share=ShareRequest(mechanism="TimeSlicing")),
+    ]
+    cur = [
+        _at("ns/u1", 0, "mps", 0, "MPS"),
+        _at("ns/b", 0, "mps", 0, "MPS"),
+        _at("ns/u0", 0, "mps", 1, "MPS"),
+        _at("ns/t", 0, "ts", 0, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.node, m.target.gpu_index, m.target.mechanism) for m in c.moves] == [
+        ("ns/b", "ts", 0, "TimeSlicing"),
+        ("ns/u0", "mps", 0, "MPS"),
+    ]
+    _check(POLICY, nodes, dem, cur, c, budget)
 
 
 def test_repartition_never_moves_only_into_existing_instances() -> None:
