@@ -192,6 +192,27 @@ def test_a_cheaper_replica_makes_room_on_mps_first() -> None:
     _check(POLICY, nodes, dem, cur, c, budget)
 
 
+def test_a_smaller_replica_makes_room_on_a_time_sliced_gpu_first() -> None:
+    """A 35 GiB replica fits no time-sliced GPU's room; a 10 GiB replica leaves one for another GPU's room first."""
+    nodes = [_ts_node("ts", 3)]
+    dem = [
+        demand("ns/a", "BestEffort", 1, 40),
+        demand("ns/b", "BestEffort", 1, 10),
+        demand("ns/c", "BestEffort", 1, 35),
+        demand("ns/d", "BestEffort", 1, 60),
+    ]
+    cur = [
+        _at("ns/a", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/c", 0, "ts", 1, "TimeSlicing"),
+        _at("ns/d", 0, "ts", 2, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.gpu_index) for m in c.moves] == [("ns/b", 2), ("ns/c", 0)]
+    _check(POLICY, nodes, dem, cur, c, budget)
+
+
 def test_repartition_never_moves_only_into_existing_instances() -> None:
     """A MIG GPU whose frozen layout has no free instance of a fitting profile takes no replica: the Guaranteed
     replicas stay where they are (no reconfiguration of a GPU in use)."""

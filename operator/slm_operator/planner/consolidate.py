@@ -9,8 +9,8 @@ chooses a small set of moves that empty whole GPUs, cheapest first, within the b
 How: the running replicas are pinned as in a re-plan (``state.build_context``, MIG layouts of GPUs in use
 frozen even under ``repartition: Allowed``, so a target is always an instance that exists already), and the
 packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
-another GPU in use; a replica that finds none may take the MIG instance or MPS client slot of a replica of
-the same or a cheaper tier that moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
+another GPU in use; a replica that finds none may take the MIG instance, MPS client slot or time-slicing room
+of a replica of the same or a cheaper tier that moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
 of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
 Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
@@ -31,9 +31,9 @@ from pydantic import Field
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
-from slm_operator.planner.packer import Choice, Packer, PackerOptions
+from slm_operator.planner.packer import Choice, Packer, PackerOptions, ShareOptions
 from slm_operator.planner.state import Context, Gpu, Rep, build_context, mps_cap
-from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, Mechanism
+from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism
 
 #: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
 MAX_MOVES_PER_GPU = 16
@@ -177,7 +177,8 @@ class _Run:
         self.trade_gpus = [
             g
             for g in ctx.gpus
-            if g.role == ROLE_POOL and ((g.mode == MIG and g.frozen is not None) or g.mode == MPS)
+            if g.role == ROLE_POOL
+            and ((g.mode == MIG and g.frozen is not None) or g.mode in (MPS, TIME_SLICING))
         ]
         self.groups: list[_Group] = []
         #: replica classes for which ``_via_move`` found nothing
@@ -241,7 +242,7 @@ class _Run:
     def _empty(self, g: Gpu) -> list[_Step] | None:
         """Move every replica of ``g`` into room on other GPUs in use, within the budget; else undo and return
         None. The source stays held meanwhile: no target is on it. A replica that finds no room may take the
-        MIG instance or MPS client slot of a cheaper replica that moves into room elsewhere first
+        MIG instance, MPS client slot or time-slicing room of a cheaper replica that moves into room elsewhere first
         (``_via_move``): two moves, the first one's source is the second one's target."""
         packer = self.packer
         before = [(r, r.mech, r.prof) for r in g.reps]
@@ -272,14 +273,14 @@ class _Run:
 
     def _via_move(self, r: Rep, source: Gpu, taken: set[str]) -> list[_Step] | None:
         """Room for ``r`` made by moving a replica of the same or a cheaper tier out of a share ``r`` fits (a
-        MIG instance of a fitting profile, an MPS client slot whose cap holds it) into zero-cost room
-        elsewhere: [its move, ``r``'s move], or None."""
+        MIG instance of a fitting profile, an MPS client slot whose cap holds it, time-slicing room) into
+        zero-cost room elsewhere: [its move, ``r``'s move], or None."""
         packer = self.packer
         o = packer.share_options(r.dep)
         key = r.dep.class_key()
-        if not (o.mig or o.mps) or key in self.no_chain:
+        if not (o.mig or o.mps or o.ts) or key in self.no_chain:
             return None
-        for b in self._holders(r, source, o.mig, o.mps, taken):
+        for b in self._holders(r, source, o, taken):
             gpu, mech, prof = b.gpu, b.mech, b.prof
             assert gpu is not None and mech is not None and b.cur is not None and r.cur is not None
             packer.remove(b)
@@ -301,12 +302,14 @@ class _Run:
         self,
         r: Rep,
         source: Gpu,
-        mig: dict[str, tuple[int, ...]],
-        mps: dict[str, int],
+        o: ShareOptions,
         taken: set[str],
     ) -> list[Rep]:
-        """Replicas whose share ``r`` fits (frozen MIG instances, MPS client slots), cheapest to move first
-        (lowest tier, smallest), on GPUs that keep another replica (their layout and mode stay)."""
+        """Replicas whose share ``r`` fits (frozen MIG instances, MPS client slots, a time-sliced GPU's room once
+        they leave), cheapest to move first (lowest tier, smallest), on GPUs that keep another replica (their
+        layout and mode stay)."""
+        mig, mps = o.mig, o.mps
+        ts_capacity = self.packer.capacity.ts_capacity
         out = []
         for g in self.trade_gpus:
             if g is source or len(g.reps) < 2 or g.gid in self.blocked or r.dep.uid in g.deps:
@@ -316,11 +319,15 @@ class _Run:
                 profiles = mig.get(g.key, ())
                 if not profiles or g.frozen is None:
                     continue
+            elif g.mode == TIME_SLICING:
+                if g.key not in o.ts:
+                    continue
             elif not (g.key in mps and mps[g.key] >= g.node.n and mps_cap(g.mem_mib, g.node.n) >= r.dep.size):
                 continue
             for b in g.reps:
                 if (
                     (g.mode != MIG or b.prof in profiles)
+                    and (g.mode != TIME_SLICING or g.ts_used - b.dep.size + r.dep.size <= ts_capacity[g.gid])
                     and b.dep.rank >= r.dep.rank
                     and b.pinned
                     and b.gpu is b.cur_gpu
