@@ -17,6 +17,7 @@ from slm_operator.planner import (
     MigInstance,
     NodeInventory,
     PoolPolicy,
+    ShareRequest,
     apply_plan,
     check_plan,
     consolidate,
@@ -158,6 +159,58 @@ def test_a_cheaper_replica_makes_room_on_mig_first() -> None:
     _check(POLICY, nodes, dem, cur, c, budget)
     # with room for one move only, nothing moves: a move that frees nothing is not made
     assert consolidate(POLICY, nodes, dem, cur, budget.model_copy(update={"max_moves": 1})).moves == ()
+
+
+def test_a_cheaper_replica_makes_room_on_mps_first() -> None:
+    """The same with MPS: the only client slot that holds the Burstable replica is a BestEffort replica's, which
+    moves to a time-sliced GPU first."""
+    mps = NodeInventory(
+        name="mps",
+        gpus=tuple(GpuInventory(index=i, model="H100-80GB") for i in range(2)),
+        sharing="MPS",
+        sharing_replicas=2,
+    )
+    nodes = [mps, _ts_node("ts", 1)]
+    dem = [
+        demand("ns/u0", "Burstable", 1, 20),
+        demand("ns/u1", "Burstable", 1, 20),
+        demand("ns/b", "BestEffort", 1, 6),
+        demand("ns/t", "BestEffort", 1, 12, share=ShareRequest(mechanism="TimeSlicing")),
+    ]
+    cur = [
+        _at("ns/u1", 0, "mps", 0, "MPS"),
+        _at("ns/b", 0, "mps", 0, "MPS"),
+        _at("ns/u0", 0, "mps", 1, "MPS"),
+        _at("ns/t", 0, "ts", 0, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.node, m.target.gpu_index, m.target.mechanism) for m in c.moves] == [
+        ("ns/b", "ts", 0, "TimeSlicing"),
+        ("ns/u0", "mps", 0, "MPS"),
+    ]
+    _check(POLICY, nodes, dem, cur, c, budget)
+
+
+def test_a_smaller_replica_makes_room_on_a_time_sliced_gpu_first() -> None:
+    """A 35 GiB replica fits no time-sliced GPU's room; a 10 GiB replica leaves one for another GPU's room first."""
+    nodes = [_ts_node("ts", 3)]
+    dem = [
+        demand("ns/a", "BestEffort", 1, 40),
+        demand("ns/b", "BestEffort", 1, 10),
+        demand("ns/c", "BestEffort", 1, 35),
+        demand("ns/d", "BestEffort", 1, 60),
+    ]
+    cur = [
+        _at("ns/a", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/c", 0, "ts", 1, "TimeSlicing"),
+        _at("ns/d", 0, "ts", 2, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.gpu_index) for m in c.moves] == [("ns/b", 2), ("ns/c", 0)]
+    _check(POLICY, nodes, dem, cur, c, budget)
 
 
 def test_repartition_never_moves_only_into_existing_instances() -> None:
@@ -351,3 +404,22 @@ def test_consolidation_on_a_churned_benchmark_pool() -> None:
     c = consolidate(w.policy, nodes2, dem, cur, budget)
     assert c.moves, "a churned pool has GPUs to free"
     _check(w.policy, nodes2, dem, cur, c, budget)
+
+
+def test_churn_replay_rows() -> None:
+    """The benchmark's churn replay (bench/churn.py) at 100 GPUs, 3 rounds: one row per round and method, the
+    consolidation moves within the 2 % budget, and a re-plan after them moves nothing."""
+    from bench.churn import run_churn
+
+    rows = run_churn(pool=100, seed=3, rounds=3)
+    assert [(r["method"], r["round"]) for r in rows] == [
+        ("churn", 0),
+        ("churn-consolidated", 0),
+        *[(m, k) for k in (1, 2, 3) for m in ("churn", "churn-consolidated")],
+    ]
+    for r in rows:
+        assert {"gpusUsed", "gpusFresh", "replicasMoved"} <= set(r)
+        if r["method"] == "churn-consolidated" and r["round"]:
+            assert r["consolidationMoves"] <= r["maxMoves"] == int(r["runningReplicas"] * 0.02)
+            assert r["replanMovedAfterConsolidation"] == 0
+            assert r["gpusUsed"] <= r["gpusBeforeConsolidation"]

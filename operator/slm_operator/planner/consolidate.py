@@ -9,8 +9,8 @@ chooses a small set of moves that empty whole GPUs, cheapest first, within the b
 How: the running replicas are pinned as in a re-plan (``state.build_context``, MIG layouts of GPUs in use
 frozen even under ``repartition: Allowed``, so a target is always an instance that exists already), and the
 packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
-another GPU in use; a replica that needs a MIG instance may take one whose replica (same or cheaper tier)
-moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
+another GPU in use; a replica that finds none may take the MIG instance, MPS client slot or time-slicing room
+of a replica of the same or a cheaper tier that moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
 of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
 Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
@@ -31,13 +31,13 @@ from pydantic import Field
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
-from slm_operator.planner.packer import Choice, Packer, PackerOptions
-from slm_operator.planner.state import Context, Gpu, Rep, build_context
-from slm_operator.planner.vocabulary import DISRUPTION, MIG, ROLE_POOL, Mechanism
+from slm_operator.planner.packer import Choice, Packer, PackerOptions, ShareOptions
+from slm_operator.planner.state import Context, Gpu, Rep, build_context, mps_cap
+from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism
 
 #: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
 MAX_MOVES_PER_GPU = 16
-#: replicas tried per move that makes room on MIG (``_Run._via_move``)
+#: replicas tried per move that makes room for another (``_Run._via_move``)
 _CHAIN_TRIES = 8
 
 
@@ -173,9 +173,12 @@ class _Run:
         self.freed = 0
         self.moved_deps: set[str] = set(budget.busy)
         self.nodes_in_use = {n.name for n in ctx.nodes if n.used}
-        #: GPUs with a frozen MIG layout (a replica there may make room for another: ``_via_move``)
-        self.mig_gpus = [
-            g for g in ctx.gpus if g.mode == MIG and g.frozen is not None and g.role == ROLE_POOL
+        #: GPUs with a frozen MIG layout or MPS clients (a replica there may make room for another: ``_via_move``)
+        self.trade_gpus = [
+            g
+            for g in ctx.gpus
+            if g.role == ROLE_POOL
+            and ((g.mode == MIG and g.frozen is not None) or g.mode in (MPS, TIME_SLICING))
         ]
         self.groups: list[_Group] = []
         #: replica classes for which ``_via_move`` found nothing
@@ -238,8 +241,8 @@ class _Run:
 
     def _empty(self, g: Gpu) -> list[_Step] | None:
         """Move every replica of ``g`` into room on other GPUs in use, within the budget; else undo and return
-        None. The source stays held meanwhile: no target is on it. A replica that needs a MIG instance and
-        finds none free may take the instance of a cheaper replica that moves into room elsewhere first
+        None. The source stays held meanwhile: no target is on it. A replica that finds no room may take the
+        MIG instance, MPS client slot or time-slicing room of a cheaper replica that moves into room elsewhere first
         (``_via_move``): two moves, the first one's source is the second one's target."""
         packer = self.packer
         before = [(r, r.mech, r.prof) for r in g.reps]
@@ -269,70 +272,85 @@ class _Run:
         return None
 
     def _via_move(self, r: Rep, source: Gpu, taken: set[str]) -> list[_Step] | None:
-        """Room for ``r`` on MIG made by moving a replica of the same or a cheaper tier out of an instance
-        ``r`` fits (into zero-cost room elsewhere): [its move, ``r``'s move], or None."""
+        """Room for ``r`` made by moving a replica of the same or a cheaper tier out of a share ``r`` fits (a
+        MIG instance of a fitting profile, an MPS client slot whose cap holds it, time-slicing room) into
+        zero-cost room elsewhere: [its move, ``r``'s move], or None."""
         packer = self.packer
-        fits = packer.share_options(r.dep).mig
+        o = packer.share_options(r.dep)
         key = r.dep.class_key()
-        if not fits or key in self.no_chain:
+        if not (o.mig or o.mps or o.ts) or key in self.no_chain:
             return None
-        for x in self._mig_holders(r, source, fits, taken):
-            b = x[1]
-            gpu, prof = b.gpu, b.prof
-            assert gpu is not None and b.cur is not None and r.cur is not None
+        for b in self._holders(r, source, o, taken):
+            gpu, mech, prof = b.gpu, b.mech, b.prof
+            assert gpu is not None and mech is not None and b.cur is not None and r.cur is not None
             packer.remove(b)
-            packer.put(r, gpu, MIG, prof)  # r takes the instance first, so that b looks elsewhere
+            packer.put(r, gpu, mech, prof)  # r takes the share first, so that b looks elsewhere
             choice = packer.zero_cost_room(b)
-            if choice is None or not self._legal_target(choice, source):
+            if choice is None or choice[0] is gpu or not self._legal_target(choice, source):
                 packer.remove(r)
-                packer.put(b, gpu, MIG, prof)
+                packer.put(b, gpu, mech, prof)
                 continue
             packer.put(b, *choice)
             taken.add(b.dep.key)
-            return [(b, b.cur, choice), (r, r.cur, (gpu, MIG, prof))]
+            return [(b, b.cur, choice), (r, r.cur, (gpu, mech, prof))]
         # room is only ever taken during a run (an undone attempt leaves the state as it was), so a class that
         # found no replica to trade places with finds none later either
         self.no_chain.add(key)
         return None
 
-    def _mig_holders(
-        self, r: Rep, source: Gpu, fits: dict[str, tuple[int, ...]], taken: set[str]
-    ) -> list[tuple[tuple[int, int, int], Rep]]:
-        """Replicas on frozen MIG instances that ``r`` fits, cheapest to move first (lowest tier, smallest)."""
+    def _holders(
+        self,
+        r: Rep,
+        source: Gpu,
+        o: ShareOptions,
+        taken: set[str],
+    ) -> list[Rep]:
+        """Replicas whose share ``r`` fits (frozen MIG instances, MPS client slots, a time-sliced GPU's room once
+        they leave), cheapest to move first (lowest tier, smallest), on GPUs that keep another replica (their
+        layout and mode stay)."""
+        mig, mps = o.mig, o.mps
+        ts_capacity = self.packer.capacity.ts_capacity
         out = []
-        for g in self.mig_gpus:
-            profiles = fits.get(g.key)
-            if (
-                not profiles
-                or g is source
-                or g.frozen is None
-                or len(g.reps) < 2
-                or g.gid in self.blocked
-                or r.dep.uid in g.deps
-            ):
+        for g in self.trade_gpus:
+            if g is source or len(g.reps) < 2 or g.gid in self.blocked or r.dep.uid in g.deps:
+                continue
+            profiles: tuple[int, ...] = ()
+            if g.mode == MIG:
+                profiles = mig.get(g.key, ())
+                if not profiles or g.frozen is None:
+                    continue
+            elif g.mode == TIME_SLICING:
+                if g.key not in o.ts:
+                    continue
+            elif not (g.key in mps and mps[g.key] >= g.node.n and mps_cap(g.mem_mib, g.node.n) >= r.dep.size):
                 continue
             for b in g.reps:
                 if (
-                    b.prof in profiles
+                    (g.mode != MIG or b.prof in profiles)
+                    and (g.mode != TIME_SLICING or g.ts_used - b.dep.size + r.dep.size <= ts_capacity[g.gid])
                     and b.dep.rank >= r.dep.rank
                     and b.pinned
                     and b.gpu is b.cur_gpu
                     and b.dep.key not in self.moved_deps
                     and b.dep.key not in taken
                 ):
-                    out.append(((-b.dep.rank, b.dep.size, g.gid), b))
-        out.sort(key=lambda t: (t[0], t[1].dep.key, t[1].ordinal))
-        return out[:_CHAIN_TRIES]
+                    out.append(((-b.dep.rank, b.dep.size, g.gid, b.dep.key, b.ordinal), b))
+        out.sort(key=lambda t: t[0])
+        return [b for _, b in out[:_CHAIN_TRIES]]
 
     def _undo(self, steps: list[_Step], source: Gpu) -> None:
-        """Take back ``steps`` (latest first); a replica moved out of a MIG instance to make room returns to
-        that instance (the replicas of ``source`` are put back by ``_restore``)."""
+        """Take back ``steps`` (latest first); a replica moved out of its share to make room returns to it (the
+        replicas of ``source`` are put back by ``_restore``)."""
         packer = self.packer
         for r, src, _ in reversed(steps):
             packer.remove(r)
             home = r.cur_gpu
-            if home is not source and home is not None and home.geo is not None and src.mig_profile:
+            if home is source or home is None:
+                continue
+            if src.mechanism == MIG and home.geo is not None and src.mig_profile:
                 packer.put(r, home, MIG, home.geo.index[src.mig_profile])
+            else:
+                packer.put(r, home, Mechanism(src.mechanism), -1)
 
     def _legal_target(self, choice: Choice, source: Gpu) -> bool:
         """A target on another GPU in use, not blocked; for MIG a free instance of a frozen layout (it exists

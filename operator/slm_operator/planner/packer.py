@@ -663,11 +663,6 @@ class Packer:
         replicas and not the deployment (``consolidate.py`` moves running replicas into it), or None."""
         return self._zero_cost(r, self.share_options(r.dep), same_gpu_ok=False)
 
-    def new_gpu(self, r: Rep) -> bool:
-        """Open a new GPU for a replica that is off its GPU, with the best new-GPU option of its class
-        (``consolidate.py`` re-packs the replicas of lightly used GPUs)."""
-        return self._new_gpu(r, self.share_options(r.dep).news)
-
     def put(self, r: Rep, g: Gpu, mech: Mechanism, prof: int) -> None:
         """Attach a replica to a share of ``g`` and re-index the GPU (``consolidate.py``)."""
         self._put(r, g, mech, prof)
