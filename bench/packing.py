@@ -6,6 +6,9 @@
 Every (pool, method) runs in its own subprocess, so that planning time and peak memory are measured alone:
 ``planSeconds`` is wall time of the method only (the workload is generated before the clock starts) and
 ``peakMemoryMiB`` is the growth of the subprocess's peak RSS (``resource.getrusage``) during the method.
+After the pools, the churn replay (``bench/churn.py``, skipped with ``--no-churn``): the 1,000-GPU pool
+through 10 rounds of 10 % change, re-planned the operator's way (``method: "churn"``) and with consolidation
+under a disruption budget (``method: "churn-consolidated"``), one row per round.
 Rows go to the JSON file named by ``BENCH_OUT`` (default ``bench/out/results.json``); docs/benchmarks.md
 explains every column and records the measured numbers.
 """
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.churn import report as churn_report
+from bench.churn import run_churn
 from bench.workloads import Workload, agentic_mix, change_demands
 
 POOLS = (10, 100, 1000, 10000)
@@ -38,6 +43,8 @@ METHODS = (
 #: small pools where the exact solver can prove optimality: (GPUs, replicas per GPU)
 EXACT_POOLS = ((4, 2.0), (8, 2.0))
 SEED = 1
+#: the churn replay's seed (issue 16 measured the drift on seed 3)
+CHURN_SEED = 3
 
 
 def _rss_mib() -> float:
@@ -251,7 +258,7 @@ def run_incremental(pool: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _subprocess(args: list[str], timeout: float) -> dict[str, Any]:
+def _subprocess(args: list[str], timeout: float) -> Any:
     cmd = [sys.executable, "-m", "bench.packing", *args]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ)
@@ -261,7 +268,7 @@ def _subprocess(args: list[str], timeout: float) -> dict[str, Any]:
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -282,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "--one", nargs=5, metavar=("POOL", "METHOD", "SEED", "RPG", "BUDGET"), help=argparse.SUPPRESS
     )
     ap.add_argument("--incremental", nargs=2, metavar=("POOL", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("--churn", nargs=2, metavar=("POOL", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-churn", action="store_true", help="skip the churn replay (bench/churn.py)")
     args = ap.parse_args(argv)
     if args.one:
         pool, method, seed, rpg, budget = args.one
@@ -289,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.incremental:
         print(json.dumps(run_incremental(int(args.incremental[0]), int(args.incremental[1]))))
+        return 0
+    if args.churn:
+        print(json.dumps(run_churn(int(args.churn[0]), int(args.churn[1]))))
         return 0
     pools = (
         tuple(int(p) for p in args.pools.split(",")) if args.pools else (QUICK_POOLS if args.quick else POOLS)
@@ -322,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     inc_pool = 1000 if 1000 in pools else max(pools)
     inc = _subprocess(["--incremental", str(inc_pool), str(args.seed)], timeout=600)
     rows.append(inc)
+    if not args.no_churn:
+        # churn replay: 10 rounds of 10 % change, stable re-plan vs consolidation (bench/churn.py; seed 3 as in
+        # issue 16); a JSON list of rows, one per round and method
+        churn = _subprocess(["--churn", str(inc_pool), str(CHURN_SEED)], timeout=1200)
+        rows.extend(churn)
     total = time.perf_counter() - started
     out = Path(os.environ.get("BENCH_OUT", "bench/out/results.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +361,7 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     by: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        if "method" in r and r.get("method") != "slm-operator-incremental":
+        if "method" in r and r.get("method") != "slm-operator-incremental" and "round" not in r:
             by.setdefault((r["workload"], r["poolGPUs"], r.get("seed", SEED)), {})[r["method"]] = r
     hdr = (
         f"{'workload':<24} {'GPUs':>6} {'method':<22} {'used':>6} {'placed':>13} {'viol':>5} {'util':>6} "
@@ -401,6 +418,9 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     f"{o.get('violations', 0)} illegal)"
                 )
         lines.append("  " + "; ".join(parts))
+    if any(str(r.get("method", "")).startswith("churn") for r in rows):
+        lines.append("")
+        lines.append(churn_report(rows))
     for r in rows:
         if r.get("method") == "slm-operator-incremental":
             lines.append("")

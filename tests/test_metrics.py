@@ -20,7 +20,7 @@ from slm_operator.agent.pods import pod_shares
 from slm_operator.agent.read import read_inventory
 from slm_operator.capture import Capture
 from slm_operator.gateway.metrics import GatewayMetrics
-from slm_operator.metrics import OperatorMetrics, parse_listen, serve, split_deployment
+from slm_operator.metrics import Fragmentation, OperatorMetrics, parse_listen, serve, split_deployment
 from slm_operator.planner import (
     Demand,
     Eviction,
@@ -284,7 +284,8 @@ def _families(registry: CollectorRegistry) -> dict[str, str]:
 
 def _all_families(plan: Plan) -> dict[str, str]:
     m = OperatorMetrics(CollectorRegistry())
-    m.observe_plan("p1", plan, 0.01, POLICY)
+    m.observe_plan("p1", plan, 0.01, POLICY, Fragmentation(1.5, 2, 1))
+    m.count_moves("p1", {"Completed": 1}, 1)
     m.observe_reconcile("GPUPool", 0.01)
     m.count_eviction("Defragmentation", "Burstable")
     m.count_yield("ReservationClaimed", "BestEffort")
@@ -415,3 +416,17 @@ def test_dashboard_uses_only_existing_metrics(plan: Plan) -> None:
     doc = DOC.read_text()
     for title in titles:
         assert title in doc, f"panel {title!r} is not described in docs/observability.md"
+
+
+def test_fragmentation_gauges_follow_the_pool_and_go_with_it(plan: Plan) -> None:
+    """The fragmentation ratio is a gauge per pool, set with the plan, and removed when the pool is."""
+    reg = CollectorRegistry()
+    m = OperatorMetrics(reg)
+    m.observe_plan("p1", plan, 0.01, POLICY, Fragmentation(1.25, 4, 1))
+    assert reg.get_sample_value("slm_pool_fragmentation_ratio", {"pool": "p1"}) == 1.25
+    assert reg.get_sample_value("slm_pool_gpus_fresh", {"pool": "p1"}) == 4
+    m.count_moves("p1", {"Completed": 2, "Abandoned": 1}, 1)
+    assert reg.get_sample_value("slm_consolidation_moves_total", {"pool": "p1", "outcome": "Completed"}) == 2
+    assert reg.get_sample_value("slm_consolidation_gpus_freed_total", {"pool": "p1"}) == 1
+    m.forget_pool("p1")
+    assert reg.get_sample_value("slm_pool_fragmentation_ratio", {"pool": "p1"}) is None

@@ -49,6 +49,9 @@ BORROWED_RESERVATION_LABEL: Final = "slm.io/borrowed-reservation"
 
 # ------------------------------------------------------------------------------------------ slm.io annotations
 PLACEMENT_ANNOTATION: Final = "slm.io/placement"  # on replica pods: PlacementRecord as JSON
+#: on the new pod of a consolidation move: the move's state (the pod it replaces, when it started, why), so that
+#: a restarted operator finishes or abandons the move (reconcile/moves.py)
+MOVE_ANNOTATION: Final = "slm.io/move"
 SPEC_HASH_ANNOTATION: Final = "slm.io/spec-hash"  # on replica pods: what needs a new pod (model, runtime…)
 ADAPTER_ANNOTATION: Final = "slm.io/promoted-adapter"  # on SLMDeployments: the adapter a FineTuneJob promoted
 #: on SLMDeployments, written with ADAPTER_ANNOTATION by the FineTuneJob controller, read by render: the

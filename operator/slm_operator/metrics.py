@@ -10,6 +10,8 @@ registry. The module-level functions act on the default instance ``METRICS``:
 * around each handler: ``observe_reconcile(resource, seconds)`` or ``with time_reconcile(resource): ...``;
 * when the shell deletes a replica pod the plan evicted: ``count_eviction(reason, tier)`` (moved elsewhere) or
   ``count_yield(reason, tier)`` (no new place), or ``count_plan_eviction(eviction)`` which picks one;
+* after a pass whose consolidation moves started, completed or were abandoned: ``count_moves(pool_name,
+  outcomes, gpus_freed)`` (the fragmentation gauges come with ``observe_plan(..., fragmentation=...)``);
 * on a failed API call: ``count_api_error(verb, code)``;
 * at start-up: ``serve("127.0.0.1:8000")``.
 
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -37,6 +40,15 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 PLAN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _Labels = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fragmentation:
+    """How far a pool's placement is from a fresh plan (``status.consolidation``)."""
+
+    ratio: float  # GPUs used / GPUs a fresh plan uses
+    gpus_fresh: int
+    moves_in_flight: int
 
 
 def split_deployment(key: str) -> tuple[str, str]:
@@ -186,6 +198,38 @@ class OperatorMetrics:
             [],
             registry=r,
         )
+        self.fragmentation_ratio = Gauge(
+            "slm_pool_fragmentation_ratio",
+            "GPUs the pool's current placement uses divided by the GPUs a fresh plan of the same demand uses "
+            "(1 = no fragmentation; consolidation acts above 1 + thresholdPercent/100)",
+            ["pool"],
+            registry=r,
+        )
+        self.gpus_fresh = Gauge(
+            "slm_pool_gpus_fresh",
+            "GPUs a fresh plan of the pool's demand would use (no running replica kept where it is)",
+            ["pool"],
+            registry=r,
+        )
+        self.consolidation_in_flight = Gauge(
+            "slm_consolidation_moves_in_flight",
+            "Consolidation moves whose new replica is not Ready yet",
+            ["pool"],
+            registry=r,
+        )
+        self.consolidation_moves = Counter(
+            "slm_consolidation_moves",
+            "Consolidation moves by outcome (Completed, Abandoned, InFlight = started make-before-break, "
+            "BreakBeforeMake = started break-before-make)",
+            ["pool", "outcome"],
+            registry=r,
+        )
+        self.consolidation_gpus_freed = Counter(
+            "slm_consolidation_gpus_freed",
+            "GPUs a completed consolidation move left without any replica",
+            ["pool"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         #: pool -> gauge -> label tuples set by the pool's last observe_plan
         self._series: dict[str, dict[Gauge, set[_Labels]]] = {}
@@ -193,9 +237,15 @@ class OperatorMetrics:
     # ------------------------------------------------------------------------------------- plan gauges
 
     def observe_plan(
-        self, pool_name: str, plan: Plan, seconds: float, policy: PoolPolicy | None = None
+        self,
+        pool_name: str,
+        plan: Plan,
+        seconds: float,
+        policy: PoolPolicy | None = None,
+        fragmentation: Fragmentation | None = None,
     ) -> None:
-        """Record one plan of pool ``pool_name`` that took ``seconds`` to compute."""
+        """Record one plan of pool ``pool_name`` that took ``seconds`` to compute (and how far it is from a
+        fresh plan, when the pass compared)."""
         self.plan_duration.labels(pool_name).observe(seconds)
         seen: dict[Gauge, dict[_Labels, float]] = {}
 
@@ -246,7 +296,24 @@ class OperatorMetrics:
             evictions[key] = evictions.get(key, 0) + 1
         for labels, n in evictions.items():
             put(self.planned_evictions, labels, n)
+        self._put_fragmentation(put, pool_name, fragmentation)
         self._replace_series(pool_name, seen)
+
+    def _put_fragmentation(
+        self, put: Callable[[Gauge, _Labels, float], None], pool_name: str, f: Fragmentation | None
+    ) -> None:
+        if f is not None:
+            put(self.fragmentation_ratio, (pool_name,), f.ratio)
+            put(self.gpus_fresh, (pool_name,), f.gpus_fresh)
+            put(self.consolidation_in_flight, (pool_name,), f.moves_in_flight)
+
+    def count_moves(self, pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) -> None:
+        """Consolidation moves a pass started, completed or abandoned, and the GPUs its completed moves left
+        empty."""
+        for outcome, n in outcomes.items():
+            self.consolidation_moves.labels(pool_name, outcome).inc(n)
+        if gpus_freed:
+            self.consolidation_gpus_freed.labels(pool_name).inc(gpus_freed)
 
     def forget_pool(self, pool_name: str) -> None:
         """Remove every gauge series of a deleted pool (its histogram keeps its history)."""
@@ -317,8 +384,18 @@ class OperatorMetrics:
 METRICS = OperatorMetrics(REGISTRY)
 
 
-def observe_plan(pool_name: str, plan: Plan, seconds: float, policy: PoolPolicy | None = None) -> None:
-    METRICS.observe_plan(pool_name, plan, seconds, policy)
+def observe_plan(
+    pool_name: str,
+    plan: Plan,
+    seconds: float,
+    policy: PoolPolicy | None = None,
+    fragmentation: Fragmentation | None = None,
+) -> None:
+    METRICS.observe_plan(pool_name, plan, seconds, policy, fragmentation)
+
+
+def count_moves(pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) -> None:
+    METRICS.count_moves(pool_name, outcomes, gpus_freed)
 
 
 def forget_pool(pool_name: str) -> None:

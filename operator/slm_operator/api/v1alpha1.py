@@ -241,6 +241,94 @@ class Segment(ApiModel):
     gpus: int = Field(ge=0, le=100000, description="Number of whole GPUs in the segment.")
 
 
+TIME_OF_DAY = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietWindow(ApiModel):
+    """A daily UTC window in which consolidation starts no move (a window may cross midnight)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "self.start != self.end",
+                "a quiet window's `start` and `end` must differ (use 00:00-23:59 for the whole day)",
+                field_path=".end",
+            )
+        )
+    )
+
+    start: str = Field(pattern=TIME_OF_DAY, max_length=5, description="Start, `HH:MM` UTC.")
+    end: str = Field(
+        pattern=TIME_OF_DAY,
+        max_length=5,
+        description="End, `HH:MM` UTC (exclusive); earlier than `start` for a window that crosses midnight.",
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietWindow:
+        if self.start == self.end:
+            raise ValueError(
+                "a quiet window's `start` and `end` must differ (use 00:00-23:59 for the whole day)"
+            )
+        return self
+
+
+class ConsolidationPolicy(ApiModel):
+    """When and how fast the operator moves running replicas to free whole GPUs (docs/consolidation.md)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="The off switch: `false` (the default) never moves a replica to defragment the pool; the "
+        "status still reports how far the pool is from a fresh plan.",
+    )
+    threshold_percent: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Act only when the pool uses more than this many percent GPUs above a fresh plan of the "
+        "same demand.",
+    )
+    max_moves_per_hour: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Replicas that may start a move in any hour (abandoned moves count). At most one replica "
+        "of a deployment moves at a time, always, and only while its other replicas are ready.",
+    )
+    ready_timeout: str = Field(
+        default="15m",
+        pattern=DURATION,
+        max_length=16,
+        description="A make-before-break move whose new replica is not Ready within this time is abandoned: "
+        "the new pod is deleted and the old one keeps serving.",
+    )
+    quiet_hours: list[QuietWindow] | None = Field(
+        default=None,
+        max_length=8,
+        json_schema_extra=k8s(list_type="atomic"),
+        description="Daily UTC windows in which no move starts (moves in flight finish or time out).",
+    )
+    best_effort_break_before_make: bool = Field(
+        default=True,
+        description="A BestEffort replica whose target share is only free once it has left may move "
+        "break-before-make (stop, then start on the target). Other tiers always move make-before-break, or "
+        "not at all.",
+    )
+
+    @property
+    def ready_timeout_seconds(self) -> float:
+        return duration_seconds(self.ready_timeout)
+
+
+class DisruptionPolicy(ApiModel):
+    """What the operator may do to running replicas on its own initiative (beyond `sharing.mig.repartition`)."""
+
+    consolidation: ConsolidationPolicy = Field(
+        default_factory=ConsolidationPolicy,
+        description="Defragmentation: move replicas make-before-break, within a budget, to free whole GPUs.",
+    )
+
+
 class GPUPoolSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -266,6 +354,10 @@ class GPUPoolSpec(ApiModel):
         max_length=16,
         json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
         description="Whole GPUs kept out of inference packing (fine-tuning).",
+    )
+    disruption: DisruptionPolicy = Field(
+        default_factory=DisruptionPolicy,
+        description="Moves the operator may make on its own: consolidation and its disruption budget.",
     )
 
     @model_validator(mode="after")
@@ -313,6 +405,59 @@ class PoolNodeStatus(ApiModel):
     mig_config_state: str = Field(default="", max_length=32, description="`nvidia.com/mig.config.state`.")
 
 
+class MoveOutcome(StrEnum):
+    IN_FLIGHT = "InFlight"  # the new replica starts on the target; the old one serves
+    COMPLETED = "Completed"  # the new replica was Ready; the old one was deleted
+    ABANDONED = "Abandoned"  # the new replica was not Ready in time (or lost its target); the old one kept
+    BREAK_BEFORE_MAKE = "BreakBeforeMake"  # BestEffort: the old replica stopped first
+
+
+class ConsolidationMove(ApiModel):
+    """One replica move the operator started within the last hour (the disruption budget's record)."""
+
+    deployment: str = Field(max_length=317, description="`namespace/name` of the SLMDeployment.")
+    replica: int = Field(ge=0)
+    source: str = Field(max_length=300, description="`node/gpu` it left (or leaves).")
+    target: str = Field(max_length=300, description="`node/gpu` it moved (or moves) to.")
+    target_mechanism: Mechanism | None = Field(
+        default=None, description="The sharing mechanism of the target share."
+    )
+    target_mig_profile: str | None = Field(
+        default=None, max_length=32, description="The MIG profile of the target share, for `MIG`."
+    )
+    started: str = Field(max_length=64, description="When the move started (RFC 3339).")
+    outcome: MoveOutcome
+    reason: str = Field(default="", max_length=512, description="Why: the GPUs the moves free.")
+
+
+class ConsolidationStatus(ApiModel):
+    """How far the pool is from a fresh plan, and what consolidation is doing about it."""
+
+    gpus_used: int = Field(default=0, ge=0, description="GPUs the current placement uses.")
+    gpus_fresh: int = Field(
+        default=0,
+        ge=0,
+        description="GPUs a fresh plan of the same demand would use (no running replica kept).",
+    )
+    gpus_freeable: int = Field(
+        default=0,
+        ge=0,
+        description="GPUs consolidation could free at most (`gpusUsed - gpusFresh`); the `Consolidated` "
+        "condition says what the moves under way free.",
+    )
+    fragmentation_ratio: str = Field(
+        default="1.000", max_length=16, description="`gpusUsed / gpusFresh` (1.000 when both are equal)."
+    )
+    moves_in_flight: int = Field(default=0, ge=0, description="Moves whose new replica is not Ready yet.")
+    moves_last_hour: int = Field(default=0, ge=0, description="Moves started within the last hour.")
+    recent_moves: list[ConsolidationMove] | None = Field(
+        default=None,
+        max_length=1000,
+        json_schema_extra=k8s(list_type="atomic"),
+        description="Moves started within the last hour, oldest first.",
+    )
+
+
 class GPUPoolStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     nodes: int = Field(default=0, ge=0, description="Nodes selected by the pool.")
@@ -337,6 +482,10 @@ class GPUPoolStatus(ApiModel):
     )
     node_status: list[PoolNodeStatus] | None = Field(
         default=None, max_length=5000, json_schema_extra=k8s(list_type="map", list_map_keys=["name"])
+    )
+    consolidation: ConsolidationStatus | None = Field(
+        default=None,
+        description="Distance from a fresh plan and the moves under way (docs/consolidation.md).",
     )
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 

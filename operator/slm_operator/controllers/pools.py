@@ -136,8 +136,12 @@ class PoolReconciler:
             d = decide(world)
             seconds = time.perf_counter() - started
             if d.plan is not None:
-                metrics.observe_plan(pool.metadata.name, d.plan, seconds, pool_policy(pool))
+                metrics.observe_plan(
+                    pool.metadata.name, d.plan, seconds, pool_policy(pool), _fragmentation(d)
+                )
             self.apply(world, d)
+            if d.consolidation is not None:
+                metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
         return d.waiting
 
     def apply(self, world: World, d: Decisions) -> None:
@@ -293,6 +297,14 @@ class PoolReconciler:
         st.observed_generation = dep.metadata.generation
         st.placed_replicas = 0
         self._write_status(dep, st)
+
+
+def _fragmentation(d: Decisions) -> metrics.Fragmentation | None:
+    """The pass's distance from a fresh plan, for the gauges (None when the pool could not be planned)."""
+    st = d.pool_status.consolidation if d.pool_status is not None else None
+    if st is None:
+        return None
+    return metrics.Fragmentation(float(st.fragmentation_ratio), st.gpus_fresh, st.moves_in_flight)
 
 
 def _message(exc: ApiException) -> str:

@@ -8,10 +8,14 @@ docs/plan-format.md every output field.
 from __future__ import annotations
 
 from slm_operator.planner.entrypoints import (
+    Consolidation,
+    ConsolidationBudget,
     ExactResult,
     IncrementalPlanner,
+    Move,
     apply_plan,
     check_plan,
+    consolidate,
     gc_paused,
     optimize_pool,
     plan_pool,
@@ -40,6 +44,8 @@ from slm_operator.planner.model import (
 )
 
 __all__ = [
+    "Consolidation",
+    "ConsolidationBudget",
     "CurrentPlacement",
     "Demand",
     "DeploymentPlan",
@@ -49,6 +55,7 @@ __all__ = [
     "GpuPlan",
     "IncrementalPlanner",
     "MigInstance",
+    "Move",
     "NodeInventory",
     "NodePlan",
     "Plan",
@@ -63,6 +70,7 @@ __all__ = [
     "WarmShare",
     "apply_plan",
     "check_plan",
+    "consolidate",
     "gc_paused",
     "optimize_pool",
     "plan_pool",

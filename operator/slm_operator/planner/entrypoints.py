@@ -4,18 +4,20 @@
   calls it on every reconcile pass with the running replicas as ``current``.
 * :func:`optimize_pool` / :func:`solve_exact`: the exact mode (``exact.py``).
 * :class:`IncrementalPlanner`: keeps the packer's state and re-plans only what changed (CLI and benchmark).
+* :func:`consolidate`: moves that free whole GPUs when the pool drifted from a fresh plan (``consolidate.py``).
 * :func:`check_plan`: every rule a plan must respect, as a list of violations.
 * :func:`apply_plan`: the inventory after a plan was applied (to simulate the next pass).
 
 Lower modules never import this one, so the import graph has no cycle: ``model`` and ``mig`` at the bottom,
 then ``state``, the packer (``capacity``, ``targets``, ``packer``), ``heuristic``, ``assemble``, ``exact``,
-``incremental`` and ``invariants``, then this module; ``slm_operator.planner`` re-exports it.
+``incremental``, ``consolidate`` and ``invariants``, then this module; ``slm_operator.planner`` re-exports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from slm_operator.planner.consolidate import Consolidation, ConsolidationBudget, Move, consolidate
 from slm_operator.planner.exact import ExactResult, optimize_pool, solve_exact
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
@@ -42,10 +44,14 @@ def plan_pool(
 
 
 __all__ = [
+    "Consolidation",
+    "ConsolidationBudget",
     "ExactResult",
     "IncrementalPlanner",
+    "Move",
     "apply_plan",
     "check_plan",
+    "consolidate",
     "gc_paused",
     "optimize_pool",
     "plan_pool",

@@ -658,6 +658,15 @@ class Packer:
         self._touch(r, g)
         self.capacity.index_gpu(g)
 
+    def zero_cost_room(self, r: Rep) -> Choice | None:
+        """The best zero-cost share for a replica that is off its GPU: room on a GPU that already holds
+        replicas and not the deployment (``consolidate.py`` moves running replicas into it), or None."""
+        return self._zero_cost(r, self.share_options(r.dep), same_gpu_ok=False)
+
+    def put(self, r: Rep, g: Gpu, mech: Mechanism, prof: int) -> None:
+        """Attach a replica to a share of ``g`` and re-index the GPU (``consolidate.py``)."""
+        self._put(r, g, mech, prof)
+
     def remove(self, r: Rep) -> None:
         """Take a replica off its GPU; a GPU or node left empty is free again (layout and mode included)."""
         g = detach(self.ctx, r)

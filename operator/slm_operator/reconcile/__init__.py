@@ -13,7 +13,10 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
   (``nvidia.com/mig.config.state=success`` for MIG, the GFD sharing labels for MPS and time-slicing), and a
   replica that moves or is replaced gets its new pod only after the old pod is gone (phase 9, ``CREATE_GATES``);
 * a new spec on the same placement rolls one replica at a time while the others are ready (phase 7,
-  ``ROLLING_UPDATE_GATES``).
+  ``ROLLING_UPDATE_GATES``);
+* a consolidation move is make-before-break: the replica's new pod starts on its target share while the old
+  one serves, and the old one is deleted only once the new one is Ready (phases 3b and 9,
+  ``MOVE_TARGET_GATES``; :mod:`slm_operator.reconcile.moves`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,20 @@ from __future__ import annotations
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
 from slm_operator.planner import plan_pool
+from slm_operator.reconcile.consolidation import (
+    begin_moves,
+    finish_moves,
+    plan_consolidation,
+    report_consolidation,
+    target_pods,
+)
 from slm_operator.reconcile.inputs import (
     claimed_reservations,
     current_replicas,
     read_nodes,
     size_deployments,
 )
+from slm_operator.reconcile.moves import without_holds
 from slm_operator.reconcile.nodes import (
     configure_nodes,
     entry_ages,
@@ -36,8 +47,8 @@ from slm_operator.reconcile.nodes import (
     relabel_nodes,
     restore_labels,
 )
-from slm_operator.reconcile.pods import create_pods, delete_pods
-from slm_operator.reconcile.podsets import pod_sets
+from slm_operator.reconcile.pods import create_move_targets, create_pods, delete_pods, with_move_deletes
+from slm_operator.reconcile.podsets import keep_pods, pod_sets
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
@@ -54,7 +65,7 @@ __all__ = [
 ]
 
 
-def decide(world: World) -> Decisions:
+def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best in one place
     """Plan the pool and decide every change, in phases; each phase is a pure function of earlier ones."""
     # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand).
     nodes = read_nodes(world)
@@ -62,42 +73,58 @@ def decide(world: World) -> Decisions:
     sizings = size_deployments(world.deployments, world.now)
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
     current = current_replicas(world.pods, world.deployments)
-    # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed.
+    # 3b. Consolidation: the moves in flight (the share each one's other pod holds) and the moves that start
+    #     now, within the pool's disruption budget.
     claims = claimed_reservations(world, set(nodes.by_name))
-    plan = plan_pool(pool_policy(world.pool, claims.claimed), nodes.inventories, sizings.demands, current)
+    policy = pool_policy(world.pool, claims.claimed)
+    step = plan_consolidation(world, policy, nodes.inventories, sizings.demands, current)
+    # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed, and the
+    #    shares moves hold.
+    plan = plan_pool(policy, nodes.inventories, step.view.demands, step.view.current)
+    shown = without_holds(plan)
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
     configs = configure_nodes(nodes, plan)
     times = entry_times(world, configs)
-    # 6. Pod sets: the replica pods the plan wants against those that exist.
-    sets = pod_sets(world, plan, sizings, nodes.lost)
-    # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES.
-    deletions = delete_pods(sets, plan)
+    # 6. Pod sets: the replica pods the plan wants against those that exist (pods on lost nodes are stranded);
+    #    a move's pods are kept.
+    moving = begin_moves(world, step, plan)
+    sets = keep_pods(pod_sets(world, plan, sizings, nodes.lost), frozenset(moving.keep))
+    # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES; a move's old
+    #    pod once its new one is Ready, its new pod once it missed its deadline.
+    deletions = with_move_deletes(delete_pods(sets, plan), tuple(moving.delete), sets)
     # 8. Relabels: changed node labels, once the node's deleted pods are gone and the MIG config they name has
     #    reached mig-manager's mounted ConfigMap (RELABEL_GATES).
     ages = entry_ages(times, world.now)
     relabels = relabel_nodes(nodes, configs, deletions.draining_nodes, ages, world.cfg.configmap_sync_seconds)
-    # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned).
+    # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned), and the new
+    #    pods of moves that start now (MOVE_TARGET_GATES).
     creations = create_pods(sets, nodes, configs, relabels)
+    targets = create_move_targets(target_pods(world, step, plan, sizings), sets, nodes, configs, relabels)
+    moves = finish_moves(moving, step, targets)
     # 10. Statuses and events; a replica that waits for a node's new MIG config or sharing mode says so, with
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
-    waiting = explain_reconfigurations(plan, creations.waiting, drains, world.cfg.configmap_sync_seconds)
-    deployments = report_deployments(world, plan, sizings, sets, waiting, nodes)
-    pool = report_pool(world, plan, nodes, configs, claims, relabels)
+    waiting = explain_reconfigurations(shown, creations.waiting, drains, world.cfg.configmap_sync_seconds)
+    deployments = report_deployments(world, shown, sizings, sets, waiting, nodes)
+    pool = report_pool(world, shown, nodes, configs, claims, relabels)
+    report_consolidation(world, pool, moves, step)
     return Decisions(
-        plan=plan,
+        plan=shown,
         node_labels=dict(relabels.labels),
         node_annotations=dict(configs.annotations),
         node_configs=dict(configs.by_node),
         mig_entries=dict(configs.mig_entries),
         mig_entry_times=times,
         device_plugin_entries=dict(configs.device_plugin_entries),
-        pods_create=list(creations.pods),
+        pods_create=[*creations.pods, *moves.create],
         pods_delete=list(deletions.pods),
         services=list(deployments.services),
         deployment_statuses=dict(deployments.statuses),
         pool_status=pool,
-        events=[*deployments.events, *eviction_events(world, plan)],
+        events=[*deployments.events, *eviction_events(world, shown), *moves.events],
         # a NotReady node is checked again soon: once it is lost, its replicas are planned elsewhere
-        waiting=bool(deletions.held or relabels.waiting_nodes or creations.waiting or nodes.not_ready),
+        waiting=bool(
+            deletions.held or relabels.waiting_nodes or creations.waiting or moves.waiting or nodes.not_ready
+        ),
+        consolidation=moves,
     )

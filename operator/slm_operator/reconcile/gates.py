@@ -9,6 +9,8 @@ could take a share or a device away from something still running:
   gone) and its node reports the planned configuration as applied (MIG layout, device-plugin config, GFD
   sharing strategy and replicas), and is not being reconfigured in this pass. The reason is what the
   SLMDeployment status shows for the replica (``status.placements[].reason``, ``Progressing`` message).
+* :data:`MOVE_TARGET_GATES` - create the new pod of a consolidation move (make-before-break) while the old
+  one still serves: the node gates of :data:`CREATE_GATES`, without the previous-pod ones.
 * :data:`ROLLING_UPDATE_GATES` - replace a running pod in place (new model, runtime or adapter) one replica
   at a time, and only while every other replica of the deployment is ready.
 * :data:`RELABEL_GATES` - change a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config``
@@ -178,6 +180,12 @@ CREATE_GATES: Chain[CreationContext, DesiredPod] = Chain(
         sharing_replicas_advertised,
         node_not_relabelled,
     )
+)
+
+#: The new pod of a make-before-break move: its replica's old pod keeps serving (the previous-pod gates do not
+#: apply), but its node must report the planned configuration like any other.
+MOVE_TARGET_GATES: Chain[CreationContext, DesiredPod] = Chain(
+    tuple(g for g in CREATE_GATES.gates if g not in (previous_pod_terminating, previous_pod_gone))
 )
 
 

@@ -10,6 +10,7 @@ from slm_operator.contract import PLACEMENT_ANNOTATION
 from slm_operator.planner.model import Plan
 from slm_operator.reconcile.gates import (
     CREATE_GATES,
+    MOVE_TARGET_GATES,
     ROLLING_UPDATE_GATES,
     CreationContext,
     NodeTarget,
@@ -17,7 +18,7 @@ from slm_operator.reconcile.gates import (
 )
 from slm_operator.reconcile.inputs import NodeReadings
 from slm_operator.reconcile.nodes import NodeConfigs, Relabels
-from slm_operator.reconcile.podsets import PodSets
+from slm_operator.reconcile.podsets import DesiredPod, PodSets
 from slm_operator.reconcile.world import ReplicaKey
 from slm_operator.views import PodView
 
@@ -107,3 +108,46 @@ def create_pods(sets: PodSets, nodes: NodeReadings, configs: NodeConfigs, relabe
         else:
             waiting.setdefault(key.deployment, {})[key.ordinal] = why
     return Creations(tuple(pods), waiting)
+
+
+def with_move_deletes(
+    deletions: Deletions, moves: tuple[tuple[str, str, str], ...], sets: PodSets
+) -> Deletions:
+    """Phase 7 plus the pods consolidation moves delete (an old pod whose new one is Ready, a new pod that
+    missed its deadline): their nodes drain too."""
+    if not moves:
+        return deletions
+    names = {(ns, name) for ns, name, _ in moves}
+    nodes = {
+        pod.bound_node or (pod.placement.node if pod.placement else "")
+        for replica in sets.existing.values()
+        for pod in replica.pods
+        if (pod.namespace, pod.name) in names
+    }
+    return Deletions(
+        (*deletions.pods, *moves), deletions.held, deletions.draining_nodes | {n for n in nodes if n}
+    )
+
+
+def create_move_targets(
+    targets: Mapping[ReplicaKey, DesiredPod],
+    sets: PodSets,
+    nodes: NodeReadings,
+    configs: NodeConfigs,
+    relabels: Relabels,
+) -> dict[ReplicaKey, dict[str, Any]]:
+    """The new pods of make-before-break moves that pass :data:`MOVE_TARGET_GATES` (and whose name is not
+    taken by a pod still terminating)."""
+    ctx = CreationContext(
+        existing=sets.existing,
+        targets={name: NodeTarget(nodes.by_name[name].view, nc) for name, nc in configs.by_node.items()},
+        relabelled=frozenset(relabels.labels),
+    )
+    out: dict[ReplicaKey, dict[str, Any]] = {}
+    for key, want in sorted(targets.items()):
+        prev = sets.existing.get(key)
+        if prev is not None and want.view.name in prev.names:
+            continue
+        if MOVE_TARGET_GATES.first_failure(ctx, want) is None:
+            out[key] = want.manifest
+    return out

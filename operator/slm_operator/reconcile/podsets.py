@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -97,6 +97,11 @@ def _missing_nodes(world: World) -> set[str]:
     pods only after a while)."""
     names = {n["metadata"]["name"] for n in world.nodes}
     return {v.bound_node for v in map(PodView, world.pods) if v.bound_node and v.bound_node not in names}
+
+
+def keep_pods(sets: PodSets, keep: frozenset[tuple[str, str]]) -> PodSets:
+    """The pod sets with more pods kept as they are (the pods of consolidation moves)."""
+    return replace(sets, keep=sets.keep | keep) if keep else sets
 
 
 def _desired(world: World, plan: Plan, sizings: Sizings) -> dict[ReplicaKey, DesiredPod]:

@@ -3,10 +3,17 @@ r"""What the shell hands the core (:class:`World`) and what it gets back (:class
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from slm_operator.api.v1alpha1 import GPUPool, GPUPoolStatus, SLMDeployment, SLMDeploymentStatus
+from slm_operator.api.v1alpha1 import (
+    ConsolidationStatus,
+    GPUPool,
+    GPUPoolStatus,
+    SLMDeployment,
+    SLMDeploymentStatus,
+)
 from slm_operator.events import Event
 from slm_operator.planner.model import Plan
 from slm_operator.render import NodeConfig, OperatorConfig
@@ -30,6 +37,20 @@ class World:
     pools: list[GPUPool] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MoveActions:
+    """What the moves need from this pass: pods to keep, create and delete, events, and the status."""
+
+    keep: frozenset[tuple[str, str]]  # (namespace, name): pods of moves the plan would otherwise delete
+    create: tuple[dict[str, Any], ...]  # new pods of moves that start (pass the node gates first)
+    delete: tuple[tuple[str, str, str], ...]  # namespace, name, reason
+    events: tuple[Event, ...] = ()
+    status: ConsolidationStatus | None = None
+    outcomes: Mapping[str, int] = field(default_factory=dict)  # moves by outcome in this pass (metrics)
+    gpus_freed: int = 0  # GPUs left empty by a move completed in this pass
+    waiting: bool = False  # a move is under way: re-check soon
+
+
 @dataclass
 class Decisions:
     plan: Plan | None = None
@@ -46,6 +67,7 @@ class Decisions:
     pool_status: GPUPoolStatus | None = None
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # something is in flight: re-check soon
+    consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
 
 
 class ReplicaKey(NamedTuple):

@@ -43,6 +43,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 #: GPUPool: another pool's node selector matches some of its nodes (reconcile/statuses.py)
 OVERLAP = "NodeSelectorOverlap"
+#: GPUPool: the pool is within its consolidation threshold of a fresh plan (docs/consolidation.md)
+CONSOLIDATED = "Consolidated"
 
 
 def set_condition(

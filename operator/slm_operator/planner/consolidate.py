@@ -1,0 +1,437 @@
+"""Consolidation: move a few running replicas so that whole GPUs (and nodes) become free (docs/planner.md §4.9).
+
+The planner is stable by design: a re-plan keeps every running replica where it is (§4.1), so under churn the
+pool drifts away from what a fresh plan of the same demand would use (the churn replay in docs/benchmarks.md:
+1.093 x after ten rounds of 10 % change at 1,000 GPUs). :func:`consolidate` compares the current placement
+with a fresh plan and, when the pool uses more GPUs than the fresh plan by more than the budget's threshold,
+chooses a small set of moves that empty whole GPUs, cheapest first, within the budget's number of moves.
+
+How: the running replicas are pinned as in a re-plan (``state.build_context``, MIG layouts of GPUs in use
+frozen even under ``repartition: Allowed``, so a target is always an instance that exists already), and the
+packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
+another GPU in use; a replica that finds none may take the MIG instance, MPS client slot or time-slicing room
+of a replica of the same or a cheaper tier that moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
+of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
+Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
+fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
+It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
+
+Every target is a share that is free while every source is still held, in the state where every earlier move
+is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
+one is deleted), and no move needs a node config change first. Pure: pydantic only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from slm_operator.planner.gc_pause import gc_paused
+from slm_operator.planner.heuristic import heuristic_plan
+from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
+from slm_operator.planner.packer import Choice, Packer, PackerOptions, ShareOptions
+from slm_operator.planner.state import Context, Gpu, Rep, build_context, mps_cap
+from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism
+
+#: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
+MAX_MOVES_PER_GPU = 16
+#: replicas tried per move that makes room for another (``_Run._via_move``)
+_CHAIN_TRIES = 8
+
+
+class ConsolidationBudget(_Model):
+    """What consolidation may do in one step (the pool's disruption budget, as the controller computes it)."""
+
+    #: replicas that may move in this step (what the hourly budget has left)
+    max_moves: int = Field(ge=0)
+    #: act only when the pool uses more GPUs than a fresh plan by more than this percentage
+    threshold_percent: float = Field(default=2.0, ge=0)
+    #: tiers that may move without a free target (break-before-make); consolidation only proposes
+    #: make-before-break moves today, so this only widens what a caller may accept
+    break_before_make_tiers: tuple[Tier, ...] = ("BestEffort",)
+    #: deployments with a replica moving or not Ready now: never moved (one replica of a deployment at a time)
+    busy: frozenset[str] = frozenset()
+
+
+class Move(_Model):
+    """One replica moving from its share to another (same deployment and ordinal)."""
+
+    deployment: str
+    ordinal: int
+    tier: Tier
+    source: CurrentPlacement
+    target: CurrentPlacement
+    #: the target share is free while the source is still held: the new replica starts before the old goes
+    make_before_break: bool
+    #: human text, e.g. "frees GPU node-3/2 (2 moves)"
+    reason: str
+
+
+class Consolidation(_Model):
+    """The result of :func:`consolidate`: how far the pool is from a fresh plan, and the moves that close it."""
+
+    #: GPUs the current placement uses (GPUs of the pool's inventory holding a running replica)
+    gpus_used: int
+    #: GPUs a fresh plan (``plan_pool`` without ``current``) of the same demands uses
+    gpus_fresh: int
+    #: GPUs emptied once every move is done
+    gpus_freed: int
+    #: nodes left without any replica once every move is done (their sharing mode and MIG layouts may change)
+    nodes_freed: tuple[str, ...] = ()
+    #: in execution order, cheapest first; at most ``budget.max_moves``; at most one per deployment
+    moves: tuple[Move, ...] = ()
+    #: every running replica's placement after all moves (the ``current`` of the next plan)
+    placements: tuple[CurrentPlacement, ...] = ()
+    #: why there are no (more) moves, for the pool's status: "within 2% of a fresh plan", ...
+    message: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """Fragmentation ratio: current GPUs / fresh-plan GPUs (1.0 when the fresh plan uses none)."""
+        return self.gpus_used / self.gpus_fresh if self.gpus_fresh else 1.0
+
+
+def consolidate(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: Iterable[CurrentPlacement],
+    budget: ConsolidationBudget,
+) -> Consolidation:
+    """Choose moves that free whole GPUs when the pool uses more GPUs than a fresh plan by more than
+    ``budget.threshold_percent`` (see the module docstring). Deterministic: the same inputs give the same
+    moves. The garbage collector is paused meanwhile, as for a planning pass (``gc_pause.py``)."""
+    with gc_paused():
+        return _consolidate(policy, nodes, demands, list(current), budget)
+
+
+def _consolidate(
+    policy: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    demands: Sequence[Demand],
+    current: list[CurrentPlacement],
+    budget: ConsolidationBudget,
+) -> Consolidation:
+    cur = sorted(current, key=lambda c: (c.deployment, c.ordinal, c.node, c.gpu_index))
+    fresh = heuristic_plan(policy, nodes, demands).pool.gpus_used
+    # the MIG layouts of GPUs in use stay as they are: a target is an instance that exists already
+    ctx = build_context(policy.model_copy(update={"repartition": "Never"}), nodes, demands, cur)
+    used = len({(c.node, c.gpu_index) for c in cur if (c.node, c.gpu_index) in ctx.gpu_at})
+    base = Consolidation(gpus_used=used, gpus_fresh=fresh, gpus_freed=0, placements=tuple(cur))
+    if used <= fresh * (1 + budget.threshold_percent / 100):
+        return base.model_copy(update={"message": f"within {budget.threshold_percent:g}% of a fresh plan"})
+    if budget.max_moves <= 0:
+        return base.model_copy(update={"message": "the disruption budget allows no move now"})
+    run = _Run(ctx, cur, budget, goal=used - fresh)
+    run.empty_gpus()
+    moves = run.ordered_moves()
+    placements = _after(cur, moves)
+    freed_nodes = tuple(
+        n.name for n in ctx.nodes if n.used == 0 and n.name in run.nodes_in_use and n.schedulable
+    )
+    message = (
+        f"{len(moves)} moves free {run.freed} GPUs"
+        if moves
+        else "no GPU can be emptied into free room within the budget"
+    )
+    return base.model_copy(
+        update={
+            "gpus_freed": run.freed,
+            "nodes_freed": freed_nodes,
+            "moves": moves,
+            "placements": placements,
+            "message": message,
+        }
+    )
+
+
+#: one move: (replica, its source placement, its target share)
+_Step = tuple[Rep, CurrentPlacement, Choice]
+
+
+@dataclass
+class _Group:
+    """The moves that empty ``sources`` (one GPU today), in execution order, and the GPUs they free."""
+
+    key: tuple[int, ...]
+    sources: list[Gpu]
+    steps: list[_Step]
+    freed: int
+
+
+class _Run:
+    """One consolidation: the packer over the pinned running replicas, and the groups of moves found."""
+
+    def __init__(self, ctx: Context, cur: list[CurrentPlacement], budget: ConsolidationBudget, goal: int):
+        self.ctx = ctx
+        self.packer = Packer(ctx, PackerOptions(consolidate=False))
+        self.budget = budget
+        self.goal = goal
+        self.left = budget.max_moves
+        self.freed = 0
+        self.moved_deps: set[str] = set(budget.busy)
+        self.nodes_in_use = {n.name for n in ctx.nodes if n.used}
+        #: GPUs with a frozen MIG layout or MPS clients (a replica there may make room for another: ``_via_move``)
+        self.trade_gpus = [
+            g
+            for g in ctx.gpus
+            if g.role == ROLE_POOL
+            and ((g.mode == MIG and g.frozen is not None) or g.mode in (MPS, TIME_SLICING))
+        ]
+        self.groups: list[_Group] = []
+        #: replica classes for which ``_via_move`` found nothing
+        self.no_chain: set[tuple[int, int, str | None, str | None]] = set()
+        kept = {(r.dep.key, r.ordinal) for r in ctx.reps if r.pinned}
+        # GPUs with a running replica the planner does not keep (scaled down, displaced): its share is still
+        # held, so nothing moves to or from such a GPU
+        self.blocked = {
+            g.gid
+            for c in cur
+            if (c.deployment, c.ordinal) not in kept and (g := ctx.gpu_at.get((c.node, c.gpu_index)))
+        }
+
+    def candidates(self) -> list[tuple[tuple[int, ...], Gpu]]:
+        """GPUs that may be emptied, cheapest first (``_cost``)."""
+        out = []
+        for g in self.ctx.gpus:
+            reps = g.reps
+            if (
+                not reps
+                or len(reps) > MAX_MOVES_PER_GPU
+                or g.role != ROLE_POOL
+                or not g.node.schedulable
+                or g.gid in self.blocked
+                or any(not r.pinned or r.dep.key in self.budget.busy or r.dep.key == g.warm for r in reps)
+                or len({r.dep.key for r in reps}) < len(reps)
+            ):
+                continue
+            out.append((_cost(g), g))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def _done(self) -> bool:
+        return self.freed >= self.goal or self.left <= 0
+
+    def _movable(self, g: Gpu, taken: set[str] | None = None) -> bool:
+        """``g`` still holds only replicas that were running there and whose deployment has not moved yet."""
+        return bool(g.reps) and all(
+            r.pinned
+            and r.gpu is r.cur_gpu
+            and r.dep.key not in self.moved_deps
+            and not (taken and r.dep.key in taken)
+            for r in g.reps
+        )
+
+    def empty_gpus(self) -> None:
+        """Empty candidate GPUs cheapest first until the goal is met or the budget is spent."""
+        for key, g in self.candidates():
+            if self._done():
+                return
+            if len(g.reps) > self.left or not self._movable(g):
+                continue
+            result = self._empty(g)
+            if result is None:
+                continue
+            self.groups.append(_Group(key, [g], result, 1))
+            self.left -= len(result)
+            self.freed += 1
+            self.moved_deps.update(r.dep.key for r, _, _ in result)
+
+    def _empty(self, g: Gpu) -> list[_Step] | None:
+        """Move every replica of ``g`` into room on other GPUs in use, within the budget; else undo and return
+        None. The source stays held meanwhile: no target is on it. A replica that finds no room may take the
+        MIG instance, MPS client slot or time-slicing room of a cheaper replica that moves into room elsewhere first
+        (``_via_move``): two moves, the first one's source is the second one's target."""
+        packer = self.packer
+        before = [(r, r.mech, r.prof) for r in g.reps]
+        saved = (g.node.mode, g.node.n, g.node.fixed, g.frozen, list(g.free_inst))
+        reps = sorted(g.reps, key=lambda r: (-r.dep.size, r.dep.key, r.ordinal))
+        for r in reps:
+            packer.remove(r)
+        taken = {r.dep.key for r in reps}
+        steps: list[_Step] = []
+        ok = True
+        for r in reps:
+            assert r.cur is not None
+            choice = packer.zero_cost_room(r)
+            if choice is not None and self._legal_target(choice, g):
+                packer.put(r, *choice)
+                steps.append((r, r.cur, choice))
+                continue
+            chain = self._via_move(r, g, taken) if len(steps) + 2 <= self.left else None
+            if chain is None:
+                ok = False
+                break
+            steps += chain
+        if ok and len(steps) <= self.left:
+            return steps
+        self._undo(steps, g)
+        self._restore(g, before, saved)
+        return None
+
+    def _via_move(self, r: Rep, source: Gpu, taken: set[str]) -> list[_Step] | None:
+        """Room for ``r`` made by moving a replica of the same or a cheaper tier out of a share ``r`` fits (a
+        MIG instance of a fitting profile, an MPS client slot whose cap holds it, time-slicing room) into
+        zero-cost room elsewhere: [its move, ``r``'s move], or None."""
+        packer = self.packer
+        o = packer.share_options(r.dep)
+        key = r.dep.class_key()
+        if not (o.mig or o.mps or o.ts) or key in self.no_chain:
+            return None
+        for b in self._holders(r, source, o, taken):
+            gpu, mech, prof = b.gpu, b.mech, b.prof
+            assert gpu is not None and mech is not None and b.cur is not None and r.cur is not None
+            packer.remove(b)
+            packer.put(r, gpu, mech, prof)  # r takes the share first, so that b looks elsewhere
+            choice = packer.zero_cost_room(b)
+            if choice is None or choice[0] is gpu or not self._legal_target(choice, source):
+                packer.remove(r)
+                packer.put(b, gpu, mech, prof)
+                continue
+            packer.put(b, *choice)
+            taken.add(b.dep.key)
+            return [(b, b.cur, choice), (r, r.cur, (gpu, mech, prof))]
+        # room is only ever taken during a run (an undone attempt leaves the state as it was), so a class that
+        # found no replica to trade places with finds none later either
+        self.no_chain.add(key)
+        return None
+
+    def _holders(
+        self,
+        r: Rep,
+        source: Gpu,
+        o: ShareOptions,
+        taken: set[str],
+    ) -> list[Rep]:
+        """Replicas whose share ``r`` fits (frozen MIG instances, MPS client slots, a time-sliced GPU's room once
+        they leave), cheapest to move first (lowest tier, smallest), on GPUs that keep another replica (their
+        layout and mode stay)."""
+        mig, mps = o.mig, o.mps
+        ts_capacity = self.packer.capacity.ts_capacity
+        out = []
+        for g in self.trade_gpus:
+            if g is source or len(g.reps) < 2 or g.gid in self.blocked or r.dep.uid in g.deps:
+                continue
+            profiles: tuple[int, ...] = ()
+            if g.mode == MIG:
+                profiles = mig.get(g.key, ())
+                if not profiles or g.frozen is None:
+                    continue
+            elif g.mode == TIME_SLICING:
+                if g.key not in o.ts:
+                    continue
+            elif not (g.key in mps and mps[g.key] >= g.node.n and mps_cap(g.mem_mib, g.node.n) >= r.dep.size):
+                continue
+            for b in g.reps:
+                if (
+                    (g.mode != MIG or b.prof in profiles)
+                    and (g.mode != TIME_SLICING or g.ts_used - b.dep.size + r.dep.size <= ts_capacity[g.gid])
+                    and b.dep.rank >= r.dep.rank
+                    and b.pinned
+                    and b.gpu is b.cur_gpu
+                    and b.dep.key not in self.moved_deps
+                    and b.dep.key not in taken
+                ):
+                    out.append(((-b.dep.rank, b.dep.size, g.gid, b.dep.key, b.ordinal), b))
+        out.sort(key=lambda t: t[0])
+        return [b for _, b in out[:_CHAIN_TRIES]]
+
+    def _undo(self, steps: list[_Step], source: Gpu) -> None:
+        """Take back ``steps`` (latest first); a replica moved out of its share to make room returns to it (the
+        replicas of ``source`` are put back by ``_restore``)."""
+        packer = self.packer
+        for r, src, _ in reversed(steps):
+            packer.remove(r)
+            home = r.cur_gpu
+            if home is source or home is None:
+                continue
+            if src.mechanism == MIG and home.geo is not None and src.mig_profile:
+                packer.put(r, home, MIG, home.geo.index[src.mig_profile])
+            else:
+                packer.put(r, home, Mechanism(src.mechanism), -1)
+
+    def _legal_target(self, choice: Choice, source: Gpu) -> bool:
+        """A target on another GPU in use, not blocked; for MIG a free instance of a frozen layout (it exists
+        already: no reconfiguration of a GPU in use)."""
+        target, mech, _ = choice
+        if target is source or target.gid in self.blocked:
+            return False
+        return mech != MIG or target.frozen is not None
+
+    def _restore(
+        self, g: Gpu, before: list[tuple[Rep, Mechanism | None, int]], saved: tuple[object, ...]
+    ) -> None:
+        """Put the replicas back on ``g`` exactly as they were (frozen layout and node mode included)."""
+        node = g.node
+        free = node.free.get(g.key, [])
+        if g in free:
+            free.remove(g)
+        g.frozen = None
+        for r, mech, prof in before:
+            assert mech is not None
+            self.packer.put(r, g, mech, prof)
+        node.mode, node.n, node.fixed, g.frozen, g.free_inst = saved  # type: ignore[assignment]
+        for x in node.gpus:
+            self.packer.capacity.index_gpu(x)
+        self.packer.capacity.index_node(node)
+
+    def ordered_moves(self) -> tuple[Move, ...]:
+        """The moves in execution order: groups cheapest first (the order they were found in), and within a
+        group the order found (a move that makes room comes before the move into that room)."""
+        out: list[Move] = []
+        for group in self.groups:
+            where = ", ".join(f"{g.node.name}/{g.index}" for g in group.sources)
+            n = len(group.steps)
+            reason = f"frees GPU {where} ({n} move{'s' if n > 1 else ''})"
+            emptied = sorted({g.node.name for g in group.sources if not g.node.used})
+            if emptied:
+                reason += f"; node {', '.join(emptied)} holds no replica afterwards"
+            for r, src, choice in group.steps:
+                out.append(_move(r, src, choice, reason))
+        return tuple(out)
+
+
+def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str) -> Move:
+    target, mech, prof = choice
+    profile = target.geo.profiles[prof].name if mech == MIG and target.geo is not None else None
+    dst = CurrentPlacement(
+        deployment=r.dep.key,
+        ordinal=r.ordinal,
+        node=target.node.name,
+        gpu_index=target.index,
+        mechanism=mech,
+        mig_profile=profile,
+    )
+    return Move(
+        deployment=r.dep.key,
+        ordinal=r.ordinal,
+        tier=r.dep.demand.tier,
+        source=src,
+        target=dst,
+        make_before_break=True,
+        reason=reason,
+    )
+
+
+def _cost(g: Gpu) -> tuple[int, ...]:
+    """How costly it is to empty ``g`` (lower first): the sum of its moves' costs (``_move_weight``: a
+    BestEffort move costs least, a Guaranteed one most, a replica on MIG one more), then the worst tier on it,
+    replicas, GPUs in use on its node (whole nodes empty first), memory held (per mille), position."""
+    worst = max(DISRUPTION[r.dep.tier] for r in g.reps)
+    load = sum(r.dep.size for r in g.reps) * 1000 // g.mem
+    weight = sum(_move_weight(r) for r in g.reps)
+    return (weight, worst, len(g.reps), g.node.used, load, g.gid)
+
+
+def _move_weight(r: Rep) -> int:
+    """The cost of moving one replica: its tier's disruption (BestEffort 1, Burstable 2, Guaranteed 3), one
+    more on MIG (its source instance is what a layout change needs)."""
+    return DISRUPTION[r.dep.tier] + (1 if r.mech == MIG else 0)
+
+
+def _after(cur: list[CurrentPlacement], moves: tuple[Move, ...]) -> tuple[CurrentPlacement, ...]:
+    """The current placements with every move done."""
+    target = {(m.deployment, m.ordinal): m.target for m in moves}
+    return tuple(target.get((c.deployment, c.ordinal), c) for c in cur)

@@ -1,0 +1,425 @@
+"""Consolidation (planner/consolidate.py, docs/planner.md §4.9): moves that free whole GPUs when a churned pool
+uses more GPUs than a fresh plan, within a disruption budget, cheapest first, make-before-break."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from slm_operator.planner import (
+    Consolidation,
+    ConsolidationBudget,
+    CurrentPlacement,
+    Demand,
+    GpuInventory,
+    MigInstance,
+    NodeInventory,
+    PoolPolicy,
+    ShareRequest,
+    apply_plan,
+    check_plan,
+    consolidate,
+    plan_pool,
+)
+from slm_operator.planner.state import build_context
+from test_planner_properties import demands, policy, pool
+from test_planner_support import demand
+
+POLICY = PoolPolicy(name="p", mps_max_clients_per_gpu=8, ts_max_replicas_per_gpu=8)
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _mig_node(name: str, n: int, instances: int = 7) -> NodeInventory:
+    inst = tuple(MigInstance(profile="1g.10gb", start=i) for i in range(instances))
+    gpus = tuple(
+        GpuInventory(index=i, model="H100-80GB", mig_enabled=True, mig_instances=inst) for i in range(n)
+    )
+    return NodeInventory(name=name, gpus=gpus)
+
+
+def _ts_node(name: str, n: int) -> NodeInventory:
+    gpus = tuple(GpuInventory(index=i, model="H100-80GB") for i in range(n))
+    return NodeInventory(name=name, gpus=gpus, sharing="TimeSlicing", sharing_replicas=8)
+
+
+def _at(
+    dep: str, ordinal: int, node: str, gpu: int, mech: str, profile: str | None = None
+) -> CurrentPlacement:
+    return CurrentPlacement(
+        deployment=dep, ordinal=ordinal, node=node, gpu_index=gpu, mechanism=mech, mig_profile=profile
+    )
+
+
+def _fragmented() -> tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]]:
+    """Four GPUs in use where a fresh plan needs at most two: one Guaranteed replica on each of two MIG GPUs (their
+    layouts have free 1g.10gb instances), one BestEffort replica (too large for 1g.10gb) on each of two
+    time-sliced GPUs."""
+    nodes = [_mig_node("mig", 2), _ts_node("ts", 3)]
+    dem = [
+        demand("ns/g0", "Guaranteed", 1, 6),
+        demand("ns/g1", "Guaranteed", 1, 6),
+        demand("ns/b0", "BestEffort", 1, 14),
+        demand("ns/b1", "BestEffort", 1, 14),
+    ]
+    cur = [
+        _at("ns/g0", 0, "mig", 0, "MIG", "1g.10gb"),
+        _at("ns/g1", 0, "mig", 1, "MIG", "1g.10gb"),
+        _at("ns/b0", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b1", 0, "ts", 1, "TimeSlicing"),
+    ]
+    return nodes, dem, cur
+
+
+def _gpus(placements: Sequence[CurrentPlacement]) -> set[tuple[str, int]]:
+    return {(p.node, p.gpu_index) for p in placements}
+
+
+def test_a_fragmented_pool_moves_one_replica_per_freed_gpu_best_effort_first() -> None:
+    nodes, dem, cur = _fragmented()
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10))
+    assert (c.gpus_used, c.gpus_freed) == (4, 2)
+    assert c.gpus_fresh <= 2
+    assert [m.tier for m in c.moves] == ["BestEffort", "Guaranteed"]
+    assert all(m.make_before_break for m in c.moves)
+    assert len(_gpus(c.placements)) == 2
+    best_effort, guaranteed = c.moves
+    # the BestEffort replica joins the other one's time-sliced GPU; the Guaranteed one takes a free instance
+    # of the other MIG GPU's layout (no reconfiguration)
+    assert (best_effort.target.node, best_effort.target.mechanism) == ("ts", "TimeSlicing")
+    assert (guaranteed.target.node, guaranteed.target.mechanism, guaranteed.target.mig_profile) == (
+        "mig",
+        "MIG",
+        "1g.10gb",
+    )
+    assert "frees GPU" in best_effort.reason
+    assert c.ratio == 4 / c.gpus_fresh
+
+
+def test_the_budget_limits_the_moves_and_the_cheapest_go_first() -> None:
+    nodes, dem, cur = _fragmented()
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=1))
+    assert [m.tier for m in c.moves] == ["BestEffort"]
+    assert c.gpus_freed == 1
+    none = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=0))
+    assert none.moves == () and none.gpus_freed == 0 and "budget" in none.message
+
+
+def test_busy_deployments_do_not_move() -> None:
+    nodes, dem, cur = _fragmented()
+    busy = frozenset({"ns/b0", "ns/b1"})
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10, busy=busy))
+    assert [m.tier for m in c.moves] == ["Guaranteed"]
+
+
+def test_fewest_moves_per_freed_gpu_first() -> None:
+    """A time-sliced GPU with one replica empties before one with two."""
+    nodes = [_ts_node("ts", 3)]
+    dem = [demand(f"ns/b{i}", "BestEffort", 1, 6) for i in range(5)]
+    cur = [
+        _at("ns/b0", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b1", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b2", 0, "ts", 1, "TimeSlicing"),
+        _at("ns/b3", 0, "ts", 1, "TimeSlicing"),
+        _at("ns/b4", 0, "ts", 2, "TimeSlicing"),
+    ]
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=2, threshold_percent=0))
+    assert [(m.deployment, m.source.gpu_index) for m in c.moves] == [("ns/b4", 2)]
+
+
+def test_no_moves_within_the_threshold() -> None:
+    nodes, dem, cur = _fragmented()
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10, threshold_percent=300))
+    assert (
+        c.moves == () and c.gpus_freed == 0 and c.placements == tuple(sorted(cur, key=lambda p: p.deployment))
+    )
+    assert "within 300% of a fresh plan" in c.message
+
+
+def test_a_cheaper_replica_makes_room_on_mig_first() -> None:
+    """The only 1g.10gb instances left are in use: a BestEffort replica moves out of one into a time-sliced
+    GPU's room first, then the Guaranteed replica takes its instance (two moves free one GPU)."""
+    nodes = [_mig_node("mig", 2), _ts_node("ts", 1)]
+    full = [f"ns/g{i}" for i in range(1, 7)]
+    dem = [demand(k, "Guaranteed", 1, 6) for k in ["ns/g0", *full]]
+    dem += [
+        demand("ns/b", "BestEffort", 1, 6),
+        demand("ns/t", "BestEffort", 1, 12),
+    ]  # t: too large for 1g.10gb
+    cur = [_at(k, 0, "mig", 0, "MIG", "1g.10gb") for k in [*full, "ns/b"]]
+    cur += [_at("ns/g0", 0, "mig", 1, "MIG", "1g.10gb"), _at("ns/t", 0, "ts", 0, "TimeSlicing")]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.node, m.target.gpu_index) for m in c.moves] == [
+        ("ns/b", "ts", 0),
+        ("ns/g0", "mig", 0),
+    ]
+    assert c.gpus_freed == 1
+    _check(POLICY, nodes, dem, cur, c, budget)
+    # with room for one move only, nothing moves: a move that frees nothing is not made
+    assert consolidate(POLICY, nodes, dem, cur, budget.model_copy(update={"max_moves": 1})).moves == ()
+
+
+def test_a_cheaper_replica_makes_room_on_mps_first() -> None:
+    """The same with MPS: the only client slot that holds the Burstable replica is a BestEffort replica's, which
+    moves to a time-sliced GPU first."""
+    mps = NodeInventory(
+        name="mps",
+        gpus=tuple(GpuInventory(index=i, model="H100-80GB") for i in range(2)),
+        sharing="MPS",
+        sharing_replicas=2,
+    )
+    nodes = [mps, _ts_node("ts", 1)]
+    dem = [
+        demand("ns/u0", "Burstable", 1, 20),
+        demand("ns/u1", "Burstable", 1, 20),
+        demand("ns/b", "BestEffort", 1, 6),
+        demand("ns/t", "BestEffort", 1, 12, share=ShareRequest(mechanism="TimeSlicing")),
+    ]
+    cur = [
+        _at("ns/u1", 0, "mps", 0, "MPS"),
+        _at("ns/b", 0, "mps", 0, "MPS"),
+        _at("ns/u0", 0, "mps", 1, "MPS"),
+        _at("ns/t", 0, "ts", 0, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.node, m.target.gpu_index, m.target.mechanism) for m in c.moves] == [
+        ("ns/b", "ts", 0, "TimeSlicing"),
+        ("ns/u0", "mps", 0, "MPS"),
+    ]
+    _check(POLICY, nodes, dem, cur, c, budget)
+
+
+def test_a_smaller_replica_makes_room_on_a_time_sliced_gpu_first() -> None:
+    """A 35 GiB replica fits no time-sliced GPU's room; a 10 GiB replica leaves one for another GPU's room first."""
+    nodes = [_ts_node("ts", 3)]
+    dem = [
+        demand("ns/a", "BestEffort", 1, 40),
+        demand("ns/b", "BestEffort", 1, 10),
+        demand("ns/c", "BestEffort", 1, 35),
+        demand("ns/d", "BestEffort", 1, 60),
+    ]
+    cur = [
+        _at("ns/a", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/b", 0, "ts", 0, "TimeSlicing"),
+        _at("ns/c", 0, "ts", 1, "TimeSlicing"),
+        _at("ns/d", 0, "ts", 2, "TimeSlicing"),
+    ]
+    budget = ConsolidationBudget(max_moves=2, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert [(m.deployment, m.target.gpu_index) for m in c.moves] == [("ns/b", 2), ("ns/c", 0)]
+    _check(POLICY, nodes, dem, cur, c, budget)
+
+
+def test_repartition_never_moves_only_into_existing_instances() -> None:
+    """A MIG GPU whose frozen layout has no free instance of a fitting profile takes no replica: the Guaranteed
+    replicas stay where they are (no reconfiguration of a GPU in use)."""
+    nodes = [_mig_node("mig", 2, instances=1)]  # one 1g.10gb instance per GPU, each in use
+    dem = [demand("ns/g0", "Guaranteed", 1, 6), demand("ns/g1", "Guaranteed", 1, 6)]
+    cur = [_at("ns/g0", 0, "mig", 0, "MIG", "1g.10gb"), _at("ns/g1", 0, "mig", 1, "MIG", "1g.10gb")]
+    for repartition in ("Never", "Allowed"):
+        pol = POLICY.model_copy(update={"repartition": repartition})
+        c = consolidate(pol, nodes, dem, cur, ConsolidationBudget(max_moves=10, threshold_percent=0))
+        assert c.gpus_fresh == 1
+        assert c.moves == (), repartition
+
+
+# ------------------------------------------------------------------------------------------------ properties
+
+
+def _churned(
+    nodes: list[NodeInventory], pol: PoolPolicy, dem: list[Demand], keep: Sequence[bool]
+) -> tuple[tuple[NodeInventory, ...], list[Demand], tuple[CurrentPlacement, ...]]:
+    """Plan, then delete the deployments ``keep`` says (a churned pool) and re-plan the operator's way."""
+    plan = plan_pool(pol, nodes, dem)
+    nodes2 = apply_plan(nodes, plan)
+    kept = [d for i, d in enumerate(dem) if keep[i % len(keep)]]
+    plan2 = plan_pool(pol, nodes2, kept, plan.placements())
+    return apply_plan(nodes2, plan2), kept, plan2.placements()
+
+
+def _held(
+    pol: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    dem: Sequence[Demand],
+    state: Sequence[CurrentPlacement],
+) -> list[str]:
+    """What is wrong with a state in which every placement runs: a placement a re-plan could not keep (its share
+    is not legal where it is, given the others), and the invariants of the plan that keeps them."""
+    ctx = build_context(pol, nodes, dem, state)
+    problems = [
+        f"{r.dep.key}#{r.ordinal}: {r.evict_msg}" for r in ctx.reps if r.cur is not None and not r.pinned
+    ]
+    plan = plan_pool(pol, nodes, dem, state)
+    return problems + check_plan(plan, pol, nodes, dem, state)
+
+
+def _during(
+    dem: Sequence[Demand], state: Sequence[CurrentPlacement], target: CurrentPlacement
+) -> tuple[list[Demand], list[CurrentPlacement]]:
+    """The state while a make-before-break move runs: the new replica on its target (as one more replica of the
+    deployment) and the old one still on its source."""
+    running = [p for p in state if p.deployment == target.deployment]
+    ordinal = max((p.ordinal for p in running), default=-1) + 1
+    extra = target.model_copy(update={"ordinal": ordinal})
+    out = [
+        d.model_copy(update={"replicas": max(d.replicas, len(running)) + 1})
+        if d.deployment == target.deployment
+        else d
+        for d in dem
+    ]
+    return out, [*state, extra]
+
+
+def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], cur: Sequence[CurrentPlacement], c: Consolidation, budget: ConsolidationBudget) -> None:  # fmt: skip
+    assert len(c.moves) <= budget.max_moves
+    deployments = [m.deployment for m in c.moves]
+    assert len(set(deployments)) == len(deployments)
+    assert not set(deployments) & budget.busy
+    if c.gpus_used <= c.gpus_fresh * (1 + budget.threshold_percent / 100):
+        assert c.moves == ()
+    configured = tuple(nodes)  # a target is a share that exists: no node config changes before the moves
+    state = {(p.deployment, p.ordinal): p for p in cur}
+    for m in c.moves:
+        assert state[(m.deployment, m.ordinal)] == m.source
+        assert m.make_before_break  # every target is free while its source is held
+        during_dem, during = _during(dem, list(state.values()), m.target)
+        assert _held(pol, configured, during_dem, during) == [], m
+        state[(m.deployment, m.ordinal)] = m.target
+    assert tuple(sorted(state.values(), key=lambda p: (p.deployment, p.ordinal))) == c.placements
+    # every move frees capacity in the end: its source GPU holds nothing once all moves are done, or (a move
+    # that makes room on MIG) another move takes its instance
+    after = _gpus(c.placements)
+    taken = {(m.target.node, m.target.gpu_index, m.target.mechanism, m.target.mig_profile) for m in c.moves}
+    for m in c.moves:
+        src = (m.source.node, m.source.gpu_index)
+        assert src not in after or (*src, m.source.mechanism, m.source.mig_profile) in taken, m
+    assert len(after) == c.gpus_used - c.gpus_freed
+    assert (c.gpus_freed >= 1) == bool(c.moves)
+    # re-planning the result moves nothing
+    replanned = plan_pool(pol, configured, dem, c.placements)
+    assert check_plan(replanned, pol, configured, dem, c.placements) == []
+    assert [e for e in replanned.pool.evictions if e.reason != "PreemptedByHigherTier"] == []
+    # cheapest first: the GPUs are emptied in order of what their replicas' moves cost (BestEffort 1, Burstable
+    # 2, Guaranteed 3, one more on MIG; a move that only makes room for another is not the GPU's own)
+    weight = {"BestEffort": 1, "Burstable": 2, "Guaranteed": 3}
+    costs: dict[str, int] = {}
+    for m in c.moves:
+        gpu = m.reason.split()[2]  # "frees GPU node/index (...)"
+        if f"{m.source.node}/{m.source.gpu_index}" == gpu:
+            costs[gpu] = costs.get(gpu, 0) + weight[m.tier] + (m.source.mechanism == "MIG")
+    assert list(costs.values()) == sorted(costs.values())
+    # deterministic
+    assert consolidate(pol, nodes, dem, cur, budget) == c
+
+
+@st.composite
+def small_demands(draw: st.DrawFn) -> list[Demand]:
+    """Many small deployments (they share GPUs), so that deleting some of them fragments the pool."""
+    out = []
+    for i in range(draw(st.integers(2, 12))):
+        out.append(
+            demand(
+                f"ns-{i % 2}/d{i}",
+                draw(st.sampled_from(("Guaranteed", "Burstable", "BestEffort"))),
+                draw(st.integers(1, 4)),
+                draw(st.floats(0.5, 24)),
+                order_key=str(i),
+            )
+        )
+    return out
+
+
+BUDGETS = st.builds(
+    lambda moves, threshold, busy: ConsolidationBudget(
+        max_moves=moves, threshold_percent=threshold, busy=frozenset(f"ns-{i % 2}/d{i}" for i in busy)
+    ),
+    st.integers(0, 12),
+    st.sampled_from((0.0, 0.0, 2.0, 50.0)),
+    st.sets(st.integers(0, 11), max_size=3),
+)
+
+
+@SETTINGS
+@given(
+    pool(max_nodes=4, max_gpus=6),
+    policy(),
+    demands(max_deps=10, max_replicas=4),
+    st.lists(st.booleans(), min_size=2, max_size=6),
+    BUDGETS,
+)
+def test_consolidation_keeps_every_guarantee(
+    nodes: list[NodeInventory],
+    pol: PoolPolicy,
+    dem: list[Demand],
+    keep: list[bool],
+    budget: ConsolidationBudget,
+) -> None:
+    """On random churned pools, policies and budgets: within the budget, one move per deployment and none of
+    a busy one, every target free while its source is held (each intermediate state is a legal placement),
+    every move's source GPU empty in the end, nothing under the threshold, a re-plan of the result moves
+    nothing."""
+    nodes2, kept, cur = _churned(nodes, pol, dem, keep)
+    c = consolidate(pol, nodes2, kept, cur, budget)
+    event(f"moves: {min(len(c.moves), 3)}")
+    _check(pol, nodes2, kept, cur, c, budget)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pool(max_nodes=4, max_gpus=6),
+    st.sampled_from(("Never", "Allowed")),
+    small_demands(),
+    st.lists(st.booleans(), min_size=2, max_size=6),
+    BUDGETS,
+)
+def test_consolidation_keeps_every_guarantee_on_fragmented_pools(
+    nodes: list[NodeInventory],
+    repartition: str,
+    dem: list[Demand],
+    keep: list[bool],
+    budget: ConsolidationBudget,
+) -> None:
+    """The same guarantees where moves are common: many small deployments sharing GPUs, some deleted."""
+    pol = POLICY.model_copy(update={"repartition": repartition})
+    nodes2, kept, cur = _churned(nodes, pol, dem, keep)
+    c = consolidate(pol, nodes2, kept, cur, budget)
+    event(f"moves: {min(len(c.moves), 3)}")
+    _check(pol, nodes2, kept, cur, c, budget)
+
+
+def test_consolidation_on_a_churned_benchmark_pool() -> None:
+    """A 100-GPU benchmark pool after a round of churn: every guarantee holds on a realistic pool too."""
+    from bench.workloads import agentic_mix, change_demands
+
+    w = agentic_mix(100, seed=3)
+    plan = plan_pool(w.policy, w.nodes, w.demands)
+    nodes = apply_plan(w.nodes, plan)
+    dem = list(change_demands(w.demands, 0.3, seed=7))
+    plan2 = plan_pool(w.policy, nodes, dem, plan.placements())
+    nodes2, cur = apply_plan(nodes, plan2), plan2.placements()
+    budget = ConsolidationBudget(max_moves=20, threshold_percent=0)
+    c = consolidate(w.policy, nodes2, dem, cur, budget)
+    assert c.moves, "a churned pool has GPUs to free"
+    _check(w.policy, nodes2, dem, cur, c, budget)
+
+
+def test_churn_replay_rows() -> None:
+    """The benchmark's churn replay (bench/churn.py) at 100 GPUs, 3 rounds: one row per round and method, the
+    consolidation moves within the 2 % budget, and a re-plan after them moves nothing."""
+    from bench.churn import run_churn
+
+    rows = run_churn(pool=100, seed=3, rounds=3)
+    assert [(r["method"], r["round"]) for r in rows] == [
+        ("churn", 0),
+        ("churn-consolidated", 0),
+        *[(m, k) for k in (1, 2, 3) for m in ("churn", "churn-consolidated")],
+    ]
+    for r in rows:
+        assert {"gpusUsed", "gpusFresh", "replicasMoved"} <= set(r)
+        if r["method"] == "churn-consolidated" and r["round"]:
+            assert r["consolidationMoves"] <= r["maxMoves"] == int(r["runningReplicas"] * 0.02)
+            assert r["replanMovedAfterConsolidation"] == 0
+            assert r["gpusUsed"] <= r["gpusBeforeConsolidation"]
