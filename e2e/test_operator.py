@@ -944,3 +944,58 @@ def test_a_failed_mig_config_is_retried_by_changing_the_label(
     label = cluster.labels(node)["nvidia.com/mig.config"]
     assert label.startswith(f"{first}-retry") and cluster.labels(node)[MIG_STATE] == "success", label
     assert_pods_where_planned(cluster, ns)
+
+
+def test_overlapping_pools_say_so_and_never_share_a_node(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """Two pools select gpu-l4-1: the older plans it, both pools say so, the younger's replica has no share
+    there and nothing of it runs on the node; once the selectors are disjoint the younger pool is clean."""
+    older, younger = f"l4-old-{ns}", f"l4-new-{ns}"
+    pools += [older, younger]
+    kubectl_apply(cluster, [pool(older, product="NVIDIA-L4")])
+    co = custom(cluster.api)
+    wait_for(
+        lambda: co.get_cluster_custom_object(GROUP, VERSION, "gpupools", older).get("status"),
+        60,
+        "older planned",
+    )
+    kubectl_apply(cluster, [pool(younger, node="gpu-l4-1")])
+    kubectl_apply(cluster, [dep("mine", older, "qwen2.5-0.5b-instruct", 2, "Burstable"),
+                            dep("theirs", younger, "qwen2.5-0.5b-instruct", 1, "Burstable")], ns)  # fmt: skip
+    wait_ready(cluster, ns, "mine")
+
+    def overlap(name: str) -> dict[str, Any] | None:
+        c = condition(co.get_cluster_custom_object(GROUP, VERSION, "gpupools", name), "NodeSelectorOverlap")
+        return c if c and c["status"] == "True" else None
+
+    old_c = wait_for(lambda: overlap(older), CONVERGE, "the older pool says its nodes overlap")
+    new_c = wait_for(lambda: overlap(younger), CONVERGE, "the younger pool says so too")
+    assert (
+        f"GPUPool '{younger}' also selects" in old_c["message"]
+        and "(the older) plans gpu-l4-1" in old_c["message"]
+    )
+    assert "this pool does not use gpu-l4-1" in new_c["message"], new_c
+    young = co.get_cluster_custom_object(GROUP, VERSION, "gpupools", younger)
+    assert condition(young, "Degraded")["reason"] == "NodesInAnotherPool"  # type: ignore[index]
+    placed = wait_for(
+        lambda: (
+            (c := condition(get_dep(cluster.api, ns, "theirs"), "Placed")) and c["status"] == "False" and c
+        ),
+        CONVERGE,
+        "the younger pool's replica has no share",
+    )
+    assert placed["reason"] in ("InsufficientCapacity", "NoShareFits"), placed
+    assert replica_pods(cluster.core, ns, "theirs") == []
+    assert_no_overcommit(cluster)
+    # disjoint selectors: the condition clears on both
+    kubectl_apply(cluster, [pool(younger, node="no-such-node")])
+    for name in (older, younger):
+        wait_for(
+            lambda name=name: (c := condition(co.get_cluster_custom_object(GROUP, VERSION, "gpupools", name),
+                                              "NodeSelectorOverlap")) and c["status"] == "False",
+            CONVERGE, f"{name}: NoOverlap",
+        )  # fmt: skip
+    assert replica_pods(cluster.core, ns, "mine") and all(
+        p.spec.node_name.startswith("gpu-l4-") for p in replica_pods(cluster.core, ns, "mine")
+    )
