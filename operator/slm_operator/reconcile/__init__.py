@@ -18,9 +18,12 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
 from slm_operator.planner import plan_pool
+from slm_operator.planner.model import Demand, Plan
 from slm_operator.reconcile.inputs import (
     claimed_reservations,
     current_replicas,
@@ -37,6 +40,7 @@ from slm_operator.reconcile.nodes import (
     restore_labels,
 )
 from slm_operator.reconcile.pods import create_pods, delete_pods
+from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
 from slm_operator.reconcile.podsets import pod_sets
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
@@ -60,16 +64,25 @@ def decide(world: World) -> Decisions:
     nodes = read_nodes(world)
     # 2. Size deployments: memory per replica and the planner's demand (or why a deployment cannot be sized).
     sizings = size_deployments(world.deployments, world.now)
-    # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
-    current = current_replicas(world.pods, world.deployments)
-    # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed.
+    # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone (no
+    #    more than a ResourceQuota admits: caps).
+    # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed, within
+    #    the namespaces' ResourceQuotas: re-planned with lower demands while a quota holds new replicas back.
     claims = claimed_reservations(world, set(nodes.by_name))
-    plan = plan_pool(pool_policy(world.pool, claims.claimed), nodes.inventories, sizings.demands, current)
+    policy = pool_policy(world.pool, claims.claimed)
+
+    def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
+        current = current_replicas(world.pods, world.deployments, caps)
+        return plan_pool(policy, nodes.inventories, demands, current)
+
+    quotas = read_quotas(world.resource_quotas)
+    within = plan_within_quotas(plan_for, sizings.demands, quotas, world.pods, world.cfg.priority_classes)
+    plan = within.plan
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
     configs = configure_nodes(nodes, plan)
     times = entry_times(world, configs)
     # 6. Pod sets: the replica pods the plan wants against those that exist.
-    sets = pod_sets(world, plan, sizings)
+    sets = pod_sets(world, plan, sizings, within.held)
     # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES.
     deletions = delete_pods(sets, plan)
     # 8. Relabels: changed node labels, once the node's deleted pods are gone and the MIG config they name has
@@ -82,7 +95,7 @@ def decide(world: World) -> Decisions:
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
     waiting = explain_reconfigurations(plan, creations.waiting, drains, world.cfg.configmap_sync_seconds)
-    deployments = report_deployments(world, plan, sizings, sets, waiting)
+    deployments = report_deployments(world, plan, sizings, sets, waiting, within)
     pool = report_pool(world, plan, nodes, configs, claims, relabels)
     return Decisions(
         plan=plan,

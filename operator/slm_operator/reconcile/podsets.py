@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -62,9 +62,12 @@ class PodSets:
     pods_by_deployment: Mapping[str, tuple[Mapping[str, Any], ...]]  # every existing pod, for the status
 
 
-def pod_sets(world: World, plan: Plan, sizings: Sizings) -> PodSets:
-    """Desired pods (one per placed replica whose deployment could be sized) against existing ones."""
-    desired = _desired(world, plan, sizings)
+def pod_sets(
+    world: World, plan: Plan, sizings: Sizings, held: Collection[tuple[str, int]] = ()
+) -> PodSets:
+    """Desired pods (one per placed replica whose deployment could be sized, and that no ResourceQuota
+    holds back: ``held``) against existing ones."""
+    desired = {k: v for k, v in _desired(world, plan, sizings).items() if (k.deployment, k.ordinal) not in held}
     existing = {key: ExistingReplica.of(pods) for key, pods in _by_replica(world.pods).items()}
     unready: dict[str, set[int]] = {}
     for key in desired:

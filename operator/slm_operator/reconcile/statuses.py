@@ -15,11 +15,12 @@ from slm_operator.contract import (
 )
 from slm_operator.events import Event
 from slm_operator.inventory import deployment_key
-from slm_operator.planner.model import Plan
+from slm_operator.planner.model import DeploymentPlan, Plan
 from slm_operator.reconcile.inputs import NodeReadings, ReservationClaims, Sizings
 from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
 from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
+from slm_operator.reconcile.quotas import QuotaPlan
 from slm_operator.reconcile.scaling import warm_shares
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
@@ -39,9 +40,11 @@ def report_deployments(
     sizings: Sizings,
     sets: PodSets,
     waiting: Mapping[str, Mapping[int, str]],
+    within: QuotaPlan | None = None,
 ) -> DeploymentReports:
-    """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods and the replicas
-    whose pod waits, with why), and an event when its Placed condition changes."""
+    """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods, the replicas
+    whose pod waits, with why, and what a ResourceQuota holds back), and an event when its Placed condition
+    changes."""
     plans = {dp.deployment: dp for dp in plan.deployments}
     services: list[dict[str, Any]] = []
     statuses: dict[str, SLMDeploymentStatus] = {}
@@ -58,6 +61,7 @@ def report_deployments(
             waiting=waiting.get(dkey, {}),
             endpoint=endpoint(dep),
             now=world.now,
+            quota=_quota(dkey, plans.get(dkey), dep.effective_replicas(), within),
         )
         warm = warm_shares(dep, plan, world.now)
         if warm is not None:  # set only when there is something: an unset field is left out of the apply
@@ -65,6 +69,18 @@ def report_deployments(
         statuses[dkey] = st
         events += _transition_events(dep, st)
     return DeploymentReports(tuple(services), statuses, tuple(events))
+
+
+def _quota(
+    dkey: str, plan: DeploymentPlan | None, desired: int, within: QuotaPlan | None
+) -> tuple[int, str] | None:
+    """(replicas of the plan not created, the Placed message) when a ResourceQuota holds replicas back."""
+    limit = within.limits.get(dkey) if within is not None else None
+    if limit is None or within is None:
+        return None
+    not_created = sum(1 for d, _ in within.held if d == dkey)
+    placed = max(0, (plan.placed if plan is not None else 0) - not_created)
+    return not_created, limit.message(placed, desired)
 
 
 def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Event]:

@@ -26,6 +26,8 @@ class World:
     cfg: OperatorConfig = field(default_factory=OperatorConfig)
     # when each entry of the mig-parted ConfigMap was first written (its slm.io/config-written annotation)
     mig_entry_times: dict[str, str] = field(default_factory=dict)
+    # ResourceQuotas of the namespaces of the pool's deployments (the core plans within them)
+    resource_quotas: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -41,6 +41,10 @@ PLACED = "Placed"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 
+#: Placed/Degraded reason: a Kubernetes ResourceQuota of the namespace holds replicas back
+#: (docs/resource-quotas.md).
+RESOURCE_QUOTA_EXCEEDED = "ResourceQuotaExceeded"
+
 
 def set_condition(
     conditions: Sequence[Condition] | None,
@@ -127,6 +131,7 @@ class Rollout:
     waiting: Mapping[int, str]  # replica ordinal -> why its pod is held back
     unschedulable: Mapping[int, str]  # replica ordinal -> the scheduler's message
     previous_placed: Condition | None  # the Placed condition before this pass
+    quota: str = ""  # why a ResourceQuota holds replicas back ("": it does not)
 
 
 def placed_condition(r: Rollout) -> ConditionResult:
@@ -139,6 +144,8 @@ def placed_condition(r: Rollout) -> ConditionResult:
         return ConditionResult(True, "ScaledToZero", "replicas is 0")
     if r.plan is None:
         return ConditionResult(False, "PoolNotFound", f"GPUPool {r.pool_name!r} does not exist")
+    if r.quota:
+        return ConditionResult(False, RESOURCE_QUOTA_EXCEEDED, r.quota)
     if r.plan.unplaced:
         first = r.plan.unplaced[0]
         reason, detail = first.reason, first.message
@@ -197,7 +204,7 @@ def ready_condition(r: Rollout) -> ConditionResult:
 
 def degraded_condition(r: Rollout, placed: ConditionResult) -> ConditionResult:
     """Degraded: something the user must act on (capacity), not a rollout in progress; says what Placed says."""
-    if r.desired > 0 and r.plan is not None and r.plan.unplaced:
+    if r.desired > 0 and r.plan is not None and (r.plan.unplaced or r.quota):
         return ConditionResult(True, placed.reason, placed.message)
     return ConditionResult(False, "AsPlanned", "every wanted replica has a share")
 
@@ -272,10 +279,12 @@ def deployment_status(
     waiting: Mapping[int, str],
     endpoint: str,
     now: str,
+    quota: tuple[int, str] | None = None,
 ) -> SLMDeploymentStatus:
     """Status of one SLMDeployment from its sizing, its part of the plan and its pods.
 
-    ``waiting`` maps replica ordinals whose pod is held back to why (e.g. the node's MIG reconfiguration).
+    ``waiting`` maps replica ordinals whose pod is held back to why (e.g. the node's MIG reconfiguration);
+    ``quota`` is (replicas of the plan a ResourceQuota keeps from being created, why) when one holds some back.
     """
     old = dep.status or SLMDeploymentStatus()
     gen = dep.metadata.generation
@@ -302,7 +311,7 @@ def deployment_status(
     if plan is not None:
         st.explanation = plan.explanation
         st.share_summary = plan.share_summary[:_SHARE_SUMMARY_MAX]
-    st.placed_replicas = plan.placed if plan is not None else 0
+    st.placed_replicas = max(0, plan.placed - (quota[0] if quota else 0)) if plan is not None else 0
     placements, unschedulable = _placements(plan, live, waiting)
     st.placements = placements or None
     shares = [x for x in placements if x.mechanism]
@@ -319,6 +328,7 @@ def deployment_status(
         waiting=waiting,
         unschedulable=unschedulable,
         previous_placed=condition(old.conditions, PLACED),
+        quota=quota[1] if quota else "",
     )
     placed = placed_condition(r)
     results = {
