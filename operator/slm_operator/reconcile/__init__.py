@@ -40,8 +40,8 @@ from slm_operator.reconcile.nodes import (
     restore_labels,
 )
 from slm_operator.reconcile.pods import create_pods, delete_pods
-from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
 from slm_operator.reconcile.podsets import pod_sets
+from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World

@@ -62,12 +62,12 @@ class PodSets:
     pods_by_deployment: Mapping[str, tuple[Mapping[str, Any], ...]]  # every existing pod, for the status
 
 
-def pod_sets(
-    world: World, plan: Plan, sizings: Sizings, held: Collection[tuple[str, int]] = ()
-) -> PodSets:
+def pod_sets(world: World, plan: Plan, sizings: Sizings, held: Collection[tuple[str, int]] = ()) -> PodSets:
     """Desired pods (one per placed replica whose deployment could be sized, and that no ResourceQuota
     holds back: ``held``) against existing ones."""
-    desired = {k: v for k, v in _desired(world, plan, sizings).items() if (k.deployment, k.ordinal) not in held}
+    desired = {
+        k: v for k, v in _desired(world, plan, sizings).items() if (k.deployment, k.ordinal) not in held
+    }
     existing = {key: ExistingReplica.of(pods) for key, pods in _by_replica(world.pods).items()}
     unready: dict[str, set[int]] = {}
     for key in desired:

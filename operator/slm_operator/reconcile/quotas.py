@@ -53,6 +53,24 @@ def pod_charge(resource: str) -> dict[str, int]:
     return {"pods": 1, "count/pods": 1, REQUESTS_PREFIX + resource: 1}
 
 
+#: How the API server's ResourceQuota admission words a refusal (403): over a limit, a resource the quota
+#: requires the pod to set (``failed quota: ...: must specify limits.cpu``), or usage not counted yet.
+QUOTA_REFUSALS = ("exceeded quota:", "failed quota:", "status unknown for quota:")
+
+
+def quota_refusal(status: int | None, message: str) -> bool:
+    """Whether an API error refusing a pod came from a ResourceQuota."""
+    return status == 403 and any(r in message for r in QUOTA_REFUSALS)
+
+
+def refusal_message(pod_name: str, message: str) -> str:
+    """The Placed message when the API server refused a replica pod for a quota."""
+    return (
+        f"the API server refused pod {pod_name}: {message}. Raise the ResourceQuota named there, free some of "
+        f"it, or lower the replicas; the pod is tried again when the quota changes"
+    )
+
+
 # ------------------------------------------------------------------------------------------ quotas
 @dataclass(frozen=True)
 class Quota:
@@ -269,7 +287,9 @@ def _new_replicas(
         rec = view.placement
         if rec is not None:
             known = rec.mechanism != "MIG" or bool(rec.mig_profile)
-            have[(rec.deployment, rec.ordinal)] = share_resource_of(rec.mechanism, rec.mig_profile) if known else ""
+            have[(rec.deployment, rec.ordinal)] = (
+                share_resource_of(rec.mechanism, rec.mig_profile) if known else ""
+            )
     order = {d.deployment: (TIER_RANK[d.tier], d.order_key, d.deployment) for d in demands}
     out: list[_New] = []
     for g in plan.gpus:
@@ -304,9 +324,7 @@ def lowered_demands(demands: Sequence[Demand], caps: Mapping[str, int]) -> list[
     ]
 
 
-def merge_caps(
-    caps: Mapping[str, int], demands: Sequence[Demand], check: QuotaCheck
-) -> dict[str, int]:
+def merge_caps(caps: Mapping[str, int], demands: Sequence[Demand], check: QuotaCheck) -> dict[str, int]:
     """The caps after ``check``: each deployment's demand (as planned) less the replicas held back."""
     wanted = {d.deployment: min(d.replicas, caps.get(d.deployment, d.replicas)) for d in demands}
     out = dict(caps)

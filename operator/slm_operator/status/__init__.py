@@ -341,6 +341,24 @@ def deployment_status(
     return st
 
 
+def quota_refused(
+    old: SLMDeploymentStatus | None,
+    new: SLMDeploymentStatus,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> SLMDeploymentStatus:
+    """``new`` with Placed=False and Degraded=True, reason ResourceQuotaExceeded: the API server refused a replica
+    pod for a ResourceQuota (one the core does not plan within, e.g. ``requests.memory``, or usage it read before
+    another writer took it). The transition time is the one ``old`` had for the same state, so a pass that is
+    refused again writes nothing new."""
+    conds = [c for c in new.conditions or [] if c.type not in (PLACED, DEGRADED)]
+    conds += [c for c in (old.conditions if old and old.conditions else []) if c.type in (PLACED, DEGRADED)]
+    conds = set_condition(conds, PLACED, False, RESOURCE_QUOTA_EXCEEDED, message, generation, now)
+    conds = set_condition(conds, DEGRADED, True, RESOURCE_QUOTA_EXCEEDED, message, generation, now)
+    return new.model_copy(update={"conditions": conds})
+
+
 # ------------------------------------------------------------------------------------------ GPUPool
 
 
