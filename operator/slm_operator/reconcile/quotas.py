@@ -212,7 +212,7 @@ class QuotaCheck:
 
 @dataclass(frozen=True)
 class _New:
-    """A replica of the plan that has no pod yet, in the order quotas admit them."""
+    """A replica of the plan that needs room (no pod yet, or moving to a share of another resource)."""
 
     order: tuple[Any, ...]
     deployment: str
