@@ -341,3 +341,13 @@ def test_a_quota_change_wakes_the_pools_and_a_repeat_does_not() -> None:
     ev.clear()
     handlers.quota_event(body=used, type="MODIFIED", memo=memo)
     assert ev.is_set()
+
+
+def test_a_quota_scoped_to_pods_replicas_are_not_changes_nothing() -> None:
+    """Replica pods are never Terminating (no activeDeadlineSeconds) nor BestEffort (they request resources)."""
+    plain = decide(_configured([]))
+    for scopes in (["Terminating"], ["BestEffort"], ["NotTerminating", "BestEffort"]):
+        d = decide(_configured([_quota("scoped", {"pods": "0"}, scopes=scopes)]))
+        assert d.pods_create == plain.pods_create, scopes
+    d = decide(_configured([_quota("scoped", {"pods": "0"}, scopes=["NotBestEffort"])]))
+    assert d.pods_create == []
