@@ -178,13 +178,15 @@ class PoolReconciler:
         """Create the decided pods. Once a ResourceQuota refuses one, the rest of its namespace waits for the
         next pass (one refusal per namespace and pass, not one per pod), and their deployments say why."""
         deps_by_name = {(x.metadata.namespace, x.metadata.name): x for x in world.deployments}
-        refused: dict[str, str] = {}  # namespace -> the API server's words
+        refused: dict[
+            str, str
+        ] = {}  # namespace -> the Placed message (the refused pod, the API server's words)
         for pod in d.pods_create:
             meta = pod["metadata"]
             dep = deps_by_name.get((meta["namespace"], meta["labels"].get(DEPLOYMENT_LABEL, "")))
             if meta["namespace"] in refused:
                 if dep is not None:
-                    self._quota_refused(d, dep, refusal_message(meta["name"], refused[meta["namespace"]]))
+                    self._quota_refused(d, dep, refused[meta["namespace"]])
                 continue
             try:
                 if self.kube.create(pod) is not None:
@@ -192,11 +194,11 @@ class PoolReconciler:
             except ApiException as exc:  # e.g. a missing PriorityClass: report it, keep reconciling the rest
                 log.warning("cannot create pod %s/%s: %s", meta["namespace"], meta["name"], _message(exc))
                 if quota_refusal(exc.status, _message(exc)):
-                    refused[meta["namespace"]] = _message(exc)
+                    refused[meta["namespace"]] = refusal_message(meta["name"], _message(exc))
                 if dep is None:
                     continue
                 if meta["namespace"] in refused:
-                    self._quota_refused(d, dep, refusal_message(meta["name"], _message(exc)))
+                    self._quota_refused(d, dep, refused[meta["namespace"]])
                 self.kube.event(
                     {
                         "apiVersion": API_VERSION,

@@ -64,10 +64,12 @@ def quota_refusal(status: int | None, message: str) -> bool:
 
 
 def refusal_message(pod_name: str, message: str) -> str:
-    """The Placed message when the API server refused a replica pod for a quota."""
+    """The Placed message of every deployment whose new pods wait because the API server refused a replica pod
+    of their namespace for a quota."""
     return (
-        f"the API server refused pod {pod_name}: {message}. Raise the ResourceQuota named there, free some of "
-        f"it, or lower the replicas; the pod is tried again when the quota changes"
+        f"the API server refused replica pod {pod_name} of this namespace: {message}. New replica pods of the "
+        f"namespace wait: raise the ResourceQuota named there, free some of it, or lower the replicas; they are "
+        f"tried again when the quota changes"
     )
 
 
