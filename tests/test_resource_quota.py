@@ -351,3 +351,22 @@ def test_a_quota_scoped_to_pods_replicas_are_not_changes_nothing() -> None:
         assert d.pods_create == plain.pods_create, scopes
     d = decide(_configured([_quota("scoped", {"pods": "0"}, scopes=["NotBestEffort"])]))
     assert d.pods_create == []
+
+
+TIER_RANK = {"Guaranteed": 0, "Burstable": 1, "BestEffort": 2}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pods=st.integers(0, 18))
+def test_a_pod_quota_holds_back_lower_tiers_before_higher_ones(pods: int) -> None:
+    """With room for ``pods`` replica pods, the namespace settles on exactly ``min(pods, 18)`` (every replica of
+    the example fits the pool), and no replica runs while a replica of a higher tier is held back."""
+    running, d = _settle(_quota("team-pods", {"pods": str(pods)}), [], _configured([]))
+    assert len(running) == min(pods, 18)
+    created = [TIER_RANK[PodView(p).labels[QOS_LABEL]] for p in running]
+    held = [
+        TIER_RANK[dep.spec.qos.value]
+        for dep in _configured([]).deployments
+        if _placed(d, dep.metadata.name)["reason"] == "ResourceQuotaExceeded"
+    ]
+    assert not held or max(created, default=-1) <= min(held)
