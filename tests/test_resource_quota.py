@@ -102,6 +102,9 @@ def test_a_pod_quota_admits_replicas_by_tier_then_age_and_the_rest_say_which_quo
     )
     assert degraded.status.value == "True" and degraded.reason == "ResourceQuotaExceeded"
     assert _placed(d, "invoice-extractor")["reason"] == "AllReplicasPlaced"
+    # the plan (and so slm_replicas_desired / slm_replicas_unplaced) counts held replicas as not placed
+    router = d.plan.deployment(f"{NS}/intent-router") if d.plan else None
+    assert router is not None and (router.desired, router.placed) == (4, 0)
     warnings = [e for e in d.events if e.name == "intent-router" and e.reason == "Unplaceable"]
     assert warnings and "ResourceQuotaExceeded" in warnings[0].message
 

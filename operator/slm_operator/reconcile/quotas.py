@@ -24,7 +24,7 @@ Room is ``min(spec.hard, status.hard) - status.used``: admission checks ``status
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
@@ -370,7 +370,33 @@ def plan_within_quotas(
             before = limits.get(dep)
             limits[dep] = limit if before is None else replace(before, held=before.held + limit.held)
         if not check.held or attempt == MAX_QUOTA_PLANS - 1:
-            return QuotaPlan(plan, limits, check.held, caps)
+            return QuotaPlan(_as_asked(plan, demands, caps, check.held), limits, check.held, caps)
         caps = merge_caps(caps, demands, check)
         plan = plan_for(lowered_demands(demands, caps), caps)
     raise AssertionError("unreachable")
+
+
+def _as_asked(
+    plan: Plan, demands: Sequence[Demand], caps: Mapping[str, int], held: Collection[tuple[str, int]]
+) -> Plan:
+    """``plan`` with each quota-limited deployment's ``desired`` back to what it asks for and ``placed`` less the
+    replicas that are not created, so statuses and metrics (``slm_replicas_desired``, ``slm_replicas_unplaced``)
+    count the replicas a quota holds back as not placed."""
+    if not caps and not held:
+        return plan
+    asked = {d.deployment: d.replicas for d in demands}
+    not_created: dict[str, int] = {}
+    for dep, _ in held:
+        not_created[dep] = not_created.get(dep, 0) + 1
+    deployments = tuple(
+        dp.model_copy(
+            update={
+                "desired": asked.get(dp.deployment, dp.desired),
+                "placed": max(0, dp.placed - not_created.get(dp.deployment, 0)),
+            }
+        )
+        if dp.deployment in caps or dp.deployment in not_created
+        else dp
+        for dp in plan.deployments
+    )
+    return plan.model_copy(update={"deployments": deployments})

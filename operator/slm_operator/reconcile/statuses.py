@@ -71,16 +71,12 @@ def report_deployments(
     return DeploymentReports(tuple(services), statuses, tuple(events))
 
 
-def _quota(
-    dkey: str, plan: DeploymentPlan | None, desired: int, within: QuotaPlan | None
-) -> tuple[int, str] | None:
-    """(replicas of the plan not created, the Placed message) when a ResourceQuota holds replicas back."""
+def _quota(dkey: str, plan: DeploymentPlan | None, desired: int, within: QuotaPlan | None) -> str:
+    """The Placed message when a ResourceQuota holds replicas back ("" when none does)."""
     limit = within.limits.get(dkey) if within is not None else None
-    if limit is None or within is None:
-        return None
-    not_created = sum(1 for d, _ in within.held if d == dkey)
-    placed = max(0, (plan.placed if plan is not None else 0) - not_created)
-    return not_created, limit.message(placed, desired)
+    if limit is None:
+        return ""
+    return limit.message(plan.placed if plan is not None else 0, desired)
 
 
 def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Event]:

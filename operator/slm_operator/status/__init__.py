@@ -279,12 +279,12 @@ def deployment_status(
     waiting: Mapping[int, str],
     endpoint: str,
     now: str,
-    quota: tuple[int, str] | None = None,
+    quota: str = "",
 ) -> SLMDeploymentStatus:
     """Status of one SLMDeployment from its sizing, its part of the plan and its pods.
 
     ``waiting`` maps replica ordinals whose pod is held back to why (e.g. the node's MIG reconfiguration);
-    ``quota`` is (replicas of the plan a ResourceQuota keeps from being created, why) when one holds some back.
+    ``quota`` is why a ResourceQuota holds replicas back ("" when none does).
     """
     old = dep.status or SLMDeploymentStatus()
     gen = dep.metadata.generation
@@ -311,7 +311,7 @@ def deployment_status(
     if plan is not None:
         st.explanation = plan.explanation
         st.share_summary = plan.share_summary[:_SHARE_SUMMARY_MAX]
-    st.placed_replicas = max(0, plan.placed - (quota[0] if quota else 0)) if plan is not None else 0
+    st.placed_replicas = plan.placed if plan is not None else 0
     placements, unschedulable = _placements(plan, live, waiting)
     st.placements = placements or None
     shares = [x for x in placements if x.mechanism]
@@ -328,7 +328,7 @@ def deployment_status(
         waiting=waiting,
         unschedulable=unschedulable,
         previous_placed=condition(old.conditions, PLACED),
-        quota=quota[1] if quota else "",
+        quota=quota,
     )
     placed = placed_condition(r)
     results = {
