@@ -13,7 +13,10 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
   (``nvidia.com/mig.config.state=success`` for MIG, the GFD sharing labels for MPS and time-slicing), and a
   replica that moves or is replaced gets its new pod only after the old pod is gone (phase 9, ``CREATE_GATES``);
 * a new spec on the same placement rolls one replica at a time while the others are ready (phase 7,
-  ``ROLLING_UPDATE_GATES``).
+  ``ROLLING_UPDATE_GATES``);
+* a new replica is planned only while the ResourceQuotas of its namespace (``pods``, ``requests.nvidia.com/*``)
+  have room for its pod, by tier then age; a running one is never removed for a quota (phase 4,
+  :mod:`slm_operator.reconcile.quotas`).
 """
 
 from __future__ import annotations
