@@ -70,6 +70,7 @@ OPERATOR_CLUSTER_RULES = {
     ("", "nodes"): {"get", "list", "watch", "patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("", "resourcequotas"): {"get", "list", "watch"},  # plans within the namespaces' quotas (read only)
     ("", "events"): {"create", "patch"},
     ("", "namespaces"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

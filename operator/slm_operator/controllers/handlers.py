@@ -230,6 +230,29 @@ def gpu_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) 
         ctx.trigger_all()
 
 
+# ------------------------------------------------------------------------------------------- ResourceQuotas
+
+
+@kopf.on.event("", "v1", "resourcequotas")
+def quota_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A ResourceQuota's limits, scopes or usage changed: the pools plan within it again (docs/resource-quotas.md);
+    its usage drops when a pod of the namespace is gone, which may let a held-back replica in."""
+    ctx = from_memo(memo)
+    obj = ObjectView(body)
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    fp = [
+        type,
+        spec.get("hard"),
+        spec.get("scopes"),
+        spec.get("scopeSelector"),
+        status.get("hard"),
+        status.get("used"),
+    ]
+    if ctx.changed(f"quota/{obj.namespace or None}/{obj.name or None}", fp):
+        ctx.trigger_all()
+
+
 # ------------------------------------------------------------------------------------------- FineTuneJob
 
 

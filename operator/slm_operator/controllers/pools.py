@@ -36,6 +36,7 @@ from slm_operator.reconcile import (
     pending_mig_entries,
     restore_labels,
 )
+from slm_operator.reconcile.quotas import quota_refusal, refusal_message
 from slm_operator.render import OperatorConfig
 from slm_operator.render.configmaps import (
     MIG_PARTED_KEY,
@@ -45,7 +46,7 @@ from slm_operator.render.configmaps import (
     mig_parted_data,
     written_annotations,
 )
-from slm_operator.status import PLACED, READY, set_condition
+from slm_operator.status import PLACED, READY, quota_refused, set_condition
 from slm_operator.views import NodeView, ObjectView, PodView
 
 log = logging.getLogger("slm_operator.pools")
@@ -109,6 +110,12 @@ class PoolReconciler:
                     candidates.append(p)
             foreign = [p for p in candidates if POOL_LABEL not in PodView(p).labels]
         mig_configs, mig_times = self._mig_configs()
+        namespaces = {d.metadata.namespace for d in deps}
+        quotas = (
+            [q for q in self.kube.list("v1", "ResourceQuota") if ObjectView(q).namespace in namespaces]
+            if deps
+            else []
+        )
         return World(
             pool=pool,
             nodes=nodes,
@@ -120,6 +127,7 @@ class PoolReconciler:
             cfg=self.cfg,
             mig_entry_times=mig_times,
             pools=pools,
+            resource_quotas=quotas,
         )
 
     # ------------------------------------------------------------------------------ reconcile
@@ -183,26 +191,57 @@ class PoolReconciler:
                 metrics.count_plan_eviction(ev)
 
     def _create_pods(self, world: World, d: Decisions) -> None:
+        """Create the decided pods. Once a ResourceQuota refuses one, the rest of its namespace waits for the
+        next pass (one refusal per namespace and pass, not one per pod), and their deployments say why."""
         deps_by_name = {(x.metadata.namespace, x.metadata.name): x for x in world.deployments}
+        refused: dict[
+            str, str
+        ] = {}  # namespace -> the Placed message (the refused pod, the API server's words)
         for pod in d.pods_create:
             meta = pod["metadata"]
+            dep = deps_by_name.get((meta["namespace"], meta["labels"].get(DEPLOYMENT_LABEL, "")))
+            if meta["namespace"] in refused:
+                if dep is not None:
+                    self._quota_refused(d, dep, refused[meta["namespace"]])
+                continue
             try:
                 if self.kube.create(pod) is not None:
                     log.info("created pod %s/%s", meta["namespace"], meta["name"])
             except ApiException as exc:  # e.g. a missing PriorityClass: report it, keep reconciling the rest
                 log.warning("cannot create pod %s/%s: %s", meta["namespace"], meta["name"], _message(exc))
-                dep = deps_by_name.get((meta["namespace"], meta["labels"].get(DEPLOYMENT_LABEL, "")))
-                if dep is not None:
-                    self.kube.event(
-                        {
-                            "apiVersion": API_VERSION,
-                            "kind": "SLMDeployment",
-                            "metadata": dep.metadata.to_k8s(),
-                        },
-                        "Warning",
-                        "CreatePodFailed",
-                        f"cannot create pod {meta['name']}: {_message(exc)}",
-                    )
+                if quota_refusal(exc.status, _message(exc)):
+                    refused[meta["namespace"]] = refusal_message(meta["name"], _message(exc))
+                if dep is None:
+                    continue
+                if meta["namespace"] in refused:
+                    self._quota_refused(d, dep, refused[meta["namespace"]])
+                self.kube.event(
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "SLMDeployment",
+                        "metadata": dep.metadata.to_k8s(),
+                    },
+                    "Warning",
+                    "CreatePodFailed",
+                    f"cannot create pod {meta['name']}: {_message(exc)}",
+                )
+
+    @staticmethod
+    def _quota_refused(d: Decisions, dep: SLMDeployment, message: str) -> None:
+        """A ResourceQuota refused a replica pod: the deployment's status says so (not the core's "placed"),
+        and the core's Placed event for it is dropped. No retry here: the pod is tried again on the next pass,
+        which a change of the quota (its status.used too) triggers, or the resync."""
+        key = deployment_key(dep)
+        st = d.deployment_statuses.get(key)
+        if st is None:
+            return
+        d.deployment_statuses[key] = quota_refused(
+            dep.status, st, message, dep.metadata.generation, now_rfc3339()
+        )
+        ns, name = dep.metadata.namespace, dep.metadata.name
+        d.events = [
+            e for e in d.events if not (e.namespace == ns and e.name == name and e.reason == "Placed")
+        ]
 
     @staticmethod
     def _tolerant(fn: Callable[..., object], *args: Any) -> None:

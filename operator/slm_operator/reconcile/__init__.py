@@ -17,13 +17,19 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
 * a consolidation move is make-before-break: the replica's new pod starts on its target share while the old
   one serves, and the old one is deleted only once the new one is Ready (phases 3b and 9,
   ``MOVE_TARGET_GATES``; :mod:`slm_operator.reconcile.moves`).
+* a new replica is planned only while the ResourceQuotas of its namespace (``pods``, ``requests.nvidia.com/*``)
+  have room for its pod, by tier then age; a running one is never removed for a quota (phase 4,
+  :mod:`slm_operator.reconcile.quotas`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
 from slm_operator.planner import plan_pool
+from slm_operator.planner.model import CurrentPlacement, Demand, Plan, PoolPolicy
 from slm_operator.reconcile.consolidation import (
     begin_moves,
     finish_moves,
@@ -32,6 +38,7 @@ from slm_operator.reconcile.consolidation import (
     target_pods,
 )
 from slm_operator.reconcile.inputs import (
+    NodeReadings,
     claimed_reservations,
     current_replicas,
     read_nodes,
@@ -49,6 +56,7 @@ from slm_operator.reconcile.nodes import (
 )
 from slm_operator.reconcile.pods import create_move_targets, create_pods, delete_pods, with_move_deletes
 from slm_operator.reconcile.podsets import keep_pods, pod_sets
+from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
@@ -79,16 +87,24 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     policy = pool_policy(world.pool, claims.claimed)
     step = plan_consolidation(world, policy, nodes.inventories, sizings.demands, current)
     # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed, and the
-    #    shares moves hold.
-    plan = plan_pool(policy, nodes.inventories, step.view.demands, step.view.current)
+    #    shares moves hold, within the namespaces' ResourceQuotas: re-planned with lower demands while a quota
+    #    holds new replicas back (no more remembered replicas than a quota admits: caps).
+    within = plan_within_quotas(
+        _planner(world, policy, nodes, step.view.current, current),
+        step.view.demands,
+        read_quotas(world.resource_quotas),
+        world.pods,
+        world.cfg.priority_classes,
+    )
+    plan = within.plan
     shown = without_holds(plan)
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
     configs = configure_nodes(nodes, plan)
     times = entry_times(world, configs)
-    # 6. Pod sets: the replica pods the plan wants against those that exist (pods on lost nodes are stranded);
-    #    a move's pods are kept.
+    # 6. Pod sets: the replica pods the plan wants against those that exist (pods on lost nodes are stranded,
+    #    replicas a quota holds back are not wanted); a move's pods are kept.
     moving = begin_moves(world, step, plan)
-    sets = keep_pods(pod_sets(world, plan, sizings, nodes.lost), frozenset(moving.keep))
+    sets = keep_pods(pod_sets(world, plan, sizings, nodes.lost, within.held), frozenset(moving.keep))
     # 7. Deletions: pods not wanted as they are; in-place replacements pass ROLLING_UPDATE_GATES; a move's old
     #    pod once its new one is Ready, its new pod once it missed its deadline.
     deletions = with_move_deletes(delete_pods(sets, plan), tuple(moving.delete), sets)
@@ -105,7 +121,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
     waiting = explain_reconfigurations(shown, creations.waiting, drains, world.cfg.configmap_sync_seconds)
-    deployments = report_deployments(world, shown, sizings, sets, waiting, nodes)
+    deployments = report_deployments(world, shown, sizings, sets, waiting, nodes, within)
     pool = report_pool(world, shown, nodes, configs, claims, relabels)
     report_consolidation(world, pool, moves, step)
     return Decisions(
@@ -128,3 +144,31 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         ),
         consolidation=moves,
     )
+
+
+def _planner(
+    world: World,
+    policy: PoolPolicy,
+    nodes: NodeReadings,
+    view_current: Sequence[CurrentPlacement],
+    current: Sequence[CurrentPlacement],
+) -> Callable[[Sequence[Demand], Mapping[str, int]], Plan]:
+    """``plan_for(demands, caps)`` for :func:`plan_within_quotas`: the pool planned from the consolidation step's
+    view of the running replicas (moves hold their other share), less the replicas that only the deployments'
+    status remembers beyond what a ResourceQuota admits (``caps``)."""
+    known = {(c.deployment, c.ordinal) for c in current}
+
+    def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
+        pinned = list(view_current)
+        if caps:
+            admitted = {
+                (c.deployment, c.ordinal) for c in current_replicas(world.pods, world.deployments, caps)
+            }
+            pinned = [
+                c
+                for c in pinned
+                if (c.deployment, c.ordinal) in admitted or (c.deployment, c.ordinal) not in known
+            ]
+        return plan_pool(policy, nodes.inventories, demands, pinned)
+
+    return plan_for

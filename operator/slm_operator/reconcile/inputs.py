@@ -162,27 +162,33 @@ def size_deployments(deployments: Iterable[SLMDeployment], now: str = "") -> Siz
 
 # ------------------------------------------------------------------------------------------ 3. current replicas
 def current_replicas(
-    pods: Iterable[Mapping[str, Any]], deployments: Sequence[SLMDeployment]
+    pods: Iterable[Mapping[str, Any]],
+    deployments: Sequence[SLMDeployment],
+    caps: Mapping[str, int] | None = None,
 ) -> list[CurrentPlacement]:
     """Where each replica runs: its pod's placement record, else (the pod is briefly gone: rolling update,
     deleted by hand, evicted) the place its SLMDeployment status remembers, so that the planner does not
-    repartition a GPU for a replica that is coming back."""
+    repartition a GPU for a replica that is coming back. ``caps`` (deployment -> replicas a ResourceQuota
+    admits) bounds the remembered ones, so the planner never drops a replica with a pod for one without."""
     current = current_placements(pods)
     have = {(c.deployment, c.ordinal) for c in current}
     for dep in deployments:
-        current += _remembered(dep, have)
+        current += _remembered(dep, have, (caps or {}).get(deployment_key(dep)))
     current.sort(key=lambda c: (c.deployment, c.ordinal))
     return current
 
 
-def _remembered(dep: SLMDeployment, have: set[tuple[str, int]]) -> list[CurrentPlacement]:
+def _remembered(
+    dep: SLMDeployment, have: set[tuple[str, int]], cap: int | None = None
+) -> list[CurrentPlacement]:
     """The wanted replicas of ``dep`` that have no pod (not in ``have``) but a usable place in its status.
 
     Ordinals may have gaps (a scale-down removes the replica that frees the most, planner/scaledown.py), so
     "wanted" is a count: the places of the lowest ordinals in the status, as many as the deployment wants
     beyond its replicas with a pod."""
     dkey = deployment_key(dep)
-    room = dep.effective_replicas() - sum(1 for d, _ in have if d == dkey)
+    wanted = dep.effective_replicas() if cap is None else min(cap, dep.effective_replicas())
+    room = wanted - sum(1 for d, _ in have if d == dkey)
     out: list[CurrentPlacement] = []
     for pl in sorted(
         dep.status.placements if dep.status and dep.status.placements else [], key=lambda p: p.replica

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -66,10 +66,19 @@ class PodSets:
     stranded: tuple[PodView, ...] = ()
 
 
-def pod_sets(world: World, plan: Plan, sizings: Sizings, lost: Iterable[str] = ()) -> PodSets:
-    """Desired pods (one per placed replica whose deployment could be sized) against existing ones; pods on
-    ``lost`` nodes or on nodes that no longer exist are ``stranded``."""
-    desired = _desired(world, plan, sizings)
+def pod_sets(
+    world: World,
+    plan: Plan,
+    sizings: Sizings,
+    lost: Iterable[str] = (),
+    held: Collection[tuple[str, int]] = (),
+) -> PodSets:
+    """Desired pods (one per placed replica whose deployment could be sized, and that no ResourceQuota
+    holds back: ``held``) against existing ones; pods on ``lost`` nodes or on nodes that no longer exist are
+    ``stranded``."""
+    desired = {
+        k: v for k, v in _desired(world, plan, sizings).items() if (k.deployment, k.ordinal) not in held
+    }
     gone = set(lost) | _missing_nodes(world)
     stranded = tuple(v for v in map(PodView, world.pods) if v.bound_node in gone)
     serving = [p for p in world.pods if PodView(p).bound_node not in gone]

@@ -16,11 +16,12 @@ from slm_operator.contract import (
 )
 from slm_operator.events import Event
 from slm_operator.inventory import deployment_key, overlapping_nodes
-from slm_operator.planner.model import Plan
+from slm_operator.planner.model import DeploymentPlan, Plan
 from slm_operator.reconcile.inputs import NodeReadings, ReservationClaims, Sizings
 from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
 from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
+from slm_operator.reconcile.quotas import QuotaPlan
 from slm_operator.reconcile.scaling import warm_shares
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
@@ -50,9 +51,11 @@ def report_deployments(
     sets: PodSets,
     waiting: Mapping[str, Mapping[int, str]],
     nodes: NodeReadings,
+    within: QuotaPlan | None = None,
 ) -> DeploymentReports:
-    """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods and the replicas
-    whose pod waits, with why, or whose node is down), and an event when its Placed condition changes."""
+    """Each SLMDeployment's Service and status (its sizing, its part of the plan, its pods, the replicas
+    whose pod waits, with why, or whose node is down, and what a ResourceQuota holds back), and an event when
+    its Placed condition changes."""
     plans = {dp.deployment: dp for dp in plan.deployments}
     down_nodes = {n: why for n in (*nodes.not_ready, *nodes.lost) if (why := nodes.down(n))}
     for p in sets.stranded:
@@ -75,6 +78,7 @@ def report_deployments(
             endpoint=endpoint(dep),
             now=world.now,
             down_nodes=down_nodes,
+            quota=_quota(dkey, plans.get(dkey), dep.effective_replicas(), within),
         )
         warm = warm_shares(dep, plan, world.now)
         if warm is not None:  # set only when there is something: an unset field is left out of the apply
@@ -82,6 +86,14 @@ def report_deployments(
         statuses[dkey] = st
         events += _transition_events(dep, st)
     return DeploymentReports(tuple(services), statuses, tuple(events))
+
+
+def _quota(dkey: str, plan: DeploymentPlan | None, desired: int, within: QuotaPlan | None) -> str:
+    """The Placed message when a ResourceQuota holds replicas back ("" when none does)."""
+    limit = within.limits.get(dkey) if within is not None else None
+    if limit is None:
+        return ""
+    return limit.message(plan.placed if plan is not None else 0, desired)
 
 
 def _transition_events(dep: SLMDeployment, new: SLMDeploymentStatus) -> list[Event]:

@@ -35,6 +35,8 @@ class World:
     mig_entry_times: dict[str, str] = field(default_factory=dict)
     # every GPUPool (this one included): a node several pools select is planned by one of them (node_owner)
     pools: list[GPUPool] = field(default_factory=list)
+    # ResourceQuotas of the namespaces of the pool's deployments (the core plans within them)
+    resource_quotas: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -219,10 +219,15 @@ def device_plugin_documents(configs: Mapping[str, dict[str, Any]]) -> dict[str, 
 
 def share_resource(p: ReplicaPlacement) -> str:
     """The extended resource a replica requests for its share."""
-    if p.share.mechanism == "MIG":
-        assert p.share.mig_profile
-        return mig_resource(p.share.mig_profile)
-    if p.share.mechanism in ("MPS", "TimeSlicing"):
+    return share_resource_of(p.share.mechanism, p.share.mig_profile)
+
+
+def share_resource_of(mechanism: str, mig_profile: str | None) -> str:
+    """The extended resource of a share of ``mechanism`` (and MIG profile); also for a pod's placement record."""
+    if mechanism == "MIG":
+        assert mig_profile
+        return mig_resource(mig_profile)
+    if mechanism in ("MPS", "TimeSlicing"):
         return SHARED_GPU_RESOURCE
     return GPU_RESOURCE
 

@@ -46,6 +46,10 @@ OVERLAP = "NodeSelectorOverlap"
 #: GPUPool: the pool is within its consolidation threshold of a fresh plan (docs/consolidation.md)
 CONSOLIDATED = "Consolidated"
 
+#: Placed/Degraded reason: a Kubernetes ResourceQuota of the namespace holds replicas back
+#: (docs/resource-quotas.md).
+RESOURCE_QUOTA_EXCEEDED = "ResourceQuotaExceeded"
+
 
 def set_condition(
     conditions: Sequence[Condition] | None,
@@ -137,6 +141,7 @@ class Rollout:
     scale_up_floor: int | None = None
     #: replica ordinal -> why it does not serve: its pod is on a node that is NotReady, lost or deleted
     down: Mapping[int, str] = field(default_factory=dict)
+    quota: str = ""  # why a ResourceQuota holds replicas back ("": it does not)
 
 
 #: How long after the autoscaler raised the replicas the deployment stays Ready with only its floor ready: the
@@ -170,6 +175,8 @@ def placed_condition(r: Rollout) -> ConditionResult:
         return ConditionResult(True, "ScaledToZero", "replicas is 0")
     if r.plan is None:
         return ConditionResult(False, "PoolNotFound", f"GPUPool {r.pool_name!r} does not exist")
+    if r.quota:
+        return ConditionResult(False, RESOURCE_QUOTA_EXCEEDED, r.quota)
     if r.plan.unplaced:
         first = r.plan.unplaced[0]
         reason, detail = first.reason, first.message
@@ -237,7 +244,7 @@ def ready_condition(r: Rollout) -> ConditionResult:
 
 def degraded_condition(r: Rollout, placed: ConditionResult) -> ConditionResult:
     """Degraded: something the user must act on (capacity), not a rollout in progress; says what Placed says."""
-    if r.desired > 0 and r.plan is not None and r.plan.unplaced:
+    if r.desired > 0 and r.plan is not None and (r.plan.unplaced or r.quota):
         return ConditionResult(True, placed.reason, placed.message)
     if r.desired > 0 and r.down:
         listed = "; ".join(f"replica {o}: {why}" for o, why in sorted(r.down.items())[:3])
@@ -332,10 +339,12 @@ def deployment_status(
     endpoint: str,
     now: str,
     down_nodes: Mapping[str, str] | None = None,
+    quota: str = "",
 ) -> SLMDeploymentStatus:
     """Status of one SLMDeployment from its sizing, its part of the plan and its pods.
 
-    ``waiting`` maps replica ordinals whose pod is held back to why (e.g. the node's MIG reconfiguration).
+    ``waiting`` maps replica ordinals whose pod is held back to why (e.g. the node's MIG reconfiguration);
+    ``quota`` is why a ResourceQuota holds replicas back ("" when none does).
     """
     old = dep.status or SLMDeploymentStatus()
     gen = dep.metadata.generation
@@ -383,6 +392,7 @@ def deployment_status(
         down=_down(
             [v for v in map(PodView, pods) if v.labels.get(DEPLOYMENT_LABEL) == name], down_nodes or {}
         ),
+        quota=quota,
     )
     placed = placed_condition(r)
     results = {
@@ -393,6 +403,24 @@ def deployment_status(
     }
     st.conditions = _with_conditions(old.conditions or [], results, gen, now)
     return st
+
+
+def quota_refused(
+    old: SLMDeploymentStatus | None,
+    new: SLMDeploymentStatus,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> SLMDeploymentStatus:
+    """``new`` with Placed=False and Degraded=True, reason ResourceQuotaExceeded: the API server refused a replica
+    pod for a ResourceQuota (one the core does not plan within, e.g. ``requests.memory``, or usage it read before
+    another writer took it). The transition time is the one ``old`` had for the same state, so a pass that is
+    refused again writes nothing new."""
+    conds = [c for c in new.conditions or [] if c.type not in (PLACED, DEGRADED)]
+    conds += [c for c in (old.conditions if old and old.conditions else []) if c.type in (PLACED, DEGRADED)]
+    conds = set_condition(conds, PLACED, False, RESOURCE_QUOTA_EXCEEDED, message, generation, now)
+    conds = set_condition(conds, DEGRADED, True, RESOURCE_QUOTA_EXCEEDED, message, generation, now)
+    return new.model_copy(update={"conditions": conds})
 
 
 # ------------------------------------------------------------------------------------------ GPUPool
