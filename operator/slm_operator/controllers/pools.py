@@ -98,6 +98,11 @@ class PoolReconciler:
                     candidates.append(p)
             foreign = [p for p in candidates if POOL_LABEL not in PodView(p).labels]
         mig_configs, mig_times = self._mig_configs()
+        namespaces: dict[str, dict[str, str]] = {}
+        if pool.spec.tenants:  # tenants select namespaces by their labels
+            for ns in self.kube.list("v1", "Namespace"):
+                meta = ns.get("metadata") or {}
+                namespaces[str(meta.get("name", ""))] = dict(meta.get("labels") or {})
         return World(
             pool=pool,
             nodes=nodes,
@@ -108,6 +113,7 @@ class PoolReconciler:
             now=now_rfc3339(),
             cfg=self.cfg,
             mig_entry_times=mig_times,
+            namespaces=namespaces,
         )
 
     # ------------------------------------------------------------------------------ reconcile

@@ -1067,6 +1067,12 @@ class Packer:
         o = self.share_options(dep)
         kinds = sorted({n.kind for n in o.news} | ({EXCLUSIVE} if o.ex_last else set()))
         higher = " after higher tiers were placed" if dep.tier is not GUARANTEED else ""
+        if self.book is not None and r.tborrow:
+            t = self.book.of(dep)
+            higher = (
+                f" (tenant {t.name} is beyond its guaranteed quota of {t.guaranteed:g} GPU-equivalents, so it "
+                "only borrows idle capacity, and none is left)"
+            )
         return (
             UnplacedReason.INSUFFICIENT_CAPACITY,
             f"no GPU in the pool has room for a {' or '.join(kinds)} share of "

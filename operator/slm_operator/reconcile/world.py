@@ -26,6 +26,8 @@ class World:
     cfg: OperatorConfig = field(default_factory=OperatorConfig)
     # when each entry of the mig-parted ConfigMap was first written (its slm.io/config-written annotation)
     mig_entry_times: dict[str, str] = field(default_factory=dict)
+    # Namespace name -> its labels (read only for a pool with tenants: they map deployments to tenants)
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
