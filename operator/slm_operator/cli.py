@@ -212,9 +212,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plans = []
     problems: list[str] = []
     unplaced = 0
+    namespaces = {  # Namespace manifests given with the pools: their labels map deployments to tenants
+        str((o.get("metadata") or {}).get("name", "")): dict((o.get("metadata") or {}).get("labels") or {})
+        for o in m.other
+        if o.get("kind") == "Namespace"
+    }
     for pool in sorted(m.pools, key=lambda p: p.metadata.name):
         try:
-            inputs = pool_inputs(pool, m.nodes, m.deployments)
+            inputs = pool_inputs(pool, m.nodes, m.deployments, namespaces)
         except PoolNodeError as exc:
             raise CliError(f"{m.sources.get(f'Node/{exc.node}', '')}: {exc}") from None
         problems += inputs.problems
