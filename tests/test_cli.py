@@ -171,7 +171,7 @@ def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(entrypoints, "optimize_pool", spy)
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["plan", "-f", str(ROOT / "examples"), "--optimize", "--time-budget", "0.5"]) == 0
-        assert budgets == [0.5, 0.5]  # one call per pool (h100, l4)
+        assert budgets == [0.5, 0.5, 0.5]  # one call per pool (h100, l4, shared-a100 of examples/tenants)
         budgets.clear()
         assert cli.main(["plan", "-f", str(ROOT / "examples")]) == 0
     assert budgets == []  # without --optimize the heuristic plans alone
@@ -879,6 +879,7 @@ def test_plan_emit_writes_every_object_the_operator_would_write(
     assert all(c["version"] == "v1" and c["flags"]["migStrategy"] in ("none", "mixed") for c in dp.values())
     # Node patches: the pools' nodes, their labels naming entries of those ConfigMaps.
     assert sorted(by_kind["Node"]) == [
+        "nodes/gpu-a100-0.yaml",  # examples/tenants/
         "nodes/gpu-h100-0.yaml",
         "nodes/gpu-h100-1.yaml",
         "nodes/gpu-l4-0.yaml",
@@ -889,7 +890,7 @@ def test_plan_emit_writes_every_object_the_operator_would_write(
         assert labels[DEVICE_PLUGIN_CONFIG_LABEL] in dp
         assert labels.get(MIG_CONFIG_LABEL, "all-disabled") in mig["mig-configs"]
     # One Pod per placed replica, pinned to the node the plan shows, requesting the share it shows.
-    assert len(by_kind["Pod"]) == len(placed) == 26
+    assert len(by_kind["Pod"]) == len(placed) == 26 + 14  # examples/tenants/: 2 + 12
     node_names = {n["metadata"]["name"] for n in m.nodes}
     for pod in by_kind["Pod"].values():
         labels = pod["metadata"]["labels"]

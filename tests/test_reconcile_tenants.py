@@ -38,11 +38,7 @@ def _world(
         d.metadata.creation_timestamp = f"2026-11-26T09:{i:02d}:00Z"
         d.spec.replicas = (replicas or {}).get(d.metadata.name, d.spec.replicas)
     if namespaces is None:
-        namespaces = {
-            o["metadata"]["name"]: dict(o["metadata"].get("labels") or {})
-            for o in m.other
-            if o.get("kind") == "Namespace"
-        }
+        namespaces = m.namespace_labels()
     return World(
         pool=pool,
         nodes=nodes if nodes is not None else copy.deepcopy(m.nodes),

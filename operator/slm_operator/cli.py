@@ -212,11 +212,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plans = []
     problems: list[str] = []
     unplaced = 0
-    namespaces = {  # Namespace manifests given with the pools: their labels map deployments to tenants
-        str((o.get("metadata") or {}).get("name", "")): dict((o.get("metadata") or {}).get("labels") or {})
-        for o in m.other
-        if o.get("kind") == "Namespace"
-    }
+    namespaces = m.namespace_labels()  # Namespace manifests given: their labels map deployments to tenants
     for pool in sorted(m.pools, key=lambda p: p.metadata.name):
         try:
             inputs = pool_inputs(pool, m.nodes, m.deployments, namespaces)
