@@ -21,7 +21,6 @@ from slm_operator.agent.read import read_inventory
 from slm_operator.capture import Capture
 from slm_operator.gateway.metrics import GatewayMetrics
 from slm_operator.metrics import OperatorMetrics, parse_listen, serve, split_deployment
-from slm_operator.planner.model import TenantPolicy
 from slm_operator.planner import (
     Demand,
     Eviction,
@@ -33,6 +32,7 @@ from slm_operator.planner import (
     Segment,
     plan_pool,
 )
+from slm_operator.planner.model import TenantPolicy
 
 GiB = 1 << 30
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,9 @@ def test_series_of_vanished_deployments_are_removed(m: OperatorMetrics, plan: Pl
 
 def test_tenant_usage_and_quota_per_pool_tenant(m: OperatorMetrics) -> None:
     policy = POLICY.model_copy(
-        update={"tenants": (TenantPolicy(name="a", guaranteed=1, ceiling=3), TenantPolicy(name="b", guaranteed=1))}
+        update={
+            "tenants": (TenantPolicy(name="a", guaranteed=1, ceiling=3), TenantPolicy(name="b", guaranteed=1))
+        }
     )
     dem = [d.model_copy(update={"tenant": d.deployment.split("/")[0]}) for d in DEMANDS]
     tplan = plan_pool(policy, NODES, dem)
@@ -160,7 +162,9 @@ def test_tenant_usage_and_quota_per_pool_tenant(m: OperatorMetrics) -> None:
     assert a.used_guaranteed + a.used_borrowed > 1  # a borrows beyond its quota
     assert one(r, "slm_tenant_memory_bytes", tenant="a", kind="borrowed") == a.memory_borrowed_bytes > 0
     b = next(t for t in tplan.tenants if t.name == "b")
-    assert one(r, "slm_tenant_replicas_unplaced", tenant="b") == b.replicas_unplaced >= 1  # b/huge fits no GPU
+    assert (
+        one(r, "slm_tenant_replicas_unplaced", tenant="b") == b.replicas_unplaced >= 1
+    )  # b/huge fits no GPU
     m.observe_plan("p1", plan_pool(POLICY, NODES, DEMANDS), 0.01, POLICY)  # tenants removed from the pool
     assert series(r, "slm_tenant_used_gpu_equivalents") == {}
 

@@ -154,9 +154,11 @@ def test_a_pool_without_tenants_plans_exactly_as_before(
 def tenant_demands(draw: st.DrawFn, tenant: str, tiers: tuple[str, ...]) -> list[Demand]:
     return [
         d.model_copy(
-            update={"deployment": f"{tenant}/{d.deployment.split('/')[1]}", "tenant": tenant, "tier": draw(
-                st.sampled_from(tiers)
-            )}
+            update={
+                "deployment": f"{tenant}/{d.deployment.split('/')[1]}",
+                "tenant": tenant,
+                "tier": draw(st.sampled_from(tiers)),
+            }
         )
         for d in draw(demands(max_deps=4))
     ]

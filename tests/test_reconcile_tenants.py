@@ -97,7 +97,9 @@ def test_a_tenant_claiming_its_guarantee_makes_the_borrowed_replicas_of_another_
     assert d2.plan is not None
     search = next(t for t in d2.plan.tenants if t.name == "search")
     assert search.used_guaranteed == 4 and search.replicas_unplaced == 0
-    gone = {_replica(p) for p in running.values() if p["metadata"]["name"] in {n for _, n, _ in d2.pods_delete}}
+    gone = {
+        _replica(p) for p in running.values() if p["metadata"]["name"] in {n for _, n, _ in d2.pods_delete}
+    }
     assert gone and all(dep == "ads/ad-copy" for dep, _ in gone)
     ads_before = next(t for t in d.plan.tenants if t.name == "ads") if d.plan else None
     assert ads_before is not None
@@ -106,7 +108,11 @@ def test_a_tenant_claiming_its_guarantee_makes_the_borrowed_replicas_of_another_
     yielded = [e for e in d2.events if e.reason == "Yielded"]
     assert len(yielded) == len(gone) and all("tenant search" in e.message for e in yielded)
     placed = _condition(d2, "ads/ad-copy", "Placed")
-    assert placed.status == "False" and placed.reason == "ReclaimedByTenant" and "tenant search" in placed.message
+    assert (
+        placed.status == "False"
+        and placed.reason == "ReclaimedByTenant"
+        and "tenant search" in placed.message
+    )
     replicas = {r.replica: r for r in d2.deployment_statuses["ads/ad-copy"].placements or []}
     assert {replicas[o].reason for _, o in gone} == {"ReclaimedByTenant"}
 
@@ -117,7 +123,9 @@ def test_namespaces_map_to_tenants_by_label_then_the_default_tenant_or_refusal()
     assert tenant_of(pool, "search", {"team": "search"}) == "search"
     assert tenant_of(pool, "other", {"team": "nobody"}) is None  # Refuse
     default = pool.model_copy(
-        update={"spec": pool.spec.model_copy(update={"unmatched_namespaces": UnmatchedNamespaces.DEFAULT_TENANT})}
+        update={
+            "spec": pool.spec.model_copy(update={"unmatched_namespaces": UnmatchedNamespaces.DEFAULT_TENANT})
+        }
     )
     assert tenant_of(default, "other", None) == "default"
     assert [t.name for t in pool_tenants(default)] == ["search", "ads", "default"]

@@ -49,7 +49,9 @@ class Manifests:
         for o in self.other:
             if o.get("kind") == "Namespace":
                 meta = o.get("metadata") or {}
-                out[str(meta.get("name", ""))] = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+                out[str(meta.get("name", ""))] = {
+                    str(k): str(v) for k, v in (meta.get("labels") or {}).items()
+                }
         return out
 
 

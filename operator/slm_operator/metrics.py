@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -265,6 +265,19 @@ class OperatorMetrics:
                 put(self.reservation_claimed, (pool_name, r.name), r.claimed)
         for name, n in segments.items():
             put(self.segment_gpus, (pool_name, name), n)
+        self._tenant_gauges(pool_name, plan, put)
+        evictions: dict[_Labels, int] = {}
+        for e in p.evictions:
+            key = (pool_name, e.reason, "move" if e.to_node else "yield")
+            evictions[key] = evictions.get(key, 0) + 1
+        for labels, n in evictions.items():
+            put(self.planned_evictions, labels, n)
+        self._replace_series(pool_name, seen)
+
+    def _tenant_gauges(
+        self, pool_name: str, plan: Plan, put: Callable[[Gauge, _Labels, float], None]
+    ) -> None:
+        """Per pool tenant (docs/tenants.md): quota, GPU-equivalents and memory used, unplaced replicas."""
         for t in plan.tenants:
             put(self.tenant_quota, (pool_name, t.name, "guaranteed"), t.guaranteed)
             if t.ceiling is not None:
@@ -274,13 +287,6 @@ class OperatorMetrics:
             put(self.tenant_memory, (pool_name, t.name, "guaranteed"), t.memory_guaranteed_bytes)
             put(self.tenant_memory, (pool_name, t.name, "borrowed"), t.memory_borrowed_bytes)
             put(self.tenant_unplaced, (pool_name, t.name), t.replicas_unplaced)
-        evictions: dict[_Labels, int] = {}
-        for e in p.evictions:
-            key = (pool_name, e.reason, "move" if e.to_node else "yield")
-            evictions[key] = evictions.get(key, 0) + 1
-        for labels, n in evictions.items():
-            put(self.planned_evictions, labels, n)
-        self._replace_series(pool_name, seen)
 
     def forget_pool(self, pool_name: str) -> None:
         """Remove every gauge series of a deleted pool (its histogram keeps its history)."""

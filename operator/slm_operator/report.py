@@ -63,8 +63,11 @@ def _tenant_lines(plan: Plan) -> list[str]:
     memory, and replicas placed and unplaced."""
     if not plan.tenants:
         return []
-    lines = ["", f"{'TENANT':<16}{'GUARANTEED':>11}{'CEILING':>9}{'USED':>8}{'BORROWED':>10}{'MEMORY GiB':>12}"
-             f"{'REPLICAS':>10}{'UNPLACED':>10}"]
+    lines = [
+        "",
+        f"{'TENANT':<16}{'GUARANTEED':>11}{'CEILING':>9}{'USED':>8}{'BORROWED':>10}{'MEMORY GiB':>12}"
+        f"{'REPLICAS':>10}{'UNPLACED':>10}",
+    ]
     for t in plan.tenants:
         ceiling = f"{t.ceiling:g}" if t.ceiling is not None else "-"
         memory = _gib(t.memory_guaranteed_bytes + t.memory_borrowed_bytes)
@@ -72,6 +75,8 @@ def _tenant_lines(plan: Plan) -> list[str]:
             f"{t.name[:15]:<16}{t.guaranteed:>11g}{ceiling:>9}{t.used_guaranteed:>8.2f}{t.used_borrowed:>10.2f}"
             f"{memory:>12}{t.replicas_guaranteed + t.replicas_borrowed:>10}{t.replicas_unplaced:>10}"
         )
-    lines.append("(GPU-equivalents: a share counts the larger of its GPU memory and compute fractions; USED = "
-                 "within the guaranteed quota, BORROWED = beyond it, first to yield to another tenant)")
+    lines.append(
+        "(GPU-equivalents: a share counts the larger of its GPU memory and compute fractions; USED = "
+        "within the guaranteed quota, BORROWED = beyond it, first to yield to another tenant)"
+    )
     return lines

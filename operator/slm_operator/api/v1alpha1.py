@@ -395,7 +395,11 @@ class GPUPoolSpec(ApiModel):
         _unique(self.reservations, "`reservations`")
         _unique(self.segments, "`segments`")
         _unique(self.tenants, "`tenants`")
-        if self.tenants and self.default_tenant and self.default_tenant.name in {t.name for t in self.tenants}:
+        if (
+            self.tenants
+            and self.default_tenant
+            and self.default_tenant.name in {t.name for t in self.tenants}
+        ):
             raise ValueError(
                 "`defaultTenant.name` must differ from every `tenants[].name`: rename the default tenant"
             )

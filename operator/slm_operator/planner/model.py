@@ -97,7 +97,9 @@ class TenantPolicy(_Model):
     @model_validator(mode="after")
     def _ceiling_above_guarantee(self) -> TenantPolicy:
         if self.ceiling is not None and self.ceiling < self.guaranteed:
-            raise ValueError(f"tenant {self.name}: ceiling {self.ceiling} is below guaranteed {self.guaranteed}")
+            raise ValueError(
+                f"tenant {self.name}: ceiling {self.ceiling} is below guaranteed {self.guaranteed}"
+            )
         return self
 
 

@@ -1159,7 +1159,9 @@ def _mig_preemptions(
     assert geo is not None
     counts = list(geo.states[g.mig_state])
     gone: list[Rep] = []
-    order = lower if in_order else sorted(lower, key=lambda q: (-q.dep.rank, -geo.profiles[q.prof].memory_slices))
+    order = (
+        lower if in_order else sorted(lower, key=lambda q: (-q.dep.rank, -geo.profiles[q.prof].memory_slices))
+    )
     for q in order:
         counts[q.prof] -= 1
         gone.append(q)

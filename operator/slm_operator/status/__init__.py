@@ -381,7 +381,9 @@ def tenant_status(t: TenantUsage) -> TenantStatus:
 
 def tenant_summary(tenants: Sequence[TenantUsage]) -> str:
     """``name used/guaranteed`` per tenant in GPU-equivalents (the ``Tenants`` printer column)."""
-    text = " ".join(f"{t.name} {_eq(t.used_guaranteed + t.used_borrowed)}/{_eq(t.guaranteed)}" for t in tenants)
+    text = " ".join(
+        f"{t.name} {_eq(t.used_guaranteed + t.used_borrowed)}/{_eq(t.guaranteed)}" for t in tenants
+    )
     return text if len(text) <= _TENANT_SUMMARY_MAX else text[: _TENANT_SUMMARY_MAX - 3] + "..."
 
 
