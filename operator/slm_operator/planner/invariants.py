@@ -636,8 +636,11 @@ def _check_needed(
     current: list[CurrentPlacement],
 ) -> list[str]:
     """Spread and borrowing are relaxed only when no free GPU could take the replica instead. A running
-    replica that stays where it is (stability) is not judged again."""
+    replica that stays where it is (stability) is not judged again. Not checked in a pool with tenants, where
+    a tenant's ceiling may keep a replica off a free GPU."""
     v: list[str] = []
+    if policy.tenants:  # a tenant's ceiling can forbid the free GPU (reserved GPUs are outside quotas)
+        return v
     running = {(c.deployment, c.ordinal, c.node, c.gpu_index, c.mechanism) for c in current}
     node_plan = {n.name: n for n in plan.nodes}
     busy_nodes = {g.node for g in plan.gpus if GpuMode(g.mode) != GpuMode.FREE}

@@ -274,6 +274,8 @@ class Packer:
             ]
             queue.sort(key=lambda r: (-r.dep.size, r.ordinal, r.dep.order, r.dep.key))
             self._place_tier(queue)
+        # what was placed now counts what it holds, not its estimate (as the next pass will see it)
+        book.classify(estimate)
         waiting = [r for r in ctx.reps if r.gpu is None and r.unplaced is None and r.tborrow]
         waiting.sort(key=lambda r: (r.dep.rank, -r.dep.size, r.ordinal, r.dep.order, r.dep.key))
         for r in book.borrow_order(waiting, estimate):
@@ -281,6 +283,7 @@ class Packer:
                 self.place(r, last_resort=True)
         if self.options.consolidate and self.consolidate():
             self._respread()
+        book.classify(estimate)
         waiting = [r for r in ctx.reps if r.gpu is None and r.unplaced is None]
         waiting.sort(key=lambda r: (r.tborrow, r.dep.rank, -r.dep.size, r.ordinal, r.dep.order, r.dep.key))
         for r in waiting:
@@ -689,6 +692,8 @@ class Packer:
         self._touch(r, g)
         self.capacity.index_gpu(g)
         self.capacity.index_node(node)
+        if self.book is not None:
+            self.book.on_put(r)
         return True
 
     def _configured_options(self, o: ShareOptions) -> list[tuple[Mechanism, str, tuple[int, ...]]]:
@@ -729,6 +734,8 @@ class Packer:
         self._touch(r, g)
         self.capacity.index_gpu(g)
         self.capacity.index_node(node)
+        if self.book is not None:
+            self.book.on_put(r)
 
     # ------------------------------------------------------------------------------------------ attach/detach
 
