@@ -115,6 +115,15 @@ def test_a_tenant_claiming_its_guarantee_makes_the_borrowed_replicas_of_another_
     )
     replicas = {r.replica: r for r in d2.deployment_statuses["ads/ad-copy"].placements or []}
     assert {replicas[o].reason for _, o in gone} == {"ReclaimedByTenant"}
+    # on the next pass the yielded replicas are simply unplaced; the condition keeps naming the tenant
+    ads = next(x for x in w2.deployments if x.metadata.name == "ad-copy")
+    ads.status = d2.deployment_statuses["ads/ad-copy"]
+    deleted = {n for _, n, _ in d2.pods_delete}
+    w3 = _world({"ranker": 8}, pods=[p for p in w.pods if p["metadata"]["name"] not in deleted], nodes=w.nodes,
+                mig_configs=w.mig_configs)  # fmt: skip
+    w3.deployments = [ads if x.metadata.name == "ad-copy" else x for x in w3.deployments]
+    again = _condition(decide(w3), "ads/ad-copy", "Placed")
+    assert again.reason == "ReclaimedByTenant" and "tenant search" in again.message
 
 
 def test_namespaces_map_to_tenants_by_label_then_the_default_tenant_or_refusal() -> None:

@@ -156,8 +156,10 @@ def placed_condition(r: Rollout) -> ConditionResult:
             reason = "PreemptedByHigherTier"
             detail = f"yielded to a higher tier earlier and still no room: {detail}"
         elif reason == "InsufficientCapacity" and before is not None and before.reason == "ReclaimedByTenant":
-            reason = "ReclaimedByTenant"  # its tenant's borrowed capacity went to another tenant's guarantee
-            detail = f"yielded to another tenant's guaranteed quota earlier and still no room: {detail}"
+            # its tenant's borrowed capacity went to another tenant's guarantee: keep naming that tenant
+            reason = "ReclaimedByTenant"
+            prev = (before.message or "").split(" unplaced: ", 1)[-1]
+            detail = prev if prev.endswith("(still no room)") else f"{prev} (still no room)"
         msg = f"{r.placed}/{r.desired} replicas placed; {len(r.plan.unplaced)} unplaced: {detail}"
         return ConditionResult(False, reason, msg)
     return ConditionResult(
