@@ -76,6 +76,24 @@ def test_plan_of_the_examples_places_everything() -> None:
     assert {"desired", "placed", "unplaced"} <= set(dep)
 
 
+def test_plan_prints_per_tenant_usage_of_a_pool_with_tenants() -> None:
+    r = run("plan", "-f", "examples/tenants/", "-f", "examples/nodes/a100.yaml")
+    assert r.returncode == 0, r.stderr
+    rows = {
+        line.split()[0]: line.split()
+        for line in r.stdout.splitlines()
+        if line.startswith(("search ", "ads "))
+    }
+    # name, guaranteed, ceiling, used within quota, borrowed (GPU-equivalents), memory, replicas, unplaced
+    assert rows["search"][1:5] == ["4", "6", "1.00", "0.00"] and rows["search"][6:] == ["2", "0"]
+    assert rows["ads"][1:5] == ["2", "8", "2.00", "4.00"] and rows["ads"][6:] == ["12", "0"]
+    doc = json.loads(
+        run("plan", "-f", "examples/tenants/", "-f", "examples/nodes/a100.yaml", "-o", "json").stdout
+    )
+    (ads,) = [t for t in doc["pools"][0]["tenants"] if t["name"] == "ads"]
+    assert ads["usedBorrowed"] == 4.0 and len(ads["borrowed"]["ads/ad-copy"]) == 8
+
+
 def test_plan_reports_unplaceable_replicas_with_exit_code_1(tmp_path: Path) -> None:
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(UNPLACEABLE))
     r = run("plan", "-f", "examples/10-pools.yaml", "-f", "examples/nodes/", "-f", str(tmp_path / "big.yaml"))
