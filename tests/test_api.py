@@ -103,7 +103,11 @@ def test_defaults_fill_in_what_users_leave_out() -> None:
 
 def test_every_example_parses() -> None:
     m = load_manifests([ROOT / "examples"])
-    assert {p.metadata.name for p in m.pools} == {"h100", "l4"}
+    assert {p.metadata.name for p in m.pools} == {
+        "h100",
+        "l4",
+        "shared-a100",
+    }  # shared-a100: examples/tenants/
     assert len(m.deployments) >= 12
     assert {d.spec.qos for d in m.deployments} == set(QoSTier)
     assert len(m.finetune_jobs) == 1

@@ -77,6 +77,24 @@ def test_plan_of_the_examples_places_everything() -> None:
     assert {"desired", "placed", "unplaced"} <= set(dep)
 
 
+def test_plan_prints_per_tenant_usage_of_a_pool_with_tenants() -> None:
+    r = run("plan", "-f", "examples/tenants/", "-f", "examples/nodes/a100.yaml")
+    assert r.returncode == 0, r.stderr
+    rows = {
+        line.split()[0]: line.split()
+        for line in r.stdout.splitlines()
+        if line.startswith(("search ", "ads "))
+    }
+    # name, guaranteed, ceiling, used within quota, borrowed (GPU-equivalents), memory, replicas, unplaced
+    assert rows["search"][1:5] == ["4", "6", "1.00", "0.00"] and rows["search"][6:] == ["2", "0"]
+    assert rows["ads"][1:5] == ["2", "8", "2.00", "4.00"] and rows["ads"][6:] == ["12", "0"]
+    doc = json.loads(
+        run("plan", "-f", "examples/tenants/", "-f", "examples/nodes/a100.yaml", "-o", "json").stdout
+    )
+    (ads,) = [t for t in doc["pools"][0]["tenants"] if t["name"] == "ads"]
+    assert ads["usedBorrowed"] == 4.0 and len(ads["borrowed"]["ads/ad-copy"]) == 8
+
+
 def test_plan_reports_unplaceable_replicas_with_exit_code_1(tmp_path: Path) -> None:
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(UNPLACEABLE))
     r = run("plan", "-f", "examples/10-pools.yaml", "-f", "examples/nodes/", "-f", str(tmp_path / "big.yaml"))
@@ -172,7 +190,7 @@ def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(entrypoints, "optimize_pool", spy)
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["plan", "-f", str(ROOT / "examples"), "--optimize", "--time-budget", "0.5"]) == 0
-        assert budgets == [0.5, 0.5]  # one call per pool (h100, l4)
+        assert budgets == [0.5, 0.5, 0.5]  # one call per pool (h100, l4, shared-a100 of examples/tenants)
         budgets.clear()
         assert cli.main(["plan", "-f", str(ROOT / "examples")]) == 0
     assert budgets == []  # without --optimize the heuristic plans alone
@@ -883,6 +901,7 @@ def test_plan_emit_writes_every_object_the_operator_would_write(
     assert all(c["version"] == "v1" and c["flags"]["migStrategy"] in ("none", "mixed") for c in dp.values())
     # Node patches: the pools' nodes, their labels naming entries of those ConfigMaps.
     assert sorted(by_kind["Node"]) == [
+        "nodes/gpu-a100-0.yaml",  # examples/tenants/
         "nodes/gpu-h100-0.yaml",
         "nodes/gpu-h100-1.yaml",
         "nodes/gpu-l4-0.yaml",
@@ -893,7 +912,7 @@ def test_plan_emit_writes_every_object_the_operator_would_write(
         assert labels[DEVICE_PLUGIN_CONFIG_LABEL] in dp
         assert labels.get(MIG_CONFIG_LABEL, "all-disabled") in mig["mig-configs"]
     # One Pod per placed replica, pinned to the node the plan shows, requesting the share it shows.
-    assert len(by_kind["Pod"]) == len(placed) == 26
+    assert len(by_kind["Pod"]) == len(placed) == 26 + 14  # examples/tenants/: 2 + 12
     node_names = {n["metadata"]["name"] for n in m.nodes}
     for pod in by_kind["Pod"].values():
         labels = pod["metadata"]["labels"]

@@ -41,7 +41,7 @@ NS = CFG.nvidia_namespace
 def _cluster(*extra: dict[str, Any]) -> FakeKube:
     """The examples (pools, deployments, FineTuneJobs, nodes) as the API server would hold them."""
     m = load_manifests([ROOT / "examples"])
-    fake = FakeKube(*m.nodes, *extra)
+    fake = FakeKube(*m.nodes, *[o for o in m.other if o.get("kind") == "Namespace"], *extra)
     for obj in [*m.pools, *m.deployments, *m.finetune_jobs]:
         raw = obj.to_k8s()
         raw["metadata"]["creationTimestamp"] = "2026-11-26T09:00:00Z"
@@ -137,7 +137,7 @@ def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_
     }
     fake = _cluster()
     pools = PoolReconciler(fake.as_kube(), CFG)
-    for pool in ("h100", "l4"):
+    for pool in ("h100", "l4", "shared-a100"):  # shared-a100: examples/tenants/
         pools.reconcile(pool)
     by_kind: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for (kind, ns, name), obj in emitted.items():
@@ -171,7 +171,7 @@ def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_
                 "none" if not shared else ("mps" if "mps" in sharing else "time-slicing")
             )
             labels[GPU_REPLICAS_LABEL] = str(shared["resources"][0]["replicas"]) if shared else "1"
-    for pool in ("h100", "l4"):
+    for pool in ("h100", "l4", "shared-a100"):
         pools.reconcile(pool)
     pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in fake.of_kind("Pod")}
     assert set(pods) == set(by_kind["Pod"])

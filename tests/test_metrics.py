@@ -32,6 +32,7 @@ from slm_operator.planner import (
     Segment,
     plan_pool,
 )
+from slm_operator.planner.model import TenantPolicy
 
 GiB = 1 << 30
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,32 @@ def test_series_of_vanished_deployments_are_removed(m: OperatorMetrics, plan: Pl
     assert len(series(r, "slm_pool_gpus", pool="p1")) == len(operator_metrics.GPU_MODES)  # modes stay, at 0
     assert one(r, "slm_reservation_gpus_lent", reservation="fallback") == 0
     assert one(r, "slm_plan_duration_seconds_count", pool="p1") == 2
+
+
+def test_tenant_usage_and_quota_per_pool_tenant(m: OperatorMetrics) -> None:
+    policy = POLICY.model_copy(
+        update={
+            "tenants": (TenantPolicy(name="a", guaranteed=1, ceiling=3), TenantPolicy(name="b", guaranteed=1))
+        }
+    )
+    dem = [d.model_copy(update={"tenant": d.deployment.split("/")[0]}) for d in DEMANDS]
+    tplan = plan_pool(policy, NODES, dem)
+    m.observe_plan("p1", tplan, 0.01, policy)
+    r = m.registry
+    a = next(t for t in tplan.tenants if t.name == "a")
+    assert one(r, "slm_tenant_quota_gpu_equivalents", tenant="a", limit="guaranteed") == 1
+    assert one(r, "slm_tenant_quota_gpu_equivalents", tenant="a", limit="ceiling") == 3
+    assert series(r, "slm_tenant_quota_gpu_equivalents", tenant="b", limit="ceiling") == {}  # no ceiling
+    assert one(r, "slm_tenant_used_gpu_equivalents", tenant="a", kind="guaranteed") == a.used_guaranteed
+    assert one(r, "slm_tenant_used_gpu_equivalents", tenant="a", kind="borrowed") == a.used_borrowed
+    assert a.used_guaranteed + a.used_borrowed > 1  # a borrows beyond its quota
+    assert one(r, "slm_tenant_memory_bytes", tenant="a", kind="borrowed") == a.memory_borrowed_bytes > 0
+    b = next(t for t in tplan.tenants if t.name == "b")
+    assert (
+        one(r, "slm_tenant_replicas_unplaced", tenant="b") == b.replicas_unplaced >= 1
+    )  # b/huge fits no GPU
+    m.observe_plan("p1", plan_pool(POLICY, NODES, DEMANDS), 0.01, POLICY)  # tenants removed from the pool
+    assert series(r, "slm_tenant_used_gpu_equivalents") == {}
 
 
 def test_pools_are_independent_and_forgotten(m: OperatorMetrics, plan: Plan) -> None:

@@ -212,9 +212,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plans = []
     problems: list[str] = []
     unplaced = 0
+    namespaces = m.namespace_labels()  # Namespace manifests given: their labels map deployments to tenants
     for pool in sorted(m.pools, key=lambda p: p.metadata.name):
         try:
-            inputs = pool_inputs(pool, m.nodes, m.deployments)
+            inputs = pool_inputs(pool, m.nodes, m.deployments, namespaces)
         except PoolNodeError as exc:
             raise CliError(f"{m.sources.get(f'Node/{exc.node}', '')}: {exc}") from None
         problems += inputs.problems

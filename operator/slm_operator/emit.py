@@ -140,6 +140,7 @@ def emit(m: Manifests, cfg: OperatorConfig) -> Emission:
             mig_configs={},
             now=EMIT_NOW,
             cfg=cfg,
+            namespaces=m.namespace_labels(),
         )
         d = decide(world)
         assert d.plan is not None  # decide always plans

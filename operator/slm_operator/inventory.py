@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from slm_operator.api.quantity import quantity_bytes
-from slm_operator.api.v1alpha1 import GPUPool, LendTo, RepartitionPolicy, SLMDeployment
+from slm_operator.api.v1alpha1 import (
+    DefaultTenant,
+    GPUPool,
+    LendTo,
+    RepartitionPolicy,
+    SLMDeployment,
+    TenantQuota,
+    UnmatchedNamespaces,
+    gpu_equivalents,
+)
 from slm_operator.catalog import (
     Checkpoint,
     GpuModel,
@@ -45,6 +54,7 @@ from slm_operator.planner.model import (
     Reservation,
     Segment,
     ShareRequest,
+    TenantPolicy,
 )
 from slm_operator.sizing import MemoryEstimate, Quantization, checkpoint_bytes, estimate_memory
 from slm_operator.views import PodView
@@ -307,7 +317,50 @@ def pool_policy(pool: GPUPool, claimed: Mapping[str, int] | None = None) -> Pool
         ),
         segments=tuple(Segment(name=s.name, gpus=s.gpus) for s in spec.segments or []),
         repartition="Allowed" if spec.sharing.mig.repartition is RepartitionPolicy.ALLOWED else "Never",
+        tenants=pool_tenants(pool),
     )
+
+
+def _tenant_policy(name: str, q: TenantQuota) -> TenantPolicy:
+    return TenantPolicy(
+        name=name,
+        guaranteed=gpu_equivalents(q.guaranteed),
+        ceiling=gpu_equivalents(q.ceiling) if q.ceiling is not None else None,
+        weight=q.weight,
+    )
+
+
+def pool_tenants(pool: GPUPool) -> tuple[TenantPolicy, ...]:
+    """The planner's tenants of a pool: ``spec.tenants``, then the default tenant unless the pool refuses
+    deployments of namespaces no tenant selects (docs/tenants.md). Empty without ``spec.tenants``."""
+    spec = pool.spec
+    if not spec.tenants:
+        return ()
+    out = [_tenant_policy(t.name, t) for t in spec.tenants]
+    if spec.unmatched_namespaces is UnmatchedNamespaces.DEFAULT_TENANT:
+        d = spec.default_tenant or DefaultTenant()
+        out.append(_tenant_policy(d.name, d))
+    return tuple(out)
+
+
+#: the label Kubernetes sets on every Namespace to its name (selects a namespace by name)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def tenant_of(pool: GPUPool, namespace: str, labels: Mapping[str, str] | None) -> str | None:
+    """The tenant of a deployment in ``namespace`` (with those Namespace labels; None: the Namespace was not
+    read, only its name label is known): the first of ``spec.tenants`` whose selector matches, else the
+    default tenant, or None when the pool refuses unmatched namespaces or has no tenants."""
+    spec = pool.spec
+    if not spec.tenants:
+        return None
+    have = {NAMESPACE_NAME_LABEL: namespace, **(labels or {})}
+    for t in spec.tenants:
+        if t.namespaces.matches(have):
+            return t.name
+    if spec.unmatched_namespaces is UnmatchedNamespaces.REFUSE:
+        return None
+    return (spec.default_tenant or DefaultTenant()).name
 
 
 def deployment_key(dep: SLMDeployment) -> str:
@@ -401,7 +454,22 @@ def size_deployment(dep: SLMDeployment) -> Sizing:
     return Sizing(estimate.total_bytes, source, estimate, name, ckpt, download)
 
 
-def demand_for(dep: SLMDeployment, sizing: Sizing) -> Demand:
+def deployment_tenant(pool: GPUPool, dep: SLMDeployment, labels: Mapping[str, str] | None) -> str | None:
+    """The deployment's tenant in ``pool`` (None in a pool without tenants); ``DemandError`` (reason
+    ``NoTenant``) when no tenant selects its namespace and the pool refuses unmatched namespaces."""
+    ns = dep.metadata.namespace or "default"
+    tenant = tenant_of(pool, ns, labels)
+    if tenant is None and pool.spec.tenants:
+        raise DemandError(
+            "NoTenant",
+            f"no tenant of GPUPool {pool.metadata.name} selects namespace {ns} and the pool refuses "
+            "unmatched namespaces (`unmatchedNamespaces: Refuse`): label the namespace for a tenant's "
+            "`namespaces` selector",
+        )
+    return tenant
+
+
+def demand_for(dep: SLMDeployment, sizing: Sizing, tenant: str | None = None) -> Demand:
     spec = dep.spec
     share = None
     if spec.share is not None:
@@ -413,6 +481,7 @@ def demand_for(dep: SLMDeployment, sizing: Sizing) -> Demand:
         memory_bytes=sizing.memory_bytes,
         share=share,
         order_key=dep.metadata.creation_timestamp or "",
+        tenant=tenant,
     )
 
 
@@ -461,10 +530,14 @@ class PoolInputs:
 
 
 def pool_inputs(
-    pool: GPUPool, nodes: Iterable[Mapping[str, Any]], deployments: Iterable[SLMDeployment]
+    pool: GPUPool,
+    nodes: Iterable[Mapping[str, Any]],
+    deployments: Iterable[SLMDeployment],
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
 ) -> PoolInputs:
     """The pool's policy, the inventories of the nodes it selects (``PoolNodeError`` names a node it cannot
-    read) and the demands of its deployments, in name order."""
+    read) and the demands of its deployments, in name order, each with its tenant (``namespaces``: the
+    labels of the Namespaces given, by name)."""
     inventories = []
     for node in pool_nodes(pool, nodes):
         try:
@@ -478,7 +551,8 @@ def pool_inputs(
         if dep.spec.pool_ref.name != pool.metadata.name:
             continue
         try:
-            demands.append(demand_for(dep, size_deployment(dep)))
+            tenant = deployment_tenant(pool, dep, (namespaces or {}).get(dep.metadata.namespace or "default"))
+            demands.append(demand_for(dep, size_deployment(dep), tenant))
         except DemandError as exc:
             problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
     return PoolInputs(pool_policy(pool), inventories, demands, problems)

@@ -43,6 +43,17 @@ class Manifests:
     #: "kind/name" -> "file (document n)", to name the source of a problem found later.
     sources: dict[str, str] = field(default_factory=dict)
 
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """The labels of the Namespace manifests given, by name (they map deployments to pool tenants)."""
+        out: dict[str, dict[str, str]] = {}
+        for o in self.other:
+            if o.get("kind") == "Namespace":
+                meta = o.get("metadata") or {}
+                out[str(meta.get("name", ""))] = {
+                    str(k): str(v) for k, v in (meta.get("labels") or {}).items()
+                }
+        return out
+
 
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``spec.replicas: Input should be greater than or equal to 0``."""

@@ -150,6 +150,31 @@ class OperatorMetrics:
             ["pool", "segment"],
             registry=r,
         )
+        self.tenant_quota = Gauge(
+            "slm_tenant_quota_gpu_equivalents",
+            "A pool tenant's quota in GPU-equivalents (limit=guaranteed or ceiling; no ceiling: no ceiling series)",
+            ["pool", "tenant", "limit"],
+            registry=r,
+        )
+        self.tenant_used = Gauge(
+            "slm_tenant_used_gpu_equivalents",
+            "GPU-equivalents a pool tenant's placed replicas hold (kind=guaranteed: within its quota, "
+            "kind=borrowed: beyond it)",
+            ["pool", "tenant", "kind"],
+            registry=r,
+        )
+        self.tenant_memory = Gauge(
+            "slm_tenant_memory_bytes",
+            "Share memory a pool tenant's placed replicas hold (kind=guaranteed or borrowed)",
+            ["pool", "tenant", "kind"],
+            registry=r,
+        )
+        self.tenant_unplaced = Gauge(
+            "slm_tenant_replicas_unplaced",
+            "A pool tenant's replicas without a share in the last plan",
+            ["pool", "tenant"],
+            registry=r,
+        )
         self.planned_evictions = Gauge(
             "slm_plan_evictions",
             "Replicas the last plan evicts (action=move: to another GPU, action=yield: no new place)",
@@ -290,6 +315,7 @@ class OperatorMetrics:
                 put(self.reservation_claimed, (pool_name, r.name), r.claimed)
         for name, n in segments.items():
             put(self.segment_gpus, (pool_name, name), n)
+        self._tenant_gauges(pool_name, plan, put)
         evictions: dict[_Labels, int] = {}
         for e in p.evictions:
             key = (pool_name, e.reason, "move" if e.to_node else "yield")
@@ -314,6 +340,20 @@ class OperatorMetrics:
             self.consolidation_moves.labels(pool_name, outcome).inc(n)
         if gpus_freed:
             self.consolidation_gpus_freed.labels(pool_name).inc(gpus_freed)
+
+    def _tenant_gauges(
+        self, pool_name: str, plan: Plan, put: Callable[[Gauge, _Labels, float], None]
+    ) -> None:
+        """Per pool tenant (docs/tenants.md): quota, GPU-equivalents and memory used, unplaced replicas."""
+        for t in plan.tenants:
+            put(self.tenant_quota, (pool_name, t.name, "guaranteed"), t.guaranteed)
+            if t.ceiling is not None:
+                put(self.tenant_quota, (pool_name, t.name, "ceiling"), t.ceiling)
+            put(self.tenant_used, (pool_name, t.name, "guaranteed"), t.used_guaranteed)
+            put(self.tenant_used, (pool_name, t.name, "borrowed"), t.used_borrowed)
+            put(self.tenant_memory, (pool_name, t.name, "guaranteed"), t.memory_guaranteed_bytes)
+            put(self.tenant_memory, (pool_name, t.name, "borrowed"), t.memory_borrowed_bytes)
+            put(self.tenant_unplaced, (pool_name, t.name), t.replicas_unplaced)
 
     def forget_pool(self, pool_name: str) -> None:
         """Remove every gauge series of a deleted pool (its histogram keeps its history)."""

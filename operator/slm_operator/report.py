@@ -46,6 +46,7 @@ def render_table(plan: Plan) -> str:
         f"moved {pp.replicas_moved}",
         "(tenant = deployment#replica(tier G/B/BE, GiB); * = on a lent reserved GPU)",
     ]
+    lines += _tenant_lines(plan)
     for d in plan.deployments:
         for u in d.unplaced:
             lines.append(f"unplaced {d.deployment}#{u.ordinal}: {u.reason}: {u.message}")
@@ -55,3 +56,27 @@ def render_table(plan: Plan) -> str:
             f"evict {e.deployment}#{e.ordinal} from {e.node}/{e.gpu_index}{where}: {e.reason}: {e.message}"
         )
     return "\n".join(lines) + "\n"
+
+
+def _tenant_lines(plan: Plan) -> list[str]:
+    """Per tenant of the pool (docs/tenants.md): GPU-equivalents held within its quota and borrowed, share
+    memory, and replicas placed and unplaced."""
+    if not plan.tenants:
+        return []
+    lines = [
+        "",
+        f"{'TENANT':<16}{'GUARANTEED':>11}{'CEILING':>9}{'USED':>8}{'BORROWED':>10}{'MEMORY GiB':>12}"
+        f"{'REPLICAS':>10}{'UNPLACED':>10}",
+    ]
+    for t in plan.tenants:
+        ceiling = f"{t.ceiling:g}" if t.ceiling is not None else "-"
+        memory = _gib(t.memory_guaranteed_bytes + t.memory_borrowed_bytes)
+        lines.append(
+            f"{t.name[:15]:<16}{t.guaranteed:>11g}{ceiling:>9}{t.used_guaranteed:>8.2f}{t.used_borrowed:>10.2f}"
+            f"{memory:>12}{t.replicas_guaranteed + t.replicas_borrowed:>10}{t.replicas_unplaced:>10}"
+        )
+    lines.append(
+        "(GPU-equivalents: a share counts the larger of its GPU memory and compute fractions; USED = "
+        "within the guaranteed quota, BORROWED = beyond it, first to yield to another tenant)"
+    )
+    return lines

@@ -89,6 +89,7 @@ PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Reserved", "type": "integer", "jsonPath": ".status.gpusReserved"},
         {"name": "Stranded", "type": "string", "jsonPath": ".status.memoryStranded"},
         {"name": "Unplaced", "type": "integer", "jsonPath": ".status.replicasUnplaced", "priority": 1},
+        {"name": "Tenants", "type": "string", "jsonPath": ".status.tenantSummary"},
         _AGE,
     ],
     "SLMDeployment": [

@@ -329,6 +329,102 @@ class DisruptionPolicy(ApiModel):
     )
 
 
+GPU_EQUIVALENTS_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,3})?$"
+GPU_EQUIVALENTS_HELP = (
+    "GPU-equivalents, a decimal string such as `3.5`: a share counts as the fraction of its GPU's memory and "
+    "compute it holds, whichever is larger (a `3g.40gb` MIG instance on an H100 counts 0.5, an MPS client "
+    "1 / clients per GPU, a time-sliced replica its memory estimate / GPU memory, a whole GPU 1)."
+)
+
+
+def gpu_equivalents(value: str) -> float:
+    """The number of GPU-equivalents a quota string gives (``GPU_EQUIVALENTS_PATTERN``)."""
+    return float(value)
+
+
+class NamespaceSelector(LabelSelector):
+    """A label selector on Namespace labels (``matchLabels`` and ``matchExpressions`` are ANDed)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=k8s(
+            cel(
+                "has(self.matchLabels) || has(self.matchExpressions)",
+                "a tenant's `namespaces` must set `matchLabels` or `matchExpressions`, e.g. "
+                "`matchLabels: {team: search}`; an empty selector would take every namespace",
+            )
+        )
+    )
+
+
+_CEILING_CEL = cel(
+    "!has(self.ceiling) || double(self.ceiling) >= double(self.guaranteed)",
+    "`ceiling` must be at least `guaranteed`: raise `ceiling` or lower `guaranteed`",
+    field_path=".ceiling",
+)
+
+
+class TenantQuota(ApiModel):
+    """What a tenant is entitled to in the pool (docs/tenants.md)."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(_CEILING_CEL))
+
+    guaranteed: str = Field(
+        default="0",
+        max_length=10,
+        pattern=GPU_EQUIVALENTS_PATTERN,
+        description="GPU-equivalents the tenant's replicas get by tier order, as in a pool without tenants. "
+        "Replicas beyond it only borrow idle capacity and are the first to yield when another tenant claims "
+        "its guarantee. " + GPU_EQUIVALENTS_HELP,
+    )
+    ceiling: str | None = Field(
+        default=None,
+        max_length=10,
+        pattern=GPU_EQUIVALENTS_PATTERN,
+        description="Most GPU-equivalents the tenant may hold, borrowed included (unset: no ceiling). At "
+        "least `guaranteed`.",
+    )
+    weight: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Share of idle capacity handed out to the tenant's borrowing replicas, relative to the "
+        "other tenants' weights.",
+    )
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> TenantQuota:
+        if self.ceiling is not None and gpu_equivalents(self.ceiling) < gpu_equivalents(self.guaranteed):
+            raise ValueError("`ceiling` must be at least `guaranteed`: raise `ceiling` or lower `guaranteed`")
+        return self
+
+
+class Tenant(TenantQuota):
+    """A team or application sharing the pool: the namespaces it covers and its quota."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(_CEILING_CEL))
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the tenant.")
+    namespaces: NamespaceSelector = Field(
+        description="Namespaces whose SLMDeployments belong to the tenant, by Namespace labels. A namespace "
+        "two tenants select belongs to the first of them in `tenants`."
+    )
+
+
+class DefaultTenant(TenantQuota):
+    """The tenant of deployments in namespaces no tenant selects."""
+
+    model_config = ConfigDict(json_schema_extra=k8s(_CEILING_CEL))
+
+    name: str = Field(
+        default="default", min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the tenant."
+    )
+
+
+class UnmatchedNamespaces(StrEnum):
+    DEFAULT_TENANT = "DefaultTenant"
+    REFUSE = "Refuse"
+
+
 class GPUPoolSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=k8s(
@@ -337,7 +433,13 @@ class GPUPoolSpec(ApiModel):
                 "self.reservations.all(r, !self.segments.exists(s, s.name == r.name))",
                 "a reservation and a segment must not share a name: rename one `segments[].name`",
                 field_path=".segments",
-            )
+            ),
+            cel(
+                "!has(self.tenants) || !has(self.defaultTenant) || "
+                "!self.tenants.exists(t, t.name == self.defaultTenant.name)",
+                "`defaultTenant.name` must differ from every `tenants[].name`: rename the default tenant",
+                field_path=".defaultTenant.name",
+            ),
         )
     )
 
@@ -359,11 +461,40 @@ class GPUPoolSpec(ApiModel):
         default_factory=DisruptionPolicy,
         description="Moves the operator may make on its own: consolidation and its disruption budget.",
     )
+    tenants: list[Tenant] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Teams sharing the pool, each with a guaranteed quota, a ceiling and a weight in "
+        "GPU-equivalents (docs/tenants.md). Quotas adding up to more than the pool's GPUs are allowed "
+        "(condition `QuotaOvercommitted`). Reserved and segment GPUs are outside tenant quotas. Unset: no "
+        "quotas; the pool plans by tier alone.",
+    )
+    default_tenant: DefaultTenant | None = Field(
+        default=None,
+        description="With `tenants`: the tenant of SLMDeployments in namespaces no tenant selects (default: "
+        "`default`, no guarantee, no ceiling, weight 1).",
+    )
+    unmatched_namespaces: UnmatchedNamespaces = Field(
+        default=UnmatchedNamespaces.DEFAULT_TENANT,
+        description="With `tenants`: what happens to an SLMDeployment in a namespace no tenant selects. "
+        "`DefaultTenant`: it belongs to `defaultTenant`. `Refuse`: it is not planned (condition "
+        "`Placed=False`, reason `NoTenant`).",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> GPUPoolSpec:
         _unique(self.reservations, "`reservations`")
         _unique(self.segments, "`segments`")
+        _unique(self.tenants, "`tenants`")
+        if (
+            self.tenants
+            and self.default_tenant
+            and self.default_tenant.name in {t.name for t in self.tenants}
+        ):
+            raise ValueError(
+                "`defaultTenant.name` must differ from every `tenants[].name`: rename the default tenant"
+            )
         seg = {s.name for s in self.segments or []}
         for r in self.reservations or []:
             if r.name in seg:
@@ -384,6 +515,27 @@ class ReservationStatus(ApiModel):
         description="Reserved GPUs held by FineTuneJob trainers borrowing them (`borrowFrom`); never also lent "
         "to BestEffort replicas.",
     )
+
+
+class TenantStatus(ApiModel):
+    """One tenant's quota and what its replicas hold in the plan."""
+
+    name: str = Field(max_length=63)
+    guaranteed: str = Field(default="0", max_length=16, description="Guaranteed quota (GPU-equivalents).")
+    ceiling: str | None = Field(default=None, max_length=16, description="Ceiling (GPU-equivalents).")
+    used_guaranteed: str = Field(
+        default="0", max_length=16, description="GPU-equivalents held within the guaranteed quota."
+    )
+    used_borrowed: str = Field(
+        default="0",
+        max_length=16,
+        description="GPU-equivalents borrowed beyond the quota (the first to yield to another tenant).",
+    )
+    memory_guaranteed: str = Field(default="0", max_length=32, description="Share memory within the quota.")
+    memory_borrowed: str = Field(default="0", max_length=32, description="Share memory borrowed.")
+    replicas_guaranteed: int = Field(default=0, ge=0)
+    replicas_borrowed: int = Field(default=0, ge=0)
+    replicas_unplaced: int = Field(default=0, ge=0)
 
 
 class NodeSource(StrEnum):
@@ -486,6 +638,18 @@ class GPUPoolStatus(ApiModel):
     consolidation: ConsolidationStatus | None = Field(
         default=None,
         description="Distance from a fresh plan and the moves under way (docs/consolidation.md).",
+    )
+    tenants: list[TenantStatus] | None = Field(
+        default=None,
+        max_length=33,
+        json_schema_extra=k8s(list_type="map", list_map_keys=["name"]),
+        description="Per tenant: quota and usage (guaranteed and borrowed), unplaced replicas.",
+    )
+    tenant_summary: str = Field(
+        default="",
+        max_length=256,
+        description="Per tenant `name used/guaranteed` in GPU-equivalents, e.g. `search 4.5/4 ads 2/2` (a "
+        "printer column).",
     )
     conditions: list[Condition] | None = Field(default=None, **CONDITIONS_FIELD)
 

@@ -196,6 +196,15 @@ def node_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> 
         ctx.trigger_all()
 
 
+@kopf.on.event("", "v1", "namespaces")
+def namespace_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A Namespace's labels decide which pool tenant its SLMDeployments belong to (docs/tenants.md)."""
+    ctx = from_memo(memo)
+    meta = body.get("metadata") or {}
+    if ctx.changed(f"namespace/{meta.get('name')}", [type, dict(meta.get("labels") or {})]):
+        ctx.trigger_all()
+
+
 def _pod_key(pod: PodView) -> str:
     return f"{pod.namespace or None}/{pod.name or None}"
 

@@ -110,12 +110,17 @@ class PoolReconciler:
                     candidates.append(p)
             foreign = [p for p in candidates if POOL_LABEL not in PodView(p).labels]
         mig_configs, mig_times = self._mig_configs()
-        namespaces = {d.metadata.namespace for d in deps}
+        used = {d.metadata.namespace for d in deps}
         quotas = (
-            [q for q in self.kube.list("v1", "ResourceQuota") if ObjectView(q).namespace in namespaces]
+            [q for q in self.kube.list("v1", "ResourceQuota") if ObjectView(q).namespace in used]
             if deps
             else []
         )
+        namespaces: dict[str, dict[str, str]] = {}
+        if pool.spec.tenants:  # tenants select namespaces by their labels
+            for ns in self.kube.list("v1", "Namespace"):
+                meta = ns.get("metadata") or {}
+                namespaces[str(meta.get("name", ""))] = dict(meta.get("labels") or {})
         return World(
             pool=pool,
             nodes=nodes,
@@ -128,6 +133,7 @@ class PoolReconciler:
             mig_entry_times=mig_times,
             pools=pools,
             resource_quotas=quotas,
+            namespaces=namespaces,
         )
 
     # ------------------------------------------------------------------------------ reconcile

@@ -33,6 +33,7 @@ from slm_operator.planner.state import (
     class_fits,
     mps_cap,
 )
+from slm_operator.planner.tenants import tenant_usage
 from slm_operator.planner.vocabulary import (
     EXCLUSIVE,
     MIG,
@@ -440,6 +441,7 @@ class PlanBuilder:
             deployments=tuple(deployments),
             solver=solver,
             optimal=optimal,
+            tenants=tenant_usage(ctx),
         )
 
 

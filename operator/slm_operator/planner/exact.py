@@ -96,6 +96,8 @@ def solve_exact(
     cur = list(current)
     hctx = _heuristic(policy, nodes, demands, cur)
     heur_plan = build_plan(hctx)
+    if policy.tenants:  # the CP-SAT model has no tenant quotas (docs/tenants.md)
+        return ExactResult(heur_plan, "FALLBACK: the pool has tenants", None, None)
     try:
         from ortools.sat.python import cp_model
     except ImportError:  # pragma: no cover - ortools is a dev/solver extra

@@ -105,7 +105,50 @@ def check_plan(
     v += _check_needed(plan, policy, demand, inv_node, cur_list)
     v += _check_pressure(plan, demand, policy)
     v += _check_moves(plan, cur_list, placed, demand)
+    v += _check_tenants(plan, policy, demand)
     return v
+
+
+def replica_gpu_equivalents(g: GpuPlan, r: ReplicaPlacement) -> float:
+    """GPU-equivalents of a planned share, from the plan alone (docs/tenants.md): the larger of its memory and
+    compute fractions of the GPU; 0 on a lent reserved GPU (outside tenant quotas)."""
+    model = gpu_by_key(g.product)
+    mech = Mechanism(r.share.mechanism)
+    if r.borrowed:
+        return 0.0
+    if mech == Mechanism.MIG:
+        p = next(p for p in model.mig_profiles if p.name == r.share.mig_profile)
+        return max(p.memory_slices / model.memory_slices, p.compute_slices / model.compute_slices)
+    if mech == Mechanism.MPS:
+        n = r.share.replicas_per_gpu or 2
+        return max((r.share.mps_memory_limit_bytes or 0) / model.memory_bytes, 1 / n)
+    if mech == Mechanism.TIME_SLICING:
+        return min(1.0, r.memory_bytes / model.memory_bytes)
+    return 1.0
+
+
+def tenant_held(plan: Plan, policy: PoolPolicy, demand: dict[str, Demand]) -> dict[str, float]:
+    """GPU-equivalents each tenant of the policy holds in the plan (deployments of no known tenant: "")."""
+    names = {t.name for t in policy.tenants}
+    held: dict[str, float] = {}
+    for g in plan.gpus:
+        for r in g.replicas:
+            d = demand.get(r.deployment)
+            t = d.tenant if d is not None and d.tenant in names else ""
+            held[t or ""] = held.get(t or "", 0.0) + replica_gpu_equivalents(g, r)
+    return held
+
+
+def _check_tenants(plan: Plan, policy: PoolPolicy, demand: dict[str, Demand]) -> list[str]:
+    """No tenant holds more GPU-equivalents than its ceiling."""
+    if not policy.tenants:
+        return []
+    held = tenant_held(plan, policy, demand)
+    return [
+        f"tenant {t.name} holds {held.get(t.name, 0.0):.3f} GPU-equivalents, above its ceiling {t.ceiling}"
+        for t in policy.tenants
+        if t.ceiling is not None and held.get(t.name, 0.0) > t.ceiling + 1e-6
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ node-wide modes
@@ -593,8 +636,11 @@ def _check_needed(
     current: list[CurrentPlacement],
 ) -> list[str]:
     """Spread and borrowing are relaxed only when no free GPU could take the replica instead. A running
-    replica that stays where it is (stability) is not judged again."""
+    replica that stays where it is (stability) is not judged again. Not checked in a pool with tenants, where
+    a tenant's ceiling may keep a replica off a free GPU."""
     v: list[str] = []
+    if policy.tenants:  # a tenant's ceiling can forbid the free GPU (reserved GPUs are outside quotas)
+        return v
     running = {(c.deployment, c.ordinal, c.node, c.gpu_index, c.mechanism) for c in current}
     node_plan = {n.name: n for n in plan.nodes}
     busy_nodes = {g.node for g in plan.gpus if GpuMode(g.mode) != GpuMode.FREE}
@@ -633,7 +679,8 @@ def _check_needed(
 
 
 def _check_pressure(plan: Plan, demand: dict[str, Demand], policy: PoolPolicy) -> list[str]:
-    """A higher-tier replica left unplaced for capacity while a lower tier holds a share it could take."""
+    """A higher-tier replica left unplaced for capacity while a lower tier (of the same tenant, in a pool with
+    tenants) holds a share it could take."""
     v: list[str] = []
     waiting = [
         (dp, u)
@@ -655,6 +702,8 @@ def _check_pressure(plan: Plan, demand: dict[str, Demand], policy: PoolPolicy) -
                 continue
             model = gpu_by_key(g.product)
             for r in g.replicas:
+                if policy.tenants and demand[r.deployment].tenant != d.tenant:
+                    continue  # across tenants, quotas decide (docs/tenants.md); tier order within a tenant
                 if TIER_RANK[r.qos] > rank and _could_take(r, model, d, mechs):
                     v.append(
                         f"{d.tier} {dp.deployment}#{u.ordinal} unplaced while {r.qos} "

@@ -28,6 +28,8 @@ UnplacedReason = Literal[
     "MechanismNotAllowed",
     "PreemptedByHigherTier",
     "ReservedCapacity",
+    "TenantQuota",
+    "ReclaimedByTenant",
 ]
 EvictionReason = Literal[
     "PreemptedByHigherTier",
@@ -40,6 +42,8 @@ EvictionReason = Literal[
     "ReturnBorrowedGPU",
     "LayoutConflict",
     "DeploymentChanged",
+    "TenantQuota",
+    "ReclaimedByTenant",
 ]
 
 ALL_MECHANISMS: tuple[Mechanism, ...] = ("Exclusive", "MIG", "MPS", "TimeSlicing")
@@ -78,6 +82,27 @@ class Segment(_Model):
     gpus: int = Field(ge=0)
 
 
+class TenantPolicy(_Model):
+    """One tenant of the pool (docs/tenants.md): what it is entitled to, in GPU-equivalents. A share counts as
+    the fraction of its GPU's memory and compute it holds, whichever is larger (``share_gpu_equivalents``)."""
+
+    name: str = Field(min_length=1)
+    #: GPU-equivalents the tenant's replicas get by tier order; beyond it they only borrow idle capacity
+    guaranteed: float = Field(default=0.0, ge=0)
+    #: most GPU-equivalents the tenant may hold, borrowed included (None: no ceiling)
+    ceiling: float | None = Field(default=None, ge=0)
+    #: share of the idle capacity handed out to borrowers, relative to other tenants' weights
+    weight: int = Field(default=1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _ceiling_above_guarantee(self) -> TenantPolicy:
+        if self.ceiling is not None and self.ceiling < self.guaranteed:
+            raise ValueError(
+                f"tenant {self.name}: ceiling {self.ceiling} is below guaranteed {self.guaranteed}"
+            )
+        return self
+
+
 class PoolPolicy(_Model):
     """The pool's sharing policy (from the GPUPool spec)."""
 
@@ -91,6 +116,8 @@ class PoolPolicy(_Model):
     #: ``Never`` (= the API's ``WhenIdle``): a GPU's MIG layout changes only when no replica runs on it.
     repartition: RepartitionPolicy = "Never"
     spread_nodes: SpreadPolicy = "Preferred"
+    #: Tenants and their quotas; empty: the pool plans as if it had none (no quota rules at all).
+    tenants: tuple[TenantPolicy, ...] = ()
 
     @field_validator("allowed_mechanisms")
     @classmethod
@@ -104,6 +131,9 @@ class PoolPolicy(_Model):
         names = [r.name for r in self.reservations] + [s.name for s in self.segments]
         if len(set(names)) != len(names):
             raise ValueError("reservation and segment names must be unique within a pool")
+        tenants = [t.name for t in self.tenants]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError("tenant names must be unique within a pool")
         return self
 
     @property
@@ -184,6 +214,9 @@ class Demand(_Model):
     order_key: str = ""
     #: Shares kept warm for this deployment since it scaled down (see :class:`WarmShare`).
     warm: tuple[WarmShare, ...] = ()
+    #: The pool tenant the deployment belongs to (``PoolPolicy.tenants``); None or an unknown name in a pool
+    #: with tenants: a tenant with no guarantee and no ceiling (every replica borrows).
+    tenant: str | None = None
 
     @field_validator("warm")
     @classmethod
@@ -318,6 +351,26 @@ class Eviction(_Model):
     to_gpu: int | None = None
 
 
+class TenantUsage(_Model):
+    """One tenant's quota and what its placed replicas hold (GPU-equivalents and share memory). Replicas in
+    priority order count as guaranteed while their running sum stays within the quota; the rest borrow."""
+
+    name: str
+    guaranteed: float
+    ceiling: float | None = None
+    weight: int = 1
+    used_guaranteed: float = 0.0
+    used_borrowed: float = 0.0
+    memory_guaranteed_bytes: int = 0
+    memory_borrowed_bytes: int = 0
+    replicas_guaranteed: int = 0
+    replicas_borrowed: int = 0
+    replicas_unplaced: int = 0
+    #: placed replicas per deployment that borrow beyond the quota (first to yield when another tenant
+    #: claims its guarantee), "ns/name" -> ordinals
+    borrowed: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+
+
 class PoolPlan(_Model):
     name: str
     gpus_total: int
@@ -349,6 +402,8 @@ class Plan(_Model):
     solver: Literal["heuristic", "exact"] = "heuristic"
     #: For the exact solver: whether CP-SAT proved optimality within the time budget.
     optimal: bool | None = None
+    #: Per tenant of the pool (empty when the pool has no tenants).
+    tenants: tuple[TenantUsage, ...] = ()
 
     def deployment(self, key: str) -> DeploymentPlan | None:
         for d in self.deployments:

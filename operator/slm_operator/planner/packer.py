@@ -48,6 +48,7 @@ from slm_operator.planner.state import (
     unfit_reason,
 )
 from slm_operator.planner.targets import MigTargets
+from slm_operator.planner.tenants import EPS, TenantBook, estimate_of
 from slm_operator.planner.vocabulary import (
     BEST_EFFORT,
     EXCLUSIVE,
@@ -130,10 +131,13 @@ class NewGpuOption(NamedTuple):
 
 
 class _PreemptKey(NamedTuple):
-    """Sort key of a way to preempt (lower first): lowest tier evicted first, fewest replicas, lowest gid."""
+    """Sort key of a way to preempt (lower first): lowest tier evicted first, fewest replicas, (pools with
+    tenants: the lowest-priority replicas), lowest gid."""
 
     neg_best_rank: int
     evicted: int
+    #: minus the priority position of the most important evicted replica (0 without tenants)
+    neg_last: int
     gid: int
 
 
@@ -222,12 +226,22 @@ class Packer:
         self.ts_budget = {m: model.memory_bytes * ctx.ts_factor // 100 for m, model in ctx.models.items()}
         #: (GPU model, fitting MIG profiles) -> the new-GPU option with the densest of them
         self.densest_mig: dict[tuple[str, tuple[int, ...]], NewGpuOption] = {}
+        #: tenant quotas (docs/tenants.md); None for a pool without tenants, which plans exactly as before
+        self.book: TenantBook | None = None
+        #: per deployment uid, GPU-equivalents of its best new-GPU share (pools with tenants)
+        self.estimate: dict[int, float] = {}
+        if ctx.policy.tenants:
+            self.book = TenantBook(ctx)
+            self.place = self._place_within_ceiling  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------------------------------ driver
 
     def run(self) -> None:
         """Place every replica not placed yet: tier by tier, then consolidate, respread and borrow."""
         ctx = self.ctx
+        if self.book is not None:
+            self._run_tenants(self.book)
+            return
         for tier in Tier:
             queue = [r for r in ctx.reps if r.dep.tier is tier and r.gpu is None and r.unplaced is None]
             queue.sort(key=lambda r: (-r.dep.size, r.ordinal, r.dep.order, r.dep.key))
@@ -244,6 +258,78 @@ class Packer:
         for r in ctx.reps:
             if r.gpu is None and r.unplaced is None:
                 r.unplaced = self.capacity_reason(r)
+
+    def _run_tenants(self, book: TenantBook) -> None:
+        """A pool with tenants: replicas within their tenant's quota tier by tier (as :meth:`run`), then the
+        borrowers, idle capacity handed out by weight; then consolidate, respread, retry, borrow reserved
+        GPUs, and the ceilings enforced on the result (docs/tenants.md)."""
+        ctx = self.ctx
+        estimate = self.estimate = self._estimates()
+        book.classify(estimate)
+        for tier in Tier:
+            queue = [
+                r
+                for r in ctx.reps
+                if r.dep.tier is tier and r.gpu is None and r.unplaced is None and not r.tborrow
+            ]
+            queue.sort(key=lambda r: (-r.dep.size, r.ordinal, r.dep.order, r.dep.key))
+            self._place_tier(queue)
+        # what was placed now counts what it holds, not its estimate (as the next pass will see it)
+        book.classify(estimate)
+        waiting = [r for r in ctx.reps if r.gpu is None and r.unplaced is None and r.tborrow]
+        waiting.sort(key=lambda r: (r.dep.rank, -r.dep.size, r.ordinal, r.dep.order, r.dep.key))
+        for r in book.borrow_order(waiting, estimate):
+            if not self.place(r):
+                self.place(r, last_resort=True)
+        if self.options.consolidate and self.consolidate():
+            self._respread()
+        book.classify(estimate)
+        waiting = [r for r in ctx.reps if r.gpu is None and r.unplaced is None]
+        waiting.sort(key=lambda r: (r.tborrow, r.dep.rank, -r.dep.size, r.ordinal, r.dep.order, r.dep.key))
+        for r in waiting:
+            if not self.place(r):
+                self.place(r, last_resort=True)
+        self.borrow()
+        self._enforce_ceilings(book)
+        for r in ctx.reps:
+            if r.gpu is None and r.unplaced is None:
+                r.unplaced = self.capacity_reason(r)
+
+    def _estimates(self) -> dict[int, float]:
+        """Per deployment uid: GPU-equivalents of the share its best new-GPU option gives (1: none)."""
+        out: dict[int, float] = {}
+        for dep in self.ctx.deps:
+            o = self.share_options(dep)
+            if o.news:
+                n = o.news[0]
+                out[dep.uid] = estimate_of(self.ctx, dep, n.kind, n.model, n.param)
+            else:
+                out[dep.uid] = 1.0
+        return out
+
+    def _place_within_ceiling(self, r: Rep, last_resort: bool = False) -> bool:
+        """:meth:`place` in a pool with tenants: undone (False) when the share takes the tenant beyond its
+        ceiling."""
+        done = Packer.place(self, r, last_resort)
+        book = self.book
+        if done and r.gpu is not None and book is not None and book.of(r.dep).room() < -EPS:
+            self.remove(r)
+            return False
+        return done
+
+    def _enforce_ceilings(self, book: TenantBook) -> None:
+        """A tenant above its ceiling after packing (shares changed, or the ceiling was lowered): its
+        lowest-priority replicas yield (``TenantQuota``) until it is within."""
+        for r in sorted(self.ctx.reps, key=Rep.sort_key, reverse=True):
+            t = book.of(r.dep)
+            if r.gpu is None or t.room() >= -EPS:
+                continue
+            self.remove(r)
+            msg = f"tenant {t.name} is at its ceiling of {t.ceiling:g} GPU-equivalents"
+            r.unplaced = (UnplacedReason.TENANT_QUOTA, msg)
+            if r.cur_gpu is not None:
+                r.evicted = EvictionReason.TENANT_QUOTA
+                r.evict_msg = msg
 
     def _place_tier(self, queue: list[Rep]) -> None:
         """One tier: a first pass (with MIG layout targets), then the last-resort pass for what is left."""
@@ -269,7 +355,8 @@ class Packer:
             if choice is not None:
                 self._put(r, *choice)
                 return True
-            return r.dep.tier is not BEST_EFFORT and self._preempt(r, o)
+            claims = self.book is not None and not r.tborrow
+            return (r.dep.tier is not BEST_EFFORT or claims) and self._preempt(r, o)
         if r.dep.demand.warm and self._configured(r, o, warm_only=True):
             return True
         choice = self._zero_cost(r, o, same_gpu_ok=False)
@@ -605,6 +692,8 @@ class Packer:
         self._touch(r, g)
         self.capacity.index_gpu(g)
         self.capacity.index_node(node)
+        if self.book is not None:
+            self.book.on_put(r)
         return True
 
     def _configured_options(self, o: ShareOptions) -> list[tuple[Mechanism, str, tuple[int, ...]]]:
@@ -645,6 +734,8 @@ class Packer:
         self._touch(r, g)
         self.capacity.index_gpu(g)
         self.capacity.index_node(node)
+        if self.book is not None:
+            self.book.on_put(r)
 
     # ------------------------------------------------------------------------------------------ attach/detach
 
@@ -657,6 +748,8 @@ class Packer:
         attach(self.ctx, r, g, mech, prof)
         self._touch(r, g)
         self.capacity.index_gpu(g)
+        if self.book is not None:
+            self.book.on_put(r)
 
     def zero_cost_room(self, r: Rep) -> Choice | None:
         """The best zero-cost share for a replica that is off its GPU: room on a GPU that already holds
@@ -669,6 +762,8 @@ class Packer:
 
     def remove(self, r: Rep) -> None:
         """Take a replica off its GPU; a GPU or node left empty is free again (layout and mode included)."""
+        if self.book is not None:
+            self.book.on_remove(r)
         g = detach(self.ctx, r)
         self._touch(r, g)
         node = g.node
@@ -843,25 +938,33 @@ class Packer:
     def _preempt(self, r: Rep, o: ShareOptions) -> bool:
         """Make room by evicting lower-tier replicas from one GPU: the cheapest way over the pool (lowest tier
         evicted first, then fewest replicas). The evicted replicas are placed again with their own tier."""
-        best: tuple[_PreemptKey, Gpu, list[Rep], Mechanism, int] | None = None
+        best: tuple[tuple[int, _PreemptKey], Gpu, list[Rep], Mechanism, int] | None = None
+        book = self.book
         for g in self.ctx.gpus:
             if g.role != ROLE_POOL or not g.reps or not g.node.schedulable or r.dep.uid in g.deps:
                 continue
-            lower = [q for q in g.reps if q.dep.rank > r.dep.rank]
+            if book is None:
+                lower = [q for q in g.reps if q.dep.rank > r.dep.rank]
+                lower.sort(key=Rep.sort_key, reverse=True)  # lowest priority first
+            else:  # other tenants' borrowed replicas first (docs/tenants.md)
+                lower = book.victims(r, g.reps)
             if not lower:
                 continue
-            lower.sort(key=Rep.sort_key, reverse=True)  # lowest priority first
             for evict, mech, prof in self._preemptions(g, lower, r.dep, o):
-                key = _PreemptKey(-min(q.dep.rank for q in evict), len(evict), g.gid)
+                # with tenants, a way that evicts only borrowed replicas of other tenants comes first
+                # and among them the lowest-priority replicas
+                kept = last = 0
+                if book is not None:
+                    kept = sum(1 for q in evict if not book.reclaimable(r, q))
+                    last = -min(book.pos[id(q)] for q in evict)
+                key = (kept, _PreemptKey(-min(q.dep.rank for q in evict), len(evict), last, g.gid))
                 if best is None or key < best[0]:
                     best = (key, g, evict, mech, prof)
         if best is None:
             return False
         _, g, evict, mech, prof = best
         for q in evict:
-            self.remove(q)
-            q.evicted = EvictionReason.PREEMPTED_BY_HIGHER_TIER
-            q.evict_msg = f"yielded to {r.dep.tier} deployment {r.dep.key}"
+            self._yield(q, r)
         if prof == _OPEN_AS_MIG:  # the GPU is free now: open it as a MIG GPU with the best profile
             self._reopen(g, MIG)
             self._put(r, g, MIG, o.mig[g.key][0])
@@ -870,6 +973,22 @@ class Packer:
         self._put(r, g, mech, prof)
         return True
 
+    def _yield(self, q: Rep, r: Rep) -> None:
+        """``q`` leaves its GPU for ``r``: reclaimed by ``r``'s tenant or preempted by its higher tier."""
+        reclaimed = self.book is not None and self.book.reclaimable(r, q)
+        self.remove(q)
+        if reclaimed:
+            assert self.book is not None
+            tenant = self.book.of(r.dep).name
+            q.evicted = EvictionReason.RECLAIMED_BY_TENANT
+            q.evict_msg = (
+                f"was borrowing beyond its tenant's quota; yielded to tenant {tenant} claiming its guaranteed "
+                f"quota ({r.dep.tier} deployment {r.dep.key})"
+            )
+        else:
+            q.evicted = EvictionReason.PREEMPTED_BY_HIGHER_TIER
+            q.evict_msg = f"yielded to {r.dep.tier} deployment {r.dep.key}"
+
     def _preemptions(
         self, g: Gpu, lower: list[Rep], dep: Dep, o: ShareOptions
     ) -> list[tuple[list[Rep], Mechanism, int]]:
@@ -877,7 +996,7 @@ class Packer:
         ways: list[tuple[list[Rep], Mechanism, int]] = []
         fits = o.mig.get(g.key, ())
         if g.mode == MIG and fits:
-            ways += _mig_preemptions(g, lower, fits)
+            ways += _mig_preemptions(g, lower, fits, self.book is not None)
         elif g.mode == MPS and g.key in o.mps and mps_cap(g.mem_mib, g.node.n) >= dep.size:
             ways.append(([lower[0]], MPS, -1))
         elif g.mode == EXCLUSIVE and g.key in o.ex:
@@ -932,6 +1051,16 @@ class Packer:
     def capacity_reason(self, r: Rep) -> tuple[UnplacedReason, str]:
         """Why a replica that has share options found no room."""
         dep = r.dep
+        if r.evicted == EvictionReason.RECLAIMED_BY_TENANT:
+            return (UnplacedReason.RECLAIMED_BY_TENANT, f"{r.evict_msg}; no other GPU has room within quota")
+        if self.book is not None:
+            t = self.book.of(dep)
+            if t.ceiling is not None and t.room() < self.estimate.get(dep.uid, 1.0) - EPS:
+                return (
+                    UnplacedReason.TENANT_QUOTA,
+                    f"tenant {t.name} holds {t.used:.2f} of its ceiling of {t.ceiling:g} GPU-equivalents; "
+                    "no share of this replica fits in the rest",
+                )
         if r.evicted == EvictionReason.PREEMPTED_BY_HIGHER_TIER:
             return (
                 UnplacedReason.PREEMPTED_BY_HIGHER_TIER,
@@ -954,6 +1083,12 @@ class Packer:
         o = self.share_options(dep)
         kinds = sorted({n.kind for n in o.news} | ({EXCLUSIVE} if o.ex_last else set()))
         higher = " after higher tiers were placed" if dep.tier is not GUARANTEED else ""
+        if self.book is not None and r.tborrow:
+            t = self.book.of(dep)
+            higher = (
+                f" (tenant {t.name} is beyond its guaranteed quota of {t.guaranteed:g} GPU-equivalents, so it "
+                "only borrows idle capacity, and none is left)"
+            )
         return (
             UnplacedReason.INSUFFICIENT_CAPACITY,
             f"no GPU in the pool has room for a {' or '.join(kinds)} share of "
@@ -1025,10 +1160,11 @@ def _busiest_mps_gpu(node: Node, cache: dict[int, int]) -> int:
 
 
 def _mig_preemptions(
-    g: Gpu, lower: list[Rep], fits: tuple[int, ...]
+    g: Gpu, lower: list[Rep], fits: tuple[int, ...], in_order: bool = False
 ) -> list[tuple[list[Rep], Mechanism, int]]:
     """On a MIG GPU: take a lower-tier replica's instance of a fitting profile, or (layout not frozen) remove
-    lower-tier instances, lowest tier and largest first, until a fitting profile fits the layout."""
+    lower-tier instances, lowest tier and largest first, until a fitting profile fits the layout.
+    ``in_order``: remove them in the order of ``lower`` (tenants: other tenants' borrowed replicas first)."""
     ways: list[tuple[list[Rep], Mechanism, int]] = []
     taken = next((q for q in lower if q.prof in fits), None)
     if taken is not None:
@@ -1039,7 +1175,10 @@ def _mig_preemptions(
     assert geo is not None
     counts = list(geo.states[g.mig_state])
     gone: list[Rep] = []
-    for q in sorted(lower, key=lambda q: (-q.dep.rank, -geo.profiles[q.prof].memory_slices)):
+    order = (
+        lower if in_order else sorted(lower, key=lambda q: (-q.dep.rank, -geo.profiles[q.prof].memory_slices))
+    )
+    for q in order:
         counts[q.prof] -= 1
         gone.append(q)
         state = geo.state_id[tuple(counts)]

@@ -101,6 +101,7 @@ class Rep:
         "out",
         "pinned",
         "prof",
+        "tborrow",
         "unplaced",
     )
 
@@ -117,6 +118,8 @@ class Rep:
         self.evict_msg = ""
         self.unplaced: tuple[UnplacedReason, str] | None = None
         self.borrowed = False
+        #: borrows beyond its tenant's guaranteed quota (pools with tenants; ``tenants.TenantBook.classify``)
+        self.tborrow = False
         self.out: tuple[str, str] | None = None  # (share summary, "node/gpu") for the plan output
 
     def sort_key(self) -> tuple[int, str, str, int]:

@@ -84,6 +84,10 @@ class EvictionReason(StrEnum):
     RETURN_BORROWED_GPU = "ReturnBorrowedGPU"
     LAYOUT_CONFLICT = "LayoutConflict"
     DEPLOYMENT_CHANGED = "DeploymentChanged"
+    #: the tenant holds more than its ceiling (the ceiling was lowered): its lowest-priority replicas yield
+    TENANT_QUOTA = "TenantQuota"
+    #: a borrowed replica yielded to another tenant claiming its guaranteed quota
+    RECLAIMED_BY_TENANT = "ReclaimedByTenant"
 
 
 class UnplacedReason(StrEnum):
@@ -94,6 +98,10 @@ class UnplacedReason(StrEnum):
     MECHANISM_NOT_ALLOWED = "MechanismNotAllowed"
     PREEMPTED_BY_HIGHER_TIER = "PreemptedByHigherTier"
     RESERVED_CAPACITY = "ReservedCapacity"
+    #: the replica would take its tenant beyond its ceiling
+    TENANT_QUOTA = "TenantQuota"
+    #: was borrowing idle capacity and yielded to another tenant's guaranteed quota
+    RECLAIMED_BY_TENANT = "ReclaimedByTenant"
 
 
 #: unplaced for lack of capacity: the replica is tried again when capacity may have appeared
@@ -102,6 +110,7 @@ CAPACITY_REASONS: frozenset[UnplacedReason] = frozenset(
         UnplacedReason.INSUFFICIENT_CAPACITY,
         UnplacedReason.RESERVED_CAPACITY,
         UnplacedReason.PREEMPTED_BY_HIGHER_TIER,
+        UnplacedReason.RECLAIMED_BY_TENANT,
     }
 )
 

@@ -78,7 +78,8 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand).
     nodes = read_nodes(world)
     # 2. Size deployments: memory per replica and the planner's demand (or why a deployment cannot be sized).
-    sizings = size_deployments(world.deployments, world.now)
+    #    With tenants, each deployment's tenant from its Namespace's labels.
+    sizings = size_deployments(world.deployments, world.now, world.pool, world.namespaces)
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
     current = current_replicas(world.pods, world.deployments)
     # 3b. Consolidation: the moves in flight (the share each one's other pod holds) and the moves that start

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_operator.api.v1alpha1 import SLMDeployment
+from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
 from slm_operator.contract import BORROWED_RESERVATION_LABEL
 from slm_operator.inventory import (
     DemandError,
@@ -15,6 +15,7 @@ from slm_operator.inventory import (
     current_placements,
     demand_for,
     deployment_key,
+    deployment_tenant,
     node_down_since,
     node_inventory,
     node_name,
@@ -140,9 +141,16 @@ class Sizings:
     demands: tuple[Demand, ...]  # in deployment-key order
 
 
-def size_deployments(deployments: Iterable[SLMDeployment], now: str = "") -> Sizings:
+def size_deployments(
+    deployments: Iterable[SLMDeployment],
+    now: str = "",
+    pool: GPUPool | None = None,
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+) -> Sizings:
     """Memory per replica of every SLMDeployment and its demand on the planner (with the shares kept warm for
-    it at ``now``); one that cannot be sized gets the reason its Placed condition will give."""
+    it at ``now``, and its tenant of ``pool`` from its Namespace's labels in ``namespaces``); one that cannot
+    be sized, or that no tenant covers in a pool that refuses it, gets the reason its Placed condition will
+    give."""
     sizings: dict[str, Sizing] = {}
     errors: dict[str, tuple[str, str]] = {}
     demands: list[Demand] = []
@@ -150,11 +158,13 @@ def size_deployments(deployments: Iterable[SLMDeployment], now: str = "") -> Siz
         dkey = deployment_key(dep)
         try:
             sizing = size_deployment(dep)
+            labels = (namespaces or {}).get(dep.metadata.namespace or "default")
+            tenant = deployment_tenant(pool, dep, labels) if pool is not None else None
         except DemandError as exc:
             errors[dkey] = (exc.reason, str(exc))
             continue
         sizings[dkey] = sizing
-        demand = demand_for(dep, sizing)
+        demand = demand_for(dep, sizing, tenant)
         warm = planner_warm(dep, now) if now else ()
         demands.append(Demand.model_validate({**demand.model_dump(), "warm": warm}) if warm else demand)
     return Sizings(sizings, errors, tuple(demands))

@@ -38,6 +38,9 @@ class World:
     # ResourceQuotas of the namespaces of the pool's deployments (the core plans within them)
     resource_quotas: list[dict[str, Any]] = field(default_factory=list)
 
+    # Namespace name -> its labels (read only for a pool with tenants: they map deployments to tenants)
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class MoveActions:

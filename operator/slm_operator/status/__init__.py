@@ -22,10 +22,11 @@ from slm_operator.api.v1alpha1 import (
     ResolvedShare,
     SLMDeployment,
     SLMDeploymentStatus,
+    TenantStatus,
 )
 from slm_operator.contract import DEPLOYMENT_LABEL, REPLICA_LABEL
 from slm_operator.inventory import Sizing
-from slm_operator.planner.model import DeploymentPlan, Plan, PoolPlan
+from slm_operator.planner.model import DeploymentPlan, Plan, PoolPlan, TenantUsage
 from slm_operator.timebound import seconds_between
 from slm_operator.views import PodView
 
@@ -49,6 +50,10 @@ CONSOLIDATED = "Consolidated"
 #: Placed/Degraded reason: a Kubernetes ResourceQuota of the namespace holds replicas back
 #: (docs/resource-quotas.md).
 RESOURCE_QUOTA_EXCEEDED = "ResourceQuotaExceeded"
+
+#: pools with tenants: the guaranteed quotas add up to more GPU-equivalents than the pool's unreserved GPUs
+QUOTA_OVERCOMMITTED = "QuotaOvercommitted"
+_TENANT_SUMMARY_MAX = max_len(GPUPoolStatus, "tenant_summary")
 
 
 def set_condition(
@@ -189,6 +194,11 @@ def placed_condition(r: Rollout) -> ConditionResult:
             # Once yielded, the replicas are simply "not placed" for the planner; keep telling the user why.
             reason = "PreemptedByHigherTier"
             detail = f"yielded to a higher tier earlier and still no room: {detail}"
+        elif reason == "InsufficientCapacity" and before is not None and before.reason == "ReclaimedByTenant":
+            # its tenant's borrowed capacity went to another tenant's guarantee: keep naming that tenant
+            reason = "ReclaimedByTenant"
+            prev = (before.message or "").split(" unplaced: ", 1)[-1]
+            detail = prev if prev.endswith("(still no room)") else f"{prev} (still no room)"
         msg = f"{r.placed}/{r.desired} replicas placed; {len(r.plan.unplaced)} unplaced: {detail}"
         return ConditionResult(False, reason, msg)
     return ConditionResult(
@@ -444,6 +454,54 @@ def pool_ready_condition(
     )
 
 
+def _eq(x: float) -> str:
+    """GPU-equivalents as a short decimal string ("2", "0.571")."""
+    return f"{round(x, 3):g}"
+
+
+def tenant_status(t: TenantUsage) -> TenantStatus:
+    return TenantStatus(
+        name=t.name,
+        guaranteed=_eq(t.guaranteed),
+        ceiling=_eq(t.ceiling) if t.ceiling is not None else None,
+        used_guaranteed=_eq(t.used_guaranteed),
+        used_borrowed=_eq(t.used_borrowed),
+        memory_guaranteed=format_bytes(t.memory_guaranteed_bytes),
+        memory_borrowed=format_bytes(t.memory_borrowed_bytes),
+        replicas_guaranteed=t.replicas_guaranteed,
+        replicas_borrowed=t.replicas_borrowed,
+        replicas_unplaced=t.replicas_unplaced,
+    )
+
+
+def tenant_summary(tenants: Sequence[TenantUsage]) -> str:
+    """``name used/guaranteed`` per tenant in GPU-equivalents (the ``Tenants`` printer column)."""
+    text = " ".join(
+        f"{t.name} {_eq(t.used_guaranteed + t.used_borrowed)}/{_eq(t.guaranteed)}" for t in tenants
+    )
+    return text if len(text) <= _TENANT_SUMMARY_MAX else text[: _TENANT_SUMMARY_MAX - 3] + "..."
+
+
+def quota_overcommitted_condition(plan: Plan) -> ConditionResult:
+    """True (a warning, not an error) when the tenants' guaranteed quotas add up to more GPU-equivalents than
+    the pool's GPUs outside reservations and segments: then not every guarantee can hold at once, and tier
+    order decides between tenants within their quotas."""
+    pp = plan.pool
+    capacity = pp.gpus_total - pp.gpus_reserved - pp.gpus_segment
+    quota = sum(t.guaranteed for t in plan.tenants)
+    if quota > capacity + 1e-9:
+        return ConditionResult(
+            True,
+            "QuotaExceedsCapacity",
+            f"guaranteed quotas add up to {_eq(quota)} GPU-equivalents, more than the pool's {capacity} "
+            "unreserved GPUs: not every tenant can have its guarantee at once (tier order decides); lower a "
+            "`tenants[].guaranteed` or add GPUs if that is not intended",
+        )
+    return ConditionResult(
+        False, "WithinCapacity", f"guaranteed quotas add up to {_eq(quota)} of {capacity} unreserved GPUs"
+    )
+
+
 def pool_degraded_condition(pp: PoolPlan) -> ConditionResult:
     """Degraded: some replica of the pool has no share."""
     if pp.replicas_unplaced:
@@ -526,5 +584,9 @@ def pool_status(
         READY: pool_ready_condition(plan.pool, nodes, waiting_nodes),
         DEGRADED: pool_degraded_condition(plan.pool),
     }
+    if plan.tenants:
+        st.tenants = [tenant_status(t) for t in plan.tenants]
+        st.tenant_summary = tenant_summary(plan.tenants)
+        results[QUOTA_OVERCOMMITTED] = quota_overcommitted_condition(plan)
     st.conditions = _with_conditions(old.conditions or [], results, gen, now)
     return st
