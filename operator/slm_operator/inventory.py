@@ -43,6 +43,7 @@ from slm_operator.contract import (
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
     SHARING_STRATEGY_LABEL,
+    PlacementRecord,
 )
 from slm_operator.planner.model import (
     CurrentPlacement,
@@ -496,18 +497,20 @@ def current_placements(pods: Iterable[Mapping[str, Any]]) -> list[CurrentPlaceme
         rec = pod.placement
         if pod.finished or rec is None:
             continue
-        out.setdefault(
-            (rec.deployment, rec.ordinal),
-            CurrentPlacement(
-                deployment=rec.deployment,
-                ordinal=rec.ordinal,
-                node=rec.node,
-                gpu_index=rec.gpu,
-                mechanism=rec.mechanism,
-                mig_profile=rec.mig_profile,
-            ),
-        )
+        out.setdefault((rec.deployment, rec.ordinal), placement_of(rec))
     return [out[k] for k in sorted(out)]
+
+
+def placement_of(rec: PlacementRecord) -> CurrentPlacement:
+    """The planner's view of a pod's placement record (ValueError when the record names no valid share)."""
+    return CurrentPlacement(
+        deployment=rec.deployment,
+        ordinal=rec.ordinal,
+        node=rec.node,
+        gpu_index=rec.gpu,
+        mechanism=rec.mechanism,
+        mig_profile=rec.mig_profile,
+    )
 
 
 class PoolNodeError(InventoryError):

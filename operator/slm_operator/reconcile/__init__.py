@@ -25,6 +25,7 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
@@ -55,7 +56,7 @@ from slm_operator.reconcile.nodes import (
     restore_labels,
 )
 from slm_operator.reconcile.pods import create_move_targets, create_pods, delete_pods, with_move_deletes
-from slm_operator.reconcile.podsets import keep_pods, pod_sets
+from slm_operator.reconcile.podsets import keep_pods, pod_sets, serving_pods
 from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
@@ -81,7 +82,9 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     #    With tenants, each deployment's tenant from its Namespace's labels.
     sizings = size_deployments(world.deployments, world.now, world.pool, world.namespaces)
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
-    current = current_replicas(world.pods, world.deployments)
+    #    A pod on a lost or deleted node is no replica's place any more (its replica is planned elsewhere).
+    serving = serving_pods(world, nodes.lost)
+    current = current_replicas(serving, world.deployments)
     # 3b. Consolidation: the moves in flight (the share each one's other pod holds) and the moves that start
     #     now, within the pool's disruption budget.
     claims = claimed_reservations(world, set(nodes.by_name))
@@ -91,7 +94,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     #    shares moves hold, within the namespaces' ResourceQuotas: re-planned with lower demands while a quota
     #    holds new replicas back (no more remembered replicas than a quota admits: caps).
     within = plan_within_quotas(
-        _planner(world, policy, nodes, step.view.current, current),
+        _planner(world, policy, nodes, step.view.current, current, serving),
         step.view.demands,
         read_quotas(world.resource_quotas),
         world.pods,
@@ -153,6 +156,7 @@ def _planner(
     nodes: NodeReadings,
     view_current: Sequence[CurrentPlacement],
     current: Sequence[CurrentPlacement],
+    serving: Sequence[Mapping[str, Any]],
 ) -> Callable[[Sequence[Demand], Mapping[str, int]], Plan]:
     """``plan_for(demands, caps)`` for :func:`plan_within_quotas`: the pool planned from the consolidation step's
     view of the running replicas (moves hold their other share), less the replicas that only the deployments'
@@ -162,9 +166,7 @@ def _planner(
     def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
         pinned = list(view_current)
         if caps:
-            admitted = {
-                (c.deployment, c.ordinal) for c in current_replicas(world.pods, world.deployments, caps)
-            }
+            admitted = {(c.deployment, c.ordinal) for c in current_replicas(serving, world.deployments, caps)}
             pinned = [
                 c
                 for c in pinned

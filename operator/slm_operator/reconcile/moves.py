@@ -29,6 +29,7 @@ from enum import StrEnum
 
 from slm_operator.api.v1alpha1 import ConsolidationMove, MoveOutcome
 from slm_operator.contract import MOVE_ANNOTATION, PLACEMENT_ANNOTATION, PlacementRecord
+from slm_operator.inventory import placement_of
 from slm_operator.planner import Move
 from slm_operator.planner.model import CurrentPlacement, Demand, Plan, ShareRequest
 from slm_operator.reconcile.budget import parse_time
@@ -164,14 +165,7 @@ def gpu_name(p: CurrentPlacement) -> str:
 
 def _placement(rec: PlacementRecord) -> CurrentPlacement | None:
     try:
-        return CurrentPlacement(
-            deployment=rec.deployment,
-            ordinal=rec.ordinal,
-            node=rec.node,
-            gpu_index=rec.gpu,
-            mechanism=rec.mechanism,
-            mig_profile=rec.mig_profile,
-        )
+        return placement_of(rec)
     except ValueError:
         return None
 

@@ -81,7 +81,7 @@ def pod_sets(
     }
     gone = set(lost) | _missing_nodes(world)
     stranded = tuple(v for v in map(PodView, world.pods) if v.bound_node in gone)
-    serving = [p for p in world.pods if PodView(p).bound_node not in gone]
+    serving = serving_pods(world, lost)
     existing = {key: ExistingReplica.of(pods) for key, pods in _by_replica(serving).items()}
     unready: dict[str, set[int]] = {}
     for key in desired:
@@ -99,6 +99,12 @@ def pod_sets(
         pods_by_deployment={dep: tuple(pods) for dep, pods in by_deployment.items()},
         stranded=stranded,
     )
+
+
+def serving_pods(world: World, lost: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The replica pods not bound to a ``lost`` node nor to a node that no longer exists."""
+    gone = set(lost) | _missing_nodes(world)
+    return [p for p in world.pods if PodView(p).bound_node not in gone]
 
 
 def _missing_nodes(world: World) -> set[str]:
