@@ -321,6 +321,9 @@ def test_a_burst_scales_a_deployment_up_and_back_down_without_touching_spec_repl
                                      "panicWindow": "2s", "scaleDownDelay": "5s"})  # fmt: skip
     kubectl_apply(stack.cluster, [burst, route("burst", ns, "burst")])
     wait_served(stack.replicas, stack.cluster, ns, "burst", 1, CONVERGE)
+    # the gateway answers 502 at once while its table has no ready endpoint (minReplicas 1: nothing to wake):
+    # the burst starts once the gateway has seen the replica's EndpointSlice, as an agent's first call would
+    wait_for(lambda: ready_endpoints(stack, "burst") == 1, 30, "the gateway sees burst's ready replica")
     generation = get_dep(stack.cluster.api, ns, "burst")["metadata"]["generation"]
     stack.replicas.behave(ns, "burst", Behaviour(delay=0.5))  # each call keeps a slot half a second
     stop = threading.Event()
