@@ -951,7 +951,8 @@ def test_overlapping_pools_say_so_and_never_share_a_node(
 ) -> None:
     """Two pools select gpu-l4-1: the older plans it, both pools say so, the younger's replica has no share
     there and nothing of it runs on the node; once the selectors are disjoint the younger pool is clean."""
-    older, younger = f"l4-old-{ns}", f"l4-new-{ns}"
+    # creationTimestamp has 1 s resolution: two pools created within a second tie, and the name decides
+    older, younger = f"l4-a-{ns}", f"l4-b-{ns}"
     pools += [older, younger]
     kubectl_apply(cluster, [pool(older, product="NVIDIA-L4")])
     co = custom(cluster.api)
