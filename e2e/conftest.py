@@ -467,7 +467,22 @@ class Cluster:
                 raise AssertionError(f"{exc} (state {state!r}, mig-manager observed {observed})") from None
             self.stop_simulator()
             self.start_simulator()
-            self.wait_mig_state(name, "all-disabled", "success", timeout)
+            try:
+                self.wait_mig_state(name, "all-disabled", "success", timeout)
+            except AssertionError as again:  # say what still holds the node's devices
+                pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}").items
+                held = [
+                    f"{p.metadata.namespace}/{p.metadata.name} ({p.status.phase})"
+                    for p in pods
+                    if any(
+                        k.startswith("nvidia.com/")
+                        for c in p.spec.containers
+                        for k in ((c.resources and c.resources.limits) or {})
+                    )
+                ]
+                raise AssertionError(
+                    f"{again} (after a mig-manager restart; pods with NVIDIA devices: {held})"
+                ) from None
 
     def diagnostics(self, namespace: str | None) -> str:
         out = ["", "===== nvsim log (last 80 lines) ====="]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,44 @@ def test_deleting_a_pool_gives_its_nodes_their_labels_back_and_removes_its_repli
     assert ORIGINAL_LABELS_ANNOTATION not in annotations and GPU_ROLES_ANNOTATION not in annotations
     placed = _condition(fake.peek("SLMDeployment", "invoice-extractor", "agents"), "Placed")
     assert placed["status"] == "False" and placed["reason"] == "PoolNotFound"
+
+
+def test_a_pass_still_running_when_its_pool_is_deleted_leaves_no_replica_and_no_label_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf runs the on.delete handler while the pool's daemon may still be in a pass that gathered before the
+    deletion: release() waits for that pass, so the pods it creates are deleted and the nodes restored."""
+    fake = _cluster()
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    pools.reconcile("h100")
+    _gpu_operator_applies(fake)  # the next pass creates the replicas
+    from_api = fake.peek("GPUPool", "h100")
+    assert from_api is not None
+    gathered, go = threading.Event(), threading.Event()
+    gather = pools.gather
+
+    def slow_gather(pool: GPUPool) -> Any:
+        world = gather(pool)
+        gathered.set()
+        go.wait(10)
+        return world
+
+    monkeypatch.setattr(pools, "gather", slow_gather)
+    in_pass = threading.Thread(target=pools.reconcile, args=("h100",))
+    in_pass.start()
+    assert gathered.wait(10)
+    from_api["metadata"]["deletionTimestamp"] = "2026-11-26T09:05:00Z"  # kopf's finalizer holds it
+    deleting = threading.Thread(target=pools.release, args=("h100", GPUPool.model_validate(from_api)))
+    deleting.start()
+    deleting.join(1)  # returns at once when it does not wait for the pass
+    go.set()
+    in_pass.join(10)
+    deleting.join(10)
+
+    assert [p for p in fake.of_kind("Pod") if p["metadata"]["labels"][POOL_LABEL] == "h100"] == []
+    for node in (n for n in fake.of_kind("Node") if n["metadata"]["name"].startswith("gpu-h100")):
+        assert node["metadata"]["labels"][MIG_CONFIG_LABEL] == "all-disabled"
+        assert ORIGINAL_LABELS_ANNOTATION not in (node["metadata"].get("annotations") or {})
 
 
 # ------------------------------------------------------------------------------------------- FineTuneJob

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,6 +57,15 @@ class PoolReconciler:
     def __init__(self, kube: Kube, cfg: OperatorConfig) -> None:
         self.kube = kube
         self.cfg = cfg
+        # kopf runs a deleted pool's on.delete handler while the pool's daemon may still be in a pass (it only
+        # signals the daemon to stop): a pass that gathered before the deletion would create pods and label
+        # nodes after release() cleaned up. One lock per pool name keeps the two apart.
+        self._pool_locks: dict[str, threading.Lock] = {}
+        self._pool_locks_guard = threading.Lock()
+
+    def _pool_lock(self, name: str) -> threading.Lock:
+        with self._pool_locks_guard:
+            return self._pool_locks.setdefault(name, threading.Lock())
 
     # ------------------------------------------------------------------------------ gather
 
@@ -140,6 +150,10 @@ class PoolReconciler:
 
     def reconcile(self, name: str) -> bool:
         """One planning pass for a pool; returns True when something is in flight (re-check soon)."""
+        with self._pool_lock(name):
+            return self._reconcile(name)
+
+    def _reconcile(self, name: str) -> bool:
         raw = self.kube.get(API_VERSION, "GPUPool", name)
         if raw is None or ObjectView(raw).deleting:
             return False
@@ -294,7 +308,12 @@ class PoolReconciler:
     # ------------------------------------------------------------------------------ release
 
     def release(self, name: str, selector_pool: GPUPool | None) -> None:
-        """A pool is deleted: its replica pods go, its nodes get their NVIDIA selector labels back."""
+        """A pool is deleted: its replica pods go, its nodes get their NVIDIA selector labels back. Waits for a
+        pass of the pool still running (a pass that starts later sees the deletion and does nothing)."""
+        with self._pool_lock(name):
+            self._release(name, selector_pool)
+
+    def _release(self, name: str, selector_pool: GPUPool | None) -> None:
         for pod in map(PodView, self.kube.list("v1", "Pod", label_selector=f"{POOL_LABEL}={name}")):
             self.kube.delete("v1", "Pod", pod.name, pod.namespace)
         nodes = self.kube.list("v1", "Node")
