@@ -129,6 +129,32 @@ def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing
     assert {k for v, k, _ in fake.writes[before:]} == {"Service"}
 
 
+def test_no_replica_starts_on_a_mig_layout_mig_manager_has_not_reported_for_the_new_config() -> None:
+    """The examples' H100 nodes say `mig.config.state=success` for all-disabled. Relabelling them to the planned
+    config removes that answer: while mig-manager is down (it never acts here) no pod is created for a MIG
+    instance that does not exist, and the replicas say what they wait for."""
+    fake = _cluster()
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    pools.reconcile("h100")
+    for name in ("gpu-h100-0", "gpu-h100-1"):
+        node = fake.peek("Node", name)
+        assert node is not None
+        labels = node["metadata"]["labels"]
+        assert labels[MIG_CONFIG_LABEL] != "all-disabled" and MIG_CONFIG_STATE_LABEL not in labels, labels
+    for _ in range(2):
+        pools.reconcile("h100")
+    assert fake.of_kind("Pod") == []
+    dep = fake.peek("SLMDeployment", "invoice-extractor", "agents")
+    assert dep is not None
+    assert any("not applied yet" in (p.get("reason") or "") for p in dep["status"]["placements"]), dep[
+        "status"
+    ]
+
+    _gpu_operator_applies(fake)  # mig-manager is back: success for the new config
+    pools.reconcile("h100")
+    assert fake.of_kind("Pod")
+
+
 def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_then_pods() -> None:
     """`slm-operator plan --emit` (slm_operator.emit) and the shell share the core: same objects."""
     from slm_operator.emit import emit
@@ -150,7 +176,10 @@ def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_
         node = fake.peek("Node", name)
         assert node is not None
         for part in ("labels", "annotations"):
-            assert patch["metadata"][part].items() <= node["metadata"][part].items(), (name, part)
+            wanted = patch["metadata"][part]  # a merge patch: None removes the key
+            set_ = {k: v for k, v in wanted.items() if v is not None}
+            assert set_.items() <= node["metadata"][part].items(), (name, part)
+            assert not {k for k, v in wanted.items() if v is None} & set(node["metadata"][part]), (name, part)
     assert {
         (n["metadata"]["name"])
         for n in fake.of_kind("Node")

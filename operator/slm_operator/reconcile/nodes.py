@@ -178,8 +178,22 @@ def node_patches(
             continue
         meta: dict[str, Any] = {"annotations": node_annotations}
         if node in labels:
-            meta["labels"] = labels[node]
+            meta["labels"] = _with_stale_state_removed(labels[node], current.get(node))
         out[node] = {"metadata": meta}
+    return out
+
+
+def _with_stale_state_removed(labels: Mapping[str, str], node: NodeView | None) -> dict[str, str | None]:
+    """A new ``nvidia.com/mig.config`` goes out with ``nvidia.com/mig.config.state`` removed: the state there
+    is mig-manager's answer for the previous config. mig-manager writes ``pending`` and then ``success`` or
+    ``failed`` once it acts on the new label (reconfigure.go Run; ``success`` at once when the layout is
+    already there); while it is down (or has not got to it yet) no ``success`` of the old config lets replica
+    pods onto MIG devices that do not exist (``gates.mig_config_applied``)."""
+    out: dict[str, str | None] = dict(labels)
+    have = node.labels if node is not None else {}
+    new = labels.get(MIG_CONFIG_LABEL)
+    if new is not None and new != have.get(MIG_CONFIG_LABEL) and MIG_CONFIG_STATE_LABEL in have:
+        out[MIG_CONFIG_STATE_LABEL] = None
     return out
 
 
