@@ -37,12 +37,18 @@ def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
+#: the verbs :attr:`Kube.fence` guards
+WRITE_VERBS = frozenset({"apply", "create", "delete", "update", "patch"})
+
+
 def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Count a :class:`Kube` method's API requests (``Kube.requests``, slm_api_requests_total) and its failures
     by verb and HTTP status (slm_api_errors_total)."""
 
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         def inner(self: Kube, *args: Any, **kw: Any) -> T:
+            if verb in WRITE_VERBS and self.fence is not None:
+                self.fence()  # raises when this replica may no longer write (leader.py: fencing)
             self.requests += 1
             metrics.count_api_request(verb)
             try:
@@ -66,6 +72,8 @@ class Kube:
         self.dyn = DynamicClient(api)  # type: ignore[no-untyped-call]  # kubernetes.dynamic has no annotations
         self._res: dict[tuple[str, str], Any] = {}
         self.requests = 0  # API requests made (for the bench: requests per reconcile)
+        # called before every write; raises to refuse it (the leader's renew deadline: leader.py)
+        self.fence: Callable[[], None] | None = None
 
     def resource(self, api_version: str, kind: str) -> Any:
         key = (api_version, kind)
@@ -181,6 +189,8 @@ class Kube:
         ns = meta.get("namespace") or "default"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         body = event_body(involved, type_, reason, message, component, now)
+        if self.fence is not None:
+            self.fence()
         try:
             self.requests += 1
             self.resource("v1", "Event").create(body=body, namespace=ns)

@@ -1,8 +1,15 @@
 """Leader election on a coordination.k8s.io/v1 Lease: several operator replicas, one active.
 
 The follower blocks in :meth:`LeaderElector.acquire` until the Lease is free or expired; the leader renews it
-every ``renew_seconds`` from a background thread and calls ``on_lost`` if it cannot (another replica took over
-or the API server was unreachable past the lease duration). Time comes from an injectable clock.
+every ``renew_seconds`` from a background thread and calls ``on_lost`` if it cannot (another replica took over,
+or no renewal succeeded for ``renew_deadline_seconds``). Time comes from injectable clocks.
+
+Fencing (controller-runtime's renew deadline, checked before every write): another replica may take the Lease
+``lease_seconds`` after its last ``renewTime``; this one stops writing ``renew_deadline_seconds`` (fewer) after
+it sent its last successful renewal. :meth:`LeaderElector.fence`, which :class:`Kube` calls before each write,
+refuses a write past that deadline and calls ``on_lost``. A replica that was paused (SIGSTOP, a frozen VM, a
+long GC) and resumes after another took over therefore writes nothing: its first write attempt, or its renewer
+waking up, ends it, whichever comes first.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ def _parse(s: str | None) -> float:
     return datetime.strptime(s, fmt).replace(tzinfo=UTC).timestamp()
 
 
+class LeadershipLost(Exception):
+    """A write refused because this replica can no longer be sure it leads."""
+
+
 class LeaderElector:
     def __init__(
         self,
@@ -44,6 +55,8 @@ class LeaderElector:
         lease_seconds: int = 15,
         renew_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        renew_deadline_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -52,6 +65,10 @@ class LeaderElector:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.clock = clock
+        self.renew_deadline_seconds = min(renew_deadline_seconds, lease_seconds)
+        self.monotonic = monotonic
+        self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
+        self._on_lost: Callable[[], None] | None = None
         self._stop = threading.Event()
 
     def _lease(self, holder: str, acquired: float, transitions: int) -> dict[str, Any]:
@@ -102,7 +119,7 @@ class LeaderElector:
         logged = False
         while not (stop and stop.is_set()):
             try:
-                if self.try_acquire_or_renew():
+                if self._renew():
                     log.info(
                         "became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity
                     )
@@ -115,19 +132,48 @@ class LeaderElector:
             time.sleep(self.renew_seconds / 2)
         return False
 
+    def _renew(self) -> bool:
+        """One attempt; on success the fence moves to the time the attempt was sent (not when it returned)."""
+        sent = self.monotonic()
+        if not self.try_acquire_or_renew():
+            return False
+        self._renewed_at = sent
+        return True
+
+    def leading(self) -> bool:
+        """Whether this replica may still write: it renewed the Lease less than the renew deadline ago."""
+        at = self._renewed_at
+        return at is not None and self.monotonic() - at < self.renew_deadline_seconds
+
+    def fence(self) -> None:
+        """Called before every write: past the renew deadline, call ``on_lost`` and refuse the write."""
+        if self.leading():
+            return
+        at = self._renewed_at
+        since = "never" if at is None else f"{self.monotonic() - at:.1f} s ago"
+        log.error(
+            "not writing: the Lease was last renewed %s (renew deadline %gs)",
+            since,
+            self.renew_deadline_seconds,
+        )
+        if self._on_lost is not None:
+            self._on_lost()
+        raise LeadershipLost(f"the Lease {self.namespace}/{self.name} was last renewed {since}")
+
     def keep_renewing(self, on_lost: Callable[[], None]) -> threading.Thread:
+        self._on_lost = on_lost
+
         def loop() -> None:
-            last_ok = self.clock()
             while not self._stop.wait(self.renew_seconds):
                 try:
-                    if self.try_acquire_or_renew():
-                        last_ok = self.clock()
+                    if self._renew():
                         continue
                     log.error("lost the lease to another replica")
                 except Exception as exc:  # any failure to renew counts
                     log.warning("could not renew the lease: %s", exc)
-                    if self.clock() - last_ok < self.lease_seconds:
+                    if self.leading():
                         continue
+                    log.error("could not renew the lease within %gs", self.renew_deadline_seconds)
                 on_lost()
                 return
 

@@ -106,10 +106,13 @@ def run(args: Any) -> int:
         signal.signal(sig, lambda *_: stop.set())
     elector = None
     if args.leader_elect:
-        elector = LeaderElector(kube, args.namespace, identity=os.environ.get("POD_NAME") or None)
+        # the Lease is renewed through a client of its own: every other write is fenced by it (leader.py)
+        elector = LeaderElector(Kube(api), args.namespace, identity=os.environ.get("POD_NAME") or None)
         health.state = "standby"
         if not elector.acquire(stop):
             return 0
+        elector.keep_renewing(_exit_at_once)
+        kube.fence = elector.fence
     health.state = "leading"
     loop = asyncio.new_event_loop()
 
@@ -131,22 +134,20 @@ def run(args: Any) -> int:
                 stop_flag.set()
                 await asyncio.gather(autoscaler, return_exceptions=True)
 
-    lost = threading.Event()
-    if elector is not None:
-
-        def on_lost() -> None:
-            lost.set()
-            stop.set()
-
-        elector.keep_renewing(on_lost)
     try:
         loop.run_until_complete(main())
     finally:
         health.state = "stopping"
-        if elector is not None and not lost.is_set():
+        if elector is not None:
             elector.release()
         loop.close()
-    if lost.is_set():
-        log.error("leadership lost; exiting so that a fresh process stands by")
-        return 1
     return 0
+
+
+def _exit_at_once() -> None:
+    """Leadership lost, or not renewed in time: exit now, as controller-runtime's manager does, so that neither
+    a handler nor kopf itself (finalizers, progress annotations) writes after another replica may lead; the
+    Deployment starts a fresh process, which stands by."""
+    log.error("leadership lost; exiting at once so that no write of this replica lands after another leads")
+    logging.shutdown()
+    os._exit(1)
