@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -73,6 +74,14 @@ def documented_mig_strategy() -> str:
     command = text[text.index("helm upgrade --install gpu-operator") :].split("```")[0]
     m = re.search(r"--set mig\.strategy=(\S*)", command)
     return m.group(1).strip("\"'") if m else ""
+
+
+def _proc_state(proc: Path) -> str:
+    """The state letter of /proc/PID/stat ("Z": a zombie, exited but not yet reaped by its parent)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 T = TypeVar("T")
@@ -177,6 +186,42 @@ class Cluster:
     def dir(self) -> Path:
         """The cluster's folder (e2e/cluster/env.sh CLUSTER_DIR): kubeconfig, kwok, hostkubelet/, volumes/."""
         return Path(self.kubeconfig).parent
+
+    # ---- control-plane faults --------------------------------------------------------------------------------
+
+    def crash_component(self, component: str, down_seconds: float = 2.0, timeout: float = 90) -> None:
+        """SIGKILL one control-plane process kwokctl started (``etcd``, ``kube-apiserver``, ...), keep it down
+        ``down_seconds``, then start it again with the same command line, working directory and environment,
+        as a supervisor (systemd, the kubelet of a static pod) would. Its new pid goes into kwokctl's pid file,
+        so e2e/cluster/down.sh still stops it; its output goes on into kwokctl's log of it. Returns once the
+        API server answers /readyz again."""
+        kwok = self.dir / "kwok" / "clusters" / self.name
+        pid_file = kwok / "pids" / f"{component}.pid"
+        pid = int(pid_file.read_text().strip())
+        proc = Path(f"/proc/{pid}")
+        argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        env = dict(
+            kv.decode().split("=", 1) for kv in (proc / "environ").read_bytes().split(b"\0") if b"=" in kv
+        )
+        cwd = os.readlink(proc / "cwd")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not proc.exists() or "Z" in _proc_state(proc), 30, f"{component} killed")
+        time.sleep(down_seconds)
+        with (kwok / "logs" / f"{component}.log").open("ab") as log:
+            new = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        pid_file.write_text(str(new.pid))
+
+        def ready() -> bool:
+            r = subprocess.run(
+                [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, "get", "--raw", "/readyz"],
+                capture_output=True,
+                text=True,
+            )
+            return r.stdout.strip() == "ok"
+
+        wait_for(ready, timeout, f"the API server ready after {component} restarted", interval=0.5)
 
     # ---- the host kubelet ------------------------------------------------------------------------------------
 

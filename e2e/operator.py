@@ -52,6 +52,8 @@ class Operator:
     starts: int = 0
     kubeconfig_override: str | None = None
     metrics_port: int = field(default_factory=free_port)
+    # the Lease holder identity is POD_NAME: unique per replica (two replicas with one identity would both lead)
+    name: str = field(default_factory=lambda: f"e2e-operator-{uuid.uuid4().hex[:6]}")
 
     @property
     def log_path(self) -> Path:
@@ -63,7 +65,7 @@ class Operator:
             **os.environ,
             "PYTHONPATH": str(REPO / "operator"),
             "SLM_RESYNC_SECONDS": "5",
-            "POD_NAME": f"e2e-operator-{self.starts}",
+            "POD_NAME": f"{self.name}-{self.starts}",
         }
         cmd = [
             sys.executable, "-m", "slm_operator", "run",

@@ -688,23 +688,35 @@ def test_sigkill_mid_reconcile_converges(
     wait_for(lambda: len(replica_pods(cluster.core, ns)) >= 5, CONVERGE, "the operator started creating pods")
     operator.kill(signal.SIGKILL)
     operator.start()
-    for i in range(50):
-        wait_ready(cluster, ns, f"d{i:02d}", timeout=240)
+    assert_converged_cleanly(cluster, ns, {f"d{i:02d}": 1 + i % 2 for i in range(50)})
+
+
+def assert_converged_cleanly(
+    cluster: Cluster,
+    ns: str,
+    replicas: dict[str, int],
+    mig_nodes: tuple[str, ...] = ("gpu-h100-0", "gpu-h100-1"),
+    timeout: float = 240,
+) -> None:
+    """The end checks after a fault: every deployment Ready with all its pods Running; one pod per replica,
+    none left over; each where its placement says; no GPU over-committed; the MIG ConfigMap names exactly the
+    configs the nodes use (nothing orphaned)."""
+    for name in replicas:
+        wait_ready(cluster, ns, name, timeout=timeout)
     pods = replica_pods(cluster.core, ns)
     keys = Counter(
         (p.metadata.labels["slm.io/deployment"], p.metadata.labels["slm.io/replica"]) for p in pods
     )
     assert all(v == 1 for v in keys.values()), "a replica has two pods"
-    assert sum(keys.values()) == sum(1 + i % 2 for i in range(50))
+    assert sum(keys.values()) == sum(replicas.values())
     assert_pods_where_planned(cluster, ns)
     assert_no_overcommit(cluster)
 
-    # ConfigMaps name exactly the configs the nodes use; no orphaned entries.
     # (pruning an entry no node uses any more may trail the last pod starting, hence the wait)
     def configs_match() -> tuple[set[str], set[str]] | None:
         cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
         configs = set(yaml.safe_load(cm.data["config.yaml"])["mig-configs"])
-        used = {cluster.labels(n).get("nvidia.com/mig.config") for n in ("gpu-h100-0", "gpu-h100-1")}
+        used = {cluster.labels(n).get("nvidia.com/mig.config") for n in mig_nodes}
         return (
             (used, configs)
             if used <= configs and {c for c in configs if c.startswith("slm-")} <= used
