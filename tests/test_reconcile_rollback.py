@@ -109,6 +109,7 @@ def test_when_every_try_failed_the_node_goes_back_to_its_last_good_layout_and_sa
     )
     d = decide(w)
     assert d.node_labels[MIG_NODE][MIG_CONFIG_LABEL] == "all-disabled", "relabelled to its last good config"
+    assert d.mig_rollbacks == {MIG_NODE: True}, "counted once (slm_mig_rollbacks_total)"
     record = Rollback.of(NodeView({"metadata": {"annotations": d.node_annotations[MIG_NODE]}}))
     until = later(NOW, BACKOFF)
     assert record is not None and (record.failed, record.to, record.failures, record.until) == (
@@ -143,6 +144,7 @@ def test_the_replicas_are_planned_again_and_the_next_pass_is_quiet() -> None:
     w2 = _next(w, d, later(NOW, 30), fails=broken)
     d2 = decide(w2)
     assert MIG_NODE not in d2.node_labels, "held on its last good config"
+    assert d2.mig_rollbacks == {MIG_NODE: False}
     assert not [e for e in d2.events if e.reason == "MigLayoutRolledBack"], "events only when it starts"
     assert _condition(d2, "Degraded").reason == "MigLayoutRolledBack"
     assert d2.plan is not None

@@ -172,6 +172,7 @@ class PoolReconciler:
             self.apply(world, d)
             if d.consolidation is not None:
                 metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
+            metrics.observe_mig_rollbacks(pool.metadata.name, d.mig_rollbacks)
         return d.waiting
 
     def apply(self, world: World, d: Decisions) -> None:

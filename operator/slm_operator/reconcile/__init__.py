@@ -163,6 +163,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
             deletions.held or relabels.waiting_nodes or creations.waiting or moves.waiting or nodes.not_ready
         ),
         consolidation=moves,
+        mig_rollbacks={n: r.started for n, r in nodes.rolled_back.items()},
     )
 
 
