@@ -6,15 +6,17 @@ GPUs as they were (``shared/facts/gpu-sharing.md`` 3.2). So, on a node the opera
 * when the plan wants another MIG config while the node reports ``success`` for its current one, that one is its
   last good config: recorded on the node (``slm.io/mig-last-good``: its name and mig-parted entries), in the
   pass that relabels it;
-* when every try of the new config failed (``MIG_CONFIG_MAX_TRIES`` names; one try once the node was rolled
-  back for it), the node is relabelled to its last good config (mig-manager finds it applied: ``success``) and
-  the rollback is recorded on the node (``slm.io/mig-rollback``), so that a restarted operator keeps it;
-* for a back-off (``--mig-rollback-seconds``, doubled per failure of the same config in a row, at most
+* when every try of the new config failed (``MIG_CONFIG_MAX_TRIES`` names; one name on a node rolled back
+  recently), the node is relabelled to its last good config (mig-manager finds it applied: ``success``) and the
+  rollback is recorded on the node (``slm.io/mig-rollback``), so that a restarted operator keeps it;
+* for a back-off (``--mig-rollback-seconds``, doubled per failure in a row on the node, at most
   ``MIG_ROLLBACK_MAX_FACTOR`` times) the node is planned as it is: its running replicas stay in the layout they
   run in, nothing new is placed on it, and the replicas that wanted the new layout are planned again (on other
   nodes, or they wait and say why); the pool is ``Degraded`` (``MigLayoutRolledBack``) and each affected
   SLMDeployment has a ``MigLayoutRolledBack`` condition;
-* after the back-off the plan may want the failed config again: one try, not a loop.
+* after the back-off the plan may want a new layout on the node again (the failed one or, as its replicas run
+  elsewhere now, another or none): one try, not a loop. A failure within the longest back-off of the last one
+  counts as "in a row", whatever the layout, so a node that takes no layout at all is not tried every 10 min.
 
 A node without a last good record (taken over while ``failed``, or an older operator's) stays as before: the
 pool is ``Degraded`` with ``MigConfigFailed`` and its replicas wait.
