@@ -21,6 +21,7 @@ from slm_operator.contract import (
     MIG_CONFIG_STATE_LABEL,
     MIG_LAST_GOOD_ANNOTATION,
     MIG_ROLLBACK_ANNOTATION,
+    PLACEMENT_ANNOTATION,
     SHARING_STRATEGY_LABEL,
     mig_retry_name,
     mig_retry_of,
@@ -30,7 +31,7 @@ from slm_operator.reconcile.rollback import LastGood, Rollback, backoff_seconds,
 from slm_operator.reconcile.world import World
 from slm_operator.render import OperatorConfig
 from slm_operator.views import NodeView
-from test_reconcile import NOW, _apply_node_configs, _world
+from test_reconcile import NOW, _apply_node_configs, _converge, _world
 
 MIG_NODE = "gpu-h100-1"
 BACKOFF = 600.0
@@ -245,3 +246,35 @@ def test_records_on_the_node_are_read_safely_and_back_offs_double_up_to_a_cap() 
     )
     assert [backoff_seconds(600, n) for n in (1, 2, 3, 4, 5, 9)] == [600, 1200, 2400, 4800, 4800, 4800]
     assert later("2026-11-26T23:59:30Z", 45) == "2026-11-27T00:00:15Z"
+
+
+def test_replicas_running_on_the_node_keep_their_pods_through_the_rollback() -> None:
+    """A converged pool; the operator then tried a new layout on MIG_NODE (its running replicas' layout is the
+    last good one) and mig-manager failed it every time: the node goes back to that layout, and the replicas that
+    run there keep their pods and shares."""
+    w, d0 = _converge()
+    node = _node(w)
+    labels = node["metadata"]["labels"]
+    good = labels[MIG_CONFIG_LABEL]
+    assert good != "all-disabled" and labels[MIG_CONFIG_STATE_LABEL] == "success"
+    running = [p for p in w.pods if p["spec"]["nodeName"] == MIG_NODE]
+    assert running, "the example pool runs replicas on the node"
+    node["metadata"]["annotations"][MIG_LAST_GOOD_ANNOTATION] = LastGood(
+        good, w.mig_configs[good]
+    ).to_annotation()
+    failed = mig_retry_name("slm-elsewhere", MIG_CONFIG_MAX_TRIES - 1)
+    labels.update({MIG_CONFIG_LABEL: failed, MIG_CONFIG_STATE_LABEL: "failed"})
+    w.mig_configs[failed] = [{"devices": "all", "mig-enabled": True, "mig-devices": {"7g.80gb": 1}}]
+    d = decide(w)
+    assert d.node_labels[MIG_NODE][MIG_CONFIG_LABEL] == good
+    assert d.mig_entries[good] == w.mig_configs[good], "the last good entry stays in the ConfigMap"
+    names = {p["metadata"]["name"] for p in running}
+    assert not [n for _, n, _ in d.pods_delete if n in names], "no replica of the node is deleted"
+    assert d.plan is not None and {
+        (r.deployment, r.ordinal) for g in d.plan.gpus if g.node == MIG_NODE for r in g.replicas
+    } == {
+        (rec["deployment"], rec["ordinal"])
+        for rec in (json.loads(p["metadata"]["annotations"][PLACEMENT_ANNOTATION]) for p in running)
+    }
+    assert _condition(d, "Degraded").reason == "MigLayoutRolledBack"
+    assert d0.node_labels == {}

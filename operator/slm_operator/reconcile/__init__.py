@@ -89,7 +89,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     # 3. Current replicas: where pods run, or where the status remembers a pod that is briefly gone.
     #    A pod on a lost or deleted node is no replica's place any more (its replica is planned elsewhere).
     serving = serving_pods(world, nodes.lost)
-    current = current_replicas(serving, world.deployments, held_nodes=nodes.rolled_back)
+    current = current_replicas(serving, world.deployments)
     # 3b. Consolidation: the moves in flight (the share each one's other pod holds) and the moves that start
     #     now, within the pool's disruption budget.
     claims = claimed_reservations(world, set(nodes.by_name))
@@ -183,10 +183,7 @@ def _planner(
     def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
         pinned = list(view_current)
         if caps:
-            admitted = {
-                (c.deployment, c.ordinal)
-                for c in current_replicas(serving, world.deployments, caps, nodes.rolled_back)
-            }
+            admitted = {(c.deployment, c.ordinal) for c in current_replicas(serving, world.deployments, caps)}
             pinned = [
                 c
                 for c in pinned

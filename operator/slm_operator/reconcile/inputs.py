@@ -206,20 +206,15 @@ def current_replicas(
     pods: Iterable[Mapping[str, Any]],
     deployments: Sequence[SLMDeployment],
     caps: Mapping[str, int] | None = None,
-    held_nodes: Iterable[str] = (),
 ) -> list[CurrentPlacement]:
     """Where each replica runs: its pod's placement record, else (the pod is briefly gone: rolling update,
     deleted by hand, evicted) the place its SLMDeployment status remembers, so that the planner does not
     repartition a GPU for a replica that is coming back. ``caps`` (deployment -> replicas a ResourceQuota
-    admits) bounds the remembered ones, so the planner never drops a replica with a pod for one without. A place
-    remembered on one of ``held_nodes`` (held on its last good MIG layout) is forgotten: that replica is planned
-    again."""
+    admits) bounds the remembered ones, so the planner never drops a replica with a pod for one without."""
     current = current_placements(pods)
     have = {(c.deployment, c.ordinal) for c in current}
-    held = set(held_nodes)
     for dep in deployments:
-        remembered = _remembered(dep, have, (caps or {}).get(deployment_key(dep)))
-        current += [c for c in remembered if c.node not in held]
+        current += _remembered(dep, have, (caps or {}).get(deployment_key(dep)))
     current.sort(key=lambda c: (c.deployment, c.ordinal))
     return current
 
