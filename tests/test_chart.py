@@ -733,6 +733,7 @@ def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
         "--device-plugin-configmap": "custom-device-plugin-config",
         "--configmap-sync-seconds": "120",
         "--node-lost-seconds": "180",
+        "--mig-rollback-seconds": "1200",
         "--priority-class-guaranteed": "slm-guaranteed",
         "--priority-class-burstable": "slm-burstable",
         "--priority-class-besteffort": "slm-besteffort",

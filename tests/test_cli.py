@@ -539,12 +539,15 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
         "0",
         "--node-lost-seconds",
         "30",
+        "--mig-rollback-seconds",
+        "120",
         capsys=capsys,
     )
     assert code == 1
     assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
     assert seen[0].leader_elect is True and seen[0].configmap_sync_seconds == 15.0
     assert OperatorConfig.from_flags(seen[0]).node_lost_seconds == 30.0
+    assert OperatorConfig.from_flags(seen[0]).mig_rollback_seconds == 120.0
     assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
@@ -1536,6 +1539,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("run", "--node-lost-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
         "tests/test_reconcile_nodes_down.py::test_a_node_lost_for_longer_than_the_grace_has_its_replicas_planned_elsewhere",
+    ],
+    ("run", "--mig-rollback-seconds"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_reconcile_rollback.py::test_without_a_last_good_config_or_with_rollbacks_off_the_pool_is_degraded_as_before",
     ],
     ("run", "--dial-map"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",

@@ -21,6 +21,8 @@ from slm_operator.contract import (
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
     MIG_CONFIG_STATE_LABEL,
+    MIG_LAST_GOOD_ANNOTATION,
+    MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
     SHARING_STRATEGY_LABEL,
@@ -250,6 +252,7 @@ def test_deleting_a_pool_gives_its_nodes_their_labels_back_and_removes_its_repli
     assert DEVICE_PLUGIN_CONFIG_LABEL not in node["metadata"]["labels"]
     annotations = node["metadata"].get("annotations") or {}
     assert ORIGINAL_LABELS_ANNOTATION not in annotations and GPU_ROLES_ANNOTATION not in annotations
+    assert MIG_LAST_GOOD_ANNOTATION not in annotations and MIG_ROLLBACK_ANNOTATION not in annotations
     placed = _condition(fake.peek("SLMDeployment", "invoice-extractor", "agents"), "Placed")
     assert placed["status"] == "False" and placed["reason"] == "PoolNotFound"
 

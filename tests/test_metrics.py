@@ -313,6 +313,7 @@ def _all_families(plan: Plan) -> dict[str, str]:
     m = OperatorMetrics(CollectorRegistry())
     m.observe_plan("p1", plan, 0.01, POLICY, Fragmentation(1.5, 2, 1))
     m.count_moves("p1", {"Completed": 1}, 1)
+    m.observe_mig_rollbacks("p1", {"n": True})
     m.observe_reconcile("GPUPool", 0.01)
     m.count_eviction("Defragmentation", "Burstable")
     m.count_yield("ReservationClaimed", "BestEffort")
@@ -457,3 +458,20 @@ def test_fragmentation_gauges_follow_the_pool_and_go_with_it(plan: Plan) -> None
     assert reg.get_sample_value("slm_consolidation_gpus_freed_total", {"pool": "p1"}) == 1
     m.forget_pool("p1")
     assert reg.get_sample_value("slm_pool_fragmentation_ratio", {"pool": "p1"}) is None
+
+
+def test_mig_rollbacks_are_counted_once_per_rollback_and_the_held_nodes_follow_the_pool() -> None:
+    """A rollback counts in the pass it starts, not in the passes of its back-off; the held-nodes gauge is the
+    pool's last pass and goes with the pool."""
+    reg = CollectorRegistry()
+    m = OperatorMetrics(reg)
+    m.observe_mig_rollbacks("p1", {"gpu-1": True})
+    m.observe_mig_rollbacks("p1", {"gpu-1": False})
+    m.observe_mig_rollbacks("p1", {"gpu-1": False, "gpu-2": True})
+    assert reg.get_sample_value("slm_mig_rollbacks_total", {"pool": "p1", "node": "gpu-1"}) == 1
+    assert reg.get_sample_value("slm_mig_rollbacks_total", {"pool": "p1", "node": "gpu-2"}) == 1
+    assert reg.get_sample_value("slm_mig_nodes_held", {"pool": "p1"}) == 2
+    m.observe_mig_rollbacks("p1", {})
+    assert reg.get_sample_value("slm_mig_nodes_held", {"pool": "p1"}) == 0
+    m.forget_pool("p1")
+    assert reg.get_sample_value("slm_mig_nodes_held", {"pool": "p1"}) is None

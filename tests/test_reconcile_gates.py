@@ -15,6 +15,7 @@ from slm_operator.contract import (
     MIG_CONFIG_LABEL,
     MIG_CONFIG_MAX_TRIES,
     MIG_CONFIG_STATE_LABEL,
+    MIG_LAST_GOOD_ANNOTATION,
     SHARING_STRATEGY_LABEL,
     mig_retry_name,
     mig_retry_of,
@@ -215,13 +216,15 @@ def test_node_gates_that_do_not_apply() -> None:
 
 
 def test_the_status_quotes_the_gate() -> None:
-    """End to end: mig-manager failed on a node on every try, so its replicas wait and their status says why."""
+    """End to end: mig-manager failed on a node on every try, and the node has no last good MIG config to go back
+    to (taken over failed), so its replicas wait and their status says why (test_reconcile_rollback.py: with one)."""
     w = _world()
     d1 = decide(w)
     nodes = _apply_node_configs(w, d1)
     node = next(
         n for n in nodes if n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
     )
+    node["metadata"]["annotations"].pop(MIG_LAST_GOOD_ANNOTATION)
     base = node["metadata"]["labels"][MIG_CONFIG_LABEL]
     last_try = mig_retry_name(base, MIG_CONFIG_MAX_TRIES - 1)
     node["metadata"]["labels"].update({MIG_CONFIG_LABEL: last_try, MIG_CONFIG_STATE_LABEL: "failed"})
@@ -337,13 +340,15 @@ def test_retry_names() -> None:
 
 
 def _failed_on(label_of: Callable[[str], str]) -> tuple[str, str, Any]:
-    """A settled pool, then mig-manager reports failed on one MIG node labelled ``label_of(planned config)``."""
+    """A settled pool, then mig-manager reports failed on one MIG node labelled ``label_of(planned config)``; the
+    node has no last good MIG config (taken over failed): no rollback."""
     w = _world()
     d1 = decide(w)
     nodes = _apply_node_configs(w, d1)
     node = next(
         n for n in nodes if n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
     )
+    node["metadata"]["annotations"].pop(MIG_LAST_GOOD_ANNOTATION)
     base = node["metadata"]["labels"][MIG_CONFIG_LABEL]
     node["metadata"]["labels"].update({MIG_CONFIG_LABEL: label_of(base), MIG_CONFIG_STATE_LABEL: "failed"})
     configs = {**d1.mig_entries, label_of(base): d1.mig_entries[base]}

@@ -815,6 +815,14 @@ def _add_run_parser(sub: Subparsers) -> None:
         help="how long a pool node may be NotReady before its replicas are planned on other nodes (until then "
         "nothing new is placed on it and its replicas wait for it; default %(default)s)",
     )
+    p.add_argument(
+        "--mig-rollback-seconds",
+        type=float,
+        default=600.0,
+        help="when mig-manager fails a node's new MIG layout on every try, the node goes back to its last good "
+        "layout for this long (doubled per failure of the same layout in a row, at most 8 times) before the new "
+        "one is tried again once; 0 keeps the node failed and the pool Degraded (default %(default)s)",
+    )
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune",

@@ -71,6 +71,13 @@ ORIGINAL_LABELS_ANNOTATION: Final = "slm.io/original-labels"  # on nodes: NVIDIA
 # ConfigMap through a mounted volume the kubelet refreshes only on its periodic sync, so a node is relabelled to
 # a config only once its entry is old enough for every kubelet to have it (RELABEL_GATES).
 CONFIG_WRITTEN_ANNOTATION: Final = "slm.io/config-written"
+#: on nodes: the MIG config the node last reported ``success`` for before the operator relabelled it, JSON
+#: ``{"config": name, "entries": mig-parted entries | null (a built-in name)}``; a failed new layout rolls back to it
+MIG_LAST_GOOD_ANNOTATION: Final = "slm.io/mig-last-good"
+#: on nodes: the last MIG rollback, JSON ``{"failed", "to", "failures", "since", "until", "deployments"}``: the
+#: config mig-manager failed (``failures`` times in a row), the last good one the node went back to, and the
+#: back-off during which its layout is held (reconcile/rollback.py); a restarted operator keeps it
+MIG_ROLLBACK_ANNOTATION: Final = "slm.io/mig-rollback"
 
 # ------------------------------------------------------------------------------------------ Kubernetes labels
 APP_NAME_LABEL: Final = "app.kubernetes.io/name"
@@ -122,6 +129,9 @@ MIG_DISABLED_CONFIG: Final = "all-disabled"  # mig-parted's config with MIG off:
 # the same content: ``<name>-retry<N>``; N counts the retries, MIG_CONFIG_MAX_TRIES bounds the tries.
 MIG_RETRY_SUFFIX: Final = "-retry"
 MIG_CONFIG_MAX_TRIES: Final = 3
+#: after a rollback, the failed config is tried again once per back-off; the back-off doubles per failure of the
+#: same config, up to this many times the first one (``--mig-rollback-seconds``)
+MIG_ROLLBACK_MAX_FACTOR: Final = 8
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"  # a whole GPU (also the taint key GPU nodes carry)
 SHARED_GPU_RESOURCE: Final = "nvidia.com/gpu.shared"  # an MPS or time-slicing share (renamed by the plugin)

@@ -12,6 +12,8 @@ registry. The module-level functions act on the default instance ``METRICS``:
   ``count_yield(reason, tier)`` (no new place), or ``count_plan_eviction(eviction)`` which picks one;
 * after a pass whose consolidation moves started, completed or were abandoned: ``count_moves(pool_name,
   outcomes, gpus_freed)`` (the fragmentation gauges come with ``observe_plan(..., fragmentation=...)``);
+* after a pass: ``observe_mig_rollbacks(pool_name, held)`` (nodes held on their last good MIG layout, and the
+  rollbacks that started);
 * on a failed API call: ``count_api_error(verb, code)``;
 * at start-up: ``serve("127.0.0.1:8000")``.
 
@@ -255,6 +257,18 @@ class OperatorMetrics:
             ["pool"],
             registry=r,
         )
+        self.mig_rollbacks = Counter(
+            "slm_mig_rollbacks",
+            "Nodes rolled back to their last good MIG layout after mig-manager failed a new one on every try",
+            ["pool", "node"],
+            registry=r,
+        )
+        self.mig_nodes_held = Gauge(
+            "slm_mig_nodes_held",
+            "Nodes held on their last good MIG layout (a rollback's back-off) after a failed one",
+            ["pool"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         #: pool -> gauge -> label tuples set by the pool's last observe_plan
         self._series: dict[str, dict[Gauge, set[_Labels]]] = {}
@@ -355,9 +369,18 @@ class OperatorMetrics:
             put(self.tenant_memory, (pool_name, t.name, "borrowed"), t.memory_borrowed_bytes)
             put(self.tenant_unplaced, (pool_name, t.name), t.replicas_unplaced)
 
+    def observe_mig_rollbacks(self, pool_name: str, held: Mapping[str, bool]) -> None:
+        """The pool's nodes held on their last good MIG layout after a pass (node -> the rollback started in it)."""
+        self.mig_nodes_held.labels(pool_name).set(len(held))
+        for node, started in held.items():
+            if started:
+                self.mig_rollbacks.labels(pool_name, node).inc()
+
     def forget_pool(self, pool_name: str) -> None:
         """Remove every gauge series of a deleted pool (its histogram keeps its history)."""
         self._replace_series(pool_name, {})
+        with suppress(KeyError):
+            self.mig_nodes_held.remove(pool_name)
 
     def _replace_series(self, pool_name: str, seen: dict[Gauge, dict[_Labels, float]]) -> None:
         with self._lock:
@@ -436,6 +459,10 @@ def observe_plan(
 
 def count_moves(pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) -> None:
     METRICS.count_moves(pool_name, outcomes, gpus_freed)
+
+
+def observe_mig_rollbacks(pool_name: str, held: Mapping[str, bool]) -> None:
+    METRICS.observe_mig_rollbacks(pool_name, held)
 
 
 def forget_pool(pool_name: str) -> None:

@@ -22,6 +22,8 @@ from slm_operator.contract import (
     DEVICE_PLUGIN_CONFIG_LABEL,
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
+    MIG_LAST_GOOD_ANNOTATION,
+    MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
     REPLICA_LABEL,
@@ -170,6 +172,7 @@ class PoolReconciler:
             self.apply(world, d)
             if d.consolidation is not None:
                 metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
+            metrics.observe_mig_rollbacks(pool.metadata.name, d.mig_rollbacks)
         return d.waiting
 
     def apply(self, world: World, d: Decisions) -> None:
@@ -333,7 +336,8 @@ class PoolReconciler:
                     )
 
     def _restore_node(self, node: Mapping[str, Any]) -> None:
-        """Give a node its NVIDIA selector labels back, as they were before the pool took it over."""
+        """Give a node its NVIDIA selector labels back, as they were before the pool took it over, and drop what
+        the pool recorded on it."""
         view = NodeView(node)
         if ORIGINAL_LABELS_ANNOTATION not in view.annotations:
             return  # never taken, or already restored (the handler may run again after a failure)
@@ -345,7 +349,13 @@ class PoolReconciler:
         patch = {
             "metadata": {
                 "labels": labels,
-                "annotations": {ORIGINAL_LABELS_ANNOTATION: None, GPU_ROLES_ANNOTATION: None},
+                # a MIG rollback's hold and last good config are the pool's: a node that leaves it starts afresh
+                "annotations": {
+                    ORIGINAL_LABELS_ANNOTATION: None,
+                    GPU_ROLES_ANNOTATION: None,
+                    MIG_LAST_GOOD_ANNOTATION: None,
+                    MIG_ROLLBACK_ANNOTATION: None,
+                },
             }
         }
         log.info("node %s: restoring %s", view.name, labels)

@@ -8,7 +8,9 @@ safe are gates in :mod:`slm_operator.reconcile.gates`, unit-tested without a clu
 * a node's ``nvidia.com/mig.config`` / ``nvidia.com/device-plugin.config`` label changes only after every pod
   being deleted on it is gone (drain before repartition) and once the mig-parted entry it names is old enough
   for the kubelet to have synced mig-manager's mounted ConfigMap (phase 8, ``RELABEL_GATES``); a config
-  mig-manager reports ``failed`` is retried under an alias name, a bounded number of times (phase 5);
+  mig-manager reports ``failed`` is retried under an alias name, a bounded number of times (phase 5), then the
+  node goes back to its last good MIG config for a back-off, planned as it is (phase 1,
+  :mod:`slm_operator.reconcile.rollback`);
 * a replica pod is created only when its node reports the planned configuration as applied
   (``nvidia.com/mig.config.state=success`` for MIG, the GFD sharing labels for MPS and time-slicing), and a
   replica that moves or is replaced gets its new pod only after the old pod is gone (phase 9, ``CREATE_GATES``);
@@ -58,6 +60,8 @@ from slm_operator.reconcile.nodes import (
 from slm_operator.reconcile.pods import create_move_targets, create_pods, delete_pods, with_move_deletes
 from slm_operator.reconcile.podsets import keep_pods, pod_sets, serving_pods
 from slm_operator.reconcile.quotas import plan_within_quotas, read_quotas
+from slm_operator.reconcile.rollback import node_events
+from slm_operator.reconcile.rollback import report_deployments as report_rollbacks
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
@@ -76,7 +80,8 @@ __all__ = [
 
 def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best in one place
     """Plan the pool and decide every change, in phases; each phase is a pure function of earlier ones."""
-    # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand).
+    # 1. Read nodes: the planner's inventory of each pool node (and the nodes it cannot understand). A node whose
+    #    new MIG config failed on every try is held on its last good one: read in it, nothing new placed on it.
     nodes = read_nodes(world)
     # 2. Size deployments: memory per replica and the planner's demand (or why a deployment cannot be sized).
     #    With tenants, each deployment's tenant from its Namespace's labels.
@@ -103,7 +108,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     plan = within.plan
     shown = without_holds(plan)
     # 5. Node configs: selector labels, the mig-parted / device-plugin entries they name, GPU roles.
-    configs = configure_nodes(nodes, plan)
+    configs = configure_nodes(nodes, plan, world.mig_configs)
     times = entry_times(world, configs)
     # 6. Pod sets: the replica pods the plan wants against those that exist (pods on lost nodes are stranded,
     #    replicas a quota holds back are not wanted); a move's pods are kept.
@@ -126,6 +131,9 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
     waiting = explain_reconfigurations(shown, creations.waiting, drains, world.cfg.configmap_sync_seconds)
     deployments = report_deployments(world, shown, sizings, sets, waiting, nodes, within)
+    statuses, rollback_events = report_rollbacks(
+        world.deployments, deployments.statuses, nodes.rolled_back, shown, world.now
+    )
     pool = report_pool(world, shown, nodes, configs, claims, relabels)
     report_consolidation(world, pool, moves, step)
     return Decisions(
@@ -139,14 +147,23 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         pods_create=[*creations.pods, *moves.create],
         pods_delete=list(deletions.pods),
         services=list(deployments.services),
-        deployment_statuses=dict(deployments.statuses),
+        deployment_statuses=statuses,
         pool_status=pool,
-        events=[*deployments.events, *eviction_events(world, shown), *moves.events],
+        events=[
+            *deployments.events,
+            *eviction_events(world, shown),
+            *moves.events,
+            *rollback_events,
+            *node_events(
+                nodes.rolled_back, {n: r.view.metadata.get("uid") for n, r in nodes.by_name.items()}
+            ),
+        ],
         # a NotReady node is checked again soon: once it is lost, its replicas are planned elsewhere
         waiting=bool(
             deletions.held or relabels.waiting_nodes or creations.waiting or moves.waiting or nodes.not_ready
         ),
         consolidation=moves,
+        mig_rollbacks={n: r.started for n, r in nodes.rolled_back.items()},
     )
 
 

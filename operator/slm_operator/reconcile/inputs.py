@@ -24,6 +24,13 @@ from slm_operator.inventory import (
     size_deployment,
 )
 from slm_operator.planner.model import ALL_MECHANISMS, CurrentPlacement, Demand, NodeInventory
+from slm_operator.reconcile.rollback import (
+    Rollback,
+    RolledBack,
+    node_rollback,
+    rolled_back_inventory_node,
+    tries_for,
+)
 from slm_operator.reconcile.scaling import planner_warm
 from slm_operator.reconcile.world import World
 from slm_operator.timebound import seconds_between
@@ -49,6 +56,11 @@ class NodeReadings:
     #: NotReady for longer (left out: their replicas are planned elsewhere), each with when it went down
     not_ready: Mapping[str, str] = field(default_factory=dict)
     lost: Mapping[str, str] = field(default_factory=dict)
+    #: nodes held on their last good MIG config after mig-manager failed a new one (read as they are, nothing
+    #: new is placed on them; reconcile/rollback.py)
+    rolled_back: Mapping[str, RolledBack] = field(default_factory=dict)
+    #: names a new MIG config is tried under on each node before it is rolled back (one after a recent rollback)
+    mig_tries: Mapping[str, int] = field(default_factory=dict)
 
     def down(self, node: str) -> str | None:
         """Why a replica on ``node`` does not serve, if the node is down ("" for a node of the pool that is up)."""
@@ -64,24 +76,41 @@ class NodeReadings:
 
 
 def read_nodes(world: World) -> NodeReadings:
-    """The pool's nodes as planner inventories; a node that cannot be understood becomes an error instead."""
+    """The pool's nodes as planner inventories; a node that cannot be understood becomes an error instead. A
+    node held on its last good MIG config is read in that layout, and nothing new is placed on it."""
     readings: list[NodeReading] = []
     errors: list[str] = []
     not_ready: dict[str, str] = {}
     lost: dict[str, str] = {}
+    rolled: dict[str, RolledBack] = {}
+    tries: dict[str, int] = {}
     for node in pool_nodes(world.pool, world.nodes, world.pools):
         name = node_name(node)
         since = node_down_since(node)
         if since is not None and seconds_between(since, world.now) >= world.cfg.node_lost_seconds:
             lost[name] = since  # as if it had left the pool: its replicas are planned elsewhere
             continue
+        held = node_rollback(
+            NodeView(node), world.now, world.cfg.mig_rollback_seconds, world.deployments, world.pods
+        )
         try:
-            inv, source = node_inventory(node, world.mig_configs)
+            if held is None:
+                inv, source = node_inventory(node, world.mig_configs)
+            else:
+                good = held.last_good
+                configs = (
+                    {**world.mig_configs, good.config: good.entries} if good.entries else world.mig_configs
+                )
+                inv, source = node_inventory(rolled_back_inventory_node(node, good), configs)
         except InventoryError as exc:
             errors.append(str(exc))
             continue
+        if held is not None:
+            rolled[name] = held
+        tries[name] = tries_for(Rollback.of(NodeView(node)), world.now, world.cfg.mig_rollback_seconds)
         if since is not None:
             not_ready[name] = since
+        if since is not None or held is not None:
             inv = inv.model_copy(
                 update={"schedulable": False}
             )  # its replicas stay pinned, nothing new goes there
@@ -92,6 +121,8 @@ def read_nodes(world: World) -> NodeReadings:
         errors=tuple(errors),
         not_ready=not_ready,
         lost=lost,
+        rolled_back=rolled,
+        mig_tries=tries,
     )
 
 

@@ -16,6 +16,8 @@ from slm_operator.contract import (
     MIG_CONFIG_MAX_TRIES,
     MIG_CONFIG_STATE_LABEL,
     MIG_DISABLED_CONFIG,
+    MIG_LAST_GOOD_ANNOTATION,
+    MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     MigConfigState,
     mig_retry_name,
@@ -24,6 +26,7 @@ from slm_operator.contract import (
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
 from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext
 from slm_operator.reconcile.inputs import NodeReadings
+from slm_operator.reconcile.rollback import RolledBack, last_good_now
 from slm_operator.reconcile.world import World
 from slm_operator.render import NodeConfig, node_config
 from slm_operator.views import NodeView
@@ -40,9 +43,13 @@ class NodeConfigs:
     mig_failed: Mapping[str, str] = field(default_factory=dict)  # node -> MIG config that failed every try
 
 
-def configure_nodes(nodes: NodeReadings, plan: Plan) -> NodeConfigs:
+def configure_nodes(
+    nodes: NodeReadings, plan: Plan, mig_configs: Mapping[str, Any] | None = None
+) -> NodeConfigs:
     """Each planned node's configuration (the NVIDIA selector labels and the entries they name) and its
-    annotations: the stable choice of reserved/segment GPUs, and on take-over the labels the pool found."""
+    annotations: the stable choice of reserved/segment GPUs, on take-over the labels the pool found, and the
+    node's last good MIG config when the plan changes it (``mig_configs``: the mig-parted ConfigMap's entries).
+    A node held on its last good MIG config after a failed one keeps it (reconcile/rollback.py)."""
     plans = {np.name: np for np in plan.nodes}
     roles = _gpu_roles(plan)
     configs: dict[str, NodeConfig] = {}
@@ -56,24 +63,44 @@ def configure_nodes(nodes: NodeReadings, plan: Plan) -> NodeConfigs:
         np_ = plans.get(name)
         if np_ is None:
             continue
-        nc, exhausted = _retry_failed(_node_config(reading.inventory, np_), reading.view)
-        if exhausted:
-            failed[name] = nc.mig_config
+        held = nodes.rolled_back.get(name)
+        annotations[name] = _annotations(reading.view, roles.get(name, {}))
+        if held is not None:
+            nc = _held(_node_config(reading.inventory, np_), held)
+            annotations[name][MIG_ROLLBACK_ANNOTATION] = held.record.to_annotation()
+        else:
+            tries = nodes.mig_tries.get(name, MIG_CONFIG_MAX_TRIES)
+            nc, exhausted = _retry_failed(_node_config(reading.inventory, np_), reading.view, tries)
+            if exhausted:
+                failed[name] = nc.mig_config
+            good = last_good_now(reading.view, nc.mig_config, mig_configs or {}) if nc.mig_capable else None
+            if good is not None:
+                annotations[name][MIG_LAST_GOOD_ANNOTATION] = good.to_annotation()
         configs[name] = nc
         if nc.mig_entries:
             mig_entries[nc.mig_config] = nc.mig_entries
         device_plugin_entries[nc.device_plugin_config] = nc.device_plugin_entry
-        annotations[name] = _annotations(reading.view, roles.get(name, {}))
         sharing[name] = np_.sharing
     return NodeConfigs(configs, annotations, mig_entries, device_plugin_entries, sharing, failed)
 
 
-def _retry_failed(nc: NodeConfig, node: NodeView) -> tuple[NodeConfig, bool]:
+def _held(nc: NodeConfig, held: RolledBack) -> NodeConfig:
+    """The node's config with its MIG part held on the last good config (the device-plugin part as planned: the
+    node is planned as it is, in that layout)."""
+    if not nc.mig_capable:
+        return nc
+    return replace(nc, mig_config=held.last_good.config, mig_entries=held.last_good.entries)
+
+
+def _retry_failed(
+    nc: NodeConfig, node: NodeView, tries: int = MIG_CONFIG_MAX_TRIES
+) -> tuple[NodeConfig, bool]:
     """The node's config under the name its label should carry, and whether its tries are exhausted.
 
     mig-manager acts only when ``nvidia.com/mig.config`` changes: once it reports ``failed`` for a config the
     operator wrote, the label moves to an alias of the same content (``<name>-retry<N>``), at most
-    MIG_CONFIG_MAX_TRIES tries in all. A node already on an alias of the planned config keeps it.
+    ``tries`` in all (MIG_CONFIG_MAX_TRIES; one on a node rolled back recently). A node already on an alias of
+    the planned config keeps it.
     """
     if nc.mig_entries is None or not nc.mig_capable:
         return nc, False
@@ -83,7 +110,7 @@ def _retry_failed(nc: NodeConfig, node: NodeView) -> tuple[NodeConfig, bool]:
         return nc, False
     if node.labels.get(MIG_CONFIG_STATE_LABEL) != MigConfigState.FAILED:
         return replace(nc, mig_config=current), False
-    if retries + 1 >= MIG_CONFIG_MAX_TRIES:
+    if retries + 1 >= tries:
         return replace(nc, mig_config=current), True
     return replace(nc, mig_config=mig_retry_name(base, retries + 1)), False
 

@@ -22,6 +22,7 @@ from slm_operator.reconcile.nodes import NodeConfigs as PoolNodeConfigs
 from slm_operator.reconcile.nodes import Relabels as PoolRelabels
 from slm_operator.reconcile.podsets import PodSets
 from slm_operator.reconcile.quotas import QuotaPlan
+from slm_operator.reconcile.rollback import ROLLED_BACK, pool_message
 from slm_operator.reconcile.scaling import warm_shares
 from slm_operator.reconcile.world import World
 from slm_operator.render import endpoint, service
@@ -124,8 +125,9 @@ def report_pool(
     relabels: PoolRelabels,
 ) -> GPUPoolStatus:
     """The GPUPool status: the plan's figures, each node, ``Degraded`` when a node cannot be understood
-    (``Ready=False`` too when no node can) or mig-manager failed a node's MIG config on every try, and why a
-    node's new configuration waits (``Ready`` message)."""
+    (``Ready=False`` too when no node can), mig-manager failed a node's MIG config on every try (the node went
+    back to its last good one: ``MigLayoutRolledBack``; it has none: ``MigConfigFailed``), and why a node's new
+    configuration waits (``Ready`` message)."""
     errors = "; ".join(nodes.errors)
     error = ("UnknownGPU", errors) if nodes.errors and not nodes.readings else None
     st = pool_status(
@@ -145,15 +147,17 @@ def report_pool(
         st.conditions = set_condition(
             st.conditions, DEGRADED, True, "UnknownGPU", errors, generation, world.now
         )
-    if configs.mig_failed and not error:
+    if nodes.rolled_back and not error:
+        message = pool_message(nodes.rolled_back)
         st.conditions = set_condition(
-            st.conditions,
-            DEGRADED,
-            True,
-            "MigConfigFailed",
-            _mig_failed(configs.mig_failed),
-            generation,
-            world.now,
+            st.conditions, DEGRADED, True, ROLLED_BACK, message, generation, world.now
+        )
+    if configs.mig_failed and not error:
+        message = _mig_failed(configs.mig_failed)
+        if nodes.rolled_back:
+            message = f"{message}; {pool_message(nodes.rolled_back)}"
+        st.conditions = set_condition(
+            st.conditions, DEGRADED, True, "MigConfigFailed", message, generation, world.now
         )
     st.conditions = _overlap_conditions(st.conditions, world, set(nodes.by_name))
     if relabels.held and not error:

@@ -73,6 +73,8 @@ class Decisions:
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # something is in flight: re-check soon
     consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
+    #: nodes held on their last good MIG layout -> whether the rollback started in this pass (metrics)
+    mig_rollbacks: dict[str, bool] = field(default_factory=dict)
 
 
 class ReplicaKey(NamedTuple):

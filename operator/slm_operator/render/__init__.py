@@ -81,6 +81,10 @@ class OperatorConfig:
     #: How long a pool node may be NotReady before the operator counts it lost and plans its replicas elsewhere
     #: (while it is shorter, nothing new is placed on the node and its replicas wait for it to come back).
     node_lost_seconds: float = 60.0
+    #: How long a node whose new MIG layout mig-manager failed is held on its last good one before the new
+    #: layout is tried again (doubled per failure of the same layout in a row, capped; 0: no rollback, the node
+    #: stays failed and the pool Degraded as with an operator before rollbacks).
+    mig_rollback_seconds: float = 600.0
 
     @classmethod
     def from_flags(cls, flags: Any) -> OperatorConfig:
@@ -93,6 +97,7 @@ class OperatorConfig:
             device_plugin_configmap=flags.device_plugin_configmap,
             configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
             node_lost_seconds=getattr(flags, "node_lost_seconds", default.node_lost_seconds),
+            mig_rollback_seconds=getattr(flags, "mig_rollback_seconds", default.mig_rollback_seconds),
             priority_classes={
                 "Guaranteed": flags.priority_class_guaranteed,
                 "Burstable": flags.priority_class_burstable,
