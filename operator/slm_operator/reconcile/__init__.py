@@ -38,6 +38,7 @@ from slm_operator.reconcile.consolidation import (
     report_consolidation,
     target_pods,
 )
+from slm_operator.reconcile.gates import NodeTarget, pending_configs
 from slm_operator.reconcile.inputs import (
     NodeReadings,
     claimed_reservations,
@@ -147,6 +148,10 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
             deletions.held or relabels.waiting_nodes or creations.waiting or moves.waiting or nodes.not_ready
         ),
         consolidation=moves,
+        config_pending=pending_configs(
+            {name: NodeTarget(nodes.by_name[name].view, nc) for name, nc in configs.by_node.items()}
+        ),
+        mig_failed=dict(configs.mig_failed),
     )
 
 

@@ -73,6 +73,12 @@ class Decisions:
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # something is in flight: re-check soon
     consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
+    config_pending: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> why its planned config is not applied
+    mig_failed: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> MIG config mig-manager failed every try
 
 
 class ReplicaKey(NamedTuple):
