@@ -110,7 +110,7 @@ test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (b
 # 90 minutes leave after the other tiers.
 .PHONY: test-observability
 test-observability: $(STAMP) k8s-bin prometheus-bin ## A real Prometheus scrapes the operator and agent, loads the alert rules, runs every dashboard query
-	$(BIN)/python -m pytest -q -m observability -p no:cacheprovider --timeout=900 e2e/test_observability.py
+	$(BIN)/python -m pytest -q -m observability -p no:cacheprovider --timeout=900 e2e
 
 .PHONY: test-gpu
 test-gpu: $(STAMP) $(TRAIN_STAMP) ## The node agent (read-only) and QLoRA training on a real NVIDIA GPU (skip without one; not part of test)
