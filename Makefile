@@ -106,8 +106,8 @@ test-train: $(TRAIN_STAMP) ## The trainer on CPU: a tiny model it builds learns 
 test-e2e: $(STAMP) k8s-bin ## End-to-end tests on a fresh local control plane (builds it first if needed)
 	$(BIN)/python -m pytest -q -m "e2e and not observability" -p no:cacheprovider --timeout=900 e2e
 
-# Not part of `test`: a cold Prometheus build took 10 min on the 2-core machine (docs/e2e.md), past what CI's
-# 90 minutes leave after the other tiers.
+# Not part of `test`: a cold Prometheus build took 7-10 min on the shared 2-core machine (docs/e2e.md), at or past
+# what CI's 90 minutes leave after the other tiers.
 .PHONY: test-observability
 test-observability: $(STAMP) k8s-bin prometheus-bin ## A real Prometheus scrapes the operator and agent, loads the alert rules, runs every dashboard query
 	$(BIN)/python -m pytest -q -m observability -p no:cacheprovider --timeout=900 e2e
