@@ -24,7 +24,7 @@ from kubernetes import client
 
 from e2e.conftest import MIG_STATE, Cluster, wait_for
 from e2e.operator import Operator, free_port, kubectl_apply
-from e2e.prometheus import Prometheus, check_dashboard, start, wait_rules_healthy
+from e2e.prometheus import RULES, Prometheus, binaries, check_dashboard, start, wait_rules_healthy
 from e2e.test_operator import (  # noqa: F401 (operator and pools are fixtures)
     dep,
     operator,
@@ -107,6 +107,15 @@ def test_prometheus_scrapes_the_operator_and_the_agent(prometheus: Prometheus) -
     assert {t["labels"]["job"] for t in targets} == {"operator", "agent"}
     assert prometheus.query(f'slm_gpu_info{{node="{AGENT_NODE}"}}'), "the agent's GPUs"
     assert prometheus.query("slm_api_requests_total"), "the operator's own counters"
+
+
+def test_promtool_checks_and_unit_tests_the_shipped_rules() -> None:
+    """`promtool check rules` on the shipped file, and `promtool test rules` on e2e/rules_test.yaml: each alert
+    quiet before its `for:` and where it must not fire, then firing with the expected labels and text."""
+    promtool = str(binaries() / "promtool")
+    for args in (["check", "rules", str(RULES)], ["test", "rules", str(REPO / "e2e" / "rules_test.yaml")]):
+        r = subprocess.run([promtool, *args], capture_output=True, text=True)
+        assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 
 
 def test_every_shipped_rule_is_loaded_and_healthy(prometheus: Prometheus) -> None:
