@@ -54,6 +54,8 @@ from e2e.operator import (
     kubectl_apply,
     wait_served,
 )
+from e2e.prometheus import check_dashboard, wait_rules_healthy
+from e2e.prometheus import start as start_prometheus
 from e2e.replicas import KWOK_POD_CIDR, EventLoopThread, Replicas, random_loopback, serve
 from e2e.standin import Behaviour, StandIn
 from slm_operator.advisor import traces
@@ -504,6 +506,61 @@ def test_a_streamed_call_is_captured_whole_and_redacted(stack: Stack, route: Any
     assert rec["response"]["choices"][0]["message"]["content"] == "the invoice total is 42 euros"
     assert "jane.doe@example.com" not in json.dumps(rec)
     assert "invoice 4711" in rec["request"]["messages"][0]["content"]  # only the PII class asked for is gone
+
+
+#: the dashboard's gateway panels the calls below feed
+GATEWAY_PANELS = {
+    "Gateway calls per second",
+    "Gateway fallbacks by reason",
+    "Gateway tokens per second",
+    "Capture queue, spool and drops",
+    "Backend ready endpoints",
+}
+
+
+@pytest.mark.observability
+def test_prometheus_raises_the_fallback_and_capture_alerts_from_the_gateways_metrics(
+    stack: Stack, route: Any, tmp_path: Path
+) -> None:
+    """A real Prometheus (e2e/prometheus.py, `make test-observability`) scrapes the gateway with the shipped rules
+    loaded: every rule is healthy; a route whose SLM fails answers every call from its fallback
+    (SLMRouteFallbackRateHigh active for that route), captured calls spool while the usage store is down
+    (SLMCaptureRecordsSpooled active), and the dashboard's gateway panels show those calls."""
+    prom = start_prometheus(tmp_path / "prometheus", {"gateway": stack.gateway.url.removeprefix("http://")})
+    ns = stack.agents
+    try:
+        wait_rules_healthy(prom)
+        failing, failing_model = route(
+            ns,
+            backends=[{"name": "slm", "slmDeploymentRef": {"name": "summarizer"}}, llm_backend(stack)],
+            defaultBackend="slm",
+            fallback={"backend": "llm", "when": ["Error"]},
+        )
+        captured, captured_model = route(
+            ns,
+            backends=[{"name": "slm", "slmDeploymentRef": {"name": "extractor"}}],
+            capture={"sampleRate": "1", "redact": []},
+        )
+        stack.replicas.behave(ns, "summarizer", Behaviour(status=500))
+        stack.postgres.stop()
+
+        def calls_then(alert: str, **labels: str) -> list[dict[str, Any]] | None:
+            fell_back = call(stack, failing_model, token=stack.agent_token)
+            assert (fell_back.status, fell_back.headers.get("x-slm-fallback")) == (200, "error")
+            assert call(stack, captured_model, token=stack.agent_token).status == 200
+            return prom.active(alert, **labels)
+
+        try:
+            wait_for(
+                lambda: calls_then("SLMRouteFallbackRateHigh", route=f"{ns}/{failing}"), 60, "fallback alert"
+            )
+            wait_for(lambda: calls_then("SLMCaptureRecordsSpooled"), 60, "spooled alert", interval=0.5)
+        finally:
+            stack.postgres.start()
+        assert not prom.active("SLMRouteFallbackRateHigh", route=f"{ns}/{captured}"), "only the failing route"
+        check_dashboard(prom, GATEWAY_PANELS)
+    finally:
+        prom.stop()
 
 
 def test_postgresql_stopped_for_30s_under_load_loses_no_record(stack: Stack, route: Any) -> None:

@@ -58,7 +58,7 @@ KNOWN_KINDS: dict[str, set[str]] = {
     "apiextensions.k8s.io/v1": {"CustomResourceDefinition"},
     "networking.k8s.io/v1": {"NetworkPolicy"},
     "policy/v1": {"PodDisruptionBudget"},
-    "monitoring.coreos.com/v1": {"ServiceMonitor"},
+    "monitoring.coreos.com/v1": {"ServiceMonitor", "PrometheusRule"},
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "PriorityClass", "CustomResourceDefinition"}
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -862,6 +862,14 @@ def test_observability_objects(helm_env: dict[str, str]) -> None:
     for f in files:
         assert dash["data"][f.name] == f.read_text().strip()
         assert json.loads(dash["data"][f.name])["title"], f"{f.name}: a Grafana dashboard has a title"
+
+    # the PrometheusRule carries exactly the groups of the plain rules file (one source of the expressions)
+    rule = one(objs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == yaml.safe_load((CHART / "rules" / "slm-operator.rules.yaml").read_text())
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"SLMReplicasUnplaced", "SLMMigConfigFailed", "SLMNodeConfigStuckPending"} <= alerts
+    assert not of_kind(_cache.get("default") or render(helm_env, []), "PrometheusRule"), "off by default"
 
     np_ = one(objs, "NetworkPolicy", RELEASE)
     spec = np_["spec"]

@@ -20,7 +20,14 @@ from slm_operator.agent.pods import pod_shares
 from slm_operator.agent.read import read_inventory
 from slm_operator.capture import Capture
 from slm_operator.gateway.metrics import GatewayMetrics
-from slm_operator.metrics import Fragmentation, OperatorMetrics, parse_listen, serve, split_deployment
+from slm_operator.metrics import (
+    Fragmentation,
+    NodeConfigStates,
+    OperatorMetrics,
+    parse_listen,
+    serve,
+    split_deployment,
+)
 from slm_operator.planner import (
     Demand,
     Eviction,
@@ -231,6 +238,24 @@ def test_planned_evictions(m: OperatorMetrics, plan: Plan) -> None:
     assert one(m.registry, "slm_yields_total", reason="ReservationClaimed", tier="BestEffort") == 2
     assert one(m.registry, "slm_yields_total", reason="PreemptedByHigherTier", tier="BestEffort") == 1
     assert one(m.registry, "slm_evictions_total", reason="Defragmentation", tier="Burstable") == 2
+
+
+def test_node_config_gauges_follow_the_pass_and_go_with_the_pool(m: OperatorMetrics, plan: Plan) -> None:
+    """What the SLMNodeConfigStuckPending and SLMMigConfigFailed alerts read: 1 per node while it waits or
+    failed, 0 once configured; a node no longer planned and a deleted pool take their series with them."""
+    waiting = NodeConfigStates(("n1", "n2"), {"n1": "node n1: MIG config c is pending"}, {})
+    m.observe_plan("p1", plan, 0.01, node_states=waiting)
+    assert one(m.registry, "slm_node_config_pending", pool="p1", node="n1") == 1
+    assert one(m.registry, "slm_node_config_pending", pool="p1", node="n2") == 0
+    assert one(m.registry, "slm_node_mig_config_failed", pool="p1", node="n1") == 0
+    m.observe_plan(
+        "p1", plan, 0.01, node_states=NodeConfigStates(("n1",), {"n1": "failed"}, {"n1": "c-retry2"})
+    )
+    assert one(m.registry, "slm_node_mig_config_failed", pool="p1", node="n1") == 1
+    assert series(m.registry, "slm_node_config_pending", node="n2") == {}
+    m.forget_pool("p1")
+    assert series(m.registry, "slm_node_config_pending") == {}
+    assert series(m.registry, "slm_node_mig_config_failed") == {}
 
 
 def test_reconcile_duration_and_api_errors(m: OperatorMetrics) -> None:

@@ -23,6 +23,8 @@ from slm_operator.contract import (
 from slm_operator.reconcile import decide
 from slm_operator.reconcile.gates import (
     CREATE_GATES,
+    MOVE_TARGET_GATES,
+    NODE_CONFIG_GATES,
     PREVIOUS_POD_STOPPING,
     RELABEL_GATES,
     ROLLING_UPDATE_GATES,
@@ -38,6 +40,7 @@ from slm_operator.reconcile.gates import (
     node_not_relabelled,
     one_replica_at_a_time,
     other_replicas_ready,
+    pending_configs,
     pods_drained,
     previous_pod_gone,
     previous_pod_terminating,
@@ -384,3 +387,26 @@ def test_when_every_try_failed_the_pool_is_degraded_and_names_the_node() -> None
     degraded = next(c for c in d.pool_status.conditions or [] if c.type == "Degraded")  # type: ignore[union-attr]
     assert degraded.status == "True" and degraded.reason == "MigConfigFailed"
     assert f"{name} ({base}-retry2)" in degraded.message and "after 3 tries" in degraded.message
+    assert d.mig_failed == {name: f"{base}-retry2"}  # slm_node_mig_config_failed (SLMMigConfigFailed alert)
+    assert name in d.config_pending and "failed" in d.config_pending[name]
+
+
+# ------------------------------------------------------------------------------------------ pending configs
+def test_pending_configs_names_each_node_not_configured_yet_and_why() -> None:
+    """What slm_node_config_pending shows: the first node gate that fails, per node; a configured node is not
+    pending, whatever pods do (the previous-pod and relabel gates are not node configuration)."""
+    ctx, _ = creation({MIG_CONFIG_STATE_LABEL: "pending"}, previous=[pod("chat-1-old", deleting=True)])
+    assert pending_configs(ctx.targets) == {NODE: "node gpu-0: MIG config slm-abc is pending"}
+    ctx, _ = creation(previous=[pod("chat-1-old")])  # configured, relabelled in this pass, a pod terminating
+    assert pending_configs(ctx.targets) == {}
+    assert [g.__name__ for g in NODE_CONFIG_GATES.gates] == [
+        g.__name__ for g in MOVE_TARGET_GATES.gates if g is not node_not_relabelled
+    ]
+
+
+def test_decide_reports_pending_nodes_until_they_are_configured() -> None:
+    w = _world()
+    d1 = decide(w)
+    assert d1.config_pending and d1.config_pending.keys() <= d1.node_configs.keys() and not d1.mig_failed
+    d2 = decide(_world(nodes=_apply_node_configs(w, d1), mig_configs=dict(d1.mig_entries)))
+    assert d2.config_pending == {}

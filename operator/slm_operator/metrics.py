@@ -14,6 +14,8 @@ registry. The module-level functions act on the default instance ``METRICS``:
   outcomes, gpus_freed)`` (the fragmentation gauges come with ``observe_plan(..., fragmentation=...)``);
 * after a pass: ``observe_mig_rollbacks(pool_name, held)`` (nodes held on their last good MIG layout, and the
   rollbacks that started);
+* whether each planned node reports its configuration, and whether mig-manager failed its MIG config:
+  ``observe_plan(..., node_states=NodeConfigStates(...))`` (the alert rules in charts/slm-operator/rules/);
 * on a failed API call: ``count_api_error(verb, code)``;
 * at start-up: ``serve("127.0.0.1:8000")``.
 
@@ -51,6 +53,16 @@ class Fragmentation:
     ratio: float  # GPUs used / GPUs a fresh plan uses
     gpus_fresh: int
     moves_in_flight: int
+
+
+@dataclass(frozen=True)
+class NodeConfigStates:
+    """Whether each node the plan configures reports its planned configuration (``Decisions.config_pending``)
+    and whether mig-manager failed its MIG config on every try (``Decisions.mig_failed``)."""
+
+    nodes: tuple[str, ...]  # every node with a planned configuration
+    pending: Mapping[str, str]  # node -> why its planned configuration is not applied yet
+    mig_failed: Mapping[str, str]  # node -> the MIG config that failed
 
 
 def split_deployment(key: str) -> tuple[str, str]:
@@ -269,6 +281,19 @@ class OperatorMetrics:
             ["pool"],
             registry=r,
         )
+        self.node_config_pending = Gauge(
+            "slm_node_config_pending",
+            "1 while a node does not report the configuration the plan wants (MIG layout, device-plugin config, "
+            "sharing); no replica is created on it meanwhile",
+            ["pool", "node"],
+            registry=r,
+        )
+        self.node_mig_config_failed = Gauge(
+            "slm_node_mig_config_failed",
+            "1 when mig-manager failed the node's planned MIG config on every try (nvidia.com/mig.config.state)",
+            ["pool", "node"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         #: pool -> gauge -> label tuples set by the pool's last observe_plan
         self._series: dict[str, dict[Gauge, set[_Labels]]] = {}
@@ -282,9 +307,10 @@ class OperatorMetrics:
         seconds: float,
         policy: PoolPolicy | None = None,
         fragmentation: Fragmentation | None = None,
+        node_states: NodeConfigStates | None = None,
     ) -> None:
         """Record one plan of pool ``pool_name`` that took ``seconds`` to compute (and how far it is from a
-        fresh plan, when the pass compared)."""
+        fresh plan, when the pass compared; whether its nodes report their planned configuration, when given)."""
         self.plan_duration.labels(pool_name).observe(seconds)
         seen: dict[Gauge, dict[_Labels, float]] = {}
 
@@ -337,6 +363,7 @@ class OperatorMetrics:
         for labels, n in evictions.items():
             put(self.planned_evictions, labels, n)
         self._put_fragmentation(put, pool_name, fragmentation)
+        self._put_node_states(put, pool_name, node_states)
         self._replace_series(pool_name, seen)
 
     def _put_fragmentation(
@@ -346,6 +373,15 @@ class OperatorMetrics:
             put(self.fragmentation_ratio, (pool_name,), f.ratio)
             put(self.gpus_fresh, (pool_name,), f.gpus_fresh)
             put(self.consolidation_in_flight, (pool_name,), f.moves_in_flight)
+
+    def _put_node_states(
+        self, put: Callable[[Gauge, _Labels, float], None], pool_name: str, states: NodeConfigStates | None
+    ) -> None:
+        if states is None:
+            return
+        for node in states.nodes:
+            put(self.node_config_pending, (pool_name, node), 1 if node in states.pending else 0)
+            put(self.node_mig_config_failed, (pool_name, node), 1 if node in states.mig_failed else 0)
 
     def count_moves(self, pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) -> None:
         """Consolidation moves a pass started, completed or abandoned, and the GPUs its completed moves left
@@ -453,8 +489,9 @@ def observe_plan(
     seconds: float,
     policy: PoolPolicy | None = None,
     fragmentation: Fragmentation | None = None,
+    node_states: NodeConfigStates | None = None,
 ) -> None:
-    METRICS.observe_plan(pool_name, plan, seconds, policy, fragmentation)
+    METRICS.observe_plan(pool_name, plan, seconds, policy, fragmentation, node_states)
 
 
 def count_moves(pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) -> None:

@@ -167,7 +167,7 @@ class PoolReconciler:
             seconds = time.perf_counter() - started
             if d.plan is not None:
                 metrics.observe_plan(
-                    pool.metadata.name, d.plan, seconds, pool_policy(pool), _fragmentation(d)
+                    pool.metadata.name, d.plan, seconds, pool_policy(pool), _fragmentation(d), _node_states(d)
                 )
             self.apply(world, d)
             if d.consolidation is not None:
@@ -371,6 +371,10 @@ class PoolReconciler:
         st.observed_generation = dep.metadata.generation
         st.placed_replicas = 0
         self._write_status(dep, st)
+
+
+def _node_states(d: Decisions) -> metrics.NodeConfigStates:
+    return metrics.NodeConfigStates(tuple(d.node_configs), d.config_pending, d.mig_failed)
 
 
 def _fragmentation(d: Decisions) -> metrics.Fragmentation | None:

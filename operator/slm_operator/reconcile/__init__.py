@@ -40,6 +40,7 @@ from slm_operator.reconcile.consolidation import (
     report_consolidation,
     target_pods,
 )
+from slm_operator.reconcile.gates import NodeTarget, pending_configs
 from slm_operator.reconcile.inputs import (
     NodeReadings,
     claimed_reservations,
@@ -164,6 +165,10 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         ),
         consolidation=moves,
         mig_rollbacks={n: r.started for n, r in nodes.rolled_back.items()},
+        config_pending=pending_configs(
+            {name: NodeTarget(nodes.by_name[name].view, nc) for name, nc in configs.by_node.items()}
+        ),
+        mig_failed=dict(configs.mig_failed),
     )
 
 

@@ -182,6 +182,32 @@ CREATE_GATES: Chain[CreationContext, DesiredPod] = Chain(
     )
 )
 
+#: The gates that check a node reports the configuration the plan wants on it (MIG layout, device-plugin config,
+#: GFD sharing strategy and replicas); they read only ``want.node``.
+NODE_CONFIG_GATES: Chain[CreationContext, DesiredPod] = Chain(
+    (
+        mig_config_selected,
+        mig_config_applied,
+        device_plugin_config_selected,
+        sharing_strategy_reported,
+        sharing_replicas_advertised,
+    )
+)
+
+
+def pending_configs(targets: Mapping[str, NodeTarget]) -> dict[str, str]:
+    """Node -> why it does not report its planned configuration yet (:data:`NODE_CONFIG_GATES`), for every node
+    with a planned configuration. What the ``slm_node_config_pending`` metric shows: a node that stays here is
+    stuck (mig-manager, the device plugin or GFD does not act), and no replica is created on it meanwhile."""
+    ctx = CreationContext(existing={}, targets=targets, relabelled=frozenset())
+    out: dict[str, str] = {}
+    for name in targets:
+        why = NODE_CONFIG_GATES.first_failure(ctx, DesiredPod(ReplicaKey("", -1), name, {}))
+        if why is not None:
+            out[name] = why
+    return out
+
+
 #: The new pod of a make-before-break move: its replica's old pod keeps serving (the previous-pod gates do not
 #: apply), but its node must report the planned configuration like any other.
 MOVE_TARGET_GATES: Chain[CreationContext, DesiredPod] = Chain(

@@ -75,6 +75,12 @@ class Decisions:
     consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
     #: nodes held on their last good MIG layout -> whether the rollback started in this pass (metrics)
     mig_rollbacks: dict[str, bool] = field(default_factory=dict)
+    config_pending: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> why its planned config is not applied
+    mig_failed: dict[str, str] = field(
+        default_factory=dict
+    )  # node -> MIG config mig-manager failed every try
 
 
 class ReplicaKey(NamedTuple):
