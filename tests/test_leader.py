@@ -37,7 +37,7 @@ def test_a_leader_stops_writing_at_the_renew_deadline_before_another_may_take_th
     e.fence()  # still within the deadline: the write goes out
     assert not lost
     clock.t += 0.1  # 10 s after the renewal was sent; another replica may take the Lease at 15 s
-    with pytest.raises(LeadershipLost, match="last renewed 10.0 s ago"):
+    with pytest.raises(LeadershipLost, match=r"last renewed 10\.0 s ago"):
         e.fence()
     assert lost == [True]
     assert e.renew_deadline_seconds < e.lease_seconds
