@@ -16,9 +16,16 @@ Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest 
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
 It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
 
+Then, if the goal is not met, whole nodes are drained (``_Run.drain_nodes``): every replica of a node moves,
+into room in use or onto new GPUs the packer opens on nodes where nothing runs (configured anew) or on MPS and
+time-sliced nodes as configured, when the pool then uses fewer GPUs; alone, or as a pair whose first node,
+emptied, is planned again for the second node's replicas (``Move.after_node``). A drain may move two replicas
+of one deployment; the operator starts the second once the first is done (``reconcile.moves.startable``).
+
 Every target is a share that is free while every source is still held, in the state where every earlier move
 is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
-one is deleted), and no move needs a node config change first. Pure: pydantic only.
+one is deleted), and no move needs a config change of a node where a replica runs (a drain's new GPUs are on
+nodes where nothing runs when the move starts). Pure: pydantic only.
 """
 
 from __future__ import annotations
@@ -86,7 +93,8 @@ class Consolidation(_Model):
     gpus_freed: int
     #: nodes left without any replica once every move is done (their sharing mode and MIG layouts may change)
     nodes_freed: tuple[str, ...] = ()
-    #: in execution order, cheapest first; at most ``budget.max_moves``; at most one per deployment
+    #: in execution order, cheapest first; at most ``budget.max_moves``; at most one per deployment, except in
+    #: node drains (a second move of a deployment there starts once the first is done)
     moves: tuple[Move, ...] = ()
     #: every running replica's placement after all moves (the ``current`` of the next plan)
     placements: tuple[CurrentPlacement, ...] = ()
