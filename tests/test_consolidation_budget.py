@@ -243,3 +243,17 @@ def test_moves_start_together_only_up_to_one_that_needs_an_earlier_one_done() ->
     best_effort = _move("ns/e", ("n", 5), ("n", 6), tier="BestEffort", mbb=False)
     assert startable([a, best_effort, b], ("BestEffort",)) == (a, best_effort, b)
     assert startable([best_effort], ()) == ()
+
+
+def test_a_drain_starts_a_deployments_second_move_and_moves_onto_a_refilled_node_later() -> None:
+    """A node drain may move two replicas of one deployment: the second starts once the first is done (one
+    replica of a deployment at a time). A move onto a node that earlier moves empty to give it a new config
+    (``after_node``) waits for them."""
+    a = _move("ns/a", ("x", 0), ("spare", 0))
+    a_again = _move("ns/a", ("x", 1), ("spare", 1))
+    b = _move("ns/b", ("x", 1), ("spare", 0))
+    assert startable([a, b, a_again], ("BestEffort",)) == (a, b)
+    onto_x = _move("ns/c", ("y", 0), ("x", 5)).model_copy(update={"after_node": "x"})
+    assert startable([a, b, onto_x], ("BestEffort",)) == (a, b)
+    # once the node is empty the planner proposes the move again, with nothing before it
+    assert startable([onto_x], ("BestEffort",)) == (onto_x,)

@@ -226,6 +226,49 @@ def test_repartition_never_moves_only_into_existing_instances() -> None:
         assert c.moves == (), repartition
 
 
+def _mps_node(name: str, n: int, clients: int) -> NodeInventory:
+    gpus = tuple(GpuInventory(index=i, model="H100-80GB") for i in range(n))
+    return NodeInventory(name=name, gpus=gpus, sharing="MPS", sharing_replicas=clients)
+
+
+def test_a_node_whose_mode_wastes_gpus_is_drained_onto_a_node_configured_anew() -> None:
+    """Four 9 GiB MPS replicas fill a node with two clients per GPU (its first replicas were large): no GPU in use
+    has room, so no GPU can be emptied. Drained, they fit one GPU of an idle node with eight clients per GPU; the
+    pool uses one GPU instead of two, and a re-plan keeps them there (the idle node's old config gives way)."""
+    nodes = [_mps_node("mps", 2, clients=2), _mps_node("spare", 2, clients=2)]
+    mps = ShareRequest(mechanism="MPS")
+    dem = [demand(f"ns/u{i}", "Burstable", 1, 9, share=mps) for i in range(4)]
+    cur = [_at(f"ns/u{i}", 0, "mps", i // 2, "MPS") for i in range(4)]
+    budget = ConsolidationBudget(max_moves=4, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert (c.gpus_used, c.gpus_fresh, c.gpus_freed) == (2, 1, 1)
+    assert c.nodes_freed == ("mps",)
+    assert {(m.target.node, m.target.gpu_index, m.target.mechanism) for m in c.moves} == {("spare", 0, "MPS")}
+    assert all(m.reason.startswith("empties node mps") for m in c.moves)
+    _check(POLICY, nodes, dem, cur, c, budget)
+    replanned = plan_pool(POLICY, nodes, dem, c.placements)
+    assert [n.replicas_per_gpu for n in replanned.nodes if n.name == "spare"] == [8]
+    # a budget too small for the whole node moves nothing (half a drain frees nothing)
+    assert consolidate(POLICY, nodes, dem, cur, budget.model_copy(update={"max_moves": 3})).moves == ()
+
+
+def test_a_drain_moves_two_replicas_of_a_deployment_in_sequence() -> None:
+    """A node holding two replicas of one deployment can still be drained: both move, one after the other
+    (``startable`` starts the second once the first is done)."""
+    nodes = [_mps_node("mps", 3, clients=2), _mps_node("spare", 2, clients=2)]
+    mps = ShareRequest(mechanism="MPS")
+    dem = [demand("ns/a", "Burstable", 2, 9, share=mps)]
+    dem += [demand(f"ns/u{i}", "Burstable", 1, 9, share=mps) for i in range(4)]
+    cur = [_at("ns/a", 0, "mps", 0, "MPS"), _at("ns/a", 1, "mps", 1, "MPS")]
+    cur += [_at(f"ns/u{i}", 0, "mps", gpu, "MPS") for i, gpu in enumerate((0, 1, 2, 2))]
+    budget = ConsolidationBudget(max_moves=6, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert sorted(m.deployment for m in c.moves) == ["ns/a", "ns/a", *(f"ns/u{i}" for i in range(4))]
+    assert {m.target.node for m in c.moves} == {"spare"}
+    _check(POLICY, nodes, dem, cur, c, budget)
+    assert c.gpus_freed >= 1
+
+
 # ------------------------------------------------------------------------------------------------ properties
 
 
@@ -276,15 +319,25 @@ def _during(
 def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], cur: Sequence[CurrentPlacement], c: Consolidation, budget: ConsolidationBudget) -> None:  # fmt: skip
     assert len(c.moves) <= budget.max_moves
     deployments = [m.deployment for m in c.moves]
-    assert len(set(deployments)) == len(deployments)
     assert not set(deployments) & budget.busy
+    # one move per deployment, except in node drains: there, one per deployment in each batch that starts
+    # together (reconcile.moves.startable starts a deployment's second move only once its first is done)
+    drains = [m for m in c.moves if m.reason.startswith("empties node")]
+    once = [m.deployment for m in c.moves if m not in drains]
+    assert len(set(once)) == len(once) and not set(once) & {m.deployment for m in drains}
     if c.gpus_used <= c.gpus_fresh * (1 + budget.threshold_percent / 100):
         assert c.moves == ()
-    configured = tuple(nodes)  # a target is a share that exists: no node config changes before the moves
+    # a target is a share that exists, or one on a node that holds no replica when the move starts (a drain
+    # opens GPUs there with any mode or layout): no node config changes under a running replica
+    configured = tuple(nodes)
     state = {(p.deployment, p.ordinal): p for p in cur}
     for m in c.moves:
         assert state[(m.deployment, m.ordinal)] == m.source
         assert m.make_before_break  # every target is free while its source is held
+        if m.after_node is not None:
+            # onto a node emptied first to take a new config: none of the replicas it ran is left there
+            assert m.target.node == m.after_node
+            assert not [p for p in cur if p.node == m.after_node and state[(p.deployment, p.ordinal)] == p], m
         during_dem, during = _during(dem, list(state.values()), m.target)
         assert _held(pol, configured, during_dem, during) == [], m
         state[(m.deployment, m.ordinal)] = m.target
@@ -293,8 +346,12 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     # that makes room on MIG) another move takes its instance
     after = _gpus(c.placements)
     taken = {(m.target.node, m.target.gpu_index, m.target.mechanism, m.target.mig_profile) for m in c.moves}
+    refilled = {m.after_node for m in c.moves}  # drained first, then planned again for a later drain
     for m in c.moves:
         src = (m.source.node, m.source.gpu_index)
+        if m in drains:  # a drained node holds no replica in the end, unless it was emptied to be refilled
+            assert m.source.node not in {p.node for p in c.placements} or m.source.node in refilled, m
+            continue
         assert src not in after or (*src, m.source.mechanism, m.source.mig_profile) in taken, m
     assert len(after) == c.gpus_used - c.gpus_freed
     assert (c.gpus_freed >= 1) == bool(c.moves)
@@ -388,6 +445,74 @@ def test_consolidation_keeps_every_guarantee_on_fragmented_pools(
     c = consolidate(pol, nodes2, kept, cur, budget)
     event(f"moves: {min(len(c.moves), 3)}")
     _check(pol, nodes2, kept, cur, c, budget)
+
+
+@st.composite
+def wasteful_nodes(draw: st.DrawFn) -> tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]]:
+    """Nodes whose MPS clients per GPU waste GPUs (two clients of 4-9 GiB on H100s), some holding two replicas
+    of a deployment, and idle nodes of any config (MPS, time-slicing, MIG layouts, none) for drains to use."""
+    nodes: list[NodeInventory] = []
+    dem: list[Demand] = []
+    cur: list[CurrentPlacement] = []
+    mps = ShareRequest(mechanism="MPS")
+    for k in range(draw(st.integers(1, 3))):
+        name = f"w{k}"
+        gpus = draw(st.integers(1, 3))
+        nodes.append(_mps_node(name, gpus, clients=2))
+        slots = [(name, g) for g in range(gpus) for _ in range(draw(st.integers(1, 2)))]
+        while slots:
+            i = len(dem)
+            gib = draw(st.floats(4, 9))
+            two = len(slots) >= 2 and slots[0][1] != slots[1][1] and draw(st.booleans())
+            dep = demand(f"ns-{i % 2}/d{i}", draw(st.sampled_from(("Burstable", "BestEffort"))), 1 + two, gib)
+            dem.append(dep.model_copy(update={"share": mps}) if draw(st.booleans()) else dep)
+            for o in range(1 + two):
+                node, g = slots.pop(0)
+                cur.append(_at(dep.deployment, o, node, g, "MPS"))
+    for k in range(draw(st.integers(1, 2))):
+        kind = draw(st.sampled_from(("MPS", "TimeSlicing", "MIG", "None")))
+        n = draw(st.integers(1, 2))
+        if kind == "MIG":
+            nodes.append(_mig_node(f"idle{k}", n, instances=draw(st.integers(1, 7))))
+        elif kind == "None":
+            nodes.append(
+                NodeInventory(
+                    name=f"idle{k}", gpus=tuple(GpuInventory(index=i, model="H100-80GB") for i in range(n))
+                )
+            )
+        else:
+            gpus = tuple(GpuInventory(index=i, model="H100-80GB") for i in range(n))
+            nodes.append(
+                NodeInventory(
+                    name=f"idle{k}", gpus=gpus, sharing=kind, sharing_replicas=draw(st.integers(2, 8))
+                )
+            )
+    return nodes, dem, cur
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wasteful_nodes(), st.integers(2, 12), st.sampled_from(("Never", "Allowed")))
+def test_a_chosen_drain_frees_capacity_in_the_end(
+    pool_state: tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]], moves: int, repartition: str
+) -> None:
+    """Where whole nodes are worth draining: every guarantee of ``_check`` (budget, every intermediate state
+    legal, a re-plan of the result moves nothing), and a drain that is chosen empties its node (or refills it
+    after emptying it) and the pool uses fewer GPUs afterwards; a budget smaller than a node's replicas drains
+    no node."""
+    nodes, dem, cur = pool_state
+    pol = POLICY.model_copy(update={"repartition": repartition})
+    budget = ConsolidationBudget(max_moves=moves, threshold_percent=0)
+    c = consolidate(pol, nodes, dem, cur, budget)
+    drains = [m for m in c.moves if m.reason.startswith("empties node")]
+    event(f"drain moves: {min(len(drains), 4)}")
+    event(f"a node emptied and refilled: {any(m.after_node for m in c.moves)}")
+    _check(pol, nodes, dem, cur, c, budget)
+    if drains:
+        assert c.gpus_freed >= 1 and len(_gpus(c.placements)) < c.gpus_used
+        for name in {m.source.node for m in drains}:
+            held = sum(1 for p in cur if p.node == name)
+            assert sum(1 for m in c.moves if m.source.node == name) == held <= moves  # all of them move
+            assert name in c.nodes_freed or name in {m.after_node for m in c.moves}
 
 
 def test_consolidation_on_a_churned_benchmark_pool() -> None:

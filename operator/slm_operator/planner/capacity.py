@@ -28,6 +28,7 @@ from slm_operator.planner.vocabulary import (
     NODE_FREE,
     NODE_MPS,
     NODE_NONE,
+    NODE_TIME_SLICING,
     ROLE_POOL,
     TIME_SLICING,
 )
@@ -70,6 +71,9 @@ class CapacityIndex:
         self.ts_capacity = [ctx.ts_capacity(g) for g in ctx.gpus]
         #: nodes with a free GPU: (kind, model[, MPS clients per GPU]) -> {node pos: node}
         self.nodes: dict[tuple[Any, ...], dict[int, Node]] = {}
+        #: positions of nodes whose config must not change (consolidation: replicas run there): a free GPU
+        #: of such a node is only offered as what the node's sharing mode gives as it is (``set_fixed``)
+        self.fixed: frozenset[int] = frozenset()
         for g in ctx.gpus:
             self.index_gpu(g)
         for n in ctx.nodes:
@@ -206,13 +210,34 @@ class CapacityIndex:
         n.indexed_as = []
         if not n.schedulable:
             return
+        fixed = n.pos in self.fixed
         for model, free in n.free.items():
             if not free:
                 continue
-            keys = _node_keys(n, model, mig_capable=free[0].geo is not None)
+            keys = (
+                _fixed_node_keys(n, model)
+                if fixed
+                else _node_keys(n, model, mig_capable=free[0].geo is not None)
+            )
             for key in keys:
                 nodes.setdefault(key, {})[n.pos] = n
             n.indexed_as.extend(keys)
+
+    def set_fixed(self, ctx: Context, positions: frozenset[int]) -> None:
+        """Offer the free GPUs of the nodes at ``positions`` only as shares their node config gives now (no
+        MIG layout, no sharing mode or clients per GPU changes there), and re-index every node."""
+        self.fixed = positions
+        for n in ctx.nodes:
+            self.index_node(n)
+
+
+def _fixed_node_keys(n: Node, model: str) -> list[tuple[object, ...]]:
+    """The index keys of a node whose config must not change: another GPU of its MPS or time-slicing mode."""
+    if n.mode == NODE_MPS:
+        return [(MPS, model, n.n)]
+    if n.mode == NODE_TIME_SLICING:
+        return [(TIME_SLICING, model)]
+    return []
 
 
 def _node_keys(n: Node, model: str, mig_capable: bool) -> list[tuple[object, ...]]:

@@ -16,9 +16,16 @@ Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest 
 fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
 It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
 
+Then, if the goal is not met, whole nodes are drained (``_Run.drain_nodes``): every replica of a node moves,
+into room in use or onto new GPUs the packer opens on nodes where nothing runs (configured anew) or on MPS and
+time-sliced nodes as configured, when the pool then uses fewer GPUs; alone, or as a pair whose first node,
+emptied, is planned again for the second node's replicas (``Move.after_node``). A drain may move two replicas
+of one deployment; the operator starts the second once the first is done (``reconcile.moves.startable``).
+
 Every target is a share that is free while every source is still held, in the state where every earlier move
 is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
-one is deleted), and no move needs a node config change first. Pure: pydantic only.
+one is deleted), and no move needs a config change of a node where a replica runs (a drain's new GPUs are on
+nodes where nothing runs when the move starts). Pure: pydantic only.
 """
 
 from __future__ import annotations
@@ -30,15 +37,18 @@ from pydantic import Field
 
 from slm_operator.planner.gc_pause import gc_paused
 from slm_operator.planner.heuristic import heuristic_plan
+from slm_operator.planner.mig import Counts
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
 from slm_operator.planner.packer import Choice, Packer, PackerOptions, ShareOptions
-from slm_operator.planner.state import Context, Gpu, Rep, build_context, mps_cap
-from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism
+from slm_operator.planner.state import Context, Gpu, Node, Rep, build_context, mps_cap
+from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism, NodeMode
 
 #: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
 MAX_MOVES_PER_GPU = 16
 #: replicas tried per move that makes room for another (``_Run._via_move``)
 _CHAIN_TRIES = 8
+#: nodes tried as the first of a pair of drains (``_Run._drain_pairs``), cheapest first
+_PAIR_FIRSTS = 8
 
 
 class ConsolidationBudget(_Model):
@@ -67,6 +77,9 @@ class Move(_Model):
     make_before_break: bool
     #: human text, e.g. "frees GPU node-3/2 (2 moves)"
     reason: str
+    #: a node that earlier moves empty and that takes a new sharing mode or MIG layouts for this move's target:
+    #: the move starts only once no replica runs there any more (``reconcile.moves.startable``)
+    after_node: str | None = None
 
 
 class Consolidation(_Model):
@@ -80,7 +93,8 @@ class Consolidation(_Model):
     gpus_freed: int
     #: nodes left without any replica once every move is done (their sharing mode and MIG layouts may change)
     nodes_freed: tuple[str, ...] = ()
-    #: in execution order, cheapest first; at most ``budget.max_moves``; at most one per deployment
+    #: in execution order, cheapest first; at most ``budget.max_moves``; at most one per deployment, except in
+    #: node drains (a second move of a deployment there starts once the first is done)
     moves: tuple[Move, ...] = ()
     #: every running replica's placement after all moves (the ``current`` of the next plan)
     placements: tuple[CurrentPlacement, ...] = ()
@@ -126,10 +140,13 @@ def _consolidate(
         return base.model_copy(update={"message": "the disruption budget allows no move now"})
     run = _Run(ctx, cur, budget, goal=used - fresh)
     run.empty_gpus()
+    run.drain_nodes()
     moves = run.ordered_moves()
     placements = _after(cur, moves)
     freed_nodes = tuple(
-        n.name for n in ctx.nodes if n.used == 0 and n.name in run.nodes_in_use and n.schedulable
+        n.name
+        for n in ctx.nodes
+        if n.used == 0 and n.name in run.nodes_in_use and (n.schedulable or n.name in run.drained)
     )
     message = (
         f"{len(moves)} moves free {run.freed} GPUs"
@@ -153,12 +170,17 @@ _Step = tuple[Rep, CurrentPlacement, Choice]
 
 @dataclass
 class _Group:
-    """The moves that empty ``sources`` (one GPU today), in execution order, and the GPUs they free."""
+    """The moves that empty ``sources`` (one GPU, or the GPUs in use of a drained node), in execution order,
+    and the GPUs they free (for a drained node: its GPUs in use less the GPUs its replicas opened elsewhere)."""
 
     key: tuple[int, ...]
     sources: list[Gpu]
     steps: list[_Step]
     freed: int
+    #: the node a drain empties (None: one GPU emptied)
+    node: Node | None = None
+    #: a node drained before, whose new config the moves need (they wait until it is empty)
+    after: Node | None = None
 
 
 class _Run:
@@ -181,6 +203,8 @@ class _Run:
             and ((g.mode == MIG and g.frozen is not None) or g.mode in (MPS, TIME_SLICING))
         ]
         self.groups: list[_Group] = []
+        #: names of the nodes drained (unschedulable for the rest of the run: nothing may move onto them)
+        self.drained: set[str] = set()
         #: replica classes for which ``_via_move`` found nothing
         self.no_chain: set[tuple[int, int, str | None, str | None]] = set()
         kept = {(r.dep.key, r.ordinal) for r in ctx.reps if r.pinned}
@@ -377,6 +401,244 @@ class _Run:
             self.packer.capacity.index_gpu(x)
         self.packer.capacity.index_node(node)
 
+    # ------------------------------------------------------------------------------------------ node drain
+
+    def drain_nodes(self) -> None:
+        """Empty whole nodes while the goal is not met and the budget lasts (docs/planner.md §4.9, node drain).
+
+        A node's replicas all move: into zero-cost room on GPUs in use (as :meth:`empty_gpus`), else onto a new
+        GPU the packer opens (its new-GPU options, densest first) on a node with no replica (any sharing mode
+        or MIG layout: nothing runs there) or on a free GPU of an MPS or time-sliced node in use as that node is
+        configured; never on a node that must change its config while a replica runs there. A drain is kept
+        when the pool then uses fewer GPUs (the node's GPUs in use less the GPUs opened): alone
+        (:meth:`_drain_alone`), or followed by the drain of a second node whose replicas the first node, empty
+        and planned again from scratch, takes denser than they sit now (:meth:`_drain_pairs`)."""
+        if self._done():
+            return
+        capacity = self.packer.capacity
+        capacity.set_fixed(self.ctx, frozenset(n.pos for n in self.ctx.nodes if n.name in self.nodes_in_use))
+        for group in self.groups:  # a GPU emptied above still runs its replicas until their moves are done
+            for g in group.sources:
+                self._close(g)
+        self._drain_alone()
+        self._drain_pairs()
+
+    def _drain_alone(self) -> None:
+        """Nodes whose drain alone frees GPUs. Each candidate is tried once and undone to score it (moves per
+        GPU freed); then the best are done for good, cheapest first, each tried again in the state the earlier
+        ones left."""
+        scored = []
+        for key, node in self._node_candidates():
+            trial = self._drain([node])
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            self._undo_drain(steps, saved)
+            if net > 0:
+                scored.append(((-(-len(steps) // net), *key), node))
+        scored.sort(key=lambda t: t[0])
+        for key, node in scored:
+            if self._done():
+                return
+            if not self._drainable(node):
+                continue
+            trial = self._drain([node])
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            if net <= 0 or len(steps) > self.left:
+                self._undo_drain(steps, saved)
+                continue
+            self._keep_drain(key, node, steps, net, None)
+
+    def _drain_pairs(self) -> None:
+        """Two drains that free GPUs together: the first node (one of the ``_PAIR_FIRSTS`` cheapest) is drained
+        and opened again as a node without replicas, so that the packer may give it any sharing mode or MIG
+        layouts; then the second node is drained, onto it or elsewhere. The pair with the fewest moves per GPU
+        freed is kept, until the goal is met, the budget is spent or no pair frees a GPU. The second node's
+        moves wait for the first node's (``Move.after_node``): its new config needs it empty."""
+        while not self._done():
+            best: tuple[tuple[int, ...], Node, Node] | None = None
+            for xkey, x in self._node_candidates()[:_PAIR_FIRSTS]:
+                trial = self._drain([x])
+                if trial is None:
+                    continue
+                xsteps, xnet, xsaved = trial
+                self._open_drained(x)
+                for ykey, y in self._node_candidates():
+                    if len(xsteps) + sum(len(g.reps) for g in y.gpus) > self.left:
+                        continue
+                    ytrial = self._drain([y])
+                    if ytrial is None:
+                        continue
+                    ysteps, ynet, ysaved = ytrial
+                    self._undo_drain(ysteps, ysaved)
+                    net = xnet + ynet
+                    if net > 0:
+                        score = (-(-(len(xsteps) + len(ysteps)) // net), *xkey, *ykey)
+                        if best is None or score < best[0]:
+                            best = (score, x, y)
+                self._close_drained(x)
+                self._undo_drain(xsteps, xsaved)
+            if best is None or not self._pair(best[0], best[1], best[2]):
+                return
+
+    def _pair(self, key: tuple[int, ...], x: Node, y: Node) -> bool:
+        """Drain ``x``, open it again, drain ``y``, and keep both when they free GPUs within the budget."""
+        trial = self._drain([x])
+        if trial is None:
+            return False
+        xsteps, xnet, xsaved = trial
+        self._open_drained(x)
+        ytrial = self._drain([y]) if self._drainable(y) else None
+        if ytrial is None or xnet + ytrial[1] <= 0 or len(xsteps) + len(ytrial[0]) > self.left:
+            if ytrial is not None:
+                self._undo_drain(ytrial[0], ytrial[2])
+            self._close_drained(x)
+            self._undo_drain(xsteps, xsaved)
+            return False
+        self._keep_drain(key, x, xsteps, xnet, None)
+        self._keep_drain(key, y, ytrial[0], ytrial[1], x)
+        # x is configured anew for what moved onto it: no later move may change that
+        capacity = self.packer.capacity
+        capacity.fixed = capacity.fixed | {x.pos}
+        capacity.index_node(x)
+        return True
+
+    def _open_drained(self, node: Node) -> None:
+        """Offer a drained node's GPUs again, as a node without replicas (any mode or layout)."""
+        node.schedulable = True
+        node.free = {}
+        for g in node.gpus:
+            if g.role == ROLE_POOL and not g.reps:
+                node.free.setdefault(g.key, []).append(g)
+        capacity = self.packer.capacity
+        capacity.fixed = capacity.fixed - {node.pos}
+        capacity.index_node(node)
+
+    def _close_drained(self, node: Node) -> None:
+        """Undo :meth:`_open_drained` (before the drain itself is undone)."""
+        node.schedulable = False
+        node.free = {}
+        capacity = self.packer.capacity
+        capacity.fixed = capacity.fixed | {node.pos}
+        capacity.index_node(node)
+
+    def _keep_drain(
+        self, key: tuple[int, ...], node: Node, steps: list[_Step], net: int, after: Node | None
+    ) -> None:
+        """Record a drain done for good."""
+        sources = [g for g in node.gpus if any(r.cur_gpu is g for r, _, _ in steps)]
+        self.groups.append(_Group(key, sources, steps, net, node, after))
+        self.left -= len(steps)
+        self.freed += net
+        self.moved_deps.update(r.dep.key for r, _, _ in steps)
+        self.drained.add(node.name)
+
+    def _node_candidates(self) -> list[tuple[tuple[int, ...], Node]]:
+        """Nodes that may be drained, cheapest first: the sum of the moves' costs per GPU in use, the worst
+        tier, the number of replicas, the node's position."""
+        out = []
+        for node in self.ctx.nodes:
+            if not self._drainable(node):
+                continue
+            reps = [r for g in node.gpus for r in g.reps]
+            weight = sum(_move_weight(r) for r in reps)
+            worst = max(DISRUPTION[r.dep.tier] for r in reps)
+            key: tuple[int, ...] = (weight * 100 // node.used, worst, len(reps), node.pos)
+            out.append((key, node))
+        out.sort(key=lambda t: t[0])
+        return out
+
+    def _drainable(self, node: Node) -> bool:
+        """A schedulable node in use, all pool GPUs, none kept warm or blocked, whose replicas all run there
+        still, are kept, of deployments not busy or moved and distinct, and no more than the budget left."""
+        if not node.used or not node.schedulable or node.name in self.drained:
+            return False
+        reps = []
+        for g in node.gpus:
+            if g.role != ROLE_POOL or g.gid in self.blocked or (g.warm is not None and g.reps):
+                return False
+            reps += g.reps
+        if len(reps) > self.left:
+            return False
+        return all(r.pinned and r.gpu is r.cur_gpu and r.dep.key not in self.moved_deps for r in reps)
+
+    def _close(self, g: Gpu) -> None:
+        """Offer a free GPU no more in this run (its replicas leave it only once their moves are done)."""
+        free = g.node.free.get(g.key, [])
+        if g in free:
+            free.remove(g)
+            self.packer.capacity.index_node(g.node)
+
+    def _drain(self, nodes: Sequence[Node]) -> tuple[list[_Step], int, list[_NodeState]] | None:
+        """Move every replica of ``nodes`` elsewhere (highest tier first, largest first, as the packer places)
+        with the nodes closed; returns (the moves, GPUs freed net, what :meth:`_undo_drain` needs), or None
+        (the state as before)."""
+        packer = self.packer
+        reps = sorted(
+            (r for node in nodes for g in node.gpus for r in g.reps),
+            key=lambda r: (r.dep.rank, -r.dep.size, r.dep.key, r.ordinal),
+        )
+        saved = [
+            _NodeState(
+                node=node,
+                mode=node.mode,
+                n=node.n,
+                fixed=node.fixed,
+                free={k: list(v) for k, v in node.free.items()},
+                gpus=[(g, g.frozen, list(g.free_inst)) for g in node.gpus],
+                reps=[(r, r.gpu, r.mech, r.prof) for g in node.gpus for r in g.reps],
+            )
+            for node in nodes
+        ]
+        before = sum(n.used for n in self.ctx.nodes)
+        for node in nodes:
+            node.schedulable = False
+        for r in reps:
+            packer.remove(r)
+        steps: list[_Step] = []
+        for r in reps:
+            assert r.cur is not None
+            choice = packer.zero_cost_room(r)
+            if choice is not None and self._drain_target(choice):
+                packer.put(r, *choice)
+            elif not packer.new_gpu_room(r):
+                self._undo_drain(steps, saved)
+                return None
+            assert r.gpu is not None and r.mech is not None
+            steps.append((r, r.cur, (r.gpu, r.mech, r.prof)))
+        return steps, before - sum(n.used for n in self.ctx.nodes), saved
+
+    def _drain_target(self, choice: Choice) -> bool:
+        """A zero-cost share a drained replica may take: not blocked; on MIG a free instance of a frozen layout
+        or of a GPU opened in this run on a node without replicas (its layout is new: nothing runs there)."""
+        target, mech, _ = choice
+        if target.gid in self.blocked:
+            return False
+        return mech != MIG or target.frozen is not None or target.node.name not in self.nodes_in_use
+
+    def _undo_drain(self, steps: list[_Step], saved: list[_NodeState]) -> None:
+        """Take back a drain: the moved replicas off their targets, the nodes' replicas back exactly as they
+        were (layouts, mode and free GPUs included)."""
+        packer = self.packer
+        for r, _, _ in reversed(steps):
+            packer.remove(r)
+        for st in saved:
+            node = st.node
+            node.schedulable = True
+            for g, _, _ in st.gpus:
+                g.frozen = None
+            for r, home, mech, prof in st.reps:
+                assert home is not None and mech is not None
+                packer.put(r, home, mech, prof)
+            node.mode, node.n, node.fixed = st.mode, st.n, st.fixed
+            node.free = st.free
+            for g, frozen, free_inst in st.gpus:
+                g.frozen, g.free_inst = frozen, free_inst
+                packer.capacity.index_gpu(g)
+            packer.capacity.index_node(node)
+
     def ordered_moves(self) -> tuple[Move, ...]:
         """The moves in execution order: groups cheapest first (the order they were found in), and within a
         group the order found (a move that makes room comes before the move into that room)."""
@@ -385,15 +647,48 @@ class _Run:
             where = ", ".join(f"{g.node.name}/{g.index}" for g in group.sources)
             n = len(group.steps)
             reason = f"frees GPU {where} ({n} move{'s' if n > 1 else ''})"
+            if group.node is not None:
+                reason = _drain_reason(group)
             emptied = sorted({g.node.name for g in group.sources if not g.node.used})
             if emptied:
                 reason += f"; node {', '.join(emptied)} holds no replica afterwards"
+            after = group.after.name if group.after is not None else None
             for r, src, choice in group.steps:
-                out.append(_move(r, src, choice, reason))
+                out.append(_move(r, src, choice, reason, after if choice[0].node is group.after else None))
         return tuple(out)
 
 
-def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str) -> Move:
+def _drain_reason(group: _Group) -> str:
+    """Why a drained node's replicas move (``ordered_moves``)."""
+    assert group.node is not None
+    n = len(group.steps)
+    text = (
+        f"empties node {group.node.name} ({len(group.sources)} GPUs in use, {n} move{'s' if n > 1 else ''}) "
+        "so that its sharing mode and MIG layouts can be planned again"
+    )
+    if group.after is not None:
+        text += f"; partly onto node {group.after.name}, emptied first and planned again"
+    if group.freed > 0:
+        text += f"; the pool uses {group.freed} GPU{'s' if group.freed > 1 else ''} fewer"
+    else:
+        text += "; the node drained after it frees GPUs"
+    return text
+
+
+@dataclass
+class _NodeState:
+    """What a drain changes on its node, to put it back (``_Run._undo_drain``)."""
+
+    node: Node
+    mode: NodeMode
+    n: int
+    fixed: bool
+    free: dict[str, list[Gpu]]
+    gpus: list[tuple[Gpu, Counts | None, list[int]]]
+    reps: list[tuple[Rep, Gpu | None, Mechanism | None, int]]
+
+
+def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str, after: str | None = None) -> Move:
     target, mech, prof = choice
     profile = target.geo.profiles[prof].name if mech == MIG and target.geo is not None else None
     dst = CurrentPlacement(
@@ -412,6 +707,7 @@ def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str) -> Move:
         target=dst,
         make_before_break=True,
         reason=reason,
+        after_node=after,
     )
 
 

@@ -756,6 +756,17 @@ class Packer:
         replicas and not the deployment (``consolidate.py`` moves running replicas into it), or None."""
         return self._zero_cost(r, self.share_options(r.dep), same_gpu_ok=False)
 
+    def new_gpu_room(self, r: Rep) -> bool:
+        """Open a new GPU for a replica that is off its GPU, as :meth:`place` would (its new-GPU options, then
+        a whole GPU as the last resort), on the nodes the capacity index offers (``consolidate.py`` drains
+        nodes with the nodes in use fixed: ``CapacityIndex.set_fixed``)."""
+        o = self.share_options(r.dep)
+        if o.reason is not None:
+            return False
+        return self._new_gpu(r, o.news) or bool(
+            o.ex_last and self._new_gpu(r, [_whole(m) for m in o.ex_last])
+        )
+
     def put(self, r: Rep, g: Gpu, mech: Mechanism, prof: int) -> None:
         """Attach a replica to a share of ``g`` and re-index the GPU (``consolidate.py``)."""
         self._put(r, g, mech, prof)

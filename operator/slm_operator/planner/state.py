@@ -574,22 +574,29 @@ def _classify_current(ctx: Context) -> None:
 
 def _running_mps_clients(ctx: Context, running: list[Rep]) -> dict[int, int]:
     """Per node position: the MPS clients per GPU the running replicas keep (the node's current value, or the
-    most clients whose cap still holds the largest running MPS client)."""
+    most clients whose cap still holds the largest running MPS client). The current value gives way to the
+    latter when the replicas counted there do not fit it (more clients on a GPU, or one larger than its cap)
+    and the latter does: they are not running under that config but on their way to the node, which gets a
+    new one (a consolidation move onto a node that was emptied for it, docs/planner.md §4.9)."""
     mps_sizes: dict[int, list[int]] = {}  # node position -> estimates of its running MPS clients
+    clients: dict[int, int] = {}  # gid -> running MPS clients
     for r in running:
         if r.cur_gpu is not None and r.cur is not None and r.cur.mechanism == "MPS":
             mps_sizes.setdefault(r.cur_gpu.node.pos, []).append(r.dep.size)
+            clients[r.cur_gpu.gid] = clients.get(r.cur_gpu.gid, 0) + 1
     mps_n: dict[int, int] = {}
     for node in ctx.nodes:
         inv = node.inv
         limit = min([ctx.policy.mps_max_clients_per_gpu] + [g.model.mps_max_clients for g in node.gpus])
+        sizes = mps_sizes.get(node.pos)
+        fitted = min(mps_nmax(g.mem_mib, max(sizes), limit) for g in node.gpus) if sizes else 0
         if inv.sharing == "MPS" and inv.sharing_replicas and inv.sharing_replicas >= 2:
-            mps_n[node.pos] = min(inv.sharing_replicas, limit)
-        else:
-            sizes = mps_sizes.get(node.pos)
-            if sizes:
-                n = min(mps_nmax(g.mem_mib, max(sizes), limit) for g in node.gpus) or 2
-                mps_n[node.pos] = n
+            n = min(inv.sharing_replicas, limit)
+            most = max((clients.get(g.gid, 0) for g in node.gpus), default=0)
+            fits = not sizes or (most <= n and all(mps_cap(g.mem_mib, n) >= max(sizes) for g in node.gpus))
+            mps_n[node.pos] = n if fits or fitted < most else fitted
+        elif sizes:
+            mps_n[node.pos] = fitted or 2
     return mps_n
 
 
@@ -791,12 +798,27 @@ def _can_keep_time_slicing(ctx: Context, r: Rep, gpu: Gpu) -> bool:
 
 
 def _ts_n(ctx: Context, node: Node) -> int:
+    """Time-slicing replicas per GPU of a node: as planned, else as configured, else the policy's limit. The
+    configured value gives way to the limit when a GPU of the node counts more running time-sliced replicas
+    than it: they are on their way to a node that gets a new config (as in ``_running_mps_clients``)."""
     if node.mode == NODE_TIME_SLICING and node.n:
         return node.n
     inv = node.inv
     limit = ctx.policy.ts_max_replicas_per_gpu
     if inv.sharing == "TimeSlicing" and inv.sharing_replicas and inv.sharing_replicas >= 2:
-        return min(inv.sharing_replicas, limit)
+        n = min(inv.sharing_replicas, limit)
+        most = max(
+            (
+                sum(
+                    1
+                    for r in ctx.running.get(g.gid, ())
+                    if r.cur is not None and r.cur.mechanism == "TimeSlicing"
+                )
+                for g in node.gpus
+            ),
+            default=0,
+        )
+        return n if most <= n else limit
     return limit
 
 

@@ -371,15 +371,24 @@ def busy_deployments(
 def startable(moves: Sequence[Move], break_before_make_tiers: Sequence[str]) -> tuple[Move, ...]:
     """The moves that start together now: the planner's moves in execution order, up to the first one that
     cannot start yet. A move may count on room an earlier move leaves behind (its target is on an earlier
-    move's source GPU: a chain), which exists only once that move is done; and a break-before-make move of a
-    tier that may not move so is not made, nor anything after it. The rest is proposed again on a later pass."""
+    move's source GPU: a chain), which exists only once that move is done; a move onto a node that earlier
+    moves empty so that it takes a new config (``Move.after_node``: a node drain) waits for them too; a node
+    drain may move two replicas of one deployment, and the second waits for the first (one replica of a
+    deployment at a time); and a break-before-make move of a tier that may not move so is not made, nor
+    anything after it. The rest is proposed again on a later pass."""
     out: list[Move] = []
     sources: set[tuple[str, int]] = set()
+    source_nodes: set[str] = set()
+    deployments: set[str] = set()
     for m in moves:
-        if (m.target.node, m.target.gpu_index) in sources:
+        if (m.target.node, m.target.gpu_index) in sources or m.deployment in deployments:
+            break
+        if m.after_node is not None and m.after_node in source_nodes:
             break
         if not m.make_before_break and m.tier not in break_before_make_tiers:
             break
         out.append(m)
         sources.add((m.source.node, m.source.gpu_index))
+        source_nodes.add(m.source.node)
+        deployments.add(m.deployment)
     return tuple(out)
