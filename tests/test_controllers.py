@@ -31,7 +31,7 @@ from slm_operator.contract import (
 from slm_operator.controllers import handlers
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
-from slm_operator.controllers.pools import PoolReconciler
+from slm_operator.controllers.pools import CREATE_CONCURRENCY, PoolReconciler
 from slm_operator.controllers.shell import strip
 from slm_operator.manifests import load_manifests
 from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig, deployment_spec_hash
@@ -255,6 +255,33 @@ def test_deleting_a_pool_gives_its_nodes_their_labels_back_and_removes_its_repli
     assert MIG_LAST_GOOD_ANNOTATION not in annotations and MIG_ROLLBACK_ANNOTATION not in annotations
     placed = _condition(fake.peek("SLMDeployment", "invoice-extractor", "agents"), "Placed")
     assert placed["status"] == "False" and placed["reason"] == "PoolNotFound"
+
+
+class _BarrierKube(FakeKube):
+    """Holds the first CREATE_CONCURRENCY pod creates until all of them are in flight (10 s at most)."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        super().__init__(*objects)
+        self.barrier = threading.Barrier(CREATE_CONCURRENCY)
+        self.arrived = 0
+        self.lock = threading.Lock()
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj["kind"] == "Pod":
+            with self.lock:
+                first, self.arrived = self.arrived < CREATE_CONCURRENCY, self.arrived + 1
+            if first:
+                self.barrier.wait(timeout=10)  # BrokenBarrierError when the creates go out one at a time
+        return super().create(obj)
+
+
+def test_a_pass_creates_its_pods_several_at_a_time() -> None:
+    fake = _BarrierKube(*_cluster().objects.values())
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    pools.reconcile("h100")
+    _gpu_operator_applies(fake)
+    pools.reconcile("h100")
+    assert len(fake.of_kind("Pod")) == 18 > CREATE_CONCURRENCY
 
 
 def test_a_pass_still_running_when_its_pool_is_deleted_leaves_no_replica_and_no_label_behind(

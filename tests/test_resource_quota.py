@@ -301,7 +301,8 @@ def test_the_shell_plans_within_the_quotas_it_lists() -> None:
 
 
 def test_a_pod_the_api_server_refuses_for_a_quota_becomes_the_condition_not_a_retry_storm() -> None:
-    fake = _QuotaRefusingKube(*_cluster().objects.values())
+    # the quota the API server enforces: on memory, which the core does not plan within
+    fake = _QuotaRefusingKube(*_cluster(_quota("team-memory", {"requests.memory": "8Gi"})).objects.values())
     pools = PoolReconciler(fake.as_kube(), CFG)
     pools.reconcile("h100")
     _gpu_operator_applies(fake)
