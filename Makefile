@@ -138,6 +138,10 @@ bench-autoscale: $(STAMP) k8s-bin ## Autoscaling: GPU-hours of a bursty day vs f
 bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
 	$(BIN)/python bench/e2e_scale.py
 
+.PHONY: soak
+soak: $(STAMP) k8s-bin ## SOAK_MINUTES (30) of random create/delete/scale on the local control plane: memory, threads, fds, log
+	$(BIN)/python bench/soak.py
+
 ##@ Local cluster and demo
 .PHONY: k8s-bin
 k8s-bin: ## Build kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm from Go modules (cached)

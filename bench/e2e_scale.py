@@ -15,6 +15,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +90,35 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def main() -> int:
-    n = int(os.environ.get("BENCH_DEPLOYMENTS", "200"))
-    out_path = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out" / "e2e.json"))
-    name = "bench-e2e"
+@dataclass
+class Stack:
+    """A fresh local control plane with the NVIDIA simulator and slm-operator running (their logs in log_dir)."""
+
+    kubeconfig: str
+    kc: list[str]
+    operator: subprocess.Popen[bytes]
+    metrics_port: int
+    log_dir: Path
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        r = subprocess.run([*self.kc, *args], input=stdin, capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"kubectl {' '.join(args[:2])} failed: {r.stderr}")
+        return r.stdout
+
+    def proc_status(self) -> dict[str, int]:
+        """The operator's /proc/PID/status sizes in KiB (VmRSS, VmHWM) and its thread count."""
+        out = {}
+        for line in Path(f"/proc/{self.operator.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+        return out
+
+
+@contextmanager
+def stack(name: str, resync_seconds: int = 30) -> Iterator[Stack]:
+    """Start the stack (removing a cluster of that name first); stop and remove it on the way out."""
     bin_dir = Path(sh(str(REPO / "e2e/cluster/bin-dir.sh")).strip())
     sh(str(REPO / "e2e/cluster/down.sh"), name)
     kubeconfig = sh(str(REPO / "e2e/cluster/up.sh"), name).strip().splitlines()[-1]
@@ -114,11 +142,28 @@ def main() -> int:
         op = subprocess.Popen(
             [sys.executable, "-m", "slm_operator", "run", "--kubeconfig", kubeconfig, "--namespace", "slm-system",
              "--metrics-listen", f"127.0.0.1:{port}", "--health-listen", ""],
-            cwd=REPO, env={**env, "SLM_RESYNC_SECONDS": "30"},
+            cwd=REPO, env={**env, "SLM_RESYNC_SECONDS": str(resync_seconds)},
             stdout=(log_dir / "operator.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         procs.append(op)
         time.sleep(3)
+        yield Stack(kubeconfig, kc, op, port, log_dir)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sh(str(REPO / "e2e/cluster/down.sh"), name)
+
+
+def main() -> int:
+    n = int(os.environ.get("BENCH_DEPLOYMENTS", "200"))
+    out_path = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out" / "e2e.json"))
+    with stack("bench-e2e") as st:
+        kc, port = st.kc, st.metrics_port
         docs = manifests(n)
         t0 = time.monotonic()
         r = subprocess.run(
@@ -151,8 +196,7 @@ def main() -> int:
             time.sleep(1)
         # time until the last change (the final 20 s of watching nothing happen are not counted)
         elapsed = (time.monotonic() if running >= n else stable_since) - t0
-        status = Path(f"/proc/{op.pid}/status").read_text()
-        hwm_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+        hwm_kib = st.proc_status()["VmHWM"]
         m = scrape(port)
         deps = json.loads(sh(*kc, "get", "slmdeployments", "-n", "bench", "-o", "json"))["items"]
         placed = sum((d.get("status") or {}).get("placedReplicas", 0) for d in deps)
@@ -175,15 +219,6 @@ def main() -> int:
                 f"{running}/{n} replicas Running: the rest did not fit (placed {placed}); see the SLMDeployments status"
             )
         return 0
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        sh(str(REPO / "e2e/cluster/down.sh"), name)
 
 
 if __name__ == "__main__":
