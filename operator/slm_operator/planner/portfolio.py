@@ -4,8 +4,8 @@
 (docs/planner.md §5.1). For a pool of at most ``limits.max_gpus`` GPUs and ``limits.max_replicas`` replicas it
 runs the exact solver (``solve_exact(..., stable=True)``) within ``limits.budget_s`` of CP-SAT's deterministic
 time, hinted by the heuristic plan, and takes the exact plan only when it is better than the heuristic's by
-the solver's lexicographic objective (placed replicas by tier first, then GPUs used) and disturbs no running
-replica, GPU layout or node sharing mode that the heuristic's plan leaves alone. Otherwise, and when the budget
+the solver's lexicographic objective (placed replicas by tier first), needs no more GPUs for the same replicas,
+and disturbs no running replica, GPU layout or node sharing mode that the heuristic's plan leaves alone. Otherwise, and when the budget
 runs out, the heuristic's plan. When CP-SAT proves the heuristic's plan optimal too, the heuristic's plan is
 kept (the same objective at every level: no more GPUs).
 
@@ -138,6 +138,9 @@ def _choose(
             return "heuristic", f"{status}: not comparable with the heuristic's plan, not proven"
     elif objective is None or objective >= heuristic_objective:
         return "heuristic", f"{status}: the heuristic's plan is as good"
+    if _placed(exact) == _placed(heur) and exact.pool.gpus_used > heur.pool.gpus_used:
+        # better by co-location or whole-GPU penalties, which the objective ranks above GPUs: not worth a GPU
+        return "heuristic", f"{status}: the exact plan needs more GPUs for the same replicas"
     moved = more_disruption(exact, heur, current)
     if moved:
         return "heuristic", f"{status}: the exact plan disturbs {moved} the heuristic's leaves alone"
@@ -163,6 +166,14 @@ def more_disruption(candidate: Plan, reference: Plan, current: Sequence[CurrentP
         if n.sharing_changed and n.name in {c.node for c in current} and not ref_nodes.get(n.name, False):
             return f"node {n.name}'s sharing"
     return ""
+
+
+def _placed(plan: Plan) -> tuple[int, int, int]:
+    """Placed replicas by tier, Guaranteed first."""
+    by_tier = {"Guaranteed": 0, "Burstable": 0, "BestEffort": 0}
+    for d in plan.deployments:
+        by_tier[d.qos] += d.placed
+    return (by_tier["Guaranteed"], by_tier["Burstable"], by_tier["BestEffort"])
 
 
 def _where(plan: Plan) -> dict[tuple[str, int], tuple[str, int, str, str | None]]:
