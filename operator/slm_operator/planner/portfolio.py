@@ -101,10 +101,14 @@ def portfolio_plan(
         return heuristic_plan(policy, nodes, demands, cur), None
     key = _fingerprint(policy, [_planned(n) for n in nodes], demands, cur, limits)
     question = _fingerprint(policy, [_structure(n) for n in nodes], demands, limits)
-    known = memo.get(key) or _towards(memo, question, cur)
-    if known is not None:
-        outcome = replace(known, key=key, solve_seconds=0.0)
+    same = memo.get(key)
+    if same is not None:
+        outcome = replace(same, solve_seconds=0.0)
         return outcome.plan or heuristic_plan(policy, nodes, demands, cur), outcome
+    towards = _towards(memo, question, cur)
+    if towards is not None and towards.plan is not None:
+        outcome = replace(towards, key=key, solve_seconds=0.0)
+        return _refreshed(towards.plan, policy, nodes, demands), outcome
     res = solve_exact(
         policy,
         nodes,
@@ -195,6 +199,24 @@ def _towards(
         if all(c in planned for c in current):
             return o
     return None
+
+
+def _refreshed(
+    plan: Plan, policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
+) -> Plan:
+    """A remembered exact plan with the fields it states relative to the inventory (``GpuPlan.reconfigure``,
+    ``NodePlan.mig_changed`` / ``sharing_changed``) as of the inventory now: the heuristic holding every one of its
+    placements, where that gives the same placements and node configurations; else the plan as it was."""
+    held = heuristic_plan(policy, nodes, demands, plan.placements())
+    if held.placements() != plan.placements() or held.pool.evictions or _configs(held) != _configs(plan):
+        return plan
+    return held.model_copy(update={"solver": plan.solver, "optimal": plan.optimal})
+
+
+def _configs(plan: Plan) -> tuple[object, ...]:
+    """What the plan configures: node sharing and MIG layouts, GPU modes and their reservations or segments."""
+    nodes = tuple((n.name, n.sharing, n.replicas_per_gpu, n.mig_layout) for n in plan.nodes)
+    return nodes, tuple((g.node, g.index, g.mode, g.reservation, g.segment) for g in plan.gpus)
 
 
 def _planned(node: NodeInventory) -> NodeInventory:
