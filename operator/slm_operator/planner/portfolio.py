@@ -96,9 +96,9 @@ def portfolio_plan(
 ) -> tuple[Plan, PortfolioOutcome | None]:
     """The pass's plan and, for a pool the exact solver may take on, the outcome to remember (None: a pool
     over the limits, with tenants, or no OR-Tools: the heuristic's plan, as before the portfolio)."""
-    cur = sorted(current, key=lambda c: (c.deployment, c.ordinal))
     if policy.tenants or not limits.admits(nodes, demands) or not solver_installed():
-        return heuristic_plan(policy, nodes, demands, cur), None
+        return heuristic_plan(policy, nodes, demands, current), None  # large pools: not even a sort more
+    cur = sorted(current, key=lambda c: (c.deployment, c.ordinal))
     key = _fingerprint(policy, [_planned(n) for n in nodes], demands, cur, limits)
     question = _fingerprint(policy, [_structure(n) for n in nodes], demands, limits)
     same = memo.get(key)
