@@ -10,6 +10,7 @@ from slm_operator.planner import (
     CurrentPlacement,
     Demand,
     ExactLimits,
+    ExactResult,
     NodeInventory,
     Plan,
     PoolPolicy,
@@ -164,3 +165,24 @@ def test_a_plan_that_moves_a_replica_the_heuristic_keeps_disturbs_more() -> None
     other = plan_pool(pol, apply_plan(H100, plan), _demands(), elsewhere)
     assert more_disruption(other, plan, current).startswith("replica ns/a#")
     assert more_disruption(plan, plan, current) == ""
+
+
+def test_an_exact_plan_better_only_by_penalties_ranked_above_gpus_is_not_worth_more_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CP-SAT's objective ranks a deployment's replicas on separate GPUs above GPUs used; the portfolio does not
+    pay GPUs for that. The solver's answer here is a plan with the same replicas on every GPU (the heuristic's
+    uses one), with a lower objective than the heuristic's."""
+    pol = PoolPolicy(name="p")
+    small = [
+        Demand(deployment=f"ns/c{i}", tier="Burstable", replicas=1, memory_bytes=8 * GiB) for i in range(4)
+    ]
+    heur = plan_pool(pol, H100, small)
+    spread = plan_pool(PoolPolicy(name="p", allowed_mechanisms=("Exclusive",)), H100, small)
+    assert spread.pool.replicas_placed == heur.pool.replicas_placed
+    assert spread.pool.gpus_used > heur.pool.gpus_used
+    answer = ExactResult(spread.model_copy(update={"solver": "exact", "optimal": False}), "FEASIBLE", 1, 2)
+    monkeypatch.setattr(portfolio_mod, "solve_exact", lambda *_a, **_k: answer)
+    plan, outcome = portfolio_plan(pol, H100, small, (), LIMITS, {})
+    assert plan == heur and outcome is not None and outcome.method == "heuristic"
+    assert outcome.status == "FEASIBLE: the exact plan needs more GPUs for the same replicas"
