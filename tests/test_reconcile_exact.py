@@ -89,19 +89,22 @@ def test_without_ortools_the_pass_plans_as_before_and_the_operator_says_so_once(
     d = decide(_small())
     assert d.plan is not None and d.plan.solver == "heuristic" and d.plan.pool.gpus_used == 5
     assert d.plan_memo == {}
-    # a handler of its own: another test's CLI run may have stopped the operator's loggers propagating
+    # a handler of its own on an enabled logger: another test's logging setup (the CLI's) may have disabled the
+    # operator's loggers or stopped them propagating
     seen: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("slm_operator.pools")
-    level = logger.level
+    level, disabled = logger.level, logger.disabled
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
+    logger.disabled = False
     try:
         pools.PoolReconciler(FakeKube(), EXACT)  # type: ignore[arg-type]
         pools.PoolReconciler(FakeKube(), OperatorConfig())  # type: ignore[arg-type]
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
     warned = [m for m in seen if "OR-Tools is not installed" in m]
     assert len(warned) == 1 and "[solver] extra" in warned[0]
