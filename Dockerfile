@@ -21,7 +21,10 @@ COPY operator/ ./operator/
 # at run time.
 # With the [advise] extra (scikit-learn, numpy: docs/loop.md): `slm-operator advise` runs from this image, and the
 # gateway loads the task classifier it publishes.
-RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize,advise]"]
+# With the [solver] extra (OR-Tools): the operator solves small pools exactly (docs/planner.md §5.1; the chart
+# turns it on). About 170 MB more (OR-Tools and pandas); imported only when a pool is small enough, when it adds
+# about 80 MiB to the operator's memory.
+RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize,advise,solver]"]
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -38,7 +41,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # Only the wheels built above, no index: the image holds exactly what stage 1 resolved. The bind mount keeps
 # the wheels out of the image's layers.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator[sanitize,advise]"]
+    ["python", "-m", "pip", "install", "--no-index", "--find-links=/wheels", "slm-operator[sanitize,advise,solver]"]
 # The chart mounts an emptyDir on /tmp and makes the root filesystem read-only.
 USER 65532:65532
 WORKDIR /tmp

@@ -541,18 +541,30 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
         "30",
         "--mig-rollback-seconds",
         "120",
+        "--exact-max-gpus",
+        "4",
+        "--exact-max-replicas",
+        "10",
+        "--exact-budget",
+        "0.5",
         capsys=capsys,
     )
     assert code == 1
     assert {dest: getattr(seen[0], dest) for dest, _ in RUN_FLAGS.values()} == dict(RUN_FLAGS.values())
     assert seen[0].leader_elect is True and seen[0].configmap_sync_seconds == 15.0
-    assert OperatorConfig.from_flags(seen[0]).node_lost_seconds == 30.0
-    assert OperatorConfig.from_flags(seen[0]).mig_rollback_seconds == 120.0
+    cfg = OperatorConfig.from_flags(seen[0])
+    assert cfg.node_lost_seconds == 30.0
+    assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (4, 10, 0.5)
+    assert cfg.mig_rollback_seconds == 120.0
     assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
     assert in_process("run", capsys=capsys)[0] == 0
     defaults = seen[0]
+    cfg = OperatorConfig.from_flags(defaults)
+    assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (8, 24, 0.0), (
+        "off by default (docs/planner.md §5.1)"
+    )
     assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
     assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")
     assert (defaults.autoscale_interval, defaults.gateway_selector) == (
@@ -1544,6 +1556,16 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
         "tests/test_reconcile_rollback.py::test_without_a_last_good_config_or_with_rollbacks_off_the_pool_is_degraded_as_before",
     ],
+    **{
+        ("run", f): [
+            "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+            "tests/test_reconcile_exact.py::"
+            "test_a_small_pool_gets_the_proven_optimum_and_pays_no_solve_once_its_inputs_stop_changing",
+            "tests/test_reconcile_exact.py::"
+            "test_pools_over_the_limits_and_the_default_config_plan_with_the_heuristic_alone",
+        ]
+        for f in ("--exact-max-gpus", "--exact-max-replicas", "--exact-budget")
+    },
     ("run", "--dial-map"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
         "tests/test_autoscaler.py::test_a_dial_map_reads_gateway_pods_at_their_mapped_address",

@@ -135,6 +135,12 @@ def test_observe_plan_sets_every_gauge(m: OperatorMetrics, plan: Plan) -> None:
     assert one(r, "slm_plan_duration_seconds_bucket", pool="p1", le="0.05") == 1
     assert one(r, "slm_plan_duration_seconds_bucket", pool="p1", le="0.025") == 0
     assert one(r, "slm_plan_timestamp_seconds", pool="p1") > 1.7e9
+    assert one(r, "slm_plan_method", pool="p1", method="heuristic") == 1
+    assert one(r, "slm_plan_method", pool="p1", method="exact") == 0
+    m.observe_plan("p1", plan.model_copy(update={"solver": "exact", "optimal": True}), 0.01, POLICY)
+    r = m.registry
+    assert one(r, "slm_plan_method", pool="p1", method="exact") == 1
+    assert one(r, "slm_plan_method", pool="p1", method="heuristic") == 0
 
 
 def test_series_of_vanished_deployments_are_removed(m: OperatorMetrics, plan: Plan) -> None:

@@ -786,6 +786,32 @@ def _add_show_parser(sub: Subparsers) -> None:
     p.set_defaults(func=_cmd_show)
 
 
+def _add_exact_flags(p: argparse.ArgumentParser) -> None:
+    """The exact solver in the operator's pass, for small pools (docs/planner.md §5.1)."""
+    p.add_argument(
+        "--exact-max-gpus",
+        type=int,
+        default=8,
+        help="pools of at most this many GPUs are also solved exactly (CP-SAT) when their inputs change; the "
+        "exact plan is taken where it is better and moves nothing the heuristic keeps (default %(default)s)",
+    )
+    p.add_argument(
+        "--exact-max-replicas",
+        type=int,
+        default=24,
+        help="...and of at most this many replicas in all; larger pools get the heuristic alone (default "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--exact-budget",
+        type=float,
+        default=0.0,
+        help="CP-SAT deterministic seconds per exact solve (about 1-4 s of CPU; the heuristic's plan when it "
+        "runs out; 3 proves optimality on the pools the default limits admit); 0, the default, turns the exact "
+        "solver off. Needs the [solver] extra (default %(default)s)",
+    )
+
+
 def _add_run_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run",
@@ -823,6 +849,7 @@ def _add_run_parser(sub: Subparsers) -> None:
         "layout for this long (doubled per failure of the same layout in a row, at most 8 times) before the new "
         "one is tried again once; 0 keeps the node failed and the pool Degraded (default %(default)s)",
     )
+    _add_exact_flags(p)
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune",

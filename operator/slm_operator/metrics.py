@@ -94,6 +94,12 @@ class OperatorMetrics:
         self.plan_timestamp = Gauge(
             "slm_plan_timestamp_seconds", "Unix time of the pool's last plan", ["pool"], registry=r
         )
+        self.plan_method = Gauge(
+            "slm_plan_method",
+            "1 for the method that produced the pool's last plan (heuristic, or the exact solver), 0 for the other",
+            ["pool", "method"],
+            registry=r,
+        )
         dep = ["pool", "namespace", "deployment", "tier"]
         self.replicas_desired = Gauge(
             "slm_replicas_desired", "Replicas an SLMDeployment asks for", dep, registry=r
@@ -319,6 +325,8 @@ class OperatorMetrics:
 
         p = plan.pool
         put(self.plan_timestamp, (pool_name,), time.time())
+        put(self.plan_method, (pool_name, "heuristic"), float(plan.solver == "heuristic"))
+        put(self.plan_method, (pool_name, "exact"), float(plan.solver == "exact"))
         for d in plan.deployments:
             ns, name = split_deployment(d.deployment)
             labels: _Labels = (pool_name, ns, name, d.qos)

@@ -32,6 +32,7 @@ from slm_operator.contract import (
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import now_rfc3339, strip, update_configmap, write_status
 from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
+from slm_operator.planner.portfolio import PortfolioOutcome, solver_installed
 from slm_operator.reconcile import (
     Decisions,
     World,
@@ -71,6 +72,14 @@ class PoolReconciler:
         self._pool_locks_guard = threading.Lock()
         # pod creates of a pass go out CREATE_CONCURRENCY at a time (shared by every pool's passes)
         self._creator = ThreadPoolExecutor(CREATE_CONCURRENCY, thread_name_prefix="create-pod")
+        # per pool, the exact solver's answers of its last pass (``Decisions.plan_memo``): handed back to the core
+        # so that a pool whose inputs did not change pays no solve
+        self._plan_memos: dict[str, dict[str, PortfolioOutcome]] = {}
+        if cfg.exact_budget_seconds > 0 and not solver_installed():
+            log.warning(
+                "OR-Tools is not installed: every pool is planned with the heuristic only (install the [solver] "
+                "extra, or pass --exact-budget=0 to silence this)"
+            )
 
     def _pool_lock(self, name: str) -> threading.Lock:
         with self._pool_locks_guard:
@@ -153,6 +162,7 @@ class PoolReconciler:
             pools=pools,
             resource_quotas=quotas,
             namespaces=namespaces,
+            plan_memo=self._plan_memos.get(pool.metadata.name, {}),
         )
 
     # ------------------------------------------------------------------------------ reconcile
@@ -172,6 +182,7 @@ class PoolReconciler:
             started = time.perf_counter()
             d = decide(world)
             seconds = time.perf_counter() - started
+            self._remember_plans(pool.metadata.name, d)
             if d.plan is not None:
                 metrics.observe_plan(
                     pool.metadata.name, d.plan, seconds, pool_policy(pool), _fragmentation(d), _node_states(d)
@@ -181,6 +192,19 @@ class PoolReconciler:
                 metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
             metrics.observe_mig_rollbacks(pool.metadata.name, d.mig_rollbacks)
         return d.waiting
+
+    def _remember_plans(self, pool: str, d: Decisions) -> None:
+        """Keep the pass's exact-solver answers for the pool's next pass; log each new solve."""
+        self._plan_memos[pool] = d.plan_memo
+        for o in d.plan_memo.values():
+            if o.solve_seconds > 0:
+                log.info(
+                    "pool %s: exact solver (%.2f deterministic s): %s; plan by the %s",
+                    pool,
+                    o.solve_seconds,
+                    o.status,
+                    o.method,
+                )
 
     def apply(self, world: World, d: Decisions) -> None:
         """Write the decisions: ConfigMaps and nodes first (the GPU Operator acts on them), then pods,
@@ -358,6 +382,7 @@ class PoolReconciler:
         for node in pool_nodes(selector_pool, nodes, others) if selector_pool else []:
             self._restore_node(node)
         metrics.forget_pool(name)
+        self._plan_memos.pop(name, None)
         # Deployments of the pool now have no pool: say so.
         for dep in self._deployments():
             if dep.spec.pool_ref.name == name:

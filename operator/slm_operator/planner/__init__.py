@@ -10,15 +10,18 @@ from __future__ import annotations
 from slm_operator.planner.entrypoints import (
     Consolidation,
     ConsolidationBudget,
+    ExactLimits,
     ExactResult,
     IncrementalPlanner,
     Move,
+    PortfolioOutcome,
     apply_plan,
     check_plan,
     consolidate,
     gc_paused,
     optimize_pool,
     plan_pool,
+    portfolio_plan,
     solve_exact,
 )
 from slm_operator.planner.model import (
@@ -50,6 +53,7 @@ __all__ = [
     "Demand",
     "DeploymentPlan",
     "Eviction",
+    "ExactLimits",
     "ExactResult",
     "GpuInventory",
     "GpuPlan",
@@ -61,6 +65,7 @@ __all__ = [
     "Plan",
     "PoolPlan",
     "PoolPolicy",
+    "PortfolioOutcome",
     "ReplicaPlacement",
     "Reservation",
     "Segment",
@@ -74,5 +79,6 @@ __all__ = [
     "gc_paused",
     "optimize_pool",
     "plan_pool",
+    "portfolio_plan",
     "solve_exact",
 ]

@@ -3,6 +3,8 @@
 * :func:`plan_pool`: plan one pool (the heuristic; ``optimize=True``: CP-SAT on small pools). The operator
   calls it on every reconcile pass with the running replicas as ``current``.
 * :func:`optimize_pool` / :func:`solve_exact`: the exact mode (``exact.py``).
+* :func:`portfolio_plan`: what the operator's pass plans with: the heuristic, and on small pools the exact
+  solver's plan where it is better and disturbs no more, remembered by input (``portfolio.py``).
 * :class:`IncrementalPlanner`: keeps the packer's state and re-plans only what changed (CLI and benchmark).
 * :func:`consolidate`: moves that free whole GPUs when the pool drifted from a fresh plan (``consolidate.py``).
 * :func:`check_plan`: every rule a plan must respect, as a list of violations.
@@ -10,7 +12,7 @@
 
 Lower modules never import this one, so the import graph has no cycle: ``model`` and ``mig`` at the bottom,
 then ``state``, the packer (``capacity``, ``targets``, ``packer``), ``heuristic``, ``assemble``, ``exact``,
-``incremental``, ``consolidate`` and ``invariants``, then this module; ``slm_operator.planner`` re-exports it.
+``incremental``, ``consolidate``, ``invariants`` and ``portfolio``, then this module; ``slm_operator.planner`` re-exports it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.incremental import IncrementalPlanner
 from slm_operator.planner.invariants import check_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy, apply_plan
+from slm_operator.planner.portfolio import ExactLimits, PortfolioOutcome, portfolio_plan
 
 
 def plan_pool(
@@ -46,14 +49,17 @@ def plan_pool(
 __all__ = [
     "Consolidation",
     "ConsolidationBudget",
+    "ExactLimits",
     "ExactResult",
     "IncrementalPlanner",
     "Move",
+    "PortfolioOutcome",
     "apply_plan",
     "check_plan",
     "consolidate",
     "gc_paused",
     "optimize_pool",
     "plan_pool",
+    "portfolio_plan",
     "solve_exact",
 ]

@@ -62,6 +62,9 @@ class ExactResult:
     status: str  # "OPTIMAL", "FEASIBLE", "FALLBACK: <why>"
     objective: int | None
     heuristic_objective: int | None
+    #: what the solve cost: wall-clock seconds and CP-SAT's deterministic time (0 when CP-SAT did not run)
+    wall_seconds: float = 0.0
+    deterministic_seconds: float = 0.0
 
 
 def optimize_pool(
@@ -92,7 +95,15 @@ def solve_exact(
     time_budget_s: float = 10.0,
     workers: int = 1,
     hint: bool = True,
+    stable: bool = False,
+    deterministic_budget_s: float | None = None,
 ) -> ExactResult:
+    """CP-SAT on the pool, hinted by the heuristic plan (which it returns when it cannot do better).
+
+    ``stable``: every running replica the heuristic keeps where it is must stay there (the operator's portfolio:
+    never more disruption than the heuristic); the result is then optimal among those plans.
+    ``deterministic_budget_s``: a limit in CP-SAT's deterministic time, so that the same inputs give the same
+    plan on any machine and under any load; ``time_budget_s`` stays the wall-clock cap."""
     cur = list(current)
     hctx = _heuristic(policy, nodes, demands, cur)
     heur_plan = build_plan(hctx)
@@ -121,23 +132,28 @@ def solve_exact(
         )
     b = _Builder(ctx, gpus, pins, frozen, node_modes, cp_model)
     b.build()
+    if stable:
+        b.keep_as(hctx)
     h_obj = None
     if hint:
         h_obj = b.hint_from(hctx)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.1, float(time_budget_s))
+    if deterministic_budget_s is not None:
+        solver.parameters.max_deterministic_time = max(0.01, float(deterministic_budget_s))
     solver.parameters.num_search_workers = max(1, workers)
     solver.parameters.random_seed = 0
     status = solver.Solve(b.m)
+    cost = (solver.WallTime(), solver.ResponseProto().deterministic_time)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return ExactResult(heur_plan, "FALLBACK: no solution within the time budget", None, h_obj)
+        return ExactResult(heur_plan, "FALLBACK: no solution within the time budget", None, h_obj, *cost)
     obj = round(solver.ObjectiveValue())
     if h_obj is not None and obj > h_obj:
-        return ExactResult(heur_plan, "FALLBACK: heuristic plan is better", obj, h_obj)
+        return ExactResult(heur_plan, "FALLBACK: heuristic plan is better", obj, h_obj, *cost)
     b.apply(solver)
     optimal = status == cp_model.OPTIMAL
     plan = build_plan(ctx, solver="exact", optimal=optimal)
-    return ExactResult(plan, "OPTIMAL" if optimal else "FEASIBLE", obj, h_obj)
+    return ExactResult(plan, "OPTIMAL" if optimal else "FEASIBLE", obj, h_obj, *cost)
 
 
 Pins = dict[int, tuple[Gpu, Mechanism, int]]
@@ -532,6 +548,21 @@ class _Builder:
         for u in self.used.values():
             terms.append(w["gpu"] * u)
         m.Minimize(sum(terms))
+
+    def keep_as(self, hctx: Context) -> None:
+        """Every running replica the heuristic plan (``hctx``) keeps on its GPU, share and profile stays there
+        in this model too (a replica whose place the model cannot express is left free: the caller compares
+        the plans)."""
+        kept = {
+            (r.dep.key, r.ordinal): (r.gpu.gid, r.mech or Mechanism.EXCLUSIVE, r.prof)
+            for r in hctx.reps
+            if r.gpu is not None
+        }
+        for ri, v in self.stay.items():
+            r = self.ctx.reps[ri]
+            g, mech, prof = self.pins[id(r)]
+            if kept.get((r.dep.key, r.ordinal)) == (g.gid, mech, prof):
+                self.m.Add(v == 1)
 
     # -------------------------------------------------------------------------------------------- hint / result
     def hint_from(self, hctx: Context) -> int | None:

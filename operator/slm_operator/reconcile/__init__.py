@@ -31,8 +31,8 @@ from typing import Any
 
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy
-from slm_operator.planner import plan_pool
 from slm_operator.planner.model import CurrentPlacement, Demand, Plan, PoolPolicy
+from slm_operator.planner.portfolio import ExactLimits, PortfolioOutcome, portfolio_plan
 from slm_operator.reconcile.consolidation import (
     begin_moves,
     finish_moves,
@@ -98,9 +98,11 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     step = plan_consolidation(world, policy, nodes.inventories, sizings.demands, current)
     # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed, and the
     #    shares moves hold, within the namespaces' ResourceQuotas: re-planned with lower demands while a quota
-    #    holds new replicas back (no more remembered replicas than a quota admits: caps).
+    #    holds new replicas back (no more remembered replicas than a quota admits: caps). Small pools: the
+    #    exact solver's plan where it is better and disturbs no more (planner/portfolio.py), remembered by input.
+    outcomes: dict[str, PortfolioOutcome] = {}
     within = plan_within_quotas(
-        _planner(world, policy, nodes, step.view.current, current, serving),
+        _planner(world, policy, nodes, step.view.current, current, serving, outcomes),
         step.view.demands,
         read_quotas(world.resource_quotas),
         world.pods,
@@ -169,6 +171,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
             {name: NodeTarget(nodes.by_name[name].view, nc) for name, nc in configs.by_node.items()}
         ),
         mig_failed=dict(configs.mig_failed),
+        plan_memo=outcomes,
     )
 
 
@@ -179,11 +182,15 @@ def _planner(
     view_current: Sequence[CurrentPlacement],
     current: Sequence[CurrentPlacement],
     serving: Sequence[Mapping[str, Any]],
+    outcomes: dict[str, PortfolioOutcome],
 ) -> Callable[[Sequence[Demand], Mapping[str, int]], Plan]:
     """``plan_for(demands, caps)`` for :func:`plan_within_quotas`: the pool planned from the consolidation step's
     view of the running replicas (moves hold their other share), less the replicas that only the deployments'
-    status remembers beyond what a ResourceQuota admits (``caps``)."""
+    status remembers beyond what a ResourceQuota admits (``caps``). Each exact-solver answer goes into
+    ``outcomes`` (the shell hands them back as ``world.plan_memo`` on the pool's next pass)."""
     known = {(c.deployment, c.ordinal) for c in current}
+    cfg = world.cfg
+    limits = ExactLimits(cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds)
 
     def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
         pinned = list(view_current)
@@ -194,6 +201,9 @@ def _planner(
                 for c in pinned
                 if (c.deployment, c.ordinal) in admitted or (c.deployment, c.ordinal) not in known
             ]
-        return plan_pool(policy, nodes.inventories, demands, pinned)
+        plan, outcome = portfolio_plan(policy, nodes.inventories, demands, pinned, limits, world.plan_memo)
+        if outcome is not None:
+            outcomes[outcome.key] = outcome
+        return plan
 
     return plan_for

@@ -16,6 +16,7 @@ from slm_operator.api.v1alpha1 import (
 )
 from slm_operator.events import Event
 from slm_operator.planner.model import Plan
+from slm_operator.planner.portfolio import PortfolioOutcome
 from slm_operator.render import NodeConfig, OperatorConfig
 
 
@@ -40,6 +41,9 @@ class World:
 
     # Namespace name -> its labels (read only for a pool with tenants: they map deployments to tenants)
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the exact solver's answers of this pool's last pass (``Decisions.plan_memo``), kept by the shell: unchanged
+    # inputs get the remembered answer instead of a new solve (planner/portfolio.py)
+    plan_memo: Mapping[str, PortfolioOutcome] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class Decisions:
     mig_failed: dict[str, str] = field(
         default_factory=dict
     )  # node -> MIG config mig-manager failed every try
+    # the exact solver's answers of this pass by input fingerprint (empty: no pool it may take on): the shell
+    # hands them back as the next pass's ``World.plan_memo``
+    plan_memo: dict[str, PortfolioOutcome] = field(default_factory=dict)
 
 
 class ReplicaKey(NamedTuple):

@@ -85,6 +85,12 @@ class OperatorConfig:
     #: layout is tried again (doubled per failure of the same layout in a row, capped; 0: no rollback, the node
     #: stays failed and the pool Degraded as with an operator before rollbacks).
     mig_rollback_seconds: float = 600.0
+    #: The exact solver in the operator's pass (planner/portfolio.py): pools of at most this many GPUs and
+    #: replicas, within this many CP-SAT deterministic seconds per solve; 0 s (the default here, and for
+    #: ``plan --emit``): the heuristic only. ``slm-operator run`` and the chart turn it on (docs/planner.md §5.1).
+    exact_max_gpus: int = 8
+    exact_max_replicas: int = 24
+    exact_budget_seconds: float = 0.0
 
     @classmethod
     def from_flags(cls, flags: Any) -> OperatorConfig:
@@ -98,6 +104,9 @@ class OperatorConfig:
             configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
             node_lost_seconds=getattr(flags, "node_lost_seconds", default.node_lost_seconds),
             mig_rollback_seconds=getattr(flags, "mig_rollback_seconds", default.mig_rollback_seconds),
+            exact_max_gpus=getattr(flags, "exact_max_gpus", default.exact_max_gpus),
+            exact_max_replicas=getattr(flags, "exact_max_replicas", default.exact_max_replicas),
+            exact_budget_seconds=getattr(flags, "exact_budget", default.exact_budget_seconds),
             priority_classes={
                 "Guaranteed": flags.priority_class_guaranteed,
                 "Burstable": flags.priority_class_burstable,
