@@ -3,7 +3,8 @@
 Applies 200 SLMDeployments at once to a fresh cluster (2 x 8 H100, 1 x 8 A100, 2 x 4 L4 simulated GPUs; three
 GPUPools) with slm-operator and the NVIDIA simulator running, and reports: the time from `kubectl apply` to every
 replica pod Running, the operator's peak memory (VmHWM), and Kubernetes API requests per planning pass (from the
-operator's own metrics). Writes JSON to $BENCH_OUT (default bench/out/e2e.json).
+operator's own metrics). Writes JSON to $BENCH_OUT (default bench/out/e2e.json). $BENCH_OPERATOR_ARGS adds
+operator flags (e.g. ``--configmap-sync-seconds 5`` to take the kubelet's ConfigMap sync wait out of the figure).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def stack(name: str, resync_seconds: int = 30) -> Iterator[Stack]:
         port = free_port()
         op = subprocess.Popen(
             [sys.executable, "-m", "slm_operator", "run", "--kubeconfig", kubeconfig, "--namespace", "slm-system",
-             "--metrics-listen", f"127.0.0.1:{port}", "--health-listen", ""],
+             "--metrics-listen", f"127.0.0.1:{port}", "--health-listen", "",
+             *os.environ.get("BENCH_OPERATOR_ARGS", "").split()],
             cwd=REPO, env={**env, "SLM_RESYNC_SECONDS": str(resync_seconds)},
             stdout=(log_dir / "operator.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
