@@ -21,8 +21,8 @@ COPY operator/ ./operator/
 # at run time.
 # With the [advise] extra (scikit-learn, numpy: docs/loop.md): `slm-operator advise` runs from this image, and the
 # gateway loads the task classifier it publishes.
-# With the [solver] extra (OR-Tools): the operator solves small pools exactly (docs/planner.md §5.1; the chart
-# turns it on). About 170 MB more (OR-Tools and pandas); imported only when a pool is small enough, when it adds
+# With the [solver] extra (OR-Tools): the operator can solve small pools exactly (docs/planner.md §5.1; off by
+# default, the chart's operator.exactSolver.budgetSeconds turns it on). About 170 MB more (OR-Tools and pandas); imported only when a pool is small enough, when it adds
 # about 80 MiB to the operator's memory.
 RUN ["python", "-m", "pip", "wheel", "--wheel-dir=/wheels", ".[sanitize,advise,solver]"]
 

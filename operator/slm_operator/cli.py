@@ -846,7 +846,7 @@ def _add_run_parser(sub: Subparsers) -> None:
         type=float,
         default=600.0,
         help="when mig-manager fails a node's new MIG layout on every try, the node goes back to its last good "
-        "layout for this long (doubled per failure of the same layout in a row, at most 8 times) before the new "
+        "layout for this long (doubled per failure in a row on the node, at most 8 times) before the new "
         "one is tried again once; 0 keeps the node failed and the pool Degraded (default %(default)s)",
     )
     _add_exact_flags(p)

@@ -82,12 +82,13 @@ class OperatorConfig:
     #: (while it is shorter, nothing new is placed on the node and its replicas wait for it to come back).
     node_lost_seconds: float = 60.0
     #: How long a node whose new MIG layout mig-manager failed is held on its last good one before the new
-    #: layout is tried again (doubled per failure of the same layout in a row, capped; 0: no rollback, the node
+    #: layout is tried again (doubled per failure in a row on the node, capped; 0: no rollback, the node
     #: stays failed and the pool Degraded as with an operator before rollbacks).
     mig_rollback_seconds: float = 600.0
     #: The exact solver in the operator's pass (planner/portfolio.py): pools of at most this many GPUs and
     #: replicas, within this many CP-SAT deterministic seconds per solve; 0 s (the default here, and for
-    #: ``plan --emit``): the heuristic only. ``slm-operator run`` and the chart turn it on (docs/planner.md §5.1).
+    #: ``plan --emit``): the heuristic only. ``slm-operator run --exact-budget`` and the chart's
+    #: ``operator.exactSolver.budgetSeconds`` turn it on; both default to 0 too (docs/planner.md §5.1).
     exact_max_gpus: int = 8
     exact_max_replicas: int = 24
     exact_budget_seconds: float = 0.0
