@@ -7,7 +7,9 @@ deleted and as many new ones arrive), then:
 * ``churn``: ``plan_pool(policy, nodes, demands, current)`` with the replicas of the previous round running,
   the inventory as the previous plan left it (``apply_plan``);
 * ``churn-consolidated``: the same re-plan, then ``consolidate`` with ``max_moves`` = the budget's share of the
-  running replicas, the moves done, and a re-plan of the result (which must move nothing).
+  running replicas, the moves done, and a re-plan of the result (which must move nothing); again with what the
+  budget has left, as the operator's next passes would once the moves are done, until a call moves nothing
+  (at most ``CALLS`` calls per round).
 
 One JSON row per round and method: ``gpusUsed`` after the round, ``gpusFresh`` (a fresh plan of the round's
 demands), ``replicasMoved`` (replicas the re-plan evicted plus consolidation moves).
@@ -28,6 +30,9 @@ FRACTION = 0.10
 #: share of the running replicas consolidation may move per round
 BUDGET_PERCENT = 2.0
 THRESHOLD_PERCENT = 2.0
+#: consolidation calls per round at most (the operator's passes within the hour, each with what the budget has
+#: left once the moves before are done)
+CALLS = 4
 
 
 def run_churn(
@@ -76,36 +81,55 @@ def run_churn(
         budget = ConsolidationBudget(
             max_moves=int(len(cur) * budget_percent / 100), threshold_percent=threshold_percent
         )
-        t0, c0 = time.perf_counter(), time.process_time()
-        c = consolidate(w.policy, nodes, demands, cur, budget)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-        after = plan_pool(w.policy, nodes, demands, c.placements)
-        state["churn-consolidated"] = (apply_plan(nodes, after), after.placements())
+        running, before, used = len(cur), None, plan.pool.gpus_used
+        moves = freed = nodes_freed = replan_moved = calls = break_first = 0
+        seconds = cpu = 0.0
+        # the operator's passes within the hour: consolidate, the moves done, again with what the budget has
+        # left, until a call moves nothing (``CALLS`` at most)
+        for _ in range(CALLS):
+            left = budget.model_copy(update={"max_moves": budget.max_moves - moves})
+            t0, c0 = time.perf_counter(), time.process_time()
+            c = consolidate(w.policy, nodes, demands, cur, left)
+            seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
+            calls += 1
+            before = c.gpus_used if before is None else before
+            after = plan_pool(w.policy, nodes, demands, c.placements)
+            nodes, cur, used = apply_plan(nodes, after), after.placements(), after.pool.gpus_used
+            if not c.moves:
+                break
+            moves += len(c.moves)
+            break_first += sum(1 for m in c.moves if not m.make_before_break)
+            freed, nodes_freed = freed + c.gpus_freed, nodes_freed + len(c.nodes_freed)
+            replan_moved += len(after.pool.evictions)
+        state["churn-consolidated"] = (nodes, cur)
         row = _row(
             w.name,
             pool,
             seed,
             "churn-consolidated",
             rnd,
-            after.pool.gpus_used,
+            used,
             fresh,
-            len(plan.pool.evictions) + len(c.moves) + len(after.pool.evictions),
-            len(cur),
+            len(plan.pool.evictions) + moves + replan_moved,
+            running,
         )
         row.update(
-            consolidationMoves=len(c.moves),
+            consolidationMoves=moves,
+            breakBeforeMakeMoves=break_first,
+            consolidateCalls=calls,
             maxMoves=budget.max_moves,
-            gpusBeforeConsolidation=c.gpus_used,
-            gpusFreed=c.gpus_freed,
-            nodesFreed=len(c.nodes_freed),
-            replanMovedAfterConsolidation=len(after.pool.evictions),
+            gpusBeforeConsolidation=before,
+            gpusFreed=freed,
+            nodesFreed=nodes_freed,
+            replanMovedAfterConsolidation=replan_moved,
             consolidateSeconds=round(seconds, 3),
             consolidateCpuSeconds=round(cpu, 3),
         )
         rows.append(row)
         print(
-            f"  round {rnd:>2}: stable {rows[-2]['gpusUsed']} GPUs, consolidated {row['gpusUsed']} GPUs "
-            f"({len(c.moves)} moves of {budget.max_moves} allowed, {seconds:.2f} s, {cpu:.2f} s CPU), fresh {fresh}",
+            f"  round {rnd:>2}: stable {rows[-2]['gpusUsed']} GPUs, consolidated {used} GPUs "
+            f"({moves} moves, {break_first} break-before-make, of {budget.max_moves} allowed, {calls} calls, "
+            f"{seconds:.2f} s, {cpu:.2f} s CPU), fresh {fresh}",
             file=sys.stderr,
         )
     return rows

@@ -215,3 +215,84 @@ def test_an_operator_killed_mid_move_finishes_it_without_a_duplicate(
     )
     (record,) = _pool_obj(cluster, pools[0])["status"]["consolidation"]["recentMoves"]
     assert (record["replica"], record["outcome"]) == (1, "Completed")
+
+
+def test_besteffort_replicas_move_break_before_make_where_only_their_node_configured_anew_frees_a_gpu(
+    cluster: Cluster,
+    operator: Operator,  # noqa: F811
+    pools: list[str],  # noqa: F811
+    ns: str,
+) -> None:
+    """Four BestEffort deployments fill two GPUs of gpu-l4-0 (MPS, two clients per GPU). The pool then allows
+    four clients per GPU: one GPU would hold them all, but no client slot is free while they run and no other
+    node is in the pool, so make-before-break frees nothing. The replicas move break-before-make: their old pods
+    are deleted together, the node takes the new MPS config, and they start again on one GPU; events, the
+    budget's record and the metric say so, and Argo CD calls everything Healthy once it is done."""
+    name = f"bbm-{ns}"
+    pools.append(name)
+    budget = {"enabled": True, "maxMovesPerHour": 4, "readyTimeout": "5m"}
+    spec = {
+        "sharing": {"mechanisms": ["MPS"], "mps": {"maxClientsPerGPU": 2}},
+        "disruption": {"consolidation": budget},
+    }
+    kubectl_apply(cluster, [pool(name, node=NODES[0], **spec)])
+    res = {"resources": {"gpuMemory": "5Gi"}}
+    names = ("bw", "bx", "by", "bz")  # not "y": YAML 1.1 reads it as a boolean
+    kubectl_apply(cluster, [dep(n, name, MODEL, 1, "BestEffort", **res) for n in names], ns)
+    for n in names:
+        wait_ready(cluster, ns, n)
+    before = _where(cluster, ns)
+    assert len({gpu for _, gpu in before.values()}) == 2, before
+    label_before = cluster.labels(NODES[0]).get(DEVICE_PLUGIN_CONFIG_LABEL)
+
+    cluster.kubectl(
+        "patch",
+        f"gpupool/{name}",
+        "--type=merge",
+        "-p",
+        '{"spec": {"sharing": {"mps": {"maxClientsPerGPU": 4}}}}',
+    )
+
+    def done() -> bool:
+        now = _where(cluster, ns)
+        ready = _ready_by_deployment(cluster, ns)
+        st = (_pool_obj(cluster, name).get("status") or {}).get("consolidation") or {}
+        return (
+            len(now) == 4
+            and len({gpu for _, gpu in now.values()}) == 1
+            and all(ready[n] == 1 for n in names)
+            and st.get("gpusUsed") == st.get("gpusFresh") == 1
+        )
+
+    wait_for(done, CONVERGE + 120, "the four replicas back on one GPU of gpu-l4-0", interval=0.5)
+    assert cluster.labels(NODES[0]).get(DEVICE_PLUGIN_CONFIG_LABEL) != label_before
+    st = _pool_obj(cluster, name)["status"]
+    records = st["consolidation"]["recentMoves"]
+    assert sorted((r["deployment"], r["outcome"]) for r in records) == [
+        (f"{ns}/{n}", "BreakBeforeMake") for n in names
+    ]
+    assert all("break-before-make" in r["reason"] for r in records)
+
+    def events() -> list[str] | None:
+        evs = cluster.core.list_namespaced_event(ns).items
+        moved = sorted(str(e.involved_object.name) for e in evs if e.reason == "MovedBreakBeforeMake")
+        return moved if len(moved) >= 4 else None
+
+    assert wait_for(events, 30, "MovedBreakBeforeMake events") == list(names)
+    samples = scrape(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+    moves = {
+        s.labels["outcome"]: s.value
+        for s in samples["slm_consolidation_moves_total"].samples
+        if s.labels.get("pool") == name and s.name.endswith("_total")
+    }
+    assert moves.get("BreakBeforeMake") == 4 and not moves.get("InFlight"), moves
+
+    def healthy() -> bool:
+        obj = _pool_obj(cluster, name)
+        deps = [get_dep(cluster.api, ns, n) for n in names]
+        return argocd_health("GPUPool", obj)["status"] == "Healthy" and all(
+            argocd_health("SLMDeployment", d)["status"] == "Healthy" for d in deps
+        )
+
+    wait_for(healthy, 60, "Argo CD health Healthy after the moves")
+    assert_pods_where_planned(cluster, ns)

@@ -257,3 +257,25 @@ def test_a_drain_starts_a_deployments_second_move_and_moves_onto_a_refilled_node
     assert startable([a, b, onto_x], ("BestEffort",)) == (a, b)
     # once the node is empty the planner proposes the move again, with nothing before it
     assert startable([onto_x], ("BestEffort",)) == (onto_x,)
+
+
+def test_moves_back_onto_a_node_drained_in_place_start_all_together_after_its_other_moves() -> None:
+    """A node drained in place: the make-before-break move off it starts first; its BestEffort replicas' moves
+    back onto it (break-before-make, ``after_node`` their own node) start in one later batch, all of them, or
+    not at all (half of them restarted under the node's new config next to the others under the old one would
+    be no legal state)."""
+    off = _move("ns/v", ("x", 1), ("other", 0))
+    back = [
+        _move(f"ns/{k}", ("x", i), ("x", 0), tier="BestEffort", mbb=False).model_copy(
+            update={"after_node": "x"}
+        )
+        for i, k in ((0, "b"), (0, "c"), (1, "d"))
+    ]
+    assert startable([off, *back], ("BestEffort",)) == (off,)
+    # the planner proposes them again once the node holds only them
+    assert startable(back, ("BestEffort",)) == tuple(back)
+    assert startable(back, ()) == ()
+    again = back[2].model_copy(update={"deployment": "ns/b"})  # two replicas of a deployment: neither starts
+    assert startable([*back[:2], again], ("BestEffort",)) == ()
+    other = _move("ns/e", ("y", 0), ("z", 0))
+    assert startable([other, *back], ("BestEffort",)) == (other, *back)

@@ -1,5 +1,6 @@
 """Consolidation (planner/consolidate.py, docs/planner.md §4.9): moves that free whole GPUs when a churned pool
-uses more GPUs than a fresh plan, within a disruption budget, cheapest first, make-before-break."""
+uses more GPUs than a fresh plan, within a disruption budget, cheapest first, make-before-break; and a node drained
+in place whose BestEffort replicas move break-before-make (§4.9 step 7)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from slm_operator.planner import (
     Demand,
     GpuInventory,
     MigInstance,
+    Move,
     NodeInventory,
     PoolPolicy,
     ShareRequest,
@@ -269,6 +271,78 @@ def test_a_drain_moves_two_replicas_of_a_deployment_in_sequence() -> None:
     assert c.gpus_freed >= 1
 
 
+def _wasteful_mps(tier: str) -> tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]]:
+    """Four 9 GiB replicas on an MPS node with two clients per GPU (two GPUs), and no other node: no share is
+    free while they run, so make-before-break empties nothing; one GPU with eight clients holds all four."""
+    mps = ShareRequest(mechanism="MPS")
+    dem = [demand(f"ns/u{i}", tier, 1, 9, share=mps) for i in range(4)]
+    cur = [_at(f"ns/u{i}", 0, "mps", i // 2, "MPS") for i in range(4)]
+    return [_mps_node("mps", 2, clients=2)], dem, cur
+
+
+def test_besteffort_replicas_break_first_where_no_share_is_free_while_they_run() -> None:
+    """The node is drained in place: its BestEffort replicas stop, the node is configured anew (eight MPS
+    clients per GPU) and they start again on one GPU. One GPU freed, each replica moved once, the moves
+    break-before-make and saying so, and a re-plan keeps the result."""
+    nodes, dem, cur = _wasteful_mps("BestEffort")
+    budget = ConsolidationBudget(max_moves=4, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    assert (c.gpus_used, c.gpus_fresh, c.gpus_freed) == (2, 1, 1)
+    assert sorted(m.deployment for m in c.moves) == [f"ns/u{i}" for i in range(4)]
+    assert {(m.target.node, m.target.gpu_index, m.make_before_break, m.after_node) for m in c.moves} == {
+        ("mps", 0, False, "mps")
+    }
+    assert all("break-before-make" in m.reason for m in c.moves)
+    _check(POLICY, nodes, dem, cur, c, budget)
+    replanned = plan_pool(POLICY, nodes, dem, c.placements)
+    assert [n.replicas_per_gpu for n in replanned.nodes] == [8]
+
+
+def test_no_break_first_for_other_tiers_nor_when_the_budget_says_no() -> None:
+    """Burstable and Guaranteed replicas never break first; nor BestEffort ones when the budget lets no tier
+    break first, or has room for part of the node only (half a drain frees nothing)."""
+    for tier in ("Burstable", "Guaranteed"):
+        nodes, dem, cur = _wasteful_mps(tier)
+        c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10, threshold_percent=0))
+        assert c.moves == () and c.gpus_freed == 0, tier
+    nodes, dem, cur = _wasteful_mps("BestEffort")
+    for budget in (
+        ConsolidationBudget(max_moves=10, threshold_percent=0, break_before_make_tiers=()),
+        ConsolidationBudget(max_moves=3, threshold_percent=0),
+        ConsolidationBudget(max_moves=10, threshold_percent=0, busy=frozenset({"ns/u2"})),
+    ):
+        assert consolidate(POLICY, nodes, dem, cur, budget).moves == (), budget
+
+
+def test_make_before_break_is_preferred_and_comes_first() -> None:
+    """Where an idle node can take the replicas, they move there make-before-break (no break-first move); on a
+    node drained in place, a Burstable replica moves elsewhere make-before-break before the BestEffort
+    replicas stop."""
+    nodes, dem, cur = _wasteful_mps("BestEffort")
+    spare = [*nodes, _mps_node("spare", 2, clients=2)]
+    c = consolidate(POLICY, spare, dem, cur, ConsolidationBudget(max_moves=4, threshold_percent=0))
+    assert c.moves and all(m.make_before_break for m in c.moves)
+
+    # no GPU empties into the one free client slot (the other node's); drained in place, the node's Burstable
+    # replica v takes that slot make-before-break first, then the BestEffort replicas break first
+    mps = ShareRequest(mechanism="MPS")
+    nodes = [_mps_node("mps", 2, clients=2), _mps_node("other", 1, clients=2)]
+    dem = [demand(f"ns/{k}", "BestEffort", 1, 9, share=mps) for k in "bcd"]
+    dem += [demand(f"ns/{k}", "Burstable", 1, 9, share=mps) for k in "vx"]
+    cur = [
+        _at("ns/b", 0, "mps", 0, "MPS"),
+        _at("ns/c", 0, "mps", 0, "MPS"),
+        _at("ns/d", 0, "mps", 1, "MPS"),
+        _at("ns/v", 0, "mps", 1, "MPS"),
+        _at("ns/x", 0, "other", 0, "MPS"),
+    ]
+    budget = ConsolidationBudget(max_moves=4, threshold_percent=0)
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    _check(POLICY, nodes, dem, cur, c, budget)
+    got = [(m.deployment, m.target.node, m.target.gpu_index, m.make_before_break) for m in c.moves]
+    assert got[0] == ("ns/v", "other", 0, True), got
+
+
 # ------------------------------------------------------------------------------------------------ properties
 
 
@@ -331,9 +405,11 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     # opens GPUs there with any mode or layout): no node config changes under a running replica
     configured = tuple(nodes)
     state = {(p.deployment, p.ordinal): p for p in cur}
-    for m in c.moves:
+    for i, m in enumerate(c.moves):
+        if not m.make_before_break:
+            _check_break_first(pol, configured, dem, c.moves, i, state, budget)
+            continue
         assert state[(m.deployment, m.ordinal)] == m.source
-        assert m.make_before_break  # every target is free while its source is held
         if m.after_node is not None:
             # onto a node emptied first to take a new config: none of the replicas it ran is left there
             assert m.target.node == m.after_node
@@ -370,6 +446,38 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     assert list(costs.values()) == sorted(costs.values())
     # deterministic
     assert consolidate(pol, nodes, dem, cur, budget) == c
+
+
+def _check_break_first(
+    pol: PoolPolicy,
+    nodes: Sequence[NodeInventory],
+    dem: list[Demand],
+    moves: Sequence[Move],
+    i: int,
+    state: dict[tuple[str, int], CurrentPlacement],
+    budget: ConsolidationBudget,
+) -> None:
+    """A break-before-make move (``moves[i]``): only of a tier the budget lets break first, back onto its own
+    node drained in place, after every make-before-break move off that node. The moves onto the node start
+    together (their old pods are deleted in one pass): the state with all of them stopped is legal and leaves
+    the node empty (so it may be configured anew), and the state with all of them started on their targets is
+    legal. The first move of the group checks and applies the whole group; the others find it done."""
+    m = moves[i]
+    assert m.tier == "BestEffort" and m.tier in budget.break_before_make_tiers, m
+    assert m.after_node == m.source.node == m.target.node, m
+    group = [x for x in moves if not x.make_before_break and x.after_node == m.after_node]
+    if m is not group[0]:
+        assert state[(m.deployment, m.ordinal)] == m.target  # the group's first move applied it
+        return
+    assert all(state[(x.deployment, x.ordinal)] == x.source for x in group)
+    assert moves[i : i + len(group)] == tuple(group), "the moves back onto a node come together"
+    assert len({x.deployment for x in group}) == len(group), "one replica of a deployment at a time"
+    stopped = {k: p for k, p in state.items() if k not in {(x.deployment, x.ordinal) for x in group}}
+    assert not [p for p in stopped.values() if p.node == m.after_node], "the node is empty before it restarts"
+    assert _held(pol, nodes, dem, list(stopped.values())) == []
+    for x in group:
+        state[(x.deployment, x.ordinal)] = x.target
+    assert _held(pol, nodes, dem, list(state.values())) == []
 
 
 @st.composite
@@ -548,3 +656,63 @@ def test_churn_replay_rows() -> None:
             assert r["consolidationMoves"] <= r["maxMoves"] == int(r["runningReplicas"] * 0.02)
             assert r["replanMovedAfterConsolidation"] == 0
             assert r["gpusUsed"] <= r["gpusBeforeConsolidation"]
+
+
+@st.composite
+def crowded_nodes(draw: st.DrawFn) -> tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]]:
+    """MPS nodes with two clients per GPU, most GPUs full, of 4-9 GiB Burstable and (mostly) BestEffort
+    replicas, some deployments with two replicas on one node, and no idle node: only a node drained in place
+    (its BestEffort replicas breaking first) or a time-sliced GPU with room frees a GPU."""
+    nodes: list[NodeInventory] = []
+    dem: list[Demand] = []
+    cur: list[CurrentPlacement] = []
+    mps = ShareRequest(mechanism="MPS")
+    for k in range(draw(st.integers(1, 3))):
+        name = f"w{k}"
+        gpus = draw(st.integers(1, 3))
+        nodes.append(_mps_node(name, gpus, clients=2))
+        slots = [(name, g) for g in range(gpus) for _ in range(draw(st.sampled_from((1, 2, 2))))]
+        while slots:
+            i = len(dem)
+            two = len(slots) >= 2 and slots[0][1] != slots[1][1] and draw(st.integers(0, 3)) == 0
+            tier = draw(st.sampled_from(("Burstable", "BestEffort", "BestEffort", "BestEffort")))
+            dep = demand(f"ns-{i % 2}/d{i}", tier, 1 + two, draw(st.floats(4, 9)), share=mps)
+            dem.append(dep)
+            for o in range(1 + two):
+                node, g = slots.pop(0)
+                cur.append(_at(dep.deployment, o, node, g, "MPS"))
+    if draw(st.booleans()):
+        nodes.append(_ts_node("ts", 1))
+    return nodes, dem, cur
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    crowded_nodes(),
+    st.integers(0, 12),
+    st.sampled_from((("BestEffort",), ("BestEffort",), ("BestEffort",), ())),
+    st.sets(st.integers(0, 11), max_size=2),
+)
+def test_break_first_only_for_besteffort_within_the_budget_and_freeing_capacity(
+    pool_state: tuple[list[NodeInventory], list[Demand], list[CurrentPlacement]],
+    moves: int,
+    tiers: tuple[str, ...],
+    busy: set[int],
+) -> None:
+    """Every guarantee of ``_check`` (never more moves than the budget, every intermediate state legal: for a
+    break-first move the state with its old share freed and its new one not started, a re-plan of the result
+    moves nothing, the GPUs freed in the end), and: a break-first move only for a BestEffort replica and only
+    where the budget lets BestEffort break first; a set of moves with a break-first move frees a GPU."""
+    nodes, dem, cur = pool_state
+    budget = ConsolidationBudget(
+        max_moves=moves,
+        threshold_percent=0,
+        break_before_make_tiers=tiers,  # type: ignore[arg-type]
+        busy=frozenset(f"ns-{i % 2}/d{i}" for i in busy),
+    )
+    c = consolidate(POLICY, nodes, dem, cur, budget)
+    first = [m for m in c.moves if not m.make_before_break]
+    event(f"break-first moves: {min(len(first), 3)}")
+    _check(POLICY, nodes, dem, cur, c, budget)
+    assert all(m.tier == "BestEffort" for m in first)
+    assert not first or (tiers and c.gpus_freed >= 1 and len(_gpus(c.placements)) < c.gpus_used)

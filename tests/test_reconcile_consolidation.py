@@ -354,3 +354,54 @@ def test_a_besteffort_replica_without_room_moves_break_before_make(monkeypatch: 
     assert _live_by_deployment(sim) == dict.fromkeys(left, 1)
     c = sim.history[-1].pool_status.consolidation  # type: ignore[union-attr]
     assert c is not None and [m.outcome for m in c.recent_moves or []] == [MoveOutcome.BREAK_BEFORE_MAKE]
+
+
+def _crowded(qos: str) -> Sim:
+    """Four 5 GiB deployments on two GPUs of an MPS node configured for two clients per GPU (the pool allowed
+    two); then the pool allows four: one GPU could hold them all, but no client slot is free while they run."""
+    sim = Sim(_pool(maxMovesPerHour=10), [_dep(n, qos=qos, minute=i) for i, n in enumerate("abcd")])
+    for dep in sim.deps:
+        dep.spec.resources.gpu_memory = "5Gi"  # type: ignore[union-attr]
+    sim.converge()
+    assert len({gpu for _, gpu in sim.gpus().values()}) == 2, sim.gpus()
+    spec = sim.pool.spec.model_copy(deep=True)
+    spec.sharing.mps.max_clients_per_gpu = 4  # type: ignore[union-attr]
+    sim.pool = sim.pool.model_copy(update={"spec": spec})
+    return sim
+
+
+def test_besteffort_replicas_stop_first_where_only_their_own_node_configured_anew_frees_a_gpu() -> None:
+    """The planner drains the node in place: the four BestEffort pods are deleted in one pass (events
+    `MovedBreakBeforeMake` naming why), the node gets its new MPS config once they are gone, and they start
+    again on one GPU, their SLMDeployment status saying why they are down meanwhile; the pool then uses one
+    GPU, and each deployment was down once, never twice. Burstable
+    replicas in the same spot never stop first: nothing moves."""
+    burstable = _crowded("Burstable")
+    burstable.converge(3)
+    assert not any(d.pods_delete for d in burstable.history[-3:])
+    assert len({gpu for _, gpu in burstable.gpus().values()}) == 2
+
+    sim = _crowded("BestEffort")
+    d = sim.step()
+    events = [e for e in d.events if e.reason == "MovedBreakBeforeMake"]
+    assert sorted(e.name for e in events) == list("abcd"), [e.reason for e in d.events]
+    assert all("break-before-make" in e.message and "configured anew" in e.message for e in events)
+    assert sorted(r for _, _, r in d.pods_delete) == ["Consolidated"] * 4 and not d.pods_create
+    c = d.pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and [m.outcome for m in c.recent_moves or []] == [MoveOutcome.BREAK_BEFORE_MAKE] * 4
+    d = sim.step()  # the old pods are gone: the node takes its new config, the replicas wait for it
+    st = d.deployment_statuses["apps/a"]
+    waiting = [p for p in st.placements or [] if p.state == "Waiting"]
+    assert waiting and waiting[0].reason.startswith("moving break-before-make from gpu-l4-0/"), st.placements
+    progressing = next(x for x in st.conditions or [] if x.type == "Progressing")
+    assert "break-before-make" in progressing.message
+    assert d.pool_status.consolidation.gpus_used == 1  # type: ignore[union-attr]
+    for _ in range(5):
+        sim.step()
+        assert all(n <= 1 for n in _live_by_deployment(sim).values())
+    assert _live_by_deployment(sim) == dict.fromkeys("abcd", 1)
+    assert len({gpu for _, gpu in sim.gpus().values()}) == 1, sim.gpus()
+    final = sim.history[-1]
+    assert not final.pods_create and not final.pods_delete
+    c = final.pool_status.consolidation  # type: ignore[union-attr]
+    assert c is not None and (c.gpus_used, c.gpus_fresh, c.moves_last_hour) == (1, 1, 4)

@@ -25,7 +25,15 @@ of one deployment; the operator starts the second once the first is done (``reco
 Every target is a share that is free while every source is still held, in the state where every earlier move
 is done: a move is make-before-break (the new replica starts on its target and becomes Ready before the old
 one is deleted), and no move needs a config change of a node where a replica runs (a drain's new GPUs are on
-nodes where nothing runs when the move starts). Pure: pydantic only.
+nodes where nothing runs when the move starts).
+
+Except, when the budget lets a tier break first (``ConsolidationBudget.break_before_make_tiers``, BestEffort
+only) and the goal is still not met: a node is drained *in place* (``_Run._drain_in_place``). Its replicas
+that may not break first (other tiers, a second replica of a deployment) move elsewhere make-before-break;
+then the node is planned again as a node without replicas, and its BestEffort replicas take room anywhere, the
+node included. Those that land back on it move break-before-make (``Move.make_before_break`` False,
+``Move.after_node`` their own node): their old shares are freed first (the node is empty: it may take a new
+sharing mode, clients per GPU or MIG layouts), then they start on their targets. Pure: pydantic only.
 """
 
 from __future__ import annotations
@@ -41,7 +49,16 @@ from slm_operator.planner.mig import Counts
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, PoolPolicy, Tier, _Model
 from slm_operator.planner.packer import Choice, Packer, PackerOptions, ShareOptions
 from slm_operator.planner.state import Context, Gpu, Node, Rep, build_context, mps_cap
-from slm_operator.planner.vocabulary import DISRUPTION, MIG, MPS, ROLE_POOL, TIME_SLICING, Mechanism, NodeMode
+from slm_operator.planner.vocabulary import (
+    BEST_EFFORT,
+    DISRUPTION,
+    MIG,
+    MPS,
+    ROLE_POOL,
+    TIME_SLICING,
+    Mechanism,
+    NodeMode,
+)
 
 #: GPUs holding more replicas than this are not emptied (more moves than one freed GPU is worth)
 MAX_MOVES_PER_GPU = 16
@@ -58,8 +75,8 @@ class ConsolidationBudget(_Model):
     max_moves: int = Field(ge=0)
     #: act only when the pool uses more GPUs than a fresh plan by more than this percentage
     threshold_percent: float = Field(default=2.0, ge=0)
-    #: tiers that may move without a free target (break-before-make); consolidation only proposes
-    #: make-before-break moves today, so this only widens what a caller may accept
+    #: tiers whose replicas may move break-before-make (stop first, then start on a target that is only free
+    #: once they are gone: a node drained in place); only BestEffort ever does, () turns it off
     break_before_make_tiers: tuple[Tier, ...] = ("BestEffort",)
     #: deployments with a replica moving or not Ready now: never moved (one replica of a deployment at a time)
     busy: frozenset[str] = frozenset()
@@ -73,12 +90,15 @@ class Move(_Model):
     tier: Tier
     source: CurrentPlacement
     target: CurrentPlacement
-    #: the target share is free while the source is still held: the new replica starts before the old goes
+    #: the target share is free while the source is still held: the new replica starts before the old goes;
+    #: False (BestEffort only): the old replica stops first, and the new one starts once its node (``after_node``,
+    #: drained in place) is empty and configured anew; the moves back onto one node stop together
     make_before_break: bool
     #: human text, e.g. "frees GPU node-3/2 (2 moves)"
     reason: str
     #: a node that earlier moves empty and that takes a new sharing mode or MIG layouts for this move's target:
-    #: the move starts only once no replica runs there any more (``reconcile.moves.startable``)
+    #: the move starts only once no replica runs there any more (``reconcile.moves.startable``); for a
+    #: break-before-make move, its own node
     after_node: str | None = None
 
 
@@ -181,6 +201,8 @@ class _Group:
     node: Node | None = None
     #: a node drained before, whose new config the moves need (they wait until it is empty)
     after: Node | None = None
+    #: drained in place: the moves back onto ``node`` are break-before-make (``_Run._drain_in_place``)
+    break_first: bool = False
 
 
 class _Run:
@@ -422,6 +444,8 @@ class _Run:
                 self._close(g)
         self._drain_alone()
         self._drain_pairs()
+        if self.budget.break_before_make_tiers:
+            self._drain_in_place_all()
 
     def _drain_alone(self) -> None:
         """Nodes whose drain alone frees GPUs. Each candidate is tried once and undone to score it (moves per
@@ -450,6 +474,41 @@ class _Run:
                 self._undo_drain(steps, saved)
                 continue
             self._keep_drain(key, node, steps, net, None)
+
+    def _drain_in_place_all(self) -> None:
+        """Nodes drained in place (:meth:`_drain_in_place`) when make-before-break left the goal unmet: each
+        candidate with a replica that may break first is tried once and undone to score it (moves per GPU
+        freed), then the best are done for good, cheapest first, each tried again in the state the earlier
+        ones left. A kept node stays configured as planned for what moved onto it (no later move changes
+        that)."""
+        if self._done():
+            return
+        scored = []
+        for key, node in self._node_candidates():
+            trial = self._drain_in_place(node)
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            self._close_drained(node)
+            self._undo_drain(steps, saved)
+            if net > 0:
+                scored.append(((-(-len(steps) // net), *key), node))
+        scored.sort(key=lambda t: t[0])
+        for key, node in scored:
+            if self._done():
+                return
+            trial = self._drain_in_place(node) if self._drainable(node) else None
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            if net <= 0 or len(steps) > self.left:
+                self._close_drained(node)
+                self._undo_drain(steps, saved)
+                continue
+            self._keep_drain(key, node, steps, net, None, break_first=True)
+            capacity = self.packer.capacity
+            capacity.fixed = capacity.fixed | {node.pos}
+            capacity.index_node(node)
 
     def _drain_pairs(self) -> None:
         """Two drains that free GPUs together: the first node (one of the ``_PAIR_FIRSTS`` cheapest) is drained
@@ -525,11 +584,17 @@ class _Run:
         capacity.index_node(node)
 
     def _keep_drain(
-        self, key: tuple[int, ...], node: Node, steps: list[_Step], net: int, after: Node | None
+        self,
+        key: tuple[int, ...],
+        node: Node,
+        steps: list[_Step],
+        net: int,
+        after: Node | None,
+        break_first: bool = False,
     ) -> None:
         """Record a drain done for good."""
         sources = [g for g in node.gpus if any(r.cur_gpu is g for r, _, _ in steps)]
-        self.groups.append(_Group(key, sources, steps, net, node, after))
+        self.groups.append(_Group(key, sources, steps, net, node, after, break_first))
         self.left -= len(steps)
         self.freed += net
         self.moved_deps.update(r.dep.key for r, _, _ in steps)
@@ -576,22 +641,8 @@ class _Run:
         with the nodes closed; returns (the moves, GPUs freed net, what :meth:`_undo_drain` needs), or None
         (the state as before)."""
         packer = self.packer
-        reps = sorted(
-            (r for node in nodes for g in node.gpus for r in g.reps),
-            key=lambda r: (r.dep.rank, -r.dep.size, r.dep.key, r.ordinal),
-        )
-        saved = [
-            _NodeState(
-                node=node,
-                mode=node.mode,
-                n=node.n,
-                fixed=node.fixed,
-                free={k: list(v) for k, v in node.free.items()},
-                gpus=[(g, g.frozen, list(g.free_inst)) for g in node.gpus],
-                reps=[(r, r.gpu, r.mech, r.prof) for g in node.gpus for r in g.reps],
-            )
-            for node in nodes
-        ]
+        reps = sorted((r for node in nodes for g in node.gpus for r in g.reps), key=_drain_order)
+        saved = [_save_node(node) for node in nodes]
         before = sum(n.used for n in self.ctx.nodes)
         for node in nodes:
             node.schedulable = False
@@ -599,15 +650,62 @@ class _Run:
             packer.remove(r)
         steps: list[_Step] = []
         for r in reps:
-            assert r.cur is not None
-            choice = packer.zero_cost_room(r)
-            if choice is not None and self._drain_target(choice):
-                packer.put(r, *choice)
-            elif not packer.new_gpu_room(r):
+            if not self._place_drained(r, steps):
                 self._undo_drain(steps, saved)
                 return None
-            assert r.gpu is not None and r.mech is not None
-            steps.append((r, r.cur, (r.gpu, r.mech, r.prof)))
+        return steps, before - sum(n.used for n in self.ctx.nodes), saved
+
+    def _place_drained(self, r: Rep, steps: list[_Step], home: Node | None = None) -> bool:
+        """Put a drained replica into zero-cost room (``_drain_target``, or any share of ``home``: the node
+        drained in place, empty and planned again) or onto a new GPU, and record its move; False when nothing
+        takes it."""
+        assert r.cur is not None
+        choice = self.packer.zero_cost_room(r)
+        if choice is not None and (self._drain_target(choice) or choice[0].node is home):
+            self.packer.put(r, *choice)
+        elif not self.packer.new_gpu_room(r):
+            return False
+        assert r.gpu is not None and r.mech is not None
+        steps.append((r, r.cur, (r.gpu, r.mech, r.prof)))
+        return True
+
+    def _drain_in_place(self, node: Node) -> tuple[list[_Step], int, list[_NodeState]] | None:
+        """Drain ``node`` and plan it again for its own BestEffort replicas (break-before-make,
+        docs/planner.md §4.9 step 7): the replicas that may not break first (other tiers, a second replica of a
+        deployment) move elsewhere make-before-break with the node closed, as :meth:`_drain` moves them; then
+        the node is opened as a node without replicas (any sharing mode, clients per GPU or MIG layout) and the
+        replicas that may break first take room anywhere, the node included. Returns as :meth:`_drain`, with
+        the node open (undo: :meth:`_close_drained`, then :meth:`_undo_drain`), or None (the state as before,
+        also when no replica may break first)."""
+        packer = self.packer
+        reps = sorted((r for g in node.gpus for r in g.reps), key=_drain_order)
+        first: list[Rep] = []
+        seen: set[str] = set()
+        for r in reps:
+            if (
+                r.dep.tier == BEST_EFFORT
+                and r.dep.tier in self.budget.break_before_make_tiers
+                and r.dep.key not in seen
+            ):
+                first.append(r)
+            seen.add(r.dep.key)
+        if not first:
+            return None
+        saved = [_save_node(node)]
+        before = sum(n.used for n in self.ctx.nodes)
+        node.schedulable = False
+        for r in reps:
+            packer.remove(r)
+        steps: list[_Step] = []
+        ok = all(self._place_drained(r, steps) for r in reps if r not in first)
+        if ok:
+            self._open_drained(node)
+            ok = all(self._place_drained(r, steps, node) for r in first)
+            if not ok:
+                self._close_drained(node)
+        if not ok:
+            self._undo_drain(steps, saved)
+            return None
         return steps, before - sum(n.used for n in self.ctx.nodes), saved
 
     def _drain_target(self, choice: Choice) -> bool:
@@ -653,7 +751,14 @@ class _Run:
             if emptied:
                 reason += f"; node {', '.join(emptied)} holds no replica afterwards"
             after = group.after.name if group.after is not None else None
-            for r, src, choice in group.steps:
+            # drained in place: every make-before-break move off the node comes before the moves back onto it
+            steps = sorted(group.steps, key=lambda step: group.break_first and step[2][0].node is group.node)
+            for r, src, choice in steps:
+                if group.break_first and choice[0].node is group.node:
+                    # back onto its own node, planned again: its old share goes first (break-before-make)
+                    assert group.node is not None
+                    out.append(_move(r, src, choice, reason, group.node.name, make_before_break=False))
+                    continue
                 out.append(_move(r, src, choice, reason, after if choice[0].node is group.after else None))
         return tuple(out)
 
@@ -668,6 +773,11 @@ def _drain_reason(group: _Group) -> str:
     )
     if group.after is not None:
         text += f"; partly onto node {group.after.name}, emptied first and planned again"
+    if group.break_first:
+        text += (
+            "; no share is free for its BestEffort replicas while they run, so they stop first and start on it "
+            "again once it is empty and configured anew (break-before-make)"
+        )
     if group.freed > 0:
         text += f"; the pool uses {group.freed} GPU{'s' if group.freed > 1 else ''} fewer"
     else:
@@ -688,7 +798,32 @@ class _NodeState:
     reps: list[tuple[Rep, Gpu | None, Mechanism | None, int]]
 
 
-def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str, after: str | None = None) -> Move:
+def _drain_order(r: Rep) -> tuple[int, int, str, int]:
+    """The order a drain places its replicas in: highest tier first, largest first, as the packer places."""
+    return (r.dep.rank, -r.dep.size, r.dep.key, r.ordinal)
+
+
+def _save_node(node: Node) -> _NodeState:
+    """What a drain of ``node`` changes, to put it back."""
+    return _NodeState(
+        node=node,
+        mode=node.mode,
+        n=node.n,
+        fixed=node.fixed,
+        free={k: list(v) for k, v in node.free.items()},
+        gpus=[(g, g.frozen, list(g.free_inst)) for g in node.gpus],
+        reps=[(r, r.gpu, r.mech, r.prof) for g in node.gpus for r in g.reps],
+    )
+
+
+def _move(
+    r: Rep,
+    src: CurrentPlacement,
+    choice: Choice,
+    reason: str,
+    after: str | None = None,
+    make_before_break: bool = True,
+) -> Move:
     target, mech, prof = choice
     profile = target.geo.profiles[prof].name if mech == MIG and target.geo is not None else None
     dst = CurrentPlacement(
@@ -705,7 +840,7 @@ def _move(r: Rep, src: CurrentPlacement, choice: Choice, reason: str, after: str
         tier=r.dep.demand.tier,
         source=src,
         target=dst,
-        make_before_break=True,
+        make_before_break=make_before_break,
         reason=reason,
         after_node=after,
     )

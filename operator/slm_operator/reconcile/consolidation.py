@@ -124,36 +124,45 @@ def _placed_at(current: Sequence[CurrentPlacement]) -> dict[tuple[str, int], str
 def _break_before_make_current(
     world: World, history: Sequence[ConsolidationMove], current: Sequence[CurrentPlacement]
 ) -> list[CurrentPlacement]:
-    """A BestEffort replica moving break-before-make has no live pod (its old one may still be terminating): it
-    counts on the target its move record names until its new pod runs there."""
-    targets = {
-        (m.deployment, m.replica): m
-        for m in history
-        if m.outcome == MoveOutcome.BREAK_BEFORE_MAKE and m.target_mechanism is not None
-    }
+    """A BestEffort replica moving break-before-make has no live pod (its old one may still be terminating, or
+    be gone while its node takes a new config): it counts on the target its move record names until its new
+    pod runs there. Also when nothing else remembers it (its SLMDeployment status shows it waiting, with no
+    place), as long as its deployment still wants that replica."""
+    targets: dict[tuple[str, int], tuple[str, int, ConsolidationMove]] = {}
+    for m in history:  # oldest first: the latest move of a replica wins
+        node, _, gpu = m.target.rpartition("/")
+        if m.outcome == MoveOutcome.BREAK_BEFORE_MAKE and m.target_mechanism is not None and gpu.isdigit():
+            targets[(m.deployment, m.replica)] = (node, int(gpu), m)
     live = {
         (rec.deployment, rec.ordinal)
         for p in map(PodView, world.pods)
         if p.live and (rec := p.placement) is not None
     }
+    wanted = {deployment_key(d): d.effective_replicas() for d in world.deployments}
     out = []
     for c in current:
-        m = targets.get((c.deployment, c.ordinal))
-        node, _, gpu = m.target.rpartition("/") if m is not None else ("", "", "")
-        if m is None or (c.deployment, c.ordinal) in live or not gpu.isdigit():
-            out.append(c)
-            continue
+        t = targets.get((c.deployment, c.ordinal))
         out.append(
-            c.model_copy(
-                update={
-                    "node": node,
-                    "gpu_index": int(gpu),
-                    "mechanism": m.target_mechanism,
-                    "mig_profile": m.target_mig_profile,
-                }
-            )
+            c if t is None or (c.deployment, c.ordinal) in live else _at_target(c.deployment, c.ordinal, t)
         )
+    have = {(c.deployment, c.ordinal) for c in current}
+    for (dep, ordinal), t in sorted(targets.items()):
+        if (dep, ordinal) not in have | live and ordinal < wanted.get(dep, 0):
+            out.append(_at_target(dep, ordinal, t))
     return out
+
+
+def _at_target(deployment: str, ordinal: int, t: tuple[str, int, ConsolidationMove]) -> CurrentPlacement:
+    node, gpu, m = t
+    assert m.target_mechanism is not None
+    return CurrentPlacement(
+        deployment=deployment,
+        ordinal=ordinal,
+        node=node,
+        gpu_index=gpu,
+        mechanism=m.target_mechanism,
+        mig_profile=m.target_mig_profile,
+    )
 
 
 # ------------------------------------------------------------------------------------------ 9b. carry out moves
@@ -330,6 +339,41 @@ class MovePass:
         self.started.append(mv)
         self.started_keys.add(key)
         self.records.append(move_record(key, mv.source, mv.target, self.world.now, outcome, mv.reason))
+
+
+def explain_break_before_make(
+    world: World,
+    acts: MoveActions,
+    waiting: Mapping[str, Mapping[int, str]],
+    created: Sequence[Mapping[str, Any]],
+) -> dict[str, dict[int, str]]:
+    """``waiting`` (deployment -> replica -> why its pod waits) with each replica that moves break-before-make
+    and has no pod now (its old pod deleted, its new one not created yet) saying so first, so that the
+    SLMDeployment's placements and Progressing condition tell why the replica is down."""
+    out = {dep: dict(by_replica) for dep, by_replica in waiting.items()}
+    present = {
+        (rec.deployment, rec.ordinal)
+        for p in (*(PodView(p) for p in world.pods if PodView(p).live), *map(PodView, created))
+        if (rec := p.placement) is not None
+    }
+    gone = {(ns, name) for ns, name, _ in acts.delete}
+    present -= {
+        (rec.deployment, rec.ordinal)
+        for p in map(PodView, world.pods)
+        if (p.namespace, p.name) in gone and (rec := p.placement) is not None
+    }
+    records = acts.status.recent_moves if acts.status is not None else None
+    for m in records or []:
+        if m.outcome != MoveOutcome.BREAK_BEFORE_MAKE or (m.deployment, m.replica) in present:
+            continue
+        why = (
+            f"moving break-before-make from {m.source} to {m.target} (consolidation: BestEffort, stopped first "
+            "because no share was free while it ran)"
+        )
+        by_replica = out.setdefault(m.deployment, {})
+        earlier = by_replica.get(m.replica)
+        by_replica[m.replica] = f"{why}; {earlier}" if earlier else why
+    return out
 
 
 def _live_pod(world: World, key: ReplicaKey, where: CurrentPlacement) -> PodView | None:

@@ -375,20 +375,40 @@ def startable(moves: Sequence[Move], break_before_make_tiers: Sequence[str]) -> 
     moves empty so that it takes a new config (``Move.after_node``: a node drain) waits for them too; a node
     drain may move two replicas of one deployment, and the second waits for the first (one replica of a
     deployment at a time); and a break-before-make move of a tier that may not move so is not made, nor
-    anything after it. The rest is proposed again on a later pass."""
+    anything after it. The rest is proposed again on a later pass.
+
+    Break-before-make moves back onto their own node (a node drained in place: ``after_node`` is their source
+    node) start all together or not at all: their old pods are deleted in the same pass, so the node is empty
+    and may take its new config before any of them starts again. They wait while a make-before-break move off
+    that node is in the batch (its old pod keeps running until its new one is Ready)."""
     out: list[Move] = []
     sources: set[tuple[str, int]] = set()
     source_nodes: set[str] = set()
+    held_nodes: set[str] = set()  # source nodes of make-before-break moves: their old pods still run
     deployments: set[str] = set()
-    for m in moves:
-        if (m.target.node, m.target.gpu_index) in sources or m.deployment in deployments:
+    i = 0
+    while i < len(moves):
+        m = moves[i]
+        group = [m]
+        if not m.make_before_break and m.after_node == m.source.node:
+            group = [x for x in moves[i:] if not x.make_before_break and x.after_node == m.after_node]
+            if tuple(group) != tuple(moves[i : i + len(group)]) or m.after_node in held_nodes:
+                break
+        elif (m.target.node, m.target.gpu_index) in sources or (
+            m.after_node is not None and m.after_node in source_nodes
+        ):
             break
-        if m.after_node is not None and m.after_node in source_nodes:
+        names = [x.deployment for x in group]
+        if len(set(names)) < len(names) or deployments & set(names):
             break
-        if not m.make_before_break and m.tier not in break_before_make_tiers:
+        if any(not x.make_before_break and x.tier not in break_before_make_tiers for x in group):
             break
-        out.append(m)
-        sources.add((m.source.node, m.source.gpu_index))
-        source_nodes.add(m.source.node)
-        deployments.add(m.deployment)
+        for x in group:
+            out.append(x)
+            sources.add((x.source.node, x.source.gpu_index))
+            source_nodes.add(x.source.node)
+            if x.make_before_break:
+                held_nodes.add(x.source.node)
+            deployments.add(x.deployment)
+        i += len(group)
     return tuple(out)
