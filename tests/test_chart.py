@@ -795,6 +795,60 @@ def test_default_operator_deployment(helm_env: dict[str, str]) -> None:
     assert not of_kind(objs, "ConfigMap")
 
 
+def _anti_affinity(dep: dict[str, Any]) -> Any:
+    return (dep["spec"]["template"]["spec"].get("affinity") or {}).get("podAntiAffinity")
+
+
+def test_replicas_spread_over_nodes_and_budgets_let_unhealthy_pods_go(
+    helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The operator's and the gateway's replicas prefer different nodes (kube-linter no-anti-affinity) unless
+    told otherwise, and their PodDisruptionBudgets never keep a node drain waiting on a pod that is not Ready
+    (pdb-unhealthy-pod-eviction-policy); tests/test_chart_lint.py runs all the default checks."""
+    objs = _cache.get("default") or render(helm_env, [])
+    for dep in (operator_deployment(objs), gateway_deployment(objs)):
+        ((term,),) = _anti_affinity(dep).values()
+        assert term["weight"] == 100
+        assert term["podAffinityTerm"] == {
+            "labelSelector": {"matchLabels": dep["spec"]["selector"]["matchLabels"]},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+        assert "preferredDuringSchedulingIgnoredDuringExecution" in _anti_affinity(dep)
+    for pdb in of_kind(objs, "PodDisruptionBudget"):
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", pdb["metadata"]["name"]
+
+    node_affinity: dict[str, Any] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}
+    }
+    own = {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone", "labelSelector": {}}]}
+    values = tmp_path / "affinity-values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "operator": {
+                    "podAntiAffinity": "required",
+                    "affinity": {"nodeAffinity": node_affinity},
+                    "podDisruptionBudget": {"unhealthyPodEvictionPolicy": "IfHealthyBudget"},
+                },
+                "gateway": {"podAntiAffinity": "none"},
+            }
+        )
+    )
+    objs = render(helm_env, [values])
+    op = operator_deployment(objs)
+    assert op["spec"]["template"]["spec"]["affinity"]["nodeAffinity"] == node_affinity, "the user's kept"
+    (term,) = _anti_affinity(op)["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert "affinity" not in gateway_deployment(objs)["spec"]["template"]["spec"]
+    (pdb,) = of_component(objs, "PodDisruptionBudget", "operator")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    values.write_text(yaml.safe_dump({"gateway": {"affinity": {"podAntiAffinity": own}}}))
+    objs = render(helm_env, [values])
+    assert _anti_affinity(gateway_deployment(objs)) == own, (
+        "the user's podAntiAffinity replaces the default one"
+    )
+
+
 def test_single_replica_without_leader_election(helm_env: dict[str, str]) -> None:
     objs = _cache.get("single-replica") or render(helm_env, VALUE_SETS["single-replica"])
     dep = operator_deployment(objs)
@@ -997,6 +1051,10 @@ SCHEMA_VIOLATIONS = [
     (("gateway.routeNamespaces={Agents}",), "/gateway/routeNamespaces/0"),
     (("gateway.capture.store=mysql://db",), "/gateway/capture/store"),
     (("gateway.service.type=ExternalName",), "/gateway/service/type"),
+    (("operator.podAntiAffinity=soft",), "/operator/podAntiAffinity"),
+    (("gateway.podAntiAffinity=hard",), "/gateway/podAntiAffinity"),
+    (("operator.podDisruptionBudget.unhealthyPodEvictionPolicy=Never",), "/operator/podDisruptionBudget"),
+    (("gateway.podDisruptionBudget.unhealthyPodEvictionPolicy=",), "/gateway/podDisruptionBudget"),
 ]
 
 

@@ -131,3 +131,26 @@ The Secret holding the gateway's caller-hash salt: the user's existing one, or t
 {{- define "slm-operator.gatewaySaltSecretName" -}}
 {{- default (include "slm-operator.componentName" (dict "root" . "suffix" "gateway-salt")) .Values.gateway.capture.saltSecret.existingSecret }}
 {{- end }}
+
+{{/* A Deployment's affinity: .affinity (the user's), plus, unless it sets podAntiAffinity itself, a pod
+anti-affinity over the component's own pods per kubernetes.io/hostname, so that its replicas land on different
+nodes where the cluster has them (`preferred`: a soft spread, they still schedule on one node; `required`: never
+two on a node; `none`). include "slm-operator.affinity" (dict "root" $ "component" "gateway" "values" $g) */}}
+{{- define "slm-operator.affinity" -}}
+{{- $affinity := deepCopy (default dict .values.affinity) -}}
+{{- $mode := .values.podAntiAffinity -}}
+{{- if and (ne $mode "none") (not (hasKey $affinity "podAntiAffinity")) -}}
+{{- $selector := include "slm-operator.selectorLabels" (dict "root" .root "component" .component) | fromYaml -}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" $selector) -}}
+{{- if eq $mode "required" -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) -}}
+{{- else -}}
+{{- $preferred := list (dict "weight" 100 "podAffinityTerm" $term) -}}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" $preferred) -}}
+{{- end -}}
+{{- end -}}
+{{- with $affinity -}}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end }}
