@@ -64,6 +64,15 @@ lint: $(STAMP) ## ruff on everything, the import contracts (pyproject.toml), myp
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy --strict operator/slm_operator
 
+.PHONY: lint-chart
+lint-chart: $(STAMP) ## kube-linter on the chart where it is on PATH, else its 30 default checks (tests/test_chart_lint.py)
+	@if command -v kube-linter >/dev/null 2>&1; then \
+	  kube-linter lint charts/slm-operator; \
+	else \
+	  echo "kube-linter is not on PATH: running its default checks from tests/test_chart_lint.py (charts/slm-operator/README.md)"; \
+	  SLM_REQUIRE_HELM=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_chart_lint.py; \
+	fi
+
 .PHONY: crds
 crds: $(STAMP) ## Regenerate crds/ and docs/api.md from the pydantic models
 	$(BIN)/slm-operator crds --output-dir crds
@@ -137,6 +146,11 @@ bench-autoscale: $(STAMP) k8s-bin ## Autoscaling: GPU-hours of a bursty day vs f
 .PHONY: bench-e2e
 bench-e2e: $(STAMP) k8s-bin ## 200 SLMDeployments on the local control plane: time to Running, memory, API requests
 	$(BIN)/python bench/e2e_scale.py
+
+.PHONY: bench-e2e-1000
+bench-e2e-1000: $(STAMP) k8s-bin ## issue 15's scale: 1,000 SLMDeployments x 2 replicas on 125 nodes (800 GPUs), and requests at rest
+	BENCH_DEPLOYMENTS=1000 BENCH_REPLICAS=2 BENCH_FLEET=25 BENCH_REST_SECONDS=120 \
+	  BENCH_OUT=$${BENCH_OUT:-bench/out/e2e-1000.json} $(BIN)/python bench/e2e_scale.py
 
 .PHONY: soak
 soak: $(STAMP) k8s-bin ## SOAK_MINUTES (30) of random create/delete/scale on the local control plane: memory, threads, fds, log

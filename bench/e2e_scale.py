@@ -1,16 +1,21 @@
 """make bench-e2e: end-to-end scale figures on the local control plane (a benchmark, not a test).
 
-Applies 200 SLMDeployments at once to a fresh cluster (2 x 8 H100, 1 x 8 A100, 2 x 4 L4 simulated GPUs; three
-GPUPools) with slm-operator and the NVIDIA simulator running, and reports: the time from `kubectl apply` to every
-replica pod Running, the operator's peak memory (VmHWM), and Kubernetes API requests per planning pass (from the
-operator's own metrics). Writes JSON to $BENCH_OUT (default bench/out/e2e.json). $BENCH_OPERATOR_ARGS adds
-operator flags (e.g. ``--configmap-sync-seconds 5`` to take the kubelet's ConfigMap sync wait out of the figure).
+Applies $BENCH_DEPLOYMENTS (200) SLMDeployments of $BENCH_REPLICAS (1) replicas at once to a fresh cluster (the
+fleet of examples/nodes/: 2 x 8 H100, 1 x 8 A100, 2 x 4 L4 simulated GPUs, times $BENCH_FLEET; three GPUPools)
+with slm-operator and the NVIDIA simulator running, and reports: the time from `kubectl apply` to every replica
+pod Running, the operator's peak memory (VmHWM), Kubernetes API requests per planning pass (from the operator's
+own metrics) and, with $BENCH_REST_SECONDS > 0, API requests per minute per pool at rest over that window once
+everything runs. Writes JSON to $BENCH_OUT (default bench/out/e2e.json). $BENCH_OPERATOR_ARGS adds operator flags
+(e.g. ``--configmap-sync-seconds 5`` to take the kubelet's ConfigMap sync wait out of the figure);
+$BENCH_LOG_DIR keeps the operator's and the simulator's logs.
+`make bench-e2e-1000` is issue 15's scale: 1,000 deployments x 2 replicas on 125 nodes (800 GPUs).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +42,7 @@ def sh(*cmd: str, **kw: Any) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
 
 
-def manifests(n: int) -> list[dict[str, Any]]:
+def manifests(n: int, replicas: int = 1) -> list[dict[str, Any]]:
     pools = [
         ("bench-h100", "NVIDIA-H100-80GB-HBM3", ["MIG", "MPS", "TimeSlicing", "Exclusive"]),
         ("bench-a100", "NVIDIA-A100-SXM4-40GB", ["MIG", "MPS", "TimeSlicing", "Exclusive"]),
@@ -70,13 +75,33 @@ def manifests(n: int) -> list[dict[str, Any]]:
                         "maxContextTokens": 2048,
                         "maxConcurrentSequences": 4,
                     },
-                    "replicas": 1,
+                    "replicas": replicas,
                     # Guaranteed needs hard isolation: a whole L4 (no MIG) per replica, so L4 takes the shareable tiers
                     "qos": TIERS[i % 3] if pool != "bench-l4" else TIERS[1 + i % 2],
                 },
             }
         )
     return docs
+
+
+def fleet(copies: int) -> list[dict[str, Any]]:
+    """``copies - 1`` more of every node of examples/nodes/ (the cluster has the originals), named
+    ``<node>-c<k>``: same GPUs and labels, so the simulator and the pools treat them alike."""
+    originals = [
+        d
+        for f in sorted((REPO / "examples" / "nodes").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+        if d
+    ]
+    out = []
+    for k in range(1, copies):
+        for node in originals:
+            name = f"{node['metadata']['name']}-c{k:03d}"
+            clone = json.loads(json.dumps(node))
+            clone["metadata"]["name"] = name
+            clone["metadata"]["labels"]["kubernetes.io/hostname"] = name
+            out.append(clone)
+    return out
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -118,8 +143,9 @@ class Stack:
 
 
 @contextmanager
-def stack(name: str, resync_seconds: int = 30) -> Iterator[Stack]:
-    """Start the stack (removing a cluster of that name first); stop and remove it on the way out."""
+def stack(name: str, resync_seconds: int = 30, copies: int = 1) -> Iterator[Stack]:
+    """Start the stack (removing a cluster of that name first) with ``copies`` of the example fleet; stop and
+    remove it on the way out."""
     bin_dir = Path(sh(str(REPO / "e2e/cluster/bin-dir.sh")).strip())
     sh(str(REPO / "e2e/cluster/down.sh"), name)
     kubeconfig = sh(str(REPO / "e2e/cluster/up.sh"), name).strip().splitlines()[-1]
@@ -130,6 +156,9 @@ def stack(name: str, resync_seconds: int = 30) -> Iterator[Stack]:
         sh(*kc, "apply", "-f", str(REPO / "crds"))
         sh(*kc, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
         sh(*kc, "apply", "-f", str(REPO / "deploy/priorityclasses.yaml"))
+        if copies > 1:
+            sh(*kc, "create", "-f", "-", input=yaml.safe_dump_all(fleet(copies)))
+            sh(*kc, "wait", "--for=condition=Ready", "node", "--all", "--timeout=300s")
         for ns in ("gpu-operator", "slm-system"):
             sh(*kc, "create", "namespace", ns)
         env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'operator'}"}
@@ -158,15 +187,24 @@ def stack(name: str, resync_seconds: int = 30) -> Iterator[Stack]:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if keep := os.environ.get("BENCH_LOG_DIR"):  # the logs go with the cluster's folder otherwise
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for log in ("operator.log", "nvsim.log"):
+                if (log_dir / log).exists():
+                    shutil.copy(log_dir / log, Path(keep) / log)
         sh(str(REPO / "e2e/cluster/down.sh"), name)
 
 
 def main() -> int:
-    n = int(os.environ.get("BENCH_DEPLOYMENTS", "200"))
+    deployments = int(os.environ.get("BENCH_DEPLOYMENTS", "200"))
+    per = int(os.environ.get("BENCH_REPLICAS", "1"))
+    copies = int(os.environ.get("BENCH_FLEET", "1"))
+    rest_seconds = float(os.environ.get("BENCH_REST_SECONDS", "0"))
+    n = deployments * per
     out_path = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out" / "e2e.json"))
-    with stack("bench-e2e") as st:
+    with stack("bench-e2e", copies=copies) as st:
         kc, port = st.kc, st.metrics_port
-        docs = manifests(n)
+        docs = manifests(deployments, per)
         t0 = time.monotonic()
         r = subprocess.run(
             [*kc, "apply", "-f", "-"], input=yaml.safe_dump_all(docs), capture_output=True, text=True
@@ -195,23 +233,43 @@ def main() -> int:
                 last, stable_since = (running, placed_now), time.monotonic()
             elif running == placed_now > 0 and time.monotonic() - stable_since > 20:
                 break  # every placed replica runs and nothing changes any more: the rest does not fit
+            elif time.monotonic() - stable_since > 90:
+                break  # placed replicas whose pods do not run, for 90 s: reported as such
             time.sleep(1)
         # time until the last change (the final 20 s of watching nothing happen are not counted)
         elapsed = (time.monotonic() if running >= n else stable_since) - t0
         hwm_kib = st.proc_status()["VmHWM"]
         m = scrape(port)
+        rest: dict[str, float] = {}
+        if rest_seconds > 0:  # nothing changes any more: what does the operator still ask of the API server?
+            time.sleep(15)  # the last statuses and the pool passes the final pods triggered
+            before = scrape(port)
+            time.sleep(rest_seconds)
+            after = scrape(port)
+            per_minute = (after.get("requests", 0) - before.get("requests", 0)) * 60 / rest_seconds
+            rest = {
+                "restSeconds": rest_seconds,
+                "apiRequestsPerMinuteAtRest": round(per_minute, 1),
+                "apiRequestsPerMinutePerPoolAtRest": round(per_minute / 3, 1),
+            }
+            hwm_kib = st.proc_status()["VmHWM"]
         deps = json.loads(sh(*kc, "get", "slmdeployments", "-n", "bench", "-o", "json"))["items"]
         placed = sum((d.get("status") or {}).get("placedReplicas", 0) for d in deps)
         row = {
-            "deployments": n,
+            "deployments": deployments,
+            "nodes": 5 * copies,
+            "gpus": 32 * copies,
+            "replicasWanted": n,
             "replicasPlaced": placed,
             "podsRunning": running,
+            "placedNotRunning": max(0, placed - running),
             "applySeconds": round(applied, 2),
             "secondsToAllPlacedRunning": round(elapsed, 1),
             "operatorPeakMemoryMiB": round(hwm_kib / 1024, 1),
             "apiRequests": int(m.get("requests", 0)),
             "planningPasses": int(m.get("passes", 0)),
             "apiRequestsPerPass": round(m.get("requests", 0) / max(1.0, m.get("passes", 1.0)), 1),
+            **rest,
         }
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(row, indent=2) + "\n")

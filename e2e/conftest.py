@@ -56,6 +56,11 @@ GPU_NODES = {
     "gpu-l4-1": (4, False),
 }
 
+NODES_DIR = REPO / "examples" / "nodes"
+# kwok acts as the kubelet of the nodes with this label only (e2e/cluster/env.sh): removing it from a node is how
+# a test takes the node's kubelet away
+KWOK_NODE_LABEL = os.environ.get("SLM_KWOK_NODE_LABEL", "type=kwok")
+
 # the images the host kubelet runs (e2e/hostkubelet/images.py: Dockerfile -> .venv, Dockerfile.trainer -> .venv-train)
 OPERATOR_IMAGE = "ghcr.io/slm-operator/slm-operator:e2e"
 TRAINER_IMAGE = "ghcr.io/slm-operator/trainer:e2e"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from fake_kube import FakeKube
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
@@ -495,3 +496,47 @@ def test_the_mig_configmap_records_when_each_entry_was_first_written() -> None:
     out = written_annotations(have, {"slm-a", "slm-b"}, {"slm-b": "t2"})
     assert out["other"] == "x" and entry_times(out) == {"slm-a": "t1", "slm-b": "t2"}
     assert entry_times({CONFIG_WRITTEN_ANNOTATION: "not json"}) == {} and entry_times(None) == {}
+
+
+class _ServiceRangeFull(FakeKube):
+    """The API server refuses one deployment's Service (its ClusterIP range is full), as kube-apiserver's
+    default 10.0.0.0/24 did at the 255th Service of the 1,000-deployment bench-e2e."""
+
+    def apply(
+        self, obj: dict[str, Any], *, status: bool = False, field_manager: str = "slm-operator"
+    ) -> dict[str, Any]:
+        if obj["kind"] == "Service" and obj["metadata"]["name"] == "invoice-extractor":
+            exc = ApiException(status=500, reason="Internal Server Error")
+            exc.body = json.dumps(
+                {
+                    "message": 'Internal error occurred: failed to allocate a serviceIP for Service "x": range is full'
+                }
+            )
+            raise exc
+        return super().apply(obj, status=status, field_manager=field_manager)
+
+
+def test_a_service_the_api_server_refuses_stops_nothing_else_and_its_deployment_gets_an_event() -> None:
+    m = load_manifests([ROOT / "examples"])
+    fake = _ServiceRangeFull(*m.nodes, *[o for o in m.other if o.get("kind") == "Namespace"])
+    for obj in [*m.pools, *m.deployments]:
+        raw = obj.to_k8s()
+        raw["metadata"]["creationTimestamp"] = "2026-11-26T09:00:00Z"
+        fake.add(raw)
+    pools = PoolReconciler(fake.as_kube(), CFG)
+    pools.reconcile("h100")
+    _gpu_operator_applies(fake)
+    pools.reconcile("h100")  # raised on the refused Service before: no status, no later Service written
+    _pods_run(fake)
+    pools.reconcile("h100")
+    h100 = [d for d in m.deployments if d.spec.pool_ref.name == "h100"]
+    services = {s["metadata"]["name"] for s in fake.of_kind("Service")}
+    assert services == {d.metadata.name for d in h100} - {"invoice-extractor"}
+    for d in h100:  # every deployment's status is written, the refused one's too
+        assert (
+            _condition(fake.peek("SLMDeployment", d.metadata.name, d.metadata.namespace), "Ready")["status"]
+            == "True"
+        )
+    refused = [e for e in fake.events if e["reason"] == "ServiceApplyFailed"]
+    assert refused and {e["involved"] for e in refused} == {"invoice-extractor"}
+    assert "range is full" in refused[0]["message"] and refused[0]["type"] == "Warning"

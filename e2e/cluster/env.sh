@@ -5,6 +5,8 @@ KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
 # kwok leaves pods with this label to the e2e host kubelet (e2e/hostkubelet), which runs their containers as host
 # processes; the e2e suite sets it to the FineTuneJob pod label (slm_operator.contract.FINETUNE_JOB_LABEL)
 HOSTRUN_LABEL=${SLM_HOSTRUN_LABEL:-slm.io/finetunejob}
+# kwok acts as the kubelet of the nodes with this label (every node of examples/nodes/ has it)
+KWOK_NODE_LABEL=${SLM_KWOK_NODE_LABEL:-type=kwok}
 # Python with PyYAML for kwok_stages.py: the repository's virtualenv when there is one
 PYTHON=${PYTHON:-$( [ -x "$here/../../.venv/bin/python" ] && echo "$here/../../.venv/bin/python" || echo python3)}
 # kwokctl keeps its per-cluster files (PKI, pid files, logs, kwok.yaml) under $KWOK_WORKDIR/clusters/<name>

@@ -17,6 +17,15 @@ if cluster_ready; then
       "recreate it: e2e/cluster/down.sh $NAME" >&2
     exit 1
   fi
+  if ! grep -qF -- "--manage-nodes-with-label-selector=$KWOK_NODE_LABEL" "$KWOK_CLUSTER_DIR/kwok.yaml" 2>/dev/null; then
+    echo "cluster $NAME's kwok manages every node (made by an older up.sh); recreate it: e2e/cluster/down.sh $NAME" >&2
+    exit 1
+  fi
+  if ! grep -qF -- "--enable-priority-and-fairness=true" "$KWOK_CLUSTER_DIR/kwok.yaml" 2>/dev/null; then
+    echo "cluster $NAME runs kube-apiserver without API Priority and Fairness (made by an older up.sh);" \
+      "recreate it: e2e/cluster/down.sh $NAME" >&2
+    exit 1
+  fi
   echo "cluster $NAME is already running ($(kc get nodes --no-headers 2>/dev/null | wc -l) nodes)" >&2
   echo "$KUBECONFIG_PATH"
   exit 0
@@ -66,11 +75,36 @@ options:
   cacheDir: $CLUSTER_DIR/kwok/cache
   disableQPSLimits: true
   quietPull: true
+  # Kubernetes' own node heartbeat timing (kubelet Lease 40 s renewed every 10 s; node lifecycle controller
+  # checks every 5 s, NotReady after 40 s without a renewal) instead of kwokctl's default 5x slower one, so a
+  # node that loses its kubelet goes NotReady within a test's time (e2e/test_faults.py)
+  heartbeatFactor: 1
 componentsPatches:
 - name: etcd
   extraArgs:
   - key: unsafe-no-fsync
     value: "true"
+# A Service range like kubeadm's, not kube-apiserver's default 10.0.0.0/24: every SLMDeployment has a Service, and
+# 254 ClusterIPs left the 1,000-deployment bench-e2e with "failed to allocate a serviceIP ... range is full".
+# API Priority and Fairness on, as on a real cluster (kwokctl's disableQPSLimits turns it and the inflight limits
+# off): the Kubernetes defaults for the total concurrency it divides among priority levels (e2e/test_faults.py
+# throttles the operator's ServiceAccount with a FlowSchema of its own)
+- name: kube-apiserver
+  extraArgs:
+  - {key: service-cluster-ip-range, value: 10.96.0.0/16}
+  - {key: enable-priority-and-fairness, value: "true", override: true}
+  - {key: max-requests-inflight, value: "400", override: true}
+  - {key: max-mutating-requests-inflight, value: "200", override: true}
+# kwok plays the kubelet of the nodes labelled $KWOK_NODE_LABEL only: a test that removes the label takes the
+# node's kubelet away (kwok stops renewing its Lease and stops acting on its pods, pkg/kwok/controllers/
+# controller.go onNodeUnmanagedFunc), and the node goes NotReady as a real one does
+- name: kwok-controller
+  extraArgs:
+  - key: manage-all-nodes
+    value: "false"
+    override: true
+  - key: manage-nodes-with-label-selector
+    value: "$KWOK_NODE_LABEL"
 YAML
   kwokctl --config "$CLUSTER_DIR/kwokctl.yaml" create cluster --name "$NAME" --runtime binary \
     --kubeconfig "$KUBECONFIG_PATH" --timeout 100s --wait 90s >&2 && wait_ready 30

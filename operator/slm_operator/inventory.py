@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from slm_operator.api.quantity import quantity_bytes
+from slm_operator.api.quantity import QuantityError, parse_quantity, quantity_bytes
 from slm_operator.api.v1alpha1 import (
     DefaultTenant,
     GPUPool,
@@ -112,6 +112,46 @@ def node_gpu_count(node: Mapping[str, Any]) -> int:
     raise InventoryError(
         f"node {node_name(node)}: cannot tell how many GPUs it has (no `{GPU_COUNT_LABEL}` label)"
     )
+
+
+#: Pods a GPU node keeps for pods that are not replicas: the GPU Operator's DaemonSets (driver, container
+#: toolkit, device plugin, GFD, DCGM exporter, MIG manager, validator, NFD worker), kube-proxy, the CNI and
+#: slm-operator's node agent.
+NODE_PODS_RESERVED = 12
+
+
+def node_replica_slots(node: Mapping[str, Any], replica_cpu: str = "1") -> int | None:
+    """How many replica pods the node can run: its allocatable pods less ``NODE_PODS_RESERVED``, and no more
+    than its allocatable CPU over a replica's CPU request. None when it reports neither."""
+    alloc = (node.get("status") or {}).get("allocatable") or {}
+    slots = []
+    try:
+        if "pods" in alloc:
+            slots.append(max(0, int(parse_quantity(alloc["pods"])) - NODE_PODS_RESERVED))
+        cpu = parse_quantity(replica_cpu)
+        if "cpu" in alloc and cpu > 0:
+            slots.append(int(parse_quantity(alloc["cpu"]) // cpu))
+    except QuantityError:
+        return None
+    return min(slots) if slots else None
+
+
+def shares_per_gpu_limit(nodes: Iterable[Mapping[str, Any]], replica_cpu: str = "1") -> int | None:
+    """The most MPS clients or time-slicing replicas per GPU that each of ``nodes`` can run as pods, at least 2;
+    None when no node says. The device plugin advertises that many shares of every GPU of a node, and each
+    replica on a share is one pod: past the node's pod capacity (110 by default) or CPU, the scheduler leaves
+    the extra pods Pending ("Too many pods") although the plan counts them placed. One limit for the pool (the
+    smallest), since the planner's sharing limits are the pool's; a pool's nodes are alike as a rule."""
+    per_gpu = []
+    for node in nodes:
+        slots = node_replica_slots(node, replica_cpu)
+        try:
+            gpus = node_gpu_count(node)
+        except InventoryError:
+            continue
+        if slots is not None and gpus > 0:
+            per_gpu.append(slots // gpus)
+    return max(2, min(per_gpu)) if per_gpu else None
 
 
 def builtin_mig_layout(gpu: GpuModel, name: str) -> dict[str, int] | None:
@@ -299,13 +339,21 @@ def role_nodes(pool: GPUPool, nodes: Iterable[Mapping[str, Any]], role: str) -> 
     return [node_name(n) for n in pool_nodes(pool, nodes) if role in gpu_roles(n).values()]
 
 
-def pool_policy(pool: GPUPool, claimed: Mapping[str, int] | None = None) -> PoolPolicy:
+def pool_policy(
+    pool: GPUPool, claimed: Mapping[str, int] | None = None, shares_limit: int | None = None
+) -> PoolPolicy:
+    """The planner's policy of a pool: ``spec.sharing`` (its per-GPU sharing limits no higher than
+    ``shares_limit``, what the nodes can run as pods: ``shares_per_gpu_limit``), the reservations with what
+    is ``claimed`` of them, segments and tenants."""
     spec = pool.spec
+    mps, ts = spec.sharing.mps.max_clients_per_gpu, spec.sharing.time_slicing.max_replicas_per_gpu
+    if shares_limit is not None:
+        mps, ts = min(mps, shares_limit), min(ts, shares_limit)
     return PoolPolicy(
         name=pool.metadata.name,
         allowed_mechanisms=tuple(m.value for m in spec.sharing.mechanisms),
-        mps_max_clients_per_gpu=spec.sharing.mps.max_clients_per_gpu,
-        ts_max_replicas_per_gpu=spec.sharing.time_slicing.max_replicas_per_gpu,
+        mps_max_clients_per_gpu=mps,
+        ts_max_replicas_per_gpu=ts,
         memory_oversubscription_percent=spec.sharing.time_slicing.memory_oversubscription_percent,
         reservations=tuple(
             Reservation(
@@ -542,7 +590,8 @@ def pool_inputs(
     read) and the demands of its deployments, in name order, each with its tenant (``namespaces``: the
     labels of the Namespaces given, by name)."""
     inventories = []
-    for node in pool_nodes(pool, nodes):
+    selected = pool_nodes(pool, nodes)
+    for node in selected:
         try:
             inventories.append(node_inventory(node, {})[0])
         except InventoryError as exc:
@@ -558,4 +607,6 @@ def pool_inputs(
             demands.append(demand_for(dep, size_deployment(dep), tenant))
         except DemandError as exc:
             problems.append(f"{dep.metadata.namespace}/{dep.metadata.name}: {exc.reason}: {exc}")
-    return PoolInputs(pool_policy(pool), inventories, demands, problems)
+    return PoolInputs(
+        pool_policy(pool, shares_limit=shares_per_gpu_limit(selected)), inventories, demands, problems
+    )

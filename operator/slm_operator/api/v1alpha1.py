@@ -134,7 +134,9 @@ class MPSSettings(ApiModel):
         ge=2,
         le=48,
         description="Most MPS clients (replicas) on one GPU. Each client gets an equal memory cap of "
-        "GPU memory / clients, as the device plugin's MPS daemon sets it; 48 is the hardware limit.",
+        "GPU memory / clients, as the device plugin's MPS daemon sets it; 48 is the hardware limit. The "
+        "operator uses fewer when the nodes cannot run that many pods: clients x GPUs within the node's "
+        "allocatable pods (less 12 for DaemonSets) and CPU.",
     )
 
 
@@ -142,7 +144,12 @@ class TimeSlicingSettings(ApiModel):
     """Time-slicing limits for the pool's GPUs (BestEffort replicas only)."""
 
     max_replicas_per_gpu: int = Field(
-        default=8, alias="maxReplicasPerGPU", ge=2, le=64, description="Most time-sliced replicas on one GPU."
+        default=8,
+        alias="maxReplicasPerGPU",
+        ge=2,
+        le=64,
+        description="Most time-sliced replicas on one GPU; fewer when the nodes cannot run that many pods "
+        "(as for MPS clients).",
     )
     memory_oversubscription_percent: int = Field(
         default=100,

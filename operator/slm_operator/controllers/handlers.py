@@ -42,6 +42,13 @@ RETRY_SECONDS = 1.0
 DEBOUNCE_SECONDS = 0.3
 
 
+def retry_seconds(failures: int) -> float:
+    """The wait before the next pass after ``failures`` failed passes in a row (0: the last one succeeded):
+    RETRY_SECONDS, doubling with each failure up to RESYNC_SECONDS. A pass fails when the API server keeps
+    refusing (throttled past Kube's own retries, restarting): passes must not come back at a fixed rate then."""
+    return min(max(RESYNC_SECONDS, RETRY_SECONDS), RETRY_SECONDS * 2.0 ** max(failures - 1, 0))
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
@@ -89,6 +96,7 @@ def pool_daemon(
     ev = ctx.pool_trigger(name)
     ev.set()
     timeout = RESYNC_SECONDS
+    failures = 0  # failed passes in a row: the retry backs off
     while not stopped:
         ev.wait(timeout)
         if stopped:
@@ -98,8 +106,12 @@ def pool_daemon(
         try:
             waiting = ctx.pools.reconcile(name)
         except Exception:  # a failed pass is retried; the daemon must not die
-            logger.exception("planning pass for pool %s failed", name)
-            waiting = True
+            failures += 1
+            logger.exception("planning pass for pool %s failed (%d in a row)", name, failures)
+            stopped.wait(retry_seconds(failures))  # events do not make a failing pass come back sooner
+            timeout = 0.0
+            continue
+        failures = 0
         timeout = RETRY_SECONDS if waiting else RESYNC_SECONDS
     ctx.forget_pool(name)
 

@@ -2,11 +2,15 @@
 
 Writes use server-side apply with the ``slm-operator`` field manager where slm-operator owns the object
 (pods, Services, ConfigMap keys, node labels it sets); read-modify-write paths re-read and retry on 409.
+A request the API server refuses with 429 Too Many Requests (API Priority and Fairness, the max-inflight limits)
+is sent again after the server's Retry-After or a longer exponential back-off, a bounded number of times, as
+client-go does: a throttled operator slows down instead of failing its pass at once or retrying in a tight loop.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -40,6 +44,32 @@ def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:
 #: the verbs :attr:`Kube.fence` guards
 WRITE_VERBS = frozenset({"apply", "create", "delete", "update", "patch"})
 
+#: times a request refused with 429 is sent again before the caller sees the refusal (client-go: 10, with the
+#: server's Retry-After only); with the back-off below a request gives up after waiting 1+2+4+8+8 s (times jitter)
+THROTTLE_RETRIES = 5
+#: longest wait before a re-send, whatever Retry-After says (seconds)
+THROTTLE_MAX_WAIT = 8.0
+#: the wait when the 429 carries no usable Retry-After (kube-apiserver sends 1)
+DEFAULT_RETRY_AFTER = 1.0
+
+
+def retry_after(exc: ApiException) -> float:
+    """The seconds a 429's ``Retry-After`` header asks for (DEFAULT_RETRY_AFTER when absent or not a number)."""
+    raw = (exc.headers or {}).get("Retry-After")
+    try:
+        seconds = float(raw) if raw is not None else DEFAULT_RETRY_AFTER
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+    return seconds if seconds >= 0 else DEFAULT_RETRY_AFTER
+
+
+def throttle_wait(attempt: int, after: float, jitter: float) -> float:
+    """Seconds to wait before sending a request again that was refused with 429 for the ``attempt``-th time
+    (0-based): the server's Retry-After ``after`` or, when longer, an exponential back-off from 1 s; at most
+    THROTTLE_MAX_WAIT; times ``jitter`` (1 to 1.5), so that the concurrent pod creates of a pass, refused
+    together, do not all come back at the same instant."""
+    return min(THROTTLE_MAX_WAIT, max(after, 2.0**attempt)) * jitter
+
 
 def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Count a :class:`Kube` method's API requests (``Kube.requests``, slm_api_requests_total) and its failures
@@ -47,15 +77,21 @@ def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         def inner(self: Kube, *args: Any, **kw: Any) -> T:
-            if verb in WRITE_VERBS and self.fence is not None:
-                self.fence()  # raises when this replica may no longer write (leader.py: fencing)
-            self.requests += 1
-            metrics.count_api_request(verb)
-            try:
-                return fn(self, *args, **kw)
-            except ApiException as exc:
-                metrics.count_api_error(verb, exc.status or "unknown")
-                raise
+            for attempt in range(THROTTLE_RETRIES + 1):
+                if verb in WRITE_VERBS and self.fence is not None:
+                    self.fence()  # raises when this replica may no longer write (leader.py: fencing)
+                self.requests += 1
+                metrics.count_api_request(verb)
+                try:
+                    return fn(self, *args, **kw)
+                except ApiException as exc:
+                    metrics.count_api_error(verb, exc.status or "unknown")
+                    if exc.status != 429 or attempt == THROTTLE_RETRIES:
+                        raise
+                    wait = throttle_wait(attempt, retry_after(exc), self.jitter())
+                    log.info("%s throttled by the API server (429), sending it again in %.1fs", verb, wait)
+                    self.sleep(wait)
+            raise AssertionError("unreachable")
 
         inner.__name__ = fn.__name__
         inner.__doc__ = fn.__doc__
@@ -69,11 +105,21 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.dyn = DynamicClient(api)  # type: ignore[no-untyped-call]  # kubernetes.dynamic has no annotations
+        self._dyn: DynamicClient | None = None
         self._res: dict[tuple[str, str], Any] = {}
         self.requests = 0  # API requests made (for the bench: requests per reconcile)
         # called before every write; raises to refuse it (the leader's renew deadline: leader.py)
         self.fence: Callable[[], None] | None = None
+        # the wait before re-sending a throttled request, and its jitter (injectable for tests)
+        self.sleep: Callable[[float], None] = time.sleep
+        self.jitter: Callable[[], float] = lambda: random.uniform(1.0, 1.5)
+
+    @property
+    def dyn(self) -> DynamicClient:
+        """The DynamicClient, made on first use (its discovery asks the API server)."""
+        if self._dyn is None:
+            self._dyn = DynamicClient(self.api)  # type: ignore[no-untyped-call]  # no annotations upstream
+        return self._dyn
 
     def resource(self, api_version: str, kind: str) -> Any:
         key = (api_version, kind)

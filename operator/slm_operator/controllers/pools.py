@@ -213,9 +213,9 @@ class PoolReconciler:
         self._apply_nodes(world, d)
         self._delete_pods(world, d)
         self._create_pods(world, d)
-        for svc in d.services:
-            self._tolerant(self.kube.apply, svc)
         deps = {deployment_key(x): x for x in world.deployments}
+        for svc in d.services:
+            self._apply_service(svc, deps)
         for key, st in d.deployment_statuses.items():
             self._tolerant(self._write_status, deps[key], st)
         if d.pool_status is not None:
@@ -295,7 +295,8 @@ class PoolReconciler:
         log.warning("cannot create pod %s/%s: %s", meta["namespace"], meta["name"], _message(exc))
         if quota_refusal(exc.status, _message(exc)):
             refused.setdefault(meta["namespace"], refusal_message(meta["name"], _message(exc)))
-        if dep is None:
+        # throttled past Kube's retries: an Event per pod would add to the load; the next pass creates it
+        if dep is None or exc.status == 429:
             return
         if meta["namespace"] in refused:
             self._quota_refused(d, dep, refused[meta["namespace"]])
@@ -333,6 +334,30 @@ class PoolReconciler:
             if exc.status not in (403, 404, 409, 422):
                 raise
             log.info("skipped a write (%s): %s", exc.status, _message(exc))
+
+    def _apply_service(self, svc: dict[str, Any], deps: Mapping[str, SLMDeployment]) -> None:
+        """Apply one deployment's Service. A Service the API server refuses (e.g. "failed to allocate a serviceIP:
+        range is full") must not stop the pass: the other deployments' Services, statuses and pods still get
+        written. Its deployment gets a Warning Event with the API server's words, and the next pass tries again."""
+        try:
+            self.kube.apply(svc)
+        except ApiException as exc:
+            meta = svc["metadata"]
+            log.warning(
+                "Service %s/%s not applied (%s): %s",
+                meta["namespace"],
+                meta["name"],
+                exc.status,
+                _message(exc),
+            )
+            dep = deps.get(f"{meta['namespace']}/{meta['name']}")
+            if dep is not None and exc.status not in (404, 409):  # gone or changed meanwhile: nothing to say
+                self.kube.event(
+                    {"apiVersion": API_VERSION, "kind": "SLMDeployment", "metadata": dep.metadata.to_k8s()},
+                    "Warning",
+                    "ServiceApplyFailed",
+                    f"cannot apply Service {meta['name']}: {_message(exc)}",
+                )
 
     def _write_status(self, dep: SLMDeployment, st: SLMDeploymentStatus) -> None:
         write_status(

@@ -30,11 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from slm_operator.events import Event
-from slm_operator.inventory import pool_policy
+from slm_operator.inventory import pool_policy, shares_per_gpu_limit
 from slm_operator.planner.model import CurrentPlacement, Demand, Plan, PoolPolicy
 from slm_operator.planner.portfolio import ExactLimits, PortfolioOutcome, portfolio_plan
 from slm_operator.reconcile.consolidation import (
     begin_moves,
+    explain_break_before_make,
     finish_moves,
     plan_consolidation,
     report_consolidation,
@@ -94,7 +95,9 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     # 3b. Consolidation: the moves in flight (the share each one's other pod holds) and the moves that start
     #     now, within the pool's disruption budget.
     claims = claimed_reservations(world, set(nodes.by_name))
-    policy = pool_policy(world.pool, claims.claimed)
+    #    Sharing limits no higher than the nodes can run as pods (allocatable pods and CPU).
+    limit = shares_per_gpu_limit([r.view.obj for r in nodes.readings], world.cfg.replica_cpu)
+    policy = pool_policy(world.pool, claims.claimed, limit)
     step = plan_consolidation(world, policy, nodes.inventories, sizings.demands, current)
     # 4. Plan the pool, with the reserved GPUs the LLM fallback (or a borrowing trainer) has claimed, and the
     #    shares moves hold, within the namespaces' ResourceQuotas: re-planned with lower demands while a quota
@@ -133,6 +136,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
     waiting = explain_reconfigurations(shown, creations.waiting, drains, world.cfg.configmap_sync_seconds)
+    waiting = explain_break_before_make(world, moves, waiting, [*creations.pods, *moves.create])
     deployments = report_deployments(world, shown, sizings, sets, waiting, nodes, within)
     statuses, rollback_events = report_rollbacks(
         world.deployments, deployments.statuses, nodes.rolled_back, shown, world.now
