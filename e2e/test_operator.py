@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -431,6 +432,45 @@ def test_scale_repacks_without_moving_other_deployments(
         "get", "-n", ns, "--raw", f"/apis/slm.io/v1alpha1/namespaces/{ns}/slmdeployments/router/scale"
     )
     assert json.loads(scale)["status"]["selector"] == "slm.io/deployment=router"
+
+
+def _requests_by_verb(operator: Operator) -> Counter[str]:
+    family = scrape(f"http://127.0.0.1:{operator.metrics_port}/metrics")["slm_api_requests_total"]
+    return Counter(
+        {s.labels["verb"]: int(s.value) for s in family.samples if s.name == "slm_api_requests_total"}
+    )
+
+
+def test_a_settled_pool_is_planned_from_the_watch_caches(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """Once a pool has converged its passes (every SLM_RESYNC_SECONDS=5 s here) read the watch caches: no list
+    and no write reaches the API server. A change still reaches the pool through the watches: a replica pod
+    deleted by hand comes back, a scale-up is placed."""
+    pools.append(f"cache-{ns}")
+    kubectl_apply(cluster, [pool(pools[0], node="gpu-h100-0", sharing={"mechanisms": ["MIG", "Exclusive"]})])
+    kubectl_apply(cluster, [dep("router", pools[0], "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
+    wait_ready(cluster, ns, "router")
+    time.sleep(8)  # the statuses and events of the last pods' start
+    before = _requests_by_verb(operator)
+    time.sleep(20)  # four resync passes
+    sent = _requests_by_verb(operator) - before
+    assert sent["list"] == 0 and sent["watch"] <= 2, sent
+    assert not any(sent[v] for v in ("apply", "create", "patch", "delete")), sent
+    victim = replica_pods(cluster.core, ns, "router")[0].metadata.name
+    cluster.core.delete_namespaced_pod(victim, ns, grace_period_seconds=0)
+    wait_for(
+        lambda: (
+            len([p for p in replica_pods(cluster.core, ns, "router") if not p.metadata.deletion_timestamp])
+            == 2
+        ),
+        CONVERGE,
+        "the deleted replica re-created",
+    )
+    cluster.kubectl("scale", "-n", ns, "slmdeployment/router", "--replicas=3")
+    wait_ready(cluster, ns, "router")
+    assert_pods_where_planned(cluster, ns)
+    assert_no_overcommit(cluster)
 
 
 # ------------------------------------------------------------------------------------------- 3. tier pressure

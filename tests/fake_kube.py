@@ -47,8 +47,11 @@ def _field(obj: dict[str, Any], path: str) -> str:
 def _matches(obj: dict[str, Any], label_selector: str | None, field_selector: str | None) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in filter(None, (label_selector or "").split(",")):
-        k, _, v = term.partition("=")
-        if labels.get(k) != v:
+        k, eq, v = term.partition("=")
+        if not eq:  # "k": the label is there; "!k": it is not
+            if (k.lstrip("!") in labels) == k.startswith("!"):
+                return False
+        elif labels.get(k) != v:
             return False
     for term in filter(None, (field_selector or "").split(",")):
         k, _, v = term.partition("=")

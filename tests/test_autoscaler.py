@@ -237,7 +237,7 @@ def test_an_activation_wakes_the_running_loop_without_waiting_for_the_next_poll(
 
 
 def test_the_deployment_watch_hands_the_gateways_activation_to_the_autoscaler() -> None:
-    from slm_operator.controllers.context import OperatorContext, memo_for
+    from slm_operator.controllers.context import OperatorContext
     from slm_operator.controllers.handlers import deployment_event
 
     calls: list[tuple[str, str | None]] = []
@@ -246,12 +246,12 @@ def test_the_deployment_watch_hands_the_gateways_activation_to_the_autoscaler() 
     ctx.triggers["h100"] = __import__("threading").Event()
     body = deployment({"minReplicas": 0, "maxReplicas": 2}, replicas=0, ready=0)
     body["metadata"]["generation"] = 1
-    deployment_event(body=body, type="ADDED", memo=memo_for(ctx))
+    deployment_event(ctx, "ADDED", body)
     assert calls == []
     body["metadata"]["annotations"] = {"slm.io/activation-requested": "2030-01-01T00:00:00Z"}
-    deployment_event(body=body, type="MODIFIED", memo=memo_for(ctx))
+    deployment_event(ctx, "MODIFIED", body)
     assert calls == [(f"{NS}/qwen", "2030-01-01T00:00:00Z")]
-    deployment_event(body=body, type="MODIFIED", memo=memo_for(ctx))
+    deployment_event(ctx, "MODIFIED", body)
     assert len(calls) == 1, "the same request once"
 
 

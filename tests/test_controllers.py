@@ -126,10 +126,12 @@ def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing
 
     before = len(fake.writes)
     assert pools.reconcile("h100") is False
-    # Services are server-side applied on every pass (a no-op for the API server when nothing changed);
-    # nothing else is written: no status, no node, no ConfigMap, no pod.
-    assert {w for w in fake.writes[before:] if w[0] != "apply"} == set()
-    assert {k for v, k, _ in fake.writes[before:]} == {"Service"}
+    # nothing is written: no status, no node, no ConfigMap, no pod, and no Service (each already holds what the
+    # pass would apply)
+    assert fake.writes[before:] == []
+    fake.objects[("Service", "agents", "invoice-extractor")]["spec"]["ports"][0]["port"] = 9999
+    pools.reconcile("h100")
+    assert fake.writes[before:] == [("apply", "Service", "invoice-extractor")], "a Service changed by hand"
 
 
 def test_no_replica_starts_on_a_mig_layout_mig_manager_has_not_reported_for_the_new_config() -> None:
@@ -481,10 +483,10 @@ def test_the_kopf_handlers_reach_the_reconcilers_through_the_memo() -> None:
     ev = ctx.pool_trigger("h100")
     ev.clear()
     dep = fake.peek("SLMDeployment", "invoice-extractor", "agents")
-    handlers.deployment_event(body=dep, type="MODIFIED", memo=memo)
+    handlers.deployment_event(ctx, "MODIFIED", dep)
     assert ev.is_set(), "a change to a deployment wakes its pool's daemon"
     ev.clear()
-    handlers.deployment_event(body=dep, type="MODIFIED", memo=memo)
+    handlers.deployment_event(ctx, "MODIFIED", dep)
     assert not ev.is_set(), "the same deployment seen again changes nothing"
 
 

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from fake_kube import FakeKube
 from slm_operator.contract import GPU_RESOURCE, NVIDIA_PREFIX, QOS_LABEL, SHARED_GPU_RESOURCE, mig_resource
 from slm_operator.controllers import handlers
-from slm_operator.controllers.context import OperatorContext, memo_for
+from slm_operator.controllers.context import OperatorContext
 from slm_operator.controllers.finetune import FineTuneReconciler
 from slm_operator.controllers.pools import PoolReconciler
 from slm_operator.reconcile import Decisions, World, decide
@@ -333,17 +333,16 @@ def test_a_quota_change_wakes_the_pools_and_a_repeat_does_not() -> None:
     ctx = OperatorContext(
         kube=kube, cfg=CFG, pools=PoolReconciler(kube, CFG), finetune=FineTuneReconciler(kube, "t:1", None)
     )
-    memo = memo_for(ctx)
     ev = ctx.pool_trigger("h100")
     q = _quota("team-pods", {"pods": "6"})
     for body, woken in ((q, True), (q, False)):
         ev.clear()
-        handlers.quota_event(body=body, type="MODIFIED", memo=memo)
+        handlers.quota_event(ctx, "MODIFIED", body)
         assert ev.is_set() is woken
     used = copy.deepcopy(q)
     used["status"]["used"]["pods"] = "1"  # a pod of the namespace came or went: usage is what changed
     ev.clear()
-    handlers.quota_event(body=used, type="MODIFIED", memo=memo)
+    handlers.quota_event(ctx, "MODIFIED", used)
     assert ev.is_set()
 
 

@@ -47,9 +47,11 @@ from slm_operator.autoscale import (
     deployment_loads,
 )
 from slm_operator.contract import API_VERSION, AUTOSCALER_FIELD_MANAGER
+from slm_operator.controllers.cache import ClusterCache
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import strip
 from slm_operator.inventory import deployment_key
+from slm_operator.render import OperatorConfig
 from slm_operator.routing.endpoints import NO_DIAL, DialMap
 from slm_operator.views import ObjectView, PodView
 
@@ -126,6 +128,7 @@ class Autoscaler:
         kube: Kube,
         namespace: str,
         *,
+        cache: ClusterCache | None = None,
         gateway_selector: str = DEFAULT_GATEWAY_SELECTOR,
         interval: float = 2.0,
         on_change: Callable[[str], None] = lambda pool: None,
@@ -137,6 +140,10 @@ class Autoscaler:
         self.kube = kube
         self.namespace = namespace
         self.gateway_selector = gateway_selector
+        # what each pass reads: SLMDeployments, SLMRoutes, gateway pods (not started: from the API server)
+        self.cache = cache or ClusterCache(
+            kube, OperatorConfig(), gateway_namespace=namespace, gateway_selector=gateway_selector
+        )
         self.dial = dial  # --dial-map: where gateway pods of mapped addresses are read
         self.interval = interval
         self.on_change = on_change
@@ -226,7 +233,7 @@ class Autoscaler:
 
     def _autoscaled(self) -> list[SLMDeployment]:
         out = []
-        for raw in self.kube.list(API_VERSION, "SLMDeployment"):
+        for raw in self.cache.deployments.items():
             try:
                 dep = SLMDeployment.model_validate(strip(raw))
             except ValidationError as exc:
@@ -240,12 +247,12 @@ class Autoscaler:
 
     def _routes_and_gateways(self) -> tuple[list[SLMRoute], list[str]]:
         routes = []
-        for raw in self.kube.list(API_VERSION, "SLMRoute"):
+        for raw in self.cache.routes.items():
             try:
                 routes.append(SLMRoute.model_validate(strip(raw)))
             except ValidationError as exc:
                 log.warning("skipping SLMRoute %s: %s", ObjectView(raw).name, exc)
-        pods = self.kube.list("v1", "Pod", self.namespace, label_selector=self.gateway_selector)
+        pods = self.cache.gateways.items()
         return routes, gateway_urls(pods, dial=self.dial)
 
     async def _scrape(self, fetch: Fetch, urls: list[str]) -> list[GatewayLoad]:

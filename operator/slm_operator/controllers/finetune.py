@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from slm_operator import DEFAULT_TRAINER_IMAGE
 from slm_operator.api.v1alpha1 import FineTuneJob, GPUPool, SLMDeployment
-from slm_operator.contract import API_VERSION, DEPLOYMENT_LABEL, FINETUNE_JOB_LABEL
+from slm_operator.contract import API_VERSION, FINETUNE_JOB_LABEL
+from slm_operator.controllers.cache import ClusterCache
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import now_rfc3339, strip, write_status
 from slm_operator.finetune import FineTuneDecisions, FineTuneWorld, decide_finetune, job_condition
+from slm_operator.render import OperatorConfig
 from slm_operator.render.finetune import job_name
 from slm_operator.views import ObjectView
 
@@ -33,9 +35,15 @@ def _model(kind: type[Any], raw: Mapping[str, Any] | None) -> Any:
 
 class FineTuneReconciler:
     def __init__(
-        self, kube: Kube, trainer_image: str = DEFAULT_TRAINER_IMAGE, priority_class: str | None = None
+        self,
+        kube: Kube,
+        trainer_image: str = DEFAULT_TRAINER_IMAGE,
+        priority_class: str | None = None,
+        cache: ClusterCache | None = None,
     ) -> None:
         self.kube = kube
+        # the pool, its nodes, the target and its pods (not started: read from the API server)
+        self.cache = cache or ClusterCache(kube, OperatorConfig())
         self.trainer_image = trainer_image
         self.priority_class = priority_class
 
@@ -43,7 +51,7 @@ class FineTuneReconciler:
         """Read what the decision needs: the pool and nodes, the Job and its pods, the target; the target's pods
         and the namespace's other FineTuneJobs only once the Job completed (the promotion needs them)."""
         ns = ftj.metadata.namespace or "default"
-        pool: GPUPool | None = _model(GPUPool, self.kube.get(API_VERSION, "GPUPool", ftj.spec.pool_ref.name))
+        pool: GPUPool | None = _model(GPUPool, self.cache.pools.get(ftj.spec.pool_ref.name))
         job = self.kube.get("batch/v1", "Job", job_name(ftj), ns)
         pods = []
         if job is not None:
@@ -53,15 +61,15 @@ class FineTuneReconciler:
         others: list[FineTuneJob] = []
         if ftj.spec.promote is not None:
             name = ftj.spec.promote.slm_deployment_ref.name
-            target = _model(SLMDeployment, self.kube.get(API_VERSION, "SLMDeployment", name, ns))
+            target = _model(SLMDeployment, self.cache.deployments.get(name, ns))
             if target is not None and job_condition(job, "Complete") is not None:
-                target_pods = self.kube.list("v1", "Pod", ns, label_selector=f"{DEPLOYMENT_LABEL}={name}")
+                target_pods = self.cache.deployment_pods(ns, name)
                 found = (_model(FineTuneJob, o) for o in self.kube.list(API_VERSION, "FineTuneJob", ns))
                 others = [o for o in found if o is not None]
         return FineTuneWorld(
             ftj=ftj,
             pool=pool,
-            nodes=self.kube.list("v1", "Node") if pool is not None else [],
+            nodes=self.cache.nodes.items() if pool is not None else [],
             job=job,
             job_pods=pods,
             target=target,

@@ -1,15 +1,19 @@
-"""kopf registrations (thin): events mark pools dirty; one daemon per GPUPool runs the planning passes.
+"""Handlers (thin): events mark pools dirty; one daemon per GPUPool runs the planning passes.
 
+kopf watches GPUPools (a daemon and a finalizer each) and FineTuneJobs (a timer); the other kinds a pass reads
+are watched by the operator's watch caches (cache.py), which call the handlers here after storing each change.
 Level-based: every pass re-reads the pool's world and converges to the plan, so a missed event, a restart
 or a second operator replica taking over all end in the same state. Handlers are sync (kopf runs them in
-threads), so the blocking Kubernetes client never stalls the event loop.
+threads, the caches in theirs), so the blocking Kubernetes client never stalls the event loop.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -22,14 +26,13 @@ from slm_operator.contract import (
     API_VERSION,
     FINALIZER,
     GPU_INVENTORY_ANNOTATION,
-    GPU_RESOURCE,
     GROUP,
     NVIDIA_PREFIX,
     POOL_LABEL,
     PROMOTED_METHOD_ANNOTATION,
     VERSION,
 )
-from slm_operator.controllers.context import from_memo
+from slm_operator.controllers.context import OperatorContext, from_memo
 from slm_operator.controllers.shell import strip
 from slm_operator.inventory import node_down_since
 from slm_operator.views import NodeView, ObjectView, PodView
@@ -138,9 +141,7 @@ def pool_deleted(body: kopf.Body, name: str, memo: kopf.Memo, **_: Any) -> None:
 # ------------------------------------------------------------------------------------------- SLMDeployment
 
 
-@kopf.on.event(GROUP, VERSION, "slmdeployments")
-def deployment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    ctx = from_memo(memo)
+def deployment_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     obj = ObjectView(body)
     key = f"dep/{obj.namespace or None}/{obj.name or None}"
     activation = obj.annotations.get(ACTIVATION_ANNOTATION)
@@ -192,9 +193,7 @@ def _layout_only(raw: str | None) -> Any:
     ]
 
 
-@kopf.on.event("", "v1", "nodes")
-def node_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    ctx = from_memo(memo)
+def node_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     node = NodeView(body)
     fp = [
         type,
@@ -208,10 +207,8 @@ def node_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> 
         ctx.trigger_all()
 
 
-@kopf.on.event("", "v1", "namespaces")
-def namespace_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def namespace_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     """A Namespace's labels decide which pool tenant its SLMDeployments belong to (docs/tenants.md)."""
-    ctx = from_memo(memo)
     meta = body.get("metadata") or {}
     if ctx.changed(f"namespace/{meta.get('name')}", [type, dict(meta.get("labels") or {})]):
         ctx.trigger_all()
@@ -221,9 +218,7 @@ def _pod_key(pod: PodView) -> str:
     return f"{pod.namespace or None}/{pod.name or None}"
 
 
-@kopf.on.event("", "v1", "pods", labels={POOL_LABEL: kopf.PRESENT})
-def replica_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    ctx = from_memo(memo)
+def replica_pod_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     pod = PodView(body)
     ready = [c.get("status") for c in pod.status.get("conditions") or [] if c.get("type") == "Ready"]
     fp = [type, pod.status.get("phase"), ready, pod.deleting, pod.spec.get("nodeName")]
@@ -231,20 +226,8 @@ def replica_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
         ctx.trigger(pod.labels[POOL_LABEL])
 
 
-def _holds_whole_gpus(body: kopf.Body, **_: Any) -> bool:
-    pod = PodView(body)
-    if POOL_LABEL in pod.labels:
-        return False
-    for c in pod.spec.get("containers") or []:
-        if GPU_RESOURCE in ((c.get("resources") or {}).get("limits") or {}):
-            return True
-    return False
-
-
-@kopf.on.event("", "v1", "pods", when=_holds_whole_gpus)
-def gpu_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def gpu_pod_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     """LLM-fallback (and fine-tuning) pods claim reserved GPUs: re-plan so lent BestEffort replicas leave."""
-    ctx = from_memo(memo)
     pod = PodView(body)
     fp = [type, pod.status.get("phase"), pod.spec.get("nodeName"), pod.deleting]
     if ctx.changed(f"gpupod/{_pod_key(pod)}", fp):
@@ -254,11 +237,9 @@ def gpu_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) 
 # ------------------------------------------------------------------------------------------- ResourceQuotas
 
 
-@kopf.on.event("", "v1", "resourcequotas")
-def quota_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+def quota_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -> None:
     """A ResourceQuota's limits, scopes or usage changed: the pools plan within it again (docs/resource-quotas.md);
     its usage drops when a pod of the namespace is gone, which may let a held-back replica in."""
-    ctx = from_memo(memo)
     obj = ObjectView(body)
     spec = body.get("spec") or {}
     status = body.get("status") or {}
@@ -272,6 +253,25 @@ def quota_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) ->
     ]
     if ctx.changed(f"quota/{obj.namespace or None}/{obj.name or None}", fp):
         ctx.trigger_all()
+
+
+# ------------------------------------------------------------------------------------------- the watch caches
+
+
+def watch_handlers(ctx: OperatorContext) -> None:
+    """The handlers above, called by the watch caches (cache.py) after each change they store: a pass they wake
+    reads a cache that already holds the change. kopf watches only the kinds it must (GPUPools for their daemons
+    and finalizer, FineTuneJobs for their timer)."""
+    cache = ctx.pools.cache
+    for reflector, handler in (
+        (cache.deployments, deployment_event),
+        (cache.nodes, node_event),
+        (cache.namespaces, namespace_event),
+        (cache.replicas, replica_pod_event),
+        (cache.gpu_pods, gpu_pod_event),
+        (cache.quotas, quota_event),
+    ):
+        reflector.on_event = functools.partial(handler, ctx)
 
 
 # ------------------------------------------------------------------------------------------- FineTuneJob

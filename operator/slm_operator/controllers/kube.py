@@ -26,6 +26,7 @@ from slm_operator.events import event_body
 
 log = logging.getLogger("slm_operator.kube")
 T = TypeVar("T")
+Items = list[dict[str, Any]]  # (``Kube.list`` shadows the builtin inside the class)
 
 
 def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:
@@ -41,8 +42,9 @@ def retry_on_conflict(fn: Callable[[], T], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
-#: the verbs :attr:`Kube.fence` guards
+#: the verbs :attr:`Kube.fence` guards, and their HTTP methods
 WRITE_VERBS = frozenset({"apply", "create", "delete", "update", "patch"})
+SENDING_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 #: times a request refused with 429 is sent again before the caller sees the refusal (client-go: 10, with the
 #: server's Retry-After only); with the back-off below a request gives up after waiting 1+2+4+8+8 s (times jitter)
@@ -113,6 +115,30 @@ class Kube:
         # the wait before re-sending a throttled request, and its jitter (injectable for tests)
         self.sleep: Callable[[float], None] = time.sleep
         self.jitter: Callable[[], float] = lambda: random.uniform(1.0, 1.5)
+        # called with what the API server answered to each write (the watch caches: cache.py)
+        self.on_write: Callable[[dict[str, Any]], None] | None = None
+        self._fence_at_send()
+
+    def _fence_at_send(self) -> None:
+        """Check the fence once more as a write leaves, in the REST client's request: a thread that passed the
+        check in ``_counted`` and was then paused (SIGSTOP, a frozen VM) past the renew deadline must not send
+        its write when it resumes. The client must be this Kube's own (the Lease's renewals use another)."""
+        rest = getattr(self.api, "rest_client", None)
+        if rest is None:
+            return
+        send = rest.request
+
+        def request(method: str, url: str, *args: Any, **kw: Any) -> Any:
+            if method in SENDING_WRITES and self.fence is not None:
+                self.fence()
+            return send(method, url, *args, **kw)
+
+        rest.request = request
+
+    def _wrote(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.on_write is not None:
+            self.on_write(obj)
+        return obj
 
     @property
     def dyn(self) -> DynamicClient:
@@ -129,17 +155,29 @@ class Kube:
 
     # -------------------------------------------------------------------------------------- reads
 
+    def _list(
+        self, api_version: str, kind: str, namespace: str | None, kw: dict[str, Any]
+    ) -> tuple[Items, str]:
+        res = self.resource(api_version, kind)
+        out = res.get(namespace=namespace, **kw) if namespace else res.get(**kw)
+        items: Items = [i.to_dict() for i in out.items]
+        for i in items:
+            i.setdefault("apiVersion", api_version)
+            i.setdefault("kind", kind)
+        return items, str(out.metadata.resourceVersion or "")
+
     @_counted("list")
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, **kw: Any
     ) -> list[dict[str, Any]]:
-        res = self.resource(api_version, kind)
-        out = res.get(namespace=namespace, **kw) if namespace else res.get(**kw)
-        items: list[dict[str, Any]] = [i.to_dict() for i in out.items]
-        for i in items:
-            i.setdefault("apiVersion", api_version)
-            i.setdefault("kind", kind)
-        return items
+        return self._list(api_version, kind, namespace, kw)[0]
+
+    @_counted("list")
+    def list_versioned(
+        self, api_version: str, kind: str, namespace: str | None = None, **kw: Any
+    ) -> tuple[Items, str]:
+        """The objects and the list's resourceVersion (where a watch of them starts)."""
+        return self._list(api_version, kind, namespace, kw)
 
     @_counted("get")
     def get(
@@ -172,7 +210,7 @@ class Kube:
             field_manager=field_manager,
             force_conflicts=True,
         ).to_dict()
-        return out
+        return self._wrote(out)
 
     @_counted("create")
     def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -183,7 +221,7 @@ class Kube:
                 .create(body=obj, namespace=obj["metadata"].get("namespace"), field_manager=FIELD_MANAGER)
                 .to_dict()
             )
-            return out
+            return self._wrote(out)
         except ApiException as exc:
             if exc.status == 409:
                 return None
@@ -205,7 +243,7 @@ class Kube:
             .replace(body=obj, namespace=obj["metadata"].get("namespace"))
             .to_dict()
         )
-        return out
+        return self._wrote(out)
 
     @_counted("patch")
     def merge_patch(
@@ -223,7 +261,7 @@ class Kube:
                 )
                 .to_dict()
             )
-            return out
+            return self._wrote(out)
         except NotFoundError:
             return None
 
@@ -244,4 +282,8 @@ class Kube:
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
 
     def watch(self, api_version: str, kind: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """One watch request (``timeout`` seconds at most): its events, each with ``type`` and ``raw_object``.
+        Raises ApiException(410) when ``resource_version`` is too old (the caller lists again)."""
+        self.requests += 1
+        metrics.count_api_request("watch")
         yield from self.resource(api_version, kind).watch(**kw)

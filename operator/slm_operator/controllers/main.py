@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import signal
@@ -12,12 +13,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from slm_operator import metrics
 from slm_operator.controllers import handlers  # noqa: F401  # registers the kopf handlers
 from slm_operator.controllers.autoscaler import Autoscaler
+from slm_operator.controllers.cache import ClusterCache
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
+from slm_operator.controllers.handlers import watch_handlers
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.leader import LeaderElector
 from slm_operator.controllers.pools import PoolReconciler
@@ -63,18 +67,62 @@ class Health:
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
 
 
-def autoscaler_of(args: Any, kube: Kube, on_change: Callable[[str], None]) -> Autoscaler | None:
+def autoscaler_of(
+    args: Any, kube: Kube, cache: ClusterCache, on_change: Callable[[str], None]
+) -> Autoscaler | None:
     """The autoscaler the flags ask for (None: ``--autoscale-interval 0``)."""
     if args.autoscale_interval <= 0:
         return None
     return Autoscaler(
         kube,
         args.namespace,
+        cache=cache,
         gateway_selector=args.gateway_selector,
         interval=args.autoscale_interval,
         dial=parse_dial_map(getattr(args, "dial_map", [])),
         on_change=on_change,
     )
+
+
+#: connections kept for the watch caches' client: one long watch per reflector, and their lists
+WATCH_CONNECTIONS = 24
+
+
+def watch_client(api: client.ApiClient) -> client.ApiClient:
+    """A client of its own for the watch caches, on the same configuration: each of their watches holds a
+    connection for minutes, which must not take the ones the passes' writes need (and the caches never write:
+    the fence of the writes' client is not theirs to check)."""
+    conf = copy.deepcopy(api.configuration)
+    conf.connection_pool_maxsize = WATCH_CONNECTIONS
+    return client.ApiClient(conf)
+
+
+def operator_context(args: Any, api: client.ApiClient, kube: Kube, cfg: OperatorConfig) -> OperatorContext:
+    """The reconcilers, reading one set of watch caches (started by :func:`start_caches`)."""
+    cache = ClusterCache(
+        Kube(watch_client(api)),
+        cfg,
+        gateway_namespace=args.namespace,
+        gateway_selector=args.gateway_selector,
+    )
+    context = OperatorContext(
+        kube=kube,
+        cfg=cfg,
+        pools=PoolReconciler(kube, cfg, cache),
+        finetune=FineTuneReconciler(kube, args.trainer_image, args.priority_class_finetune or None, cache),
+    )
+    context.autoscaler = autoscaler_of(args, kube, cache, context.trigger)
+    return context
+
+
+def start_caches(context: OperatorContext) -> None:
+    """Fill the watch caches and keep them: their events wake the pools, our writes' answers go into them."""
+    cache = context.pools.cache
+    watch_handlers(context)
+    context.kube.on_write = cache.observe
+    cache.start(cache.planner_reflectors())
+    if context.autoscaler is not None:
+        cache.start(cache.autoscaler_reflectors())
 
 
 def run(args: Any) -> int:
@@ -93,13 +141,7 @@ def run(args: Any) -> int:
         health.serve(args.health_listen)
     if args.metrics_listen:
         metrics.serve(args.metrics_listen)
-    context = OperatorContext(
-        kube=kube,
-        cfg=cfg,
-        pools=PoolReconciler(kube, cfg),
-        finetune=FineTuneReconciler(kube, args.trainer_image, args.priority_class_finetune or None),
-    )
-    context.autoscaler = autoscaler_of(args, kube, context.trigger)
+    context = operator_context(args, api, kube, cfg)
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,13 +149,18 @@ def run(args: Any) -> int:
     elector = None
     if args.leader_elect:
         # the Lease is renewed through a client of its own: every other write is fenced by it (leader.py)
-        elector = LeaderElector(Kube(api), args.namespace, identity=os.environ.get("POD_NAME") or None)
+        elector = LeaderElector(
+            Kube(client.ApiClient(copy.deepcopy(api.configuration))),
+            args.namespace,
+            identity=os.environ.get("POD_NAME") or None,
+        )
         health.state = "standby"
         if not elector.acquire(stop):
             return 0
         elector.keep_renewing(_exit_at_once)
         kube.fence = elector.fence
     health.state = "leading"
+    start_caches(context)  # once this replica leads (a standby holds nothing), before kopf starts the passes
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
@@ -138,6 +185,7 @@ def run(args: Any) -> int:
         loop.run_until_complete(main())
     finally:
         health.state = "stopping"
+        context.pools.cache.stop()
         if elector is not None:
             elector.release()
         loop.close()

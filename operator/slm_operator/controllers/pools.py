@@ -29,8 +29,9 @@ from slm_operator.contract import (
     POOL_LABEL,
     REPLICA_LABEL,
 )
+from slm_operator.controllers.cache import ClusterCache
 from slm_operator.controllers.kube import Kube
-from slm_operator.controllers.shell import now_rfc3339, strip, update_configmap, write_status
+from slm_operator.controllers.shell import contains, now_rfc3339, strip, update_configmap, write_status
 from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
 from slm_operator.planner.portfolio import PortfolioOutcome, solver_installed
 from slm_operator.reconcile import (
@@ -62,9 +63,11 @@ CREATE_CONCURRENCY = 8
 
 
 class PoolReconciler:
-    def __init__(self, kube: Kube, cfg: OperatorConfig) -> None:
+    def __init__(self, kube: Kube, cfg: OperatorConfig, cache: ClusterCache | None = None) -> None:
         self.kube = kube
         self.cfg = cfg
+        # what a pass reads (not started: read from the API server on each pass)
+        self.cache = cache or ClusterCache(kube, cfg)
         # kopf runs a deleted pool's on.delete handler while the pool's daemon may still be in a pass (it only
         # signals the daemon to stop): a pass that gathered before the deletion would create pods and label
         # nodes after release() cleaned up. One lock per pool name keeps the two apart.
@@ -87,19 +90,19 @@ class PoolReconciler:
 
     # ------------------------------------------------------------------------------ gather
 
-    def _deployments(self) -> list[SLMDeployment]:
+    def _deployments(self, raws: list[dict[str, Any]]) -> list[SLMDeployment]:
         out = []
-        for raw in self.kube.list(API_VERSION, "SLMDeployment"):
+        for raw in raws:
             try:
                 out.append(SLMDeployment.model_validate(strip(raw)))
             except ValidationError as exc:  # the API server validated it; a newer field we do not know?
                 log.warning("skipping SLMDeployment %s: %s", ObjectView(raw).name, exc)
         return out
 
-    def _pools(self) -> list[GPUPool]:
+    def _pools(self, raws: list[dict[str, Any]]) -> list[GPUPool]:
         """Every GPUPool, so a node that several pools select is planned by one of them (``node_owner``)."""
         out = []
-        for raw in self.kube.list(API_VERSION, "GPUPool"):
+        for raw in raws:
             try:
                 out.append(GPUPool.model_validate(strip(raw)))
             except ValidationError as exc:
@@ -108,7 +111,7 @@ class PoolReconciler:
 
     def _mig_configs(self) -> tuple[dict[str, Any], dict[str, str]]:
         """The mig-parted ConfigMap's named configs and when each was first written."""
-        cm = self.kube.get("v1", "ConfigMap", self.cfg.mig_configmap, self.cfg.nvidia_namespace)
+        cm = self.cache.mig_configmap.get(self.cfg.mig_configmap, self.cfg.nvidia_namespace)
         if not cm:
             return {}, {}
         times = entry_times((cm.get("metadata") or {}).get("annotations"))
@@ -119,34 +122,31 @@ class PoolReconciler:
         except yaml.YAMLError:
             return {}, times
 
+    def _foreign_gpu_pods(self, names: list[str]) -> list[dict[str, Any]]:
+        """Pods that are no replicas and hold whole GPUs on the pool's nodes, or are nominated to one (the
+        scheduler preempts for them: they claim their GPUs already)."""
+        on = set(names)
+        return [p for p in self.cache.gpu_pods.items() if PodView(p).node_name in on]
+
     def gather(self, pool: GPUPool) -> World:
-        nodes = self.kube.list("v1", "Node")
-        pools = self._pools()
-        deps = [d for d in self._deployments() if d.spec.pool_ref.name == pool.metadata.name]
-        pods = self.kube.list("v1", "Pod", label_selector=f"{POOL_LABEL}={pool.metadata.name}")
+        """The pool's world from the watch caches (the first pass waits for their first lists)."""
+        nodes = self.cache.nodes.items()
+        pools = self._pools(self.cache.pools.items())
+        deps = [
+            d
+            for d in self._deployments(self.cache.deployments.items())
+            if d.spec.pool_ref.name == pool.metadata.name
+        ]
+        pods = self.cache.replica_pods(pool.metadata.name)
         foreign: list[dict[str, Any]] = []
         if pool.spec.reservations:
-            names = [NodeView(n).name for n in pool_nodes(pool, nodes, pools)]
-            candidates = [
-                p
-                for name in names
-                for p in self.kube.list("v1", "Pod", field_selector=f"spec.nodeName={name}")
-            ]
-            # Pods the scheduler is preempting for (nominated to a pool node) claim their GPUs already.
-            for p in self.kube.list("v1", "Pod", field_selector="spec.nodeName="):
-                if PodView(p).status.get("nominatedNodeName") in names:
-                    candidates.append(p)
-            foreign = [p for p in candidates if POOL_LABEL not in PodView(p).labels]
+            foreign = self._foreign_gpu_pods([NodeView(n).name for n in pool_nodes(pool, nodes, pools)])
         mig_configs, mig_times = self._mig_configs()
         used = {d.metadata.namespace for d in deps}
-        quotas = (
-            [q for q in self.kube.list("v1", "ResourceQuota") if ObjectView(q).namespace in used]
-            if deps
-            else []
-        )
+        quotas = [q for q in self.cache.quotas.items() if ObjectView(q).namespace in used] if deps else []
         namespaces: dict[str, dict[str, str]] = {}
         if pool.spec.tenants:  # tenants select namespaces by their labels
-            for ns in self.kube.list("v1", "Namespace"):
+            for ns in self.cache.namespaces.items():
                 meta = ns.get("metadata") or {}
                 namespaces[str(meta.get("name", ""))] = dict(meta.get("labels") or {})
         return World(
@@ -338,11 +338,14 @@ class PoolReconciler:
     def _apply_service(self, svc: dict[str, Any], deps: Mapping[str, SLMDeployment]) -> None:
         """Apply one deployment's Service. A Service the API server refuses (e.g. "failed to allocate a serviceIP:
         range is full") must not stop the pass: the other deployments' Services, statuses and pods still get
-        written. Its deployment gets a Warning Event with the API server's words, and the next pass tries again."""
+        written. Its deployment gets a Warning Event with the API server's words, and the next pass tries again.
+        A Service that already holds what we would apply is not sent again."""
+        meta = svc["metadata"]
+        if contains(self.cache.services.get(meta["name"], meta["namespace"]), svc):
+            return
         try:
             self.kube.apply(svc)
         except ApiException as exc:
-            meta = svc["metadata"]
             log.warning(
                 "Service %s/%s not applied (%s): %s",
                 meta["namespace"],
@@ -382,12 +385,14 @@ class PoolReconciler:
             ns,
             lambda cur: mig_parted_data(cur, in_use_mig, d.mig_entries),
             lambda ann: written_annotations(ann, in_use_mig, d.mig_entry_times),
+            cached=lambda: self.cache.mig_configmap.get(self.cfg.mig_configmap, ns),
         )
         update_configmap(
             self.kube,
             self.cfg.device_plugin_configmap,
             ns,
             lambda cur: device_plugin_data(cur, in_use_dp, d.device_plugin_entries),
+            cached=lambda: self.cache.device_plugin_configmap.get(self.cfg.device_plugin_configmap, ns),
         )
 
     # ------------------------------------------------------------------------------ release
@@ -399,17 +404,18 @@ class PoolReconciler:
             self._release(name, selector_pool)
 
     def _release(self, name: str, selector_pool: GPUPool | None) -> None:
+        """Read live, not from the caches: nothing the deletion raced with may be missed."""
         for pod in map(PodView, self.kube.list("v1", "Pod", label_selector=f"{POOL_LABEL}={name}")):
             self.kube.delete("v1", "Pod", pod.name, pod.namespace)
         nodes = self.kube.list("v1", "Node")
         # only the nodes it planned: a node another pool selects too was (or now is) that pool's
-        others = [p for p in self._pools() if p.metadata.name != name]
+        others = [p for p in self._pools(self.kube.list(API_VERSION, "GPUPool")) if p.metadata.name != name]
         for node in pool_nodes(selector_pool, nodes, others) if selector_pool else []:
             self._restore_node(node)
         metrics.forget_pool(name)
         self._plan_memos.pop(name, None)
         # Deployments of the pool now have no pool: say so.
-        for dep in self._deployments():
+        for dep in self._deployments(self.kube.list(API_VERSION, "SLMDeployment")):
             if dep.spec.pool_ref.name == name:
                 try:
                     self.mark_pool_missing(dep)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from slm_operator.api.base import ApiModel
 from slm_operator.contract import API_VERSION
 from slm_operator.controllers.kube import Kube, retry_on_conflict
@@ -54,22 +56,36 @@ def write_status(
     return True
 
 
+def contains(have: Any, want: Any) -> bool:
+    """Whether ``have`` (an object as the API server holds it) already carries every field of ``want`` (what we
+    would apply) with the same value: applying ``want`` again would change nothing we own."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and contains(have[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(have) == len(want) and all(map(contains, have, want))
+    return bool(have == want)
+
+
 def update_configmap(
     kube: Kube,
     name: str,
     namespace: str,
     compute: Callable[[Mapping[str, str] | None], Mapping[str, str] | None],
     annotate: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None,
+    cached: Callable[[], dict[str, Any] | None] | None = None,
 ) -> None:
     """Create or replace a ConfigMap with ``compute(current data)`` (None: leave the data as it is) and, with
     ``annotate``, the annotations ``annotate(current annotations)`` (kept as they are otherwise).
 
-    The replace carries the resourceVersion read, so a concurrent writer makes it fail with 409; the step is
-    then run again on a fresh read (other pools' entries are never lost).
+    The first try reads ``cached()`` (the watch cache) when given, so that a pass with nothing to change sends
+    nothing. The replace carries the resourceVersion read, so a concurrent writer, or a stale cache, makes it
+    fail with 409; the step is then run again on a fresh read from the API server (other pools' entries are
+    never lost).
     """
+    reads = [cached] if cached is not None else []
 
     def step() -> None:
-        cm = kube.get("v1", "ConfigMap", name, namespace)
+        cm = reads.pop()() if reads else kube.get("v1", "ConfigMap", name, namespace)
         current = None if cm is None else (cm.get("data") or {})
         have: Mapping[str, str] = {} if cm is None else (cm.get("metadata") or {}).get("annotations") or {}
         data = compute(current)
@@ -80,7 +96,8 @@ def update_configmap(
         if annotations:
             body["metadata"]["annotations"] = annotations
         if cm is None:
-            kube.create(body)
+            if kube.create(body) is None:  # it exists after all (a stale read): merge into what it holds
+                raise ApiException(status=409, reason="AlreadyExists")
             return
         body["metadata"]["resourceVersion"] = cm["metadata"]["resourceVersion"]
         kube.replace(body)
