@@ -99,17 +99,25 @@ def test_a_watch_resumes_from_the_last_version_and_a_410_lists_again_telling_wha
     assert all("managedFields" not in o["metadata"] for o in r.items()), "stored without managedFields"
 
 
-def test_a_failed_watch_is_retried_after_a_back_off_not_in_a_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_watch_backs_off_longer_each_time_until_one_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watch the API server refuses (403: RBAC without `watch`) after a list it allows must not become a list
+    and a watch every second: the back-off grows until a watch delivers something."""
     waits: list[float] = []
     monkeypatch.setattr(Reflector, "_backoff", lambda self, failures: waits.append(failures) or 0.0)
+    forbidden = ApiException(status=403, reason="Forbidden")
     api = ScriptedApi(
-        lists=[([pod("a", 5)], "10"), ([pod("a", 5)], "11"), ([pod("a", 5)], "12")],
-        watches=[ConnectionResetError("API server restarting"), ApiException(status=500, reason="boom")],
+        lists=[([pod("a", 5)], "10"), ([pod("a", 5)], "11"), ([pod("a", 5)], "12"), ([pod("a", 12)], "13")],
+        watches=[
+            ConnectionResetError("API server restarting"),
+            forbidden,
+            [("MODIFIED", pod("a", 12))],  # works for a while ...
+            forbidden,  # ... then fails: a first failure again
+        ],
     )
     r, seen = started(api)
-    assert waits == [1, 1], "one back-off per failure; a successful list resets the count"
-    assert seen == [("ADDED", "a")], "the same object listed again is not told again"
-    assert names(r) == {"a": "5"}
+    assert waits == [1, 2, 1]
+    assert seen == [("ADDED", "a"), ("MODIFIED", "a")], "an object listed again unchanged is not told again"
+    assert names(r) == {"a": "12"}
 
 
 def test_a_keep_predicate_drops_objects_that_stop_matching() -> None:

@@ -77,7 +77,7 @@ OPERATOR_CLUSTER_RULES = {
     ("slm.io", "gpupools"): {"get", "list", "watch", "patch"},
     ("slm.io", "slmdeployments"): {"get", "list", "watch", "patch"},
     ("slm.io", "finetunejobs"): {"get", "list", "watch", "patch"},
-    ("slm.io", "slmroutes"): {"list"},  # the autoscaler: which route backend names which SLMDeployment
+    ("slm.io", "slmroutes"): {"list", "watch"},  # the autoscaler: which route backend names which deployment
     ("slm.io", "gpupools/status"): {"patch", "update"},
     ("slm.io", "slmdeployments/status"): {"patch", "update"},
     ("slm.io", "finetunejobs/status"): {"patch", "update"},

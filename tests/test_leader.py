@@ -69,3 +69,55 @@ def test_a_paused_leader_resuming_after_another_took_over_is_fenced_before_its_r
     with pytest.raises(LeadershipLost):
         e.fence()
     assert lost == [True]
+
+
+def test_a_write_whose_thread_passed_the_fence_before_a_pause_is_refused_at_the_socket() -> None:
+    """The fence is checked again as the write's first bytes leave (its HTTP connection): a thread that passed
+    the check in ``Kube`` and was then paused past the renew deadline sends nothing when it resumes. Reads still
+    go out. A real HTTP server on 127.0.0.1 counts what reaches it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from slm_operator.controllers.kube import Kube
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            seen.append(self.command)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{server.server_address[1]}"
+        kube = Kube(client.ApiClient(conf))
+        leading = [True]
+
+        def fence() -> None:
+            if not leading[0]:
+                raise LeadershipLost("paused past the renew deadline")
+
+        kube.fence = fence
+        rest = kube.api.rest_client
+        rest.request("POST", f"{conf.host}/api/v1/namespaces/a/pods", body={})
+        leading[0] = False  # the pause: Kube's own check was passed before it
+        with pytest.raises(LeadershipLost):
+            rest.request("POST", f"{conf.host}/api/v1/namespaces/a/pods", body={})
+        rest.request("GET", f"{conf.host}/api/v1/pods")
+        assert seen == ["POST", "GET"]
+    finally:
+        server.shutdown()

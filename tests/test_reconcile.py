@@ -181,6 +181,16 @@ def test_decisions_are_deterministic() -> None:
     assert a.plan == b.plan and a.pods_create == b.pods_create and a.node_labels == b.node_labels
 
 
+@pytest.mark.parametrize("stage", ["first pass", "converged"])
+def test_a_pass_never_changes_the_objects_it_reads(stage: str) -> None:
+    """The shell hands the core the watch caches' own objects (controllers/cache.py): a pass that changed one
+    would change what every later pass reads."""
+    w = _world("h100") if stage == "first pass" else _converge()[0]
+    raw = copy.deepcopy((w.nodes, w.pods, w.foreign_gpu_pods, w.resource_quotas, w.mig_configs))
+    decide(w)
+    assert (w.nodes, w.pods, w.foreign_gpu_pods, w.resource_quotas, w.mig_configs) == raw
+
+
 def test_scale_down_deletes_only_that_deployment() -> None:
     w, _ = _converge()
     dep = next(d for d in w.deployments if d.metadata.name == "intent-router")

@@ -132,6 +132,7 @@ class Reflector:
         self._thread: threading.Thread | None = None
         self.version = ""  # the last resourceVersion listed or watched
         self.relists = 0  # lists after the first (a 410 Gone, a failed watch): for the tests and the log
+        self._progress = False  # the current watch has delivered an event
 
     def __repr__(self) -> str:
         where = f" in {self.namespace}" if self.namespace else ""
@@ -215,21 +216,21 @@ class Reflector:
         self._stop.set()
 
     def _run(self) -> None:
-        failures = 0
+        failures = 0  # failures in a row: a list or watch refused (403) keeps backing off, up to 30 s
         while not self._stop.is_set():
+            self._progress = False
             try:
                 self._relist()
-                failures = 0
                 while not self._stop.is_set():
                     self._watch()
             except ApiException as exc:
                 if exc.status == 410:  # the version we watched from was compacted: list again, at once
                     log.info("watch of %r: %s; listing again", self, exc.reason)
                     continue
-                failures += 1
+                failures = 1 if self._progress else failures + 1
                 log.warning("watch of %r failed (%s %s); listing again", self, exc.status, exc.reason)
             except Exception as exc:  # the API server restarting, a connection reset: list again after a wait
-                failures += 1
+                failures = 1 if self._progress else failures + 1
                 log.warning("watch of %r failed (%s); listing again", self, exc)
             self._stop.wait(self._backoff(failures))
 
@@ -277,6 +278,7 @@ class Reflector:
         ):
             if self._stop.is_set():
                 return
+            self._progress = True  # the watch works: a later failure starts the back-off afresh
             type_, obj = ev["type"], ev["raw_object"]
             version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
             if type_ == "BOOKMARK":

@@ -19,6 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from slm_operator import metrics
 from slm_operator.contract import FIELD_MANAGER
@@ -102,6 +104,24 @@ def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     return wrap
 
 
+def _fenced_pool(pool: type[Any], connection: type[Any], kube: Kube) -> type[Any]:
+    """A urllib3 connection pool class whose connections call ``kube.fence`` before sending any byte of a write."""
+
+    class Fenced(connection):  # type: ignore[misc,valid-type]
+        _write = False
+
+        def putrequest(self, method: str, url: str, *args: Any, **kw: Any) -> None:
+            self._write = method in SENDING_WRITES
+            super().putrequest(method, url, *args, **kw)
+
+        def send(self, data: Any) -> None:
+            if self._write and kube.fence is not None:
+                kube.fence()
+            super().send(data)
+
+    return type(f"Fenced{pool.__name__}", (pool,), {"ConnectionCls": Fenced})
+
+
 class Kube:
     """Typed-enough access to the resources slm-operator uses."""
 
@@ -120,20 +140,18 @@ class Kube:
         self._fence_at_send()
 
     def _fence_at_send(self) -> None:
-        """Check the fence once more as a write leaves, in the REST client's request: a thread that passed the
-        check in ``_counted`` and was then paused (SIGSTOP, a frozen VM) past the renew deadline must not send
-        its write when it resumes. The client must be this Kube's own (the Lease's renewals use another)."""
-        rest = getattr(self.api, "rest_client", None)
-        if rest is None:
+        """Check the fence once more as a write's first bytes leave, in its HTTP connection: a thread that passed
+        the check in ``_counted`` and was then paused (SIGSTOP, a frozen VM) past the renew deadline must not send
+        its write when it resumes. Checked at the socket, the window between the check and the send is a few
+        bytecodes. The client must be this Kube's own (the Lease's renewals use another)."""
+        manager = getattr(getattr(self.api, "rest_client", None), "pool_manager", None)
+        if manager is None:
             return
-        send = rest.request
-
-        def request(method: str, url: str, *args: Any, **kw: Any) -> Any:
-            if method in SENDING_WRITES and self.fence is not None:
-                self.fence()
-            return send(method, url, *args, **kw)
-
-        rest.request = request
+        manager.clear()
+        manager.pool_classes_by_scheme = {
+            "http": _fenced_pool(HTTPConnectionPool, HTTPConnection, self),
+            "https": _fenced_pool(HTTPSConnectionPool, HTTPSConnection, self),
+        }
 
     def _wrote(self, obj: dict[str, Any]) -> dict[str, Any]:
         if self.on_write is not None:
