@@ -107,7 +107,7 @@ def _counted(verb: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 def _fenced_pool(pool: type[Any], connection: type[Any], kube: Kube) -> type[Any]:
     """A urllib3 connection pool class whose connections call ``kube.fence`` before sending any byte of a write."""
 
-    class Fenced(connection):  # type: ignore[misc,valid-type]
+    class Fenced(connection):  # type: ignore[misc]
         _write = False
 
         def putrequest(self, method: str, url: str, *args: Any, **kw: Any) -> None:
