@@ -43,17 +43,12 @@ class Pods:
         self.sent = 0
         self.created: list[dict[str, Any]] = []
 
-    def create(self, body: dict[str, Any], namespace: str | None, field_manager: str) -> Any:
+    def create(self, body: dict[str, Any], namespace: str | None, field_manager: str, serializer: Any) -> Any:
         self.sent += 1
         if self.answers:
             raise self.answers.pop(0)
         self.created.append(body)
-
-        class Obj:
-            def to_dict(self) -> dict[str, Any]:
-                return body
-
-        return Obj()
+        return serializer(None, body)
 
 
 def kube(pods: Pods) -> tuple[Kube, list[float]]:

@@ -132,11 +132,11 @@ class PoolReconciler:
         """The pool's world from the watch caches (the first pass waits for their first lists)."""
         nodes = self.cache.nodes.items()
         pools = self._pools(self.cache.pools.items())
-        deps = [
-            d
-            for d in self._deployments(self.cache.deployments.items())
-            if d.spec.pool_ref.name == pool.metadata.name
-        ]
+        deps = (
+            self._deployments(  # only the pool's are read into models (1,000 deployments: 3 pools, 3x less)
+                [r for r in self.cache.deployments.items() if _pool_ref(r) == pool.metadata.name]
+            )
+        )
         pods = self.cache.replica_pods(pool.metadata.name)
         foreign: list[dict[str, Any]] = []
         if pool.spec.reservations:
@@ -460,6 +460,10 @@ class PoolReconciler:
         st.observed_generation = dep.metadata.generation
         st.placed_replicas = 0
         self._write_status(dep, st)
+
+
+def _pool_ref(raw: Mapping[str, Any]) -> str:
+    return str(((raw.get("spec") or {}).get("poolRef") or {}).get("name") or "")
 
 
 def _node_states(d: Decisions) -> metrics.NodeConfigStates:

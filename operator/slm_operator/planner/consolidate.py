@@ -38,7 +38,7 @@ sharing mode, clients per GPU or MIG layouts), then they start on their targets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -448,67 +448,61 @@ class _Run:
             self._drain_in_place_all()
 
     def _drain_alone(self) -> None:
-        """Nodes whose drain alone frees GPUs. Each candidate is tried once and undone to score it (moves per
-        GPU freed); then the best are done for good, cheapest first, each tried again in the state the earlier
-        ones left."""
-        scored = []
-        for key, node in self._node_candidates():
-            trial = self._drain([node])
-            if trial is None:
-                continue
-            steps, net, saved = trial
-            self._undo_drain(steps, saved)
-            if net > 0:
-                scored.append(((-(-len(steps) // net), *key), node))
-        scored.sort(key=lambda t: t[0])
-        for key, node in scored:
-            if self._done():
-                return
-            if not self._drainable(node):
-                continue
-            trial = self._drain([node])
-            if trial is None:
-                continue
-            steps, net, saved = trial
-            if net <= 0 or len(steps) > self.left:
-                self._undo_drain(steps, saved)
-                continue
-            self._keep_drain(key, node, steps, net, None)
+        """Nodes whose drain alone frees GPUs (:meth:`_drain_each`)."""
+        self._drain_each(
+            lambda node: self._drain([node]),
+            lambda node, steps, saved: self._undo_drain(steps, saved),
+            lambda key, node, steps, net: self._keep_drain(key, node, steps, net, None),
+        )
 
     def _drain_in_place_all(self) -> None:
-        """Nodes drained in place (:meth:`_drain_in_place`) when make-before-break left the goal unmet: each
-        candidate with a replica that may break first is tried once and undone to score it (moves per GPU
-        freed), then the best are done for good, cheapest first, each tried again in the state the earlier
-        ones left. A kept node stays configured as planned for what moved onto it (no later move changes
-        that)."""
-        if self._done():
-            return
-        scored = []
-        for key, node in self._node_candidates():
-            trial = self._drain_in_place(node)
-            if trial is None:
-                continue
-            steps, net, saved = trial
+        """Nodes drained in place (:meth:`_drain_in_place`, :meth:`_drain_each`) when make-before-break left the
+        goal unmet. A kept node stays configured as planned for what moved onto it (no later move changes that)."""
+
+        def undo(node: Node, steps: list[_Step], saved: list[_NodeState]) -> None:
             self._close_drained(node)
             self._undo_drain(steps, saved)
-            if net > 0:
-                scored.append(((-(-len(steps) // net), *key), node))
-        scored.sort(key=lambda t: t[0])
-        for key, node in scored:
-            if self._done():
-                return
-            trial = self._drain_in_place(node) if self._drainable(node) else None
-            if trial is None:
-                continue
-            steps, net, saved = trial
-            if net <= 0 or len(steps) > self.left:
-                self._close_drained(node)
-                self._undo_drain(steps, saved)
-                continue
+
+        def keep(key: tuple[int, ...], node: Node, steps: list[_Step], net: int) -> None:
             self._keep_drain(key, node, steps, net, None, break_first=True)
             capacity = self.packer.capacity
             capacity.fixed = capacity.fixed | {node.pos}
             capacity.index_node(node)
+
+        self._drain_each(self._drain_in_place, undo, keep)
+
+    def _drain_each(
+        self,
+        attempt: Callable[[Node], tuple[list[_Step], int, list[_NodeState]] | None],
+        undo: Callable[[Node, list[_Step], list[_NodeState]], None],
+        keep: Callable[[tuple[int, ...], Node, list[_Step], int], None],
+    ) -> None:
+        """Each candidate node is drained by ``attempt`` once and undone to score it (moves per GPU freed); then
+        the best are drained for good (``keep``), cheapest first, each tried again in the state the earlier ones
+        left."""
+        if self._done():
+            return
+        scored = []
+        for key, node in self._node_candidates():
+            trial = attempt(node)
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            undo(node, steps, saved)
+            if net > 0:
+                scored.append(((-(-len(steps) // net), *key), node))
+        scored.sort(key=lambda t: t[0])
+        for key, node in scored:
+            if self._done():
+                return
+            trial = attempt(node) if self._drainable(node) else None
+            if trial is None:
+                continue
+            steps, net, saved = trial
+            if net <= 0 or len(steps) > self.left:
+                undo(node, steps, saved)
+                continue
+            keep(key, node, steps, net)
 
     def _drain_pairs(self) -> None:
         """Two drains that free GPUs together: the first node (one of the ``_PAIR_FIRSTS`` cheapest) is drained
