@@ -165,12 +165,19 @@ def deployment_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -
     if ctx.knows_pool(pool):
         ctx.trigger_all() if type == "DELETED" else ctx.trigger(pool)
         return
-    if type != "DELETED" and ctx.kube.get(API_VERSION, "GPUPool", pool) is None:
+    # the cache first (a restart's first list tells every deployment at once, before the pools' daemons run);
+    # the API server only when the cache does not have it (it may not have seen a pool created just now)
+    if type != "DELETED" and _pool_missing(ctx, pool):
         try:
             ctx.pools.mark_pool_missing(SLMDeployment.model_validate(strip(body)))
         except ValidationError as exc:
             log.warning("SLMDeployment %s: %s", obj.name, exc)
     ctx.trigger_all()  # it may have left another pool
+
+
+def _pool_missing(ctx: OperatorContext, pool: str) -> bool:
+    cache = ctx.pools.cache.pools
+    return cache.get(pool) is None and (not cache.started or ctx.kube.get(API_VERSION, "GPUPool", pool) is None)
 
 
 # ------------------------------------------------------------------------------------------- Nodes and Pods
