@@ -177,7 +177,9 @@ def deployment_event(ctx: OperatorContext, type: str, body: Mapping[str, Any]) -
 
 def _pool_missing(ctx: OperatorContext, pool: str) -> bool:
     cache = ctx.pools.cache.pools
-    return cache.get(pool) is None and (not cache.started or ctx.kube.get(API_VERSION, "GPUPool", pool) is None)
+    return cache.get(pool) is None and (
+        not cache.started or ctx.kube.get(API_VERSION, "GPUPool", pool) is None
+    )
 
 
 # ------------------------------------------------------------------------------------------- Nodes and Pods
