@@ -32,7 +32,7 @@ from slm_operator.contract import (
 from slm_operator.controllers import handlers
 from slm_operator.controllers.context import OperatorContext, memo_for
 from slm_operator.controllers.finetune import FineTuneReconciler
-from slm_operator.controllers.pools import CREATE_CONCURRENCY, PoolReconciler
+from slm_operator.controllers.pools import CREATE_CONCURRENCY, WAITING_POLL_SECONDS, PoolReconciler
 from slm_operator.controllers.shell import strip
 from slm_operator.manifests import load_manifests
 from slm_operator.render import EXCLUSIVE_CONFIG, OperatorConfig, deployment_spec_hash
@@ -98,7 +98,7 @@ def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing
     l4["metadata"]["labels"][DEVICE_PLUGIN_CONFIG_LABEL] = "slm-ts-3"
     pools = PoolReconciler(fake.as_kube(), CFG)
 
-    assert pools.reconcile("h100") is True, "waits for the GPU Operator"
+    assert pools.reconcile("h100") is not None, "waits for the GPU Operator"
     h100 = [n for n in fake.of_kind("Node") if n["metadata"]["name"].startswith("gpu-h100")]
     for node in h100:
         assert {MIG_CONFIG_LABEL, DEVICE_PLUGIN_CONFIG_LABEL} <= set(node["metadata"]["labels"])
@@ -125,7 +125,7 @@ def test_a_pool_configures_its_nodes_then_runs_its_replicas_and_rewrites_nothing
     assert _condition(fake.peek("GPUPool", "h100"), "Ready")["reason"] == "Planned"
 
     before = len(fake.writes)
-    assert pools.reconcile("h100") is False
+    assert pools.reconcile("h100") is None
     # nothing is written: no status, no node, no ConfigMap, no pod, and no Service (each already holds what the
     # pass would apply)
     assert fake.writes[before:] == []
@@ -158,6 +158,23 @@ def test_no_replica_starts_on_a_mig_layout_mig_manager_has_not_reported_for_the_
     _gpu_operator_applies(fake)  # mig-manager is back: success for the new config
     pools.reconcile("h100")
     assert fake.of_kind("Pod")
+
+
+@pytest.mark.parametrize(("sync", "again"), [(90.0, WAITING_POLL_SECONDS), (3.0, 3.0)])
+def test_a_pass_waiting_for_a_mig_entry_to_age_comes_back_when_it_has_not_every_second(
+    sync: float, again: float
+) -> None:
+    """The first pass writes the MIG layouts' entries; a node is relabelled only once its entry is
+    ``configmap_sync_seconds`` old. The daemon's next pass is due when that gate opens, or after
+    WAITING_POLL_SECONDS when it opens later (the node and pod watches wake the pool for everything else): with
+    a one-second poll a 1,000-deployment pool re-planned about 60 times per new layout (bench-e2e-1000)."""
+    fake = _cluster()
+    pools = PoolReconciler(fake.as_kube(), OperatorConfig(configmap_sync_seconds=sync))
+    assert pools.reconcile("h100") == pytest.approx(again, abs=0.5)
+    assert not any(
+        n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
+        for n in fake.of_kind("Node")
+    ), "no node is relabelled before its entry has aged"
 
 
 def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_then_pods() -> None:

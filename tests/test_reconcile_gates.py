@@ -319,6 +319,9 @@ def test_decide_writes_the_entry_first_and_relabels_once_it_is_old_enough() -> N
     d1 = decide(w)
     mig_nodes = {n: c.mig_config for n, c in d1.node_configs.items() if c.mig_entries}
     assert mig_nodes and d1.mig_entries and d1.waiting
+    assert d1.recheck_seconds == 90, (
+        "the entries are written now: the gate opens in 90 s, no need to pass sooner"
+    )
     assert all(MIG_CONFIG_LABEL not in d1.node_labels.get(n, {}) for n in mig_nodes)  # held
     assert d1.mig_entry_times == dict.fromkeys(d1.mig_entries, w.now)
     ready = next(c for c in d1.pool_status.conditions or [] if c.type == "Ready")  # type: ignore[union-attr]
@@ -329,10 +332,13 @@ def test_decide_writes_the_entry_first_and_relabels_once_it_is_old_enough() -> N
     d2 = decide(later)
     assert d2.mig_entry_times == d1.mig_entry_times  # the first write's time is kept
     assert all(MIG_CONFIG_LABEL not in d2.node_labels.get(n, {}) for n in mig_nodes)
+    assert d2.waiting and d2.recheck_seconds == 60
     synced = _world(sync_seconds=90, mig_configs=dict(d1.mig_entries), mig_entry_times=d1.mig_entry_times,
                     now="2026-11-26T10:01:30Z")  # fmt: skip
     d3 = decide(synced)
     assert all(d3.node_labels[n][MIG_CONFIG_LABEL] == c for n, c in mig_nodes.items())
+    # relabelled: what the pass waits for now (the nodes' new configs) comes through the node watch
+    assert d3.waiting and d3.recheck_seconds is None
 
 
 # ------------------------------------------------------------------------------------------ retry after failed

@@ -58,6 +58,7 @@ def test_a_not_ready_node_keeps_its_replicas_takes_nothing_new_and_the_pass_chec
     held = {g.index for g in d.plan.gpus if g.node == DOWN and g.mode in ("Reserved", "Segment")}
     assert not held, "the reserved GPUs (the LLM fallback's) move to a node where it can start"
     assert d.waiting, "the pool is checked again soon, so the node is counted lost in time"
+    assert d.recheck_seconds == 30, "when the node is lost: 30 s NotReady of the 60 s grace"
     hit = {k: v for k, v in _degraded(d).items() if v[0] == "True"}
     assert hit and all(reason == "NodeNotReady" for _, reason, _ in hit.values()), hit
     assert all(f"node {DOWN} is NotReady since {NOW}" in message for _, _, message in hit.values())

@@ -107,7 +107,7 @@ def pool_daemon(
         stopped.wait(DEBOUNCE_SECONDS)
         ev.clear()
         try:
-            waiting = ctx.pools.reconcile(name)
+            again = ctx.pools.reconcile(name)
         except Exception:  # a failed pass is retried; the daemon must not die
             failures += 1
             logger.exception("planning pass for pool %s failed (%d in a row)", name, failures)
@@ -115,7 +115,8 @@ def pool_daemon(
             timeout = 0.0
             continue
         failures = 0
-        timeout = RETRY_SECONDS if waiting else RESYNC_SECONDS
+        # waiting: on the next event, or when a time gate opens (not sooner than RETRY_SECONDS)
+        timeout = RESYNC_SECONDS if again is None else max(RETRY_SECONDS, again)
     ctx.forget_pool(name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +61,9 @@ log = logging.getLogger("slm_operator.pools")
 #: pod creates a pass keeps in flight at once in namespaces without a ResourceQuota (bounded: the API server's
 #: inflight limits and its API Priority and Fairness share)
 CREATE_CONCURRENCY = 8
+#: while a pass waits for something its watches report (pods stopped or Ready, a node's new config), it
+#: passes again on their events; this is the most it waits without one (a safety net, not the mechanism)
+WAITING_POLL_SECONDS = 5.0
 
 
 class PoolReconciler:
@@ -167,15 +171,17 @@ class PoolReconciler:
 
     # ------------------------------------------------------------------------------ reconcile
 
-    def reconcile(self, name: str) -> bool:
-        """One planning pass for a pool; returns True when something is in flight (re-check soon)."""
+    def reconcile(self, name: str) -> float | None:
+        """One planning pass for a pool. Returns None when nothing is in flight (the next pass comes with a
+        watch event or the resync), else the seconds after which to pass again although no event came:
+        when a gate opens with time alone (a MIG config entry old enough), at most WAITING_POLL_SECONDS."""
         with self._pool_lock(name):
             return self._reconcile(name)
 
-    def _reconcile(self, name: str) -> bool:
+    def _reconcile(self, name: str) -> float | None:
         raw = self.kube.get(API_VERSION, "GPUPool", name)
         if raw is None or ObjectView(raw).deleting:
-            return False
+            return None
         pool = GPUPool.model_validate(strip(raw))
         with metrics.time_reconcile("GPUPool"):
             world = self.gather(pool)
@@ -191,7 +197,9 @@ class PoolReconciler:
             if d.consolidation is not None:
                 metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
             metrics.observe_mig_rollbacks(pool.metadata.name, d.mig_rollbacks)
-        return d.waiting
+        if not d.waiting:
+            return None
+        return min(WAITING_POLL_SECONDS, d.recheck_seconds if d.recheck_seconds is not None else math.inf)
 
     def _remember_plans(self, pool: str, d: Decisions) -> None:
         """Keep the pass's exact-solver answers for the pool's next pass; log each new solve."""

@@ -51,6 +51,7 @@ from slm_operator.reconcile.inputs import (
 )
 from slm_operator.reconcile.moves import without_holds
 from slm_operator.reconcile.nodes import (
+    Relabels,
     configure_nodes,
     entry_ages,
     entry_times,
@@ -67,6 +68,7 @@ from slm_operator.reconcile.rollback import report_deployments as report_rollbac
 from slm_operator.reconcile.scaling import drain_counts, explain_reconfigurations
 from slm_operator.reconcile.statuses import eviction_events, report_deployments, report_pool
 from slm_operator.reconcile.world import Decisions, World
+from slm_operator.timebound import seconds_between
 
 __all__ = [
     "Decisions",
@@ -169,6 +171,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         waiting=bool(
             deletions.held or relabels.waiting_nodes or creations.waiting or moves.waiting or nodes.not_ready
         ),
+        recheck_seconds=time_gates(world, nodes, relabels),
         consolidation=moves,
         mig_rollbacks={n: r.started for n, r in nodes.rolled_back.items()},
         config_pending=pending_configs(
@@ -211,3 +214,17 @@ def _planner(
         return plan
 
     return plan_for
+
+
+def time_gates(world: World, nodes: NodeReadings, relabels: Relabels) -> float | None:
+    """Seconds until the first gate that opens with time alone, not with a change the watches report: a held
+    node's MIG config entry old enough for mig-manager (``configmap_sync_seconds``), a NotReady node lost
+    (``node_lost_seconds``). None when no such gate holds anything. The shell passes again then (or sooner,
+    on an event), instead of re-planning every second while it waits."""
+    times = [] if relabels.synced_in is None else [relabels.synced_in]
+    times += [
+        world.cfg.node_lost_seconds - seconds_between(since, world.now)
+        for since in nodes.not_ready.values()
+        if since
+    ]
+    return max(0.0, min(times)) if times else None

@@ -24,7 +24,7 @@ from slm_operator.contract import (
     mig_retry_of,
 )
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
-from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext
+from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext, mig_entry_synced
 from slm_operator.reconcile.inputs import NodeReadings
 from slm_operator.reconcile.rollback import RolledBack, last_good_now
 from slm_operator.reconcile.world import World
@@ -230,6 +230,8 @@ class Relabels:
     labels: Mapping[str, dict[str, str]]  # node -> the selector labels to write in this pass
     held: Mapping[str, str]  # node -> why its new labels wait (RELABEL_GATES)
     waiting_nodes: tuple[str, ...]  # nodes whose configuration is changing (relabelled or held), by name
+    #: seconds until the first held MIG config entry is old enough (None: no node waits for an entry's age)
+    synced_in: float | None = None
 
 
 def relabel_nodes(
@@ -255,6 +257,7 @@ def relabel_nodes(
     labels: dict[str, dict[str, str]] = {}
     held: dict[str, str] = {}
     waiting: list[str] = []
+    synced_in: list[float] = []
     for name, nc in sorted(configs.by_node.items()):
         want = nc.labels
         have = nodes.by_name[name].view.labels
@@ -266,4 +269,6 @@ def relabel_nodes(
             labels[name] = want
         else:
             held[name] = why
-    return Relabels(labels, held, tuple(waiting))
+        if mig_entry_synced(ctx, name) is not None:  # opens with time alone (an entry not written yet: now)
+            synced_in.append(sync_seconds - ctx.entry_ages.get(nc.mig_config, 0.0))
+    return Relabels(labels, held, tuple(waiting), min(synced_in, default=None))

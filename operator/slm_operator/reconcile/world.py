@@ -76,6 +76,10 @@ class Decisions:
     pool_status: GPUPoolStatus | None = None
     events: list[Event] = field(default_factory=list)
     waiting: bool = False  # something is in flight: re-check soon
+    #: while waiting, seconds until a gate opens with time alone (a MIG config entry old enough, a NotReady
+    #: node lost); None: what the pass waits for arrives through the watches (pods stopped or Ready, a node's
+    #: new config)
+    recheck_seconds: float | None = None
     consolidation: MoveActions | None = None  # what the pass's consolidation moves did (metrics)
     #: nodes held on their last good MIG layout -> whether the rollback started in this pass (metrics)
     mig_rollbacks: dict[str, bool] = field(default_factory=dict)
