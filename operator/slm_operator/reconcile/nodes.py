@@ -269,6 +269,6 @@ def relabel_nodes(
             labels[name] = want
         else:
             held[name] = why
-        if mig_entry_synced(ctx, name) is not None:  # opens with time alone (an entry not written yet: now)
-            synced_in.append(sync_seconds - ctx.entry_ages.get(nc.mig_config, 0.0))
+            if mig_entry_synced(ctx, name) is not None:  # opens with time alone (entry not written yet: now)
+                synced_in.append(sync_seconds - ctx.entry_ages.get(nc.mig_config, 0.0))
     return Relabels(labels, held, tuple(waiting), min(synced_in, default=None))
