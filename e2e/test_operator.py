@@ -184,7 +184,29 @@ def wait_ready(cluster: Cluster, ns: str, name: str, timeout: float = CONVERGE) 
             return obj
         return None
 
-    return wait_for(ready, timeout, f"{ns}/{name} Ready with every pod Running", interval=0.5)
+    try:
+        return wait_for(ready, timeout, f"{ns}/{name} Ready with every pod Running", interval=0.5)
+    except AssertionError as e:  # say where it stood: its conditions and its pods
+        raise AssertionError(f"{e}\n{describe_dep(cluster, ns, name)}") from None
+
+
+def describe_dep(cluster: Cluster, ns: str, name: str) -> str:
+    """A deployment's conditions and its pods (phase, node, why not scheduled), for a failure message."""
+    obj = get_dep(cluster.api, ns, name)
+    lines = [f"generation {obj['metadata'].get('generation')}"]
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        lines.append(
+            f"  {c.get('type')}={c.get('status')} ({c.get('reason')}, gen {c.get('observedGeneration')}):"
+            f" {c.get('message')}"
+        )
+    for p in cluster.core.list_namespaced_pod(ns, label_selector=f"slm.io/deployment={name}").items:
+        why = [f"{c.type}={c.status} {c.reason or ''} {c.message or ''}" for c in p.status.conditions or []]
+        lines.append(
+            f"  pod {p.metadata.name} {p.status.phase} on {p.spec.node_name}"
+            f" (deleting: {bool(p.metadata.deletion_timestamp)}, limits {p.spec.containers[0].resources.limits},"
+            f" node selector {p.spec.node_selector}): {'; '.join(why)}"
+        )
+    return "\n".join(lines)
 
 
 def assert_pods_where_planned(cluster: Cluster, ns: str) -> None:
