@@ -562,8 +562,8 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     assert in_process("run", capsys=capsys)[0] == 0
     defaults = seen[0]
     cfg = OperatorConfig.from_flags(defaults)
-    assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (8, 24, 0.0), (
-        "off by default (docs/planner.md §5.1)"
+    assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (8, 24, 3.0), (
+        "on by default for pools of at most 8 GPUs and 24 replicas (docs/planner.md §5.1)"
     )
     assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
     assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")

@@ -805,10 +805,10 @@ def _add_exact_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--exact-budget",
         type=float,
-        default=0.0,
+        default=3.0,
         help="CP-SAT deterministic seconds per exact solve (about 1-4 s of CPU; the heuristic's plan when it "
-        "runs out; 3 proves optimality on the pools the default limits admit); 0, the default, turns the exact "
-        "solver off. Needs the [solver] extra (default %(default)s)",
+        "runs out; 3 proves optimality on the pools the default limits admit); 0 turns the exact solver off. "
+        "Needs the [solver] extra (default %(default)s)",
     )
 
 

@@ -87,8 +87,9 @@ class OperatorConfig:
     mig_rollback_seconds: float = 600.0
     #: The exact solver in the operator's pass (planner/portfolio.py): pools of at most this many GPUs and
     #: replicas, within this many CP-SAT deterministic seconds per solve; 0 s (the default here, and for
-    #: ``plan --emit``): the heuristic only. ``slm-operator run --exact-budget`` and the chart's
-    #: ``operator.exactSolver.budgetSeconds`` turn it on; both default to 0 too (docs/planner.md §5.1).
+    #: ``plan --emit``, which plans with the heuristic as ``plan`` does): the heuristic only. The operator
+    #: (``slm-operator run --exact-budget``, the chart's ``operator.exactSolver.budgetSeconds``) defaults to 3
+    #: (docs/planner.md §5.1).
     exact_max_gpus: int = 8
     exact_max_replicas: int = 24
     exact_budget_seconds: float = 0.0
