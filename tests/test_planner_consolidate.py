@@ -641,7 +641,8 @@ def test_consolidation_on_a_churned_benchmark_pool() -> None:
 
 def test_churn_replay_rows() -> None:
     """The benchmark's churn replay (bench/churn.py) at 100 GPUs, 3 rounds: one row per round and method, the
-    consolidation moves within the 2 % budget, and a re-plan after them moves nothing."""
+    consolidation moves within the 2 % budget at the replay's threshold (0: whenever the pool is above a fresh
+    plan), and a re-plan after them moves nothing."""
     from bench.churn import run_churn
 
     rows = run_churn(pool=100, seed=3, rounds=3)
@@ -654,6 +655,7 @@ def test_churn_replay_rows() -> None:
         assert {"gpusUsed", "gpusFresh", "replicasMoved"} <= set(r)
         if r["method"] == "churn-consolidated" and r["round"]:
             assert r["consolidationMoves"] <= r["maxMoves"] == int(r["runningReplicas"] * 0.02)
+            assert r["thresholdPercent"] == 0
             assert r["replanMovedAfterConsolidation"] == 0
             assert r["gpusUsed"] <= r["gpusBeforeConsolidation"]
 
