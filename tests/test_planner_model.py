@@ -163,6 +163,28 @@ def test_planning_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> 
         (gc.enable if was else gc.disable)()
 
 
+def test_a_pass_leaves_no_cyclic_garbage() -> None:
+    """What a pass leaves goes to the oldest generation (gc_pause.py), which a full collection rarely visits in
+    a long-running operator: a plan or a consolidation whose working state were cyclic would grow the operator
+    by megabytes per pass (2.4 MiB per plan at 1,000 GPUs before ``Context.release``). Reference counting alone
+    must free it: a collection right after finds nothing."""
+    import gc
+
+    from bench.workloads import agentic_mix, change_demands
+    from slm_operator.planner import ConsolidationBudget, apply_plan, consolidate
+
+    w = agentic_mix(100, seed=3)
+    first = plan_pool(w.policy, w.nodes, w.demands)  # warm: first-use caches are not garbage
+    nodes, cur = apply_plan(w.nodes, first), first.placements()
+    changed = change_demands(w.demands, 0.3, seed=7)
+    budget = ConsolidationBudget(max_moves=50, threshold_percent=0)
+    gc.collect()
+    plan = plan_pool(w.policy, nodes, changed, cur)
+    assert plan.pool.replicas_placed and gc.collect() == 0
+    moved = consolidate(w.policy, apply_plan(nodes, plan), changed, plan.placements(), budget)
+    assert moved.gpus_used > 0 and gc.collect() == 0
+
+
 def test_the_planner_vocabulary_spells_values_as_the_api_does() -> None:
     """A value crosses the planner's boundary unchanged: its enums equal the API's and model.py's literals."""
     from typing import get_args

@@ -86,7 +86,8 @@ def run_heuristic(
         Packer(alt, options).run()
         score = _score(alt)
         if score < best_score:
-            best, best_score = alt, score
+            best, alt, best_score = alt, best, score
+        alt.release()
     return best
 
 
@@ -98,4 +99,7 @@ def heuristic_plan(
 ) -> Plan:
     """The heuristic's plan (``plan_pool`` without ``optimize``), with the garbage collector paused."""
     with gc_paused():
-        return build_plan(run_heuristic(policy, nodes, demands, current))
+        ctx = run_heuristic(policy, nodes, demands, current)
+        plan = build_plan(ctx)
+        ctx.release()
+        return plan

@@ -160,28 +160,31 @@ def place(model_key: str, counts: Counts) -> tuple[tuple[int, int], ...] | None:
     if sum(geo.profiles[pi].compute_slices for pi in wanted) > geo.compute_slices:
         return None
     chosen: list[int] = []
-
-    def go(i: int, used: int) -> bool:
-        if i == len(wanted):
-            return True
-        p = geo.profiles[wanted[i]]
-        lo = chosen[i - 1] + 1 if i and wanted[i - 1] == wanted[i] else 0
-        mask_base = (1 << p.memory_slices) - 1
-        for s in p.starts:
-            if s < lo:
-                continue
-            mask = mask_base << s
-            if used & mask:
-                continue
-            chosen.append(s)
-            if go(i + 1, used | mask):
-                return True
-            chosen.pop()
-        return False
-
-    if not go(0, 0):
+    if not _place_from(geo, wanted, chosen, 0, 0):
         return None
     return tuple(sorted(zip(wanted, chosen, strict=True), key=lambda t: (t[1], t[0])))
+
+
+def _place_from(geo: MigGeometry, wanted: list[int], chosen: list[int], i: int, used: int) -> bool:
+    """``place``'s backtracking from the ``i``-th wanted profile, ``used`` the memory slices taken (a bit mask);
+    the starts found go to ``chosen``. A function of its own, not a recursive closure, which would be a reference
+    cycle left to the cyclic collector (docs/planner.md §4.4)."""
+    if i == len(wanted):
+        return True
+    p = geo.profiles[wanted[i]]
+    lo = chosen[i - 1] + 1 if i and wanted[i - 1] == wanted[i] else 0
+    mask_base = (1 << p.memory_slices) - 1
+    for s in p.starts:
+        if s < lo:
+            continue
+        mask = mask_base << s
+        if used & mask:
+            continue
+        chosen.append(s)
+        if _place_from(geo, wanted, chosen, i + 1, used | mask):
+            return True
+        chosen.pop()
+    return False
 
 
 def starts_legal(model_key: str, instances: Sequence[tuple[int, int]]) -> bool:

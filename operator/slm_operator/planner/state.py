@@ -264,6 +264,22 @@ class Context:
     def ts_capacity(self, gpu: Gpu) -> int:
         return gpu.mem * self.ts_factor // 100
 
+    def release(self) -> None:
+        """Break the state graph's reference cycles (replica <-> GPU <-> node, deployment <-> replica), so that
+        reference counting frees a context as soon as it is dropped. Call it when nothing reads the context any
+        more. A pass runs with the cyclic collector paused and hands what it leaves to the oldest generation
+        (``gc_pause.py``), where a cyclic context would wait for a full collection: in a long-running operator
+        that is megabytes per pass, for as long as no full collection comes."""
+        for gpu in self.gpus:
+            gpu.reps = []
+        for node in self.nodes:
+            node.gpus = []
+            node.free = {}
+        for dep in self.deps:
+            dep.reps = []
+        self.running = {}
+        self.configured = {}
+
 
 def attach(ctx: Context, rep: Rep, gpu: Gpu, mech: Mechanism, prof: int = -1) -> None:
     """Put ``rep`` on ``gpu`` with mechanism ``mech`` (MIG profile index ``prof``). No legality checks."""
