@@ -94,7 +94,8 @@ def test_a_layout_mig_manager_refuses_is_rolled_back_and_not_retried_in_a_loop(
     )
     wait_for(
         lambda: (
-            (lab := cluster.labels(REFUSING))[MIG_CONFIG] == "all-disabled" and lab[MIG_STATE] == "success"
+            (lab := cluster.labels(REFUSING))[MIG_CONFIG] == "all-disabled"
+            and lab.get(MIG_STATE) == "success"
         ),
         CONVERGE,
         "mig-manager to find the last good config applied",

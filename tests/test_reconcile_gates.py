@@ -3,6 +3,7 @@ on the reason a user reads, and on the chain stopping at the first failure."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,11 +17,12 @@ from slm_operator.contract import (
     MIG_CONFIG_MAX_TRIES,
     MIG_CONFIG_STATE_LABEL,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_PENDING_ANNOTATION,
     SHARING_STRATEGY_LABEL,
     mig_retry_name,
     mig_retry_of,
 )
-from slm_operator.reconcile import decide
+from slm_operator.reconcile import Decisions, World, decide, node_patches
 from slm_operator.reconcile.gates import (
     CREATE_GATES,
     MOVE_TARGET_GATES,
@@ -47,6 +49,7 @@ from slm_operator.reconcile.gates import (
     sharing_replicas_advertised,
     sharing_strategy_reported,
 )
+from slm_operator.reconcile.inputs import pending_layout
 from slm_operator.reconcile.podsets import DesiredPod, ExistingReplica
 from slm_operator.reconcile.world import ReplicaKey
 from slm_operator.render import NodeConfig
@@ -339,6 +342,69 @@ def test_decide_writes_the_entry_first_and_relabels_once_it_is_old_enough() -> N
     assert all(d3.node_labels[n][MIG_CONFIG_LABEL] == c for n, c in mig_nodes.items())
     # relabelled: what the pass waits for now (the nodes' new configs) comes through the node watch
     assert d3.waiting and d3.recheck_seconds is None
+
+
+def _waited(d1: Decisions, extra: tuple[str, int], recorded: bool) -> Decisions:
+    """The pass 30 s after ``d1`` (whose nodes wait for their MIG entries), with a deployment added that is a
+    copy of ``extra[0]`` with ``extra[1]`` replicas; the nodes carry d1's annotations when ``recorded``."""
+    first = _world(sync_seconds=90)
+    nodes = copy.deepcopy(first.nodes)
+    for n in nodes if recorded else ():
+        wrote = d1.node_annotations.get(n["metadata"]["name"], {})
+        n["metadata"].setdefault("annotations", {}).update({k: v for k, v in wrote.items() if v is not None})
+    w = _world(sync_seconds=90, nodes=nodes, mig_configs=dict(d1.mig_entries), mig_entry_times=d1.mig_entry_times,
+               now="2026-11-26T10:00:30Z")  # fmt: skip
+    for x in w.deployments:
+        x.status = d1.deployment_statuses[f"{x.metadata.namespace}/{x.metadata.name}"]
+    new = copy.deepcopy(next(x for x in w.deployments if x.metadata.name == extra[0]))
+    new.metadata.name, new.metadata.uid, new.status, new.spec.replicas = (
+        "late-arrival",
+        "uid-late",
+        None,
+        extra[1],
+    )
+    return decide(World(**{**vars(w), "deployments": [*w.deployments, new]}))
+
+
+def test_a_node_waiting_for_its_mig_entry_keeps_its_planned_layout() -> None:
+    """A deployment applied while the nodes wait for their new MIG entries to reach mig-manager goes into the
+    layouts already written (the nodes are planned in them: MIG_PENDING_ANNOTATION), instead of changing a
+    node's layout, which would name a new entry and start its 90 s wait again."""
+    d1 = decide(_world(sync_seconds=90))
+    planned = {n: c.mig_config for n, c in d1.node_configs.items() if c.mig_entries}
+    assert planned and all(MIG_CONFIG_LABEL not in d1.node_labels.get(n, {}) for n in planned)  # held
+    assert {n: d1.node_annotations[n][MIG_PENDING_ANNOTATION] for n in planned} == planned
+
+    unrecorded = _waited(d1, ("doc-qa", 2), recorded=False)
+    assert unrecorded.node_configs["gpu-h100-1"].mig_config != planned["gpu-h100-1"], (
+        "without the record the late deployment changes the node's layout (what this test guards against)"
+    )
+    assert unrecorded.recheck_seconds == 90, "a new entry: the wait starts again"
+
+    d2 = _waited(d1, ("doc-qa", 2), recorded=True)
+    assert d2.node_configs["gpu-h100-1"].mig_config == planned["gpu-h100-1"]
+    assert d2.recheck_seconds == 60, "no new entry on that node: its wait goes on"
+    late = d2.deployment_statuses["agents/late-arrival"]
+    assert late.placed_replicas == 2, "the late deployment is still placed"
+
+
+def test_the_pending_record_is_only_kept_while_the_entry_is_what_the_node_waits_for() -> None:
+    node = {"metadata": {"name": "gpu-0", "labels": {MIG_CONFIG_LABEL: "all-disabled"},
+                         "annotations": {MIG_PENDING_ANNOTATION: "slm-abc"}}}  # fmt: skip
+    entries = {"slm-abc": [{"devices": "all", "mig-enabled": False}]}
+    assert pending_layout(NodeView(node), entries) == "slm-abc"
+    assert pending_layout(NodeView(node), {}) is None, "the entry is gone from the ConfigMap"
+    relabelled = copy.deepcopy(node)
+    relabelled["metadata"]["labels"][MIG_CONFIG_LABEL] = mig_retry_name("slm-abc", 1)
+    assert pending_layout(NodeView(relabelled), entries) is None, "the node is on it (an alias) already"
+    # the record is removed once the node no longer waits only for the entry's age
+    d = decide(_world())  # kubelets sync at once: relabelled in this pass
+    assert all(a[MIG_PENDING_ANNOTATION] is None for a in d.node_annotations.values())
+    gone = node_patches([node], {}, {"gpu-0": {MIG_PENDING_ANNOTATION: None}})
+    assert gone == {"gpu-0": {"metadata": {"annotations": {MIG_PENDING_ANNOTATION: None}}}}
+    assert (
+        node_patches([{"metadata": {"name": "gpu-0"}}], {}, {"gpu-0": {MIG_PENDING_ANNOTATION: None}}) == {}
+    )
 
 
 # ------------------------------------------------------------------------------------------ retry after failed

@@ -78,6 +78,11 @@ MIG_LAST_GOOD_ANNOTATION: Final = "slm.io/mig-last-good"
 #: config mig-manager failed (``failures`` times in a row), the last good one the node went back to, and the
 #: back-off during which its layout is held (reconcile/rollback.py); a restarted operator keeps it
 MIG_ROLLBACK_ANNOTATION: Final = "slm.io/mig-rollback"
+#: on nodes: the MIG config the pool planned for the node and waits to relabel it to, until its mig-parted entry
+#: has reached mig-manager's mounted ConfigMap (``RELABEL_GATES``). Until then the node is planned in that layout
+#: (reconcile/inputs.py ``pending_layout``), so that replicas planned later take its free instances instead of
+#: changing it, which would name a new entry and start the wait again.
+MIG_PENDING_ANNOTATION: Final = "slm.io/mig-config-pending"
 
 # ------------------------------------------------------------------------------------------ Kubernetes labels
 APP_NAME_LABEL: Final = "app.kubernetes.io/name"

@@ -25,6 +25,7 @@ from slm_operator.contract import (
     GPU_ROLES_ANNOTATION,
     MIG_CONFIG_LABEL,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_PENDING_ANNOTATION,
     MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
@@ -452,6 +453,7 @@ class PoolReconciler:
                     GPU_ROLES_ANNOTATION: None,
                     MIG_LAST_GOOD_ANNOTATION: None,
                     MIG_ROLLBACK_ANNOTATION: None,
+                    MIG_PENDING_ANNOTATION: None,
                 },
             }
         }

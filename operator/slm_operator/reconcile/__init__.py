@@ -59,6 +59,7 @@ from slm_operator.reconcile.nodes import (
     pending_mig_entries,
     relabel_nodes,
     restore_labels,
+    with_pending,
 )
 from slm_operator.reconcile.pods import create_move_targets, create_pods, delete_pods, with_move_deletes
 from slm_operator.reconcile.podsets import keep_pods, pod_sets, serving_pods
@@ -148,7 +149,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     return Decisions(
         plan=shown,
         node_labels=dict(relabels.labels),
-        node_annotations=dict(configs.annotations),
+        node_annotations=with_pending(configs.annotations, relabels.pending),
         node_configs=dict(configs.by_node),
         mig_entries=dict(configs.mig_entries),
         mig_entry_times=times,

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
-from slm_operator.contract import BORROWED_RESERVATION_LABEL
+from slm_operator.contract import (
+    BORROWED_RESERVATION_LABEL,
+    GPU_INVENTORY_ANNOTATION,
+    MIG_CONFIG_LABEL,
+    MIG_DISABLED_CONFIG,
+    MIG_PENDING_ANNOTATION,
+    mig_retry_of,
+)
 from slm_operator.inventory import (
     DemandError,
     InventoryError,
@@ -95,7 +102,10 @@ def read_nodes(world: World) -> NodeReadings:
         )
         try:
             if held is None:
-                inv, source = node_inventory(node, world.mig_configs)
+                pending = pending_layout(NodeView(node), world.mig_configs)
+                inv, source = node_inventory(
+                    node if pending is None else pending_layout_node(node, pending), world.mig_configs
+                )
             else:
                 good = held.last_good
                 configs = (
@@ -124,6 +134,29 @@ def read_nodes(world: World) -> NodeReadings:
         rolled_back=rolled,
         mig_tries=tries,
     )
+
+
+def pending_layout(node: NodeView, mig_configs: Mapping[str, Any]) -> str | None:
+    """The MIG config the pool planned for ``node`` and holds back until its entry has reached mig-manager
+    (``MIG_PENDING_ANNOTATION``), while the node's label still names another and the ConfigMap holds it."""
+    name = node.annotations.get(MIG_PENDING_ANNOTATION)
+    label = node.labels.get(MIG_CONFIG_LABEL, MIG_DISABLED_CONFIG)
+    if not name or mig_retry_of(label)[0] == name or not isinstance(mig_configs.get(name), list):
+        return None
+    return name
+
+
+def pending_layout_node(node: Mapping[str, Any], config: str) -> dict[str, Any]:
+    """The node as its inventory should read it while its relabel to ``config`` waits: in that layout, so that
+    the pass keeps it. The layout was planned with what runs on the node in it (it is only recorded once nothing
+    on the node is to be deleted, and no pod goes onto the node before it is relabelled). The agent's inventory,
+    which reports the layout the GPUs have now, is set aside meanwhile."""
+    meta = dict(node.get("metadata") or {})
+    meta["labels"] = {**(meta.get("labels") or {}), MIG_CONFIG_LABEL: config}
+    meta["annotations"] = {
+        k: v for k, v in (meta.get("annotations") or {}).items() if k != GPU_INVENTORY_ANNOTATION
+    }
+    return {**node, "metadata": meta}
 
 
 @dataclass(frozen=True)

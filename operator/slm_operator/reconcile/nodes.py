@@ -17,6 +17,7 @@ from slm_operator.contract import (
     MIG_CONFIG_STATE_LABEL,
     MIG_DISABLED_CONFIG,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_PENDING_ANNOTATION,
     MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     MigConfigState,
@@ -24,7 +25,7 @@ from slm_operator.contract import (
     mig_retry_of,
 )
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
-from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext, mig_entry_synced
+from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext, mig_entry_synced, pods_drained
 from slm_operator.reconcile.inputs import NodeReadings
 from slm_operator.reconcile.rollback import RolledBack, last_good_now
 from slm_operator.reconcile.world import World
@@ -154,6 +155,14 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
+def with_pending(
+    annotations: Mapping[str, dict[str, str]], pending: Mapping[str, str]
+) -> dict[str, dict[str, str | None]]:
+    """The nodes' annotations with ``MIG_PENDING_ANNOTATION`` naming the MIG config each node waits for only
+    because its entry is not old enough yet, and removed from every other node (None)."""
+    return {node: {**a, MIG_PENDING_ANNOTATION: pending.get(node)} for node, a in annotations.items()}
+
+
 def _node_config(inv: NodeInventory, plan: NodePlan) -> NodeConfig:
     gpu_key = inv.gpus[0].model if inv.gpus else ""
     return node_config(plan, gpu_key, bool(gpu_key) and gpu_by_key(gpu_key).mig_capable)
@@ -192,18 +201,21 @@ def restore_labels(node: Mapping[str, Any]) -> dict[str, str | None]:
 def node_patches(
     nodes: Iterable[Mapping[str, Any]],
     labels: Mapping[str, dict[str, str]],
-    annotations: Mapping[str, dict[str, str]],
+    annotations: Mapping[str, Mapping[str, str | None]],
 ) -> dict[str, dict[str, Any]]:
-    """The merge patch of each node a pass changes, by name: its annotations (``Decisions.node_annotations``)
-    and, when it is relabelled, its selector labels (``Decisions.node_labels``). A node whose labels stay and
-    whose annotations already say this gets none. The shell sends these; ``plan --emit`` writes them."""
+    """The merge patch of each node a pass changes, by name: its annotations (``Decisions.node_annotations``;
+    None removes one) and, when it is relabelled, its selector labels (``Decisions.node_labels``). A node whose
+    labels stay and whose annotations already say this gets none. The shell sends these; ``plan --emit`` writes
+    them."""
     current = {v.name: v for v in map(NodeView, nodes)}
     out: dict[str, dict[str, Any]] = {}
     for node, node_annotations in sorted(annotations.items()):
         have = current[node].annotations if node in current else {}
         if node not in labels and all(have.get(k) == v for k, v in node_annotations.items()):
             continue
-        meta: dict[str, Any] = {"annotations": node_annotations}
+        meta: dict[str, Any] = {
+            "annotations": {k: v for k, v in node_annotations.items() if v is not None or k in have}
+        }
         if node in labels:
             meta["labels"] = _with_stale_state_removed(labels[node], current.get(node))
         out[node] = {"metadata": meta}
@@ -232,6 +244,8 @@ class Relabels:
     waiting_nodes: tuple[str, ...]  # nodes whose configuration is changing (relabelled or held), by name
     #: seconds until the first held MIG config entry is old enough (None: no node waits for an entry's age)
     synced_in: float | None = None
+    #: node -> the MIG config it waits for only because its entry is not old enough yet (MIG_PENDING_ANNOTATION)
+    pending: Mapping[str, str] = field(default_factory=dict)
 
 
 def relabel_nodes(
@@ -258,6 +272,7 @@ def relabel_nodes(
     held: dict[str, str] = {}
     waiting: list[str] = []
     synced_in: list[float] = []
+    pending: dict[str, str] = {}
     for name, nc in sorted(configs.by_node.items()):
         want = nc.labels
         have = nodes.by_name[name].view.labels
@@ -271,4 +286,6 @@ def relabel_nodes(
             held[name] = why
             if mig_entry_synced(ctx, name) is not None:  # opens with time alone (entry not written yet: now)
                 synced_in.append(sync_seconds - ctx.entry_ages.get(nc.mig_config, 0.0))
-    return Relabels(labels, held, tuple(waiting), min(synced_in, default=None))
+                if pods_drained(ctx, name) is None:
+                    pending[name] = nc.mig_config
+    return Relabels(labels, held, tuple(waiting), min(synced_in, default=None), pending)

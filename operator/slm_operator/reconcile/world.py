@@ -64,7 +64,7 @@ class MoveActions:
 class Decisions:
     plan: Plan | None = None
     node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    node_annotations: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_annotations: dict[str, dict[str, str | None]] = field(default_factory=dict)
     node_configs: dict[str, NodeConfig] = field(default_factory=dict)
     mig_entries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     mig_entry_times: dict[str, str] = field(default_factory=dict)  # entry name -> first written (RFC 3339)
