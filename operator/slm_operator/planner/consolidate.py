@@ -153,17 +153,20 @@ def _consolidate(
     # the MIG layouts of GPUs in use stay as they are: a target is an instance that exists already
     ctx = build_context(policy.model_copy(update={"repartition": "Never"}), nodes, demands, cur)
     used = len({(c.node, c.gpu_index) for c in cur if (c.node, c.gpu_index) in ctx.gpu_at})
-    base = Consolidation(gpus_used=used, gpus_fresh=fresh, gpus_freed=0, placements=tuple(cur))
-    within = used <= fresh * (1 + budget.threshold_percent / 100)
-    if within or budget.max_moves <= 0:
+    try:
+        return _consolidate_in(ctx, cur, budget, used, fresh)
+    finally:
         ctx.release()
-        return base.model_copy(
-            update={
-                "message": f"within {budget.threshold_percent:g}% of a fresh plan"
-                if within
-                else "the disruption budget allows no move now"
-            }
-        )
+
+
+def _consolidate_in(
+    ctx: Context, cur: list[CurrentPlacement], budget: ConsolidationBudget, used: int, fresh: int
+) -> Consolidation:
+    base = Consolidation(gpus_used=used, gpus_fresh=fresh, gpus_freed=0, placements=tuple(cur))
+    if used <= fresh * (1 + budget.threshold_percent / 100):
+        return base.model_copy(update={"message": f"within {budget.threshold_percent:g}% of a fresh plan"})
+    if budget.max_moves <= 0:
+        return base.model_copy(update={"message": "the disruption budget allows no move now"})
     run = _Run(ctx, cur, budget, goal=used - fresh)
     run.empty_gpus()
     run.drain_nodes()
@@ -179,7 +182,6 @@ def _consolidate(
         if moves
         else "no GPU can be emptied into free room within the budget"
     )
-    ctx.release()
     return base.model_copy(
         update={
             "gpus_freed": run.freed,

@@ -100,6 +100,7 @@ def heuristic_plan(
     """The heuristic's plan (``plan_pool`` without ``optimize``), with the garbage collector paused."""
     with gc_paused():
         ctx = run_heuristic(policy, nodes, demands, current)
-        plan = build_plan(ctx)
-        ctx.release()
-        return plan
+        try:
+            return build_plan(ctx)
+        finally:
+            ctx.release()

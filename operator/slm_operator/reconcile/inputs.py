@@ -97,12 +97,11 @@ def read_nodes(world: World) -> NodeReadings:
         if since is not None and seconds_between(since, world.now) >= world.cfg.node_lost_seconds:
             lost[name] = since  # as if it had left the pool: its replicas are planned elsewhere
             continue
-        held = node_rollback(
-            NodeView(node), world.now, world.cfg.mig_rollback_seconds, world.deployments, world.pods
-        )
+        view = NodeView(node)
+        held = node_rollback(view, world.now, world.cfg.mig_rollback_seconds, world.deployments, world.pods)
         try:
             if held is None:
-                pending = pending_layout(NodeView(node), world.mig_configs)
+                pending = pending_layout(view, world.mig_configs)
                 inv, source = node_inventory(
                     node if pending is None else pending_layout_node(node, pending), world.mig_configs
                 )
@@ -117,14 +116,14 @@ def read_nodes(world: World) -> NodeReadings:
             continue
         if held is not None:
             rolled[name] = held
-        tries[name] = tries_for(Rollback.of(NodeView(node)), world.now, world.cfg.mig_rollback_seconds)
+        tries[name] = tries_for(Rollback.of(view), world.now, world.cfg.mig_rollback_seconds)
         if since is not None:
             not_ready[name] = since
         if since is not None or held is not None:
             inv = inv.model_copy(
                 update={"schedulable": False}
             )  # its replicas stay pinned, nothing new goes there
-        readings.append(NodeReading(NodeView(node), inv, source))
+        readings.append(NodeReading(view, inv, source))
     return NodeReadings(
         readings=tuple(readings),
         by_name={r.inventory.name: r for r in readings},
