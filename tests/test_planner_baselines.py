@@ -8,6 +8,7 @@ from bench.baselines import (
     layout_bound,
     lower_bound,
     memory_binpack,
+    node_bound,
     static_mig_balanced,
     time_slicing,
     whole_gpu,
@@ -64,6 +65,11 @@ def test_lower_bound_is_below_the_plan(seed: int) -> None:
     assert plan.pool.replicas_unplaced == 0
     assert lb.gpus <= plan.pool.gpus_used
     assert max(lb.memory_bound, lb.compute_bound, lb.slot_bound) <= lb.gpus
+    # the node-aware bound is valid too, and tighter on a pool of 14 nodes: each MPS client count and each
+    # time-sliced node takes whole nodes of the few there are
+    nb = node_bound(w.policy, w.nodes, w.demands)
+    assert nb.feasible and nb.optimal
+    assert layout_bound(w.policy, w.nodes, w.demands).gpus < nb.gpus <= plan.pool.gpus_used
 
 
 BOUND_CASES = [
@@ -97,3 +103,21 @@ def test_bounds_are_below_the_optimum_on_small_pools(case: int) -> None:
     assert vol.gpus <= res.plan.pool.gpus_used
     assert lay.feasible and lay.gpus <= res.plan.pool.gpus_used
     assert lay.lp_value >= vol.lp_value - 1e-6
+    nb = node_bound(POLICY, nodes, demands)
+    assert nb.feasible and lay.gpus <= nb.gpus <= res.plan.pool.gpus_used
+
+
+def test_the_node_aware_bound_knows_one_mps_client_count_per_node() -> None:
+    """Three 10 GiB replicas need MPS caps of half an L4 (2 clients), eight 1 GiB ones fit 16 clients. The
+    LP bounds put 3 halves and 8 sixteenths on 2 GPUs; a node runs one client count for all its GPUs, so
+    the halves take node n0's two GPUs and the sixteenths one GPU of n1: 3, the proven optimum."""
+    exact = pytest.importorskip("slm_operator.planner.exact")
+    policy = PoolPolicy(name="pool", mps_max_clients_per_gpu=16)
+    nodes = [node("n0", "L4", 2), node("n1", "L4", 2)]
+    demands = [demand(f"t/a{i}", "Burstable", 1, 10) for i in range(3)]
+    demands += [demand(f"t/b{i}", "Burstable", 1, 1) for i in range(8)]
+    res = exact.solve_exact(policy, nodes, demands, time_budget_s=20)
+    assert res.status == "OPTIMAL" and res.plan.pool.gpus_used == 3
+    assert layout_bound(policy, nodes, demands).gpus == 2
+    nb = node_bound(policy, nodes, demands)
+    assert (nb.gpus, nb.optimal) == (3, True)
