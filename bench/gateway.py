@@ -218,7 +218,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def servers(tmp: Path) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]:
+def servers(tmp: Path, event_loop: str) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]:
     upstream = free_port()
     procs = {
         "direct": start(
@@ -235,7 +235,8 @@ def servers(tmp: Path) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes
         (folder / "route.yaml").write_text(ROUTE.format(capture=capture, digest=digest))
         port = ports[path] = free_port()
         cmd = [sys.executable, "-m", "slm_operator.cli", "gateway", "-f", str(folder / "route.yaml"), "--listen", f"127.0.0.1:{port}",
-               "--endpoint", f"bench/standin=http://127.0.0.1:{upstream}", "--log-level", "warning"]  # fmt: skip
+               "--endpoint", f"bench/standin=http://127.0.0.1:{upstream}", "--log-level", "warning",
+               "--event-loop", event_loop]  # fmt: skip
         if capture:
             cmd += ["--store", f"sqlite:///{folder}/usage.db", "--spool-dir", str(folder / "spool")]
         procs[path] = start(cmd, port, folder / "gateway.log")
@@ -295,10 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         default=200.0,
         help=f"also offer this many calls per second from {PACED_CALLERS} callers (0: skip; default %(default)s)",
     )
+    parser.add_argument(
+        "--event-loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="the gateways' --event-loop (default %(default)s; the stand-in and the callers always use asyncio)",
+    )
     args = parser.parse_args(argv)
     before = machine()
+    from slm_operator.gateway.standalone import event_loop
+
+    loop = event_loop(args.event_loop)
     with tempfile.TemporaryDirectory(prefix="slm-bench-gateway-") as tmp:
-        ports, procs = servers(Path(tmp))
+        ports, procs = servers(Path(tmp), loop)
         try:
             pids = {name: p.pid for name, p in procs.items()}
             cells = asyncio.run(run_cells(ports, pids, args.seconds, tuple(args.callers), args.paced))
@@ -308,14 +318,20 @@ def main(argv: list[str] | None = None) -> int:
             for p in procs.values():
                 p.wait(timeout=30)
     after = machine()
-    print(f"machine: {before['cpus']} CPUs ({before['cpu']}), Python {before['python']}, "
+    print(f"machine: {before['cpus']} CPUs ({before['cpu']}), Python {before['python']}, gateway event loop {loop}, "
           f"load average before {before['load'][0]:.2f}, after {after['load'][0]:.2f}")  # fmt: skip
     print(table(cells))
     out = Path(os.environ.get("BENCH_OUT", "bench/out/gateway.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
-            {"machine": before, "loadAfter": after["load"], "cells": [asdict(c) for c in cells]}, indent=2
+            {
+                "machine": before,
+                "loadAfter": after["load"],
+                "eventLoop": loop,
+                "cells": [asdict(c) for c in cells],
+            },
+            indent=2,
         )
     )
     return 0

@@ -1225,7 +1225,7 @@ def _gateway_main(
 
     seen: dict[str, Any] = {}
 
-    def serve_then_stop(s: Any) -> int:
+    def serve_then_stop(s: Any, loop: str = "asyncio") -> int:
         async def main() -> None:
             stand = None
             if standin_port is not None:
@@ -1249,7 +1249,7 @@ def _gateway_main(
                 if stand is not None:
                     await stand.close()
 
-        asyncio.run(main())
+        standalone.run_on(loop, main())  # on the event loop --event-loop chose, as run does
         return 0
 
     monkeypatch.setattr(standalone, "run", serve_then_stop)
@@ -1344,6 +1344,39 @@ def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
         assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("choice", ["uvloop", "asyncio", "auto"])
+def test_gateway_event_loop_serves_calls_on_the_loop_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str
+) -> None:
+    """The gateway answers a call on uvloop's loop with uvloop or auto (it is a dependency), on the standard
+    library's with asyncio."""
+    files = _gateway_files(tmp_path)
+    upstream, port = _free_port(), _free_port()
+
+    async def check(s: Any, url: str) -> Any:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        status, _headers, _body = await _post(f"{url}/chat/completions", body)
+        return status, type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    argv = ["-f", str(files), "--listen", f"127.0.0.1:{port}", "--event-loop", choice]
+    argv += ["--endpoint", f"agents/invoice-extractor=http://127.0.0.1:{upstream}"]
+    code, result = _gateway_main(monkeypatch, argv, check, standin_port=upstream)
+    assert code == 0 and result == (200, "asyncio" if choice == "asyncio" else "uvloop")
+
+
+def test_gateway_event_loop_uvloop_without_uvloop_is_bad_input_and_auto_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slm_operator.gateway.standalone import event_loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert event_loop("auto") == "asyncio"
+    code, _out, err = in_process(
+        "gateway", "-f", str(_gateway_files(tmp_path)), "--event-loop", "uvloop", capsys=capsys
+    )
+    assert code == 2 and "--event-loop uvloop: uvloop is not installed here" in err
+
+
 def test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1354,7 +1387,7 @@ def test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offse
     from slm_operator.routing.endpoints import endpoints_by_service
 
     seen: list[Any] = []
-    monkeypatch.setattr(incluster, "run", lambda s: seen.append(s) or 0)
+    monkeypatch.setattr(incluster, "run", lambda s, loop: seen.append(s) or 0)
     kubeconfig = _kubeconfig(tmp_path)
     assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--dial-map", "10.0.0.0/24=127.0.2.0/24"]) == 0
     assert cli.main(["gateway", "--kubeconfig", kubeconfig]) == 0
@@ -1378,7 +1411,7 @@ def test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_st
     from slm_operator.gateway import incluster
 
     seen: list[Any] = []
-    monkeypatch.setattr(incluster, "run", lambda s: seen.append(s) or 0)
+    monkeypatch.setattr(incluster, "run", lambda s, loop: seen.append(s) or 0)
     monkeypatch.setenv("POD_NAME", "slm-operator-gateway-7d9f-abcde")
     kubeconfig = _kubeconfig(tmp_path)
     assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--status-lease", "slm-system/gw-status"]) == 0
@@ -1829,6 +1862,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
     ],
     ("gateway", "--log-level"): ["test_gateway_max_request_bytes_and_log_level"],
+    ("gateway", "--event-loop"): [
+        "test_gateway_event_loop_serves_calls_on_the_loop_it_names",
+        "test_gateway_event_loop_uvloop_without_uvloop_is_bad_input_and_auto_falls_back",
+    ],
     ("gateway", "--status-lease"): [
         "test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_status",
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",

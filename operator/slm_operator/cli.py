@@ -441,9 +441,14 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         raise CliError("--status-lease is for the in-cluster mode; the standalone mode writes no status")
     if args.filename and args.dial_map:
         raise CliError("--dial-map is for the in-cluster mode; with -f, --endpoint gives each replica's URL")
+    from slm_operator.gateway.standalone import StandaloneError, build, event_loop, run
+
+    try:
+        loop = event_loop(args.event_loop)
+    except StandaloneError as exc:
+        raise CliError(str(exc)) from None
     if not args.filename:
-        return _gateway_in_cluster(args)
-    from slm_operator.gateway.standalone import StandaloneError, build, run
+        return _gateway_in_cluster(args, loop)
 
     try:
         standalone = build(
@@ -457,10 +462,10 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         )
     except StandaloneError as exc:
         raise CliError(str(exc)) from None
-    return run(standalone)
+    return run(standalone, loop)
 
 
-def _gateway_in_cluster(args: argparse.Namespace) -> int:
+def _gateway_in_cluster(args: argparse.Namespace, loop: str) -> int:
     from slm_operator.gateway.kube import KubeApi
     from slm_operator.kubeconfig import KUBECONFIG_HINT, KubeConfigError, load_config
 
@@ -490,7 +495,7 @@ def _gateway_in_cluster(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
     attach(gateway, api)
-    return run(InCluster(Standalone(gateway, host, port), api, dial, lease))
+    return run(InCluster(Standalone(gateway, host, port), api, dial, lease), loop)
 
 
 def _status_lease(value: str | None, api: Any) -> Any:
@@ -1082,6 +1087,13 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         default=8 << 20,
         help="largest request body; larger calls get 413 (default %(default)s; a route's limits.maxRequestBytes "
         "may lower it)",
+    )
+    p.add_argument(
+        "--event-loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="the event loop to serve on: uvloop (libuv; less CPU per call, docs/benchmarks.md), asyncio (the "
+        "standard library's), or auto: uvloop where it is installed (default %(default)s)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_gateway)

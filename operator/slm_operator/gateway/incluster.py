@@ -22,7 +22,7 @@ from slm_operator.gateway.kube import KubeApi, Sink, start_configmap_watch, star
 from slm_operator.gateway.kube_auth import KubeAuth
 from slm_operator.gateway.lease import StatusLease
 from slm_operator.gateway.server import Gateway
-from slm_operator.gateway.standalone import Standalone, serve
+from slm_operator.gateway.standalone import Standalone, run_on, serve
 from slm_operator.routing.endpoints import DialMap
 from slm_operator.routing.table import NamespacedName, RouteTable
 
@@ -112,7 +112,7 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
             task.cancel()
 
 
-def run(s: InCluster) -> int:
+def run(s: InCluster, loop: str = "asyncio") -> int:
     """Serve until SIGINT or SIGTERM."""
 
     async def main() -> None:
@@ -122,5 +122,5 @@ def run(s: InCluster) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve_in_cluster(s, stop)
 
-    asyncio.run(main())
+    run_on(loop, main())
     return 0

@@ -14,7 +14,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +224,34 @@ async def _serve_until_signalled(s: Standalone) -> None:
     await serve(s, stop)
 
 
-def run(s: Standalone) -> int:
+def event_loop(choice: str) -> str:
+    """The event loop ``--event-loop`` names, checked: ``uvloop`` or ``asyncio`` (``auto``: uvloop when
+    installed)."""
+    if choice == "asyncio":
+        return choice
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        if choice == "uvloop":
+            raise StandaloneError(
+                "--event-loop uvloop: uvloop is not installed here (it is a dependency on Linux and macOS: "
+                "pip install uvloop), or use --event-loop asyncio"
+            ) from None
+        return "asyncio"
+    return "uvloop"
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to completion on a new event loop of the kind :func:`event_loop` chose."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+def run(s: Standalone, loop: str = "asyncio") -> int:
     """Serve until SIGINT or SIGTERM."""
-    asyncio.run(_serve_until_signalled(s))
+    run_on(loop, _serve_until_signalled(s))
     return 0
