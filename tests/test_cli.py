@@ -1225,7 +1225,7 @@ def _gateway_main(
 
     seen: dict[str, Any] = {}
 
-    def serve_then_stop(s: Any, loop: str = "asyncio") -> int:
+    def serve_then_stop(s: Any, event_loop: str = "asyncio") -> int:
         async def main() -> None:
             stand = None
             if standin_port is not None:
@@ -1249,7 +1249,7 @@ def _gateway_main(
                 if stand is not None:
                     await stand.close()
 
-        standalone.run_on(loop, main())  # on the event loop --event-loop chose, as run does
+        standalone.run_on(event_loop, main())  # on the event loop --event-loop chose, as run does
         return 0
 
     monkeypatch.setattr(standalone, "run", serve_then_stop)
@@ -1387,7 +1387,7 @@ def test_gateway_dial_map_dials_replicas_of_the_mapped_network_at_the_same_offse
     from slm_operator.routing.endpoints import endpoints_by_service
 
     seen: list[Any] = []
-    monkeypatch.setattr(incluster, "run", lambda s, loop: seen.append(s) or 0)
+    monkeypatch.setattr(incluster, "run", lambda s, event_loop: seen.append(s) or 0)
     kubeconfig = _kubeconfig(tmp_path)
     assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--dial-map", "10.0.0.0/24=127.0.2.0/24"]) == 0
     assert cli.main(["gateway", "--kubeconfig", kubeconfig]) == 0
@@ -1411,7 +1411,7 @@ def test_gateway_status_lease_makes_the_pods_replica_hold_that_lease_to_write_st
     from slm_operator.gateway import incluster
 
     seen: list[Any] = []
-    monkeypatch.setattr(incluster, "run", lambda s, loop: seen.append(s) or 0)
+    monkeypatch.setattr(incluster, "run", lambda s, event_loop: seen.append(s) or 0)
     monkeypatch.setenv("POD_NAME", "slm-operator-gateway-7d9f-abcde")
     kubeconfig = _kubeconfig(tmp_path)
     assert cli.main(["gateway", "--kubeconfig", kubeconfig, "--status-lease", "slm-system/gw-status"]) == 0

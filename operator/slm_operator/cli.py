@@ -1092,8 +1092,8 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         "--event-loop",
         default="auto",
         choices=["auto", "uvloop", "asyncio"],
-        help="the event loop to serve on: uvloop (libuv; less CPU per call, docs/benchmarks.md), asyncio (the "
-        "standard library's), or auto: uvloop where it is installed (default %(default)s)",
+        help="the event loop to serve on: uvloop (libuv; less CPU per captured call, docs/benchmarks.md), asyncio "
+        "(the standard library's), or auto: uvloop where it is installed (default %(default)s)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_cmd_gateway)

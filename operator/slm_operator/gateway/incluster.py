@@ -112,15 +112,15 @@ async def serve_in_cluster(s: InCluster, stop: asyncio.Event) -> None:
             task.cancel()
 
 
-def run(s: InCluster, loop: str = "asyncio") -> int:
-    """Serve until SIGINT or SIGTERM."""
+def run(s: InCluster, event_loop: str = "asyncio") -> int:
+    """Serve until SIGINT or SIGTERM, on the event loop ``standalone.event_loop`` chose."""
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            running.add_signal_handler(sig, stop.set)
         await serve_in_cluster(s, stop)
 
-    run_on(loop, main())
+    run_on(event_loop, main())
     return 0

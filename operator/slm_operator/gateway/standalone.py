@@ -251,7 +251,7 @@ def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
 
 
-def run(s: Standalone, loop: str = "asyncio") -> int:
-    """Serve until SIGINT or SIGTERM."""
-    run_on(loop, _serve_until_signalled(s))
+def run(s: Standalone, event_loop: str = "asyncio") -> int:
+    """Serve until SIGINT or SIGTERM, on the event loop :func:`event_loop` chose."""
+    run_on(event_loop, _serve_until_signalled(s))
     return 0
