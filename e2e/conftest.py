@@ -341,10 +341,14 @@ class Cluster:
         cmd = [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, *args]
         return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
-    def token_kubeconfig(self, namespace: str, service_account: str, path: Path) -> Path:
+    def token_kubeconfig(
+        self, namespace: str, service_account: str, path: Path, pod: str | None = None
+    ) -> Path:
         """A kubeconfig at ``path`` that authenticates as the ServiceAccount (a token from the TokenRequest API),
-        so a process run with it has exactly the RBAC a pod of that ServiceAccount would have."""
-        token = self.service_account_token(namespace, service_account)
+        so a process run with it has exactly the RBAC a pod of that ServiceAccount would have. With ``pod``, the
+        token is bound to a stand-in Pod of that name (created here, gated so that it is never scheduled), as the
+        token a Pod mounts is: the API server refuses it once that Pod is deleted."""
+        token = self.service_account_token(namespace, service_account, pod)
         admin = yaml.safe_load(Path(self.kubeconfig).read_text())
         cluster_name = admin["clusters"][0]["name"]
         path.write_text(
@@ -363,8 +367,24 @@ class Cluster:
         )
         return path
 
-    def service_account_token(self, namespace: str, service_account: str) -> str:
-        return self.kubectl("-n", namespace, "create", "token", service_account, "--duration=4h").strip()
+    def service_account_token(self, namespace: str, service_account: str, pod: str | None = None) -> str:
+        bound: tuple[str, ...] = ()
+        if pod is not None:
+            self.core.create_namespaced_pod(
+                namespace,
+                {
+                    "metadata": {"name": pod},
+                    "spec": {
+                        "serviceAccountName": service_account,
+                        "schedulingGates": [{"name": "slm.io/e2e-stand-in"}],
+                        "containers": [{"name": "process", "image": "stand-in"}],
+                    },
+                },
+            )
+            bound = ("--bound-object-kind", "Pod", "--bound-object-name", pod)
+        return self.kubectl(
+            "-n", namespace, "create", "token", service_account, "--duration=4h", *bound
+        ).strip()
 
     def node(self, name: str) -> client.V1Node:
         return self.core.read_node(name)

@@ -54,10 +54,28 @@ class Operator:
     metrics_port: int = field(default_factory=free_port)
     # the Lease holder identity is POD_NAME: unique per replica (two replicas with one identity would both lead)
     name: str = field(default_factory=lambda: f"e2e-operator-{uuid.uuid4().hex[:6]}")
+    # Run as this ServiceAccount of SYSTEM_NS with a token bound to a stand-in Pod named POD_NAME, as a replica of
+    # the chart's Deployment does: a replica that takes the Lease over deletes the previous holder's Pod, which
+    # revokes its token (controllers/leader.py, fence_out). Needs ``cluster``; replaces ``kubeconfig_override``.
+    service_account: str | None = None
+    cluster: Cluster | None = None
+    stand_ins: list[str] = field(default_factory=list)
 
     @property
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
+
+    @property
+    def pod_name(self) -> str:
+        return f"{self.name}-{self.starts}"
+
+    def _kubeconfig(self) -> str:
+        if self.service_account is None:
+            return self.kubeconfig_override or self.kubeconfig
+        assert self.cluster is not None, "service_account needs the cluster"
+        self.stand_ins.append(self.pod_name)
+        path = self.log_dir / f"{self.pod_name}.kubeconfig"
+        return str(self.cluster.token_kubeconfig(SYSTEM_NS, self.service_account, path, pod=self.pod_name))
 
     def start(self) -> None:
         self.starts += 1
@@ -65,11 +83,12 @@ class Operator:
             **os.environ,
             "PYTHONPATH": str(REPO / "operator"),
             "SLM_RESYNC_SECONDS": "5",
-            "POD_NAME": f"{self.name}-{self.starts}",
+            "POD_NAME": self.pod_name,
+            "POD_NAMESPACE": SYSTEM_NS,
         }
         cmd = [
             sys.executable, "-m", "slm_operator", "run",
-            "--kubeconfig", self.kubeconfig_override or self.kubeconfig,
+            "--kubeconfig", self._kubeconfig(),
             "--namespace", "slm-system", "--leader-elect",
             "--health-listen", f"127.0.0.1:{free_port()}",
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
@@ -83,6 +102,20 @@ class Operator:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(30)
+        self._delete_stand_ins()
+
+    def _delete_stand_ins(self) -> None:
+        """The stand-in Pods of the runs that ended (a new leader may have deleted one already)."""
+        if self.cluster is None:
+            return
+        running = self.pod_name if self.proc is not None and self.proc.poll() is None else None
+        for pod in [p for p in self.stand_ins if p != running]:
+            try:
+                self.cluster.core.delete_namespaced_pod(pod, SYSTEM_NS, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            self.stand_ins.remove(pod)
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

@@ -424,13 +424,19 @@ def test_a_paused_leader_writes_nothing_once_the_standby_leads(
     """Two replicas. The leader is paused (SIGSTOP: a frozen VM, a long GC), not killed, in the middle of
     creating 40 replicas' pods; meanwhile the deployments are deleted and the standby, once the Lease expired,
     leads and cleans up. Unfenced, the old leader would resume its loop and create pods for deployments that no
-    longer exist. Past its renew deadline it refuses its first write and exits: no pod appears after it resumes."""
+    longer exist (37 of them, measured). Past its renew deadline it refuses its next write and exits. A check in
+    the client cannot be atomic with the send, so a create that passed it just before the pause would be sent on
+    the resume (a clean-clone CI run saw one): the standby, taking the expired Lease over, deletes the old
+    leader's Pod, and the API server refuses the token bound to it. No pod appears after the resume."""
     old = operator.proc
     assert old is not None
     log = operator.log_path
     wait_for(lambda: "became leader" in log.read_text(errors="replace"), 60, "the first replica leads")
     standby = Operator(
-        kubeconfig=cluster.kubeconfig, log_dir=tmp_path, kubeconfig_override=operator.kubeconfig_override
+        kubeconfig=cluster.kubeconfig,
+        log_dir=tmp_path,
+        service_account=operator.service_account,
+        cluster=cluster,
     )
     standby.start()
     try:
@@ -450,6 +456,14 @@ def test_a_paused_leader_writes_nothing_once_the_standby_leads(
         old.send_signal(signal.SIGSTOP)
         cluster.kubectl("delete", "-n", ns, "slmdeployments", "--all", "--wait=false")
         wait_for(lambda: "became leader" in standby.logs(), CONVERGE, "the standby takes the Lease")
+        assert f"fenced out the previous leader {operator.pod_name}" in standby.logs()
+        with pytest.raises(ApiException) as gone:  # its token is bound to it: refused from now on
+            cluster.core.read_namespaced_pod(operator.pod_name, SYSTEM_NS)
+        assert gone.value.status == 404
+        kubeconfig = str(operator.log_dir / f"{operator.pod_name}.kubeconfig")
+        with pytest.raises(ApiException) as refused:
+            client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig)).list_namespaced_pod(ns)
+        assert refused.value.status == 401, refused.value
         wait_for(lambda: not replica_pods(cluster.core, ns), CONVERGE, "the new leader removed the pods")
         resumed_at = log.stat().st_size
         seen = PodWatch(cluster, ns)

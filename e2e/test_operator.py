@@ -76,29 +76,10 @@ def operator(
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     log_dir = tmp_path_factory.mktemp("operator")
-    token = cluster.kubectl(
-        "-n", "slm-system", "create", "token", "slm-slm-operator", "--duration=4h"
-    ).strip()
-    admin = yaml.safe_load(Path(cluster.kubeconfig).read_text())
-    sa_kubeconfig = log_dir / "operator-kubeconfig"
-    sa_kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": admin["clusters"],
-                "users": [{"name": "slm-operator", "user": {"token": token}}],
-                "contexts": [
-                    {
-                        "name": "sa",
-                        "context": {"cluster": admin["clusters"][0]["name"], "user": "slm-operator"},
-                    }
-                ],
-                "current-context": "sa",
-            }
-        )
+    # a token bound to a stand-in Pod per run, as the chart's Deployment gives each replica
+    op = Operator(
+        kubeconfig=cluster.kubeconfig, log_dir=log_dir, service_account="slm-slm-operator", cluster=cluster
     )
-    op = Operator(kubeconfig=cluster.kubeconfig, log_dir=log_dir, kubeconfig_override=str(sa_kubeconfig))
     op.start()
     yield op
     op.stop()
@@ -116,7 +97,7 @@ def test_operator_runs_as_the_charts_service_account(cluster: Cluster, operator:
             capture_output=True, text=True,
         )  # fmt: skip
         assert r.stdout.strip() == "no", (verb, what)
-    assert operator.kubeconfig_override and "token" in Path(operator.kubeconfig_override).read_text()
+    assert "token" in (operator.log_dir / f"{operator.pod_name}.kubeconfig").read_text()
     wait_for(
         lambda: "slm-operator-leader" in cluster.kubectl("-n", "slm-system", "get", "lease", "-o", "name"),
         60,
@@ -792,7 +773,10 @@ def test_only_one_replica_is_active_and_a_standby_takes_over(
     cluster: Cluster, operator: Operator, pools: list[str], ns: str, tmp_path: Path
 ) -> None:
     standby = Operator(
-        kubeconfig=cluster.kubeconfig, log_dir=tmp_path, kubeconfig_override=operator.kubeconfig_override
+        kubeconfig=cluster.kubeconfig,
+        log_dir=tmp_path,
+        service_account=operator.service_account,
+        cluster=cluster,
     )
     standby.start()
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
-from slm_operator.controllers.leader import LeaderElector, LeadershipLost
+from slm_operator.controllers.leader import AUTH_CACHE_SECONDS, LeaderElector, LeadershipLost
 
 
 class Clock:
@@ -121,3 +124,120 @@ def test_a_write_whose_thread_passed_the_fence_before_a_pause_is_refused_at_the_
         assert seen == ["POST", "GET"]
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------------------ fencing out the previous leader
+
+
+class FakeKube:
+    """The few calls the elector makes, over a dict of objects: (kind, namespace, name) -> object."""
+
+    def __init__(self, objects: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        self.objects = objects
+        self.deleted: list[tuple[str, dict[str, Any]]] = []
+
+    def get(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace or "", name))
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        obj["metadata"]["resourceVersion"] = "1"
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+        return obj
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        kube = self
+
+        class Res:
+            def replace(self, body: dict[str, Any], namespace: str) -> None:
+                kube.objects[(kind, namespace, body["metadata"]["name"])] = body
+
+        return Res()
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None, **kw: Any) -> bool:
+        obj = self.objects.pop((kind, namespace or "", name))
+        assert kw["body"]["preconditions"]["uid"] == obj["metadata"]["uid"]
+        self.deleted.append((name, kw["body"]))
+        return True
+
+
+def _pod(name: str, account: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": {"serviceAccountName": account}}
+
+
+def _world(holder: str | None, renewed: float, their_account: str = "slm") -> dict[tuple[str, str, str], Any]:
+    return {
+        ("Lease", "slm-system", "slm-operator-leader"): {
+            "metadata": {"name": "slm-operator-leader", "resourceVersion": "7"},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 15,
+                "renewTime": datetime.fromtimestamp(renewed, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        },
+        ("Pod", "slm-system", "op-a"): _pod("op-a", "slm"),
+        ("Pod", "slm-system", "op-b"): _pod("op-b", their_account),
+    }
+
+
+def _standby(kube: FakeKube, clock: Clock, pod_namespace: str | None = "slm-system") -> LeaderElector:
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.t += seconds
+
+    e = LeaderElector(
+        kube,  # type: ignore[arg-type]
+        "slm-system",
+        identity="op-a",
+        clock=clock,
+        monotonic=clock,
+        pod_namespace=pod_namespace,
+        sleep=sleep,
+    )
+    e.slept = slept  # type: ignore[attr-defined]
+    return e
+
+
+def test_taking_over_an_expired_lease_deletes_the_previous_leaders_pod_and_waits_out_the_token_cache() -> (
+    None
+):
+    """The previous leader renewed at 1000 and froze; its Lease expired at 1015 and this replica takes it at
+    1016. Its Pod is deleted at once (grace 0, only that Pod: uid precondition), so the API server refuses its
+    Pod-bound token; a token authenticated before its renew deadline (1010) may pass from the API server's cache
+    until 1020, so the new leader starts writing only then, its Lease renewed again."""
+    clock = Clock()
+    clock.t = 1016.0
+    kube = FakeKube(_world("op-b", 1000.0))
+    e = _standby(kube, clock)
+    assert e.acquire()
+    assert kube.deleted == [("op-b", {"gracePeriodSeconds": 0, "preconditions": {"uid": "uid-op-b"}})]
+    assert e.slept == [pytest.approx(4.0)]  # type: ignore[attr-defined]
+    assert clock.t == pytest.approx(1000.0 + e.renew_deadline_seconds + AUTH_CACHE_SECONDS)
+    lease = kube.get("coordination.k8s.io/v1", "Lease", "slm-operator-leader", "slm-system")
+    assert lease is not None and lease["spec"]["holderIdentity"] == "op-a"
+    assert lease["spec"]["renewTime"].startswith("1970-01-01T00:17:00")  # renewed after the wait (1020)
+    assert e.leading()
+
+
+@pytest.mark.parametrize(
+    ("holder", "their_account", "pod_namespace"),
+    [
+        (None, "slm", "slm-system"),  # released on shutdown: it writes no more
+        ("op-b", "someone-else", "slm-system"),  # a Pod of that name that is not a replica of ours
+        ("op-b", "slm", None),  # this replica runs outside a Pod: no identity to compare Pods by
+    ],
+)
+def test_no_pod_is_deleted_unless_it_is_a_replica_that_may_still_run(
+    holder: str | None, their_account: str, pod_namespace: str | None
+) -> None:
+    clock = Clock()
+    clock.t = 1016.0
+    kube = FakeKube(_world(holder, 1000.0, their_account))
+    e = _standby(kube, clock, pod_namespace)
+    assert e.acquire()
+    assert kube.deleted == [] and e.slept == []  # type: ignore[attr-defined]
+    assert ("Pod", "slm-system", "op-b") in kube.objects

@@ -8,8 +8,16 @@ Fencing (controller-runtime's renew deadline, checked before every write): anoth
 ``lease_seconds`` after its last ``renewTime``; this one stops writing ``renew_deadline_seconds`` (fewer) after
 it sent its last successful renewal. :meth:`LeaderElector.fence`, which :class:`Kube` calls before each write,
 refuses a write past that deadline and calls ``on_lost``. A replica that was paused (SIGSTOP, a frozen VM, a
-long GC) and resumes after another took over therefore writes nothing: its first write attempt, or its renewer
+long GC) and resumes after another took over therefore starts no write: its first write attempt, or its renewer
 waking up, ends it, whichever comes first.
+
+A check in the client cannot be atomic with the send: a thread frozen between the two sends its write when the
+process resumes. So the API server fences too (:meth:`LeaderElector.fence_out`): a replica that takes the Lease
+over from another whose Lease expired deletes that replica's Pod at once (grace 0). The token a Pod mounts is
+bound to it, and kube-apiserver refuses a bound token whose Pod is gone (pkg/serviceaccount/claims.go); it may
+still accept one it authenticated in the last ``AUTH_CACHE_SECONDS`` from its cache, so the new leader waits
+until that long after the old one's renew deadline before it writes. Its Deployment replaces the Pod with one
+that stands by.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from kubernetes.client.exceptions import ApiException
 from slm_operator.controllers.kube import Kube
 
 log = logging.getLogger("slm_operator.leader")
+
+#: how long kube-apiserver accepts a token it authenticated without checking it again (its token cache,
+#: TokenSuccessCacheTTL, 10 s: pkg/kubeapiserver/options/authentication.go)
+AUTH_CACHE_SECONDS = 10.0
 
 
 def _fmt(t: float) -> str:
@@ -57,6 +69,8 @@ class LeaderElector:
         clock: Callable[[], float] = time.time,
         renew_deadline_seconds: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        pod_namespace: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.kube = kube
         self.namespace = namespace
@@ -70,6 +84,11 @@ class LeaderElector:
         self._renewed_at: float | None = None  # monotonic time the last successful renewal was sent
         self._on_lost: Callable[[], None] | None = None
         self._stop = threading.Event()
+        #: the namespace of this replica's Pod (named ``identity``); None: not in a Pod, no one is fenced out
+        self.pod_namespace = pod_namespace
+        self.sleep = sleep
+        #: the holder and renewTime of the Lease this replica took over after it expired (``fence_out``)
+        self.took_over: tuple[str, float] | None = None
 
     def _lease(self, holder: str, acquired: float, transitions: int) -> dict[str, Any]:
         now = self.clock()
@@ -108,6 +127,8 @@ class LeaderElector:
             body = self._lease(self.identity, acquired, transitions)
             body["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
             res.replace(body=body, namespace=self.namespace)  # 409 if someone else wrote first
+            if holder not in (None, "", self.identity):  # expired, not released: it may still be running
+                self.took_over = (holder, _parse(spec.get("renewTime")))
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -119,7 +140,7 @@ class LeaderElector:
         logged = False
         while not (stop and stop.is_set()):
             try:
-                if self._renew():
+                if self._renew() and self._fenced_out():
                     log.info(
                         "became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity
                     )
@@ -131,6 +152,42 @@ class LeaderElector:
                 logged = True
             time.sleep(self.renew_seconds / 2)
         return False
+
+    def _fenced_out(self) -> bool:
+        """After taking an expired Lease over: fence the previous holder out, then renew once more (the wait
+        counts against this replica's own deadline). True when this replica may start writing."""
+        if self.took_over is None:
+            return True
+        holder, renewed = self.took_over
+        self.took_over = None
+        self.fence_out(holder, renewed)
+        return self._renew()
+
+    def fence_out(self, holder: str, renewed: float) -> None:
+        """Delete the Pod of ``holder`` (grace 0), whose Lease expired (last renewed at ``renewed``, wall clock),
+        so that the API server refuses its token from now on; then wait out the API server's token cache: a write
+        it started before its renew deadline may still be authenticated from there for ``AUTH_CACHE_SECONDS``.
+        Only a Pod of this replica's namespace that runs as this replica's ServiceAccount is deleted."""
+        if self.pod_namespace is None:
+            return
+        mine = self.kube.get("v1", "Pod", self.identity, self.pod_namespace)
+        theirs = self.kube.get("v1", "Pod", holder, self.pod_namespace)
+        if mine is None or theirs is None:
+            log.info("previous leader %s: no Pod of it to fence out in %s", holder, self.pod_namespace)
+            return
+        account = (mine.get("spec") or {}).get("serviceAccountName")
+        if (theirs.get("spec") or {}).get("serviceAccountName") != account:
+            log.warning("previous leader %s: its Pod does not run as %s; not deleting it", holder, account)
+            return
+        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": theirs["metadata"]["uid"]}}
+        self.kube.delete("v1", "Pod", holder, self.pod_namespace, body=options)
+        log.warning(
+            "fenced out the previous leader %s: deleted its Pod, so the API server refuses its token", holder
+        )
+        wait = renewed + self.renew_deadline_seconds + AUTH_CACHE_SECONDS - self.clock()
+        if wait > 0:
+            log.info("waiting %.1fs for the API server's token cache to forget %s", wait, holder)
+            self.sleep(wait)
 
     def _renew(self) -> bool:
         """One attempt; on success the fence moves to the time the attempt was sent (not when it returned)."""

@@ -149,10 +149,14 @@ def run(args: Any) -> int:
     elector = None
     if args.leader_elect:
         # the Lease is renewed through a client of its own: every other write is fenced by it (leader.py)
+        # in a Pod (POD_NAME: the chart's Deployment), the identity is the Pod's name, and a replica that takes
+        # an expired Lease over deletes the previous holder's Pod: its Pod-bound token stops working (fence_out)
+        pod = os.environ.get("POD_NAME") or None
         elector = LeaderElector(
             Kube(client.ApiClient(copy.deepcopy(api.configuration))),
             args.namespace,
-            identity=os.environ.get("POD_NAME") or None,
+            identity=pod,
+            pod_namespace=(os.environ.get("POD_NAMESPACE") or args.namespace) if pod else None,
         )
         health.state = "standby"
         if not elector.acquire(stop):
