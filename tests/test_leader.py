@@ -241,3 +241,23 @@ def test_no_pod_is_deleted_unless_it_is_a_replica_that_may_still_run(
     assert e.acquire()
     assert kube.deleted == [] and e.slept == []  # type: ignore[attr-defined]
     assert ("Pod", "slm-system", "op-b") in kube.objects
+
+
+def test_a_replica_that_cannot_fence_the_old_leader_out_still_leads_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deleting the old leader's Pod refused (here: no RBAC for it): the new leader leads anyway, without the
+    API server's fence, and the log says what that risks."""
+    from kubernetes.client.exceptions import ApiException
+
+    clock = Clock()
+    clock.t = 1016.0
+    kube = FakeKube(_world("op-b", 1000.0))
+
+    def refuse(*_: Any, **__: Any) -> bool:
+        raise ApiException(status=403, reason="Forbidden")
+
+    kube.delete = refuse  # type: ignore[method-assign]
+    e = _standby(kube, clock)
+    assert e.acquire() and e.leading()
+    assert "could not fence the previous leader op-b out (403 Forbidden)" in caplog.text

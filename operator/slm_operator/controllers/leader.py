@@ -160,7 +160,15 @@ class LeaderElector:
             return True
         holder, renewed = self.took_over
         self.took_over = None
-        self.fence_out(holder, renewed)
+        try:
+            self.fence_out(holder, renewed)
+        except ApiException as exc:  # leading without the fence beats not leading at all
+            log.warning(
+                "could not fence the previous leader %s out (%s %s): a write it had in flight may still land",
+                holder,
+                exc.status,
+                exc.reason,
+            )
         return self._renew()
 
     def fence_out(self, holder: str, renewed: float) -> None:
