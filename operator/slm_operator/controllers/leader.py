@@ -180,7 +180,12 @@ class LeaderElector:
             return
         mine = self.kube.get("v1", "Pod", self.identity, self.pod_namespace)
         theirs = self.kube.get("v1", "Pod", holder, self.pod_namespace)
-        if mine is None or theirs is None:
+        if mine is None:
+            log.warning(
+                "no Pod %s/%s of this replica: not fencing %s out", self.pod_namespace, self.identity, holder
+            )
+            return
+        if theirs is None:
             log.info("previous leader %s: no Pod of it to fence out in %s", holder, self.pod_namespace)
             return
         account = (mine.get("spec") or {}).get("serviceAccountName")
