@@ -78,15 +78,16 @@ def _gpus(placements: Sequence[CurrentPlacement]) -> set[tuple[str, int]]:
     return {(p.node, p.gpu_index) for p in placements}
 
 
-def test_a_fragmented_pool_moves_one_replica_per_freed_gpu_best_effort_first() -> None:
+def test_a_fragmented_pool_moves_one_replica_per_freed_gpu_least_memory_first() -> None:
     nodes, dem, cur = _fragmented()
     c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10))
     assert (c.gpus_used, c.gpus_freed) == (4, 2)
     assert c.gpus_fresh <= 2
-    assert [m.tier for m in c.moves] == ["BestEffort", "Guaranteed"]
+    # one move per GPU freed either way: the GPU whose replica holds less memory (6 GiB against 14) goes first
+    assert [m.tier for m in c.moves] == ["Guaranteed", "BestEffort"]
     assert all(m.make_before_break for m in c.moves)
     assert len(_gpus(c.placements)) == 2
-    best_effort, guaranteed = c.moves
+    guaranteed, best_effort = c.moves
     # the BestEffort replica joins the other one's time-sliced GPU; the Guaranteed one takes a free instance
     # of the other MIG GPU's layout (no reconfiguration)
     assert (best_effort.target.node, best_effort.target.mechanism) == ("ts", "TimeSlicing")
@@ -102,7 +103,7 @@ def test_a_fragmented_pool_moves_one_replica_per_freed_gpu_best_effort_first() -
 def test_the_budget_limits_the_moves_and_the_cheapest_go_first() -> None:
     nodes, dem, cur = _fragmented()
     c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=1))
-    assert [m.tier for m in c.moves] == ["BestEffort"]
+    assert [m.tier for m in c.moves] == ["Guaranteed"]
     assert c.gpus_freed == 1
     none = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=0))
     assert none.moves == () and none.gpus_freed == 0 and "budget" in none.message
@@ -110,9 +111,21 @@ def test_the_budget_limits_the_moves_and_the_cheapest_go_first() -> None:
 
 def test_busy_deployments_do_not_move() -> None:
     nodes, dem, cur = _fragmented()
-    busy = frozenset({"ns/b0", "ns/b1"})
+    busy = frozenset({"ns/g0", "ns/g1"})
     c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=10, busy=busy))
-    assert [m.tier for m in c.moves] == ["Guaranteed"]
+    assert [m.tier for m in c.moves] == ["BestEffort"]
+
+
+def test_best_effort_before_burstable_at_equal_moves_and_memory() -> None:
+    """Four time-sliced GPUs with one replica of the same size each, two Burstable, two BestEffort: with one
+    move allowed, a BestEffort replica moves (onto the other one's GPU), though a Burstable one sits on GPU 0."""
+    nodes = [_ts_node("ts", 4)]
+    tiers = {"ns/u0": "Burstable", "ns/b0": "BestEffort", "ns/u1": "Burstable", "ns/b1": "BestEffort"}
+    dem = [demand(key, tier, 1, 10) for key, tier in tiers.items()]
+    cur = [_at(key, 0, "ts", i, "TimeSlicing") for i, key in enumerate(tiers)]
+
+    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=1, threshold_percent=0))
+    assert [(m.deployment, m.target.gpu_index) for m in c.moves] == [("ns/b0", 3)]
 
 
 def test_fewest_moves_per_freed_gpu_first() -> None:
@@ -435,15 +448,14 @@ def _check(pol: PoolPolicy, nodes: Sequence[NodeInventory], dem: list[Demand], c
     replanned = plan_pool(pol, configured, dem, c.placements)
     assert check_plan(replanned, pol, configured, dem, c.placements) == []
     assert [e for e in replanned.pool.evictions if e.reason != "PreemptedByHigherTier"] == []
-    # cheapest first: the GPUs are emptied in order of what their replicas' moves cost (BestEffort 1, Burstable
-    # 2, Guaranteed 3, one more on MIG; a move that only makes room for another is not the GPU's own)
-    weight = {"BestEffort": 1, "Burstable": 2, "Guaranteed": 3}
-    costs: dict[str, int] = {}
+    # cheapest first: the GPUs are emptied in order of their replicas (moves per GPU freed; a move that only
+    # makes room for another is not the GPU's own)
+    counts: dict[str, int] = {}
     for m in c.moves:
         gpu = m.reason.split()[2]  # "frees GPU node/index (...)"
         if f"{m.source.node}/{m.source.gpu_index}" == gpu:
-            costs[gpu] = costs.get(gpu, 0) + weight[m.tier] + (m.source.mechanism == "MIG")
-    assert list(costs.values()) == sorted(costs.values())
+            counts[gpu] = counts.get(gpu, 0) + 1
+    assert list(counts.values()) == sorted(counts.values())
     # deterministic
     assert consolidate(pol, nodes, dem, cur, budget) == c
 

@@ -11,9 +11,10 @@ frozen even under ``repartition: Allowed``, so a target is always an instance th
 packer's zero-cost search (``Packer.zero_cost_room``) looks for room for each replica of a candidate GPU on
 another GPU in use; a replica that finds none may take the MIG instance, MPS client slot or time-slicing room
 of a replica of the same or a cheaper tier that moves into room elsewhere first. A GPU is emptied only when every replica on it finds room; otherwise nothing
-of it moves. Candidates are tried cheapest first (``_cost``): the sum of the moves' costs (BestEffort before
-Burstable before Guaranteed, replicas on MIG last), then the worst tier, fewest replicas, GPUs of nodes with
-fewer GPUs in use (so whole nodes empty and may change their sharing mode or MIG layouts), least memory held.
+of it moves. Candidates are tried cheapest first (``_cost``): fewest replicas (the budget counts moves), least
+memory held, then the sum of the moves' costs (BestEffort before Burstable before Guaranteed, replicas on MIG
+last), the worst tier, GPUs of nodes with fewer GPUs in use (so whole nodes empty and may change their sharing
+mode or MIG layouts).
 It stops when the pool would use no more GPUs than the fresh plan or the budget is spent.
 
 Then, if the goal is not met, whole nodes are drained (``_Run.drain_nodes``): every replica of a node moves,
@@ -850,13 +851,15 @@ def _move(
 
 
 def _cost(g: Gpu) -> tuple[int, ...]:
-    """How costly it is to empty ``g`` (lower first): the sum of its moves' costs (``_move_weight``: a
-    BestEffort move costs least, a Guaranteed one most, a replica on MIG one more), then the worst tier on it,
-    replicas, GPUs in use on its node (whole nodes empty first), memory held (per mille), position."""
+    """How costly it is to empty ``g`` (lower first): its replicas (the moves it takes: the budget counts
+    moves, so the fewest moves per GPU freed go first), the memory they hold (per mille of the GPU: the less
+    room they take elsewhere, the more is left for the next GPUs), then the sum of the moves' costs
+    (``_move_weight``: a BestEffort move costs least, a Guaranteed one most, a replica on MIG one more), the
+    worst tier on it, GPUs in use on its node (whole nodes empty first), position."""
     worst = max(DISRUPTION[r.dep.tier] for r in g.reps)
     load = sum(r.dep.size for r in g.reps) * 1000 // g.mem
     weight = sum(_move_weight(r) for r in g.reps)
-    return (weight, worst, len(g.reps), g.node.used, load, g.gid)
+    return (len(g.reps), load, weight, worst, g.node.used, g.gid)
 
 
 def _move_weight(r: Rep) -> int:
