@@ -50,13 +50,12 @@ class Operator:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
-    kubeconfig_override: str | None = None
     metrics_port: int = field(default_factory=free_port)
     # the Lease holder identity is POD_NAME: unique per replica (two replicas with one identity would both lead)
     name: str = field(default_factory=lambda: f"e2e-operator-{uuid.uuid4().hex[:6]}")
     # Run as this ServiceAccount of SYSTEM_NS with a token bound to a stand-in Pod named POD_NAME, as a replica of
     # the chart's Deployment does: a replica that takes the Lease over deletes the previous holder's Pod, which
-    # revokes its token (controllers/leader.py, fence_out). Needs ``cluster``; replaces ``kubeconfig_override``.
+    # revokes its token (controllers/leader.py, fence_out). Needs ``cluster``; None: the admin ``kubeconfig``.
     service_account: str | None = None
     cluster: Cluster | None = None
     stand_ins: list[str] = field(default_factory=list)
@@ -71,7 +70,7 @@ class Operator:
 
     def _kubeconfig(self) -> str:
         if self.service_account is None:
-            return self.kubeconfig_override or self.kubeconfig
+            return self.kubeconfig
         assert self.cluster is not None, "service_account needs the cluster"
         self.stand_ins.append(self.pod_name)
         path = self.log_dir / f"{self.pod_name}.kubeconfig"

@@ -173,9 +173,8 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     operator = Operator(
         kubeconfig=cluster.kubeconfig,
         log_dir=work,
-        kubeconfig_override=str(
-            cluster.token_kubeconfig(SYSTEM_NS, "slm-slm-operator", work / "operator.kc")
-        ),
+        service_account="slm-slm-operator",
+        cluster=cluster,
         extra_args=["--autoscale-interval", "1", "--gateway-selector", GATEWAY_SELECTOR, "--dial-map", dial],
     )
     llm = StandIn("llm")

@@ -157,9 +157,8 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     operator = Operator(
         kubeconfig=cluster.kubeconfig,
         log_dir=work,
-        kubeconfig_override=str(
-            cluster.token_kubeconfig(SYSTEM_NS, "slm-slm-operator", work / "operator.kc")
-        ),
+        service_account="slm-slm-operator",
+        cluster=cluster,
     )
     operator.start()
     loops = EventLoopThread()
