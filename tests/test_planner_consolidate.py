@@ -116,16 +116,25 @@ def test_busy_deployments_do_not_move() -> None:
     assert [m.tier for m in c.moves] == ["BestEffort"]
 
 
-def test_best_effort_before_burstable_at_equal_moves_and_memory() -> None:
-    """Four time-sliced GPUs with one replica of the same size each, two Burstable, two BestEffort: with one
-    move allowed, a BestEffort replica moves (onto the other one's GPU), though a Burstable one sits on GPU 0."""
-    nodes = [_ts_node("ts", 4)]
-    tiers = {"ns/u0": "Burstable", "ns/b0": "BestEffort", "ns/u1": "Burstable", "ns/b1": "BestEffort"}
-    dem = [demand(key, tier, 1, 10) for key, tier in tiers.items()]
-    cur = [_at(key, 0, "ts", i, "TimeSlicing") for i, key in enumerate(tiers)]
+def test_best_effort_before_burstable_before_guaranteed_at_equal_moves_and_memory() -> None:
+    """Four MIG GPUs with one replica of the same size each on a 1g.10gb instance: Guaranteed on GPU 0,
+    Burstable on 1, BestEffort on 2, Guaranteed on 3. Every one of them can move into another GPU's free
+    instances; with one move allowed the BestEffort replica goes, then (it busy) the Burstable one, and the
+    Guaranteed one on GPU 0 only when both are busy."""
+    nodes = [_mig_node("mig", 4)]
+    tiers = {"ns/g": "Guaranteed", "ns/u": "Burstable", "ns/b": "BestEffort", "ns/x": "Guaranteed"}
+    dem = [demand(key, tier, 1, 6) for key, tier in tiers.items()]
+    cur = [_at(key, 0, "mig", i, "MIG", "1g.10gb") for i, key in enumerate(tiers)]
 
-    c = consolidate(POLICY, nodes, dem, cur, ConsolidationBudget(max_moves=1, threshold_percent=0))
-    assert [(m.deployment, m.target.gpu_index) for m in c.moves] == [("ns/b0", 3)]
+    def moved(*busy: str) -> list[tuple[str, int]]:
+        budget = ConsolidationBudget(max_moves=1, threshold_percent=0, busy=frozenset(busy))
+        return [
+            (m.deployment, m.source.gpu_index) for m in consolidate(POLICY, nodes, dem, cur, budget).moves
+        ]
+
+    assert moved() == [("ns/b", 2)]
+    assert moved("ns/b") == [("ns/u", 1)]
+    assert moved("ns/b", "ns/u") == [("ns/g", 0)]
 
 
 def test_fewest_moves_per_freed_gpu_first() -> None:
