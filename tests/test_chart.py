@@ -425,6 +425,9 @@ def test_operator_rbac_is_exactly_what_it_uses(rendered: tuple[str, list[dict[st
     assert rules[0]["resourceNames"] == [nvidia["migConfigMap"], nvidia["devicePluginConfigMap"]]
     assert set(rules[0]["verbs"]) == {"get", "list", "watch", "update", "patch"}
     assert rules[1] == {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}
+    # the mig-manager pods: patched (annotated) only while refreshes are on
+    pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+    assert rules[2:] == ([pods] if nvidia["migManagerRefreshSeconds"] > 0 else []), name
     leases = [r for r in of_kind(objs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
     if name == "single-replica":
         assert not leases, "no Lease permissions without leader election"
@@ -732,6 +735,8 @@ def test_operator_wiring_of_the_custom_values(helm_env: dict[str, str]) -> None:
         "--mig-configmap": "custom-mig-parted-config",
         "--device-plugin-configmap": "custom-device-plugin-config",
         "--configmap-sync-seconds": "120",
+        "--mig-manager-refresh-seconds": "0",
+        "--mig-manager-selector": "app=mig-manager",
         "--node-lost-seconds": "180",
         "--mig-rollback-seconds": "1200",
         "--exact-max-gpus": "16",

@@ -547,6 +547,10 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
         "10",
         "--exact-budget",
         "0.5",
+        "--mig-manager-refresh-seconds",
+        "4",
+        "--mig-manager-selector",
+        "app=mig-manager",
         capsys=capsys,
     )
     assert code == 1
@@ -556,6 +560,7 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     assert cfg.node_lost_seconds == 30.0
     assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (4, 10, 0.5)
     assert cfg.mig_rollback_seconds == 120.0
+    assert (cfg.mig_manager_refresh_seconds, cfg.mig_manager_selector) == (4.0, "app=mig-manager")
     assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
     seen.clear()
     monkeypatch.setattr(operator_main, "run", lambda args: seen.append(args) or 0)
@@ -1580,6 +1585,15 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ("run", "--leader-elect"): ["test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"],
     ("run", "--configmap-sync-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code"
+    ],
+    ("run", "--mig-manager-refresh-seconds"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_reconcile_gates.py::test_a_refreshed_mig_manager_pod_lets_the_node_be_relabelled_long_before_the_sync",
+        "tests/test_reconcile_gates.py::test_without_a_pod_refreshes_or_on_a_retry_the_node_waits_the_full_sync",
+    ],
+    ("run", "--mig-manager-selector"): [
+        "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+        "tests/test_controllers.py::test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry",
     ],
     ("run", "--node-lost-seconds"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",

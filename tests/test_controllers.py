@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from fake_kube import FakeKube
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
+    CONFIG_WRITTEN_ANNOTATION,
     DEPLOYMENT_LABEL,
     DEVICE_PLUGIN_CONFIG_LABEL,
     FINETUNE_JOB_LABEL,
@@ -23,6 +25,8 @@ from slm_operator.contract import (
     MIG_CONFIG_LABEL,
     MIG_CONFIG_STATE_LABEL,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_MANAGER_REFRESH_ANNOTATION,
+    MIG_PENDING_ANNOTATION,
     MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
     POOL_LABEL,
@@ -175,6 +179,58 @@ def test_a_pass_waiting_for_a_mig_entry_to_age_comes_back_when_it_has_not_every_
         n["metadata"]["labels"].get(MIG_CONFIG_LABEL, "all-disabled") != "all-disabled"
         for n in fake.of_kind("Node")
     ), "no node is relabelled before its entry has aged"
+
+
+def _earlier(text: str, seconds: float) -> str:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00")) - timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry() -> None:
+    """With the kubelets' 90 s sync, a MIG node whose mig-manager pod runs (found by --mig-manager-selector in
+    the NVIDIA namespace) gets that pod annotated once its new entry is 5 s old, and is relabelled 10 s after
+    that; a pod of another selector is left alone."""
+    cfg = OperatorConfig(configmap_sync_seconds=90, mig_manager_selector="app=nvidia-mig-manager")
+
+    def mig_manager(node: str, app: str) -> dict[str, Any]:
+        meta = {"name": f"mig-manager-{node}", "namespace": NS, "labels": {"app": app}}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"nodeName": node},
+                "status": {"phase": "Running"}}  # fmt: skip
+
+    fake = _cluster(mig_manager("gpu-h100-0", "nvidia-mig-manager"), mig_manager("gpu-h100-1", "other"))
+    pools = PoolReconciler(fake.as_kube(), cfg)
+    pools.reconcile("h100")
+    waiting = {
+        n["metadata"]["name"]: n["metadata"]["annotations"][MIG_PENDING_ANNOTATION]
+        for n in fake.of_kind("Node")
+        if MIG_PENDING_ANNOTATION in n["metadata"].get("annotations", {})
+    }
+    assert {"gpu-h100-0", "gpu-h100-1"} <= set(waiting), waiting
+
+    def age_entries(seconds: float) -> None:
+        cm = fake.peek("ConfigMap", cfg.mig_configmap, NS)
+        assert cm is not None
+        times = json.loads(cm["metadata"]["annotations"][CONFIG_WRITTEN_ANNOTATION])
+        cm["metadata"]["annotations"][CONFIG_WRITTEN_ANNOTATION] = json.dumps(
+            {k: _earlier(v, seconds) for k, v in times.items()}
+        )
+
+    age_entries(6)
+    pools.reconcile("h100")
+    pod = fake.peek("Pod", "mig-manager-gpu-h100-0", NS)
+    other = fake.peek("Pod", "mig-manager-gpu-h100-1", NS)
+    assert pod is not None and other is not None
+    refreshed = pod["metadata"]["annotations"][MIG_MANAGER_REFRESH_ANNOTATION]
+    assert "annotations" not in other["metadata"]
+    labels = {n["metadata"]["name"]: n["metadata"]["labels"] for n in fake.of_kind("Node")}
+    assert labels["gpu-h100-0"].get(MIG_CONFIG_LABEL) != waiting["gpu-h100-0"], "only 10 s after the refresh"
+    # 11 s later: the refreshed node is relabelled, the other one still waits for the 90 s sync
+    age_entries(11)
+    pod["metadata"]["annotations"][MIG_MANAGER_REFRESH_ANNOTATION] = _earlier(refreshed, 11)
+    pools.reconcile("h100")
+    labels = {n["metadata"]["name"]: n["metadata"]["labels"] for n in fake.of_kind("Node")}
+    assert labels["gpu-h100-0"][MIG_CONFIG_LABEL] == waiting["gpu-h100-0"]
+    assert labels["gpu-h100-1"].get(MIG_CONFIG_LABEL) != waiting["gpu-h100-1"]
 
 
 def test_plan_emit_shows_what_the_shell_writes_node_patches_configmaps_services_then_pods() -> None:

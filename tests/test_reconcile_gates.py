@@ -17,6 +17,7 @@ from slm_operator.contract import (
     MIG_CONFIG_MAX_TRIES,
     MIG_CONFIG_STATE_LABEL,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_MANAGER_REFRESH_ANNOTATION,
     MIG_PENDING_ANNOTATION,
     SHARING_STRATEGY_LABEL,
     mig_retry_name,
@@ -24,6 +25,7 @@ from slm_operator.contract import (
 )
 from slm_operator.reconcile import Decisions, World, decide, node_patches
 from slm_operator.reconcile.gates import (
+    CONFIGMAP_WATCH_SECONDS,
     CREATE_GATES,
     MOVE_TARGET_GATES,
     NODE_CONFIG_GATES,
@@ -33,12 +35,14 @@ from slm_operator.reconcile.gates import (
     Chain,
     CreationContext,
     NodeTarget,
+    Refresh,
     RelabelContext,
     RolloutContext,
     device_plugin_config_selected,
     mig_config_applied,
     mig_config_selected,
     mig_entry_synced,
+    mig_refresh,
     node_not_relabelled,
     one_replica_at_a_time,
     other_replicas_ready,
@@ -54,7 +58,7 @@ from slm_operator.reconcile.podsets import DesiredPod, ExistingReplica
 from slm_operator.reconcile.world import ReplicaKey
 from slm_operator.render import NodeConfig
 from slm_operator.views import NodeView, PodView
-from tests.test_reconcile import _apply_node_configs, _world
+from tests.test_reconcile import NOW, _apply_node_configs, _world
 
 C = TypeVar("C")
 S = TypeVar("S")
@@ -342,6 +346,113 @@ def test_decide_writes_the_entry_first_and_relabels_once_it_is_old_enough() -> N
     assert all(d3.node_labels[n][MIG_CONFIG_LABEL] == c for n, c in mig_nodes.items())
     # relabelled: what the pass waits for now (the nodes' new configs) comes through the node watch
     assert d3.waiting and d3.recheck_seconds is None
+
+
+# ------------------------------------------------------------------------------------------ relabel: pod refresh
+def refresh_ctx(
+    age: float | None, since: float | str | None = "no pod", config: str = "slm-abc", seconds: float = 10
+) -> RelabelContext:
+    """relabel_ctx's node, with a running mig-manager pod last refreshed ``since`` seconds ago (None: never;
+    "no pod": none runs there)."""
+    target = NodeConfig("gpu-0", config, MIG_ENTRY, "slm-exclusive", {"version": "v1"})
+    return RelabelContext(
+        draining=frozenset(),
+        targets={"gpu-0": target},
+        mig_labels={"gpu-0": "all-disabled"},
+        entry_ages={} if age is None else {config: age},
+        sync_seconds=90,
+        mig_managers={} if since == "no pod" else {"gpu-0": since},  # type: ignore[dict-item]
+        refresh_seconds=seconds,
+    )
+
+
+def test_a_refreshed_mig_manager_pod_lets_the_node_be_relabelled_long_before_the_sync() -> None:
+    """The entry is in the ConfigMap for CONFIGMAP_WATCH_SECONDS (the kubelet's watch has it), then the pod is
+    refreshed (its kubelet remounts the volume), then the node is relabelled refresh_seconds later: about 15 s
+    instead of 90."""
+    assert CONFIGMAP_WATCH_SECONDS == 5
+    # written 2 s ago, never refreshed: the refresh comes in 3 s, the relabel 10 s after it
+    assert mig_refresh(refresh_ctx(2, None), "gpu-0") == Refresh(now=False, ready_in=13)
+    assert mig_refresh(refresh_ctx(6, None), "gpu-0") == Refresh(now=True, ready_in=10)
+    held = mig_entry_synced(refresh_ctx(6, None), "gpu-0") or ""
+    assert held.endswith(
+        "(written 6s ago; kubelets refresh it within 90s; its mig-manager pod is refreshed for it, about 10s left)"
+    )
+    # refreshed 6 s ago, 6 s after the write: 4 s left; 11 s ago: relabelled now, at 17 s instead of 90
+    assert mig_refresh(refresh_ctx(12, 6), "gpu-0") == Refresh(now=False, ready_in=4)
+    assert mig_entry_synced(refresh_ctx(12, 6), "gpu-0") is not None
+    assert mig_entry_synced(refresh_ctx(17, 11), "gpu-0") is None
+    assert RELABEL_GATES.first_failure(refresh_ctx(17, 11), "gpu-0") is None
+
+
+def test_a_refresh_counts_only_when_it_came_after_the_entry_reached_the_kubelet() -> None:
+    # refreshed before the entry was written (for an older entry), or 3 s after the write: refreshed again
+    assert mig_refresh(refresh_ctx(20, 30), "gpu-0") == Refresh(now=True, ready_in=10)
+    assert mig_refresh(refresh_ctx(12, 9), "gpu-0") == Refresh(now=True, ready_in=10)
+    assert mig_entry_synced(refresh_ctx(20, 30), "gpu-0") is not None
+
+
+def test_without_a_pod_refreshes_or_on_a_retry_the_node_waits_the_full_sync() -> None:
+    for ctx in (
+        refresh_ctx(30, "no pod"),  # no running mig-manager pod on the node
+        refresh_ctx(30, 20, seconds=0),  # refreshes off (--mig-manager-refresh-seconds 0)
+        refresh_ctx(
+            30, 20, config="slm-abc-retry1"
+        ),  # the retry of a failed config: a refresh may have missed
+        refresh_ctx(None, None),  # not written yet
+    ):
+        assert mig_refresh(ctx, "gpu-0") is None
+        assert "within 90s)" in (mig_entry_synced(ctx, "gpu-0") or "")
+    assert mig_entry_synced(refresh_ctx(90, "no pod"), "gpu-0") is None
+
+
+def _mig_manager(node: str, phase: str = "Running", refreshed: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"nvidia-mig-manager-{node}", "namespace": "gpu-operator"}
+    if refreshed:
+        meta["annotations"] = {MIG_MANAGER_REFRESH_ANNOTATION: refreshed}
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": phase}}
+
+
+def test_decide_refreshes_the_mig_manager_pods_then_relabels_their_nodes_first() -> None:
+    """Pass by pass, with the 90 s sync: the entries are written; 5 s later each MIG node with a running
+    mig-manager pod gets it annotated; 10 s after that those nodes are relabelled. The node whose pod is not
+    running yet waits the full 90 s."""
+    first = decide(_world(sync_seconds=90))
+    mig_nodes = sorted(n for n, c in first.node_configs.items() if c.mig_entries)
+    assert len(mig_nodes) >= 2, mig_nodes
+    fast, slow = mig_nodes[0], mig_nodes[1]
+    pods = [_mig_manager(fast), _mig_manager(slow, phase="Pending")]
+
+    def at(now: str, pods: list[dict[str, Any]]) -> Decisions:
+        w = _world(sync_seconds=90, mig_configs=dict(first.mig_entries), mig_entry_times=first.mig_entry_times,
+                   now=now)  # fmt: skip
+        return decide(World(**{**vars(w), "mig_manager_pods": pods}))
+
+    d0 = at(NOW, pods)
+    assert d0.pod_patches == [] and d0.recheck_seconds == 15  # 5 s for the kubelet's watch, then 10 s
+    d5 = at("2026-11-26T10:00:05Z", pods)
+    assert d5.pod_patches == [
+        (
+            "gpu-operator",
+            f"nvidia-mig-manager-{fast}",
+            {"metadata": {"annotations": {MIG_MANAGER_REFRESH_ANNOTATION: "2026-11-26T10:00:05Z"}}},
+        )
+    ]
+    assert all(MIG_CONFIG_LABEL not in d5.node_labels.get(n, {}) for n in mig_nodes)
+    assert d5.recheck_seconds == 10
+    pods[0] = _mig_manager(fast, refreshed="2026-11-26T10:00:05Z")
+    d10 = at("2026-11-26T10:00:10Z", pods)
+    assert d10.pod_patches == [] and d10.recheck_seconds == 5  # refreshed once, not on every pass
+    d15 = at("2026-11-26T10:00:15Z", pods)
+    assert d15.node_labels[fast][MIG_CONFIG_LABEL] == first.node_configs[fast].mig_config
+    assert all(MIG_CONFIG_LABEL not in d15.node_labels.get(n, {}) for n in mig_nodes[1:])
+    assert d15.pod_patches == []
+    ready = next(c for c in d15.pool_status.conditions or [] if c.type == "Ready")  # type: ignore[union-attr]
+    assert f"node {slow}: waiting for MIG config" in ready.message
+    d90 = at("2026-11-26T10:01:30Z", pods)
+    assert all(
+        d90.node_labels[n][MIG_CONFIG_LABEL] == first.node_configs[n].mig_config for n in mig_nodes[1:]
+    )
 
 
 def _waited(d1: Decisions, extra: tuple[str, int], recorded: bool) -> Decisions:

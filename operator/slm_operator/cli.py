@@ -817,6 +817,31 @@ def _add_exact_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_mig_manager_flags(p: argparse.ArgumentParser) -> None:
+    """When a node may be relabelled to a new mig-parted entry (mig-manager reads it through a mounted volume)."""
+    p.add_argument(
+        "--configmap-sync-seconds",
+        type=float,
+        default=90.0,
+        help="age a new mig-parted config entry must reach before a node is relabelled to it (the kubelet "
+        "refreshes mig-manager's mounted ConfigMap only on its periodic sync)",
+    )
+    p.add_argument(
+        "--mig-manager-refresh-seconds",
+        type=float,
+        default=10.0,
+        help="on a node with a running mig-manager pod, annotate that pod once a new mig-parted entry is in the "
+        "ConfigMap (its kubelet then remounts the ConfigMap at once) and relabel the node this many seconds "
+        "later instead of waiting --configmap-sync-seconds (0: never annotate; default %(default)s)",
+    )
+    p.add_argument(
+        "--mig-manager-selector",
+        default="app=nvidia-mig-manager",
+        help="label selector of the GPU Operator's mig-manager pods in --nvidia-namespace "
+        "(default %(default)s)",
+    )
+
+
 def _add_run_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "run",
@@ -832,13 +857,7 @@ def _add_run_parser(sub: Subparsers) -> None:
         "--leader-elect", action="store_true", help="hold a Lease so that only one replica reconciles"
     )
     _add_operator_name_flags(p)
-    p.add_argument(
-        "--configmap-sync-seconds",
-        type=float,
-        default=90.0,
-        help="age a new mig-parted config entry must reach before a node is relabelled to it (the kubelet "
-        "refreshes mig-manager's mounted ConfigMap only on its periodic sync)",
-    )
+    _add_mig_manager_flags(p)
     p.add_argument(
         "--node-lost-seconds",
         type=float,

@@ -83,6 +83,12 @@ MIG_ROLLBACK_ANNOTATION: Final = "slm.io/mig-rollback"
 #: (reconcile/inputs.py ``pending_layout``), so that replicas planned later take its free instances instead of
 #: changing it, which would name a new entry and start the wait again.
 MIG_PENDING_ANNOTATION: Final = "slm.io/mig-config-pending"
+#: on the GPU Operator's mig-manager pods: when the operator last changed it (RFC 3339), so that the node's kubelet
+#: remounts the pod's ConfigMap volumes at once (an annotation change makes the pod differ for the kubelet, kubelet
+#: ``config.go`` ``podsDifferSemantically``; its ``SyncPod`` calls ``WaitForAttachAndMount``, which remounts
+#: ConfigMap volumes, ``volume_manager.go`` ``ReprocessPod``): mig-manager then finds a new mig-parted entry
+#: without waiting for the kubelet's periodic sync (reconcile/gates.py ``mig_refresh``)
+MIG_MANAGER_REFRESH_ANNOTATION: Final = "slm.io/mig-parted-config-refreshed"
 
 # ------------------------------------------------------------------------------------------ Kubernetes labels
 APP_NAME_LABEL: Final = "app.kubernetes.io/name"

@@ -340,6 +340,11 @@ class ClusterCache:
         self.device_plugin_configmap = Reflector(
             kube, "v1", "ConfigMap", namespace=ns, name=cfg.device_plugin_configmap
         )
+        # the GPU Operator's mig-manager pods, read only when the operator refreshes them
+        self.mig_managers = Reflector(
+            kube, "v1", "Pod", namespace=ns, label_selector=cfg.mig_manager_selector
+        )
+        self._refresh = [self.mig_managers] if cfg.mig_manager_refresh_seconds > 0 else []
         # the autoscaler's (started only with it)
         self.routes = Reflector(kube, API_VERSION, "SLMRoute")
         self.gateways = Reflector(
@@ -358,6 +363,7 @@ class ClusterCache:
             self.namespaces,
             self.mig_configmap,
             self.device_plugin_configmap,
+            *self._refresh,
         ]
 
     def autoscaler_reflectors(self) -> list[Reflector]:

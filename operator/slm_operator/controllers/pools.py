@@ -168,7 +168,18 @@ class PoolReconciler:
             resource_quotas=quotas,
             namespaces=namespaces,
             plan_memo=self._plan_memos.get(pool.metadata.name, {}),
+            mig_manager_pods=self._mig_manager_pods(),
         )
+
+    def _mig_manager_pods(self) -> list[dict[str, Any]]:
+        """The GPU Operator's mig-manager pods (none when refreshes are off)."""
+        if self.cfg.mig_manager_refresh_seconds <= 0:
+            return []
+        if not self.cache.mig_managers.started:
+            return self.kube.list(
+                "v1", "Pod", self.cfg.nvidia_namespace, label_selector=self.cfg.mig_manager_selector
+            )
+        return self.cache.mig_managers.items()
 
     # ------------------------------------------------------------------------------ reconcile
 
@@ -219,6 +230,7 @@ class PoolReconciler:
         """Write the decisions: ConfigMaps and nodes first (the GPU Operator acts on them), then pods,
         Services, statuses and events."""
         self._apply_configmaps(world, d)
+        self._refresh_mig_managers(d)
         self._apply_nodes(world, d)
         self._delete_pods(world, d)
         self._create_pods(world, d)
@@ -233,6 +245,13 @@ class PoolReconciler:
             )
         for event in d.events:
             self.kube.event(event.involved_object(), event.type, event.reason, event.message)
+
+    def _refresh_mig_managers(self, d: Decisions) -> None:
+        """Annotate the mig-manager pods whose nodes wait for a new mig-parted entry: their kubelets remount the
+        ConfigMap. A refused patch (the pod went, RBAC) only means the node waits the full sync."""
+        for ns, name, patch in d.pod_patches:
+            log.info("pod %s/%s: refreshing, so that mig-manager sees the new mig-parted entries", ns, name)
+            self._tolerant(self.kube.merge_patch, "v1", "Pod", name, patch, ns)
 
     def _apply_nodes(self, world: World, d: Decisions) -> None:
         """Node annotations (patched only when they differ) and the NVIDIA selector labels."""

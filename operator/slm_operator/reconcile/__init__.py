@@ -55,8 +55,11 @@ from slm_operator.reconcile.nodes import (
     configure_nodes,
     entry_ages,
     entry_times,
+    mig_managers,
     node_patches,
     pending_mig_entries,
+    refresh_ages,
+    refresh_patches,
     relabel_nodes,
     restore_labels,
     with_pending,
@@ -128,8 +131,19 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     deletions = with_move_deletes(delete_pods(sets, plan), tuple(moving.delete), sets)
     # 8. Relabels: changed node labels, once the node's deleted pods are gone and the MIG config they name has
     #    reached mig-manager's mounted ConfigMap (RELABEL_GATES).
+    #    A node with a running mig-manager pod gets the pod refreshed once the entry is in the ConfigMap (its
+    #    kubelet remounts the volume), and is relabelled mig_manager_refresh_seconds later.
     ages = entry_ages(times, world.now)
-    relabels = relabel_nodes(nodes, configs, deletions.draining_nodes, ages, world.cfg.configmap_sync_seconds)
+    managers = mig_managers(world.mig_manager_pods)
+    relabels = relabel_nodes(
+        nodes,
+        configs,
+        deletions.draining_nodes,
+        ages,
+        world.cfg.configmap_sync_seconds,
+        refresh_ages(managers, world.now),
+        world.cfg.mig_manager_refresh_seconds,
+    )
     # 9. Creations: missing pods that pass CREATE_GATES (share free, node configured as planned), and the new
     #    pods of moves that start now (MOVE_TARGET_GATES).
     creations = create_pods(sets, nodes, configs, relabels)
@@ -180,6 +194,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         ),
         mig_failed=dict(configs.mig_failed),
         plan_memo=outcomes,
+        pod_patches=refresh_patches(managers, relabels.refresh, world.now),
     )
 
 

@@ -17,7 +17,8 @@ could take a share or a device away from something still running:
   labels only once the pods being deleted on it are gone (drain before repartition), and only once the
   mig-parted config entry the new label names is old enough for every kubelet to have synced it into
   mig-manager's mounted ConfigMap volume (mig-manager marks a name it cannot find ``failed`` and does not
-  look again until the label changes).
+  look again until the label changes), or the node's mig-manager pod was refreshed after the entry was
+  written (:func:`mig_refresh`).
 
 A held rolling replacement only makes the pass wait. A held relabel's reason is shown in the pool's ``Ready``
 condition message, next to the node whose configuration changes.
@@ -25,6 +26,7 @@ condition message, next to the node whose configuration changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +41,7 @@ from slm_operator.contract import (
     SHARING_STRATEGY_LABEL,
     MigConfigState,
     SharingStrategy,
+    mig_retry_of,
 )
 from slm_operator.reconcile.podsets import DesiredPod, ExistingReplica
 from slm_operator.reconcile.world import ReplicaKey
@@ -249,6 +252,10 @@ class RelabelContext:
     mig_labels: Mapping[str, str] = field(default_factory=dict)  # node -> its nvidia.com/mig.config now
     entry_ages: Mapping[str, float] = field(default_factory=dict)  # mig-parted entry -> seconds since written
     sync_seconds: float = 0.0  # how old an entry must be before a node is relabelled to it
+    #: node -> seconds since the operator last refreshed its running mig-manager pod (None: never); a node
+    #: without a running mig-manager pod is not here
+    mig_managers: Mapping[str, float | None] = field(default_factory=dict)
+    refresh_seconds: float = 0.0  # relabel this long after a refresh (0: no refreshes, the full sync_seconds)
 
 
 def pods_drained(ctx: RelabelContext, node: str) -> str | None:
@@ -258,10 +265,49 @@ def pods_drained(ctx: RelabelContext, node: str) -> str | None:
     return None
 
 
+#: How old a mig-parted entry must be before a refresh of a mig-manager pod counts for it: the refresh remounts
+#: the volume from the kubelet's watch of the ConfigMap (kubelet ``util/manager/watch_based_manager.go``), which
+#: must have delivered the write first.
+CONFIGMAP_WATCH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Where a node's mig-manager pod stands for the new entry its label will name."""
+
+    now: bool  # refresh the pod in this pass
+    ready_in: float  # seconds until the node may be relabelled (0: now)
+
+
+def mig_refresh(ctx: RelabelContext, node: str) -> Refresh | None:
+    """The shorter way for a new mig-parted entry to reach mig-manager: the operator changes an annotation of
+    the node's mig-manager pod, the kubelet syncs the pod and remounts its ConfigMap volume with what its watch
+    of the ConfigMap holds (kubelet ``config.go`` ``podsDifferSemantically``, ``volume_manager.go``
+    ``WaitForAttachAndMount``/``ReprocessPod``). A refresh counts for an entry when it came at least
+    CONFIGMAP_WATCH_SECONDS after the write, and the node is relabelled ``refresh_seconds`` after it.
+
+    None when it does not apply: refreshes off, no running mig-manager pod on the node, no new entry to name, or
+    a retry alias (after a failure the node waits the full ``sync_seconds``: a refresh that did not reach
+    mig-manager does not cost a second try)."""
+    t = ctx.targets.get(node)
+    if ctx.refresh_seconds <= 0 or node not in ctx.mig_managers or t is None or t.mig_entries is None:
+        return None
+    age = ctx.entry_ages.get(t.mig_config)
+    if age is None or mig_retry_of(t.mig_config)[1] > 0:
+        return None
+    since = ctx.mig_managers[node]
+    if since is not None and age - since >= CONFIGMAP_WATCH_SECONDS:
+        return Refresh(now=False, ready_in=max(0.0, ctx.refresh_seconds - since))
+    if age >= CONFIGMAP_WATCH_SECONDS:
+        return Refresh(now=True, ready_in=ctx.refresh_seconds)
+    return Refresh(now=False, ready_in=CONFIGMAP_WATCH_SECONDS - age + ctx.refresh_seconds)
+
+
 def mig_entry_synced(ctx: RelabelContext, node: str) -> str | None:
     """The mig-parted entry the new ``nvidia.com/mig.config`` names has been in the ConfigMap long enough for
-    the kubelet to have refreshed mig-manager's mounted copy (else mig-manager would not find it, mark the node
-    ``failed`` and wait for the next label change)."""
+    the kubelet to have refreshed mig-manager's mounted copy, or the node's mig-manager pod was refreshed for it
+    (:func:`mig_refresh`); else mig-manager would not find it, mark the node ``failed`` and wait for the next
+    label change."""
     t = ctx.targets.get(node)
     if t is None or not t.mig_capable or t.mig_entries is None:
         return None  # no MIG label, or a built-in name (all-disabled) every mig-manager knows
@@ -270,10 +316,16 @@ def mig_entry_synced(ctx: RelabelContext, node: str) -> str | None:
     age = ctx.entry_ages.get(t.mig_config)
     if age is not None and age >= ctx.sync_seconds:
         return None
+    refresh = mig_refresh(ctx, node)
+    if refresh is not None and not refresh.now and refresh.ready_in <= 0:
+        return None
     written = "not written yet" if age is None else f"written {int(age)}s ago"
+    sooner = ""
+    if refresh is not None:
+        sooner = f"; its mig-manager pod is refreshed for it, about {math.ceil(refresh.ready_in)}s left"
     return (
         f"node {node}: waiting for MIG config {t.mig_config} to reach mig-manager's mounted ConfigMap "
-        f"({written}; kubelets refresh it within {int(ctx.sync_seconds)}s)"
+        f"({written}; kubelets refresh it within {int(ctx.sync_seconds)}s{sooner})"
     )
 
 

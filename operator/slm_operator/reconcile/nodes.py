@@ -17,6 +17,7 @@ from slm_operator.contract import (
     MIG_CONFIG_STATE_LABEL,
     MIG_DISABLED_CONFIG,
     MIG_LAST_GOOD_ANNOTATION,
+    MIG_MANAGER_REFRESH_ANNOTATION,
     MIG_PENDING_ANNOTATION,
     MIG_ROLLBACK_ANNOTATION,
     ORIGINAL_LABELS_ANNOTATION,
@@ -25,12 +26,18 @@ from slm_operator.contract import (
     mig_retry_of,
 )
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
-from slm_operator.reconcile.gates import RELABEL_GATES, RelabelContext, mig_entry_synced, pods_drained
+from slm_operator.reconcile.gates import (
+    RELABEL_GATES,
+    RelabelContext,
+    mig_entry_synced,
+    mig_refresh,
+    pods_drained,
+)
 from slm_operator.reconcile.inputs import NodeReadings
 from slm_operator.reconcile.rollback import RolledBack, last_good_now
 from slm_operator.reconcile.world import World
 from slm_operator.render import NodeConfig, node_config
-from slm_operator.views import NodeView
+from slm_operator.views import NodeView, PodView
 
 
 # ------------------------------------------------------------------------------------------ 5. node configs
@@ -238,6 +245,42 @@ def _with_stale_state_removed(labels: Mapping[str, str], node: NodeView | None) 
 
 # ------------------------------------------------------------------------------------------ 8. relabels
 @dataclass(frozen=True)
+class MigManager:
+    """The GPU Operator's mig-manager pod running on a node."""
+
+    namespace: str
+    name: str
+    refreshed: str | None  # when the operator last refreshed it (MIG_MANAGER_REFRESH_ANNOTATION), RFC 3339
+
+
+def mig_managers(pods: Iterable[Mapping[str, Any]]) -> dict[str, MigManager]:
+    """Node -> its running mig-manager pod (one that is pending, terminating or finished mounts nothing a
+    refresh could renew; a new pod mounts the ConfigMap as it is when it starts)."""
+    out: dict[str, MigManager] = {}
+    for pod in map(PodView, pods):
+        if pod.phase == "Running" and pod.live and pod.bound_node:
+            refreshed = pod.annotations.get(MIG_MANAGER_REFRESH_ANNOTATION)
+            out[pod.bound_node] = MigManager(pod.namespace, pod.name, refreshed)
+    return out
+
+
+def refresh_patches(
+    managers: Mapping[str, MigManager], nodes: Iterable[str], now: str
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The merge patch that refreshes each node's mig-manager pod: the refresh time as its annotation."""
+    return [
+        (m.namespace, m.name, {"metadata": {"annotations": {MIG_MANAGER_REFRESH_ANNOTATION: now}}})
+        for m in (managers[n] for n in nodes)
+    ]
+
+
+def refresh_ages(managers: Mapping[str, MigManager], now: str) -> dict[str, float | None]:
+    """Node -> seconds since its mig-manager pod was last refreshed (None: never, or an unreadable time)."""
+    ages = entry_ages({n: m.refreshed for n, m in managers.items() if m.refreshed}, now)
+    return {n: ages.get(n) for n in managers}
+
+
+@dataclass(frozen=True)
 class Relabels:
     labels: Mapping[str, dict[str, str]]  # node -> the selector labels to write in this pass
     held: Mapping[str, str]  # node -> why its new labels wait (RELABEL_GATES)
@@ -246,6 +289,8 @@ class Relabels:
     synced_in: float | None = None
     #: node -> the MIG config it waits for only because its entry is not old enough yet (MIG_PENDING_ANNOTATION)
     pending: Mapping[str, str] = field(default_factory=dict)
+    #: nodes whose mig-manager pod is refreshed in this pass, so that it sees the new entry sooner (mig_refresh)
+    refresh: tuple[str, ...] = ()
 
 
 def relabel_nodes(
@@ -254,11 +299,15 @@ def relabel_nodes(
     draining: frozenset[str],
     ages: Mapping[str, float] | None = None,
     sync_seconds: float = 0.0,
+    mig_managers: Mapping[str, float | None] | None = None,
+    refresh_seconds: float = 0.0,
 ) -> Relabels:
     """Nodes whose selector labels differ from the plan's get them, unless a gate holds them back: a node's
     configuration changes only once nothing it would take away is still running, and only once the MIG config
     it names has reached mig-manager (``ages``: seconds since each entry was written; ``sync_seconds``: how
-    old it must be)."""
+    old it must be; or ``refresh_seconds`` after its mig-manager pod was refreshed for it, ``mig_managers``:
+    seconds since each node's pod was refreshed). A node that waits for its entry gets its mig-manager pod
+    refreshed while its pods drain too: the refresh does not change the node."""
     ctx = RelabelContext(
         draining=draining,
         targets=configs.by_node,
@@ -267,12 +316,15 @@ def relabel_nodes(
         },
         entry_ages=ages or {},
         sync_seconds=sync_seconds,
+        mig_managers=mig_managers or {},
+        refresh_seconds=refresh_seconds,
     )
     labels: dict[str, dict[str, str]] = {}
     held: dict[str, str] = {}
     waiting: list[str] = []
     synced_in: list[float] = []
     pending: dict[str, str] = {}
+    refresh: list[str] = []
     for name, nc in sorted(configs.by_node.items()):
         want = nc.labels
         have = nodes.by_name[name].view.labels
@@ -286,6 +338,11 @@ def relabel_nodes(
             held[name] = why
             if mig_entry_synced(ctx, name) is not None:  # opens with time alone (entry not written yet: now)
                 synced_in.append(sync_seconds - ctx.entry_ages.get(nc.mig_config, 0.0))
+                step = mig_refresh(ctx, name)
+                if step is not None:
+                    synced_in.append(step.ready_in)
+                    if step.now:
+                        refresh.append(name)
                 if pods_drained(ctx, name) is None:
                     pending[name] = nc.mig_config
-    return Relabels(labels, held, tuple(waiting), min(synced_in, default=None), pending)
+    return Relabels(labels, held, tuple(waiting), min(synced_in, default=None), pending, tuple(refresh))

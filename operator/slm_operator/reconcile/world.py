@@ -44,6 +44,9 @@ class World:
     # the exact solver's answers of this pool's last pass (``Decisions.plan_memo``), kept by the shell: unchanged
     # inputs get the remembered answer instead of a new solve (planner/portfolio.py)
     plan_memo: Mapping[str, PortfolioOutcome] = field(default_factory=dict)
+    # the GPU Operator's mig-manager pods (``cfg.mig_manager_selector`` in ``cfg.nvidia_namespace``): refreshing
+    # one lets its node's mig-manager see a new mig-parted entry sooner (reconcile/gates.py ``mig_refresh``)
+    mig_manager_pods: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class Decisions:
     # the exact solver's answers of this pass by input fingerprint (empty: no pool it may take on): the shell
     # hands them back as the next pass's ``World.plan_memo``
     plan_memo: dict[str, PortfolioOutcome] = field(default_factory=dict)
+    #: mig-manager pods to refresh (namespace, name, merge patch): their kubelets remount the mig-parted
+    #: ConfigMap, so that the new entries reach mig-manager before the periodic sync
+    pod_patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 class ReplicaKey(NamedTuple):

@@ -78,6 +78,13 @@ class OperatorConfig:
     #: ConfigMap through a mounted volume, which the kubelet refreshes only on its periodic sync (about a
     #: minute plus its cache TTL by default).
     configmap_sync_seconds: float = 90.0
+    #: With a running mig-manager pod on the node (``mig_manager_selector`` in ``nvidia_namespace``): the operator
+    #: annotates the pod once the new entry is in the ConfigMap, so that the kubelet remounts its ConfigMap volume
+    #: at once, and relabels the node this many seconds later instead of ``configmap_sync_seconds`` after the
+    #: write (0: never, always the full wait). reconcile/gates.py ``mig_refresh``.
+    mig_manager_refresh_seconds: float = 10.0
+    #: Label selector of the GPU Operator's mig-manager pods (its DaemonSet ``nvidia-mig-manager``)
+    mig_manager_selector: str = "app=nvidia-mig-manager"
     #: How long a pool node may be NotReady before the operator counts it lost and plans its replicas elsewhere
     #: (while it is shorter, nothing new is placed on the node and its replicas wait for it to come back).
     node_lost_seconds: float = 60.0
@@ -104,6 +111,10 @@ class OperatorConfig:
             mig_configmap=flags.mig_configmap,
             device_plugin_configmap=flags.device_plugin_configmap,
             configmap_sync_seconds=getattr(flags, "configmap_sync_seconds", default.configmap_sync_seconds),
+            mig_manager_refresh_seconds=getattr(
+                flags, "mig_manager_refresh_seconds", default.mig_manager_refresh_seconds
+            ),
+            mig_manager_selector=getattr(flags, "mig_manager_selector", default.mig_manager_selector),
             node_lost_seconds=getattr(flags, "node_lost_seconds", default.node_lost_seconds),
             mig_rollback_seconds=getattr(flags, "mig_rollback_seconds", default.mig_rollback_seconds),
             exact_max_gpus=getattr(flags, "exact_max_gpus", default.exact_max_gpus),
