@@ -67,6 +67,9 @@ TRAINER_IMAGE = "ghcr.io/slm-operator/trainer:e2e"
 # hostPath prefix of the e2e PersistentVolumes; the host kubelet maps it to <cluster dir>/volumes
 PV_HOST_PREFIX = "/var/lib/slm-e2e"
 
+# the simulator's stand-ins for the GPU Operator's mig-manager DaemonSet pods (--mig-manager-pods), in GPU_OPERATOR_NS
+MIG_MANAGER_SELECTOR = "app=nvidia-mig-manager"
+
 # mig-manager sees the mig-parted ConfigMap this late (a mounted volume the kubelet syncs periodically); the
 # operator under test is started with a longer --configmap-sync-seconds (e2e/operator.py)
 CONFIG_VOLUME_DELAY = 3.0
@@ -317,7 +320,7 @@ class Cluster:
         cmd = [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", self.kubeconfig, "--namespace", GPU_OPERATOR_NS,
                "--apply-delay-seconds", str(apply_delay), "--resync-seconds", "20",
                "--mig-strategy-env", documented_mig_strategy() if mig_strategy_env is None else mig_strategy_env,
-               "--config-volume-delay-seconds", str(CONFIG_VOLUME_DELAY)]  # fmt: skip
+               "--config-volume-delay-seconds", str(CONFIG_VOLUME_DELAY), "--mig-manager-pods"]  # fmt: skip
         with self.sim_log.open("a") as log:
             self.sim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -426,6 +429,18 @@ class Cluster:
             self.core.replace_namespaced_config_map(name, namespace, body)
         if synced and name == MIG_CONFIG_MAP:
             time.sleep(CONFIG_VOLUME_DELAY + 0.5)
+
+    def mig_manager_pods(self) -> dict[str, list[client.V1Pod]]:
+        """The simulator's mig-manager pods that are not being deleted, by node."""
+        pods = self.core.list_namespaced_pod(GPU_OPERATOR_NS, label_selector=MIG_MANAGER_SELECTOR).items
+        out: dict[str, list[client.V1Pod]] = {}
+        for p in pods:
+            if not p.metadata.deletion_timestamp:
+                out.setdefault(p.spec.node_name, []).append(p)
+        return out
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
 
     def node_events(self, name: str) -> list[client.CoreV1Event]:
         sel = f"involvedObject.kind=Node,involvedObject.name={name}"

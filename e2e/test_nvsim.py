@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
+import uuid
 
 import pytest
 
@@ -12,6 +13,8 @@ from .conftest import (
     CONFIG_VOLUME_DELAY,
     DP_CONFIG,
     DP_CONFIG_MAP,
+    GPU_NODES,
+    GPU_OPERATOR_NS,
     MIG_CONFIG,
     MIG_CONFIG_MAP,
     MIG_STATE,
@@ -373,6 +376,90 @@ def test_mig_manager_sees_the_config_map_through_a_late_volume(gpu_nodes: Cluste
     c.set_labels(H100, {MIG_CONFIG: "e2e-new"})  # the label changes again, the file has the entry now
     c.wait_mig_state(H100, "e2e-new", "success")
     assert c.nonzero_resources(H100) == {"nvidia.com/mig-7g.80gb": 8}
+
+
+def _refresh_mig_manager(c: Cluster, node: str) -> None:
+    """Change an annotation of the node's mig-manager pod (what the kubelet counts as a pod change)."""
+    c.annotate_pod(GPU_OPERATOR_NS, f"nvidia-mig-manager-{node}", {"e2e.slm.io/refresh": uuid.uuid4().hex})
+
+
+def _new_entry(name: str) -> dict[str, str]:
+    text = f"version: v1\nmig-configs:\n  {name}:\n    - {{devices: all, mig-enabled: true, mig-devices: {{7g.80gb: 1}}}}\n"
+    return {"config.yaml": text}
+
+
+def test_one_mig_manager_pod_per_mig_node(cluster: Cluster) -> None:
+    """Like the GPU Operator's DaemonSet: one pod per node mig-manager runs on, bound to it, re-created."""
+    c = cluster
+    mig_nodes = sorted(n for n, (_, mig) in GPU_NODES.items() if mig)
+    pods = wait_for(
+        lambda: (p := c.mig_manager_pods()) and sorted(p) == mig_nodes and p,
+        60,
+        "a mig-manager pod per MIG node",
+    )
+    for node, on_node in pods.items():
+        assert [p.metadata.name for p in on_node] == [f"nvidia-mig-manager-{node}"]
+        pod = on_node[0]
+        assert pod.metadata.labels == {"app": "nvidia-mig-manager"}
+        assert [(t.operator, t.key, t.effect) for t in pod.spec.tolerations] == [("Exists", None, None)]
+        assert {e.name: e.value for e in pod.spec.containers[0].env}["CONFIG_FILE"] == (
+            "/mig-parted-config/config.yaml"
+        )
+        assert [v.config_map.name for v in pod.spec.volumes if v.config_map] == [MIG_CONFIG_MAP]
+    old = pods[A100][0]
+    c.wait_pod_running(GPU_OPERATOR_NS, old.metadata.name)  # kwok plays the kubelet
+    c.core.delete_namespaced_pod(old.metadata.name, GPU_OPERATOR_NS, grace_period_seconds=0)
+    new = wait_for(
+        lambda: (p := c.mig_manager_pods().get(A100)) and p[0].metadata.uid != old.metadata.uid and p[0],
+        30,
+        "the deleted mig-manager pod re-created",
+    )
+    assert new.metadata.name == old.metadata.name and new.spec.node_name == A100
+    c.wait_pod_running(GPU_OPERATOR_NS, new.metadata.name)
+    assert sorted(c.mig_manager_pods()) == mig_nodes
+
+
+def test_a_mig_manager_pod_update_remounts_the_config_map(gpu_nodes: Cluster) -> None:
+    """The entry written just now is in the mounted file once the node's mig-manager pod changed (the kubelet's
+    SyncPod remounts its ConfigMap volume); without that change the label fails (the test above)."""
+    c = gpu_nodes
+    c.put_config_map(MIG_CONFIG_MAP, _new_entry("e2e-remounted"), synced=False)
+    _refresh_mig_manager(c, H100)
+    c.set_labels(H100, {MIG_CONFIG: "e2e-remounted"})
+    c.wait_mig_state(H100, "e2e-remounted", "success")
+    assert c.nonzero_resources(H100) == {"nvidia.com/mig-7g.80gb": 8}
+
+
+def test_a_mig_manager_pod_update_before_the_entry_does_not_help(gpu_nodes: Cluster) -> None:
+    """The remount shows the content the API had at the pod change: an entry written after it is not there."""
+    c = gpu_nodes
+    _refresh_mig_manager(c, H100)
+    c.put_config_map(MIG_CONFIG_MAP, _new_entry("e2e-too-late"), synced=False)
+    c.set_labels(H100, {MIG_CONFIG: "e2e-too-late"})
+    c.wait_mig_state(H100, "e2e-too-late", "failed")
+    c.wait_node_event(H100, "MigConfigFailed", "selected mig-config not present: e2e-too-late")
+
+
+def test_a_remount_does_not_make_a_failed_node_retry(gpu_nodes: Cluster) -> None:
+    """mig-manager acts on label changes only: a pod change that shows it the entry leaves the node failed."""
+    c = gpu_nodes
+    c.put_config_map(MIG_CONFIG_MAP, _new_entry("e2e-retry"), synced=False)
+    c.set_labels(H100, {MIG_CONFIG: "e2e-retry"})
+    c.wait_mig_state(H100, "e2e-retry", "failed")
+    _refresh_mig_manager(c, H100)
+    # sync point: the simulator has seen the refreshes (its pod watch delivers in order, one worker)
+    _refresh_mig_manager(c, H100_B)
+    c.set_labels(H100_B, {MIG_CONFIG: "e2e-retry"})
+    c.wait_mig_state(H100_B, "e2e-retry", "success")
+    time.sleep(1)
+    labels = c.labels(H100)
+    assert labels[MIG_STATE] == "failed"
+    assert '"name":"e2e-retry"' in c.annotations(H100)["nvsim.slm.io/mig-config-observed"]
+    assert not any(k.startswith("nvidia.com/mig-") for k in c.nonzero_resources(H100))
+    c.set_labels(H100, {MIG_CONFIG: "all-disabled"})  # a label change: now it acts
+    c.wait_mig_state(H100, "all-disabled", "success")
+    c.set_labels(H100, {MIG_CONFIG: "e2e-retry"})
+    c.wait_mig_state(H100, "e2e-retry", "success")
 
 
 def test_mig_strategy_env_overrides_the_config_file(gpu_nodes: Cluster) -> None:

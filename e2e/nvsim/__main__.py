@@ -1,5 +1,5 @@
 """``python -m e2e.nvsim --kubeconfig K [--namespace gpu-operator] [--apply-delay-seconds 1]
-[--mig-strategy-env mixed] [--config-volume-delay-seconds 3]``."""
+[--mig-strategy-env mixed] [--config-volume-delay-seconds 3] [--mig-manager-pods]``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         default=d.config_volume_delay_seconds,
         help="mig-manager sees the mig-parted ConfigMap as it was this long ago (mounted-volume sync)",
     )
+    p.add_argument(
+        "--mig-manager-pods",
+        action="store_true",
+        default=d.mig_manager_pods,
+        help="keep a stand-in pod of the GPU Operator's mig-manager DaemonSet (nvidia-mig-manager-<node>, label "
+        "app=nvidia-mig-manager, in --namespace) on every node mig-manager runs on; a change of the pod the "
+        "kubelet counts (e.g. an annotation) remounts its ConfigMap volume: that node's mig-manager sees the "
+        "mig-parted ConfigMap as the API had it then, sooner than --config-volume-delay-seconds",
+    )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
 
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             resync_seconds=args.resync_seconds,
             mig_strategy_env=args.mig_strategy_env or None,
             config_volume_delay_seconds=args.config_volume_delay_seconds,
+            mig_manager_pods=args.mig_manager_pods,
         ),
     )
     signal.signal(signal.SIGTERM, lambda *_: sim.stop.set())

@@ -20,7 +20,26 @@ What it follows, per component (each rule in :mod:`.migparted` and :mod:`.device
   simulator sees the mig-parted ConfigMap as it was ``config_volume_delay_seconds`` ago; acts only when the
   ``nvidia.com/mig.config`` label **changes** (or when its pod starts): it validates the name the way
   ``nvidia-mig-parted assert --valid-config`` does, and on ``failed`` it waits for the next label change
-  (removing the state label or fixing the ConfigMap does not make it retry);
+  (removing the state label, fixing the ConfigMap or a remount of the volume does not make it retry);
+* mig-manager's pods (``Settings.mig_manager_pods``, off by default): stand-ins for the GPU Operator's DaemonSet
+  ``nvidia-mig-manager`` (gpu-operator ``assets/state-mig-manager/0600_daemonset.yaml``: label
+  ``app: nvidia-mig-manager``, the mig-parted ConfigMap as volume ``mig-parted-config`` at ``/mig-parted-config``;
+  on the nodes labelled ``nvidia.com/gpu.deploy.mig-manager=true``), one per node whose mig-manager the simulator
+  plays, named ``nvidia-mig-manager-<node>``; the simulator creates the missing ones and deletes those whose node
+  is gone or no longer labelled, as the DaemonSet controller would (kwok marks them Running; nothing runs). A
+  change of such a pod that the kubelet counts (kubernetes v1.36.3 ``pkg/kubelet/config/config.go``
+  ``podsDifferSemantically``, lines 345-354: spec, labels, annotations other than the kubelet's local ones,
+  deletion timestamp and grace period) makes the kubelet run ``SyncPod``, which calls
+  ``volumeManager.WaitForAttachAndMount`` (``pkg/kubelet/kubelet.go`` line 2196), which calls
+  ``desiredStateOfWorldPopulator.ReprocessPod`` (``pkg/kubelet/volumemanager/volume_manager.go`` lines 411-415):
+  volumes that require a remount (``pkg/volume/configmap/configmap.go`` ``RequiresRemount``: true) are set up
+  again from the kubelet's watch-based ConfigMap cache (``pkg/kubelet/util/manager/watch_based_manager.go``),
+  i.e. with the content the API server has then. So node N's mig-manager sees the ConfigMap as of
+  max(now - ``config_volume_delay_seconds``, its pod's last such change, ordered by resourceVersion); a new pod
+  mounts the current content; without a pod on the node, the delay alone. The remount is taken as instant: a
+  pod change written before the label change is in effect when mig-manager reads the file (the kubelet's
+  populator and reconciler loops take ~0.1 s). A new pod on a node (a deleted one re-created) is a mig-manager
+  start: it applies the label's config again;
 * the device plugin's config-manager (NVIDIA/k8s-device-plugin ``cmd/config-manager/main.go``): follows the
   ``nvidia.com/device-plugin.config`` label; a missing key keeps the previous config;
 * the device plugin and GFD (:mod:`.deviceplugin`): ``MIG_STRATEGY`` in the container environment (the
@@ -34,7 +53,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +90,19 @@ DP_STATUS = ANN + "device-plugin-status"
 MIG_COMPONENT = "nvsim/nvidia-mig-manager"
 DP_COMPONENT = "nvsim/nvidia-device-plugin"
 
+# the GPU Operator's mig-manager DaemonSet (gpu-operator assets/state-mig-manager/0600_daemonset.yaml)
+MIG_MANAGER_APP = "nvidia-mig-manager"
+MIG_MANAGER_SELECTOR = f"app={MIG_MANAGER_APP}"
+MIG_MANAGER_IMAGE = "nvcr.io/nvidia/cloud-native/k8s-mig-manager:v0.13.0"
+MIG_MANAGER_CONFIG_DIR = "/mig-parted-config"
+# annotations the kubelet keeps on its own copy and leaves out of the comparison (kubernetes v1.36.3
+# pkg/kubelet/config/config.go localAnnotations, lines 282-286)
+KUBELET_LOCAL_ANNOTATIONS = (
+    "kubernetes.io/config.source",
+    "kubernetes.io/config.mirror",
+    "kubernetes.io/config.seen",
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -85,6 +117,8 @@ class Settings:
     mig_strategy_env: str | None = None
     # how old the mig-parted ConfigMap content mig-manager sees is (kubelet sync of a mounted ConfigMap)
     config_volume_delay_seconds: float = 0.0
+    # keep a stand-in mig-manager pod per node mig-manager runs on; a change of the pod remounts the ConfigMap
+    mig_manager_pods: bool = False
 
 
 def _json(text: str | None) -> Any:
@@ -98,6 +132,59 @@ def _json(text: str | None) -> Any:
 
 def _dump(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _rv(value: str | None) -> int | None:
+    """A resourceVersion as a number: etcd's revision, ordered across all objects (the API calls it opaque; the
+    simulator runs against etcd-backed API servers and falls back to its own clock where it is not a number)."""
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def mig_manager_pod_name(node: str) -> str:
+    """``nvidia-mig-manager-<node>``; a name over 253 characters (a DNS subdomain, the limit of a pod name) is cut
+    and ends in a hash of the node's name instead."""
+    name = f"{MIG_MANAGER_APP}-{node}"
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+    return f"{name[: 253 - 11].rstrip('.-')}-{digest}"
+
+
+@dataclass(frozen=True)
+class _Version:
+    """One content of the mig-parted config file: when the simulator first saw it (monotonic) and the
+    resourceVersion that wrote it (None: unknown)."""
+
+    seen: float
+    rv: int | None
+    text: str | None
+
+
+@dataclass(frozen=True)
+class _PodSeen:
+    node: str
+    uid: str
+    rv: int | None
+    semantic: str  # what podsDifferSemantically compares
+    deleting: bool
+
+
+@dataclass(frozen=True)
+class _Refresh:
+    """The last remount of a node's mig-parted volume: when the simulator saw the pod change (monotonic), and
+    the pod's resourceVersion then."""
+
+    at: float
+    rv: int | None
+
+    def covers(self, v: _Version) -> bool:
+        """Whether the remount shows ``v`` (written before the pod change)."""
+        if self.rv is not None and v.rv is not None:
+            return v.rv <= self.rv
+        return v.seen <= self.at
 
 
 def _base_product(label: str) -> str:
@@ -143,8 +230,13 @@ class Simulator:
         self.stop = threading.Event()
         self.nodes: set[str] = set()
         self._unknown_products: set[str] = set()
-        self._mig_versions: list[tuple[float, str | None]] = []  # (first seen, monotonic; content)
+        self._lock = threading.Lock()  # the mig-parted versions and the pods (watch threads and worker)
+        self._mig_versions: list[_Version] = []  # oldest first; seen and rv both increase
+        self._mig_rv = -1  # the resourceVersion the mig-parted ConfigMap is known at
         self._looked_at: set[str] = set()  # nodes mig-manager has looked at since this process started
+        self._pods: dict[str, _PodSeen] = {}  # mig-manager pods by name
+        self._pods_listed = False  # the pod watch has listed once (pods there before are no news)
+        self._refreshed: dict[str, _Refresh] = {}  # node -> last remount of its mig-manager's volume
 
     # ----------------------------------------------------------------------------------------------------------
     # loops
@@ -156,15 +248,20 @@ class Simulator:
             threading.Thread(target=self._watch_config_maps, name="watch-configmaps", daemon=True),
             threading.Thread(target=self._work, name="worker", daemon=True),
         ]
+        if self.s.mig_manager_pods:
+            threads.append(threading.Thread(target=self._watch_pods, name="watch-pods", daemon=True))
         for t in threads:
             t.start()
         log.info(
-            "started: namespace=%s mig-config=%s[%s] device-plugin-config=%s apply-delay=%ss",
+            "started: namespace=%s mig-config=%s[%s] device-plugin-config=%s apply-delay=%ss "
+            "config-volume-delay=%ss mig-manager-pods=%s",
             self.s.namespace,
             self.s.mig_config_map,
             self.s.mig_config_key,
             self.s.device_plugin_config_map,
             self.s.apply_delay_seconds,
+            self.s.config_volume_delay_seconds,
+            self.s.mig_manager_pods,
         )
         while not self.stop.wait(0.5):
             pass
@@ -201,6 +298,8 @@ class Simulator:
                     name = ev["object"].metadata.name
                     if ev["type"] == "DELETED":
                         self.nodes.discard(name)
+                        if self.s.mig_manager_pods:
+                            self.queue.add(name)  # its mig-manager pod goes
                     else:
                         self.nodes.add(name)
                         self.queue.add(name)
@@ -219,6 +318,12 @@ class Simulator:
         while not self.stop.is_set():
             try:
                 cms = self.core.list_namespaced_config_map(self.s.namespace)
+                mig = [cm for cm in cms.items if cm.metadata.name == self.s.mig_config_map]
+                self._record_mig_content(
+                    _rv(mig[0].metadata.resource_version if mig else cms.metadata.resource_version),
+                    (mig[0].data or {}).get(self.s.mig_config_key) if mig else None,
+                    _rv(cms.metadata.resource_version),
+                )
                 stream = watch.Watch().stream(
                     self.core.list_namespaced_config_map,
                     self.s.namespace,
@@ -227,6 +332,12 @@ class Simulator:
                     _request_timeout=self.s.resync_seconds + 15,
                 )
                 for ev in stream:
+                    obj = ev["object"]
+                    if obj.metadata.name == self.s.mig_config_map and ev["type"] != "BOOKMARK":
+                        text = (
+                            None if ev["type"] == "DELETED" else (obj.data or {}).get(self.s.mig_config_key)
+                        )
+                        self._record_mig_content(_rv(obj.metadata.resource_version), text)
                     if ev["object"].metadata.name in names:
                         log.info(
                             "configmap %s/%s %s", self.s.namespace, ev["object"].metadata.name, ev["type"]
@@ -242,6 +353,97 @@ class Simulator:
             except Exception as e:
                 log.warning("configmap watch: %s", e)
                 self.stop.wait(1)
+
+    def _watch_pods(self) -> None:
+        """The mig-manager pods of the namespace (label ``app=nvidia-mig-manager``), as the kubelet of their node
+        sees them: a change ``podsDifferSemantically`` counts remounts the node's mig-parted volume."""
+        while not self.stop.is_set():
+            try:
+                pods = self.core.list_namespaced_pod(self.s.namespace, label_selector=MIG_MANAGER_SELECTOR)
+                listed = {p.metadata.name for p in pods.items}
+                for pod in pods.items:
+                    self._pod_seen(pod)
+                with self._lock:
+                    gone = [n for n in self._pods if n not in listed]
+                for name in gone:
+                    self._pod_gone(name)
+                self._pods_listed = True
+                stream = watch.Watch().stream(
+                    self.core.list_namespaced_pod,
+                    self.s.namespace,
+                    label_selector=MIG_MANAGER_SELECTOR,
+                    resource_version=pods.metadata.resource_version,
+                    timeout_seconds=self.s.resync_seconds,
+                    _request_timeout=self.s.resync_seconds + 15,
+                )
+                for ev in stream:
+                    if ev["type"] == "DELETED":
+                        self._pod_gone(ev["object"].metadata.name)
+                    elif ev["type"] in ("ADDED", "MODIFIED"):
+                        self._pod_seen(ev["object"])
+                    if self.stop.is_set():
+                        return
+            except ApiException as e:
+                if e.status != 410:
+                    log.warning("pod watch: %s %s", e.status, e.reason)
+                    self.stop.wait(1)
+            except Exception as e:
+                log.warning("pod watch: %s", e)
+                self.stop.wait(1)
+
+    def _pod_seen(self, pod: client.V1Pod) -> None:
+        """Record a mig-manager pod as listed, watched or read. A new pod, or a change the kubelet counts
+        (``podsDifferSemantically``), remounts its node's volume now; pods already there when this process
+        started are no news (content from before the start counts as synced anyway)."""
+        meta = pod.metadata
+        node = (pod.spec and pod.spec.node_name) or ""
+        if not node:
+            return
+        annotations = {
+            k: v for k, v in (meta.annotations or {}).items() if k not in KUBELET_LOCAL_ANNOTATIONS
+        }
+        semantic = _dump(
+            {
+                "spec": self.core.api_client.sanitize_for_serialization(pod.spec),
+                "labels": meta.labels or {},
+                "annotations": annotations,
+                "deletionTimestamp": str(meta.deletion_timestamp),
+                "deletionGracePeriodSeconds": meta.deletion_grace_period_seconds,
+            }
+        )
+        rv = _rv(meta.resource_version)
+        seen = _PodSeen(node, meta.uid, rv, semantic, meta.deletion_timestamp is not None)
+        with self._lock:
+            prev = self._pods.get(meta.name)
+            if prev is not None and prev.uid == seen.uid:
+                if prev.rv is not None and rv is not None and rv <= prev.rv:
+                    return  # not newer than what was seen (a read overtook the watch)
+                if prev.semantic == semantic:  # e.g. a status update
+                    self._pods[meta.name] = seen
+                    return
+            self._pods[meta.name] = seen
+            if prev is None and not self._pods_listed:
+                return
+            self._refreshed[node] = _Refresh(time.monotonic(), rv)
+        if prev is None or prev.uid != seen.uid:
+            # a new mig-manager pod is a mig-manager start: it applies the label's config (main.go)
+            self._looked_at.discard(node)
+            log.info("%s: mig-manager pod %s/%s new: it mounts the ConfigMap as it is now",
+                     node, self.s.namespace, meta.name)  # fmt: skip
+        else:
+            log.info("%s: mig-manager pod %s/%s changed: the kubelet remounts its ConfigMap volume",
+                     node, self.s.namespace, meta.name)  # fmt: skip
+        self.queue.add(node)
+
+    def _pod_gone(self, name: str) -> None:
+        with self._lock:
+            prev = self._pods.pop(name, None)
+            if prev is None:
+                return
+            if not any(p.node == prev.node for p in self._pods.values()):
+                self._refreshed.pop(prev.node, None)
+        log.info("%s: mig-manager pod %s/%s deleted", prev.node, self.s.namespace, name)
+        self.queue.add(prev.node)
 
     def _work(self) -> None:
         while True:
@@ -269,7 +471,7 @@ class Simulator:
             node = self.core.read_node(name)
         except ApiException as e:
             if e.status == 404:
-                return None
+                return self._sync_mig_manager_pod(name, False) if self.s.mig_manager_pods else None
             raise
         labels: dict[str, str] = dict(node.metadata.labels or {})
         ann: dict[str, str] = dict(node.metadata.annotations or {})
@@ -278,18 +480,21 @@ class Simulator:
         events: list[tuple[str, str, str, str]] = []  # (type, reason, message, component)
 
         found = self._hardware(name, labels, ann, ann_patch)
+        # mig-manager runs where the GPU Operator deploys it (its DaemonSet's node selector)
+        runs_mig_manager = found is not None and labels.get(MIG_MANAGER_DEPLOY) == "true"
+        pod_again = self._sync_mig_manager_pod(name, runs_mig_manager) if self.s.mig_manager_pods else None
         if found is None:
-            return None
+            return pod_again
         hw, default_strategy = found
         layout = self._layout(name, ann, hw)
-        mig_text, dp_data = self._config_maps()
+        dp_data = self._read_config_map(self.s.device_plugin_config_map)
         sharing, dp_error = self._select_device_plugin_config(name, labels, ann, dp_data, ann_patch, events)
 
         again = None
-        if labels.get(MIG_MANAGER_DEPLOY) == "true" and labels.get(MIG_CONFIG):
+        if runs_mig_manager and labels.get(MIG_CONFIG):
             again, layout = self._mig_manager(
-                node, hw, default_strategy, labels, ann, layout, (sharing, dp_error), mig_text,
-                label_patch, ann_patch, events,
+                node, hw, default_strategy, labels, ann, layout, (sharing, dp_error),
+                lambda: self._mounted_mig_config(name), label_patch, ann_patch, events,
             )  # fmt: skip
 
         view = dp.node_view(hw, layout, sharing, default_strategy, dp_error, self.s.mig_strategy_env)
@@ -304,7 +509,88 @@ class Simulator:
         self._publish(node, labels, ann, view, label_patch, ann_patch)
         for ev in events:
             self._event(node, *ev)
-        return again
+        if again is None or pod_again is None:
+            return again if pod_again is None else pod_again
+        return min(again, pod_again)
+
+    # ---- mig-manager's pod (the GPU Operator's DaemonSet) -----------------------------------------------------
+
+    def _sync_mig_manager_pod(self, node: str, wanted: bool) -> float | None:
+        """Create the node's mig-manager pod when it should have one and has none; delete it when it should not
+        (its node gone or no longer selected), as the DaemonSet controller does (kubernetes v1.36.3
+        ``pkg/controller/daemon/daemon_controller.go`` ``podsShouldBeOnNode``). Returns seconds until the next
+        try when the API refused."""
+        name = mig_manager_pod_name(node)
+        with self._lock:
+            on_node = [(n, p) for n, p in self._pods.items() if p.node == node]
+        if wanted and not on_node and not self._pods_listed:
+            return 0.5  # the pod watch has not listed yet: the pod may well be there
+        try:
+            if wanted and not on_node:
+                self.core.create_namespaced_pod(self.s.namespace, self._mig_manager_pod(node, name))
+                log.info("%s: created mig-manager pod %s/%s", node, self.s.namespace, name)
+            elif not wanted:
+                for pod_name, seen in on_node:
+                    if pod_name == name and not seen.deleting:
+                        self.core.delete_namespaced_pod(name, self.s.namespace, grace_period_seconds=0)
+                        log.info("%s: deleted mig-manager pod %s/%s", node, self.s.namespace, name)
+        except ApiException as e:
+            if e.status in (404, 409):  # already gone / already there: the watch tells
+                return None
+            # e.g. ServiceAccount admission before the namespace's default ServiceAccount exists
+            log.warning("%s: mig-manager pod %s: %s %s; retrying", node, name, e.status, e.reason)
+            return 2.0
+        return None
+
+    def _mig_manager_pod(self, node: str, name: str) -> client.V1Pod:
+        """A pod like the DaemonSet's (gpu-operator assets/state-mig-manager/0600_daemonset.yaml) bound to the
+        node, tolerating every taint, without resource requests."""
+        volume = "mig-parted-config"
+        container = client.V1Container(
+            name=MIG_MANAGER_APP,
+            image=MIG_MANAGER_IMAGE,
+            env=[
+                client.V1EnvVar(
+                    name="NODE_NAME",
+                    value_from=client.V1EnvVarSource(
+                        field_ref=client.V1ObjectFieldSelector(field_path="spec.nodeName")
+                    ),
+                ),
+                client.V1EnvVar(
+                    name="CONFIG_FILE", value=f"{MIG_MANAGER_CONFIG_DIR}/{self.s.mig_config_key}"
+                ),
+            ],
+            volume_mounts=[client.V1VolumeMount(name=volume, mount_path=MIG_MANAGER_CONFIG_DIR)],
+        )
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(
+                name=name, namespace=self.s.namespace, labels={"app": MIG_MANAGER_APP}
+            ),
+            spec=client.V1PodSpec(
+                node_name=node,
+                tolerations=[client.V1Toleration(operator="Exists")],
+                containers=[container],
+                volumes=[
+                    client.V1Volume(
+                        name=volume, config_map=client.V1ConfigMapVolumeSource(name=self.s.mig_config_map)
+                    )
+                ],
+                automount_service_account_token=False,
+                termination_grace_period_seconds=0,
+            ),
+        )
+
+    def _observe_pod(self, node: str) -> None:
+        """Read the node's mig-manager pod now, so that a change written before the label change mig-manager
+        acts on is in effect (the remount taken as instant), whichever order the two watches deliver in."""
+        try:
+            pod = self.core.read_namespaced_pod(mig_manager_pod_name(node), self.s.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            raise
+        if (pod.metadata.labels or {}).get("app") == MIG_MANAGER_APP:
+            self._pod_seen(pod)
 
     def _hardware(
         self, name: str, labels: Mapping[str, str], ann: Mapping[str, str], ann_patch: dict[str, str | None]
@@ -352,34 +638,73 @@ class Simulator:
                 log.warning("%s: ignoring unreadable %s annotation: %s", name, LAYOUT, e)
         return mp.all_disabled_layout(hw.gpus)
 
-    def _config_maps(self) -> tuple[str | None, dict[str, str] | None]:
-        def read(cm: str) -> dict[str, str] | None:
-            try:
-                return dict(self.core.read_namespaced_config_map(cm, self.s.namespace).data or {})
-            except ApiException as e:
-                if e.status == 404:
-                    return None
-                raise
+    def _read_config_map(self, name: str) -> dict[str, str] | None:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, self.s.namespace).data or {})
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
 
-        mig = read(self.s.mig_config_map)
-        return self._as_mounted((mig or {}).get(self.s.mig_config_key)), read(self.s.device_plugin_config_map)
+    def _mounted_mig_config(self, node: str) -> str | None:
+        """The mig-parted config file as the node's mig-manager reads it from its volume. The ConfigMap is read
+        now (so that the history has the current content whatever the watch's lag), and so is the node's
+        mig-manager pod (a change of it made before the label change is in effect)."""
+        found = self.core.list_namespaced_config_map(
+            self.s.namespace, field_selector=f"metadata.name={self.s.mig_config_map}"
+        )
+        list_rv = _rv(found.metadata.resource_version)
+        if found.items:
+            cm = found.items[0]
+            text = (cm.data or {}).get(self.s.mig_config_key)
+            self._record_mig_content(_rv(cm.metadata.resource_version), text, list_rv)
+        else:  # deleted at or before the list's resourceVersion
+            self._record_mig_content(list_rv, None)
+        if self.s.mig_manager_pods:
+            self._observe_pod(node)
+        return self._as_mounted(node)
 
-    def _as_mounted(self, text: str | None) -> str | None:
-        """The mig-parted config file as mig-manager's mounted volume shows it: the content the API had
-        ``config_volume_delay_seconds`` ago (the kubelet refreshes a ConfigMap volume only on its periodic sync,
-        kubelet ``pkg/volume/configmap``; ``syncFrequency`` 1m + cache TTL by default). Content already there
-        when the simulator started counts as synced."""
-        now = time.monotonic()
-        if not self._mig_versions:
-            self._mig_versions.append((float("-inf"), text))
-        elif self._mig_versions[-1][1] != text:
-            self._mig_versions.append((now, text))
+    def _record_mig_content(self, rv: int | None, text: str | None, known_at: int | None = None) -> None:
+        """Add the content the API has (written at resourceVersion ``rv``; the ConfigMap is known as of
+        ``known_at``, default ``rv``) to the history, unless it is not newer than what is known. Content already
+        there when the simulator started counts as synced."""
+        known_at = rv if known_at is None else known_at
+        with self._lock:
+            if known_at is not None:
+                if known_at <= self._mig_rv:
+                    return
+                self._mig_rv = known_at
+            if self._mig_versions and self._mig_versions[-1].text == text:
+                return
+            first = not self._mig_versions
+            self._mig_versions.append(_Version(float("-inf") if first else time.monotonic(), rv, text))
+            self._prune_locked(time.monotonic() - self.s.config_volume_delay_seconds)
+        if not first:
             for name in list(self.nodes):  # look again once the new content is "synced"
                 self.queue.add(name, self.s.config_volume_delay_seconds + 0.1)
-        synced = [t for seen, t in self._mig_versions if seen <= now - self.s.config_volume_delay_seconds]
-        if len(synced) > 1:  # forget versions no kubelet will show any more
-            del self._mig_versions[: len(synced) - 1]
-        return synced[-1] if synced else self._mig_versions[0][1]
+
+    def _as_mounted(self, node: str) -> str | None:
+        """The mig-parted config file as the node's mig-manager's mounted volume shows it: the content the API
+        had ``config_volume_delay_seconds`` ago (the kubelet refreshes a ConfigMap volume only on its periodic
+        sync, kubelet ``pkg/volume/configmap``; ``syncFrequency`` 1m + cache TTL by default), or, where later, the
+        content it had at the last change of the node's mig-manager pod (the kubelet's ``ReprocessPod``
+        remount, see the module's docstring)."""
+        horizon = time.monotonic() - self.s.config_volume_delay_seconds
+        with self._lock:
+            self._prune_locked(horizon)
+            refresh = self._refreshed.get(node)
+            shown = 0  # synced (after the pruning), or what was there when the simulator started
+            for i, v in enumerate(self._mig_versions):
+                if v.seen <= horizon or (refresh is not None and refresh.covers(v)):
+                    shown = i
+            return self._mig_versions[shown].text if self._mig_versions else None
+
+    def _prune_locked(self, horizon: float) -> None:
+        """Forget the versions no node sees any more: every node's view is at least as late as the newest
+        version seen before ``horizon`` (a remount only makes it later)."""
+        synced = [i for i, v in enumerate(self._mig_versions) if v.seen <= horizon]
+        if len(synced) > 1:
+            del self._mig_versions[: synced[-1]]
 
     # ---- device plugin config-manager -----------------------------------------------------------------------
 
@@ -472,7 +797,7 @@ class Simulator:
         ann: Mapping[str, str],
         layout: list[mp.GpuLayout],
         dp_selection: tuple[dp.SharingConfig | None, str | None],
-        mig_text: str | None,
+        mounted: Callable[[], str | None],
         label_patch: dict[str, str | None],
         ann_patch: dict[str, str | None],
         events: list[tuple[str, str, str, str]],
@@ -482,10 +807,9 @@ class Simulator:
         state = labels.get(MIG_STATE)
         observed = _json(ann.get(MIG_OBSERVED)) or {}
         pending = _json(ann.get(MIG_PENDING)) or {}
-        specs, error = self._resolve_mig_config(wanted, hw, mig_text)
-        target = {"name": wanted, "hash": mp.specs_hash(specs)}
         # mig-manager acts when the label changes (main.go: it blocks on the label's value, SyncableMigConfig)
-        # or when its pod starts; not when the state label is removed nor when the ConfigMap changes
+        # or when its pod starts; not when the state label is removed, nor when the ConfigMap changes or its
+        # volume is remounted
         started = name not in self._looked_at
         self._looked_at.add(name)
         # a change still pending for another config is superseded by the new label: mig-manager runs the
@@ -493,6 +817,8 @@ class Simulator:
         superseded = bool(pending) and pending.get("name") != wanted
         if observed.get("name") == wanted and not started and not superseded:
             return None, layout
+        specs, error = self._resolve_mig_config(wanted, hw, mounted())
+        target = {"name": wanted, "hash": mp.specs_hash(specs)}
 
         def finish(result: str, message: str, new_layout: list[mp.GpuLayout] | None = None) -> None:
             label_patch[MIG_STATE] = result
