@@ -7,7 +7,10 @@ pod Running, the operator's peak memory (VmHWM), Kubernetes API requests per pla
 own metrics) and, with $BENCH_REST_SECONDS > 0, API requests per minute per pool at rest over that window once
 everything runs. Writes JSON to $BENCH_OUT (default bench/out/e2e.json). $BENCH_OPERATOR_ARGS adds operator flags
 (e.g. ``--configmap-sync-seconds 5`` to take the kubelet's ConfigMap sync wait out of the figure);
-$BENCH_LOG_DIR keeps the operator's and the simulator's logs.
+$BENCH_LOG_DIR keeps the operator's and the simulator's logs. The simulator runs with ``--mig-manager-pods`` and
+``--config-volume-delay-seconds $BENCH_CONFIG_VOLUME_DELAY`` (90): its mig-manager sees the mig-parted ConfigMap as
+late as a real kubelet's periodic volume sync shows it (``syncFrequency`` 1m + the cache's TTL), unless a change of
+the node's mig-manager pod (the operator's refresh) makes the kubelet remount the volume sooner.
 `make bench-e2e-1000` is issue 15's scale: 1,000 deployments x 2 replicas on 125 nodes (800 GPUs).
 """
 
@@ -36,6 +39,8 @@ from e2e.operator import free_port  # noqa: E402
 
 MODELS = ["qwen2.5-0.5b-instruct", "smollm2-360m-instruct", "llama-3.2-1b-instruct", "qwen2.5-1.5b-instruct"]
 TIERS = ["Guaranteed", "Burstable", "BestEffort"]
+# how late the simulated mig-manager sees the mig-parted ConfigMap without a refresh of its pod (seconds)
+CONFIG_VOLUME_DELAY = os.environ.get("BENCH_CONFIG_VOLUME_DELAY", "90")
 
 
 def sh(*cmd: str, **kw: Any) -> str:
@@ -173,7 +178,8 @@ def stack(name: str, resync_seconds: int = 30, copies: int = 1) -> Iterator[Stac
         env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'operator'}"}
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", kubeconfig, "--namespace", "gpu-operator"],
+                [sys.executable, "-m", "e2e.nvsim", "--kubeconfig", kubeconfig, "--namespace", "gpu-operator",
+                 "--mig-manager-pods", "--config-volume-delay-seconds", CONFIG_VOLUME_DELAY],
                 cwd=REPO, env=env, stdout=(log_dir / "nvsim.log").open("wb"), stderr=subprocess.STDOUT,
             )
         )  # fmt: skip
