@@ -430,6 +430,19 @@ def test_decide_refreshes_the_mig_manager_pods_then_relabels_their_nodes_first()
 
     d0 = at(NOW, pods)
     assert d0.pod_patches == [] and d0.recheck_seconds == 15  # 5 s for the kubelet's watch, then 10 s
+    # what the waiting deployments say: the refreshed node's reconfiguration is expected sooner
+    expected = {
+        c.message.split(" (", 1)[1].split(")")[0].split("; ")[1]
+        for st in d0.deployment_statuses.values()
+        for c in st.conditions or []
+        if c.type == "Progressing" and f"MIG reconfiguration of node {fast} " in (c.message or "")
+    }
+    assert expected == {"about 1-6 min expected"}
+    assert any(
+        f"MIG reconfiguration of node {slow} (drain of 0 pods; about 2-8 min expected)" in (c.message or "")
+        for st in d0.deployment_statuses.values()
+        for c in st.conditions or []
+    )
     d5 = at("2026-11-26T10:00:05Z", pods)
     assert d5.pod_patches == [
         (

@@ -60,6 +60,7 @@ from slm_operator.reconcile.nodes import (
     pending_mig_entries,
     refresh_ages,
     refresh_patches,
+    refresh_waits,
     relabel_nodes,
     restore_labels,
     with_pending,
@@ -152,7 +153,10 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     # 10. Statuses and events; a replica that waits for a node's new MIG config or sharing mode says so, with
     #     the drain and the time it is expected to take.
     drains = drain_counts((p for r in sets.existing.values() for p in r.pods), deletions.pods)
-    waiting = explain_reconfigurations(shown, creations.waiting, drains, world.cfg.configmap_sync_seconds)
+    sooner = refresh_waits(managers, world.cfg.mig_manager_refresh_seconds)
+    waiting = explain_reconfigurations(
+        shown, creations.waiting, drains, world.cfg.configmap_sync_seconds, sooner
+    )
     waiting = explain_break_before_make(world, moves, waiting, [*creations.pods, *moves.create])
     deployments = report_deployments(world, shown, sizings, sets, waiting, nodes, within)
     statuses, rollback_events = report_rollbacks(

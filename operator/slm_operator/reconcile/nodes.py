@@ -27,6 +27,7 @@ from slm_operator.contract import (
 )
 from slm_operator.planner.model import NodeInventory, NodePlan, Plan
 from slm_operator.reconcile.gates import (
+    CONFIGMAP_WATCH_SECONDS,
     RELABEL_GATES,
     RelabelContext,
     mig_entry_synced,
@@ -272,6 +273,13 @@ def refresh_patches(
         (m.namespace, m.name, {"metadata": {"annotations": {MIG_MANAGER_REFRESH_ANNOTATION: now}}})
         for m in (managers[n] for n in nodes)
     ]
+
+
+def refresh_waits(managers: Mapping[str, MigManager], refresh_seconds: float) -> dict[str, float]:
+    """Node -> how long a new mig-parted entry takes to reach its mig-manager through a refresh of its pod."""
+    if refresh_seconds <= 0:
+        return {}
+    return dict.fromkeys(managers, CONFIGMAP_WATCH_SECONDS + refresh_seconds)
 
 
 def refresh_ages(managers: Mapping[str, MigManager], now: str) -> dict[str, float | None]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -140,13 +141,18 @@ def explain_reconfigurations(
     waiting: Mapping[str, Mapping[int, str]],
     drains: Mapping[str, int],
     configmap_sync_seconds: float,
+    sooner: Mapping[str, float] | None = None,
 ) -> dict[str, dict[int, str]]:
     """``waiting`` with each replica that waits for its node's new MIG config or sharing mode explained:
-    "replica 3 needs a MIG reconfiguration of node X (drain of N pods; about 2-8 min expected): <why>"."""
+    "replica 3 needs a MIG reconfiguration of node X (drain of N pods; about 2-8 min expected): <why>".
+    ``sooner``: node -> the shorter wait for a new entry where its mig-manager pod is refreshed (mig_refresh)."""
     nodes = {n.name: n for n in plan.nodes}
     where = {(r.deployment, r.ordinal): g for g in plan.gpus for r in g.replicas}
-    low, high = reconfiguration_estimate(configmap_sync_seconds)
-    span = f"about {max(1, round(low / 60))}-{max(1, round(high / 60))} min expected"
+
+    def span(node: str) -> str:
+        low, high = reconfiguration_estimate(min(configmap_sync_seconds, (sooner or {}).get(node, math.inf)))
+        return f"about {max(1, round(low / 60))}-{max(1, round(high / 60))} min expected"
+
     out: dict[str, dict[int, str]] = {}
     for dep, per_replica in waiting.items():
         out[dep] = dict(per_replica)
@@ -163,5 +169,5 @@ def explain_reconfigurations(
                 continue
             drain = drains.get(g.node, 0)
             pods = f"drain of {drain} pod{'s' if drain != 1 else ''}"
-            out[dep][ordinal] = f"replica {ordinal} needs {what} ({pods}; {span}): {why}"
+            out[dep][ordinal] = f"replica {ordinal} needs {what} ({pods}; {span(g.node)}): {why}"
     return out
