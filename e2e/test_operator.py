@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -976,6 +977,54 @@ def test_a_new_mig_config_reaches_mig_manager_before_the_node_is_relabelled(
     cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
     assert config in json.loads((cm.metadata.annotations or {})["slm.io/config-written"])
     assert_pods_where_planned(cluster, ns)
+
+
+def test_a_refreshed_mig_manager_pod_gets_the_new_config_long_before_the_kubelet_sync(
+    cluster: Cluster, operator: Operator, pools: list[str], ns: str
+) -> None:
+    """With `--configmap-sync-seconds 300` a node would wait five minutes for its new MIG entry. The operator
+    annotates the node's mig-manager pod instead (the simulator's stand-in of the GPU Operator's DaemonSet pod:
+    its kubelet remounts the ConfigMap) and relabels the node 2 s later: the replicas run while the entry is
+    still far younger than the sync, the node never reports `failed`, and the pod carries the refresh time."""
+    node = "gpu-h100-0"
+    default_args = list(operator.extra_args)
+    operator.stop()
+    operator.extra_args = [
+        *default_args,
+        "--configmap-sync-seconds",
+        "300",
+        "--mig-manager-refresh-seconds",
+        "2",
+    ]
+    operator.start()
+    try:
+        name = f"migrefresh-{ns}"
+        pools.append(name)
+        rec = cluster.record_label(node, MIG_STATE)
+        kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG"]})])
+        kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
+        wait_ready(cluster, ns, "router")
+        states = rec.stop()
+        assert "failed" not in states, f"mig-manager did not find the config it was pointed at: {states}"
+        config = cluster.labels(node)["nvidia.com/mig.config"]
+        cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
+        written = json.loads((cm.metadata.annotations or {})["slm.io/config-written"])[config]
+        (manager,) = cluster.core.list_namespaced_pod(
+            "gpu-operator", label_selector="app=nvidia-mig-manager", field_selector=f"spec.nodeName={node}"
+        ).items
+        refreshed = (manager.metadata.annotations or {})["slm.io/mig-parted-config-refreshed"]
+        age = (datetime.now(UTC) - _rfc3339(written)).total_seconds()
+        assert age < 300, f"the node was relabelled only after the full sync ({age:.0f} s)"
+        assert (_rfc3339(refreshed) - _rfc3339(written)).total_seconds() >= 5, (written, refreshed)
+        assert_pods_where_planned(cluster, ns)
+    finally:
+        operator.stop()
+        operator.extra_args = default_args
+        operator.start()
+
+
+def _rfc3339(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def test_a_failed_mig_config_is_retried_by_changing_the_label(
