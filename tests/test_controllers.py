@@ -188,7 +188,7 @@ def _earlier(text: str, seconds: float) -> str:
 
 def test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry() -> None:
     """With the kubelets' 90 s sync, a MIG node whose mig-manager pod runs (found by --mig-manager-selector in
-    the NVIDIA namespace) gets that pod annotated once its new entry is 5 s old, and is relabelled 10 s after
+    the NVIDIA namespace) gets that pod annotated once its new entry is 5 s old, and is relabelled 5 s after
     that; a pod of another selector is left alone."""
     cfg = OperatorConfig(configmap_sync_seconds=90, mig_manager_selector="app=nvidia-mig-manager")
 
@@ -223,7 +223,7 @@ def test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry() 
     refreshed = pod["metadata"]["annotations"][MIG_MANAGER_REFRESH_ANNOTATION]
     assert "annotations" not in other["metadata"]
     labels = {n["metadata"]["name"]: n["metadata"]["labels"] for n in fake.of_kind("Node")}
-    assert labels["gpu-h100-0"].get(MIG_CONFIG_LABEL) != waiting["gpu-h100-0"], "only 10 s after the refresh"
+    assert labels["gpu-h100-0"].get(MIG_CONFIG_LABEL) != waiting["gpu-h100-0"], "only 5 s after the refresh"
     # 11 s later: the refreshed node is relabelled, the other one still waits for the 90 s sync
     age_entries(11)
     pod["metadata"]["annotations"][MIG_MANAGER_REFRESH_ANNOTATION] = _earlier(refreshed, 11)

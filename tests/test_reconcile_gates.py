@@ -415,8 +415,8 @@ def _mig_manager(node: str, phase: str = "Running", refreshed: str | None = None
 
 def test_decide_refreshes_the_mig_manager_pods_then_relabels_their_nodes_first() -> None:
     """Pass by pass, with the 90 s sync: the entries are written; 5 s later each MIG node with a running
-    mig-manager pod gets it annotated; 10 s after that those nodes are relabelled. The node whose pod is not
-    running yet waits the full 90 s."""
+    mig-manager pod gets it annotated; 5 s after that (--mig-manager-refresh-seconds) those nodes are
+    relabelled. The node whose pod is not running yet waits the full 90 s."""
     first = decide(_world(sync_seconds=90))
     mig_nodes = sorted(n for n, c in first.node_configs.items() if c.mig_entries)
     assert len(mig_nodes) >= 2, mig_nodes
@@ -429,7 +429,7 @@ def test_decide_refreshes_the_mig_manager_pods_then_relabels_their_nodes_first()
         return decide(World(**{**vars(w), "mig_manager_pods": pods}))
 
     d0 = at(NOW, pods)
-    assert d0.pod_patches == [] and d0.recheck_seconds == 15  # 5 s for the kubelet's watch, then 10 s
+    assert d0.pod_patches == [] and d0.recheck_seconds == 10  # 5 s for the kubelet's watch, then 5 s
     # what the waiting deployments say: the refreshed node's reconfiguration is expected sooner
     expected = {
         c.message.split(" (", 1)[1].split(")")[0].split("; ")[1]
@@ -452,15 +452,16 @@ def test_decide_refreshes_the_mig_manager_pods_then_relabels_their_nodes_first()
         )
     ]
     assert all(MIG_CONFIG_LABEL not in d5.node_labels.get(n, {}) for n in mig_nodes)
-    assert d5.recheck_seconds == 10
+    assert d5.recheck_seconds == 5
     pods[0] = _mig_manager(fast, refreshed="2026-11-26T10:00:05Z")
+    d8 = at("2026-11-26T10:00:08Z", pods)
+    assert d8.pod_patches == [] and d8.recheck_seconds == 2  # refreshed once, not on every pass
+    assert MIG_CONFIG_LABEL not in d8.node_labels.get(fast, {})
     d10 = at("2026-11-26T10:00:10Z", pods)
-    assert d10.pod_patches == [] and d10.recheck_seconds == 5  # refreshed once, not on every pass
-    d15 = at("2026-11-26T10:00:15Z", pods)
-    assert d15.node_labels[fast][MIG_CONFIG_LABEL] == first.node_configs[fast].mig_config
-    assert all(MIG_CONFIG_LABEL not in d15.node_labels.get(n, {}) for n in mig_nodes[1:])
-    assert d15.pod_patches == []
-    ready = next(c for c in d15.pool_status.conditions or [] if c.type == "Ready")  # type: ignore[union-attr]
+    assert d10.node_labels[fast][MIG_CONFIG_LABEL] == first.node_configs[fast].mig_config
+    assert all(MIG_CONFIG_LABEL not in d10.node_labels.get(n, {}) for n in mig_nodes[1:])
+    assert d10.pod_patches == []
+    ready = next(c for c in d10.pool_status.conditions or [] if c.type == "Ready")  # type: ignore[union-attr]
     assert f"node {slow}: waiting for MIG config" in ready.message
     d90 = at("2026-11-26T10:01:30Z", pods)
     assert all(

@@ -829,7 +829,7 @@ def _add_mig_manager_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mig-manager-refresh-seconds",
         type=float,
-        default=10.0,
+        default=5.0,
         help="on a node with a running mig-manager pod, annotate that pod once a new mig-parted entry is in the "
         "ConfigMap (its kubelet then remounts the ConfigMap at once) and relabel the node this many seconds "
         "later instead of waiting --configmap-sync-seconds (0: never annotate; default %(default)s)",

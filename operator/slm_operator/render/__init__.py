@@ -82,7 +82,7 @@ class OperatorConfig:
     #: annotates the pod once the new entry is in the ConfigMap, so that the kubelet remounts its ConfigMap volume
     #: at once, and relabels the node this many seconds later instead of ``configmap_sync_seconds`` after the
     #: write (0: never, always the full wait). reconcile/gates.py ``mig_refresh``.
-    mig_manager_refresh_seconds: float = 10.0
+    mig_manager_refresh_seconds: float = 5.0
     #: Label selector of the GPU Operator's mig-manager pods (its DaemonSet ``nvidia-mig-manager``)
     mig_manager_selector: str = "app=nvidia-mig-manager"
     #: How long a pool node may be NotReady before the operator counts it lost and plans its replicas elsewhere
