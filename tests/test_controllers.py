@@ -13,6 +13,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from fake_kube import FakeKube
+from slm_operator import metrics
 from slm_operator.api.v1alpha1 import GPUPool, SLMDeployment
 from slm_operator.contract import (
     ADAPTER_ANNOTATION,
@@ -215,6 +216,7 @@ def test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry() 
             {k: _earlier(v, seconds) for k, v in times.items()}
         )
 
+    before = metrics.METRICS.mig_manager_refreshes.labels("h100")._value.get()
     age_entries(6)
     pools.reconcile("h100")
     pod = fake.peek("Pod", "mig-manager-gpu-h100-0", NS)
@@ -222,6 +224,7 @@ def test_a_pass_annotates_the_mig_manager_pod_of_a_node_waiting_for_its_entry() 
     assert pod is not None and other is not None
     refreshed = pod["metadata"]["annotations"][MIG_MANAGER_REFRESH_ANNOTATION]
     assert "annotations" not in other["metadata"]
+    assert metrics.METRICS.mig_manager_refreshes.labels("h100")._value.get() == before + 1
     labels = {n["metadata"]["name"]: n["metadata"]["labels"] for n in fake.of_kind("Node")}
     assert labels["gpu-h100-0"].get(MIG_CONFIG_LABEL) != waiting["gpu-h100-0"], "only 5 s after the refresh"
     # 11 s later: the refreshed node is relabelled, the other one still waits for the 90 s sync

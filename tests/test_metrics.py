@@ -345,6 +345,7 @@ def _all_families(plan: Plan) -> dict[str, str]:
     m.observe_plan("p1", plan, 0.01, POLICY, Fragmentation(1.5, 2, 1))
     m.count_moves("p1", {"Completed": 1}, 1)
     m.observe_mig_rollbacks("p1", {"n": True})
+    m.count_mig_manager_refreshes("p1", 2)
     m.observe_reconcile("GPUPool", 0.01)
     m.count_eviction("Defragmentation", "Burstable")
     m.count_yield("ReservationClaimed", "BestEffort")

@@ -281,6 +281,12 @@ class OperatorMetrics:
             ["pool", "node"],
             registry=r,
         )
+        self.mig_manager_refreshes = Counter(
+            "slm_mig_manager_refreshes",
+            "mig-manager pods annotated so that their kubelet remounts a new mig-parted entry before its sync",
+            ["pool"],
+            registry=r,
+        )
         self.mig_nodes_held = Gauge(
             "slm_mig_nodes_held",
             "Nodes held on their last good MIG layout (a rollback's back-off) after a failed one",
@@ -420,6 +426,11 @@ class OperatorMetrics:
             if started:
                 self.mig_rollbacks.labels(pool_name, node).inc()
 
+    def count_mig_manager_refreshes(self, pool_name: str, n: int) -> None:
+        """mig-manager pods a pass refreshed (the patch went through)."""
+        if n:
+            self.mig_manager_refreshes.labels(pool_name).inc(n)
+
     def forget_pool(self, pool_name: str) -> None:
         """Remove every gauge series of a deleted pool (its histogram keeps its history)."""
         self._replace_series(pool_name, {})
@@ -508,6 +519,10 @@ def count_moves(pool_name: str, outcomes: Mapping[str, int], gpus_freed: int) ->
 
 def observe_mig_rollbacks(pool_name: str, held: Mapping[str, bool]) -> None:
     METRICS.observe_mig_rollbacks(pool_name, held)
+
+
+def count_mig_manager_refreshes(pool_name: str, n: int) -> None:
+    METRICS.count_mig_manager_refreshes(pool_name, n)
 
 
 def forget_pool(pool_name: str) -> None:

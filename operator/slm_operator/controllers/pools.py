@@ -230,7 +230,7 @@ class PoolReconciler:
         """Write the decisions: ConfigMaps and nodes first (the GPU Operator acts on them), then pods,
         Services, statuses and events."""
         self._apply_configmaps(world, d)
-        self._refresh_mig_managers(d)
+        self._refresh_mig_managers(world, d)
         self._apply_nodes(world, d)
         self._delete_pods(world, d)
         self._create_pods(world, d)
@@ -246,12 +246,19 @@ class PoolReconciler:
         for event in d.events:
             self.kube.event(event.involved_object(), event.type, event.reason, event.message)
 
-    def _refresh_mig_managers(self, d: Decisions) -> None:
+    def _refresh_mig_managers(self, world: World, d: Decisions) -> None:
         """Annotate the mig-manager pods whose nodes wait for a new mig-parted entry: their kubelets remount the
         ConfigMap. A refused patch (the pod went, RBAC) only means the node waits the full sync."""
+        done = 0
         for ns, name, patch in d.pod_patches:
             log.info("pod %s/%s: refreshing, so that mig-manager sees the new mig-parted entries", ns, name)
-            self._tolerant(self.kube.merge_patch, "v1", "Pod", name, patch, ns)
+            try:
+                done += self.kube.merge_patch("v1", "Pod", name, patch, ns) is not None
+            except ApiException as exc:
+                log.warning(
+                    "pod %s/%s: not refreshed (%s); its node waits the full sync", ns, name, _message(exc)
+                )
+        metrics.count_mig_manager_refreshes(world.pool.metadata.name, done)
 
     def _apply_nodes(self, world: World, d: Decisions) -> None:
         """Node annotations (patched only when they differ) and the NVIDIA selector labels."""
