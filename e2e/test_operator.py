@@ -964,8 +964,14 @@ def test_a_new_mig_config_reaches_mig_manager_before_the_node_is_relabelled(
     """mig-manager reads the mig-parted ConfigMap through a mounted volume (the simulator shows it 3 s late) and
     marks a name it cannot find `failed` until the label changes: the operator writes the entry first and
     relabels the node only once the entry is --configmap-sync-seconds old, so the node never reports failed."""
-    node = "gpu-h100-0"
-    name = f"migsync-{ns}"
+    _mig_pool_runs_without_a_failed_layout(cluster, pools, ns, "gpu-h100-0", f"migsync-{ns}")
+
+
+def _mig_pool_runs_without_a_failed_layout(
+    cluster: Cluster, pools: list[str], ns: str, node: str, name: str
+) -> str:
+    """A MIG-only pool on ``node`` and a 2-replica deployment on it: the replicas become Ready where planned and
+    the node never reports `failed`. Returns when the node's MIG config entry was first written (RFC 3339)."""
     pools.append(name)
     rec = cluster.record_label(node, MIG_STATE)
     kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG"]})])
@@ -975,8 +981,10 @@ def test_a_new_mig_config_reaches_mig_manager_before_the_node_is_relabelled(
     assert "failed" not in states, f"mig-manager did not find the config it was pointed at: {states}"
     config = cluster.labels(node)["nvidia.com/mig.config"]
     cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
-    assert config in json.loads((cm.metadata.annotations or {})["slm.io/config-written"])
+    written: dict[str, str] = json.loads((cm.metadata.annotations or {})["slm.io/config-written"])
+    assert config in written
     assert_pods_where_planned(cluster, ns)
+    return written[config]
 
 
 def test_a_refreshed_mig_manager_pod_gets_the_new_config_long_before_the_kubelet_sync(
@@ -998,17 +1006,7 @@ def test_a_refreshed_mig_manager_pod_gets_the_new_config_long_before_the_kubelet
     ]
     operator.start()
     try:
-        name = f"migrefresh-{ns}"
-        pools.append(name)
-        rec = cluster.record_label(node, MIG_STATE)
-        kubectl_apply(cluster, [pool(name, node=node, sharing={"mechanisms": ["MIG"]})])
-        kubectl_apply(cluster, [dep("router", name, "qwen2.5-0.5b-instruct", 2, "Burstable")], ns)
-        wait_ready(cluster, ns, "router")
-        states = rec.stop()
-        assert "failed" not in states, f"mig-manager did not find the config it was pointed at: {states}"
-        config = cluster.labels(node)["nvidia.com/mig.config"]
-        cm = cluster.core.read_namespaced_config_map("slm-mig-parted-config", "gpu-operator")
-        written = json.loads((cm.metadata.annotations or {})["slm.io/config-written"])[config]
+        written = _mig_pool_runs_without_a_failed_layout(cluster, pools, ns, node, f"migrefresh-{ns}")
         (manager,) = cluster.core.list_namespaced_pod(
             "gpu-operator", label_selector="app=nvidia-mig-manager", field_selector=f"spec.nodeName={node}"
         ).items
@@ -1016,7 +1014,6 @@ def test_a_refreshed_mig_manager_pod_gets_the_new_config_long_before_the_kubelet
         age = (datetime.now(UTC) - _rfc3339(written)).total_seconds()
         assert age < 300, f"the node was relabelled only after the full sync ({age:.0f} s)"
         assert (_rfc3339(refreshed) - _rfc3339(written)).total_seconds() >= 5, (written, refreshed)
-        assert_pods_where_planned(cluster, ns)
     finally:
         operator.stop()
         operator.extra_args = default_args

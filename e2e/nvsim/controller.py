@@ -281,115 +281,111 @@ class Simulator:
                 if e2.status != 409:
                     raise
 
-    def _watch_nodes(self) -> None:
+    def _list_and_watch(
+        self,
+        what: str,
+        list_fn: Callable[..., Any],
+        listed: Callable[[Any], None],
+        event: Callable[[str, Any], None],
+        *args: Any,
+        **kw: Any,
+    ) -> None:
+        """List, then watch from the list's resourceVersion until the resync period ends; list again then, after
+        a 410 Gone and after a dropped connection. ``listed`` gets each list, ``event`` each watch event."""
         while not self.stop.is_set():
             try:
-                nodes = self.core.list_node()
-                self.nodes = {n.metadata.name for n in nodes.items}
-                for name in self.nodes:  # resync
-                    self.queue.add(name)
+                items = list_fn(*args, **kw)
+                listed(items)
                 stream = watch.Watch().stream(
-                    self.core.list_node,
-                    resource_version=nodes.metadata.resource_version,
+                    list_fn,
+                    *args,
+                    resource_version=items.metadata.resource_version,
                     timeout_seconds=self.s.resync_seconds,
                     _request_timeout=self.s.resync_seconds + 15,
+                    **kw,
                 )
                 for ev in stream:
-                    name = ev["object"].metadata.name
-                    if ev["type"] == "DELETED":
-                        self.nodes.discard(name)
-                        if self.s.mig_manager_pods:
-                            self.queue.add(name)  # its mig-manager pod goes
-                    else:
-                        self.nodes.add(name)
-                        self.queue.add(name)
+                    event(ev["type"], ev["object"])
                     if self.stop.is_set():
                         return
             except ApiException as e:
                 if e.status != 410:
-                    log.warning("node watch: %s %s", e.status, e.reason)
+                    log.warning("%s watch: %s %s", what, e.status, e.reason)
                     self.stop.wait(1)
             except Exception as e:  # connection drops etc.: relist
-                log.warning("node watch: %s", e)
+                log.warning("%s watch: %s", what, e)
                 self.stop.wait(1)
+
+    def _watch_nodes(self) -> None:
+        def listed(nodes: Any) -> None:
+            self.nodes = {n.metadata.name for n in nodes.items}
+            for name in self.nodes:  # resync
+                self.queue.add(name)
+
+        def event(type_: str, obj: Any) -> None:
+            name = obj.metadata.name
+            if type_ == "DELETED":
+                self.nodes.discard(name)
+                if self.s.mig_manager_pods:
+                    self.queue.add(name)  # its mig-manager pod goes
+            else:
+                self.nodes.add(name)
+                self.queue.add(name)
+
+        self._list_and_watch("node", self.core.list_node, listed, event)
 
     def _watch_config_maps(self) -> None:
         names = {self.s.mig_config_map, self.s.device_plugin_config_map}
-        while not self.stop.is_set():
-            try:
-                cms = self.core.list_namespaced_config_map(self.s.namespace)
-                mig = [cm for cm in cms.items if cm.metadata.name == self.s.mig_config_map]
-                self._record_mig_content(
-                    _rv(mig[0].metadata.resource_version if mig else cms.metadata.resource_version),
-                    (mig[0].data or {}).get(self.s.mig_config_key) if mig else None,
-                    _rv(cms.metadata.resource_version),
-                )
-                stream = watch.Watch().stream(
-                    self.core.list_namespaced_config_map,
-                    self.s.namespace,
-                    resource_version=cms.metadata.resource_version,
-                    timeout_seconds=self.s.resync_seconds,
-                    _request_timeout=self.s.resync_seconds + 15,
-                )
-                for ev in stream:
-                    obj = ev["object"]
-                    if obj.metadata.name == self.s.mig_config_map and ev["type"] != "BOOKMARK":
-                        text = (
-                            None if ev["type"] == "DELETED" else (obj.data or {}).get(self.s.mig_config_key)
-                        )
-                        self._record_mig_content(_rv(obj.metadata.resource_version), text)
-                    if ev["object"].metadata.name in names:
-                        log.info(
-                            "configmap %s/%s %s", self.s.namespace, ev["object"].metadata.name, ev["type"]
-                        )
-                        for name in list(self.nodes):
-                            self.queue.add(name)
-                    if self.stop.is_set():
-                        return
-            except ApiException as e:
-                if e.status != 410:
-                    log.warning("configmap watch: %s %s", e.status, e.reason)
-                    self.stop.wait(1)
-            except Exception as e:
-                log.warning("configmap watch: %s", e)
-                self.stop.wait(1)
+
+        def listed(cms: Any) -> None:
+            mig = [cm for cm in cms.items if cm.metadata.name == self.s.mig_config_map]
+            self._record_mig_content(
+                _rv(mig[0].metadata.resource_version if mig else cms.metadata.resource_version),
+                (mig[0].data or {}).get(self.s.mig_config_key) if mig else None,
+                _rv(cms.metadata.resource_version),
+            )
+
+        def event(type_: str, obj: Any) -> None:
+            if obj.metadata.name == self.s.mig_config_map and type_ != "BOOKMARK":
+                text = None if type_ == "DELETED" else (obj.data or {}).get(self.s.mig_config_key)
+                self._record_mig_content(_rv(obj.metadata.resource_version), text)
+            if obj.metadata.name in names:
+                log.info("configmap %s/%s %s", self.s.namespace, obj.metadata.name, type_)
+                for name in list(self.nodes):
+                    self.queue.add(name)
+
+        self._list_and_watch(
+            "configmap", self.core.list_namespaced_config_map, listed, event, self.s.namespace
+        )
 
     def _watch_pods(self) -> None:
         """The mig-manager pods of the namespace (label ``app=nvidia-mig-manager``), as the kubelet of their node
         sees them: a change ``podsDifferSemantically`` counts remounts the node's mig-parted volume."""
-        while not self.stop.is_set():
-            try:
-                pods = self.core.list_namespaced_pod(self.s.namespace, label_selector=MIG_MANAGER_SELECTOR)
-                listed = {p.metadata.name for p in pods.items}
-                for pod in pods.items:
-                    self._pod_seen(pod)
-                with self._lock:
-                    gone = [n for n in self._pods if n not in listed]
-                for name in gone:
-                    self._pod_gone(name)
-                self._pods_listed = True
-                stream = watch.Watch().stream(
-                    self.core.list_namespaced_pod,
-                    self.s.namespace,
-                    label_selector=MIG_MANAGER_SELECTOR,
-                    resource_version=pods.metadata.resource_version,
-                    timeout_seconds=self.s.resync_seconds,
-                    _request_timeout=self.s.resync_seconds + 15,
-                )
-                for ev in stream:
-                    if ev["type"] == "DELETED":
-                        self._pod_gone(ev["object"].metadata.name)
-                    elif ev["type"] in ("ADDED", "MODIFIED"):
-                        self._pod_seen(ev["object"])
-                    if self.stop.is_set():
-                        return
-            except ApiException as e:
-                if e.status != 410:
-                    log.warning("pod watch: %s %s", e.status, e.reason)
-                    self.stop.wait(1)
-            except Exception as e:
-                log.warning("pod watch: %s", e)
-                self.stop.wait(1)
+
+        def listed(pods: Any) -> None:
+            names = {p.metadata.name for p in pods.items}
+            for pod in pods.items:
+                self._pod_seen(pod)
+            with self._lock:
+                gone = [n for n in self._pods if n not in names]
+            for name in gone:
+                self._pod_gone(name)
+            self._pods_listed = True
+
+        def event(type_: str, obj: Any) -> None:
+            if type_ == "DELETED":
+                self._pod_gone(obj.metadata.name)
+            elif type_ in ("ADDED", "MODIFIED"):
+                self._pod_seen(obj)
+
+        self._list_and_watch(
+            "pod",
+            self.core.list_namespaced_pod,
+            listed,
+            event,
+            self.s.namespace,
+            label_selector=MIG_MANAGER_SELECTOR,
+        )
 
     def _pod_seen(self, pod: client.V1Pod) -> None:
         """Record a mig-manager pod as listed, watched or read. A new pod, or a change the kubelet counts
