@@ -30,8 +30,9 @@ from typing import Any
 from slm_operator.catalog import gpu_by_key
 from slm_operator.planner.mig import fitting_profiles, geometry
 from slm_operator.planner.model import Demand, NodeInventory, PoolPolicy
-from slm_operator.planner.state import build_context, mps_cap, mps_nmax
-from slm_operator.planner.vocabulary import TIER_RANK, GpuRole
+from slm_operator.planner.nodemip import bound_inputs, pool_gpus, solve_node_mip
+from slm_operator.planner.state import mps_nmax
+from slm_operator.planner.vocabulary import TIER_RANK
 
 
 @dataclass
@@ -47,14 +48,7 @@ class BaselineResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _pool_gpus(policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> list[tuple[str, int, str, int]]:
-    """(node, index, model key, memory bytes) of the GPUs available to inference packing, sorted."""
-    ctx = build_context(policy, nodes, ())
-    return [
-        (g.node.name, g.index, g.key, g.mem)
-        for g in ctx.gpus
-        if g.role == GpuRole.POOL and g.node.schedulable
-    ]
+_pool_gpus = pool_gpus
 
 
 def _replicas(demands: Sequence[Demand]) -> list[tuple[int, Demand]]:
@@ -222,19 +216,7 @@ def memory_binpack(
     return BaselineResult("memory-binpack", opened, placed, len(reps), viol, 0, alloc)
 
 
-def _bound_inputs(
-    policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]
-) -> tuple[dict[str, int], set[str], dict[tuple[str, int], int]]:
-    """What both LP bounds start from: pool GPUs per model, allowed mechanisms, replicas per (tier, size)."""
-    avail: dict[str, int] = {}
-    for _, _, key, _ in _pool_gpus(policy, nodes):
-        avail[key] = avail.get(key, 0) + 1
-    classes: dict[tuple[str, int], int] = {}
-    for d in demands:
-        if d.replicas:
-            k = (d.tier, d.memory_bytes)
-            classes[k] = classes.get(k, 0) + d.replicas
-    return avail, set(policy.allowed_mechanisms), classes
+_bound_inputs = bound_inputs
 
 
 @dataclass
@@ -475,119 +457,13 @@ class NodeBound:
     feasible: bool
 
 
-def node_bound(  # long: one MIP, its constraints per GPU model in the order the docstring gives them
+def node_bound(
     policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand], time_limit_s: float = 60.0
 ) -> NodeBound:
-    """:func:`layout_bound` with the node-wide modes of rule 2 (docs/planner.md §2): every node is in one mode
-    for all its GPUs, ``None`` (MIG layouts and whole GPUs), ``TimeSlicing`` (MIG layouts and time-sliced
-    GPUs) or ``MPS`` with one client count N (the device plugin's sharing config is per node, and its MPS
-    daemon gives every client of the node memory / N). Nodes are counted in whole numbers per mode, GPUs and
-    replicas are not, so it is a small mixed-integer program:
-
-    min (GPUs used) subject to the constraints of :func:`layout_bound`, with MPS split by N (clients of a
-    class on N-client GPUs only when memory / N holds it, at most N x those GPUs), and for each GPU model m
-    and node size k, sum over modes of nodes[m,k,mode] <= nodes of that model and size, where MIG + whole
-    GPUs fit the ``None`` nodes' and ``TimeSlicing`` nodes' GPUs, MIG + time-sliced GPUs the
-    ``TimeSlicing`` nodes' GPUs, and N-client MPS GPUs the MPS-N nodes' GPUs.
-
-    Every legal plan is a feasible point (its nodes' modes, with GPUs and replicas as in
-    :func:`layout_bound`), so the MIP's optimum, and any proven bound on it, is a valid lower bound. Time
+    """The node-aware program's bound (``planner/nodemip.py``, docs/planner.md §6): every node in one mode
+    for all its GPUs, one MPS client count per node, GPUs and nodes counted whole. Every legal plan is a
+    feasible point, so the optimum, and any bound SCIP proves on it out of time, is a valid lower bound. Time
     slicing stays by volume: a configuration LP over time-sliced GPUs (patterns of replicas that fit memory
-    and the replica limit together, generated column by column) measured no tighter on the benchmark
-    pools."""
-    avail, allowed, classes = _bound_inputs(policy, nodes, demands)
-    models = sorted(avail)
-    per_node: dict[str, int] = {}
-    node_model: dict[str, str] = {}
-    for name, _, key, _ in _pool_gpus(policy, nodes):
-        per_node[name] = per_node.get(name, 0) + 1
-        node_model[name] = key
-    groups: dict[tuple[str, int], int] = {}
-    for name, k in per_node.items():
-        groups[(node_model[name], k)] = groups.get((node_model[name], k), 0) + 1
-    try:
-        from ortools.linear_solver import pywraplp
-    except ImportError:  # pragma: no cover - ortools is a dev dependency
-        return NodeBound(0, 0.0, False, False)
-    solver = pywraplp.Solver.CreateSolver("SCIP")
-    cls = sorted(classes)
-    used = []
-    flows: dict[tuple[str, int], list[Any]] = {c: [] for c in cls}
-
-    def gpus(ub: float, name: str) -> Any:
-        v = solver.IntVar(0, ub, name)
-        used.append(v)
-        return v
-
-    def serve(users: list[tuple[str, int]]) -> list[Any]:
-        """One variable per class: how many of its replicas take this kind of share."""
-        out = []
-        for c in users:
-            y = solver.NumVar(0, classes[c], "")
-            flows[c].append(y)
-            out.append(y)
-        return out
-
-    for m in models:
-        model = gpu_by_key(m)
-        geo = geometry(m)
-        modes = ["None", "TimeSlicing"] if "TimeSlicing" in allowed else ["None"]
-        limit = min(policy.mps_max_clients_per_gpu, model.mps_max_clients)
-        mps_n = list(range(2, limit + 1)) if "MPS" in allowed else []
-        cap: dict[str, Any] = {}  # GPUs of the nodes in each mode
-        for (gm, k), count in groups.items():
-            if gm != m:
-                continue
-            in_mode = {mode: solver.IntVar(0, count, "") for mode in modes + [f"MPS{n}" for n in mps_n]}
-            solver.Add(sum(in_mode.values()) <= count)
-            for mode, v in in_mode.items():
-                cap[mode] = cap.get(mode, 0) + k * v
-        mig_none = gpus(avail[m], f"{m} MIG on None nodes") if geo is not None and "MIG" in allowed else None
-        mig_ts = None
-        if mig_none is not None and "TimeSlicing" in modes:
-            mig_ts = gpus(avail[m], f"{m} MIG on TimeSlicing nodes")
-        whole = gpus(avail[m], f"{m} whole") if "Exclusive" in allowed else None
-        ts = gpus(avail[m], f"{m} time-sliced") if "TimeSlicing" in modes else None
-        solver.Add(sum(v for v in (mig_none, whole) if v is not None) <= cap["None"])
-        if "TimeSlicing" in modes:
-            solver.Add(sum(v for v in (mig_ts, ts) if v is not None) <= cap["TimeSlicing"])
-        if mig_none is not None:
-            assert geo is not None
-            layouts = [
-                (st, solver.IntVar(0, avail[m], "")) for i, st in enumerate(geo.states) if geo.maximal[i]
-            ]
-            solver.Add(sum(v for _, v in layouts) == mig_none + (mig_ts if mig_ts is not None else 0))
-            for pi in range(len(geo.profiles)):
-                users = [c for c in cls if pi in fitting_profiles(m, c[1])]
-                offered = [(st[pi], v) for st, v in layouts if st[pi]]
-                if users and offered:
-                    solver.Add(sum(serve(users)) <= sum(k * v for k, v in offered))
-        for n in mps_n:
-            users = [c for c in cls if c[0] != "Guaranteed" and mps_cap(model.memory_mib, n) >= c[1]]
-            if users:
-                g = gpus(avail[m], f"{m} MPS{n}")
-                solver.Add(g <= cap[f"MPS{n}"])
-                solver.Add(sum(serve(users)) <= n * g)
-        if whole is not None:
-            users = [c for c in cls if c[1] <= model.memory_bytes]
-            if users:
-                solver.Add(sum(serve(users)) <= whole)
-        if ts is not None:
-            budget = model.memory_bytes * policy.memory_oversubscription_percent / 100
-            users = [c for c in cls if c[0] == "BestEffort" and c[1] <= budget]
-            if users:
-                ys = serve(users)
-                solver.Add(sum(y * (c[1] / budget) for c, y in zip(users, ys, strict=True)) <= ts)
-                solver.Add(sum(ys) <= policy.ts_max_replicas_per_gpu * ts)
-    for c in cls:
-        if flows[c]:
-            solver.Add(sum(flows[c]) == classes[c])
-    solver.Minimize(sum(used))
-    solver.SetTimeLimit(int(time_limit_s * 1000))
-    status = solver.Solve()
-    if status == pywraplp.Solver.INFEASIBLE:
-        total = sum(avail.values())
-        return NodeBound(total, float(total), False, False)
-    # out of time: SCIP's proven bound is still valid (0 if it proved nothing)
-    best = max(0.0, solver.Objective().BestBound())
-    return NodeBound(math.ceil(best - 1e-6), best, status == pywraplp.Solver.OPTIMAL, True)
+    and the replica limit together, generated column by column) measured no tighter on the benchmark pools."""
+    mip = solve_node_mip(policy, nodes, demands, time_limit_s)
+    return NodeBound(mip.bound, mip.value, mip.optimal, mip.feasible)

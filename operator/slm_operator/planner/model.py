@@ -398,8 +398,9 @@ class Plan(_Model):
     nodes: tuple[NodePlan, ...] = ()
     gpus: tuple[GpuPlan, ...] = ()
     deployments: tuple[DeploymentPlan, ...] = ()
-    #: "heuristic", or "exact" when CP-SAT produced the plan.
-    solver: Literal["heuristic", "exact"] = "heuristic"
+    #: "heuristic"; "exact" when CP-SAT produced the plan; "guided" when it was packed from the node-aware
+    #: program's incumbent (``guided.py``).
+    solver: Literal["heuristic", "exact", "guided"] = "heuristic"
     #: For the exact solver: whether CP-SAT proved optimality within the time budget.
     optimal: bool | None = None
     #: Per tenant of the pool (empty when the pool has no tenants).

@@ -203,7 +203,7 @@ class Packer:
         self.spread_applies = self.spread != "Ignored"
         self.ts_limit = ctx.policy.ts_max_replicas_per_gpu
         self.targets = MigTargets()
-        self.capacity = CapacityIndex(ctx, self.targets)
+        self.capacity = self._index()
         #: nodes and deployments changed since the caller started recording (incremental re-plans)
         self.touched_nodes: set[int] | None = None
         self.touched_deps: set[str] = set()
@@ -233,6 +233,10 @@ class Packer:
         if ctx.policy.tenants:
             self.book = TenantBook(ctx)
             self.place = self._place_within_ceiling  # type: ignore[method-assign]
+
+    def _index(self) -> CapacityIndex:
+        """The capacity index (``guided.py`` indexes free GPUs by its guided node modes)."""
+        return CapacityIndex(self.ctx, self.targets)
 
     # ------------------------------------------------------------------------------------------ driver
 
@@ -386,8 +390,12 @@ class Packer:
             self.dep_options[dep.uid] = o
         return o
 
+    def _class_fits(self, dep: Dep) -> tuple[dict[str, tuple[int, ...]], dict[str, int], set[str], set[str]]:
+        """The shares the class may take (``state.class_fits``); ``guided.py`` narrows them to its guide's."""
+        return class_fits(self.ctx, dep)
+
     def _share_options(self, dep: Dep) -> ShareOptions:
-        mig, mps, ts, ex = class_fits(self.ctx, dep)
+        mig, mps, ts, ex = self._class_fits(dep)
         news = [self._densest_mig(m, fits) for m, fits in mig.items()]
         news += [_new_tuple(NewGpuOption, (MPS, m, clients, clients, True)) for m, clients in mps.items()]
         for m in ts:

@@ -29,8 +29,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from slm_operator.planner.exact import solve_exact
+from slm_operator.planner.guided import guided_plan
 from slm_operator.planner.heuristic import heuristic_plan
 from slm_operator.planner.model import CurrentPlacement, Demand, NodeInventory, Plan, PoolPolicy
+from slm_operator.planner.nodemip import Guide
 
 #: the exact solver's wall-clock cap, as a multiple of the deterministic budget (a safety net only: on this
 #: project's 2-core machine one deterministic second took 2-4 wall seconds under load, docs/planner.md §5.1)
@@ -53,6 +55,51 @@ class ExactLimits:
             return False
         gpus = sum(len(n.gpus) for n in nodes)
         return 0 < gpus <= self.max_gpus and sum(d.replicas for d in demands) <= self.max_replicas
+
+
+@dataclass(frozen=True)
+class GuideLimits:
+    """Which pools the operator also packs from the node-aware program's incumbent (``guided.py``; flags
+    ``--guided-min-gpus``, ``--guided-max-gpus``, ``--guided-time-limit``; measured in docs/planner.md §5.2).
+    The program is solved in the shell's worker process, never in a pass."""
+
+    min_gpus: int = 32
+    max_gpus: int = 2048
+    #: SCIP's wall-clock seconds per solve; 0 turns guided packing off
+    time_limit_s: float = 300.0
+
+    def admits(self, policy: PoolPolicy, nodes: Sequence[NodeInventory]) -> bool:
+        """The pool is in the size range (and guided packing is on); pools with tenants never are."""
+        if self.time_limit_s <= 0 or policy.tenants:
+            return False
+        return self.min_gpus <= sum(len(n.gpus) for n in nodes) <= self.max_gpus
+
+
+@dataclass(frozen=True)
+class GuideAnswer:
+    """The shell's answer to a pool's guide question: the incumbent of the node-aware program for the inputs
+    the question fingerprints (None when the solver found none in time)."""
+
+    question: str
+    guide: Guide | None
+    #: SCIP's status, e.g. "OPTIMAL", "FEASIBLE" (out of time with an incumbent)
+    status: str
+
+
+@dataclass(frozen=True)
+class GuideRequest:
+    """A pass's request for a guide: the question it would answer and the program's inputs (the shell solves
+    it, ``nodemip.solve_node_mip``, in a worker process, and hands the answer back as ``World.plan_guide``)."""
+
+    question: str
+    policy: PoolPolicy
+    nodes: tuple[NodeInventory, ...]
+    demands: tuple[Demand, ...]
+
+
+def guide_question(policy: PoolPolicy, nodes: Sequence[NodeInventory], demands: Sequence[Demand]) -> str:
+    """The fingerprint a guide answers: the policy, the nodes without their configuration, the demands."""
+    return _fingerprint(policy, [_structure(n) for n in nodes], demands)
 
 
 Method = Literal["heuristic", "exact"]
@@ -93,11 +140,18 @@ def portfolio_plan(
     current: Iterable[CurrentPlacement],
     limits: ExactLimits,
     memo: PortfolioMemo,
+    guide: Guide | None = None,
 ) -> tuple[Plan, PortfolioOutcome | None]:
     """The pass's plan and, for a pool the exact solver may take on, the outcome to remember (None: a pool
-    over the limits, with tenants, or no OR-Tools: the heuristic's plan, as before the portfolio)."""
+    over the limits, with tenants, or no OR-Tools: the heuristic's plan, as before the portfolio, or the plan
+    packed from ``guide`` where that one is better: :func:`better_guided`)."""
     if policy.tenants or not limits.admits(nodes, demands) or not solver_installed():
-        return heuristic_plan(policy, nodes, demands, current), None  # large pools: not even a sort more
+        if guide is None or policy.tenants:
+            return heuristic_plan(policy, nodes, demands, current), None  # large pools: not even a sort more
+        cur = list(current)
+        heur = heuristic_plan(policy, nodes, demands, cur)
+        guided = guided_plan(policy, nodes, demands, guide, cur)
+        return (guided if better_guided(guided, heur, cur) else heur), None
     cur = sorted(current, key=lambda c: (c.deployment, c.ordinal))
     key = _fingerprint(policy, [_planned(n) for n in nodes], demands, cur, limits)
     question = _fingerprint(policy, [_structure(n) for n in nodes], demands, limits)
@@ -149,6 +203,15 @@ def _choose(
     if moved:
         return "heuristic", f"{status}: the exact plan disturbs {moved} the heuristic's leaves alone"
     return "exact", f"{status}: the exact plan is better"
+
+
+def better_guided(guided: Plan, heur: Plan, current: Sequence[CurrentPlacement]) -> bool:
+    """The guided plan is taken when it places more replicas (by tier, Guaranteed first) or as many on fewer
+    GPUs, and disturbs nothing the heuristic's plan leaves alone."""
+    placed_g, placed_h = _placed(guided), _placed(heur)
+    if placed_g < placed_h or (placed_g == placed_h and guided.pool.gpus_used >= heur.pool.gpus_used):
+        return False
+    return not more_disruption(guided, heur, current)
 
 
 def more_disruption(candidate: Plan, reference: Plan, current: Sequence[CurrentPlacement]) -> str:
@@ -255,8 +318,13 @@ def _fingerprint(policy: PoolPolicy, nodes: Sequence[Any], *rest: Any) -> str:
 
 __all__ = [
     "ExactLimits",
+    "GuideAnswer",
+    "GuideLimits",
+    "GuideRequest",
     "PortfolioMemo",
     "PortfolioOutcome",
+    "better_guided",
+    "guide_question",
     "more_disruption",
     "portfolio_plan",
     "solver_installed",
