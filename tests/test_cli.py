@@ -547,6 +547,12 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
         "10",
         "--exact-budget",
         "0.5",
+        "--guided-min-gpus",
+        "16",
+        "--guided-max-gpus",
+        "512",
+        "--guided-time-limit",
+        "45",
         "--mig-manager-refresh-seconds",
         "4",
         "--mig-manager-selector",
@@ -559,6 +565,7 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     cfg = OperatorConfig.from_flags(seen[0])
     assert cfg.node_lost_seconds == 30.0
     assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (4, 10, 0.5)
+    assert (cfg.guided_min_gpus, cfg.guided_max_gpus, cfg.guided_time_limit_seconds) == (16, 512, 45.0)
     assert cfg.mig_rollback_seconds == 120.0
     assert (cfg.mig_manager_refresh_seconds, cfg.mig_manager_selector) == (4.0, "app=mig-manager")
     assert seen[0].autoscale_interval == 0.0, "0 turns the autoscaler off"
@@ -569,6 +576,9 @@ def test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code(
     cfg = OperatorConfig.from_flags(defaults)
     assert (cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds) == (8, 24, 3.0), (
         "on by default for pools of at most 8 GPUs and 24 replicas (docs/planner.md §5.1)"
+    )
+    assert (cfg.guided_min_gpus, cfg.guided_max_gpus, cfg.guided_time_limit_seconds) == (32, 2048, 300.0), (
+        "on by default for pools of 32 to 2,048 GPUs (docs/planner.md §5.2)"
     )
     assert (defaults.kubeconfig, defaults.namespace, defaults.leader_elect) == (None, "slm-system", False)
     assert (defaults.health_listen, defaults.metrics_listen) == ("127.0.0.1:8080", "127.0.0.1:9090")
@@ -1612,6 +1622,14 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
             "test_pools_over_the_limits_and_the_default_config_plan_with_the_heuristic_alone",
         ]
         for f in ("--exact-max-gpus", "--exact-max-replicas", "--exact-budget")
+    },
+    **{
+        ("run", f): [
+            "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",
+            "tests/test_reconcile_guided.py::test_a_pool_asks_for_a_guide_packs_from_it_on_fewer_gpus_and_stops_asking",
+            "tests/test_reconcile_guided.py::test_a_pool_out_of_the_guided_range_never_asks",
+        ]
+        for f in ("--guided-min-gpus", "--guided-max-gpus", "--guided-time-limit")
     },
     ("run", "--dial-map"): [
         "test_run_hands_every_flag_to_the_operator_and_returns_its_exit_code",

@@ -817,6 +817,31 @@ def _add_exact_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_guided_flags(p: argparse.ArgumentParser) -> None:
+    """Guided packing in the operator, for large pools (docs/planner.md §5.2)."""
+    p.add_argument(
+        "--guided-min-gpus",
+        type=int,
+        default=32,
+        help="pools of at least this many GPUs are also packed from the node-aware program's solution, and "
+        "that plan is taken where it places as many replicas on fewer GPUs (default %(default)s)",
+    )
+    p.add_argument(
+        "--guided-max-gpus",
+        type=int,
+        default=2048,
+        help="...and of at most this many; larger pools get the heuristic alone (default %(default)s)",
+    )
+    p.add_argument(
+        "--guided-time-limit",
+        type=float,
+        default=300.0,
+        help="wall-clock seconds SCIP may spend on a pool's program, in a worker process at the lowest CPU "
+        "priority, once the pool's inputs have not changed for a while (a 1,000-GPU pool takes 20-60 s of "
+        "CPU); 0 turns guided packing off. Needs the [solver] extra (default %(default)s)",
+    )
+
+
 def _add_mig_manager_flags(p: argparse.ArgumentParser) -> None:
     """When a node may be relabelled to a new mig-parted entry (mig-manager reads it through a mounted volume)."""
     p.add_argument(
@@ -874,6 +899,7 @@ def _add_run_parser(sub: Subparsers) -> None:
         "one is tried again once; 0 keeps the node failed and the pool Degraded (default %(default)s)",
     )
     _add_exact_flags(p)
+    _add_guided_flags(p)
     p.add_argument("--priority-class-llm-fallback", default="slm-llm-fallback")
     p.add_argument(
         "--priority-class-finetune",

@@ -96,7 +96,8 @@ class OperatorMetrics:
         )
         self.plan_method = Gauge(
             "slm_plan_method",
-            "1 for the method that produced the pool's last plan (heuristic, or the exact solver), 0 for the other",
+            "1 for the method that produced the pool's last plan (heuristic, exact solver, or guided by the node-aware "
+            "program), 0 for the others",
             ["pool", "method"],
             registry=r,
         )
@@ -333,6 +334,7 @@ class OperatorMetrics:
         put(self.plan_timestamp, (pool_name,), time.time())
         put(self.plan_method, (pool_name, "heuristic"), float(plan.solver == "heuristic"))
         put(self.plan_method, (pool_name, "exact"), float(plan.solver == "exact"))
+        put(self.plan_method, (pool_name, "guided"), float(plan.solver == "guided"))
         for d in plan.deployments:
             ns, name = split_deployment(d.deployment)
             labels: _Labels = (pool_name, ns, name, d.qos)

@@ -32,6 +32,7 @@ from slm_operator.contract import (
     REPLICA_LABEL,
 )
 from slm_operator.controllers.cache import ClusterCache
+from slm_operator.controllers.guides import GuideSolver
 from slm_operator.controllers.kube import Kube
 from slm_operator.controllers.shell import contains, now_rfc3339, strip, update_configmap, write_status
 from slm_operator.inventory import deployment_key, pool_nodes, pool_policy
@@ -83,6 +84,8 @@ class PoolReconciler:
         # per pool, the exact solver's answers of its last pass (``Decisions.plan_memo``): handed back to the core
         # so that a pool whose inputs did not change pays no solve
         self._plan_memos: dict[str, dict[str, PortfolioOutcome]] = {}
+        # large pools' guides (planner/guided.py), solved in a worker process once a pool's inputs settle
+        self._guides = GuideSolver(cfg.guided_time_limit_seconds)
         if cfg.exact_budget_seconds > 0 and not solver_installed():
             log.warning(
                 "OR-Tools is not installed: every pool is planned with the heuristic only (install the [solver] "
@@ -168,6 +171,7 @@ class PoolReconciler:
             resource_quotas=quotas,
             namespaces=namespaces,
             plan_memo=self._plan_memos.get(pool.metadata.name, {}),
+            plan_guide=self._guides.answer(pool.metadata.name),
             mig_manager_pods=self._mig_manager_pods(),
         )
 
@@ -186,7 +190,8 @@ class PoolReconciler:
     def reconcile(self, name: str) -> float | None:
         """One planning pass for a pool. Returns None when nothing is in flight (the next pass comes with a
         watch event or the resync), else the seconds after which to pass again although no event came:
-        when a gate opens with time alone (a MIG config entry old enough), at most WAITING_POLL_SECONDS."""
+        when a gate opens with time alone (a MIG config entry old enough), at most WAITING_POLL_SECONDS; or
+        when the pool's guide question settles or its solve ends (``controllers/guides.py``)."""
         with self._pool_lock(name):
             return self._reconcile(name)
 
@@ -209,9 +214,11 @@ class PoolReconciler:
             if d.consolidation is not None:
                 metrics.count_moves(pool.metadata.name, d.consolidation.outcomes, d.consolidation.gpus_freed)
             metrics.observe_mig_rollbacks(pool.metadata.name, d.mig_rollbacks)
+        guide_in = self._guides.request(pool.metadata.name, d.guide_request)
         if not d.waiting:
-            return None
-        return min(WAITING_POLL_SECONDS, d.recheck_seconds if d.recheck_seconds is not None else math.inf)
+            return guide_in
+        recheck = min(WAITING_POLL_SECONDS, d.recheck_seconds if d.recheck_seconds is not None else math.inf)
+        return recheck if guide_in is None else min(recheck, guide_in)
 
     def _remember_plans(self, pool: str, d: Decisions) -> None:
         """Keep the pass's exact-solver answers for the pool's next pass; log each new solve."""
@@ -449,6 +456,7 @@ class PoolReconciler:
             self._restore_node(node)
         metrics.forget_pool(name)
         self._plan_memos.pop(name, None)
+        self._guides.forget(name)
         # Deployments of the pool now have no pool: say so.
         for dep in self._deployments(self.kube.list(API_VERSION, "SLMDeployment")):
             if dep.spec.pool_ref.name == name:

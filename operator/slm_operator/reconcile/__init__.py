@@ -32,7 +32,15 @@ from typing import Any
 from slm_operator.events import Event
 from slm_operator.inventory import pool_policy, shares_per_gpu_limit
 from slm_operator.planner.model import CurrentPlacement, Demand, Plan, PoolPolicy
-from slm_operator.planner.portfolio import ExactLimits, PortfolioOutcome, portfolio_plan
+from slm_operator.planner.portfolio import (
+    ExactLimits,
+    GuideLimits,
+    GuideRequest,
+    PortfolioOutcome,
+    guide_question,
+    portfolio_plan,
+    solver_installed,
+)
 from slm_operator.reconcile.consolidation import (
     begin_moves,
     explain_break_before_make,
@@ -111,8 +119,9 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
     #    holds new replicas back (no more remembered replicas than a quota admits: caps). Small pools: the
     #    exact solver's plan where it is better and disturbs no more (planner/portfolio.py), remembered by input.
     outcomes: dict[str, PortfolioOutcome] = {}
+    requests: list[GuideRequest] = []
     within = plan_within_quotas(
-        _planner(world, policy, nodes, step.view.current, current, serving, outcomes),
+        _planner(world, policy, nodes, step.view.current, current, serving, outcomes, requests),
         step.view.demands,
         read_quotas(world.resource_quotas),
         world.pods,
@@ -199,6 +208,7 @@ def decide(world: World) -> Decisions:  # long: the numbered pipeline reads best
         mig_failed=dict(configs.mig_failed),
         plan_memo=outcomes,
         pod_patches=refresh_patches(managers, relabels.refresh, world.now),
+        guide_request=requests[-1] if requests else None,
     )
 
 
@@ -210,14 +220,19 @@ def _planner(
     current: Sequence[CurrentPlacement],
     serving: Sequence[Mapping[str, Any]],
     outcomes: dict[str, PortfolioOutcome],
+    requests: list[GuideRequest],
 ) -> Callable[[Sequence[Demand], Mapping[str, int]], Plan]:
     """``plan_for(demands, caps)`` for :func:`plan_within_quotas`: the pool planned from the consolidation step's
     view of the running replicas (moves hold their other share), less the replicas that only the deployments'
     status remembers beyond what a ResourceQuota admits (``caps``). Each exact-solver answer goes into
-    ``outcomes`` (the shell hands them back as ``world.plan_memo`` on the pool's next pass)."""
+    ``outcomes`` (the shell hands them back as ``world.plan_memo`` on the pool's next pass). A pool in the
+    guided size range is also packed from ``world.plan_guide`` (planner/guided.py); when that answers another
+    question, or none came yet, the request for this one goes into ``requests``."""
     known = {(c.deployment, c.ordinal) for c in current}
     cfg = world.cfg
     limits = ExactLimits(cfg.exact_max_gpus, cfg.exact_max_replicas, cfg.exact_budget_seconds)
+    guided = GuideLimits(cfg.guided_min_gpus, cfg.guided_max_gpus, cfg.guided_time_limit_seconds)
+    answer = world.plan_guide
 
     def plan_for(demands: Sequence[Demand], caps: Mapping[str, int]) -> Plan:
         pinned = list(view_current)
@@ -228,7 +243,15 @@ def _planner(
                 for c in pinned
                 if (c.deployment, c.ordinal) in admitted or (c.deployment, c.ordinal) not in known
             ]
-        plan, outcome = portfolio_plan(policy, nodes.inventories, demands, pinned, limits, world.plan_memo)
+        guide = None
+        if guided.admits(policy, nodes.inventories) and solver_installed():
+            question = guide_question(policy, nodes.inventories, demands)
+            if answer is None or answer.question != question:
+                requests.append(GuideRequest(question, policy, tuple(nodes.inventories), tuple(demands)))
+            guide = answer.guide if answer is not None else None
+        plan, outcome = portfolio_plan(
+            policy, nodes.inventories, demands, pinned, limits, world.plan_memo, guide
+        )
         if outcome is not None:
             outcomes[outcome.key] = outcome
         return plan

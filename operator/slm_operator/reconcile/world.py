@@ -16,7 +16,7 @@ from slm_operator.api.v1alpha1 import (
 )
 from slm_operator.events import Event
 from slm_operator.planner.model import Plan
-from slm_operator.planner.portfolio import PortfolioOutcome
+from slm_operator.planner.portfolio import GuideAnswer, GuideRequest, PortfolioOutcome
 from slm_operator.render import NodeConfig, OperatorConfig
 
 
@@ -47,6 +47,9 @@ class World:
     # the GPU Operator's mig-manager pods (``cfg.mig_manager_selector`` in ``cfg.nvidia_namespace``): refreshing
     # one lets its node's mig-manager see a new mig-parted entry sooner (reconcile/gates.py ``mig_refresh``)
     mig_manager_pods: list[dict[str, Any]] = field(default_factory=list)
+    # the shell's latest answer to this pool's guide request (``Decisions.guide_request``): the node-aware
+    # program's incumbent the pass also packs from, even for an older question (planner/guided.py)
+    plan_guide: GuideAnswer | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class Decisions:
     #: mig-manager pods to refresh (namespace, name, merge patch): their kubelets remount the mig-parted
     #: ConfigMap, so that the new entries reach mig-manager before the periodic sync
     pod_patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: the guide this pass would pack from, when ``World.plan_guide`` answers another question or none (a pool
+    #: in ``cfg``'s guided size range): the shell solves it once the question has settled
+    guide_request: GuideRequest | None = None
 
 
 class ReplicaKey(NamedTuple):

@@ -100,6 +100,13 @@ class OperatorConfig:
     exact_max_gpus: int = 8
     exact_max_replicas: int = 24
     exact_budget_seconds: float = 0.0
+    #: Guided packing (planner/guided.py): pools of this many GPUs are also packed from the node-aware
+    #: program's incumbent, which the shell solves in a worker process within this many seconds once a pool's
+    #: inputs settle; 0 s (the default here and for ``plan --emit``): off. The operator (``slm-operator run
+    #: --guided-time-limit``, the chart's ``operator.guidedPacking``) turns it on (docs/planner.md §5.2).
+    guided_min_gpus: int = 32
+    guided_max_gpus: int = 2048
+    guided_time_limit_seconds: float = 0.0
 
     @classmethod
     def from_flags(cls, flags: Any) -> OperatorConfig:
@@ -120,6 +127,9 @@ class OperatorConfig:
             exact_max_gpus=getattr(flags, "exact_max_gpus", default.exact_max_gpus),
             exact_max_replicas=getattr(flags, "exact_max_replicas", default.exact_max_replicas),
             exact_budget_seconds=getattr(flags, "exact_budget", default.exact_budget_seconds),
+            guided_min_gpus=getattr(flags, "guided_min_gpus", default.guided_min_gpus),
+            guided_max_gpus=getattr(flags, "guided_max_gpus", default.guided_max_gpus),
+            guided_time_limit_seconds=getattr(flags, "guided_time_limit", default.guided_time_limit_seconds),
             priority_classes={
                 "Guaranteed": flags.priority_class_guaranteed,
                 "Burstable": flags.priority_class_burstable,
