@@ -176,6 +176,31 @@ def test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heur
         assert p["pool"]["gpusUsed"] <= used[p["pool"]["name"]]
 
 
+def test_plan_guided_packs_from_the_node_aware_programs_solution_on_fewer_gpus(tmp_path: Path) -> None:
+    pytest.importorskip("ortools")
+    keep = {
+        "Node": {"gpu-h100-0"},
+        "GPUPool": {"h100"},
+        "SLMDeployment": {"tool-caller", "intent-router", "summarizer"},
+    }
+    docs = []
+    for f in ("00-namespaces.yaml", "10-pools.yaml", "20-slmdeployments.yaml", "nodes/h100.yaml"):
+        for d in yaml.safe_load_all((ROOT / "examples" / f).read_text()):
+            if d and d["metadata"]["name"] in keep.get(d["kind"], {d["metadata"]["name"]}):
+                docs.append(d)
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump_all(docs))
+    heur = json.loads(run("plan", "-f", str(tmp_path), "-o", "json").stdout)["pools"][0]
+    r = run("plan", "-f", str(tmp_path), "-o", "json", "--guided", "60")
+    assert r.returncode == 0, r.stderr
+    (guided,) = json.loads(r.stdout)["pools"]
+    assert (guided["solver"], heur["solver"]) == ("guided", "heuristic")
+    assert (guided["pool"]["gpusUsed"], heur["pool"]["gpusUsed"]) == (4, 5)
+    assert guided["pool"]["replicasPlaced"] == heur["pool"]["replicasPlaced"] == 8
+    r = run("plan", "-f", str(tmp_path), "--guided", "60", "--emit", str(tmp_path / "out"))
+    assert r.returncode == 2 and "drop --optimize and --guided" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_time_budget_reaches_the_exact_solver(monkeypatch: pytest.MonkeyPatch) -> None:
     from slm_operator import cli
     from slm_operator.planner import entrypoints
@@ -988,7 +1013,11 @@ def test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_
     assert not stale.exists() and _emitted(out) == first
     for argv, message in [
         (["--force"], "--force only says what --emit may replace"),
-        (["--emit", str(tmp_path / "o"), "--optimize"], "the operator plans with the heuristic"),
+        (
+            ["--emit", str(tmp_path / "o"), "--optimize"],
+            "first pass would write, and it plans with the heuristic",
+        ),
+        (["--emit", str(tmp_path / "o"), "--guided", "5"], "drop --optimize and --guided"),
         (["--emit", str(out / "mine.txt")], "not a folder"),
     ]:
         code, _, err = in_process("plan", "-f", examples, *argv, capsys=capsys)
@@ -1572,6 +1601,7 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
         "test_plan_optimize_runs_the_exact_solver_and_uses_no_more_gpus_than_the_heuristic"
     ],
     ("plan", "--time-budget"): ["test_plan_time_budget_reaches_the_exact_solver"],
+    ("plan", "--guided"): ["test_plan_guided_packs_from_the_node_aware_programs_solution_on_fewer_gpus"],
     ("plan", "--emit"): [
         "test_plan_emit_writes_every_object_the_operator_would_write",
         "test_plan_emit_writes_into_a_new_or_empty_folder_and_force_replaces_only_an_earlier_emit",

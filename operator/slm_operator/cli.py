@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from slm_operator.api.v1alpha1 import SLMDeployment
     from slm_operator.capture import Store
     from slm_operator.manifests import Manifests
+    from slm_operator.planner.model import Plan, PoolPolicy
 
 EXIT_OK = 0
 EXIT_UNPLACED = 1
@@ -226,6 +227,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             optimize=args.optimize,
             time_budget_s=args.time_budget,
         )
+        if args.guided > 0 and not args.optimize:
+            plan = _guided(plan, inputs.policy, inputs.nodes, inputs.demands, args.guided)
         unplaced += plan.pool.replicas_unplaced
         plans.append(plan)
     orphans = sorted(
@@ -250,6 +253,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_UNPLACED if unplaced or problems else EXIT_OK
 
 
+def _guided(heur: Plan, policy: PoolPolicy, nodes: Any, demands: Any, seconds: float) -> Plan:
+    """``plan --guided``: the node-aware program solved here, and the plan packed from its solution where it is
+    better than the heuristic's, as the operator's pass chooses (docs/planner.md §5.2)."""
+    from slm_operator.planner.guided import guided_plan
+    from slm_operator.planner.nodemip import solve_node_mip
+    from slm_operator.planner.portfolio import better_guided, solver_installed
+
+    if not solver_installed():
+        raise CliError("--guided needs OR-Tools: install the [solver] extra")
+    mip = solve_node_mip(policy, nodes, demands, seconds)
+    if mip.guide is None:
+        print(
+            f"pool {policy.name}: no guide within {seconds:g} s ({mip.status}): the heuristic's plan",
+            file=sys.stderr,
+        )
+        return heur
+    guided = guided_plan(policy, nodes, demands, mip.guide)
+    return guided if better_guided(guided, heur, ()) else heur
+
+
 def _check_emit_args(args: argparse.Namespace) -> None:
     """Before planning: --emit writes what the operator would (its heuristic), into a new or empty folder,
     or with --force over an earlier --emit."""
@@ -257,10 +280,10 @@ def _check_emit_args(args: argparse.Namespace) -> None:
         raise CliError("--force only says what --emit may replace: give --emit DIR too")
     if not args.emit:
         return
-    if args.optimize:
+    if args.optimize or args.guided > 0:
         raise CliError(
-            "--emit writes what the operator would write, and the operator plans with the heuristic: "
-            "drop --optimize (or run it without --emit to compare)"
+            "--emit writes what the operator's first pass would write, and it plans with the heuristic: "
+            "drop --optimize and --guided (or run them without --emit to compare)"
         )
     out = Path(args.emit)
     if out.exists() and not out.is_dir():
@@ -744,6 +767,15 @@ def _add_plan_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--optimize", action="store_true", help="use the exact CP-SAT solver within --time-budget")
     p.add_argument("--time-budget", type=float, default=10.0, help="seconds for --optimize (default 10)")
+    p.add_argument(
+        "--guided",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also solve each pool's node-aware program within SECONDS and pack from its solution, keeping that "
+        "plan where it places as many replicas on fewer GPUs, as the operator does for pools of 32-2,048 GPUs "
+        "(docs/planner.md 5.2; 1,000 GPUs: about a minute); 0: off (default). Not with --optimize or --emit",
+    )
     p.add_argument(
         "--emit",
         metavar="DIR",
