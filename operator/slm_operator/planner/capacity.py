@@ -210,18 +210,19 @@ class CapacityIndex:
         n.indexed_as = []
         if not n.schedulable:
             return
-        fixed = n.pos in self.fixed
         for model, free in n.free.items():
             if not free:
                 continue
-            keys = (
-                _fixed_node_keys(n, model)
-                if fixed
-                else _node_keys(n, model, mig_capable=free[0].geo is not None)
-            )
+            keys = self.node_keys(n, model, mig_capable=free[0].geo is not None)
             for key in keys:
                 nodes.setdefault(key, {})[n.pos] = n
             n.indexed_as.extend(keys)
+
+    def node_keys(self, n: Node, model: str, mig_capable: bool) -> list[tuple[object, ...]]:
+        """The index keys of a node with a free GPU of ``model`` (``guided.py`` narrows them to its modes)."""
+        if n.pos in self.fixed:
+            return _fixed_node_keys(n, model)
+        return _node_keys(n, model, mig_capable)
 
     def set_fixed(self, ctx: Context, positions: frozenset[int]) -> None:
         """Offer the free GPUs of the nodes at ``positions`` only as shares their node config gives now (no

@@ -84,31 +84,18 @@ class _GuidedIndex(CapacityIndex):
         self.guiding = guiding
         super().__init__(ctx, targets)
 
-    def index_node(self, n: Node) -> None:
+    def node_keys(self, n: Node, model: str, mig_capable: bool) -> list[tuple[object, ...]]:
         if not self.guiding:
-            super().index_node(n)
-            return
-        for key in n.indexed_as:
-            indexed = self.nodes.get(key)
-            if indexed is not None:
-                indexed.pop(n.pos, None)
-        n.indexed_as = []
-        if not n.schedulable or n.mode == NODE_FREE:
-            return
-        for model, free in n.free.items():
-            if not free:
-                continue
-            keys: list[tuple[object, ...]]
-            if n.mode == NODE_MPS:
-                keys = [(MPS, model, n.n)]
-            elif n.mode == NODE_TIME_SLICING:
-                keys = [(TIME_SLICING, model)]
-            else:
-                keys = [(MIG, model)] if free[0].geo is not None else []
-                keys.append((EXCLUSIVE, model))
-            for key in keys:
-                self.nodes.setdefault(key, {})[n.pos] = n
-            n.indexed_as.extend(keys)
+            return super().node_keys(n, model, mig_capable)
+        if n.mode == NODE_FREE:
+            return []
+        if n.mode == NODE_MPS:
+            return [(MPS, model, n.n)]
+        if n.mode == NODE_TIME_SLICING:
+            return [(TIME_SLICING, model)]
+        keys: list[tuple[object, ...]] = [(MIG, model)] if mig_capable else []
+        keys.append((EXCLUSIVE, model))
+        return keys
 
 
 def _kind(r: Rep) -> ShareKind:
