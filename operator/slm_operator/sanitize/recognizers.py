@@ -51,6 +51,7 @@ from presidio_anonymizer.entities import RecognizerResult as AnonymizerSpan
 
 from slm_operator.sanitize import patterns
 from slm_operator.sanitize.classes import BY_ENTITY, BY_NAME
+from slm_operator.sanitize.memo import FindingsMemo
 from slm_operator.sanitize.spans import WINDOW, Found, windows
 
 LANGUAGE = "en"
@@ -197,7 +198,8 @@ def _nlp_engine(ner_model: str | None) -> NlpEngine:
 
 
 class PresidioFinder:
-    """Finds the spans of the wanted classes in a batch of strings (one record's), with Presidio."""
+    """Finds the spans of the wanted classes in a batch of strings (one record's), with Presidio; a string seen
+    recently is looked up in ``memo`` instead of being analysed again (``memo.py``)."""
 
     def __init__(self, classes: Iterable[str], ner_model: str | None) -> None:
         self.entities = sorted(BY_NAME[c].entity for c in classes)
@@ -212,15 +214,20 @@ class PresidioFinder:
             supported_languages=[LANGUAGE],
             default_score_threshold=SCORE_THRESHOLD,
         )
+        self.memo = FindingsMemo()
 
     def find(self, texts: Sequence[str]) -> list[list[Found]]:
+        """The findings in each text: those seen recently from the memo, the others analysed (``analyse``)."""
+        if not self.entities:
+            return [[] for _ in texts]
+        return self.memo.find(texts, self.analyse, self.window)
+
+    def analyse(self, texts: Sequence[str]) -> list[list[Found]]:
         """The findings in each text; the NLP pipeline runs over the whole batch at once.
 
         A long text is read in overlapping windows (``windows``): spaCy refuses a text over a million
         characters and needs about 1 GB per 100,000 to run NER on one. Findings of two windows merge later.
         """
-        if not self.entities:
-            return [[] for _ in texts]
         pieces = [
             (i, offset, piece) for i, t in enumerate(texts) for offset, piece in windows(t, self.window)
         ]
