@@ -4,12 +4,18 @@ as dropped. The store is the real SQLite store; ``Switchable`` adds only a way t
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from slm_operator.capture import Capture, CaptureRecord, WriteResult
@@ -63,8 +69,12 @@ async def until(cond: Callable[[], bool], what: str, limit: float = 30.0) -> Non
 
 
 async def stored_ids(path: Path) -> list[str]:
+    return [r.id for r in await stored_records(path)]
+
+
+async def stored_records(path: Path) -> list[CaptureRecord]:
     async with SQLiteStore(path) as s:
-        return [r.id async for r in s.export()]
+        return [r async for r in s.export()]
 
 
 def metric(c: Capture, name: str, **labels: str) -> float:
@@ -292,3 +302,63 @@ def test_every_drop_reason_is_exported_at_zero_before_any_drop(tmp_path: Path) -
         if s.name.endswith("_total")
     }
     assert values == dict.fromkeys(DROP_REASONS, 0.0)
+
+
+class InProcessTag:
+    """A picklable sanitiser factory for ``redact_processes``: every string becomes ``redacted in PID``, and a
+    request whose content says ``die`` kills the process redacting it (as an out-of-memory kill would)."""
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+
+    def sanitize_record(self, value: Any) -> tuple[Any, Counter[str]]:
+        if "die" in json.dumps(value):
+            os._exit(1)
+        return json.loads(
+            re.sub(r'"[^"]*@[^"]*"', f'"redacted in {os.getpid()}"', json.dumps(value))
+        ), Counter({"Email": 2})
+
+
+def _pids(kept: dict[str, CaptureRecord]) -> set[int]:
+    return {int(m) for r in kept.values() for m in re.findall(r"redacted in (\d+)", r.model_dump_json())}
+
+
+def test_redaction_processes_redact_beside_the_gateway_and_a_killed_one_loses_no_record(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        c = capture(
+            tmp_path, SQLiteStore(tmp_path / "usage.db"), sanitizer_factory=InProcessTag, redact_processes=2
+        )
+        await c.start()
+        first = [make_record(redact=["Email"]) for _ in range(40)]
+        assert all(c.submit(r) for r in first)
+        await until(lambda: c.stats.written == 40, "the first records kept")
+        kept = {r.id: r for r in (await stored_records(tmp_path / "usage.db"))}
+        pids = _pids(kept)
+        assert pids and os.getpid() not in pids and len(pids) <= 2  # redacted in the two processes, not here
+        assert all("jane@corp.example" not in r.model_dump_json() for r in kept.values())
+
+        os.kill(next(iter(pids)), signal.SIGKILL)  # a redaction process dies between two batches
+        more = [make_record(redact=["Email"]) for _ in range(40)]
+        for r in more:
+            assert c.submit(r)
+            await asyncio.sleep(0)
+        # a record that kills its redaction process every time is dropped after one new try; the others are kept
+        poison = make_record(redact=["Email"], request={"messages": [{"role": "user", "content": "die"}]})
+        assert c.submit(poison)
+        await c.stop()
+        kept = {r.id: r for r in (await stored_records(tmp_path / "usage.db"))}
+        assert set(kept) == {r.id for r in first + more}
+        assert all("jane@corp.example" not in r.model_dump_json() for r in kept.values())
+        assert os.getpid() not in _pids(kept)
+        st = c.stats
+        assert (st.written, st.dropped, st.dropped_by_reason) == (80, 1, {"redaction_failed": 1})
+        assert metric(c, "slm_capture_redactions_total", pii_class="Email") == 160
+
+    run(body)
+
+
+def test_redact_processes_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="redact_processes -1: give 0"):
+        capture(tmp_path, SQLiteStore(tmp_path / "usage.db"), redact_processes=-1)

@@ -567,6 +567,7 @@ def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
     args = build_parser().parse_args(c["args"])
     assert args.store == "postgresql://slm@usage-db:5432/usage"
     assert args.spool_dir == "/var/lib/slm-gateway/spool" and args.salt_file == "/etc/slm-gateway/salt/salt"
+    assert args.redact_processes == 1  # redaction beside the gateway's process, not in it
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert (
@@ -585,9 +586,12 @@ def test_gateway_capture_wiring(helm_env: dict[str, str]) -> None:
             "gateway.replicas=1",
             "gateway.capture.store=sqlite:///var/lib/slm-gateway/usage.db",
             "gateway.capture.saltSecret.existingSecret=s",
+            "gateway.capture.redactProcesses=0",
         ),
     )
     assert not of_component(objs, "PodDisruptionBudget", "gateway")
+    (c,) = gateway_deployment(objs)["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(c["args"]).redact_processes == 0
     assert (
         "emptyDir"
         in {v["name"]: v for v in gateway_deployment(objs)["spec"]["template"]["spec"]["volumes"]}["state"]
@@ -1058,6 +1062,7 @@ SCHEMA_VIOLATIONS = [
     (("gateway.maxRequestBytes=10",), "/gateway/maxRequestBytes"),
     (("gateway.routeNamespaces={Agents}",), "/gateway/routeNamespaces/0"),
     (("gateway.capture.store=mysql://db",), "/gateway/capture/store"),
+    (("gateway.capture.redactProcesses=-1",), "/gateway/capture/redactProcesses"),
     (("gateway.service.type=ExternalName",), "/gateway/service/type"),
     (("operator.podAntiAffinity=soft",), "/operator/podAntiAffinity"),
     (("gateway.podAntiAffinity=hard",), "/gateway/podAntiAffinity"),

@@ -1367,6 +1367,10 @@ def test_gateway_bad_input_says_what_to_pass_with_exit_code_2(
         (["-f", str(files), "--salt-file", str(tmp_path / "salt")], "give --store too"),
         (["-f", str(files), "--max-request-bytes", "10"], "give at least 1024"),
         (
+            ["-f", str(files), "--store", f"sqlite:///{tmp_path}/u.db", "--redact-processes", "-1"],
+            "--redact-processes -1: give 0",
+        ),
+        (
             ["-f", str(files), "--dial-map", "10.0.0.0/24=127.0.2.0/24"],
             "--dial-map is for the in-cluster mode",
         ),
@@ -1473,11 +1477,17 @@ def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
     upstream = _free_port()
     spool = tmp_path / "spool"
     salts = []
+    redactors: list[int] = []
 
     async def check(s: Any, url: str) -> Any:
         salts.append(s.gateway.options.salt)
         assert s.gateway.capture is not None
         status, _, _ = await _post(url + "/chat/completions", {"model": "gpt-4o-mini", "messages": []})
+        for _ in range(600):  # the record redacted and stored (a limit, not a timing assertion)
+            if s.gateway.capture.stats.written:
+                break
+            await asyncio.sleep(0.05)
+        redactors.append(_spawned_children())
         import aiohttp
 
         async with (
@@ -1526,6 +1536,36 @@ def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
         upstream,
     )
     assert salts[-1] == b"s" * 20
+    # records are redacted in a process beside the gateway's (--redact-processes, default 1), or in its own
+    assert redactors == [1, 1, 1]
+    code, _ = _gateway_main(
+        monkeypatch,
+        [
+            *argv,
+            "--store",
+            f"sqlite:///{tmp_path}/usage.db",
+            "--spool-dir",
+            str(spool),
+            "--redact-processes",
+            "0",
+        ],
+        check,
+        upstream,
+    )
+    assert code == 0 and redactors[-1] == 0
+
+
+def _spawned_children() -> int:
+    """This process's live child processes started by multiprocessing's spawn (redaction processes)."""
+    n = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        n += fields[1] == str(os.getpid()) and b"spawn_main" in cmdline
+    return n
 
 
 def test_gateway_max_request_bytes_and_log_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1915,6 +1955,10 @@ FLAG_TESTS: dict[tuple[str, str], list[str]] = {
     ],
     ("gateway", "--store"): ["test_gateway_store_captures_calls_with_a_salt_kept_in_a_file"],
     ("gateway", "--spool-dir"): ["test_gateway_store_captures_calls_with_a_salt_kept_in_a_file"],
+    ("gateway", "--redact-processes"): [
+        "test_gateway_store_captures_calls_with_a_salt_kept_in_a_file",
+        "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",
+    ],
     ("gateway", "--salt-file"): [
         "test_gateway_store_captures_calls_with_a_salt_kept_in_a_file",
         "test_gateway_bad_input_says_what_to_pass_with_exit_code_2",

@@ -482,6 +482,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             spool_dir=args.spool_dir,
             salt_file=args.salt_file,
             max_request_bytes=args.max_request_bytes,
+            redact_processes=args.redact_processes,
         )
     except StandaloneError as exc:
         raise CliError(str(exc)) from None
@@ -513,7 +514,9 @@ def _gateway_in_cluster(args: argparse.Namespace, loop: str) -> int:
     lease = _status_lease(args.status_lease, api)
     try:
         host, port = listen_address(args.listen)
-        capture, metrics, opts = options(args.store, args.spool_dir, args.salt_file, args.max_request_bytes)
+        capture, metrics, opts = options(
+            args.store, args.spool_dir, args.salt_file, args.max_request_bytes, args.redact_processes
+        )
     except StandaloneError as exc:
         raise CliError(str(exc)) from None
     gateway = Gateway(RouteTable(), capture=capture, metrics=metrics, options=opts)
@@ -1142,6 +1145,27 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         "same offset in TO_CIDR (e.g. 10.0.0.0/24=127.0.2.0/24 for kwok's fake pod IPs served on loopback, as kind "
         "maps ports); repeatable; default: every address as published",
     )
+    _add_capture_flags(p)
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=8 << 20,
+        help="largest request body; larger calls get 413 (default %(default)s; a route's limits.maxRequestBytes "
+        "may lower it)",
+    )
+    p.add_argument(
+        "--event-loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="the event loop to serve on: uvloop (libuv; less CPU per captured call, docs/benchmarks.md), asyncio "
+        "(the standard library's), or auto: uvloop where it is installed (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_cmd_gateway)
+
+
+def _add_capture_flags(p: argparse.ArgumentParser) -> None:
+    """The gateway's usage capture (docs/capture.md)."""
     p.add_argument(
         "--store",
         metavar="URL",
@@ -1159,21 +1183,14 @@ def _add_gateway_parser(sub: Subparsers) -> None:
         "with random bytes when missing); `usage erase` needs the same file",
     )
     p.add_argument(
-        "--max-request-bytes",
+        "--redact-processes",
         type=int,
-        default=8 << 20,
-        help="largest request body; larger calls get 413 (default %(default)s; a route's limits.maxRequestBytes "
-        "may lower it)",
+        default=1,
+        metavar="N",
+        help="with --store: redact captured calls in N processes beside the gateway's (each holds the sanitiser, "
+        "about 170 MiB, and keeps about 100-130 calls/s when each brings new text; docs/capture.md); 0: in a thread of the gateway's own "
+        "process, sharing its CPU (default %(default)s)",
     )
-    p.add_argument(
-        "--event-loop",
-        default="auto",
-        choices=["auto", "uvloop", "asyncio"],
-        help="the event loop to serve on: uvloop (libuv; less CPU per captured call, docs/benchmarks.md), asyncio "
-        "(the standard library's), or auto: uvloop where it is installed (default %(default)s)",
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.set_defaults(func=_cmd_gateway)
 
 
 TRAIN_DESCRIPTION = """\

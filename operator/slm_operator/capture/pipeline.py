@@ -5,8 +5,9 @@ Semantics (``docs/capture.md`` has the full statement):
 
 * ``submit`` never blocks and never raises: it puts the record in a bounded in-memory queue, or counts it as
   dropped (``queue_full``) and returns False. Call it from the event loop's thread.
-* One worker task takes what is queued (up to ``batch_size``), redacts it in a thread (the route's ``redact``
-  classes, through the injected sanitiser; a record whose redaction fails is dropped, never kept raw), and
+* One worker task takes what is queued (up to ``batch_size``), redacts it (the route's ``redact`` classes,
+  through the injected sanitiser; a record whose redaction fails is dropped, never kept raw) in
+  ``redact_processes`` processes, the batch split between them, or with 0 in a thread of this process, and
   writes the batch to the store within ``store_timeout``. A failed or slow write marks the store down: that
   batch and the next ones go to the spool (already redacted) until a retry (backing off from ``retry_min`` to
   ``retry_max`` seconds) succeeds. Replay is in spool order, one batch at a time between new batches; a record
@@ -21,10 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,10 +41,10 @@ from prometheus_client import Gauge as PromGauge
 
 from slm_operator.capture.record import CaptureRecord
 from slm_operator.capture.redact import (
-    RecordSanitizer,
+    BatchRedactor,
+    RedactedBatch,
     SanitizerFactory,
     default_sanitizer_factory,
-    redact_record,
 )
 from slm_operator.capture.spool import Spool, SpoolBatch
 from slm_operator.capture.store import Store
@@ -58,6 +64,7 @@ DROP_REASONS = (
     "error",
 )
 DROP_LOG_INTERVAL = 10.0  # seconds between two warnings about drops
+PARENT_CHECK_SECONDS = 1.0  # how often a redaction process checks that the gateway's process is still there
 
 
 @dataclass(frozen=True)
@@ -127,9 +134,16 @@ class Capture:
         retry_max: float = 10.0,
         registry: CollectorRegistry | None = None,
         store: Store | None = None,
+        redact_processes: int = 0,
     ) -> None:
         """``store_url`` as ``open_store`` takes it (ValueError for a bad one), or ``store`` to pass one built
-        already. Metrics go to ``registry`` (a new one when None: ``self.registry``)."""
+        already. Metrics go to ``registry`` (a new one when None: ``self.registry``).
+
+        ``redact_processes``: redact in that many processes (spawned, each with its own sanitisers; the
+        ``sanitizer_factory`` must be picklable, a module-level function), so redaction never holds the
+        interpreter lock of the process serving calls; 0 redacts in a thread of this process."""
+        if redact_processes < 0:
+            raise ValueError(f"redact_processes {redact_processes}: give 0 (a thread) or more processes")
         self.store = store if store is not None else open_store(store_url)
         self.spool_dir = Path(spool_dir)
         self.batch_size = batch_size
@@ -141,7 +155,9 @@ class Capture:
             "fsync": spool_fsync,
         }
         self._sanitizer_factory = sanitizer_factory
-        self._sanitizers: dict[tuple[str, ...], RecordSanitizer | Exception] = {}  # only the redact thread
+        self.redact_processes = redact_processes
+        self._redactor = BatchRedactor(sanitizer_factory)  # with redact_processes 0, in the redact thread
+        self._problems: set[str] = set()  # sanitiser failures already logged
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = CaptureMetrics(self.registry)
         self._queue: asyncio.Queue[CaptureRecord] = asyncio.Queue(maxsize=queue_size)
@@ -161,7 +177,8 @@ class Capture:
         self._stopping = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._redact_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-redact")
+        self._redact_pool: Executor = self._new_redact_pool()
+        self._recovering = asyncio.Lock()  # parts whose redaction process died, sent again one at a time
         self._io_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-spool")
         self._last_drop_log = 0.0
         self._unlogged_drops = 0
@@ -236,7 +253,10 @@ class Capture:
             await self.store.close()
         except Exception:
             log.exception("capture: closing the usage store failed")
-        self._redact_pool.shutdown(wait=False)
+        # redaction processes exit with the capture (waited for, briefly: one stuck in a batch is left to end)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await asyncio.to_thread(self._redact_pool.shutdown, wait=True, cancel_futures=True)
         self._io_pool.shutdown(wait=False)
 
     # the worker
@@ -301,46 +321,74 @@ class Capture:
                 async with asyncio.timeout(seconds):
                     await self._wake.wait()
 
+    def _new_redact_pool(self) -> Executor:
+        if not self.redact_processes:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="capture-redact")
+        # spawned, not forked: this process runs an event loop and threads whose locks a fork would copy held
+        return ProcessPoolExecutor(
+            max_workers=self.redact_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_redact_process,
+            initargs=(self._sanitizer_factory,),
+        )
+
     async def _redact(self, batch: list[CaptureRecord]) -> list[CaptureRecord]:
         if not any(r.redact for r in batch):
             return batch
-        kept, failed, counts = await asyncio.get_running_loop().run_in_executor(
-            self._redact_pool, self._redact_batch, batch
-        )
-        for cls, n in counts.items():
-            self.metrics.redactions.labels(cls).inc(n)
-        if failed:
-            self._drop("redaction_failed", failed)
+        n = max(1, min(self.redact_processes, len(batch)))
+        parts = [batch[i * len(batch) // n : (i + 1) * len(batch) // n] for i in range(n)]
+        done = await asyncio.gather(*(self._redact_part(part) for part in parts))
+        kept: list[CaptureRecord] = []
+        for part in done:
+            kept += part.kept
+            for cls, count in part.counts.items():
+                self.metrics.redactions.labels(cls).inc(count)
+            for problem in set(part.problems) - self._problems:
+                log.warning("capture: %s: the calls of its routes are dropped", problem)
+                self._problems.add(problem)
+            if part.failed:
+                self._drop("redaction_failed", part.failed)
         return kept
 
-    def _redact_batch(self, batch: list[CaptureRecord]) -> tuple[list[CaptureRecord], int, Counter[str]]:
-        """In the redact thread: each record sanitised, or left out (counted) when its sanitiser fails."""
-        kept, failed, counts = [], 0, Counter[str]()
-        for record in batch:
-            try:
-                sanitizer = self._sanitizer(tuple(record.redact))
-                clean, found = redact_record(record, sanitizer)
-            except Exception as exc:  # counted by the caller; the drop warning is rate-limited
-                log.debug("capture: redacting a call of %s failed, not keeping it: %s", record.route, exc)
-                failed += 1
-                continue
-            kept.append(clean)
-            counts.update(found)
-        return kept, failed, counts
+    async def _redact_part(self, part: list[CaptureRecord]) -> RedactedBatch:
+        """One part of a batch redacted in the thread or a process. When a redaction process dies (killed, out of
+        memory, a crash on some input) the pool is replaced and the part's records are sent again one at a time,
+        one part after another: a record that kills its process on both of its tries alone is dropped, the others
+        are kept."""
+        if not self.redact_processes:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._redact_pool, self._redactor, part)
+        try:
+            return await self._in_process(part)
+        except BrokenProcessPool:
+            pass
+        out = RedactedBatch()
+        async with self._recovering:
+            for record in part:
+                for _ in range(2):
+                    try:
+                        one = await self._in_process([record])
+                        break
+                    except BrokenProcessPool:
+                        continue
+                else:
+                    one = RedactedBatch(failed=1)
+                out.kept += one.kept
+                out.failed += one.failed
+                out.counts.update(one.counts)
+                out.problems += one.problems
+        return out
 
-    def _sanitizer(self, classes: tuple[str, ...]) -> RecordSanitizer:
-        if classes not in self._sanitizers:
-            try:
-                self._sanitizers[classes] = self._sanitizer_factory(list(classes))
-            except Exception as exc:  # remembered: a bad class list fails every record of its route alike
-                log.warning(
-                    "capture: no sanitiser for PII classes %s (%s): their calls are dropped", classes, exc
-                )
-                self._sanitizers[classes] = exc
-        found = self._sanitizers[classes]
-        if isinstance(found, Exception):
-            raise found
-        return found
+    async def _in_process(self, part: list[CaptureRecord]) -> RedactedBatch:
+        pool = self._redact_pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, _redact_in_process, part)
+        except BrokenProcessPool:
+            if pool is self._redact_pool:  # the first to see this pool broken replaces it
+                log.warning("capture: a redaction process died; starting new ones")
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._redact_pool = self._new_redact_pool()
+            raise
 
     async def _deliver(self, records: list[CaptureRecord]) -> None:
         if not records:
@@ -461,6 +509,34 @@ class Capture:
                 dict(self._dropped),
             )
             self._last_drop_log, self._unlogged_drops = now, 0
+
+
+# a redaction process (``redact_processes``)
+
+_process_redactor: BatchRedactor | None = None
+
+
+def _start_redact_process(factory: SanitizerFactory) -> None:
+    """A redaction process's start: it builds its sanitisers on first use. It ignores SIGINT and SIGTERM, which
+    a terminal or ``kill`` of the process group sends it too: the gateway stops it once the queue is drained.
+    It exits when the gateway's process is gone without stopping it (SIGKILL): nothing else would end it."""
+    global _process_redactor
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _process_redactor = BatchRedactor(factory)
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-gateway", daemon=True).start()
+
+
+def _redact_in_process(part: list[CaptureRecord]) -> RedactedBatch:
+    assert _process_redactor is not None, "started by _start_redact_process"
+    return _process_redactor(part)
 
 
 def _describe(exc: BaseException) -> str:

@@ -156,12 +156,18 @@ def summary(table: RouteTable) -> list[str]:
 
 
 def options(
-    store: str | None, spool_dir: str, salt_file: str | None, max_request_bytes: int
+    store: str | None,
+    spool_dir: str,
+    salt_file: str | None,
+    max_request_bytes: int,
+    redact_processes: int = 1,
 ) -> tuple[Capture | None, GatewayMetrics, GatewayOptions]:
     """The capture, the metrics (the capture's series are in the same registry) and the options both modes
     build from their flags."""
     if max_request_bytes < 1024:
         raise StandaloneError(f"--max-request-bytes {max_request_bytes}: give at least 1024")
+    if redact_processes < 0:
+        raise StandaloneError(f"--redact-processes {redact_processes}: give 0 (a thread) or more processes")
     metrics = GatewayMetrics()
     if not store:
         if salt_file:
@@ -172,7 +178,9 @@ def options(
     spool = Path(spool_dir)
     salt = read_salt(salt_file, spool)
     try:
-        capture = Capture(store, spool_dir=spool, registry=metrics.registry)
+        capture = Capture(
+            store, spool_dir=spool, registry=metrics.registry, redact_processes=redact_processes
+        )
     except ValueError as exc:
         raise StandaloneError(f"--store {store}: {exc}") from None
     return capture, metrics, GatewayOptions(max_request_bytes=max_request_bytes, salt=salt)
@@ -193,11 +201,12 @@ def build(
     spool_dir: str = "slm-gateway-spool",
     salt_file: str | None = None,
     max_request_bytes: int = 8 << 20,
+    redact_processes: int = 1,
 ) -> Standalone:
     """Everything ``gateway -f`` serves, checked: bad input raises StandaloneError with what to pass."""
     host, port = listen_address(listen)
     table = build_table(world_from_files(files, parse_endpoints(endpoint_values)))
-    capture, metrics, opts = options(store, spool_dir, salt_file, max_request_bytes)
+    capture, metrics, opts = options(store, spool_dir, salt_file, max_request_bytes, redact_processes)
     return Standalone(Gateway(table, capture=capture, metrics=metrics, options=opts), host, port)
 
 
