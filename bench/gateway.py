@@ -6,8 +6,15 @@
 Three processes serve: the OpenAI-compatible stand-in (``e2e/standin.py``, the "fast local upstream"), the gateway
 without capture and the gateway capturing every call into SQLite in a temporary folder (``--store``). The load
 generator is this process: N callers, each a keep-alive connection sending one call after another, written on bare
-asyncio streams (pre-built request bytes, Content-Length and chunked responses parsed by hand) so that the client
-costs as little CPU as possible and the same for every path. Each cell runs ``--seconds`` after a warm-up.
+asyncio streams (request bytes formatted from a template, Content-Length and chunked responses parsed by hand) so
+that the client costs as little CPU as possible and the same for every path. Each cell runs ``--seconds`` after a
+warm-up. Every call asks about another invoice number (each caller counts up from a random one), so captured
+requests are not alike and the sanitiser's memo of recent strings helps only with what real calls repeat.
+
+After each capture cell the benchmark waits until the capturing gateway has redacted and stored (or dropped) every
+record it queued, reading its ``/metrics``, so the next cell does not share the CPUs with that backlog. The cell
+reports the records kept and dropped and the rate they were kept at, from the cell's start to the drain's end: the
+rate capture sustains, which is below the call rate when redaction cannot keep up.
 
 Added latency is the difference of percentiles (gateway p50 - direct p50, p99 - p99), not the percentile of
 differences. Throughput is completed calls per second. Results go to ``BENCH_OUT`` (default
@@ -75,12 +82,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
-def request_bytes(port: int, stream: bool, auth: bool) -> bytes:
+def request_template(port: int, stream: bool, auth: bool) -> tuple[bytes, bytes]:
+    """The bytes of a call up to and after its invoice number (a 9-digit number, so Content-Length is fixed)."""
     body = json.dumps(
         {
             "model": "bench-model",
             "messages": [
-                {"role": "user", "content": "Extract the total of invoice 4711: 3 items, 12.50 EUR each."}
+                {
+                    "role": "user",
+                    "content": "Extract the total of invoice #########: 3 items, 12.50 EUR each.",
+                }
             ],
             "max_tokens": 32,
             "stream": stream,
@@ -91,7 +102,8 @@ def request_bytes(port: int, stream: bool, auth: bool) -> bytes:
         + (f"Authorization: Bearer {KEY}\r\n" if auth else "")
         + f"Content-Length: {len(body)}\r\n\r\n"
     )
-    return head.encode() + body
+    before, after = (head.encode() + body).split(b"#########")
+    return before, after
 
 
 async def one_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> float:
@@ -120,7 +132,8 @@ async def one_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
 
 async def caller(
     port: int,
-    raw: bytes,
+    template: tuple[bytes, bytes],
+    first_number: int,
     warm_until: float,
     end: float,
     out: list[float],
@@ -130,6 +143,7 @@ async def caller(
     """Calls one after another on one connection; with ``interval``, one call per interval (paced, open loop)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     due = time.perf_counter() + random.random() * interval
+    number = first_number
     try:
         while True:
             if interval:
@@ -138,7 +152,8 @@ async def caller(
             t0 = time.perf_counter()
             if t0 >= end:
                 return
-            first = await one_call(reader, writer, raw)
+            number += 1
+            first = await one_call(reader, writer, b"%s%09d%s" % (template[0], number, template[1]))
             if t0 >= warm_until:
                 out.append(time.perf_counter() - t0)
                 ttfts.append(first)
@@ -159,6 +174,7 @@ class Cell:
     p99_ms: float
     ttft_p50_ms: float
     cpu_us_per_call: dict[str, float]  # CPU time (user + system) per call of each serving process
+    capture: dict[str, float] | None = None  # capture cells: records queued, kept, dropped; drain s; kept/s
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -167,32 +183,91 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) of a process and of its child processes (a capturing gateway's redaction
+    processes)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def measure(
     path: str, port: int, stream: bool, callers: int, seconds: float, pids: dict[str, int], paced: float = 0.0
 ) -> Cell:
-    raw = request_bytes(port, stream, auth=path != "direct")
+    template = request_template(port, stream, auth=path != "direct")
     lat: list[float] = []
     ttfts: list[float] = []
     warmup = min(1.0, seconds / 2)
+    interval = callers / paced if paced else 0.0
+    before = await capture_counts(port) if path == "gateway+capture" else None
     now = time.perf_counter()
     warm_until, end = now + warmup, now + warmup + seconds
-    interval = callers / paced if paced else 0.0
-    await asyncio.sleep(0)
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     n0 = len(lat)
-    await asyncio.gather(*(caller(port, raw, warm_until, end, lat, ttfts, interval) for _ in range(callers)))
+    await asyncio.gather(
+        *(
+            caller(port, template, random.randrange(10**9 - 10**6), warm_until, end, lat, ttfts, interval)
+            for _ in range(callers)
+        )
+    )
     calls = max(len(lat) - n0, 1)
+    # the capture backlog is worked off before the CPU is read: its redaction and writes count per call
+    captured = await drained(port, before, now) if before is not None else None
     # CPU is read over warm-up and measurement together: per call of both
     total = len(lat) * (seconds + warmup) / seconds
     cpu = {name: (cpu_seconds(pid) - cpu0[name]) / max(total, 1) * 1e6 for name, pid in pids.items()}
     return Cell(
         path, stream, callers, paced, calls, seconds, len(lat) / seconds,
-        percentile(lat, 0.5), percentile(lat, 0.99), percentile(ttfts, 0.5), cpu,
+        percentile(lat, 0.5), percentile(lat, 0.99), percentile(ttfts, 0.5), cpu, captured,
     )  # fmt: skip
+
+
+async def capture_counts(port: int) -> dict[str, float]:
+    """The capturing gateway's capture series: queued, written, dropped (all reasons) and the queue's depth."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        text = (await reader.read()).decode()
+    finally:
+        writer.close()
+    counts = {"queued": 0.0, "written": 0.0, "dropped": 0.0, "depth": 0.0}
+    names = {
+        "slm_capture_queued_total": "queued",
+        "slm_capture_written_total": "written",
+        "slm_capture_dropped_total": "dropped",
+        "slm_capture_queue_depth": "depth",
+    }
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        key = names.get(name.split("{", 1)[0])
+        if key and not line.startswith("#"):
+            counts[key] += float(value)
+    return counts
+
+
+async def drained(
+    port: int, before: dict[str, float], started: float, limit: float = 300.0
+) -> dict[str, float]:
+    """Wait until every record queued since ``before`` is kept or dropped; what happened to them, and how fast."""
+    while True:
+        now = await capture_counts(port)
+        queued = now["queued"] - before["queued"]
+        kept, dropped = now["written"] - before["written"], now["dropped"] - before["dropped"]
+        elapsed = time.perf_counter() - started
+        if (now["depth"] == 0 and kept + dropped >= queued) or elapsed > limit:
+            return {
+                "queued": queued,
+                "kept": kept,
+                "dropped": dropped,
+                "seconds": elapsed,
+                "keptPerSecond": kept / elapsed,
+            }
+        await asyncio.sleep(0.25)
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -218,7 +293,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def servers(tmp: Path, event_loop: str) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]:
+def servers(
+    tmp: Path, event_loop: str, redact_processes: int = 1
+) -> tuple[dict[str, int], dict[str, subprocess.Popen[bytes]]]:
     upstream = free_port()
     procs = {
         "direct": start(
@@ -238,7 +315,8 @@ def servers(tmp: Path, event_loop: str) -> tuple[dict[str, int], dict[str, subpr
                "--endpoint", f"bench/standin=http://127.0.0.1:{upstream}", "--log-level", "warning",
                "--event-loop", event_loop]  # fmt: skip
         if capture:
-            cmd += ["--store", f"sqlite:///{folder}/usage.db", "--spool-dir", str(folder / "spool")]
+            cmd += ["--store", f"sqlite:///{folder}/usage.db", "--spool-dir", str(folder / "spool"),
+                    "--redact-processes", str(redact_processes)]  # fmt: skip
         procs[path] = start(cmd, port, folder / "gateway.log")
     return ports, procs
 
@@ -248,7 +326,7 @@ def table(cells: list[Cell]) -> str:
     lines = [
         f"{'mode':<7}{'callers':>12} | {'direct p50/p99 ms':>17} | {'gateway p50/p99':>15} | {'added p50/p99':>13} | "
         f"{'calls/s direct':>14} {'gateway':>7} {'ratio':>5} | {'capture p50/p99':>15} {'calls/s':>7} {'vs gw':>5} | "
-        f"{'CPU us/call: upstream':>21} {'gateway':>7} {'capture':>7}"
+        f"{'CPU us/call: upstream':>21} {'gateway':>7} {'capture':>7} | {'kept/s':>6} {'dropped':>7}"
     ]
     for stream in (False, True):
         for n, rate in sorted({(c.callers, c.paced) for c in cells}, key=lambda t: (t[1] > 0, t[0])):
@@ -260,7 +338,8 @@ def table(cells: list[Cell]) -> str:
                 f"{d.throughput:>14.0f} {g.throughput:>7.0f} {g.throughput / d.throughput:>5.0%} | "
                 f"{k.p50_ms:>6.2f}/{k.p99_ms:<8.2f} {k.throughput:>7.0f} {k.throughput / g.throughput:>5.0%} | "
                 f"{d.cpu_us_per_call['upstream']:>21.0f} {g.cpu_us_per_call['gateway']:>7.0f} "
-                f"{k.cpu_us_per_call['gateway']:>7.0f}"
+                f"{k.cpu_us_per_call['gateway']:>7.0f} | "
+                f"{(k.capture or {}).get('keptPerSecond', 0):>6.0f} {(k.capture or {}).get('dropped', 0):>7.0f}"
             )
     return "\n".join(lines)
 
@@ -278,6 +357,10 @@ async def run_cells(
                 print(f"  {path:<16} {'stream' if stream else 'whole':<7} {n:>4} callers{f' at {rate:.0f}/s' if rate else ''}: "
                       f"{cell.throughput:7.0f} calls/s, p50 {cell.p50_ms:6.2f} ms, p99 {cell.p99_ms:6.2f} ms, "
                       f"CPU/call {', '.join(f'{k} {v:.0f} us' for k, v in cell.cpu_us_per_call.items())}", file=sys.stderr)  # fmt: skip
+                if cell.capture:
+                    print(f"    capture: {cell.capture['kept']:.0f} of {cell.capture['queued']:.0f} records kept, "
+                          f"{cell.capture['dropped']:.0f} dropped, {cell.capture['seconds']:.1f} s to drain, "
+                          f"{cell.capture['keptPerSecond']:.0f} kept/s", file=sys.stderr)  # fmt: skip
                 cells.append(cell)
     return cells
 
@@ -302,13 +385,19 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "uvloop", "asyncio"],
         help="the gateways' --event-loop (default %(default)s; the stand-in and the callers always use asyncio)",
     )
+    parser.add_argument(
+        "--redact-processes",
+        type=int,
+        default=1,
+        help="the capturing gateway's --redact-processes (default %(default)s; 0: a thread of its own process)",
+    )
     args = parser.parse_args(argv)
     before = machine()
     from slm_operator.gateway.standalone import event_loop
 
     loop = event_loop(args.event_loop)
     with tempfile.TemporaryDirectory(prefix="slm-bench-gateway-") as tmp:
-        ports, procs = servers(Path(tmp), loop)
+        ports, procs = servers(Path(tmp), loop, args.redact_processes)
         try:
             pids = {name: p.pid for name, p in procs.items()}
             cells = asyncio.run(run_cells(ports, pids, args.seconds, tuple(args.callers), args.paced))
@@ -319,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(timeout=30)
     after = machine()
     print(f"machine: {before['cpus']} CPUs ({before['cpu']}), Python {before['python']}, gateway event loop {loop}, "
+          f"redaction processes {args.redact_processes}, "
           f"load average before {before['load'][0]:.2f}, after {after['load'][0]:.2f}")  # fmt: skip
     print(table(cells))
     out = Path(os.environ.get("BENCH_OUT", "bench/out/gateway.json"))
@@ -329,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": before,
                 "loadAfter": after["load"],
                 "eventLoop": loop,
+                "redactProcesses": args.redact_processes,
                 "cells": [asdict(c) for c in cells],
             },
             indent=2,
