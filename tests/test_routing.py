@@ -609,6 +609,31 @@ def test_sse_events_and_usage() -> None:
     assert count_data_events(stream)[0] == 3
 
 
+_EVENT = st.one_of(
+    st.builds(
+        lambda t: {"choices": [{"delta": {"content": t}}]}, st.sampled_from(["a", "usage", '"usage": {}'])
+    ),
+    st.builds(
+        lambda p, c: {"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c}},
+        st.integers(0, 9),
+        st.integers(0, 9),
+    ),
+    st.just({"choices": [], "usage": None}),
+    st.just("[DONE]"),
+    st.just('not json with "usage"'),
+)
+
+
+@given(st.lists(_EVENT, max_size=8), st.integers(0, 200))
+def test_stream_usage_is_the_usage_of_the_last_event_that_carries_one(events: list[Any], cut: int) -> None:
+    stream = b"".join(
+        b"data: " + (e.encode() if isinstance(e, str) else json.dumps(e).encode()) + b"\n\n" for e in events
+    )
+    tail = stream[cut:]  # the gateway keeps only the stream's tail: it may start inside an event
+    carried = [e["usage"] for e in sse_events(tail) if isinstance(e.get("usage"), dict)]
+    assert stream_usage(tail) == (carried[-1] if carried else None)
+
+
 def test_spec_rejects_what_the_crd_rejects() -> None:
     with pytest.raises(ValueError, match="defaultBackend"):
         SLMRouteSpec.model_validate(

@@ -38,9 +38,18 @@ def count_data_events(chunk: bytes, carry: bytes = b"\n") -> tuple[int, bytes]:
 
 
 def stream_usage(tail: bytes) -> dict[str, Any] | None:
-    """The ``usage`` of the last event in ``tail`` that carries one (``stream_options.include_usage``)."""
-    for event in reversed(sse_events(tail)):
-        usage = event.get("usage")
+    """The ``usage`` of the last event in ``tail`` that carries one (``stream_options.include_usage``).
+
+    Read from the end, and only events whose bytes hold ``"usage"`` are parsed: the others (every content
+    chunk) cannot carry it, and parsing them cost a stream a JSON decode per chunk."""
+    for line in reversed(tail.splitlines()):
+        if b'"usage"' not in line or not line.startswith(b"data:"):
+            continue
+        try:
+            event = json.loads(line[5:].strip())
+        except ValueError:
+            continue
+        usage = event.get("usage") if isinstance(event, dict) else None
         if isinstance(usage, dict):
             return usage
     return None
