@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -667,3 +670,27 @@ def test_a_serving_rule_answers_from_the_promoted_backend_and_falls_back_to_its_
         assert (c.served, c.fell_back) == (3, 1)
 
     run({"rules": PROMOTE_RULES, "fallback": {"backend": "llm", "when": ["Error"]}}, test, status=serving)
+
+
+def test_the_serving_process_collector_still_frees_garbage_cycles_on_its_own() -> None:
+    """``settle_gc`` (run by the gateway process before it serves) collects less often, never not at all: the
+    garbage cycles calls leave behind are freed by the collector without anyone asking, so memory stays bounded.
+    In a child process: the settings are process-wide."""
+    code = textwrap.dedent(
+        """
+        import gc, weakref
+        from slm_operator.gateway.standalone import GC_YOUNG_THRESHOLD, settle_gc
+        settle_gc()
+        class Node: pass
+        def cycle():
+            a, b = Node(), Node()
+            a.b, b.a = b, a
+            return weakref.ref(a)
+        first = cycle()
+        for _ in range(3 * GC_YOUNG_THRESHOLD):
+            cycle()
+        print(first() is None, gc.get_threshold()[0], gc.get_freeze_count() > 0)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "10000", "True"]

@@ -22,7 +22,7 @@ from slm_operator.gateway.kube import KubeApi, Sink, start_configmap_watch, star
 from slm_operator.gateway.kube_auth import KubeAuth
 from slm_operator.gateway.lease import StatusLease
 from slm_operator.gateway.server import Gateway
-from slm_operator.gateway.standalone import Standalone, run_on, serve
+from slm_operator.gateway.standalone import Standalone, run_on, serve, settle_gc
 from slm_operator.routing.endpoints import DialMap
 from slm_operator.routing.table import NamespacedName, RouteTable
 
@@ -122,5 +122,6 @@ def run(s: InCluster, event_loop: str = "asyncio") -> int:
             running.add_signal_handler(sig, stop.set)
         await serve_in_cluster(s, stop)
 
+    settle_gc()
     run_on(event_loop, main())
     return 0

@@ -9,6 +9,7 @@ captured (slm_operator.capture).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -250,6 +251,26 @@ def event_loop(choice: str) -> str:
     return "uvloop"
 
 
+#: the young generation's collection threshold while the gateway serves (CPython's default: 700)
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """Tune the garbage collector for serving calls, once, before serving (the gateway's process only).
+
+    What exists now (modules, the routes of ``-f``) is collected once and frozen (``gc.freeze``): later
+    collections no longer walk it. The young generation is collected every 10,000 net allocations of container
+    objects instead of 700: a call allocates hundreds that reference counting frees, and with the defaults the
+    collector ran about 140 times a second under load and took about a tenth of the gateway's CPU, with pauses
+    of tens of milliseconds in the oldest generation (docs/benchmarks.md). Cycles are still collected: a
+    collection runs after 10,000 net allocations, older generations as before.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` to completion on a new event loop of the kind :func:`event_loop` chose."""
     if loop == "uvloop":
@@ -262,5 +283,6 @@ def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
 
 def run(s: Standalone, event_loop: str = "asyncio") -> int:
     """Serve until SIGINT or SIGTERM, on the event loop :func:`event_loop` chose."""
+    settle_gc()
     run_on(event_loop, _serve_until_signalled(s))
     return 0
