@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import platform
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -173,7 +175,8 @@ class Cell:
     p50_ms: float
     p99_ms: float
     ttft_p50_ms: float
-    cpu_us_per_call: dict[str, float]  # CPU time (user + system) per call of each serving process
+    cpu_us_per_call: dict[str, float]  # CPU time (user + system) per call of each serving process (redaction:
+    # the capturing gateway's child processes)
     capture: dict[str, float] | None = None  # capture cells: records queued, kept, dropped; drain s; kept/s
 
 
@@ -182,29 +185,40 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and of its child processes (a capturing gateway's redaction
-    processes)."""
-    total = 0.0
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a process (``own``) and of its live child processes (``children``: a
+    capturing gateway's redaction processes)."""
+    total = {"own": 0.0, "children": 0.0}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
         if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            which = "own" if stat.parent.name == str(pid) else "children"
+            total[which] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 
 async def measure(
-    path: str, port: int, stream: bool, callers: int, seconds: float, pids: dict[str, int], paced: float = 0.0
+    path: str,
+    port: int,
+    stream: bool,
+    callers: int,
+    seconds: float,
+    pids: dict[str, int],
+    paced: float = 0.0,
+    store: Path | None = None,
 ) -> Cell:
+    """One cell; ``store``: the capturing gateway's SQLite file, whose records are waited for."""
     template = request_template(port, stream, auth=path != "direct")
     lat: list[float] = []
     ttfts: list[float] = []
     warmup = min(1.0, seconds / 2)
     interval = callers / paced if paced else 0.0
-    before = await capture_counts(port) if path == "gateway+capture" else None
+    before = None
+    if store is not None:
+        before = await capture_counts(port) | {"rows": float(store_rows(store))}
     now = time.perf_counter()
     warm_until, end = now + warmup, now + warmup + seconds
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -217,10 +231,15 @@ async def measure(
     )
     calls = max(len(lat) - n0, 1)
     # the capture backlog is worked off before the CPU is read: its redaction and writes count per call
-    captured = await drained(port, before, now) if before is not None else None
+    captured = await drained(port, before, now, store) if before is not None and store else None
     # CPU is read over warm-up and measurement together: per call of both
     total = len(lat) * (seconds + warmup) / seconds
-    cpu = {name: (cpu_seconds(pid) - cpu0[name]) / max(total, 1) * 1e6 for name, pid in pids.items()}
+    cpu: dict[str, float] = {}
+    for name, pid in pids.items():
+        now_cpu = cpu_seconds(pid)
+        cpu[name] = (now_cpu["own"] - cpu0[name]["own"]) / max(total, 1) * 1e6
+        if now_cpu["children"] or cpu0[name]["children"]:
+            cpu["redaction"] = (now_cpu["children"] - cpu0[name]["children"]) / max(total, 1) * 1e6
     return Cell(
         path, stream, callers, paced, calls, seconds, len(lat) / seconds,
         percentile(lat, 0.5), percentile(lat, 0.99), percentile(ttfts, 0.5), cpu, captured,
@@ -251,23 +270,36 @@ async def capture_counts(port: int) -> dict[str, float]:
 
 
 async def drained(
-    port: int, before: dict[str, float], started: float, limit: float = 300.0
+    port: int, before: dict[str, float], started: float, store: Path, limit: float = 300.0
 ) -> dict[str, float]:
-    """Wait until every record queued since ``before`` is kept or dropped; what happened to them, and how fast."""
+    """Wait until every record queued since ``before`` is kept or dropped; what happened to them, and how fast.
+
+    The wait counts the store's rows (read here, costing the gateway nothing) and reads the gateway's
+    ``/metrics`` (several milliseconds of its CPU each) only every few seconds and at the end."""
+    rows0 = before["rows"]
+    now = await capture_counts(port)
+    scraped = time.perf_counter()
     while True:
-        now = await capture_counts(port)
         queued = now["queued"] - before["queued"]
-        kept, dropped = now["written"] - before["written"], now["dropped"] - before["dropped"]
+        dropped = now["dropped"] - before["dropped"]
         elapsed = time.perf_counter() - started
-        if (now["depth"] == 0 and kept + dropped >= queued) or elapsed > limit:
+        if store_rows(store) - rows0 + dropped >= queued or elapsed > limit:
+            now = await capture_counts(port)
             return {
-                "queued": queued,
-                "kept": kept,
-                "dropped": dropped,
+                "queued": now["queued"] - before["queued"],
+                "kept": now["written"] - before["written"],
+                "dropped": now["dropped"] - before["dropped"],
                 "seconds": elapsed,
-                "keptPerSecond": kept / elapsed,
+                "keptPerSecond": (now["written"] - before["written"]) / elapsed,
             }
         await asyncio.sleep(0.25)
+        if time.perf_counter() - scraped > 5:
+            now, scraped = await capture_counts(port), time.perf_counter()
+
+
+def store_rows(store: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as db:
+        return int(db.execute("SELECT count(*) FROM captured_calls").fetchone()[0])
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -326,7 +358,7 @@ def table(cells: list[Cell]) -> str:
     lines = [
         f"{'mode':<7}{'callers':>12} | {'direct p50/p99 ms':>17} | {'gateway p50/p99':>15} | {'added p50/p99':>13} | "
         f"{'calls/s direct':>14} {'gateway':>7} {'ratio':>5} | {'capture p50/p99':>15} {'calls/s':>7} {'vs gw':>5} | "
-        f"{'CPU us/call: upstream':>21} {'gateway':>7} {'capture':>7} | {'kept/s':>6} {'dropped':>7}"
+        f"{'CPU us/call: upstream':>21} {'gateway':>7} {'capture':>7} {'redact':>7} | {'kept/s':>6} {'dropped':>7}"
     ]
     for stream in (False, True):
         for n, rate in sorted({(c.callers, c.paced) for c in cells}, key=lambda t: (t[1] > 0, t[0])):
@@ -338,14 +370,19 @@ def table(cells: list[Cell]) -> str:
                 f"{d.throughput:>14.0f} {g.throughput:>7.0f} {g.throughput / d.throughput:>5.0%} | "
                 f"{k.p50_ms:>6.2f}/{k.p99_ms:<8.2f} {k.throughput:>7.0f} {k.throughput / g.throughput:>5.0%} | "
                 f"{d.cpu_us_per_call['upstream']:>21.0f} {g.cpu_us_per_call['gateway']:>7.0f} "
-                f"{k.cpu_us_per_call['gateway']:>7.0f} | "
+                f"{k.cpu_us_per_call['gateway']:>7.0f} {k.cpu_us_per_call.get('redaction', 0):>7.0f} | "
                 f"{(k.capture or {}).get('keptPerSecond', 0):>6.0f} {(k.capture or {}).get('dropped', 0):>7.0f}"
             )
     return "\n".join(lines)
 
 
 async def run_cells(
-    ports: dict[str, int], pids: dict[str, int], seconds: float, callers: tuple[int, ...], paced: float
+    ports: dict[str, int],
+    pids: dict[str, int],
+    seconds: float,
+    callers: tuple[int, ...],
+    paced: float,
+    store: Path,
 ) -> list[Cell]:
     cells = []
     runs = [(n, 0.0) for n in callers] + ([(PACED_CALLERS, paced)] if paced else [])
@@ -353,7 +390,8 @@ async def run_cells(
         for n, rate in runs:
             for path in PATHS:
                 serving = {"upstream": pids["direct"]} | ({"gateway": pids[path]} if path != "direct" else {})
-                cell = await measure(path, ports[path], stream, n, seconds, serving, rate)
+                kept = store if path == "gateway+capture" else None
+                cell = await measure(path, ports[path], stream, n, seconds, serving, rate, kept)
                 print(f"  {path:<16} {'stream' if stream else 'whole':<7} {n:>4} callers{f' at {rate:.0f}/s' if rate else ''}: "
                       f"{cell.throughput:7.0f} calls/s, p50 {cell.p50_ms:6.2f} ms, p99 {cell.p99_ms:6.2f} ms, "
                       f"CPU/call {', '.join(f'{k} {v:.0f} us' for k, v in cell.cpu_us_per_call.items())}", file=sys.stderr)  # fmt: skip
@@ -400,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         ports, procs = servers(Path(tmp), loop, args.redact_processes)
         try:
             pids = {name: p.pid for name, p in procs.items()}
-            cells = asyncio.run(run_cells(ports, pids, args.seconds, tuple(args.callers), args.paced))
+            store = Path(tmp) / "gateway-capture" / "usage.db"
+            cells = asyncio.run(run_cells(ports, pids, args.seconds, tuple(args.callers), args.paced, store))
         finally:
             for p in procs.values():
                 os.killpg(p.pid, signal.SIGTERM)
