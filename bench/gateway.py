@@ -3,8 +3,10 @@
     python -m bench.gateway                  # 1, 50, 200 callers; whole and streamed; capture off and on
     python -m bench.gateway --seconds 2      # shorter cells
 
-Three processes serve: the OpenAI-compatible stand-in (``e2e/standin.py``, the "fast local upstream"), the gateway
-without capture and the gateway capturing every call into SQLite in a temporary folder (``--store``). The load
+Four processes serve: the OpenAI-compatible stand-in (``e2e/standin.py``, the "fast local upstream"), a bare
+aiohttp proxy (``bench/bare_proxy.py``: the same HTTP server, client and event loop as the gateway and nothing
+else, the floor of any gateway on this stack), the gateway without capture, and the gateway capturing every call
+into SQLite in a temporary folder (``--store``). The load
 generator is this process: N callers, each a keep-alive connection sending one call after another, written on bare
 asyncio streams (request bytes formatted from a template, Content-Length and chunked responses parsed by hand) so
 that the client costs as little CPU as possible and the same for every path. Each cell runs ``--seconds`` after a
@@ -44,7 +46,7 @@ from typing import Any
 
 KEY = "sk-bench-0123456789"
 CALLERS = (1, 50, 200)
-PATHS = ("direct", "gateway", "gateway+capture")
+PATHS = ("direct", "bare proxy", "gateway", "gateway+capture")
 #: the paced row: this many callers offering --paced calls per second in all (below what the CPUs carry)
 PACED_CALLERS = 50
 ROUTE = """
@@ -338,6 +340,12 @@ def servers(
     }
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     ports: dict[str, int] = {"direct": upstream}
+    bare = ports["bare proxy"] = free_port()
+    procs["bare proxy"] = start(
+        [sys.executable, "-m", "bench.bare_proxy", "--listen", f"127.0.0.1:{bare}", "--upstream", f"http://127.0.0.1:{upstream}"],
+        bare,
+        tmp / "bare-proxy.log",
+    )  # fmt: skip
     for path, capture in (("gateway", ""), ("gateway+capture", '  capture: {sampleRate: "1"}')):
         folder = tmp / path.replace("+", "-")
         folder.mkdir()
@@ -357,19 +365,23 @@ def table(cells: list[Cell]) -> str:
     by = {(c.path, c.stream, c.callers, c.paced): c for c in cells}
     lines = [
         f"{'mode':<7}{'callers':>12} | {'direct p50/p99 ms':>17} | {'gateway p50/p99':>15} | {'added p50/p99':>13} | "
-        f"{'calls/s direct':>14} {'gateway':>7} {'ratio':>5} | {'capture p50/p99':>15} {'calls/s':>7} {'vs gw':>5} | "
-        f"{'CPU us/call: upstream':>21} {'gateway':>7} {'capture':>7} {'redact':>7} | {'kept/s':>6} {'dropped':>7}"
+        f"{'calls/s direct':>14} {'bare':>5} {'ratio':>5} {'gateway':>7} {'ratio':>5} | "
+        f"{'capture p50/p99':>15} {'calls/s':>7} {'vs gw':>5} | "
+        f"{'CPU us/call: upstream':>21} {'bare':>5} {'gateway':>7} {'capture':>7} {'redact':>7} | "
+        f"{'kept/s':>6} {'dropped':>7}"
     ]
     for stream in (False, True):
         for n, rate in sorted({(c.callers, c.paced) for c in cells}, key=lambda t: (t[1] > 0, t[0])):
-            d, g, k = (by[(p, stream, n, rate)] for p in PATHS)
+            d, b, g, k = (by[(p, stream, n, rate)] for p in PATHS)
             who = f"{n}@{rate:.0f}/s" if rate else str(n)
             lines.append(
                 f"{'stream' if stream else 'whole':<7}{who:>12} | {d.p50_ms:>7.2f}/{d.p99_ms:<9.2f} | "
                 f"{g.p50_ms:>6.2f}/{g.p99_ms:<8.2f} | {g.p50_ms - d.p50_ms:>5.2f}/{g.p99_ms - d.p99_ms:<7.2f} | "
-                f"{d.throughput:>14.0f} {g.throughput:>7.0f} {g.throughput / d.throughput:>5.0%} | "
+                f"{d.throughput:>14.0f} {b.throughput:>5.0f} {b.throughput / d.throughput:>5.0%} "
+                f"{g.throughput:>7.0f} {g.throughput / d.throughput:>5.0%} | "
                 f"{k.p50_ms:>6.2f}/{k.p99_ms:<8.2f} {k.throughput:>7.0f} {k.throughput / g.throughput:>5.0%} | "
-                f"{d.cpu_us_per_call['upstream']:>21.0f} {g.cpu_us_per_call['gateway']:>7.0f} "
+                f"{d.cpu_us_per_call['upstream']:>21.0f} {b.cpu_us_per_call['gateway']:>5.0f} "
+                f"{g.cpu_us_per_call['gateway']:>7.0f} "
                 f"{k.cpu_us_per_call['gateway']:>7.0f} {k.cpu_us_per_call.get('redaction', 0):>7.0f} | "
                 f"{(k.capture or {}).get('keptPerSecond', 0):>6.0f} {(k.capture or {}).get('dropped', 0):>7.0f}"
             )
