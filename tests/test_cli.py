@@ -1521,37 +1521,12 @@ def test_gateway_store_captures_calls_with_a_salt_kept_in_a_file(
     # an explicit --salt-file is read as `usage erase` reads it: a trailing newline (echo) is not part of it
     salt_file = tmp_path / "salt"
     salt_file.write_bytes(b"s" * 20 + b"\n")
-    code, _ = _gateway_main(
-        monkeypatch,
-        [
-            *argv,
-            "--store",
-            f"sqlite:///{tmp_path}/usage.db",
-            "--spool-dir",
-            str(spool),
-            "--salt-file",
-            str(salt_file),
-        ],
-        check,
-        upstream,
-    )
+    store = [*argv, "--store", f"sqlite:///{tmp_path}/usage.db", "--spool-dir", str(spool)]
+    code, _ = _gateway_main(monkeypatch, [*store, "--salt-file", str(salt_file)], check, upstream)
     assert salts[-1] == b"s" * 20
     # records are redacted in a process beside the gateway's (--redact-processes, default 1), or in its own
     assert redactors == [1, 1, 1]
-    code, _ = _gateway_main(
-        monkeypatch,
-        [
-            *argv,
-            "--store",
-            f"sqlite:///{tmp_path}/usage.db",
-            "--spool-dir",
-            str(spool),
-            "--redact-processes",
-            "0",
-        ],
-        check,
-        upstream,
-    )
+    code, _ = _gateway_main(monkeypatch, [*store, "--redact-processes", "0"], check, upstream)
     assert code == 0 and redactors[-1] == 0
 
 
