@@ -132,7 +132,7 @@ bench: $(STAMP) ## Packing benchmark: GPUs used vs lower bound, exact optimum an
 	$(BIN)/python -m bench.packing
 
 .PHONY: bench-gateway
-bench-gateway: $(STAMP) ## Gateway vs direct calls to a local stand-in: added latency, throughput, capture cost (docs/benchmarks.md)
+bench-gateway: $(STAMP) ## Gateway vs direct calls and a bare aiohttp proxy: added latency, throughput, capture cost, records kept/s (docs/benchmarks.md)
 	$(BIN)/python -m bench.gateway
 
 .PHONY: bench-advise
