@@ -249,19 +249,18 @@ async def measure(
 
 
 async def capture_counts(port: int) -> dict[str, float]:
-    """The capturing gateway's capture series: queued, written, dropped (all reasons) and the queue's depth."""
+    """The capturing gateway's capture series: queued, written and dropped (all reasons)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
         text = (await reader.read()).decode()
     finally:
         writer.close()
-    counts = {"queued": 0.0, "written": 0.0, "dropped": 0.0, "depth": 0.0}
+    counts = {"queued": 0.0, "written": 0.0, "dropped": 0.0}
     names = {
         "slm_capture_queued_total": "queued",
         "slm_capture_written_total": "written",
         "slm_capture_dropped_total": "dropped",
-        "slm_capture_queue_depth": "depth",
     }
     for line in text.splitlines():
         name, _, value = line.partition(" ")
